@@ -1,0 +1,222 @@
+"""The `healthsync` command: one subcommand per process, plus `up` to run them all."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from healthsync import __version__
+from healthsync.config import Settings
+from healthsync.errors import HealthSyncError
+
+log = logging.getLogger("healthsync")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.load(args.config)
+    if args.log_level:
+        settings.log_level = args.log_level
+    return settings
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from healthsync.logs import setup_logging
+    from healthsync.supervisor import Supervisor
+
+    settings = _settings(args)
+    setup_logging("up", "WARNING")
+    supervisor = Supervisor(
+        settings, Path(args.run_dir), simulate_devices=args.simulate, simulate_rate=args.rate
+    )
+    return supervisor.run()
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from healthsync.ingest.server import serve
+    from healthsync.kafka import ensure_topics
+    from healthsync.logs import setup_logging
+
+    settings = _settings(args)
+    if args.host:
+        settings.ingest.host = args.host
+    if args.port is not None:
+        settings.ingest.port = args.port
+    setup_logging("ingest", settings.log_level)
+    ensure_topics(settings.kafka)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    from healthsync.kafka import ensure_topics
+    from healthsync.logs import setup_logging
+    from healthsync.stream.processor import build
+
+    settings = _settings(args)
+    setup_logging("processor", settings.log_level)
+    ensure_topics(settings.kafka)
+    processor = build(settings)
+    signal.signal(signal.SIGTERM, lambda *_: processor.stop())
+    signal.signal(signal.SIGINT, lambda *_: processor.stop())
+    processor.run()
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from healthsync.api.app import create_app
+    from healthsync.logs import setup_logging
+
+    settings = _settings(args)
+    if args.host:
+        settings.api.host = args.host
+    if args.port is not None:
+        settings.api.port = args.port
+    setup_logging("api", settings.log_level)
+    app = create_app(settings)
+    uvicorn.run(
+        app, host=settings.api.host, port=settings.api.port, log_config=None, access_log=False
+    )
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from healthsync.simulate import SimulationStats, run_simulation
+
+    settings = _settings(args)
+    host = args.host or settings.ingest.host
+    port = args.port if args.port is not None else settings.ingest.port
+    quiet = args.quiet
+
+    def progress(stats: SimulationStats) -> None:
+        if not quiet:
+            print("\r" + stats.progress_line(), end="", file=sys.stderr, flush=True)
+
+    stats = asyncio.run(
+        run_simulation(
+            host,
+            port,
+            devices=args.devices,
+            rate=args.rate,
+            duration=args.duration,
+            count=args.count,
+            seed=args.seed,
+            progress=progress,
+        )
+    )
+    if not quiet:
+        print(file=sys.stderr)
+    print(stats.summary())
+    return 0 if stats.sent and not stats.err else 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Exit 0 if Redis and Kafka answer: a health check for service managers."""
+    from redis import Redis
+
+    from healthsync.kafka import check_broker
+
+    settings = _settings(args)
+    failures = []
+    if settings.redis.url:
+        try:
+            Redis.from_url(settings.redis.url, socket_timeout=2).ping()
+        except Exception as exc:  # noqa: BLE001
+            failures.append(f"redis: {exc}")
+    else:
+        failures.append("redis: no URL configured (HEALTHSYNC_REDIS_URL)")
+    try:
+        check_broker(settings.kafka)
+    except HealthSyncError as exc:
+        failures.append(f"kafka: {exc}")
+    for failure in failures:
+        print(failure, file=sys.stderr)
+    if not failures:
+        print("ok")
+    return 1 if failures else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="healthsync",
+        description="Real-time patient-vitals pipeline. Settings come from HEALTHSYNC_* "
+        "environment variables (e.g. HEALTHSYNC_KAFKA_BOOTSTRAP, HEALTHSYNC_REDIS_URL) "
+        "and an optional TOML file.",
+    )
+    parser.add_argument("--version", action="version", version=f"healthsync {__version__}")
+    parser.add_argument("--config", type=Path, help="TOML settings file (or HEALTHSYNC_CONFIG)")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser(
+        "up",
+        help="run the whole pipeline on this machine",
+        description="Start the embedded Kafka broker and Redis (unless "
+        "HEALTHSYNC_KAFKA_BOOTSTRAP / HEALTHSYNC_REDIS_URL name external ones), "
+        "then ingest, processor and API, supervised. "
+        "Ctrl-C or SIGTERM drains and stops everything.",
+    )
+    up.add_argument(
+        "--simulate", type=int, default=0, metavar="N", help="also run N simulated devices"
+    )
+    up.add_argument(
+        "--rate", type=float, default=1.0, help="readings/s per simulated device (default 1)"
+    )
+    up.add_argument("--run-dir", default="run", help="where logs go (default ./run)")
+    up.set_defaults(func=cmd_up)
+
+    ingest = sub.add_parser("ingest", help="run the TCP ingest server (devices -> Kafka)")
+    ingest.add_argument("--host", help="listen address (default 127.0.0.1)")
+    ingest.add_argument("--port", type=int, help="listen port (default 7000)")
+    ingest.set_defaults(func=cmd_ingest)
+
+    process = sub.add_parser(
+        "process", help="run the stream processor (Kafka -> alerts, FHIR, Redis)"
+    )
+    process.set_defaults(func=cmd_process)
+
+    api = sub.add_parser("api", help="run the REST API")
+    api.add_argument("--host", help="listen address (default 127.0.0.1)")
+    api.add_argument("--port", type=int, help="listen port (default 8000)")
+    api.set_defaults(func=cmd_api)
+
+    simulate = sub.add_parser(
+        "simulate", help="simulate bedside monitors sending to the ingest server"
+    )
+    simulate.add_argument(
+        "--devices", type=int, default=10, help="concurrent device connections (default 10)"
+    )
+    simulate.add_argument(
+        "--rate", type=float, default=1.0, help="readings/s per device (default 1)"
+    )
+    simulate.add_argument("--duration", type=float, help="stop after this many seconds")
+    simulate.add_argument("--count", type=int, help="stop after this many readings per device")
+    simulate.add_argument("--seed", type=int, help="random seed, for reproducible runs")
+    simulate.add_argument("--host", help="ingest host (default from settings)")
+    simulate.add_argument("--port", type=int, help="ingest port (default from settings)")
+    simulate.add_argument("--quiet", action="store_true", help="no progress line")
+    simulate.set_defaults(func=cmd_simulate)
+
+    check = sub.add_parser("check", help="exit 0 if Redis and Kafka answer, 1 otherwise")
+    check.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except HealthSyncError as exc:
+        print(f"healthsync: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Settings: one object, built once at each entry point and passed down.
+
+Sources, strongest first: environment variables (prefix ``HEALTHSYNC_``, one
+``_`` between the section and the field: ``HEALTHSYNC_REDIS_URL``,
+``HEALTHSYNC_KAFKA_BOOTSTRAP``, ``HEALTHSYNC_INGEST_PORT``), then an optional
+TOML file (``--config`` or ``HEALTHSYNC_CONFIG``), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from healthsync.names import RedisKeys
+
+
+class KafkaSettings(BaseModel):
+    """Where the broker is and how the topics look."""
+
+    # None means: start the embedded broker (``healthsync up``) or fail (single stages).
+    bootstrap: str | None = None
+    vitals_topic: str = "healthsync.vitals"
+    observations_topic: str = "healthsync.observations"
+    alerts_topic: str = "healthsync.alerts"
+    dlq_topic: str = "healthsync.dlq"
+    partitions: int = Field(6, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    retention_ms: int = 7 * 24 * 3600 * 1000
+    # Passed through verbatim to every librdkafka client, e.g.
+    # {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", ...}.
+    client: dict[str, str] = Field(default_factory=dict)
+
+    def topics(self) -> list[str]:
+        return [self.vitals_topic, self.observations_topic, self.alerts_topic, self.dlq_topic]
+
+
+class RedisSettings(BaseModel):
+    """The live cache."""
+
+    # None means: start a private redis-server (``healthsync up``) or fail.
+    url: str | None = None
+    prefix: str = "hs"
+    history_retention_s: int = Field(24 * 3600, ge=60)
+    events_maxlen: int = Field(10_000, ge=100)
+
+    @property
+    def keys(self) -> RedisKeys:
+        return RedisKeys(self.prefix)
+
+
+class IngestSettings(BaseModel):
+    """The device-facing TCP server."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(7000, ge=0, le=65535)
+    plain_enabled: bool = True
+    max_line_bytes: int = Field(4096, ge=64)
+    idle_timeout_s: float = Field(300.0, gt=0)
+    max_connections: int = Field(2000, ge=1)
+    # Readings accepted but not yet acknowledged by Kafka. When a connection or
+    # the server hits its bound it stops reading from sockets (TCP backpressure)
+    # instead of buffering without limit.
+    max_inflight_per_connection: int = Field(1000, ge=1)
+    max_inflight_total: int = Field(50_000, ge=1)
+    # A device gets ERR 503 at most this long after sending when Kafka does not answer.
+    ack_timeout_s: float = Field(5.0, gt=0)
+
+
+class ProcessorSettings(BaseModel):
+    """The stream processor."""
+
+    group_id: str = "healthsync-processor"
+    batch_size: int = Field(2000, ge=1)
+    batch_wait_s: float = Field(0.05, gt=0)
+    session_timeout_ms: int = Field(6000, ge=1000)
+
+
+class ApiSettings(BaseModel):
+    """The REST API."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+
+class Settings(BaseSettings):
+    """All of HealthSync's settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HEALTHSYNC_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="forbid",
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    ingest: IngestSettings = IngestSettings()
+    processor: ProcessorSettings = ProcessorSettings()
+    api: ApiSettings = ApiSettings()
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init values; the environment overrides it.
+        return (env_settings, init_settings)
+
+    @classmethod
+    def load(cls, config_file: Path | None = None) -> Settings:
+        """Build the settings from the environment and an optional TOML file."""
+        path = config_file or _env_path("HEALTHSYNC_CONFIG")
+        values: dict[str, Any] = {}
+        if path is not None:
+            with path.open("rb") as f:
+                values = tomllib.load(f)
+        return cls(**values)
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None

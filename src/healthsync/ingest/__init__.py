@@ -1,0 +1,1 @@
+"""Device-facing servers: TCP (and TLS) line protocol -> Kafka."""

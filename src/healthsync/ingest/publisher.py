@@ -1,0 +1,100 @@
+"""Bridge between the asyncio ingest server and an idempotent Kafka producer.
+
+librdkafka delivers its reports from `poll()`; polling from the event loop
+(non-blocking, every few milliseconds) runs the callbacks on the loop's own
+thread, so no locks or cross-thread hand-offs are needed per reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import KafkaError, Producer
+
+from healthsync.config import KafkaSettings
+from healthsync.kafka import make_producer
+
+log = logging.getLogger(__name__)
+
+DeliveryCallback = Callable[[KafkaError | None], None]
+
+
+class Publisher:
+    """Produces to Kafka and reports each delivery (or its failure) exactly once."""
+
+    def __init__(self, settings: KafkaSettings, ack_timeout_s: float) -> None:
+        self._settings = settings
+        self._ack_timeout_s = ack_timeout_s
+        self._fatal: KafkaError | None = None
+        self.broker_down = False
+        self._producer = self._new_producer()
+        self._task: asyncio.Task[None] | None = None
+
+    def _new_producer(self) -> Producer:
+        # message.timeout.ms bounds how long a device waits for its answer when
+        # the broker is unreachable: the report then fails and the device gets ERR 503.
+        return make_producer(
+            self._settings,
+            **{
+                "message.timeout.ms": int(self._ack_timeout_s * 1000),
+                "error_cb": self._on_error,
+            },
+        )
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self._fatal = error
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.broker_down = True
+        log.warning("kafka client error", extra={"error": error.str()})
+
+    def publish(self, topic: str, key: bytes, value: bytes, on_done: DeliveryCallback) -> None:
+        """Queue one message; `on_done` is called from the event loop when Kafka answers.
+
+        Raises BufferError when librdkafka's local queue is full; callers bound
+        their in-flight count well below it, so this signals a misconfiguration.
+        """
+
+        def report(error: KafkaError | None, _message: Any) -> None:
+            if error is None:
+                self.broker_down = False
+            on_done(error)
+
+        self._producer.produce(topic, value, key, on_delivery=report)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._poll_forever(), name="kafka-poll")
+
+    async def _poll_forever(self) -> None:
+        while True:
+            served = self._producer.poll(0)
+            if self._fatal is not None:
+                self._replace_producer()
+            # Poll often while reports flow, less often when idle.
+            await asyncio.sleep(0.001 if served else 0.003)
+
+    def _replace_producer(self) -> None:
+        """After a fatal error (e.g. lost idempotence state) a producer must be replaced."""
+        log.error("kafka producer failed fatally; replacing it", extra={"error": str(self._fatal)})
+        old = self._producer
+        old.purge()
+        old.poll(0)  # fail the purged messages' reports now, so devices hear ERR 503
+        self._fatal = None
+        self._producer = self._new_producer()
+
+    async def close(self, timeout: float) -> None:
+        """Deliver what is queued (bounded by `timeout`), then stop polling."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self._producer) and loop.time() < deadline:
+            self._producer.poll(0)
+            await asyncio.sleep(0.005)
+        self._producer.poll(0)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -1,0 +1,127 @@
+"""Pipeline counters shared through Redis, exposed by the API as Prometheus metrics.
+
+Ingest and processor instances may run on several machines, so each counts in
+memory and adds its counts to one Redis hash per component about once a second
+(one pipelined round trip). The API's `/metrics` reads those hashes, so one
+scrape shows the whole pipeline: readings in and out, rejects by reason,
+consumer lag and the end-to-end latency histogram.
+
+Hash fields are ``name`` or ``name|label=value,label=value``; names ending in
+``_total`` are counters, the rest gauges.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from healthsync.names import RedisKeys
+
+LATENCY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+COMPONENTS = ("ingest", "processor")
+_PREFIX = "healthsync_"
+
+
+def field_name(name: str, labels: Mapping[str, str] | None = None) -> str:
+    if not labels:
+        return name
+    return name + "|" + ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def parse_field(field: str) -> tuple[str, dict[str, str]]:
+    name, _, rest = field.partition("|")
+    labels = dict(pair.split("=", 1) for pair in rest.split(",") if "=" in pair)
+    return name, labels
+
+
+class StatsRecorder:
+    """Counts for one component, accumulated locally and flushed to Redis."""
+
+    def __init__(self, keys: RedisKeys, component: str) -> None:
+        self.key = keys.stats(component)
+        self.latency_key = keys.latency
+        self._counts: Counter[str] = Counter()
+        self._gauges: dict[str, float] = {}
+        self._latency: Counter[str] = Counter()
+        self._latency_sum = 0.0
+        # What this instance has counted since it started, for its own summary.
+        self.lifetime: Counter[str] = Counter()
+
+    def inc(self, name: str, n: int = 1, **labels: str) -> None:
+        if n:
+            field = field_name(name, labels)
+            self._counts[field] += n
+            self.lifetime[field] += n
+
+    def gauge(self, name: str, value: float, **labels: str) -> None:
+        self._gauges[field_name(name, labels)] = value
+
+    def observe_latencies(self, seconds: Iterable[float]) -> None:
+        for value in seconds:
+            index = bisect.bisect_left(LATENCY_BUCKETS, value)
+            le = str(LATENCY_BUCKETS[index]) if index < len(LATENCY_BUCKETS) else "+Inf"
+            self._latency[le] += 1
+            self._latency_sum += value
+
+    def add_to(self, pipe: Any) -> None:
+        """Queue the pending counts on a Redis pipeline (sync or asyncio) and reset them."""
+        for field, n in self._counts.items():
+            pipe.hincrby(self.key, field, n)
+        if self._gauges:
+            pipe.hset(self.key, mapping=self._gauges)
+        if self._latency:
+            for le, n in self._latency.items():
+                pipe.hincrby(self.latency_key, le, n)
+            pipe.hincrby(self.latency_key, "count", sum(self._latency.values()))
+            pipe.hincrbyfloat(self.latency_key, "sum", self._latency_sum)
+        self._counts.clear()
+        self._gauges.clear()
+        self._latency.clear()
+        self._latency_sum = 0.0
+
+
+class PipelineCollector:
+    """A prometheus_client collector over the hashes StatsRecorder writes.
+
+    `snapshot` is filled by the caller (the API reads Redis asynchronously and
+    hands the result over), so collect() itself does no I/O.
+    """
+
+    def __init__(self) -> None:
+        self.snapshot: dict[str, dict[str, str]] = {}
+        self.latency: dict[str, str] = {}
+
+    def collect(self) -> Iterator[Any]:
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
+        for component in COMPONENTS:
+            for field, raw in self.snapshot.get(component, {}).items():
+                name, labels = parse_field(field)
+                metric = _PREFIX + name.removesuffix("_total")
+                family = families.get(metric)
+                if family is None:
+                    names = sorted(labels)
+                    if name.endswith("_total"):
+                        family = CounterMetricFamily(metric, f"{component}: {name}", labels=names)
+                    else:
+                        family = GaugeMetricFamily(metric, f"{component}: {name}", labels=names)
+                    families[metric] = family
+                family.add_metric([labels[k] for k in sorted(labels)], float(raw))
+        yield from families.values()
+        yield self._latency_family()
+
+    def _latency_family(self) -> HistogramMetricFamily:
+        buckets: list[tuple[str, float]] = []
+        cumulative = 0.0
+        for le in [*map(str, LATENCY_BUCKETS), "+Inf"]:
+            cumulative += float(self.latency.get(le, 0))
+            buckets.append((le, cumulative))
+        return HistogramMetricFamily(
+            _PREFIX + "end_to_end_latency_seconds",
+            "Time from ingest receiving a reading to the reading being visible in Redis",
+            buckets=buckets,
+            sum_value=float(self.latency.get("sum", 0.0)),
+        )

@@ -1,0 +1,127 @@
+"""The canonical reading and the definitions of the vitals HealthSync knows.
+
+Everything downstream of the wire parser (Kafka topic values, the processor,
+Redis, the API) speaks in terms of :class:`Reading` and :data:`VITALS`. Units
+here are the canonical ones (UCUM codes); the wire parser converts into them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class Vital:
+    """One measured quantity: how it is named, coded and bounded."""
+
+    name: str
+    display: str
+    ucum: str
+    loinc: str
+    # Physiological bounds: a value outside them is a device or typing fault,
+    # not a patient, and the reading is rejected rather than guessed at.
+    minimum: float
+    maximum: float
+    aliases: tuple[str, ...] = ()
+    decimals: int = 0
+
+
+VITALS: dict[str, Vital] = {
+    v.name: v
+    for v in (
+        Vital("heart_rate", "Heart rate", "/min", "8867-4", 0, 350, ("hr", "pulse")),
+        Vital("spo2", "Oxygen saturation", "%", "2708-6", 20, 100, ("oxygen", "o2", "sao2")),
+        Vital("temp", "Body temperature", "Cel", "8310-5", 25, 45, ("temperature",), decimals=1),
+        Vital("resp_rate", "Respiratory rate", "/min", "9279-1", 0, 80, ("rr", "respiratory_rate")),
+        Vital("bp_sys", "Systolic blood pressure", "mm[Hg]", "8480-6", 30, 300),
+        Vital("bp_dia", "Diastolic blood pressure", "mm[Hg]", "8462-4", 10, 200),
+    )
+}
+
+CONSCIOUSNESS_LEVELS = ("A", "C", "V", "P", "U")
+
+# Demographics a device may send. They are PHI: carried on the vitals topic for
+# the FHIR Patient resource and stripped before anything is archived.
+PATIENT_FIELDS = ("patient_name", "birth_date", "gender", "mrn", "address", "phone")
+
+
+def reading_id_for(device_id: str, seq: int | None, ts_ms: int) -> str:
+    """Deterministic id: a resend of the same reading maps to the same id.
+
+    A device sequence number identifies a reading even when the device's clock
+    is wrong; without one, the device's timestamp (to the millisecond) does.
+    """
+    basis = f"{device_id}\x1fseq\x1f{seq}" if seq is not None else f"{device_id}\x1fts\x1f{ts_ms}"
+    return hashlib.blake2b(basis.encode(), digest_size=12).hexdigest()
+
+
+def isoformat_ms(epoch: float) -> str:
+    """UTC ISO 8601 with millisecond precision and a `Z` suffix."""
+    stamp = datetime.fromtimestamp(epoch, tz=UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One validated reading from one device for one patient.
+
+    `ts` is when the device measured (epoch seconds, UTC); `received_at` is when
+    the ingest server accepted it, which end-to-end latency is measured from.
+    """
+
+    reading_id: str
+    device_id: str
+    patient_id: str
+    ts: float
+    received_at: float
+    vitals: dict[str, float]
+    seq: int | None = None
+    on_oxygen: bool | None = None
+    consciousness: str | None = None
+    patient: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        """The canonical JSON that goes on the vitals topic."""
+        doc: dict[str, Any] = {
+            "reading_id": self.reading_id,
+            "device_id": self.device_id,
+            "patient_id": self.patient_id,
+            "ts": isoformat_ms(self.ts),
+            "ts_epoch": self.ts,
+            "received_at": self.received_at,
+            "vitals": self.vitals,
+        }
+        if self.seq is not None:
+            doc["seq"] = self.seq
+        if self.on_oxygen is not None:
+            doc["on_oxygen"] = self.on_oxygen
+        if self.consciousness is not None:
+            doc["consciousness"] = self.consciousness
+        if self.patient:
+            doc["patient"] = self.patient
+        return orjson.dumps(doc)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Reading:
+        """Inverse of :meth:`to_json`; raises ValueError on a malformed value."""
+        try:
+            doc = orjson.loads(data)
+            return cls(
+                reading_id=str(doc["reading_id"]),
+                device_id=str(doc["device_id"]),
+                patient_id=str(doc["patient_id"]),
+                ts=float(doc["ts_epoch"]),
+                received_at=float(doc["received_at"]),
+                vitals={str(k): float(v) for k, v in doc["vitals"].items()},
+                seq=int(doc["seq"]) if doc.get("seq") is not None else None,
+                on_oxygen=doc.get("on_oxygen"),
+                consciousness=doc.get("consciousness"),
+                patient={str(k): str(v) for k, v in doc.get("patient", {}).items()},
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"not a canonical reading: {exc}") from exc

@@ -1,0 +1,1 @@
+"""Where processed data lives: the Redis live cache (and, later, the archive)."""

@@ -1,0 +1,1 @@
+"""The stream processor: consume readings, detect anomalies, build FHIR, write sinks."""

@@ -1,0 +1,41 @@
+"""What flows through the processor: a batch, the steps that enrich it, the sinks that store it.
+
+The loop that owns the Kafka offsets runs every step over a batch, then writes
+it to every sink, flushes them, and only then commits (see processor.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from healthsync.readings import Reading
+from healthsync.stream.alerts import AlertEvent
+
+
+@dataclass
+class Batch:
+    """The new readings of one consume() call and what the steps derived from them."""
+
+    readings: list[Reading]
+    alert_events: list[AlertEvent] = field(default_factory=list)
+    # (key, FHIR resource) pairs for the observations topic.
+    observations: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+class Step(Protocol):
+    """Derives something from a batch (alerts, FHIR resources) and adds it to the batch."""
+
+    def process(self, batch: Batch) -> None: ...
+
+
+class Sink(Protocol):
+    """Stores a batch. `write` may buffer; `flush` returns once everything is durable.
+
+    Both must be idempotent by reading id and alert id: after a crash the batch
+    is replayed and written again.
+    """
+
+    def write(self, batch: Batch) -> None: ...
+
+    def flush(self) -> None: ...

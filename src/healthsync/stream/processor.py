@@ -1,0 +1,209 @@
+"""The processor loop: consume a batch, run the steps, write the sinks, then commit.
+
+Offsets are committed only after every sink has flushed, so a crash replays
+the uncommitted batches; the Redis sink skips readings it already stored and
+the Kafka resources have deterministic ids, so the replay adds nothing twice.
+A sink that fails is retried with backoff without consuming further: the
+partition waits rather than losing readings.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+
+from healthsync.config import Settings
+from healthsync.metrics import StatsRecorder
+from healthsync.readings import Reading
+from healthsync.store.live import RedisLiveSink
+from healthsync.stream.alerts import ThresholdRules
+from healthsync.stream.batch import Batch, Sink, Step
+
+log = logging.getLogger(__name__)
+
+_LAG_INTERVAL_S = 1.0
+_MAX_BACKOFF_S = 5.0
+
+
+class Processor:
+    def __init__(
+        self,
+        settings: Settings,
+        consumer: Consumer,
+        producer: Producer,
+        live: RedisLiveSink,
+        rules: ThresholdRules,
+        steps: Sequence[Step],
+        sinks: Sequence[Sink],
+        stats: StatsRecorder,
+    ) -> None:
+        self.settings = settings
+        self.consumer = consumer
+        self.producer = producer
+        self.live = live
+        self.rules = rules
+        self.steps = steps
+        self.sinks = sinks
+        self.stats = stats
+        self.stopping = False
+        self._reload_state = True
+        self._lag_at = 0.0
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Partitions (and so patients) moved: rebuild open-alert state from Redis.
+        self._reload_state = True
+        log.info("partitions assigned", extra={"partitions": [p.partition for p in partitions]})
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("partitions revoked", extra={"partitions": [p.partition for p in partitions]})
+
+    def run(self) -> None:
+        cfg = self.settings.processor
+        self.consumer.subscribe(
+            [self.settings.kafka.vitals_topic], on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
+        log.info("processor started", extra={"group": cfg.group_id})
+        try:
+            while not self.stopping:
+                messages = self.consumer.consume(cfg.batch_size, cfg.batch_wait_s)
+                if messages:
+                    self.handle(messages)
+                self._report_lag(idle=not messages)
+        finally:
+            self.consumer.close()
+            log.info("processor stopped")
+
+    def handle(self, messages: list[Message]) -> None:
+        readings, offsets = self._decode(messages)
+        if self._reload_state:
+            self.rules.load(self._retry("load alerts", self.live.load_open_alerts))
+            self._reload_state = False
+        fresh = (
+            self._retry("check seen", lambda: self.live.filter_new(readings)) if readings else []
+        )
+        self.stats.inc("duplicates_total", len(readings) - len(fresh))
+        batch = Batch(fresh)
+        for step in self.steps:
+            step.process(batch)
+        if self._retry("write sinks", lambda: self._write(batch)) is None:
+            return  # stopping with the batch unwritten: it is replayed on restart
+        if offsets:
+            self._commit(offsets)
+
+    def _decode(self, messages: list[Message]) -> tuple[list[Reading], dict[tuple[str, int], int]]:
+        readings: list[Reading] = []
+        offsets: dict[tuple[str, int], int] = {}
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                log.warning("consume error", extra={"error": error.str()})
+                continue
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            if topic is None or partition is None or offset is None:
+                continue  # only error events lack these, and those were handled above
+            offsets[(topic, partition)] = offset + 1
+            try:
+                readings.append(Reading.from_json(message.value() or b""))
+            except ValueError as exc:
+                self._dead_letter(message, str(exc))
+        return readings, offsets
+
+    def _dead_letter(self, message: Message, reason: str) -> None:
+        """A value on the vitals topic that is not a reading: keep it for audit, move on."""
+        self.stats.inc("poison_messages_total")
+        record = {
+            "reason": "not_a_reading",
+            "detail": reason[:200],
+            "topic": message.topic(),
+            "partition": message.partition(),
+            "offset": message.offset(),
+            "value": (message.value() or b"")[:4096].decode("utf-8", "replace"),
+        }
+        self.producer.produce(self.settings.kafka.dlq_topic, orjson.dumps(record), message.key())
+
+    def _write(self, batch: Batch) -> bool:
+        for sink in self.sinks:
+            sink.write(batch)
+        for sink in self.sinks:
+            sink.flush()
+        return True
+
+    def _retry(self, what: str, action: Any) -> Any:
+        """Run `action` until it succeeds; None if asked to stop first."""
+        backoff = 0.1
+        while True:
+            try:
+                return action()
+            except Exception as exc:  # noqa: BLE001 - any sink failure is retried, not fatal
+                self.stats.inc("sink_errors_total")
+                log.warning(
+                    f"{what} failed; retrying", extra={"error": str(exc), "backoff_s": backoff}
+                )
+            if self.stopping:
+                return None
+            time.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF_S)
+
+    def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        partitions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            self.consumer.commit(offsets=partitions, asynchronous=False)
+        except KafkaException as exc:
+            # e.g. a rebalance took the partition: its next owner replays the batch,
+            # and the seen-check makes that safe.
+            log.warning("offset commit failed", extra={"error": str(exc)})
+
+    def _report_lag(self, idle: bool) -> None:
+        now = time.monotonic()
+        if now - self._lag_at < _LAG_INTERVAL_S:
+            return
+        self._lag_at = now
+        try:
+            assignment = self.consumer.assignment()
+            for tp in self.consumer.position(assignment):
+                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0 and tp.offset >= 0:
+                    self.stats.gauge("consumer_lag", high - tp.offset, partition=str(tp.partition))
+        except KafkaException as exc:
+            log.debug("lag unavailable", extra={"error": str(exc)})
+        if idle:
+            # Busy batches carry the stats in their own transaction; idle ones need a push.
+            self._retry("publish stats", self.live.flush_stats)
+
+
+def build(settings: Settings) -> Processor:
+    """Wire the processor from settings: consumer, producer, Redis, steps and sinks."""
+    from redis import Redis
+
+    from healthsync.kafka import make_consumer, make_producer
+    from healthsync.stream.fhir import FhirObservations
+    from healthsync.stream.topics import KafkaTopicSink
+
+    if not settings.redis.url:
+        from healthsync.errors import ConfigError
+
+        raise ConfigError("no Redis configured (HEALTHSYNC_REDIS_URL)")
+    cfg = settings.processor
+    consumer = make_consumer(
+        settings.kafka,
+        cfg.group_id,
+        **{
+            "session.timeout.ms": cfg.session_timeout_ms,
+            "heartbeat.interval.ms": max(cfg.session_timeout_ms // 3, 500),
+        },
+    )
+    producer = make_producer(settings.kafka)
+    stats = StatsRecorder(settings.redis.keys, "processor")
+    live = RedisLiveSink(Redis.from_url(settings.redis.url), settings.redis, stats)
+    rules = ThresholdRules()
+    steps: list[Step] = [rules, FhirObservations()]
+    sinks: list[Sink] = [KafkaTopicSink(producer, settings.kafka), live]
+    return Processor(settings, consumer, producer, live, rules, steps, sinks, stats)

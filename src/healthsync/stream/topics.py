@@ -1,0 +1,59 @@
+"""A Sink that publishes the batch's FHIR Observations and alert events to Kafka."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaError, Producer
+
+from healthsync.config import KafkaSettings
+from healthsync.errors import HealthSyncError
+from healthsync.stream.batch import Batch
+from healthsync.stream.fhir import flag_for
+
+
+class PublishError(HealthSyncError):
+    """Kafka did not acknowledge everything a batch produced."""
+
+
+class KafkaTopicSink:
+    def __init__(
+        self, producer: Producer, settings: KafkaSettings, flush_timeout_s: float = 30.0
+    ) -> None:
+        self.producer = producer
+        self.settings = settings
+        self.flush_timeout_s = flush_timeout_s
+        self._failures: list[KafkaError] = []
+
+    def _report(self, error: KafkaError | None, _message: Any) -> None:
+        if error is not None:
+            self._failures.append(error)
+
+    def _produce(self, topic: str, key: str, value: bytes) -> None:
+        try:
+            self.producer.produce(topic, value, key.encode(), on_delivery=self._report)
+        except BufferError:
+            # The local queue is full: serve delivery reports until there is room.
+            self.producer.poll(1.0)
+            self.producer.produce(topic, value, key.encode(), on_delivery=self._report)
+
+    def write(self, batch: Batch) -> None:
+        topic = self.settings.observations_topic
+        for key, resource in batch.observations:
+            self._produce(topic, key, orjson.dumps(resource))
+        for event in batch.alert_events:
+            value = {
+                "event": event.type,
+                "alert": event.alert.to_dict(),
+                "resource": flag_for(event.alert),
+            }
+            self._produce(self.settings.alerts_topic, event.alert.patient_id, orjson.dumps(value))
+        self.producer.poll(0)
+
+    def flush(self) -> None:
+        remaining = self.producer.flush(self.flush_timeout_s)
+        failures, self._failures = self._failures, []
+        if remaining or failures:
+            reason = failures[0].str() if failures else f"{remaining} messages still queued"
+            raise PublishError(f"Kafka did not acknowledge the batch: {reason}")
