@@ -25,13 +25,12 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from healthsync.logs import setup_logging
-    from healthsync.supervisor import Supervisor
+    from healthsync.supervisor import Pipeline, Supervisor
 
     settings = _settings(args)
     setup_logging("up", "WARNING")
-    supervisor = Supervisor(
-        settings, Path(args.run_dir), simulate_devices=args.simulate, simulate_rate=args.rate
-    )
+    pipeline = Pipeline(settings, Path(args.run_dir))
+    supervisor = Supervisor(pipeline, simulate_devices=args.simulate, simulate_rate=args.rate)
     return supervisor.run()
 
 

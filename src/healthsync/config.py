@@ -8,6 +8,7 @@ TOML file (``--config`` or ``HEALTHSYNC_CONFIG``), then the defaults below.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -129,6 +130,18 @@ class Settings(BaseSettings):
             with path.open("rb") as f:
                 values = tomllib.load(f)
         return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as HEALTHSYNC_* variables, for starting child processes."""
+        env: dict[str, str] = {"HEALTHSYNC_LOG_LEVEL": self.log_level}
+        for section in ("kafka", "redis", "ingest", "processor", "api"):
+            model: BaseModel = getattr(self, section)
+            for name, value in model.model_dump().items():
+                if value is None:
+                    continue
+                key = f"HEALTHSYNC_{section}_{name}".upper()
+                env[key] = json.dumps(value) if isinstance(value, dict | list) else str(value)
+        return env
 
 
 def _env_path(name: str) -> Path | None:

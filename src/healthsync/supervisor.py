@@ -1,10 +1,12 @@
 """`healthsync up`: the whole pipeline on one machine, each stage its own process.
 
-Starts the embedded broker and Redis (unless external ones are configured),
-creates the topics, then runs ingest, processor, API and optionally the device
-simulator as supervised children: a child that dies is restarted with backoff.
-SIGINT/SIGTERM stops the devices first, then ingest (which answers what it has
-in flight), the processor, the API, and finally Redis and the broker.
+:class:`Pipeline` starts the embedded broker and Redis (unless external ones
+are configured), creates the topics, then runs ingest, processor, API and
+optionally the device simulator as child processes. The tests and the
+benchmark use it too. :class:`Supervisor` adds what a person at a terminal
+wants: addresses, a live summary, restarts of a child that died, and an
+orderly stop on SIGINT/SIGTERM: devices first, then ingest (which answers
+what it has in flight), the processor, the API, and last Redis and the broker.
 """
 
 from __future__ import annotations
@@ -32,12 +34,15 @@ from healthsync.stack import (
 )
 
 _MAX_BACKOFF_S = 30.0
+STAGES = ("ingest", "process", "api")
 # Order matters on shutdown: stop producers of data before its consumers.
 _STOP_ORDER = ("simulate", "ingest", "process", "api")
 
 
 @dataclass
 class Child:
+    """One supervised `python -m healthsync <stage>` process."""
+
     name: str
     argv: list[str]
     log_path: Path
@@ -54,8 +59,12 @@ class Child:
             stdin=subprocess.DEVNULL,
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
+            preexec_fn=die_with_parent,  # only a prctl() call: safe between fork and exec
         )
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
         if self.process is not None:
@@ -64,26 +73,102 @@ class Child:
             self.log_file.close()
             self.log_file = None
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: nothing is drained."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+        if self.log_file is not None:
+            self.log_file.close()
+            self.log_file = None
+
+
+@dataclass
+class Pipeline:
+    """The broker, Redis and the stages, as processes on this machine."""
+
+    settings: Settings
+    run_dir: Path
+    stack: EmbeddedStack = field(default_factory=EmbeddedStack)
+    children: dict[str, Child] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def logs(self) -> Path:
+        return self.run_dir / "logs"
+
+    def start(self, stages: tuple[str, ...] = STAGES) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        settings = self.settings
+        if settings.kafka.bootstrap is None:
+            self.stack.broker = start_broker(log_dir=self.logs)
+            settings.kafka.bootstrap = self.stack.bootstrap
+        if settings.redis.url is None:
+            self.stack.redis = start_redis(log_dir=self.logs)
+            settings.redis.url = self.stack.redis_url
+        ensure_topics(settings.kafka)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
+        self.env.update(settings.to_env())
+        for name in stages:
+            self.start_child(name)
+        if "ingest" in stages:
+            wait_for_port(settings.ingest.host, settings.ingest.port, 30, self.process("ingest"))
+        if "api" in stages:
+            wait_for_port(settings.api.host, settings.api.port, 30, self.process("api"))
+
+    def start_child(self, name: str, *args: str) -> Child:
+        child = self.children.get(name)
+        if child is None:
+            argv = [sys.executable, "-m", "healthsync", name, *args]
+            child = self.children[name] = Child(name, argv, self.logs / f"{name}.log")
+        child.start(self.env)
+        return child
+
+    def start_simulator(self, devices: int, rate: float) -> Child:
+        ingest = self.settings.ingest
+        return self.start_child(
+            "simulate",
+            *("--devices", str(devices), "--rate", str(rate)),
+            *("--host", ingest.host, "--port", str(ingest.port), "--quiet"),
+        )
+
+    def process(self, name: str) -> subprocess.Popen[bytes]:
+        process = self.children[name].process
+        if process is None:
+            raise RuntimeError(f"{name} was never started")
+        return process
+
+    def stop(self) -> None:
+        for name in _STOP_ORDER:
+            child = self.children.get(name)
+            if child is not None:
+                child.stop()
+        self.stack.stop()
+
 
 @dataclass
 class Supervisor:
-    settings: Settings
-    run_dir: Path
+    """Runs a Pipeline in the foreground until SIGINT or SIGTERM."""
+
+    pipeline: Pipeline
     simulate_devices: int = 0
     simulate_rate: float = 1.0
     out: TextIO = field(default_factory=lambda: sys.stdout)
-    stack: EmbeddedStack = field(default_factory=EmbeddedStack)
-    children: dict[str, Child] = field(default_factory=dict)
     stopping: bool = False
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._request_stop)
         signal.signal(signal.SIGINT, self._request_stop)
         try:
-            self._start()
+            self.pipeline.start()
+            if self.simulate_devices:
+                self.pipeline.start_simulator(self.simulate_devices, self.simulate_rate)
+            self._announce()
             self._watch()
         finally:
-            self._stop()
+            self._say("stopping ...")
+            self.pipeline.stop()
+            self._say("stopped.")
         return 0
 
     def _request_stop(self, _signum: int, _frame: object) -> None:
@@ -92,75 +177,23 @@ class Supervisor:
     def _say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
-    def _start(self) -> None:
-        logs = self.run_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        settings = self.settings
-        if settings.kafka.bootstrap is None:
-            self.stack.broker = start_broker(log_dir=logs)
-            settings.kafka.bootstrap = self.stack.bootstrap
-        if settings.redis.url is None:
-            self.stack.redis = start_redis(log_dir=logs)
-            settings.redis.url = self.stack.redis_url
-        ensure_topics(settings.kafka)
-        env = dict(os.environ)
-        env.update(
-            {
-                "HEALTHSYNC_KAFKA_BOOTSTRAP": str(settings.kafka.bootstrap),
-                "HEALTHSYNC_REDIS_URL": str(settings.redis.url),
-                "HEALTHSYNC_INGEST_HOST": settings.ingest.host,
-                "HEALTHSYNC_INGEST_PORT": str(settings.ingest.port),
-                "HEALTHSYNC_API_HOST": settings.api.host,
-                "HEALTHSYNC_API_PORT": str(settings.api.port),
-            }
-        )
-        self._env = env
-        base = [sys.executable, "-m", "healthsync"]
-        for name in ("ingest", "process", "api"):
-            self.children[name] = Child(name, [*base, name], logs / f"{name}.log")
-        for child in self.children.values():
-            child.start(env)
-        wait_for_port(settings.ingest.host, settings.ingest.port, 20, self._proc("ingest"))
-        wait_for_port(settings.api.host, settings.api.port, 20, self._proc("api"))
-        if self.simulate_devices:
-            sim = Child(
-                "simulate",
-                [
-                    *base,
-                    "simulate",
-                    "--devices",
-                    str(self.simulate_devices),
-                    "--rate",
-                    str(self.simulate_rate),
-                    "--host",
-                    settings.ingest.host,
-                    "--port",
-                    str(settings.ingest.port),
-                ],
-                logs / "simulate.log",
-            )
-            self.children["simulate"] = sim
-            sim.start(env)
-        self._say(
-            f"kafka     {settings.kafka.bootstrap}"
-            + (" (embedded Tansu)" if self.stack.broker else "")
-        )
-        self._say(f"redis     {settings.redis.url}" + (" (embedded)" if self.stack.redis else ""))
+    def _announce(self) -> None:
+        settings, stack = self.pipeline.settings, self.pipeline.stack
+        embedded_kafka = " (embedded Tansu)" if stack.broker else ""
+        embedded_redis = " (embedded)" if stack.redis else ""
+        self._say(f"kafka     {settings.kafka.bootstrap}{embedded_kafka}")
+        self._say(f"redis     {settings.redis.url}{embedded_redis}")
         self._say(f"ingest    tcp://{settings.ingest.host}:{settings.ingest.port}")
         self._say(f"api       http://{settings.api.host}:{settings.api.port}  (docs at /docs)")
         if self.simulate_devices:
             self._say(f"devices   {self.simulate_devices} simulated at {self.simulate_rate}/s each")
-        self._say(f"logs      {logs}")
+        self._say(f"logs      {self.pipeline.logs}")
         self._say("Ctrl-C stops everything.")
 
-    def _proc(self, name: str) -> subprocess.Popen[bytes]:
-        process = self.children[name].process
-        assert process is not None
-        return process
-
     def _watch(self) -> None:
-        redis = Redis.from_url(str(self.settings.redis.url))
-        keys = self.settings.redis.keys
+        settings = self.pipeline.settings
+        redis = Redis.from_url(str(settings.redis.url))
+        keys = settings.redis.keys
         last = (time.monotonic(), 0, 0)
         while not self.stopping:
             time.sleep(1.0)
@@ -187,24 +220,14 @@ class Supervisor:
 
     def _restart_dead(self) -> None:
         now = time.monotonic()
-        for child in self.children.values():
-            if child.process is None or child.process.poll() is None or now < child.next_start:
+        for child in self.pipeline.children.values():
+            if child.process is None or child.alive or now < child.next_start:
                 continue
             code = child.process.returncode
             child.stop()
+            if child.name == "simulate" and code == 0:
+                continue  # the simulator finished its run
             child.restarts += 1
-            backoff = min(2.0**child.restarts, _MAX_BACKOFF_S)
-            child.next_start = now + backoff
-            self._say(
-                f"{child.name} exited with code {code}; restarting (restart {child.restarts})"
-            )
-            child.start(self._env)
-
-    def _stop(self) -> None:
-        self._say("stopping ...")
-        for name in _STOP_ORDER:
-            child = self.children.get(name)
-            if child is not None:
-                child.stop()
-        self.stack.stop()
-        self._say("stopped.")
+            child.next_start = now + min(2.0**child.restarts, _MAX_BACKOFF_S)
+            self._say(f"{child.name} exited with code {code}; restart {child.restarts}")
+            child.start(self.pipeline.env)
