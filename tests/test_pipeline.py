@@ -1,0 +1,193 @@
+"""End to end through real processes: nc -> ingest -> Tansu -> processor -> Redis -> API."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from typing import Any
+
+import httpx
+from redis import Redis
+
+from healthsync.supervisor import Pipeline
+from tests.conftest import Device, wait_for
+
+LITERAL = "device_id=mon-0001 patient_id=P-1001 heart_rate=78, oxygen=95% temp=36.9"
+
+
+def latest(api: httpx.Client, patient: str) -> dict[str, Any] | None:
+    response = api.get(f"/v1/patients/{patient}/vitals/latest")
+    return response.json() if response.status_code == 200 else None
+
+
+def test_netcat_reading_is_acknowledged_and_served(pipeline: Pipeline, api: httpx.Client) -> None:
+    cfg = pipeline.settings.ingest
+    result = subprocess.run(
+        ["nc", "-q1", cfg.host, str(cfg.port)],
+        input=(LITERAL + "\n").encode(),
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    reply = result.stdout.decode().strip()
+    assert reply.startswith("OK "), reply
+    reading_id = reply.split()[1]
+
+    body = wait_for(lambda: latest(api, "P-1001"), what="the reading in the API")
+    vitals = body["vitals"]
+    assert vitals["heart_rate"]["value"] == 78
+    assert vitals["spo2"]["value"] == 95
+    assert vitals["temp"]["value"] == 36.9
+    assert vitals["spo2"]["reading_id"] == reading_id
+
+    patients = api.get("/v1/patients").json()["patients"]
+    assert [p["patient_id"] for p in patients] == ["P-1001"]
+    history = api.get("/v1/patients/P-1001/vitals", params={"vital": "spo2"}).json()
+    assert [r["vitals"] for r in history["readings"]] == [{"spo2": 95.0}]
+
+
+def test_low_spo2_opens_an_alert_and_normal_values_resolve_it(
+    device: Device, api: httpx.Client
+) -> None:
+    assert device.send(b"device_id=mon-7 patient_id=P-7 seq=1 spo2=97 heart_rate=70").startswith(
+        "OK"
+    )
+    assert device.send(b"device_id=mon-7 patient_id=P-7 seq=2 oxygen=85%").startswith("OK")
+
+    def open_alerts() -> list[dict[str, Any]]:
+        alerts: list[dict[str, Any]] = api.get("/v1/alerts", params={"status": "open"}).json()[
+            "alerts"
+        ]
+        return alerts
+
+    [alert] = wait_for(open_alerts, what="an open SpO2 alert")
+    assert (alert["patient_id"], alert["vital"], alert["value"]) == ("P-7", "spo2", 85)
+    assert api.get("/v1/patients").json()["patients"][0]["open_alerts"] == 1
+
+    ack = api.post(f"/v1/alerts/{alert['alert_id']}/ack")
+    assert ack.status_code == 200 and ack.json()["acknowledged"] is True
+    assert open_alerts()[0]["status"] == "open", "acknowledging must not close the alert"
+
+    assert device.send(b"device_id=mon-7 patient_id=P-7 seq=3 spo2=96").startswith("OK")
+
+    def resolved() -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = api.get("/v1/alerts", params={"status": "resolved"}).json()[
+            "alerts"
+        ]
+        return rows
+
+    [done] = wait_for(resolved, what="the alert to resolve")
+    assert done["alert_id"] == alert["alert_id"]
+    assert done["acknowledged"] is True
+    assert open_alerts() == []
+
+
+def test_bad_input_is_rejected_counted_and_the_connection_keeps_working(
+    device: Device, api: httpx.Client, redis: Redis
+) -> None:
+    bad_lines = {
+        b"\x00\xff\xfe garbage \x80": "ERR 400",
+        b"device_id=mon-1 patient_id=P-1 heart_rate=\xc3\x28": "ERR 400 invalid_utf8",
+        b"device_id=mon-1 patient_id=P-1 heart_rate=-5": "ERR 422 out_of_range",
+        b"device_id=mon-1 patient_id=P-1 temp=1e308": "ERR 422 out_of_range",
+        b"device_id=mon-1 patient_id=P-1 heart_rate=abc": "ERR 400 bad_value",
+        b"device_id=mon-1 patient_id=P-1 colour=blue heart_rate=80": "ERR 400 unknown_key",
+        b"patient_id=P-1 heart_rate=80": "ERR 400 missing_field",
+        b"device_id=mon-1 heart_rate=80": "ERR 400 missing_field",
+        b"device_id=mon-1 patient_id=P-1": "ERR 400 no_vitals",
+        b'{"device_id": "mon-1", "patient_id": "P-1", "heart_rate": true}': "ERR 400 bad_value",
+        b"{not json": "ERR 400 malformed",
+    }
+    for line, expected in bad_lines.items():
+        reply = device.send(line)
+        assert reply.startswith(expected), (line, reply)
+
+    # A 1 MB line: rejected whole, without the server holding it in memory.
+    assert device.send(b"device_id=mon-1 patient_id=P-1 heart_rate=" + b"9" * 1_000_000).startswith(
+        "ERR 413 too_long"
+    )
+
+    reply = device.send(b"device_id=mon-1 patient_id=P-GOOD heart_rate=72")
+    assert reply.startswith("OK "), reply
+    wait_for(lambda: latest(api, "P-GOOD"), what="the valid reading after the bad ones")
+    assert latest(api, "P-1") is None, "nothing from a rejected line may be stored"
+
+    def rejected_by_reason() -> dict[str, float] | None:
+        counts = {}
+        for line in api.get("/metrics").text.splitlines():
+            if line.startswith("healthsync_readings_rejected_total{"):
+                reason = line.split('reason="')[1].split('"')[0]
+                counts[reason] = float(line.rsplit(" ", 1)[1])
+        return counts if sum(counts.values()) == len(bad_lines) + 1 else None
+
+    counts = wait_for(rejected_by_reason, what="reject counters in /metrics")
+    assert counts["out_of_range"] == 2 and counts["missing_field"] == 2 and counts["too_long"] == 1
+
+
+def test_api_errors_are_json(api: httpx.Client, device: Device) -> None:
+    missing = api.get("/v1/patients/P-NOBODY/vitals/latest")
+    assert missing.status_code == 404
+    assert missing.json() == {"error": {"status": 404, "message": "no vitals for patient P-NOBODY"}}
+    bad = api.get("/v1/patients/P-1/vitals", params={"vital": "mood"})
+    assert bad.status_code == 400 and "unknown vital" in bad.json()["error"]["message"]
+    assert api.get("/v1/alerts", params={"status": "maybe"}).status_code == 422
+    assert api.post("/v1/alerts/abc123/ack").status_code == 404
+    assert api.get("/healthz").json() == {"status": "ok"}
+    ready = api.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {"redis": "ok", "kafka": "ok"}
+
+
+def test_metrics_show_throughput_and_latency(device: Device, api: httpx.Client) -> None:
+    for seq in range(20):
+        assert device.send(f"device_id=m-9 patient_id=P-9 seq={seq} hr=70".encode()).startswith(
+            "OK"
+        )
+
+    def processed() -> str | None:
+        text = api.get("/metrics").text
+        # Latency is measured once the batch is visible, so it is published a moment later.
+        done = "healthsync_end_to_end_latency_seconds_count 20.0" in text
+        return text if done and "healthsync_readings_processed_total 20.0" in text else None
+
+    text = wait_for(processed, what="processed and latency counters")
+    assert "healthsync_readings_accepted_total 20.0" in text
+    assert 'healthsync_end_to_end_latency_seconds_bucket{le="+Inf"} 20.0' in text
+    assert "healthsync_consumer_lag" in text
+
+
+def test_processor_killed_mid_stream_stores_every_acknowledged_reading_once(
+    pipeline: Pipeline, device: Device, redis: Redis
+) -> None:
+    keys = pipeline.settings.redis.keys
+    acknowledged: set[str] = set()
+    patients = [f"P-{i}" for i in range(8)]
+
+    def send(start: int, count: int) -> None:
+        for seq in range(start, start + count):
+            patient = patients[seq % len(patients)]
+            line = f"device_id=dev-{patient} patient_id={patient} seq={seq} hr={60 + seq % 40}"
+            reply = device.send(line.encode())
+            assert reply.startswith("OK "), reply
+            acknowledged.add(reply.split()[1])
+
+    def stored() -> int:
+        return sum(int(redis.zcard(keys.seen(p))) for p in patients)
+
+    send(0, 300)
+    wait_for(lambda: stored() > 0, what="the processor to start storing")
+    pipeline.children["process"].kill()
+    send(300, 700)  # accepted by ingest while the processor is down
+    pipeline.start_child("process")
+    send(1000, 300)
+
+    wait_for(lambda: stored() == len(acknowledged), timeout=60, what="every reading stored")
+    seen: set[str] = set()
+    history_entries = 0
+    for patient in patients:
+        seen.update(m.decode() for m in redis.zrange(keys.seen(patient), 0, -1))
+        history_entries += int(redis.zcard(keys.history(patient)))
+    assert seen == acknowledged
+    assert history_entries == len(acknowledged), "a replayed reading was stored twice"
+    time.sleep(1.0)  # a late duplicate write would show up here
+    assert stored() == len(acknowledged)
