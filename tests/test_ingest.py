@@ -1,0 +1,111 @@
+"""The ingest server's promises that need a broker to fail or a device to misbehave."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from healthsync.stack import Service, start_broker
+from healthsync.supervisor import Pipeline
+from tests.conftest import Device, make_settings, wait_for
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Service]:
+    """A broker this test may kill."""
+    service = start_broker(log_dir=tmp_path)
+    yield service
+    service.stop()
+
+
+def test_no_ok_for_a_reading_kafka_did_not_take(
+    own_broker: Service, redis_server: Service, tmp_path: Path
+) -> None:
+    settings = make_settings(own_broker, redis_server, ingest={"ack_timeout_s": 2.0})
+    pipeline = Pipeline(settings, tmp_path)
+    pipeline.start(stages=("ingest",))
+    try:
+        device = Device(settings.ingest.host, settings.ingest.port)
+        assert device.send(b"device_id=d1 patient_id=P-1 seq=1 hr=70").startswith("OK ")
+
+        own_broker.process.kill()
+        own_broker.process.wait()
+        replies = []
+        started = time.monotonic()
+        for seq in range(2, 7):
+            replies.append(device.send(f"device_id=d1 patient_id=P-1 seq={seq} hr=70".encode()))
+        waited = time.monotonic() - started
+
+        assert all(r.startswith("ERR 503 kafka_unavailable") for r in replies), replies
+        # Each answer comes within the ack timeout, not after the device gave up.
+        assert waited < 5 * (2.0 + 3.0), waited
+        # The connection is still usable: the device can keep sending (and keep hearing 503).
+        assert device.send(b"device_id=d1 patient_id=P-1 seq=9 hr=70").startswith("ERR 503")
+        device.close()
+    finally:
+        pipeline.stop()
+
+
+def test_connection_limit(broker: Service, redis_server: Service, tmp_path: Path) -> None:
+    settings = make_settings(broker, redis_server, ingest={"max_connections": 2})
+    pipeline = Pipeline(settings, tmp_path)
+    pipeline.start(stages=("ingest",))
+    try:
+        address = (settings.ingest.host, settings.ingest.port)
+        first = Device(*address)
+        assert first.send(b"device_id=d1 patient_id=P-1 hr=70").startswith("OK ")
+
+        def second_connection() -> Device | None:
+            # The readiness probe's connection may not be released yet: retry briefly.
+            candidate = Device(*address)
+            if candidate.send(b"device_id=d2 patient_id=P-2 hr=70").startswith("OK "):
+                return candidate
+            candidate.close()
+            return None
+
+        second = wait_for(second_connection, timeout=10, what="a second connection")
+        with socket.create_connection(address, timeout=10) as third:
+            assert third.makefile("rb").readline() == b"ERR 503 busy: too many connections\n"
+        second.close()
+        time.sleep(0.2)  # let the server see the close
+        again = Device(*address)
+        assert again.send(b"device_id=d1 patient_id=P-1 hr=71").startswith("OK ")
+        assert first.send(b"device_id=d1 patient_id=P-1 hr=72").startswith("OK ")
+        again.close()
+        first.close()
+    finally:
+        pipeline.stop()
+
+
+def test_idle_connections_are_closed(
+    broker: Service, redis_server: Service, tmp_path: Path
+) -> None:
+    settings = make_settings(broker, redis_server, ingest={"idle_timeout_s": 1.0})
+    pipeline = Pipeline(settings, tmp_path)
+    pipeline.start(stages=("ingest",))
+    try:
+        device = Device(settings.ingest.host, settings.ingest.port)
+        assert device.send(b"device_id=d1 patient_id=P-1 hr=70").startswith("OK ")
+        assert device.reader.readline() == b"", "the server should close an idle connection"
+        device.close()
+    finally:
+        pipeline.stop()
+
+
+def test_pipelined_lines_are_answered_in_order(device: Device) -> None:
+    lines = []
+    for seq in range(200):
+        if seq % 10 == 3:
+            lines.append(f"device_id=d2 patient_id=P-2 seq={seq} hr=999")
+        else:
+            lines.append(f"device_id=d2 patient_id=P-2 seq={seq} hr={60 + seq % 30}")
+    device.sock.sendall(("\n".join(lines) + "\n").encode())
+    replies = [device.read() for _ in lines]
+    for seq, reply in enumerate(replies):
+        expected = "ERR 422" if seq % 10 == 3 else "OK "
+        assert reply.startswith(expected), (seq, reply)
+    assert len({r.split()[1] for r in replies if r.startswith("OK")}) == 180
