@@ -1,0 +1,50 @@
+"""Settings: environment variables, a TOML file, and handing settings to child processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from healthsync.config import Settings
+
+
+def test_documented_environment_shortcuts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEALTHSYNC_REDIS_URL", "redis://example:6380/1")
+    monkeypatch.setenv("HEALTHSYNC_KAFKA_BOOTSTRAP", "kafka-1:9092,kafka-2:9092")
+    monkeypatch.setenv("HEALTHSYNC_KAFKA_CLIENT", '{"security.protocol": "SSL"}')
+    monkeypatch.setenv("HEALTHSYNC_INGEST_MAX_LINE_BYTES", "2048")
+    settings = Settings.load()
+    assert settings.redis.url == "redis://example:6380/1"
+    assert settings.kafka.bootstrap == "kafka-1:9092,kafka-2:9092"
+    assert settings.kafka.client == {"security.protocol": "SSL"}
+    assert settings.ingest.max_line_bytes == 2048
+
+
+def test_toml_file_with_environment_overriding_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "healthsync.toml"
+    config.write_text('[ingest]\nport = 7100\nhost = "0.0.0.0"\n[kafka]\npartitions = 12\n')
+    monkeypatch.setenv("HEALTHSYNC_INGEST_PORT", "7200")
+    settings = Settings.load(config)
+    assert (settings.ingest.host, settings.ingest.port) == ("0.0.0.0", 7200)
+    assert settings.kafka.partitions == 12
+
+
+def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEALTHSYNC_KAFKA_PARTITIONS", "0")
+    with pytest.raises(ValidationError, match="partitions"):
+        Settings.load()
+
+
+def test_to_env_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Settings(
+        kafka={"bootstrap": "b:1", "client": {"sasl.mechanism": "PLAIN"}},
+        redis={"url": "redis://r:2/0", "prefix": "x"},
+        ingest={"port": 7001},
+    )
+    for key, value in original.to_env().items():
+        monkeypatch.setenv(key, value)
+    assert Settings.load() == original

@@ -1,0 +1,115 @@
+"""`healthsync up`: everything starts, a dead stage comes back, Ctrl-C leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from healthsync.stack import free_port
+from tests.conftest import wait_for
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid`, from /proc (children of children too)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    found: set[int] = set()
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.add(child)
+            stack.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path: Path) -> None:
+    ingest_port, api_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
+    env |= {"HEALTHSYNC_INGEST_PORT": str(ingest_port), "HEALTHSYNC_API_PORT": str(api_port)}
+    up = subprocess.Popen(
+        [sys.executable, "-m", "healthsync", "up", "--simulate", "3", "--rate", "5"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        api = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=5)
+
+        def three_patients() -> list[object] | None:
+            try:
+                patients: list[object] = api.get("/v1/patients").json()["patients"]
+            except httpx.HTTPError:
+                return None
+            return patients if len(patients) == 3 else None
+
+        wait_for(three_patients, timeout=90, what="readings from 3 simulated devices")
+        processes = descendants(up.pid)
+        assert len(processes) >= 6, "broker, redis, ingest, processor, api and simulator"
+
+        # A stage that dies is restarted.
+        ingest_pid = next(
+            p for p in processes if b"ingest" in Path(f"/proc/{p}/cmdline").read_bytes()
+        )
+        os.kill(ingest_pid, signal.SIGKILL)
+        wait_for(
+            lambda: any(
+                b"ingest" in Path(f"/proc/{p}/cmdline").read_bytes()
+                for p in descendants(up.pid)
+                if p != ingest_pid and alive(p)
+            ),
+            timeout=30,
+            what="ingest to be restarted",
+        )
+        processes = descendants(up.pid)
+
+        up.send_signal(signal.SIGINT)
+        out, _ = up.communicate(timeout=60)
+        api.close()
+    finally:
+        if up.poll() is None:
+            up.kill()
+    text = out.decode()
+    assert up.returncode == 0, text
+    assert "ingest    tcp://127.0.0.1:" in text and "(embedded Tansu)" in text
+    assert "processed" in text and "stopped." in text
+    assert "ingest exited with code" in text
+    assert not [p for p in processes if alive(p)], "a child outlived healthsync up"
+
+
+def test_missing_redis_binary_is_one_clear_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
+    env["PATH"] = str(tmp_path)  # nothing to find: redis-server is "not installed"
+    result = subprocess.run(
+        [sys.executable, "-m", "healthsync", "up"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.decode().strip() == (
+        "healthsync: redis-server not found on PATH; install it with: "
+        "sudo apt-get install redis-server"
+    )
