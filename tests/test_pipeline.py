@@ -7,8 +7,12 @@ import time
 from typing import Any
 
 import httpx
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from redis import Redis
 
+from healthsync.config import Settings
+from healthsync.kafka import make_consumer
 from healthsync.supervisor import Pipeline
 from tests.conftest import Device, wait_for
 
@@ -83,10 +87,10 @@ def test_low_spo2_opens_an_alert_and_normal_values_resolve_it(
 
 
 def test_bad_input_is_rejected_counted_and_the_connection_keeps_working(
-    device: Device, api: httpx.Client, redis: Redis
+    pipeline: Pipeline, device: Device, api: httpx.Client
 ) -> None:
     bad_lines = {
-        b"\x00\xff\xfe garbage \x80": "ERR 400",
+        b"\x00\xff\xfe garbage \x80": "ERR 400 invalid_utf8",
         b"device_id=mon-1 patient_id=P-1 heart_rate=\xc3\x28": "ERR 400 invalid_utf8",
         b"device_id=mon-1 patient_id=P-1 heart_rate=-5": "ERR 422 out_of_range",
         b"device_id=mon-1 patient_id=P-1 temp=1e308": "ERR 422 out_of_range",
@@ -122,6 +126,40 @@ def test_bad_input_is_rejected_counted_and_the_connection_keeps_working(
 
     counts = wait_for(rejected_by_reason, what="reject counters in /metrics")
     assert counts["out_of_range"] == 2 and counts["missing_field"] == 2 and counts["too_long"] == 1
+
+    # Every rejected line is kept, with its reason, on the dead-letter topic.
+    dead = read_topic(pipeline.settings, pipeline.settings.kafka.dlq_topic, len(bad_lines) + 1)
+    expected = [reply.split()[2] for reply in bad_lines.values()] + ["too_long"]
+    assert sorted(r["reason"] for r in dead) == sorted(expected)
+    assert any("colour=blue" in r["line"] for r in dead)
+
+
+def read_topic(settings: Settings, topic: str, count: int) -> list[dict[str, Any]]:
+    """Read `count` JSON records from every partition of a topic, without a consumer group."""
+    consumer = make_consumer(settings.kafka, "test-reader")
+    consumer.assign(
+        [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(settings.kafka.partitions)]
+    )
+    records: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 30
+    try:
+        while len(records) < count and time.monotonic() < deadline:
+            for message in consumer.consume(100, 0.5):
+                if message.error() is None:
+                    records.append(orjson.loads(message.value() or b"null"))
+    finally:
+        consumer.close()
+    return records
+
+
+def test_logs_carry_no_patient_data(pipeline: Pipeline, device: Device, api: httpx.Client) -> None:
+    assert device.send(LITERAL.encode()).startswith("OK ")
+    assert device.send(b"device_id=mon-0001 patient_id=P-1001 oxygen=85%").startswith("OK ")
+    assert device.send(b"device_id=mon-0001 patient_id=P-1001 hr=999").startswith("ERR")
+    wait_for(lambda: api.get("/v1/alerts").json()["alerts"], what="the alert")
+    logs = "".join(path.read_text() for path in pipeline.logs.glob("*.log"))
+    assert "ingest listening" in logs
+    assert "P-1001" not in logs and "mon-0001" not in logs
 
 
 def test_api_errors_are_json(api: httpx.Client, device: Device) -> None:
