@@ -17,12 +17,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-# redis-server and netcat come from the distribution (Debian/Ubuntu); the
+# redis-server, netcat (and shellcheck for the tests) come from the distribution (Debian/Ubuntu); the
 # Kafka-protocol broker comes from PyPI with the Python dependencies.
 system-deps:
 	@missing=(); \
 	command -v redis-server >/dev/null || missing+=(redis-server); \
 	command -v nc >/dev/null || missing+=(netcat-openbsd); \
+	command -v shellcheck >/dev/null || missing+=(shellcheck); \
 	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv); \
 	if [ $${#missing[@]} -gt 0 ]; then \
 	  echo "installing system packages: $${missing[*]}"; \

@@ -40,7 +40,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 def make_settings(broker: Service, redis_server: Service, **sections: dict[str, Any]) -> Settings:
     """Settings private to one test: unique topics, group, key prefix and ports."""
     tag = uuid.uuid4().hex[:10]
-    values: dict[str, dict[str, Any]] = {
+    values: dict[str, Any] = {
         "kafka": {
             "bootstrap": f"{broker.host}:{broker.port}",
             "vitals_topic": f"t{tag}.vitals",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import orjson
@@ -129,8 +129,8 @@ def test_bad_input_is_rejected_counted_and_the_connection_keeps_working(
 
     # Every rejected line is kept, with its reason, on the dead-letter topic.
     dead = read_topic(pipeline.settings, pipeline.settings.kafka.dlq_topic, len(bad_lines) + 1)
-    expected = [reply.split()[2] for reply in bad_lines.values()] + ["too_long"]
-    assert sorted(r["reason"] for r in dead) == sorted(expected)
+    reasons = [reply.split()[2] for reply in bad_lines.values()] + ["too_long"]
+    assert sorted(r["reason"] for r in dead) == sorted(reasons)
     assert any("colour=blue" in r["line"] for r in dead)
 
 
@@ -223,7 +223,8 @@ def test_processor_killed_mid_stream_stores_every_acknowledged_reading_once(
     seen: set[str] = set()
     history_entries = 0
     for patient in patients:
-        seen.update(m.decode() for m in redis.zrange(keys.seen(patient), 0, -1))
+        members = cast("list[bytes]", redis.zrange(keys.seen(patient), 0, -1))
+        seen.update(m.decode() for m in members)
         history_entries += int(redis.zcard(keys.history(patient)))
     assert seen == acknowledged
     assert history_entries == len(acknowledged), "a replayed reading was stored twice"

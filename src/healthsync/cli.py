@@ -111,7 +111,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if not quiet:
         print(file=sys.stderr)
     print(stats.summary())
-    return 0 if stats.sent and not stats.err else 1
+    return 0 if stats.sent and not stats.err and not stats.unanswered else 1
 
 
 def cmd_check(args: argparse.Namespace) -> int:
