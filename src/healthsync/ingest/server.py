@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -248,7 +247,7 @@ class IngestServer:
                 if other.paused and other.inflight < per_conn_bound * _RESUME_FRACTION:
                     other.resume()
 
-    async def start(self, tls: ssl.SSLContext | None = None) -> None:
+    async def start(self) -> None:
         loop = asyncio.get_running_loop()
         cfg = self.settings.ingest
         if cfg.plain_enabled:
@@ -292,24 +291,30 @@ class IngestServer:
         await self.publisher.close(timeout=2.0)
 
 
-async def _publish_stats(server: IngestServer, redis: Redis | None, stop: asyncio.Event) -> None:
-    """Every second: sweep idle connections and add this instance's counts to Redis."""
+async def _flush_stats(server: IngestServer, redis: Redis | None) -> None:
+    """Add this instance's counts to the shared totals in Redis."""
+    server.stats.gauge("connections_open", len(server.connections))
+    server.stats.gauge("inflight", server.inflight)
+    if redis is None:
+        return
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            server.stats.add_to(pipe)
+            await pipe.execute()
+    except Exception as exc:  # noqa: BLE001 - stats must never take ingest down
+        log.warning("could not publish ingest stats", extra={"error": str(exc)})
+
+
+async def _housekeeping(server: IngestServer, redis: Redis | None, stop: asyncio.Event) -> None:
+    """Every second: close idle connections and publish the counts."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=1.0)
         server.sweep_idle()
-        server.stats.gauge("connections_open", len(server.connections))
-        server.stats.gauge("inflight", server.inflight)
-        if redis is not None:
-            try:
-                async with redis.pipeline(transaction=False) as pipe:
-                    server.stats.add_to(pipe)
-                    await pipe.execute()
-            except Exception as exc:  # noqa: BLE001 - stats must never take ingest down
-                log.warning("could not publish ingest stats", extra={"error": str(exc)})
+        await _flush_stats(server, redis)
 
 
-async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
+async def serve(settings: Settings) -> None:
     """Run the ingest server until SIGTERM or SIGINT, then drain."""
     stats = StatsRecorder(settings.redis.keys, "ingest")
     publisher = Publisher(settings.kafka, settings.ingest.ack_timeout_s)
@@ -321,13 +326,12 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     await server.start()
     log.info("ingest listening", extra={"addresses": server.addresses})
-    if ready is not None:
-        ready.set()
-    stats_task = loop.create_task(_publish_stats(server, redis, stop))
+    housekeeping = loop.create_task(_housekeeping(server, redis, stop))
     await stop.wait()
     log.info("ingest draining", extra={"inflight": server.inflight})
     await server.drain()
-    await stats_task
+    await housekeeping
+    await _flush_stats(server, redis)  # what the drain answered counts too
     if redis is not None:
         await redis.aclose()
     log.info("ingest stopped")
