@@ -84,11 +84,16 @@ class Processor:
     def handle(self, messages: list[Message]) -> None:
         readings, offsets = self._decode(messages)
         if self._reload_state:
-            self.rules.load(self._retry("load alerts", self.live.load_open_alerts))
+            open_alerts = self._retry("load alerts", self.live.load_open_alerts)
+            if open_alerts is None:
+                return  # stopping: nothing was written, the batch is replayed on restart
+            self.rules.load(open_alerts)
             self._reload_state = False
         fresh = (
             self._retry("check seen", lambda: self.live.filter_new(readings)) if readings else []
         )
+        if fresh is None:
+            return
         self.stats.inc("duplicates_total", len(readings) - len(fresh))
         batch = Batch(fresh)
         for step in self.steps:
