@@ -109,3 +109,27 @@ def test_pipelined_lines_are_answered_in_order(device: Device) -> None:
         expected = "ERR 422" if seq % 10 == 3 else "OK "
         assert reply.startswith(expected), (seq, reply)
     assert len({r.split()[1] for r in replies if r.startswith("OK")}) == 180
+
+
+def test_backpressure_bounds_in_flight_readings_without_losing_any(
+    broker: Service, redis_server: Service, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        broker,
+        redis_server,
+        ingest={"max_inflight_per_connection": 4, "max_inflight_total": 6},
+    )
+    pipeline = Pipeline(settings, tmp_path)
+    pipeline.start(stages=("ingest",))
+    try:
+        devices = [Device(settings.ingest.host, settings.ingest.port) for _ in range(3)]
+        for n, device in enumerate(devices):
+            lines = [f"device_id=bp{n} patient_id=P-{n} seq={seq} hr=70" for seq in range(150)]
+            device.sock.sendall(("\n".join(lines) + "\n").encode())
+        for device in devices:
+            replies = [device.read() for _ in range(150)]
+            assert all(r.startswith("OK ") for r in replies), replies[:3]
+            assert len(set(replies)) == 150
+            device.close()
+    finally:
+        pipeline.stop()

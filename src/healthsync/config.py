@@ -83,6 +83,9 @@ class ProcessorSettings(BaseModel):
     batch_size: int = Field(2000, ge=1)
     batch_wait_s: float = Field(0.05, gt=0)
     session_timeout_ms: int = Field(6000, ge=1000)
+    # How long the broker may hold a fetch open waiting for data. librdkafka's
+    # 500 ms default adds up to that much latency on a quiet partition.
+    fetch_wait_ms: int = Field(10, ge=1, le=5000)
 
 
 class ApiSettings(BaseModel):

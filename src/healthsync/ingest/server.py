@@ -58,6 +58,7 @@ class DeviceConnection(asyncio.Protocol):
         self.paused = False
         self.closing = False
         self.last_activity = time.monotonic()
+        self.flush_scheduled = False
 
     # asyncio callbacks
 
@@ -73,7 +74,11 @@ class DeviceConnection(asyncio.Protocol):
         self.buffer += data
         self._split_lines()
         self._flush_replies()
-        if self.inflight >= self.server.settings.ingest.max_inflight_per_connection:
+        limits = self.server.settings.ingest
+        if (
+            self.inflight >= limits.max_inflight_per_connection
+            or self.server.inflight >= limits.max_inflight_total
+        ):
             self.pause()
 
     def eof_received(self) -> bool:
@@ -143,8 +148,10 @@ class DeviceConnection(asyncio.Protocol):
             else:
                 slot.reply = _UNAVAILABLE
                 server.stats.inc("readings_unavailable_total")
-            self._flush_replies()
-            server.maybe_resume(self)
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._scheduled_flush)
+            server.maybe_resume()
 
         try:
             server.publisher.publish(
@@ -159,6 +166,10 @@ class DeviceConnection(asyncio.Protocol):
     def _reject(self, error: wire.WireError, line: bytes) -> None:
         self.pending.append(_Slot(error.reply()))
         self.server.reject(error, line)
+
+    def _scheduled_flush(self) -> None:
+        self.flush_scheduled = False
+        self._flush_replies()
 
     def _flush_replies(self) -> None:
         pending = self.pending
@@ -175,11 +186,13 @@ class DeviceConnection(asyncio.Protocol):
     def pause(self) -> None:
         if not self.paused and self.transport is not None:
             self.paused = True
+            self.server.paused.add(self)
             self.transport.pause_reading()
 
     def resume(self) -> None:
         if self.paused and self.transport is not None and not self.closing:
             self.paused = False
+            self.server.paused.discard(self)
             self.transport.resume_reading()
 
     @property
@@ -195,6 +208,7 @@ class IngestServer:
     publisher: Publisher
     stats: StatsRecorder
     connections: set[DeviceConnection] = field(default_factory=set)
+    paused: set[DeviceConnection] = field(default_factory=set)
     inflight: int = 0
     servers: list[asyncio.Server] = field(default_factory=list)
 
@@ -210,6 +224,7 @@ class IngestServer:
 
     def release(self, connection: DeviceConnection) -> None:
         self.connections.discard(connection)
+        self.paused.discard(connection)
 
     def reject(self, error: wire.WireError, line: bytes) -> None:
         """Count a rejected line and keep it, with its reason, on the dead-letter topic."""
@@ -233,19 +248,15 @@ class IngestServer:
         if error is not None:
             self.stats.inc("dlq_failed_total")
 
-    def maybe_resume(self, connection: DeviceConnection) -> None:
-        total_bound = self.settings.ingest.max_inflight_total
-        per_conn_bound = self.settings.ingest.max_inflight_per_connection
-        if self.inflight > total_bound * _RESUME_FRACTION:
-            for other in self.connections:
-                other.pause()
+    def maybe_resume(self) -> None:
+        """After a delivery report: let paused connections read again once there is room."""
+        room = self.settings.ingest.max_inflight_total * _RESUME_FRACTION
+        if not self.paused or self.inflight > room:
             return
-        if connection.paused and connection.inflight <= per_conn_bound * _RESUME_FRACTION:
-            connection.resume()
-        if self.inflight < total_bound * _RESUME_FRACTION:
-            for other in self.connections:
-                if other.paused and other.inflight < per_conn_bound * _RESUME_FRACTION:
-                    other.resume()
+        per_connection_room = self.settings.ingest.max_inflight_per_connection * _RESUME_FRACTION
+        for paused in list(self.paused):
+            if paused.inflight <= per_connection_room:
+                paused.resume()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -47,7 +47,11 @@ def _quantity(vital: str, value: float) -> dict[str, Any]:
     return {"value": value, "unit": ucum, "system": UCUM, "code": ucum}
 
 
-def _observation(reading: Reading, suffix: str, profile: str | None) -> dict[str, Any]:
+_CODES = {n: _code(v.loinc, v.display) for n, v in VITALS.items()}
+_BP_CODE = _code(*_BP_PANEL)
+
+
+def _observation(reading: Reading, suffix: str, profile: str | None, when: str) -> dict[str, Any]:
     resource: dict[str, Any] = {
         "resourceType": "Observation",
         "id": f"{reading.reading_id}-{suffix}",
@@ -56,7 +60,7 @@ def _observation(reading: Reading, suffix: str, profile: str | None) -> dict[str
         "category": _VITAL_SIGNS_CATEGORY,
         "subject": {"reference": f"Patient/{reading.patient_id}"},
         "device": {"reference": f"Device/{reading.device_id}"},
-        "effectiveDateTime": isoformat_ms(reading.ts),
+        "effectiveDateTime": when,
     }
     if profile:
         resource["meta"] = {"profile": [_PROFILE_BASE + profile]}
@@ -67,20 +71,20 @@ def observations_for(reading: Reading) -> list[dict[str, Any]]:
     """One Observation per vital; systolic and diastolic together as the BP panel."""
     resources = []
     vitals = reading.vitals
+    when = isoformat_ms(reading.ts)
     for name, value in vitals.items():
         if name in ("bp_sys", "bp_dia") and "bp_sys" in vitals and "bp_dia" in vitals:
             continue
-        vital = VITALS[name]
-        resource = _observation(reading, name, _PROFILES.get(name))
-        resource["code"] = _code(vital.loinc, vital.display)
+        resource = _observation(reading, name, _PROFILES.get(name), when)
+        resource["code"] = _CODES[name]
         resource["valueQuantity"] = _quantity(name, value)
         resources.append(resource)
     if "bp_sys" in vitals and "bp_dia" in vitals:
-        resource = _observation(reading, "bp", _PROFILES["bp"])
-        resource["code"] = _code(*_BP_PANEL)
+        resource = _observation(reading, "bp", _PROFILES["bp"], when)
+        resource["code"] = _BP_CODE
         resource["component"] = [
             {
-                "code": _code(VITALS[n].loinc, VITALS[n].display),
+                "code": _CODES[n],
                 "valueQuantity": _quantity(n, vitals[n]),
             }
             for n in ("bp_sys", "bp_dia")

@@ -202,6 +202,7 @@ def build(settings: Settings) -> Processor:
         cfg.group_id,
         **{
             "session.timeout.ms": cfg.session_timeout_ms,
+            "fetch.wait.max.ms": cfg.fetch_wait_ms,
             "heartbeat.interval.ms": max(cfg.session_timeout_ms // 3, 500),
         },
     )
