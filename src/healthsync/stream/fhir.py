@@ -49,45 +49,49 @@ def _quantity(vital: str, value: float) -> dict[str, Any]:
 
 _CODES = {n: _code(v.loinc, v.display) for n, v in VITALS.items()}
 _BP_CODE = _code(*_BP_PANEL)
+_META = {name: {"profile": [_PROFILE_BASE + profile]} for name, profile in _PROFILES.items()}
+_BP_PARTS = ("bp_sys", "bp_dia")
 
 
-def _observation(reading: Reading, suffix: str, profile: str | None, when: str) -> dict[str, Any]:
+def _observation(
+    reading: Reading, suffix: str, common: dict[str, Any], code: dict[str, Any]
+) -> dict[str, Any]:
     resource: dict[str, Any] = {
         "resourceType": "Observation",
         "id": f"{reading.reading_id}-{suffix}",
         "identifier": [{"system": READING_ID_SYSTEM, "value": f"{reading.reading_id}/{suffix}"}],
-        "status": "final",
-        "category": _VITAL_SIGNS_CATEGORY,
-        "subject": {"reference": f"Patient/{reading.patient_id}"},
-        "device": {"reference": f"Device/{reading.device_id}"},
-        "effectiveDateTime": when,
+        **common,
+        "code": code,
     }
-    if profile:
-        resource["meta"] = {"profile": [_PROFILE_BASE + profile]}
+    meta = _META.get(suffix)
+    if meta is not None:
+        resource["meta"] = meta
     return resource
 
 
 def observations_for(reading: Reading) -> list[dict[str, Any]]:
     """One Observation per vital; systolic and diastolic together as the BP panel."""
-    resources = []
     vitals = reading.vitals
-    when = isoformat_ms(reading.ts)
+    # What every Observation of this reading shares, built once (this is the processor's hot path).
+    common = {
+        "status": "final",
+        "category": _VITAL_SIGNS_CATEGORY,
+        "subject": {"reference": f"Patient/{reading.patient_id}"},
+        "device": {"reference": f"Device/{reading.device_id}"},
+        "effectiveDateTime": isoformat_ms(reading.ts),
+    }
+    panel = "bp_sys" in vitals and "bp_dia" in vitals
+    resources = []
     for name, value in vitals.items():
-        if name in ("bp_sys", "bp_dia") and "bp_sys" in vitals and "bp_dia" in vitals:
+        if panel and name in _BP_PARTS:
             continue
-        resource = _observation(reading, name, _PROFILES.get(name), when)
-        resource["code"] = _CODES[name]
+        resource = _observation(reading, name, common, _CODES[name])
         resource["valueQuantity"] = _quantity(name, value)
         resources.append(resource)
-    if "bp_sys" in vitals and "bp_dia" in vitals:
-        resource = _observation(reading, "bp", _PROFILES["bp"], when)
-        resource["code"] = _BP_CODE
+    if panel:
+        resource = _observation(reading, "bp", common, _BP_CODE)
         resource["component"] = [
-            {
-                "code": _CODES[n],
-                "valueQuantity": _quantity(n, vitals[n]),
-            }
-            for n in ("bp_sys", "bp_dia")
+            {"code": _CODES[n], "valueQuantity": _quantity(n, vitals[n])} for n in _BP_PARTS
         ]
         resources.append(resource)
     return resources
