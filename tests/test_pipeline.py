@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -12,9 +14,10 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from redis import Redis
 
 from healthsync.config import Settings
-from healthsync.kafka import make_consumer
+from healthsync.kafka import make_consumer, make_producer
+from healthsync.stack import Service, start_redis
 from healthsync.supervisor import Pipeline
-from tests.conftest import Device, wait_for
+from tests.conftest import Device, make_settings, wait_for
 
 LITERAL = "device_id=mon-0001 patient_id=P-1001 heart_rate=78, oxygen=95% temp=36.9"
 
@@ -230,3 +233,71 @@ def test_processor_killed_mid_stream_stores_every_acknowledged_reading_once(
     assert history_entries == len(acknowledged), "a replayed reading was stored twice"
     time.sleep(1.0)  # a late duplicate write would show up here
     assert stored() == len(acknowledged)
+
+
+def test_a_resent_reading_is_acknowledged_again_and_stored_once(
+    pipeline: Pipeline, device: Device, api: httpx.Client, redis: Redis
+) -> None:
+    line = b"device_id=mon-5 patient_id=P-5 seq=41 hr=88 spo2=97"
+    first, again = device.send(line), device.send(line)
+    assert first.startswith("OK ") and first == again
+    assert device.send(b"device_id=mon-5 patient_id=P-5 seq=42 hr=89").startswith("OK ")
+    keys = pipeline.settings.redis.keys
+    wait_for(lambda: redis.zcard(keys.seen("P-5")) == 2, what="both distinct readings")
+    history = api.get("/v1/patients/P-5/vitals", params={"vital": "heart_rate"}).json()
+    assert [r["vitals"]["heart_rate"] for r in history["readings"]] == [88, 89]
+
+
+def test_a_value_on_the_topic_that_is_not_a_reading_is_set_aside(
+    pipeline: Pipeline, device: Device, api: httpx.Client
+) -> None:
+    settings = pipeline.settings
+    producer = make_producer(settings.kafka)
+    producer.produce(settings.kafka.vitals_topic, b"\x00 not a reading", b"P-X")
+    assert producer.flush(10) == 0
+    assert device.send(b"device_id=mon-6 patient_id=P-6 hr=75").startswith("OK ")
+    wait_for(lambda: latest(api, "P-6"), what="the reading after the poison value")
+    [record] = read_topic(settings, settings.kafka.dlq_topic, 1)
+    assert record["reason"] == "not_a_reading"
+    assert record["value"].endswith("not a reading")
+
+
+def test_redis_outage_holds_the_partition_and_loses_nothing(
+    broker: Service, tmp_path: Path
+) -> None:
+    own_redis = start_redis(log_dir=tmp_path)
+    settings = make_settings(broker, own_redis, redis={"timeout_s": 1.0})
+    pipeline = Pipeline(settings, tmp_path)
+    pipeline.start()
+    client = Redis.from_url(str(settings.redis.url))
+    keys = settings.redis.keys
+    try:
+        device = Device(settings.ingest.host, settings.ingest.port)
+
+        def send(seqs: range) -> None:
+            for seq in seqs:
+                line = f"device_id=mon-8 patient_id=P-8 seq={seq} hr=70"
+                assert device.send(line.encode()).startswith("OK ")
+
+        send(range(20))
+        wait_for(lambda: client.zcard(keys.seen("P-8")) == 20, what="the first readings")
+        own_redis.process.send_signal(signal.SIGSTOP)  # Redis stops answering
+        try:
+            send(range(20, 60))  # ingest does not need Redis: devices still get OK
+            time.sleep(3)  # the processor's writes time out and are retried meanwhile
+        finally:
+            own_redis.process.send_signal(signal.SIGCONT)
+        wait_for(
+            lambda: client.zcard(keys.seen("P-8")) == 60, what="every reading after the outage"
+        )
+        assert client.zcard(keys.history("P-8")) == 60
+        metrics = httpx.get(f"http://127.0.0.1:{settings.api.port}/metrics").text
+        sink_errors = [
+            row for row in metrics.splitlines() if row.startswith("healthsync_sink_errors_total ")
+        ]
+        assert sink_errors and float(sink_errors[0].split()[1]) >= 1, "the outage was noticed"
+        device.close()
+    finally:
+        client.close()
+        pipeline.stop()
+        own_redis.stop()

@@ -52,6 +52,12 @@ class RedisSettings(BaseModel):
     prefix: str = "hs"
     history_retention_s: int = Field(24 * 3600, ge=60)
     events_maxlen: int = Field(10_000, ge=100)
+    # A Redis that stops answering fails a call after this long, so the caller
+    # retries (processor) or reports not-ready (API) instead of hanging.
+    timeout_s: float = Field(5.0, gt=0)
+
+    def client_options(self) -> dict[str, Any]:
+        return {"socket_timeout": self.timeout_s, "socket_connect_timeout": self.timeout_s}
 
     @property
     def keys(self) -> RedisKeys:

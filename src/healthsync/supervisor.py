@@ -192,7 +192,7 @@ class Supervisor:
 
     def _watch(self) -> None:
         settings = self.pipeline.settings
-        redis = Redis.from_url(str(settings.redis.url))
+        redis = Redis.from_url(str(settings.redis.url), **settings.redis.client_options())
         keys = settings.redis.keys
         last = (time.monotonic(), 0, 0)
         while not self.stopping:

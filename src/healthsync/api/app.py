@@ -36,7 +36,7 @@ def create_app(settings: Settings) -> FastAPI:
         from healthsync.errors import ConfigError
 
         raise ConfigError("the API needs Redis (HEALTHSYNC_REDIS_URL)")
-    redis = Redis.from_url(settings.redis.url)
+    redis = Redis.from_url(settings.redis.url, **settings.redis.client_options())
     reader = LiveReader(redis, settings.redis.keys)
     collector = PipelineCollector()
     registry = CollectorRegistry()

@@ -330,7 +330,9 @@ async def serve(settings: Settings) -> None:
     stats = StatsRecorder(settings.redis.keys, "ingest")
     publisher = Publisher(settings.kafka, settings.ingest.ack_timeout_s)
     server = IngestServer(settings, publisher, stats)
-    redis = Redis.from_url(settings.redis.url) if settings.redis.url else None
+    redis = None
+    if settings.redis.url:
+        redis = Redis.from_url(settings.redis.url, **settings.redis.client_options())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -208,7 +208,8 @@ def build(settings: Settings) -> Processor:
     )
     producer = make_producer(settings.kafka)
     stats = StatsRecorder(settings.redis.keys, "processor")
-    live = RedisLiveSink(Redis.from_url(settings.redis.url), settings.redis, stats)
+    client = Redis.from_url(settings.redis.url, **settings.redis.client_options())
+    live = RedisLiveSink(client, settings.redis, stats)
     rules = ThresholdRules()
     steps: list[Step] = [rules, FhirObservations()]
     sinks: list[Sink] = [KafkaTopicSink(producer, settings.kafka), live]
