@@ -481,7 +481,7 @@ def _ceiling_consumer(settings: Settings) -> Consumer:
     return Consumer(
         client_config(
             settings.kafka,
-            **{
+            required={
                 "group.id": f"bench-ceiling-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",

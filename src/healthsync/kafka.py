@@ -23,42 +23,46 @@ class KafkaUnavailableError(HealthSyncError):
     """The broker did not answer in time."""
 
 
-def client_config(settings: KafkaSettings, **overrides: Any) -> dict[str, Any]:
+def client_config(
+    settings: KafkaSettings,
+    defaults: dict[str, Any] | None = None,
+    required: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """librdkafka settings: our defaults, then the user's `kafka.client`, then what we require.
+
+    Required settings are the ones HealthSync's guarantees rest on (acks=all,
+    manual commits); a user's setting cannot weaken them.
+    """
     if not settings.bootstrap:
         raise ConfigError("no Kafka bootstrap servers configured (HEALTHSYNC_KAFKA_BOOTSTRAP)")
-    config: dict[str, Any] = {
-        "bootstrap.servers": settings.bootstrap,
-        "logger": _librdkafka_log,
-    }
+    config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap, "logger": _librdkafka_log}
+    config.update(defaults or {})
     config.update(settings.client)
-    config.update(overrides)
+    config.update(required or {})
     return config
 
 
-def make_producer(settings: KafkaSettings, **overrides: Any) -> Producer:
+def make_producer(
+    settings: KafkaSettings, required: dict[str, Any] | None = None, **defaults: Any
+) -> Producer:
     """An idempotent producer that only reports success once all replicas have it."""
-    config = {
-        "acks": "all",
-        "enable.idempotence": True,
-        "linger.ms": 2,
-        "batch.num.messages": 10_000,
-        "compression.type": "lz4",
-    }
-    config.update(overrides)
-    return Producer(client_config(settings, **config))
+    tuning = {"linger.ms": 2, "batch.num.messages": 10_000, "compression.type": "lz4"}
+    safety = {"acks": "all", "enable.idempotence": True} | (required or {})
+    return Producer(client_config(settings, tuning | defaults, safety))
 
 
-def make_consumer(settings: KafkaSettings, group_id: str, **overrides: Any) -> Consumer:
+def make_consumer(settings: KafkaSettings, group_id: str, **defaults: Any) -> Consumer:
     """A consumer whose offsets the caller commits, after its sinks succeeded."""
-    config = {
-        "group.id": group_id,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
+    tuning = {
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
     }
-    config.update(overrides)
-    return Consumer(client_config(settings, **config))
+    required = {
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+    }
+    return Consumer(client_config(settings, tuning | defaults, required))
 
 
 def ensure_topics(settings: KafkaSettings, timeout: float = 15.0) -> None:

@@ -39,7 +39,7 @@ class Publisher:
         # the broker is unreachable: the report then fails and the device gets ERR 503.
         return make_producer(
             self._settings,
-            **{
+            required={
                 "message.timeout.ms": int(self._ack_timeout_s * 1000),
                 "error_cb": self._on_error,
             },
