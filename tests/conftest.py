@@ -84,6 +84,25 @@ def pipeline(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
 
 
 @pytest.fixture
+def start_ingest(
+    broker: Service, redis_server: Service, tmp_path: Path
+) -> Iterator[Callable[..., Settings]]:
+    """Start just the ingest server with some settings changed; stopped after the test."""
+    started: list[Pipeline] = []
+
+    def start(broker_service: Service | None = None, **ingest: Any) -> Settings:
+        settings = make_settings(broker_service or broker, redis_server, ingest=ingest)
+        running = Pipeline(settings, tmp_path / f"ingest-{len(started)}")
+        started.append(running)
+        running.start(stages=("ingest",))
+        return settings
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
 def api(pipeline: Pipeline) -> Iterator[httpx.Client]:
     cfg = pipeline.settings.api
     with httpx.Client(base_url=f"http://{cfg.host}:{cfg.port}", timeout=10) as client:

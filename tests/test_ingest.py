@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from healthsync.config import Settings
 from healthsync.stack import Service, start_broker
-from healthsync.supervisor import Pipeline
-from tests.conftest import Device, make_settings, wait_for
+from tests.conftest import Device, wait_for
+
+StartIngest = Callable[..., Settings]
 
 
 @pytest.fixture
@@ -22,78 +24,64 @@ def own_broker(tmp_path: Path) -> Iterator[Service]:
     service.stop()
 
 
+def connect(settings: Settings) -> Device:
+    return Device(settings.ingest.host, settings.ingest.port)
+
+
 def test_no_ok_for_a_reading_kafka_did_not_take(
-    own_broker: Service, redis_server: Service, tmp_path: Path
+    own_broker: Service, start_ingest: StartIngest
 ) -> None:
-    settings = make_settings(own_broker, redis_server, ingest={"ack_timeout_s": 2.0})
-    pipeline = Pipeline(settings, tmp_path)
-    pipeline.start(stages=("ingest",))
-    try:
-        device = Device(settings.ingest.host, settings.ingest.port)
-        assert device.send(b"device_id=d1 patient_id=P-1 seq=1 hr=70").startswith("OK ")
+    settings = start_ingest(own_broker, ack_timeout_s=2.0)
+    device = connect(settings)
+    assert device.send(b"device_id=d1 patient_id=P-1 seq=1 hr=70").startswith("OK ")
 
-        own_broker.process.kill()
-        own_broker.process.wait()
-        replies = []
-        started = time.monotonic()
-        for seq in range(2, 7):
-            replies.append(device.send(f"device_id=d1 patient_id=P-1 seq={seq} hr=70".encode()))
-        waited = time.monotonic() - started
+    own_broker.process.kill()
+    own_broker.process.wait()
+    replies = []
+    started = time.monotonic()
+    for seq in range(2, 7):
+        replies.append(device.send(f"device_id=d1 patient_id=P-1 seq={seq} hr=70".encode()))
+    waited = time.monotonic() - started
 
-        assert all(r.startswith("ERR 503 kafka_unavailable") for r in replies), replies
-        # Each answer comes within the ack timeout, not after the device gave up.
-        assert waited < 5 * (2.0 + 3.0), waited
-        # The connection is still usable: the device can keep sending (and keep hearing 503).
-        assert device.send(b"device_id=d1 patient_id=P-1 seq=9 hr=70").startswith("ERR 503")
-        device.close()
-    finally:
-        pipeline.stop()
+    assert all(r.startswith("ERR 503 kafka_unavailable") for r in replies), replies
+    # Each answer comes within the ack timeout, not after the device gave up.
+    assert waited < 5 * (2.0 + 3.0), waited
+    # The connection is still usable: the device can keep sending (and keep hearing 503).
+    assert device.send(b"device_id=d1 patient_id=P-1 seq=9 hr=70").startswith("ERR 503")
+    device.close()
 
 
-def test_connection_limit(broker: Service, redis_server: Service, tmp_path: Path) -> None:
-    settings = make_settings(broker, redis_server, ingest={"max_connections": 2})
-    pipeline = Pipeline(settings, tmp_path)
-    pipeline.start(stages=("ingest",))
-    try:
-        address = (settings.ingest.host, settings.ingest.port)
-        first = Device(*address)
-        assert first.send(b"device_id=d1 patient_id=P-1 hr=70").startswith("OK ")
+def test_connection_limit(start_ingest: StartIngest) -> None:
+    settings = start_ingest(max_connections=2)
+    first = connect(settings)
+    assert first.send(b"device_id=d1 patient_id=P-1 hr=70").startswith("OK ")
 
-        def second_connection() -> Device | None:
-            # The readiness probe's connection may not be released yet: retry briefly.
-            candidate = Device(*address)
-            if candidate.send(b"device_id=d2 patient_id=P-2 hr=70").startswith("OK "):
-                return candidate
-            candidate.close()
-            return None
+    def second_connection() -> Device | None:
+        # The readiness probe's connection may not be released yet: retry briefly.
+        candidate = connect(settings)
+        if candidate.send(b"device_id=d2 patient_id=P-2 hr=70").startswith("OK "):
+            return candidate
+        candidate.close()
+        return None
 
-        second = wait_for(second_connection, timeout=10, what="a second connection")
-        with socket.create_connection(address, timeout=10) as third:
-            assert third.makefile("rb").readline() == b"ERR 503 busy: too many connections\n"
-        second.close()
-        time.sleep(0.2)  # let the server see the close
-        again = Device(*address)
-        assert again.send(b"device_id=d1 patient_id=P-1 hr=71").startswith("OK ")
-        assert first.send(b"device_id=d1 patient_id=P-1 hr=72").startswith("OK ")
-        again.close()
-        first.close()
-    finally:
-        pipeline.stop()
+    second = wait_for(second_connection, timeout=10, what="a second connection")
+    address = (settings.ingest.host, settings.ingest.port)
+    with socket.create_connection(address, timeout=10) as third:
+        assert third.makefile("rb").readline() == b"ERR 503 busy: too many connections\n"
+    second.close()
+    time.sleep(0.2)  # let the server see the close
+    again = connect(settings)
+    assert again.send(b"device_id=d1 patient_id=P-1 hr=71").startswith("OK ")
+    assert first.send(b"device_id=d1 patient_id=P-1 hr=72").startswith("OK ")
+    again.close()
+    first.close()
 
 
-def test_idle_connections_are_closed(
-    broker: Service, redis_server: Service, tmp_path: Path
-) -> None:
-    settings = make_settings(broker, redis_server, ingest={"idle_timeout_s": 1.0})
-    pipeline = Pipeline(settings, tmp_path)
-    pipeline.start(stages=("ingest",))
-    try:
-        device = Device(settings.ingest.host, settings.ingest.port)
-        assert device.send(b"device_id=d1 patient_id=P-1 hr=70").startswith("OK ")
-        assert device.reader.readline() == b"", "the server should close an idle connection"
-        device.close()
-    finally:
-        pipeline.stop()
+def test_idle_connections_are_closed(start_ingest: StartIngest) -> None:
+    device = connect(start_ingest(idle_timeout_s=1.0))
+    assert device.send(b"device_id=d1 patient_id=P-1 hr=70").startswith("OK ")
+    assert device.reader.readline() == b"", "the server should close an idle connection"
+    device.close()
 
 
 def test_pipelined_lines_are_answered_in_order(device: Device) -> None:
@@ -112,24 +100,15 @@ def test_pipelined_lines_are_answered_in_order(device: Device) -> None:
 
 
 def test_backpressure_bounds_in_flight_readings_without_losing_any(
-    broker: Service, redis_server: Service, tmp_path: Path
+    start_ingest: StartIngest,
 ) -> None:
-    settings = make_settings(
-        broker,
-        redis_server,
-        ingest={"max_inflight_per_connection": 4, "max_inflight_total": 6},
-    )
-    pipeline = Pipeline(settings, tmp_path)
-    pipeline.start(stages=("ingest",))
-    try:
-        devices = [Device(settings.ingest.host, settings.ingest.port) for _ in range(3)]
-        for n, device in enumerate(devices):
-            lines = [f"device_id=bp{n} patient_id=P-{n} seq={seq} hr=70" for seq in range(150)]
-            device.sock.sendall(("\n".join(lines) + "\n").encode())
-        for device in devices:
-            replies = [device.read() for _ in range(150)]
-            assert all(r.startswith("OK ") for r in replies), replies[:3]
-            assert len(set(replies)) == 150
-            device.close()
-    finally:
-        pipeline.stop()
+    settings = start_ingest(max_inflight_per_connection=4, max_inflight_total=6)
+    devices = [connect(settings) for _ in range(3)]
+    for n, device in enumerate(devices):
+        lines = [f"device_id=bp{n} patient_id=P-{n} seq={seq} hr=70" for seq in range(150)]
+        device.sock.sendall(("\n".join(lines) + "\n").encode())
+    for device in devices:
+        replies = [device.read() for _ in range(150)]
+        assert all(r.startswith("OK ") for r in replies), replies[:3]
+        assert len(set(replies)) == 150
+        device.close()
