@@ -1,0 +1,51 @@
+"""The Redis live sink against a real redis-server: idempotence and retention."""
+
+from __future__ import annotations
+
+import time
+from typing import cast
+
+import orjson
+from redis import Redis
+
+from healthsync.config import Settings
+from healthsync.metrics import StatsRecorder
+from healthsync.readings import Reading
+from healthsync.store.live import RedisLiveSink
+from healthsync.stream.batch import Batch
+
+
+def reading(rid: str, ts: float, hr: float = 70) -> Reading:
+    return Reading(rid, "d1", "P-1", ts, ts, {"heart_rate": hr})
+
+
+def sink_for(settings: Settings, redis: Redis) -> RedisLiveSink:
+    return RedisLiveSink(redis, settings.redis, StatsRecorder(settings.redis.keys, "processor"))
+
+
+def test_a_replayed_batch_changes_nothing(settings: Settings, redis: Redis) -> None:
+    sink = sink_for(settings, redis)
+    now = time.time()
+    batch = [reading("a", now - 2), reading("b", now - 1, hr=75)]
+    fresh = sink.filter_new([*batch, batch[0]])
+    assert [r.reading_id for r in fresh] == ["a", "b"], "a duplicate inside a batch counts once"
+    sink.write(Batch(fresh))
+    sink.flush()
+
+    assert sink.filter_new(batch) == []
+    keys = settings.redis.keys
+    assert redis.zcard(keys.history("P-1")) == 2
+    latest = cast("bytes", redis.hget(keys.latest("P-1"), "heart_rate"))
+    assert orjson.loads(latest)["value"] == 75
+
+
+def test_history_older_than_the_retention_is_trimmed(settings: Settings, redis: Redis) -> None:
+    settings.redis.history_retention_s = 60
+    sink = sink_for(settings, redis)
+    now = time.time()
+    sink.write(Batch([reading("old", now - 3600), reading("new", now - 1)]))
+    sink.flush()
+    keys = settings.redis.keys
+    history = cast("list[bytes]", redis.zrange(keys.history("P-1"), 0, -1))
+    assert [orjson.loads(entry)["id"] for entry in history] == ["new"]
+    assert redis.zrange(keys.seen("P-1"), 0, -1) == [b"new"]
