@@ -301,3 +301,22 @@ def test_redis_outage_holds_the_partition_and_loses_nothing(
         client.close()
         pipeline.stop()
         own_redis.stop()
+
+
+def test_news2_is_served_with_each_patient(device: Device, api: httpx.Client) -> None:
+    monitor = "device_id=mon-3 patient_id=P-3 rr=22 spo2=95 bp=105/70 hr=95 temp=38.4 on_o2=no"
+    assert device.send(monitor.encode()).startswith("OK ")
+    # A nurse's observation arrives from another device: the score combines both.
+    assert device.send(b"device_id=nurse-1 patient_id=P-3 rr=22 consciousness=V").startswith("OK ")
+
+    def scored() -> dict[str, Any] | None:
+        body = latest(api, "P-3")
+        news2 = body["news2"] if body else None
+        return news2 if news2 and news2["complete"] else None
+
+    news2 = wait_for(scored, what="a complete NEWS2")
+    # rr 22 -> 2, SpO2 95 -> 1, air -> 0, systolic 105 -> 1, pulse 95 -> 1, V -> 3, 38.4 -> 1
+    assert (news2["total"], news2["band"]) == (9, "high")
+    listed = api.get("/v1/patients").json()["patients"][0]
+    assert listed["news2"]["total"] == 9
+    assert listed["vitals"]["consciousness"]["value"] == "V"

@@ -92,6 +92,8 @@ class ProcessorSettings(BaseModel):
     # How long the broker may hold a fetch open waiting for data. librdkafka's
     # 500 ms default adds up to that much latency on a quiet partition.
     fetch_wait_ms: int = Field(10, ge=1, le=5000)
+    # A NEWS2 parameter older than this (relative to the patient's newest reading) no longer counts.
+    news2_freshness_s: float = Field(900.0, gt=0)
 
 
 class ApiSettings(BaseModel):

@@ -21,6 +21,7 @@ class RedisKeys:
     - ``{p}:alerts:recent``             sorted set: alert_id scored by when it opened
     - ``{p}:alerts:open``               hash: "patient|kind" -> alert_id
     - ``{p}:alerts:acknowledged``       hash: alert_id -> JSON {by, at}
+    - ``{p}:news2``                     hash: patient_id -> latest NEWS2 JSON
     - ``{p}:events``                    stream of live events for dashboards
     - ``{p}:stats:{component}``         hash of counters shared by all instances
     - ``{p}:latency``                   hash: histogram bucket -> count
@@ -51,6 +52,10 @@ class RedisKeys:
     @property
     def open_alerts(self) -> str:
         return f"{self.prefix}:alerts:open"
+
+    @property
+    def news2(self) -> str:
+        return f"{self.prefix}:news2"
 
     @property
     def acknowledged(self) -> str:

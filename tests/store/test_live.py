@@ -49,3 +49,18 @@ def test_history_older_than_the_retention_is_trimmed(settings: Settings, redis: 
     history = cast("list[bytes]", redis.zrange(keys.history("P-1"), 0, -1))
     assert [orjson.loads(entry)["id"] for entry in history] == ["new"]
     assert redis.zrange(keys.seen("P-1"), 0, -1) == [b"new"]
+
+
+def test_news2_inputs_survive_a_restart(settings: Settings, redis: Redis) -> None:
+    sink = sink_for(settings, redis)
+    now = time.time()
+    nurse = Reading("n", "nurse-1", "P-1", now, now, {}, None, True, "A")
+    sink.write(Batch([reading("a", now - 5, hr=101), nurse]))
+    sink.flush()
+    observed = sink_for(settings, redis).load_observed(["P-1", "P-unknown"])
+    assert observed["P-1"] == {
+        "heart_rate": (101, now - 5),
+        "on_oxygen": (True, now),
+        "consciousness": ("A", now),
+    }
+    assert observed["P-unknown"] == {}

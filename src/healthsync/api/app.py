@@ -102,7 +102,7 @@ def create_app(settings: Settings) -> FastAPI:
         vitals = await reader.latest(patient_id)
         if vitals is None:
             raise HTTPException(404, f"no vitals for patient {patient_id}")
-        return {"patient_id": patient_id, "vitals": vitals}
+        return {"patient_id": patient_id, "vitals": vitals, "news2": await reader.news2(patient_id)}
 
     @app.get("/v1/patients/{patient_id}/vitals", tags=["patients"])
     async def history(

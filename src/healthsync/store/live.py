@@ -19,12 +19,13 @@ from healthsync.metrics import StatsRecorder
 from healthsync.readings import Reading
 from healthsync.stream.alerts import Alert
 from healthsync.stream.batch import Batch
+from healthsync.stream.news2 import PARAMETERS, Observed, observed_in
 
 # Trim a patient's history and seen-set at most this often, not on every batch.
 _TRIM_INTERVAL_S = 60.0
 
 
-def latest_entry(reading: Reading, value: float) -> dict[str, Any]:
+def latest_entry(reading: Reading, value: Any) -> dict[str, Any]:
     return {
         "value": value,
         "ts": reading.ts,
@@ -80,6 +81,21 @@ class RedisLiveSink:
                 fresh.append(reading)
         return fresh
 
+    def load_observed(self, patients: list[str]) -> dict[str, Observed]:
+        """Each patient's latest value and time per NEWS2 parameter, from the latest-hash."""
+        pipe = self.client.pipeline(transaction=False)
+        for patient in patients:
+            pipe.hmget(self.keys.latest(patient), list(PARAMETERS))
+        state: dict[str, Observed] = {}
+        for patient, entries in zip(patients, pipe.execute(), strict=True):
+            observed: Observed = {}
+            for name, raw in zip(PARAMETERS, entries, strict=True):
+                if raw is not None:
+                    entry = orjson.loads(raw)
+                    observed[name] = (entry["value"], entry["ts"])
+            state[patient] = observed
+        return state
+
     def load_open_alerts(self) -> list[Alert]:
         ids: list[bytes] = self.client.hvals(self.keys.open_alerts)  # type: ignore[assignment]
         if not ids:
@@ -99,8 +115,11 @@ class RedisLiveSink:
         for reading in batch.readings:
             patient = reading.patient_id
             fields = latest.setdefault(patient, {})
+            for name, value in observed_in(reading).items():
+                fields[name] = latest_entry(reading, value)
             for vital, value in reading.vitals.items():
-                fields[vital] = latest_entry(reading, value)
+                if vital not in fields:
+                    fields[vital] = latest_entry(reading, value)
             history.setdefault(patient, {})[history_entry(reading)] = reading.ts
             seen.setdefault(patient, {})[reading.reading_id] = reading.ts
             last_seen[patient] = max(last_seen.get(patient, 0.0), reading.ts)
@@ -124,6 +143,11 @@ class RedisLiveSink:
             # Resolved alerts expire on their own; drop their index entries too.
             self._alerts_trimmed_at = now
             pipe.zremrangebyscore(keys.recent_alerts, "-inf", cutoff)
+        if batch.scores:
+            pipe.hset(
+                keys.news2,
+                mapping={p: orjson.dumps(score.to_dict()) for p, score in batch.scores.items()},
+            )
         self._write_alerts(pipe, batch)
         self.stats.inc("readings_processed_total", len(batch.readings))
         self.stats.add_to(pipe)

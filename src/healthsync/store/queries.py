@@ -27,22 +27,30 @@ class LiveReader:
         for slot in slots:
             patient = slot.decode().split("|", 1)[0]
             open_by_patient[patient] = open_by_patient.get(patient, 0) + 1
+        if not rows:
+            return []
+        patients = [member.decode() for member, _score in rows]
         pipe = self.client.pipeline(transaction=False)
-        for member, _score in rows:
-            pipe.hgetall(self.keys.latest(member.decode()))
-        latests = await pipe.execute()
-        result = []
-        for (member, score), latest in zip(rows, latests, strict=True):
-            patient = member.decode()
-            result.append(
-                {
-                    "patient_id": patient,
-                    "last_seen": score,
-                    "vitals": _decode_latest(latest),
-                    "open_alerts": open_by_patient.get(patient, 0),
-                }
+        for patient in patients:
+            pipe.hgetall(self.keys.latest(patient))
+        pipe.hmget(self.keys.news2, patients)
+        *latests, scores = await pipe.execute()
+        return [
+            {
+                "patient_id": patient,
+                "last_seen": last_seen,
+                "vitals": _decode_latest(latest),
+                "news2": orjson.loads(news2) if news2 else None,
+                "open_alerts": open_by_patient.get(patient, 0),
+            }
+            for patient, (_member, last_seen), latest, news2 in zip(
+                patients, rows, latests, scores, strict=True
             )
-        return result
+        ]
+
+    async def news2(self, patient_id: str) -> dict[str, Any] | None:
+        raw = await self.client.hget(self.keys.news2, patient_id)
+        return cast("dict[str, Any]", orjson.loads(raw)) if raw else None
 
     async def latest(self, patient_id: str) -> dict[str, Any] | None:
         raw = cast("dict[bytes, bytes]", await self.client.hgetall(self.keys.latest(patient_id)))

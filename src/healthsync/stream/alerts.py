@@ -8,6 +8,7 @@ in place, a value back inside the band resolves it. The clinical engine
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -97,19 +98,32 @@ def alert_id_for(patient_id: str, kind: str, reading_id: str) -> str:
 class ThresholdRules:
     """A Step: opens, escalates and resolves threshold alerts.
 
-    `open_alerts` is the state: (patient_id, kind) -> Alert. The processor
-    loads it from Redis when it starts or is assigned partitions, so a restart
-    neither duplicates nor forgets an alert.
+    `open_alerts` is the state: (patient_id, kind) -> Alert. It is loaded
+    from the live cache before the first batch and again after `reset()` (the
+    processor's partitions moved), so a restart neither duplicates nor
+    forgets an alert.
     """
 
-    def __init__(self, thresholds: tuple[Threshold, ...] = DEFAULT_THRESHOLDS) -> None:
+    def __init__(
+        self,
+        load_open: Callable[[], list[Alert]] | None = None,
+        thresholds: tuple[Threshold, ...] = DEFAULT_THRESHOLDS,
+    ) -> None:
         self.thresholds = {t.vital: t for t in thresholds}
+        self.load_open = load_open
         self.open_alerts: dict[tuple[str, str], Alert] = {}
+        self.stale = load_open is not None
 
     def load(self, alerts: list[Alert]) -> None:
         self.open_alerts = {(a.patient_id, a.kind): a for a in alerts if a.status == "open"}
 
+    def reset(self) -> None:
+        self.stale = self.load_open is not None
+
     def process(self, batch: Any) -> None:
+        if self.stale and self.load_open is not None:
+            self.load(self.load_open())  # before any change, so a failed load can be retried
+            self.stale = False
         for reading in batch.readings:
             batch.alert_events.extend(self.evaluate(reading))
 

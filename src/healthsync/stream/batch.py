@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from healthsync.readings import Reading
 from healthsync.stream.alerts import AlertEvent
+from healthsync.stream.news2 import News2
 
 
 @dataclass
@@ -21,12 +22,21 @@ class Batch:
     alert_events: list[AlertEvent] = field(default_factory=list)
     # (key, FHIR resource) pairs for the observations topic.
     observations: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # The latest NEWS2 of each patient the batch touched.
+    scores: dict[str, News2] = field(default_factory=dict)
 
 
 class Step(Protocol):
-    """Derives something from a batch (alerts, FHIR resources) and adds it to the batch."""
+    """Derives something from a batch (alerts, FHIR resources) and adds it to the batch.
+
+    A step that reads state from a store does so before it changes anything,
+    so a failed read can be retried; `reset` drops state that may be stale
+    because the processor's partitions (and so its patients) moved.
+    """
 
     def process(self, batch: Batch) -> None: ...
+
+    def reset(self) -> None: ...
 
 
 class Sink(Protocol):

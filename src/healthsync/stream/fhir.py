@@ -126,6 +126,9 @@ def flag_for(alert: Alert) -> dict[str, Any]:
 class FhirObservations:
     """A Step: adds the batch's Observations, keyed by patient, for the observations topic."""
 
+    def reset(self) -> None:
+        """Nothing to forget: each Observation depends on its reading alone."""
+
     def process(self, batch: Any) -> None:
         for reading in batch.readings:
             for resource in observations_for(reading):

@@ -37,7 +37,6 @@ class Processor:
         consumer: Consumer,
         producer: Producer,
         live: RedisLiveSink,
-        rules: ThresholdRules,
         steps: Sequence[Step],
         sinks: Sequence[Sink],
         stats: StatsRecorder,
@@ -46,20 +45,19 @@ class Processor:
         self.consumer = consumer
         self.producer = producer
         self.live = live
-        self.rules = rules
         self.steps = steps
         self.sinks = sinks
         self.stats = stats
         self.stopping = False
-        self._reload_state = True
         self._lag_at = 0.0
 
     def stop(self) -> None:
         self.stopping = True
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Partitions (and so patients) moved: rebuild open-alert state from Redis.
-        self._reload_state = True
+        # Partitions (and so patients) moved: the steps rebuild their state from Redis.
+        for step in self.steps:
+            step.reset()
         log.info("partitions assigned", extra={"partitions": [p.partition for p in partitions]})
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -83,12 +81,6 @@ class Processor:
 
     def handle(self, messages: list[Message]) -> None:
         readings, offsets = self._decode(messages)
-        if self._reload_state:
-            open_alerts = self._retry("load alerts", self.live.load_open_alerts)
-            if open_alerts is None:
-                return  # stopping: nothing was written, the batch is replayed on restart
-            self.rules.load(open_alerts)
-            self._reload_state = False
         fresh = (
             self._retry("check seen", lambda: self.live.filter_new(readings)) if readings else []
         )
@@ -97,7 +89,8 @@ class Processor:
         self.stats.inc("duplicates_total", len(readings) - len(fresh))
         batch = Batch(fresh)
         for step in self.steps:
-            step.process(batch)
+            if self._retry(type(step).__name__, lambda s=step: self._run(s, batch)) is None:
+                return  # stopping: nothing was written, the batch is replayed on restart
         if self._retry("write sinks", lambda: self._write(batch)) is None:
             return  # stopping with the batch unwritten: it is replayed on restart
         if offsets:
@@ -133,6 +126,11 @@ class Processor:
             "value": (message.value() or b"")[:4096].decode("utf-8", "replace"),
         }
         self.producer.produce(self.settings.kafka.dlq_topic, orjson.dumps(record), message.key())
+
+    @staticmethod
+    def _run(step: Step, batch: Batch) -> bool:
+        step.process(batch)
+        return True
 
     def _write(self, batch: Batch) -> bool:
         for sink in self.sinks:
@@ -190,6 +188,7 @@ def build(settings: Settings) -> Processor:
 
     from healthsync.kafka import make_consumer, make_producer
     from healthsync.stream.fhir import FhirObservations
+    from healthsync.stream.news2 import News2Scores
     from healthsync.stream.topics import KafkaTopicSink
 
     if not settings.redis.url:
@@ -210,7 +209,10 @@ def build(settings: Settings) -> Processor:
     stats = StatsRecorder(settings.redis.keys, "processor")
     client = Redis.from_url(settings.redis.url, **settings.redis.client_options())
     live = RedisLiveSink(client, settings.redis, stats)
-    rules = ThresholdRules()
-    steps: list[Step] = [rules, FhirObservations()]
+    steps: list[Step] = [
+        ThresholdRules(live.load_open_alerts),
+        News2Scores(live.load_observed, cfg.news2_freshness_s),
+        FhirObservations(),
+    ]
     sinks: list[Sink] = [KafkaTopicSink(producer, settings.kafka), live]
-    return Processor(settings, consumer, producer, live, rules, steps, sinks, stats)
+    return Processor(settings, consumer, producer, live, steps, sinks, stats)
