@@ -22,6 +22,9 @@ class RedisKeys:
     - ``{p}:alerts:open``               hash: "patient|kind" -> alert_id
     - ``{p}:alerts:acknowledged``       hash: alert_id -> JSON {by, at}
     - ``{p}:news2``                     hash: patient_id -> latest NEWS2 JSON
+    - ``{p}:fhir:{type}:{id}``          string: a FHIR resource's JSON (recent window)
+    - ``{p}:fhir:index:{type}``         sorted set: id scored by the resource's time
+    - ``{p}:fhir:index:{type}:{patient}`` sorted set: the same, for one patient
     - ``{p}:events``                    stream of live events for dashboards
     - ``{p}:stats:{component}``         hash of counters shared by all instances
     - ``{p}:latency``                   hash: histogram bucket -> count
@@ -64,6 +67,13 @@ class RedisKeys:
     @property
     def events(self) -> str:
         return f"{self.prefix}:events"
+
+    def fhir(self, resource_type: str, resource_id: str) -> str:
+        return f"{self.prefix}:fhir:{resource_type}:{resource_id}"
+
+    def fhir_index(self, resource_type: str, patient_id: str | None = None) -> str:
+        base = f"{self.prefix}:fhir:index:{resource_type}"
+        return base if patient_id is None else f"{base}:{patient_id}"
 
     def stats(self, component: str) -> str:
         return f"{self.prefix}:stats:{component}"
