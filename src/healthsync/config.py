@@ -96,6 +96,20 @@ class ProcessorSettings(BaseModel):
     news2_freshness_s: float = Field(900.0, gt=0)
 
 
+class FhirSettings(BaseModel):
+    """FHIR resources: identifier systems, and the optional push to an EHR's FHIR server."""
+
+    # The identifier system of the medical record numbers devices send (`mrn=`).
+    mrn_system: str = "urn:oid:2.16.840.1.113883.19.5"
+    # Optional EHR push: transaction Bundles to this FHIR base URL; None = off.
+    ehr_base_url: str | None = None
+    ehr_batch_size: int = Field(200, ge=1, le=5000)
+    ehr_timeout_s: float = Field(10.0, gt=0)
+    ehr_max_attempts: int = Field(5, ge=1)
+    # Extra HTTP headers for the EHR, e.g. {"Authorization": "Bearer ..."}.
+    ehr_headers: dict[str, str] = Field(default_factory=dict)
+
+
 class ApiSettings(BaseModel):
     """The REST API."""
 
@@ -117,6 +131,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     ingest: IngestSettings = IngestSettings()
     processor: ProcessorSettings = ProcessorSettings()
+    fhir: FhirSettings = FhirSettings()
     api: ApiSettings = ApiSettings()
     log_level: str = "INFO"
 
@@ -145,7 +160,7 @@ class Settings(BaseSettings):
     def to_env(self) -> dict[str, str]:
         """These settings as HEALTHSYNC_* variables, for starting child processes."""
         env: dict[str, str] = {"HEALTHSYNC_LOG_LEVEL": self.log_level}
-        for section in ("kafka", "redis", "ingest", "processor", "api"):
+        for section in ("kafka", "redis", "ingest", "processor", "fhir", "api"):
             model: BaseModel = getattr(self, section)
             for name, value in model.model_dump().items():
                 if value is None:
