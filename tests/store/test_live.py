@@ -59,8 +59,8 @@ def test_news2_inputs_survive_a_restart(settings: Settings, redis: Redis) -> Non
     sink.flush()
     observed = sink_for(settings, redis).load_observed(["P-1", "P-unknown"])
     assert observed["P-1"] == {
-        "heart_rate": (101, now - 5),
-        "on_oxygen": (True, now),
-        "consciousness": ("A", now),
+        "heart_rate": (101, now - 5, "a"),
+        "on_oxygen": (True, now, "n"),
+        "consciousness": ("A", now, "n"),
     }
     assert observed["P-unknown"] == {}

@@ -160,7 +160,7 @@ def test_scores_combine_the_latest_fresh_value_of_each_parameter() -> None:
 
     def load(patients: list[str]) -> dict[str, Observed]:
         loaded.append(patients)
-        return {"P-1": {"temp": (39.5, 900.0)}}  # from before a restart: fresh enough
+        return {"P-1": {"temp": (39.5, 900.0, "r0")}}  # from before a restart: fresh enough
 
     step = News2Scores(load, freshness_s=600)
     batch = Batch(
@@ -172,12 +172,22 @@ def test_scores_combine_the_latest_fresh_value_of_each_parameter() -> None:
     step.process(batch)
     score = batch.scores["P-1"]
     assert (score.total, score.complete, score.parts["temp"]) == (2, True, 2)
+    assert score.sources == {
+        "resp_rate": "r1",
+        "spo2": "r1",
+        "bp_sys": "r1",
+        "heart_rate": "r1",
+        "on_oxygen": "r2",
+        "consciousness": "r2",
+        "temp": "r0",
+    }, "each parameter names the reading its value came from"
     assert loaded == [["P-1"]]
 
     # Much later, only the heart rate is new: everything else is too old to count.
     later = Batch([reading(3, 5000.0, heart_rate=135)])
     step.process(later)
     assert later.scores["P-1"].parts == {"heart_rate": 3}
+    assert later.scores["P-1"].sources == {"heart_rate": "r3"}
     assert later.scores["P-1"].band == "low-medium" and not later.scores["P-1"].complete
     assert loaded == [["P-1"]], "a known patient is not loaded again"
 

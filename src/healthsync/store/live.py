@@ -82,7 +82,7 @@ class RedisLiveSink:
         return fresh
 
     def load_observed(self, patients: list[str]) -> dict[str, Observed]:
-        """Each patient's latest value and time per NEWS2 parameter, from the latest-hash."""
+        """Per patient and NEWS2 parameter: the latest value, its time and its reading id."""
         pipe = self.client.pipeline(transaction=False)
         for patient in patients:
             pipe.hmget(self.keys.latest(patient), list(PARAMETERS))
@@ -92,7 +92,7 @@ class RedisLiveSink:
             for name, raw in zip(PARAMETERS, entries, strict=True):
                 if raw is not None:
                     entry = orjson.loads(raw)
-                    observed[name] = (entry["value"], entry["ts"])
+                    observed[name] = (entry["value"], entry["ts"], entry["reading_id"])
             state[patient] = observed
         return state
 

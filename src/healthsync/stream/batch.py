@@ -13,6 +13,9 @@ from healthsync.readings import Reading
 from healthsync.stream.alerts import AlertEvent
 from healthsync.stream.news2 import News2
 
+# A FHIR resource as JSON-ready data, with the patient id it is about (its Kafka key).
+KeyedResource = tuple[str, dict[str, Any]]
+
 
 @dataclass
 class Batch:
@@ -20,10 +23,18 @@ class Batch:
 
     readings: list[Reading]
     alert_events: list[AlertEvent] = field(default_factory=list)
-    # (key, FHIR resource) pairs for the observations topic.
-    observations: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # FHIR resources for the observations topic: Observation, Patient, Device, RiskAssessment.
+    observations: list[KeyedResource] = field(default_factory=list)
+    # The Communication and Flag of each alert event, in event order; on the alerts
+    # topic they travel inside the events.
+    alert_resources: list[KeyedResource] = field(default_factory=list)
     # The latest NEWS2 of each patient the batch touched.
     scores: dict[str, News2] = field(default_factory=dict)
+
+    @property
+    def resources(self) -> list[KeyedResource]:
+        """Every FHIR resource the batch produced, for the sinks that store or forward them."""
+        return self.observations + self.alert_resources
 
 
 class Step(Protocol):

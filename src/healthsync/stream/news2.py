@@ -130,6 +130,9 @@ class News2:
     missing: tuple[str, ...]
     scale: int
     ts: float
+    # The reading each scored parameter's value came from, so the FHIR RiskAssessment
+    # can point at the Observations behind the score.
+    sources: dict[str, str] = field(default_factory=dict)
     complete: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -139,11 +142,14 @@ class News2:
         return asdict(self)
 
 
-def news2(observed: dict[str, Any], ts: float, scale: int = 1) -> News2:
+def news2(
+    observed: dict[str, Any], ts: float, scale: int = 1, sources: dict[str, str] | None = None
+) -> News2:
     """Score the parameters in `observed` (canonical names; absent ones are reported missing).
 
     SpO2 on scale 2 needs to know whether the patient is on oxygen; without that
     it is scored on the values alone where the chart allows, else left missing.
+    `sources` (parameter -> reading id) is kept for the parameters that scored.
     """
     parts: dict[str, int] = {}
     if "resp_rate" in observed:
@@ -167,11 +173,12 @@ def news2(observed: dict[str, Any], ts: float, scale: int = 1) -> News2:
         parts["temp"] = score_temperature(observed["temp"])
     total = sum(parts.values())
     missing = tuple(p for p in PARAMETERS if p not in parts)
-    return News2(total, band_for(total, parts), parts, missing, scale, ts)
+    used = {p: sources[p] for p in parts if p in sources} if sources else {}
+    return News2(total, band_for(total, parts), parts, missing, scale, ts, used)
 
 
-# What a patient's latest observations look like: parameter -> (value, when measured).
-Observed = dict[str, tuple[Any, float]]
+# What a patient's latest observations look like: parameter -> (value, when measured, reading id).
+Observed = dict[str, tuple[Any, float, str]]
 StateLoader = Callable[[list[str]], dict[str, Observed]]
 
 
@@ -214,9 +221,11 @@ class News2Scores:
             for name, value in observed_in(reading).items():
                 previous = state.get(name)
                 if previous is None or previous[1] <= reading.ts:
-                    state[name] = (value, reading.ts)
+                    state[name] = (value, reading.ts, reading.reading_id)
             touched[reading.patient_id] = max(touched.get(reading.patient_id, 0.0), reading.ts)
         for patient, now in touched.items():
             cutoff = now - self.freshness_s
-            fresh = {k: v for k, (v, ts) in self.latest[patient].items() if ts >= cutoff}
-            batch.scores[patient] = news2(fresh, ts=now)
+            state = self.latest[patient]
+            fresh = {k: v for k, (v, ts, _) in state.items() if ts >= cutoff}
+            sources = {k: state[k][2] for k in fresh}
+            batch.scores[patient] = news2(fresh, ts=now, sources=sources)

@@ -1,4 +1,9 @@
-"""A Sink that publishes the batch's FHIR Observations and alert events to Kafka."""
+"""A Sink that publishes the batch's FHIR resources and alert events to Kafka.
+
+The observations topic gets every resource but the alerts' (Observation,
+Patient, Device, RiskAssessment); each alert event on the alerts topic carries
+the alert's Communication and Flag as they were after that event.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from confluent_kafka import KafkaError, Producer
 from healthsync.config import KafkaSettings
 from healthsync.errors import HealthSyncError
 from healthsync.stream.batch import Batch
-from healthsync.stream.fhir import flag_for
+from healthsync.stream.fhir import alert_resources
 
 
 class PublishError(HealthSyncError):
@@ -43,10 +48,14 @@ class KafkaTopicSink:
         for key, resource in batch.observations:
             self._produce(topic, key, orjson.dumps(resource))
         for event in batch.alert_events:
+            # Built from the event's own snapshot: an alert that opens and resolves in one
+            # batch sends two events, each with its resources as they were then.
+            communication, flag = alert_resources(event.alert)
             value = {
                 "event": event.type,
                 "alert": event.alert.to_dict(),
-                "resource": flag_for(event.alert),
+                "communication": communication,
+                "flag": flag,
             }
             self._produce(self.settings.alerts_topic, event.alert.patient_id, orjson.dumps(value))
         self.producer.poll(0)

@@ -1,0 +1,159 @@
+"""The recent window of FHIR resources in Redis, for the FHIR read API.
+
+Layout (see names.RedisKeys):
+
+- ``{p}:fhir:{type}:{id}``: the resource's JSON. Observations and
+  RiskAssessments expire after the history retention; a Communication or Flag
+  expires once its alert is over (completed, inactive), never while it is
+  open, so a long-open alert keeps its banner. Patient and Device never expire.
+- ``{p}:fhir:index:{type}`` and ``{p}:fhir:index:{type}:{patient}``: sorted
+  sets of ids scored by the resource's time (epoch seconds): effective time
+  for an Observation, occurrence for a RiskAssessment, sent for a
+  Communication, period start for a Flag, last update for Patient and Device
+  (which have only the first index). ``{patient}`` is the FHIR id in the
+  resource's ``subject``.
+
+Indexes are trimmed to the retention now and then: by score for
+Observation and RiskAssessment; for Communication and Flag by whether the
+resource is still stored (an alert open for days keeps its index entry).
+Every write is a SET or a ZADD of the same member and score, so a replayed
+batch changes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+import orjson
+from redis import Redis
+
+from healthsync.config import RedisSettings
+from healthsync.stream.batch import Batch
+
+# Trim an index at most this often, not on every batch.
+_TRIM_INTERVAL_S = 60.0
+# Kept for the retention; their indexes are trimmed by score.
+_WINDOWED = frozenset({"Observation", "RiskAssessment"})
+# An alert's resources: kept while the alert is open, for the retention once it is over;
+# their indexes are trimmed of what is no longer stored.
+_ALERTS = frozenset({"Communication", "Flag"})
+_OVER = frozenset({"completed", "inactive", "entered-in-error", "stopped", "not-done"})
+
+
+# Where each type keeps the time its indexes score it by.
+_TIME_PATHS: dict[str, tuple[str, ...]] = {
+    "Observation": ("effectiveDateTime",),
+    "Communication": ("sent",),
+    "RiskAssessment": ("occurrenceDateTime",),
+    "Flag": ("period", "start"),
+}
+_LAST_UPDATED = ("meta", "lastUpdated")
+
+
+def resource_time(resource: dict[str, Any]) -> str | None:
+    """The instant the indexes score a resource by, as written in the resource."""
+    value: Any = resource
+    for part in _TIME_PATHS.get(resource["resourceType"], _LAST_UPDATED):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def subject_id(resource: dict[str, Any]) -> str | None:
+    reference = resource.get("subject", {}).get("reference", "")
+    kind, _, rid = reference.partition("/")
+    return rid if kind == "Patient" and rid else None
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+class RedisFhirSink:
+    """A Sink: each batch's ``resources`` in one MULTI/EXEC transaction."""
+
+    def __init__(self, client: Redis, settings: RedisSettings) -> None:
+        self.client = client
+        self.settings = settings
+        self.keys = settings.keys
+        self._pipe: Any = None
+        self._trimmed_at: dict[str, float] = {}
+
+    def load(self, resource_type: str, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The stored resources among `ids` (a ResourceLoader for the FHIR step)."""
+        if not ids:
+            return {}
+        docs: list[bytes | None] = self.client.mget(  # type: ignore[assignment]
+            [self.keys.fhir(resource_type, i) for i in ids]
+        )
+        return {i: orjson.loads(doc) for i, doc in zip(ids, docs, strict=True) if doc is not None}
+
+    def write(self, batch: Batch) -> None:
+        resources = batch.resources
+        if not resources:
+            self._pipe = None
+            return
+        keys = self.keys
+        retention = self.settings.history_retention_s
+        pipe = self.client.pipeline(transaction=True)
+        indexes: dict[str, dict[str, float]] = {}
+        index_types: dict[str, str] = {}
+        epochs: dict[str, float] = {}  # the Observations of a reading share their time
+        for _key, resource in resources:
+            kind, rid = resource["resourceType"], resource["id"]
+            expires = kind in _WINDOWED or (kind in _ALERTS and resource.get("status") in _OVER)
+            pipe.set(
+                keys.fhir(kind, rid), orjson.dumps(resource), ex=retention if expires else None
+            )
+            stamp = resource_time(resource)
+            if stamp is None:
+                continue
+            score = epochs.get(stamp)
+            if score is None:
+                score = epochs[stamp] = _epoch(stamp)
+            index = keys.fhir_index(kind)
+            indexes.setdefault(index, {})[rid] = score
+            index_types[index] = kind
+            patient = subject_id(resource)
+            if patient is not None:
+                index = keys.fhir_index(kind, patient)
+                indexes.setdefault(index, {})[rid] = score
+                index_types[index] = kind
+        for index, members in indexes.items():
+            pipe.zadd(index, members)
+        self._trim(pipe, indexes, index_types)
+        self._pipe = pipe
+
+    def _trim(
+        self, pipe: Any, indexes: dict[str, dict[str, float]], index_types: dict[str, str]
+    ) -> None:
+        now = time.time()
+        cutoff = now - self.settings.history_retention_s
+        for index, kind in index_types.items():
+            if kind not in _WINDOWED and kind not in _ALERTS:
+                continue
+            if now - self._trimmed_at.get(index, 0.0) <= _TRIM_INTERVAL_S:
+                continue
+            self._trimmed_at[index] = now
+            if kind in _WINDOWED:
+                pipe.zremrangebyscore(index, "-inf", cutoff)
+                continue
+            # Older than the retention but maybe still open: drop only what has expired,
+            # and nothing this batch writes.
+            old: list[bytes] = self.client.zrangebyscore(index, "-inf", cutoff)  # type: ignore[assignment]
+            ids = [m.decode() for m in old if m.decode() not in indexes[index]]
+            if not ids:
+                continue
+            check = self.client.pipeline(transaction=False)
+            for rid in ids:
+                check.exists(self.keys.fhir(kind, rid))
+            gone = [rid for rid, there in zip(ids, check.execute(), strict=True) if not there]
+            if gone:
+                pipe.zrem(index, *gone)
+
+    def flush(self) -> None:
+        if self._pipe is None:
+            return
+        self._pipe.execute()
+        self._pipe = None

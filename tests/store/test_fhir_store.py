@@ -1,0 +1,164 @@
+"""The FHIR store against a real redis-server: layout, expiry, idempotence, retention."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import cast
+
+import orjson
+from redis import Redis
+
+from healthsync.config import Settings
+from healthsync.readings import Reading
+from healthsync.store.fhir_store import RedisFhirSink
+from healthsync.stream.alerts import ThresholdRules
+from healthsync.stream.batch import Batch
+from healthsync.stream.fhir import FhirResources, fhir_id
+from healthsync.stream.news2 import News2Scores
+
+DEMOGRAPHICS = {"patient_name": "Ada Lovelace", "gender": "female", "mrn": "MRN-0042"}
+
+
+def batch_of(*readings: Reading, step: FhirResources | None = None) -> Batch:
+    batch = Batch(list(readings))
+    for s in (ThresholdRules(), News2Scores(lambda p: {}, 900), step or FhirResources("urn:mrn")):
+        s.process(batch)
+    return batch
+
+
+def stored(redis: Redis, key: str) -> dict[str, object] | None:
+    raw = cast("bytes | None", redis.get(key))
+    return orjson.loads(raw) if raw else None
+
+
+def index(redis: Redis, key: str) -> list[tuple[str, float]]:
+    rows = cast("list[tuple[bytes, float]]", redis.zrange(key, 0, -1, withscores=True))
+    return [(member.decode(), score) for member, score in rows]
+
+
+def write(sink: RedisFhirSink, batch: Batch) -> None:
+    sink.write(batch)
+    sink.flush()
+
+
+def test_resources_are_stored_and_indexed_by_type_patient_and_time(
+    settings: Settings, redis: Redis
+) -> None:
+    keys = settings.redis.keys
+    sink = RedisFhirSink(redis, settings.redis)
+    now = time.time()
+    first = Reading("r1", "mon-1", "P-1", now - 10, now, {"heart_rate": 72, "spo2": 84})
+    write(sink, batch_of(replace(first, patient=DEMOGRAPHICS)))
+
+    observation = stored(redis, keys.fhir("Observation", "r1-spo2"))
+    assert observation is not None and observation["valueQuantity"] == {
+        "value": 84,
+        "unit": "%",
+        "system": "http://unitsofmeasure.org",
+        "code": "%",
+    }
+    patient_index = index(redis, keys.fhir_index("Observation", "P-1"))
+    ids = [member for member, _ in patient_index]
+    assert sorted(ids) == sorted(["r1-heart-rate", "r1-spo2", *[i for i in ids if "news2" in i]])
+    # Scored by the time the resource shows (effectiveDateTime, to the millisecond).
+    for member, score in patient_index:
+        if member.startswith("r1"):
+            assert now - 10.001 < score <= now - 10
+    assert set(index(redis, keys.fhir_index("Observation"))) == set(patient_index)
+
+    [(communication_id, sent)] = index(redis, keys.fhir_index("Communication", "P-1"))
+    assert index(redis, keys.fhir_index("Flag", "P-1")) == [(communication_id, sent)]
+    assert [m for m, _ in index(redis, keys.fhir_index("RiskAssessment", "P-1"))] == [
+        i for i in ids if i.startswith("news2-")
+    ]
+    assert [m for m, _ in index(redis, keys.fhir_index("Patient"))] == ["P-1"]
+    assert [m for m, _ in index(redis, keys.fhir_index("Device"))] == ["mon-1"]
+    patient = stored(redis, keys.fhir("Patient", "P-1"))
+    assert patient is not None and patient["name"] == [{"text": "Ada Lovelace"}]
+
+    # Patient and Device, and the open alert's resources, never expire; the rest does.
+    retention = settings.redis.history_retention_s
+    assert redis.ttl(keys.fhir("Patient", "P-1")) == -1
+    assert redis.ttl(keys.fhir("Device", "mon-1")) == -1
+    assert redis.ttl(keys.fhir("Flag", communication_id)) == -1
+    assert redis.ttl(keys.fhir("Communication", communication_id)) == -1
+    assert 0 < redis.ttl(keys.fhir("Observation", "r1-spo2")) <= retention
+    [assessment] = [i for i in ids if i.startswith("news2-")]
+    assert 0 < redis.ttl(keys.fhir("RiskAssessment", assessment)) <= retention
+
+
+def test_a_resolved_alert_expires(settings: Settings, redis: Redis) -> None:
+    keys = settings.redis.keys
+    sink = RedisFhirSink(redis, settings.redis)
+    now = time.time()
+    rules, scores, step = ThresholdRules(), News2Scores(lambda p: {}, 900), FhirResources("urn:x")
+    for n, spo2 in enumerate((84, 97)):
+        batch = Batch([Reading(f"r{n}", "mon-1", "P-1", now - 10 + n, now, {"spo2": spo2})])
+        for s in (rules, scores, step):
+            s.process(batch)
+        write(sink, batch)
+    [(alert_id, _)] = index(redis, keys.fhir_index("Flag", "P-1"))
+    flag = stored(redis, keys.fhir("Flag", alert_id))
+    communication = stored(redis, keys.fhir("Communication", alert_id))
+    assert flag is not None and flag["status"] == "inactive"
+    assert communication is not None and communication["status"] == "completed"
+    assert redis.ttl(keys.fhir("Flag", alert_id)) > 0
+    assert redis.ttl(keys.fhir("Communication", alert_id)) > 0
+
+
+def test_a_replayed_batch_changes_nothing(settings: Settings, redis: Redis) -> None:
+    sink = RedisFhirSink(redis, settings.redis)
+    now = time.time()
+    reading = Reading("r1", "mon-1", "P-1", now, now, {"heart_rate": 150, "bp_sys": 120})
+    write(sink, batch_of(reading))
+    before = {key: redis.dump(key) for key in redis.scan_iter(f"{settings.redis.prefix}:fhir:*")}
+    write(sink, batch_of(reading))  # a fresh processor after a crash: the same resources
+    after = {key: redis.dump(key) for key in redis.scan_iter(f"{settings.redis.prefix}:fhir:*")}
+    assert after == before
+    assert len(before) > 8
+
+
+def test_indexes_are_trimmed_to_the_retention_but_open_alerts_stay(
+    settings: Settings, redis: Redis
+) -> None:
+    settings.redis.history_retention_s = 60
+    keys = settings.redis.keys
+    now = time.time()
+    old = Reading("old", "mon-1", "P-1", now - 3600, now, {"heart_rate": 150})
+    write(RedisFhirSink(redis, settings.redis), batch_of(old))
+    [(alert_id, _)] = index(redis, keys.fhir_index("Flag", "P-1"))
+
+    # A new sink (as after a restart) trims on its first batch.
+    sink = RedisFhirSink(redis, settings.redis)
+    write(sink, batch_of(Reading("new", "mon-1", "P-1", now, now, {"heart_rate": 150})))
+    observations = [m for m, _ in index(redis, keys.fhir_index("Observation", "P-1"))]
+    assert "old-heart-rate" not in observations and "new-heart-rate" in observations
+    assert "old-heart-rate" not in [m for m, _ in index(redis, keys.fhir_index("Observation"))]
+    # The alert opened an hour ago and is still open: its banner stays findable.
+    assert alert_id in [m for m, _ in index(redis, keys.fhir_index("Flag", "P-1"))]
+
+    # Once its stored resources are gone, the index entry goes too.
+    redis.delete(keys.fhir("Flag", alert_id))
+    sink = RedisFhirSink(redis, settings.redis)
+    write(sink, batch_of(Reading("later", "mon-1", "P-1", now, now, {"heart_rate": 150})))
+    assert alert_id not in [m for m, _ in index(redis, keys.fhir_index("Flag", "P-1"))]
+
+
+def test_load_returns_the_stored_resources_the_step_asks_for(
+    settings: Settings, redis: Redis
+) -> None:
+    sink = RedisFhirSink(redis, settings.redis)
+    now = time.time()
+    patient = "ward:7"  # not a FHIR id: stored under its digest
+    reading = Reading("r1", "mon-1", patient, now, now, {"heart_rate": 70}, patient=DEMOGRAPHICS)
+    write(sink, batch_of(reading))
+    found = sink.load("Patient", [fhir_id(patient), "P-none"])
+    assert list(found) == [fhir_id(patient)]
+    assert found[fhir_id(patient)]["identifier"][0]["value"] == "ward:7"
+
+    # A restarted processor finds the patient stored and does not emit a poorer one.
+    restarted = FhirResources("urn:mrn", sink.load)
+    batch = batch_of(replace(reading, reading_id="r2", patient={}), step=restarted)
+    kinds = [r["resourceType"] for _, r in batch.observations]
+    assert "Patient" not in kinds and "Device" not in kinds and "Observation" in kinds

@@ -1,0 +1,119 @@
+"""End to end: readings over TCP come out as valid FHIR on both topics and in Redis."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+from redis import Redis
+
+from healthsync.stream.fhir_profiles import validate
+from healthsync.supervisor import Pipeline
+from tests.conftest import Device, wait_for
+from tests.test_pipeline import read_topic
+
+ADMIT = (
+    b"device_id=mon-1 patient_id=P-100 seq=1 hr=72 spo2=97 temp=36.8 rr=16 bp=120/80"
+    b' on_o2=no consciousness=A name="Ada Lovelace" dob=1815-12-10 sex=F mrn=MRN-42'
+    b' phone="+44 20 7946 0000" address="12 St James Square, London"'
+)
+
+
+def test_readings_become_valid_fhir_on_the_topics_and_in_redis(
+    pipeline: Pipeline, device: Device, redis: Redis, tmp_path: Path
+) -> None:
+    settings = pipeline.settings
+    keys = settings.redis.keys
+    replies = [
+        device.send(ADMIT),
+        device.send(b"device_id=mon-1 patient_id=P-100 seq=2 oxygen=84%"),
+        device.send(b"device_id=mon-1 patient_id=P-100 seq=3 spo2=96"),
+    ]
+    assert all(reply.startswith("OK ") for reply in replies), replies
+    admitted, low, recovered = (reply.split()[1] for reply in replies)
+
+    def resolved_flag() -> dict[str, Any] | None:
+        ids = cast("list[bytes]", redis.zrange(keys.fhir_index("Flag", "P-100"), 0, -1))
+        raw = cast("bytes | None", redis.get(keys.fhir("Flag", ids[0].decode()))) if ids else None
+        flag: dict[str, Any] | None = orjson.loads(raw) if raw else None
+        return flag if flag and flag["status"] == "inactive" else None
+
+    flag = wait_for(resolved_flag, what="the SpO2 alert's Flag, resolved, in Redis")
+    assert flag["subject"] == {"reference": "Patient/P-100"}
+
+    # Redis: every stored resource, by type, through the indexes the FHIR API reads.
+    in_redis: dict[tuple[str, str], dict[str, Any]] = {}
+    for kind in ("Observation", "RiskAssessment", "Patient", "Device", "Communication", "Flag"):
+        ids = cast("list[bytes]", redis.zrange(keys.fhir_index(kind), 0, -1))
+        for rid in ids:
+            raw = cast("bytes", redis.get(keys.fhir(kind, rid.decode())))
+            in_redis[(kind, rid.decode())] = orjson.loads(raw)
+    vitals = {rid for kind, rid in in_redis if kind == "Observation" and "news2" not in rid}
+    assert vitals == {
+        f"{admitted}-heart-rate",
+        f"{admitted}-spo2",
+        f"{admitted}-temp",
+        f"{admitted}-resp-rate",
+        f"{admitted}-bp",
+        f"{low}-spo2",
+        f"{recovered}-spo2",
+    }
+
+    # The observations topic carries the same resources; the alerts topic the alert's events.
+    on_topic = [r for r in in_redis.values() if r["resourceType"] not in ("Communication", "Flag")]
+    observations = read_topic(settings, settings.kafka.observations_topic, len(on_topic))
+    assert {(r["resourceType"], r["id"]) for r in observations} == {
+        (r["resourceType"], r["id"]) for r in on_topic
+    }
+    events = read_topic(settings, settings.kafka.alerts_topic, 2)
+    assert [e["event"] for e in sorted(events, key=lambda e: e["alert"]["updated_at"])] == [
+        "opened",
+        "resolved",
+    ]
+    opened = next(e for e in events if e["event"] == "opened")
+    assert opened["communication"]["status"] == "in-progress"
+    assert opened["communication"]["priority"] == "stat"
+    assert opened["communication"]["about"] == [{"reference": f"Observation/{low}-spo2"}]
+    assert opened["flag"]["status"] == "active"
+
+    # What a clinician's system would look at.
+    low_spo2 = in_redis[("Observation", f"{low}-spo2")]
+    assert low_spo2["interpretation"][0]["coding"][0]["code"] == "LL"
+    assert low_spo2["identifier"] == [
+        {"system": "urn:healthsync:reading-id", "value": f"{low}/spo2"}
+    ]
+    patient = in_redis[("Patient", "P-100")]
+    assert {"system": settings.fhir.mrn_system, "value": "MRN-42"}.items() <= next(
+        i for i in patient["identifier"] if i["system"] == settings.fhir.mrn_system
+    ).items()
+    assert (patient["name"], patient["gender"]) == ([{"text": "Ada Lovelace"}], "female")
+    assessments = [r for (kind, _), r in in_redis.items() if kind == "RiskAssessment"]
+    assert assessments, "NEWS2 is assessed"
+    for assessment in assessments:
+        for basis in assessment["basis"]:
+            if "reference" in basis:
+                kind, _, rid = basis["reference"].partition("/")
+                assert (kind, rid) in in_redis, f"{basis} points at nothing stored"
+
+    # Everything emitted validates, here and with the command a user would run.
+    emitted = [*observations, *(r for e in events for r in (e["communication"], e["flag"]))]
+    for resource in [*emitted, *in_redis.values()]:
+        validate(resource)
+    dump = tmp_path / "emitted.ndjson"
+    dump.write_bytes(b"\n".join(orjson.dumps(r) for r in emitted))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "healthsync", "fhir-validate", str(dump)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(emitted) and all(line.startswith("ok ") for line in lines)
