@@ -9,10 +9,11 @@ partition waits rather than losing readings.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import orjson
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
@@ -23,11 +24,12 @@ from healthsync.readings import Reading
 from healthsync.store.live import RedisLiveSink
 from healthsync.stream.alerts import ThresholdRules
 from healthsync.stream.batch import Batch, Sink, Step
+from healthsync.stream.retry import retry_until_stopped
 
 log = logging.getLogger(__name__)
 
 _LAG_INTERVAL_S = 1.0
-_MAX_BACKOFF_S = 5.0
+T = TypeVar("T")
 
 
 class Processor:
@@ -89,7 +91,7 @@ class Processor:
         self.stats.inc("duplicates_total", len(readings) - len(fresh))
         batch = Batch(fresh)
         for step in self.steps:
-            if self._retry(type(step).__name__, lambda s=step: self._run(s, batch)) is None:
+            if self._retry(type(step).__name__, functools.partial(self._run, step, batch)) is None:
                 return  # stopping: nothing was written, the batch is replayed on restart
         if self._retry("write sinks", lambda: self._write(batch)) is None:
             return  # stopping with the batch unwritten: it is replayed on restart
@@ -139,21 +141,14 @@ class Processor:
             sink.flush()
         return True
 
-    def _retry(self, what: str, action: Any) -> Any:
+    def _retry(self, what: str, action: Callable[[], T]) -> T | None:
         """Run `action` until it succeeds; None if asked to stop first."""
-        backoff = 0.1
-        while True:
-            try:
-                return action()
-            except Exception as exc:  # noqa: BLE001 - any sink failure is retried, not fatal
-                self.stats.inc("sink_errors_total")
-                log.warning(
-                    f"{what} failed; retrying", extra={"error": str(exc), "backoff_s": backoff}
-                )
-            if self.stopping:
-                return None
-            time.sleep(backoff)
-            backoff = min(backoff * 2, _MAX_BACKOFF_S)
+        return retry_until_stopped(
+            what,
+            action,
+            lambda: self.stopping,
+            on_error=lambda _exc: self.stats.inc("sink_errors_total"),
+        )
 
     def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
         partitions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
@@ -187,7 +182,8 @@ def build(settings: Settings) -> Processor:
     from redis import Redis
 
     from healthsync.kafka import make_consumer, make_producer
-    from healthsync.stream.fhir import FhirObservations
+    from healthsync.store.fhir_store import RedisFhirSink
+    from healthsync.stream.fhir import FhirResources
     from healthsync.stream.news2 import News2Scores
     from healthsync.stream.topics import KafkaTopicSink
 
@@ -209,10 +205,15 @@ def build(settings: Settings) -> Processor:
     stats = StatsRecorder(settings.redis.keys, "processor")
     client = Redis.from_url(settings.redis.url, **settings.redis.client_options())
     live = RedisLiveSink(client, settings.redis, stats)
+    fhir_store = RedisFhirSink(client, settings.redis)
     steps: list[Step] = [
         ThresholdRules(live.load_open_alerts),
         News2Scores(live.load_observed, cfg.news2_freshness_s),
-        FhirObservations(),
+        # After the two above: it turns their alert events and scores into resources too.
+        FhirResources(settings.fhir.mrn_system, fhir_store.load),
     ]
-    sinks: list[Sink] = [KafkaTopicSink(producer, settings.kafka), live]
+    # The live sink goes last: it records the batch's reading ids as seen, and a replay
+    # skips seen readings. Were it flushed before another sink, a crash in between would
+    # make the replay skip that sink's writes for good.
+    sinks: list[Sink] = [KafkaTopicSink(producer, settings.kafka), fhir_store, live]
     return Processor(settings, consumer, producer, live, steps, sinks, stats)
