@@ -16,10 +16,12 @@ from redis.asyncio import Redis
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from healthsync import __version__
+from healthsync.api import fhir
 from healthsync.config import Settings
 from healthsync.kafka import KafkaUnavailableError, check_broker
 from healthsync.metrics import PipelineCollector
 from healthsync.readings import VITALS
+from healthsync.store.fhir_queries import FhirReader
 from healthsync.store.queries import LiveReader
 
 # The same characters the wire protocol allows in ids, so a path cannot reach other keys.
@@ -55,14 +57,19 @@ def create_app(settings: Settings) -> FastAPI:
     )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if fhir.is_fhir_request(request):
+            return fhir.error_response(exc.status_code, str(exc.detail), exc)
         return _error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return _error(422, f"invalid {where}: {first.get('msg', 'bad request')}")
+        message = f"invalid {where}: {first.get('msg', 'bad request')}"
+        if fhir.is_fhir_request(request):
+            return fhir.error_response(400, message)
+        return _error(422, message)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -145,4 +152,5 @@ def create_app(settings: Settings) -> FastAPI:
             raise HTTPException(404, f"no alert {alert_id}")
         return alert
 
+    app.include_router(fhir.fhir_router(FhirReader(redis, settings.redis.keys)))
     return app

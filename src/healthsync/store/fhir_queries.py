@@ -1,0 +1,208 @@
+"""Reads and searches of the FHIR resources kept in Redis, for the FHIR API (asyncio).
+
+The layout is :class:`healthsync.names.RedisKeys`: each resource's JSON under
+``fhir:{type}:{id}``, and sorted sets of ids scored by the resource's time,
+one across patients and one per patient. A search walks one index in time
+order within a window, loads the resources and keeps those a predicate
+accepts. A page ends at a (time, id) position and the next page starts just
+after it, so resources that arrive between two pages neither repeat nor shift
+the results.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import orjson
+from redis.asyncio import Redis
+
+from healthsync.errors import HealthSyncError
+from healthsync.names import RedisKeys
+
+Resource = dict[str, Any]
+Predicate = Callable[[Resource], bool]
+
+# Scores are float seconds; a resource shows its time rounded to the microsecond
+# (e.g. effectiveDateTime), so bounds move by half a microsecond to agree with it.
+_HALF_MICROSECOND = 0.5e-6
+# Ids fetched per round trip while a filtered search scans its window.
+_SCAN_CHUNK = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The resource times (epoch seconds) a search accepts: ``start <= time < end``."""
+
+    start: float = -math.inf
+    end: float = math.inf
+
+    def narrow(self, start: float = -math.inf, end: float = math.inf) -> Window:
+        return Window(max(self.start, start), min(self.end, end))
+
+    @property
+    def empty(self) -> bool:
+        return self.start >= self.end
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Position:
+    """A place in an index: a resource's score and id, in the index's own order."""
+
+    time: float
+    resource_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    """One search over one resource type's index."""
+
+    resource_type: str
+    patient: str | None = None
+    window: Window = field(default_factory=Window)
+    newest_first: bool = True
+    count: int = 50
+    after: Position | None = None
+    # Filters on the loaded resource; None means every resource in the window matches.
+    match: Predicate | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    total: int
+    resources: list[Resource]
+    # The position the following page starts after; None on the last page.
+    next: Position | None
+
+
+class SearchTooCostly(HealthSyncError):
+    """A filtered search would load more resources than the reader allows."""
+
+    def __init__(self, in_window: int, limit: int) -> None:
+        super().__init__(
+            f"{in_window} resources in the searched window and filters apply to at most "
+            f"{limit}; name a patient or narrow the date"
+        )
+        self.in_window = in_window
+        self.limit = limit
+
+
+class FhirReader:
+    def __init__(self, client: Redis, keys: RedisKeys, max_scan: int = 100_000) -> None:
+        self.client = client
+        self.keys = keys
+        # Filters apply to loaded resources: this bounds what one request may load.
+        self.max_scan = max_scan
+
+    async def read(self, resource_type: str, resource_id: str) -> Resource | None:
+        raw = await self.client.get(self.keys.fhir(resource_type, resource_id))
+        return cast("Resource", orjson.loads(raw)) if raw else None
+
+    async def search(self, query: Search) -> Page:
+        """The page after `query.after` of the matches in the window, in time order.
+
+        Without a predicate only the page is read and the total is the index's
+        count in the window; with one, the whole window is read to count the
+        matches, and :class:`SearchTooCostly` is raised if it holds more than
+        `max_scan` resources.
+        """
+        if query.window.empty:
+            return Page(0, [], None)
+        index = self.keys.fhir_index(query.resource_type, query.patient)
+        in_window = int(await self.client.zcount(index, *_score_bounds(query.window)))
+        wanted = query.count + 1  # one more than the page tells whether a next page exists
+        found: list[tuple[Position, Resource]] = []
+        if query.match is None:
+            total = in_window
+            if query.count > 0 and in_window > 0:
+                batches = self._walk(index, query, query.after, chunk=wanted)
+                async with aclosing(batches):
+                    async for batch in batches:
+                        found.extend(batch[: wanted - len(found)])
+                        if len(found) == wanted:
+                            break
+        else:
+            if in_window > self.max_scan:
+                raise SearchTooCostly(in_window, self.max_scan)
+            total = 0
+            async for batch in self._walk(index, query, None, chunk=_SCAN_CHUNK):
+                for position, resource in batch:
+                    if not query.match(resource):
+                        continue
+                    total += 1
+                    after = query.after
+                    if len(found) < wanted and (
+                        after is None or _beyond(position, after, query.newest_first)
+                    ):
+                        found.append((position, resource))
+        page = found[: query.count]
+        following = page[-1][0] if len(found) > query.count and page else None
+        return Page(total, [resource for _, resource in page], following)
+
+    async def _walk(
+        self, index: str, query: Search, after: Position | None, chunk: int
+    ) -> AsyncGenerator[list[tuple[Position, Resource]], None]:
+        """The window's resources in the search's order, from just after `after`, in batches."""
+        low, high = _score_bounds(query.window, after, query.newest_first)
+        offset = 0
+        while True:
+            if query.newest_first:
+                found = await self.client.zrevrangebyscore(
+                    index, high, low, start=offset, num=chunk, withscores=True
+                )
+            else:
+                found = await self.client.zrangebyscore(
+                    index, low, high, start=offset, num=chunk, withscores=True
+                )
+            rows = cast("list[tuple[bytes, float]]", found)
+            offset += len(rows)
+            positions = [Position(float(score), member.decode()) for member, score in rows]
+            if after is not None:
+                # The range starts at `after`'s score: drop the ties up to and including it.
+                positions = [p for p in positions if _beyond(p, after, query.newest_first)]
+            yield await self._load(query.resource_type, positions)
+            if len(rows) < chunk:
+                return
+
+    async def _load(
+        self, resource_type: str, positions: list[Position]
+    ) -> list[tuple[Position, Resource]]:
+        """The resources at these positions; an id whose resource has expired is skipped."""
+        if not positions:
+            return []
+        docs = cast(
+            "list[bytes | None]",
+            await self.client.mget(
+                [self.keys.fhir(resource_type, p.resource_id) for p in positions]
+            ),
+        )
+        return [
+            (position, orjson.loads(doc))
+            for position, doc in zip(positions, docs, strict=True)
+            if doc is not None
+        ]
+
+
+def _score_bounds(
+    window: Window, after: Position | None = None, newest_first: bool = True
+) -> tuple[str, str]:
+    """ZRANGEBYSCORE bounds for ``start <= time < end``, from `after`'s score if given."""
+    start = window.start - _HALF_MICROSECOND
+    end = window.end - _HALF_MICROSECOND
+    low = "-inf" if start == -math.inf else repr(start)
+    high = "+inf" if end == math.inf else f"({end!r}"
+    if after is not None:
+        # Inclusive: resources tied with `after` on time may come after it by id.
+        if newest_first and after.time < end:
+            high = repr(after.time)
+        elif not newest_first and after.time >= start:
+            low = repr(after.time)
+    return low, high
+
+
+def _beyond(position: Position, after: Position, newest_first: bool) -> bool:
+    """Whether `position` comes after `after` in the search's order."""
+    return position < after if newest_first else position > after
