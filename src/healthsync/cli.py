@@ -65,6 +65,21 @@ def cmd_process(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    from healthsync.kafka import ensure_topics
+    from healthsync.logs import setup_logging
+    from healthsync.stream.push import build
+
+    settings = _settings(args)
+    setup_logging("push", settings.log_level)
+    ensure_topics(settings.kafka)
+    pusher = build(settings)
+    signal.signal(signal.SIGTERM, lambda *_: pusher.stop())
+    signal.signal(signal.SIGINT, lambda *_: pusher.stop())
+    pusher.run()
+    return 0
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -140,6 +155,41 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_fhir_validate(args: argparse.Namespace) -> int:
+    """Validate FHIR resources (R4B models + the project's profile checks); 1 if any failed."""
+    from healthsync.stream.fhir_profiles import (
+        FhirValidationError,
+        read_resources,
+        reference_of,
+        validate,
+    )
+
+    failed = checked = 0
+    for name in args.files or ["-"]:
+        try:
+            text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+            resources = read_resources(text)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            print(f"{name}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        for resource in resources:
+            checked += 1
+            try:
+                validate(resource)
+            except FhirValidationError as exc:
+                failed += 1
+                print(f"fail {exc.reference}")
+                for problem in exc.problems:
+                    print(f"  {problem}")
+            else:
+                print(f"ok {reference_of(resource)}")
+    if not checked and not failed:
+        print("no FHIR resources in the input", file=sys.stderr)
+        return 1
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="healthsync",
@@ -179,6 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     process.set_defaults(func=cmd_process)
 
+    push = sub.add_parser(
+        "push",
+        help="push FHIR resources to an EHR (HEALTHSYNC_FHIR_EHR_BASE_URL)",
+        description="Consume the observations and alerts topics and send their FHIR resources "
+        "to the EHR's FHIR server as transaction Bundles with conditional creates. Its own "
+        "consumer group: a slow or absent EHR delays only the push.",
+    )
+    push.set_defaults(func=cmd_push)
+
     api = sub.add_parser("api", help="run the REST API")
     api.add_argument("--host", help="listen address (default 127.0.0.1)")
     api.add_argument("--port", type=int, help="listen port (default 8000)")
@@ -203,6 +262,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="exit 0 if Redis and Kafka answer, 1 otherwise")
     check.set_defaults(func=cmd_check)
+
+    fhir_validate = sub.add_parser(
+        "fhir-validate",
+        help="validate FHIR resources against R4B and the vital-signs profiles",
+        description="Read FHIR resources as JSON (one object, an array, JSON lines, or a "
+        "Bundle, whose entries are checked) and validate each with the fhir.resources R4B "
+        "models and HealthSync's profile checks. Prints `ok Type/id` or the problems; "
+        "exits 1 if any resource failed.",
+    )
+    fhir_validate.add_argument(
+        "files", nargs="*", metavar="FILE", help="JSON files; - or none reads stdin"
+    )
+    fhir_validate.set_defaults(func=cmd_fhir_validate)
     return parser
 
 

@@ -36,7 +36,7 @@ from healthsync.stack import (
 _MAX_BACKOFF_S = 30.0
 STAGES = ("ingest", "process", "api")
 # Order matters on shutdown: stop producers of data before its consumers.
-_STOP_ORDER = ("simulate", "ingest", "process", "api")
+_STOP_ORDER = ("simulate", "ingest", "process", "push", "api")
 
 
 @dataclass
@@ -97,9 +97,12 @@ class Pipeline:
     def logs(self) -> Path:
         return self.run_dir / "logs"
 
-    def start(self, stages: tuple[str, ...] = STAGES) -> None:
+    def start(self, stages: tuple[str, ...] | None = None) -> None:
+        """Start the services, then the stages (by default all, and the EHR push if configured)."""
         self.logs.mkdir(parents=True, exist_ok=True)
         settings = self.settings
+        if stages is None:
+            stages = STAGES + (("push",) if settings.fhir.ehr_base_url else ())
         if settings.kafka.bootstrap is None:
             self.stack.broker = start_broker(log_dir=self.logs)
             settings.kafka.bootstrap = self.stack.bootstrap
@@ -139,10 +142,9 @@ class Pipeline:
         return process
 
     def stop(self) -> None:
-        for name in _STOP_ORDER:
-            child = self.children.get(name)
-            if child is not None:
-                child.stop()
+        ordered = [n for n in _STOP_ORDER if n in self.children]
+        for name in ordered + [n for n in self.children if n not in ordered]:
+            self.children[name].stop()
         self.stack.stop()
 
 

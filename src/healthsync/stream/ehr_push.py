@@ -1,0 +1,322 @@
+"""A Sink that pushes the batch's FHIR resources to an EHR's FHIR server (optional, off by default).
+
+`flush` sends FHIR `transaction` Bundles to the configured base URL. A resource
+that carries an identifier is a conditional create on it (`ifNoneExist`), so a
+retried or replayed batch finds the resource already there (200) instead of
+creating it twice; a resource without one is a PUT of its own id, idempotent
+too. References between entries of one Bundle are rewritten to the entries'
+`urn:uuid` fullUrls, so they follow whatever id the EHR assigns.
+
+The processor commits its offsets only after every sink flushed, so `flush`
+either delivers everything it holds or raises `EhrPushError`; resources that
+were delivered before the error are simply found again on the retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import orjson
+
+from healthsync.config import FhirSettings
+from healthsync.errors import ConfigError, HealthSyncError
+from healthsync.stream.batch import Batch
+from healthsync.stream.fhir import READING_ID_SYSTEM
+
+log = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+# fullUrls are uuid5 of "<type>/<id>" in this namespace: the same resource gets
+# the same fullUrl in every Bundle, whichever batch or process sends it.
+_FULL_URL_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:healthsync:fhir")
+# 408 and 429 mean "not now"; any 5xx may be a restart or an overloaded server.
+_RETRY_STATUSES = frozenset({408, 429})
+_DIAGNOSTICS_MAX = 500
+
+
+class EhrPushError(HealthSyncError):
+    """The EHR's FHIR server did not accept a transaction Bundle.
+
+    The message carries the HTTP status and the server's OperationOutcome
+    diagnostics, never the resources sent.
+    """
+
+    def __init__(self, message: str, status: int | None = None, attempts: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+        self.attempts = attempts
+
+
+class _Retryable(Exception):
+    """One attempt failed in a way that another attempt may not."""
+
+    def __init__(self, reason: str, status: int | None = None, delay_s: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.delay_s = delay_s
+
+
+def full_url(resource: dict[str, Any]) -> str:
+    """The Bundle fullUrl of a resource: `urn:uuid:` derived from its type and id."""
+    return f"urn:uuid:{uuid.uuid5(_FULL_URL_NAMESPACE, _key(resource))}"
+
+
+def _key(resource: dict[str, Any]) -> str:
+    rtype = resource.get("resourceType")
+    if not rtype:
+        raise EhrPushError("a resource without resourceType cannot be pushed")
+    rid = resource.get("id")
+    if rid:
+        return f"{rtype}/{rid}"
+    identifier = _identifier(resource)
+    if identifier is None:
+        raise EhrPushError(f"a {rtype} with neither id nor identifier cannot be pushed")
+    return f"{rtype}?identifier={identifier[0]}|{identifier[1]}"
+
+
+def _identifier(resource: dict[str, Any]) -> tuple[str, str] | None:
+    """The identifier to match on: the reading id if the resource has one, else the first."""
+    candidates = [
+        (i["system"], i["value"])
+        for i in resource.get("identifier") or []
+        if i.get("system") and i.get("value")
+    ]
+    for system, value in candidates:
+        if system == READING_ID_SYSTEM:
+            return system, value
+    return candidates[0] if candidates else None
+
+
+def _token(system: str, value: str) -> str:
+    """A FHIR token search value, escaped for the search syntax and then for a URL query."""
+    for char in "\\|,$":
+        value = value.replace(char, "\\" + char)
+    return quote(f"{system}|{value}", safe=":/|")
+
+
+def _with_references(value: Any, full_urls: dict[str, str]) -> Any:
+    """A copy of `value` whose references to resources of the same Bundle use their fullUrls."""
+    if isinstance(value, dict):
+        ref = value.get("reference")
+        copy = {k: _with_references(v, full_urls) for k, v in value.items()}
+        if isinstance(ref, str) and ref in full_urls:
+            copy["reference"] = full_urls[ref]
+        return copy
+    if isinstance(value, list):
+        return [_with_references(v, full_urls) for v in value]
+    return value
+
+
+def transaction_bundle(resources: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A FHIR transaction Bundle that stores `resources` without duplicating any on a resend."""
+    full_urls = {f"{r['resourceType']}/{r['id']}": full_url(r) for r in resources if r.get("id")}
+    entries = []
+    for resource in resources:
+        rtype = resource["resourceType"]
+        body = _with_references(resource, full_urls)
+        identifier = _identifier(resource)
+        if identifier is not None:
+            # The EHR assigns the id of a created resource; ours is only the fullUrl's seed.
+            body.pop("id", None)
+            request = {
+                "method": "POST",
+                "url": rtype,
+                "ifNoneExist": f"identifier={_token(*identifier)}",
+            }
+        else:
+            request = {"method": "PUT", "url": f"{rtype}/{resource['id']}"}
+        entries.append({"fullUrl": full_url(resource), "resource": body, "request": request})
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def _retry_after(header: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
+    if not header:
+        return None
+    header = header.strip()
+    if header.isdigit():
+        return float(header)
+    try:
+        when = parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+def _outcome_text(outcome: Any) -> str:
+    """The diagnostics of an OperationOutcome, or '' if `outcome` is not one."""
+    if not isinstance(outcome, dict) or outcome.get("resourceType") != "OperationOutcome":
+        return ""
+    parts = []
+    for issue in outcome.get("issue") or []:
+        if not isinstance(issue, dict):
+            continue
+        text = issue.get("diagnostics") or (issue.get("details") or {}).get("text") or ""
+        parts.append(f"{issue.get('severity', '?')} {issue.get('code', '?')}: {text}".strip())
+    return "; ".join(parts)[:_DIAGNOSTICS_MAX]
+
+
+def _response_outcome(response: httpx.Response) -> str:
+    try:
+        return _outcome_text(response.json())
+    except ValueError:
+        return ""
+
+
+def _describe(response: httpx.Response) -> str:
+    text = f"HTTP {response.status_code} {response.reason_phrase}".strip()
+    outcome = _response_outcome(response)
+    return f"{text}: {outcome}" if outcome else text
+
+
+class EhrPushSink:
+    """Sends the batch's FHIR resources to an EHR as transaction Bundles.
+
+    `write` only collects (a replayed batch replaces its own resources, it does
+    not add them twice); `flush` sends them in Bundles of at most
+    `ehr_batch_size` entries. Each Bundle is tried up to `ehr_max_attempts`
+    times on transport errors, timeouts, 408, 429 and 5xx, waiting an
+    exponential backoff with jitter (`backoff_base_s` doubling up to
+    `backoff_max_s`) or what Retry-After asks (capped at `backoff_max_s`).
+    Any other 4xx raises at once: sending the same Bundle again cannot help.
+    """
+
+    def __init__(
+        self,
+        settings: FhirSettings,
+        *,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        if not settings.ehr_base_url:
+            raise ConfigError("the EHR push needs a FHIR base URL (HEALTHSYNC_FHIR_EHR_BASE_URL)")
+        self.settings = settings
+        self.url = settings.ehr_base_url.rstrip("/")
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self._client = httpx.Client(
+            timeout=settings.ehr_timeout_s,
+            headers={"Content-Type": FHIR_JSON, "Accept": FHIR_JSON, **settings.ehr_headers},
+        )
+        # Keyed by type/id, in arrival order: a rewritten batch replaces its resources.
+        self._pending: dict[str, dict[str, Any]] = {}
+
+    def write(self, batch: Batch) -> None:
+        self.add(resource for _key, resource in batch.observations)
+
+    def add(self, resources: Iterable[dict[str, Any]]) -> None:
+        """Queue resources for the next flush."""
+        for resource in resources:
+            self._pending[_key(resource)] = resource
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        size = self.settings.ehr_batch_size
+        created = existing = bundles = 0
+        while self._pending:
+            keys = list(self._pending)[:size]
+            c, e = self._send(transaction_bundle([self._pending[k] for k in keys]))
+            for key in keys:
+                del self._pending[key]
+            created, existing, bundles = created + c, existing + e, bundles + 1
+        log.info(
+            "pushed resources to the EHR",
+            extra={
+                "bundles": bundles,
+                "resources_created": created,
+                "resources_existing": existing,
+            },
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> EhrPushSink:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _send(self, bundle: dict[str, Any]) -> tuple[int, int]:
+        """POST one Bundle until the EHR accepts it; the (created, existing) entry counts."""
+        attempts = self.settings.ehr_max_attempts
+        attempt = 1
+        while True:
+            try:
+                return self._attempt(bundle)
+            except _Retryable as exc:
+                if attempt >= attempts:
+                    raise EhrPushError(
+                        f"EHR push gave up after {attempts} attempts; last: {exc.reason}",
+                        status=exc.status,
+                        attempts=attempts,
+                    ) from exc
+                delay = self._delay(attempt, exc.delay_s)
+                log.warning(
+                    "EHR push failed; retrying",
+                    extra={"error": exc.reason, "attempt": attempt, "backoff_s": round(delay, 3)},
+                )
+                time.sleep(delay)
+            attempt += 1
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.backoff_max_s)
+        ceiling = min(self.backoff_base_s * 2.0 ** (attempt - 1), self.backoff_max_s)
+        # Half fixed, half random: clients that failed together do not retry together.
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    def _attempt(self, bundle: dict[str, Any]) -> tuple[int, int]:
+        try:
+            response = self._client.post(self.url, content=orjson.dumps(bundle))
+        except httpx.TransportError as exc:
+            raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
+        status = response.status_code
+        if status in _RETRY_STATUSES or status >= 500:
+            delay = _retry_after(response.headers.get("Retry-After"), time.time())
+            raise _Retryable(_describe(response), status, delay)
+        if not 200 <= status < 300:
+            raise EhrPushError(f"the EHR rejected a transaction: {_describe(response)}", status)
+        return _count_entries(response, len(bundle["entry"]))
+
+
+def _count_entries(response: httpx.Response, sent: int) -> tuple[int, int]:
+    """Check every entry of a transaction-response succeeded; (created, existing) counts."""
+    try:
+        reply = response.json()
+    except ValueError as exc:
+        raise EhrPushError("the EHR answered a transaction with something not JSON") from exc
+    entries = reply.get("entry") if isinstance(reply, dict) else None
+    if not isinstance(entries, list) or reply.get("type") != "transaction-response":
+        raise EhrPushError("the EHR answered a transaction without a transaction-response Bundle")
+    if len(entries) != sent:
+        raise EhrPushError(f"the EHR answered {len(entries)} entries for {sent} sent")
+    created = existing = 0
+    for index, entry in enumerate(entries):
+        result = (entry.get("response") or {}) if isinstance(entry, dict) else {}
+        code = str(result.get("status", "")).split(" ", 1)[0]
+        if code == "201":
+            created += 1
+        elif code.startswith("2"):
+            existing += 1
+        else:
+            outcome = _outcome_text(result.get("outcome"))
+            raise EhrPushError(
+                f"the EHR failed entry {index} of a transaction with status {code or '?'}"
+                + (f": {outcome}" if outcome else ""),
+                int(code) if code.isdigit() else None,
+            )
+    return created, existing

@@ -1,0 +1,103 @@
+"""`healthsync push`: FHIR resources from the output topics to an EHR's FHIR server.
+
+A consumer group of its own on the observations and alerts topics, so an EHR
+that is slow or down delays only the push, never the live pipeline (alerts,
+Redis, the API). Offsets are committed after the EHR accepted a batch; the
+sink's conditional creates make a replay harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+
+from healthsync.config import Settings
+from healthsync.stream.ehr_push import EhrPushSink
+from healthsync.stream.retry import retry_until_stopped
+
+log = logging.getLogger(__name__)
+
+
+def resources_in(value: Any) -> Iterator[dict[str, Any]]:
+    """Every FHIR resource in a topic value: the value itself, or those an alert event carries."""
+    if isinstance(value, dict):
+        if "resourceType" in value:
+            yield value
+            return
+        for item in value.values():
+            yield from resources_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from resources_in(item)
+
+
+class EhrPusher:
+    def __init__(self, settings: Settings, consumer: Consumer, sink: EhrPushSink) -> None:
+        self.settings = settings
+        self.consumer = consumer
+        self.sink = sink
+        self.stopping = False
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def run(self) -> None:
+        kafka = self.settings.kafka
+        self.consumer.subscribe([kafka.observations_topic, kafka.alerts_topic])
+        log.info("ehr push started")
+        try:
+            while not self.stopping:
+                messages = self.consumer.consume(
+                    self.settings.fhir.ehr_batch_size, self.settings.processor.batch_wait_s
+                )
+                if messages:
+                    self.handle(messages)
+        finally:
+            self.consumer.close()
+            self.sink.close()
+            log.info("ehr push stopped")
+
+    def handle(self, messages: list[Message]) -> None:
+        offsets: dict[tuple[str, int], int] = {}
+        resources: list[dict[str, Any]] = []
+        for message in messages:
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            if message.error() is not None or topic is None or partition is None or offset is None:
+                continue
+            offsets[(topic, partition)] = offset + 1
+            try:
+                resources.extend(resources_in(orjson.loads(message.value() or b"null")))
+            except orjson.JSONDecodeError:
+                log.warning("skipped a value that is not JSON", extra={"topic": topic})
+        self.sink.add(resources)
+        if retry_until_stopped("push to the EHR", self._flush, lambda: self.stopping) is None:
+            return  # stopping: uncommitted, so pushed again on restart
+        try:
+            self.consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                asynchronous=False,
+            )
+        except KafkaException as exc:
+            log.warning("offset commit failed", extra={"error": str(exc)})
+
+    def _flush(self) -> bool:
+        self.sink.flush()
+        return True
+
+
+def build(settings: Settings) -> EhrPusher:
+    from healthsync.errors import ConfigError
+    from healthsync.kafka import make_consumer
+
+    if not settings.fhir.ehr_base_url:
+        raise ConfigError("no EHR configured (HEALTHSYNC_FHIR_EHR_BASE_URL)")
+    consumer = make_consumer(
+        settings.kafka,
+        f"{settings.processor.group_id}-ehr-push",
+        **{"session.timeout.ms": settings.processor.session_timeout_ms},
+    )
+    return EhrPusher(settings, consumer, EhrPushSink(settings.fhir))

@@ -1,0 +1,79 @@
+"""`healthsync push`: the pipeline's FHIR resources reach an EHR, and an EHR outage
+delays only the push, never the live pipeline.
+
+`FakeEhr` stands in for the EHR's FHIR server (a real one cannot run here; see
+tests/stream/test_ehr_push.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from healthsync.stack import Service
+from healthsync.stream.push import resources_in
+from healthsync.supervisor import Pipeline
+from tests.conftest import Device, make_settings, wait_for
+from tests.stream.test_ehr_push import Canned, FakeEhr
+
+
+@pytest.fixture
+def ehr() -> Iterator[FakeEhr]:
+    server = FakeEhr().start()
+    yield server
+    server.stop()
+
+
+def test_resources_in_finds_resources_at_any_depth() -> None:
+    observation = {"resourceType": "Observation", "id": "o1"}
+    flag = {"resourceType": "Flag", "id": "f1"}
+    event = {"event": "opened", "alert": {"alert_id": "a"}, "resources": [flag], "x": observation}
+    assert list(resources_in(observation)) == [observation]
+    assert list(resources_in(event)) == [flag, observation]
+    assert list(resources_in({"alert": {"status": "open"}})) == []
+
+
+def test_pushed_to_the_ehr_and_an_outage_does_not_stop_the_live_pipeline(
+    broker: Service, redis_server: Service, tmp_path: Path, ehr: FakeEhr
+) -> None:
+    settings = make_settings(broker, redis_server, fhir={"ehr_base_url": ehr.base_url})
+    pipeline = Pipeline(settings, tmp_path)
+    pipeline.start(stages=("ingest", "process", "api", "push"))
+    api = httpx.Client(base_url=f"http://127.0.0.1:{settings.api.port}", timeout=10)
+    device = Device(settings.ingest.host, settings.ingest.port)
+    try:
+        assert device.send(b"device_id=mon-1 patient_id=P-1 seq=1 hr=72 spo2=97").startswith("OK")
+
+        def pushed_observations() -> list[dict[str, Any]]:
+            return [r for r in ehr.resources.values() if r["resourceType"] == "Observation"]
+
+        first = wait_for(pushed_observations, what="Observations in the EHR")
+        assert {o["code"]["coding"][0]["code"] for o in first} >= {"8867-4", "2708-6"}
+
+        # The EHR goes down: the live pipeline carries on regardless.
+        ehr.canned = [Canned(503)] * 1000
+        assert device.send(b"device_id=mon-1 patient_id=P-1 seq=2 hr=99").startswith("OK")
+
+        def live_heart_rate() -> float | None:
+            body = api.get("/v1/patients/P-1/vitals/latest").json()
+            value = body["vitals"]["heart_rate"]["value"]
+            return float(value) if value == 99 else None
+
+        wait_for(live_heart_rate, what="the new reading in the live API during the outage")
+        before = len(pushed_observations())
+
+        # The EHR is back: what it missed arrives, once.
+        ehr.canned = []
+        wait_for(
+            lambda: len(pushed_observations()) > before, timeout=90, what="the push to catch up"
+        )
+        identifiers = [o["identifier"][0]["value"] for o in pushed_observations()]
+        assert len(identifiers) == len(set(identifiers)), "a resource was created twice"
+    finally:
+        device.close()
+        api.close()
+        pipeline.stop()
