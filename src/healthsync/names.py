@@ -23,6 +23,8 @@ class RedisKeys:
     - ``{p}:alerts:acknowledged``       hash: alert_id -> JSON {by, at}
     - ``{p}:news2``                     hash: patient_id -> latest NEWS2 JSON
     - ``{p}:fhir:{type}:{id}``          string: a FHIR resource's JSON (recent window)
+    - ``{p}:fhir:reading:{reading_id}`` string: the reading its vital-sign Observations are
+                                          rebuilt from (they are not stored one by one)
     - ``{p}:fhir:index:{type}``         sorted set: id scored by the resource's time
     - ``{p}:fhir:index:{type}:{patient}`` sorted set: the same, for one patient
     - ``{p}:events``                    stream of live events for dashboards
@@ -70,6 +72,9 @@ class RedisKeys:
 
     def fhir(self, resource_type: str, resource_id: str) -> str:
         return f"{self.prefix}:fhir:{resource_type}:{resource_id}"
+
+    def fhir_reading(self, reading_id: str) -> str:
+        return f"{self.prefix}:fhir:reading:{reading_id}"
 
     def fhir_index(self, resource_type: str, patient_id: str | None = None) -> str:
         base = f"{self.prefix}:fhir:index:{resource_type}"

@@ -22,6 +22,8 @@ from redis.asyncio import Redis
 
 from healthsync.errors import HealthSyncError
 from healthsync.names import RedisKeys
+from healthsync.readings import Reading
+from healthsync.stream.fhir import observations_for, reading_of_observation
 
 Resource = dict[str, Any]
 Predicate = Callable[[Resource], bool]
@@ -98,8 +100,8 @@ class FhirReader:
         self.max_scan = max_scan
 
     async def read(self, resource_type: str, resource_id: str) -> Resource | None:
-        raw = await self.client.get(self.keys.fhir(resource_type, resource_id))
-        return cast("Resource", orjson.loads(raw)) if raw else None
+        found = await self._load(resource_type, [Position(0.0, resource_id)])
+        return found[0][1] if found else None
 
     async def search(self, query: Search) -> Page:
         """The page after `query.after` of the matches in the window, in time order.
@@ -173,17 +175,36 @@ class FhirReader:
         """The resources at these positions; an id whose resource has expired is skipped."""
         if not positions:
             return []
+        ids = [p.resource_id for p in positions]
+        found = await self._rebuilt(ids) if resource_type == "Observation" else {}
+        stored = [i for i in ids if i not in found]
+        if stored:
+            docs = cast(
+                "list[bytes | None]",
+                await self.client.mget([self.keys.fhir(resource_type, i) for i in stored]),
+            )
+            found.update((i, orjson.loads(doc)) for i, doc in zip(stored, docs, strict=True) if doc)
+        return [(p, found[p.resource_id]) for p in positions if p.resource_id in found]
+
+    async def _rebuilt(self, ids: list[str]) -> dict[str, Resource]:
+        """Vital-sign Observations, rebuilt from the readings they were made from."""
+        readings = {rid for rid in map(reading_of_observation, ids) if rid is not None}
+        if not readings:
+            return {}
+        order = sorted(readings)
         docs = cast(
             "list[bytes | None]",
-            await self.client.mget(
-                [self.keys.fhir(resource_type, p.resource_id) for p in positions]
-            ),
+            await self.client.mget([self.keys.fhir_reading(r) for r in order]),
         )
-        return [
-            (position, orjson.loads(doc))
-            for position, doc in zip(positions, docs, strict=True)
-            if doc is not None
-        ]
+        wanted = set(ids)
+        rebuilt: dict[str, Resource] = {}
+        for doc in docs:
+            if doc is None:
+                continue  # expired with the retention
+            for resource in observations_for(Reading.from_json(doc)):
+                if resource["id"] in wanted:
+                    rebuilt[resource["id"]] = resource
+        return rebuilt
 
 
 def _score_bounds(

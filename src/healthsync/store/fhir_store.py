@@ -2,8 +2,12 @@
 
 Layout (see names.RedisKeys):
 
-- ``{p}:fhir:{type}:{id}``: the resource's JSON. Observations and
-  RiskAssessments expire after the history retention; a Communication or Flag
+- ``{p}:fhir:reading:{reading_id}``: the reading (without demographics) that
+  its vital-sign Observations are a pure function of. They are rebuilt from it
+  on read rather than stored: five full resources per reading would cost the
+  processor most of its time and Redis twenty times the memory.
+- ``{p}:fhir:{type}:{id}``: the resource's JSON, for every other resource.
+  NEWS2 Observations and RiskAssessments expire after the history retention; a Communication or Flag
   expires once its alert is over (completed, inactive), never while it is
   open, so a long-open alert keeps its banner. Patient and Device never expire.
 - ``{p}:fhir:index:{type}`` and ``{p}:fhir:index:{type}:{patient}``: sorted
@@ -23,6 +27,7 @@ batch changes nothing.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +36,7 @@ from redis import Redis
 
 from healthsync.config import RedisSettings
 from healthsync.stream.batch import Batch
+from healthsync.stream.fhir import reading_of_observation
 
 # Trim an index at most this often, not on every batch.
 _TRIM_INTERVAL_S = 60.0
@@ -66,6 +72,21 @@ def subject_id(resource: dict[str, Any]) -> str | None:
     return rid if kind == "Patient" and rid else None
 
 
+# SET of many keys with one expiry, as one command: per-key SET calls cost the
+# processor ~25 us each in the client, five times per reading.
+_SET_MANY = """
+local ttl = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  if ttl > 0 then
+    redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ttl)
+  else
+    redis.call('SET', KEYS[i], ARGV[i + 1])
+  end
+end
+return #KEYS
+"""
+
+
 def _epoch(stamp: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()
 
@@ -79,6 +100,7 @@ class RedisFhirSink:
         self.keys = settings.keys
         self._pipe: Any = None
         self._trimmed_at: dict[str, float] = {}
+        self._set_many = client.register_script(_SET_MANY)
 
     def load(self, resource_type: str, ids: list[str]) -> dict[str, dict[str, Any]]:
         """The stored resources among `ids` (a ResourceLoader for the FHIR step)."""
@@ -91,7 +113,7 @@ class RedisFhirSink:
 
     def write(self, batch: Batch) -> None:
         resources = batch.resources
-        if not resources:
+        if not resources and not batch.readings:
             self._pipe = None
             return
         keys = self.keys
@@ -100,12 +122,21 @@ class RedisFhirSink:
         indexes: dict[str, dict[str, float]] = {}
         index_types: dict[str, str] = {}
         epochs: dict[str, float] = {}  # the Observations of a reading share their time
+        # ttl (0 = none) -> (keys, values)
+        writes: dict[int, tuple[list[str], list[bytes]]] = {0: ([], []), retention: ([], [])}
+        names, values = writes[retention]
+        for reading in batch.readings:
+            # Demographics are not needed to rebuild Observations: keep them out.
+            names.append(keys.fhir_reading(reading.reading_id))
+            values.append(replace(reading, patient={}).to_json())
         for _key, resource in resources:
             kind, rid = resource["resourceType"], resource["id"]
-            expires = kind in _WINDOWED or (kind in _ALERTS and resource.get("status") in _OVER)
-            pipe.set(
-                keys.fhir(kind, rid), orjson.dumps(resource), ex=retention if expires else None
-            )
+            derived = kind == "Observation" and reading_of_observation(rid) is not None
+            if not derived:
+                expires = kind in _WINDOWED or (kind in _ALERTS and resource.get("status") in _OVER)
+                names, values = writes[retention if expires else 0]
+                names.append(keys.fhir(kind, rid))
+                values.append(orjson.dumps(resource))
             stamp = resource_time(resource)
             if stamp is None:
                 continue
@@ -120,6 +151,9 @@ class RedisFhirSink:
                 index = keys.fhir_index(kind, patient)
                 indexes.setdefault(index, {})[rid] = score
                 index_types[index] = kind
+        for ttl, (names, values) in writes.items():
+            if names:
+                self._set_many(keys=names, args=[ttl, *values], client=pipe)
         for index, members in indexes.items():
             pipe.zadd(index, members)
         self._trim(pipe, indexes, index_types)

@@ -79,6 +79,22 @@ def observation_id(reading_id: str, vital: str) -> str:
     return f"{reading_id}-{_SUFFIXES[vital]}"
 
 
+_DERIVED_SUFFIXES: Final = frozenset(_SUFFIXES.values())
+_HEX: Final = frozenset("0123456789abcdef")
+
+
+def reading_of_observation(resource_id: str) -> str | None:
+    """The reading a vital-sign Observation id was made from; None for any other id.
+
+    Vital-sign Observations are a pure function of their reading, so the FHIR
+    store keeps the reading once and the read API rebuilds them from it.
+    """
+    reading_id, sep, suffix = resource_id.partition("-")
+    if sep and suffix in _DERIVED_SUFFIXES and len(reading_id) == 24 and set(reading_id) <= _HEX:
+        return reading_id
+    return None
+
+
 def news2_id(patient_id: str, ts: float) -> str:
     """Shared by a NEWS2 score's Observation and RiskAssessment (different types)."""
     basis = f"{patient_id}\x1fnews2\x1f{round(ts * 1000)}".encode()
