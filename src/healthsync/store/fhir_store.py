@@ -35,8 +35,9 @@ import orjson
 from redis import Redis
 
 from healthsync.config import RedisSettings
+from healthsync.readings import isoformat_ms
 from healthsync.stream.batch import Batch
-from healthsync.stream.fhir import reading_of_observation
+from healthsync.stream.fhir import fhir_id, observation_id, reading_of_observation
 
 # Trim an index at most this often, not on every batch.
 _TRIM_INTERVAL_S = 60.0
@@ -125,18 +126,27 @@ class RedisFhirSink:
         # ttl (0 = none) -> (keys, values)
         writes: dict[int, tuple[list[str], list[bytes]]] = {0: ([], []), retention: ([], [])}
         names, values = writes[retention]
+        everyone = keys.fhir_index("Observation")
         for reading in batch.readings:
             # Demographics are not needed to rebuild Observations: keep them out.
             names.append(keys.fhir_reading(reading.reading_id))
             values.append(replace(reading, patient={}).to_json())
+            # Index the reading's Observations straight from it (the hot path): the
+            # score is the instant written in their effectiveDateTime.
+            when = _epoch(isoformat_ms(reading.ts))
+            members = {observation_id(reading.reading_id, v): when for v in reading.vitals}
+            one = keys.fhir_index("Observation", fhir_id(reading.patient_id))
+            indexes.setdefault(everyone, {}).update(members)
+            indexes.setdefault(one, {}).update(members)
+            index_types[everyone] = index_types[one] = "Observation"
         for _key, resource in resources:
             kind, rid = resource["resourceType"], resource["id"]
-            derived = kind == "Observation" and reading_of_observation(rid) is not None
-            if not derived:
-                expires = kind in _WINDOWED or (kind in _ALERTS and resource.get("status") in _OVER)
-                names, values = writes[retention if expires else 0]
-                names.append(keys.fhir(kind, rid))
-                values.append(orjson.dumps(resource))
+            if kind == "Observation" and reading_of_observation(rid) is not None:
+                continue  # rebuilt from its reading on read, indexed above
+            expires = kind in _WINDOWED or (kind in _ALERTS and resource.get("status") in _OVER)
+            names, values = writes[retention if expires else 0]
+            names.append(keys.fhir(kind, rid))
+            values.append(orjson.dumps(resource))
             stamp = resource_time(resource)
             if stamp is None:
                 continue
