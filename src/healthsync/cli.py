@@ -7,7 +7,9 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from healthsync import __version__
 from healthsync.config import Settings
@@ -50,34 +52,39 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_process(args: argparse.Namespace) -> int:
+class _Stage(Protocol):
+    def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def _run_stage(
+    args: argparse.Namespace, component: str, build: Callable[[Settings], _Stage]
+) -> int:
+    """Run a consumer stage until SIGTERM or SIGINT, which let it finish its batch."""
     from healthsync.kafka import ensure_topics
     from healthsync.logs import setup_logging
-    from healthsync.stream.processor import build
 
     settings = _settings(args)
-    setup_logging("processor", settings.log_level)
+    setup_logging(component, settings.log_level)
     ensure_topics(settings.kafka)
-    processor = build(settings)
-    signal.signal(signal.SIGTERM, lambda *_: processor.stop())
-    signal.signal(signal.SIGINT, lambda *_: processor.stop())
-    processor.run()
+    stage = build(settings)
+    signal.signal(signal.SIGTERM, lambda *_: stage.stop())
+    signal.signal(signal.SIGINT, lambda *_: stage.stop())
+    stage.run()
     return 0
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    from healthsync.stream.processor import build
+
+    return _run_stage(args, "processor", build)
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from healthsync.kafka import ensure_topics
-    from healthsync.logs import setup_logging
     from healthsync.stream.push import build
 
-    settings = _settings(args)
-    setup_logging("push", settings.log_level)
-    ensure_topics(settings.kafka)
-    pusher = build(settings)
-    signal.signal(signal.SIGTERM, lambda *_: pusher.stop())
-    signal.signal(signal.SIGINT, lambda *_: pusher.stop())
-    pusher.run()
-    return 0
+    return _run_stage(args, "push", build)
 
 
 def cmd_api(args: argparse.Namespace) -> int:
