@@ -61,32 +61,26 @@ def test_low_spo2_opens_an_alert_and_normal_values_resolve_it(
     )
     assert device.send(b"device_id=mon-7 patient_id=P-7 seq=2 oxygen=85%").startswith("OK")
 
-    def open_alerts() -> list[dict[str, Any]]:
-        alerts: list[dict[str, Any]] = api.get("/v1/alerts", params={"status": "open"}).json()[
+    def alerts(status: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = api.get("/v1/alerts", params={"status": status}).json()[
             "alerts"
         ]
-        return alerts
+        return rows
 
-    [alert] = wait_for(open_alerts, what="an open SpO2 alert")
+    [alert] = wait_for(lambda: alerts("open"), what="an open SpO2 alert")
     assert (alert["patient_id"], alert["vital"], alert["value"]) == ("P-7", "spo2", 85)
     assert api.get("/v1/patients").json()["patients"][0]["open_alerts"] == 1
 
     ack = api.post(f"/v1/alerts/{alert['alert_id']}/ack")
     assert ack.status_code == 200 and ack.json()["acknowledged"] is True
-    assert open_alerts()[0]["status"] == "open", "acknowledging must not close the alert"
+    assert alerts("open")[0]["status"] == "open", "acknowledging must not close the alert"
 
     assert device.send(b"device_id=mon-7 patient_id=P-7 seq=3 spo2=96").startswith("OK")
 
-    def resolved() -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = api.get("/v1/alerts", params={"status": "resolved"}).json()[
-            "alerts"
-        ]
-        return rows
-
-    [done] = wait_for(resolved, what="the alert to resolve")
+    [done] = wait_for(lambda: alerts("resolved"), what="the alert to resolve")
     assert done["alert_id"] == alert["alert_id"]
     assert done["acknowledged"] is True
-    assert open_alerts() == []
+    assert alerts("open") == []
 
 
 def test_bad_input_is_rejected_counted_and_the_connection_keeps_working(

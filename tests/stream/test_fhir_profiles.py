@@ -24,16 +24,7 @@ from healthsync.stream.fhir_profiles import (
     validate,
 )
 from healthsync.stream.news2 import News2Scores
-
-TS = 1_795_787_117.825
-DEMOGRAPHICS = {
-    "patient_name": "Ada Lovelace",
-    "birth_date": "1815-12-10",
-    "gender": "female",
-    "mrn": "MRN-0042",
-    "address": "12 St James's Square, London",
-    "phone": "+44 20 7946 0000",
-}
+from tests.stream.test_fhir import DEMOGRAPHICS, TS
 
 
 def emitted() -> list[Resource]:
