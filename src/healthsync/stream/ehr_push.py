@@ -214,7 +214,7 @@ class EhrPushSink:
         self._pending: dict[str, dict[str, Any]] = {}
 
     def write(self, batch: Batch) -> None:
-        self.add(resource for _key, resource in batch.observations)
+        self.add(resource for _key, resource in batch.resources)
 
     def add(self, resources: Iterable[dict[str, Any]]) -> None:
         """Queue resources for the next flush."""
