@@ -17,13 +17,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-# redis-server, netcat (and shellcheck for the tests) come from the distribution (Debian/Ubuntu); the
-# Kafka-protocol broker comes from PyPI with the Python dependencies.
+# From the distribution (Debian/Ubuntu): redis-server; netcat and ncat (devices, plain and TLS);
+# openssl; haproxy (the TLS front of the embedded broker); tcpdump, iptables and iproute2 (the
+# security tests and ops/); shellcheck (tests). The Kafka-protocol broker comes from PyPI.
 system-deps:
 	@missing=(); \
 	command -v redis-server >/dev/null || missing+=(redis-server); \
 	command -v nc >/dev/null || missing+=(netcat-openbsd); \
 	command -v shellcheck >/dev/null || missing+=(shellcheck); \
+	command -v ncat >/dev/null || missing+=(ncat); \
+	command -v openssl >/dev/null || missing+=(openssl); \
+	command -v haproxy >/dev/null || missing+=(haproxy); \
+	command -v tcpdump >/dev/null || missing+=(tcpdump); \
+	command -v iptables >/dev/null || missing+=(iptables); \
+	command -v ip >/dev/null || missing+=(iproute2); \
 	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv); \
 	if [ $${#missing[@]} -gt 0 ]; then \
 	  echo "installing system packages: $${missing[*]}"; \
