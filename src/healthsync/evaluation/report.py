@@ -1,0 +1,229 @@
+"""Run scenarios through both detectors, check the targets, render a table or JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from healthsync.config import Settings
+from healthsync.evaluation.detectors import naive_alarms, run_engine
+from healthsync.evaluation.generate import EPOCH, Dataset, generate, warning_bands
+from healthsync.evaluation.scenario import Scenario, load_scenario
+from healthsync.evaluation.scoring import Score, alert_reduction, score
+
+__all__ = [
+    "ScenarioResult",
+    "TargetCheck",
+    "evaluate",
+    "evaluate_dataset",
+    "render_table",
+    "to_json",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TargetCheck:
+    name: str
+    passed: bool
+    actual: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioResult:
+    scenario: Scenario
+    source: Path | None
+    readings: int
+    engine_name: str
+    engine: Score
+    naive: Score
+    reduction: float | None
+    targets: list[TargetCheck]
+
+    @property
+    def passed(self) -> bool:
+        return all(t.passed for t in self.targets)
+
+
+def _check_targets(scenario: Scenario, engine: Score, reduction: float | None) -> list[TargetCheck]:
+    targets = scenario.targets
+    checks = []
+    if engine.long_episodes:
+        share = engine.sensitivity_long or 0.0
+        checks.append(
+            TargetCheck(
+                f"episodes >= {targets.long_episode_s:g} s detected"
+                f" >= {targets.min_sensitivity_long:.0%}",
+                share >= targets.min_sensitivity_long,
+                f"{engine.long_detected}/{engine.long_episodes}",
+            )
+        )
+    if targets.max_median_delay_s is not None and engine.episodes:
+        median = engine.median_delay
+        checks.append(
+            TargetCheck(
+                f"median delay <= {targets.max_median_delay_s:g} s",
+                median is not None and median <= targets.max_median_delay_s,
+                _seconds(median),
+            )
+        )
+    if targets.min_alert_reduction is not None:
+        checks.append(
+            TargetCheck(
+                f"alerts >= {targets.min_alert_reduction:.0%} fewer than naive",
+                reduction is not None and reduction >= targets.min_alert_reduction,
+                _percent(reduction),
+            )
+        )
+    return checks
+
+
+def evaluate_dataset(dataset: Dataset, settings: Settings, source: Path | None) -> ScenarioResult:
+    scenario = dataset.scenario
+    common: dict[str, Any] = {
+        "patient_hours": dataset.patient_hours,
+        "grace": scenario.grace_s,
+        "long_episode_s": scenario.targets.long_episode_s,
+    }
+    run = run_engine(dataset.readings, settings)
+    engine = score(dataset.episodes, run.alarms, **common)
+    naive = score(dataset.episodes, naive_alarms(dataset.readings, warning_bands()), **common)
+    reduction = alert_reduction(engine.alerts, naive.alerts)
+    return ScenarioResult(
+        scenario=scenario,
+        source=source,
+        readings=len(dataset.readings),
+        engine_name=run.engine,
+        engine=engine,
+        naive=naive,
+        reduction=reduction,
+        targets=_check_targets(scenario, engine, reduction),
+    )
+
+
+def evaluate(path: Path, settings: Settings, seed: int | None = None) -> ScenarioResult:
+    """Load, generate (with ``seed`` instead of the file's, if given), run and score one file."""
+    scenario = load_scenario(path)
+    if seed is not None:
+        scenario = scenario.model_copy(update={"seed": seed})
+    return evaluate_dataset(generate(scenario, warning_bands()), settings, path)
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} s"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+_MISSED_SHOWN = 10
+_COLUMNS = (
+    "detector",
+    "detected",
+    "sens",
+    "sens>=60s",
+    "median",
+    "p90",
+    "alerts",
+    "false",
+    "false/pt-h",
+    "technical",
+    "reduction",
+)
+
+
+def _row(name: str, s: Score, reduction: float | None) -> tuple[str, ...]:
+    return (
+        name,
+        f"{s.detected}/{s.episodes}",
+        _percent(s.sensitivity),
+        _percent(s.sensitivity_long),
+        _seconds(s.median_delay),
+        _seconds(s.p90_delay),
+        str(s.alerts),
+        str(s.false_alerts),
+        f"{s.false_per_patient_hour:.2f}",
+        str(s.technical_alerts),
+        _percent(reduction),
+    )
+
+
+def render_table(results: Sequence[ScenarioResult]) -> str:
+    """One block per scenario: a heading, the engine and naive rows, the targets."""
+    blocks = []
+    for result in results:
+        sc = result.scenario
+        head = (
+            f"scenario {sc.name}: {sc.patients} patients x {sc.duration_s / 3600:.1f} h, "
+            f"{sc.interval_s:g} s samples, seed {sc.seed}, {result.engine.episodes} episodes, "
+            f"{result.readings} readings, grace {sc.grace_s:g} s\n"
+            f"engine: {result.engine_name}"
+        )
+        rows = [
+            _COLUMNS,
+            _row("engine", result.engine, result.reduction),
+            _row("naive", result.naive, None),
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+        if result.engine.false_by_kind:
+            kinds = ", ".join(f"{k} {n}" for k, n in result.engine.false_by_kind.items())
+            lines.append(f"engine false alerts by kind: {kinds}")
+        for check in result.targets:
+            verdict = "PASS" if check.passed else "FAIL"
+            lines.append(f"target {verdict}: {check.name} ({check.actual})")
+        missed = [e for e in result.engine.missed if e.duration >= sc.targets.long_episode_s]
+        for episode in missed[:_MISSED_SHOWN]:
+            lines.append(
+                f"  missed by the engine: {episode.patient_id} {episode.kind}"
+                f" {episode.duration:.0f} s from +{episode.start - EPOCH:.0f} s"
+            )
+        if len(missed) > _MISSED_SHOWN:
+            lines.append(f"  ... and {len(missed) - _MISSED_SHOWN} more")
+        blocks.append(head + "\n" + "\n".join(line.rstrip() for line in lines))
+    return "\n\n".join(blocks)
+
+
+def _score_dict(s: Score) -> dict[str, Any]:
+    return {
+        "episodes": s.episodes,
+        "detected": s.detected,
+        "sensitivity": s.sensitivity,
+        "long_episodes": s.long_episodes,
+        "long_detected": s.long_detected,
+        "sensitivity_long": s.sensitivity_long,
+        "median_delay_s": s.median_delay,
+        "p90_delay_s": s.p90_delay,
+        "alerts": s.alerts,
+        "false_alerts": s.false_alerts,
+        "false_alerts_per_patient_hour": s.false_per_patient_hour,
+        "technical_alerts": s.technical_alerts,
+        "patient_hours": s.patient_hours,
+        "false_alerts_by_kind": s.false_by_kind,
+    }
+
+
+def to_json(results: Sequence[ScenarioResult]) -> list[dict[str, Any]]:
+    return [
+        {
+            "scenario": r.scenario.name,
+            "file": None if r.source is None else str(r.source),
+            "seed": r.scenario.seed,
+            "patients": r.scenario.patients,
+            "duration_s": r.scenario.duration_s,
+            "interval_s": r.scenario.interval_s,
+            "grace_s": r.scenario.grace_s,
+            "readings": r.readings,
+            "engine_name": r.engine_name,
+            "engine": _score_dict(r.engine),
+            "naive": _score_dict(r.naive),
+            "alert_reduction": r.reduction,
+            "targets": [
+                {"name": t.name, "passed": t.passed, "actual": t.actual} for t in r.targets
+            ],
+            "passed": r.passed,
+        }
+        for r in results
+    ]
