@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,13 +30,15 @@ def test_readings_become_valid_fhir_on_the_topics_and_in_redis(
 ) -> None:
     settings = pipeline.settings
     keys = settings.redis.keys
-    replies = [
-        device.send(ADMIT),
-        device.send(b"device_id=mon-1 patient_id=P-100 seq=2 oxygen=84%"),
-        device.send(b"device_id=mon-1 patient_id=P-100 seq=3 spo2=96"),
-    ]
+    # A critical SpO2 confirmed by the next sample opens an alert at once; it resolves
+    # once SpO2 has been normal for 30 s (measurement times as the monitor sent them).
+    t = int(time.time()) - 120
+    replies = [device.send(ADMIT + f" ts={t}".encode())]
+    for seq, at, spo2 in ((2, 5, 84), (3, 10, 84), (4, 15, 96), (5, 20, 96), (6, 50, 97)):
+        line = f"device_id=mon-1 patient_id=P-100 seq={seq} ts={t + at} spo2={spo2}"
+        replies.append(device.send(line.encode()))
     assert all(reply.startswith("OK ") for reply in replies), replies
-    admitted, low, recovered = (reply.split()[1] for reply in replies)
+    admitted, low, *later = (reply.split()[1] for reply in replies)
 
     def resolved_flag() -> dict[str, Any] | None:
         ids = cast("list[bytes]", redis.zrange(keys.fhir_index("Flag", "P-100"), 0, -1))
@@ -64,7 +67,7 @@ def test_readings_become_valid_fhir_on_the_topics_and_in_redis(
         f"{admitted}-resp-rate",
         f"{admitted}-bp",
         f"{low}-spo2",
-        f"{recovered}-spo2",
+        *(f"{rid}-spo2" for rid in later),
     }
 
     # The observations topic carries the same resources; the alerts topic the alert's events.

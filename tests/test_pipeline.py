@@ -56,10 +56,17 @@ def test_netcat_reading_is_acknowledged_and_served(pipeline: Pipeline, api: http
 def test_low_spo2_opens_an_alert_and_normal_values_resolve_it(
     device: Device, api: httpx.Client
 ) -> None:
-    assert device.send(b"device_id=mon-7 patient_id=P-7 seq=1 spo2=97 heart_rate=70").startswith(
-        "OK"
-    )
-    assert device.send(b"device_id=mon-7 patient_id=P-7 seq=2 oxygen=85%").startswith("OK")
+    # Measurement times a few seconds apart, as a monitor sends them: an alert opens once
+    # low SpO2 persists (15 s) and resolves once it has been normal for 30 s.
+    t = int(time.time()) - 120
+
+    def send(seq: int, at: int, vitals: str) -> None:
+        line = f"device_id=mon-7 patient_id=P-7 seq={seq} ts={t + at} {vitals}"
+        assert device.send(line.encode()).startswith("OK")
+
+    send(1, 0, "spo2=97 heart_rate=70")
+    send(2, 5, "oxygen=85%")
+    send(3, 20, "oxygen=85%")
 
     def alerts(status: str) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = api.get("/v1/alerts", params={"status": status}).json()[
@@ -75,7 +82,10 @@ def test_low_spo2_opens_an_alert_and_normal_values_resolve_it(
     assert ack.status_code == 200 and ack.json()["acknowledged"] is True
     assert alerts("open")[0]["status"] == "open", "acknowledging must not close the alert"
 
-    assert device.send(b"device_id=mon-7 patient_id=P-7 seq=3 spo2=96").startswith("OK")
+    send(4, 25, "spo2=96")
+    send(5, 30, "spo2=96")
+    assert alerts("open"), "back to normal for 5 s only: still open"
+    send(6, 60, "spo2=97")
 
     [done] = wait_for(lambda: alerts("resolved"), what="the alert to resolve")
     assert done["alert_id"] == alert["alert_id"]
@@ -151,7 +161,8 @@ def read_topic(settings: Settings, topic: str, count: int) -> list[dict[str, Any
 
 def test_logs_carry_no_patient_data(pipeline: Pipeline, device: Device, api: httpx.Client) -> None:
     assert device.send(LITERAL.encode()).startswith("OK ")
-    assert device.send(b"device_id=mon-0001 patient_id=P-1001 oxygen=85%").startswith("OK ")
+    for _ in range(2):  # critical, and confirmed by a second sample: opens at once
+        assert device.send(b"device_id=mon-0001 patient_id=P-1001 oxygen=80%").startswith("OK ")
     assert device.send(b"device_id=mon-0001 patient_id=P-1001 hr=999").startswith("ERR")
     wait_for(lambda: api.get("/v1/alerts").json()["alerts"], what="the alert")
     logs = "".join(path.read_text() for path in pipeline.logs.glob("*.log"))

@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 from healthsync.names import RedisKeys
+from healthsync.stream.rules import AnomalySettings
 
 
 class KafkaSettings(BaseModel):
@@ -133,6 +134,7 @@ class Settings(BaseSettings):
     processor: ProcessorSettings = ProcessorSettings()
     fhir: FhirSettings = FhirSettings()
     api: ApiSettings = ApiSettings()
+    anomaly: AnomalySettings = AnomalySettings()
     log_level: str = "INFO"
 
     @classmethod
@@ -160,13 +162,15 @@ class Settings(BaseSettings):
     def to_env(self) -> dict[str, str]:
         """These settings as HEALTHSYNC_* variables, for starting child processes."""
         env: dict[str, str] = {"HEALTHSYNC_LOG_LEVEL": self.log_level}
-        for section in ("kafka", "redis", "ingest", "processor", "fhir", "api"):
+        for section in ("kafka", "redis", "ingest", "processor", "fhir", "api", "anomaly"):
             model: BaseModel = getattr(self, section)
             for name, value in model.model_dump().items():
                 if value is None:
                     continue
                 key = f"HEALTHSYNC_{section}_{name}".upper()
-                env[key] = json.dumps(value) if isinstance(value, dict | list) else str(value)
+                env[key] = (
+                    json.dumps(value) if isinstance(value, dict | list | tuple) else str(value)
+                )
         return env
 
 

@@ -22,6 +22,8 @@ class RedisKeys:
     - ``{p}:alerts:open``               hash: "patient|kind" -> alert_id
     - ``{p}:alerts:acknowledged``       hash: alert_id -> JSON {by, at}
     - ``{p}:news2``                     hash: patient_id -> latest NEWS2 JSON
+    - ``{p}:engine``                    hash: patient_id -> the anomaly engine's state JSON
+    - ``{p}:rules``                     hash: patient_id -> rules JSON set through the API
     - ``{p}:fhir:{type}:{id}``          string: a FHIR resource's JSON (recent window)
     - ``{p}:fhir:reading:{reading_id}`` string: the reading its vital-sign Observations are
                                           rebuilt from (they are not stored one by one)
@@ -61,6 +63,14 @@ class RedisKeys:
     @property
     def news2(self) -> str:
         return f"{self.prefix}:news2"
+
+    @property
+    def engine(self) -> str:
+        return f"{self.prefix}:engine"
+
+    @property
+    def rules(self) -> str:
+        return f"{self.prefix}:rules"
 
     @property
     def acknowledged(self) -> str:

@@ -12,17 +12,25 @@ from redis import Redis
 from healthsync.config import Settings
 from healthsync.readings import Reading
 from healthsync.store.fhir_store import RedisFhirSink
-from healthsync.stream.alerts import ThresholdRules
 from healthsync.stream.batch import Batch
+from healthsync.stream.engine import AnomalyEngine
 from healthsync.stream.fhir import FhirResources, fhir_id
 from healthsync.stream.news2 import News2Scores
+from healthsync.stream.rules import AnomalySettings
 
 DEMOGRAPHICS = {"patient_name": "Ada Lovelace", "gender": "female", "mrn": "MRN-0042"}
+
+# Alerts open and resolve on one sample here: these tests are about the resources, not timing.
+IMMEDIATE = AnomalySettings(persist_s=0, persist_readings=1, resolve_hold_s=0, max_jump={})
 
 
 def batch_of(*readings: Reading, step: FhirResources | None = None) -> Batch:
     batch = Batch(list(readings))
-    for s in (ThresholdRules(), News2Scores(lambda p: {}, 900), step or FhirResources("urn:mrn")):
+    for s in (
+        AnomalyEngine(IMMEDIATE),
+        News2Scores(lambda p: {}, 900),
+        step or FhirResources("urn:mrn"),
+    ):
         s.process(batch)
     return batch
 
@@ -92,7 +100,11 @@ def test_a_resolved_alert_expires(settings: Settings, redis: Redis) -> None:
     keys = settings.redis.keys
     sink = RedisFhirSink(redis, settings.redis)
     now = time.time()
-    rules, scores, step = ThresholdRules(), News2Scores(lambda p: {}, 900), FhirResources("urn:x")
+    rules, scores, step = (
+        AnomalyEngine(IMMEDIATE),
+        News2Scores(lambda p: {}, 900),
+        FhirResources("urn:x"),
+    )
     for n, spo2 in enumerate((84, 97)):
         batch = Batch([Reading(f"r{n}", "mon-1", "P-1", now - 10 + n, now, {"spo2": spo2})])
         for s in (rules, scores, step):

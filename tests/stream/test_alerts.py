@@ -1,20 +1,12 @@
-"""Threshold alerts: one per patient and vital, escalated in place, resolved when normal."""
+"""Alert bands and the alert record: what the engine draws alerts against, and what it stores."""
 
 from __future__ import annotations
 
-from healthsync.readings import Reading
-from healthsync.stream.alerts import Threshold, ThresholdRules
+import pytest
+from pydantic import ValidationError
 
-
-def reading(n: int, patient: str = "P-1", **vitals: float) -> Reading:
-    return Reading(
-        reading_id=f"r{n}",
-        device_id="d1",
-        patient_id=patient,
-        ts=1_700_000_000.0 + n,
-        received_at=1_700_000_000.0 + n,
-        vitals=dict(vitals),
-    )
+from healthsync.stream.alerts import Alert, Threshold, thresholds_for
+from healthsync.stream.rules import AnomalySettings, BandOverride, PatientRules
 
 
 def test_threshold_bands() -> None:
@@ -30,46 +22,56 @@ def test_threshold_bands() -> None:
     ]
 
 
-def test_open_escalate_resolve_one_alert_per_patient_and_vital() -> None:
-    rules = ThresholdRules()
-    opened = rules.evaluate(reading(1, spo2=88))
-    assert [(e.type, e.alert.severity, e.alert.value) for e in opened] == [
-        ("opened", "warning", 88)
-    ]
-    alert_id = opened[0].alert.alert_id
-
-    assert rules.evaluate(reading(2, spo2=89)) == [], "still low: no second alert"
-    escalated = rules.evaluate(reading(3, spo2=82))
-    assert [(e.type, e.alert.alert_id, e.alert.severity) for e in escalated] == [
-        ("escalated", alert_id, "critical")
-    ]
-    assert rules.evaluate(reading(4, spo2=88)) == [], "severity does not drop back while open"
-
-    # Another patient and another vital are separate alerts.
-    other = rules.evaluate(reading(5, patient="P-2", spo2=80, heart_rate=150))
-    assert sorted(e.alert.kind for e in other) == ["threshold:heart_rate", "threshold:spo2"]
-
-    resolved = rules.evaluate(reading(6, spo2=96))
-    assert [(e.type, e.alert.alert_id, e.alert.status) for e in resolved] == [
-        ("resolved", alert_id, "resolved")
-    ]
-    assert resolved[0].alert.resolved_at == 1_700_000_006.0
-    # The opened event kept a snapshot of the alert as it was then.
-    assert opened[0].alert.status == "open"
+def test_inside_by_a_margin_is_the_hysteresis_band() -> None:
+    band = Threshold("spo2", low=90, critical_low=85)
+    assert [band.inside(v, 2) for v in (89, 90, 91, 92, 99)] == [False, False, False, True, True]
 
 
-def test_state_reloaded_after_restart_neither_duplicates_nor_forgets() -> None:
-    first = ThresholdRules()
-    [opened] = first.evaluate(reading(1, spo2=86))
-
-    restarted = ThresholdRules()
-    restarted.load([opened.alert])
-    assert restarted.evaluate(reading(2, spo2=86)) == []
-    [resolved] = restarted.evaluate(reading(3, spo2=97))
-    assert resolved.alert.alert_id == opened.alert.alert_id
+def test_patient_overrides_change_only_what_they_name() -> None:
+    default = thresholds_for(None)
+    rules = PatientRules(bands={"heart_rate": BandOverride(high=140, critical_high=170)})
+    bands = thresholds_for(rules)
+    assert (bands["heart_rate"].low, bands["heart_rate"].high) == (45, 140)
+    assert bands["heart_rate"].critical_high == 170
+    assert bands["spo2"] == default["spo2"]
 
 
-def test_alert_ids_are_deterministic_for_replays() -> None:
-    a = ThresholdRules().evaluate(reading(1, spo2=86))
-    b = ThresholdRules().evaluate(reading(1, spo2=86))
-    assert a[0].alert.alert_id == b[0].alert.alert_id
+def test_scale_2_uses_the_prescribed_spo2_target() -> None:
+    bands = thresholds_for(PatientRules(spo2_scale=2, spo2_target=(88, 92)))
+    assert bands["spo2"].severity(89) is None, "inside 88-92 is on target for scale 2"
+    assert bands["spo2"].severity(86) == "warning"
+    assert thresholds_for(None)["spo2"].severity(89) == "warning"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"bands": {"pulse_ox": {"low": 1}}},
+        {"bands": {"heart_rate": {"low": 100, "high": 90}}},
+        {"bands": {"heart_rate": {"low": 40, "critical_low": 45}}},
+        {"spo2_target": [95, 90]},
+        {"colour": "red"},
+    ],
+)
+def test_bad_patient_rules_are_refused_with_a_reason(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        PatientRules.model_validate(bad)
+
+
+def test_unknown_vital_in_engine_settings_is_refused() -> None:
+    with pytest.raises(ValidationError, match="unknown vital"):
+        AnomalySettings.model_validate({"margins": {"glucose": 1}})
+
+
+def test_alert_round_trips_and_reads_records_from_before_the_engine() -> None:
+    alert = Alert(
+        "a1", "P-1", "trend:spo2_fall", "spo2", "warning", "open", 1.0, 2.0, 91, "", "r1",
+        rule="spo2 fell 5", window_s=60, evidence=[(1.0, 96.0), (2.0, 91.0)],
+    )  # fmt: skip
+    assert Alert.from_dict(alert.to_dict()) == alert
+    old = {
+        "alert_id": "a0", "patient_id": "P-1", "kind": "threshold:spo2", "vital": "spo2",
+        "severity": "warning", "status": "open", "opened_at": 1.0, "updated_at": 1.0,
+        "value": 88, "band": "90..-", "reading_id": "r0", "resolved_at": None,
+    }  # fmt: skip
+    assert Alert.from_dict(old).category == "clinical"

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from healthsync.readings import Reading
-from healthsync.stream.alerts import Alert, AlertEvent, ThresholdRules
+from healthsync.stream.alerts import Alert, AlertEvent
 from healthsync.stream.batch import Batch
+from healthsync.stream.engine import AnomalyEngine
 from healthsync.stream.fhir import (
     FhirResources,
     Resource,
@@ -20,6 +21,7 @@ from healthsync.stream.fhir import (
     observations_for,
 )
 from healthsync.stream.news2 import News2Scores, news2
+from healthsync.stream.rules import AnomalySettings
 
 TS = 1_795_787_117.825
 MRN_SYSTEM = "urn:oid:2.16.840.1.113883.19.5"
@@ -31,6 +33,9 @@ DEMOGRAPHICS = {
     "address": "12 St James's Square, London",
     "phone": "+44 20 7946 0000",
 }
+
+# Alerts open and resolve on one sample here: these tests are about the resources, not timing.
+IMMEDIATE = AnomalySettings(persist_s=0, persist_readings=1, resolve_hold_s=0, max_jump={})
 
 
 def reading(rid: str = "abc", ts: float = TS, patient: str = "P-1", **vitals: float) -> Reading:
@@ -328,7 +333,7 @@ def test_news2_resources_are_emitted_when_the_score_changes() -> None:
 
 
 def test_alert_events_bring_their_communication_and_flag() -> None:
-    rules = ThresholdRules()
+    rules = AnomalyEngine(IMMEDIATE)
     step = FhirResources(MRN_SYSTEM)
     batch = Batch([reading("r1", spo2=84), reading("r2", TS + 5, spo2=97)])
     rules.process(batch)

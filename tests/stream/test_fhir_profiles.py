@@ -14,8 +14,8 @@ import pytest
 
 from healthsync.cli import main
 from healthsync.readings import Reading
-from healthsync.stream.alerts import ThresholdRules
 from healthsync.stream.batch import Batch
+from healthsync.stream.engine import AnomalyEngine
 from healthsync.stream.fhir import FhirResources, Resource, observations_for
 from healthsync.stream.fhir_profiles import (
     FhirValidationError,
@@ -24,7 +24,11 @@ from healthsync.stream.fhir_profiles import (
     validate,
 )
 from healthsync.stream.news2 import News2Scores
+from healthsync.stream.rules import AnomalySettings
 from tests.stream.test_fhir import DEMOGRAPHICS, TS
+
+# Alerts open and resolve on one sample here: these tests are about the resources, not timing.
+IMMEDIATE = AnomalySettings(persist_s=0, persist_readings=1, resolve_hold_s=0, max_jump={})
 
 
 def emitted() -> list[Resource]:
@@ -54,7 +58,7 @@ def emitted() -> list[Resource]:
     ]
     batch = Batch(readings)
     for step in (
-        ThresholdRules(),
+        AnomalyEngine(IMMEDIATE),
         News2Scores(lambda patients: {}, 900),
         FhirResources("urn:oid:2.16.840.1.113883.19.5"),
     ):

@@ -20,6 +20,7 @@ from healthsync.readings import Reading
 from healthsync.stream.alerts import Alert
 from healthsync.stream.batch import Batch
 from healthsync.stream.news2 import PARAMETERS, Observed, observed_in
+from healthsync.stream.rules import PatientRules
 
 # Trim a patient's history and seen-set at most this often, not on every batch.
 _TRIM_INTERVAL_S = 60.0
@@ -103,6 +104,23 @@ class RedisLiveSink:
         docs: list[bytes | None] = self.client.mget([self.keys.alert(i.decode()) for i in ids])  # type: ignore[assignment]
         return [Alert.from_dict(orjson.loads(doc)) for doc in docs if doc is not None]
 
+    def load_states(self, patients: list[str] | None) -> dict[str, dict[str, Any]]:
+        """The anomaly engine's saved state of these patients (None: of every patient)."""
+        if patients is None:
+            stored: dict[bytes, bytes] = self.client.hgetall(self.keys.engine)  # type: ignore[assignment]
+            return {k.decode(): orjson.loads(v) for k, v in stored.items()}
+        values: list[bytes | None] = self.client.hmget(self.keys.engine, patients)  # type: ignore[assignment]
+        return {p: orjson.loads(v) for p, v in zip(patients, values, strict=True) if v is not None}
+
+    def load_rules(self, patients: list[str]) -> dict[str, PatientRules]:
+        """The rules clinicians set for these patients through the API."""
+        values: list[bytes | None] = self.client.hmget(self.keys.rules, patients)  # type: ignore[assignment]
+        return {
+            p: PatientRules.model_validate_json(v)
+            for p, v in zip(patients, values, strict=True)
+            if v is not None
+        }
+
     def write(self, batch: Batch) -> None:
         keys = self.keys
         pipe = self.client.pipeline(transaction=True)
@@ -148,7 +166,12 @@ class RedisLiveSink:
                 keys.news2,
                 mapping={p: orjson.dumps(score.to_dict()) for p, score in batch.scores.items()},
             )
+        if batch.states:
+            pipe.hset(
+                keys.engine, mapping={p: orjson.dumps(state) for p, state in batch.states.items()}
+            )
         self._write_alerts(pipe, batch)
+        self._write_artefacts(pipe, batch)
         self.stats.inc("readings_processed_total", len(batch.readings))
         self.stats.add_to(pipe)
         self._pipe = pipe
@@ -174,6 +197,22 @@ class RedisLiveSink:
                 approximate=True,
             )
             self.stats.inc("alerts_total", event=event.type)
+
+    def _write_artefacts(self, pipe: Any, batch: Batch) -> None:
+        for artefact in batch.artefacts:
+            doc = {
+                "vital": artefact.vital,
+                "ts": artefact.ts,
+                "value": artefact.value,
+                "reading_id": artefact.reading_id,
+            }
+            pipe.xadd(
+                self.keys.events,
+                {"type": "artefact", "patient_id": artefact.patient_id, "data": orjson.dumps(doc)},
+                maxlen=self.settings.events_maxlen,
+                approximate=True,
+            )
+            self.stats.inc("artefacts_total", vital=artefact.vital)
 
     def flush(self) -> None:
         if self._pipe is None:

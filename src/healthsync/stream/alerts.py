@@ -1,22 +1,23 @@
-"""Alerts and the first rule set: per-vital thresholds with warning and critical bands.
+"""Alerts, and the per-vital bands they are drawn against.
 
-One alert is open per patient and kind at a time; a worse value escalates it
-in place, a value back inside the band resolves it. The clinical engine
-(NEWS2, persistence, trends) builds on the same Alert and AlertEvent.
+An :class:`Alert` is one episode: one is open per patient and kind at a time,
+a worse value escalates it in place, and it resolves once its condition has
+cleared. Which conditions open, escalate and resolve alerts is the anomaly
+engine's business (engine.py); this module holds what they produce.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
-from healthsync.readings import Reading
+from healthsync.stream.rules import PatientRules
 
 Severity = Literal["warning", "critical"]
+Category = Literal["clinical", "technical"]
 EventType = Literal["opened", "escalated", "resolved"]
-_RANK = {None: 0, "warning": 1, "critical": 2}
+RANK: dict[str | None, int] = {None: 0, "warning": 1, "critical": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,14 +41,21 @@ class Threshold:
             return "warning"
         return None
 
+    def inside(self, value: float, margin: float) -> bool:
+        """Back inside the normal band by at least `margin` (hysteresis for resolving)."""
+        return (self.low is None or value >= self.low + margin) and (
+            self.high is None or value <= self.high - margin
+        )
+
     def describe(self) -> str:
         low = "-" if self.low is None else f"{self.low:g}"
         high = "-" if self.high is None else f"{self.high:g}"
         return f"{low}..{high}"
 
 
-# Bands close to common adult early-warning practice (they score NEWS2 2-3 points);
-# the clinical anomaly engine replaces them with configurable, persistence-aware rules.
+# Adult bands. The warning band is where NEWS2 (RCP 2017) scores the parameter
+# 2-3 points (SpO2 <= 91 is 3 points on Scale 1, HR <= 40 or >= 131 is 3, ...);
+# the critical limits are well past the 3-point band, where waiting is unsafe.
 DEFAULT_THRESHOLDS: tuple[Threshold, ...] = (
     Threshold("spo2", low=90, critical_low=85),
     Threshold("heart_rate", low=45, high=120, critical_low=40, critical_high=140),
@@ -58,12 +66,36 @@ DEFAULT_THRESHOLDS: tuple[Threshold, ...] = (
 )
 
 
+def thresholds_for(rules: PatientRules | None) -> dict[str, Threshold]:
+    """The bands for one patient: the defaults with the patient's overrides applied."""
+    bands = {t.vital: t for t in DEFAULT_THRESHOLDS}
+    if rules is None:
+        return bands
+    if rules.spo2_scale == 2:
+        low = rules.spo2_target[0]
+        # Scale 2: below the prescribed target is the concern; NEWS2 scores the high side.
+        bands["spo2"] = Threshold("spo2", low=low, critical_low=min(low - 4, 85))
+    for vital, override in rules.bands.items():
+        current = bands.get(vital, Threshold(vital))
+        changed = override.model_dump(exclude_none=True)
+        bands[vital] = replace(current, **changed)
+    return bands
+
+
 @dataclass(slots=True)
 class Alert:
+    """One alert episode, with what fired it so a clinician can see why.
+
+    `rule` says which rule fired and with what limits; `evidence` holds the
+    (time, value) samples that met it; `window_s` is how long the condition
+    had held when the alert opened. `vital` is None for alerts that are not
+    about one vital (NEWS2, a device going offline).
+    """
+
     alert_id: str
     patient_id: str
     kind: str
-    vital: str
+    vital: str | None
     severity: Severity
     status: Literal["open", "resolved"]
     opened_at: float
@@ -72,13 +104,25 @@ class Alert:
     band: str
     reading_id: str
     resolved_at: float | None = None
+    category: Category = "clinical"
+    rule: str = ""
+    window_s: float = 0.0
+    evidence: list[tuple[float, float]] = field(default_factory=list)
+    device_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def snapshot(self) -> Alert:
+        """A copy that later changes to this alert do not touch (for events)."""
+        return replace(self, evidence=list(self.evidence))
+
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Alert:
-        return cls(**doc)
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in doc.items() if k in known}
+        values["evidence"] = [(float(t), float(v)) for t, v in values.get("evidence", [])]
+        return cls(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,80 +134,6 @@ class AlertEvent:
 
 
 def alert_id_for(patient_id: str, kind: str, reading_id: str) -> str:
-    """Deterministic: replaying the reading that opened an alert gives the same id."""
+    """Deterministic: replaying what opened an alert gives the same id."""
     basis = f"{patient_id}\x1f{kind}\x1f{reading_id}".encode()
     return hashlib.blake2b(basis, digest_size=10).hexdigest()
-
-
-class ThresholdRules:
-    """A Step: opens, escalates and resolves threshold alerts.
-
-    `open_alerts` is the state: (patient_id, kind) -> Alert. It is loaded
-    from the live cache before the first batch and again after `reset()` (the
-    processor's partitions moved), so a restart neither duplicates nor
-    forgets an alert.
-    """
-
-    def __init__(
-        self,
-        load_open: Callable[[], list[Alert]] | None = None,
-        thresholds: tuple[Threshold, ...] = DEFAULT_THRESHOLDS,
-    ) -> None:
-        self.thresholds = {t.vital: t for t in thresholds}
-        self.load_open = load_open
-        self.open_alerts: dict[tuple[str, str], Alert] = {}
-        self.stale = load_open is not None
-
-    def load(self, alerts: list[Alert]) -> None:
-        self.open_alerts = {(a.patient_id, a.kind): a for a in alerts if a.status == "open"}
-
-    def reset(self) -> None:
-        self.stale = self.load_open is not None
-
-    def process(self, batch: Any) -> None:
-        if self.stale and self.load_open is not None:
-            self.load(self.load_open())  # before any change, so a failed load can be retried
-            self.stale = False
-        for reading in batch.readings:
-            batch.alert_events.extend(self.evaluate(reading))
-
-    def evaluate(self, reading: Reading) -> list[AlertEvent]:
-        events: list[AlertEvent] = []
-        for vital, value in reading.vitals.items():
-            threshold = self.thresholds.get(vital)
-            if threshold is None:
-                continue
-            kind = f"threshold:{vital}"
-            key = (reading.patient_id, kind)
-            severity = threshold.severity(value)
-            current = self.open_alerts.get(key)
-            if severity is not None and current is None:
-                alert = Alert(
-                    alert_id=alert_id_for(reading.patient_id, kind, reading.reading_id),
-                    patient_id=reading.patient_id,
-                    kind=kind,
-                    vital=vital,
-                    severity=severity,
-                    status="open",
-                    opened_at=reading.ts,
-                    updated_at=reading.ts,
-                    value=value,
-                    band=threshold.describe(),
-                    reading_id=reading.reading_id,
-                )
-                self.open_alerts[key] = alert
-                events.append(AlertEvent("opened", replace(alert)))
-            elif current is not None and severity is not None:
-                current.value = value
-                current.updated_at = reading.ts
-                if _RANK[severity] > _RANK[current.severity]:
-                    current.severity = severity
-                    current.reading_id = reading.reading_id
-                    events.append(AlertEvent("escalated", replace(current)))
-            elif current is not None:
-                current.status = "resolved"
-                current.value = value
-                current.updated_at = current.resolved_at = reading.ts
-                del self.open_alerts[key]
-                events.append(AlertEvent("resolved", replace(current)))
-        return events

@@ -420,6 +420,9 @@ _FLAG_CATEGORY: Final = [
         ]
     }
 ]
+_SAFETY_CATEGORY: Final = [
+    {"coding": [_coding("http://terminology.hl7.org/CodeSystem/flag-category", "safety", "Safety")]}
+]
 _PRIORITY: Final = {"critical": "stat", "warning": "urgent"}
 
 
@@ -433,17 +436,42 @@ def _normal_band(band: str, ucum: str) -> str:
     return f"{low}-{high} {ucum}"
 
 
+_KIND_TITLES: Final = {
+    "trend": "Trend",
+    "baseline": "Change from this patient's baseline",
+    "news2": "NEWS2",
+    "device_offline": "Device offline",
+}
+
+
 def _alert_text(alert: Alert) -> str:
-    vital = VITALS[alert.vital]
-    normal = _normal_band(alert.band, vital.ucum)
-    if alert.status == "resolved":
-        return f"Resolved: {vital.display} {alert.value:g} {vital.ucum}, normal is {normal}"
-    return f"{vital.display} {alert.value:g} {vital.ucum} ({alert.severity}): normal is {normal}"
+    family = alert.kind.partition(":")[0]
+    if family == "threshold" and alert.vital in VITALS:
+        vital = VITALS[alert.vital]
+        normal = _normal_band(alert.band, vital.ucum)
+        if alert.status == "resolved":
+            return f"Resolved: {vital.display} {alert.value:g} {vital.ucum}, normal is {normal}"
+        return (
+            f"{vital.display} {alert.value:g} {vital.ucum} ({alert.severity}): normal is {normal}"
+        )
+    text = f"{_KIND_TITLES.get(family, family)} ({alert.severity}): {alert.rule}"
+    return f"Resolved: {text}" if alert.status == "resolved" else text
+
+
+def _about(alert: Alert) -> list[dict[str, str]]:
+    """What the alert is about: the Observation (or device) that fired it."""
+    if alert.kind == "news2":
+        return [{"reference": f"Observation/{news2_id(alert.patient_id, alert.opened_at)}"}]
+    if alert.device_id is not None and alert.vital is None:
+        return [{"reference": f"Device/{fhir_id(alert.device_id)}"}]
+    if alert.vital in VITALS and alert.reading_id:
+        return [{"reference": f"Observation/{observation_id(alert.reading_id, alert.vital)}"}]
+    return []
 
 
 def communication_for(alert: Alert) -> Resource:
     """The alert as sent to clinicians: in progress while open, completed once resolved."""
-    return {
+    resource: Resource = {
         "resourceType": "Communication",
         "id": alert.alert_id,
         "identifier": [{"system": ALERT_ID_SYSTEM, "value": alert.alert_id}],
@@ -451,10 +479,20 @@ def communication_for(alert: Alert) -> Resource:
         "category": _ALERT_CATEGORY,
         "priority": _PRIORITY[alert.severity],
         "subject": patient_reference(alert.patient_id),
-        "about": [{"reference": f"Observation/{observation_id(alert.reading_id, alert.vital)}"}],
         "sent": isoformat_ms(alert.opened_at),
         "payload": [{"contentString": _alert_text(alert)}],
     }
+    about = _about(alert)
+    if about:
+        resource["about"] = about
+    return resource
+
+
+def _flag_text(alert: Alert) -> str:
+    if alert.kind.startswith("threshold:") and alert.vital in VITALS:
+        return f"{VITALS[alert.vital].display} outside the normal band ({alert.severity})"
+    family = alert.kind.partition(":")[0]
+    return f"{_KIND_TITLES.get(family, family)} ({alert.severity})"
 
 
 def flag_for(alert: Alert) -> Resource:
@@ -464,10 +502,8 @@ def flag_for(alert: Alert) -> Resource:
         "id": alert.alert_id,
         "identifier": [{"system": ALERT_ID_SYSTEM, "value": alert.alert_id}],
         "status": "active" if alert.status == "open" else "inactive",
-        "category": _FLAG_CATEGORY,
-        "code": {
-            "text": f"{VITALS[alert.vital].display} outside the normal band ({alert.severity})"
-        },
+        "category": _FLAG_CATEGORY if alert.category == "clinical" else _SAFETY_CATEGORY,
+        "code": {"text": _flag_text(alert)},
         "subject": patient_reference(alert.patient_id),
         "period": {"start": isoformat_ms(alert.opened_at)},
     }

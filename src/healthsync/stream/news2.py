@@ -202,9 +202,16 @@ class News2Scores:
     or a moved partition does not forget it.
     """
 
-    def __init__(self, load: StateLoader, freshness_s: float) -> None:
+    def __init__(
+        self,
+        load: StateLoader,
+        freshness_s: float,
+        scale_for: Callable[[str], int] | None = None,
+    ) -> None:
         self.load = load
         self.freshness_s = freshness_s
+        # The patient's SpO2 scale (2 for hypercapnic respiratory failure), from its rules.
+        self.scale_for = scale_for or (lambda _patient: 1)
         self.latest: dict[str, Observed] = {}
 
     def reset(self) -> None:
@@ -228,4 +235,5 @@ class News2Scores:
             state = self.latest[patient]
             fresh = {k: v for k, (v, ts, _) in state.items() if ts >= cutoff}
             sources = {k: state[k][2] for k in fresh}
-            batch.scores[patient] = news2(fresh, ts=now, sources=sources)
+            scale = self.scale_for(patient)
+            batch.scores[patient] = news2(fresh, ts=now, scale=scale, sources=sources)

@@ -22,13 +22,15 @@ from healthsync.config import Settings
 from healthsync.metrics import StatsRecorder
 from healthsync.readings import Reading
 from healthsync.store.live import RedisLiveSink
-from healthsync.stream.alerts import ThresholdRules
 from healthsync.stream.batch import Batch, Sink, Step
+from healthsync.stream.engine import AnomalyEngine
 from healthsync.stream.retry import retry_until_stopped
 
 log = logging.getLogger(__name__)
 
 _LAG_INTERVAL_S = 1.0
+# How often the anomaly engine's clock ticks (device-offline checks) when caught up.
+_TICK_INTERVAL_S = 1.0
 T = TypeVar("T")
 
 
@@ -42,6 +44,7 @@ class Processor:
         steps: Sequence[Step],
         sinks: Sequence[Sink],
         stats: StatsRecorder,
+        engine: AnomalyEngine | None = None,
     ) -> None:
         self.settings = settings
         self.consumer = consumer
@@ -50,8 +53,10 @@ class Processor:
         self.steps = steps
         self.sinks = sinks
         self.stats = stats
+        self.engine = engine
         self.stopping = False
         self._lag_at = 0.0
+        self._tick_at = 0.0
 
     def stop(self) -> None:
         self.stopping = True
@@ -60,6 +65,8 @@ class Processor:
         # Partitions (and so patients) moved: the steps rebuild their state from Redis.
         for step in self.steps:
             step.reset()
+        if self.engine is not None:
+            self.engine.assign(p.partition for p in partitions)
         log.info("partitions assigned", extra={"partitions": [p.partition for p in partitions]})
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -76,30 +83,45 @@ class Processor:
                 messages = self.consumer.consume(cfg.batch_size, cfg.batch_wait_s)
                 if messages:
                     self.handle(messages)
+                if len(messages) < cfg.batch_size:
+                    self._tick()  # caught up: silence now means a quiet device, not a backlog
                 self._report_lag(idle=not messages)
         finally:
             self.consumer.close()
             log.info("processor stopped")
 
-    def handle(self, messages: list[Message]) -> None:
-        readings, offsets = self._decode(messages)
+    def _tick(self) -> None:
+        now = time.time()
+        if self.engine is None or now - self._tick_at < _TICK_INTERVAL_S:
+            return
+        self._tick_at = now
+        self.handle([], now=now)
+
+    def handle(self, messages: list[Message], now: float | None = None) -> None:
+        """Process one batch of messages; with none and `now` set, one clock tick."""
+        readings, partitions, offsets = self._decode(messages)
         fresh = (
             self._retry("check seen", lambda: self.live.filter_new(readings)) if readings else []
         )
         if fresh is None:
             return
         self.stats.inc("duplicates_total", len(readings) - len(fresh))
-        batch = Batch(fresh)
+        batch = Batch(fresh, partitions=partitions, now=now)
         for step in self.steps:
             if self._retry(type(step).__name__, functools.partial(self._run, step, batch)) is None:
                 return  # stopping: nothing was written, the batch is replayed on restart
+        if not (batch.readings or batch.alert_events or batch.states or offsets):
+            return  # a tick that changed nothing
         if self._retry("write sinks", lambda: self._write(batch)) is None:
             return  # stopping with the batch unwritten: it is replayed on restart
         if offsets:
             self._commit(offsets)
 
-    def _decode(self, messages: list[Message]) -> tuple[list[Reading], dict[tuple[str, int], int]]:
+    def _decode(
+        self, messages: list[Message]
+    ) -> tuple[list[Reading], dict[str, int], dict[tuple[str, int], int]]:
         readings: list[Reading] = []
+        partitions: dict[str, int] = {}
         offsets: dict[tuple[str, int], int] = {}
         for message in messages:
             error = message.error()
@@ -111,10 +133,13 @@ class Processor:
                 continue  # only error events lack these, and those were handled above
             offsets[(topic, partition)] = offset + 1
             try:
-                readings.append(Reading.from_json(message.value() or b""))
+                reading = Reading.from_json(message.value() or b"")
             except ValueError as exc:
                 self._dead_letter(message, str(exc))
-        return readings, offsets
+                continue
+            readings.append(reading)
+            partitions[reading.patient_id] = partition
+        return readings, partitions, offsets
 
     def _dead_letter(self, message: Message, reason: str) -> None:
         """A value on the vitals topic that is not a reading: keep it for audit, move on."""
@@ -185,6 +210,7 @@ def build(settings: Settings) -> Processor:
     from healthsync.store.fhir_store import RedisFhirSink
     from healthsync.stream.fhir import FhirResources
     from healthsync.stream.news2 import News2Scores
+    from healthsync.stream.rulebook import RuleBook
     from healthsync.stream.topics import KafkaTopicSink
 
     if not settings.redis.url:
@@ -206,14 +232,17 @@ def build(settings: Settings) -> Processor:
     client = Redis.from_url(settings.redis.url, **settings.redis.client_options())
     live = RedisLiveSink(client, settings.redis, stats)
     fhir_store = RedisFhirSink(client, settings.redis)
+    rules = RuleBook(settings.anomaly.patients, live.load_rules)
+    engine = AnomalyEngine(settings.anomaly, rules, live.load_states, live.load_open_alerts)
     steps: list[Step] = [
-        ThresholdRules(live.load_open_alerts),
-        News2Scores(live.load_observed, cfg.news2_freshness_s),
-        # After the two above: it turns their alert events and scores into resources too.
+        rules,
+        News2Scores(live.load_observed, cfg.news2_freshness_s, scale_for=rules.scale_for),
+        engine,  # after NEWS2: it alerts on the scores too
+        # Last: it turns the readings, scores and alert events into FHIR resources.
         FhirResources(settings.fhir.mrn_system, fhir_store.load),
     ]
     # The live sink goes last: it records the batch's reading ids as seen, and a replay
     # skips seen readings. Were it flushed before another sink, a crash in between would
     # make the replay skip that sink's writes for good.
     sinks: list[Sink] = [KafkaTopicSink(producer, settings.kafka), fhir_store, live]
-    return Processor(settings, consumer, producer, live, steps, sinks, stats)
+    return Processor(settings, consumer, producer, live, steps, sinks, stats, engine)

@@ -1,0 +1,85 @@
+"""Per-patient rules: the configured ones, overlaid by what clinicians set through the API.
+
+The API stores a patient's rules in Redis; every processor reads them for the
+patients of each batch, caching them for a few seconds, so a change takes
+effect within that time without a restart. NEWS2 (for the SpO2 scale) and the
+anomaly engine (for the bands) read the same book.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from healthsync.stream.alerts import Threshold, thresholds_for
+from healthsync.stream.rules import PatientRules
+
+RulesLoader = Callable[[list[str]], dict[str, PatientRules]]
+
+_DEFAULT = PatientRules()
+
+
+class RuleBook:
+    """A Step that refreshes the rules of the batch's patients (it adds nothing to the batch)."""
+
+    def __init__(
+        self,
+        configured: dict[str, PatientRules] | None = None,
+        load: RulesLoader | None = None,
+        max_age_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.configured = configured or {}
+        self.load = load
+        self.max_age_s = max_age_s
+        self.clock = clock
+        self._rules: dict[str, PatientRules] = {}
+        self._bands: dict[str, dict[str, Threshold]] = {}
+        self._loaded_at: dict[str, float] = {}
+        self._known: set[str] = set()
+
+    def reset(self) -> None:
+        self._loaded_at.clear()
+
+    def process(self, batch: object) -> None:
+        readings = getattr(batch, "readings", [])
+        self.refresh([r.patient_id for r in readings])
+
+    def refresh(self, patients: list[str]) -> None:
+        if self.load is None:
+            return
+        now = self.clock()
+        stale = sorted(
+            {p for p in patients if now - self._loaded_at.get(p, -1e18) > self.max_age_s}
+        )
+        if not stale:
+            return
+        stored = self.load(stale)
+        for patient in stale:
+            self._set(patient, stored.get(patient))
+            self._loaded_at[patient] = now
+
+    def _set(self, patient: str, stored: PatientRules | None) -> None:
+        rules = stored or self.configured.get(patient)
+        self._known.add(patient)
+        if rules is None or rules == _DEFAULT:
+            self._rules.pop(patient, None)
+            self._bands.pop(patient, None)
+        elif self._rules.get(patient) != rules:
+            self._rules[patient] = rules
+            self._bands[patient] = thresholds_for(rules)
+
+    def rules_for(self, patient: str) -> PatientRules:
+        if patient not in self._known:
+            self._set(patient, None)  # the configured rules until the store is read
+        return self._rules.get(patient, _DEFAULT)
+
+    def bands_for(self, patient: str) -> dict[str, Threshold]:
+        self.rules_for(patient)
+        return self._bands.get(patient, _DEFAULT_BANDS)
+
+    def scale_for(self, patient: str) -> int:
+        return self.rules_for(patient).spo2_scale
+
+
+_DEFAULT_BANDS = thresholds_for(None)

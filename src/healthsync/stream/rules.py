@@ -1,0 +1,168 @@
+"""The clinical rules the anomaly engine applies, as settings: defaults, and per-patient overrides.
+
+Every number here is a default a deployment can change (``[anomaly]`` in the
+TOML file, ``HEALTHSYNC_ANOMALY_*`` in the environment, or per patient through
+the API). Where a default comes from:
+
+- Threshold bands (``alerts.DEFAULT_THRESHOLDS``): the warning band is where
+  NEWS2 (Royal College of Physicians 2017) scores a single parameter 2 or 3;
+  the critical limits are the values at which the RCP chart's 3-point band is
+  well passed (SpO2 <= 85, HR <= 40 or >= 140, RR <= 6 or >= 30, ...).
+- Persistence (15 s and 2 readings): delaying alarms by 14-19 s removed
+  50-67% of the alarms nobody acted on (Görges et al., Anesth Analg 2009);
+  critical values skip it and open at once.
+- Hysteresis (back inside the band by a margin, for 30 s): stops an alert from
+  flapping open/resolved while a value hovers at a limit.
+- Trends: a fall in SpO2 of 4 points within 5 minutes, a rise in heart rate of
+  30/min within 10 minutes, a rise in respiratory rate of 8/min within 10 minutes.
+- Artefacts: jumps larger than a vital can physiologically change between two
+  samples a few seconds apart (a probe moved, a cuff knocked).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from healthsync.readings import VITALS
+
+
+class BandOverride(BaseModel):
+    """One vital's limits for one patient; absent limits keep the default."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    low: float | None = None
+    high: float | None = None
+    critical_low: float | None = None
+    critical_high: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BandOverride:
+        lows = [v for v in (self.critical_low, self.low) if v is not None]
+        highs = [v for v in (self.high, self.critical_high) if v is not None]
+        if lows != sorted(lows) or highs != sorted(highs):
+            raise ValueError("limits must satisfy critical_low <= low and high <= critical_high")
+        if lows and highs and max(lows) >= min(highs):
+            raise ValueError("low limits must be below the high limits")
+        return self
+
+
+class PatientRules(BaseModel):
+    """What differs for one patient: limits per vital, and the NEWS2 SpO2 scale.
+
+    ``spo2_scale = 2`` is for patients with hypercapnic respiratory failure
+    whose prescribed SpO2 target is 88-92% (RCP NEWS2 Scale 2): NEWS2 scores
+    SpO2 on that scale, and the SpO2 alert band becomes ``spo2_target``.
+    """
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    spo2_scale: Literal[1, 2] = 1
+    spo2_target: tuple[float, float] = (88.0, 92.0)
+    bands: dict[str, BandOverride] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_vitals(self) -> PatientRules:
+        unknown = sorted(set(self.bands) - set(VITALS))
+        if unknown:
+            raise ValueError(f"unknown vital(s) {unknown}; expected some of {sorted(VITALS)}")
+        low, high = self.spo2_target
+        if not 50 <= low < high <= 100:
+            raise ValueError("spo2_target must be (low, high) with 50 <= low < high <= 100")
+        return self
+
+
+class TrendRule(BaseModel):
+    """A change of `delta` or more within `window_s`, in the given direction."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    name: str
+    vital: str
+    direction: Literal["rise", "fall"]
+    delta: float = Field(gt=0)
+    window_s: float = Field(gt=0)
+
+
+class BaselineRule(BaseModel):
+    """A patient's own baseline: a value `sigmas` standard deviations and at least
+    `min_delta` away from the slowly learnt mean, once `min_samples` were seen."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    vital: str
+    min_delta: float = Field(gt=0)
+    sigmas: float = Field(4.0, gt=0)
+
+
+DEFAULT_TRENDS: tuple[TrendRule, ...] = (
+    TrendRule(name="spo2_fall", vital="spo2", direction="fall", delta=4, window_s=300),
+    TrendRule(name="heart_rate_rise", vital="heart_rate", direction="rise", delta=30, window_s=600),
+    TrendRule(name="resp_rate_rise", vital="resp_rate", direction="rise", delta=8, window_s=600),
+)
+
+DEFAULT_BASELINES: tuple[BaselineRule, ...] = (
+    BaselineRule(vital="heart_rate", min_delta=25),
+    BaselineRule(vital="resp_rate", min_delta=8),
+    BaselineRule(vital="bp_sys", min_delta=30),
+)
+
+# How far a vital can really move between two samples `artefact_window_s` apart.
+DEFAULT_MAX_JUMP: dict[str, float] = {
+    "spo2": 10,
+    "heart_rate": 40,
+    "resp_rate": 12,
+    "temp": 1.5,
+    "bp_sys": 50,
+    "bp_dia": 35,
+}
+
+# Hysteresis: how far back inside the band a value must be before an alert may resolve.
+DEFAULT_MARGIN: dict[str, float] = {
+    "spo2": 2,
+    "heart_rate": 5,
+    "resp_rate": 2,
+    "temp": 0.3,
+    "bp_sys": 5,
+    "bp_dia": 5,
+}
+
+
+class AnomalySettings(BaseModel):
+    """The anomaly engine: persistence, hysteresis, trends, baselines, artefacts, devices."""
+
+    # A condition must hold this long AND for this many consecutive readings before
+    # its alert opens; critical values open at once. 0 / 1 turn either part off.
+    persist_s: float = Field(15.0, ge=0)
+    persist_readings: int = Field(2, ge=1)
+    # A pending condition whose readings stop for this long starts over.
+    pending_gap_s: float = Field(60.0, gt=0)
+    # An alert resolves once the value is back inside its band by the margin for this long.
+    resolve_hold_s: float = Field(30.0, ge=0)
+    margins: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MARGIN))
+    trends: tuple[TrendRule, ...] = DEFAULT_TRENDS
+    baselines: tuple[BaselineRule, ...] = DEFAULT_BASELINES
+    # Samples before a patient's baseline is trusted, and how fast it follows (time constant).
+    baseline_min_samples: int = Field(30, ge=2)
+    baseline_tau_s: float = Field(1800.0, gt=0)
+    # A jump beyond max_jump within artefact_window_s is held as a probable artefact
+    # until the next sample confirms it (it then counts from its own time) or not.
+    max_jump: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MAX_JUMP))
+    artefact_window_s: float = Field(15.0, gt=0)
+    # NEWS2 alerts: medium (5-6) opens a warning, high (>= 7) a critical alert.
+    news2_alerts: bool = True
+    # A device is offline after max(factor x its usual interval, minimum) without data.
+    offline_factor: float = Field(3.0, ge=1)
+    offline_min_s: float = Field(30.0, gt=0)
+    # Rules per patient id, on top of what the API sets.
+    patients: dict[str, PatientRules] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_vitals(self) -> AnomalySettings:
+        named = {r.vital for r in self.trends} | {r.vital for r in self.baselines}
+        unknown = sorted((named | set(self.margins) | set(self.max_jump)) - set(VITALS))
+        if unknown:
+            raise ValueError(f"unknown vital(s) {unknown}; expected some of {sorted(VITALS)}")
+        return self

@@ -1,0 +1,122 @@
+"""What the anomaly engine remembers about one patient between readings.
+
+Persistence timers, hysteresis timers, the last accepted sample per vital,
+samples held as probable artefacts, trend windows, baselines and the devices'
+clocks. It is saved to Redis with every batch that changes it (in the same
+transaction as the readings it reflects), so a restarted or rebalanced
+processor picks up exactly where the last one stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from healthsync.stream.trends import Baseline, TrendWindow
+
+# Samples kept as an alert's evidence.
+EVIDENCE = 10
+
+
+@dataclass(slots=True)
+class Tracker:
+    """One (patient, kind) condition: pending until it persists, then clearing until resolved."""
+
+    since: float | None = None  # when the condition started to hold (pending)
+    count: int = 0  # consecutive samples meeting it
+    last_ts: float = 0.0
+    worse_since: float | None = None  # a worse severity than the open alert's, pending
+    worse_count: int = 0
+    clear_since: float | None = None  # back inside by the margin since (resolving)
+    evidence: list[tuple[float, float]] = field(default_factory=list)
+
+    def note(self, ts: float, value: float) -> None:
+        self.evidence = [*self.evidence, (ts, value)][-EVIDENCE:]
+
+    def to_list(self) -> list[Any]:
+        return [
+            self.since,
+            self.count,
+            self.last_ts,
+            self.worse_since,
+            self.worse_count,
+            self.clear_since,
+            self.evidence,
+        ]
+
+    @classmethod
+    def from_list(cls, data: list[Any]) -> Tracker:
+        since, count, last_ts, worse_since, worse_count, clear_since, evidence = data
+        return cls(
+            since,
+            int(count),
+            float(last_ts),
+            worse_since,
+            int(worse_count),
+            clear_since,
+            [(float(t), float(v)) for t, v in evidence],
+        )
+
+
+@dataclass(slots=True)
+class DeviceClock:
+    """When a device last sent (receive time) and its usual interval between readings."""
+
+    last: float
+    interval: float | None = None
+    count: int = 1
+
+    def heard(self, at: float) -> None:
+        gap = at - self.last
+        if gap <= 0:
+            return  # a replayed or reordered reading says nothing about the interval
+        self.interval = gap if self.interval is None else 0.8 * self.interval + 0.2 * gap
+        self.last = at
+        self.count += 1
+
+
+@dataclass(slots=True)
+class Sample:
+    ts: float
+    value: float
+    reading_id: str
+
+
+@dataclass(slots=True)
+class PatientState:
+    partition: int | None = None
+    trackers: dict[str, Tracker] = field(default_factory=dict)
+    last: dict[str, Sample] = field(default_factory=dict)
+    suspect: dict[str, Sample] = field(default_factory=dict)
+    windows: dict[str, TrendWindow] = field(default_factory=dict)
+    baselines: dict[str, Baseline] = field(default_factory=dict)
+    devices: dict[str, DeviceClock] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "partition": self.partition,
+            "trackers": {k: t.to_list() for k, t in self.trackers.items()},
+            "last": {k: [s.ts, s.value, s.reading_id] for k, s in self.last.items()},
+            "suspect": {k: [s.ts, s.value, s.reading_id] for k, s in self.suspect.items()},
+            "windows": {k: w.to_list() for k, w in self.windows.items()},
+            "baselines": {k: b.to_list() for k, b in self.baselines.items()},
+            "devices": {k: [d.last, d.interval, d.count] for k, d in self.devices.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> PatientState:
+        def sample(data: list[Any]) -> Sample:
+            return Sample(float(data[0]), float(data[1]), str(data[2]))
+
+        return cls(
+            partition=doc.get("partition"),
+            trackers={k: Tracker.from_list(v) for k, v in doc.get("trackers", {}).items()},
+            last={k: sample(v) for k, v in doc.get("last", {}).items()},
+            suspect={k: sample(v) for k, v in doc.get("suspect", {}).items()},
+            windows={k: TrendWindow.from_list(v) for k, v in doc.get("windows", {}).items()},
+            baselines={k: Baseline.from_list(v) for k, v in doc.get("baselines", {}).items()},
+            devices={
+                k: DeviceClock(float(last), interval, int(count))
+                for k, (last, interval, count) in doc.get("devices", {}).items()
+            },
+        )

@@ -1,0 +1,99 @@
+"""Per-patient memory for the trend and baseline rules, small enough to store with each batch.
+
+A :class:`TrendWindow` keeps the extremes of a vital over the last minutes in
+coarse time buckets, so "SpO2 fell 4 points within 5 minutes" costs a few
+numbers per patient rather than every sample. A :class:`Baseline` learns a
+patient's usual value and spread as an exponentially weighted mean and
+variance, so "heart rate 30/min above this patient's normal" means something
+for an athlete and for a patient with a resting tachycardia alike.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# A window is kept as this many buckets (plus the one being filled).
+_BUCKETS = 20
+# The current level is the median of this many latest samples, so one odd sample moves nothing.
+_RECENT = 3
+
+
+@dataclass(slots=True)
+class TrendWindow:
+    """The lowest and highest value per time bucket over `window_s`, and the latest samples."""
+
+    window_s: float
+    buckets: list[list[float]] = field(default_factory=list)  # [start, low, high]
+    recent: list[float] = field(default_factory=list)
+
+    def add(self, ts: float, value: float) -> None:
+        width = self.window_s / _BUCKETS
+        start = ts - ts % width
+        if self.buckets and self.buckets[-1][0] == start:
+            bucket = self.buckets[-1]
+            bucket[1], bucket[2] = min(bucket[1], value), max(bucket[2], value)
+        elif not self.buckets or start > self.buckets[-1][0]:
+            self.buckets.append([start, value, value])
+        # (an out-of-order sample older than the newest bucket only updates `recent`)
+        cutoff = ts - self.window_s
+        while self.buckets and self.buckets[0][0] + width <= cutoff:
+            self.buckets.pop(0)
+        self.recent = [*self.recent, value][-_RECENT:]
+
+    def change(self, direction: Literal["rise", "fall"]) -> tuple[float, float]:
+        """How far the current level has risen above the window's low (or fallen below
+        its high), and that reference value. (0, 0) until there are enough samples."""
+        if len(self.recent) < _RECENT:
+            return 0.0, 0.0
+        current = statistics.median(self.recent)
+        if direction == "fall":
+            reference = max(b[2] for b in self.buckets)
+            return reference - current, reference
+        reference = min(b[1] for b in self.buckets)
+        return current - reference, reference
+
+    def to_list(self) -> list[Any]:
+        return [self.window_s, self.buckets, self.recent]
+
+    @classmethod
+    def from_list(cls, data: list[Any]) -> TrendWindow:
+        window_s, buckets, recent = data
+        return cls(float(window_s), [list(map(float, b)) for b in buckets], list(recent))
+
+
+@dataclass(slots=True)
+class Baseline:
+    """An exponentially weighted mean and variance with time constant `tau_s`."""
+
+    mean: float = 0.0
+    var: float = 0.0
+    n: int = 0
+    last_ts: float = 0.0
+
+    def update(self, ts: float, value: float, tau_s: float) -> None:
+        if self.n == 0:
+            self.mean, self.var, self.n, self.last_ts = value, 0.0, 1, ts
+            return
+        # Weight by elapsed time, so irregular sampling does not skew the baseline;
+        # early on, by count, so the first samples settle it quickly.
+        dt = max(ts - self.last_ts, 0.0)
+        alpha = max(1.0 - math.exp(-dt / tau_s), 1.0 / (self.n + 1))
+        delta = value - self.mean
+        self.mean += alpha * delta
+        self.var = (1.0 - alpha) * (self.var + alpha * delta * delta)
+        self.n += 1
+        self.last_ts = max(self.last_ts, ts)
+
+    def deviation_limit(self, sigmas: float, min_delta: float) -> float:
+        return max(sigmas * math.sqrt(self.var), min_delta)
+
+    def to_list(self) -> list[float]:
+        return [self.mean, self.var, self.n, self.last_ts]
+
+    @classmethod
+    def from_list(cls, data: list[float]) -> Baseline:
+        mean, var, n, last_ts = data
+        return cls(float(mean), float(var), int(n), float(last_ts))

@@ -1,0 +1,305 @@
+"""The anomaly engine: persistence, hysteresis, escalation, trends, baselines, artefacts,
+NEWS2 alerts, device offline, per-patient rules, and state that survives a restart."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from healthsync.readings import Reading
+from healthsync.stream.alerts import AlertEvent
+from healthsync.stream.batch import Batch
+from healthsync.stream.engine import AnomalyEngine, replay
+from healthsync.stream.news2 import News2Scores
+from healthsync.stream.rulebook import RuleBook
+from healthsync.stream.rules import AnomalySettings, PatientRules
+
+T0 = 1_700_000_000.0
+_ids = itertools.count()
+
+
+def reading(
+    t: float, patient: str = "P-1", device: str = "d1", **vitals: float | str | bool
+) -> Reading:
+    extra: dict[str, Any] = {}
+    for key in ("on_oxygen", "consciousness"):
+        if key in vitals:
+            extra[key] = vitals.pop(key)
+    return Reading(
+        reading_id=f"r{next(_ids)}",
+        device_id=device,
+        patient_id=patient,
+        ts=T0 + t,
+        received_at=T0 + t,
+        vitals={k: float(v) for k, v in vitals.items()},
+        **extra,
+    )
+
+
+class Run:
+    """An engine with NEWS2 in front of it, fed one reading per batch, as the processor does."""
+
+    def __init__(self, settings: AnomalySettings | None = None, **kwargs: Any) -> None:
+        self.settings = settings or AnomalySettings()
+        self.book = RuleBook(self.settings.patients, kwargs.pop("load_rules", None))
+        self.engine = AnomalyEngine(self.settings, self.book, **kwargs)
+        self.news2 = News2Scores(lambda _p: {}, 900, scale_for=self.book.scale_for)
+        self.states: dict[str, dict[str, Any]] = {}
+        self.artefacts: list[Any] = []
+
+    def send(self, *readings: Reading, now: float | None = None) -> list[AlertEvent]:
+        batch = Batch(list(readings), now=None if now is None else T0 + now)
+        self.book.process(batch)
+        self.news2.process(batch)
+        self.engine.process(batch)
+        self.states.update(batch.states)
+        self.artefacts.extend(batch.artefacts)
+        return batch.alert_events
+
+
+def kinds(events: list[AlertEvent]) -> list[tuple[str, str, str]]:
+    return [(e.type, e.alert.kind, e.alert.severity) for e in events]
+
+
+def test_a_warning_opens_only_once_it_persists() -> None:
+    run = Run()
+    assert run.send(reading(0, spo2=88)) == [], "one low sample is not an alarm yet"
+    assert run.send(reading(10, spo2=88)) == [], "10 s is shorter than the 15 s persistence"
+    [opened] = run.send(reading(15, spo2=87))
+    alert = opened.alert
+    assert (opened.type, alert.kind, alert.severity) == ("opened", "threshold:spo2", "warning")
+    assert (alert.opened_at, alert.window_s, alert.value) == (T0 + 15, 15, 87)
+    assert alert.evidence == [(T0, 88), (T0 + 10, 88), (T0 + 15, 87)]
+    assert "spo2 < 90 %" in alert.rule and "15 s" in alert.rule
+
+
+def test_a_condition_that_clears_while_pending_starts_over() -> None:
+    run = Run()
+    run.send(reading(0, spo2=88))
+    run.send(reading(10, spo2=96))
+    assert run.send(reading(16, spo2=88)) == [], "the earlier sample no longer counts"
+    assert kinds(run.send(reading(31, spo2=88))) == [("opened", "threshold:spo2", "warning")]
+
+
+def test_a_critical_value_opens_at_once_and_a_worse_value_escalates_in_place() -> None:
+    run = Run()
+    run.send(reading(0, heart_rate=125))
+    [warning] = run.send(reading(20, heart_rate=128))
+    [escalated] = run.send(reading(25, heart_rate=150))
+    assert escalated.type == "escalated"
+    assert escalated.alert.alert_id == warning.alert.alert_id
+    assert escalated.alert.severity == "critical"
+    assert run.send(reading(30, heart_rate=128)) == [], "severity does not drop while open"
+
+    other = Run()
+    [critical] = other.send(reading(0, spo2=82))
+    assert (critical.type, critical.alert.severity, critical.alert.window_s) == (
+        "opened",
+        "critical",
+        0,
+    )
+
+
+def test_resolving_needs_the_margin_and_the_hold_time() -> None:
+    run = Run()
+    [opened] = run.send(reading(0, spo2=84))
+    assert run.send(reading(5, spo2=90)) == [], "at the limit is not back inside by the margin"
+    assert run.send(reading(10, spo2=93)) == []
+    assert run.send(reading(25, spo2=94)) == [], "inside for 15 s only"
+    assert run.send(reading(30, spo2=91)) == [], "dipped into the margin: the hold restarts"
+    assert run.send(reading(35, spo2=94)) == []
+    [resolved] = run.send(reading(65, spo2=95))
+    assert (resolved.type, resolved.alert.alert_id) == ("resolved", opened.alert.alert_id)
+    assert resolved.alert.resolved_at == T0 + 65
+    assert opened.alert.status == "open", "events keep a snapshot of the alert as it was"
+
+
+def test_one_sample_dip_is_an_artefact_not_an_alarm() -> None:
+    run = Run()
+    run.send(reading(0, spo2=97), reading(5, spo2=96))
+    assert run.send(reading(10, spo2=72)) == [], "held until the next sample"
+    assert run.send(reading(15, spo2=96)) == []
+    assert [(a.vital, a.value) for a in run.artefacts] == [("spo2", 72)]
+
+
+def test_a_sudden_fall_that_stays_is_confirmed_by_the_next_sample() -> None:
+    run = Run()
+    run.send(reading(0, spo2=97))
+    assert run.send(reading(5, spo2=78)) == []
+    [opened] = run.send(reading(10, spo2=79))
+    assert (opened.alert.kind, opened.alert.severity) == ("threshold:spo2", "critical")
+    assert opened.alert.opened_at == T0 + 10, "raised when the second sample confirmed it"
+    assert opened.alert.evidence[0] == (T0 + 5, 78)
+    assert run.artefacts == []
+
+
+def test_a_jump_nothing_contradicts_stands_once_the_artefact_window_passes() -> None:
+    run = Run()
+    run.send(reading(0, spo2=97))
+    assert run.send(reading(5, spo2=78)) == []
+    assert run.send(now=15) == [], "still inside the 15 s artefact window"
+    [opened] = run.send(now=21)
+    assert (opened.alert.severity, opened.alert.opened_at) == ("critical", T0 + 21)
+
+
+def test_a_falling_spo2_trend_alerts_before_any_threshold() -> None:
+    run = Run()
+    events: list[AlertEvent] = []
+    for i, value in enumerate([98, 98, 97, 97, 96, 96, 95, 94, 94, 93, 93, 93]):
+        events += run.send(reading(i * 20, spo2=value))
+    assert kinds(events) == [("opened", "trend:spo2_fall", "warning")]
+    alert = events[0].alert
+    assert "fell" in alert.rule and "within 300 s" in alert.rule
+    assert alert.opened_at <= T0 + 200, "found while SpO2 is still above 90"
+
+
+def test_a_rising_heart_rate_trend() -> None:
+    run = Run()
+    events: list[AlertEvent] = []
+    for i in range(40):
+        events += run.send(reading(i * 15, heart_rate=70 + i))
+    assert ("opened", "trend:heart_rate_rise", "warning") in kinds(events)
+    assert not [e for e in events if e.alert.kind.startswith("threshold")]
+
+
+def test_a_trend_adds_nothing_while_the_threshold_alert_is_open() -> None:
+    run = Run()
+    events = run.send(reading(0, spo2=84))  # critical, opens at once
+    for i, value in enumerate([83, 82, 80, 79, 79, 79]):
+        events += run.send(reading(5 + i * 10, spo2=value))
+    assert [e.alert.kind for e in events if e.type == "opened"] == ["threshold:spo2"]
+
+
+def test_deviation_from_the_patients_own_baseline() -> None:
+    run = Run()
+    events: list[AlertEvent] = []
+    for i in range(40):
+        events += run.send(reading(i * 30, heart_rate=58 + i % 3))
+    assert events == []
+    # 95/min is normal for a population, but 35 above this patient's usual ~59.
+    # The rise is fast enough to be caught by the trend rule too; suppress that here.
+    for i in range(5):
+        events += run.send(reading(1200 + i * 10, heart_rate=95))
+    assert [e.alert.kind for e in events if e.type == "opened"][-1:] in (
+        ["baseline:heart_rate"],
+        ["trend:heart_rate_rise"],
+    )
+    quiet = Run(AnomalySettings(trends=()))
+    for i in range(40):
+        quiet.send(reading(i * 30, heart_rate=58 + i % 3))
+    opened = [e for i in range(5) for e in quiet.send(reading(1200 + i * 10, heart_rate=95))]
+    assert kinds(opened) == [("opened", "baseline:heart_rate", "warning")]
+    assert "baseline" in opened[0].alert.rule
+
+
+def test_news2_medium_is_a_warning_and_high_escalates_it() -> None:
+    run = Run(AnomalySettings(persist_s=0, persist_readings=1))
+    # RR 22 (2) + SpO2 94 (1) + HR 95 (1) + temp 38.5 (1) = 5: medium
+    medium: dict[str, Any] = {
+        "resp_rate": 22,
+        "spo2": 94,
+        "heart_rate": 95,
+        "temp": 38.5,
+        "bp_sys": 120,
+    }
+    events = run.send(reading(0, **medium, consciousness="A", on_oxygen=False))
+    assert ("opened", "news2", "warning") in kinds(events)
+    # RR 25 (3) + HR 112 (2) + BP 100 (2) => 3+1+2+1+2 = 9: high
+    high = dict(medium, resp_rate=25, heart_rate=112, bp_sys=100)
+    events = run.send(reading(5, **high))
+    assert ("escalated", "news2", "critical") in kinds(events)
+    [news2] = [e.alert for e in events if e.alert.kind == "news2"]
+    assert news2.rule.startswith("NEWS2 9 (high)")
+
+
+def test_device_offline_and_back() -> None:
+    run = Run()
+    for t in range(0, 30, 5):
+        run.send(reading(t, device="mon-9", heart_rate=70))
+    assert run.send(now=45) == [], "15 s of silence is within the 30 s minimum"
+    [offline] = run.send(now=70)
+    alert = offline.alert
+    assert (alert.kind, alert.category, alert.device_id) == (
+        "device_offline:mon-9",
+        "technical",
+        "mon-9",
+    )
+    assert run.send(now=80) == [], "one offline alert per episode"
+    events = run.send(reading(90, device="mon-9", heart_rate=71))
+    assert [(e.type, e.alert.alert_id) for e in events] == [("resolved", alert.alert_id)]
+
+
+def test_scale_2_patient_on_target_raises_nothing() -> None:
+    settings = AnomalySettings(patients={"P-COPD": PatientRules(spo2_scale=2)})
+    run = Run(settings)
+    events: list[AlertEvent] = []
+    for t in range(0, 60, 10):
+        events += run.send(reading(t, "P-COPD", spo2=89), reading(t, "P-2", spo2=89))
+    assert {e.alert.patient_id for e in events} == {"P-2"}
+
+
+def test_rules_set_through_the_store_take_effect_after_refresh() -> None:
+    stored: dict[str, PatientRules] = {}
+    run = Run(load_rules=lambda patients: {p: stored[p] for p in patients if p in stored})
+    run.book.max_age_s = 0
+    stored["P-1"] = PatientRules.model_validate({"bands": {"heart_rate": {"high": 100}}})
+    run.send(reading(0, heart_rate=110))
+    assert kinds(run.send(reading(20, heart_rate=110))) == [
+        ("opened", "threshold:heart_rate", "warning")
+    ]
+
+
+def test_state_survives_a_restart_mid_persistence() -> None:
+    store: dict[str, dict[str, Any]] = {}
+    first = Run(load_states=lambda ps: {p: store[p] for p in (ps or store) if p in store})
+    assert first.send(reading(0, spo2=88)) == []
+    store.update(first.states)
+
+    second = Run(load_states=lambda ps: {p: store[p] for p in (ps or store) if p in store})
+    [opened] = second.send(reading(15, spo2=88))
+    assert opened.alert.window_s == 15, "the persistence timer started before the restart"
+
+
+def test_open_alerts_reload_after_a_restart_neither_duplicated_nor_forgotten() -> None:
+    store: dict[str, dict[str, Any]] = {}
+    first = Run()
+    [opened] = first.send(reading(0, spo2=82))
+    store.update(first.states)
+    second = Run(
+        load_states=lambda ps: {p: store[p] for p in (ps or store) if p in store},
+        load_open=lambda: [opened.alert],
+    )
+    assert second.send(reading(5, spo2=82)) == []
+    second.send(reading(10, spo2=97))
+    [resolved] = second.send(reading(45, spo2=97))
+    assert resolved.alert.alert_id == opened.alert.alert_id
+
+
+def test_only_owned_partitions_are_loaded_and_watched() -> None:
+    mine = {"partition": 1, "devices": {"d1": [T0, 5.0, 5]}}
+    theirs = {"partition": 2, "devices": {"d2": [T0, 5.0, 5]}}
+    store = {"P-1": mine, "P-2": theirs}
+    run = Run(load_states=lambda ps: {p: store[p] for p in (ps or store)})
+    run.engine.assign([1])
+    events = run.send(now=100)
+    assert [(e.alert.patient_id, e.alert.kind) for e in events] == [("P-1", "device_offline:d1")]
+
+
+def test_alert_ids_are_deterministic_for_replays() -> None:
+    same = reading(0, spo2=82, patient="P-9")
+
+    def opened() -> str:
+        return Run().send(same)[0].alert.alert_id
+
+    assert opened() == opened()
+
+
+def test_replay_runs_the_whole_engine_over_readings() -> None:
+    readings = [reading(t, device="d7", spo2=97) for t in range(0, 60, 5)]
+    readings += [reading(t, device="d7", spo2=84) for t in range(120, 140, 5)]
+    events = replay(readings)
+    assert [(e.type, e.alert.kind) for e in events] == [
+        ("opened", "device_offline:d7"),
+        ("resolved", "device_offline:d7"),
+        ("opened", "threshold:spo2"),
+    ]
