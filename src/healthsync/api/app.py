@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
@@ -23,6 +24,8 @@ from healthsync.metrics import PipelineCollector
 from healthsync.readings import VITALS
 from healthsync.store.fhir_queries import FhirReader
 from healthsync.store.queries import LiveReader
+from healthsync.stream.alerts import thresholds_for
+from healthsync.stream.rules import PatientRules
 
 # The same characters the wire protocol allows in ids, so a path cannot reach other keys.
 PatientId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
@@ -151,6 +154,39 @@ def create_app(settings: Settings) -> FastAPI:
         if alert is None:
             raise HTTPException(404, f"no alert {alert_id}")
         return alert
+
+    async def rules_view(patient_id: str) -> dict[str, Any]:
+        stored = await reader.stored_rules(patient_id)
+        configured = settings.anomaly.patients.get(patient_id)
+        rules = stored or configured or PatientRules()
+        source = "api" if stored else "config" if configured else "default"
+        bands = {
+            vital: {k: v for k, v in asdict(band).items() if k != "vital"}
+            for vital, band in thresholds_for(rules).items()
+        }
+        return {
+            "patient_id": patient_id,
+            "source": source,
+            "rules": rules.model_dump(),
+            "bands": bands,
+        }
+
+    @app.get("/v1/patients/{patient_id}/rules", tags=["patients"])
+    async def get_rules(patient_id: PatientId) -> dict[str, Any]:
+        """The alert bands and NEWS2 SpO2 scale in force for a patient."""
+        return await rules_view(patient_id)
+
+    @app.put("/v1/patients/{patient_id}/rules", tags=["patients"])
+    async def put_rules(patient_id: PatientId, rules: PatientRules) -> dict[str, Any]:
+        """Set a patient's bands (per vital) and SpO2 scale; in force within seconds."""
+        await reader.set_rules(patient_id, rules)
+        return await rules_view(patient_id)
+
+    @app.delete("/v1/patients/{patient_id}/rules", tags=["patients"])
+    async def delete_rules(patient_id: PatientId) -> dict[str, Any]:
+        """Back to the configured (or default) rules."""
+        await reader.set_rules(patient_id, None)
+        return await rules_view(patient_id)
 
     app.include_router(fhir.fhir_router(FhirReader(redis, settings.redis.keys)))
     return app

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from healthsync.metrics import COMPONENTS
 from healthsync.names import RedisKeys
+from healthsync.stream.rules import PatientRules
 
 
 class LiveReader:
@@ -130,6 +131,18 @@ class LiveReader:
                 alert["acknowledgement"] = orjson.loads(ack)
             alerts.append(alert)
         return alerts
+
+    async def stored_rules(self, patient_id: str) -> PatientRules | None:
+        """The rules set for a patient through the API, if any."""
+        raw = cast("bytes | None", await self.client.hget(self.keys.rules, patient_id))
+        return None if raw is None else PatientRules.model_validate_json(raw)
+
+    async def set_rules(self, patient_id: str, rules: PatientRules | None) -> None:
+        """Store (or with None, drop) a patient's rules; processors pick them up within seconds."""
+        if rules is None:
+            await self.client.hdel(self.keys.rules, patient_id)
+        else:
+            await self.client.hset(self.keys.rules, patient_id, rules.model_dump_json())
 
     async def stats(self) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
         pipe = self.client.pipeline(transaction=False)

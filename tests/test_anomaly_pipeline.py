@@ -1,0 +1,106 @@
+"""The anomaly engine in the running pipeline: state across a processor restart,
+per-patient rules set through the API, and devices that go quiet."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis import Redis
+
+from healthsync.config import Settings
+from healthsync.stack import Service
+from healthsync.supervisor import Pipeline
+from tests.conftest import Device, make_settings, wait_for
+
+
+def open_alerts(api: httpx.Client, patient: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = api.get("/v1/alerts", params={"patient_id": patient}).json()[
+        "alerts"
+    ]
+    return rows
+
+
+def test_a_persistence_timer_survives_a_processor_restart(
+    pipeline: Pipeline, device: Device, api: httpx.Client, redis: Redis
+) -> None:
+    t = int(time.time()) - 60
+    assert device.send(f"device_id=m1 patient_id=P-R seq=1 ts={t} spo2=88".encode()).startswith(
+        "OK"
+    )
+    keys = pipeline.settings.redis.keys
+    wait_for(lambda: redis.hexists(keys.engine, "P-R"), what="the engine's state saved")
+    assert open_alerts(api, "P-R") == [], "one low sample: pending, not open"
+
+    pipeline.children["process"].kill()
+    pipeline.start_child("process")
+
+    line = f"device_id=m1 patient_id=P-R seq=2 ts={t + 15} spo2=88"
+    assert device.send(line.encode()).startswith("OK")
+    [alert] = wait_for(lambda: open_alerts(api, "P-R"), what="the SpO2 alert")
+    assert alert["kind"] == "threshold:spo2"
+    assert alert["window_s"] == 15, "the timer started before the restart"
+    assert [value for _, value in alert["evidence"]] == [88, 88]
+    assert "spo2 < 90" in alert["rule"]
+
+
+def test_rules_set_through_the_api_decide_when_alerts_open(
+    device: Device, api: httpx.Client
+) -> None:
+    assert api.get("/v1/patients/P-X/rules").json()["source"] == "default"
+    bad = api.put("/v1/patients/P-X/rules", json={"bands": {"heart_rate": {"low": 90, "high": 80}}})
+    assert bad.status_code == 422
+    assert api.put("/v1/patients/P-X/rules", json={"bands": {"glucose": {}}}).status_code == 422
+
+    rules = {"bands": {"heart_rate": {"high": 100}}}
+    view = api.put("/v1/patients/P-X/rules", json=rules).json()
+    assert view["source"] == "api"
+    assert view["bands"]["heart_rate"]["high"] == 100
+    assert view["bands"]["heart_rate"]["low"] == 45, "limits not named keep their default"
+    time.sleep(5.5)  # the processor rereads a patient's rules at most every 5 s
+
+    t = int(time.time()) - 60
+    for seq, at in ((1, 0), (2, 15)):
+        line = f"device_id=m2 patient_id=P-X seq={seq} ts={t + at} hr=110"
+        assert device.send(line.encode()).startswith("OK")
+    [alert] = wait_for(lambda: open_alerts(api, "P-X"), what="a heart-rate alert at 110/min")
+    assert (alert["kind"], alert["band"]) == ("threshold:heart_rate", "45..100")
+
+    assert api.delete("/v1/patients/P-X/rules").json()["source"] == "default"
+
+
+@pytest.fixture
+def quick_offline(broker: Service, redis_server: Service, tmp_path: Path) -> Iterator[Settings]:
+    settings = make_settings(broker, redis_server, anomaly={"offline_min_s": 2.0})
+    running = Pipeline(settings, tmp_path)
+    running.start()
+    yield settings
+    running.stop()
+
+
+def test_a_device_that_goes_quiet_raises_a_technical_alert_until_it_sends_again(
+    quick_offline: Settings,
+) -> None:
+    cfg = quick_offline
+    device = Device(cfg.ingest.host, cfg.ingest.port)
+    with httpx.Client(base_url=f"http://{cfg.api.host}:{cfg.api.port}", timeout=10) as api:
+        for seq in range(1, 4):
+            assert device.send(f"device_id=m3 patient_id=P-Q seq={seq} hr=70".encode()).startswith(
+                "OK"
+            )
+            time.sleep(0.2)
+        [alert] = wait_for(lambda: open_alerts(api, "P-Q"), what="the device-offline alert")
+        assert (alert["kind"], alert["category"], alert["device_id"]) == (
+            "device_offline:m3",
+            "technical",
+            "m3",
+        )
+        assert device.send(b"device_id=m3 patient_id=P-Q seq=4 hr=70").startswith("OK")
+        wait_for(lambda: open_alerts(api, "P-Q") == [], what="the alert to resolve")
+        [resolved] = api.get("/v1/alerts", params={"status": "resolved"}).json()["alerts"]
+        assert resolved["alert_id"] == alert["alert_id"]
+    device.close()
