@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from healthsync.evaluation.detectors import Alarm, naive_alarms
+from healthsync.config import Settings
+from healthsync.evaluation.detectors import Alarm, naive_alarms, run_engine
 from healthsync.evaluation.generate import EPOCH, Dataset, LabelledEpisode, generate, warning_bands
 from healthsync.evaluation.scenario import (
     EPISODE_VITAL,
@@ -21,6 +22,7 @@ from healthsync.evaluation.scenario import (
 )
 from healthsync.evaluation.scoring import alert_reduction, false_alarms, percentile, score
 from healthsync.readings import Reading, reading_id_for
+from healthsync.stream.rules import AnomalySettings
 
 VITALS_TOML = """
 [vitals.heart_rate]
@@ -245,6 +247,16 @@ def test_naive_baseline_raises_one_alarm_per_excursion() -> None:
     ]
 
 
+def test_the_engine_runs_with_the_anomaly_settings(tiny: Dataset) -> None:
+    default = run_engine(tiny.readings, Settings())
+    # With the defaults, trend, baseline or NEWS2 rules add alerts of their own.
+    assert {a.kind.split(":")[0] for a in default.alarms} - {"threshold", "device_offline"}
+    plain = Settings(anomaly=AnomalySettings(trends=(), baselines=(), news2_alerts=False))
+    kinds = {a.kind.split(":")[0] for a in run_engine(tiny.readings, plain).alarms}
+    assert kinds <= {"threshold", "device_offline"}
+    assert "device_offline" in kinds
+
+
 # --- the generator ---------------------------------------------------------------------------
 
 
@@ -312,6 +324,32 @@ def test_artefacts_are_in_the_readings(tiny: Dataset) -> None:
     assert [r.ts for r in tiny.readings] == sorted(r.ts for r in tiny.readings)
 
 
+def test_a_gradual_onset_moves_from_baseline_to_the_target(tmp_path: Path) -> None:
+    text = TINY_TOML.split("[[episodes]]")[0] + (
+        '[[episodes]]\nkind = "hypoxaemia"\ncount = 1\nduration_s = [300, 300]\n'
+        "onset_s = [60, 60]\ntarget = [80, 80]\n"
+    )
+    dataset = generate(load_scenario(write(tmp_path, text + VITALS_TOML)))
+    [ep] = dataset.episodes
+    assert ep.start - ep.onset_at == pytest.approx(60)
+    assert ep.duration == pytest.approx(300)
+
+    def spo2(since: float, until: float) -> list[float]:
+        return [
+            r.vitals["spo2"]
+            for r in dataset.readings
+            if r.patient_id == ep.patient_id and since <= r.ts < until
+        ]
+
+    assert all(v >= 90 for v in spo2(ep.onset_at - 120, ep.onset_at))  # baseline 94-99
+    ramp = spo2(ep.onset_at, ep.start)
+    assert sum(ramp[: len(ramp) // 2]) > sum(ramp[len(ramp) - len(ramp) // 2 :])
+    held = spo2(ep.start + 60, ep.end - 60)
+    assert held and all(v < 90 for v in held)
+    assert min(held) <= 82
+    assert all(v >= 90 for v in spo2(ep.end + 120, ep.end + 300))  # recovered
+
+
 # --- scenario files ------------------------------------------------------------------------
 
 
@@ -351,6 +389,15 @@ def test_the_repository_scenarios_are_found_and_valid() -> None:
     kinds = {e.kind for s in scenarios for e in s.episodes}
     assert kinds == set(EPISODE_VITAL)
     assert any(s.targets.min_alert_reduction for s in scenarios)
+
+
+def test_a_directory_means_its_scenario_files(tmp_path: Path) -> None:
+    first, second = write(tmp_path, TINY_TOML, "b.toml"), write(tmp_path, TINY_TOML, "a.toml")
+    assert scenario_paths([tmp_path]) == [second, first]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ScenarioError, match=r"no \*\.toml scenario files"):
+        scenario_paths([empty])
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -405,6 +452,7 @@ def test_eval_check_fails_on_a_missed_target_and_json_says_which(tmp_path: Path)
     [doc] = json.loads(result.stdout)
     assert (doc["scenario"], doc["seed"], doc["passed"]) == ("impossible", 5, False)
     assert doc["naive"]["episodes"] == 6
+    assert doc["naive"]["missed"] == []
     assert {t["name"] for t in doc["targets"]} >= {"alerts >= 100% fewer than naive"}
 
 

@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         action="append",
         metavar="PATH",
-        help="scenario TOML file (repeatable; default: every file in scenarios/)",
+        help="scenario TOML file or directory (repeatable; default: scenarios/*.toml)",
     )
     evaluate.add_argument("--seed", type=int, help="use this seed instead of each file's")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")

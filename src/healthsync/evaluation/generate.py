@@ -373,13 +373,12 @@ def _patient_readings(
                     # Diastolic falls with systolic, by about half as much.
                     true["bp_dia"] += 0.5 * (moved - true["bp_sys"])
                 true[vital] = moved
-        vitals = {
-            vital: _round(vital, value + rng.gauss(0.0, patient.specs[vital].noise))
+        measured = {
+            vital: value + rng.gauss(0.0, patient.specs[vital].noise)
             for vital, value in true.items()
         }
-        vitals.update(spiked.get(seq, {}))
-        for vital, value in vitals.items():
-            vitals[vital] = _round(vital, value)
+        measured.update(spiked.get(seq, {}))
+        vitals = {vital: _round(vital, value) for vital, value in measured.items()}
         vitals["bp_dia"] = min(vitals["bp_dia"], vitals["bp_sys"] - _MIN_PULSE_PRESSURE)
         if not any(start <= t < end for start, end in plan.dropouts):
             ts = EPOCH + t

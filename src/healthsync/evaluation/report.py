@@ -202,6 +202,15 @@ def _score_dict(s: Score) -> dict[str, Any]:
         "technical_alerts": s.technical_alerts,
         "patient_hours": s.patient_hours,
         "false_alerts_by_kind": s.false_by_kind,
+        "missed": [
+            {
+                "patient_id": e.patient_id,
+                "kind": e.kind,
+                "start_s": e.start - EPOCH,
+                "duration_s": e.duration,
+            }
+            for e in s.missed
+        ],
     }
 
 

@@ -229,11 +229,19 @@ def default_scenario_dir() -> Path | None:
 
 
 def scenario_paths(paths: list[Path] | None) -> list[Path]:
-    """The files to run: those given, or every ``*.toml`` in the default directory."""
-    if paths:
-        return paths
-    directory = default_scenario_dir()
-    found = sorted(directory.glob("*.toml")) if directory is not None else []
-    if not found:
-        raise ScenarioError("no scenario files found: pass --scenario PATH")
+    """The files to run: those given (a directory means its ``*.toml``), else the default's."""
+    if not paths:
+        directory = default_scenario_dir()
+        if directory is None:
+            raise ScenarioError("no scenarios/ directory found: pass --scenario PATH")
+        paths = [directory]
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files = sorted(path.glob("*.toml"))
+            if not files:
+                raise ScenarioError(f"{path}: no *.toml scenario files in this directory")
+            found.extend(files)
+        else:
+            found.append(path)
     return found
