@@ -1,7 +1,7 @@
 """Per-patient memory for the trend and baseline rules, small enough to store with each batch.
 
-A :class:`TrendWindow` keeps the extremes of a vital over the last minutes in
-coarse time buckets, so "SpO2 fell 4 points within 5 minutes" costs a few
+A :class:`TrendWindow` keeps a vital's mean per coarse time bucket over the
+last minutes, so "SpO2 fell 4 points within 5 minutes" costs a few
 numbers per patient rather than every sample. A :class:`Baseline` learns a
 patient's usual value and spread as an exponentially weighted mean and
 variance, so "heart rate 30/min above this patient's normal" means something
@@ -23,20 +23,24 @@ _RECENT = 3
 
 @dataclass(slots=True)
 class TrendWindow:
-    """The lowest and highest value per time bucket over `window_s`, and the latest samples."""
+    """The mean value per time bucket over `window_s`, and the latest samples.
+
+    Bucket means (not extremes) are the reference, so the ordinary beat-to-beat
+    noise of a stable patient does not read as a trend.
+    """
 
     window_s: float
-    buckets: list[list[float]] = field(default_factory=list)  # [start, low, high]
+    buckets: list[list[float]] = field(default_factory=list)  # [start, sum, count]
     recent: list[float] = field(default_factory=list)
 
     def add(self, ts: float, value: float) -> None:
         width = self.window_s / _BUCKETS
         start = ts - ts % width
         if self.buckets and self.buckets[-1][0] == start:
-            bucket = self.buckets[-1]
-            bucket[1], bucket[2] = min(bucket[1], value), max(bucket[2], value)
+            self.buckets[-1][1] += value
+            self.buckets[-1][2] += 1
         elif not self.buckets or start > self.buckets[-1][0]:
-            self.buckets.append([start, value, value])
+            self.buckets.append([start, value, 1])
         # (an out-of-order sample older than the newest bucket only updates `recent`)
         cutoff = ts - self.window_s
         while self.buckets and self.buckets[0][0] + width <= cutoff:
@@ -44,16 +48,17 @@ class TrendWindow:
         self.recent = [*self.recent, value][-_RECENT:]
 
     def change(self, direction: Literal["rise", "fall"]) -> tuple[float, float]:
-        """How far the current level has risen above the window's low (or fallen below
-        its high), and that reference value. (0, 0) until there are enough samples."""
-        if len(self.recent) < _RECENT:
+        """How far the current level has risen above the window's lowest bucket mean (or
+        fallen below its highest), and that reference. (0, 0) until there are enough samples."""
+        if len(self.recent) < _RECENT or not self.buckets:
             return 0.0, 0.0
         current = statistics.median(self.recent)
+        means = [total / count for _, total, count in self.buckets]
         if direction == "fall":
-            reference = max(b[2] for b in self.buckets)
-            return reference - current, reference
-        reference = min(b[1] for b in self.buckets)
-        return current - reference, reference
+            reference = max(means)
+            return round(reference - current, 3), round(reference, 3)
+        reference = min(means)
+        return round(current - reference, 3), round(reference, 3)
 
     def to_list(self) -> list[Any]:
         return [self.window_s, self.buckets, self.recent]
