@@ -222,6 +222,9 @@ class AnomalyEngine:
         if band is None:
             return []
         severity = band.severity(sample.value)
+        kind = f"threshold:{vital}"
+        if severity is None and self._idle(state, patient, kind):
+            return []  # the common case: nothing holds, nothing pending or open
         unit = VITALS[vital].ucum
         if severity is None:
             rule = f"{vital} within {band.describe()} {unit}"
@@ -238,7 +241,11 @@ class AnomalyEngine:
             band.describe(),
             immediate=severity == "critical",
         )
-        return self._track(state, patient, f"threshold:{vital}", vital, sample, finding)
+        return self._track(state, patient, kind, vital, sample, finding)
+
+    def _idle(self, state: PatientState, patient: str, kind: str) -> bool:
+        """Nothing pending or open for this kind: a sample that meets no rule changes nothing."""
+        return kind not in state.trackers and (patient, kind) not in self.open
 
     def _quiet(self, patient: str, kind: str, louder: list[str]) -> bool:
         """Whether a new `kind` alert would only repeat an open alert of a `louder` kind."""
@@ -255,6 +262,8 @@ class AnomalyEngine:
             window.add(sample.ts, sample.value)
             change, reference = window.change(trend.direction)
             kind = f"trend:{trend.name}"
+            if change < trend.delta and self._idle(state, patient, kind):
+                continue
             holds = change >= trend.delta and not self._quiet(patient, kind, [f"threshold:{vital}"])
             verb = "fell" if trend.direction == "fall" else "rose"
             rule = (
@@ -277,6 +286,9 @@ class AnomalyEngine:
         limit = baseline.deviation_limit(rule_cfg.sigmas, rule_cfg.min_delta)
         deviation = abs(sample.value - baseline.mean)
         deviating = baseline.n >= self.cfg.baseline_min_samples and deviation >= limit
+        if not deviating and self._idle(state, patient, kind):
+            baseline.update(sample.ts, sample.value, self.cfg.baseline_tau_s)
+            return []
         louder = [f"threshold:{vital}"] + [
             f"trend:{t.name}" for t in self._trends_by_vital.get(vital, ())
         ]
@@ -297,6 +309,8 @@ class AnomalyEngine:
         severity: Severity | None = (
             "critical" if score.band == "high" else "warning" if score.band == "medium" else None
         )
+        if severity is None and self._idle(state, patient, "news2"):
+            return []
         rule = f"NEWS2 {score.total} ({score.band}): " + ", ".join(
             f"{k} {v}" for k, v in sorted(score.parts.items()) if v
         )
