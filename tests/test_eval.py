@@ -214,6 +214,7 @@ def test_sensitivity_for_long_episodes_and_delay_percentiles() -> None:
         9,
     )
     assert (result.median_delay, result.p90_delay) == (50, 90)
+    assert result.by_episode_kind == {"hypoxaemia": (9, 10, 50)}
     assert percentile([], 0.9) is None
     assert false_alarms(episodes, alarms, grace=0) == []
 
@@ -382,6 +383,14 @@ def test_values_that_contradict_the_warning_bands_are_refused(tmp_path: Path) ->
         generate(low_baseline)
 
 
+def test_episodes_that_do_not_fit_are_refused(tmp_path: Path) -> None:
+    crowded = TINY_TOML.replace(
+        "count = 1\nduration_s = [60, 120]", "count = 20\nduration_s = [900, 900]", 1
+    )
+    with pytest.raises(ScenarioError, match=r"episodes\.0: cannot place 20 hypoxaemia episodes"):
+        generate(load_scenario(write(tmp_path, crowded)))
+
+
 def test_the_repository_scenarios_are_found_and_valid() -> None:
     paths = scenario_paths(None)
     assert {p.name for p in paths} >= {"stable.toml", "deterioration.toml", "artefacts.toml"}
@@ -440,6 +449,8 @@ def test_eval_prints_the_table_for_a_scenario(tmp_path: Path) -> None:
     naive = lines[header + 2].split()
     # Every episode here goes far past its limit: the naive threshold catches all of them.
     assert naive[:4] == ["naive", "6/6", "100%", "100%"]
+    [by_kind] = [line for line in lines if line.startswith("engine by episode kind")]
+    assert all(f" {kind} " in by_kind for kind in EPISODE_VITAL)
 
 
 def test_eval_check_fails_on_a_missed_target_and_json_says_which(tmp_path: Path) -> None:

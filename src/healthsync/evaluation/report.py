@@ -168,6 +168,12 @@ def render_table(results: Sequence[ScenarioResult]) -> str:
         ]
         widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+        if result.engine.by_episode_kind:
+            kinds = ", ".join(
+                f"{kind} {found}/{total} {_seconds(median)}"
+                for kind, (found, total, median) in result.engine.by_episode_kind.items()
+            )
+            lines.append(f"engine by episode kind (detected, median delay): {kinds}")
         if result.engine.false_by_kind:
             kinds = ", ".join(f"{k} {n}" for k, n in result.engine.false_by_kind.items())
             lines.append(f"engine false alerts by kind: {kinds}")
@@ -202,6 +208,10 @@ def _score_dict(s: Score) -> dict[str, Any]:
         "technical_alerts": s.technical_alerts,
         "patient_hours": s.patient_hours,
         "false_alerts_by_kind": s.false_by_kind,
+        "by_episode_kind": {
+            kind: {"detected": found, "episodes": total, "median_delay_s": median}
+            for kind, (found, total, median) in s.by_episode_kind.items()
+        },
         "missed": [
             {
                 "patient_id": e.patient_id,

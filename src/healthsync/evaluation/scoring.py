@@ -117,6 +117,8 @@ class Score:
     missed: list[LabelledEpisode] = field(default_factory=list)
     # Kind of alert (threshold:spo2, news2, ...) -> false alarms of that kind.
     false_by_kind: dict[str, int] = field(default_factory=dict)
+    # Kind of episode -> (detected, total, median delay of those detected).
+    by_episode_kind: dict[str, tuple[int, int, float | None]] = field(default_factory=dict)
 
     @property
     def sensitivity(self) -> float | None:
@@ -157,7 +159,22 @@ def score(
         patient_hours=patient_hours,
         missed=[o.episode for o in outcomes if o.detected_at is None],
         false_by_kind=dict(Counter(a.kind for a in false).most_common()),
+        by_episode_kind=_by_episode_kind(outcomes),
     )
+
+
+def _by_episode_kind(
+    outcomes: Sequence[EpisodeOutcome],
+) -> dict[str, tuple[int, int, float | None]]:
+    grouped: dict[str, list[EpisodeOutcome]] = defaultdict(list)
+    for outcome in outcomes:
+        grouped[outcome.episode.kind].append(outcome)
+    result: dict[str, tuple[int, int, float | None]] = {}
+    for kind in sorted(grouped):
+        delays = [o.delay for o in grouped[kind] if o.delay is not None]
+        median = statistics.median(delays) if delays else None
+        result[kind] = (len(delays), len(grouped[kind]), median)
+    return result
 
 
 def alert_reduction(engine_alerts: int, naive_alerts: int) -> float | None:
