@@ -207,12 +207,9 @@ def test_sensitivity_for_long_episodes_and_delay_percentiles() -> None:
         Alarm(p, delay, "news2") for p, delay in zip("BCDEFGHIJ", range(10, 100, 10), strict=True)
     ]
     result = score(episodes, alarms, patient_hours=10, grace=0, long_episode_s=60)
-    assert (result.detected, result.episodes, result.long_detected, result.long_episodes) == (
-        9,
-        10,
-        9,
-        9,
-    )
+    # A's 30 s episode went unnoticed; every episode of 60 s or more was caught.
+    assert (result.detected, result.episodes, result.sensitivity) == (9, 10, 0.9)
+    assert (result.long_detected, result.long_episodes, result.sensitivity_long) == (9, 9, 1.0)
     assert (result.median_delay, result.p90_delay) == (50, 90)
     assert result.by_episode_kind == {"hypoxaemia": (9, 10, 50)}
     assert percentile([], 0.9) is None
