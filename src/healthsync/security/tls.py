@@ -37,8 +37,10 @@ from healthsync.config import Settings
 from healthsync.errors import ConfigError
 from healthsync.security.certs import (
     DEVICE_URI_PREFIX,
+    CertError,
     ca_cert_path,
     crl_path,
+    revoked_serials,
     service_paths,
 )
 
@@ -199,3 +201,37 @@ def _load_libssl() -> ctypes.CDLL | None:
             "after the handshake"
         )
     return _libssl
+
+
+class RevocationList:
+    """The serial numbers on ``crl.pem``, re-read whenever the file changes.
+
+    A server context loads the CRL once; a long-running server keeps this
+    next to it so that ``healthsync certs revoke`` takes effect at once.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.path = crl_path(directory)
+        self.directory = directory
+        self.serials: frozenset[int] = frozenset()
+        self._stamp: tuple[int, int] | None = None
+
+    def refresh(self) -> None:
+        """Re-read the CRL if it changed; a CRL that cannot be read keeps the last one."""
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp == self._stamp:
+            return
+        try:
+            self.serials = frozenset(revoked_serials(self.directory))
+        except CertError as exc:
+            log.warning("keeping the previous CRL", extra={"error": str(exc)})
+            return
+        self._stamp = stamp
+
+    def is_revoked(self, peer: dict[str, Any]) -> bool:
+        serial = peer.get("serialNumber")
+        return serial is not None and int(serial, 16) in self.serials
