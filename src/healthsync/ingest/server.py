@@ -39,6 +39,7 @@ from healthsync.security.tls import (
     RevocationList,
     device_identity,
     negotiated_problem,
+    peer_serial,
     server_context,
 )
 
@@ -69,8 +70,10 @@ class DeviceConnection(asyncio.Protocol):
     def __init__(self, server: IngestServer, *, tls: bool = False) -> None:
         self.server = server
         self.tls = tls
-        # The device id the client certificate names; None when there is none.
+        # The device id the client certificate names, and the certificate's
+        # serial (for revocation); None when there is no certificate.
         self.identity: str | None = None
+        self.serial: int | None = None
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.discarding = False  # inside a line that is already too long
@@ -273,12 +276,23 @@ class IngestServer:
             return self._refuse("tls_policy", problem)
         peer = ssl_object.getpeercert() or {}
         if peer:
-            if self.revocations is not None and self.revocations.is_revoked(peer):
+            connection.serial = peer_serial(peer)
+            if self.revocations is not None and self.revocations.is_revoked(connection.serial):
                 return self._refuse("certificate_revoked", "the client certificate is revoked")
             connection.identity = device_identity(peer)
         if connection.identity is None and self.settings.ingest.require_client_cert:
             return self._refuse("no_identity", "the client certificate names no device")
         return None
+
+    def refresh_revocations(self) -> None:
+        """Re-read the CRL; close the connections of certificates it now revokes."""
+        if self.revocations is None or not self.revocations.refresh():
+            return
+        for connection in list(self.connections):
+            if connection.transport is not None and self.revocations.is_revoked(connection.serial):
+                refusal = self._refuse("certificate_revoked", "the client certificate is revoked")
+                connection.transport.write(refusal)
+                connection.transport.close()
 
     def _refuse(self, reason: str, detail: str) -> bytes:
         self.stats.inc("tls_refused_total", reason=reason)
@@ -422,8 +436,7 @@ async def _housekeeping(server: IngestServer, redis: Redis | None, stop: asyncio
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=1.0)
         server.sweep_idle()
-        if server.revocations is not None:
-            server.revocations.refresh()
+        server.refresh_revocations()
         await _flush_stats(server, redis)
 
 

@@ -216,22 +216,33 @@ class RevocationList:
         self.serials: frozenset[int] = frozenset()
         self._stamp: tuple[int, int] | None = None
 
-    def refresh(self) -> None:
-        """Re-read the CRL if it changed; a CRL that cannot be read keeps the last one."""
+    def refresh(self) -> bool:
+        """Re-read the CRL if the file changed; True if the list of serials changed.
+
+        A CRL that cannot be read leaves the last good one in force.
+        """
         try:
             stat = self.path.stat()
         except OSError:
-            return
+            return False
         stamp = (stat.st_mtime_ns, stat.st_size)
         if stamp == self._stamp:
-            return
+            return False
         try:
-            self.serials = frozenset(revoked_serials(self.directory))
+            serials = frozenset(revoked_serials(self.directory))
         except CertError as exc:
             log.warning("keeping the previous CRL", extra={"error": str(exc)})
-            return
+            return False
         self._stamp = stamp
+        changed = serials != self.serials
+        self.serials = serials
+        return changed
 
-    def is_revoked(self, peer: dict[str, Any]) -> bool:
-        serial = peer.get("serialNumber")
-        return serial is not None and int(serial, 16) in self.serials
+    def is_revoked(self, serial: int | None) -> bool:
+        return serial is not None and serial in self.serials
+
+
+def peer_serial(peer: dict[str, Any]) -> int | None:
+    """The serial number of a ``getpeercert()`` certificate."""
+    serial = peer.get("serialNumber")
+    return int(serial, 16) if serial else None
