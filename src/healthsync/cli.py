@@ -251,12 +251,22 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--rate", type=float, default=1.0, help="readings/s per simulated device (default 1)"
     )
-    up.add_argument("--run-dir", default="run", help="where logs go (default ./run)")
+    up.add_argument(
+        "--run-dir",
+        default="run",
+        help="where logs go, and the certificates unless tls.dir is set (default ./run)",
+    )
     up.set_defaults(func=cmd_up)
 
-    ingest = sub.add_parser("ingest", help="run the TCP ingest server (devices -> Kafka)")
-    ingest.add_argument("--host", help="listen address (default 127.0.0.1)")
-    ingest.add_argument("--port", type=int, help="listen port (default 7000)")
+    ingest = sub.add_parser(
+        "ingest",
+        help="run the TCP ingest server (devices -> Kafka)",
+        description="Listen for devices on the plaintext port (loopback only unless "
+        "HEALTHSYNC_INGEST_PLAIN_ALLOW_REMOTE) and the TLS port (mutual TLS with the "
+        "certificates in tls.dir; see `healthsync certs`).",
+    )
+    ingest.add_argument("--host", help="plaintext listen address (default 127.0.0.1)")
+    ingest.add_argument("--port", type=int, help="plaintext listen port (default 7000)")
     ingest.set_defaults(func=cmd_ingest)
 
     process = sub.add_parser(
