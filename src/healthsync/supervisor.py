@@ -23,7 +23,9 @@ from typing import IO, TextIO
 from redis import Redis
 
 from healthsync.config import Settings
+from healthsync.errors import ConfigError
 from healthsync.kafka import ensure_topics
+from healthsync.security.certs import init_pki, pki_exists
 from healthsync.stack import (
     EmbeddedStack,
     die_with_parent,
@@ -110,14 +112,34 @@ class Pipeline:
             self.stack.redis = start_redis(log_dir=self.logs)
             settings.redis.url = self.stack.redis_url
         ensure_topics(settings.kafka)
+        if "ingest" in stages and settings.ingest.tls_enabled:
+            self.ensure_pki()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
         self.env.update(settings.to_env())
         for name in stages:
             self.start_child(name)
         if "ingest" in stages:
-            wait_for_port(settings.ingest.host, settings.ingest.port, 30, self.process("ingest"))
+            ingest = settings.ingest
+            host, port = (
+                (ingest.host, ingest.port)
+                if ingest.plain_enabled
+                else (ingest.tls_host, ingest.tls_port)
+            )
+            wait_for_port(host, port, 30, self.process("ingest"))
         if "api" in stages:
             wait_for_port(settings.api.host, settings.api.port, 30, self.process("api"))
+
+    def ensure_pki(self) -> None:
+        """Certificates for the TLS listener: `tls.dir` if set, else <run dir>/certs,
+        created there on first use so that TLS is on without a setup step."""
+        tls = self.settings.tls
+        if "dir" not in tls.model_fields_set:
+            tls.dir = (self.run_dir / "certs").resolve()
+        if not pki_exists(tls.dir):
+            hosts = ["localhost", "127.0.0.1"]
+            if self.settings.ingest.tls_host not in (*hosts, "0.0.0.0", "::", ""):
+                hosts.append(self.settings.ingest.tls_host)
+            init_pki(tls.dir, hosts=hosts)
 
     def start_child(self, name: str, *args: str) -> Child:
         child = self.children.get(name)
@@ -129,6 +151,8 @@ class Pipeline:
 
     def start_simulator(self, devices: int, rate: float) -> Child:
         ingest = self.settings.ingest
+        if not ingest.plain_enabled:
+            raise ConfigError("the simulated devices send to the plaintext port, which is off")
         return self.start_child(
             "simulate",
             *("--devices", str(devices), "--rate", str(rate)),
@@ -185,7 +209,15 @@ class Supervisor:
         embedded_redis = " (embedded)" if stack.redis else ""
         self._say(f"kafka     {settings.kafka.bootstrap}{embedded_kafka}")
         self._say(f"redis     {settings.redis.url}{embedded_redis}")
-        self._say(f"ingest    tcp://{settings.ingest.host}:{settings.ingest.port}")
+        ingest = settings.ingest
+        if ingest.plain_enabled:
+            self._say(f"ingest    tcp://{ingest.host}:{ingest.port}  (plaintext)")
+        if ingest.tls_enabled:
+            mutual = "mutual TLS" if ingest.require_client_cert else "TLS"
+            self._say(
+                f"ingest    tls://{ingest.tls_host}:{ingest.tls_port}  "
+                f"({mutual}; certificates in {settings.tls.dir})"
+            )
         self._say(f"api       http://{settings.api.host}:{settings.api.port}  (docs at /docs)")
         if self.simulate_devices:
             self._say(f"devices   {self.simulate_devices} simulated at {self.simulate_rate}/s each")
