@@ -162,6 +162,13 @@ def test_a_rising_heart_rate_trend() -> None:
     assert not [e for e in events if e.alert.kind.startswith("threshold")]
 
 
+def test_recovering_from_bradycardia_is_not_a_rising_trend() -> None:
+    run = Run()
+    values = [70] * 4 + [42, 40, 38, 38, 38, 40, 44, 50, 56, 62, 66, 70, 70, 70, 70, 70]
+    events = [e for i, v in enumerate(values) for e in run.send(reading(i * 15, heart_rate=v))]
+    assert [e.alert.kind for e in events if e.type == "opened"] == ["threshold:heart_rate"]
+
+
 def test_a_trend_adds_nothing_while_the_threshold_alert_is_open() -> None:
     run = Run()
     events = run.send(reading(0, spo2=84))  # critical, opens at once

@@ -172,7 +172,7 @@ class AnomalyEngine:
             new = Sample(reading.ts, value, reading.reading_id)
             for sample in self._screen(state, patient, vital, new, artefacts):
                 events.extend(self._threshold(state, patient, vital, sample, bands.get(vital)))
-                events.extend(self._trend(state, patient, vital, sample))
+                events.extend(self._trend(state, patient, vital, sample, bands.get(vital)))
                 events.extend(self._baseline(state, patient, vital, sample))
         return events
 
@@ -252,7 +252,12 @@ class AnomalyEngine:
         return (patient, kind) not in self.open and any((patient, k) in self.open for k in louder)
 
     def _trend(
-        self, state: PatientState, patient: str, vital: str, sample: Sample
+        self,
+        state: PatientState,
+        patient: str,
+        vital: str,
+        sample: Sample,
+        band: Threshold | None,
     ) -> list[AlertEvent]:
         events: list[AlertEvent] = []
         for trend in self._trends_by_vital.get(vital, ()):
@@ -264,7 +269,13 @@ class AnomalyEngine:
             kind = f"trend:{trend.name}"
             if change < trend.delta and self._idle(state, patient, kind):
                 continue
-            holds = change >= trend.delta and not self._quiet(patient, kind, [f"threshold:{vital}"])
+            # A rise from below the band (or a fall from above it) is a recovery.
+            from_normal = band is None or band.severity(reference) is None
+            holds = (
+                change >= trend.delta
+                and from_normal
+                and not self._quiet(patient, kind, [f"threshold:{vital}"])
+            )
             verb = "fell" if trend.direction == "fall" else "rose"
             rule = (
                 f"{vital} {verb} {change:g} {VITALS[vital].ucum} from {reference:g} "
@@ -459,7 +470,7 @@ class AnomalyEngine:
         for vital in stale:
             sample = state.last[vital] = state.suspect.pop(vital)
             events.extend(self._threshold(state, patient, vital, sample, bands.get(vital)))
-            events.extend(self._trend(state, patient, vital, sample))
+            events.extend(self._trend(state, patient, vital, sample, bands.get(vital)))
             events.extend(self._baseline(state, patient, vital, sample))
         return events
 
