@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -55,15 +56,24 @@ def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path: Path) -> None:
     )
     try:
         api = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=5)
+        # With no authentication configured, `up` makes an admin key in its run directory.
+        key_file = tmp_path / "run" / "api-key"
+        wait_for(key_file.exists, timeout=60, what="the local API key")
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        bearer = {"Authorization": f"Bearer {key_file.read_text().strip()}"}
 
         def three_patients() -> list[object] | None:
             try:
-                patients: list[object] = api.get("/v1/patients").json()["patients"]
+                response = api.get("/v1/patients", headers=bearer)
+                patients: list[object] = response.json()["patients"]
             except httpx.HTTPError:
                 return None
             return patients if len(patients) == 3 else None
 
         wait_for(three_patients, timeout=90, what="readings from 3 simulated devices")
+        assert api.get("/v1/patients").status_code == 401, "the API never runs open"
+        audit = (tmp_path / "run" / "audit.jsonl").read_text().splitlines()
+        assert json.loads(audit[-1])["actor"] == "apikey:local-admin"
         processes = descendants(up.pid)
         assert len(processes) >= 6, "broker, redis, ingest, processor, api and simulator"
 
@@ -92,6 +102,7 @@ def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path: Path) -> None:
     text = out.decode()
     assert up.returncode == 0, text
     assert "ingest    tcp://127.0.0.1:" in text and "(embedded Tansu)" in text
+    assert "api key   run/api-key (admin)" in text
     assert "processed" in text and "stopped." in text
     assert "ingest exited with code" in text
     assert not [p for p in processes if alive(p)], "a child outlived healthsync up"
