@@ -212,6 +212,9 @@ def _bad_tokens(credentials: Credentials) -> dict[str, str]:
         "ES256 with an unknown kid": jwt.encode(
             _claims(), credentials.ec_key, algorithm="ES256", headers={"kid": "ec-9"}
         ),
+        "ES256 without a kid (the PEM key is RSA)": jwt.encode(
+            _claims(), credentials.ec_key, algorithm="ES256"
+        ),
         "tampered payload": _tamper(credentials.token(roles=["viewer"])),
         "not a JWT": "hello",
         "unknown API key": "hsk_" + uuid.uuid4().hex,

@@ -118,6 +118,9 @@ class JwtVerifier:
             )
         except jwt.PyJWTError as exc:
             raise _invalid(str(exc) or type(exc).__name__) from None
+        except (TypeError, ValueError):
+            # PyJWT's answer to a key of another type than the algorithm's (RSA for ES256).
+            raise _invalid(f"no {algorithm} key to verify this token with") from None
         if not isinstance(claims["sub"], str) or not claims["sub"]:
             raise _invalid("the sub claim must be a non-empty string")
         return claims
