@@ -3,21 +3,33 @@
 One broker and one Redis serve the whole session; each test gets its own
 topics, consumer group, key prefix and ports, so tests never see each other's
 data and never touch a Redis or Kafka the machine already runs.
+
+The API always requires authentication, so the session also has credentials
+(:class:`Credentials`): an API keys file with one key per role, and the RSA and
+EC key pairs of a test identity provider that signs JWTs. `make_settings`
+points every test's API at them, with its own audit log file.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from redis import Redis
 
+from healthsync.api.apikeys import ApiKeyStore
+from healthsync.api.permissions import ROLES
 from healthsync.config import Settings
 from healthsync.stack import Service, free_port, start_broker, start_redis
 from healthsync.supervisor import Pipeline
@@ -37,8 +49,89 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     service.stop()
 
 
+ISSUER = "https://idp.healthsync.test"
+AUDIENCE = "healthsync-api"
+
+
+@dataclass
+class Credentials:
+    """The session's identity provider and API keys, as a deployment would have them.
+
+    JWTs signed with RS256 are verified against the RSA public key in a PEM file;
+    ES256 ones carry the key id `ec-1`, found in a JWKS file.
+    """
+
+    directory: Path
+    rsa_key: rsa.RSAPrivateKey = field(
+        default_factory=lambda: rsa.generate_private_key(65537, 2048)
+    )
+    ec_key: ec.EllipticCurvePrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
+    )
+    api_keys: dict[str, str] = field(default_factory=dict)  # role -> key
+
+    def __post_init__(self) -> None:
+        store = ApiKeyStore(self.keys_file)
+        for role in ROLES:
+            self.api_keys[role] = store.create(f"test-{role}", role)
+        self.public_key_file.write_bytes(
+            self.rsa_key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.ec_key.public_key()))
+        self.jwks_file.write_text(json.dumps({"keys": [jwk | {"kid": "ec-1", "use": "sig"}]}))
+
+    @property
+    def keys_file(self) -> Path:
+        return self.directory / "api-keys.json"
+
+    @property
+    def public_key_file(self) -> Path:
+        return self.directory / "idp-rsa.pem"
+
+    @property
+    def jwks_file(self) -> Path:
+        return self.directory / "idp-jwks.json"
+
+    def token(self, sub: str | None = "dr-house", algorithm: str = "RS256", **claims: Any) -> str:
+        """A JWT as the identity provider issues it; `claims` override or add (None removes)."""
+        now = int(time.time())
+        body: dict[str, Any] = {"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "iat": now}
+        body |= {"exp": now + 300, "roles": ["clinician"]}
+        body |= claims
+        body = {k: v for k, v in body.items() if v is not None}
+        if algorithm == "ES256":
+            return jwt.encode(body, self.ec_key, algorithm="ES256", headers={"kid": "ec-1"})
+        return jwt.encode(body, self.rsa_key, algorithm=algorithm)
+
+    def headers(self, role: str = "clinician") -> dict[str, str]:
+        """Authorization with the API key of that role (key name `test-<role>`)."""
+        return {"Authorization": f"Bearer {self.api_keys[role]}"}
+
+    def auth_settings(self, tag: str) -> dict[str, Any]:
+        return {
+            "jwt_issuer": ISSUER,
+            "jwt_audience": AUDIENCE,
+            "jwt_public_key_file": self.public_key_file,
+            "jwks_file": self.jwks_file,
+            "api_keys_file": self.keys_file,
+            "audit_log_file": self.directory / f"audit-{tag}.jsonl",
+        }
+
+
+_session_credentials: list[Credentials] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def credentials(tmp_path_factory: pytest.TempPathFactory) -> Credentials:
+    if not _session_credentials:
+        _session_credentials.append(Credentials(tmp_path_factory.mktemp("credentials")))
+    return _session_credentials[0]
+
+
 def make_settings(broker: Service, redis_server: Service, **sections: dict[str, Any]) -> Settings:
-    """Settings private to one test: unique topics, group, key prefix and ports."""
+    """Settings private to one test: unique topics, group, key prefix, ports and audit log."""
     tag = uuid.uuid4().hex[:10]
     values: dict[str, Any] = {
         "kafka": {
@@ -53,6 +146,7 @@ def make_settings(broker: Service, redis_server: Service, **sections: dict[str, 
         "ingest": {"port": free_port(), "tls_port": free_port()},
         "processor": {"group_id": f"g{tag}", "batch_wait_s": 0.02},
         "api": {"port": free_port()},
+        "auth": _session_credentials[0].auth_settings(tag),
     }
     for section, overrides in sections.items():
         values.setdefault(section, {}).update(overrides)
@@ -107,9 +201,12 @@ def start_ingest(
 
 
 @pytest.fixture
-def api(pipeline: Pipeline) -> Iterator[httpx.Client]:
+def api(pipeline: Pipeline, credentials: Credentials) -> Iterator[httpx.Client]:
+    """A client of the pipeline's API, authenticated as a clinician (API key `test-clinician`)."""
     cfg = pipeline.settings.api
-    with httpx.Client(base_url=f"http://{cfg.host}:{cfg.port}", timeout=10) as client:
+    with httpx.Client(
+        base_url=f"http://{cfg.host}:{cfg.port}", timeout=10, headers=credentials.headers()
+    ) as client:
         yield client
 
 

@@ -15,7 +15,7 @@ from redis import Redis
 from healthsync.config import Settings
 from healthsync.stack import Service
 from healthsync.supervisor import Pipeline
-from tests.conftest import Device, make_settings, wait_for
+from tests.conftest import Credentials, Device, make_settings, wait_for
 
 
 def open_alerts(api: httpx.Client, patient: str) -> list[dict[str, Any]]:
@@ -73,6 +73,22 @@ def test_rules_set_through_the_api_decide_when_alerts_open(
     assert api.delete("/v1/patients/P-X/rules").json()["source"] == "default"
 
 
+def test_only_those_who_may_act_on_alerts_change_a_patients_rules(
+    pipeline: Pipeline, credentials: Credentials
+) -> None:
+    cfg = pipeline.settings.api
+    url = f"http://{cfg.host}:{cfg.port}/v1/patients/P-Y/rules"
+    body = {"bands": {"heart_rate": {"high": 150}}}
+    assert httpx.put(url, json=body).status_code == 401
+    assert httpx.put(url, json=body, headers=credentials.headers("viewer")).status_code == 403
+    done = httpx.put(url, json=body, headers=credentials.headers("clinician"))
+    assert done.status_code == 200
+    audit_file = pipeline.settings.auth.audit_log_file
+    assert audit_file is not None
+    audit = audit_file.read_text().splitlines()
+    assert any('"update"' in line and "P-Y" in line for line in audit), "the change is audited"
+
+
 @pytest.fixture
 def quick_offline(broker: Service, redis_server: Service, tmp_path: Path) -> Iterator[Settings]:
     settings = make_settings(broker, redis_server, anomaly={"offline_min_s": 2.0})
@@ -83,11 +99,12 @@ def quick_offline(broker: Service, redis_server: Service, tmp_path: Path) -> Ite
 
 
 def test_a_device_that_goes_quiet_raises_a_technical_alert_until_it_sends_again(
-    quick_offline: Settings,
+    quick_offline: Settings, credentials: Credentials
 ) -> None:
     cfg = quick_offline
     device = Device(cfg.ingest.host, cfg.ingest.port)
-    with httpx.Client(base_url=f"http://{cfg.api.host}:{cfg.api.port}", timeout=10) as api:
+    base_url = f"http://{cfg.api.host}:{cfg.api.port}"
+    with httpx.Client(base_url=base_url, timeout=10, headers=credentials.headers()) as api:
         for seq in range(1, 4):
             assert device.send(f"device_id=m3 patient_id=P-Q seq={seq} hr=70".encode()).startswith(
                 "OK"

@@ -44,6 +44,14 @@ def test_to_env_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
         kafka={"bootstrap": "b:1", "client": {"sasl.mechanism": "PLAIN"}},
         redis={"url": "redis://r:2/0", "prefix": "x"},
         ingest={"port": 7001},
+        auth={
+            "jwt_issuer": "https://idp",
+            "jwt_audience": "hs",
+            "jwks_file": "/etc/hs/jwks.json",
+            "jwt_algorithms": ["ES256"],
+            "audit_redis": False,
+            "audit_log_file": "/var/log/hs/audit.jsonl",
+        },
     )
     for key, value in original.to_env().items():
         monkeypatch.setenv(key, value)

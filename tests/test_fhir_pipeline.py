@@ -15,7 +15,7 @@ from redis import Redis
 
 from healthsync.stream.fhir_profiles import validate
 from healthsync.supervisor import Pipeline
-from tests.conftest import Device, wait_for
+from tests.conftest import Credentials, Device, wait_for
 from tests.test_pipeline import read_topic
 
 ADMIT = (
@@ -26,7 +26,7 @@ ADMIT = (
 
 
 def test_readings_become_valid_fhir_on_the_topics_and_in_redis(
-    pipeline: Pipeline, device: Device, redis: Redis, tmp_path: Path
+    pipeline: Pipeline, device: Device, redis: Redis, tmp_path: Path, credentials: Credentials
 ) -> None:
     settings = pipeline.settings
     keys = settings.redis.keys
@@ -56,7 +56,7 @@ def test_readings_become_valid_fhir_on_the_topics_and_in_redis(
     for kind in ("Observation", "RiskAssessment", "Patient", "Device", "Communication", "Flag"):
         ids = cast("list[bytes]", redis.zrange(keys.fhir_index(kind), 0, -1))
         for rid in ids:
-            response = httpx.get(f"{api}/{kind}/{rid.decode()}")
+            response = httpx.get(f"{api}/{kind}/{rid.decode()}", headers=credentials.headers())
             assert response.status_code == 200, (kind, rid, response.text)
             in_redis[(kind, rid.decode())] = response.json()
     vitals = {rid for kind, rid in in_redis if kind == "Observation" and "news2" not in rid}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -59,15 +60,24 @@ def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path: Path) -> None:
     )
     try:
         api = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=5)
+        # With no authentication configured, `up` makes an admin key in its run directory.
+        key_file = tmp_path / "run" / "api-key"
+        wait_for(key_file.exists, timeout=60, what="the local API key")
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        bearer = {"Authorization": f"Bearer {key_file.read_text().strip()}"}
 
         def three_patients() -> list[object] | None:
             try:
-                patients: list[object] = api.get("/v1/patients").json()["patients"]
+                response = api.get("/v1/patients", headers=bearer)
+                patients: list[object] = response.json()["patients"]
             except httpx.HTTPError:
                 return None
             return patients if len(patients) == 3 else None
 
         wait_for(three_patients, timeout=90, what="readings from 3 simulated devices")
+        assert api.get("/v1/patients").status_code == 401, "the API never runs open"
+        audit = (tmp_path / "run" / "audit.jsonl").read_text().splitlines()
+        assert json.loads(audit[-1])["actor"] == "apikey:local-admin"
         processes = descendants(up.pid)
         assert len(processes) >= 6, "broker, redis, ingest, processor, api and simulator"
 
@@ -100,6 +110,7 @@ def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path: Path) -> None:
     certs = tmp_path / "run" / "certs"
     assert f"ingest    tls://127.0.0.1:{tls_port}  (mutual TLS; certificates in {certs})" in text
     assert (certs / "ca.crt").is_file() and (certs / "ingest.key").stat().st_mode & 0o077 == 0
+    assert "api key   run/api-key (admin)" in text
     assert "processed" in text and "stopped." in text
     assert "ingest exited with code" in text
     assert not [p for p in processes if alive(p)], "a child outlived healthsync up"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from healthsync import __version__
+from healthsync.api.permissions import ROLES
 from healthsync.config import Settings
 from healthsync.errors import ConfigError, HealthSyncError
 
@@ -241,6 +242,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 1 if args.check and not all(r.passed for r in results) else 0
 
 
+def cmd_apikey(args: argparse.Namespace) -> int:
+    """Create, list or revoke the API keys services use; keys are stored hashed."""
+    from healthsync.api.apikeys import ApiKeyStore
+    from healthsync.errors import ConfigError
+
+    path = args.keys_file or _settings(args).auth.api_keys_file
+    if path is None:
+        raise ConfigError("no API keys file: set HEALTHSYNC_AUTH_API_KEYS_FILE or --keys-file")
+    store = ApiKeyStore(path)
+    if args.action == "create":
+        key = store.create(args.name, args.role)
+        print(key)
+        print(
+            f"API key {args.name!r} ({args.role}) added to {path}; it is shown only now.",
+            file=sys.stderr,
+        )
+    elif args.action == "list":
+        for entry in store.load():
+            print(f"{entry.name}\t{entry.role}\t{entry.created}")
+    elif not store.revoke(args.name):
+        print(f"no API key named {args.name!r} in {path}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="healthsync",
@@ -393,6 +419,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="exit 1 if the engine misses a scenario's target"
     )
     evaluate.set_defaults(func=cmd_eval)
+    apikey = sub.add_parser(
+        "apikey",
+        help="manage the API keys services use (create, list, revoke)",
+        description="API keys are bearer tokens for services, each with one role. The keys "
+        "file (HEALTHSYNC_AUTH_API_KEYS_FILE, mode 0600) holds only their SHA-256 hashes; "
+        "`create` prints the key once. A running API notices changes at once.",
+    )
+    apikey.add_argument("--keys-file", type=Path, help="the keys file (default from settings)")
+    actions = apikey.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="add a key and print it (only this once)")
+    create.add_argument("--name", required=True, help="who uses it, e.g. ward-dashboard")
+    create.add_argument("--role", required=True, choices=list(ROLES))
+    actions.add_parser("list", help="name, role and creation time of every key")
+    revoke = actions.add_parser("revoke", help="remove a key; it stops working at once")
+    revoke.add_argument("name")
+    apikey.set_defaults(func=cmd_apikey)
     return parser
 
 

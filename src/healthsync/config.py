@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -139,6 +139,50 @@ class ApiSettings(BaseModel):
     port: int = Field(8000, ge=0, le=65535)
 
 
+ASYMMETRIC_JWT_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+class AuthSettings(BaseModel):
+    """Who may use the API, and where the audit of patient-data reads goes.
+
+    The API refuses to start without a way to authenticate (an API keys file or
+    JWT verification) and without an audit sink: neither can be switched off.
+    """
+
+    # JWT bearer tokens from an identity provider: issuer, audience and its public keys
+    # (a PEM file, a JWKS file or a JWKS URL). All of exp, iss, aud and sub are required.
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_public_key_file: Path | None = None
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    # Asymmetric algorithms only: a shared secret would let every verifier mint tokens.
+    jwt_algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"], min_length=1)
+    jwt_leeway_s: float = Field(30.0, ge=0, le=300)
+    # API keys for services, stored hashed (see `healthsync apikey`); the file must be 0600.
+    api_keys_file: Path | None = None
+    # Audit sinks: an append-only JSON lines file and/or the Redis stream {prefix}:audit.
+    audit_log_file: Path | None = None
+    audit_redis: bool = True
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _asymmetric_only(cls, algorithms: list[str]) -> list[str]:
+        refused = [a for a in algorithms if a not in ASYMMETRIC_JWT_ALGORITHMS]
+        if refused:
+            raise ValueError(
+                f"{', '.join(refused)} not allowed; use public-key algorithms: "
+                + ", ".join(sorted(ASYMMETRIC_JWT_ALGORITHMS))
+            )
+        return algorithms
+
+    @property
+    def jwt_enabled(self) -> bool:
+        return self.jwt_issuer is not None
+
+
 class Settings(BaseSettings):
     """All of HealthSync's settings."""
 
@@ -157,6 +201,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     anomaly: AnomalySettings = AnomalySettings()
     tls: TlsSettings = TlsSettings()
+    auth: AuthSettings = AuthSettings()
     log_level: str = "INFO"
 
     @classmethod

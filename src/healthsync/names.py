@@ -30,6 +30,7 @@ class RedisKeys:
     - ``{p}:fhir:index:{type}``         sorted set: id scored by the resource's time
     - ``{p}:fhir:index:{type}:{patient}`` sorted set: the same, for one patient
     - ``{p}:events``                    stream of live events for dashboards
+    - ``{p}:audit``                     stream: who read which patient's data (API audit log)
     - ``{p}:stats:{component}``         hash of counters shared by all instances
     - ``{p}:latency``                   hash: histogram bucket -> count
     """
@@ -89,6 +90,10 @@ class RedisKeys:
     def fhir_index(self, resource_type: str, patient_id: str | None = None) -> str:
         base = f"{self.prefix}:fhir:index:{resource_type}"
         return base if patient_id is None else f"{base}:{patient_id}"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.prefix}:audit"
 
     def stats(self, component: str) -> str:
         return f"{self.prefix}:stats:{component}"

@@ -22,6 +22,7 @@ from typing import IO, TextIO
 
 from redis import Redis
 
+from healthsync.api.apikeys import ApiKeyStore, ensure_local_key
 from healthsync.config import Settings
 from healthsync.errors import ConfigError
 from healthsync.kafka import ensure_topics
@@ -94,6 +95,8 @@ class Pipeline:
     stack: EmbeddedStack = field(default_factory=EmbeddedStack)
     children: dict[str, Child] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    # The admin API key `up` made for local use, when no authentication was configured.
+    local_key_file: Path | None = None
 
     @property
     def logs(self) -> Path:
@@ -114,6 +117,8 @@ class Pipeline:
         ensure_topics(settings.kafka)
         if "ingest" in stages and settings.ingest.tls_enabled:
             self.ensure_pki()
+        if "api" in stages:
+            self._local_auth()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
         self.env.update(settings.to_env())
         for name in stages:
@@ -140,6 +145,22 @@ class Pipeline:
             if self.settings.ingest.tls_host not in (*hosts, "0.0.0.0", "::", ""):
                 hosts.append(self.settings.ingest.tls_host)
             init_pki(tls.dir, hosts=hosts)
+
+    def _local_auth(self) -> None:
+        """With no authentication configured, an admin key in the run directory.
+
+        The API never runs open; this is the embedded default, like the broker:
+        a keys file and an audit log in the run directory, and one key a person
+        at this machine can read.
+        """
+        auth = self.settings.auth
+        if auth.jwt_enabled or auth.api_keys_file is not None:
+            return
+        auth.api_keys_file = self.run_dir / "api-keys.json"
+        if auth.audit_log_file is None:
+            auth.audit_log_file = self.run_dir / "audit.jsonl"
+        self.local_key_file = self.run_dir / "api-key"
+        ensure_local_key(ApiKeyStore(auth.api_keys_file), self.local_key_file)
 
     def start_child(self, name: str, *args: str) -> Child:
         child = self.children.get(name)
@@ -219,6 +240,15 @@ class Supervisor:
                 f"({mutual}; certificates in {settings.tls.dir})"
             )
         self._say(f"api       http://{settings.api.host}:{settings.api.port}  (docs at /docs)")
+        key_file = self.pipeline.local_key_file
+        if key_file is not None:
+            self._say(
+                f"api key   {key_file} (admin); e.g. curl -H "
+                f'"Authorization: Bearer $(cat {key_file})" '
+                f"http://{settings.api.host}:{settings.api.port}/v1/patients"
+            )
+        if settings.auth.audit_log_file is not None:
+            self._say(f"audit     {settings.auth.audit_log_file}")
         if self.simulate_devices:
             self._say(f"devices   {self.simulate_devices} simulated at {self.simulate_rate}/s each")
         self._say(f"logs      {self.pipeline.logs}")

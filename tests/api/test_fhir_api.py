@@ -50,7 +50,7 @@ from healthsync.stream.fhir import (
 )
 from healthsync.stream.news2 import news2
 from healthsync.supervisor import Pipeline
-from tests.conftest import Device, make_settings, wait_for
+from tests.conftest import Credentials, Device, make_settings, wait_for
 
 LOINC = "http://loinc.org"
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -214,7 +214,10 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(
-    broker: Service, redis_server: Service, tmp_path_factory: pytest.TempPathFactory
+    broker: Service,
+    redis_server: Service,
+    credentials: Credentials,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Served]:
     settings = make_settings(broker, redis_server)
     client = Redis.from_url(str(settings.redis.url))
@@ -224,7 +227,7 @@ def served(
     pipeline.start(stages=("api",))
     base = f"http://{settings.api.host}:{settings.api.port}"
     try:
-        with httpx.Client(base_url=base, timeout=10) as http:
+        with httpx.Client(base_url=base, timeout=10, headers=credentials.headers()) as http:
             yield Served(http, seed, base, str(settings.redis.url))
     finally:
         pipeline.stop()
@@ -650,7 +653,7 @@ def test_risk_assessment_search_by_patient(served: Served) -> None:
 
 @pytest.mark.slow
 def test_fhirclient_reads_back_the_readings_sent_over_tcp(
-    pipeline: Pipeline, device: Device
+    pipeline: Pipeline, device: Device, credentials: Credentials
 ) -> None:
     patient = f"P-{uuid.uuid4().hex[:6]}"
     # Whole minutes within the last hour: inside any recent window the store keeps.
@@ -672,6 +675,10 @@ def test_fhirclient_reads_back_the_readings_sent_over_tcp(
     client = FHIRClient(
         settings={"app_id": "healthsync-test", "api_base": f"http://{api.host}:{api.port}/fhir/"}
     )
+    # A SMART app would get a token from the EHR's authorization server; this one is signed
+    # by the test identity provider, with a SMART scope instead of a role.
+    token = credentials.token(sub="smart-app", roles=None, scope="user/*.read launch")
+    client.server.session.headers["Authorization"] = f"Bearer {token}"
     try:
         capability = client.server.capabilityStatement
         assert isinstance(capability, ClientCapability)
@@ -760,14 +767,18 @@ def test_a_filtered_search_refuses_to_load_more_than_its_limit(served: Served) -
     assert asyncio.run(run(Search("Observation", count=3))).total == 161
 
 
-def test_an_unavailable_store_is_a_transient_503(broker: Service, redis_server: Service) -> None:
+def test_an_unavailable_store_is_a_transient_503(
+    broker: Service, redis_server: Service, credentials: Credentials
+) -> None:
     """Redis not answering: FHIR clients get an OperationOutcome they may retry on."""
     settings = make_settings(broker, redis_server, redis={"timeout_s": 1.0})
     settings.redis.url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
 
     async def run() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=create_app(settings))
-        async with httpx.AsyncClient(transport=transport, base_url="http://hs") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://hs", headers=credentials.headers()
+        ) as client:
             return [
                 await client.get("/fhir/Observation", params={"patient": "P-A"}),
                 await client.get("/fhir/Patient/P-A"),

@@ -17,7 +17,7 @@ import pytest
 from healthsync.stack import Service
 from healthsync.stream.push import resources_in
 from healthsync.supervisor import Pipeline
-from tests.conftest import Device, make_settings, wait_for
+from tests.conftest import Credentials, Device, make_settings, wait_for
 from tests.stream.test_ehr_push import Canned, FakeEhr
 
 
@@ -38,12 +38,14 @@ def test_resources_in_finds_resources_at_any_depth() -> None:
 
 
 def test_pushed_to_the_ehr_and_an_outage_does_not_stop_the_live_pipeline(
-    broker: Service, redis_server: Service, tmp_path: Path, ehr: FakeEhr
+    broker: Service, redis_server: Service, tmp_path: Path, ehr: FakeEhr, credentials: Credentials
 ) -> None:
     settings = make_settings(broker, redis_server, fhir={"ehr_base_url": ehr.base_url})
     pipeline = Pipeline(settings, tmp_path)
     pipeline.start(stages=("ingest", "process", "api", "push"))
-    api = httpx.Client(base_url=f"http://127.0.0.1:{settings.api.port}", timeout=10)
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{settings.api.port}", timeout=10, headers=credentials.headers()
+    )
     device = Device(settings.ingest.host, settings.ingest.port)
     try:
         assert device.send(b"device_id=mon-1 patient_id=P-1 seq=1 hr=72 spo2=97").startswith("OK")

@@ -1,15 +1,21 @@
-"""The FastAPI application: health, the v1 REST API over the live cache, metrics."""
+"""The FastAPI application: health, the v1 REST API over the live cache, metrics.
+
+Open routes carry no patient data: /healthz, /readyz (up or not, per
+dependency), /metrics (pipeline counters) and the OpenAPI documents. Every
+other route declares what it needs (see api/auth.py and api/permissions.py),
+and every answer holding patient data is audited before it is sent.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -17,7 +23,9 @@ from redis.asyncio import Redis
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from healthsync import __version__
-from healthsync.api import fhir
+from healthsync.api import auth, fhir
+from healthsync.api.audit import AuditLog
+from healthsync.api.auth import Access, Authenticator, Guard
 from healthsync.config import Settings
 from healthsync.kafka import KafkaUnavailableError, check_broker
 from healthsync.metrics import PipelineCollector
@@ -32,8 +40,10 @@ PatientId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
 _HISTORY_LIMIT = 10_000
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"status": status, "message": message}}, status_code=status)
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"status": status, "message": message}}, status_code=status, headers=headers
+    )
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -46,6 +56,11 @@ def create_app(settings: Settings) -> FastAPI:
     collector = PipelineCollector()
     registry = CollectorRegistry()
     registry.register(collector)
+    guard = Guard(
+        Authenticator(settings.auth),
+        AuditLog(settings.auth, redis, settings.redis.keys),
+        registry,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -58,12 +73,13 @@ def create_app(settings: Settings) -> FastAPI:
         description="Live patient vitals, alerts and pipeline metrics.",
         lifespan=lifespan,
     )
+    app.state.guard = guard
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if fhir.is_fhir_request(request):
             return fhir.error_response(exc.status_code, str(exc.detail), exc)
-        return _error(exc.status_code, str(exc.detail))
+        return _error(exc.status_code, str(exc.detail), exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -102,20 +118,35 @@ def create_app(settings: Settings) -> FastAPI:
         collector.snapshot, collector.latency = await reader.stats()
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    @app.get("/v1/summary", tags=["aggregates"])
+    async def summary(_access: Annotated[Access, Depends(auth.summary)]) -> dict[str, Any]:
+        """De-identified aggregates: counts of patients, open alerts and NEWS2 bands."""
+        return await reader.summary()
+
     @app.get("/v1/patients", tags=["patients"])
-    async def patients(limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> dict[str, Any]:
+    async def patients(
+        access: Annotated[Access, Depends(auth.reads("Patient", "Observation", "RiskAssessment"))],
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> dict[str, Any]:
         rows = await reader.patients(limit)
+        await access.record("search", [row["patient_id"] for row in rows])
         return {"patients": rows, "count": len(rows)}
 
     @app.get("/v1/patients/{patient_id}/vitals/latest", tags=["patients"])
-    async def latest(patient_id: PatientId) -> dict[str, Any]:
+    async def latest(
+        access: Annotated[Access, Depends(auth.reads("Observation", "RiskAssessment"))],
+        patient_id: PatientId,
+    ) -> dict[str, Any]:
         vitals = await reader.latest(patient_id)
         if vitals is None:
             raise HTTPException(404, f"no vitals for patient {patient_id}")
-        return {"patient_id": patient_id, "vitals": vitals, "news2": await reader.news2(patient_id)}
+        news2 = await reader.news2(patient_id)
+        await access.record("read", [patient_id])
+        return {"patient_id": patient_id, "vitals": vitals, "news2": news2}
 
     @app.get("/v1/patients/{patient_id}/vitals", tags=["patients"])
     async def history(
+        access: Annotated[Access, Depends(auth.reads("Observation"))],
         patient_id: PatientId,
         vital: Annotated[str | None, Query(description="one of " + ", ".join(VITALS))] = None,
         since: Annotated[float | None, Query(description="epoch seconds; default 1 h ago")] = None,
@@ -134,26 +165,37 @@ def create_app(settings: Settings) -> FastAPI:
         if await reader.latest(patient_id) is None:
             raise HTTPException(404, f"no vitals for patient {patient_id}")
         points = await reader.history(patient_id, vital, start, end, limit)
+        await access.record("read", [patient_id])
         return {"patient_id": patient_id, "since": start, "until": end, "readings": points}
 
     @app.get("/v1/alerts", tags=["alerts"])
     async def alerts(
+        access: Annotated[Access, Depends(auth.reads("Communication", "Flag"))],
         status: Annotated[str, Query(pattern="^(open|resolved|all)$")] = "open",
         patient_id: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._:-]{1,64}$")] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
     ) -> dict[str, Any]:
         rows = await reader.alerts(status, patient_id, limit)
+        await access.record("search", [row["patient_id"] for row in rows])
         return {"alerts": rows, "count": len(rows)}
 
     @app.post("/v1/alerts/{alert_id}/ack", tags=["alerts"])
     async def acknowledge(
-        alert_id: Annotated[str, Path(pattern="^[0-9a-f]{1,64}$")], request: Request
+        access: Annotated[Access, Depends(auth.acknowledges)],
+        alert_id: Annotated[str, Path(pattern="^[0-9a-f]{1,64}$")],
     ) -> dict[str, Any]:
-        who = request.client.host if request.client else "unknown"
-        alert = await reader.acknowledge(alert_id, by=who, at=time.time())
+        """Record who saw the alert: the caller's identity, never a name sent in the body."""
+        alert = await reader.alert(alert_id)
         if alert is None:
             raise HTTPException(404, f"no alert {alert_id}")
-        return alert
+        # Audited before it is written: an acknowledgement nobody can trace is not made.
+        await access.record("acknowledge", [alert["patient_id"]], resource=alert_id)
+        acknowledged = await reader.acknowledge(
+            alert_id, by=access.principal.subject, at=time.time()
+        )
+        if acknowledged is None:
+            raise HTTPException(404, f"no alert {alert_id}")
+        return acknowledged
 
     async def rules_view(patient_id: str) -> dict[str, Any]:
         stored = await reader.stored_rules(patient_id)
@@ -172,19 +214,33 @@ def create_app(settings: Settings) -> FastAPI:
         }
 
     @app.get("/v1/patients/{patient_id}/rules", tags=["patients"])
-    async def get_rules(patient_id: PatientId) -> dict[str, Any]:
+    async def get_rules(
+        access: Annotated[Access, Depends(auth.reads("Flag"))], patient_id: PatientId
+    ) -> dict[str, Any]:
         """The alert bands and NEWS2 SpO2 scale in force for a patient."""
-        return await rules_view(patient_id)
+        view = await rules_view(patient_id)
+        await access.record("read", [patient_id], resource="rules")
+        return view
 
+    # Changing when a patient's alarms sound is a clinical act, like acknowledging one:
+    # the same right (clinician, admin, or a SMART write scope on alerts) and audited.
     @app.put("/v1/patients/{patient_id}/rules", tags=["patients"])
-    async def put_rules(patient_id: PatientId, rules: PatientRules) -> dict[str, Any]:
+    async def put_rules(
+        access: Annotated[Access, Depends(auth.acknowledges)],
+        patient_id: PatientId,
+        rules: PatientRules,
+    ) -> dict[str, Any]:
         """Set a patient's bands (per vital) and SpO2 scale; in force within seconds."""
+        await access.record("update", [patient_id], resource="rules")
         await reader.set_rules(patient_id, rules)
         return await rules_view(patient_id)
 
     @app.delete("/v1/patients/{patient_id}/rules", tags=["patients"])
-    async def delete_rules(patient_id: PatientId) -> dict[str, Any]:
+    async def delete_rules(
+        access: Annotated[Access, Depends(auth.acknowledges)], patient_id: PatientId
+    ) -> dict[str, Any]:
         """Back to the configured (or default) rules."""
+        await access.record("delete", [patient_id], resource="rules")
         await reader.set_rules(patient_id, None)
         return await rules_view(patient_id)
 

@@ -19,14 +19,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from fractions import Fraction
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from healthsync import __version__
+from healthsync.api import auth
+from healthsync.api.auth import Access
 from healthsync.readings import isoformat_ms
 from healthsync.store.fhir_queries import (
     FhirReader,
@@ -79,7 +81,15 @@ def operation_outcome(issue_code: str, diagnostics: str) -> dict[str, Any]:
     }
 
 
-_ISSUE_CODES = {400: "invalid", 404: "not-found", 405: "not-supported", 422: "invalid"}
+_ISSUE_CODES = {
+    400: "invalid",
+    401: "login",
+    403: "forbidden",
+    404: "not-found",
+    405: "not-supported",
+    422: "invalid",
+    503: "transient",
+}
 
 
 def is_fhir_request(request: Request) -> bool:
@@ -382,7 +392,11 @@ _RESULT_DOC = (
 @dataclass(frozen=True, slots=True)
 class _ParsedSearch:
     search: Search
-    conflicting_patients: bool
+    search_patients: frozenset[str]
+
+    @property
+    def conflicting_patients(self) -> bool:
+        return len(self.search_patients) > 1
 
 
 def _parse_search(resource_type: str, params: list[tuple[str, str]]) -> _ParsedSearch:
@@ -425,7 +439,7 @@ def _parse_search(resource_type: str, params: list[tuple[str, str]]) -> _ParsedS
         after=after,
         match=(lambda r: all(f(r) for f in filters)) if filters else None,
     )
-    return _ParsedSearch(search, conflicting_patients=len(criteria.patients) > 1)
+    return _ParsedSearch(search, frozenset(criteria.patients))
 
 
 def _count(value: str) -> int:
@@ -541,17 +555,35 @@ def _check_type(resource_type: str) -> None:
 # Routes ---------------------------------------------------------------------------------
 
 
+def _patients_of(resources: list[Resource]) -> list[str]:
+    """The patients whose data these resources are, for the audit log."""
+    patients = []
+    for resource in resources:
+        if resource.get("resourceType") == "Patient":
+            patients.append(str(resource.get("id")))
+            continue
+        subject = resource.get("subject")
+        reference = subject.get("reference") if isinstance(subject, dict) else None
+        if isinstance(reference, str) and reference.startswith("Patient/"):
+            patients.append(reference.removeprefix("Patient/"))
+    return patients
+
+
 def fhir_router(reader: FhirReader) -> APIRouter:
     router = APIRouter(prefix=PREFIX, tags=["fhir"], default_response_class=FhirResponse)
     published = time.time()
 
     @router.get("/metadata", name="fhir_metadata", summary="CapabilityStatement")
-    async def metadata(request: Request) -> FhirResponse:
+    async def metadata(
+        request: Request, _access: Annotated[Access, Depends(auth.authenticated)]
+    ) -> FhirResponse:
         base = str(request.url_for("fhir_metadata")).removesuffix("/metadata")
         return FhirResponse(capability_statement(base, published))
 
     @router.get("/{resource_type}", name="fhir_search", summary="Search (searchset Bundle)")
-    async def search(request: Request, resource_type: str) -> FhirResponse:
+    async def search(
+        request: Request, resource_type: str, access: Annotated[Access, Depends(auth.fhir_reads)]
+    ) -> FhirResponse:
         _check_type(resource_type)
         if resource_type not in _SEARCHES:
             raise FhirError(
@@ -569,10 +601,14 @@ def fhir_router(reader: FhirReader) -> APIRouter:
                 raise FhirError(400, "too-costly", str(exc)) from None
             except RedisError as exc:
                 raise _unavailable(exc) from None
+        patients = _patients_of(page.resources) + sorted(parsed.search_patients)
+        await access.record("search", patients, resource=resource_type)
         return FhirResponse(_searchset(request, resource_type, page))
 
     @router.get("/{resource_type}/{resource_id}", name="fhir_read", summary="Read by id")
-    async def read(resource_type: str, resource_id: str) -> FhirResponse:
+    async def read(
+        resource_type: str, resource_id: str, access: Annotated[Access, Depends(auth.fhir_reads)]
+    ) -> FhirResponse:
         _check_type(resource_type)
         if not _ID.fullmatch(resource_id):
             raise _invalid(f"{resource_id!r} is not a FHIR id ([A-Za-z0-9-.]{{1,64}})")
@@ -582,6 +618,7 @@ def fhir_router(reader: FhirReader) -> APIRouter:
             raise _unavailable(exc) from None
         if resource is None:
             raise FhirError(404, "not-found", f"{resource_type}/{resource_id} is not known here")
+        await access.record("read", _patients_of([resource]), resource=resource_type)
         return FhirResponse(resource)
 
     return router

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, cast, get_args
 
 import orjson
 from redis.asyncio import Redis
 
 from healthsync.metrics import COMPONENTS
 from healthsync.names import RedisKeys
+from healthsync.stream.alerts import Severity
+from healthsync.stream.news2 import Band
 from healthsync.stream.rules import PatientRules
 
 
@@ -103,6 +105,44 @@ class LiveReader:
         ]
         alerts.sort(key=lambda a: a["opened_at"], reverse=True)
         return alerts[:limit]
+
+    async def alert(self, alert_id: str) -> dict[str, Any] | None:
+        alerts = await self._with_acks([alert_id])
+        return alerts[0] if alerts else None
+
+    async def summary(self) -> dict[str, Any]:
+        """De-identified aggregates: counts only, no patient id and no value of one patient."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zcard(self.keys.patients)
+        pipe.hvals(self.keys.open_alerts)
+        pipe.hvals(self.keys.news2)
+        patients, open_ids, scores = await pipe.execute()
+        by_severity = dict.fromkeys(get_args(Severity), 0)
+        by_kind: dict[str, int] = {}
+        ids = [i.decode() for i in open_ids]
+        docs: list[bytes | None] = []
+        if ids:
+            raw = await self.client.mget([self.keys.alert(i) for i in ids])
+            docs = cast("list[bytes | None]", raw)
+        for doc in docs:
+            if doc is None:
+                continue
+            alert = orjson.loads(doc)
+            by_severity[alert["severity"]] = by_severity.get(alert["severity"], 0) + 1
+            by_kind[alert["kind"]] = by_kind.get(alert["kind"], 0) + 1
+        bands = dict.fromkeys(get_args(Band), 0)
+        for raw in scores:
+            band = orjson.loads(raw)["band"]
+            bands[band] = bands.get(band, 0) + 1
+        return {
+            "patients": int(patients),
+            "open_alerts": {
+                "total": sum(by_severity.values()),
+                "by_severity": by_severity,
+                "by_kind": by_kind,
+            },
+            "news2_bands": bands,
+        }
 
     async def acknowledge(self, alert_id: str, by: str, at: float) -> dict[str, Any] | None:
         """Record that a clinician saw an alert; it stays open until its condition resolves.

@@ -1,0 +1,335 @@
+"""Authentication and per-route authorisation for the API, as FastAPI dependencies.
+
+Every request but ``/healthz``, ``/readyz``, ``/metrics`` and the OpenAPI
+documents carries ``Authorization: Bearer <token>``, where the token is either
+
+- a JWT from the configured identity provider: signed with RS256/ES256 (or the
+  configured public-key algorithms), verified against a PEM public key, a JWKS
+  file or a JWKS URL; ``exp``, ``iss``, ``aud`` and ``sub`` are required and
+  checked; roles come from the ``roles`` claim, SMART scopes from ``scope``; or
+- an API key (``hsk_...``) from the keys file, with the role it was created with.
+
+A route declares what it needs with one of :class:`Guard`'s dependencies; the
+dependency answers 401 (no or bad credentials, with ``WWW-Authenticate:
+Bearer``) or 403 (valid credentials, not allowed), and otherwise hands the
+route an :class:`Access`, through which the route writes the audit record
+before it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Annotated, Any, NoReturn
+
+import jwt
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry, Counter
+
+from healthsync.api.apikeys import KEY_PREFIX, ApiKeyError, ApiKeyStore
+from healthsync.api.audit import AuditLog, AuditRecord, AuditUnavailableError
+from healthsync.api.permissions import Grants, grants_for
+from healthsync.config import AuthSettings
+from healthsync.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_REALM = 'Bearer realm="healthsync"'
+_REQUIRED_CLAIMS = ["exp", "iss", "aud", "sub"]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, as established from the token."""
+
+    subject: str  # the JWT's sub, or apikey:NAME
+    method: str  # "jwt" or "api-key"
+    roles: tuple[str, ...]
+    scopes: tuple[str, ...]
+    grants: Grants
+
+
+class AuthError(Exception):
+    """Why a request was refused: `status` 401 or 403 (503 when keys cannot be fetched)."""
+
+    def __init__(self, status: int, reason: str, description: str) -> None:
+        super().__init__(description)
+        self.status = status
+        self.reason = reason  # a metric label: missing, invalid_token, unknown_key, forbidden, ...
+        self.description = description
+
+
+def _invalid(description: str, reason: str = "invalid_token") -> AuthError:
+    return AuthError(401, reason, description)
+
+
+class JwtVerifier:
+    """Verifies JWTs against the identity provider's public keys."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        sources = [settings.jwt_public_key_file, settings.jwks_file, settings.jwks_url]
+        if settings.jwt_audience is None or not any(s is not None for s in sources):
+            raise ConfigError(
+                "JWT verification needs HEALTHSYNC_AUTH_JWT_AUDIENCE and a key source: "
+                "HEALTHSYNC_AUTH_JWT_PUBLIC_KEY_FILE, _JWKS_FILE or _JWKS_URL"
+            )
+        self.issuer = settings.jwt_issuer
+        self.audience = settings.jwt_audience
+        self.algorithms = list(settings.jwt_algorithms)
+        self.leeway = settings.jwt_leeway_s
+        self.pem_key: Any = None
+        self.jwks: jwt.PyJWKSet | None = None
+        self.jwks_client: jwt.PyJWKClient | None = None
+        try:
+            if settings.jwt_public_key_file is not None:
+                self.pem_key = load_pem_public_key(settings.jwt_public_key_file.read_bytes())
+            if settings.jwks_file is not None:
+                self.jwks = jwt.PyJWKSet.from_json(settings.jwks_file.read_text())
+        except (OSError, ValueError, jwt.PyJWTError) as exc:
+            raise ConfigError(f"cannot load the JWT verification keys: {exc}") from None
+        if settings.jwks_url is not None:
+            self.jwks_client = jwt.PyJWKClient(settings.jwks_url, lifespan=300, timeout=5)
+
+    async def verify(self, token: str) -> dict[str, Any]:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise _invalid(f"not a JWT: {exc}") from None
+        algorithm = header.get("alg")
+        if algorithm not in self.algorithms:
+            raise _invalid(
+                f"algorithm {algorithm!r} is not accepted; expected {', '.join(self.algorithms)}"
+            )
+        kid = header.get("kid")
+        key = await self._key(kid if isinstance(kid, str) else None)
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=self.algorithms,
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": _REQUIRED_CLAIMS},
+            )
+        except jwt.PyJWTError as exc:
+            raise _invalid(str(exc) or type(exc).__name__) from None
+        except (TypeError, ValueError):
+            # PyJWT's answer to a key of another type than the algorithm's (RSA for ES256).
+            raise _invalid(f"no {algorithm} key to verify this token with") from None
+        if not isinstance(claims["sub"], str) or not claims["sub"]:
+            raise _invalid("the sub claim must be a non-empty string")
+        return claims
+
+    async def _key(self, kid: str | None) -> Any:
+        if kid is not None and self.jwks is not None:
+            for candidate in self.jwks.keys:
+                if candidate.key_id == kid:
+                    return candidate.key
+        if kid is not None and self.jwks_client is not None:
+            return await self._fetch(kid)
+        if kid is None or (self.jwks is None and self.jwks_client is None):
+            if self.pem_key is not None:
+                return self.pem_key
+            if self.jwks is not None and len(self.jwks.keys) == 1:
+                return self.jwks.keys[0].key
+            if self.jwks_client is not None:
+                return await self._fetch(None)
+            raise _invalid("the token names no key id (kid) and several keys are configured")
+        raise _invalid(f"no verification key with id {kid!r}")
+
+    async def _fetch(self, kid: str | None) -> Any:
+        client = self.jwks_client
+        assert client is not None
+        try:
+            if kid is not None:
+                return (await asyncio.to_thread(client.get_signing_key, kid)).key
+            keys = await asyncio.to_thread(client.get_signing_keys)
+        except jwt.PyJWKClientConnectionError as exc:
+            description = f"the identity provider's keys cannot be fetched: {exc}"
+            raise AuthError(503, "jwks_unavailable", description) from None
+        except jwt.PyJWKClientError as exc:
+            raise _invalid(str(exc)) from None
+        if len(keys) != 1:
+            raise _invalid("the token names no key id (kid) and the JWKS holds several keys")
+        return keys[0].key
+
+
+class Authenticator:
+    """Turns a bearer token into a Principal, or raises AuthError."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        if not settings.jwt_enabled and settings.api_keys_file is None:
+            raise ConfigError(
+                "the API needs authentication: set HEALTHSYNC_AUTH_API_KEYS_FILE "
+                "(see `healthsync apikey`) and/or HEALTHSYNC_AUTH_JWT_ISSUER with its keys"
+            )
+        self.jwt = JwtVerifier(settings) if settings.jwt_enabled else None
+        self.keys = ApiKeyStore(settings.api_keys_file) if settings.api_keys_file else None
+        if self.keys is not None:
+            try:
+                self.keys.load()
+            except ApiKeyError as exc:
+                raise ConfigError(str(exc)) from None
+
+    async def authenticate(self, token: str) -> Principal:
+        if token.startswith(KEY_PREFIX):
+            return self._api_key(token)
+        if self.jwt is None:
+            raise _invalid("JWTs are not accepted here; use an API key")
+        claims = await self.jwt.verify(token)
+        roles = _strings(claims.get("roles"))
+        scopes = _strings(claims.get("scope"))
+        return Principal(claims["sub"], "jwt", roles, scopes, grants_for(roles, scopes))
+
+    def _api_key(self, token: str) -> Principal:
+        if self.keys is None:
+            raise _invalid("API keys are not accepted here", "unknown_key")
+        try:
+            key = self.keys.lookup(token)
+        except ApiKeyError as exc:
+            log.error("API keys file unusable", extra={"error": str(exc)})
+            raise AuthError(503, "keys_unavailable", "the API keys cannot be read") from None
+        if key is None:
+            raise _invalid("unknown or revoked API key", "unknown_key")
+        roles = (key.role,)
+        return Principal(f"apikey:{key.name}", "api-key", roles, (), grants_for(roles, ()))
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    """A claim holding a space-separated string or a list of strings."""
+    if isinstance(value, str):
+        return tuple(value.split())
+    if isinstance(value, list):
+        return tuple(v for v in value if isinstance(v, str))
+    return ()
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """An authorised request; the route records what it reads through it."""
+
+    principal: Principal
+    request: Request
+    audit_log: AuditLog
+    failures: Counter
+
+    async def record(
+        self, action: str, patients: Iterable[str], resource: str | None = None
+    ) -> None:
+        """Write the audit record, or answer 503 instead of the data."""
+        request = self.request
+        route = request.scope.get("route")
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        record = AuditRecord(
+            actor=self.principal.subject,
+            auth=self.principal.method,
+            roles=self.principal.roles,
+            client=request.client.host if request.client else "unknown",
+            action=action,
+            method=request.method,
+            route=getattr(route, "path", request.url.path),
+            path=path,
+            patients=tuple(sorted(set(patients))),
+            resource=resource,
+        )
+        try:
+            await self.audit_log.write(record)
+        except AuditUnavailableError as exc:
+            self.failures.labels(reason="audit_unavailable").inc()
+            log.error("audit record not written; answer withheld", extra={"error": str(exc)})
+            raise HTTPException(
+                503, "the audit log cannot be written, so patient data is not served"
+            ) from None
+
+
+class Guard:
+    """Authenticates, authorises and counts refusals; the app keeps one in `app.state.guard`.
+
+    Routes do not call it: they declare one of the dependencies below, which
+    find the guard of the app that serves the request.
+    """
+
+    def __init__(
+        self, authenticator: Authenticator, audit_log: AuditLog, registry: CollectorRegistry
+    ) -> None:
+        self.authenticator = authenticator
+        self.audit_log = audit_log
+        self.failures = Counter(
+            "healthsync_api_refused",
+            "API requests refused: authentication, authorisation or the audit log",
+            ["reason"],
+            registry=registry,
+        )
+
+    async def access(
+        self,
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None,
+        allowed: Callable[[Grants], bool],
+        need: str,
+    ) -> Access:
+        if credentials is None:
+            self._refuse(request, AuthError(401, "missing", "a bearer token is required"))
+        try:
+            principal = await self.authenticator.authenticate(credentials.credentials)
+        except AuthError as exc:
+            self._refuse(request, exc)
+        if not allowed(principal.grants):
+            self._refuse(request, AuthError(403, "forbidden", f"this needs {need}"))
+        return Access(principal, request, self.audit_log, self.failures)
+
+    def _refuse(self, request: Request, error: AuthError) -> NoReturn:
+        self.failures.labels(reason=error.reason).inc()
+        client = request.client.host if request.client else "unknown"
+        log.warning(
+            "request refused",
+            extra={"status": error.status, "reason": error.reason, "client": client},
+        )
+        headers = None
+        if error.status == 401:
+            if error.reason == "missing":
+                headers = {"WWW-Authenticate": _REALM}
+            else:
+                headers = {"WWW-Authenticate": f'{_REALM}, error="invalid_token"'}
+        elif error.status == 403:
+            headers = {"WWW-Authenticate": f'{_REALM}, error="insufficient_scope"'}
+        raise HTTPException(error.status, error.description, headers=headers)
+
+
+# The dependencies routes declare. Module-level, so that FastAPI can resolve them from a
+# route's (string) annotations: `access: Annotated[Access, Depends(reads("Observation"))]`.
+
+_bearer = HTTPBearer(auto_error=False, description="a JWT or an API key (hsk_...)")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+AccessDependency = Callable[..., Awaitable[Access]]
+
+
+def _requires(allowed: Callable[[Grants], bool], need: str) -> AccessDependency:
+    async def dependency(request: Request, credentials: Credentials) -> Access:
+        guard: Guard = request.app.state.guard
+        return await guard.access(request, credentials, allowed, need)
+
+    return dependency
+
+
+def reads(*resource_types: str) -> AccessDependency:
+    """Patient data made of these FHIR types."""
+    need = "read access to " + ", ".join(resource_types)
+    return _requires(lambda grants: all(grants.can_read(t) for t in resource_types), need)
+
+
+async def fhir_reads(request: Request, resource_type: str, credentials: Credentials) -> Access:
+    """The FHIR type named by the route's `resource_type` path parameter."""
+    guard: Guard = request.app.state.guard
+    need = f"read access to {resource_type}"
+    return await guard.access(request, credentials, lambda g: g.can_read(resource_type), need)
+
+
+authenticated = _requires(lambda grants: True, "valid credentials")
+acknowledges = _requires(lambda grants: grants.acknowledge, "the right to acknowledge alerts")
+summary = _requires(lambda grants: grants.summary, "access to the aggregates")

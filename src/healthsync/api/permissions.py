@@ -1,0 +1,99 @@
+"""What each role and each SMART scope allows: one table, read by the routes and the docs.
+
+A caller's token names roles (a JWT's ``roles`` claim, or an API key's role)
+and/or SMART on FHIR scopes (``scope``). Both are turned into :class:`Grants`,
+the only thing routes look at, so adding a role or a scope is a change to the
+tables here, not to the routes.
+
+Reads are per FHIR resource type, because that is how SMART scopes are
+written (``user/Observation.read``); the v1 routes name the FHIR types their
+answer is made of (the vitals are Observations, alerts are Communications and
+Flags), so one scope means the same on both APIs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+ALL = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Grants:
+    """What a caller may do; the union of its roles' and scopes' grants."""
+
+    # FHIR resource types the caller may read patient data of; "*" is every type.
+    read: frozenset[str] = frozenset()
+    # May acknowledge alerts.
+    acknowledge: bool = False
+    # May read the de-identified aggregates (/v1/summary).
+    summary: bool = False
+
+    def can_read(self, resource_type: str) -> bool:
+        return ALL in self.read or resource_type in self.read
+
+    def __or__(self, other: Grants) -> Grants:
+        return Grants(
+            read=self.read | other.read,
+            acknowledge=self.acknowledge or other.acknowledge,
+            summary=self.summary or other.summary,
+        )
+
+
+ROLES: dict[str, Grants] = {
+    # Reads every patient's data and acknowledges alerts.
+    "clinician": Grants(read=frozenset({ALL}), acknowledge=True, summary=True),
+    # De-identified aggregates only: counts, never an id or a value of one patient.
+    "viewer": Grants(summary=True),
+    # Devices (FHIR Device resources) and the aggregates; no patient data.
+    "device-admin": Grants(read=frozenset({"Device"}), summary=True),
+    # Everything the API offers.
+    "admin": Grants(read=frozenset({ALL}), acknowledge=True, summary=True),
+}
+
+# Acknowledging an alert changes its Communication and Flag; a write scope on either grants it.
+_ACK_TYPES = frozenset({ALL, "Communication", "Flag"})
+
+# SMART App Launch scopes, v1 (`.read`, `.write`, `.*`) and v2 (`.cruds` letters).
+_SCOPE = re.compile(r"(?P<context>patient|user|system)/(?P<type>\*|[A-Z][A-Za-z]+)\.(?P<perm>\S+)")
+_V2_PERMS = re.compile(r"c?r?u?d?s?")
+
+
+def scope_grants(scope: str) -> Grants:
+    """The grants of one SMART scope; nothing for scopes this server does not honour.
+
+    - ``user/T.read``, ``system/T.read`` (and v2 ``.r``/``.s``/``.rs``): read type T
+      (``*`` = every type); any read also allows the aggregates.
+    - ``user/T.write`` (v2 ``.c``/``.u``) with T one of *, Communication, Flag: acknowledge alerts.
+    - ``patient/...`` scopes limit access to the patient of an EHR launch context; the
+      API has no such per-patient filter, so they grant nothing rather than everything.
+    """
+    match = _SCOPE.fullmatch(scope)
+    if match is None or match["context"] == "patient":
+        return Grants()
+    perm, resource_type = match["perm"], match["type"]
+    if perm in ("read", "write", "*"):
+        reads = perm in ("read", "*")
+        writes = perm in ("write", "*")
+    elif perm and _V2_PERMS.fullmatch(perm):
+        reads = "r" in perm or "s" in perm
+        writes = "c" in perm or "u" in perm
+    else:
+        return Grants()
+    return Grants(
+        read=frozenset({resource_type}) if reads else frozenset(),
+        acknowledge=writes and resource_type in _ACK_TYPES,
+        summary=reads,
+    )
+
+
+def grants_for(roles: Iterable[str], scopes: Iterable[str]) -> Grants:
+    """The union of what the roles (unknown ones ignored) and the scopes allow."""
+    total = Grants()
+    for role in roles:
+        total |= ROLES.get(role, Grants())
+    for scope in scopes:
+        total |= scope_grants(scope)
+    return total
