@@ -2,7 +2,9 @@
 
 One broker and one Redis serve the whole session; each test gets its own
 topics, consumer group, key prefix and ports, so tests never see each other's
-data and never touch a Redis or Kafka the machine already runs.
+data and never touch a Redis or Kafka the machine already runs. Encryption at
+rest is on, as by default: the session shares one keyring file, and tests read
+what the pipeline stored through the `codec` built from their settings.
 """
 
 from __future__ import annotations
@@ -19,8 +21,21 @@ import pytest
 from redis import Redis
 
 from healthsync.config import Settings
+from healthsync.security.codec import Codec
+from healthsync.security.crypto import Keyring
 from healthsync.stack import Service, free_port, start_broker, start_redis
 from healthsync.supervisor import Pipeline
+
+_keyring: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_keyring(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One keyring for the session's settings (see make_settings)."""
+    path = tmp_path_factory.mktemp("keyring") / "keyring.json"
+    Keyring.generate().save(path)
+    _keyring[:] = [path]
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +68,7 @@ def make_settings(broker: Service, redis_server: Service, **sections: dict[str, 
         "ingest": {"port": free_port()},
         "processor": {"group_id": f"g{tag}", "batch_wait_s": 0.02},
         "api": {"port": free_port()},
+        "crypto": {"keyring_file": str(_keyring[0])},
     }
     for section, overrides in sections.items():
         values.setdefault(section, {}).update(overrides)
@@ -62,6 +78,12 @@ def make_settings(broker: Service, redis_server: Service, **sections: dict[str, 
 @pytest.fixture
 def settings(broker: Service, redis_server: Service) -> Settings:
     return make_settings(broker, redis_server)
+
+
+@pytest.fixture
+def codec(settings: Settings) -> Codec:
+    """How the test reads and writes what the pipeline stores (sealed, pseudonymous keys)."""
+    return Codec.from_settings(settings)
 
 
 @pytest.fixture

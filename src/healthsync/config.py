@@ -110,6 +110,19 @@ class FhirSettings(BaseModel):
     ehr_headers: dict[str, str] = Field(default_factory=dict)
 
 
+class CryptoSettings(BaseModel):
+    """Encryption at rest of what HealthSync writes to Redis and Kafka (AES-256-GCM)."""
+
+    enabled: bool = True
+    # JSON keyring, readable by its owner only; `healthsync keys init` creates it
+    # and `healthsync up` does so when it is missing.
+    keyring_file: Path = Path("run/keyring.json")
+    # With a KMS key the keyring holds only KMS-encrypted data keys (needs the aws extra).
+    kms_key_id: str | None = None
+    kms_endpoint_url: str | None = None
+    aws_region: str | None = None
+
+
 class ApiSettings(BaseModel):
     """The REST API."""
 
@@ -133,6 +146,7 @@ class Settings(BaseSettings):
     processor: ProcessorSettings = ProcessorSettings()
     fhir: FhirSettings = FhirSettings()
     api: ApiSettings = ApiSettings()
+    crypto: CryptoSettings = CryptoSettings()
     log_level: str = "INFO"
 
     @classmethod
@@ -160,7 +174,7 @@ class Settings(BaseSettings):
     def to_env(self) -> dict[str, str]:
         """These settings as HEALTHSYNC_* variables, for starting child processes."""
         env: dict[str, str] = {"HEALTHSYNC_LOG_LEVEL": self.log_level}
-        for section in ("kafka", "redis", "ingest", "processor", "fhir", "api"):
+        for section in ("kafka", "redis", "ingest", "processor", "fhir", "api", "crypto"):
             model: BaseModel = getattr(self, section)
             for name, value in model.model_dump().items():
                 if value is None:

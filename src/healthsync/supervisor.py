@@ -24,6 +24,7 @@ from redis import Redis
 
 from healthsync.config import Settings
 from healthsync.kafka import ensure_topics
+from healthsync.security.codec import ensure_keyring
 from healthsync.stack import (
     EmbeddedStack,
     die_with_parent,
@@ -110,6 +111,7 @@ class Pipeline:
             self.stack.redis = start_redis(log_dir=self.logs)
             settings.redis.url = self.stack.redis_url
         ensure_topics(settings.kafka)
+        ensure_keyring(settings.crypto)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
         self.env.update(settings.to_env())
         for name in stages:
