@@ -61,6 +61,10 @@ class RedisSettings(BaseModel):
 
     @property
     def keys(self) -> RedisKeys:
+        """The layout without pseudonyms: for keys that name no patient (stats, latency).
+
+        Anything about a patient goes through ``Codec.keys`` (healthsync.security.codec).
+        """
         return RedisKeys(self.prefix)
 
 

@@ -10,14 +10,15 @@ The associated data (AAD) names the place a value is stored (its Redis key and
 field, or its topic role and message key): a value copied to another place
 fails authentication, so one patient's record cannot be swapped for another's.
 
-The nonce is synthetic: the first 12 bytes of an HMAC-SHA256, under a key
-derived from the data key, of the associated data and the plaintext. The same
+The nonce is synthetic: a 12-byte keyed BLAKE2b (a PRF, about twice as fast
+here as HMAC-SHA256) of the associated data and the plaintext, under a key
+derived from the data key. The same
 value written twice to the same place seals to the same bytes, so the
 pipeline's replays stay idempotent (a re-added sorted-set member is the same
 member; a replayed batch leaves Redis byte-for-byte as it was); different
 values get different nonces with the same collision odds as random ones
-(2^-96 per pair). What it reveals is only that a place holds the very same
-value again, which the key layout shows anyway.
+(2^-96 per pair). All it reveals is that a place holds the very same value
+again.
 
 Identifiers that must stay searchable (Redis key names, hash fields, set
 members, Kafka message keys) are replaced by a pseudonym: a keyed HMAC-SHA256,
@@ -39,13 +40,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
 import os
 import secrets
 import stat
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -201,7 +202,10 @@ class Keyring:
             if kms_key_id is None:
                 plain, blob = raw, None
             elif kms is None:
-                raise KeyringError("this keyring's keys come from KMS, but KMS is not configured")
+                raise KeyringError(
+                    f"this keyring's keys come from KMS, but KMS is not configured: "
+                    f"set HEALTHSYNC_CRYPTO_KMS_KEY_ID={kms_key_id}"
+                )
             else:
                 plain, blob = kms.decrypt(raw, kms_key_id), raw
             if len(plain) != _KEY_BYTES:
@@ -234,16 +238,16 @@ class Cipher:
             raise KeyringError(f"key id {keyring.active!r} must be 1 to 255 bytes")
         self._active_aead = self._aead[keyring.active]
         self._prefix = _HEADER + bytes([len(self._active)]) + self._active
-        self._hmac = hmac.new(keyring.pseudonym_key, digestmod=hashlib.sha256)
-        nonce_key = hmac.digest(keyring.keys[keyring.active], b"healthsync nonce v1", "sha256")
-        self._nonce_mac = hmac.new(nonce_key, digestmod=hashlib.sha256)
+        self._pseudonym_key = keyring.pseudonym_key
+        self._nonce_key = hmac.digest(
+            keyring.keys[keyring.active], b"healthsync nonce v1", "sha256"
+        )
+        # Patients are few and recur in every batch: remember their pseudonyms.
+        self.pseudonym = functools.lru_cache(maxsize=100_000)(self._pseudonym)
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
-        mac = self._nonce_mac.copy()
-        mac.update(len(aad).to_bytes(4, "big"))
-        mac.update(aad)
-        mac.update(plaintext)
-        nonce = mac.digest()[:_NONCE_BYTES]
+        message = len(aad).to_bytes(4, "big") + aad + plaintext
+        nonce = hashlib.blake2b(message, key=self._nonce_key, digest_size=_NONCE_BYTES).digest()
         return self._prefix + nonce + self._active_aead.encrypt(nonce, plaintext, aad)
 
     def open(self, sealed: bytes, aad: bytes) -> bytes:
@@ -264,10 +268,9 @@ class Cipher:
         except InvalidTag:
             raise DecryptError("authentication failed: wrong key or tampered data") from None
 
-    def pseudonym(self, value: str) -> str:
-        mac = self._hmac.copy()
-        mac.update(value.encode())
-        return mac.hexdigest()[:_PSEUDONYM_HEX]
+    def _pseudonym(self, value: str) -> str:
+        """A keyed, deterministic stand-in for an identifier (see the module docstring)."""
+        return hmac.digest(self._pseudonym_key, value.encode(), "sha256").hex()[:_PSEUDONYM_HEX]
 
 
 def key_id_of(sealed: bytes) -> str | None:
@@ -275,6 +278,3 @@ def key_id_of(sealed: bytes) -> str | None:
     if sealed[:2] != _HEADER or len(sealed) < 3:
         return None
     return sealed[3 : 3 + sealed[2]].decode("ascii", "replace")
-
-
-Pseudonym = Callable[[str], str]
