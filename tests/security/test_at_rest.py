@@ -1,7 +1,8 @@
 """End to end: what the pipeline stores in Redis and Kafka shows no PHI in clear.
 
 The same run with encryption off must find every identifier and vital, so
-the scan is shown able to fail.
+the scan is shown able to fail. Rotation, retirement and a value sealed with a
+foreign keyring, through the real processes.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import pytest
 from confluent_kafka import TopicPartition
 from redis import Redis
 
-from healthsync.config import Settings
-from healthsync.kafka import make_consumer
+from healthsync.config import CryptoSettings, Settings
+from healthsync.kafka import make_consumer, make_producer
+from healthsync.security import codec as roles
+from healthsync.security.codec import Codec
 from healthsync.security.crypto import Keyring
 from healthsync.stack import Service
 from healthsync.supervisor import Pipeline
 from tests.conftest import Device, make_settings, wait_for
+from tests.test_pipeline import read_topic
 
 PATIENT = "PX-73910"
 NEEDLES = [PATIENT.encode(), b"Grace Hopper", b"MRN-558211", b"38.73", b"+1 555 0100"]
@@ -203,3 +207,25 @@ def _answers(settings: Settings) -> bool:
         return httpx.get(f"http://127.0.0.1:{settings.api.port}/healthz").status_code == 200
     except (OSError, httpx.HTTPError):
         return False
+
+
+def test_a_reading_sealed_with_another_keyring_is_dead_lettered_with_the_reason(
+    pipeline: Pipeline, device: Device, api: httpx.Client, tmp_path: Path
+) -> None:
+    settings = pipeline.settings
+    foreign = tmp_path / "foreign.json"
+    Keyring.generate().save(foreign)
+    stranger = Codec.from_settings(
+        settings.model_copy(update={"crypto": CryptoSettings(keyring_file=foreign)})
+    )
+    key = Codec.from_settings(settings).message_key("P-W")
+    value = stranger.seal_message(roles.VITALS, key, b'{"patient_id": "P-W"}')
+    producer = make_producer(settings.kafka)
+    producer.produce(settings.kafka.vitals_topic, value, key)
+    assert producer.flush(10) == 0
+    assert device.send(b"device_id=mon-6 patient_id=P-6 hr=75").startswith("OK ")
+    wait_for(lambda: api.get("/v1/patients/P-6/vitals/latest").status_code == 200, what="P-6")
+    [record] = read_topic(settings, settings.kafka.dlq_topic, 1)
+    assert record["reason"] == "not_a_reading"
+    assert record["detail"] == "cannot decrypt: authentication failed: wrong key or tampered data"
+    assert api.get("/v1/patients/P-W/vitals/latest").status_code == 404
