@@ -49,6 +49,7 @@ from healthsync.kafka import client_config, make_producer
 from healthsync.metrics import LATENCY_BUCKETS
 from healthsync.names import RedisKeys
 from healthsync.readings import reading_id_for
+from healthsync.security.codec import Codec
 from healthsync.stack import free_port
 from healthsync.supervisor import Pipeline
 from healthsync.wire import format_line, parse_line
@@ -588,7 +589,7 @@ class LatencyResult:
 
 async def watch_visibility(
     redis: AsyncRedis,
-    keys: RedisKeys,
+    codec: Codec,
     waiting: dict[str, dict[str, float]],
     found: list[tuple[float, float]],
     sending_done: asyncio.Event,
@@ -604,6 +605,7 @@ async def watch_visibility(
     later. A reading's visible time is when the ZMSCORE reply arrives: an upper
     bound, late by about one Redis round trip.
     """
+    keys = codec.keys
     newest: Any = await redis.xrevrange(keys.events, count=1)
     last_id: bytes | str = newest[0][0] if newest else "0-0"
     last_full = time.perf_counter()
@@ -623,7 +625,8 @@ async def watch_visibility(
                 last_id = entry_id
                 patient = fields.get(b"patient_id")
                 if patient is not None:
-                    named[patient.decode()] = _event_reading_id(fields)
+                    place = codec.field(keys.events, "patient_id")
+                    named[codec.open(patient, place).decode()] = _event_reading_id(codec, fields)
         now = time.perf_counter()
         if not reply or now - last_full > _FULL_POLL_INTERVAL_S:
             named.update(dict.fromkeys(waiting))
@@ -650,12 +653,13 @@ async def watch_visibility(
                     found.append((sent_at, now - sent_at))
 
 
-def _event_reading_id(fields: dict[bytes, bytes]) -> str | None:
+def _event_reading_id(codec: Codec, fields: dict[bytes, bytes]) -> str | None:
     """The reading id in a vitals event (`data` maps each vital to its latest entry)."""
     if fields.get(b"type") != b"vitals":
         return None
     try:
-        data = orjson.loads(fields.get(b"data", b"{}"))
+        place = codec.field(codec.keys.events, "data")
+        data = orjson.loads(codec.open(fields.get(b"data", b"{}"), place))
         return str(next(iter(data.values()))["reading_id"])
     except (orjson.JSONDecodeError, StopIteration, KeyError, TypeError, AttributeError):
         return None
@@ -701,7 +705,8 @@ async def latency_phase(
         waiting: dict[str, dict[str, float]] = {d.patient_id: {} for d in devices}
         found: list[tuple[float, float]] = []
         sending_done = asyncio.Event()
-        watcher = asyncio.create_task(watch_visibility(redis, keys, waiting, found, sending_done))
+        codec = Codec.from_settings(settings)
+        watcher = asyncio.create_task(watch_visibility(redis, codec, waiting, found, sending_done))
         per_device = offered / len(links)
         start = time.perf_counter() + 0.05
         stop_at = start + duration
@@ -907,6 +912,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     run_dir = Path(tempfile.mkdtemp(prefix="healthsync-bench-"))
     settings = Settings()
+    settings.crypto.keyring_file = run_dir / "keyring.json"
     settings.ingest.port = free_port()
     settings.api.port = free_port()
     pipeline = Pipeline(settings, run_dir)

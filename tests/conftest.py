@@ -2,7 +2,9 @@
 
 One broker and one Redis serve the whole session; each test gets its own
 topics, consumer group, key prefix and ports, so tests never see each other's
-data and never touch a Redis or Kafka the machine already runs.
+data and never touch a Redis or Kafka the machine already runs. Encryption at
+rest is on, as by default: the session shares one keyring file, and tests read
+what the pipeline stored through the `codec` built from their settings.
 
 The API always requires authentication, so the session also has credentials
 (:class:`Credentials`): an API keys file with one key per role, and the RSA and
@@ -31,8 +33,21 @@ from redis import Redis
 from healthsync.api.apikeys import ApiKeyStore
 from healthsync.api.permissions import ROLES
 from healthsync.config import Settings
+from healthsync.security.codec import Codec
+from healthsync.security.crypto import Keyring
 from healthsync.stack import Service, free_port, start_broker, start_redis
 from healthsync.supervisor import Pipeline
+
+_keyring: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_keyring(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One keyring for the session's settings (see make_settings)."""
+    path = tmp_path_factory.mktemp("keyring") / "keyring.json"
+    Keyring.generate().save(path)
+    _keyring[:] = [path]
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -147,6 +162,7 @@ def make_settings(broker: Service, redis_server: Service, **sections: dict[str, 
         "processor": {"group_id": f"g{tag}", "batch_wait_s": 0.02},
         "api": {"port": free_port()},
         "auth": _session_credentials[0].auth_settings(tag),
+        "crypto": {"keyring_file": str(_keyring[0])},
     }
     for section, overrides in sections.items():
         values.setdefault(section, {}).update(overrides)
@@ -156,6 +172,12 @@ def make_settings(broker: Service, redis_server: Service, **sections: dict[str, 
 @pytest.fixture
 def settings(broker: Service, redis_server: Service) -> Settings:
     return make_settings(broker, redis_server)
+
+
+@pytest.fixture
+def codec(settings: Settings) -> Codec:
+    """How the test reads and writes what the pipeline stores (sealed, pseudonymous keys)."""
+    return Codec.from_settings(settings)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import pytest
 from redis import Redis
 
 from healthsync.config import Settings
+from healthsync.security.codec import Codec
 from healthsync.stack import Service
 from healthsync.supervisor import Pipeline
 from tests.conftest import Credentials, Device, make_settings, wait_for
@@ -32,8 +33,9 @@ def test_a_persistence_timer_survives_a_processor_restart(
     assert device.send(f"device_id=m1 patient_id=P-R seq=1 ts={t} spo2=88".encode()).startswith(
         "OK"
     )
-    keys = pipeline.settings.redis.keys
-    wait_for(lambda: redis.hexists(keys.engine, "P-R"), what="the engine's state saved")
+    keys = Codec.from_settings(pipeline.settings).keys
+    saved = keys.patient("P-R")  # the field is the patient's pseudonym
+    wait_for(lambda: redis.hexists(keys.engine, saved), what="the engine's state saved")
     assert open_alerts(api, "P-R") == [], "one low sample: pending, not open"
 
     pipeline.children["process"].kill()

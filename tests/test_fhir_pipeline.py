@@ -13,6 +13,7 @@ import httpx
 import orjson
 from redis import Redis
 
+from healthsync.security.codec import Codec
 from healthsync.stream.fhir_profiles import validate
 from healthsync.supervisor import Pipeline
 from tests.conftest import Credentials, Device, wait_for
@@ -29,7 +30,8 @@ def test_readings_become_valid_fhir_on_the_topics_and_in_redis(
     pipeline: Pipeline, device: Device, redis: Redis, tmp_path: Path, credentials: Credentials
 ) -> None:
     settings = pipeline.settings
-    keys = settings.redis.keys
+    codec = Codec.from_settings(settings)
+    keys = codec.keys
     # A critical SpO2 confirmed by the next sample opens an alert at once; it resolves
     # once SpO2 has been normal for 30 s (measurement times as the monitor sent them).
     t = int(time.time()) - 120
@@ -42,8 +44,9 @@ def test_readings_become_valid_fhir_on_the_topics_and_in_redis(
 
     def resolved_flag() -> dict[str, Any] | None:
         ids = cast("list[bytes]", redis.zrange(keys.fhir_index("Flag", "P-100"), 0, -1))
-        raw = cast("bytes | None", redis.get(keys.fhir("Flag", ids[0].decode()))) if ids else None
-        flag: dict[str, Any] | None = orjson.loads(raw) if raw else None
+        key = keys.fhir("Flag", ids[0].decode()) if ids else ""
+        raw = cast("bytes | None", redis.get(key)) if ids else None
+        flag: dict[str, Any] | None = orjson.loads(codec.open(raw, key)) if raw else None
         return flag if flag and flag["status"] == "inactive" else None
 
     flag = wait_for(resolved_flag, what="the SpO2 alert's Flag, resolved, in Redis")
@@ -53,12 +56,15 @@ def test_readings_become_valid_fhir_on_the_topics_and_in_redis(
     # Observations are rebuilt from their reading, the rest are stored).
     in_redis: dict[tuple[str, str], dict[str, Any]] = {}
     api = f"http://{settings.api.host}:{settings.api.port}/fhir"
+    # A Patient is indexed under its pseudonym: the patient's own id is not stored in clear.
+    patient_ids = {keys.fhir_member("Patient", "P-100"): "P-100"}
     for kind in ("Observation", "RiskAssessment", "Patient", "Device", "Communication", "Flag"):
-        ids = cast("list[bytes]", redis.zrange(keys.fhir_index(kind), 0, -1))
-        for rid in ids:
-            response = httpx.get(f"{api}/{kind}/{rid.decode()}", headers=credentials.headers())
+        members = cast("list[bytes]", redis.zrange(keys.fhir_index(kind), 0, -1))
+        for member in members:
+            rid = patient_ids[member.decode()] if kind == "Patient" else member.decode()
+            response = httpx.get(f"{api}/{kind}/{rid}", headers=credentials.headers())
             assert response.status_code == 200, (kind, rid, response.text)
-            in_redis[(kind, rid.decode())] = response.json()
+            in_redis[(kind, rid)] = response.json()
     vitals = {rid for kind, rid in in_redis if kind == "Observation" and "news2" not in rid}
     assert vitals == {
         f"{admitted}-heart-rate",

@@ -15,6 +15,8 @@ from redis import Redis
 
 from healthsync.config import Settings
 from healthsync.kafka import make_consumer, make_producer
+from healthsync.security import codec as roles
+from healthsync.security.codec import Codec
 from healthsync.stack import Service, start_redis
 from healthsync.supervisor import Pipeline
 from tests.conftest import Device, make_settings, wait_for
@@ -142,7 +144,18 @@ def test_bad_input_is_rejected_counted_and_the_connection_keeps_working(
 
 
 def read_topic(settings: Settings, topic: str, count: int) -> list[dict[str, Any]]:
-    """Read `count` JSON records from every partition of a topic, without a consumer group."""
+    """Read `count` JSON records from every partition of a topic, without a consumer group.
+
+    Values are opened with the settings' keyring, as the pipeline's own consumers do.
+    """
+    codec = Codec.from_settings(settings)
+    kafka = settings.kafka
+    role = {
+        kafka.vitals_topic: roles.VITALS,
+        kafka.observations_topic: roles.OBSERVATIONS,
+        kafka.alerts_topic: roles.ALERTS,
+        kafka.dlq_topic: roles.DLQ,
+    }[topic]
     consumer = make_consumer(settings.kafka, "test-reader")
     consumer.assign(
         [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(settings.kafka.partitions)]
@@ -153,7 +166,8 @@ def read_topic(settings: Settings, topic: str, count: int) -> list[dict[str, Any
         while len(records) < count and time.monotonic() < deadline:
             for message in consumer.consume(100, 0.5):
                 if message.error() is None:
-                    records.append(orjson.loads(message.value() or b"null"))
+                    value = codec.open_message(role, message.key(), message.value() or b"null")
+                    records.append(orjson.loads(value))
     finally:
         consumer.close()
     return records
@@ -205,7 +219,7 @@ def test_metrics_show_throughput_and_latency(device: Device, api: httpx.Client) 
 def test_processor_killed_mid_stream_stores_every_acknowledged_reading_once(
     pipeline: Pipeline, device: Device, redis: Redis
 ) -> None:
-    keys = pipeline.settings.redis.keys
+    keys = Codec.from_settings(pipeline.settings).keys
     acknowledged: set[str] = set()
     patients = [f"P-{i}" for i in range(8)]
 
@@ -247,7 +261,7 @@ def test_a_resent_reading_is_acknowledged_again_and_stored_once(
     first, again = device.send(line), device.send(line)
     assert first.startswith("OK ") and first == again
     assert device.send(b"device_id=mon-5 patient_id=P-5 seq=42 hr=89").startswith("OK ")
-    keys = pipeline.settings.redis.keys
+    keys = Codec.from_settings(pipeline.settings).keys
     wait_for(lambda: redis.zcard(keys.seen("P-5")) == 2, what="both distinct readings")
     history = api.get("/v1/patients/P-5/vitals", params={"vital": "heart_rate"}).json()
     assert [r["vitals"]["heart_rate"] for r in history["readings"]] == [88, 89]
@@ -275,7 +289,7 @@ def test_redis_outage_holds_the_partition_and_loses_nothing(
     pipeline = Pipeline(settings, tmp_path)
     pipeline.start()
     client = Redis.from_url(str(settings.redis.url))
-    keys = settings.redis.keys
+    keys = Codec.from_settings(settings).keys
     try:
         device = Device(settings.ingest.host, settings.ingest.port)
 

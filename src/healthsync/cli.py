@@ -31,6 +31,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     from healthsync.supervisor import Pipeline, Supervisor
 
     settings = _settings(args)
+    if "keyring_file" not in settings.crypto.model_fields_set:
+        # The run dir's keyring, created on first start (see Pipeline.start).
+        settings.crypto.keyring_file = Path(args.run_dir) / "keyring.json"
     setup_logging("up", "WARNING")
     pipeline = Pipeline(settings, Path(args.run_dir))
     supervisor = Supervisor(pipeline, simulate_devices=args.simulate, simulate_rate=args.rate)
@@ -189,6 +192,42 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not failures:
         print("ok")
     return 1 if failures else 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Create a keyring, rotate its active key, or retire an old key."""
+    from healthsync.security.codec import key_service
+    from healthsync.security.crypto import Keyring, KeyringError
+
+    crypto = _settings(args).crypto
+    if args.keyring is not None:
+        crypto.keyring_file = args.keyring
+    if args.kms_key_id is not None:
+        crypto.kms_key_id = args.kms_key_id
+    path = crypto.keyring_file
+    kms = key_service(crypto)
+    if args.action == "init":
+        if path.exists():
+            raise KeyringError(f"{path} exists already; rotate its key instead")
+        ring = Keyring.generate(kms, crypto.kms_key_id)
+        done = f"created {path} with active key {ring.active}"
+    else:
+        ring = Keyring.load(path, kms)
+        if args.action == "rotate":
+            done = f"active key is now {ring.rotate(kms)}; older keys still decrypt"
+        elif args.key_id is None:
+            raise KeyringError("retire needs the KEY_ID to retire")
+        else:
+            ring.retire(args.key_id)
+            done = f"retired {args.key_id}: data sealed with it can no longer be read"
+    ring.save(path)
+    source = f" (KMS key {ring.kms_key_id})" if ring.kms_key_id else ""
+    print(done + source)
+    readable = ", ".join(sorted(ring.keys))
+    retired = ", ".join(ring.retired) or "none"
+    print(f"keys: {readable}; active: {ring.active}; retired: {retired}")
+    print("restart the running stages to use the changed keyring")
+    return 0
 
 
 def cmd_fhir_validate(args: argparse.Namespace) -> int:
@@ -383,6 +422,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="exit 0 if Redis and Kafka answer, 1 otherwise")
     check.set_defaults(func=cmd_check)
+
+    keys = sub.add_parser(
+        "keys",
+        help="manage the keyring for encryption at rest",
+        description="The AES-256 keys that seal PHI in Redis and Kafka. `init` creates the "
+        "keyring file (mode 0600), `rotate` adds a new active key (older keys keep "
+        "decrypting what they sealed; nothing is re-encrypted), `retire KEY_ID` deletes a "
+        "key, making what it sealed unreadable. With --kms-key-id the keys are AWS KMS "
+        "data keys and the file holds only their encrypted blobs.",
+    )
+    keys.add_argument("action", choices=["init", "rotate", "retire"])
+    keys.add_argument("key_id", nargs="?", metavar="KEY_ID", help="the key to retire")
+    keys.add_argument(
+        "--keyring", type=Path, help="keyring file (default HEALTHSYNC_CRYPTO_KEYRING_FILE)"
+    )
+    keys.add_argument("--kms-key-id", help="KMS key for new data keys (init)")
+    keys.set_defaults(func=cmd_keys)
 
     fhir_validate = sub.add_parser(
         "fhir-validate",

@@ -62,6 +62,10 @@ class RedisSettings(BaseModel):
 
     @property
     def keys(self) -> RedisKeys:
+        """The layout without pseudonyms: for keys that name no patient (stats, latency).
+
+        Anything about a patient goes through ``Codec.keys`` (healthsync.security.codec).
+        """
         return RedisKeys(self.prefix)
 
 
@@ -130,6 +134,19 @@ class TlsSettings(BaseModel):
     dir: Path = Path("run/certs")
     # "1.3" allows TLS 1.3 only; "1.2" also TLS 1.2, with ECDHE AES-256-GCM suites only.
     min_version: Literal["1.3", "1.2"] = "1.3"
+
+
+class CryptoSettings(BaseModel):
+    """Encryption at rest of what HealthSync writes to Redis and Kafka (AES-256-GCM)."""
+
+    enabled: bool = True
+    # JSON keyring, readable by its owner only; `healthsync keys init` creates it
+    # and `healthsync up` does so when it is missing.
+    keyring_file: Path = Path("run/keyring.json")
+    # With a KMS key the keyring holds only KMS-encrypted data keys (needs the aws extra).
+    kms_key_id: str | None = None
+    kms_endpoint_url: str | None = None
+    aws_region: str | None = None
 
 
 class ApiSettings(BaseModel):
@@ -202,6 +219,7 @@ class Settings(BaseSettings):
     anomaly: AnomalySettings = AnomalySettings()
     tls: TlsSettings = TlsSettings()
     auth: AuthSettings = AuthSettings()
+    crypto: CryptoSettings = CryptoSettings()
     log_level: str = "INFO"
 
     @classmethod

@@ -6,28 +6,40 @@ module holds the Redis key layout, which every reader and writer must agree on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+
+def _clear(value: str) -> str:
+    return value
 
 
 @dataclass(frozen=True, slots=True)
 class RedisKeys:
     """The Redis key layout under one prefix.
 
-    - ``{p}:patients``                  sorted set: patient_id -> last reading time
+    ``{patient}`` below is the patient id's pseudonym (``pseudonym``, an HMAC
+    when encryption at rest is on; see :mod:`healthsync.security.codec`): every
+    method that takes a patient id applies it, so no id appears in a key name,
+    hash field or set member. Values that hold PHI are sealed by the codec.
+
+    - ``{p}:patients``                  sorted set: {patient} -> last reading time
+    - ``{p}:patient_ids``               hash: {patient} -> the patient id (sealed)
     - ``{p}:latest:{patient}``          hash: vital -> JSON {value, ts, reading_id}
     - ``{p}:history:{patient}``         sorted set: reading JSON scored by measurement time
     - ``{p}:seen:{patient}``            sorted set: reading_id scored by time (idempotency)
     - ``{p}:alert:{alert_id}``          string: alert JSON; expires after retention once resolved
     - ``{p}:alerts:recent``             sorted set: alert_id scored by when it opened
-    - ``{p}:alerts:open``               hash: "patient|kind" -> alert_id
+    - ``{p}:alerts:open``               hash: "{patient}|kind" -> alert_id
     - ``{p}:alerts:acknowledged``       hash: alert_id -> JSON {by, at}
-    - ``{p}:news2``                     hash: patient_id -> latest NEWS2 JSON
-    - ``{p}:engine``                    hash: patient_id -> the anomaly engine's state JSON
-    - ``{p}:rules``                     hash: patient_id -> rules JSON set through the API
-    - ``{p}:fhir:{type}:{id}``          string: a FHIR resource's JSON (recent window)
+    - ``{p}:news2``                     hash: {patient} -> latest NEWS2 JSON
+    - ``{p}:engine``                    hash: {patient} -> the anomaly engine's state JSON
+    - ``{p}:rules``                     hash: {patient} -> rules JSON set through the API
+    - ``{p}:fhir:{type}:{id}``          string: a FHIR resource's JSON (recent window);
+                                          a Patient's id is its pseudonym
     - ``{p}:fhir:reading:{reading_id}`` string: the reading its vital-sign Observations are
                                           rebuilt from (they are not stored one by one)
-    - ``{p}:fhir:index:{type}``         sorted set: id scored by the resource's time
+    - ``{p}:fhir:index:{type}``         sorted set: id (a Patient's pseudonym) scored by time
     - ``{p}:fhir:index:{type}:{patient}`` sorted set: the same, for one patient
     - ``{p}:events``                    stream of live events for dashboards
     - ``{p}:audit``                     stream: who read which patient's data (API audit log)
@@ -36,19 +48,28 @@ class RedisKeys:
     """
 
     prefix: str = "hs"
+    pseudonym: Callable[[str], str] = _clear
+
+    def patient(self, patient_id: str) -> str:
+        """How a patient appears in set members and hash fields."""
+        return self.pseudonym(patient_id)
 
     @property
     def patients(self) -> str:
         return f"{self.prefix}:patients"
 
+    @property
+    def patient_ids(self) -> str:
+        return f"{self.prefix}:patient_ids"
+
     def latest(self, patient_id: str) -> str:
-        return f"{self.prefix}:latest:{patient_id}"
+        return f"{self.prefix}:latest:{self.pseudonym(patient_id)}"
 
     def history(self, patient_id: str) -> str:
-        return f"{self.prefix}:history:{patient_id}"
+        return f"{self.prefix}:history:{self.pseudonym(patient_id)}"
 
     def seen(self, patient_id: str) -> str:
-        return f"{self.prefix}:seen:{patient_id}"
+        return f"{self.prefix}:seen:{self.pseudonym(patient_id)}"
 
     def alert(self, alert_id: str) -> str:
         return f"{self.prefix}:alert:{alert_id}"
@@ -60,6 +81,10 @@ class RedisKeys:
     @property
     def open_alerts(self) -> str:
         return f"{self.prefix}:alerts:open"
+
+    def open_slot(self, patient_id: str, kind: str) -> str:
+        """The field of ``alerts:open`` for one patient's alert of one kind."""
+        return f"{self.pseudonym(patient_id)}|{kind}"
 
     @property
     def news2(self) -> str:
@@ -82,14 +107,18 @@ class RedisKeys:
         return f"{self.prefix}:events"
 
     def fhir(self, resource_type: str, resource_id: str) -> str:
-        return f"{self.prefix}:fhir:{resource_type}:{resource_id}"
+        return f"{self.prefix}:fhir:{resource_type}:{self.fhir_member(resource_type, resource_id)}"
+
+    def fhir_member(self, resource_type: str, resource_id: str) -> str:
+        """A resource's id as its key and its index entries name it: a Patient's is pseudonymous."""
+        return self.pseudonym(resource_id) if resource_type == "Patient" else resource_id
 
     def fhir_reading(self, reading_id: str) -> str:
         return f"{self.prefix}:fhir:reading:{reading_id}"
 
     def fhir_index(self, resource_type: str, patient_id: str | None = None) -> str:
         base = f"{self.prefix}:fhir:index:{resource_type}"
-        return base if patient_id is None else f"{base}:{patient_id}"
+        return base if patient_id is None else f"{base}:{self.pseudonym(patient_id)}"
 
     @property
     def audit(self) -> str:

@@ -27,6 +27,7 @@ from healthsync.config import Settings
 from healthsync.errors import ConfigError
 from healthsync.kafka import ensure_topics
 from healthsync.security.certs import init_pki, pki_exists
+from healthsync.security.codec import ensure_keyring
 from healthsync.stack import (
     EmbeddedStack,
     die_with_parent,
@@ -119,6 +120,7 @@ class Pipeline:
             self.ensure_pki()
         if "api" in stages:
             self._local_auth()
+        ensure_keyring(settings.crypto)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
         self.env.update(settings.to_env())
         for name in stages:

@@ -30,6 +30,7 @@ from redis import Redis
 from healthsync.config import Settings
 from healthsync.metrics import StatsRecorder
 from healthsync.readings import Reading
+from healthsync.security.codec import Codec
 from healthsync.stack import Service
 from healthsync.store.fhir_store import RedisFhirSink
 from healthsync.store.live import RedisLiveSink
@@ -89,8 +90,10 @@ def seed(settings: Settings, client: Redis) -> None:
         )
         batch.observations += [(reading.patient_id, o) for o in observations_for(reading)]
     batch.observations.append(("P-AUTH-1", device_for("mon-a", now)))
-    live = RedisLiveSink(client, settings.redis, StatsRecorder(settings.redis.keys, "processor"))
-    fhir = RedisFhirSink(client, settings.redis)
+    codec = Codec.from_settings(settings)
+    stats = StatsRecorder(settings.redis.keys, "processor")
+    live = RedisLiveSink(client, settings.redis, stats, codec)
+    fhir = RedisFhirSink(client, settings.redis, codec)
     for sink in (live, fhir):
         sink.write(batch)
         sink.flush()
@@ -365,12 +368,15 @@ def test_each_read_is_audited_with_who_which_patient_what_when_and_where(
     assert records[1]["resource"] == "Observation"
     assert records[1]["path"] == "/fhir/Observation?patient=P-AUTH-2"
 
-    # The same records, in the Redis stream.
-    entries = cast(
-        "list[tuple[bytes, dict[bytes, bytes]]]",
-        served.redis.xrange(served.settings.redis.keys.audit),
-    )
-    streamed = [json.loads(fields[b"record"]) for _id, fields in entries]
+    # The same records, in the Redis stream (sealed there, like all PHI in Redis).
+    codec = Codec.from_settings(served.settings)
+    stream = codec.keys.audit
+    entries = cast("list[tuple[bytes, dict[bytes, bytes]]]", served.redis.xrange(stream))
+    assert all(b"P-AUTH" not in fields[b"record"] for _id, fields in entries)
+    streamed = [
+        json.loads(codec.open(fields[b"record"], codec.field(stream, "record")))
+        for _id, fields in entries
+    ]
     assert [r for r in streamed if r["actor"] == actor] == records
 
     # Patient ids belong in the audit log only, not in the API's own log.

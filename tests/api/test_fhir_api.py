@@ -37,6 +37,7 @@ from redis.asyncio import Redis as AsyncRedis
 from healthsync.api.app import create_app
 from healthsync.names import RedisKeys
 from healthsync.readings import Reading, isoformat_ms
+from healthsync.security.codec import Codec
 from healthsync.stack import Service, free_port
 from healthsync.store.fhir_queries import FhirReader, Page, Search, SearchTooCostly, Window
 from healthsync.stream.alerts import Alert
@@ -84,19 +85,24 @@ class Stored:
 class Seed:
     """Resources written in the layout of RedisKeys, and what was written, to compare with."""
 
-    keys: RedisKeys
+    codec: Codec
     client: Redis
     by_type: dict[str, list[Stored]] = field(default_factory=dict)
 
     def put(self, resource: dict[str, Any], time: float, patient: str | None) -> None:
         """`time` is the resource's own time; `patient` the Patient its subject names."""
         kind, rid = resource["resourceType"], resource["id"]
-        self.client.set(self.keys.fhir(kind, rid), orjson.dumps(resource))
+        key = self.keys.fhir(kind, rid)
+        self.client.set(key, self.codec.seal(orjson.dumps(resource), key))
         self.client.zadd(self.keys.fhir_index(kind), {rid: time})
         if patient is not None:
             assert resource["subject"] == {"reference": f"Patient/{patient}"}
             self.client.zadd(self.keys.fhir_index(kind, patient), {rid: time})
         self.by_type.setdefault(kind, []).append(Stored(resource, time, patient))
+
+    @property
+    def keys(self) -> RedisKeys:
+        return self.codec.keys
 
     def remove(self, resource: dict[str, Any], patient: str) -> None:
         kind = resource["resourceType"]
@@ -221,7 +227,7 @@ def served(
 ) -> Iterator[Served]:
     settings = make_settings(broker, redis_server)
     client = Redis.from_url(str(settings.redis.url))
-    seed = Seed(settings.redis.keys, client)
+    seed = Seed(Codec.from_settings(settings), client)
     seed_resources(seed)
     pipeline = Pipeline(settings, tmp_path_factory.mktemp("fhir-api"))
     pipeline.start(stages=("api",))
@@ -747,7 +753,7 @@ def test_a_filtered_search_refuses_to_load_more_than_its_limit(served: Served) -
     async def run(search: Search) -> Page:
         client = AsyncRedis.from_url(served.redis_url)
         try:
-            return await FhirReader(client, seed.keys, max_scan=40).search(search)
+            return await FhirReader(client, seed.codec, max_scan=40).search(search)
         finally:
             await client.aclose()
 

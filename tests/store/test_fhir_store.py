@@ -11,6 +11,7 @@ from redis import Redis
 
 from healthsync.config import Settings
 from healthsync.readings import Reading
+from healthsync.security.codec import Codec
 from healthsync.store.fhir_store import RedisFhirSink
 from healthsync.stream.batch import Batch
 from healthsync.stream.engine import AnomalyEngine
@@ -35,9 +36,9 @@ def batch_of(*readings: Reading, step: FhirResources | None = None) -> Batch:
     return batch
 
 
-def stored(redis: Redis, key: str) -> dict[str, object] | None:
+def stored(redis: Redis, codec: Codec, key: str) -> dict[str, object] | None:
     raw = cast("bytes | None", redis.get(key))
-    return orjson.loads(raw) if raw else None
+    return orjson.loads(codec.open(raw, key)) if raw else None
 
 
 def index(redis: Redis, key: str) -> list[tuple[str, float]]:
@@ -51,15 +52,15 @@ def write(sink: RedisFhirSink, batch: Batch) -> None:
 
 
 def test_resources_are_stored_and_indexed_by_type_patient_and_time(
-    settings: Settings, redis: Redis
+    settings: Settings, redis: Redis, codec: Codec
 ) -> None:
-    keys = settings.redis.keys
-    sink = RedisFhirSink(redis, settings.redis)
+    keys = codec.keys
+    sink = RedisFhirSink(redis, settings.redis, codec)
     now = time.time()
     first = Reading("r1", "mon-1", "P-1", now - 10, now, {"heart_rate": 72, "spo2": 84})
     write(sink, batch_of(replace(first, patient=DEMOGRAPHICS)))
 
-    observation = stored(redis, keys.fhir("Observation", "r1-spo2"))
+    observation = stored(redis, codec, keys.fhir("Observation", "r1-spo2"))
     assert observation is not None and observation["valueQuantity"] == {
         "value": 84,
         "unit": "%",
@@ -80,9 +81,11 @@ def test_resources_are_stored_and_indexed_by_type_patient_and_time(
     assert [m for m, _ in index(redis, keys.fhir_index("RiskAssessment", "P-1"))] == [
         i for i in ids if i.startswith("news2-")
     ]
-    assert [m for m, _ in index(redis, keys.fhir_index("Patient"))] == ["P-1"]
+    assert [m for m, _ in index(redis, keys.fhir_index("Patient"))] == [
+        keys.fhir_member("Patient", "P-1")
+    ]
     assert [m for m, _ in index(redis, keys.fhir_index("Device"))] == ["mon-1"]
-    patient = stored(redis, keys.fhir("Patient", "P-1"))
+    patient = stored(redis, codec, keys.fhir("Patient", "P-1"))
     assert patient is not None and patient["name"] == [{"text": "Ada Lovelace"}]
 
     # Patient and Device, and the open alert's resources, never expire; the rest does.
@@ -96,9 +99,9 @@ def test_resources_are_stored_and_indexed_by_type_patient_and_time(
     assert 0 < redis.ttl(keys.fhir("RiskAssessment", assessment)) <= retention
 
 
-def test_a_resolved_alert_expires(settings: Settings, redis: Redis) -> None:
-    keys = settings.redis.keys
-    sink = RedisFhirSink(redis, settings.redis)
+def test_a_resolved_alert_expires(settings: Settings, redis: Redis, codec: Codec) -> None:
+    keys = codec.keys
+    sink = RedisFhirSink(redis, settings.redis, codec)
     now = time.time()
     rules, scores, step = (
         AnomalyEngine(IMMEDIATE),
@@ -111,16 +114,16 @@ def test_a_resolved_alert_expires(settings: Settings, redis: Redis) -> None:
             s.process(batch)
         write(sink, batch)
     [(alert_id, _)] = index(redis, keys.fhir_index("Flag", "P-1"))
-    flag = stored(redis, keys.fhir("Flag", alert_id))
-    communication = stored(redis, keys.fhir("Communication", alert_id))
+    flag = stored(redis, codec, keys.fhir("Flag", alert_id))
+    communication = stored(redis, codec, keys.fhir("Communication", alert_id))
     assert flag is not None and flag["status"] == "inactive"
     assert communication is not None and communication["status"] == "completed"
     assert redis.ttl(keys.fhir("Flag", alert_id)) > 0
     assert redis.ttl(keys.fhir("Communication", alert_id)) > 0
 
 
-def test_a_replayed_batch_changes_nothing(settings: Settings, redis: Redis) -> None:
-    sink = RedisFhirSink(redis, settings.redis)
+def test_a_replayed_batch_changes_nothing(settings: Settings, redis: Redis, codec: Codec) -> None:
+    sink = RedisFhirSink(redis, settings.redis, codec)
     now = time.time()
     reading = Reading("r1", "mon-1", "P-1", now, now, {"heart_rate": 150, "bp_sys": 120})
     write(sink, batch_of(reading))
@@ -132,17 +135,17 @@ def test_a_replayed_batch_changes_nothing(settings: Settings, redis: Redis) -> N
 
 
 def test_indexes_are_trimmed_to_the_retention_but_open_alerts_stay(
-    settings: Settings, redis: Redis
+    settings: Settings, redis: Redis, codec: Codec
 ) -> None:
     settings.redis.history_retention_s = 60
-    keys = settings.redis.keys
+    keys = codec.keys
     now = time.time()
     old = Reading("old", "mon-1", "P-1", now - 3600, now, {"heart_rate": 150})
-    write(RedisFhirSink(redis, settings.redis), batch_of(old))
+    write(RedisFhirSink(redis, settings.redis, codec), batch_of(old))
     [(alert_id, _)] = index(redis, keys.fhir_index("Flag", "P-1"))
 
     # A new sink (as after a restart) trims on its first batch.
-    sink = RedisFhirSink(redis, settings.redis)
+    sink = RedisFhirSink(redis, settings.redis, codec)
     write(sink, batch_of(Reading("new", "mon-1", "P-1", now, now, {"heart_rate": 150})))
     observations = [m for m, _ in index(redis, keys.fhir_index("Observation", "P-1"))]
     assert "old-heart-rate" not in observations and "new-heart-rate" in observations
@@ -152,15 +155,15 @@ def test_indexes_are_trimmed_to_the_retention_but_open_alerts_stay(
 
     # Once its stored resources are gone, the index entry goes too.
     redis.delete(keys.fhir("Flag", alert_id))
-    sink = RedisFhirSink(redis, settings.redis)
+    sink = RedisFhirSink(redis, settings.redis, codec)
     write(sink, batch_of(Reading("later", "mon-1", "P-1", now, now, {"heart_rate": 150})))
     assert alert_id not in [m for m, _ in index(redis, keys.fhir_index("Flag", "P-1"))]
 
 
 def test_load_returns_the_stored_resources_the_step_asks_for(
-    settings: Settings, redis: Redis
+    settings: Settings, redis: Redis, codec: Codec
 ) -> None:
-    sink = RedisFhirSink(redis, settings.redis)
+    sink = RedisFhirSink(redis, settings.redis, codec)
     now = time.time()
     patient = "ward:7"  # not a FHIR id: stored under its digest
     reading = Reading("r1", "mon-1", patient, now, now, {"heart_rate": 70}, patient=DEMOGRAPHICS)

@@ -11,6 +11,7 @@ from redis import Redis
 from healthsync.config import Settings
 from healthsync.metrics import StatsRecorder
 from healthsync.readings import Reading
+from healthsync.security.codec import Codec
 from healthsync.store.live import RedisLiveSink
 from healthsync.stream.batch import Batch
 
@@ -19,12 +20,13 @@ def reading(rid: str, ts: float, hr: float = 70) -> Reading:
     return Reading(rid, "d1", "P-1", ts, ts, {"heart_rate": hr})
 
 
-def sink_for(settings: Settings, redis: Redis) -> RedisLiveSink:
-    return RedisLiveSink(redis, settings.redis, StatsRecorder(settings.redis.keys, "processor"))
+def sink_for(settings: Settings, redis: Redis, codec: Codec) -> RedisLiveSink:
+    stats = StatsRecorder(settings.redis.keys, "processor")
+    return RedisLiveSink(redis, settings.redis, stats, codec)
 
 
-def test_a_replayed_batch_changes_nothing(settings: Settings, redis: Redis) -> None:
-    sink = sink_for(settings, redis)
+def test_a_replayed_batch_changes_nothing(settings: Settings, redis: Redis, codec: Codec) -> None:
+    sink = sink_for(settings, redis, codec)
     now = time.time()
     batch = [reading("a", now - 2), reading("b", now - 1, hr=75)]
     fresh = sink.filter_new([*batch, batch[0]])
@@ -33,31 +35,35 @@ def test_a_replayed_batch_changes_nothing(settings: Settings, redis: Redis) -> N
     sink.flush()
 
     assert sink.filter_new(batch) == []
-    keys = settings.redis.keys
+    keys = codec.keys
     assert redis.zcard(keys.history("P-1")) == 2
     latest = cast("bytes", redis.hget(keys.latest("P-1"), "heart_rate"))
-    assert orjson.loads(latest)["value"] == 75
+    place = codec.field(keys.latest("P-1"), "heart_rate")
+    assert orjson.loads(codec.open(latest, place))["value"] == 75
 
 
-def test_history_older_than_the_retention_is_trimmed(settings: Settings, redis: Redis) -> None:
+def test_history_older_than_the_retention_is_trimmed(
+    settings: Settings, redis: Redis, codec: Codec
+) -> None:
     settings.redis.history_retention_s = 60
-    sink = sink_for(settings, redis)
+    sink = sink_for(settings, redis, codec)
     now = time.time()
     sink.write(Batch([reading("old", now - 3600), reading("new", now - 1)]))
     sink.flush()
-    keys = settings.redis.keys
+    keys = codec.keys
     history = cast("list[bytes]", redis.zrange(keys.history("P-1"), 0, -1))
-    assert [orjson.loads(entry)["id"] for entry in history] == ["new"]
+    opened = [codec.open(entry, keys.history("P-1")) for entry in history]
+    assert [orjson.loads(entry)["id"] for entry in opened] == ["new"]
     assert redis.zrange(keys.seen("P-1"), 0, -1) == [b"new"]
 
 
-def test_news2_inputs_survive_a_restart(settings: Settings, redis: Redis) -> None:
-    sink = sink_for(settings, redis)
+def test_news2_inputs_survive_a_restart(settings: Settings, redis: Redis, codec: Codec) -> None:
+    sink = sink_for(settings, redis, codec)
     now = time.time()
     nurse = Reading("n", "nurse-1", "P-1", now, now, {}, None, True, "A")
     sink.write(Batch([reading("a", now - 5, hr=101), nurse]))
     sink.flush()
-    observed = sink_for(settings, redis).load_observed(["P-1", "P-unknown"])
+    observed = sink_for(settings, redis, codec).load_observed(["P-1", "P-unknown"])
     assert observed["P-1"] == {
         "heart_rate": (101, now - 5, "a"),
         "on_oxygen": (True, now, "n"),

@@ -30,6 +30,8 @@ from healthsync.config import Settings
 from healthsync.kafka import KafkaUnavailableError, check_broker
 from healthsync.metrics import PipelineCollector
 from healthsync.readings import VITALS
+from healthsync.security.codec import Codec
+from healthsync.security.crypto import DecryptError
 from healthsync.store.fhir_queries import FhirReader
 from healthsync.store.queries import LiveReader
 from healthsync.stream.alerts import thresholds_for
@@ -52,13 +54,14 @@ def create_app(settings: Settings) -> FastAPI:
 
         raise ConfigError("the API needs Redis (HEALTHSYNC_REDIS_URL)")
     redis = Redis.from_url(settings.redis.url, **settings.redis.client_options())
-    reader = LiveReader(redis, settings.redis.keys)
+    codec = Codec.from_settings(settings)
+    reader = LiveReader(redis, codec)
     collector = PipelineCollector()
     registry = CollectorRegistry()
     registry.register(collector)
     guard = Guard(
         Authenticator(settings.auth),
-        AuditLog(settings.auth, redis, settings.redis.keys),
+        AuditLog(settings.auth, redis, codec),
         registry,
     )
 
@@ -80,6 +83,14 @@ def create_app(settings: Settings) -> FastAPI:
         if fhir.is_fhir_request(request):
             return fhir.error_response(exc.status_code, str(exc.detail), exc)
         return _error(exc.status_code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(DecryptError)
+    async def undecryptable(request: Request, exc: DecryptError) -> Response:
+        # Stored data this keyring cannot open: say so, never serve garbage.
+        message = f"stored data cannot be decrypted: {exc}"
+        if fhir.is_fhir_request(request):
+            return fhir.error_response(500, message)
+        return _error(500, message)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -244,5 +255,5 @@ def create_app(settings: Settings) -> FastAPI:
         await reader.set_rules(patient_id, None)
         return await rules_view(patient_id)
 
-    app.include_router(fhir.fhir_router(FhirReader(redis, settings.redis.keys)))
+    app.include_router(fhir.fhir_router(FhirReader(redis, codec)))
     return app

@@ -8,7 +8,8 @@ sink.
 
 Sinks: an append-only JSON lines file (opened with O_APPEND, fsynced per
 record, created 0600) and/or the Redis stream ``{prefix}:audit``, whose
-entries carry the same JSON in the field ``record``. Records name patients,
+entries carry the same JSON in the field ``record``, sealed like every other
+value HealthSync keeps in Redis (see security/codec.py). Records name patients,
 which is their purpose, so they go only to these sinks, never to the
 process's log.
 """
@@ -28,8 +29,8 @@ from redis.exceptions import RedisError
 
 from healthsync.config import AuthSettings
 from healthsync.errors import ConfigError, HealthSyncError
-from healthsync.names import RedisKeys
 from healthsync.readings import isoformat_ms
+from healthsync.security.codec import Codec
 
 
 class AuditUnavailableError(HealthSyncError):
@@ -71,7 +72,7 @@ class AuditRecord:
 class AuditLog:
     """Writes each record to every configured sink, or raises AuditUnavailableError."""
 
-    def __init__(self, settings: AuthSettings, redis: Redis, keys: RedisKeys) -> None:
+    def __init__(self, settings: AuthSettings, redis: Redis, codec: Codec) -> None:
         if settings.audit_log_file is None and not settings.audit_redis:
             raise ConfigError(
                 "the API needs an audit sink: set HEALTHSYNC_AUTH_AUDIT_LOG_FILE "
@@ -79,7 +80,8 @@ class AuditLog:
             )
         self.path = settings.audit_log_file
         self.redis = redis if settings.audit_redis else None
-        self.stream = keys.audit
+        self.codec = codec
+        self.stream = codec.keys.audit
         if self.path is not None:
             try:
                 _append(self.path, b"")
@@ -92,7 +94,8 @@ class AuditLog:
             if self.path is not None:
                 await asyncio.to_thread(_append, self.path, line + b"\n")
             if self.redis is not None:
-                await self.redis.xadd(self.stream, {"record": line})
+                sealed = self.codec.seal(line, self.codec.field(self.stream, "record"))
+                await self.redis.xadd(self.stream, {"record": sealed})
         except (OSError, RedisError) as exc:
             raise AuditUnavailableError(
                 f"the audit log cannot be written: {type(exc).__name__}"

@@ -11,6 +11,9 @@ A line is answered `OK <reading_id>` only after Kafka acknowledged the reading
 lines came in. Memory is bounded: a connection (and the server as a whole)
 with too many readings awaiting Kafka stops reading its socket, so TCP pushes
 back on the device instead of the server buffering without limit.
+
+Readings and dead letters leave sealed by the codec, keyed by the patient's
+pseudonym (so partitioning stays per patient) and bound to their topic role.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from healthsync.config import Settings
 from healthsync.errors import ConfigError
 from healthsync.ingest.publisher import Publisher
 from healthsync.metrics import StatsRecorder
+from healthsync.security import codec as roles
+from healthsync.security.codec import Codec
 from healthsync.security.tls import (
     ClientCerts,
     RevocationList,
@@ -174,6 +179,8 @@ class DeviceConnection(asyncio.Protocol):
         self.inflight += 1
         server.inflight += 1
         reading_id = reading.reading_id
+        codec = server.codec
+        key = codec.message_key(reading.patient_id)
 
         def on_done(error: KafkaError | None) -> None:
             self.inflight -= 1
@@ -192,8 +199,8 @@ class DeviceConnection(asyncio.Protocol):
         try:
             server.publisher.publish(
                 server.settings.kafka.vitals_topic,
-                reading.patient_id.encode(),
-                reading.to_json(),
+                key,
+                codec.seal_message(roles.VITALS, key, reading.to_json()),
                 on_done,
             )
         except BufferError:
@@ -243,6 +250,7 @@ class IngestServer:
     settings: Settings
     publisher: Publisher
     stats: StatsRecorder
+    codec: Codec
     connections: set[DeviceConnection] = field(default_factory=set)
     paused: set[DeviceConnection] = field(default_factory=set)
     inflight: int = 0
@@ -314,9 +322,8 @@ class IngestServer:
             "line": line[:_DLQ_SAMPLE_BYTES].decode("utf-8", "replace"),
         }
         try:
-            self.publisher.publish(
-                self.settings.kafka.dlq_topic, b"", orjson.dumps(record), self._dlq_done
-            )
+            value = self.codec.seal_message(roles.DLQ, b"", orjson.dumps(record))
+            self.publisher.publish(self.settings.kafka.dlq_topic, b"", value, self._dlq_done)
         except BufferError:
             self.stats.inc("dlq_failed_total")
 
@@ -444,7 +451,7 @@ async def serve(settings: Settings) -> None:
     """Run the ingest server until SIGTERM or SIGINT, then drain."""
     stats = StatsRecorder(settings.redis.keys, "ingest")
     publisher = Publisher(settings.kafka, settings.ingest.ack_timeout_s)
-    server = IngestServer(settings, publisher, stats)
+    server = IngestServer(settings, publisher, stats, Codec.from_settings(settings))
     redis = None
     if settings.redis.url:
         redis = Redis.from_url(settings.redis.url, **settings.redis.client_options())

@@ -6,7 +6,7 @@ one across patients and one per patient. A search walks one index in time
 order within a window, loads the resources and keeps those a predicate
 accepts. A page ends at a (time, id) position and the next page starts just
 after it, so resources that arrive between two pages neither repeat nor shift
-the results.
+the results. Stored JSON is opened through the codec.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import orjson
 from redis.asyncio import Redis
 
 from healthsync.errors import HealthSyncError
-from healthsync.names import RedisKeys
 from healthsync.readings import Reading
+from healthsync.security.codec import Codec
 from healthsync.stream.fhir import observations_for, reading_of_observation
 
 Resource = dict[str, Any]
@@ -93,9 +93,10 @@ class SearchTooCostly(HealthSyncError):
 
 
 class FhirReader:
-    def __init__(self, client: Redis, keys: RedisKeys, max_scan: int = 100_000) -> None:
+    def __init__(self, client: Redis, codec: Codec, max_scan: int = 100_000) -> None:
         self.client = client
-        self.keys = keys
+        self.codec = codec
+        self.keys = codec.keys
         # Filters apply to loaded resources: this bounds what one request may load.
         self.max_scan = max_scan
 
@@ -179,11 +180,13 @@ class FhirReader:
         found = await self._rebuilt(ids) if resource_type == "Observation" else {}
         stored = [i for i in ids if i not in found]
         if stored:
-            docs = cast(
-                "list[bytes | None]",
-                await self.client.mget([self.keys.fhir(resource_type, i) for i in stored]),
+            keys = [self.keys.fhir(resource_type, i) for i in stored]
+            docs = cast("list[bytes | None]", await self.client.mget(keys))
+            found.update(
+                (i, orjson.loads(self.codec.open(doc, key)))
+                for i, key, doc in zip(stored, keys, docs, strict=True)
+                if doc
             )
-            found.update((i, orjson.loads(doc)) for i, doc in zip(stored, docs, strict=True) if doc)
         return [(p, found[p.resource_id]) for p in positions if p.resource_id in found]
 
     async def _rebuilt(self, ids: list[str]) -> dict[str, Resource]:
@@ -191,17 +194,14 @@ class FhirReader:
         readings = {rid for rid in map(reading_of_observation, ids) if rid is not None}
         if not readings:
             return {}
-        order = sorted(readings)
-        docs = cast(
-            "list[bytes | None]",
-            await self.client.mget([self.keys.fhir_reading(r) for r in order]),
-        )
+        keys = [self.keys.fhir_reading(r) for r in sorted(readings)]
+        docs = cast("list[bytes | None]", await self.client.mget(keys))
         wanted = set(ids)
         rebuilt: dict[str, Resource] = {}
-        for doc in docs:
+        for key, doc in zip(keys, docs, strict=True):
             if doc is None:
                 continue  # expired with the retention
-            for resource in observations_for(Reading.from_json(doc)):
+            for resource in observations_for(Reading.from_json(self.codec.open(doc, key))):
                 if resource["id"] in wanted:
                     rebuilt[resource["id"]] = resource
         return rebuilt

@@ -21,7 +21,9 @@ Indexes are trimmed to the retention now and then: by score for
 Observation and RiskAssessment; for Communication and Flag by whether the
 resource is still stored (an alert open for days keeps its index entry).
 Every write is a SET or a ZADD of the same member and score, so a replayed
-batch changes nothing.
+batch changes nothing. Stored JSON is sealed by the codec, bound to its key;
+index members are resource ids (a Patient's is its pseudonym), which name no
+patient: reading ids and alert ids are digests.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from redis import Redis
 
 from healthsync.config import RedisSettings
 from healthsync.readings import isoformat_ms
+from healthsync.security.codec import Codec
 from healthsync.stream.batch import Batch
 from healthsync.stream.fhir import fhir_id, observation_id, reading_of_observation
 
@@ -95,10 +98,11 @@ def _epoch(stamp: str) -> float:
 class RedisFhirSink:
     """A Sink: each batch's ``resources`` in one MULTI/EXEC transaction."""
 
-    def __init__(self, client: Redis, settings: RedisSettings) -> None:
+    def __init__(self, client: Redis, settings: RedisSettings, codec: Codec) -> None:
         self.client = client
         self.settings = settings
-        self.keys = settings.keys
+        self.codec = codec
+        self.keys = codec.keys
         self._pipe: Any = None
         self._trimmed_at: dict[str, float] = {}
         self._set_many = client.register_script(_SET_MANY)
@@ -107,17 +111,20 @@ class RedisFhirSink:
         """The stored resources among `ids` (a ResourceLoader for the FHIR step)."""
         if not ids:
             return {}
-        docs: list[bytes | None] = self.client.mget(  # type: ignore[assignment]
-            [self.keys.fhir(resource_type, i) for i in ids]
-        )
-        return {i: orjson.loads(doc) for i, doc in zip(ids, docs, strict=True) if doc is not None}
+        keys = [self.keys.fhir(resource_type, i) for i in ids]
+        docs: list[bytes | None] = self.client.mget(keys)  # type: ignore[assignment]
+        return {
+            i: orjson.loads(self.codec.open(doc, key))
+            for i, key, doc in zip(ids, keys, docs, strict=True)
+            if doc is not None
+        }
 
     def write(self, batch: Batch) -> None:
         resources = batch.resources
         if not resources and not batch.readings:
             self._pipe = None
             return
-        keys = self.keys
+        keys, codec = self.keys, self.codec
         retention = self.settings.history_retention_s
         pipe = self.client.pipeline(transaction=True)
         indexes: dict[str, dict[str, float]] = {}
@@ -129,8 +136,9 @@ class RedisFhirSink:
         everyone = keys.fhir_index("Observation")
         for reading in batch.readings:
             # Demographics are not needed to rebuild Observations: keep them out.
-            names.append(keys.fhir_reading(reading.reading_id))
-            values.append(replace(reading, patient={}).to_json())
+            name = keys.fhir_reading(reading.reading_id)
+            names.append(name)
+            values.append(codec.seal(replace(reading, patient={}).to_json(), name))
             # Index the reading's Observations straight from it (the hot path): the
             # score is the instant written in their effectiveDateTime.
             when = _epoch(isoformat_ms(reading.ts))
@@ -145,21 +153,23 @@ class RedisFhirSink:
                 continue  # rebuilt from its reading on read, indexed above
             expires = kind in _WINDOWED or (kind in _ALERTS and resource.get("status") in _OVER)
             names, values = writes[retention if expires else 0]
-            names.append(keys.fhir(kind, rid))
-            values.append(orjson.dumps(resource))
+            name = keys.fhir(kind, rid)
+            names.append(name)
+            values.append(codec.seal(orjson.dumps(resource), name))
             stamp = resource_time(resource)
             if stamp is None:
                 continue
             score = epochs.get(stamp)
             if score is None:
                 score = epochs[stamp] = _epoch(stamp)
+            member = keys.fhir_member(kind, rid)
             index = keys.fhir_index(kind)
-            indexes.setdefault(index, {})[rid] = score
+            indexes.setdefault(index, {})[member] = score
             index_types[index] = kind
             patient = subject_id(resource)
             if patient is not None:
                 index = keys.fhir_index(kind, patient)
-                indexes.setdefault(index, {})[rid] = score
+                indexes.setdefault(index, {})[member] = score
                 index_types[index] = kind
         for ttl, (names, values) in writes.items():
             if names:

@@ -4,23 +4,33 @@ A batch is written in one MULTI/EXEC transaction that also records its reading
 ids as seen. Before the steps run, the processor asks which readings were seen
 already, so a batch replayed after a crash changes nothing: it was either
 written whole or not at all.
+
+Every value that holds PHI goes through the codec (sealed, bound to its key and
+field) and patients appear in key names and members only as pseudonyms; a
+value the keyring can no longer open (its key retired) reads as absent.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import orjson
 from redis import Redis
+from redis.typing import EncodableT, FieldT
 
 from healthsync.config import RedisSettings
 from healthsync.metrics import StatsRecorder
 from healthsync.readings import Reading
+from healthsync.security.codec import Codec
+from healthsync.security.crypto import DecryptError
 from healthsync.stream.alerts import Alert
 from healthsync.stream.batch import Batch
 from healthsync.stream.news2 import PARAMETERS, Observed, observed_in
 from healthsync.stream.rules import PatientRules
+
+log = logging.getLogger(__name__)
 
 # Trim a patient's history and seen-set at most this often, not on every batch.
 _TRIM_INTERVAL_S = 60.0
@@ -49,10 +59,13 @@ def history_entry(reading: Reading) -> bytes:
 class RedisLiveSink:
     """A Sink over one Redis; `stats` are flushed inside the same transaction."""
 
-    def __init__(self, client: Redis, settings: RedisSettings, stats: StatsRecorder) -> None:
+    def __init__(
+        self, client: Redis, settings: RedisSettings, stats: StatsRecorder, codec: Codec
+    ) -> None:
         self.client = client
         self.settings = settings
-        self.keys = settings.keys
+        self.codec = codec
+        self.keys = codec.keys
         self.stats = stats
         self._pipe: Any = None
         self._trimmed_at: dict[str, float] = {}
@@ -90,9 +103,11 @@ class RedisLiveSink:
         state: dict[str, Observed] = {}
         for patient, entries in zip(patients, pipe.execute(), strict=True):
             observed: Observed = {}
+            key = self.keys.latest(patient)
             for name, raw in zip(PARAMETERS, entries, strict=True):
-                if raw is not None:
-                    entry = orjson.loads(raw)
+                plain = self._open(raw, self.codec.field(key, name))
+                if plain is not None:
+                    entry = orjson.loads(plain)
                     observed[name] = (entry["value"], entry["ts"], entry["reading_id"])
             state[patient] = observed
         return state
@@ -101,28 +116,57 @@ class RedisLiveSink:
         ids: list[bytes] = self.client.hvals(self.keys.open_alerts)  # type: ignore[assignment]
         if not ids:
             return []
-        docs: list[bytes | None] = self.client.mget([self.keys.alert(i.decode()) for i in ids])  # type: ignore[assignment]
-        return [Alert.from_dict(orjson.loads(doc)) for doc in docs if doc is not None]
+        keys = [self.keys.alert(i.decode()) for i in ids]
+        docs: list[bytes | None] = self.client.mget(keys)  # type: ignore[assignment]
+        plain = (self._open(doc, key) for doc, key in zip(docs, keys, strict=True))
+        return [Alert.from_dict(orjson.loads(doc)) for doc in plain if doc is not None]
+
+    def _open(self, value: bytes | None, place: str) -> bytes | None:
+        """A stored value's plaintext; None if absent or no longer readable (key retired)."""
+        if value is None:
+            return None
+        try:
+            return self.codec.open(value, place)
+        except DecryptError as exc:
+            # Treated as absent: state sealed with a retired key is gone by design.
+            self.stats.inc("undecryptable_total")
+            log.warning("stored state unreadable, ignored", extra={"error": str(exc)})
+            return None
 
     def load_states(self, patients: list[str] | None) -> dict[str, dict[str, Any]]:
         """The anomaly engine's saved state of these patients (None: of every patient)."""
+        key = self.keys.engine
         if patients is None:
-            stored: dict[bytes, bytes] = self.client.hgetall(self.keys.engine)  # type: ignore[assignment]
-            return {k.decode(): orjson.loads(v) for k, v in stored.items()}
-        values: list[bytes | None] = self.client.hmget(self.keys.engine, patients)  # type: ignore[assignment]
-        return {p: orjson.loads(v) for p, v in zip(patients, values, strict=True) if v is not None}
+            stored: dict[bytes, bytes] = self.client.hgetall(key)  # type: ignore[assignment]
+            pairs: list[tuple[str, bytes | None]] = [
+                (tag.decode(), value) for tag, value in stored.items()
+            ]
+        else:
+            tags = [self.keys.patient(p) for p in patients]
+            values: list[bytes | None] = self.client.hmget(key, tags)  # type: ignore[assignment]
+            pairs = list(zip(tags, values, strict=True))
+        states: dict[str, dict[str, Any]] = {}
+        for tag, value in pairs:
+            plain = self._open(value, self.codec.field(key, tag))
+            if plain is not None:
+                doc = orjson.loads(plain)
+                states[doc.pop("patient_id")] = doc  # the field is only a pseudonym
+        return states
 
     def load_rules(self, patients: list[str]) -> dict[str, PatientRules]:
         """The rules clinicians set for these patients through the API."""
-        values: list[bytes | None] = self.client.hmget(self.keys.rules, patients)  # type: ignore[assignment]
-        return {
-            p: PatientRules.model_validate_json(v)
-            for p, v in zip(patients, values, strict=True)
-            if v is not None
-        }
+        key = self.keys.rules
+        tags = [self.keys.patient(p) for p in patients]
+        values: list[bytes | None] = self.client.hmget(key, tags)  # type: ignore[assignment]
+        rules: dict[str, PatientRules] = {}
+        for patient, tag, value in zip(patients, tags, values, strict=True):
+            plain = self._open(value, self.codec.field(key, tag))
+            if plain is not None:
+                rules[patient] = PatientRules.model_validate_json(plain)
+        return rules
 
     def write(self, batch: Batch) -> None:
-        keys = self.keys
+        keys, codec = self.keys, self.codec
         pipe = self.client.pipeline(transaction=True)
         now = time.time()
         cutoff = now - self.settings.history_retention_s
@@ -142,12 +186,19 @@ class RedisLiveSink:
             seen.setdefault(patient, {})[reading.reading_id] = reading.ts
             last_seen[patient] = max(last_seen.get(patient, 0.0), reading.ts)
         for patient, fields in latest.items():
-            pipe.hset(keys.latest(patient), mapping={v: orjson.dumps(e) for v, e in fields.items()})
-            pipe.zadd(keys.history(patient), history[patient])
+            key = keys.latest(patient)
+            pipe.hset(
+                key,
+                mapping={
+                    v: codec.seal(orjson.dumps(e), codec.field(key, v)) for v, e in fields.items()
+                },
+            )
+            key = keys.history(patient)
+            pipe.zadd(key, {codec.seal(entry, key): ts for entry, ts in history[patient].items()})
             pipe.zadd(keys.seen(patient), seen[patient])
             pipe.xadd(
                 keys.events,
-                {"type": "vitals", "patient_id": patient, "data": orjson.dumps(fields)},
+                self._event("vitals", patient, orjson.dumps(fields)),
                 maxlen=self.settings.events_maxlen,
                 approximate=True,
             )
@@ -156,20 +207,34 @@ class RedisLiveSink:
                 pipe.zremrangebyscore(keys.history(patient), "-inf", cutoff)
                 pipe.zremrangebyscore(keys.seen(patient), "-inf", cutoff)
         if last_seen:
-            pipe.zadd(keys.patients, last_seen, gt=True)
+            tags = {patient: keys.patient(patient) for patient in last_seen}
+            pipe.zadd(keys.patients, {tags[p]: ts for p, ts in last_seen.items()}, gt=True)
+            pipe.hset(
+                keys.patient_ids,
+                mapping={
+                    tag: codec.seal(patient.encode(), codec.field(keys.patient_ids, tag))
+                    for patient, tag in tags.items()
+                },
+            )
         if now - self._alerts_trimmed_at > _TRIM_INTERVAL_S:
             # Resolved alerts expire on their own; drop their index entries too.
             self._alerts_trimmed_at = now
             pipe.zremrangebyscore(keys.recent_alerts, "-inf", cutoff)
         if batch.scores:
-            pipe.hset(
-                keys.news2,
-                mapping={p: orjson.dumps(score.to_dict()) for p, score in batch.scores.items()},
-            )
+            mapping: dict[FieldT, EncodableT] = {}
+            for patient, score in batch.scores.items():
+                tag = keys.patient(patient)
+                mapping[tag] = codec.seal(
+                    orjson.dumps(score.to_dict()), codec.field(keys.news2, tag)
+                )
+            pipe.hset(keys.news2, mapping=mapping)
         if batch.states:
-            pipe.hset(
-                keys.engine, mapping={p: orjson.dumps(state) for p, state in batch.states.items()}
-            )
+            mapping = {}
+            for patient, state in batch.states.items():
+                tag = keys.patient(patient)
+                doc = orjson.dumps({"patient_id": patient, **state})
+                mapping[tag] = codec.seal(doc, codec.field(keys.engine, tag))
+            pipe.hset(keys.engine, mapping=mapping)
         self._write_alerts(pipe, batch)
         self._write_artefacts(pipe, batch)
         self.stats.inc("readings_processed_total", len(batch.readings))
@@ -182,17 +247,19 @@ class RedisLiveSink:
         for event in batch.alert_events:
             alert = event.alert
             doc = orjson.dumps(alert.to_dict())
-            slot = f"{alert.patient_id}|{alert.kind}"
+            slot = keys.open_slot(alert.patient_id, alert.kind)
+            key = keys.alert(alert.alert_id)
+            sealed = self.codec.seal(doc, key)
             if alert.status == "open":
-                pipe.set(keys.alert(alert.alert_id), doc)
+                pipe.set(key, sealed)
                 pipe.hset(keys.open_alerts, slot, alert.alert_id)
                 pipe.zadd(keys.recent_alerts, {alert.alert_id: alert.opened_at}, nx=True)
             else:
-                pipe.set(keys.alert(alert.alert_id), doc, ex=self.settings.history_retention_s)
+                pipe.set(key, sealed, ex=self.settings.history_retention_s)
                 pipe.hdel(keys.open_alerts, slot)
             pipe.xadd(
                 keys.events,
-                {"type": f"alert.{event.type}", "patient_id": alert.patient_id, "data": doc},
+                self._event(f"alert.{event.type}", alert.patient_id, doc),
                 maxlen=self.settings.events_maxlen,
                 approximate=True,
             )
@@ -208,11 +275,20 @@ class RedisLiveSink:
             }
             pipe.xadd(
                 self.keys.events,
-                {"type": "artefact", "patient_id": artefact.patient_id, "data": orjson.dumps(doc)},
+                self._event("artefact", artefact.patient_id, orjson.dumps(doc)),
                 maxlen=self.settings.events_maxlen,
                 approximate=True,
             )
             self.stats.inc("artefacts_total", vital=artefact.vital)
+
+    def _event(self, kind: str, patient: str, data: bytes) -> dict[FieldT, EncodableT]:
+        """A live event; its patient id and data are sealed, each bound to its field."""
+        codec, stream = self.codec, self.keys.events
+        return {
+            "type": kind,
+            "patient_id": codec.seal(patient.encode(), codec.field(stream, "patient_id")),
+            "data": codec.seal(data, codec.field(stream, "data")),
+        }
 
     def flush(self) -> None:
         if self._pipe is None:

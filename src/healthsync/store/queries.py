@@ -1,4 +1,9 @@
-"""Reads of the Redis live cache, for the API (asyncio)."""
+"""Reads of the Redis live cache, for the API (asyncio).
+
+Values are opened through the codec; a value it cannot open (a retired or
+missing key, tampering) raises :class:`healthsync.security.crypto.DecryptError`,
+which the API turns into a clear error rather than returning garbage.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,17 @@ import orjson
 from redis.asyncio import Redis
 
 from healthsync.metrics import COMPONENTS
-from healthsync.names import RedisKeys
+from healthsync.security.codec import Codec
 from healthsync.stream.alerts import Severity
 from healthsync.stream.news2 import Band
 from healthsync.stream.rules import PatientRules
 
 
 class LiveReader:
-    def __init__(self, client: Redis, keys: RedisKeys) -> None:
+    def __init__(self, client: Redis, codec: Codec) -> None:
         self.client = client
-        self.keys = keys
+        self.codec = codec
+        self.keys = codec.keys
 
     async def patients(self, limit: int = 1000) -> list[dict[str, Any]]:
         """Monitored patients, most recently seen first, with latest vitals and open alerts."""
@@ -25,53 +31,72 @@ class LiveReader:
             "list[tuple[bytes, float]]",
             await self.client.zrevrange(self.keys.patients, 0, limit - 1, withscores=True),
         )
-        open_by_patient: dict[str, int] = {}
+        open_by_tag: dict[str, int] = {}
         slots = cast("list[bytes]", await self.client.hkeys(self.keys.open_alerts))
         for slot in slots:
-            patient = slot.decode().split("|", 1)[0]
-            open_by_patient[patient] = open_by_patient.get(patient, 0) + 1
+            tag = slot.decode().split("|", 1)[0]
+            open_by_tag[tag] = open_by_tag.get(tag, 0) + 1
         if not rows:
             return []
-        patients = [member.decode() for member, _score in rows]
+        codec, keys = self.codec, self.keys
+        tags = [member.decode() for member, _score in rows]
+        sealed_ids = cast("list[bytes | None]", await self.client.hmget(keys.patient_ids, tags))
+        patients = [
+            codec.open(sealed, codec.field(keys.patient_ids, tag)).decode() if sealed else tag
+            for tag, sealed in zip(tags, sealed_ids, strict=True)
+        ]
         pipe = self.client.pipeline(transaction=False)
         for patient in patients:
-            pipe.hgetall(self.keys.latest(patient))
-        pipe.hmget(self.keys.news2, patients)
+            pipe.hgetall(keys.latest(patient))
+        pipe.hmget(keys.news2, tags)
         *latests, scores = await pipe.execute()
         return [
             {
                 "patient_id": patient,
                 "last_seen": last_seen,
-                "vitals": _decode_latest(latest),
-                "news2": orjson.loads(news2) if news2 else None,
-                "open_alerts": open_by_patient.get(patient, 0),
+                "vitals": self._decode_latest(keys.latest(patient), latest),
+                "news2": orjson.loads(codec.open(news2, codec.field(keys.news2, tag)))
+                if news2
+                else None,
+                "open_alerts": open_by_tag.get(tag, 0),
             }
-            for patient, (_member, last_seen), latest, news2 in zip(
-                patients, rows, latests, scores, strict=True
+            for patient, tag, (_member, last_seen), latest, news2 in zip(
+                patients, tags, rows, latests, scores, strict=True
             )
         ]
 
     async def news2(self, patient_id: str) -> dict[str, Any] | None:
-        raw = await self.client.hget(self.keys.news2, patient_id)
-        return cast("dict[str, Any]", orjson.loads(raw)) if raw else None
+        tag = self.keys.patient(patient_id)
+        raw = cast("bytes | None", await self.client.hget(self.keys.news2, tag))
+        if not raw:
+            return None
+        plain = self.codec.open(raw, self.codec.field(self.keys.news2, tag))
+        return cast("dict[str, Any]", orjson.loads(plain))
 
     async def latest(self, patient_id: str) -> dict[str, Any] | None:
-        raw = cast("dict[bytes, bytes]", await self.client.hgetall(self.keys.latest(patient_id)))
-        return _decode_latest(raw) if raw else None
+        key = self.keys.latest(patient_id)
+        raw = cast("dict[bytes, bytes]", await self.client.hgetall(key))
+        return self._decode_latest(key, raw) if raw else None
+
+    def _decode_latest(self, key: str, raw: dict[bytes, bytes]) -> dict[str, Any]:
+        codec = self.codec
+        return {
+            k.decode(): orjson.loads(codec.open(v, codec.field(key, k.decode())))
+            for k, v in raw.items()
+        }
 
     async def history(
         self, patient_id: str, vital: str | None, since: float, until: float, limit: int
     ) -> list[dict[str, Any]]:
         """Readings between `since` and `until` (epoch seconds), oldest first."""
+        key = self.keys.history(patient_id)
         members = cast(
             "list[bytes]",
-            await self.client.zrangebyscore(
-                self.keys.history(patient_id), since, until, start=0, num=limit
-            ),
+            await self.client.zrangebyscore(key, since, until, start=0, num=limit),
         )
         points = []
         for member in members:
-            entry = orjson.loads(member)
+            entry = orjson.loads(self.codec.open(member, key))
             vitals: dict[str, float] = entry["v"]
             if vital is not None:
                 if vital not in vitals:
@@ -115,24 +140,22 @@ class LiveReader:
         pipe = self.client.pipeline(transaction=False)
         pipe.zcard(self.keys.patients)
         pipe.hvals(self.keys.open_alerts)
-        pipe.hvals(self.keys.news2)
+        pipe.hgetall(self.keys.news2)
         patients, open_ids, scores = await pipe.execute()
+        codec, keys = self.codec, self.keys
         by_severity = dict.fromkeys(get_args(Severity), 0)
         by_kind: dict[str, int] = {}
-        ids = [i.decode() for i in open_ids]
-        docs: list[bytes | None] = []
-        if ids:
-            raw = await self.client.mget([self.keys.alert(i) for i in ids])
-            docs = cast("list[bytes | None]", raw)
-        for doc in docs:
+        places = [keys.alert(i.decode()) for i in open_ids]
+        docs = cast("list[bytes | None]", await self.client.mget(places)) if places else []
+        for doc, place in zip(docs, places, strict=True):
             if doc is None:
                 continue
-            alert = orjson.loads(doc)
+            alert = orjson.loads(codec.open(doc, place))
             by_severity[alert["severity"]] = by_severity.get(alert["severity"], 0) + 1
             by_kind[alert["kind"]] = by_kind.get(alert["kind"], 0) + 1
         bands = dict.fromkeys(get_args(Band), 0)
-        for raw in scores:
-            band = orjson.loads(raw)["band"]
+        for tag, raw in cast("dict[bytes, bytes]", scores).items():
+            band = orjson.loads(codec.open(raw, codec.field(keys.news2, tag.decode())))["band"]
             bands[band] = bands.get(band, 0) + 1
         return {
             "patients": int(patients),
@@ -152,7 +175,9 @@ class LiveReader:
         """
         if not await self.client.exists(self.keys.alert(alert_id)):
             return None
-        await self.client.hset(self.keys.acknowledged, alert_id, orjson.dumps({"by": by, "at": at}))
+        place = self.codec.field(self.keys.acknowledged, alert_id)
+        ack = self.codec.seal(orjson.dumps({"by": by, "at": at}), place)
+        await self.client.hset(self.keys.acknowledged, alert_id, ack)
         alerts = await self._with_acks([alert_id])
         return alerts[0] if alerts else None
 
@@ -161,28 +186,38 @@ class LiveReader:
         pipe.mget([self.keys.alert(i) for i in ids])
         pipe.hmget(self.keys.acknowledged, ids)
         docs, acks = await pipe.execute()
+        codec, keys = self.codec, self.keys
         alerts = []
-        for doc, ack in zip(docs, acks, strict=True):
+        for alert_id, doc, ack in zip(ids, docs, acks, strict=True):
             if doc is None:
                 continue
-            alert = orjson.loads(doc)
+            alert = orjson.loads(codec.open(doc, keys.alert(alert_id)))
             alert["acknowledged"] = ack is not None
             if ack is not None:
-                alert["acknowledgement"] = orjson.loads(ack)
+                place = codec.field(keys.acknowledged, alert_id)
+                alert["acknowledgement"] = orjson.loads(codec.open(ack, place))
             alerts.append(alert)
         return alerts
 
     async def stored_rules(self, patient_id: str) -> PatientRules | None:
         """The rules set for a patient through the API, if any."""
-        raw = cast("bytes | None", await self.client.hget(self.keys.rules, patient_id))
-        return None if raw is None else PatientRules.model_validate_json(raw)
+        tag = self.keys.patient(patient_id)
+        raw = cast("bytes | None", await self.client.hget(self.keys.rules, tag))
+        if raw is None:
+            return None
+        plain = self.codec.open(raw, self.codec.field(self.keys.rules, tag))
+        return PatientRules.model_validate_json(plain)
 
     async def set_rules(self, patient_id: str, rules: PatientRules | None) -> None:
         """Store (or with None, drop) a patient's rules; processors pick them up within seconds."""
+        tag = self.keys.patient(patient_id)
         if rules is None:
-            await self.client.hdel(self.keys.rules, patient_id)
-        else:
-            await self.client.hset(self.keys.rules, patient_id, rules.model_dump_json())
+            await self.client.hdel(self.keys.rules, tag)
+            return
+        sealed = self.codec.seal(
+            rules.model_dump_json().encode(), self.codec.field(self.keys.rules, tag)
+        )
+        await self.client.hset(self.keys.rules, tag, sealed)
 
     async def stats(self) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
         pipe = self.client.pipeline(transaction=False)
@@ -195,7 +230,3 @@ class LiveReader:
             for component, raw in zip(COMPONENTS, hashes, strict=True)
         }
         return snapshot, {k.decode(): v.decode() for k, v in latency.items()}
-
-
-def _decode_latest(raw: dict[bytes, bytes]) -> dict[str, Any]:
-    return {k.decode(): orjson.loads(v) for k, v in raw.items()}

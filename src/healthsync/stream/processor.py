@@ -5,6 +5,10 @@ the uncommitted batches; the Redis sink skips readings it already stored and
 the Kafka resources have deterministic ids, so the replay adds nothing twice.
 A sink that fails is retried with backoff without consuming further: the
 partition waits rather than losing readings.
+
+Readings arrive sealed (see :mod:`healthsync.security.codec`); one that cannot
+be opened (wrong or retired key, tampering) goes to the dead-letter topic with
+the reason, like any other value that is not a reading.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 from healthsync.config import Settings
 from healthsync.metrics import StatsRecorder
 from healthsync.readings import Reading
+from healthsync.security import codec as roles
+from healthsync.security.codec import Codec
+from healthsync.security.crypto import DecryptError
 from healthsync.store.live import RedisLiveSink
 from healthsync.stream.batch import Batch, Sink, Step
 from healthsync.stream.engine import AnomalyEngine
@@ -44,9 +51,11 @@ class Processor:
         steps: Sequence[Step],
         sinks: Sequence[Sink],
         stats: StatsRecorder,
+        codec: Codec,
         engine: AnomalyEngine | None = None,
     ) -> None:
         self.settings = settings
+        self.codec = codec
         self.consumer = consumer
         self.producer = producer
         self.live = live
@@ -133,7 +142,11 @@ class Processor:
                 continue  # only error events lack these, and those were handled above
             offsets[(topic, partition)] = offset + 1
             try:
-                reading = Reading.from_json(message.value() or b"")
+                value = self.codec.open_message(roles.VITALS, message.key(), message.value() or b"")
+                reading = Reading.from_json(value)
+            except DecryptError as exc:
+                self._dead_letter(message, f"cannot decrypt: {exc}")
+                continue
             except ValueError as exc:
                 self._dead_letter(message, str(exc))
                 continue
@@ -152,7 +165,9 @@ class Processor:
             "offset": message.offset(),
             "value": (message.value() or b"")[:4096].decode("utf-8", "replace"),
         }
-        self.producer.produce(self.settings.kafka.dlq_topic, orjson.dumps(record), message.key())
+        key = message.key() or b""
+        value = self.codec.seal_message(roles.DLQ, key, orjson.dumps(record))
+        self.producer.produce(self.settings.kafka.dlq_topic, value, key)
 
     @staticmethod
     def _run(step: Step, batch: Batch) -> bool:
@@ -229,9 +244,10 @@ def build(settings: Settings) -> Processor:
     )
     producer = make_producer(settings.kafka)
     stats = StatsRecorder(settings.redis.keys, "processor")
+    codec = Codec.from_settings(settings)
     client = Redis.from_url(settings.redis.url, **settings.redis.client_options())
-    live = RedisLiveSink(client, settings.redis, stats)
-    fhir_store = RedisFhirSink(client, settings.redis)
+    live = RedisLiveSink(client, settings.redis, stats, codec)
+    fhir_store = RedisFhirSink(client, settings.redis, codec)
     rules = RuleBook(settings.anomaly.patients, live.load_rules)
     engine = AnomalyEngine(settings.anomaly, rules, live.load_states, live.load_open_alerts)
     steps: list[Step] = [
@@ -244,5 +260,5 @@ def build(settings: Settings) -> Processor:
     # The live sink goes last: it records the batch's reading ids as seen, and a replay
     # skips seen readings. Were it flushed before another sink, a crash in between would
     # make the replay skip that sink's writes for good.
-    sinks: list[Sink] = [KafkaTopicSink(producer, settings.kafka), fhir_store, live]
-    return Processor(settings, consumer, producer, live, steps, sinks, stats, engine)
+    sinks: list[Sink] = [KafkaTopicSink(producer, settings.kafka, codec), fhir_store, live]
+    return Processor(settings, consumer, producer, live, steps, sinks, stats, codec, engine)

@@ -3,7 +3,8 @@
 A consumer group of its own on the observations and alerts topics, so an EHR
 that is slow or down delays only the push, never the live pipeline (alerts,
 Redis, the API). Offsets are committed after the EHR accepted a batch; the
-sink's conditional creates make a replay harmless.
+sink's conditional creates make a replay harmless. Values are opened through
+the codec; one that cannot be opened is logged (its reason, no content) and skipped.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import orjson
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from healthsync.config import Settings
+from healthsync.security import codec as roles
+from healthsync.security.codec import Codec
+from healthsync.security.crypto import DecryptError
 from healthsync.stream.ehr_push import EhrPushSink
 from healthsync.stream.retry import retry_until_stopped
 
@@ -36,8 +40,16 @@ def resources_in(value: Any) -> Iterator[dict[str, Any]]:
 
 
 class EhrPusher:
-    def __init__(self, settings: Settings, consumer: Consumer, sink: EhrPushSink) -> None:
+    def __init__(
+        self, settings: Settings, consumer: Consumer, sink: EhrPushSink, codec: Codec
+    ) -> None:
         self.settings = settings
+        self.codec = codec
+        kafka = settings.kafka
+        self._roles = {
+            kafka.observations_topic: roles.OBSERVATIONS,
+            kafka.alerts_topic: roles.ALERTS,
+        }
         self.consumer = consumer
         self.sink = sink
         self.stopping = False
@@ -70,7 +82,11 @@ class EhrPusher:
                 continue
             offsets[(topic, partition)] = offset + 1
             try:
-                resources.extend(resources_in(orjson.loads(message.value() or b"null")))
+                role = self._roles.get(topic, topic)
+                value = self.codec.open_message(role, message.key(), message.value() or b"null")
+                resources.extend(resources_in(orjson.loads(value)))
+            except DecryptError as exc:
+                log.warning("skipped a value that cannot be decrypted", extra={"error": str(exc)})
             except orjson.JSONDecodeError:
                 log.warning("skipped a value that is not JSON", extra={"topic": topic})
         self.sink.add(resources)
@@ -100,4 +116,4 @@ def build(settings: Settings) -> EhrPusher:
         f"{settings.processor.group_id}-ehr-push",
         **{"session.timeout.ms": settings.processor.session_timeout_ms},
     )
-    return EhrPusher(settings, consumer, EhrPushSink(settings.fhir))
+    return EhrPusher(settings, consumer, EhrPushSink(settings.fhir), Codec.from_settings(settings))

@@ -3,6 +3,7 @@
 The observations topic gets every resource but the alerts' (Observation,
 Patient, Device, RiskAssessment); each alert event on the alerts topic carries
 the alert's Communication and Flag as they were after that event.
+Values are sealed by the codec and keyed by the patient's pseudonym.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from confluent_kafka import KafkaError, Producer
 
 from healthsync.config import KafkaSettings
 from healthsync.errors import HealthSyncError
+from healthsync.security import codec as roles
+from healthsync.security.codec import Codec
 from healthsync.stream.batch import Batch
 from healthsync.stream.fhir import alert_resources
 
@@ -24,10 +27,15 @@ class PublishError(HealthSyncError):
 
 class KafkaTopicSink:
     def __init__(
-        self, producer: Producer, settings: KafkaSettings, flush_timeout_s: float = 30.0
+        self,
+        producer: Producer,
+        settings: KafkaSettings,
+        codec: Codec,
+        flush_timeout_s: float = 30.0,
     ) -> None:
         self.producer = producer
         self.settings = settings
+        self.codec = codec
         self.flush_timeout_s = flush_timeout_s
         self._failures: list[KafkaError] = []
 
@@ -35,18 +43,20 @@ class KafkaTopicSink:
         if error is not None:
             self._failures.append(error)
 
-    def _produce(self, topic: str, key: str, value: bytes) -> None:
+    def _produce(self, topic: str, role: str, patient_id: str, value: bytes) -> None:
+        key = self.codec.message_key(patient_id)
+        value = self.codec.seal_message(role, key, value)
         try:
-            self.producer.produce(topic, value, key.encode(), on_delivery=self._report)
+            self.producer.produce(topic, value, key, on_delivery=self._report)
         except BufferError:
             # The local queue is full: serve delivery reports until there is room.
             self.producer.poll(1.0)
-            self.producer.produce(topic, value, key.encode(), on_delivery=self._report)
+            self.producer.produce(topic, value, key, on_delivery=self._report)
 
     def write(self, batch: Batch) -> None:
         topic = self.settings.observations_topic
         for key, resource in batch.observations:
-            self._produce(topic, key, orjson.dumps(resource))
+            self._produce(topic, roles.OBSERVATIONS, key, orjson.dumps(resource))
         for event in batch.alert_events:
             # Built from the event's own snapshot: an alert that opens and resolves in one
             # batch sends two events, each with its resources as they were then.
@@ -57,7 +67,12 @@ class KafkaTopicSink:
                 "communication": communication,
                 "flag": flag,
             }
-            self._produce(self.settings.alerts_topic, event.alert.patient_id, orjson.dumps(value))
+            self._produce(
+                self.settings.alerts_topic,
+                roles.ALERTS,
+                event.alert.patient_id,
+                orjson.dumps(value),
+            )
         self.producer.poll(0)
 
     def flush(self) -> None:

@@ -1,0 +1,104 @@
+"""The one object every Redis and Kafka writer and reader uses for PHI at rest.
+
+Built once per process from the settings (:meth:`Codec.from_settings`) and
+passed down. With ``crypto.enabled`` it seals values with AES-256-GCM and turns
+patient ids in key names, hash fields, set members and Kafka message keys into
+pseudonyms (through :attr:`Codec.keys`); with encryption off every method is
+the identity, so the same code runs either way.
+
+The associated data of a sealed value is its place: the Redis key (and hash
+field), or the topic's role and the message key. Roles, not topic names, so a
+renamed topic keeps its data readable.
+"""
+
+from __future__ import annotations
+
+from healthsync.config import CryptoSettings, Settings
+from healthsync.names import RedisKeys
+from healthsync.security.crypto import MAGIC, Cipher, DecryptError, Keyring, KeyService
+
+# Topic roles, bound into the associated data of Kafka values.
+VITALS = "vitals"
+OBSERVATIONS = "observations"
+ALERTS = "alerts"
+DLQ = "dlq"
+
+
+def _clear(value: str) -> str:
+    return value
+
+
+class Codec:
+    def __init__(self, cipher: Cipher | None, prefix: str = "hs") -> None:
+        self.cipher = cipher
+        self.keys = RedisKeys(prefix, cipher.pseudonym if cipher is not None else _clear)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Codec:
+        """The codec the settings ask for; raises a clear error if the keyring is unusable."""
+        cipher = Cipher(load_keyring(settings.crypto)) if settings.crypto.enabled else None
+        return cls(cipher, settings.redis.prefix)
+
+    @property
+    def enabled(self) -> bool:
+        return self.cipher is not None
+
+    def pseudonym(self, value: str) -> str:
+        return self.keys.pseudonym(value)
+
+    def seal(self, value: bytes, place: str) -> bytes:
+        """`value` encrypted and bound to `place` (a Redis key, or see :meth:`field`)."""
+        if self.cipher is None:
+            return value
+        return self.cipher.seal(value, place.encode())
+
+    def open(self, value: bytes, place: str) -> bytes:
+        """The plaintext of a value :meth:`seal` wrote at `place`; DecryptError otherwise."""
+        if self.cipher is None:
+            if value[:1] == MAGIC:
+                raise DecryptError("the value is encrypted but crypto.enabled is false")
+            return value
+        return self.cipher.open(value, place.encode())
+
+    @staticmethod
+    def field(key: str, field: str) -> str:
+        """The place of one field of a Redis hash."""
+        return f"{key}\0{field}"
+
+    # Kafka
+
+    def message_key(self, patient_id: str) -> bytes:
+        """The Kafka message key for a patient: partitioning stays per patient."""
+        return self.pseudonym(patient_id).encode()
+
+    def seal_message(self, role: str, key: bytes, value: bytes) -> bytes:
+        return self.seal(value, _message_place(role, key))
+
+    def open_message(self, role: str, key: bytes | None, value: bytes) -> bytes:
+        return self.open(value, _message_place(role, key or b""))
+
+
+def _message_place(role: str, key: bytes) -> str:
+    return f"kafka:{role}\0{key.decode('utf-8', 'replace')}"
+
+
+def load_keyring(settings: CryptoSettings) -> Keyring:
+    return Keyring.load(settings.keyring_file, key_service(settings))
+
+
+def ensure_keyring(settings: CryptoSettings) -> bool:
+    """Create the keyring file if encryption is on and it is missing; True if created."""
+    if not settings.enabled or settings.keyring_file.exists():
+        return False
+    ring = Keyring.generate(key_service(settings), settings.kms_key_id)
+    ring.save(settings.keyring_file)
+    return True
+
+
+def key_service(settings: CryptoSettings) -> KeyService | None:
+    """The KMS client the settings name, or None for locally generated keys."""
+    if settings.kms_key_id is None:
+        return None
+    from healthsync.security.kms import KmsKeys
+
+    return KmsKeys(settings.aws_region, settings.kms_endpoint_url)

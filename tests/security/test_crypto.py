@@ -1,0 +1,169 @@
+"""Envelope encryption: keyring file safety, clear errors, rotation, retirement, KMS (moto)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from healthsync.cli import main
+from healthsync.config import Settings
+from healthsync.security.codec import Codec
+from healthsync.security.crypto import Cipher, DecryptError, Keyring, KeyringError, key_id_of
+from healthsync.stack import free_port
+
+PHI = b'{"patient_id": "P-1", "heart_rate": 71}'
+
+
+def saved(tmp_path: Path, name: str = "keyring.json") -> Path:
+    path = tmp_path / name
+    Keyring.generate().save(path)
+    return path
+
+
+def test_keyring_file_is_private_and_a_readable_one_is_refused(tmp_path: Path) -> None:
+    path = saved(tmp_path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    path.chmod(0o644)
+    with pytest.raises(KeyringError, match=r"accessible by group or others \(mode 0644\)"):
+        Keyring.load(path)
+    with pytest.raises(KeyringError, match="not found; create it with `healthsync keys init`"):
+        Keyring.load(tmp_path / "missing.json")
+
+
+def test_a_sealed_value_opens_only_with_its_key_place_and_bytes(tmp_path: Path) -> None:
+    cipher = Cipher(Keyring.load(saved(tmp_path)))
+    sealed = cipher.seal(PHI, b"hs:latest:x")
+    assert b"P-1" not in sealed and b"71" not in sealed[4:]
+    assert cipher.open(sealed, b"hs:latest:x") == PHI
+
+    other = Cipher(Keyring.load(saved(tmp_path, "other.json")))  # also has a key "k1"
+    with pytest.raises(DecryptError, match="authentication failed: wrong key or tampered data"):
+        other.open(sealed, b"hs:latest:x")
+    with pytest.raises(DecryptError, match="authentication failed"):
+        cipher.open(sealed, b"hs:latest:y")  # moved to another patient's key
+    tampered = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    with pytest.raises(DecryptError, match="authentication failed"):
+        cipher.open(tampered, b"hs:latest:x")
+    with pytest.raises(DecryptError, match="not a HealthSync ciphertext"):
+        cipher.open(PHI, b"hs:latest:x")
+
+
+def test_pseudonyms_are_keyed_and_deterministic(tmp_path: Path) -> None:
+    one = Cipher(Keyring.load(saved(tmp_path)))
+    other = Cipher(Keyring.load(saved(tmp_path, "other.json")))
+    assert one.pseudonym("P-1") == one.pseudonym("P-1") != one.pseudonym("P-2")
+    assert one.pseudonym("P-1") != other.pseudonym("P-1")
+    assert "P-1" not in one.pseudonym("P-1")
+
+
+def test_rotation_keeps_old_data_readable_and_retiring_makes_it_unreadable(
+    tmp_path: Path,
+) -> None:
+    path = saved(tmp_path)
+    old = Cipher(Keyring.load(path)).seal(PHI, b"place")
+    ring = Keyring.load(path)
+    assert ring.rotate() == "k2"
+    ring.save(path)
+
+    rotated = Cipher(Keyring.load(path))
+    new = rotated.seal(PHI, b"place")
+    assert (key_id_of(old), key_id_of(new)) == ("k1", "k2")
+    assert rotated.open(old, b"place") == rotated.open(new, b"place") == PHI
+    assert rotated.pseudonym("P-1") == Cipher(ring).pseudonym("P-1"), "key names stay stable"
+
+    ring = Keyring.load(path)
+    with pytest.raises(KeyringError, match="'k2' is the active key; rotate before retiring it"):
+        ring.retire("k2")
+    ring.retire("k1")
+    ring.save(path)
+    assert "k1" not in json.loads(path.read_text())["keys"], "the key material is deleted"
+    retired = Cipher(Keyring.load(path))
+    assert retired.open(new, b"place") == PHI
+    with pytest.raises(DecryptError, match="key 'k1' was retired; its data is no longer readable"):
+        retired.open(old, b"place")
+    unknown = old[:3] + b"k9" + old[5:]
+    with pytest.raises(DecryptError, match="key 'k9' is not in the keyring"):
+        retired.open(unknown, b"place")
+
+
+def test_codec_with_encryption_off_refuses_sealed_values(tmp_path: Path) -> None:
+    settings = Settings(crypto={"keyring_file": str(saved(tmp_path))})
+    sealed = Codec.from_settings(settings).seal(PHI, "k")
+    settings.crypto.enabled = False
+    with pytest.raises(DecryptError, match=r"encrypted but crypto\.enabled is false"):
+        Codec.from_settings(settings).open(sealed, "k")
+
+
+def test_keys_command_creates_rotates_and_retires(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "run" / "keyring.json"
+    assert main(["keys", "init", "--keyring", str(path)]) == 0
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert main(["keys", "init", "--keyring", str(path)]) == 2, "never overwrites a keyring"
+    assert main(["keys", "rotate", "--keyring", str(path)]) == 0
+    assert main(["keys", "retire", "k1", "--keyring", str(path)]) == 0
+    assert main(["keys", "retire", "k2", "--keyring", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert "active key is now k2" in out and "retired k1" in out
+    assert "exists already" in err and "'k2' is the active key" in err
+    doc = json.loads(path.read_text())
+    assert (doc["active"], sorted(doc["keys"]), doc["retired"]) == ("k2", ["k2"], ["k1"])
+
+
+@pytest.fixture
+def kms(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
+    """moto's KMS in server mode on a loopback port, and a KMS key in it."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    try:
+        client = boto3.client("kms", region_name="eu-west-1", endpoint_url=endpoint)
+        key_id = client.create_key(Description="healthsync test")["KeyMetadata"]["KeyId"]
+        yield endpoint, key_id
+    finally:
+        server.stop()
+
+
+def test_kms_data_keys_are_stored_only_encrypted(
+    kms: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    endpoint, key_id = kms
+    path = tmp_path / "keyring.json"
+    monkeypatch.setenv("HEALTHSYNC_CRYPTO_KEYRING_FILE", str(path))
+    monkeypatch.setenv("HEALTHSYNC_CRYPTO_KMS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("HEALTHSYNC_CRYPTO_AWS_REGION", "eu-west-1")
+    assert main(["keys", "init", "--kms-key-id", key_id]) == 0
+    monkeypatch.setenv("HEALTHSYNC_CRYPTO_KMS_KEY_ID", key_id)
+    assert main(["keys", "rotate"]) == 0
+
+    settings = Settings.load()
+    codec = Codec.from_settings(settings)
+    assert codec.cipher is not None
+    doc = json.loads(path.read_text())
+    assert doc["kms_key_id"] == key_id and doc["active"] == "k2"
+    plain = codec.cipher.keyring.keys
+    for key_id_in_file, stored in doc["keys"].items():
+        # What is stored is KMS's blob, not the key: the key needs KMS Decrypt.
+        blob = base64.b64decode(stored)
+        assert len(blob) > 32 and plain[key_id_in_file] not in blob
+    sealed = codec.seal(PHI, "hs:x")
+    assert codec.open(sealed, "hs:x") == PHI
+
+    settings.crypto.kms_key_id = None
+    with pytest.raises(KeyringError, match="keys come from KMS, but KMS is not configured"):
+        Codec.from_settings(settings)
