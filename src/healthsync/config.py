@@ -12,7 +12,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import (
@@ -67,9 +67,20 @@ class RedisSettings(BaseModel):
 class IngestSettings(BaseModel):
     """The device-facing TCP server."""
 
+    # The plaintext listener: loopback only (demos, local bash devices) unless
+    # plain_allow_remote says otherwise, since everything on it travels in clear.
     host: str = "127.0.0.1"
     port: int = Field(7000, ge=0, le=65535)
     plain_enabled: bool = True
+    plain_allow_remote: bool = False
+    # The TLS listener, with the certificates from `tls.dir`. Devices elsewhere
+    # on the network connect here: set tls_host to 0.0.0.0 (or an interface).
+    tls_enabled: bool = True
+    tls_host: str = "127.0.0.1"
+    tls_port: int = Field(7443, ge=0, le=65535)
+    # Mutual TLS: a device needs a certificate from the CA, and may only send
+    # readings for the device id in it.
+    require_client_cert: bool = True
     max_line_bytes: int = Field(4096, ge=64)
     idle_timeout_s: float = Field(300.0, gt=0)
     max_connections: int = Field(2000, ge=1)
@@ -110,6 +121,16 @@ class FhirSettings(BaseModel):
     ehr_headers: dict[str, str] = Field(default_factory=dict)
 
 
+class TlsSettings(BaseModel):
+    """Where the certificates live and which TLS versions servers accept."""
+
+    # ca.crt, crl.pem, {service}.crt/.key, devices/ (see healthsync.security.certs).
+    # `healthsync up` uses <run dir>/certs unless this is set.
+    dir: Path = Path("run/certs")
+    # "1.3" allows TLS 1.3 only; "1.2" also TLS 1.2, with ECDHE AES-256-GCM suites only.
+    min_version: Literal["1.3", "1.2"] = "1.3"
+
+
 class ApiSettings(BaseModel):
     """The REST API."""
 
@@ -133,6 +154,7 @@ class Settings(BaseSettings):
     processor: ProcessorSettings = ProcessorSettings()
     fhir: FhirSettings = FhirSettings()
     api: ApiSettings = ApiSettings()
+    tls: TlsSettings = TlsSettings()
     log_level: str = "INFO"
 
     @classmethod
@@ -160,7 +182,7 @@ class Settings(BaseSettings):
     def to_env(self) -> dict[str, str]:
         """These settings as HEALTHSYNC_* variables, for starting child processes."""
         env: dict[str, str] = {"HEALTHSYNC_LOG_LEVEL": self.log_level}
-        for section in ("kafka", "redis", "ingest", "processor", "fhir", "api"):
+        for section in ("kafka", "redis", "ingest", "processor", "fhir", "api", "tls"):
             model: BaseModel = getattr(self, section)
             for name, value in model.model_dump().items():
                 if value is None:

@@ -1,0 +1,1 @@
+"""Security: the local PKI (certificates, CRL) and the TLS contexts built from it."""
