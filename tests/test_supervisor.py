@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -53,8 +54,15 @@ def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+    # `up` makes its PKI in run/certs; the API is HTTPS, Kafka and Redis are TLS.
+    ca = tmp_path / "run" / "certs" / "ca.crt"
+    wait_for(ca.exists, timeout=30, what="the local CA")
     try:
-        api = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=5)
+        api = httpx.Client(
+            base_url=f"https://127.0.0.1:{api_port}",
+            verify=ssl.create_default_context(cafile=str(ca)),
+            timeout=5,
+        )
 
         def three_patients() -> list[object] | None:
             try:
@@ -65,7 +73,7 @@ def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path: Path) -> None:
 
         wait_for(three_patients, timeout=90, what="readings from 3 simulated devices")
         processes = descendants(up.pid)
-        assert len(processes) >= 6, "broker, redis, ingest, processor, api and simulator"
+        assert len(processes) >= 7, "broker, haproxy, redis, ingest, processor, api, simulator"
 
         # A stage that dies is restarted.
         ingest_pid = next(
@@ -91,7 +99,9 @@ def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path: Path) -> None:
             up.kill()
     text = out.decode()
     assert up.returncode == 0, text
-    assert "ingest    tcp://127.0.0.1:" in text and "(embedded Tansu)" in text
+    assert "ingest    tcp://127.0.0.1:" in text
+    assert "(embedded Tansu, TLS via HAProxy)" in text and "redis     rediss://" in text
+    assert f"api       https://127.0.0.1:{api_port}" in text
     assert "processed" in text and "stopped." in text
     assert "ingest exited with code" in text
     assert not [p for p in processes if alive(p)], "a child outlived healthsync up"

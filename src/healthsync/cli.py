@@ -100,8 +100,20 @@ def cmd_api(args: argparse.Namespace) -> int:
         settings.api.port = args.port
     setup_logging("api", settings.log_level)
     app = create_app(settings)
+    ssl_context_factory = None
+    if settings.api.tls_enabled:
+        from healthsync.security.tls import server_context
+
+        # Built before serving, so a missing certificate is one clear error, not a traceback.
+        context = server_context(settings, "api")
+        ssl_context_factory = lambda *_: context  # noqa: E731 - uvicorn calls it with two args
     uvicorn.run(
-        app, host=settings.api.host, port=settings.api.port, log_config=None, access_log=False
+        app,
+        host=settings.api.host,
+        port=settings.api.port,
+        log_config=None,
+        access_log=False,
+        ssl_context_factory=ssl_context_factory,
     )
     return 0
 
@@ -146,7 +158,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     failures = []
     if settings.redis.url:
         try:
-            Redis.from_url(settings.redis.url, socket_timeout=2).ping()
+            options = settings.redis.client_options() | {"socket_timeout": 2}
+            Redis.from_url(settings.redis.url, **options).ping()
         except Exception as exc:  # noqa: BLE001
             failures.append(f"redis: {exc}")
     else:

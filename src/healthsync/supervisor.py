@@ -24,8 +24,10 @@ from redis import Redis
 
 from healthsync.config import Settings
 from healthsync.kafka import ensure_topics
+from healthsync.security.certs import ca_cert_path, init_pki, pki_exists, service_paths
 from healthsync.stack import (
     EmbeddedStack,
+    ServerTls,
     die_with_parent,
     start_broker,
     start_redis,
@@ -103,12 +105,20 @@ class Pipeline:
         settings = self.settings
         if stages is None:
             stages = STAGES + (("push",) if settings.fhir.ehr_base_url else ())
-        if settings.kafka.bootstrap is None:
-            self.stack.broker = start_broker(log_dir=self.logs)
-            settings.kafka.bootstrap = self.stack.bootstrap
+        self._prepare_certificates(stages)
         if settings.redis.url is None:
-            self.stack.redis = start_redis(log_dir=self.logs)
+            tls = self._server_tls("redis") if settings.redis.embedded_tls else None
+            self.stack.redis = start_redis(log_dir=self.logs, tls=tls)
             settings.redis.url = self.stack.redis_url
+            if tls is not None and settings.redis.tls_ca_file is None:
+                settings.redis.tls_ca_file = tls.ca
+        if settings.kafka.bootstrap is None:
+            tls = self._server_tls("kafka") if settings.kafka.embedded_tls else None
+            self.stack.broker = start_broker(log_dir=self.logs, tls=tls, run_dir=self.run_dir)
+            settings.kafka.bootstrap = self.stack.bootstrap
+            if tls is not None:
+                ssl = {"security.protocol": "SSL", "ssl.ca.location": str(tls.ca)}
+                settings.kafka.client = ssl | settings.kafka.client
         ensure_topics(settings.kafka)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
         self.env.update(settings.to_env())
@@ -118,6 +128,31 @@ class Pipeline:
             wait_for_port(settings.ingest.host, settings.ingest.port, 30, self.process("ingest"))
         if "api" in stages:
             wait_for_port(settings.api.host, settings.api.port, 30, self.process("api"))
+
+    def _prepare_certificates(self, stages: tuple[str, ...]) -> None:
+        """Make a local PKI in <run dir>/certs (unless tls.dir is set) when a service needs one."""
+        settings = self.settings
+        needed = (
+            (settings.kafka.bootstrap is None and settings.kafka.embedded_tls)
+            or (settings.redis.url is None and settings.redis.embedded_tls)
+            or ("api" in stages and settings.api.tls_enabled)
+            or ("ingest" in stages and settings.ingest.tls_enabled)
+        )
+        if not needed:
+            return
+        if "dir" not in settings.tls.model_fields_set:
+            settings.tls.dir = self.run_dir / "certs"
+        if not pki_exists(settings.tls.dir):
+            init_pki(settings.tls.dir)
+
+    def _server_tls(self, service: str) -> ServerTls:
+        cert, key = service_paths(self.settings.tls.dir, service)
+        return ServerTls(cert, key, ca_cert_path(self.settings.tls.dir))
+
+    @property
+    def api_url(self) -> str:
+        api = self.settings.api
+        return f"{'https' if api.tls_enabled else 'http'}://{api.host}:{api.port}"
 
     def start_child(self, name: str, *args: str) -> Child:
         child = self.children.get(name)
@@ -181,12 +216,18 @@ class Supervisor:
 
     def _announce(self) -> None:
         settings, stack = self.pipeline.settings, self.pipeline.stack
+        broker_tls = bool(stack.broker and stack.broker.tls)
+        redis_tls = bool(stack.redis and stack.redis.tls)
         embedded_kafka = " (embedded Tansu)" if stack.broker else ""
-        embedded_redis = " (embedded)" if stack.redis else ""
+        if broker_tls:
+            embedded_kafka = " (embedded Tansu, TLS via HAProxy)"
+        embedded_redis = " (embedded, TLS)" if redis_tls else " (embedded)" if stack.redis else ""
         self._say(f"kafka     {settings.kafka.bootstrap}{embedded_kafka}")
         self._say(f"redis     {settings.redis.url}{embedded_redis}")
         self._say(f"ingest    tcp://{settings.ingest.host}:{settings.ingest.port}")
-        self._say(f"api       http://{settings.api.host}:{settings.api.port}  (docs at /docs)")
+        self._say(f"api       {self.pipeline.api_url}  (docs at /docs)")
+        if broker_tls or redis_tls:
+            self._say(f"certs     {settings.tls.dir}  (clients trust ca.crt)")
         if self.simulate_devices:
             self._say(f"devices   {self.simulate_devices} simulated at {self.simulate_rate}/s each")
         self._say(f"logs      {self.pipeline.logs}")
