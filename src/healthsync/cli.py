@@ -227,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the whole pipeline on this machine",
         description="Start the embedded Kafka broker and Redis (unless "
         "HEALTHSYNC_KAFKA_BOOTSTRAP / HEALTHSYNC_REDIS_URL name external ones), "
-        "then ingest, processor and API, supervised. "
+        "then ingest, processor and API, supervised. Kafka, Redis and the API use "
+        "TLS 1.3 with a local CA made in <run dir>/certs (HEALTHSYNC_KAFKA_EMBEDDED_TLS, "
+        "HEALTHSYNC_REDIS_EMBEDDED_TLS, HEALTHSYNC_API_TLS_ENABLED switch it off). "
         "Ctrl-C or SIGTERM drains and stops everything.",
     )
     up.add_argument(
@@ -236,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--rate", type=float, default=1.0, help="readings/s per simulated device (default 1)"
     )
-    up.add_argument("--run-dir", default="run", help="where logs go (default ./run)")
+    up.add_argument(
+        "--run-dir", default="run", help="where logs and certificates go (default ./run)"
+    )
     up.set_defaults(func=cmd_up)
 
     ingest = sub.add_parser("ingest", help="run the TCP ingest server (devices -> Kafka)")
@@ -258,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     push.set_defaults(func=cmd_push)
 
-    api = sub.add_parser("api", help="run the REST API")
+    api = sub.add_parser(
+        "api", help="run the REST API (HTTPS with tls.dir's api certificate by default)"
+    )
     api.add_argument("--host", help="listen address (default 127.0.0.1)")
     api.add_argument("--port", type=int, help="listen port (default 8000)")
     api.set_defaults(func=cmd_api)
