@@ -20,13 +20,13 @@ import redis
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from healthsync.cli import main
 from healthsync.config import KafkaSettings, RedisSettings, Settings
 from healthsync.kafka import make_consumer, make_producer
 from healthsync.security.certs import ca_cert_path, init_pki, service_paths
 from healthsync.stack import ServerTls, Service, free_port, start_broker, start_redis
 from healthsync.supervisor import Pipeline
 from tests.conftest import Device, make_settings, wait_for
+from tests.test_cli import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -165,18 +165,28 @@ def test_api_serves_https_with_tls13(
 
 
 def test_missing_api_certificate_is_one_clear_error(
-    broker: Service,
-    redis_server: Service,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    broker: Service, redis_server: Service, tmp_path: Path
 ) -> None:
     settings = make_settings(broker, redis_server, api={"tls_enabled": True})
     settings.tls.dir = tmp_path / "no-certs"
-    for key, value in settings.to_env().items():
-        monkeypatch.setenv(key, value)
-    assert main(["api"]) == 2
-    assert "cannot load the api certificate" in capsys.readouterr().err
+    result = run_cli(settings, "api")
+    assert result.returncode == 2
+    assert result.stderr.startswith("healthsync: cannot load the api certificate"), result.stderr
+
+
+def test_check_reaches_redis_and_kafka_over_tls(
+    tls_redis: Service, tls_broker: Service, pki: Path
+) -> None:
+    ca = str(ca_cert_path(pki))
+    settings = Settings(
+        kafka={
+            "bootstrap": f"{tls_broker.host}:{tls_broker.port}",
+            "client": {"security.protocol": "SSL", "ssl.ca.location": ca},
+        },
+        redis={"url": f"rediss://127.0.0.1:{tls_redis.port}/0", "tls_ca_file": ca},
+    )
+    result = run_cli(settings, "check")
+    assert (result.returncode, result.stdout.strip()) == (0, "ok"), result.stderr
 
 
 @pytest.mark.slow
