@@ -7,6 +7,11 @@
 # the last vitals persist in a state file so that successive runs continue the
 # same patient instead of starting over (and never reuse a seq, which the
 # server would take for a resend of an old reading).
+#
+# With --tls the reading goes to the TLS port with the device's certificate,
+# through ncat --ssl or openssl s_client. A TLS connection ends when either side
+# closes it (there is no half-close as with nc -N), so the script keeps it open
+# until the reply has arrived and only then closes it.
 set -euo pipefail
 
 readonly PROG=${0##*/}
@@ -21,7 +26,16 @@ Options:
   --device ID       device id, e.g. mon-0001 (required)
   --patient ID      patient id, e.g. P-1001 (required)
   --host HOST       ingest host (default: \$HS_HOST or 127.0.0.1)
-  --port PORT       ingest port (default: \$HS_PORT or 7000)
+  --port PORT       ingest port (default: \$HS_PORT, or 7000; 7443 with --tls)
+  --tls             send over TLS with the device certificate (mutual TLS)
+  --cert FILE       device certificate (default: \$HS_CERT or run/certs/devices/ID.crt)
+  --key FILE        device key (default: \$HS_KEY or run/certs/devices/ID.key)
+  --ca FILE         CA certificate to check the server with
+                    (default: \$HS_CA or run/certs/ca.crt)
+  --server-name N   name or address the server certificate must carry
+                    (default: the host)
+  --tls-client C    ncat or openssl (default: ncat, or openssl s_client when
+                    the server name is an IP address, which ncat cannot check)
   --interval SECS   seconds between readings, fractions allowed (default: 5)
   --count N         send N readings, then exit (default: run until stopped)
   --timeout SECS    how long to wait for a reply, whole seconds (default: 10)
@@ -32,8 +46,9 @@ Options:
 Each reply is printed on stdout as:  <UTC time> <device> seq=<n> <reply>
 
 Exit status: 0 every reading got OK; 1 a reading got ERR; 2 a reading got no
-reply (server down or too slow); 64 bad usage; 69 nc missing; 75 another
-instance holds this device's state.
+reply (server down or too slow, or the TLS handshake refused); 64 bad usage;
+69 nc (or ncat/openssl for --tls) missing; 75 another instance holds this
+device's state.
 EOF
 }
 
@@ -46,7 +61,13 @@ usage_error() {
 device=""
 patient=""
 host=${HS_HOST:-127.0.0.1}
-port=${HS_PORT:-7000}
+port=${HS_PORT:-}
+tls=0
+cert=${HS_CERT:-}
+key=${HS_KEY:-}
+ca=${HS_CA:-}
+server_name=""
+tls_client=""
 interval=5
 count=""
 timeout=10
@@ -57,6 +78,11 @@ while (($# > 0)); do
     -h | --help)
         usage
         exit 0
+        ;;
+    --tls)
+        tls=1
+        shift
+        continue
         ;;
     --*=*)
         option=${1%%=*}
@@ -82,6 +108,11 @@ while (($# > 0)); do
     --count) count=$value ;;
     --timeout) timeout=$value ;;
     --state-dir) state_dir=$value ;;
+    --cert) cert=$value ;;
+    --key) key=$value ;;
+    --ca) ca=$value ;;
+    --server-name) server_name=$value ;;
+    --tls-client) tls_client=$value ;;
     *) usage_error "unknown option: $option" ;;
     esac
 done
@@ -91,6 +122,10 @@ id_pattern='^[A-Za-z0-9._:-]{1,64}$'
 [[ $device =~ $id_pattern ]] || usage_error "--device must be 1-64 of A-Z a-z 0-9 . _ : -"
 [[ $patient =~ $id_pattern ]] || usage_error "--patient must be 1-64 of A-Z a-z 0-9 . _ : -"
 [[ -n $host ]] || usage_error "--host must not be empty"
+if [[ -z $port ]]; then
+    port=7000
+    ((tls == 0)) || port=7443
+fi
 if ! [[ $port =~ ^[0-9]{1,5}$ ]] || ((10#$port < 1 || 10#$port > 65535)); then
     usage_error "--port must be 1-65535"
 fi
@@ -98,9 +133,55 @@ fi
 [[ -z $count || $count =~ ^[1-9][0-9]{0,8}$ ]] || usage_error "--count must be a positive integer"
 [[ $timeout =~ ^[1-9][0-9]{0,4}$ ]] || usage_error "--timeout must be a positive whole number"
 
-command -v nc >/dev/null || {
-    printf '%s: nc not found; install netcat-openbsd\n' "$PROG" >&2
-    exit 69
+ip_pattern='^([0-9]{1,3}(\.[0-9]{1,3}){3}|.*:.*)$'
+if ((tls)); then
+    cert=${cert:-run/certs/devices/$device.crt}
+    key=${key:-run/certs/devices/$device.key}
+    ca=${ca:-run/certs/ca.crt}
+    server_name=${server_name:-$host}
+    if [[ -z $tls_client ]]; then
+        tls_client=ncat
+        [[ $server_name =~ $ip_pattern ]] && tls_client=openssl
+    fi
+    [[ $tls_client == ncat || $tls_client == openssl ]] ||
+        usage_error "--tls-client must be ncat or openssl"
+    for file in "$cert" "$key" "$ca"; do
+        [[ -r $file ]] || usage_error "cannot read $file (see --cert, --key, --ca)"
+    done
+    command -v "$tls_client" >/dev/null || {
+        printf '%s: %s not found; install %s\n' "$PROG" "$tls_client" "$tls_client" >&2
+        exit 69
+    }
+else
+    command -v nc >/dev/null || {
+        printf '%s: nc not found; install netcat-openbsd\n' "$PROG" >&2
+        exit 69
+    }
+fi
+
+# send_tls LINE: print the reply to LINE sent over TLS (nothing when none came).
+# The client runs as a coprocess, so the connection stays open until the reply
+# is read (closing it first would end the TLS session before the answer).
+send_tls() {
+    local -a client
+    if [[ $tls_client == ncat ]]; then
+        client=(ncat --ssl --ssl-verify --ssl-servername "$server_name" --ssl-trustfile "$ca"
+            --ssl-cert "$cert" --ssl-key "$key" -w "$timeout" "$host" "$port")
+    else
+        local check=-verify_hostname
+        [[ $server_name =~ $ip_pattern ]] && check=-verify_ip
+        client=(openssl s_client -quiet -no_ign_eof -verify_return_error "$check" "$server_name"
+            -cert "$cert" -key "$key" -CAfile "$ca" -connect "$host:$port")
+    fi
+    local answer=""
+    coproc TLS_CLIENT { exec "${client[@]}" 2>/dev/null; }
+    local pid=$TLS_CLIENT_PID to_client=${TLS_CLIENT[1]} from_client=${TLS_CLIENT[0]}
+    if printf '%s\n' "$1" >&"$to_client"; then
+        read -r -t "$timeout" answer <&"$from_client" || true
+    fi
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    printf '%s\n' "$answer"
 }
 
 # --- the patient ---------------------------------------------------------------
@@ -178,7 +259,11 @@ while [[ -z $count ]] || ((sent < count)); do
 
     # -N half-closes after the line, so the server answers and closes and nc
     # exits at once; -w bounds the wait when it does not.
-    reply=$(printf '%s\n' "$line" | nc -N -w "$timeout" "$host" "$port") || true
+    if ((tls)); then
+        reply=$(send_tls "$line") || true
+    else
+        reply=$(printf '%s\n' "$line" | nc -N -w "$timeout" "$host" "$port") || true
+    fi
     reply=${reply%%$'\n'*}
     reply=${reply%$'\r'}
     stamp=$(date -u +%Y-%m-%dT%H:%M:%SZ)

@@ -50,7 +50,7 @@ def make_settings(broker: Service, redis_server: Service, **sections: dict[str, 
             "partitions": 3,
         },
         "redis": {"url": f"redis://{redis_server.host}:{redis_server.port}/0", "prefix": f"t{tag}"},
-        "ingest": {"port": free_port()},
+        "ingest": {"port": free_port(), "tls_port": free_port()},
         "processor": {"group_id": f"g{tag}", "batch_wait_s": 0.02},
         # Plain HTTP keeps the many API tests simple; tests/test_transport_tls.py covers HTTPS.
         "api": {"port": free_port(), "tls_enabled": False},
@@ -88,7 +88,11 @@ def pipeline(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
 def start_ingest(
     broker: Service, redis_server: Service, tmp_path: Path
 ) -> Iterator[Callable[..., Settings]]:
-    """Start just the ingest server with some settings changed; stopped after the test."""
+    """Start just the ingest server with some settings changed; stopped after the test.
+
+    Its TLS listener uses a PKI created in the test's run dir: `settings.tls.dir`
+    of the returned settings, where a test can issue device certificates.
+    """
     started: list[Pipeline] = []
 
     def start(broker_service: Service | None = None, **ingest: Any) -> Settings:

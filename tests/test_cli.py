@@ -5,8 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography import x509
 
 from healthsync.config import Settings
+from healthsync.security.certs import issue_device, revoked_serials
 from healthsync.stack import free_port
 
 
@@ -39,3 +44,41 @@ def test_simulate_without_a_server_fails_with_a_clear_error(settings: Settings) 
     result = run_cli(settings, "simulate", "--devices", "1", "--count", "1", "--quiet")
     assert result.returncode != 0
     assert "could not connect" in result.stderr
+
+
+def test_certs_init_device_revoke(settings: Settings, tmp_path: Path) -> None:
+    settings.tls.dir = tmp_path / "pki"
+    init = run_cli(settings, "certs", "init", "--host", "ingest.ward3.example")
+    assert init.returncode == 0, init.stderr
+    assert (tmp_path / "pki" / "ingest.crt").is_file()
+
+    again = run_cli(settings, "certs", "init")
+    assert again.returncode == 2
+    assert "already exist (use --force to replace)" in again.stderr
+
+    device = run_cli(settings, "certs", "device", "mon-0001", "--days", "30")
+    assert device.returncode == 0, device.stderr
+    cert = tmp_path / "pki" / "devices" / "mon-0001.crt"
+    assert device.stdout.split() == [str(cert), str(cert.with_suffix(".key"))]
+
+    revoke = run_cli(settings, "certs", "revoke", "mon-0001")
+    assert revoke.returncode == 0, revoke.stderr
+    serial = x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
+    assert serial in revoked_serials(tmp_path / "pki")
+
+    missing = run_cli(settings, "certs", "--dir", str(tmp_path / "none"), "device", "mon-2")
+    assert missing.returncode == 2
+    assert "run `healthsync certs init` first" in missing.stderr
+
+
+def test_simulate_over_mutual_tls(start_ingest: Callable[..., Settings]) -> None:
+    settings = start_ingest()
+    # The simulator's first device is sim-0001: its certificate lets it send.
+    cert, key = issue_device(settings.tls.dir, "sim-0001")
+    result = run_cli(
+        settings,
+        *("simulate", "--tls", "--cert", str(cert), "--key", str(key)),
+        *("--devices", "1", "--count", "3", "--rate", "20", "--quiet"),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "sent 3 readings" in result.stdout and "3 OK, 0 ERR" in result.stdout, result.stdout

@@ -1,4 +1,5 @@
-"""devices/monitor.sh with the real nc against a stand-in ingest server."""
+"""devices/monitor.sh with the real nc against a stand-in ingest server, and over TLS
+(ncat, openssl s_client) against the real one."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from healthsync.config import Settings
 from healthsync.readings import VITALS, Reading
+from healthsync.security.certs import issue_device
 from healthsync.wire import WireError, ok_reply, parse_line
 
 SCRIPT = Path(__file__).resolve().parent.parent / "devices" / "monitor.sh"
@@ -323,3 +326,42 @@ def test_script_is_executable_and_lint_clean() -> None:
     assert shutil.which("shellcheck"), "shellcheck is installed by `make install`"
     result = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_tls_delivers_readings_to_the_real_ingest_server(
+    start_ingest: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = start_ingest()
+    cert, key = issue_device(settings.tls.dir, "mon-tls1")
+    ca = settings.tls.dir / "ca.crt"
+    tls_args = ["--tls", "--port", str(settings.ingest.tls_port), "--count", "2", "--interval", "0"]
+    tls_args += ["--cert", str(cert), "--key", str(key), "--ca", str(ca)]
+
+    # ncat checks the server by name; openssl s_client can check an IP address too.
+    for client, host in (("ncat", "localhost"), ("openssl", "127.0.0.1")):
+        result = monitor(
+            *("--device", "mon-tls1", "--patient", "P-2001", "--host", host),
+            *("--tls-client", client, *tls_args),
+            state=tmp_path / client,
+        )
+        assert result.returncode == 0, (client, result.stdout, result.stderr)
+        printed = result.stdout.splitlines()
+        assert len(printed) == 2, (client, printed)
+        assert all(" mon-tls1 seq=" in text and " OK " in text for text in printed), printed
+
+    # Another device's readings with this certificate are refused by the server.
+    result = monitor(
+        *("--device", "mon-tls2", "--patient", "P-2002", *tls_args),
+        state=tmp_path / "other",
+    )
+    assert result.returncode == 1
+    assert result.stdout.count("ERR 403 device_mismatch") == 2
+
+
+def test_tls_without_a_readable_certificate_is_bad_usage(tmp_path: Path) -> None:
+    result = monitor(
+        *("--device", "mon-1", "--patient", "P-1", "--tls", "--cert", str(tmp_path / "no.crt")),
+        state=tmp_path,
+    )
+    assert result.returncode == 64
+    assert f"cannot read {tmp_path / 'no.crt'}" in result.stderr

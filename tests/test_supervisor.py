@@ -44,9 +44,13 @@ def alive(pid: int) -> bool:
 
 
 def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path: Path) -> None:
-    ingest_port, api_port = free_port(), free_port()
+    ingest_port, tls_port, api_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
-    env |= {"HEALTHSYNC_INGEST_PORT": str(ingest_port), "HEALTHSYNC_API_PORT": str(api_port)}
+    env |= {
+        "HEALTHSYNC_INGEST_PORT": str(ingest_port),
+        "HEALTHSYNC_INGEST_TLS_PORT": str(tls_port),
+        "HEALTHSYNC_API_PORT": str(api_port),
+    }
     up = subprocess.Popen(
         [sys.executable, "-m", "healthsync", "up", "--simulate", "3", "--rate", "5"],
         cwd=tmp_path,
@@ -102,6 +106,10 @@ def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path: Path) -> None:
     assert "ingest    tcp://127.0.0.1:" in text
     assert "(embedded Tansu, TLS via HAProxy)" in text and "redis     rediss://" in text
     assert f"api       https://127.0.0.1:{api_port}" in text
+    # TLS is on by default, with a PKI made in the run dir on first start.
+    certs = tmp_path / "run" / "certs"
+    assert f"ingest    tls://127.0.0.1:{tls_port}  (mutual TLS; certificates in {certs})" in text
+    assert (certs / "ca.crt").is_file() and (certs / "ingest.key").stat().st_mode & 0o077 == 0
     assert "processed" in text and "stopped." in text
     assert "ingest exited with code" in text
     assert not [p for p in processes if alive(p)], "a child outlived healthsync up"

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from healthsync import __version__
 from healthsync.config import Settings
-from healthsync.errors import HealthSyncError
+from healthsync.errors import ConfigError, HealthSyncError
 
 log = logging.getLogger("healthsync")
 
@@ -122,8 +122,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from healthsync.simulate import SimulationStats, run_simulation
 
     settings = _settings(args)
-    host = args.host or settings.ingest.host
-    port = args.port if args.port is not None else settings.ingest.port
+    tls = None
+    if args.tls:
+        from healthsync.security.tls import client_context
+
+        if (args.cert is None) != (args.key is None):
+            raise ConfigError("--cert and --key go together")
+        tls = client_context(settings, cert=args.cert, key=args.key, ca=args.ca)
+        host = args.host or settings.ingest.tls_host
+        port = args.port if args.port is not None else settings.ingest.tls_port
+    else:
+        host = args.host or settings.ingest.host
+        port = args.port if args.port is not None else settings.ingest.port
     quiet = args.quiet
 
     def progress(stats: SimulationStats) -> None:
@@ -140,12 +150,30 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             count=args.count,
             seed=args.seed,
             progress=progress,
+            ssl=tls,
         )
     )
     if not quiet:
         print(file=sys.stderr)
     print(stats.summary())
     return 0 if stats.sent and not stats.err and not stats.unanswered else 1
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    """Create the local PKI, issue a device certificate, or revoke one."""
+    from healthsync.security import certs
+
+    directory: Path = args.dir or _settings(args).tls.dir
+    if args.certs_command == "init":
+        certs.init_pki(directory, hosts=args.host or ("localhost", "127.0.0.1"), force=args.force)
+        print(f"CA, server certificates ({', '.join(certs.SERVICES)}) and CRL in {directory}")
+    elif args.certs_command == "device":
+        cert, key = certs.issue_device(directory, args.device_id, days=args.days, force=args.force)
+        print(f"{cert}\n{key}")
+    else:
+        certs.revoke_device(directory, args.device_id)
+        print(f"{args.device_id} revoked; {certs.crl_path(directory)} updated")
+    return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -239,13 +267,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate", type=float, default=1.0, help="readings/s per simulated device (default 1)"
     )
     up.add_argument(
-        "--run-dir", default="run", help="where logs and certificates go (default ./run)"
+        "--run-dir",
+        default="run",
+        help="where logs go, and the certificates unless tls.dir is set (default ./run)",
     )
     up.set_defaults(func=cmd_up)
 
-    ingest = sub.add_parser("ingest", help="run the TCP ingest server (devices -> Kafka)")
-    ingest.add_argument("--host", help="listen address (default 127.0.0.1)")
-    ingest.add_argument("--port", type=int, help="listen port (default 7000)")
+    ingest = sub.add_parser(
+        "ingest",
+        help="run the TCP ingest server (devices -> Kafka)",
+        description="Listen for devices on the plaintext port (loopback only unless "
+        "HEALTHSYNC_INGEST_PLAIN_ALLOW_REMOTE) and the TLS port (mutual TLS with the "
+        "certificates in tls.dir; see `healthsync certs`).",
+    )
+    ingest.add_argument("--host", help="plaintext listen address (default 127.0.0.1)")
+    ingest.add_argument("--port", type=int, help="plaintext listen port (default 7000)")
     ingest.set_defaults(func=cmd_ingest)
 
     process = sub.add_parser(
@@ -284,7 +320,41 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--host", help="ingest host (default from settings)")
     simulate.add_argument("--port", type=int, help="ingest port (default from settings)")
     simulate.add_argument("--quiet", action="store_true", help="no progress line")
+    simulate.add_argument(
+        "--tls", action="store_true", help="connect to the TLS port (ingest.tls_port)"
+    )
+    simulate.add_argument("--cert", type=Path, help="client certificate for --tls")
+    simulate.add_argument("--key", type=Path, help="client key for --tls")
+    simulate.add_argument("--ca", type=Path, help="CA to check the server (default tls.dir)")
     simulate.set_defaults(func=cmd_simulate)
+
+    certs = sub.add_parser(
+        "certs",
+        help="create the local CA and certificates; issue and revoke device certificates",
+        description="A local PKI for TLS: a CA, server certificates for ingest, api, redis "
+        "and kafka, device client certificates and a CRL. Files are written 0600 and "
+        "never replaced without --force.",
+    )
+    certs.add_argument("--dir", type=Path, help="where the PKI lives (default tls.dir: run/certs)")
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
+    certs_init = certs_sub.add_parser("init", help="create the CA, server certificates, CRL")
+    certs_init.add_argument(
+        "--host",
+        action="append",
+        help="name or address the servers are reached by (repeat; default localhost and 127.0.0.1)",
+    )
+    certs_init.add_argument("--force", action="store_true", help="replace an existing PKI")
+    certs_device = certs_sub.add_parser("device", help="issue a device client certificate")
+    certs_device.add_argument("device_id", metavar="DEVICE_ID")
+    certs_device.add_argument("--days", type=int, default=365, help="validity (default 365)")
+    certs_device.add_argument(
+        "--force", action="store_true", help="replace the device's certificate"
+    )
+    certs_revoke = certs_sub.add_parser(
+        "revoke", help="put a device's certificate on the CRL (ingest refuses it within 1 s)"
+    )
+    certs_revoke.add_argument("device_id", metavar="DEVICE_ID")
+    certs.set_defaults(func=cmd_certs)
 
     check = sub.add_parser("check", help="exit 0 if Redis and Kafka answer, 1 otherwise")
     check.set_defaults(func=cmd_check)

@@ -23,6 +23,7 @@ from typing import IO, TextIO
 from redis import Redis
 
 from healthsync.config import Settings
+from healthsync.errors import ConfigError
 from healthsync.kafka import ensure_topics
 from healthsync.security.certs import ca_cert_path, init_pki, pki_exists, service_paths
 from healthsync.stack import (
@@ -125,12 +126,18 @@ class Pipeline:
         for name in stages:
             self.start_child(name)
         if "ingest" in stages:
-            wait_for_port(settings.ingest.host, settings.ingest.port, 30, self.process("ingest"))
+            ingest = settings.ingest
+            host, port = (
+                (ingest.host, ingest.port)
+                if ingest.plain_enabled
+                else (ingest.tls_host, ingest.tls_port)
+            )
+            wait_for_port(host, port, 30, self.process("ingest"))
         if "api" in stages:
             wait_for_port(settings.api.host, settings.api.port, 30, self.process("api"))
 
     def _prepare_certificates(self, stages: tuple[str, ...]) -> None:
-        """Make a local PKI in <run dir>/certs (unless tls.dir is set) when a service needs one."""
+        """The PKI, when a service about to start needs one (see ensure_pki)."""
         settings = self.settings
         needed = (
             (settings.kafka.bootstrap is None and settings.kafka.embedded_tls)
@@ -138,12 +145,20 @@ class Pipeline:
             or ("api" in stages and settings.api.tls_enabled)
             or ("ingest" in stages and settings.ingest.tls_enabled)
         )
-        if not needed:
-            return
-        if "dir" not in settings.tls.model_fields_set:
-            settings.tls.dir = self.run_dir / "certs"
-        if not pki_exists(settings.tls.dir):
-            init_pki(settings.tls.dir)
+        if needed:
+            self.ensure_pki()
+
+    def ensure_pki(self) -> None:
+        """Certificates for the TLS services: `tls.dir` if set, else <run dir>/certs,
+        created there on first use so that TLS is on without a setup step."""
+        tls = self.settings.tls
+        if "dir" not in tls.model_fields_set:
+            tls.dir = (self.run_dir / "certs").resolve()
+        if not pki_exists(tls.dir):
+            hosts = ["localhost", "127.0.0.1"]
+            if self.settings.ingest.tls_host not in (*hosts, "0.0.0.0", "::", ""):
+                hosts.append(self.settings.ingest.tls_host)
+            init_pki(tls.dir, hosts=hosts)
 
     def _server_tls(self, service: str) -> ServerTls:
         cert, key = service_paths(self.settings.tls.dir, service)
@@ -164,6 +179,8 @@ class Pipeline:
 
     def start_simulator(self, devices: int, rate: float) -> Child:
         ingest = self.settings.ingest
+        if not ingest.plain_enabled:
+            raise ConfigError("the simulated devices send to the plaintext port, which is off")
         return self.start_child(
             "simulate",
             *("--devices", str(devices), "--rate", str(rate)),
@@ -224,7 +241,15 @@ class Supervisor:
         embedded_redis = " (embedded, TLS)" if redis_tls else " (embedded)" if stack.redis else ""
         self._say(f"kafka     {settings.kafka.bootstrap}{embedded_kafka}")
         self._say(f"redis     {settings.redis.url}{embedded_redis}")
-        self._say(f"ingest    tcp://{settings.ingest.host}:{settings.ingest.port}")
+        ingest = settings.ingest
+        if ingest.plain_enabled:
+            self._say(f"ingest    tcp://{ingest.host}:{ingest.port}  (plaintext)")
+        if ingest.tls_enabled:
+            mutual = "mutual TLS" if ingest.require_client_cert else "TLS"
+            self._say(
+                f"ingest    tls://{ingest.tls_host}:{ingest.tls_port}  "
+                f"({mutual}; certificates in {settings.tls.dir})"
+            )
         self._say(f"api       {self.pipeline.api_url}  (docs at /docs)")
         if broker_tls or redis_tls:
             self._say(f"certs     {settings.tls.dir}  (clients trust ca.crt)")

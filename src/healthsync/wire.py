@@ -61,12 +61,13 @@ class WireError(Exception):
 
     ``reason`` is a fixed slug (a metrics label, so its set must stay small);
     ``detail`` is for a human and may name a key but never repeats the line,
-    which can carry patient data.
+    which can carry patient data. Reasons the parser gives have their code in
+    :data:`REASONS`' table; the ingest server's own (``device_mismatch``) pass it.
     """
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, code: int | None = None) -> None:
         super().__init__(reason, detail)
-        self.code: int = _CODES[reason]
+        self.code: int = _CODES[reason] if code is None else code
         self.reason: str = reason
         self.detail: str = detail
 

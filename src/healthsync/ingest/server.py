@@ -1,5 +1,11 @@
 """The TCP ingest server: one reading per line in, one answer per line out.
 
+Two listeners share one protocol: the plaintext port (loopback only unless
+``ingest.plain_allow_remote``) and the TLS port (``ingest.tls_port``), where by
+default a device must present a certificate from the CA and may only send
+readings for the device id the certificate names; a line for another device
+gets ``ERR 403 device_mismatch`` and is counted like any other reject.
+
 A line is answered `OK <reading_id>` only after Kafka acknowledged the reading
 (acks=all), or `ERR <code> <reason>: <detail>`. Answers go out in the order the
 lines came in. Memory is bounded: a connection (and the server as a whole)
@@ -11,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -23,13 +31,24 @@ from redis.asyncio import Redis
 
 from healthsync import wire
 from healthsync.config import Settings
+from healthsync.errors import ConfigError
 from healthsync.ingest.publisher import Publisher
 from healthsync.metrics import StatsRecorder
+from healthsync.security.tls import (
+    ClientCerts,
+    RevocationList,
+    device_identity,
+    negotiated_problem,
+    peer_serial,
+    server_context,
+)
 
 log = logging.getLogger(__name__)
 
 _UNAVAILABLE = b"ERR 503 kafka_unavailable: reading not stored, send it again later\n"
 _BUSY = b"ERR 503 busy: too many connections\n"
+# A TLS client that has not finished its handshake by then is dropped.
+_HANDSHAKE_TIMEOUT_S = 10.0
 _DLQ_SAMPLE_BYTES = 4096
 # Resume paused connections once the server is this far below its bound, so
 # they do not flap on every delivery report.
@@ -48,8 +67,13 @@ class _Slot:
 class DeviceConnection(asyncio.Protocol):
     """One device's connection: split lines, validate, publish, answer in order."""
 
-    def __init__(self, server: IngestServer) -> None:
+    def __init__(self, server: IngestServer, *, tls: bool = False) -> None:
         self.server = server
+        self.tls = tls
+        # The device id the client certificate names, and the certificate's
+        # serial (for revocation); None when there is no certificate.
+        self.identity: str | None = None
+        self.serial: int | None = None
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.discarding = False  # inside a line that is already too long
@@ -65,6 +89,12 @@ class DeviceConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self.tls:
+            refusal = self.server.check_peer(self, transport.get_extra_info("ssl_object"))
+            if refusal is not None:
+                transport.write(refusal)
+                transport.close()
+                return
         if not self.server.admit(self):
             transport.write(_BUSY)
             transport.close()
@@ -91,7 +121,9 @@ class DeviceConnection(asyncio.Protocol):
         self.buffer.clear()
         self.closing = True
         self._flush_replies()
-        return True
+        # TLS has no half-close: asyncio ends the session on the client's
+        # close_notify, so a TLS device reads its answers before closing.
+        return not self.tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.release(self)
@@ -132,6 +164,10 @@ class DeviceConnection(asyncio.Protocol):
             )
         except wire.WireError as error:
             self._reject(error, line)
+            return
+        if self.identity is not None and reading.device_id != self.identity:
+            detail = f"device_id does not match the client certificate ({self.identity})"
+            self._reject(wire.WireError("device_mismatch", detail, code=403), line)
             return
         slot = _Slot()
         self.pending.append(slot)
@@ -211,6 +247,7 @@ class IngestServer:
     paused: set[DeviceConnection] = field(default_factory=set)
     inflight: int = 0
     servers: list[asyncio.Server] = field(default_factory=list)
+    revocations: RevocationList | None = None
 
     def admit(self, connection: DeviceConnection) -> bool:
         if len(self.connections) >= self.settings.ingest.max_connections:
@@ -221,6 +258,45 @@ class IngestServer:
         if self.inflight >= self.settings.ingest.max_inflight_total:
             connection.pause()
         return True
+
+    def check_peer(
+        self, connection: DeviceConnection, ssl_object: ssl.SSLObject | None
+    ) -> bytes | None:
+        """After a TLS handshake: the ERR line refusing the connection, or None to admit it.
+
+        The handshake already checked the certificate against the CA and the
+        CRL loaded at start; the CRL is checked again here, as it is now, so a
+        revocation takes effect within a second without a restart.
+        """
+        self.stats.inc("tls_handshakes_completed_total")
+        if ssl_object is None:
+            return self._refuse("tls_unavailable", "no TLS session")
+        problem = negotiated_problem(ssl_object)
+        if problem is not None:
+            return self._refuse("tls_policy", problem)
+        peer = ssl_object.getpeercert() or {}
+        if peer:
+            connection.serial = peer_serial(peer)
+            if self.revocations is not None and self.revocations.is_revoked(connection.serial):
+                return self._refuse("certificate_revoked", "the client certificate is revoked")
+            connection.identity = device_identity(peer)
+        if connection.identity is None and self.settings.ingest.require_client_cert:
+            return self._refuse("no_identity", "the client certificate names no device")
+        return None
+
+    def refresh_revocations(self) -> None:
+        """Re-read the CRL; close the connections of certificates it now revokes."""
+        if self.revocations is None or not self.revocations.refresh():
+            return
+        for connection in list(self.connections):
+            if connection.transport is not None and self.revocations.is_revoked(connection.serial):
+                refusal = self._refuse("certificate_revoked", "the client certificate is revoked")
+                connection.transport.write(refusal)
+                connection.transport.close()
+
+    def _refuse(self, reason: str, detail: str) -> bytes:
+        self.stats.inc("tls_refused_total", reason=reason)
+        return f"ERR 403 {reason}: {detail}\n".encode("ascii", "replace")
 
     def release(self, connection: DeviceConnection) -> None:
         self.connections.discard(connection)
@@ -261,12 +337,41 @@ class IngestServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         cfg = self.settings.ingest
+        if not cfg.plain_enabled and not cfg.tls_enabled:
+            raise ConfigError("ingest has no listener: enable ingest.tls_enabled or plain_enabled")
+        if cfg.plain_enabled and not cfg.plain_allow_remote and not _is_loopback(cfg.host):
+            raise ConfigError(
+                f"the plaintext ingest port would listen on {cfg.host}, beyond this machine; "
+                "use the TLS port, or set HEALTHSYNC_INGEST_PLAIN_ALLOW_REMOTE=true"
+            )
+        tls_context = None
+        if cfg.tls_enabled:
+            client_certs: ClientCerts = "required" if cfg.require_client_cert else "optional"
+            tls_context = server_context(self.settings, "ingest", client_certs=client_certs)
+            self.revocations = RevocationList(self.settings.tls.dir)
+            self.revocations.refresh()
         if cfg.plain_enabled:
             server = await loop.create_server(
                 lambda: DeviceConnection(self), cfg.host, cfg.port, reuse_address=True
             )
             self.servers.append(server)
+        if tls_context is not None:
+            server = await loop.create_server(
+                self._tls_connection,
+                cfg.tls_host,
+                cfg.tls_port,
+                reuse_address=True,
+                ssl=tls_context,
+                ssl_handshake_timeout=_HANDSHAKE_TIMEOUT_S,
+            )
+            self.servers.append(server)
         self.publisher.start()
+
+    def _tls_connection(self) -> DeviceConnection:
+        # Called on accept, before the handshake: started minus completed
+        # handshakes is the number refused (unknown CA, revoked, expired, weak).
+        self.stats.inc("tls_handshakes_started_total")
+        return DeviceConnection(self, tls=True)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -302,6 +407,15 @@ class IngestServer:
         await self.publisher.close(timeout=2.0)
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 async def _flush_stats(server: IngestServer, redis: Redis | None) -> None:
     """Add this instance's counts to the shared totals in Redis."""
     server.stats.gauge("connections_open", len(server.connections))
@@ -322,6 +436,7 @@ async def _housekeeping(server: IngestServer, redis: Redis | None, stop: asyncio
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=1.0)
         server.sweep_idle()
+        server.refresh_revocations()
         await _flush_stats(server, redis)
 
 

@@ -303,7 +303,8 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 def _refuse_existing(paths: Sequence[Path], force: bool) -> None:
     existing = [str(path) for path in paths if path.exists()]
     if existing and not force:
-        raise CertError(f"{', '.join(existing)} already exist (use --force to replace)")
+        more = f" and {len(existing) - 1} more files" if len(existing) > 1 else ""
+        raise CertError(f"{existing[0]}{more} already exist (use --force to replace)")
 
 
 def _make_dir(directory: Path) -> None:

@@ -37,8 +37,10 @@ from healthsync.config import Settings
 from healthsync.errors import ConfigError
 from healthsync.security.certs import (
     DEVICE_URI_PREFIX,
+    CertError,
     ca_cert_path,
     crl_path,
+    revoked_serials,
     service_paths,
 )
 
@@ -199,3 +201,48 @@ def _load_libssl() -> ctypes.CDLL | None:
             "after the handshake"
         )
     return _libssl
+
+
+class RevocationList:
+    """The serial numbers on ``crl.pem``, re-read whenever the file changes.
+
+    A server context loads the CRL once; a long-running server keeps this
+    next to it so that ``healthsync certs revoke`` takes effect at once.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.path = crl_path(directory)
+        self.directory = directory
+        self.serials: frozenset[int] = frozenset()
+        self._stamp: tuple[int, int] | None = None
+
+    def refresh(self) -> bool:
+        """Re-read the CRL if the file changed; True if the list of serials changed.
+
+        A CRL that cannot be read leaves the last good one in force.
+        """
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return False
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp == self._stamp:
+            return False
+        try:
+            serials = frozenset(revoked_serials(self.directory))
+        except CertError as exc:
+            log.warning("keeping the previous CRL", extra={"error": str(exc)})
+            return False
+        self._stamp = stamp
+        changed = serials != self.serials
+        self.serials = serials
+        return changed
+
+    def is_revoked(self, serial: int | None) -> bool:
+        return serial is not None and serial in self.serials
+
+
+def peer_serial(peer: dict[str, Any]) -> int | None:
+    """The serial number of a ``getpeercert()`` certificate."""
+    serial = peer.get("serialNumber")
+    return int(serial, 16) if serial else None

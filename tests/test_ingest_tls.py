@@ -1,0 +1,239 @@
+"""The ingest server's TLS listener: encryption on the wire, mutual TLS, device identity."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from redis import Redis
+
+from healthsync.config import Settings
+from healthsync.security.certs import init_pki, issue_device, revoke_device
+from healthsync.security.tls import client_context
+from healthsync.stack import Service
+from tests.conftest import Device, make_settings, wait_for
+
+StartIngest = Callable[..., Settings]
+
+
+class TlsDevice(Device):
+    """A device on the TLS port, checking the server's certificate like a real one."""
+
+    def __init__(self, settings: Settings, context: ssl.SSLContext) -> None:
+        cfg = settings.ingest
+        raw = socket.create_connection((cfg.tls_host, cfg.tls_port), timeout=15)
+        self.sock: ssl.SSLSocket = context.wrap_socket(raw, server_hostname="localhost")
+        self.reader = self.sock.makefile("rb")
+
+
+def device_context(settings: Settings, device_id: str, **kwargs: object) -> ssl.SSLContext:
+    cert, key = issue_device(settings.tls.dir, device_id, **kwargs)  # type: ignore[arg-type]
+    return client_context(settings, cert=cert, key=key)
+
+
+def outcome(settings: Settings, context: ssl.SSLContext, line: bytes) -> str:
+    """The server's answer to `line`, or `refused: <what the client saw>`.
+
+    asyncio drops a connection whose handshake fails without sending the TLS
+    alert, so a refused device sees the connection closed (or reset), not the
+    reason; tests/security/test_tls.py checks the reasons on the same context.
+    """
+    try:
+        device = TlsDevice(settings, context)
+        try:
+            return device.send(line) or "refused: closed"
+        finally:
+            device.close()
+    except ssl.SSLError as exc:
+        return f"refused: {exc.reason}"
+    except ConnectionResetError:
+        return "refused: reset"
+
+
+def stat(settings: Settings, field: str) -> int:
+    assert settings.redis.url
+    with Redis.from_url(settings.redis.url) as redis:
+        return int(redis.hget(settings.redis.keys.stats("ingest"), field) or 0)
+
+
+@contextlib.contextmanager
+def capture(port: int, path: Path) -> Iterator[Path]:
+    """tcpdump on loopback, only this port, for the duration of the block (at most 60 s)."""
+    tcpdump = subprocess.Popen(
+        [
+            *("timeout", "60", "tcpdump", "--immediate-mode", "-i", "lo", "-U", "-n", "-s", "0"),
+            *("-w", str(path), "tcp", "port", str(port)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert tcpdump.stderr is not None
+    try:
+        # tcpdump says "listening on lo" once packets are being captured.
+        ready, _, _ = select.select([tcpdump.stderr], [], [], 15)
+        first = tcpdump.stderr.readline().decode() if ready else "(nothing)"
+        assert "listening on lo" in first, f"tcpdump did not start: {first}"
+        yield path
+        time.sleep(0.3)  # let the last packets reach the file
+    finally:
+        tcpdump.send_signal(signal.SIGINT)
+        try:
+            tcpdump.wait(10)
+        except subprocess.TimeoutExpired:
+            tcpdump.kill()
+            tcpdump.wait()
+        tcpdump.stderr.close()
+
+
+def test_readings_over_tls_are_unreadable_on_the_wire(
+    start_ingest: StartIngest, tmp_path: Path
+) -> None:
+    settings = start_ingest()
+    context = device_context(settings, "mon-cap-7731")
+    secrets = [b"mon-cap-7731", b"P-CAP-55012", b"heart_rate=143", b"MRN-99417", b"38.7"]
+
+    def line(seq: int) -> bytes:
+        return (
+            f"device_id=mon-cap-7731 patient_id=P-CAP-55012 seq={seq} heart_rate=143 "
+            "temp=38.7 mrn=MRN-99417"
+        ).encode()
+
+    with capture(settings.ingest.tls_port, tmp_path / "tls.pcap") as tls_pcap:
+        device = TlsDevice(settings, context)
+        assert device.sock.version() == "TLSv1.3"
+        cipher = device.sock.cipher()
+        assert cipher is not None and cipher[0] == "TLS_AES_256_GCM_SHA384"
+        assert device.send(line(1)).startswith("OK ")
+        device.close()
+    with capture(settings.ingest.port, tmp_path / "plain.pcap") as plain_pcap:
+        plain = Device(settings.ingest.host, settings.ingest.port)
+        assert plain.send(line(2)).startswith("OK ")
+        plain.close()
+
+    encrypted = tls_pcap.read_bytes()
+    clear = plain_pcap.read_bytes()
+    # The TLS capture holds the whole exchange (handshake with certificates, the
+    # reading, the answer), and none of it is readable.
+    assert len(encrypted) > 2000, len(encrypted)
+    assert [s for s in secrets if s in encrypted] == []
+    # The same reading on the plaintext port is there for anyone on the path to read.
+    assert [s for s in secrets if s in clear] == secrets
+
+
+def test_a_device_sends_only_for_the_id_in_its_certificate(start_ingest: StartIngest) -> None:
+    settings = start_ingest()
+    device = TlsDevice(settings, device_context(settings, "mon-0001"))
+
+    reply = device.send(b"device_id=mon-0002 patient_id=P-1 seq=1 hr=70")
+    assert (
+        reply
+        == "ERR 403 device_mismatch: device_id does not match the client certificate (mon-0001)"
+    )
+    # The connection stays open and the device's own readings go through.
+    assert device.send(b"device_id=mon-0001 patient_id=P-1 seq=2 hr=70").startswith("OK ")
+    device.close()
+    wait_for(
+        lambda: stat(settings, "readings_rejected_total|reason=device_mismatch") == 1,
+        timeout=10,
+        what="the mismatch to be counted as a reject",
+    )
+
+
+def test_only_trusted_current_certificates_get_in(
+    start_ingest: StartIngest, tmp_path: Path
+) -> None:
+    settings = start_ingest()
+    line = b"device_id=mon-ok patient_id=P-1 hr=70"
+    assert outcome(settings, device_context(settings, "mon-ok"), line).startswith("OK ")
+
+    past = datetime.now(UTC) - timedelta(days=30)
+    expired = device_context(settings, "mon-old", days=1, not_before=past)
+    assert outcome(settings, expired, line).startswith("refused: ")
+
+    init_pki(tmp_path / "elsewhere")
+    cert, key = issue_device(tmp_path / "elsewhere", "mon-ok")
+    stranger = client_context(settings, cert=cert, key=key)
+    assert outcome(settings, stranger, line).startswith("refused: ")
+
+    anonymous = client_context(settings)
+    assert outcome(settings, anonymous, line).startswith("refused: ")
+
+    weak_tls12 = device_context(settings, "mon-tls12")
+    weak_tls12.minimum_version = weak_tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+    weak_tls12.set_ciphers("ECDHE-ECDSA-AES128-SHA")
+    assert outcome(settings, weak_tls12, line).startswith("refused: ")
+
+    # Each refusal is counted: handshakes started but never completed.
+    wait_for(
+        lambda: (
+            stat(settings, "tls_handshakes_started_total")
+            - stat(settings, "tls_handshakes_completed_total")
+            >= 4
+        ),
+        timeout=10,
+        what="the refused handshakes to be counted",
+    )
+
+
+def test_a_revoked_device_is_cut_off_without_a_restart(start_ingest: StartIngest) -> None:
+    settings = start_ingest()
+    context = device_context(settings, "mon-stolen")
+    connected = TlsDevice(settings, context)
+    assert connected.send(b"device_id=mon-stolen patient_id=P-1 seq=1 hr=70").startswith("OK ")
+
+    revoke_device(settings.tls.dir, "mon-stolen")
+    # The open connection is closed with the reason, and a new one is refused.
+    assert connected.read() == "ERR 403 certificate_revoked: the client certificate is revoked"
+    assert connected.read() == ""
+    connected.close()
+    line = b"device_id=mon-stolen patient_id=P-1 seq=2 hr=70"
+    assert outcome(settings, context, line) == (
+        "ERR 403 certificate_revoked: the client certificate is revoked"
+    )
+    wait_for(
+        lambda: stat(settings, "tls_refused_total|reason=certificate_revoked") == 2,
+        timeout=10,
+        what="the refusals to be counted",
+    )
+    other = device_context(settings, "mon-other")
+    assert outcome(settings, other, b"device_id=mon-other patient_id=P-2 hr=70").startswith("OK ")
+
+
+def test_plaintext_port_can_be_switched_off(start_ingest: StartIngest) -> None:
+    settings = start_ingest(plain_enabled=False)
+    context = device_context(settings, "mon-0001")
+    assert outcome(settings, context, b"device_id=mon-0001 patient_id=P-1 hr=70").startswith("OK ")
+    try:
+        socket.create_connection((settings.ingest.host, settings.ingest.port), timeout=2).close()
+        refused = False
+    except ConnectionRefusedError:
+        refused = True
+    assert refused
+
+
+def test_plaintext_port_stays_on_loopback_unless_allowed(
+    broker: Service, redis_server: Service, tmp_path: Path
+) -> None:
+    settings = make_settings(broker, redis_server, ingest={"tls_enabled": False})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "healthsync", "ingest", "--host", "0.0.0.0"],
+        env=env | settings.to_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "plaintext ingest port would listen on 0.0.0.0" in result.stderr
+    assert "HEALTHSYNC_INGEST_PLAIN_ALLOW_REMOTE" in result.stderr
