@@ -25,8 +25,9 @@ from healthsync.kafka import make_consumer, make_producer
 from healthsync.security.certs import ca_cert_path, init_pki, service_paths
 from healthsync.stack import ServerTls, Service, free_port, start_broker, start_redis
 from healthsync.supervisor import Pipeline
-from tests.conftest import Device, make_settings, wait_for
+from tests.conftest import make_settings, wait_for
 from tests.test_cli import run_cli
+from tests.test_ingest_tls import TlsDevice, device_context
 
 
 @pytest.fixture(scope="module")
@@ -191,9 +192,11 @@ def test_check_reaches_redis_and_kafka_over_tls(
 
 @pytest.mark.slow
 def test_reading_crosses_the_pipeline_with_tls_on_every_link(tmp_path: Path) -> None:
-    """Embedded Kafka (TLS via HAProxy) and Redis (TLS), HTTPS API, as `healthsync up` runs."""
+    """Device (mutual TLS) -> ingest -> Kafka (TLS via HAProxy) -> processor -> Redis (TLS)
+    -> API (HTTPS): the embedded stack as `healthsync up` runs it."""
     settings = Settings()
     settings.ingest.port = free_port()
+    settings.ingest.tls_port = free_port()
     settings.api.port = free_port()
     settings.processor.batch_wait_s = 0.02
     pipeline = Pipeline(settings, tmp_path)
@@ -201,8 +204,9 @@ def test_reading_crosses_the_pipeline_with_tls_on_every_link(tmp_path: Path) -> 
     try:
         assert settings.kafka.client["security.protocol"] == "SSL"
         assert str(settings.redis.url).startswith("rediss://")
-        device = Device(settings.ingest.host, settings.ingest.port)
+        device = TlsDevice(settings, device_context(settings, "mon-0009"))
         reply = device.send(b"device_id=mon-0009 patient_id=P-0009 seq=1 heart_rate=81 spo2=97")
+        assert device.sock.version() == "TLSv1.3"
         device.close()
         assert reply.startswith("OK "), reply
 
@@ -215,6 +219,7 @@ def test_reading_crosses_the_pipeline_with_tls_on_every_link(tmp_path: Path) -> 
 
             body = wait_for(latest, timeout=60, what="the reading through TLS Kafka and Redis")
         assert body["vitals"]["heart_rate"]["value"] == 81  # type: ignore[index]
+        assert body["vitals"]["heart_rate"]["reading_id"] == reply.split()[1]  # type: ignore[index]
     finally:
         pipeline.stop()
 
