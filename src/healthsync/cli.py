@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -104,9 +105,13 @@ def cmd_api(args: argparse.Namespace) -> int:
     if settings.api.tls_enabled:
         from healthsync.security.tls import server_context
 
-        # Built before serving, so a missing certificate is one clear error, not a traceback.
+        # Built before serving, so a missing certificate is one clear error, not a traceback;
+        # uvicorn's own context could not be held to the TLS 1.3 policy.
         context = server_context(settings, "api")
-        ssl_context_factory = lambda *_: context  # noqa: E731 - uvicorn calls it with two args
+
+        def ssl_context_factory(*_: object) -> ssl.SSLContext:
+            return context
+
     uvicorn.run(
         app,
         host=settings.api.host,
