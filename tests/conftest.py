@@ -160,7 +160,8 @@ def make_settings(broker: Service, redis_server: Service, **sections: dict[str, 
         "redis": {"url": f"redis://{redis_server.host}:{redis_server.port}/0", "prefix": f"t{tag}"},
         "ingest": {"port": free_port(), "tls_port": free_port()},
         "processor": {"group_id": f"g{tag}", "batch_wait_s": 0.02},
-        "api": {"port": free_port()},
+        # Plain HTTP keeps the many API tests simple; tests/test_transport_tls.py covers HTTPS.
+        "api": {"port": free_port(), "tls_enabled": False},
         "auth": _session_credentials[0].auth_settings(tag),
         "crypto": {"keyring_file": str(_keyring[0])},
     }

@@ -56,3 +56,35 @@ def test_to_env_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in original.to_env().items():
         monkeypatch.setenv(key, value)
     assert Settings.load() == original
+
+
+def test_redis_tls_files_reach_the_client_only_for_rediss(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEALTHSYNC_REDIS_URL", "rediss://cache:6380/0")
+    monkeypatch.setenv("HEALTHSYNC_REDIS_TLS_CA_FILE", "/etc/healthsync/ca.crt")
+    monkeypatch.setenv("HEALTHSYNC_REDIS_TLS_CERT_FILE", "/etc/healthsync/app.crt")
+    monkeypatch.setenv("HEALTHSYNC_REDIS_TLS_KEY_FILE", "/etc/healthsync/app.key")
+    redis = Settings.load().redis
+    assert redis.client_options() == {
+        "socket_timeout": 5.0,
+        "socket_connect_timeout": 5.0,
+        "ssl_ca_certs": "/etc/healthsync/ca.crt",
+        "ssl_certfile": "/etc/healthsync/app.crt",
+        "ssl_keyfile": "/etc/healthsync/app.key",
+    }
+    # redis-py's plain connection class refuses ssl_* arguments.
+    redis.url = "redis://cache:6379/0"
+    assert "ssl_ca_certs" not in redis.client_options()
+
+
+def test_tls_switches_default_on_and_turn_off_by_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    defaults = Settings.load()
+    assert (defaults.kafka.embedded_tls, defaults.redis.embedded_tls) == (True, True)
+    assert defaults.api.tls_enabled
+    monkeypatch.setenv("HEALTHSYNC_KAFKA_EMBEDDED_TLS", "false")
+    monkeypatch.setenv("HEALTHSYNC_REDIS_EMBEDDED_TLS", "false")
+    monkeypatch.setenv("HEALTHSYNC_API_TLS_ENABLED", "false")
+    settings = Settings.load()
+    assert not (settings.kafka.embedded_tls or settings.redis.embedded_tls)
+    assert not settings.api.tls_enabled

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -58,8 +59,15 @@ def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+    # `up` makes its PKI in run/certs; the API is HTTPS, Kafka and Redis are TLS.
+    ca = tmp_path / "run" / "certs" / "ca.crt"
+    wait_for(ca.exists, timeout=30, what="the local CA")
     try:
-        api = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=5)
+        api = httpx.Client(
+            base_url=f"https://127.0.0.1:{api_port}",
+            verify=ssl.create_default_context(cafile=str(ca)),
+            timeout=5,
+        )
         # With no authentication configured, `up` makes an admin key in its run directory.
         key_file = tmp_path / "run" / "api-key"
         wait_for(key_file.exists, timeout=60, what="the local API key")
@@ -79,7 +87,7 @@ def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path: Path) -> None:
         audit = (tmp_path / "run" / "audit.jsonl").read_text().splitlines()
         assert json.loads(audit[-1])["actor"] == "apikey:local-admin"
         processes = descendants(up.pid)
-        assert len(processes) >= 6, "broker, redis, ingest, processor, api and simulator"
+        assert len(processes) >= 7, "broker, haproxy, redis, ingest, processor, api, simulator"
 
         # A stage that dies is restarted.
         ingest_pid = next(
@@ -105,7 +113,9 @@ def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path: Path) -> None:
             up.kill()
     text = out.decode()
     assert up.returncode == 0, text
-    assert "ingest    tcp://127.0.0.1:" in text and "(embedded Tansu)" in text
+    assert "ingest    tcp://127.0.0.1:" in text
+    assert "(embedded Tansu, TLS via HAProxy)" in text and "redis     rediss://" in text
+    assert f"api       https://127.0.0.1:{api_port}" in text
     # TLS is on by default, with a PKI made in the run dir on first start.
     certs = tmp_path / "run" / "certs"
     assert f"ingest    tls://127.0.0.1:{tls_port}  (mutual TLS; certificates in {certs})" in text

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,9 +32,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     from healthsync.supervisor import Pipeline, Supervisor
 
     settings = _settings(args)
-    if "keyring_file" not in settings.crypto.model_fields_set:
-        # The run dir's keyring, created on first start (see Pipeline.start).
-        settings.crypto.keyring_file = Path(args.run_dir) / "keyring.json"
     setup_logging("up", "WARNING")
     pipeline = Pipeline(settings, Path(args.run_dir))
     supervisor = Supervisor(pipeline, simulate_devices=args.simulate, simulate_rate=args.rate)
@@ -104,8 +102,24 @@ def cmd_api(args: argparse.Namespace) -> int:
         settings.api.port = args.port
     setup_logging("api", settings.log_level)
     app = create_app(settings)
+    ssl_context_factory = None
+    if settings.api.tls_enabled:
+        from healthsync.security.tls import server_context
+
+        # Built before serving, so a missing certificate is one clear error, not a traceback;
+        # uvicorn's own context could not be held to the TLS 1.3 policy.
+        context = server_context(settings, "api")
+
+        def ssl_context_factory(*_: object) -> ssl.SSLContext:
+            return context
+
     uvicorn.run(
-        app, host=settings.api.host, port=settings.api.port, log_config=None, access_log=False
+        app,
+        host=settings.api.host,
+        port=settings.api.port,
+        log_config=None,
+        access_log=False,
+        ssl_context_factory=ssl_context_factory,
     )
     return 0
 
@@ -178,7 +192,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     failures = []
     if settings.redis.url:
         try:
-            Redis.from_url(settings.redis.url, socket_timeout=2).ping()
+            options = settings.redis.client_options() | {"socket_timeout": 2}
+            Redis.from_url(settings.redis.url, **options).ping()
         except Exception as exc:  # noqa: BLE001
             failures.append(f"redis: {exc}")
     else:
@@ -323,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the whole pipeline on this machine",
         description="Start the embedded Kafka broker and Redis (unless "
         "HEALTHSYNC_KAFKA_BOOTSTRAP / HEALTHSYNC_REDIS_URL name external ones), "
-        "then ingest, processor and API, supervised. "
+        "then ingest, processor and API, supervised. Kafka, Redis and the API use "
+        "TLS 1.3 with a local CA made in <run dir>/certs (HEALTHSYNC_KAFKA_EMBEDDED_TLS, "
+        "HEALTHSYNC_REDIS_EMBEDDED_TLS, HEALTHSYNC_API_TLS_ENABLED switch it off). "
         "Ctrl-C or SIGTERM drains and stops everything.",
     )
     up.add_argument(
@@ -364,7 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     push.set_defaults(func=cmd_push)
 
-    api = sub.add_parser("api", help="run the REST API")
+    api = sub.add_parser(
+        "api", help="run the REST API (HTTPS with tls.dir's api certificate by default)"
+    )
     api.add_argument("--host", help="listen address (default 127.0.0.1)")
     api.add_argument("--port", type=int, help="listen port (default 8000)")
     api.set_defaults(func=cmd_api)

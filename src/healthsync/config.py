@@ -40,6 +40,9 @@ class KafkaSettings(BaseModel):
     # Passed through verbatim to every librdkafka client, e.g.
     # {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", ...}.
     client: dict[str, str] = Field(default_factory=dict)
+    # The embedded broker (no bootstrap set) takes TLS 1.3 only, through HAProxy,
+    # and the stages get security.protocol=SSL with the local CA.
+    embedded_tls: bool = True
 
     def topics(self) -> list[str]:
         return [self.vitals_topic, self.observations_topic, self.alerts_topic, self.dlq_topic]
@@ -56,9 +59,28 @@ class RedisSettings(BaseModel):
     # A Redis that stops answering fails a call after this long, so the caller
     # retries (processor) or reports not-ready (API) instead of hanging.
     timeout_s: float = Field(5.0, gt=0)
+    # For rediss:// URLs: the CA that signed the server's certificate (None: the
+    # system's CAs), and a client certificate for servers that require one.
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # The embedded redis-server (no URL set) takes TLS 1.3 only, on no plain port.
+    embedded_tls: bool = True
 
     def client_options(self) -> dict[str, Any]:
-        return {"socket_timeout": self.timeout_s, "socket_connect_timeout": self.timeout_s}
+        """Keyword arguments for redis-py's ``from_url`` (sync and asyncio)."""
+        options: dict[str, Any] = {
+            "socket_timeout": self.timeout_s,
+            "socket_connect_timeout": self.timeout_s,
+        }
+        # redis-py's plain connections reject ssl_* arguments: only for rediss://.
+        if self.url and self.url.startswith("rediss://"):
+            if self.tls_ca_file is not None:
+                options["ssl_ca_certs"] = str(self.tls_ca_file)
+            if self.tls_cert_file is not None:
+                options["ssl_certfile"] = str(self.tls_cert_file)
+                options["ssl_keyfile"] = str(self.tls_key_file or self.tls_cert_file)
+        return options
 
     @property
     def keys(self) -> RedisKeys:
@@ -154,6 +176,8 @@ class ApiSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    # HTTPS with the `api` certificate from `tls.dir` (TLS 1.3 unless tls.min_version).
+    tls_enabled: bool = True
 
 
 ASYMMETRIC_JWT_ALGORITHMS = frozenset(

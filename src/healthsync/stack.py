@@ -4,6 +4,13 @@
 one machine with no accounts. Each service is a child process on a free
 loopback port that dies with its parent (PR_SET_PDEATHSIG), so a crashed
 supervisor leaves nothing behind.
+
+Either can speak TLS 1.3 only (:class:`ServerTls`): redis-server with its own
+TLS port and no plain one; the broker behind HAProxy, because Tansu's own TLS
+flags do not work in the build we ship. HAProxy terminates TLS on the
+broker's public port and forwards to Tansu's plain port on loopback, and
+Tansu advertises the HAProxy address, so clients that learn the broker from
+metadata connect through TLS too.
 """
 
 from __future__ import annotations
@@ -18,13 +25,30 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 from healthsync.errors import HealthSyncError, MissingBinaryError
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+# The one TLS version and suite the embedded services accept (AES-256-GCM in transit).
+TLS_PROTOCOL = "TLSv1.3"
+TLS_CIPHERSUITE = "TLS_AES_256_GCM_SHA384"
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """A service's certificate and key, and the CA its clients' certificates must chain to.
+
+    `client_certs`: "optional" verifies a certificate a client presents;
+    "required" turns away clients without one.
+    """
+
+    cert: Path
+    key: Path
+    ca: Path
+    client_certs: Literal["optional", "required"] = "optional"
 
 
 def die_with_parent() -> None:
@@ -74,11 +98,16 @@ class Service:
     port: int
     process: subprocess.Popen[bytes]
     log_file: IO[bytes] | None = field(default=None, repr=False)
+    tls: bool = False
+    # Processes this one cannot work without (the broker behind its TLS front).
+    backends: list[Service] = field(default_factory=list)
 
     def stop(self) -> None:
         stop_process(self.process)
         if self.log_file is not None:
             self.log_file.close()
+        for backend in self.backends:
+            backend.stop()
 
     @property
     def alive(self) -> bool:
@@ -114,47 +143,147 @@ def tansu_binary() -> str:
 
 
 def start_broker(
-    host: str = "127.0.0.1", port: int = 0, log_dir: Path | None = None, timeout: float = 20.0
+    host: str = "127.0.0.1",
+    port: int = 0,
+    log_dir: Path | None = None,
+    timeout: float = 20.0,
+    tls: ServerTls | None = None,
+    run_dir: Path | None = None,
 ) -> Service:
-    """Start Tansu with in-memory storage; returns once it accepts connections."""
+    """Start Tansu with in-memory storage; returns once it accepts connections.
+
+    With `tls`, `port` is HAProxy's TLS port and Tansu listens on another
+    loopback port; the returned service is HAProxy, which stops Tansu with
+    itself. HAProxy's configuration and certificate go to `run_dir`.
+    """
     binary = tansu_binary()
     port = port or free_port(host)
-    url = f"tcp://{host}:{port}"
-    argv = [
+    if tls is None:
+        return _spawn("broker", _tansu_argv(binary, host, port, port), host, port, log_dir, timeout)
+    if run_dir is None:
+        raise HealthSyncError("the broker's TLS front needs a run directory for its files")
+    plain_port = free_port("127.0.0.1")
+    tansu = _spawn(
+        "broker",
+        _tansu_argv(binary, "127.0.0.1", plain_port, port, advertised_host=host),
+        "127.0.0.1",
+        plain_port,
+        log_dir,
+        timeout,
+    )
+    try:
+        front = start_tls_front(
+            "broker-tls", (host, port), ("127.0.0.1", plain_port), tls, run_dir, log_dir, timeout
+        )
+    except BaseException:
+        tansu.stop()
+        raise
+    front.backends.append(tansu)
+    return front
+
+
+def _tansu_argv(
+    binary: str, host: str, port: int, advertised_port: int, advertised_host: str | None = None
+) -> list[str]:
+    return [
         binary,
         "broker",
         "--listener-url",
-        url,
+        f"tcp://{host}:{port}",
         "--advertised-listener-url",
-        url,
+        f"tcp://{advertised_host or host}:{advertised_port}",
         "--storage-engine",
         "memory://tansu/",
     ]
-    return _spawn("broker", argv, host, port, log_dir, timeout)
+
+
+def haproxy_config(
+    listen: tuple[str, int], backend: tuple[str, int], pem: Path, tls: ServerTls
+) -> str:
+    """HAProxy in TCP mode: TLS 1.3 with one suite on `listen`, plain bytes to `backend`."""
+    verify = "required" if tls.client_certs == "required" else "optional"
+    tls_options = (
+        f"ssl-min-ver TLSv1.3 ciphersuites {TLS_CIPHERSUITE} verify {verify} ca-file {tls.ca}"
+    )
+    return f"""global
+    maxconn 4096
+
+defaults
+    mode tcp
+    timeout connect 5s
+    # Kafka clients keep connections open and idle between requests.
+    timeout client 1h
+    timeout server 1h
+
+frontend tls_in
+    bind {listen[0]}:{listen[1]} ssl crt {pem} {tls_options}
+    default_backend plain_out
+
+backend plain_out
+    server broker {backend[0]}:{backend[1]}
+"""
+
+
+def start_tls_front(
+    name: str,
+    listen: tuple[str, int],
+    backend: tuple[str, int],
+    tls: ServerTls,
+    run_dir: Path,
+    log_dir: Path | None = None,
+    timeout: float = 10.0,
+) -> Service:
+    """HAProxy terminating TLS on `listen` for a plain TCP service on `backend`."""
+    binary = shutil.which("haproxy")
+    if binary is None:
+        raise MissingBinaryError("haproxy", "sudo apt-get install haproxy")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # HAProxy wants certificate and key in one file; it holds a private key, hence 0600.
+    pem = run_dir / f"{name}.pem"
+    pem.touch(mode=0o600)
+    pem.chmod(0o600)
+    pem.write_bytes(tls.cert.read_bytes().rstrip(b"\n") + b"\n" + tls.key.read_bytes())
+    config = run_dir / f"{name}.cfg"
+    config.write_text(haproxy_config(listen, backend, pem, tls), encoding="utf-8")
+    check = subprocess.run(
+        [binary, "-c", "-q", "-f", str(config)], capture_output=True, text=True, check=False
+    )
+    if check.returncode != 0:
+        raise HealthSyncError(f"{name}: haproxy refused {config}: {check.stderr.strip()}")
+    # -db: stay in the foreground, so it is our child and dies with us.
+    service = _spawn(name, [binary, "-db", "-f", str(config)], *listen, log_dir, timeout)
+    service.tls = True
+    return service
 
 
 def start_redis(
-    host: str = "127.0.0.1", port: int = 0, log_dir: Path | None = None, timeout: float = 10.0
+    host: str = "127.0.0.1",
+    port: int = 0,
+    log_dir: Path | None = None,
+    timeout: float = 10.0,
+    tls: ServerTls | None = None,
 ) -> Service:
-    """Start a private redis-server that keeps nothing on disk."""
+    """Start a private redis-server that keeps nothing on disk.
+
+    With `tls` it listens with TLS 1.3 only on `port` and on no plain port.
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         raise MissingBinaryError("redis-server", "sudo apt-get install redis-server")
     port = port or free_port(host)
-    argv = [
-        binary,
-        "--bind",
-        host,
-        "--port",
-        str(port),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--protected-mode",
-        "yes",
-    ]
-    return _spawn("redis", argv, host, port, log_dir, timeout)
+    argv = [binary, "--bind", host, "--port", str(port)]
+    if tls is not None:
+        argv = [
+            *(binary, "--bind", host, "--port", "0", "--tls-port", str(port)),
+            *("--tls-cert-file", str(tls.cert), "--tls-key-file", str(tls.key)),
+            *("--tls-ca-cert-file", str(tls.ca)),
+            *("--tls-auth-clients", "yes" if tls.client_certs == "required" else "optional"),
+            *("--tls-protocols", TLS_PROTOCOL, "--tls-ciphersuites", TLS_CIPHERSUITE),
+        ]
+    argv += ["--save", "", "--appendonly", "no", "--protected-mode", "yes"]
+    service = _spawn("redis", argv, host, port, log_dir, timeout)
+    service.tls = tls is not None
+    return service
 
 
 @dataclass
@@ -170,7 +299,10 @@ class EmbeddedStack:
 
     @property
     def redis_url(self) -> str | None:
-        return f"redis://{self.redis.host}:{self.redis.port}/0" if self.redis else None
+        if self.redis is None:
+            return None
+        scheme = "rediss" if self.redis.tls else "redis"
+        return f"{scheme}://{self.redis.host}:{self.redis.port}/0"
 
     def stop(self) -> None:
         for service in (self.redis, self.broker):

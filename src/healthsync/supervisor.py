@@ -26,10 +26,11 @@ from healthsync.api.apikeys import ApiKeyStore, ensure_local_key
 from healthsync.config import Settings
 from healthsync.errors import ConfigError
 from healthsync.kafka import ensure_topics
-from healthsync.security.certs import init_pki, pki_exists
+from healthsync.security.certs import ca_cert_path, init_pki, pki_exists, service_paths
 from healthsync.security.codec import ensure_keyring
 from healthsync.stack import (
     EmbeddedStack,
+    ServerTls,
     die_with_parent,
     start_broker,
     start_redis,
@@ -109,17 +110,26 @@ class Pipeline:
         settings = self.settings
         if stages is None:
             stages = STAGES + (("push",) if settings.fhir.ehr_base_url else ())
-        if settings.kafka.bootstrap is None:
-            self.stack.broker = start_broker(log_dir=self.logs)
-            settings.kafka.bootstrap = self.stack.bootstrap
+        self._prepare_certificates(stages)
         if settings.redis.url is None:
-            self.stack.redis = start_redis(log_dir=self.logs)
+            tls = self._server_tls("redis") if settings.redis.embedded_tls else None
+            self.stack.redis = start_redis(log_dir=self.logs, tls=tls)
             settings.redis.url = self.stack.redis_url
+            if tls is not None and settings.redis.tls_ca_file is None:
+                settings.redis.tls_ca_file = tls.ca
+        if settings.kafka.bootstrap is None:
+            tls = self._server_tls("kafka") if settings.kafka.embedded_tls else None
+            self.stack.broker = start_broker(log_dir=self.logs, tls=tls, run_dir=self.run_dir)
+            settings.kafka.bootstrap = self.stack.bootstrap
+            if tls is not None:
+                ssl = {"security.protocol": "SSL", "ssl.ca.location": str(tls.ca)}
+                settings.kafka.client = ssl | settings.kafka.client
         ensure_topics(settings.kafka)
-        if "ingest" in stages and settings.ingest.tls_enabled:
-            self.ensure_pki()
         if "api" in stages:
             self._local_auth()
+        if "keyring_file" not in settings.crypto.model_fields_set:
+            # Like the certificates: the run dir's keyring, created on first start.
+            settings.crypto.keyring_file = (self.run_dir / "keyring.json").resolve()
         ensure_keyring(settings.crypto)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
         self.env.update(settings.to_env())
@@ -136,8 +146,20 @@ class Pipeline:
         if "api" in stages:
             wait_for_port(settings.api.host, settings.api.port, 30, self.process("api"))
 
+    def _prepare_certificates(self, stages: tuple[str, ...]) -> None:
+        """The PKI, when a service about to start needs one (see ensure_pki)."""
+        settings = self.settings
+        needed = (
+            (settings.kafka.bootstrap is None and settings.kafka.embedded_tls)
+            or (settings.redis.url is None and settings.redis.embedded_tls)
+            or ("api" in stages and settings.api.tls_enabled)
+            or ("ingest" in stages and settings.ingest.tls_enabled)
+        )
+        if needed:
+            self.ensure_pki()
+
     def ensure_pki(self) -> None:
-        """Certificates for the TLS listener: `tls.dir` if set, else <run dir>/certs,
+        """Certificates for the TLS services: `tls.dir` if set, else <run dir>/certs,
         created there on first use so that TLS is on without a setup step."""
         tls = self.settings.tls
         if "dir" not in tls.model_fields_set:
@@ -163,6 +185,15 @@ class Pipeline:
             auth.audit_log_file = self.run_dir / "audit.jsonl"
         self.local_key_file = self.run_dir / "api-key"
         ensure_local_key(ApiKeyStore(auth.api_keys_file), self.local_key_file)
+
+    def _server_tls(self, service: str) -> ServerTls:
+        cert, key = service_paths(self.settings.tls.dir, service)
+        return ServerTls(cert, key, ca_cert_path(self.settings.tls.dir))
+
+    @property
+    def api_url(self) -> str:
+        api = self.settings.api
+        return f"{'https' if api.tls_enabled else 'http'}://{api.host}:{api.port}"
 
     def start_child(self, name: str, *args: str) -> Child:
         child = self.children.get(name)
@@ -228,8 +259,12 @@ class Supervisor:
 
     def _announce(self) -> None:
         settings, stack = self.pipeline.settings, self.pipeline.stack
+        broker_tls = bool(stack.broker and stack.broker.tls)
+        redis_tls = bool(stack.redis and stack.redis.tls)
         embedded_kafka = " (embedded Tansu)" if stack.broker else ""
-        embedded_redis = " (embedded)" if stack.redis else ""
+        if broker_tls:
+            embedded_kafka = " (embedded Tansu, TLS via HAProxy)"
+        embedded_redis = " (embedded, TLS)" if redis_tls else " (embedded)" if stack.redis else ""
         self._say(f"kafka     {settings.kafka.bootstrap}{embedded_kafka}")
         self._say(f"redis     {settings.redis.url}{embedded_redis}")
         ingest = settings.ingest
@@ -241,13 +276,16 @@ class Supervisor:
                 f"ingest    tls://{ingest.tls_host}:{ingest.tls_port}  "
                 f"({mutual}; certificates in {settings.tls.dir})"
             )
-        self._say(f"api       http://{settings.api.host}:{settings.api.port}  (docs at /docs)")
+        self._say(f"api       {self.pipeline.api_url}  (docs at /docs)")
+        if broker_tls or redis_tls or settings.api.tls_enabled:
+            self._say(f"certs     {settings.tls.dir}  (clients trust ca.crt)")
         key_file = self.pipeline.local_key_file
         if key_file is not None:
+            cacert = f"--cacert {settings.tls.dir}/ca.crt " if settings.api.tls_enabled else ""
             self._say(
-                f"api key   {key_file} (admin); e.g. curl -H "
+                f"api key   {key_file} (admin); e.g. curl {cacert}-H "
                 f'"Authorization: Bearer $(cat {key_file})" '
-                f"http://{settings.api.host}:{settings.api.port}/v1/patients"
+                f"{self.pipeline.api_url}/v1/patients"
             )
         if settings.auth.audit_log_file is not None:
             self._say(f"audit     {settings.auth.audit_log_file}")
