@@ -341,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
         "then ingest, processor and API, supervised. Kafka, Redis and the API use "
         "TLS 1.3 with a local CA made in <run dir>/certs (HEALTHSYNC_KAFKA_EMBEDDED_TLS, "
         "HEALTHSYNC_REDIS_EMBEDDED_TLS, HEALTHSYNC_API_TLS_ENABLED switch it off). "
+        "Stored patient data is sealed with the keyring in <run dir>/keyring.json, and the "
+        "API takes the admin key it writes to <run dir>/api-key. "
         "Ctrl-C or SIGTERM drains and stops everything.",
     )
     up.add_argument(
@@ -352,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--run-dir",
         default="run",
-        help="where logs go, and the certificates unless tls.dir is set (default ./run)",
+        help="where logs go, and the certificates, keyring, API key and audit log "
+        "unless set (default ./run)",
     )
     up.set_defaults(func=cmd_up)
 
