@@ -118,6 +118,10 @@ def test_a_device_that_goes_quiet_raises_a_technical_alert_until_it_sends_again(
             "technical",
             "m3",
         )
+        # The de-identified summary counts it without naming the device.
+        viewer = credentials.headers("viewer")
+        summary = httpx.get(f"{base_url}/v1/summary", headers=viewer, timeout=10).json()
+        assert summary["open_alerts"]["by_kind"] == {"device_offline": 1}
         assert device.send(b"device_id=m3 patient_id=P-Q seq=4 hr=70").startswith("OK")
         wait_for(lambda: open_alerts(api, "P-Q") == [], what="the alert to resolve")
         [resolved] = api.get("/v1/alerts", params={"status": "resolved"}).json()["alerts"]

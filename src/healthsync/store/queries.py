@@ -152,7 +152,9 @@ class LiveReader:
                 continue
             alert = orjson.loads(codec.open(doc, place))
             by_severity[alert["severity"]] = by_severity.get(alert["severity"], 0) + 1
-            by_kind[alert["kind"]] = by_kind.get(alert["kind"], 0) + 1
+            # Per-device kinds are counted together: a device id can point to a bed.
+            kind = alert["kind"].partition(":")[0] if alert.get("device_id") else alert["kind"]
+            by_kind[kind] = by_kind.get(kind, 0) + 1
         bands = dict.fromkeys(get_args(Band), 0)
         for tag, raw in cast("dict[bytes, bytes]", scores).items():
             band = orjson.loads(codec.open(raw, codec.field(keys.news2, tag.decode())))["band"]
