@@ -124,6 +124,9 @@ def _spawn(
         stdout=log_file or subprocess.DEVNULL,
         stderr=subprocess.STDOUT if log_file else subprocess.DEVNULL,
         preexec_fn=die_with_parent,
+        # Out of the terminal's process group: Ctrl-C reaches only the supervisor,
+        # which stops everything in order.
+        start_new_session=True,
     )
     service = Service(name, host, port, process, log_file)
     try:

@@ -65,6 +65,9 @@ class Child:
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent,  # only a prctl() call: safe between fork and exec
+            # Out of the terminal's process group: Ctrl-C reaches only `up`, which
+            # stops the stages in order (devices first) instead of all at once.
+            start_new_session=True,
         )
 
     @property
