@@ -41,7 +41,7 @@ from healthsync.stream.alerts import (
 from healthsync.stream.news2 import News2
 from healthsync.stream.rulebook import RuleBook
 from healthsync.stream.rules import AnomalySettings, TrendRule
-from healthsync.stream.state import DeviceClock, PatientState, Sample, Tracker
+from healthsync.stream.state import EVIDENCE, DeviceClock, PatientState, Sample, Tracker
 from healthsync.stream.trends import Baseline, TrendWindow
 
 StateLoader = Callable[[list[str] | None], dict[str, dict[str, Any]]]
@@ -403,7 +403,7 @@ class AnomalyEngine:
                 alert.severity = finding.severity
                 alert.reading_id = sample.reading_id
                 alert.rule = finding.rule
-                alert.evidence = [*alert.evidence, (sample.ts, sample.value)][-10:]
+                alert.evidence = [*alert.evidence, (sample.ts, sample.value)][-EVIDENCE:]
                 tracker.worse_since, tracker.worse_count = None, 0
                 events.append(AlertEvent("escalated", alert.snapshot()))
         else:
