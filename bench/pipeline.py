@@ -45,10 +45,10 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from healthsync.config import Settings
+from healthsync.domain.readings import reading_id_for
 from healthsync.kafka import client_config, make_producer
 from healthsync.metrics import LATENCY_BUCKETS
 from healthsync.names import RedisKeys
-from healthsync.readings import reading_id_for
 from healthsync.security.codec import Codec
 from healthsync.stack import free_port
 from healthsync.supervisor import Pipeline

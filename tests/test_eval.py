@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from healthsync.config import Settings
+from healthsync.domain.readings import Reading, reading_id_for
+from healthsync.domain.rules import AnomalySettings
 from healthsync.evaluation.detectors import Alarm, naive_alarms, run_engine
 from healthsync.evaluation.generate import EPOCH, Dataset, LabelledEpisode, generate, warning_bands
 from healthsync.evaluation.scenario import (
@@ -21,8 +23,6 @@ from healthsync.evaluation.scenario import (
     scenario_paths,
 )
 from healthsync.evaluation.scoring import alert_reduction, false_alarms, percentile, score
-from healthsync.readings import Reading, reading_id_for
-from healthsync.stream.rules import AnomalySettings
 
 VITALS_TOML = """
 [vitals.heart_rate]

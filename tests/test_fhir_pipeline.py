@@ -13,8 +13,8 @@ import httpx
 import orjson
 from redis import Redis
 
+from healthsync.fhir.profiles import validate
 from healthsync.security.codec import Codec
-from healthsync.stream.fhir_profiles import validate
 from healthsync.supervisor import Pipeline
 from tests.conftest import Credentials, Device, wait_for
 from tests.test_pipeline import read_topic

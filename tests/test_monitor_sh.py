@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from healthsync.config import Settings
-from healthsync.readings import VITALS, Reading
+from healthsync.domain.readings import VITALS, Reading
 from healthsync.security.certs import issue_device
 from healthsync.wire import WireError, ok_reply, parse_line
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from healthsync.readings import CONSCIOUSNESS_LEVELS, VITALS, Reading, reading_id_for
+from healthsync.domain.readings import CONSCIOUSNESS_LEVELS, VITALS, Reading, reading_id_for
 from healthsync.simulate import (
     EPISODE_KINDS,
     EpisodeKind,

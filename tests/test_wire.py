@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from healthsync.readings import CONSCIOUSNESS_LEVELS, VITALS, Reading, reading_id_for
+from healthsync.domain.readings import CONSCIOUSNESS_LEVELS, VITALS, Reading, reading_id_for
 from healthsync.wire import REASONS, WireError, format_line, ok_reply, parse_line
 
 RECEIVED = 1_700_000_000.0  # 2023-11-14T22:13:20Z

@@ -78,15 +78,15 @@ def _run_stage(
 
 
 def cmd_process(args: argparse.Namespace) -> int:
-    from healthsync.stream.processor import build
+    from healthsync.wiring import build_processor
 
-    return _run_stage(args, "processor", build)
+    return _run_stage(args, "processor", build_processor)
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from healthsync.stream.push import build
+    from healthsync.wiring import build_pusher
 
-    return _run_stage(args, "push", build)
+    return _run_stage(args, "push", build_pusher)
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -247,7 +247,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 def cmd_fhir_validate(args: argparse.Namespace) -> int:
     """Validate FHIR resources (R4B models + the project's profile checks); 1 if any failed."""
-    from healthsync.stream.fhir_profiles import (
+    from healthsync.fhir.profiles import (
         FhirValidationError,
         read_resources,
         reference_of,

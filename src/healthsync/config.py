@@ -21,8 +21,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from healthsync.domain.rules import AnomalySettings
 from healthsync.names import RedisKeys
-from healthsync.stream.rules import AnomalySettings
 
 
 class KafkaSettings(BaseModel):

@@ -25,8 +25,8 @@ from itertools import repeat
 from ssl import SSLContext
 from typing import Final, Literal
 
+from healthsync.domain.readings import VITALS
 from healthsync.errors import HealthSyncError
-from healthsync.readings import VITALS
 from healthsync.wire import format_line
 
 __all__ = [

@@ -19,7 +19,7 @@ from typing import Final
 
 import orjson
 
-from healthsync.readings import (
+from healthsync.domain.readings import (
     CONSCIOUSNESS_LEVELS,
     PATIENT_FIELDS,
     VITALS,

@@ -28,16 +28,18 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from redis import Redis
 
 from healthsync.config import Settings
+from healthsync.domain.alerts import Alert, AlertEvent
+from healthsync.domain.batch import Batch
+from healthsync.domain.news2 import news2
+from healthsync.domain.readings import Reading
+from healthsync.fhir.observations import observations_for
+from healthsync.fhir.patients import device_for, patient_for
 from healthsync.metrics import StatsRecorder
-from healthsync.readings import Reading
 from healthsync.security.codec import Codec
 from healthsync.stack import Service
 from healthsync.store.fhir_store import RedisFhirSink
 from healthsync.store.live import RedisLiveSink
-from healthsync.stream.alerts import Alert, AlertEvent
-from healthsync.stream.batch import Batch
-from healthsync.stream.fhir import device_for, observations_for, patient_for
-from healthsync.stream.news2 import news2
+from healthsync.store.records import Records
 from healthsync.supervisor import Pipeline
 from tests.conftest import AUDIENCE, ISSUER, Credentials, make_settings
 
@@ -92,8 +94,8 @@ def seed(settings: Settings, client: Redis) -> None:
     batch.observations.append(("P-AUTH-1", device_for("mon-a", now)))
     codec = Codec.from_settings(settings)
     stats = StatsRecorder(settings.redis.keys, "processor")
-    live = RedisLiveSink(client, settings.redis, stats, codec)
-    fhir = RedisFhirSink(client, settings.redis, codec)
+    live = RedisLiveSink(client, settings.redis, stats, Records(codec))
+    fhir = RedisFhirSink(client, settings.redis, Records(codec))
     for sink in (live, fhir):
         sink.write(batch)
         sink.flush()

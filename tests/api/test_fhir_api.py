@@ -35,21 +35,18 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from healthsync.api.app import create_app
+from healthsync.domain.alerts import Alert
+from healthsync.domain.news2 import news2
+from healthsync.domain.readings import Reading, isoformat_ms
+from healthsync.fhir.alerts import communication_for, flag_for
+from healthsync.fhir.news2 import news2_resources
+from healthsync.fhir.observations import observations_for
+from healthsync.fhir.patients import device_for, patient_for
 from healthsync.names import RedisKeys
-from healthsync.readings import Reading, isoformat_ms
 from healthsync.security.codec import Codec
 from healthsync.stack import Service, free_port
 from healthsync.store.fhir_queries import FhirReader, Page, Search, SearchTooCostly, Window
-from healthsync.stream.alerts import Alert
-from healthsync.stream.fhir import (
-    communication_for,
-    device_for,
-    flag_for,
-    news2_resources,
-    observations_for,
-    patient_for,
-)
-from healthsync.stream.news2 import news2
+from healthsync.store.records import Records
 from healthsync.supervisor import Pipeline
 from tests.conftest import Credentials, Device, make_settings, wait_for
 
@@ -753,7 +750,7 @@ def test_a_filtered_search_refuses_to_load_more_than_its_limit(served: Served) -
     async def run(search: Search) -> Page:
         client = AsyncRedis.from_url(served.redis_url)
         try:
-            return await FhirReader(client, seed.codec, max_scan=40).search(search)
+            return await FhirReader(client, Records(seed.codec), max_scan=40).search(search)
         finally:
             await client.aclose()
 

@@ -10,14 +10,16 @@ import orjson
 from redis import Redis
 
 from healthsync.config import Settings
-from healthsync.readings import Reading
+from healthsync.domain.batch import Batch
+from healthsync.domain.readings import Reading
+from healthsync.domain.rules import AnomalySettings
+from healthsync.fhir.ids import fhir_id
+from healthsync.fhir.step import FhirResources
 from healthsync.security.codec import Codec
 from healthsync.store.fhir_store import RedisFhirSink
-from healthsync.stream.batch import Batch
+from healthsync.store.records import Records
 from healthsync.stream.engine import AnomalyEngine
-from healthsync.stream.fhir import FhirResources, fhir_id
 from healthsync.stream.news2 import News2Scores
-from healthsync.stream.rules import AnomalySettings
 
 DEMOGRAPHICS = {"patient_name": "Ada Lovelace", "gender": "female", "mrn": "MRN-0042"}
 
@@ -55,7 +57,7 @@ def test_resources_are_stored_and_indexed_by_type_patient_and_time(
     settings: Settings, redis: Redis, codec: Codec
 ) -> None:
     keys = codec.keys
-    sink = RedisFhirSink(redis, settings.redis, codec)
+    sink = RedisFhirSink(redis, settings.redis, Records(codec))
     now = time.time()
     first = Reading("r1", "mon-1", "P-1", now - 10, now, {"heart_rate": 72, "spo2": 84})
     write(sink, batch_of(replace(first, patient=DEMOGRAPHICS)))
@@ -101,7 +103,7 @@ def test_resources_are_stored_and_indexed_by_type_patient_and_time(
 
 def test_a_resolved_alert_expires(settings: Settings, redis: Redis, codec: Codec) -> None:
     keys = codec.keys
-    sink = RedisFhirSink(redis, settings.redis, codec)
+    sink = RedisFhirSink(redis, settings.redis, Records(codec))
     now = time.time()
     rules, scores, step = (
         AnomalyEngine(IMMEDIATE),
@@ -123,7 +125,7 @@ def test_a_resolved_alert_expires(settings: Settings, redis: Redis, codec: Codec
 
 
 def test_a_replayed_batch_changes_nothing(settings: Settings, redis: Redis, codec: Codec) -> None:
-    sink = RedisFhirSink(redis, settings.redis, codec)
+    sink = RedisFhirSink(redis, settings.redis, Records(codec))
     now = time.time()
     reading = Reading("r1", "mon-1", "P-1", now, now, {"heart_rate": 150, "bp_sys": 120})
     write(sink, batch_of(reading))
@@ -141,11 +143,11 @@ def test_indexes_are_trimmed_to_the_retention_but_open_alerts_stay(
     keys = codec.keys
     now = time.time()
     old = Reading("old", "mon-1", "P-1", now - 3600, now, {"heart_rate": 150})
-    write(RedisFhirSink(redis, settings.redis, codec), batch_of(old))
+    write(RedisFhirSink(redis, settings.redis, Records(codec)), batch_of(old))
     [(alert_id, _)] = index(redis, keys.fhir_index("Flag", "P-1"))
 
     # A new sink (as after a restart) trims on its first batch.
-    sink = RedisFhirSink(redis, settings.redis, codec)
+    sink = RedisFhirSink(redis, settings.redis, Records(codec))
     write(sink, batch_of(Reading("new", "mon-1", "P-1", now, now, {"heart_rate": 150})))
     observations = [m for m, _ in index(redis, keys.fhir_index("Observation", "P-1"))]
     assert "old-heart-rate" not in observations and "new-heart-rate" in observations
@@ -155,7 +157,7 @@ def test_indexes_are_trimmed_to_the_retention_but_open_alerts_stay(
 
     # Once its stored resources are gone, the index entry goes too.
     redis.delete(keys.fhir("Flag", alert_id))
-    sink = RedisFhirSink(redis, settings.redis, codec)
+    sink = RedisFhirSink(redis, settings.redis, Records(codec))
     write(sink, batch_of(Reading("later", "mon-1", "P-1", now, now, {"heart_rate": 150})))
     assert alert_id not in [m for m, _ in index(redis, keys.fhir_index("Flag", "P-1"))]
 
@@ -163,7 +165,7 @@ def test_indexes_are_trimmed_to_the_retention_but_open_alerts_stay(
 def test_load_returns_the_stored_resources_the_step_asks_for(
     settings: Settings, redis: Redis, codec: Codec
 ) -> None:
-    sink = RedisFhirSink(redis, settings.redis, codec)
+    sink = RedisFhirSink(redis, settings.redis, Records(codec))
     now = time.time()
     patient = "ward:7"  # not a FHIR id: stored under its digest
     reading = Reading("r1", "mon-1", patient, now, now, {"heart_rate": 70}, patient=DEMOGRAPHICS)

@@ -1,4 +1,5 @@
-"""The Redis live sink against a real redis-server: idempotence and retention."""
+"""The Redis live sink and the state store against a real redis-server: idempotence, retention,
+and state that survives a restart."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import orjson
 from redis import Redis
 
 from healthsync.config import Settings
+from healthsync.domain.batch import Batch
+from healthsync.domain.readings import Reading
 from healthsync.metrics import StatsRecorder
-from healthsync.readings import Reading
 from healthsync.security.codec import Codec
 from healthsync.store.live import RedisLiveSink
-from healthsync.stream.batch import Batch
+from healthsync.store.records import Records
+from healthsync.store.state import RedisStateStore
 
 
 def reading(rid: str, ts: float, hr: float = 70) -> Reading:
@@ -22,19 +25,24 @@ def reading(rid: str, ts: float, hr: float = 70) -> Reading:
 
 def sink_for(settings: Settings, redis: Redis, codec: Codec) -> RedisLiveSink:
     stats = StatsRecorder(settings.redis.keys, "processor")
-    return RedisLiveSink(redis, settings.redis, stats, codec)
+    return RedisLiveSink(redis, settings.redis, stats, Records(codec))
+
+
+def state_for(settings: Settings, redis: Redis, codec: Codec) -> RedisStateStore:
+    stats = StatsRecorder(settings.redis.keys, "processor")
+    return RedisStateStore(redis, Records(codec), stats)
 
 
 def test_a_replayed_batch_changes_nothing(settings: Settings, redis: Redis, codec: Codec) -> None:
-    sink = sink_for(settings, redis, codec)
+    sink, state = sink_for(settings, redis, codec), state_for(settings, redis, codec)
     now = time.time()
     batch = [reading("a", now - 2), reading("b", now - 1, hr=75)]
-    fresh = sink.filter_new([*batch, batch[0]])
+    fresh = state.filter_new([*batch, batch[0]])
     assert [r.reading_id for r in fresh] == ["a", "b"], "a duplicate inside a batch counts once"
     sink.write(Batch(fresh))
     sink.flush()
 
-    assert sink.filter_new(batch) == []
+    assert state.filter_new(batch) == []
     keys = codec.keys
     assert redis.zcard(keys.history("P-1")) == 2
     latest = cast("bytes", redis.hget(keys.latest("P-1"), "heart_rate"))
@@ -63,7 +71,7 @@ def test_news2_inputs_survive_a_restart(settings: Settings, redis: Redis, codec:
     nurse = Reading("n", "nurse-1", "P-1", now, now, {}, None, True, "A")
     sink.write(Batch([reading("a", now - 5, hr=101), nurse]))
     sink.flush()
-    observed = sink_for(settings, redis, codec).load_observed(["P-1", "P-unknown"])
+    observed = state_for(settings, redis, codec).load_observed(["P-1", "P-unknown"])
     assert observed["P-1"] == {
         "heart_rate": (101, now - 5, "a"),
         "on_oxygen": (True, now, "n"),

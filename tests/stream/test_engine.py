@@ -6,13 +6,13 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from healthsync.readings import Reading
-from healthsync.stream.alerts import AlertEvent
-from healthsync.stream.batch import Batch
+from healthsync.domain.alerts import AlertEvent
+from healthsync.domain.batch import Batch
+from healthsync.domain.readings import Reading
+from healthsync.domain.rules import AnomalySettings, PatientRules
 from healthsync.stream.engine import AnomalyEngine, replay
 from healthsync.stream.news2 import News2Scores
 from healthsync.stream.rulebook import RuleBook
-from healthsync.stream.rules import AnomalySettings, PatientRules
 
 T0 = 1_700_000_000.0
 _ids = itertools.count()
@@ -287,7 +287,7 @@ def test_only_owned_partitions_are_loaded_and_watched() -> None:
     theirs = {"partition": 2, "devices": {"d2": [T0, 5.0, 5]}}
     store = {"P-1": mine, "P-2": theirs}
     run = Run(load_states=lambda ps: {p: store[p] for p in (ps or store)})
-    run.engine.assign([1])
+    run.engine.on_assign([1])
     events = run.send(now=100)
     assert [(e.alert.patient_id, e.alert.kind) for e in events] == [("P-1", "device_offline:d1")]
 

@@ -18,7 +18,7 @@ from healthsync.stack import Service
 from healthsync.stream.push import resources_in
 from healthsync.supervisor import Pipeline
 from tests.conftest import Credentials, Device, make_settings, wait_for
-from tests.stream.test_ehr_push import Canned, FakeEhr
+from tests.fhir.test_ehr_push import Canned, FakeEhr
 
 
 @pytest.fixture

@@ -27,15 +27,16 @@ from healthsync.api import auth, fhir
 from healthsync.api.audit import AuditLog
 from healthsync.api.auth import Access, Authenticator, Guard
 from healthsync.config import Settings
+from healthsync.domain.alerts import thresholds_for
+from healthsync.domain.readings import VITALS
+from healthsync.domain.rules import PatientRules
 from healthsync.kafka import KafkaUnavailableError, check_broker
 from healthsync.metrics import PipelineCollector
-from healthsync.readings import VITALS
 from healthsync.security.codec import Codec
 from healthsync.security.crypto import DecryptError
 from healthsync.store.fhir_queries import FhirReader
 from healthsync.store.queries import LiveReader
-from healthsync.stream.alerts import thresholds_for
-from healthsync.stream.rules import PatientRules
+from healthsync.store.records import Records
 
 # The same characters the wire protocol allows in ids, so a path cannot reach other keys.
 PatientId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
@@ -55,7 +56,8 @@ def create_app(settings: Settings) -> FastAPI:
         raise ConfigError("the API needs Redis (HEALTHSYNC_REDIS_URL)")
     redis = Redis.from_url(settings.redis.url, **settings.redis.client_options())
     codec = Codec.from_settings(settings)
-    reader = LiveReader(redis, codec)
+    records = Records(codec)
+    reader = LiveReader(redis, records)
     collector = PipelineCollector()
     registry = CollectorRegistry()
     registry.register(collector)
@@ -255,5 +257,5 @@ def create_app(settings: Settings) -> FastAPI:
         await reader.set_rules(patient_id, None)
         return await rules_view(patient_id)
 
-    app.include_router(fhir.fhir_router(FhirReader(redis, codec)))
+    app.include_router(fhir.fhir_router(FhirReader(redis, records)))
     return app

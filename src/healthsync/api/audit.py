@@ -28,8 +28,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from healthsync.config import AuthSettings
+from healthsync.domain.readings import isoformat_ms
 from healthsync.errors import ConfigError, HealthSyncError
-from healthsync.readings import isoformat_ms
 from healthsync.security.codec import Codec
 
 

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from healthsync import __version__
 from healthsync.api import auth
 from healthsync.api.auth import Access
-from healthsync.readings import isoformat_ms
+from healthsync.domain.readings import isoformat_ms
 from healthsync.store.fhir_queries import (
     FhirReader,
     Page,

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from healthsync.config import Settings
+from healthsync.domain.alerts import AlertEvent
+from healthsync.domain.readings import Reading
 from healthsync.evaluation.generate import Band
-from healthsync.readings import Reading
-from healthsync.stream.alerts import AlertEvent
 
 __all__ = ["Alarm", "EngineRun", "naive_alarms", "run_engine"]
 

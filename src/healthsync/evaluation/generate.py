@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from healthsync.domain.alerts import DEFAULT_THRESHOLDS, Threshold
+from healthsync.domain.readings import VITALS, Reading, reading_id_for
 from healthsync.evaluation.scenario import (
     ALL_VITALS,
     EPISODE_VITAL,
@@ -31,8 +33,6 @@ from healthsync.evaluation.scenario import (
     ScenarioError,
     SpikeSpec,
 )
-from healthsync.readings import VITALS, Reading, reading_id_for
-from healthsync.stream.alerts import DEFAULT_THRESHOLDS, Threshold
 
 __all__ = [
     "EPOCH",

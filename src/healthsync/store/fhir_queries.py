@@ -6,7 +6,7 @@ one across patients and one per patient. A search walks one index in time
 order within a window, loads the resources and keeps those a predicate
 accepts. A page ends at a (time, id) position and the next page starts just
 after it, so resources that arrive between two pages neither repeat nor shift
-the results. Stored JSON is opened through the codec.
+the results. Stored JSON is opened through the records' codec.
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import orjson
 from redis.asyncio import Redis
 
 from healthsync.errors import HealthSyncError
-from healthsync.readings import Reading
-from healthsync.security.codec import Codec
-from healthsync.stream.fhir import observations_for, reading_of_observation
+from healthsync.fhir.ids import reading_of_observation
+from healthsync.fhir.observations import observations_for
+from healthsync.store.records import Records
 
 Resource = dict[str, Any]
 Predicate = Callable[[Resource], bool]
@@ -93,10 +92,10 @@ class SearchTooCostly(HealthSyncError):
 
 
 class FhirReader:
-    def __init__(self, client: Redis, codec: Codec, max_scan: int = 100_000) -> None:
+    def __init__(self, client: Redis, records: Records, max_scan: int = 100_000) -> None:
         self.client = client
-        self.codec = codec
-        self.keys = codec.keys
+        self.records = records
+        self.keys = records.keys
         # Filters apply to loaded resources: this bounds what one request may load.
         self.max_scan = max_scan
 
@@ -183,7 +182,7 @@ class FhirReader:
             keys = [self.keys.fhir(resource_type, i) for i in stored]
             docs = cast("list[bytes | None]", await self.client.mget(keys))
             found.update(
-                (i, orjson.loads(self.codec.open(doc, key)))
+                (i, self.records.decode_resource(key, doc))
                 for i, key, doc in zip(stored, keys, docs, strict=True)
                 if doc
             )
@@ -201,7 +200,7 @@ class FhirReader:
         for key, doc in zip(keys, docs, strict=True):
             if doc is None:
                 continue  # expired with the retention
-            for resource in observations_for(Reading.from_json(self.codec.open(doc, key))):
+            for resource in observations_for(self.records.decode_fhir_reading(key, doc)):
                 if resource["id"] in wanted:
                     rebuilt[resource["id"]] = resource
         return rebuilt

@@ -29,18 +29,16 @@ patient: reading ids and alert ids are digests.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-import orjson
 from redis import Redis
 
 from healthsync.config import RedisSettings
-from healthsync.readings import isoformat_ms
-from healthsync.security.codec import Codec
-from healthsync.stream.batch import Batch
-from healthsync.stream.fhir import fhir_id, observation_id, reading_of_observation
+from healthsync.domain.batch import Batch
+from healthsync.domain.readings import Reading, isoformat_ms
+from healthsync.fhir.ids import fhir_id, observation_id, reading_of_observation
+from healthsync.store.records import Records
 
 # Trim an index at most this often, not on every batch.
 _TRIM_INTERVAL_S = 60.0
@@ -98,12 +96,15 @@ def _epoch(stamp: str) -> float:
 class RedisFhirSink:
     """A Sink: each batch's ``resources`` in one MULTI/EXEC transaction."""
 
-    def __init__(self, client: Redis, settings: RedisSettings, codec: Codec) -> None:
+    def __init__(self, client: Redis, settings: RedisSettings, records: Records) -> None:
         self.client = client
         self.settings = settings
-        self.codec = codec
-        self.keys = codec.keys
+        self.records = records
+        self.keys = records.keys
         self._pipe: Any = None
+        self._indexes: dict[str, dict[str, float]] = {}
+        self._index_types: dict[str, str] = {}
+        self._epochs: dict[str, float] = {}
         self._trimmed_at: dict[str, float] = {}
         self._set_many = client.register_script(_SET_MANY)
 
@@ -114,7 +115,7 @@ class RedisFhirSink:
         keys = [self.keys.fhir(resource_type, i) for i in ids]
         docs: list[bytes | None] = self.client.mget(keys)  # type: ignore[assignment]
         return {
-            i: orjson.loads(self.codec.open(doc, key))
+            i: self.records.decode_resource(key, doc)
             for i, key, doc in zip(ids, keys, docs, strict=True)
             if doc is not None
         }
@@ -124,60 +125,63 @@ class RedisFhirSink:
         if not resources and not batch.readings:
             self._pipe = None
             return
-        keys, codec = self.keys, self.codec
         retention = self.settings.history_retention_s
         pipe = self.client.pipeline(transaction=True)
-        indexes: dict[str, dict[str, float]] = {}
-        index_types: dict[str, str] = {}
-        epochs: dict[str, float] = {}  # the Observations of a reading share their time
+        # What this batch indexes, and the resource times it parsed (shared by many).
+        self._indexes, self._index_types, self._epochs = {}, {}, {}
         # ttl (0 = none) -> (keys, values)
         writes: dict[int, tuple[list[str], list[bytes]]] = {0: ([], []), retention: ([], [])}
-        names, values = writes[retention]
+        self._add_readings(batch.readings, writes[retention])
+        for _key, resource in resources:
+            kind, rid = resource["resourceType"], resource["id"]
+            if kind == "Observation" and reading_of_observation(rid) is not None:
+                continue  # rebuilt from its reading on read, indexed with it
+            expires = kind in _WINDOWED or (kind in _ALERTS and resource.get("status") in _OVER)
+            self._add_resource(resource, writes[retention if expires else 0])
+        for ttl, (names, values) in writes.items():
+            if names:
+                self._set_many(keys=names, args=[ttl, *values], client=pipe)
+        for index, members in self._indexes.items():
+            pipe.zadd(index, members)
+        self._trim(pipe, self._indexes, self._index_types)
+        self._pipe = pipe
+
+    def _index(self, index: str, kind: str, members: dict[str, float]) -> None:
+        self._indexes.setdefault(index, {}).update(members)
+        self._index_types[index] = kind
+
+    def _add_readings(self, readings: list[Reading], out: tuple[list[str], list[bytes]]) -> None:
+        keys = self.keys
         everyone = keys.fhir_index("Observation")
-        for reading in batch.readings:
-            # Demographics are not needed to rebuild Observations: keep them out.
-            name = keys.fhir_reading(reading.reading_id)
-            names.append(name)
-            values.append(codec.seal(replace(reading, patient={}).to_json(), name))
+        for reading in readings:
+            name, value = self.records.encode_fhir_reading(reading)
+            out[0].append(name)
+            out[1].append(value)
             # Index the reading's Observations straight from it (the hot path): the
             # score is the instant written in their effectiveDateTime.
             when = _epoch(isoformat_ms(reading.ts))
             members = {observation_id(reading.reading_id, v): when for v in reading.vitals}
-            one = keys.fhir_index("Observation", fhir_id(reading.patient_id))
-            indexes.setdefault(everyone, {}).update(members)
-            indexes.setdefault(one, {}).update(members)
-            index_types[everyone] = index_types[one] = "Observation"
-        for _key, resource in resources:
-            kind, rid = resource["resourceType"], resource["id"]
-            if kind == "Observation" and reading_of_observation(rid) is not None:
-                continue  # rebuilt from its reading on read, indexed above
-            expires = kind in _WINDOWED or (kind in _ALERTS and resource.get("status") in _OVER)
-            names, values = writes[retention if expires else 0]
-            name = keys.fhir(kind, rid)
-            names.append(name)
-            values.append(codec.seal(orjson.dumps(resource), name))
-            stamp = resource_time(resource)
-            if stamp is None:
-                continue
-            score = epochs.get(stamp)
-            if score is None:
-                score = epochs[stamp] = _epoch(stamp)
-            member = keys.fhir_member(kind, rid)
-            index = keys.fhir_index(kind)
-            indexes.setdefault(index, {})[member] = score
-            index_types[index] = kind
-            patient = subject_id(resource)
-            if patient is not None:
-                index = keys.fhir_index(kind, patient)
-                indexes.setdefault(index, {})[member] = score
-                index_types[index] = kind
-        for ttl, (names, values) in writes.items():
-            if names:
-                self._set_many(keys=names, args=[ttl, *values], client=pipe)
-        for index, members in indexes.items():
-            pipe.zadd(index, members)
-        self._trim(pipe, indexes, index_types)
-        self._pipe = pipe
+            self._index(everyone, "Observation", members)
+            self._index(
+                keys.fhir_index("Observation", fhir_id(reading.patient_id)), "Observation", members
+            )
+
+    def _add_resource(self, resource: dict[str, Any], out: tuple[list[str], list[bytes]]) -> None:
+        name, value = self.records.encode_resource(resource)
+        out[0].append(name)
+        out[1].append(value)
+        stamp = resource_time(resource)
+        if stamp is None:
+            return
+        score = self._epochs.get(stamp)
+        if score is None:
+            score = self._epochs[stamp] = _epoch(stamp)
+        kind = resource["resourceType"]
+        member = {self.keys.fhir_member(kind, resource["id"]): score}
+        self._index(self.keys.fhir_index(kind), kind, member)
+        patient = subject_id(resource)
+        if patient is not None:
+            self._index(self.keys.fhir_index(kind, patient), kind, member)
 
     def _trim(
         self, pipe: Any, indexes: dict[str, dict[str, float]], index_types: dict[str, str]

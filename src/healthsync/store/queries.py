@@ -1,29 +1,29 @@
 """Reads of the Redis live cache, for the API (asyncio).
 
-Values are opened through the codec; a value it cannot open (a retired or
-missing key, tampering) raises :class:`healthsync.security.crypto.DecryptError`,
-which the API turns into a clear error rather than returning garbage.
+Values are decoded by :mod:`healthsync.store.records`, the same codec the
+processor writes them with; a value it cannot open (a retired or missing key,
+tampering) raises :class:`healthsync.security.crypto.DecryptError`, which the
+API turns into a clear error rather than returning garbage.
 """
 
 from __future__ import annotations
 
 from typing import Any, cast, get_args
 
-import orjson
 from redis.asyncio import Redis
 
+from healthsync.domain.alerts import Severity
+from healthsync.domain.news2 import Band
+from healthsync.domain.rules import PatientRules
 from healthsync.metrics import COMPONENTS
-from healthsync.security.codec import Codec
-from healthsync.stream.alerts import Severity
-from healthsync.stream.news2 import Band
-from healthsync.stream.rules import PatientRules
+from healthsync.store.records import Records
 
 
 class LiveReader:
-    def __init__(self, client: Redis, codec: Codec) -> None:
+    def __init__(self, client: Redis, records: Records) -> None:
         self.client = client
-        self.codec = codec
-        self.keys = codec.keys
+        self.records = records
+        self.keys = records.keys
 
     async def patients(self, limit: int = 1000) -> list[dict[str, Any]]:
         """Monitored patients, most recently seen first, with latest vitals and open alerts."""
@@ -38,11 +38,11 @@ class LiveReader:
             open_by_tag[tag] = open_by_tag.get(tag, 0) + 1
         if not rows:
             return []
-        codec, keys = self.codec, self.keys
+        records, keys = self.records, self.keys
         tags = [member.decode() for member, _score in rows]
         sealed_ids = cast("list[bytes | None]", await self.client.hmget(keys.patient_ids, tags))
         patients = [
-            codec.open(sealed, codec.field(keys.patient_ids, tag)).decode() if sealed else tag
+            records.decode_patient_id(tag, sealed) if sealed else tag
             for tag, sealed in zip(tags, sealed_ids, strict=True)
         ]
         pipe = self.client.pipeline(transaction=False)
@@ -54,10 +54,8 @@ class LiveReader:
             {
                 "patient_id": patient,
                 "last_seen": last_seen,
-                "vitals": self._decode_latest(keys.latest(patient), latest),
-                "news2": orjson.loads(codec.open(news2, codec.field(keys.news2, tag)))
-                if news2
-                else None,
+                "vitals": self._decode_latest(patient, latest),
+                "news2": records.decode_score(tag, news2) if news2 else None,
                 "open_alerts": open_by_tag.get(tag, 0),
             }
             for patient, tag, (_member, last_seen), latest, news2 in zip(
@@ -70,20 +68,16 @@ class LiveReader:
         raw = cast("bytes | None", await self.client.hget(self.keys.news2, tag))
         if not raw:
             return None
-        plain = self.codec.open(raw, self.codec.field(self.keys.news2, tag))
-        return cast("dict[str, Any]", orjson.loads(plain))
+        return self.records.decode_score(tag, raw)
 
     async def latest(self, patient_id: str) -> dict[str, Any] | None:
         key = self.keys.latest(patient_id)
         raw = cast("dict[bytes, bytes]", await self.client.hgetall(key))
-        return self._decode_latest(key, raw) if raw else None
+        return self._decode_latest(patient_id, raw) if raw else None
 
-    def _decode_latest(self, key: str, raw: dict[bytes, bytes]) -> dict[str, Any]:
-        codec = self.codec
-        return {
-            k.decode(): orjson.loads(codec.open(v, codec.field(key, k.decode())))
-            for k, v in raw.items()
-        }
+    def _decode_latest(self, patient_id: str, raw: dict[bytes, bytes]) -> dict[str, Any]:
+        decode = self.records.decode_latest
+        return {k.decode(): decode(patient_id, k.decode(), v) for k, v in raw.items()}
 
     async def history(
         self, patient_id: str, vital: str | None, since: float, until: float, limit: int
@@ -96,7 +90,7 @@ class LiveReader:
         )
         points = []
         for member in members:
-            entry = orjson.loads(self.codec.open(member, key))
+            entry = self.records.decode_history(patient_id, member)
             vitals: dict[str, float] = entry["v"]
             if vital is not None:
                 if vital not in vitals:
@@ -142,22 +136,23 @@ class LiveReader:
         pipe.hvals(self.keys.open_alerts)
         pipe.hgetall(self.keys.news2)
         patients, open_ids, scores = await pipe.execute()
-        codec, keys = self.codec, self.keys
+        records, keys = self.records, self.keys
         by_severity = dict.fromkeys(get_args(Severity), 0)
         by_kind: dict[str, int] = {}
-        places = [keys.alert(i.decode()) for i in open_ids]
+        ids = [i.decode() for i in open_ids]
+        places = [keys.alert(i) for i in ids]
         docs = cast("list[bytes | None]", await self.client.mget(places)) if places else []
-        for doc, place in zip(docs, places, strict=True):
+        for alert_id, doc in zip(ids, docs, strict=True):
             if doc is None:
                 continue
-            alert = orjson.loads(codec.open(doc, place))
+            alert = records.decode_alert(alert_id, doc)
             by_severity[alert["severity"]] = by_severity.get(alert["severity"], 0) + 1
             # Per-device kinds are counted together: a device id can point to a bed.
             kind = alert["kind"].partition(":")[0] if alert.get("device_id") else alert["kind"]
             by_kind[kind] = by_kind.get(kind, 0) + 1
         bands = dict.fromkeys(get_args(Band), 0)
         for tag, raw in cast("dict[bytes, bytes]", scores).items():
-            band = orjson.loads(codec.open(raw, codec.field(keys.news2, tag.decode())))["band"]
+            band = records.decode_score(tag.decode(), raw)["band"]
             bands[band] = bands.get(band, 0) + 1
         return {
             "patients": int(patients),
@@ -177,8 +172,7 @@ class LiveReader:
         """
         if not await self.client.exists(self.keys.alert(alert_id)):
             return None
-        place = self.codec.field(self.keys.acknowledged, alert_id)
-        ack = self.codec.seal(orjson.dumps({"by": by, "at": at}), place)
+        ack = self.records.encode_ack(alert_id, {"by": by, "at": at})
         await self.client.hset(self.keys.acknowledged, alert_id, ack)
         alerts = await self._with_acks([alert_id])
         return alerts[0] if alerts else None
@@ -188,16 +182,15 @@ class LiveReader:
         pipe.mget([self.keys.alert(i) for i in ids])
         pipe.hmget(self.keys.acknowledged, ids)
         docs, acks = await pipe.execute()
-        codec, keys = self.codec, self.keys
+        records = self.records
         alerts = []
         for alert_id, doc, ack in zip(ids, docs, acks, strict=True):
             if doc is None:
                 continue
-            alert = orjson.loads(codec.open(doc, keys.alert(alert_id)))
+            alert = records.decode_alert(alert_id, doc)
             alert["acknowledged"] = ack is not None
             if ack is not None:
-                place = codec.field(keys.acknowledged, alert_id)
-                alert["acknowledgement"] = orjson.loads(codec.open(ack, place))
+                alert["acknowledgement"] = records.decode_ack(alert_id, ack)
             alerts.append(alert)
         return alerts
 
@@ -207,8 +200,7 @@ class LiveReader:
         raw = cast("bytes | None", await self.client.hget(self.keys.rules, tag))
         if raw is None:
             return None
-        plain = self.codec.open(raw, self.codec.field(self.keys.rules, tag))
-        return PatientRules.model_validate_json(plain)
+        return self.records.decode_rules(patient_id, raw)
 
     async def set_rules(self, patient_id: str, rules: PatientRules | None) -> None:
         """Store (or with None, drop) a patient's rules; processors pick them up within seconds."""
@@ -216,9 +208,7 @@ class LiveReader:
         if rules is None:
             await self.client.hdel(self.keys.rules, tag)
             return
-        sealed = self.codec.seal(
-            rules.model_dump_json().encode(), self.codec.field(self.keys.rules, tag)
-        )
+        tag, sealed = self.records.encode_rules(patient_id, rules)
         await self.client.hset(self.keys.rules, tag, sealed)
 
     async def stats(self) -> tuple[dict[str, dict[str, str]], dict[str, str]]:

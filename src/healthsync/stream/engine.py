@@ -24,23 +24,25 @@ artefact and raises nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from healthsync.readings import VITALS, Reading
-from healthsync.stream.alerts import (
+from healthsync.domain.alerts import (
     RANK,
     Alert,
     AlertEvent,
+    Artefact,
     Category,
     Severity,
     Threshold,
     alert_id_for,
 )
-from healthsync.stream.news2 import News2
+from healthsync.domain.batch import Batch
+from healthsync.domain.news2 import News2
+from healthsync.domain.readings import VITALS, Reading
+from healthsync.domain.rules import AnomalySettings, TrendRule
 from healthsync.stream.rulebook import RuleBook
-from healthsync.stream.rules import AnomalySettings, TrendRule
 from healthsync.stream.state import EVIDENCE, DeviceClock, PatientState, Sample, Tracker
 from healthsync.stream.trends import Baseline, TrendWindow
 
@@ -58,17 +60,6 @@ class Finding:
     rule: str  # what fired, in words, with its limits
     band: str = ""
     immediate: bool = False  # critical threshold values skip persistence
-
-
-@dataclass(frozen=True, slots=True)
-class Artefact:
-    """A sample set aside as a probable artefact rather than raised as an alarm."""
-
-    patient_id: str
-    vital: str
-    ts: float
-    value: float
-    reading_id: str
 
 
 class AnomalyEngine:
@@ -104,20 +95,17 @@ class AnomalyEngine:
 
     # -- Step -----------------------------------------------------------------------------
 
-    def reset(self) -> None:
-        self.stale = self.load_states is not None or self.load_open is not None
-
-    def assign(self, partitions: Iterable[int]) -> None:
+    def on_assign(self, partitions: Collection[int]) -> None:
         """The processor now owns these partitions: reload state for their patients."""
         self.owned = set(partitions)
-        self.reset()
+        self.stale = self.load_states is not None or self.load_open is not None
 
-    def process(self, batch: Any) -> None:
-        readings: list[Reading] = batch.readings
+    def process(self, batch: Batch) -> None:
+        readings = batch.readings
         self._load(readings)  # the only part that can fail: before any change
-        events: list[AlertEvent] = batch.alert_events
+        events = batch.alert_events
         touched: set[str] = set()
-        partitions: dict[str, int] = getattr(batch, "partitions", {})
+        partitions = batch.partitions
         for reading in readings:
             state = self.states.setdefault(reading.patient_id, PatientState())
             if reading.patient_id in partitions:
@@ -125,13 +113,11 @@ class AnomalyEngine:
             events.extend(self.evaluate(reading, batch.artefacts))
             touched.add(reading.patient_id)
         if self.cfg.news2_alerts:
-            scores: dict[str, News2] = batch.scores
-            for patient, score in scores.items():
+            for patient, score in batch.scores.items():
                 events.extend(self._news2(patient, score))
                 touched.add(patient)
-        now = getattr(batch, "now", None)
-        if now is not None:
-            ticked = self.tick(now)
+        if batch.now is not None:
+            ticked = self.tick(batch.now)
             events.extend(ticked)
             touched.update(e.alert.patient_id for e in ticked)
         for patient in touched:
@@ -535,7 +521,7 @@ def replay(
     """Run the engine (with NEWS2 scoring) over readings in time order, as the processor
     would, and return every alert event. The clock ticks every `tick_s` of the readings'
     receive times in between, so devices that go quiet raise their offline alerts."""
-    from healthsync.stream.batch import Batch
+    from healthsync.domain.batch import Batch
     from healthsync.stream.news2 import News2Scores
 
     cfg = settings or AnomalySettings()

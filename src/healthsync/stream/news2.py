@@ -1,195 +1,13 @@
-"""NEWS2, the National Early Warning Score 2 (Royal College of Physicians, 2017).
-
-Each parameter scores 0-3 from the RCP chart; the aggregate and the risk band
-follow the chart's clinical-response thresholds: low 0-4, low-medium when any
-single parameter scores 3 (with an aggregate below 5), medium 5-6, high 7+.
-
-A score is only as good as its inputs: each comes from the patient's latest
-value within a freshness window, and a parameter with no fresh value is
-reported as missing (the score is then marked incomplete), never assumed.
-"""
+"""The NEWS2 step: scores every patient of a batch from their latest fresh values."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable, Collection
 
-from healthsync.readings import Reading
+from healthsync.domain.batch import Batch
+from healthsync.domain.news2 import Observed, news2, observed_in
 
-Band = Literal["low", "low-medium", "medium", "high"]
-PARAMETERS = ("resp_rate", "spo2", "on_oxygen", "bp_sys", "heart_rate", "consciousness", "temp")
-
-
-def score_resp_rate(rate: float) -> int:
-    if rate <= 8:
-        return 3
-    if rate <= 11:
-        return 1
-    if rate <= 20:
-        return 0
-    if rate <= 24:
-        return 2
-    return 3
-
-
-def score_spo2_scale1(spo2: float) -> int:
-    if spo2 <= 91:
-        return 3
-    if spo2 <= 93:
-        return 2
-    if spo2 <= 95:
-        return 1
-    return 0
-
-
-def score_spo2_scale2(spo2: float, on_oxygen: bool) -> int:
-    """Scale 2, for patients with hypercapnic respiratory failure (target 88-92%).
-
-    Above 92% only scores when the patient is on oxygen: over-oxygenation is the risk.
-    """
-    if spo2 <= 83:
-        return 3
-    if spo2 <= 85:
-        return 2
-    if spo2 <= 87:
-        return 1
-    if spo2 <= 92 or not on_oxygen:
-        return 0
-    if spo2 <= 94:
-        return 1
-    if spo2 <= 96:
-        return 2
-    return 3
-
-
-def score_air_or_oxygen(on_oxygen: bool) -> int:
-    return 2 if on_oxygen else 0
-
-
-def score_systolic(bp_sys: float) -> int:
-    if bp_sys <= 90:
-        return 3
-    if bp_sys <= 100:
-        return 2
-    if bp_sys <= 110:
-        return 1
-    if bp_sys <= 219:
-        return 0
-    return 3
-
-
-def score_pulse(rate: float) -> int:
-    if rate <= 40:
-        return 3
-    if rate <= 50:
-        return 1
-    if rate <= 90:
-        return 0
-    if rate <= 110:
-        return 1
-    if rate <= 130:
-        return 2
-    return 3
-
-
-def score_consciousness(level: str) -> int:
-    """ACVPU: Alert scores 0; new Confusion, Voice, Pain or Unresponsive score 3."""
-    return 0 if level == "A" else 3
-
-
-def score_temperature(celsius: float) -> int:
-    if celsius <= 35.0:
-        return 3
-    if celsius <= 36.0:
-        return 1
-    if celsius <= 38.0:
-        return 0
-    if celsius <= 39.0:
-        return 1
-    return 2
-
-
-def band_for(total: int, parts: dict[str, int]) -> Band:
-    if total >= 7:
-        return "high"
-    if total >= 5:
-        return "medium"
-    if any(points == 3 for points in parts.values()):
-        return "low-medium"
-    return "low"
-
-
-@dataclass(frozen=True, slots=True)
-class News2:
-    """One NEWS2 result: the aggregate, its band, what each parameter scored, what was missing."""
-
-    total: int
-    band: Band
-    parts: dict[str, int]
-    missing: tuple[str, ...]
-    scale: int
-    ts: float
-    # The reading each scored parameter's value came from, so the FHIR RiskAssessment
-    # can point at the Observations behind the score.
-    sources: dict[str, str] = field(default_factory=dict)
-    complete: bool = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "complete", not self.missing)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def news2(
-    observed: dict[str, Any], ts: float, scale: int = 1, sources: dict[str, str] | None = None
-) -> News2:
-    """Score the parameters in `observed` (canonical names; absent ones are reported missing).
-
-    SpO2 on scale 2 needs to know whether the patient is on oxygen; without that
-    it is scored on the values alone where the chart allows, else left missing.
-    `sources` (parameter -> reading id) is kept for the parameters that scored.
-    """
-    parts: dict[str, int] = {}
-    if "resp_rate" in observed:
-        parts["resp_rate"] = score_resp_rate(observed["resp_rate"])
-    on_oxygen = observed.get("on_oxygen")
-    if "spo2" in observed:
-        spo2 = observed["spo2"]
-        if scale == 1:
-            parts["spo2"] = score_spo2_scale1(spo2)
-        elif on_oxygen is not None or spo2 <= 92:
-            parts["spo2"] = score_spo2_scale2(spo2, bool(on_oxygen))
-    if on_oxygen is not None:
-        parts["on_oxygen"] = score_air_or_oxygen(bool(on_oxygen))
-    if "bp_sys" in observed:
-        parts["bp_sys"] = score_systolic(observed["bp_sys"])
-    if "heart_rate" in observed:
-        parts["heart_rate"] = score_pulse(observed["heart_rate"])
-    if "consciousness" in observed:
-        parts["consciousness"] = score_consciousness(observed["consciousness"])
-    if "temp" in observed:
-        parts["temp"] = score_temperature(observed["temp"])
-    total = sum(parts.values())
-    missing = tuple(p for p in PARAMETERS if p not in parts)
-    used = {p: sources[p] for p in parts if p in sources} if sources else {}
-    return News2(total, band_for(total, parts), parts, missing, scale, ts, used)
-
-
-# What a patient's latest observations look like: parameter -> (value, when measured, reading id).
-Observed = dict[str, tuple[Any, float, str]]
 StateLoader = Callable[[list[str]], dict[str, Observed]]
-
-
-def observed_in(reading: Reading) -> dict[str, Any]:
-    """The NEWS2 parameters a reading carries."""
-    values: dict[str, Any] = {k: v for k, v in reading.vitals.items() if k in PARAMETERS}
-    if reading.on_oxygen is not None:
-        values["on_oxygen"] = reading.on_oxygen
-    if reading.consciousness is not None:
-        values["consciousness"] = reading.consciousness
-    return values
 
 
 class News2Scores:
@@ -214,11 +32,11 @@ class News2Scores:
         self.scale_for = scale_for or (lambda _patient: 1)
         self.latest: dict[str, Observed] = {}
 
-    def reset(self) -> None:
+    def on_assign(self, partitions: Collection[int]) -> None:
         self.latest.clear()
 
-    def process(self, batch: Any) -> None:
-        readings: list[Reading] = batch.readings
+    def process(self, batch: Batch) -> None:
+        readings = batch.readings
         unknown = list({r.patient_id for r in readings if r.patient_id not in self.latest})
         if unknown:
             self.latest.update(self.load(unknown))

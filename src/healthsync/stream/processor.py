@@ -17,20 +17,20 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import orjson
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from healthsync.config import Settings
+from healthsync.domain.batch import Batch
+from healthsync.domain.readings import Reading
 from healthsync.metrics import StatsRecorder
-from healthsync.readings import Reading
 from healthsync.security import codec as roles
 from healthsync.security.codec import Codec
 from healthsync.security.crypto import DecryptError
-from healthsync.store.live import RedisLiveSink
-from healthsync.stream.batch import Batch, Sink, Step
-from healthsync.stream.engine import AnomalyEngine
+from healthsync.stream.contracts import SeenFilter, Sink, Step
 from healthsync.stream.retry import retry_until_stopped
 
 log = logging.getLogger(__name__)
@@ -41,28 +41,43 @@ _TICK_INTERVAL_S = 1.0
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class Pipeline:
+    """What the processor runs each batch through, in order.
+
+    `seen` tells which readings are stored already; `steps` enrich the batch;
+    `sinks` store it (the one that records readings as seen last, see
+    :mod:`healthsync.wiring`). With `ticks`, a clock tick (a batch with no
+    readings) runs through the steps whenever the processor is caught up.
+    """
+
+    seen: SeenFilter
+    steps: Sequence[Step]
+    sinks: Sequence[Sink]
+    stats: StatsRecorder
+    publish_stats: Callable[[], None]
+    ticks: bool = False
+
+
 class Processor:
     def __init__(
         self,
         settings: Settings,
         consumer: Consumer,
         producer: Producer,
-        live: RedisLiveSink,
-        steps: Sequence[Step],
-        sinks: Sequence[Sink],
-        stats: StatsRecorder,
+        pipeline: Pipeline,
         codec: Codec,
-        engine: AnomalyEngine | None = None,
     ) -> None:
         self.settings = settings
         self.codec = codec
         self.consumer = consumer
         self.producer = producer
-        self.live = live
-        self.steps = steps
-        self.sinks = sinks
-        self.stats = stats
-        self.engine = engine
+        self.seen = pipeline.seen
+        self.steps = pipeline.steps
+        self.sinks = pipeline.sinks
+        self.stats = pipeline.stats
+        self.publish_stats = pipeline.publish_stats
+        self.ticks = pipeline.ticks
         self.stopping = False
         self._lag_at = 0.0
         self._tick_at = 0.0
@@ -72,10 +87,9 @@ class Processor:
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Partitions (and so patients) moved: the steps rebuild their state from Redis.
+        owned = {p.partition for p in partitions}
         for step in self.steps:
-            step.reset()
-        if self.engine is not None:
-            self.engine.assign(p.partition for p in partitions)
+            step.on_assign(owned)
         log.info("partitions assigned", extra={"partitions": [p.partition for p in partitions]})
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -101,7 +115,7 @@ class Processor:
 
     def _tick(self) -> None:
         now = time.time()
-        if self.engine is None or now - self._tick_at < _TICK_INTERVAL_S:
+        if not self.ticks or now - self._tick_at < _TICK_INTERVAL_S:
             return
         self._tick_at = now
         self.handle([], now=now)
@@ -110,7 +124,7 @@ class Processor:
         """Process one batch of messages; with none and `now` set, one clock tick."""
         readings, partitions, offsets = self._decode(messages)
         fresh = (
-            self._retry("check seen", lambda: self.live.filter_new(readings)) if readings else []
+            self._retry("check seen", lambda: self.seen.filter_new(readings)) if readings else []
         )
         if fresh is None:
             return
@@ -214,51 +228,4 @@ class Processor:
             log.debug("lag unavailable", extra={"error": str(exc)})
         if idle:
             # Busy batches carry the stats in their own transaction; idle ones need a push.
-            self._retry("publish stats", self.live.flush_stats)
-
-
-def build(settings: Settings) -> Processor:
-    """Wire the processor from settings: consumer, producer, Redis, steps and sinks."""
-    from redis import Redis
-
-    from healthsync.kafka import make_consumer, make_producer
-    from healthsync.store.fhir_store import RedisFhirSink
-    from healthsync.stream.fhir import FhirResources
-    from healthsync.stream.news2 import News2Scores
-    from healthsync.stream.rulebook import RuleBook
-    from healthsync.stream.topics import KafkaTopicSink
-
-    if not settings.redis.url:
-        from healthsync.errors import ConfigError
-
-        raise ConfigError("no Redis configured (HEALTHSYNC_REDIS_URL)")
-    cfg = settings.processor
-    consumer = make_consumer(
-        settings.kafka,
-        cfg.group_id,
-        **{
-            "session.timeout.ms": cfg.session_timeout_ms,
-            "fetch.wait.max.ms": cfg.fetch_wait_ms,
-            "heartbeat.interval.ms": max(cfg.session_timeout_ms // 3, 500),
-        },
-    )
-    producer = make_producer(settings.kafka)
-    stats = StatsRecorder(settings.redis.keys, "processor")
-    codec = Codec.from_settings(settings)
-    client = Redis.from_url(settings.redis.url, **settings.redis.client_options())
-    live = RedisLiveSink(client, settings.redis, stats, codec)
-    fhir_store = RedisFhirSink(client, settings.redis, codec)
-    rules = RuleBook(settings.anomaly.patients, live.load_rules)
-    engine = AnomalyEngine(settings.anomaly, rules, live.load_states, live.load_open_alerts)
-    steps: list[Step] = [
-        rules,
-        News2Scores(live.load_observed, cfg.news2_freshness_s, scale_for=rules.scale_for),
-        engine,  # after NEWS2: it alerts on the scores too
-        # Last: it turns the readings, scores and alert events into FHIR resources.
-        FhirResources(settings.fhir.mrn_system, fhir_store.load),
-    ]
-    # The live sink goes last: it records the batch's reading ids as seen, and a replay
-    # skips seen readings. Were it flushed before another sink, a crash in between would
-    # make the replay skip that sink's writes for good.
-    sinks: list[Sink] = [KafkaTopicSink(producer, settings.kafka, codec), fhir_store, live]
-    return Processor(settings, consumer, producer, live, steps, sinks, stats, codec, engine)
+            self._retry("publish stats", self.publish_stats)

@@ -17,10 +17,10 @@ import orjson
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from healthsync.config import Settings
+from healthsync.fhir.ehr_push import EhrPushSink
 from healthsync.security import codec as roles
 from healthsync.security.codec import Codec
 from healthsync.security.crypto import DecryptError
-from healthsync.stream.ehr_push import EhrPushSink
 from healthsync.stream.retry import retry_until_stopped
 
 log = logging.getLogger(__name__)
@@ -103,17 +103,3 @@ class EhrPusher:
     def _flush(self) -> bool:
         self.sink.flush()
         return True
-
-
-def build(settings: Settings) -> EhrPusher:
-    from healthsync.errors import ConfigError
-    from healthsync.kafka import make_consumer
-
-    if not settings.fhir.ehr_base_url:
-        raise ConfigError("no EHR configured (HEALTHSYNC_FHIR_EHR_BASE_URL)")
-    consumer = make_consumer(
-        settings.kafka,
-        f"{settings.processor.group_id}-ehr-push",
-        **{"session.timeout.ms": settings.processor.session_timeout_ms},
-    )
-    return EhrPusher(settings, consumer, EhrPushSink(settings.fhir), Codec.from_settings(settings))

@@ -9,10 +9,11 @@ anomaly engine (for the bands) read the same book.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
-from healthsync.stream.alerts import Threshold, thresholds_for
-from healthsync.stream.rules import PatientRules
+from healthsync.domain.alerts import Threshold, thresholds_for
+from healthsync.domain.batch import Batch
+from healthsync.domain.rules import PatientRules
 
 RulesLoader = Callable[[list[str]], dict[str, PatientRules]]
 
@@ -38,12 +39,11 @@ class RuleBook:
         self._loaded_at: dict[str, float] = {}
         self._known: set[str] = set()
 
-    def reset(self) -> None:
+    def on_assign(self, partitions: Collection[int]) -> None:
         self._loaded_at.clear()
 
-    def process(self, batch: object) -> None:
-        readings = getattr(batch, "readings", [])
-        self.refresh([r.patient_id for r in readings])
+    def process(self, batch: Batch) -> None:
+        self.refresh([r.patient_id for r in batch.readings])
 
     def refresh(self, patients: list[str]) -> None:
         if self.load is None:

@@ -14,11 +14,11 @@ import orjson
 from confluent_kafka import KafkaError, Producer
 
 from healthsync.config import KafkaSettings
+from healthsync.domain.batch import Batch
 from healthsync.errors import HealthSyncError
+from healthsync.fhir.alerts import alert_resources
 from healthsync.security import codec as roles
 from healthsync.security.codec import Codec
-from healthsync.stream.batch import Batch
-from healthsync.stream.fhir import alert_resources
 
 
 class PublishError(HealthSyncError):

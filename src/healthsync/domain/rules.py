@@ -25,7 +25,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from healthsync.readings import VITALS
+from healthsync.domain.readings import VITALS
 
 
 class BandOverride(BaseModel):

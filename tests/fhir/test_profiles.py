@@ -13,19 +13,21 @@ import orjson
 import pytest
 
 from healthsync.cli import main
-from healthsync.readings import Reading
-from healthsync.stream.batch import Batch
-from healthsync.stream.engine import AnomalyEngine
-from healthsync.stream.fhir import FhirResources, Resource, observations_for
-from healthsync.stream.fhir_profiles import (
+from healthsync.domain.batch import Batch
+from healthsync.domain.readings import Reading
+from healthsync.domain.rules import AnomalySettings
+from healthsync.fhir.observations import observations_for
+from healthsync.fhir.profiles import (
     FhirValidationError,
     check,
     read_resources,
     validate,
 )
+from healthsync.fhir.step import FhirResources
+from healthsync.fhir.terminology import Resource
+from healthsync.stream.engine import AnomalyEngine
 from healthsync.stream.news2 import News2Scores
-from healthsync.stream.rules import AnomalySettings
-from tests.stream.test_fhir import DEMOGRAPHICS, TS
+from tests.fhir.test_resources import DEMOGRAPHICS, TS
 
 # Alerts open and resolve on one sample here: these tests are about the resources, not timing.
 IMMEDIATE = AnomalySettings(persist_s=0, persist_readings=1, resolve_hold_s=0, max_jump={})

@@ -24,12 +24,14 @@ import orjson
 import pytest
 
 from healthsync.config import FhirSettings
+from healthsync.domain.batch import Batch
+from healthsync.domain.readings import Reading
 from healthsync.errors import ConfigError
-from healthsync.readings import Reading
+from healthsync.fhir.ehr_push import EhrPushError, EhrPushSink, full_url, transaction_bundle
+from healthsync.fhir.observations import observations_for
+from healthsync.fhir.terminology import READING_ID_SYSTEM
 from healthsync.stack import free_port
-from healthsync.stream.batch import Batch, Sink
-from healthsync.stream.ehr_push import EhrPushError, EhrPushSink, full_url, transaction_bundle
-from healthsync.stream.fhir import READING_ID_SYSTEM, observations_for
+from healthsync.stream.contracts import Sink
 
 # Fast retries: the tests wait milliseconds where the defaults wait seconds.
 FAST = {"backoff_base_s": 0.001, "backoff_max_s": 0.05}
@@ -470,7 +472,7 @@ def test_logs_counts_only(
     ehr.fail(503, body=outcome("busy", "transient"))
     sink = make_sink()
     sink.write(batch_of(reading(1, patient_id="P-SECRET")))
-    with caplog.at_level(logging.INFO, logger="healthsync.stream.ehr_push"):
+    with caplog.at_level(logging.INFO, logger="healthsync.fhir.ehr_push"):
         sink.flush()
     info = [r for r in caplog.records if r.levelno == logging.INFO]
     assert len(info) == 1

@@ -1,20 +1,17 @@
-"""What flows through the processor: a batch, the steps that enrich it, the sinks that store it.
+"""What flows through the processor: a batch of readings and what the steps derived from it.
 
-The loop that owns the Kafka offsets runs every step over a batch, then writes
-it to every sink, flushes them, and only then commits (see processor.py).
+The steps that enrich a batch and the sinks that store it are in
+:mod:`healthsync.stream.contracts`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
-from healthsync.readings import Reading
-from healthsync.stream.alerts import AlertEvent
-from healthsync.stream.news2 import News2
-
-if TYPE_CHECKING:
-    from healthsync.stream.engine import Artefact
+from healthsync.domain.alerts import AlertEvent, Artefact
+from healthsync.domain.news2 import News2
+from healthsync.domain.readings import Reading
 
 # A FHIR resource as JSON-ready data, with the patient id it is about (its Kafka key).
 KeyedResource = tuple[str, dict[str, Any]]
@@ -49,28 +46,3 @@ class Batch:
     def resources(self) -> list[KeyedResource]:
         """Every FHIR resource the batch produced, for the sinks that store or forward them."""
         return self.observations + self.alert_resources
-
-
-class Step(Protocol):
-    """Derives something from a batch (alerts, FHIR resources) and adds it to the batch.
-
-    A step that reads state from a store does so before it changes anything,
-    so a failed read can be retried; `reset` drops state that may be stale
-    because the processor's partitions (and so its patients) moved.
-    """
-
-    def process(self, batch: Batch) -> None: ...
-
-    def reset(self) -> None: ...
-
-
-class Sink(Protocol):
-    """Stores a batch. `write` may buffer; `flush` returns once everything is durable.
-
-    Both must be idempotent by reading id and alert id: after a crash the batch
-    is replayed and written again.
-    """
-
-    def write(self, batch: Batch) -> None: ...
-
-    def flush(self) -> None: ...

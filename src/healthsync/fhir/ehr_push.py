@@ -28,9 +28,9 @@ import httpx
 import orjson
 
 from healthsync.config import FhirSettings
+from healthsync.domain.batch import Batch
 from healthsync.errors import ConfigError, HealthSyncError
-from healthsync.stream.batch import Batch
-from healthsync.stream.fhir import READING_ID_SYSTEM
+from healthsync.fhir.terminology import READING_ID_SYSTEM
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any, Final
 import orjson
 
 from healthsync.errors import HealthSyncError
-from healthsync.stream.fhir import LOINC, OBSERVATION_CATEGORY, PROFILE_BASE, UCUM
+from healthsync.fhir.terminology import LOINC, OBSERVATION_CATEGORY, PROFILE_BASE, UCUM
 
 # Each vital-signs profile: the LOINC code it fixes, and the UCUM codes its valueQuantity
 # may carry (None: the profile has no value, only components).

@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
-from healthsync.stream.rules import PatientRules
+from healthsync.domain.rules import PatientRules
 
 Severity = Literal["warning", "critical"]
 Category = Literal["clinical", "technical"]
@@ -131,6 +131,17 @@ class AlertEvent:
 
     type: EventType
     alert: Alert
+
+
+@dataclass(frozen=True, slots=True)
+class Artefact:
+    """A sample set aside as a probable artefact rather than raised as an alarm."""
+
+    patient_id: str
+    vital: str
+    ts: float
+    value: float
+    reading_id: str
 
 
 def alert_id_for(patient_id: str, kind: str, reading_id: str) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from healthsync.stream.alerts import Alert, Threshold, thresholds_for
-from healthsync.stream.rules import AnomalySettings, BandOverride, PatientRules
+from healthsync.domain.alerts import Alert, Threshold, thresholds_for
+from healthsync.domain.rules import AnomalySettings, BandOverride, PatientRules
 
 
 def test_threshold_bands() -> None:

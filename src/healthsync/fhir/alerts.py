@@ -1,0 +1,120 @@
+"""Alerts as FHIR: a Communication to clinicians and a Flag for the patient banner."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from healthsync.domain.alerts import Alert
+from healthsync.domain.readings import VITALS, isoformat_ms
+from healthsync.fhir.ids import fhir_id, news2_id, observation_id, patient_reference
+from healthsync.fhir.terminology import ALERT_ID_SYSTEM, Resource, coding
+
+_ALERT_CATEGORY: Final = [
+    {
+        "coding": [
+            coding("http://terminology.hl7.org/CodeSystem/communication-category", "alert", "Alert")
+        ]
+    }
+]
+_FLAG_CATEGORY: Final = [
+    {
+        "coding": [
+            coding("http://terminology.hl7.org/CodeSystem/flag-category", "clinical", "Clinical")
+        ]
+    }
+]
+_SAFETY_CATEGORY: Final = [
+    {"coding": [coding("http://terminology.hl7.org/CodeSystem/flag-category", "safety", "Safety")]}
+]
+_PRIORITY: Final = {"critical": "stat", "warning": "urgent"}
+
+
+def _normal_band(band: str, ucum: str) -> str:
+    """Threshold.describe()'s "low..high" ("-" for no limit) in words."""
+    low, _, high = band.partition("..")
+    if high in ("-", ""):
+        return f"at least {low} {ucum}"
+    if low in ("-", ""):
+        return f"at most {high} {ucum}"
+    return f"{low}-{high} {ucum}"
+
+
+_KIND_TITLES: Final = {
+    "trend": "Trend",
+    "baseline": "Change from this patient's baseline",
+    "news2": "NEWS2",
+    "device_offline": "Device offline",
+}
+
+
+def _alert_text(alert: Alert) -> str:
+    family = alert.kind.partition(":")[0]
+    if family == "threshold" and alert.vital in VITALS:
+        vital = VITALS[alert.vital]
+        normal = _normal_band(alert.band, vital.ucum)
+        if alert.status == "resolved":
+            return f"Resolved: {vital.display} {alert.value:g} {vital.ucum}, normal is {normal}"
+        return (
+            f"{vital.display} {alert.value:g} {vital.ucum} ({alert.severity}): normal is {normal}"
+        )
+    text = f"{_KIND_TITLES.get(family, family)} ({alert.severity}): {alert.rule}"
+    return f"Resolved: {text}" if alert.status == "resolved" else text
+
+
+def _about(alert: Alert) -> list[dict[str, str]]:
+    """What the alert is about: the Observation (or device) that fired it."""
+    if alert.kind == "news2":
+        return [{"reference": f"Observation/{news2_id(alert.patient_id, alert.opened_at)}"}]
+    if alert.device_id is not None and alert.vital is None:
+        return [{"reference": f"Device/{fhir_id(alert.device_id)}"}]
+    if alert.vital in VITALS and alert.reading_id:
+        return [{"reference": f"Observation/{observation_id(alert.reading_id, alert.vital)}"}]
+    return []
+
+
+def communication_for(alert: Alert) -> Resource:
+    """The alert as sent to clinicians: in progress while open, completed once resolved."""
+    resource: Resource = {
+        "resourceType": "Communication",
+        "id": alert.alert_id,
+        "identifier": [{"system": ALERT_ID_SYSTEM, "value": alert.alert_id}],
+        "status": "in-progress" if alert.status == "open" else "completed",
+        "category": _ALERT_CATEGORY,
+        "priority": _PRIORITY[alert.severity],
+        "subject": patient_reference(alert.patient_id),
+        "sent": isoformat_ms(alert.opened_at),
+        "payload": [{"contentString": _alert_text(alert)}],
+    }
+    about = _about(alert)
+    if about:
+        resource["about"] = about
+    return resource
+
+
+def _flag_text(alert: Alert) -> str:
+    if alert.kind.startswith("threshold:") and alert.vital in VITALS:
+        return f"{VITALS[alert.vital].display} outside the normal band ({alert.severity})"
+    family = alert.kind.partition(":")[0]
+    return f"{_KIND_TITLES.get(family, family)} ({alert.severity})"
+
+
+def flag_for(alert: Alert) -> Resource:
+    """The alert as a FHIR Flag, the resource EHRs show as a patient banner."""
+    flag: Resource = {
+        "resourceType": "Flag",
+        "id": alert.alert_id,
+        "identifier": [{"system": ALERT_ID_SYSTEM, "value": alert.alert_id}],
+        "status": "active" if alert.status == "open" else "inactive",
+        "category": _FLAG_CATEGORY if alert.category == "clinical" else _SAFETY_CATEGORY,
+        "code": {"text": _flag_text(alert)},
+        "subject": patient_reference(alert.patient_id),
+        "period": {"start": isoformat_ms(alert.opened_at)},
+    }
+    if alert.resolved_at is not None:
+        flag["period"]["end"] = isoformat_ms(alert.resolved_at)
+    return flag
+
+
+def alert_resources(alert: Alert) -> tuple[Resource, Resource]:
+    """The Communication and the Flag of an alert as it is now."""
+    return communication_for(alert), flag_for(alert)

@@ -1,0 +1,63 @@
+"""FHIR ids: every id is derived from what the resource describes, so a replay maps to the same."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from functools import lru_cache
+from typing import Final
+
+from healthsync.domain.readings import VITALS
+
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+@lru_cache(maxsize=65536)
+def fhir_id(raw: str) -> str:
+    """`raw` if it is a valid FHIR id, else a stable digest of it.
+
+    Device and patient ids on the wire may hold `_` and `:`, which FHIR ids
+    may not; the raw id is kept as an identifier of the resource either way.
+    """
+    if _FHIR_ID.fullmatch(raw):
+        return raw
+    return "h-" + hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()
+
+
+def patient_reference(patient_id: str) -> dict[str, str]:
+    return {"reference": f"Patient/{fhir_id(patient_id)}"}
+
+
+# Which Observation of a reading carries a vital (systolic and diastolic share the panel),
+# spelt in FHIR's id alphabet, which has no `_`.
+SUFFIXES: Final = {name: name.replace("_", "-") for name in VITALS} | {
+    "bp_sys": "bp",
+    "bp_dia": "bp",
+}
+
+
+def observation_id(reading_id: str, vital: str) -> str:
+    """The id of the Observation that carries `vital` of a reading."""
+    return f"{reading_id}-{SUFFIXES[vital]}"
+
+
+_DERIVEDSUFFIXES: Final = frozenset(SUFFIXES.values())
+_HEX: Final = frozenset("0123456789abcdef")
+
+
+def reading_of_observation(resource_id: str) -> str | None:
+    """The reading a vital-sign Observation id was made from; None for any other id.
+
+    Vital-sign Observations are a pure function of their reading, so the FHIR
+    store keeps the reading once and the read API rebuilds them from it.
+    """
+    reading_id, sep, suffix = resource_id.partition("-")
+    if sep and suffix in _DERIVEDSUFFIXES and len(reading_id) == 24 and set(reading_id) <= _HEX:
+        return reading_id
+    return None
+
+
+def news2_id(patient_id: str, ts: float) -> str:
+    """Shared by a NEWS2 score's Observation and RiskAssessment (different types)."""
+    basis = f"{patient_id}\x1fnews2\x1f{round(ts * 1000)}".encode()
+    return "news2-" + hashlib.blake2b(basis, digest_size=12).hexdigest()

@@ -1,0 +1,197 @@
+"""Vital-signs Observations (HL7 vital-signs profiles, LOINC codes, UCUM quantities).
+
+Blood pressure is always the 85354-9 panel with systolic and diastolic
+components, so an Observation id is a function of (reading id, vital) alone.
+
+The builder is on the processor's hot path: what does not depend on the
+reading is built once here, what every Observation of a reading shares is
+built once per reading, and the shared parts are referenced, not copied
+(resources are serialised, never mutated, once built).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Final
+
+from healthsync.domain.alerts import DEFAULT_THRESHOLDS, Threshold
+from healthsync.domain.readings import VITALS, Reading, isoformat_ms
+from healthsync.fhir.ids import SUFFIXES, fhir_id, patient_reference
+from healthsync.fhir.terminology import (
+    ABSENT,
+    INTERPRETATION_LISTS,
+    INTERPRETATIONS,
+    NORMAL_RANGE,
+    PROFILE_BASE,
+    READING_ID_SYSTEM,
+    UCUM,
+    VITAL_SIGNS_CATEGORY,
+    Resource,
+    loinc,
+    quantity,
+)
+
+_BP_PARTS: Final = ("bp_sys", "bp_dia")
+_PROFILES: Final = {
+    "heart-rate": "heartrate",
+    "spo2": "oxygensat",
+    "temp": "bodytemp",
+    "resp-rate": "resprate",
+    "bp": "bp",
+}
+Bands = tuple[float, float, float, float]  # critical low, critical high, low, high
+
+
+def _bands(threshold: Threshold) -> Bands:
+    inf = float("inf")
+
+    def limit(value: float | None, default: float) -> float:
+        return default if value is None else value
+
+    return (
+        limit(threshold.critical_low, -inf),
+        limit(threshold.critical_high, inf),
+        limit(threshold.low, -inf),
+        limit(threshold.high, inf),
+    )
+
+
+def _band_code(bands: Bands, value: float) -> str:
+    critical_low, critical_high, low, high = bands
+    if value < critical_low:
+        return "LL"
+    if value > critical_high:
+        return "HH"
+    if value < low:
+        return "L"
+    if value > high:
+        return "H"
+    return "N"
+
+
+def interpretation_code(threshold: Threshold, value: float) -> str:
+    """N, L, H, LL or HH: the band of `value`, as Threshold.severity draws the bands."""
+    return _band_code(_bands(threshold), value)
+
+
+class _Vital:
+    """Everything about one vital's Observation that does not depend on the reading."""
+
+    __slots__ = ("bands", "code", "reference_range", "ucum")
+
+    def __init__(self, name: str, threshold: Threshold | None) -> None:
+        vital = VITALS[name]
+        codings = [loinc(vital.loinc)]
+        if name == "spo2":
+            codings.append(loinc("59408-5"))  # what a pulse oximeter measures, for EHRs that ask
+        self.code: dict[str, Any] = {"coding": codings, "text": vital.display}
+        self.ucum = vital.ucum
+        self.bands = None if threshold is None else _bands(threshold)
+        self.reference_range: list[dict[str, Any]] | None = None
+        if threshold is not None and (threshold.low is not None or threshold.high is not None):
+            band: dict[str, Any] = {}
+            if threshold.low is not None:
+                band["low"] = quantity(vital.ucum, threshold.low)
+            if threshold.high is not None:
+                band["high"] = quantity(vital.ucum, threshold.high)
+            band["type"] = NORMAL_RANGE
+            self.reference_range = [band]
+
+    def measured(self, target: dict[str, Any], value: float) -> str | None:
+        """Adds valueQuantity, interpretation and referenceRange to `target`; returns the code."""
+        ucum = self.ucum
+        target["valueQuantity"] = {"value": value, "unit": ucum, "system": UCUM, "code": ucum}
+        if self.bands is None:
+            return None
+        code = _band_code(self.bands, value)
+        target["interpretation"] = INTERPRETATION_LISTS[code]
+        if self.reference_range is not None:
+            target["referenceRange"] = self.reference_range
+        return code
+
+
+class ObservationBuilder:
+    """Builds a reading's vital-signs Observations, interpreted against `thresholds`."""
+
+    def __init__(self, thresholds: Iterable[Threshold] = DEFAULT_THRESHOLDS) -> None:
+        by_vital = {t.vital: t for t in thresholds}
+        self.vitals = {name: _Vital(name, by_vital.get(name)) for name in VITALS}
+        # A vital with no profile of its own gets the base vital-signs profile.
+        self.meta = {
+            suffix: {"profile": [PROFILE_BASE + _PROFILES.get(suffix, "vitalsigns")]}
+            for suffix in SUFFIXES.values()
+        }
+        self.bp_code = {"coding": [loinc("85354-9")], "text": "Blood pressure"}
+
+    def build(self, reading: Reading) -> list[Resource]:
+        """One Observation per vital; systolic and diastolic together as the BP panel."""
+        vitals = reading.vitals
+        rid = reading.reading_id
+        # What every Observation of this reading shares, built once.
+        common = {
+            "status": "final",
+            "category": VITAL_SIGNS_CATEGORY,
+            "subject": patient_reference(reading.patient_id),
+            "device": {"reference": f"Device/{fhir_id(reading.device_id)}"},
+            "effectiveDateTime": isoformat_ms(reading.ts),
+        }
+        resources: list[Resource] = []
+        panel = False
+        for name, value in vitals.items():
+            if name in _BP_PARTS:
+                panel = True
+                continue
+            suffix = SUFFIXES[name]
+            # The id is limited to FHIR's id alphabet; the identifier keeps the canonical
+            # vital name, which is what an EHR's conditional create already matches on.
+            resource: Resource = {
+                "resourceType": "Observation",
+                "id": f"{rid}-{suffix}",
+                "meta": self.meta[suffix],
+                "identifier": [{"system": READING_ID_SYSTEM, "value": f"{rid}/{name}"}],
+                **common,
+                "code": self.vitals[name].code,
+            }
+            self.vitals[name].measured(resource, value)
+            resources.append(resource)
+        if panel:
+            resources.append(self._panel(rid, vitals, common))
+        return resources
+
+    def _panel(self, rid: str, vitals: dict[str, float], common: dict[str, Any]) -> Resource:
+        components = []
+        codes: list[str] = []
+        for part in _BP_PARTS:
+            vital = self.vitals[part]
+            component: dict[str, Any] = {"code": vital.code}
+            value = vitals.get(part)
+            if value is None:
+                # The profile needs both components; say why one has no value.
+                component["dataAbsentReason"] = ABSENT
+            else:
+                code = vital.measured(component, value)
+                if code is not None and code not in codes:
+                    codes.append(code)
+            components.append(component)
+        resource: Resource = {
+            "resourceType": "Observation",
+            "id": f"{rid}-bp",
+            "meta": self.meta["bp"],
+            "identifier": [{"system": READING_ID_SYSTEM, "value": f"{rid}/bp"}],
+            **common,
+            "code": self.bp_code,
+            "component": components,
+        }
+        # The panel's own interpretation sums up the components: their abnormal codes, else N.
+        abnormal = [c for c in codes if c != "N"] or codes
+        if abnormal:
+            resource["interpretation"] = [INTERPRETATIONS[code] for code in abnormal]
+        return resource
+
+
+_DEFAULT_BUILDER = ObservationBuilder()
+
+
+def observations_for(reading: Reading) -> list[Resource]:
+    """The reading's Observations, interpreted against the default thresholds."""
+    return _DEFAULT_BUILDER.build(reading)

@@ -1,0 +1,199 @@
+"""One encode/decode pair per Redis record, shared by the writers and the readers.
+
+The key layout is in :class:`healthsync.names.RedisKeys`; this module holds
+what is stored under each key. Sealing is a layer of this codec: every value
+that holds PHI is sealed by :class:`healthsync.security.codec.Codec`, bound to
+its place (the key, and the field for a hash), so a value moved to another
+place does not open. Decoding raises
+:class:`healthsync.security.crypto.DecryptError` for a value that cannot be
+opened; the caller decides whether that is an error (the API) or an absent
+value (the processor's state, see :mod:`healthsync.store.state`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, TypedDict
+
+import orjson
+from redis.typing import EncodableT, FieldT
+
+from healthsync.domain.alerts import Alert
+from healthsync.domain.news2 import News2
+from healthsync.domain.readings import Reading
+from healthsync.domain.rules import PatientRules
+from healthsync.security.codec import Codec
+
+
+class LatestValue(TypedDict):
+    """One field of ``latest:{patient}``: a vital's (or NEWS2 parameter's) latest value."""
+
+    value: Any  # a number; on_oxygen's bool; consciousness' ACVPU letter
+    ts: float
+    reading_id: str
+    device_id: str
+
+
+class HistoryEntry(TypedDict):
+    """One member of ``history:{patient}``: a reading's vitals, scored by its time."""
+
+    id: str
+    ts: float
+    device: str
+    v: dict[str, float]
+
+
+class Acknowledgement(TypedDict):
+    by: str
+    at: float
+
+
+def latest_value(reading: Reading, value: Any) -> LatestValue:
+    return {
+        "value": value,
+        "ts": reading.ts,
+        "reading_id": reading.reading_id,
+        "device_id": reading.device_id,
+    }
+
+
+class Records:
+    """The codec of every Redis record under one key prefix (``codec.keys``)."""
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+        self.keys = codec.keys
+
+    def _seal(self, doc: Any, place: str) -> bytes:
+        return self.codec.seal(orjson.dumps(doc), place)
+
+    def _open(self, raw: bytes, place: str) -> Any:
+        return orjson.loads(self.codec.open(raw, place))
+
+    def _field(self, key: str, field: str) -> str:
+        return self.codec.field(key, field)
+
+    # -- latest:{patient}: hash, vital -> LatestValue ----------------------------------
+
+    def encode_latest(self, patient: str, values: dict[str, LatestValue]) -> dict[str, bytes]:
+        key = self.keys.latest(patient)
+        return {vital: self._seal(v, self._field(key, vital)) for vital, v in values.items()}
+
+    def decode_latest(self, patient: str, vital: str, raw: bytes) -> LatestValue:
+        value: LatestValue = self._open(raw, self._field(self.keys.latest(patient), vital))
+        return value
+
+    # -- history:{patient}: sorted set of HistoryEntry by measurement time -------------
+
+    def encode_history(self, patient: str, reading: Reading) -> bytes:
+        entry: HistoryEntry = {
+            "id": reading.reading_id,
+            "ts": reading.ts,
+            "device": reading.device_id,
+            "v": reading.vitals,
+        }
+        return self._seal(entry, self.keys.history(patient))
+
+    def decode_history(self, patient: str, raw: bytes) -> HistoryEntry:
+        entry: HistoryEntry = self._open(raw, self.keys.history(patient))
+        return entry
+
+    # -- patient_ids: hash, {patient} -> the patient id ----------------------------------
+
+    def encode_patient_id(self, patient: str) -> tuple[str, bytes]:
+        """The field (the patient's pseudonym) and the sealed id."""
+        tag = self.keys.patient(patient)
+        return tag, self.codec.seal(patient.encode(), self._field(self.keys.patient_ids, tag))
+
+    def decode_patient_id(self, tag: str, raw: bytes) -> str:
+        return self.codec.open(raw, self._field(self.keys.patient_ids, tag)).decode()
+
+    # -- news2: hash, {patient} -> the latest NEWS2 -------------------------------------
+
+    def encode_score(self, patient: str, score: News2) -> tuple[str, bytes]:
+        tag = self.keys.patient(patient)
+        return tag, self._seal(score.to_dict(), self._field(self.keys.news2, tag))
+
+    def decode_score(self, tag: str, raw: bytes) -> dict[str, Any]:
+        score: dict[str, Any] = self._open(raw, self._field(self.keys.news2, tag))
+        return score
+
+    # -- engine: hash, {patient} -> the anomaly engine's state of the patient -------------
+
+    def encode_state(self, patient: str, state: dict[str, Any]) -> tuple[str, bytes]:
+        tag = self.keys.patient(patient)
+        # The field is only a pseudonym: the id travels inside the sealed value.
+        doc = {"patient_id": patient, **state}
+        return tag, self._seal(doc, self._field(self.keys.engine, tag))
+
+    def decode_state(self, tag: str, raw: bytes) -> tuple[str, dict[str, Any]]:
+        doc: dict[str, Any] = self._open(raw, self._field(self.keys.engine, tag))
+        return doc.pop("patient_id"), doc
+
+    # -- rules: hash, {patient} -> the rules set through the API -------------------------
+
+    def encode_rules(self, patient: str, rules: PatientRules) -> tuple[str, bytes]:
+        tag = self.keys.patient(patient)
+        place = self._field(self.keys.rules, tag)
+        return tag, self.codec.seal(rules.model_dump_json().encode(), place)
+
+    def decode_rules(self, patient: str, raw: bytes) -> PatientRules:
+        place = self._field(self.keys.rules, self.keys.patient(patient))
+        return PatientRules.model_validate_json(self.codec.open(raw, place))
+
+    # -- alert:{alert_id}: the alert as it is now ---------------------------------------
+
+    def encode_alert(self, alert: Alert, doc: bytes | None = None) -> bytes:
+        """The sealed alert; `doc`, its JSON if the caller has it already."""
+        plain = doc if doc is not None else orjson.dumps(alert.to_dict())
+        return self.codec.seal(plain, self.keys.alert(alert.alert_id))
+
+    def decode_alert(self, alert_id: str, raw: bytes) -> dict[str, Any]:
+        alert: dict[str, Any] = self._open(raw, self.keys.alert(alert_id))
+        return alert
+
+    # -- alerts:acknowledged: hash, alert id -> who saw it, when -------------------------
+
+    def encode_ack(self, alert_id: str, ack: Acknowledgement) -> bytes:
+        return self._seal(ack, self._field(self.keys.acknowledged, alert_id))
+
+    def decode_ack(self, alert_id: str, raw: bytes) -> Acknowledgement:
+        ack: Acknowledgement = self._open(raw, self._field(self.keys.acknowledged, alert_id))
+        return ack
+
+    # -- fhir:{type}:{id} and fhir:reading:{reading_id}: the recent FHIR window -----------
+
+    def encode_resource(self, resource: dict[str, Any]) -> tuple[str, bytes]:
+        """The key of a FHIR resource and its sealed JSON."""
+        key = self.keys.fhir(resource["resourceType"], resource["id"])
+        return key, self.codec.seal(orjson.dumps(resource), key)
+
+    def decode_resource(self, key: str, raw: bytes) -> dict[str, Any]:
+        resource: dict[str, Any] = self._open(raw, key)
+        return resource
+
+    def encode_fhir_reading(self, reading: Reading) -> tuple[str, bytes]:
+        """The reading its vital-sign Observations are rebuilt from, without demographics."""
+        key = self.keys.fhir_reading(reading.reading_id)
+        return key, self.codec.seal(replace(reading, patient={}).to_json(), key)
+
+    def decode_fhir_reading(self, key: str, raw: bytes) -> Reading:
+        return Reading.from_json(self.codec.open(raw, key))
+
+    # -- events: the live event stream ---------------------------------------------------
+
+    def encode_event(self, kind: str, patient: str, data: bytes) -> dict[FieldT, EncodableT]:
+        """A live event; its patient id and data (JSON) are sealed, each bound to its field."""
+        stream = self.keys.events
+        return {
+            "type": kind,
+            "patient_id": self.codec.seal(patient.encode(), self._field(stream, "patient_id")),
+            "data": self.codec.seal(data, self._field(stream, "data")),
+        }
+
+    def decode_event(self, fields: dict[bytes, bytes]) -> tuple[str, str, Any]:
+        """(type, patient id, data) of one live event."""
+        stream = self.keys.events
+        patient = self.codec.open(fields[b"patient_id"], self._field(stream, "patient_id"))
+        data = self._open(fields[b"data"], self._field(stream, "data"))
+        return fields[b"type"].decode(), patient.decode(), data

@@ -1,0 +1,80 @@
+"""The composition root: builds each consumer stage from the settings.
+
+Everything a stage needs is made here once and passed down, so no module
+below reads settings or the environment on its own, and the order of the
+processor's steps and sinks (which matters) is visible in one place.
+"""
+
+from __future__ import annotations
+
+from redis import Redis
+
+from healthsync.config import Settings
+from healthsync.errors import ConfigError
+from healthsync.fhir.ehr_push import EhrPushSink
+from healthsync.fhir.step import FhirResources
+from healthsync.kafka import make_consumer, make_producer
+from healthsync.metrics import StatsRecorder
+from healthsync.security.codec import Codec
+from healthsync.store.fhir_store import RedisFhirSink
+from healthsync.store.live import RedisLiveSink
+from healthsync.store.records import Records
+from healthsync.store.state import RedisStateStore
+from healthsync.stream.contracts import Sink, Step
+from healthsync.stream.engine import AnomalyEngine
+from healthsync.stream.news2 import News2Scores
+from healthsync.stream.processor import Pipeline, Processor
+from healthsync.stream.push import EhrPusher
+from healthsync.stream.rulebook import RuleBook
+from healthsync.stream.topics import KafkaTopicSink
+
+
+def build_processor(settings: Settings) -> Processor:
+    """The stream processor: consumer, producer, Redis, steps and sinks."""
+    if not settings.redis.url:
+        raise ConfigError("no Redis configured (HEALTHSYNC_REDIS_URL)")
+    cfg = settings.processor
+    consumer = make_consumer(
+        settings.kafka,
+        cfg.group_id,
+        **{
+            "session.timeout.ms": cfg.session_timeout_ms,
+            "fetch.wait.max.ms": cfg.fetch_wait_ms,
+            "heartbeat.interval.ms": max(cfg.session_timeout_ms // 3, 500),
+        },
+    )
+    producer = make_producer(settings.kafka)
+    stats = StatsRecorder(settings.redis.keys, "processor")
+    codec = Codec.from_settings(settings)
+    records = Records(codec)
+    client = Redis.from_url(settings.redis.url, **settings.redis.client_options())
+    state = RedisStateStore(client, records, stats)
+    live = RedisLiveSink(client, settings.redis, stats, records)
+    fhir_store = RedisFhirSink(client, settings.redis, records)
+    rules = RuleBook(settings.anomaly.patients, state.load_rules)
+    steps: list[Step] = [
+        rules,
+        News2Scores(state.load_observed, cfg.news2_freshness_s, scale_for=rules.scale_for),
+        # After NEWS2: it alerts on the scores too.
+        AnomalyEngine(settings.anomaly, rules, state.load_states, state.load_open_alerts),
+        # Last: it turns the readings, scores and alert events into FHIR resources.
+        FhirResources(settings.fhir.mrn_system, fhir_store.load),
+    ]
+    # The live sink goes last: it records the batch's reading ids as seen, and a replay
+    # skips seen readings. Were it flushed before another sink, a crash in between would
+    # make the replay skip that sink's writes for good.
+    sinks: list[Sink] = [KafkaTopicSink(producer, settings.kafka, codec), fhir_store, live]
+    pipeline = Pipeline(state, steps, sinks, stats, live.flush_stats, ticks=True)
+    return Processor(settings, consumer, producer, pipeline, codec)
+
+
+def build_pusher(settings: Settings) -> EhrPusher:
+    """The EHR push stage: its own consumer group on the FHIR topics."""
+    if not settings.fhir.ehr_base_url:
+        raise ConfigError("no EHR configured (HEALTHSYNC_FHIR_EHR_BASE_URL)")
+    consumer = make_consumer(
+        settings.kafka,
+        f"{settings.processor.group_id}-ehr-push",
+        **{"session.timeout.ms": settings.processor.session_timeout_ms},
+    )
+    return EhrPusher(settings, consumer, EhrPushSink(settings.fhir), Codec.from_settings(settings))
