@@ -78,7 +78,9 @@ def test_readings_become_valid_fhir_on_the_topics_and_in_redis(
 
     # The observations topic carries the same resources; the alerts topic the alert's events.
     on_topic = [r for r in in_redis.values() if r["resourceType"] not in ("Communication", "Flag")]
-    observations = read_topic(settings, settings.kafka.observations_topic, len(on_topic))
+    # Each reading's vital-sign Observations travel as one Bundle: read what they carry.
+    topic = settings.kafka.observations_topic
+    observations = read_topic(settings, topic, len(on_topic), unbundle=True)
     assert {(r["resourceType"], r["id"]) for r in observations} == {
         (r["resourceType"], r["id"]) for r in on_topic
     }

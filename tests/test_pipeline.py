@@ -14,6 +14,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from redis import Redis
 
 from healthsync.config import Settings
+from healthsync.fhir.observations import unbundled
 from healthsync.kafka import make_consumer, make_producer
 from healthsync.security import codec as roles
 from healthsync.security.codec import Codec
@@ -143,10 +144,13 @@ def test_bad_input_is_rejected_counted_and_the_connection_keeps_working(
     assert any("colour=blue" in r["line"] for r in dead)
 
 
-def read_topic(settings: Settings, topic: str, count: int) -> list[dict[str, Any]]:
+def read_topic(
+    settings: Settings, topic: str, count: int, unbundle: bool = False
+) -> list[dict[str, Any]]:
     """Read `count` JSON records from every partition of a topic, without a consumer group.
 
     Values are opened with the settings' keyring, as the pipeline's own consumers do.
+    With `unbundle`, a reading's Bundle counts as the Observations it carries.
     """
     codec = Codec.from_settings(settings)
     kafka = settings.kafka
@@ -167,7 +171,8 @@ def read_topic(settings: Settings, topic: str, count: int) -> list[dict[str, Any
             for message in consumer.consume(100, 0.5):
                 if message.error() is None:
                     value = codec.open_message(role, message.key(), message.value() or b"null")
-                    records.append(orjson.loads(value))
+                    record = orjson.loads(value)
+                    records.extend(unbundled([record]) if unbundle else [record])
     finally:
         consumer.close()
     return records

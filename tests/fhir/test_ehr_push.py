@@ -28,7 +28,7 @@ from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading
 from healthsync.errors import ConfigError
 from healthsync.fhir.ehr_push import EhrPushError, EhrPushSink, full_url, transaction_bundle
-from healthsync.fhir.observations import observations_for
+from healthsync.fhir.observations import observations_for, reading_bundle
 from healthsync.fhir.terminology import READING_ID_SYSTEM
 from healthsync.stack import free_port
 from healthsync.stream.contracts import Sink
@@ -278,6 +278,19 @@ def test_sends_transaction_bundles_of_at_most_the_configured_size(
     assert entry["fullUrl"] == full_url(batch.observations[0][1])
     assert entry["resource"]["valueQuantity"]["value"] == 78
     assert len(ehr.by_identifier("Observation")) == 10
+
+
+def test_a_readings_bundle_is_pushed_as_its_observations(
+    ehr: FakeEhr, make_sink: SinkFactory
+) -> None:
+    batch = Batch([reading(1)])
+    batch.observations.append(("P-1001", reading_bundle(reading(1), observations_for(reading(1)))))
+    sink = make_sink()
+    sink.write(batch)
+    sink.flush()
+    [request] = ehr.received
+    assert [e["resource"]["resourceType"] for e in request.bundle["entry"]] == ["Observation"] * 2
+    assert len(ehr.by_identifier("Observation")) == 2
 
 
 def test_full_urls_are_deterministic_and_distinct() -> None:

@@ -16,7 +16,7 @@ from healthsync.cli import main
 from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading
 from healthsync.domain.rules import AnomalySettings
-from healthsync.fhir.observations import observations_for
+from healthsync.fhir.observations import observations_for, unbundled
 from healthsync.fhir.profiles import (
     FhirValidationError,
     check,
@@ -73,13 +73,17 @@ def test_every_emitted_resource_validates() -> None:
     assert {r["resourceType"] for r in resources} == {
         "Patient",
         "Device",
-        "Observation",
+        "Bundle",  # each reading's vital-sign Observations
+        "Observation",  # NEWS2
         "RiskAssessment",
         "Communication",
         "Flag",
     }
+    assert {r["resourceType"] for r in unbundled(resources)} >= {"Observation"}
     for resource in resources:
         validate(resource)  # raises, listing the problems, if not
+    for resource in unbundled(resources):
+        validate(resource)
     statuses = {(r["resourceType"], r["status"]) for r in resources if "status" in r}
     assert {("Communication", "completed"), ("Flag", "inactive"), ("Flag", "active")} <= statuses
 
@@ -225,7 +229,9 @@ def test_fhir_validate_command(
     good.write_bytes(b"\n".join(orjson.dumps(r) for r in emitted()))
     assert main(["fhir-validate", str(good)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == len(emitted()) and all(line.startswith("ok ") for line in lines)
+    # A Bundle stands for its entries (read_resources): one line per resource inside.
+    resources = list(unbundled(emitted()))
+    assert len(lines) == len(resources) and all(line.startswith("ok ") for line in lines)
     assert "ok Observation/r1-heart-rate" in lines
 
     broken = observation(heart_rate=70)

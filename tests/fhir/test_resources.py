@@ -15,7 +15,7 @@ from healthsync.domain.rules import AnomalySettings
 from healthsync.fhir.alerts import alert_resources
 from healthsync.fhir.ids import fhir_id, observation_id
 from healthsync.fhir.news2 import news2_resources
-from healthsync.fhir.observations import observations_for
+from healthsync.fhir.observations import observations_for, unbundled
 from healthsync.fhir.step import FhirResources
 from healthsync.fhir.terminology import Resource
 from healthsync.stream.engine import AnomalyEngine
@@ -255,7 +255,8 @@ def run(step: FhirResources, *readings: Reading) -> Batch:
 
 
 def types(batch: Batch) -> list[str]:
-    return [r["resourceType"] for _, r in batch.resources]
+    """The resource types of a batch, a reading's Bundle standing for its Observations."""
+    return [r["resourceType"] for r in unbundled(r for _, r in batch.resources)]
 
 
 def test_patient_carries_the_demographics_and_the_mrn_with_its_system() -> None:
@@ -290,6 +291,18 @@ def test_patient_and_device_are_emitted_only_when_new_or_changed() -> None:
     assert patient["address"] == [{"text": "1 Hospital Road"}]
     assert patient["name"] == [{"text": "Ada Lovelace"}], "what was not resent is kept"
     assert patient["meta"]["lastUpdated"] == "2026-11-27T13:45:17.825Z"
+
+
+def test_each_reading_travels_as_one_bundle_of_its_observations() -> None:
+    step = FhirResources(MRN_SYSTEM)
+    vitals = reading("r1", heart_rate=70, spo2=97, bp_sys=120, bp_dia=80)
+    nurse = replace(reading("r2"), vitals={}, consciousness="A")
+    batch = run(step, vitals, nurse)
+    [bundle] = [r for _, r in batch.observations if r["resourceType"] == "Bundle"]
+    assert (bundle["id"], bundle["type"]) == ("r1", "collection")
+    inside = [entry["resource"]["id"] for entry in bundle["entry"]]
+    assert inside == ["r1-heart-rate", "r1-spo2", "r1-bp"]
+    assert bundle["timestamp"] == bundle["entry"][0]["resource"]["effectiveDateTime"]
 
 
 def test_after_a_restart_the_stored_patient_is_not_overwritten_with_less() -> None:

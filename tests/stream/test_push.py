@@ -36,6 +36,9 @@ def test_resources_in_finds_resources_at_any_depth() -> None:
     assert list(resources_in(event)) == [flag, observation]
     assert list(resources_in({"alert": {"status": "open"}})) == []
 
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": observation}]}
+    assert list(resources_in(bundle)) == [observation], "a reading's Bundle is its Observations"
+
 
 def test_pushed_to_the_ehr_and_an_outage_does_not_stop_the_live_pipeline(
     broker: Service, redis_server: Service, tmp_path: Path, ehr: FakeEhr, credentials: Credentials

@@ -30,6 +30,7 @@ import orjson
 from healthsync.config import FhirSettings
 from healthsync.domain.batch import Batch
 from healthsync.errors import ConfigError, HealthSyncError
+from healthsync.fhir.observations import unbundled
 from healthsync.fhir.terminology import READING_ID_SYSTEM
 
 log = logging.getLogger(__name__)
@@ -214,7 +215,7 @@ class EhrPushSink:
         self._pending: dict[str, dict[str, Any]] = {}
 
     def write(self, batch: Batch) -> None:
-        self.add(resource for _key, resource in batch.resources)
+        self.add(unbundled(resource for _key, resource in batch.resources))
 
     def add(self, resources: Iterable[dict[str, Any]]) -> None:
         """Queue resources for the next flush."""

@@ -41,8 +41,13 @@ def observation_id(reading_id: str, vital: str) -> str:
     return f"{reading_id}-{SUFFIXES[vital]}"
 
 
-_DERIVEDSUFFIXES: Final = frozenset(SUFFIXES.values())
+_DERIVED_SUFFIXES: Final = frozenset(SUFFIXES.values())
 _HEX: Final = frozenset("0123456789abcdef")
+
+
+def is_reading_id(value: str) -> bool:
+    """Whether `value` has the shape of a reading id: 24 hex digits (readings.reading_id_for)."""
+    return len(value) == 24 and set(value) <= _HEX
 
 
 def reading_of_observation(resource_id: str) -> str | None:
@@ -52,7 +57,7 @@ def reading_of_observation(resource_id: str) -> str | None:
     store keeps the reading once and the read API rebuilds them from it.
     """
     reading_id, sep, suffix = resource_id.partition("-")
-    if sep and suffix in _DERIVEDSUFFIXES and len(reading_id) == 24 and set(reading_id) <= _HEX:
+    if sep and suffix in _DERIVED_SUFFIXES and is_reading_id(reading_id):
         return reading_id
     return None
 

@@ -11,7 +11,7 @@ built once per reading, and the shared parts are referenced, not copied
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 from healthsync.domain.alerts import DEFAULT_THRESHOLDS, Threshold
@@ -187,6 +187,32 @@ class ObservationBuilder:
         if abnormal:
             resource["interpretation"] = [INTERPRETATIONS[code] for code in abnormal]
         return resource
+
+
+def reading_bundle(reading: Reading, observations: list[Resource]) -> Resource:
+    """A reading's Observations as one collection Bundle: one message per reading on Kafka.
+
+    Sealing and producing each Observation on its own cost the processor a
+    fifth of its time; one Bundle per reading carries the same resources for
+    one seal and one produce. The Bundle's id is the reading id.
+    """
+    return {
+        "resourceType": "Bundle",
+        "id": reading.reading_id,
+        "identifier": {"system": READING_ID_SYSTEM, "value": reading.reading_id},
+        "type": "collection",
+        "timestamp": isoformat_ms(reading.ts),
+        "entry": [{"resource": observation} for observation in observations],
+    }
+
+
+def unbundled(resources: Iterable[Resource]) -> Iterator[Resource]:
+    """The resources themselves, with each reading Bundle replaced by its Observations."""
+    for resource in resources:
+        if resource.get("resourceType") == "Bundle" and resource.get("type") == "collection":
+            yield from (entry["resource"] for entry in resource.get("entry", ()))
+        else:
+            yield resource
 
 
 _DEFAULT_BUILDER = ObservationBuilder()

@@ -240,6 +240,14 @@ def check(resource: Mapping[str, Any]) -> list[str]:
         categories = _list(resource.get("category"))
         if vital or any(_has_code(c, OBSERVATION_CATEGORY, "vital-signs") for c in categories):
             _check_vital_signs(resource, profiles, problems)
+    if kind == "Bundle":
+        # A reading's Observations travel as one Bundle: each must hold on its own.
+        for n, entry in enumerate(_list(resource.get("entry"))):
+            inner = entry.get("resource") if isinstance(entry, dict) else None
+            if not isinstance(inner, dict):
+                problems.append(f"Bundle.entry[{n}].resource: required")
+                continue
+            problems.extend(f"Bundle.entry[{n}]: {problem}" for problem in check(inner))
     return problems
 
 

@@ -12,7 +12,7 @@ from healthsync.domain.readings import Reading
 from healthsync.fhir.alerts import alert_resources
 from healthsync.fhir.ids import fhir_id
 from healthsync.fhir.news2 import news2_resources
-from healthsync.fhir.observations import ObservationBuilder
+from healthsync.fhir.observations import ObservationBuilder, reading_bundle
 from healthsync.fhir.patients import demographics_of, device_for, patient_for
 from healthsync.fhir.terminology import Resource, ResourceLoader
 
@@ -32,7 +32,8 @@ class FhirResources:
     """A Step: adds the batch's FHIR resources to it, keyed by patient id.
 
     To ``batch.observations``, in order: Patient and Device resources that are
-    new or changed, the readings' Observations, and per patient a NEWS2
+    new or changed, per reading a collection Bundle of its Observations
+    (:func:`reading_bundle`), and per patient a NEWS2
     Observation and RiskAssessment when the score changed. To
     ``batch.alert_resources``: per alert event the alert's Communication and
     Flag. Which patients and devices were emitted, with what, is remembered;
@@ -67,7 +68,9 @@ class FhirResources:
         build = self.builder.build
         for reading in readings:
             key = reading.patient_id
-            out.extend([(key, resource) for resource in build(reading)])
+            observations = build(reading)
+            if observations:  # a nurse's ACVPU or oxygen status alone makes no Observation
+                out.append((key, reading_bundle(reading, observations)))
         for patient, score in batch.scores.items():
             signature = (score.total, score.band, score.complete)
             if self.news2.get(patient) != signature:

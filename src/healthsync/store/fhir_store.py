@@ -38,6 +38,7 @@ from healthsync.config import RedisSettings
 from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading, isoformat_ms
 from healthsync.fhir.ids import fhir_id, observation_id, reading_of_observation
+from healthsync.fhir.observations import unbundled
 from healthsync.store.records import Records
 
 # Trim an index at most this often, not on every batch.
@@ -89,6 +90,14 @@ return #KEYS
 """
 
 
+def _of_a_reading(resource: dict[str, Any]) -> bool:
+    """A reading's Bundle: its Observations are rebuilt from the reading, not stored."""
+    return (
+        resource["resourceType"] == "Bundle"
+        and reading_of_observation(f"{resource['id']}-spo2") is not None
+    )
+
+
 def _epoch(stamp: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()
 
@@ -132,7 +141,7 @@ class RedisFhirSink:
         # ttl (0 = none) -> (keys, values)
         writes: dict[int, tuple[list[str], list[bytes]]] = {0: ([], []), retention: ([], [])}
         self._add_readings(batch.readings, writes[retention])
-        for _key, resource in resources:
+        for resource in unbundled(r for _key, r in resources if not _of_a_reading(r)):
             kind, rid = resource["resourceType"], resource["id"]
             if kind == "Observation" and reading_of_observation(rid) is not None:
                 continue  # rebuilt from its reading on read, indexed with it

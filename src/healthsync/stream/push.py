@@ -18,6 +18,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from healthsync.config import Settings
 from healthsync.fhir.ehr_push import EhrPushSink
+from healthsync.fhir.observations import unbundled
 from healthsync.security import codec as roles
 from healthsync.security.codec import Codec
 from healthsync.security.crypto import DecryptError
@@ -27,10 +28,11 @@ log = logging.getLogger(__name__)
 
 
 def resources_in(value: Any) -> Iterator[dict[str, Any]]:
-    """Every FHIR resource in a topic value: the value itself, or those an alert event carries."""
+    """Every FHIR resource in a topic value: the value itself, the Observations of a reading's
+    Bundle, or those an alert event carries."""
     if isinstance(value, dict):
         if "resourceType" in value:
-            yield value
+            yield from unbundled([value])
             return
         for item in value.values():
             yield from resources_in(item)
