@@ -587,14 +587,8 @@ class LatencyResult:
     usage: Usage
 
 
-async def watch_visibility(
-    redis: AsyncRedis,
-    codec: Codec,
-    waiting: dict[str, dict[str, float]],
-    found: list[tuple[float, float]],
-    sending_done: asyncio.Event,
-) -> None:
-    """Find when each sent reading becomes visible in its patient's seen set.
+class VisibilityWatcher:
+    """Finds when each sent reading becomes visible in its patient's seen set.
 
     The processor writes a batch (seen set, latest, history and its events) in
     one MULTI/EXEC, so an event on the live stream means that patient's readings
@@ -604,53 +598,84 @@ async def watch_visibility(
     reading stored out of order or whose event was missed is still found, only
     later. A reading's visible time is when the ZMSCORE reply arrives: an upper
     bound, late by about one Redis round trip.
+
+    `waiting` maps patient -> reading id -> send time; a reading found is moved
+    from it to `found` as (send time, latency).
     """
-    keys = codec.keys
-    newest: Any = await redis.xrevrange(keys.events, count=1)
-    last_id: bytes | str = newest[0][0] if newest else "0-0"
-    last_full = time.perf_counter()
-    deadline: float | None = None
-    while True:
-        if sending_done.is_set():
-            if not any(waiting.values()):
-                return
-            deadline = deadline or time.perf_counter() + _VISIBLE_TIMEOUT_S
-            if time.perf_counter() > deadline:
-                return
-        reply: Any = await redis.xread({keys.events: last_id}, count=10_000, block=100)
-        # patient -> newest reading id named by an event (None: ask all awaited ids)
+
+    def __init__(
+        self,
+        redis: AsyncRedis,
+        codec: Codec,
+        waiting: dict[str, dict[str, float]],
+        found: list[tuple[float, float]],
+    ) -> None:
+        self.redis = redis
+        self.codec = codec
+        self.keys = codec.keys
+        self.waiting = waiting
+        self.found = found
+        self.last_id: bytes | str = "0-0"
+        self.last_full = time.perf_counter()
+
+    async def run(self, sending_done: asyncio.Event) -> None:
+        """Until every reading was found, or `_VISIBLE_TIMEOUT_S` after sending is done."""
+        newest: Any = await self.redis.xrevrange(self.keys.events, count=1)
+        if newest:
+            self.last_id = newest[0][0]
+        self.last_full = time.perf_counter()
+        deadline: float | None = None
+        while True:
+            if sending_done.is_set():
+                if not any(self.waiting.values()):
+                    return
+                deadline = deadline or time.perf_counter() + _VISIBLE_TIMEOUT_S
+                if time.perf_counter() > deadline:
+                    return
+            asked = self._to_ask(await self._named())
+            if asked:
+                await self._ask(asked)
+
+    async def _named(self) -> dict[str, str | None]:
+        """Patient -> newest reading id named by an event (None: ask all awaited ids)."""
+        keys, codec = self.keys, self.codec
+        reply: Any = await self.redis.xread({keys.events: self.last_id}, count=10_000, block=100)
         named: dict[str, str | None] = {}
         for _stream, entries in reply or ():
             for entry_id, fields in entries:
-                last_id = entry_id
+                self.last_id = entry_id
                 patient = fields.get(b"patient_id")
                 if patient is not None:
                     place = codec.field(keys.events, "patient_id")
                     named[codec.open(patient, place).decode()] = _event_reading_id(codec, fields)
         now = time.perf_counter()
-        if not reply or now - last_full > _FULL_POLL_INTERVAL_S:
-            named.update(dict.fromkeys(waiting))
-            last_full = now
+        if not reply or now - self.last_full > _FULL_POLL_INTERVAL_S:
+            named.update(dict.fromkeys(self.waiting))
+            self.last_full = now
+        return named
+
+    def _to_ask(self, named: dict[str, str | None]) -> list[tuple[str, list[str]]]:
         asked = []
         for patient, rid in named.items():
-            ids = list(waiting.get(patient, ()))
-            if rid is not None and rid in waiting[patient]:
+            ids = list(self.waiting.get(patient, ()))
+            if rid is not None and rid in self.waiting[patient]:
                 ids = ids[: ids.index(rid) + 1]
             if ids:
                 asked.append((patient, ids))
-        if not asked:
-            continue
-        async with redis.pipeline(transaction=False) as pipe:
+        return asked
+
+    async def _ask(self, asked: list[tuple[str, list[str]]]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
             for patient, ids in asked:
-                pipe.zmscore(keys.seen(patient), ids)
+                pipe.zmscore(self.keys.seen(patient), ids)
             scores = await pipe.execute()
         now = time.perf_counter()
         for (patient, ids), patient_scores in zip(asked, scores, strict=True):
-            pending = waiting[patient]
+            pending = self.waiting[patient]
             for rid, score in zip(ids, patient_scores, strict=True):
                 if score is not None:
                     sent_at = pending.pop(rid)
-                    found.append((sent_at, now - sent_at))
+                    self.found.append((sent_at, now - sent_at))
 
 
 def _event_reading_id(codec: Codec, fields: dict[bytes, bytes]) -> str | None:
@@ -706,7 +731,8 @@ async def latency_phase(
         found: list[tuple[float, float]] = []
         sending_done = asyncio.Event()
         codec = Codec.from_settings(settings)
-        watcher = asyncio.create_task(watch_visibility(redis, codec, waiting, found, sending_done))
+        visibility = VisibilityWatcher(redis, codec, waiting, found)
+        watcher = asyncio.create_task(visibility.run(sending_done))
         per_device = offered / len(links)
         start = time.perf_counter() + 0.05
         stop_at = start + duration
@@ -984,7 +1010,7 @@ def run(pipeline: Pipeline, args: argparse.Namespace) -> str:
     throughput = throughput_phase(settings, redis, devices, args.duration, args.catch_up_timeout)
     rss = {name: vm_status(pid, "VmHWM") for name, pid in pids.items()}
     redis.close()
-    return render(
+    facts = RunFacts(
         args=args,
         settings=settings,
         pipeline=pipeline,
@@ -992,36 +1018,49 @@ def run(pipeline: Pipeline, args: argparse.Namespace) -> str:
         others=others_before,
         startup_s=startup_s,
         warm_s=warm_s,
-        ceiling=ceiling,
-        latency=latency,
-        throughput=throughput,
         rss=rss,
         pids=pids,
         total_s=time.perf_counter() - bench_started,
     )
+    return render(facts, ceiling, latency, throughput)
 
 
 # --- the report --------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RunFacts:
+    """What the report says about the run besides the three phases' results."""
+
+    args: argparse.Namespace
+    settings: Settings
+    pipeline: Pipeline
+    load: tuple[float, float, float]  # load average before the stack started
+    others: str  # other busy processes before the stack started
+    startup_s: float
+    warm_s: float
+    rss: dict[str, int | None]  # peak RSS in KiB by process name
+    pids: dict[str, int]
+    total_s: float
+
+
 def render(
-    *,
-    args: argparse.Namespace,
-    settings: Settings,
-    pipeline: Pipeline,
-    load: tuple[float, float, float],
-    others: str,
-    startup_s: float,
-    warm_s: float,
-    ceiling: Ceiling,
-    latency: LatencyResult,
-    throughput: ThroughputResult,
-    rss: dict[str, int | None],
-    pids: dict[str, int],
-    total_s: float,
+    facts: RunFacts, ceiling: Ceiling, latency: LatencyResult, throughput: ThroughputResult
 ) -> str:
+    sections = (
+        _header(facts),
+        _ceiling(facts, ceiling),
+        _throughput(facts, ceiling, throughput),
+        _latency(facts, latency),
+        _rss(facts),
+    )
+    return "\n".join(line for section in sections for line in section)
+
+
+def _header(facts: RunFacts) -> list[str]:
     out: list[str] = []
     add = out.append
+    args, settings, pipeline, load = facts.args, facts.settings, facts.pipeline, facts.load
     cores = os.cpu_count() or 0
     broker = "embedded Tansu (memory storage)" if pipeline.stack.broker else "external Kafka"
     add("")
@@ -1034,16 +1073,22 @@ def render(
     add(
         f"same host  {broker}, redis-server, ingest, processor, api and this bench's device "
         f"driver all share these {cores} cores; other busy processes at start: "
-        f"{others}"
+        f"{facts.others}"
     )
     add(
         f"setup      vitals topic {settings.kafka.partitions} partitions; processor batch "
         f"{settings.processor.batch_size} / {settings.processor.batch_wait_s * 1000:.0f} ms; "
-        f"{args.devices} device connections; stack start {startup_s:.1f} s; a first reading "
-        f"was stored {warm_s:.1f} s after it was sent (after phase 1, incl. any wait for the "
+        f"{args.devices} device connections; stack start {facts.startup_s:.1f} s; a first reading "
+        f"was stored {facts.warm_s:.1f} s after it was sent (after phase 1, incl. any wait for the "
         f"processor's group join)"
     )
+    return out
 
+
+def _ceiling(facts: RunFacts, ceiling: Ceiling) -> list[str]:
+    out: list[str] = []
+    add = out.append
+    args, settings = facts.args, facts.settings
     add("")
     add(
         f"1. Ceiling: raw broker, no logic (own topic, {settings.kafka.partitions} partitions, "
@@ -1063,8 +1108,14 @@ def render(
         f"   ceiling  min(produce, consume):                                     "
         f"{ceiling.rate:9.0f} msg/s"
     )
+    return out
 
-    t = throughput
+
+def _throughput(facts: RunFacts, ceiling: Ceiling, t: ThroughputResult) -> list[str]:
+    out: list[str] = []
+    add = out.append
+    args, pids = facts.args, facts.pids
+    cores = os.cpu_count() or 0
     ingest_rate = rate(t.ok_in_window, t.duration)
     processed_rate = rate(t.processed_in_window, t.duration)
     add("")
@@ -1110,8 +1161,13 @@ def render(
         f"     machine total {sum(t.usage.cpu.values()):.0f}% of {cores * 100}%; "
         f"others: {t.usage.others(pids.values())}"
     )
+    return out
 
-    lat = latency
+
+def _latency(facts: RunFacts, lat: LatencyResult) -> list[str]:
+    out: list[str] = []
+    add = out.append
+    args, pids = facts.args, facts.pids
     add("")
     add(
         f"3. Latency at {lat.offered_rate:.0f} readings/s offered (paced over {args.devices} "
@@ -1152,16 +1208,21 @@ def render(
         )
         + f"; others: {lat.usage.others(pids.values())}"
     )
+    return out
 
+
+def _rss(facts: RunFacts) -> list[str]:
+    out: list[str] = []
+    add = out.append
     add("")
     add("4. Peak RSS (VmHWM) over the whole run:")
     for name in ("ingest", "process", "broker", "redis", "api"):
-        kib = rss.get(name)
+        kib = facts.rss.get(name)
         if kib is not None:
             add(f"   {name:8s} {kib / 1024:7.1f} MiB")
     add("")
-    add(f"total bench time {total_s:.0f} s")
-    return "\n".join(out)
+    add(f"total bench time {facts.total_s:.0f} s")
+    return out
 
 
 if __name__ == "__main__":
