@@ -239,10 +239,7 @@ def check(resource: Mapping[str, Any]) -> list[str]:
     rid = resource.get("id")
     if not isinstance(rid, str) or not _ID.fullmatch(rid):
         problems.append(f"{kind}.id: {rid!r} is not a FHIR id ([A-Za-z0-9-.]{{1,64}})")
-    for name, allowed, required in _CODED.get(kind, ()):
-        value = resource.get(name)
-        if (value is not None or required) and value not in allowed:
-            problems.append(f"{kind}.{name}: {value!r} is not one of {', '.join(sorted(allowed))}")
+    _check_coded(kind, resource, problems)
     if kind in _NEEDS_SUBJECT and not isinstance(resource.get("subject"), dict):
         problems.append(f"{kind}.subject: required")
     if kind == "Observation":
@@ -253,6 +250,14 @@ def check(resource: Mapping[str, Any]) -> list[str]:
         if vital or any(_has_code(c, OBSERVATION_CATEGORY, "vital-signs") for c in categories):
             _check_vital_signs(resource, profiles, problems)
     return problems
+
+
+def _check_coded(kind: str, resource: Mapping[str, Any], problems: list[str]) -> None:
+    """Elements whose codes come from a fixed set: present when required, and from the set."""
+    for name, allowed, required in _CODED.get(kind, ()):
+        value = resource.get(name)
+        if (value is not None or required) and value not in allowed:
+            problems.append(f"{kind}.{name}: {value!r} is not one of {', '.join(sorted(allowed))}")
 
 
 def _parse_problems(resource: Mapping[str, Any]) -> list[str]:
