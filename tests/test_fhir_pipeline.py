@@ -13,6 +13,7 @@ import httpx
 import orjson
 from redis import Redis
 
+from healthsync.config import Settings
 from healthsync.fhir.profiles import validate
 from healthsync.security.codec import Codec
 from healthsync.supervisor import Pipeline
@@ -52,19 +53,7 @@ def test_readings_become_valid_fhir_on_the_topics_and_in_redis(
     flag = wait_for(resolved_flag, what="the SpO2 alert's Flag, resolved, in Redis")
     assert flag["subject"] == {"reference": "Patient/P-100"}
 
-    # Every resource the indexes name, as the FHIR API serves it (vital-sign
-    # Observations are rebuilt from their reading, the rest are stored).
-    in_redis: dict[tuple[str, str], dict[str, Any]] = {}
-    api = f"http://{settings.api.host}:{settings.api.port}/fhir"
-    # A Patient is indexed under its pseudonym: the patient's own id is not stored in clear.
-    patient_ids = {keys.fhir_member("Patient", "P-100"): "P-100"}
-    for kind in ("Observation", "RiskAssessment", "Patient", "Device", "Communication", "Flag"):
-        members = cast("list[bytes]", redis.zrange(keys.fhir_index(kind), 0, -1))
-        for member in members:
-            rid = patient_ids[member.decode()] if kind == "Patient" else member.decode()
-            response = httpx.get(f"{api}/{kind}/{rid}", headers=credentials.headers())
-            assert response.status_code == 200, (kind, rid, response.text)
-            in_redis[(kind, rid)] = response.json()
+    in_redis = _served(settings, codec, redis, credentials)
     vitals = {rid for kind, rid in in_redis if kind == "Observation" and "news2" not in rid}
     assert vitals == {
         f"{admitted}-heart-rate",
@@ -89,6 +78,40 @@ def test_readings_become_valid_fhir_on_the_topics_and_in_redis(
         if key[0] == "Observation":
             assert in_redis[key] == emitted_resource, "served differs from what was emitted"
     events = read_topic(settings, settings.kafka.alerts_topic, 2)
+    _check_alert_events(events, low)
+
+    _check_clinical_view(in_redis, settings, low)
+
+    # Everything emitted validates, here and with the command a user would run.
+    emitted = [*observations, *(r for e in events for r in (e["communication"], e["flag"]))]
+    _check_valid(emitted, list(in_redis.values()), tmp_path)
+
+
+Served = dict[tuple[str, str], dict[str, Any]]
+
+
+def _served(settings: Settings, codec: Codec, redis: Redis, credentials: Credentials) -> Served:
+    """Every resource the indexes name, as the FHIR API serves it.
+
+    Vital-sign Observations are rebuilt from their reading, the rest are stored.
+    """
+    keys = codec.keys
+    in_redis: Served = {}
+    api = f"http://{settings.api.host}:{settings.api.port}/fhir"
+    # A Patient is indexed under its pseudonym: the patient's own id is not stored in clear.
+    patient_ids = {keys.fhir_member("Patient", "P-100"): "P-100"}
+    for kind in ("Observation", "RiskAssessment", "Patient", "Device", "Communication", "Flag"):
+        members = cast("list[bytes]", redis.zrange(keys.fhir_index(kind), 0, -1))
+        for member in members:
+            rid = patient_ids[member.decode()] if kind == "Patient" else member.decode()
+            response = httpx.get(f"{api}/{kind}/{rid}", headers=credentials.headers())
+            assert response.status_code == 200, (kind, rid, response.text)
+            in_redis[(kind, rid)] = response.json()
+    return in_redis
+
+
+def _check_alert_events(events: list[dict[str, Any]], low: str) -> None:
+    """The SpO2 alert opened and resolved on the alerts topic, with its FHIR resources."""
     assert [e["event"] for e in sorted(events, key=lambda e: e["alert"]["updated_at"])] == [
         "opened",
         "resolved",
@@ -99,7 +122,9 @@ def test_readings_become_valid_fhir_on_the_topics_and_in_redis(
     assert opened["communication"]["about"] == [{"reference": f"Observation/{low}-spo2"}]
     assert opened["flag"]["status"] == "active"
 
-    # What a clinician's system would look at.
+
+def _check_clinical_view(in_redis: Served, settings: Settings, low: str) -> None:
+    """What a clinician's system would look at."""
     low_spo2 = in_redis[("Observation", f"{low}-spo2")]
     assert low_spo2["interpretation"][0]["coding"][0]["code"] == "LL"
     assert low_spo2["identifier"] == [
@@ -118,9 +143,12 @@ def test_readings_become_valid_fhir_on_the_topics_and_in_redis(
                 kind, _, rid = basis["reference"].partition("/")
                 assert (kind, rid) in in_redis, f"{basis} points at nothing stored"
 
-    # Everything emitted validates, here and with the command a user would run.
-    emitted = [*observations, *(r for e in events for r in (e["communication"], e["flag"]))]
-    for resource in [*emitted, *in_redis.values()]:
+
+def _check_valid(
+    emitted: list[dict[str, Any]], stored: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """Every resource validates, here and with the command a user would run."""
+    for resource in [*emitted, *stored]:
         validate(resource)
     dump = tmp_path / "emitted.ndjson"
     dump.write_bytes(b"\n".join(orjson.dumps(r) for r in emitted))

@@ -659,14 +659,8 @@ UTC_TIMES = st.datetimes(
 )
 
 
-@st.composite
-def valid_readings(draw: st.DrawFn) -> tuple[dict[str, object], Reading]:
-    """Fields for format_line, and the reading they must parse back into."""
-    fields: dict[str, object] = {}
-    device_id, patient_id = draw(IDENTIFIERS), draw(IDENTIFIERS)
-    fields[_key_for(draw, "device_id")] = device_id
-    fields[_key_for(draw, "patient_id")] = patient_id
-
+def _draw_vitals(draw: st.DrawFn, fields: dict[str, object]) -> dict[str, float]:
+    """At least one vital in range, sent as numbers or text, blood pressure maybe as `bp`."""
     vitals: dict[str, float] = {}
     for name in draw(st.sets(st.sampled_from(sorted(VITALS)), min_size=1)):
         vital = VITALS[name]
@@ -683,27 +677,25 @@ def valid_readings(draw: st.DrawFn) -> tuple[dict[str, object], Reading]:
         fields[_key_for(draw, name)] = draw(st.sampled_from([value, str(value)]))
     if combined:
         fields["bp"] = f"{vitals['bp_sys']!r}/{vitals['bp_dia']!r}"
+    return vitals
 
-    ts = RECEIVED
+
+def _draw_time(draw: st.DrawFn, fields: dict[str, object]) -> float:
+    """The reading's time: none sent (the receive time), naive, with an offset, or epoch."""
     stamp = draw(st.none() | UTC_TIMES)
-    if stamp is not None:
-        aware = stamp.replace(tzinfo=UTC)
-        ts = aware.timestamp()
-        offset = timezone(timedelta(minutes=draw(st.integers(-12 * 60, 14 * 60))))
-        form = draw(st.sampled_from(["naive", "offset", "epoch"]))
-        sent: object = {"naive": stamp, "offset": aware.astimezone(offset), "epoch": ts}[form]
-        fields[_key_for(draw, "ts")] = sent
+    if stamp is None:
+        return RECEIVED
+    aware = stamp.replace(tzinfo=UTC)
+    ts = aware.timestamp()
+    offset = timezone(timedelta(minutes=draw(st.integers(-12 * 60, 14 * 60))))
+    form = draw(st.sampled_from(["naive", "offset", "epoch"]))
+    sent: object = {"naive": stamp, "offset": aware.astimezone(offset), "epoch": ts}[form]
+    fields[_key_for(draw, "ts")] = sent
+    return ts
 
-    seq = draw(st.none() | st.integers(0, 2**63 - 1))
-    on_oxygen = draw(st.none() | st.booleans())
-    consciousness = draw(st.none() | st.sampled_from(CONSCIOUSNESS_LEVELS))
-    if seq is not None:
-        fields[_key_for(draw, "seq")] = seq
-    if on_oxygen is not None:
-        fields[_key_for(draw, "on_oxygen")] = on_oxygen
-    if consciousness is not None:
-        fields["consciousness"] = draw(st.sampled_from([consciousness, consciousness.lower()]))
 
+def _draw_patient(draw: st.DrawFn, fields: dict[str, object]) -> dict[str, str]:
+    """Any of the patient fields, in the forms a device may send them."""
     patient: dict[str, str] = {}
     for name in ("patient_name", "mrn", "address", "phone"):
         if draw(st.booleans()):
@@ -721,6 +713,29 @@ def valid_readings(draw: st.DrawFn) -> tuple[dict[str, object], Reading]:
         )
         patient["gender"] = gender
         fields[_key_for(draw, "gender")] = sent_gender
+    return patient
+
+
+@st.composite
+def valid_readings(draw: st.DrawFn) -> tuple[dict[str, object], Reading]:
+    """Fields for format_line, and the reading they must parse back into."""
+    fields: dict[str, object] = {}
+    device_id, patient_id = draw(IDENTIFIERS), draw(IDENTIFIERS)
+    fields[_key_for(draw, "device_id")] = device_id
+    fields[_key_for(draw, "patient_id")] = patient_id
+    vitals = _draw_vitals(draw, fields)
+    ts = _draw_time(draw, fields)
+
+    seq = draw(st.none() | st.integers(0, 2**63 - 1))
+    on_oxygen = draw(st.none() | st.booleans())
+    consciousness = draw(st.none() | st.sampled_from(CONSCIOUSNESS_LEVELS))
+    if seq is not None:
+        fields[_key_for(draw, "seq")] = seq
+    if on_oxygen is not None:
+        fields[_key_for(draw, "on_oxygen")] = on_oxygen
+    if consciousness is not None:
+        fields["consciousness"] = draw(st.sampled_from([consciousness, consciousness.lower()]))
+    patient = _draw_patient(draw, fields)
 
     order = draw(st.permutations(list(fields)))
     expected = Reading(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Final
 
@@ -380,6 +380,14 @@ def _json_pairs(text: str) -> list[tuple[str, object]]:
 
 def parse_line(line: bytes, received_at: float, *, max_line_bytes: int = MAX_LINE_BYTES) -> Reading:
     """Parse one protocol line into a validated reading, or raise :class:`WireError`."""
+    fields = _Fields(received_at)
+    for raw_key, value in _line_pairs(_line_text(line, max_line_bytes)):
+        fields.add(raw_key, value)
+    return fields.reading()
+
+
+def _line_text(line: bytes, max_line_bytes: int) -> str:
+    """The line's text, without its line end and the blanks around it."""
     if line.endswith(b"\n"):
         line = line[:-1]
     if line.endswith(b"\r"):
@@ -393,73 +401,99 @@ def parse_line(line: bytes, received_at: float, *, max_line_bytes: int = MAX_LIN
     text = text.strip(" \t")
     if not text:
         raise WireError("empty", "empty line")
-    pairs: list[tuple[str, str]] | list[tuple[str, object]]
+    return text
+
+
+def _line_pairs(text: str) -> Sequence[tuple[str, object]]:
     if text[0] == "{":
-        pairs = _json_pairs(text)
-    else:
-        pairs = _pairs(text)
-        if not pairs:
-            raise WireError("empty", "only separators")
+        return _json_pairs(text)
+    pairs = _pairs(text)
+    if not pairs:
+        raise WireError("empty", "only separators")
+    return pairs
 
-    seen: set[str] = set()
-    ids: dict[str, str] = {}
-    vitals: dict[str, float] = {}
-    patient: dict[str, str] = {}
-    ts = received_at
-    seq: int | None = None
-    on_oxygen: bool | None = None
-    consciousness: str | None = None
 
-    for raw_key, value in pairs:
+class _Fields:
+    """What one line says, gathered key by key, then checked as a whole."""
+
+    __slots__ = (
+        "consciousness",
+        "ids",
+        "on_oxygen",
+        "patient",
+        "received_at",
+        "seen",
+        "seq",
+        "ts",
+        "vitals",
+    )
+
+    def __init__(self, received_at: float) -> None:
+        self.received_at = received_at
+        self.seen: set[str] = set()
+        self.ids: dict[str, str] = {}
+        self.vitals: dict[str, float] = {}
+        self.patient: dict[str, str] = {}
+        self.ts = received_at
+        self.seq: int | None = None
+        self.on_oxygen: bool | None = None
+        self.consciousness: str | None = None
+
+    def _canonical(self, raw_key: str) -> str:
         canonical = CANONICAL_KEYS.get(raw_key.lower())
         if canonical is None:
             raise WireError("unknown_key", f"unknown key {_show(raw_key)!r}")
-        fills = _FILLS[canonical]
-        for filled in fills:
-            if filled in seen:
+        for filled in _FILLS[canonical]:
+            if filled in self.seen:
                 raise WireError("duplicate_key", f"{filled} given more than once")
-            seen.add(filled)
+            self.seen.add(filled)
+        return canonical
 
+    def add(self, raw_key: str, value: object) -> None:
+        canonical = self._canonical(raw_key)
         if canonical in VITALS:
-            vitals[canonical] = _vital(canonical, value)
+            self.vitals[canonical] = _vital(canonical, value)
         elif canonical == _BP:
-            vitals["bp_sys"], vitals["bp_dia"] = _blood_pressure(value)
+            self.vitals["bp_sys"], self.vitals["bp_dia"] = _blood_pressure(value)
         elif canonical in _ID_KEYS:
-            ids[canonical] = _identifier(canonical, value)
+            self.ids[canonical] = _identifier(canonical, value)
         elif canonical == "ts":
-            ts = _timestamp(value, received_at)
+            self.ts = _timestamp(value, self.received_at)
         elif canonical == "seq":
-            seq = _sequence(value)
+            self.seq = _sequence(value)
         elif canonical == "on_oxygen":
-            on_oxygen = _flag(value)
+            self.on_oxygen = _flag(value)
         elif canonical == "consciousness":
-            consciousness = _consciousness(value)
+            self.consciousness = _consciousness(value)
         else:
-            patient[canonical] = _patient_field(canonical, value, received_at)
+            self.patient[canonical] = _patient_field(canonical, value, self.received_at)
 
-    device_id = ids.get("device_id")
-    patient_id = ids.get("patient_id")
-    if device_id is None or patient_id is None:
-        missing = " and ".join(key for key in _ID_KEYS if key not in ids)
-        raise WireError("missing_field", f"{missing} required")
-    if not vitals:
-        raise WireError("no_vitals", "a reading needs at least one vital")
-    systolic, diastolic = vitals.get("bp_sys"), vitals.get("bp_dia")
-    if systolic is not None and diastolic is not None and systolic <= diastolic:
-        raise WireError("out_of_range", f"bp_sys {systolic:g} must be above bp_dia {diastolic:g}")
-
-    return Reading(
-        reading_id=reading_id_for(device_id, seq, round(ts * 1000)),
-        device_id=device_id,
-        patient_id=patient_id,
-        ts=ts,
-        received_at=received_at,
-        vitals=vitals,
-        seq=seq,
-        on_oxygen=on_oxygen,
-        consciousness=consciousness,
-        patient=patient,
-    )
+    def reading(self) -> Reading:
+        device_id = self.ids.get("device_id")
+        patient_id = self.ids.get("patient_id")
+        if device_id is None or patient_id is None:
+            missing = " and ".join(key for key in _ID_KEYS if key not in self.ids)
+            raise WireError("missing_field", f"{missing} required")
+        vitals = self.vitals
+        if not vitals:
+            raise WireError("no_vitals", "a reading needs at least one vital")
+        systolic, diastolic = vitals.get("bp_sys"), vitals.get("bp_dia")
+        if systolic is not None and diastolic is not None and systolic <= diastolic:
+            raise WireError(
+                "out_of_range", f"bp_sys {systolic:g} must be above bp_dia {diastolic:g}"
+            )
+        return Reading(
+            reading_id=reading_id_for(device_id, self.seq, round(self.ts * 1000)),
+            device_id=device_id,
+            patient_id=patient_id,
+            ts=self.ts,
+            received_at=self.received_at,
+            vitals=vitals,
+            seq=self.seq,
+            on_oxygen=self.on_oxygen,
+            consciousness=self.consciousness,
+            patient=self.patient,
+        )
 
 
 # --- format ---------------------------------------------------------------

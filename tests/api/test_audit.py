@@ -222,9 +222,10 @@ def test_api_keys_are_created_listed_and_revoked_from_the_command_line(
         app = create_app(settings)
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
         headers = {"Authorization": f"Bearer {key}"}
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://hs", headers=headers
-        ) as c:
+        async with (
+            app.router.lifespan_context(app),  # closes the app's Redis client at the end
+            httpx.AsyncClient(transport=transport, base_url="http://hs", headers=headers) as c,
+        ):
             before = (await c.get(READS[0])).status_code
             assert (await asyncio.to_thread(cli, "revoke", "ward-board")).returncode == 0
             after = (await c.get(READS[0])).status_code

@@ -145,29 +145,12 @@ class FakeEhr:
         targets: list[tuple[str, str]] = []  # (Type/id, status) per entry
         for entry in bundle["entry"]:
             request, resource = entry["request"], entry["resource"]
-            rtype = resource["resourceType"]
-            if request["method"] == "POST" and "ifNoneExist" in request:
-                query = parse_qs(request["ifNoneExist"])["identifier"][0]
-                system, value = query.split("|", 1)
-                value = value.replace("\\|", "|").replace("\\,", ",").replace("\\$", "$")
-                match = [
-                    key
-                    for key, r in {**self.resources, **staged}.items()
-                    if key.startswith(rtype + "/")
-                    and {"system": system, "value": value} in r.get("identifier", [])
-                ]
-                if match:
-                    targets.append((match[0], "200 OK"))
-                    continue
-                self._next_id += 1
-                key = f"{rtype}/{self._next_id}"
-                status = "201 Created"
-            elif request["method"] == "PUT" and request["url"].startswith(rtype + "/"):
-                key = request["url"]
-                status = "200 OK" if key in self.resources else "201 Created"
-            else:
+            target = self._target(request, resource["resourceType"], staged)
+            if target is None:
                 return Canned(400, outcome(f"unsupported request {request['method']}"))
-            staged[key] = resource
+            key, status, write = target
+            if write:
+                staged[key] = resource
             targets.append((key, status))
         resolved = {
             e["fullUrl"]: key for e, (key, _s) in zip(bundle["entry"], targets, strict=True)
@@ -176,11 +159,9 @@ class FakeEhr:
             stored = _resolve(resource, resolved)
             stored["id"] = key.split("/", 1)[1]
             staged[key] = stored
-        if self.check_references:
-            for resource in staged.values():
-                for ref in _references(resource):
-                    if ref not in self.resources and ref not in staged:
-                        return Canned(400, outcome(f"reference to an unknown {ref.split('/')[0]}"))
+        unknown = self._unknown_reference(staged) if self.check_references else None
+        if unknown is not None:
+            return Canned(400, outcome(f"reference to an unknown {unknown.split('/')[0]}"))
         self.resources.update(staged)
         entries = [
             {"response": {"status": status, "location": f"{key}/_history/1"}}
@@ -189,6 +170,36 @@ class FakeEhr:
         return Canned(
             200, {"resourceType": "Bundle", "type": "transaction-response", "entry": entries}
         )
+
+    def _target(
+        self, request: dict[str, Any], rtype: str, staged: dict[str, dict[str, Any]]
+    ) -> tuple[str, str, bool] | None:
+        """Where an entry goes, its status, and whether it writes; None if not supported."""
+        if request["method"] == "POST" and "ifNoneExist" in request:
+            query = parse_qs(request["ifNoneExist"])["identifier"][0]
+            system, value = query.split("|", 1)
+            value = value.replace("\\|", "|").replace("\\,", ",").replace("\\$", "$")
+            match = [
+                key
+                for key, r in {**self.resources, **staged}.items()
+                if key.startswith(rtype + "/")
+                and {"system": system, "value": value} in r.get("identifier", [])
+            ]
+            if match:
+                return match[0], "200 OK", False
+            self._next_id += 1
+            return f"{rtype}/{self._next_id}", "201 Created", True
+        if request["method"] == "PUT" and request["url"].startswith(rtype + "/"):
+            key = request["url"]
+            return key, "200 OK" if key in self.resources else "201 Created", True
+        return None
+
+    def _unknown_reference(self, staged: dict[str, dict[str, Any]]) -> str | None:
+        for resource in staged.values():
+            for ref in _references(resource):
+                if ref not in self.resources and ref not in staged:
+                    return ref
+        return None
 
 
 def _resolve(value: Any, resolved: dict[str, str]) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -37,29 +38,53 @@ ADMIT = (
 BAD = f'device_id=mon-41 patient_id={PATIENT} name="Grace Hopper" temp=38.73 hr=999'.encode()
 
 
+def _string(client: Redis, key: bytes) -> list[bytes]:
+    return [cast("bytes", client.get(key))]
+
+
+def _hash(client: Redis, key: bytes) -> list[bytes]:
+    items = cast("dict[bytes, bytes]", client.hgetall(key)).items()
+    return [blob for field, value in items for blob in (field, value)]
+
+
+def _zset(client: Redis, key: bytes) -> list[bytes]:
+    return list(cast("list[bytes]", client.zrange(key, 0, -1)))
+
+
+def _set(client: Redis, key: bytes) -> list[bytes]:
+    return list(cast("set[bytes]", client.smembers(key)))
+
+
+def _list(client: Redis, key: bytes) -> list[bytes]:
+    return list(cast("list[bytes]", client.lrange(key, 0, -1)))
+
+
+def _stream(client: Redis, key: bytes) -> list[bytes]:
+    entries = cast("list[tuple[bytes, dict[bytes, bytes]]]", client.xrange(key))
+    return [blob for _id, fields in entries for item in fields.items() for blob in item]
+
+
+# What each Redis type holds, as bytes; a type not listed fails the scan.
+_CONTENTS: dict[bytes, Callable[[Redis, bytes], list[bytes]]] = {
+    b"string": _string,
+    b"hash": _hash,
+    b"zset": _zset,
+    b"set": _set,
+    b"list": _list,
+    b"stream": _stream,
+}
+
+
 def redis_blobs(client: Redis, prefix: str) -> list[bytes]:
     """Every key name under the prefix and everything stored in it, as the raw client sees it."""
     blobs: list[bytes] = []
     for key in cast("list[bytes]", list(client.scan_iter(f"{prefix}:*"))):
         blobs.append(key)
-        kind = client.type(key)
-        if kind == b"string":
-            blobs.append(cast("bytes", client.get(key)))
-        elif kind == b"hash":
-            for field, value in cast("dict[bytes, bytes]", client.hgetall(key)).items():
-                blobs += [field, value]
-        elif kind == b"zset":
-            blobs += cast("list[bytes]", client.zrange(key, 0, -1))
-        elif kind == b"set":
-            blobs += cast("set[bytes]", client.smembers(key))
-        elif kind == b"list":
-            blobs += cast("list[bytes]", client.lrange(key, 0, -1))
-        elif kind == b"stream":
-            for _id, fields in cast("list[tuple[bytes, dict[bytes, bytes]]]", client.xrange(key)):
-                for field, value in fields.items():
-                    blobs += [field, value]
-        else:
+        kind = cast("bytes", client.type(key))
+        contents = _CONTENTS.get(kind)
+        if contents is None:
             raise AssertionError(f"unexpected type {kind!r} of {key!r}")
+        blobs += contents(client, key)
     return blobs
 
 

@@ -168,6 +168,12 @@ def _check_vital_signs(
         problems.append("Observation.subject: must reference a Patient")
     _check_effective(resource, problems)
     components = _list(resource.get("component"))
+    _check_values(resource, components, problems)
+    _check_vital_profiles(resource, profiles, components, problems)
+
+
+def _check_values(resource: Mapping[str, Any], components: list[Any], problems: list[str]) -> None:
+    """vs-2 and vs-3: a value, or the reason it is absent, on the resource and each component."""
     absent = not _has_value(resource) and "dataAbsentReason" not in resource
     if absent and not components and not resource.get("hasMember"):
         problems.append("vs-2: no value[x] and no dataAbsentReason")
@@ -176,6 +182,12 @@ def _check_vital_signs(
             continue
         if not _has_value(component) and "dataAbsentReason" not in component:
             problems.append(f"vs-3: component[{n}] has no value[x] and no dataAbsentReason")
+
+
+def _check_vital_profiles(
+    resource: Mapping[str, Any], profiles: list[str], components: list[Any], problems: list[str]
+) -> None:
+    """The per-vital profiles the resource declares, or its LOINC code calls for."""
     code = resource.get("code")
     declared = [p for p in profiles if p in _VITAL_PROFILES]
     # A LOINC code with its own profile must declare it; HealthSync always does.
@@ -227,10 +239,7 @@ def check(resource: Mapping[str, Any]) -> list[str]:
     rid = resource.get("id")
     if not isinstance(rid, str) or not _ID.fullmatch(rid):
         problems.append(f"{kind}.id: {rid!r} is not a FHIR id ([A-Za-z0-9-.]{{1,64}})")
-    for name, allowed, required in _CODED.get(kind, ()):
-        value = resource.get(name)
-        if (value is not None or required) and value not in allowed:
-            problems.append(f"{kind}.{name}: {value!r} is not one of {', '.join(sorted(allowed))}")
+    _check_coded(kind, resource, problems)
     if kind in _NEEDS_SUBJECT and not isinstance(resource.get("subject"), dict):
         problems.append(f"{kind}.subject: required")
     if kind == "Observation":
@@ -249,6 +258,14 @@ def check(resource: Mapping[str, Any]) -> list[str]:
                 continue
             problems.extend(f"Bundle.entry[{n}]: {problem}" for problem in check(inner))
     return problems
+
+
+def _check_coded(kind: str, resource: Mapping[str, Any], problems: list[str]) -> None:
+    """Elements whose codes come from a fixed set: present when required, and from the set."""
+    for name, allowed, required in _CODED.get(kind, ()):
+        value = resource.get(name)
+        if (value is not None or required) and value not in allowed:
+            problems.append(f"{kind}.{name}: {value!r} is not one of {', '.join(sorted(allowed))}")
 
 
 def _parse_problems(resource: Mapping[str, Any]) -> list[str]:

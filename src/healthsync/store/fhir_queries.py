@@ -116,33 +116,47 @@ class FhirReader:
         index = self.keys.fhir_index(query.resource_type, query.patient)
         in_window = int(await self.client.zcount(index, *_score_bounds(query.window)))
         wanted = query.count + 1  # one more than the page tells whether a next page exists
-        found: list[tuple[Position, Resource]] = []
         if query.match is None:
             total = in_window
-            if query.count > 0 and in_window > 0:
-                batches = self._walk(index, query, query.after, chunk=wanted)
-                async with aclosing(batches):
-                    async for batch in batches:
-                        found.extend(batch[: wanted - len(found)])
-                        if len(found) == wanted:
-                            break
+            found = await self._page(index, query, wanted) if query.count > 0 and in_window else []
         else:
             if in_window > self.max_scan:
                 raise SearchTooCostly(in_window, self.max_scan)
-            total = 0
-            async for batch in self._walk(index, query, None, chunk=_SCAN_CHUNK):
-                for position, resource in batch:
-                    if not query.match(resource):
-                        continue
-                    total += 1
-                    after = query.after
-                    if len(found) < wanted and (
-                        after is None or _beyond(position, after, query.newest_first)
-                    ):
-                        found.append((position, resource))
+            total, found = await self._matches(index, query, query.match, wanted)
         page = found[: query.count]
         following = page[-1][0] if len(found) > query.count and page else None
         return Page(total, [resource for _, resource in page], following)
+
+    async def _page(
+        self, index: str, query: Search, wanted: int
+    ) -> list[tuple[Position, Resource]]:
+        """Up to `wanted` resources after `query.after`: only what the page needs is read."""
+        found: list[tuple[Position, Resource]] = []
+        batches = self._walk(index, query, query.after, chunk=wanted)
+        async with aclosing(batches):
+            async for batch in batches:
+                found.extend(batch[: wanted - len(found)])
+                if len(found) == wanted:
+                    break
+        return found
+
+    async def _matches(
+        self, index: str, query: Search, match: Predicate, wanted: int
+    ) -> tuple[int, list[tuple[Position, Resource]]]:
+        """How many resources in the window match, and up to `wanted` of them after `after`."""
+        total = 0
+        found: list[tuple[Position, Resource]] = []
+        after = query.after
+        async for batch in self._walk(index, query, None, chunk=_SCAN_CHUNK):
+            for position, resource in batch:
+                if not match(resource):
+                    continue
+                total += 1
+                if len(found) < wanted and (
+                    after is None or _beyond(position, after, query.newest_first)
+                ):
+                    found.append((position, resource))
+        return total, found
 
     async def _walk(
         self, index: str, query: Search, after: Position | None, chunk: int

@@ -1,0 +1,255 @@
+"""Phase 3: end-to-end latency at a fixed, paced offered rate.
+
+The latency watcher (:class:`VisibilityWatcher`) finds when each reading a
+device sent becomes visible in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis as AsyncRedis
+
+from healthsync.config import Settings
+from healthsync.security.codec import Codec
+from pipeline_bench.driver import Device, Link, Tally, close_links, drain_replies, merge, open_links
+from pipeline_bench.figures import percentile, rate
+from pipeline_bench.redis_stats import async_counter, async_histogram
+from pipeline_bench.usage import Usage, UsageMeter
+
+VISIBLE_TIMEOUT_S = 15.0
+_FULL_POLL_INTERVAL_S = 0.5
+
+
+@dataclass
+class LatencyResult:
+    offered_rate: float
+    duration: float
+    warmup: float
+    tally: Tally
+    # Device send -> reading in the seen set, for readings sent after the warm-up.
+    visible: list[float]
+    # p50 of `visible` over each third of the measured window, in send order.
+    trend: list[float]
+    not_visible: int
+    achieved_rate: float
+    histogram: dict[str, float]
+    # Growth of the processor's counter over the sending window, per second.
+    processed_rate: float
+    usage: Usage
+
+
+class VisibilityWatcher:
+    """Finds when each sent reading becomes visible in its patient's seen set.
+
+    The processor writes a batch (seen set, latest, history and its events) in
+    one MULTI/EXEC, so an event on the live stream means that patient's readings
+    of the batch are readable. Each event wakes a ZMSCORE of the patient's
+    awaited ids up to the reading the event names (a device's readings are sent,
+    and normally stored, in order); every 0.5 s all awaited ids are asked, so a
+    reading stored out of order or whose event was missed is still found, only
+    later. A reading's visible time is when the ZMSCORE reply arrives: an upper
+    bound, late by about one Redis round trip.
+
+    `waiting` maps patient -> reading id -> send time; a reading found is moved
+    from it to `found` as (send time, latency).
+    """
+
+    def __init__(
+        self,
+        redis: AsyncRedis,
+        codec: Codec,
+        waiting: dict[str, dict[str, float]],
+        found: list[tuple[float, float]],
+    ) -> None:
+        self.redis = redis
+        self.codec = codec
+        self.keys = codec.keys
+        self.waiting = waiting
+        self.found = found
+        self.last_id: bytes | str = "0-0"
+        self.last_full = time.perf_counter()
+
+    async def run(self, sending_done: asyncio.Event) -> None:
+        """Until every reading was found, or `VISIBLE_TIMEOUT_S` after sending is done."""
+        newest: Any = await self.redis.xrevrange(self.keys.events, count=1)
+        if newest:
+            self.last_id = newest[0][0]
+        self.last_full = time.perf_counter()
+        deadline: float | None = None
+        while True:
+            if sending_done.is_set():
+                if not any(self.waiting.values()):
+                    return
+                deadline = deadline or time.perf_counter() + VISIBLE_TIMEOUT_S
+                if time.perf_counter() > deadline:
+                    return
+            asked = self._to_ask(await self._named())
+            if asked:
+                await self._ask(asked)
+
+    async def _named(self) -> dict[str, str | None]:
+        """Patient -> newest reading id named by an event (None: ask all awaited ids)."""
+        keys, codec = self.keys, self.codec
+        reply: Any = await self.redis.xread({keys.events: self.last_id}, count=10_000, block=100)
+        named: dict[str, str | None] = {}
+        for _stream, entries in reply or ():
+            for entry_id, fields in entries:
+                self.last_id = entry_id
+                patient = fields.get(b"patient_id")
+                if patient is not None:
+                    place = codec.field(keys.events, "patient_id")
+                    named[codec.open(patient, place).decode()] = _event_reading_id(codec, fields)
+        now = time.perf_counter()
+        if not reply or now - self.last_full > _FULL_POLL_INTERVAL_S:
+            named.update(dict.fromkeys(self.waiting))
+            self.last_full = now
+        return named
+
+    def _to_ask(self, named: dict[str, str | None]) -> list[tuple[str, list[str]]]:
+        asked = []
+        for patient, rid in named.items():
+            ids = list(self.waiting.get(patient, ()))
+            if rid is not None and rid in self.waiting[patient]:
+                ids = ids[: ids.index(rid) + 1]
+            if ids:
+                asked.append((patient, ids))
+        return asked
+
+    async def _ask(self, asked: list[tuple[str, list[str]]]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for patient, ids in asked:
+                pipe.zmscore(self.keys.seen(patient), ids)
+            scores = await pipe.execute()
+        now = time.perf_counter()
+        for (patient, ids), patient_scores in zip(asked, scores, strict=True):
+            pending = self.waiting[patient]
+            for rid, score in zip(ids, patient_scores, strict=True):
+                if score is not None:
+                    sent_at = pending.pop(rid)
+                    self.found.append((sent_at, now - sent_at))
+
+
+def _event_reading_id(codec: Codec, fields: dict[bytes, bytes]) -> str | None:
+    """The reading id in a vitals event (`data` maps each vital to its latest entry)."""
+    if fields.get(b"type") != b"vitals":
+        return None
+    try:
+        place = codec.field(codec.keys.events, "data")
+        data = orjson.loads(codec.open(fields.get(b"data", b"{}"), place))
+        return str(next(iter(data.values()))["reading_id"])
+    except (orjson.JSONDecodeError, StopIteration, KeyError, TypeError, AttributeError):
+        return None
+
+
+async def paced_sender(
+    link: Link,
+    per_device_rate: float,
+    t0: float,
+    stop_at: float,
+    waiting: dict[str, float],
+) -> None:
+    device = link.device
+    sent = 0
+    while True:
+        now = time.perf_counter()
+        if now >= stop_at:
+            return
+        due = math.floor((now - t0) * per_device_rate) + 1 - sent
+        if due <= 0:
+            await asyncio.sleep(max(0.0, t0 + sent / per_device_rate - now))
+            continue
+        data, seqs = device.lines(due)
+        sent_at = link.write(data, due)
+        for seq in seqs:
+            waiting[device.reading_id(seq)] = sent_at
+        sent += due
+        await link.writer.drain()
+
+
+async def latency_phase(
+    settings: Settings, devices: list[Device], offered: float, duration: float, warmup: float
+) -> LatencyResult:
+    keys = settings.redis.keys
+    redis = AsyncRedis.from_url(str(settings.redis.url), **settings.redis.client_options())
+    links = await open_links(devices, settings.ingest.host, settings.ingest.port)
+    watcher: asyncio.Task[None] | None = None
+    try:
+        hist_before = await async_histogram(redis, keys)
+        tallies = [Tally(record_ack=False) for _ in links]
+        for link, tally in zip(links, tallies, strict=True):
+            link.use(tally)
+        waiting: dict[str, dict[str, float]] = {d.patient_id: {} for d in devices}
+        found: list[tuple[float, float]] = []
+        sending_done = asyncio.Event()
+        codec = Codec.from_settings(settings)
+        visibility = VisibilityWatcher(redis, codec, waiting, found)
+        watcher = asyncio.create_task(visibility.run(sending_done))
+        per_device = offered / len(links)
+        start = time.perf_counter() + 0.05
+        stop_at = start + duration
+
+        def count_acks() -> None:
+            for tally in tallies:
+                tally.record_ack = True
+
+        asyncio.get_running_loop().call_later(start + warmup - time.perf_counter(), count_acks)
+        processed_before = await async_counter(redis, keys)
+        meter = UsageMeter()
+        senders = [
+            # Spread the devices' sends evenly over each send interval.
+            paced_sender(
+                link,
+                per_device,
+                start + i / offered,
+                stop_at,
+                waiting[link.device.patient_id],
+            )
+            for i, link in enumerate(links)
+        ]
+        await asyncio.gather(*senders)
+        sent_s = time.perf_counter() - start
+        usage = meter.stop()
+        processed_rate = rate(await async_counter(redis, keys) - processed_before, sent_s)
+        await drain_replies(links)
+        sending_done.set()
+        await watcher
+        not_visible = sum(len(w) for w in waiting.values())
+        # The processor publishes its stats with the next batch or within ~1 s when idle.
+        await asyncio.sleep(2.0)
+        hist_after = await async_histogram(redis, keys)
+    finally:
+        if watcher is not None and not watcher.done():
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        await close_links(links)
+        await redis.aclose()
+    tally = merge(tallies)
+    measured_from = start + warmup
+    thirds: list[list[float]] = [[], [], []]
+    span = max(stop_at - measured_from, 1e-9)
+    for sent_at, latency in found:
+        if sent_at >= measured_from:
+            thirds[min(2, int(3 * (sent_at - measured_from) / span))].append(latency)
+    return LatencyResult(
+        offered_rate=offered,
+        duration=duration,
+        warmup=warmup,
+        tally=tally,
+        visible=[latency for sent_at, latency in found if sent_at >= measured_from],
+        trend=[percentile(sorted(part), 0.5) for part in thirds],
+        processed_rate=processed_rate,
+        usage=usage,
+        not_visible=not_visible,
+        achieved_rate=rate(tally.sent, sent_s),
+        histogram={
+            k: hist_after.get(k, 0.0) - hist_before.get(k, 0.0)
+            for k in hist_after
+            if k not in ("count", "sum")
+        },
+    )

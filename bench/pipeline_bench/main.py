@@ -1,0 +1,154 @@
+"""End-to-end benchmark of the embedded pipeline: device lines in, readings visible in Redis.
+
+Starts Tansu, redis-server, ingest, processor and API through
+:class:`healthsync.supervisor.Pipeline` in a temporary run directory, then
+measures, in this order (the report prints them numbered as in bench/README.md):
+
+1. the broker's raw produce and consume rate with no logic (the ceiling);
+3. end-to-end latency at a fixed, paced offered rate (run before the
+   throughput phase so it does not start behind a backlog);
+2. throughput with ingest driven as hard as it takes, and how long the
+   processor needs to catch up afterwards;
+4. peak RSS of ingest and processor, and CPU per process during phase 2.
+
+Run: ``.venv/bin/python bench/pipeline.py [--duration 60] [--devices 50] [--latency-rate 5000]``.
+Progress goes to stderr, the report to stdout. Everything started is stopped
+on exit, Ctrl-C or error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import NoReturn
+
+from redis import Redis
+
+from healthsync.config import Settings
+from healthsync.stack import free_port
+from healthsync.supervisor import Pipeline
+from pipeline_bench.ceiling import measure_ceiling, sample_value
+from pipeline_bench.driver import Device
+from pipeline_bench.figures import say
+from pipeline_bench.latency import latency_phase
+from pipeline_bench.redis_stats import warm_up
+from pipeline_bench.report import RunFacts, render
+from pipeline_bench.throughput import throughput_phase
+from pipeline_bench.usage import busy_others, vm_status
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--duration", type=float, default=60.0, help="throughput phase, seconds")
+    p.add_argument("--devices", type=int, default=50, help="concurrent device connections")
+    p.add_argument("--latency-rate", type=float, default=5000.0, help="offered readings/s")
+    p.add_argument("--latency-duration", type=float, default=20.0, help="latency phase, seconds")
+    p.add_argument("--latency-warmup", type=float, default=2.0, help="seconds not counted")
+    p.add_argument("--ceiling-messages", type=int, default=300_000, help="raw broker messages")
+    p.add_argument("--ceiling-rounds", type=int, default=2, help="best of this many")
+    p.add_argument("--catch-up-timeout", type=float, default=50.0, help="seconds, after phase 2")
+    p.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
+    return p.parse_args(argv)
+
+
+def _terminate(_signum: int, _frame: object) -> NoReturn:
+    raise SystemExit(143)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    run_dir = Path(tempfile.mkdtemp(prefix="healthsync-bench-"))
+    settings = Settings()
+    settings.crypto.keyring_file = run_dir / "keyring.json"
+    # Plain embedded Kafka and Redis, as in the figures recorded so far; the broker's
+    # CPU figure is then Tansu's own rather than its TLS front's.
+    settings.kafka.embedded_tls = False
+    settings.redis.embedded_tls = False
+    settings.ingest.port = free_port()
+    settings.api.port = free_port()
+    pipeline = Pipeline(settings, run_dir)
+    failed = True
+    try:
+        report = run(pipeline, args)
+        failed = False
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    finally:
+        say("stopping the pipeline")
+        pipeline.stop()
+        if failed or args.keep:
+            say(f"run directory kept: {run_dir}")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    print(report, flush=True)
+    return 0
+
+
+def run(pipeline: Pipeline, args: argparse.Namespace) -> str:
+    bench_started = time.perf_counter()
+    load_before = os.getloadavg()
+    say("checking what else is busy on this machine")
+    others_before = busy_others({os.getpid()})
+    say(f"starting the pipeline in {pipeline.run_dir}")
+    started = time.perf_counter()
+    pipeline.start()
+    startup_s = time.perf_counter() - started
+    settings = pipeline.settings
+    redis = Redis.from_url(str(settings.redis.url), **settings.redis.client_options())
+    pids = {name: child.process.pid for name, child in pipeline.children.items() if child.process}
+    if pipeline.stack.broker is not None:
+        pids["broker"] = pipeline.stack.broker.process.pid
+    if pipeline.stack.redis is not None:
+        pids["redis"] = pipeline.stack.redis.process.pid
+    pids["bench"] = os.getpid()
+
+    rng = random.Random(1)
+    first_seq = time.time_ns() // 1000
+    devices = [Device(i, rng, first_seq) for i in range(1, args.devices + 1)]
+
+    say("1/3 ceiling: raw produce, then consume, on a separate topic")
+    ceiling = measure_ceiling(
+        settings,
+        args.ceiling_messages,
+        sample_value(devices[0]),
+        [d.patient_id.encode() for d in devices],
+        args.ceiling_rounds,
+    )
+    say(f"    produce {ceiling.produce_rate:.0f}/s, consume {ceiling.consume_rate:.0f}/s")
+
+    say("waiting for the processor to join its group and store a first reading")
+    warm_s = warm_up(settings, redis, devices[0])
+
+    say(f"2/3 latency: {args.latency_rate:.0f} readings/s paced for {args.latency_duration:.0f} s")
+    latency = asyncio.run(
+        latency_phase(
+            settings, devices, args.latency_rate, args.latency_duration, args.latency_warmup
+        )
+    )
+
+    say(f"3/3 throughput: {len(devices)} connections flat out for {args.duration:.0f} s")
+    throughput = throughput_phase(settings, redis, devices, args.duration, args.catch_up_timeout)
+    rss = {name: vm_status(pid, "VmHWM") for name, pid in pids.items()}
+    redis.close()
+    facts = RunFacts(
+        args=args,
+        settings=settings,
+        pipeline=pipeline,
+        load=load_before,
+        others=others_before,
+        startup_s=startup_s,
+        warm_s=warm_s,
+        rss=rss,
+        pids=pids,
+        total_s=time.perf_counter() - bench_started,
+    )
+    return render(facts, ceiling, latency, throughput)

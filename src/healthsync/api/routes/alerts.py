@@ -1,0 +1,46 @@
+"""Alerts from the live cache, and their acknowledgement by the caller."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
+
+from healthsync.api import auth
+from healthsync.api.auth import Access
+from healthsync.api.models import ID_PATTERN, AlertList
+from healthsync.api.services import Reader
+
+router = APIRouter(tags=["alerts"])
+
+
+@router.get("/v1/alerts", response_model=AlertList)
+async def alerts(
+    reader: Reader,
+    access: Annotated[Access, Depends(auth.reads("Communication", "Flag"))],
+    status: Annotated[str, Query(pattern="^(open|resolved|all)$")] = "open",
+    patient_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
+) -> dict[str, Any]:
+    rows = await reader.alerts(status, patient_id, limit)
+    await access.record("search", [row["patient_id"] for row in rows])
+    return {"alerts": rows, "count": len(rows)}
+
+
+@router.post("/v1/alerts/{alert_id}/ack")
+async def acknowledge(
+    reader: Reader,
+    access: Annotated[Access, Depends(auth.acknowledges)],
+    alert_id: Annotated[str, Path(pattern="^[0-9a-f]{1,64}$")],
+) -> dict[str, Any]:
+    """Record who saw the alert: the caller's identity, never a name sent in the body."""
+    alert = await reader.alert(alert_id)
+    if alert is None:
+        raise HTTPException(404, f"no alert {alert_id}")
+    # Audited before it is written: an acknowledgement nobody can trace is not made.
+    await access.record("acknowledge", [alert["patient_id"]], resource=alert_id)
+    acknowledged = await reader.acknowledge(alert_id, by=access.principal.subject, at=time.time())
+    if acknowledged is None:
+        raise HTTPException(404, f"no alert {alert_id}")
+    return acknowledged

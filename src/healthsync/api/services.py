@@ -1,0 +1,47 @@
+"""What the routes share, built once per app: settings, Redis, the readers, the metrics.
+
+``create_app`` keeps one :class:`ApiServices` in ``app.state.services``; a route
+asks for it (or just the live reader) with the :data:`Services` or
+:data:`Reader` dependency instead of closing over it, so routes live in
+modules of their own and every app has its own services.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from healthsync.config import Settings
+from healthsync.metrics import PipelineCollector
+from healthsync.store.fhir_queries import FhirReader
+from healthsync.store.queries import LiveReader
+
+
+@dataclass(frozen=True, slots=True)
+class ApiServices:
+    settings: Settings
+    redis: Redis
+    reader: LiveReader
+    fhir: FhirReader
+    collector: PipelineCollector
+    registry: CollectorRegistry
+    started: float  # epoch seconds; the CapabilityStatement's publication date
+
+
+# Async, so FastAPI calls them inline rather than in its thread pool.
+async def _services(request: Request) -> ApiServices:
+    services: ApiServices = request.app.state.services
+    return services
+
+
+async def _reader(request: Request) -> LiveReader:
+    services: ApiServices = request.app.state.services
+    return services.reader
+
+
+Services = Annotated[ApiServices, Depends(_services)]
+Reader = Annotated[LiveReader, Depends(_reader)]

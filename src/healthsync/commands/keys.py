@@ -1,0 +1,63 @@
+"""`healthsync keys`: the keyring that seals PHI at rest."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from healthsync.commands.base import Subparsers, settings_from
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Create a keyring, rotate its active key, or retire an old key."""
+    from healthsync.security.codec import key_service
+    from healthsync.security.crypto import Keyring, KeyringError
+
+    crypto = settings_from(args).crypto
+    if args.keyring is not None:
+        crypto.keyring_file = args.keyring
+    if args.kms_key_id is not None:
+        crypto.kms_key_id = args.kms_key_id
+    path = crypto.keyring_file
+    kms = key_service(crypto)
+    if args.action == "init":
+        if path.exists():
+            raise KeyringError(f"{path} exists already; rotate its key instead")
+        ring = Keyring.generate(kms, crypto.kms_key_id)
+        done = f"created {path} with active key {ring.active}"
+    else:
+        ring = Keyring.load(path, kms)
+        if args.action == "rotate":
+            done = f"active key is now {ring.rotate(kms)}; older keys still decrypt"
+        elif args.key_id is None:
+            raise KeyringError("retire needs the KEY_ID to retire")
+        else:
+            ring.retire(args.key_id)
+            done = f"retired {args.key_id}: data sealed with it can no longer be read"
+    ring.save(path)
+    source = f" (KMS key {ring.kms_key_id})" if ring.kms_key_id else ""
+    print(done + source)
+    readable = ", ".join(sorted(ring.keys))
+    retired = ", ".join(ring.retired) or "none"
+    print(f"keys: {readable}; active: {ring.active}; retired: {retired}")
+    print("restart the running stages to use the changed keyring")
+    return 0
+
+
+def register(sub: Subparsers) -> None:
+    keys = sub.add_parser(
+        "keys",
+        help="manage the keyring for encryption at rest",
+        description="The AES-256 keys that seal PHI in Redis and Kafka. `init` creates the "
+        "keyring file (mode 0600), `rotate` adds a new active key (older keys keep "
+        "decrypting what they sealed; nothing is re-encrypted), `retire KEY_ID` deletes a "
+        "key, making what it sealed unreadable. With --kms-key-id the keys are AWS KMS "
+        "data keys and the file holds only their encrypted blobs.",
+    )
+    keys.add_argument("action", choices=["init", "rotate", "retire"])
+    keys.add_argument("key_id", nargs="?", metavar="KEY_ID", help="the key to retire")
+    keys.add_argument(
+        "--keyring", type=Path, help="keyring file (default HEALTHSYNC_CRYPTO_KEYRING_FILE)"
+    )
+    keys.add_argument("--kms-key-id", help="KMS key for new data keys (init)")
+    keys.set_defaults(func=cmd_keys)
