@@ -306,38 +306,71 @@ def test_device_admins_read_devices_but_no_patient_data(
 
 
 @pytest.mark.parametrize(
-    ("scope", "allowed", "refused"),
+    ("roles", "scope", "allowed", "refused"),
     [
         (
+            ["clinician"],
             "user/Observation.read",
             ["/fhir/Observation?patient=P-AUTH-1", "/v1/patients/P-AUTH-1/vitals", "/v1/summary"],
             ["/fhir/Patient/P-AUTH-1", "/v1/alerts", "/v1/patients"],
         ),
+        # A backend service (no user, so no roles) reads with system/ scopes.
         (
+            None,
             "system/*.rs",
             ["/fhir/Patient/P-AUTH-1", "/v1/alerts", "/v1/patients", "/fhir/Flag"],
             [],
         ),
         (
+            ["clinician"],
             "user/Patient.read user/Flag.read",
             ["/fhir/Patient/P-AUTH-1", "/fhir/Flag"],
             ["/fhir/Observation"],
         ),
-        # Patient-context scopes need a per-patient filter this API does not have: refused.
-        ("patient/*.read", [], ["/fhir/Observation?patient=P-AUTH-1", "/v1/summary"]),
-        ("openid profile", [], ["/fhir/Observation", "/v1/summary"]),
+        # Scopes narrow a role, never widen it: a viewer stays on the aggregates.
+        (["viewer"], "user/*.read", ["/v1/summary"], ["/fhir/Observation", "/v1/patients"]),
+        # A single-patient launch scope: no per-patient filter here, so nothing at all.
+        (
+            ["clinician"],
+            "patient/Observation.read",
+            [],
+            ["/fhir/Observation?patient=P-AUTH-1", "/v1/patients", "/v1/summary"],
+        ),
+        (None, "patient/*.read", [], ["/fhir/Observation?patient=P-AUTH-1", "/v1/summary"]),
+        # system/ scopes belong to tokens without a user; on a user's token they grant nothing.
+        (["clinician"], "system/*.rs", [], ["/fhir/Observation", "/v1/patients", "/v1/summary"]),
+        # user/ scopes need a user's role to narrow.
+        (None, "user/*.read", [], ["/fhir/Observation", "/v1/summary"]),
+        (None, "openid profile", [], ["/fhir/Observation", "/v1/summary"]),
     ],
 )
-def test_smart_scopes_grant_reads_per_resource_type(
-    served: AuthApi, credentials: Credentials, scope: str, allowed: list[str], refused: list[str]
+def test_smart_scopes_narrow_what_the_role_allows(
+    served: AuthApi,
+    credentials: Credentials,
+    roles: list[str] | None,
+    scope: str,
+    allowed: list[str],
+    refused: list[str],
 ) -> None:
-    token = credentials.token(sub="smart-app", roles=None, scope=scope)
+    token = credentials.token(sub="smart-app", roles=roles, scope=scope)
     for path in allowed:
         assert served.get(path, token).status_code == 200, (scope, path)
     for path in refused:
         assert served.get(path, token).status_code == 403, (scope, path)
     # Acknowledging needs a write scope.
     assert served.call("POST", f"/v1/alerts/{ALERT_ID}/ack", token).status_code == 403
+
+
+def test_a_clinician_token_with_write_scopes_acknowledges(
+    served: AuthApi, credentials: Credentials
+) -> None:
+    token = credentials.token(sub="dr-scoped", scope="user/Communication.read user/Flag.write")
+    # Reading alerts needs Communication and Flag; Flag.write is not a read of Flag.
+    assert served.get("/v1/alerts", token).status_code == 403
+    assert served.call("POST", f"/v1/alerts/{ALERT_ID}/ack", token).status_code == 200
+    # OpenID scopes are no SMART resource scopes: with only those, the role alone counts.
+    openid = credentials.token(sub="dr-openid", scope="openid profile")
+    assert served.get("/v1/patients", openid).status_code == 200
 
 
 # --- the audit log ----------------------------------------------------------------------
