@@ -202,6 +202,14 @@ class AuthSettings(BaseModel):
     # Asymmetric algorithms only: a shared secret would let every verifier mint tokens.
     jwt_algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"], min_length=1)
     jwt_leeway_s: float = Field(30.0, ge=0, le=300)
+    # The header `typ`s accepted (RFC 9068 access tokens), so that an OpenID Connect ID
+    # token issued for the same audience is not taken as an access token.
+    jwt_types: list[str] = Field(
+        default_factory=lambda: ["at+jwt", "application/at+jwt"], min_length=1
+    )
+    # The longest lifetime a token may have (exp - iat, or exp - now): a stolen
+    # long-lived token would outlive any revocation.
+    jwt_max_lifetime_s: float = Field(3600.0, gt=0, le=86400)
     # API keys for services, stored hashed (see `healthsync apikey`); the file must be 0600.
     api_keys_file: Path | None = None
     # Audit sinks: an append-only JSON lines file and/or the Redis stream {prefix}:audit.

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -181,6 +182,70 @@ def test_keys_from_a_jwks_url(seeded: tuple[Settings, Redis], credentials: Crede
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _SilentIdp:
+    """A JWKS endpoint that accepts connections and never answers (a stuck identity provider)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.held.append(connection)
+
+    def close(self) -> None:
+        self.listener.close()
+        for connection in self.held:
+            connection.close()
+
+
+def test_a_stuck_identity_provider_does_not_hold_up_audited_reads(
+    seeded: tuple[Settings, Redis], credentials: Credentials
+) -> None:
+    settings, _client = seeded
+    idp = _SilentIdp()
+    settings.auth.jwks_url = f"http://127.0.0.1:{idp.port}/jwks.json"
+    settings.auth.jwks_file = None
+    api_key = {"Authorization": f"Bearer {credentials.api_keys['clinician']}"}
+
+    async def run() -> tuple[int, list[bool], set[int]]:
+        app = create_app(settings)
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://hs", timeout=60) as c,
+        ):
+            jwt_reads = [
+                asyncio.create_task(c.get(READS[0], headers={"Authorization": f"Bearer {token}"}))
+                for token in [credentials.token(algorithm="ES256")] * 16
+            ]
+            while not idp.held:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)  # let every JWT read reach its key fetch
+            # An API-key read is audited to the file through a worker thread: it must not
+            # queue behind key fetches that wait for the identity provider.
+            answered = await c.get(READS[0], headers=api_key)
+            pending = [not task.done() for task in jwt_reads]
+            idp.close()
+            gave_up = {(await task).status_code for task in jwt_reads}
+            return answered.status_code, pending, gave_up
+
+    try:
+        status, pending, gave_up = asyncio.run(run())
+    finally:
+        idp.close()
+    assert status == 200
+    assert all(pending), "the audited read was answered only after key fetches gave up"
+    assert gave_up == {503}, "an identity provider that hangs up is unavailable, not an error"
 
 
 def test_api_keys_are_created_listed_and_revoked_from_the_command_line(

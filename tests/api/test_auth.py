@@ -42,6 +42,7 @@ from healthsync.store.live import RedisLiveSink
 from healthsync.store.records import Records
 from healthsync.supervisor import Pipeline
 from tests.conftest import AUDIENCE, ISSUER, Credentials, make_settings
+from tests.test_cli import run_cli
 
 ALERT_ID = "a1b2c3"
 # Every route that serves patient data or changes it, as (method, path).
@@ -222,9 +223,26 @@ def _bad_tokens(credentials: Credentials) -> dict[str, str]:
             _claims(), credentials.ec_key, algorithm="ES256"
         ),
         "tampered payload": _tamper(credentials.token(roles=["viewer"])),
+        # An OpenID Connect ID token for the same audience is no access token.
+        "ID token (typ JWT)": jwt.encode(_claims(), credentials.rsa_key, algorithm="RS256"),
+        "no typ": jwt.encode(
+            _claims(), credentials.rsa_key, algorithm="RS256", headers={"typ": None}
+        ),
+        "a year's lifetime": credentials.token(exp=int(time.time()) + 365 * 86400),
+        "issued a year before it expires": credentials.token(
+            iat=int(time.time()) - 365 * 86400 + 120
+        ),
         "not a JWT": "hello",
         "unknown API key": "hsk_" + uuid.uuid4().hex,
     }
+
+
+def test_a_bad_jwks_url_is_a_configuration_error(settings: Settings) -> None:
+    settings.auth.jwks_url = "idp.example/jwks.json"
+    result = run_cli(settings, "api")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "jwks_url" in result.stderr and "https://" in result.stderr
 
 
 def _tamper(token: str) -> str:

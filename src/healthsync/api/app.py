@@ -8,7 +8,6 @@ and every answer holding patient data is audited before it is sent.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -61,8 +60,9 @@ def create_app(settings: Settings) -> FastAPI:
     collector = PipelineCollector()
     registry = CollectorRegistry()
     registry.register(collector)
+    authenticator = Authenticator(settings.auth)
     guard = Guard(
-        Authenticator(settings.auth),
+        authenticator,
         AuditLog(settings.auth, redis, codec),
         registry,
     )
@@ -71,6 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         await redis.aclose()
+        authenticator.outbound.close()
 
     app = FastAPI(
         title="HealthSync",
@@ -116,7 +117,7 @@ def create_app(settings: Settings) -> FastAPI:
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
             checks["redis"] = f"unavailable: {type(exc).__name__}"
         try:
-            await asyncio.to_thread(check_broker, settings.kafka)
+            await authenticator.outbound.run(check_broker, settings.kafka)
             checks["kafka"] = "ok"
         except KafkaUnavailableError as exc:
             checks["kafka"] = f"unavailable: {exc}"
