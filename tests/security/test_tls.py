@@ -183,11 +183,12 @@ def test_missing_certificates_are_a_clear_error(tmp_path: Path) -> None:
         server_context(Settings(tls={"dir": tmp_path}), "ingest")
 
 
-def test_device_identity_prefers_the_uri_san() -> None:
+def test_device_identity_is_the_uri_san_only() -> None:
     uri = ("URI", "urn:healthsync:device:mon-uri")
     cn = ((("commonName", "mon-cn"),),)
     assert device_identity({"subject": cn, "subjectAltName": (uri,)}) == "mon-uri"
-    assert device_identity({"subject": cn, "subjectAltName": (("DNS", "x"),)}) == "mon-cn"
+    # A CN alone is what every service certificate of the same CA has too.
+    assert device_identity({"subject": cn, "subjectAltName": (("DNS", "x"),)}) is None
     assert device_identity({"subject": ((("organizationName", "Ward 3"),),)}) is None
 
 

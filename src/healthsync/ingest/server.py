@@ -294,7 +294,13 @@ class IngestServer:
 
     def refresh_revocations(self) -> None:
         """Re-read the CRL; close the connections of certificates it now revokes."""
-        if self.revocations is None or not self.revocations.refresh():
+        if self.revocations is None:
+            return
+        rejected = self.revocations.rejected
+        changed = self.revocations.refresh()
+        if self.revocations.rejected > rejected:
+            self.stats.inc("tls_crl_rejected_total")
+        if not changed:
             return
         for connection in list(self.connections):
             if connection.transport is not None and self.revocations.is_revoked(connection.serial):

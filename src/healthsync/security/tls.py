@@ -18,9 +18,10 @@ Policy, the same for every service:
   the handshake.
 
 Device identity (:func:`device_identity`): the URI SAN
-``urn:healthsync:device:<id>`` when the certificate has one (``healthsync
-certs device`` writes it), else the subject CN, for certificates made by other
-tools such as ``openssl req -subj /CN=mon-0001``.
+``urn:healthsync:device:<id>`` only (``healthsync certs device`` writes it;
+``openssl req -addext subjectAltName=URI:urn:healthsync:device:mon-0001``
+for certificates made by other tools). The subject CN is not enough: the
+services' own certificates come from the same CA and may act as clients.
 """
 
 from __future__ import annotations
@@ -118,10 +119,6 @@ def device_identity(peer: dict[str, Any]) -> str | None:
     for kind, value in peer.get("subjectAltName", ()):
         if kind == "URI" and value.startswith(DEVICE_URI_PREFIX):
             return str(value[len(DEVICE_URI_PREFIX) :])
-    for rdn in peer.get("subject", ()):
-        for name, value in rdn:
-            if name == "commonName":
-                return str(value)
     return None
 
 
@@ -214,12 +211,14 @@ class RevocationList:
         self.path = crl_path(directory)
         self.directory = directory
         self.serials: frozenset[int] = frozenset()
+        self.rejected = 0  # CRL files refused: unreadable, not the CA's, or expired
         self._stamp: tuple[int, int] | None = None
 
     def refresh(self) -> bool:
         """Re-read the CRL if the file changed; True if the list of serials changed.
 
-        A CRL that cannot be read leaves the last good one in force.
+        A CRL that cannot be read, is not signed by the CA or is past its
+        nextUpdate leaves the last good one in force.
         """
         try:
             stat = self.path.stat()
@@ -228,12 +227,13 @@ class RevocationList:
         stamp = (stat.st_mtime_ns, stat.st_size)
         if stamp == self._stamp:
             return False
+        self._stamp = stamp
         try:
             serials = frozenset(revoked_serials(self.directory))
         except CertError as exc:
+            self.rejected += 1
             log.warning("keeping the previous CRL", extra={"error": str(exc)})
             return False
-        self._stamp = stamp
         changed = serials != self.serials
         self.serials = serials
         return changed
