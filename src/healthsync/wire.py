@@ -378,8 +378,17 @@ def _json_pairs(text: str) -> list[tuple[str, object]]:
 # --- parse ----------------------------------------------------------------
 
 
-def parse_line(line: bytes, received_at: float, *, max_line_bytes: int = MAX_LINE_BYTES) -> Reading:
-    """Parse one protocol line into a validated reading, or raise :class:`WireError`."""
+def parse_line(
+    line: bytes,
+    received_at: float,
+    *,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    id_key: bytes | None = None,
+) -> Reading:
+    """Parse one protocol line into a validated reading, or raise :class:`WireError`.
+
+    `id_key` keys the reading id (see :func:`reading_id_for`).
+    """
     if line.endswith(b"\n"):
         line = line[:-1]
     if line.endswith(b"\r"):
@@ -449,7 +458,7 @@ def parse_line(line: bytes, received_at: float, *, max_line_bytes: int = MAX_LIN
         raise WireError("out_of_range", f"bp_sys {systolic:g} must be above bp_dia {diastolic:g}")
 
     return Reading(
-        reading_id=reading_id_for(device_id, seq, round(ts * 1000)),
+        reading_id=reading_id_for(device_id, seq, round(ts * 1000), key=id_key),
         device_id=device_id,
         patient_id=patient_id,
         ts=ts,

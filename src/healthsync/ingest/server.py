@@ -165,7 +165,10 @@ class DeviceConnection(asyncio.Protocol):
         server.stats.inc("lines_total")
         try:
             reading = wire.parse_line(
-                line, time.time(), max_line_bytes=server.settings.ingest.max_line_bytes
+                line,
+                time.time(),
+                max_line_bytes=server.settings.ingest.max_line_bytes,
+                id_key=server.codec.id_key,
             )
         except wire.WireError as error:
             self._reject(error, line)

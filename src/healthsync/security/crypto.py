@@ -239,6 +239,8 @@ class Cipher:
         self._active_aead = self._aead[keyring.active]
         self._prefix = _HEADER + bytes([len(self._active)]) + self._active
         self._pseudonym_key = keyring.pseudonym_key
+        # Derived, so that an id and a pseudonym of the same text never coincide.
+        self.id_key = hmac.digest(keyring.pseudonym_key, b"healthsync ids v1", "sha256")
         self._nonce_key = hmac.digest(
             keyring.keys[keyring.active], b"healthsync nonce v1", "sha256"
         )
