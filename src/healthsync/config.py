@@ -178,6 +178,14 @@ class ApiSettings(BaseModel):
     port: int = Field(8000, ge=0, le=65535)
     # HTTPS with the `api` certificate from `tls.dir` (TLS 1.3 unless tls.min_version).
     tls_enabled: bool = True
+    # The URL clients reach the API at (scheme://host[:port]); links in answers are built
+    # from it, never from the request's Host header. Default: the listening address.
+    base_url: str | None = None
+    # Larger request bodies are answered 413 before anything reads them.
+    max_body_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
+    # Addresses of reverse proxies whose X-Forwarded-For is recorded in the audit (next to
+    # the peer address, never instead of it). Empty: forwarding headers are ignored.
+    trusted_proxies: list[str] = Field(default_factory=list)
 
 
 ASYMMETRIC_JWT_ALGORITHMS = frozenset(

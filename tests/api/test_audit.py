@@ -297,3 +297,24 @@ def test_api_keys_are_created_listed_and_revoked_from_the_command_line(
 
     assert asyncio.run(revoke_while_running()) == (200, 401)
     assert cli("revoke", "ward-board").returncode == 1
+
+
+def test_a_trusted_proxy_s_forwarded_address_is_recorded_next_to_the_peer(
+    seeded: tuple[Settings, Redis], credentials: Credentials
+) -> None:
+    settings, _client = seeded
+    settings.api.trusted_proxies = ["127.0.0.1"]
+
+    async def run() -> int:
+        app = create_app(settings)
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        headers = {"Authorization": f"Bearer {credentials.token(sub='dr-proxied')}"}
+        headers["X-Forwarded-For"] = "10.66.66.66"
+        async with httpx.AsyncClient(transport=transport, base_url="http://hs") as c:
+            return (await c.get(READS[0], headers=headers)).status_code
+
+    assert asyncio.run(run()) == 200
+    assert settings.auth.audit_log_file is not None
+    records = [json.loads(line) for line in settings.auth.audit_log_file.read_text().splitlines()]
+    [record] = [r for r in records if r["actor"] == "dr-proxied"]
+    assert (record["client"], record["forwarded_for"]) == ("127.0.0.1", "10.66.66.66")

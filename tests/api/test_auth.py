@@ -111,7 +111,9 @@ class AuthApi:
     logs: Path
 
     def call(self, method: str, path: str, token: str | None = None, **kw: Any) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        headers = dict(kw.pop("headers", {}))
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
         return self.http.request(method, path, headers=headers, **kw)
 
     def get(self, path: str, token: str | None = None, **kw: Any) -> httpx.Response:

@@ -8,6 +8,7 @@ and every answer holding patient data is audited before it is sent.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -22,7 +23,7 @@ from redis.asyncio import Redis
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from healthsync import __version__
-from healthsync.api import auth, fhir
+from healthsync.api import auth, fhir, middleware
 from healthsync.api.audit import AuditLog
 from healthsync.api.auth import Access, Authenticator, Guard
 from healthsync.config import Settings
@@ -40,6 +41,7 @@ from healthsync.store.records import Records
 # The same characters the wire protocol allows in ids, so a path cannot reach other keys.
 PatientId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
 _HISTORY_LIMIT = 10_000
+log = logging.getLogger(__name__)
 
 
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -65,6 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
         authenticator,
         AuditLog(settings.auth, redis, codec),
         registry,
+        frozenset(settings.api.trusted_proxies),
     )
 
     @asynccontextmanager
@@ -80,6 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.guard = guard
+    middleware.install(app, settings.api)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -89,8 +93,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(DecryptError)
     async def undecryptable(request: Request, exc: DecryptError) -> Response:
-        # Stored data this keyring cannot open: say so, never serve garbage.
-        message = f"stored data cannot be decrypted: {exc}"
+        # Stored data this keyring cannot open: say so, never serve garbage. Which key
+        # is missing is for the operator's log, not for clients.
+        log.error("stored data cannot be decrypted", extra={"error": str(exc)})
+        message = "stored data cannot be decrypted"
         if fhir.is_fhir_request(request):
             return fhir.error_response(500, message)
         return _error(500, message)
@@ -115,12 +121,15 @@ def create_app(settings: Settings) -> FastAPI:
             await redis.ping()
             checks["redis"] = "ok"
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
-            checks["redis"] = f"unavailable: {type(exc).__name__}"
+            log.warning("not ready: Redis unavailable", extra={"error": type(exc).__name__})
+            checks["redis"] = "unavailable"
         try:
             await authenticator.outbound.run(check_broker, settings.kafka)
             checks["kafka"] = "ok"
         except KafkaUnavailableError as exc:
-            checks["kafka"] = f"unavailable: {exc}"
+            # The reason names the broker's address: for the log, not for anyone who asks.
+            log.warning("not ready: Kafka unavailable", extra={"error": str(exc)})
+            checks["kafka"] = "unavailable"
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse(
             {"status": "ready" if ready else "not ready", "checks": checks},
@@ -163,8 +172,12 @@ def create_app(settings: Settings) -> FastAPI:
         access: Annotated[Access, Depends(auth.reads("Observation"))],
         patient_id: PatientId,
         vital: Annotated[str | None, Query(description="one of " + ", ".join(VITALS))] = None,
-        since: Annotated[float | None, Query(description="epoch seconds; default 1 h ago")] = None,
-        until: Annotated[float | None, Query(description="epoch seconds; default now")] = None,
+        since: Annotated[
+            float | None, Query(description="epoch seconds; default 1 h ago", allow_inf_nan=False)
+        ] = None,
+        until: Annotated[
+            float | None, Query(description="epoch seconds; default now", allow_inf_nan=False)
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=_HISTORY_LIMIT)] = 1000,
     ) -> dict[str, Any]:
         if vital is not None and vital not in VITALS:

@@ -254,6 +254,7 @@ class Access:
     request: Request
     audit_log: AuditLog
     failures: Counter
+    trusted_proxies: frozenset[str] = frozenset()
 
     async def record(
         self, action: str, patients: Iterable[str], resource: str | None = None
@@ -262,17 +263,20 @@ class Access:
         request = self.request
         route = request.scope.get("route")
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        peer = request.client.host if request.client else "unknown"
+        forwarded = request.headers.get("x-forwarded-for")
         record = AuditRecord(
             actor=self.principal.subject,
             auth=self.principal.method,
             roles=self.principal.roles,
-            client=request.client.host if request.client else "unknown",
+            client=peer,
             action=action,
             method=request.method,
             route=getattr(route, "path", request.url.path),
             path=path,
             patients=tuple(sorted(set(patients))),
             resource=resource,
+            forwarded_for=forwarded[:256] if forwarded and peer in self.trusted_proxies else None,
         )
         try:
             await self.audit_log.write(record)
@@ -292,10 +296,15 @@ class Guard:
     """
 
     def __init__(
-        self, authenticator: Authenticator, audit_log: AuditLog, registry: CollectorRegistry
+        self,
+        authenticator: Authenticator,
+        audit_log: AuditLog,
+        registry: CollectorRegistry,
+        trusted_proxies: frozenset[str] = frozenset(),
     ) -> None:
         self.authenticator = authenticator
         self.audit_log = audit_log
+        self.trusted_proxies = trusted_proxies
         self.failures = Counter(
             "healthsync_api_refused",
             "API requests refused: authentication, authorisation or the audit log",
@@ -318,7 +327,7 @@ class Guard:
             self._refuse(request, exc)
         if not allowed(principal.grants):
             self._refuse(request, AuthError(403, "forbidden", f"this needs {need}"))
-        return Access(principal, request, self.audit_log, self.failures)
+        return Access(principal, request, self.audit_log, self.failures, self.trusted_proxies)
 
     def _refuse(self, request: Request, error: AuthError) -> NoReturn:
         self.failures.labels(reason=error.reason).inc()
