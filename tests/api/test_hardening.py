@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -17,12 +18,40 @@ import pytest
 from redis import Redis
 
 from healthsync.api.app import create_app
+from healthsync.config import Settings
+from healthsync.domain.batch import Batch
+from healthsync.domain.readings import Reading
+from healthsync.fhir.observations import observations_for
+from healthsync.fhir.patients import patient_for
+from healthsync.metrics import StatsRecorder
+from healthsync.security.codec import Codec
 from healthsync.stack import Service, free_port
+from healthsync.store.fhir_store import RedisFhirSink
+from healthsync.store.live import RedisLiveSink
+from healthsync.store.records import Records
 from healthsync.supervisor import Pipeline
 from tests.api.test_auth import AuthApi, seed
 from tests.conftest import Credentials, make_settings
 
 BASE_URL = "https://healthsync.ward.example:8443"
+# A patient id FHIR cannot use as it is (`:`), so its FHIR id is a digest.
+ODD_PATIENT = "MRN:555"
+
+
+def seed_patient(settings: Settings, client: Redis, patient_id: str) -> None:
+    now = time.time()
+    reading = Reading("r-odd-1", "mon-odd", patient_id, now - 10, now - 10, {"heart_rate": 70})
+    batch = Batch([reading])
+    batch.observations.append((patient_id, patient_for(patient_id, {}, "urn:mrn", now)))
+    batch.observations += [(patient_id, o) for o in observations_for(reading)]
+    records = Records(Codec.from_settings(settings))
+    stats = StatsRecorder(settings.redis.keys, "processor")
+    for sink in (
+        RedisLiveSink(client, settings.redis, stats, records),
+        RedisFhirSink(client, settings.redis, records),
+    ):
+        sink.write(batch)
+        sink.flush()
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +64,7 @@ def served(
     settings = make_settings(broker, redis_server, api={"base_url": BASE_URL})
     client = Redis.from_url(str(settings.redis.url))
     seed(settings, client)
+    seed_patient(settings, client, ODD_PATIENT)
     pipeline = Pipeline(settings, tmp_path_factory.mktemp("hardened-api"))
     pipeline.start(stages=("api",))
     base = f"http://{settings.api.host}:{settings.api.port}"
@@ -90,6 +120,29 @@ def test_a_body_without_credentials_is_401_not_422(served: AuthApi) -> None:
     response = served.call("PUT", RULES, None, content=b"{not json")
     assert response.status_code == 401, response.text
     assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_the_audit_names_a_patient_by_one_id_on_both_apis(served: AuthApi) -> None:
+    actor = f"dr-{uuid.uuid4().hex[:8]}"
+    token = served.credentials.token(sub=actor)
+    latest = served.get(f"/v1/patients/{ODD_PATIENT}/vitals/latest", token).json()
+    assert latest["patient_id"] == ODD_PATIENT
+    bundle = served.get("/fhir/Observation", token, params={"code": "8867-4"}).json()
+    [reference] = {
+        e["resource"]["subject"]["reference"]
+        for e in bundle["entry"]
+        if e["resource"]["subject"]["reference"].startswith("Patient/h-")
+    }
+    patient = served.get(f"/fhir/{reference}", token)
+    assert patient.status_code == 200
+    served.get("/fhir/Observation", token, params={"patient": reference})
+    records = served.audit(actor)
+    assert [r["patients"] for r in records] == [
+        [ODD_PATIENT],
+        [ODD_PATIENT, "P-AUTH-1", "P-AUTH-2"],
+        [ODD_PATIENT],
+        [ODD_PATIENT],
+    ]
 
 
 def test_non_finite_times_are_refused_with_422(served: AuthApi) -> None:

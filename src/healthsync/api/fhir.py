@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from healthsync import __version__
 from healthsync.api import auth
 from healthsync.api.auth import Access
+from healthsync.api.canonical import canonical_patients
 from healthsync.domain.readings import isoformat_ms
 from healthsync.store.fhir_queries import (
     FhirReader,
@@ -602,6 +603,7 @@ def fhir_router(reader: FhirReader) -> APIRouter:
             except RedisError as exc:
                 raise _unavailable(exc) from None
         patients = _patients_of(page.resources) + sorted(parsed.search_patients)
+        patients = await canonical_patients(reader, patients)
         await access.record("search", patients, resource=resource_type)
         return FhirResponse(_searchset(request, resource_type, page))
 
@@ -618,7 +620,8 @@ def fhir_router(reader: FhirReader) -> APIRouter:
             raise _unavailable(exc) from None
         if resource is None:
             raise FhirError(404, "not-found", f"{resource_type}/{resource_id} is not known here")
-        await access.record("read", _patients_of([resource]), resource=resource_type)
+        patients = await canonical_patients(reader, _patients_of([resource]))
+        await access.record("read", patients, resource=resource_type)
         return FhirResponse(resource)
 
     return router
