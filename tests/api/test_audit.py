@@ -27,10 +27,12 @@ from pydantic import ValidationError
 from redis import Redis
 
 from healthsync.api.app import create_app
-from healthsync.config import Settings
+from healthsync.config import CryptoSettings, Settings
 from healthsync.errors import ConfigError
+from healthsync.security.codec import Codec
+from healthsync.security.crypto import Keyring
 from healthsync.stack import Service
-from tests.api.test_auth import seed
+from tests.api.test_auth import ALERT_ID, seed
 from tests.conftest import Credentials, make_settings
 
 
@@ -318,3 +320,38 @@ def test_a_trusted_proxy_s_forwarded_address_is_recorded_next_to_the_peer(
     records = [json.loads(line) for line in settings.auth.audit_log_file.read_text().splitlines()]
     [record] = [r for r in records if r["actor"] == "dr-proxied"]
     assert (record["client"], record["forwarded_for"]) == ("127.0.0.1", "10.66.66.66")
+
+
+def test_an_unreadable_entry_is_skipped_and_counted_not_a_500(
+    seeded: tuple[Settings, Redis], credentials: Credentials, tmp_path: Path
+) -> None:
+    """One value sealed with a key this API does not have must not take the lists down."""
+    settings, client = seeded
+    foreign = tmp_path / "foreign.json"
+    Keyring.generate().save(foreign)
+    stranger = Codec.from_settings(
+        settings.model_copy(update={"crypto": CryptoSettings(keyring_file=foreign)})
+    )
+    keys = Codec.from_settings(settings).keys
+    # P-AUTH-2's latest vitals and NEWS2 score, and the open alert of P-AUTH-1.
+    latest = keys.latest("P-AUTH-2")
+    client.hset(latest, "heart_rate", stranger.seal(b"{}", Codec.field(latest, "heart_rate")))
+    tag = keys.patient("P-AUTH-2")
+    client.hset(keys.news2, tag, stranger.seal(b"{}", Codec.field(keys.news2, tag)))
+    alert = keys.alert(ALERT_ID)
+    client.set(alert, stranger.seal(b"{}", alert))
+
+    patients, summary, alerts, metrics = call(
+        settings,
+        credentials.api_keys["clinician"],
+        "/v1/patients",
+        "/v1/summary",
+        "/v1/alerts?status=all",
+        "/metrics",
+    )
+    assert patients.status_code == 200, patients.text
+    assert [p["patient_id"] for p in patients.json()["patients"]] == ["P-AUTH-1"]
+    assert summary.status_code == 200, summary.text
+    assert summary.json()["open_alerts"]["total"] == 0
+    assert alerts.status_code == 200 and alerts.json()["alerts"] == []
+    assert "healthsync_api_unreadable_total 4.0" in metrics.text, metrics.text

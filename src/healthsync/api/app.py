@@ -26,6 +26,7 @@ from healthsync import __version__
 from healthsync.api import auth, fhir, middleware
 from healthsync.api.audit import AuditLog
 from healthsync.api.auth import Access, Authenticator, Guard
+from healthsync.api.unreadable import unreadable_counter
 from healthsync.config import Settings
 from healthsync.domain.alerts import thresholds_for
 from healthsync.domain.readings import VITALS
@@ -58,9 +59,9 @@ def create_app(settings: Settings) -> FastAPI:
     redis = Redis.from_url(settings.redis.url, **settings.redis.client_options())
     codec = Codec.from_settings(settings)
     records = Records(codec)
-    reader = LiveReader(redis, records)
     collector = PipelineCollector()
     registry = CollectorRegistry()
+    reader = LiveReader(redis, records, unreadable_counter(registry))
     registry.register(collector)
     authenticator = Authenticator(settings.auth)
     guard = Guard(
