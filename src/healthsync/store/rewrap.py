@@ -26,7 +26,7 @@ from redis.exceptions import WatchError
 
 from healthsync.errors import HealthSyncError
 from healthsync.security.codec import Codec
-from healthsync.security.crypto import key_id_of
+from healthsync.security.crypto import is_current, key_id_of
 
 _RETRIES = 20
 
@@ -54,7 +54,7 @@ def key_usage(client: Redis, codec: Codec) -> Counter[str]:
 
 
 def rewrap(client: Redis, codec: Codec) -> RewrapReport:
-    """Seal every value not under the active key again, under it."""
+    """Seal every value not under the active key (or in an older format) again, under it."""
     cipher = codec.cipher
     if cipher is None:
         raise RewrapError("encryption at rest is off (crypto.enabled); there is nothing to rewrap")
@@ -101,8 +101,7 @@ def _rewrap_key(client: Redis, codec: Codec, key: str, active: str, report: Rewr
         kind = pipe.type(key)
 
         def reseal(value: bytes, place: str) -> bytes | None:
-            key_id = key_id_of(value)
-            if key_id is None or key_id == active:
+            if key_id_of(value) is None or is_current(value, active):
                 return None
             try:
                 fresh = codec.seal(codec.open(value, place), place)
