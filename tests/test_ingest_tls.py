@@ -286,7 +286,9 @@ def test_plaintext_port_can_be_switched_off(start_ingest: StartIngest) -> None:
 def test_plaintext_port_stays_on_loopback_unless_allowed(
     broker: Service, redis_server: Service, tmp_path: Path
 ) -> None:
-    settings = make_settings(broker, redis_server, ingest={"tls_enabled": False})
+    settings = make_settings(
+        broker, redis_server, ingest={"tls_enabled": False, "plain_enabled": True}
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
     result = subprocess.run(
         [sys.executable, "-m", "healthsync", "ingest", "--host", "0.0.0.0"],
@@ -299,3 +301,43 @@ def test_plaintext_port_stays_on_loopback_unless_allowed(
     assert result.returncode == 2
     assert "plaintext ingest port would listen on 0.0.0.0" in result.stderr
     assert "HEALTHSYNC_INGEST_PLAIN_ALLOW_REMOTE" in result.stderr
+
+
+def test_the_ingest_stage_alone_opens_no_plaintext_port_unless_configured(
+    broker: Service, redis_server: Service, tmp_path: Path
+) -> None:
+    """`healthsync ingest` on its own is a production deployment: TLS only by default."""
+    settings = make_settings(broker, redis_server, tls={"dir": tmp_path / "certs"})
+    init_pki(settings.tls.dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
+    assert settings.ingest.plain_enabled is None, "not configured"
+    env |= settings.to_env()
+    stage = subprocess.Popen(
+        [sys.executable, "-m", "healthsync", "ingest"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        context = device_context(settings, "mon-solo")
+        line = b"device_id=mon-solo patient_id=P-1 hr=70"
+        wait_for(
+            lambda: _answer(settings, context, line).startswith("OK "),
+            what="the TLS port to take a reading",
+        )
+        with (
+            contextlib.suppress(ConnectionRefusedError),
+            socket.create_connection((settings.ingest.host, settings.ingest.port), timeout=2),
+        ):
+            raise AssertionError("the plaintext port is open")
+    finally:
+        stage.terminate()
+        stage.wait(30)
+
+
+def _answer(settings: Settings, context: ssl.SSLContext, line: bytes) -> str:
+    try:
+        return outcome(settings, context, line)
+    except OSError:
+        return ""

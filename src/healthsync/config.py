@@ -95,10 +95,12 @@ class IngestSettings(BaseModel):
     """The device-facing TCP server."""
 
     # The plaintext listener: loopback only (demos, local bash devices) unless
-    # plain_allow_remote says otherwise, since everything on it travels in clear.
+    # plain_allow_remote says otherwise, since everything on it travels in clear,
+    # unauthenticated. Unset, `healthsync up` (the demo) opens it and `healthsync
+    # ingest` on its own (a production deployment) does not; true or false decides.
     host: str = "127.0.0.1"
     port: int = Field(7000, ge=0, le=65535)
-    plain_enabled: bool = True
+    plain_enabled: bool | None = None
     plain_allow_remote: bool = False
     # The TLS listener, with the certificates from `tls.dir`. Devices elsewhere
     # on the network connect here: set tls_host to 0.0.0.0 (or an interface).

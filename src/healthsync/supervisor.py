@@ -135,6 +135,8 @@ class Pipeline:
             # Like the certificates: the run dir's keyring, created on first start.
             settings.crypto.keyring_file = (self.run_dir / "keyring.json").resolve()
         ensure_keyring(settings.crypto)
+        if settings.ingest.plain_enabled is None:
+            settings.ingest.plain_enabled = True  # the demo's netcat port, on loopback
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
         self.env.update(settings.to_env())
         if "OPENSSL_CONF" not in self.env:  # an operator's own OpenSSL configuration wins

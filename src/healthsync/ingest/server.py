@@ -353,9 +353,11 @@ class IngestServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         cfg = self.settings.ingest
-        if not cfg.plain_enabled and not cfg.tls_enabled:
+        # Unset means off here: only `healthsync up` turns an unset port on.
+        plain = cfg.plain_enabled is True
+        if not plain and not cfg.tls_enabled:
             raise ConfigError("ingest has no listener: enable ingest.tls_enabled or plain_enabled")
-        if cfg.plain_enabled and not cfg.plain_allow_remote and not _is_loopback(cfg.host):
+        if plain and not cfg.plain_allow_remote and not _is_loopback(cfg.host):
             raise ConfigError(
                 f"the plaintext ingest port would listen on {cfg.host}, beyond this machine; "
                 "use the TLS port, or set HEALTHSYNC_INGEST_PLAIN_ALLOW_REMOTE=true"
@@ -366,7 +368,7 @@ class IngestServer:
             tls_context = server_context(self.settings, "ingest", client_certs=client_certs)
             self.revocations = RevocationList(self.settings.tls.dir)
             self.revocations.refresh()
-        if cfg.plain_enabled:
+        if plain:
             server = await loop.create_server(
                 lambda: DeviceConnection(self), cfg.host, cfg.port, reuse_address=True
             )
