@@ -116,9 +116,11 @@ class Credentials:
         body |= {"exp": now + 300, "roles": ["clinician"]}
         body |= claims
         body = {k: v for k, v in body.items() if v is not None}
+        # RFC 9068 access tokens say so in their header; ID tokens do not.
         if algorithm == "ES256":
-            return jwt.encode(body, self.ec_key, algorithm="ES256", headers={"kid": "ec-1"})
-        return jwt.encode(body, self.rsa_key, algorithm=algorithm)
+            headers = {"kid": "ec-1", "typ": "at+jwt"}
+            return jwt.encode(body, self.ec_key, algorithm="ES256", headers=headers)
+        return jwt.encode(body, self.rsa_key, algorithm=algorithm, headers={"typ": "at+jwt"})
 
     def headers(self, role: str = "clinician") -> dict[str, str]:
         """Authorization with the API key of that role (key name `test-<role>`)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from healthsync.config import Settings
+from healthsync.domain.readings import reading_id_for
+from healthsync.security.codec import Codec
 from healthsync.stack import Service, start_broker
 from tests.conftest import Device, wait_for
 
@@ -112,3 +115,17 @@ def test_backpressure_bounds_in_flight_readings_without_losing_any(
         assert all(r.startswith("OK ") for r in replies), replies[:3]
         assert len(set(replies)) == 150
         device.close()
+
+
+def test_reading_ids_are_keyed(start_ingest: StartIngest) -> None:
+    """A reading id names no device: without the keyring, guessing device and seq finds no id."""
+    settings = start_ingest()
+    device = connect(settings)
+    first = device.send(b"device_id=mon-key-1 patient_id=P-1 seq=7 hr=70")
+    resend = device.send(b"device_id=mon-key-1 patient_id=P-1 seq=7 hr=70")
+    device.close()
+    assert first.startswith("OK ") and resend == first, "still deterministic"
+    reading_id = first.removeprefix("OK ")
+    guessed = hashlib.blake2b(b"mon-key-1\x1fseq\x1f7", digest_size=12).hexdigest()
+    assert reading_id != guessed
+    assert reading_id == reading_id_for("mon-key-1", 7, 0, key=Codec.from_settings(settings).id_key)

@@ -15,6 +15,9 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from redis import Redis
 
 from healthsync.config import Settings
@@ -185,6 +188,65 @@ def test_only_trusted_current_certificates_get_in(
     )
 
 
+def test_a_service_certificate_is_no_device(start_ingest: StartIngest) -> None:
+    """The CA also signs the services' certificates, which may act as TLS clients; only a
+    certificate that names a device (its URI SAN) speaks for one."""
+    settings = start_ingest()
+    cert, key = settings.tls.dir / "api.crt", settings.tls.dir / "api.key"
+    api_as_device = client_context(settings, cert=cert, key=key)
+    line = b"device_id=healthsync-api patient_id=P-1 hr=70"
+    assert outcome(settings, api_as_device, line) == (
+        "ERR 403 no_identity: the client certificate names no device"
+    )
+
+
+def write_stale_crl(pki: Path, when: datetime, path: Path) -> None:
+    """An empty CRL signed by the real CA, issued at `when` and long past its nextUpdate."""
+    key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    ca = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.subject)
+        .last_update(when)
+        .next_update(when + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+
+
+def test_a_forged_crl_does_not_lift_revocations(start_ingest: StartIngest, tmp_path: Path) -> None:
+    settings = start_ingest()
+    context = device_context(settings, "mon-lost")
+    revoke_device(settings.tls.dir, "mon-lost")
+    line = b"device_id=mon-lost patient_id=P-1 seq=1 hr=70"
+    wait_for(
+        lambda: outcome(settings, context, line).startswith("ERR 403 certificate_revoked"),
+        timeout=10,
+        what="the revocation to take effect",
+    )
+    # An empty CRL signed by another CA, and a genuine one past its nextUpdate.
+    init_pki(tmp_path / "forger")
+    (settings.tls.dir / "crl.pem").write_bytes((tmp_path / "forger" / "crl.pem").read_bytes())
+    past = datetime.now(UTC) - timedelta(days=1000)
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    write_stale_crl(settings.tls.dir, past, stale / "crl.pem")
+    wait_for(
+        lambda: stat(settings, "tls_crl_rejected_total") >= 1,
+        timeout=10,
+        what="the forged CRL to be refused",
+    )
+    assert outcome(settings, context, line).startswith("ERR 403 certificate_revoked")
+    (settings.tls.dir / "crl.pem").write_bytes((stale / "crl.pem").read_bytes())
+    wait_for(
+        lambda: stat(settings, "tls_crl_rejected_total") >= 2,
+        timeout=10,
+        what="the expired CRL to be refused",
+    )
+    assert outcome(settings, context, line).startswith("ERR 403 certificate_revoked")
+
+
 def test_a_revoked_device_is_cut_off_without_a_restart(start_ingest: StartIngest) -> None:
     settings = start_ingest()
     context = device_context(settings, "mon-stolen")
@@ -224,7 +286,9 @@ def test_plaintext_port_can_be_switched_off(start_ingest: StartIngest) -> None:
 def test_plaintext_port_stays_on_loopback_unless_allowed(
     broker: Service, redis_server: Service, tmp_path: Path
 ) -> None:
-    settings = make_settings(broker, redis_server, ingest={"tls_enabled": False})
+    settings = make_settings(
+        broker, redis_server, ingest={"tls_enabled": False, "plain_enabled": True}
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
     result = subprocess.run(
         [sys.executable, "-m", "healthsync", "ingest", "--host", "0.0.0.0"],
@@ -237,3 +301,43 @@ def test_plaintext_port_stays_on_loopback_unless_allowed(
     assert result.returncode == 2
     assert "plaintext ingest port would listen on 0.0.0.0" in result.stderr
     assert "HEALTHSYNC_INGEST_PLAIN_ALLOW_REMOTE" in result.stderr
+
+
+def test_the_ingest_stage_alone_opens_no_plaintext_port_unless_configured(
+    broker: Service, redis_server: Service, tmp_path: Path
+) -> None:
+    """`healthsync ingest` on its own is a production deployment: TLS only by default."""
+    settings = make_settings(broker, redis_server, tls={"dir": tmp_path / "certs"})
+    init_pki(settings.tls.dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
+    assert settings.ingest.plain_enabled is None, "not configured"
+    env |= settings.to_env()
+    stage = subprocess.Popen(
+        [sys.executable, "-m", "healthsync", "ingest"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        context = device_context(settings, "mon-solo")
+        line = b"device_id=mon-solo patient_id=P-1 hr=70"
+        wait_for(
+            lambda: _answer(settings, context, line).startswith("OK "),
+            what="the TLS port to take a reading",
+        )
+        with (
+            contextlib.suppress(ConnectionRefusedError),
+            socket.create_connection((settings.ingest.host, settings.ingest.port), timeout=2),
+        ):
+            raise AssertionError("the plaintext port is open")
+    finally:
+        stage.terminate()
+        stage.wait(30)
+
+
+def _answer(settings: Settings, context: ssl.SSLContext, line: bytes) -> str:
+    try:
+        return outcome(settings, context, line)
+    except OSError:
+        return ""

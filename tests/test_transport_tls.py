@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -161,8 +162,26 @@ def test_api_serves_https_with_tls13(
         )
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{settings.api.port}/healthz", timeout=5)
+        # A TLS 1.3 client without the AES-256 suite gets no answer.
+        assert '"status"' in https_get(settings.api.port, pki, "TLS_AES_256_GCM_SHA384")
+        assert '"status"' not in https_get(settings.api.port, pki, "TLS_AES_128_GCM_SHA256")
     finally:
         pipeline.stop()
+
+
+def https_get(port: int, pki: Path, suites: str) -> str:
+    """GET /healthz with `openssl s_client` offering only these TLS 1.3 suites."""
+    result = subprocess.run(
+        [
+            *("openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3", "-quiet"),
+            *("-ciphersuites", suites, "-CAfile", str(ca_cert_path(pki))),
+        ],
+        input="GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return result.stdout
 
 
 def test_missing_api_certificate_is_one_clear_error(

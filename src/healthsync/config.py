@@ -95,10 +95,12 @@ class IngestSettings(BaseModel):
     """The device-facing TCP server."""
 
     # The plaintext listener: loopback only (demos, local bash devices) unless
-    # plain_allow_remote says otherwise, since everything on it travels in clear.
+    # plain_allow_remote says otherwise, since everything on it travels in clear,
+    # unauthenticated. Unset, `healthsync up` (the demo) opens it and `healthsync
+    # ingest` on its own (a production deployment) does not; true or false decides.
     host: str = "127.0.0.1"
     port: int = Field(7000, ge=0, le=65535)
-    plain_enabled: bool = True
+    plain_enabled: bool | None = None
     plain_allow_remote: bool = False
     # The TLS listener, with the certificates from `tls.dir`. Devices elsewhere
     # on the network connect here: set tls_host to 0.0.0.0 (or an interface).
@@ -178,6 +180,14 @@ class ApiSettings(BaseModel):
     port: int = Field(8000, ge=0, le=65535)
     # HTTPS with the `api` certificate from `tls.dir` (TLS 1.3 unless tls.min_version).
     tls_enabled: bool = True
+    # The URL clients reach the API at (scheme://host[:port]); links in answers are built
+    # from it, never from the request's Host header. Default: the listening address.
+    base_url: str | None = None
+    # Larger request bodies are answered 413 before anything reads them.
+    max_body_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
+    # Addresses of reverse proxies whose X-Forwarded-For is recorded in the audit (next to
+    # the peer address, never instead of it). Empty: forwarding headers are ignored.
+    trusted_proxies: list[str] = Field(default_factory=list)
 
 
 ASYMMETRIC_JWT_ALGORITHMS = frozenset(
@@ -202,6 +212,14 @@ class AuthSettings(BaseModel):
     # Asymmetric algorithms only: a shared secret would let every verifier mint tokens.
     jwt_algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"], min_length=1)
     jwt_leeway_s: float = Field(30.0, ge=0, le=300)
+    # The header `typ`s accepted (RFC 9068 access tokens), so that an OpenID Connect ID
+    # token issued for the same audience is not taken as an access token.
+    jwt_types: list[str] = Field(
+        default_factory=lambda: ["at+jwt", "application/at+jwt"], min_length=1
+    )
+    # The longest lifetime a token may have (exp - iat, or exp - now): a stolen
+    # long-lived token would outlive any revocation.
+    jwt_max_lifetime_s: float = Field(3600.0, gt=0, le=86400)
     # API keys for services, stored hashed (see `healthsync apikey`); the file must be 0600.
     api_keys_file: Path | None = None
     # Audit sinks: an append-only JSON lines file and/or the Redis stream {prefix}:audit.

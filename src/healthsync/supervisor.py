@@ -28,6 +28,7 @@ from healthsync.errors import ConfigError
 from healthsync.kafka import ensure_topics
 from healthsync.security.certs import ca_cert_path, init_pki, pki_exists, service_paths
 from healthsync.security.codec import ensure_keyring
+from healthsync.security.tls import openssl_conf_env
 from healthsync.stack import (
     EmbeddedStack,
     ServerTls,
@@ -134,8 +135,12 @@ class Pipeline:
             # Like the certificates: the run dir's keyring, created on first start.
             settings.crypto.keyring_file = (self.run_dir / "keyring.json").resolve()
         ensure_keyring(settings.crypto)
+        if settings.ingest.plain_enabled is None:
+            settings.ingest.plain_enabled = True  # the demo's netcat port, on loopback
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
         self.env.update(settings.to_env())
+        if "OPENSSL_CONF" not in self.env:  # an operator's own OpenSSL configuration wins
+            self.env.update(openssl_conf_env(self.run_dir))
         for name in stages:
             self.start_child(name)
         if "ingest" in stages:

@@ -378,12 +378,21 @@ def _json_pairs(text: str) -> list[tuple[str, object]]:
 # --- parse ----------------------------------------------------------------
 
 
-def parse_line(line: bytes, received_at: float, *, max_line_bytes: int = MAX_LINE_BYTES) -> Reading:
-    """Parse one protocol line into a validated reading, or raise :class:`WireError`."""
+def parse_line(
+    line: bytes,
+    received_at: float,
+    *,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    id_key: bytes | None = None,
+) -> Reading:
+    """Parse one protocol line into a validated reading, or raise :class:`WireError`.
+
+    `id_key` keys the reading id (see :func:`reading_id_for`).
+    """
     fields = _Fields(received_at)
     for raw_key, value in _line_pairs(_line_text(line, max_line_bytes)):
         fields.add(raw_key, value)
-    return fields.reading()
+    return fields.reading(id_key)
 
 
 def _line_text(line: bytes, max_line_bytes: int) -> str:
@@ -468,7 +477,7 @@ class _Fields:
         else:
             self.patient[canonical] = _patient_field(canonical, value, self.received_at)
 
-    def reading(self) -> Reading:
+    def reading(self, id_key: bytes | None = None) -> Reading:
         device_id = self.ids.get("device_id")
         patient_id = self.ids.get("patient_id")
         if device_id is None or patient_id is None:
@@ -483,7 +492,7 @@ class _Fields:
                 "out_of_range", f"bp_sys {systolic:g} must be above bp_dia {diastolic:g}"
             )
         return Reading(
-            reading_id=reading_id_for(device_id, self.seq, round(self.ts * 1000)),
+            reading_id=reading_id_for(device_id, self.seq, round(self.ts * 1000), key=id_key),
             device_id=device_id,
             patient_id=patient_id,
             ts=self.ts,

@@ -56,7 +56,13 @@ def build_processor(settings: Settings) -> Processor:
         rules,
         News2Scores(state.load_observed, cfg.news2_freshness_s, scale_for=rules.scale_for),
         # After NEWS2: it alerts on the scores too.
-        AnomalyEngine(settings.anomaly, rules, state.load_states, state.load_open_alerts),
+        AnomalyEngine(
+            settings.anomaly,
+            rules,
+            state.load_states,
+            state.load_open_alerts,
+            id_key=codec.id_key,
+        ),
         # Last: it turns the readings, scores and alert events into FHIR resources.
         FhirResources(settings.fhir.mrn_system, fhir_store.load),
     ]

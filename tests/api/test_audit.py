@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -26,10 +27,12 @@ from pydantic import ValidationError
 from redis import Redis
 
 from healthsync.api.app import create_app
-from healthsync.config import Settings
+from healthsync.config import CryptoSettings, Settings
 from healthsync.errors import ConfigError
+from healthsync.security.codec import Codec
+from healthsync.security.crypto import Keyring
 from healthsync.stack import Service
-from tests.api.test_auth import seed
+from tests.api.test_auth import ALERT_ID, seed
 from tests.conftest import Credentials, make_settings
 
 
@@ -183,6 +186,70 @@ def test_keys_from_a_jwks_url(seeded: tuple[Settings, Redis], credentials: Crede
         server.server_close()
 
 
+class _SilentIdp:
+    """A JWKS endpoint that accepts connections and never answers (a stuck identity provider)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.held.append(connection)
+
+    def close(self) -> None:
+        self.listener.close()
+        for connection in self.held:
+            connection.close()
+
+
+def test_a_stuck_identity_provider_does_not_hold_up_audited_reads(
+    seeded: tuple[Settings, Redis], credentials: Credentials
+) -> None:
+    settings, _client = seeded
+    idp = _SilentIdp()
+    settings.auth.jwks_url = f"http://127.0.0.1:{idp.port}/jwks.json"
+    settings.auth.jwks_file = None
+    api_key = {"Authorization": f"Bearer {credentials.api_keys['clinician']}"}
+
+    async def run() -> tuple[int, list[bool], set[int]]:
+        app = create_app(settings)
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://hs", timeout=60) as c,
+        ):
+            jwt_reads = [
+                asyncio.create_task(c.get(READS[0], headers={"Authorization": f"Bearer {token}"}))
+                for token in [credentials.token(algorithm="ES256")] * 16
+            ]
+            while not idp.held:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)  # let every JWT read reach its key fetch
+            # An API-key read is audited to the file through a worker thread: it must not
+            # queue behind key fetches that wait for the identity provider.
+            answered = await c.get(READS[0], headers=api_key)
+            pending = [not task.done() for task in jwt_reads]
+            idp.close()
+            gave_up = {(await task).status_code for task in jwt_reads}
+            return answered.status_code, pending, gave_up
+
+    try:
+        status, pending, gave_up = asyncio.run(run())
+    finally:
+        idp.close()
+    assert status == 200
+    assert all(pending), "the audited read was answered only after key fetches gave up"
+    assert gave_up == {503}, "an identity provider that hangs up is unavailable, not an error"
+
+
 def test_api_keys_are_created_listed_and_revoked_from_the_command_line(
     seeded: tuple[Settings, Redis], tmp_path: Path
 ) -> None:
@@ -233,3 +300,62 @@ def test_api_keys_are_created_listed_and_revoked_from_the_command_line(
 
     assert asyncio.run(revoke_while_running()) == (200, 401)
     assert cli("revoke", "ward-board").returncode == 1
+
+
+def test_a_trusted_proxy_s_forwarded_address_is_recorded_next_to_the_peer(
+    seeded: tuple[Settings, Redis], credentials: Credentials
+) -> None:
+    settings, _client = seeded
+    settings.api.trusted_proxies = ["127.0.0.1"]
+
+    async def run() -> int:
+        app = create_app(settings)
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        headers = {"Authorization": f"Bearer {credentials.token(sub='dr-proxied')}"}
+        headers["X-Forwarded-For"] = "10.66.66.66"
+        async with (
+            app.router.lifespan_context(app),  # closes the app's Redis client at the end
+            httpx.AsyncClient(transport=transport, base_url="http://hs") as c,
+        ):
+            return (await c.get(READS[0], headers=headers)).status_code
+
+    assert asyncio.run(run()) == 200
+    assert settings.auth.audit_log_file is not None
+    records = [json.loads(line) for line in settings.auth.audit_log_file.read_text().splitlines()]
+    [record] = [r for r in records if r["actor"] == "dr-proxied"]
+    assert (record["client"], record["forwarded_for"]) == ("127.0.0.1", "10.66.66.66")
+
+
+def test_an_unreadable_entry_is_skipped_and_counted_not_a_500(
+    seeded: tuple[Settings, Redis], credentials: Credentials, tmp_path: Path
+) -> None:
+    """One value sealed with a key this API does not have must not take the lists down."""
+    settings, client = seeded
+    foreign = tmp_path / "foreign.json"
+    Keyring.generate().save(foreign)
+    stranger = Codec.from_settings(
+        settings.model_copy(update={"crypto": CryptoSettings(keyring_file=foreign)})
+    )
+    keys = Codec.from_settings(settings).keys
+    # P-AUTH-2's latest vitals and NEWS2 score, and the open alert of P-AUTH-1.
+    latest = keys.latest("P-AUTH-2")
+    client.hset(latest, "heart_rate", stranger.seal(b"{}", Codec.field(latest, "heart_rate")))
+    tag = keys.patient("P-AUTH-2")
+    client.hset(keys.news2, tag, stranger.seal(b"{}", Codec.field(keys.news2, tag)))
+    alert = keys.alert(ALERT_ID)
+    client.set(alert, stranger.seal(b"{}", alert))
+
+    patients, summary, alerts, metrics = call(
+        settings,
+        credentials.api_keys["clinician"],
+        "/v1/patients",
+        "/v1/summary",
+        "/v1/alerts?status=all",
+        "/metrics",
+    )
+    assert patients.status_code == 200, patients.text
+    assert [p["patient_id"] for p in patients.json()["patients"]] == ["P-AUTH-1"]
+    assert summary.status_code == 200, summary.text
+    assert summary.json()["open_alerts"]["total"] == 0
+    assert alerts.status_code == 200 and alerts.json()["alerts"] == []
+    assert "healthsync_api_unreadable_total 4.0" in metrics.text, metrics.text

@@ -42,6 +42,7 @@ from healthsync.store.live import RedisLiveSink
 from healthsync.store.records import Records
 from healthsync.supervisor import Pipeline
 from tests.conftest import AUDIENCE, ISSUER, Credentials, make_settings
+from tests.test_cli import run_cli
 
 ALERT_ID = "a1b2c3"
 # Every route that serves patient data or changes it, as (method, path).
@@ -110,7 +111,9 @@ class AuthApi:
     logs: Path
 
     def call(self, method: str, path: str, token: str | None = None, **kw: Any) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        headers = dict(kw.pop("headers", {}))
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
         return self.http.request(method, path, headers=headers, **kw)
 
     def get(self, path: str, token: str | None = None, **kw: Any) -> httpx.Response:
@@ -222,9 +225,26 @@ def _bad_tokens(credentials: Credentials) -> dict[str, str]:
             _claims(), credentials.ec_key, algorithm="ES256"
         ),
         "tampered payload": _tamper(credentials.token(roles=["viewer"])),
+        # An OpenID Connect ID token for the same audience is no access token.
+        "ID token (typ JWT)": jwt.encode(_claims(), credentials.rsa_key, algorithm="RS256"),
+        "no typ": jwt.encode(
+            _claims(), credentials.rsa_key, algorithm="RS256", headers={"typ": None}
+        ),
+        "a year's lifetime": credentials.token(exp=int(time.time()) + 365 * 86400),
+        "issued a year before it expires": credentials.token(
+            iat=int(time.time()) - 365 * 86400 + 120
+        ),
         "not a JWT": "hello",
         "unknown API key": "hsk_" + uuid.uuid4().hex,
     }
+
+
+def test_a_bad_jwks_url_is_a_configuration_error(settings: Settings) -> None:
+    settings.auth.jwks_url = "idp.example/jwks.json"
+    result = run_cli(settings, "api")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "jwks_url" in result.stderr and "https://" in result.stderr
 
 
 def _tamper(token: str) -> str:
@@ -306,38 +326,71 @@ def test_device_admins_read_devices_but_no_patient_data(
 
 
 @pytest.mark.parametrize(
-    ("scope", "allowed", "refused"),
+    ("roles", "scope", "allowed", "refused"),
     [
         (
+            ["clinician"],
             "user/Observation.read",
             ["/fhir/Observation?patient=P-AUTH-1", "/v1/patients/P-AUTH-1/vitals", "/v1/summary"],
             ["/fhir/Patient/P-AUTH-1", "/v1/alerts", "/v1/patients"],
         ),
+        # A backend service (no user, so no roles) reads with system/ scopes.
         (
+            None,
             "system/*.rs",
             ["/fhir/Patient/P-AUTH-1", "/v1/alerts", "/v1/patients", "/fhir/Flag"],
             [],
         ),
         (
+            ["clinician"],
             "user/Patient.read user/Flag.read",
             ["/fhir/Patient/P-AUTH-1", "/fhir/Flag"],
             ["/fhir/Observation"],
         ),
-        # Patient-context scopes need a per-patient filter this API does not have: refused.
-        ("patient/*.read", [], ["/fhir/Observation?patient=P-AUTH-1", "/v1/summary"]),
-        ("openid profile", [], ["/fhir/Observation", "/v1/summary"]),
+        # Scopes narrow a role, never widen it: a viewer stays on the aggregates.
+        (["viewer"], "user/*.read", ["/v1/summary"], ["/fhir/Observation", "/v1/patients"]),
+        # A single-patient launch scope: no per-patient filter here, so nothing at all.
+        (
+            ["clinician"],
+            "patient/Observation.read",
+            [],
+            ["/fhir/Observation?patient=P-AUTH-1", "/v1/patients", "/v1/summary"],
+        ),
+        (None, "patient/*.read", [], ["/fhir/Observation?patient=P-AUTH-1", "/v1/summary"]),
+        # system/ scopes belong to tokens without a user; on a user's token they grant nothing.
+        (["clinician"], "system/*.rs", [], ["/fhir/Observation", "/v1/patients", "/v1/summary"]),
+        # user/ scopes need a user's role to narrow.
+        (None, "user/*.read", [], ["/fhir/Observation", "/v1/summary"]),
+        (None, "openid profile", [], ["/fhir/Observation", "/v1/summary"]),
     ],
 )
-def test_smart_scopes_grant_reads_per_resource_type(
-    served: AuthApi, credentials: Credentials, scope: str, allowed: list[str], refused: list[str]
+def test_smart_scopes_narrow_what_the_role_allows(
+    served: AuthApi,
+    credentials: Credentials,
+    roles: list[str] | None,
+    scope: str,
+    allowed: list[str],
+    refused: list[str],
 ) -> None:
-    token = credentials.token(sub="smart-app", roles=None, scope=scope)
+    token = credentials.token(sub="smart-app", roles=roles, scope=scope)
     for path in allowed:
         assert served.get(path, token).status_code == 200, (scope, path)
     for path in refused:
         assert served.get(path, token).status_code == 403, (scope, path)
     # Acknowledging needs a write scope.
     assert served.call("POST", f"/v1/alerts/{ALERT_ID}/ack", token).status_code == 403
+
+
+def test_a_clinician_token_with_write_scopes_acknowledges(
+    served: AuthApi, credentials: Credentials
+) -> None:
+    token = credentials.token(sub="dr-scoped", scope="user/Communication.read user/Flag.write")
+    # Reading alerts needs Communication and Flag; Flag.write is not a read of Flag.
+    assert served.get("/v1/alerts", token).status_code == 403
+    assert served.call("POST", f"/v1/alerts/{ALERT_ID}/ack", token).status_code == 200
+    # OpenID scopes are no SMART resource scopes: with only those, the role alone counts.
+    openid = credentials.token(sub="dr-openid", scope="openid profile")
+    assert served.get("/v1/patients", openid).status_code == 200
 
 
 # --- the audit log ----------------------------------------------------------------------

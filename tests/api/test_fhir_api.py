@@ -679,8 +679,8 @@ def test_fhirclient_reads_back_the_readings_sent_over_tcp(
         settings={"app_id": "healthsync-test", "api_base": f"http://{api.host}:{api.port}/fhir/"}
     )
     # A SMART app would get a token from the EHR's authorization server; this one is signed
-    # by the test identity provider, with a SMART scope instead of a role.
-    token = credentials.token(sub="smart-app", roles=None, scope="user/*.read launch")
+    # by the test identity provider: a clinician's token, narrowed by a SMART scope.
+    token = credentials.token(sub="smart-app", roles=["clinician"], scope="user/*.read launch")
     client.server.session.headers["Authorization"] = f"Bearer {token}"
     try:
         capability = client.server.capabilityStatement

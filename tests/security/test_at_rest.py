@@ -19,6 +19,8 @@ from confluent_kafka import TopicPartition
 from redis import Redis
 
 from healthsync.config import CryptoSettings, Settings
+from healthsync.domain.alerts import alert_id_for
+from healthsync.domain.readings import reading_id_for
 from healthsync.kafka import make_consumer, make_producer
 from healthsync.security import codec as roles
 from healthsync.security.codec import Codec
@@ -34,6 +36,8 @@ ADMIT = (
     f"device_id=mon-41 patient_id={PATIENT} seq=1 hr=128 spo2=86% temp=38.73 rr=26"
     ' name="Grace Hopper" mrn=MRN-558211 phone="+1 555 0100"'
 ).encode()
+# Reading ids as anyone could compute them without the keyring (device and seq guessed).
+UNKEYED_READING_IDS = [reading_id_for("mon-41", seq, 0).encode() for seq in (1, 2, 3, 4)]
 # Rejected (out of range): kept whole on the dead-letter topic, PHI included.
 BAD = f'device_id=mon-41 patient_id={PATIENT} name="Grace Hopper" temp=38.73 hr=999'.encode()
 
@@ -125,7 +129,7 @@ def _drain(consumer: Any, blobs: list[bytes], ends: dict[int, int], done: set[in
 
 def run_and_scan(
     settings: Settings, tmp_path: Path, headers: dict[str, str]
-) -> tuple[list[bytes], dict[str, list[bytes]]]:
+) -> tuple[list[bytes], dict[str, list[bytes]], list[dict[str, Any]]]:
     pipeline = Pipeline(settings, tmp_path)
     pipeline.start()
     client = Redis.from_url(str(settings.redis.url))
@@ -159,7 +163,7 @@ def run_and_scan(
         assert ack.status_code == 200, ack.text
         patient = api.get(f"/fhir/Patient/{PATIENT}")
         assert patient.status_code == 200 and patient.json()["name"] == [{"text": "Grace Hopper"}]
-        return redis_blobs(client, settings.redis.prefix), topic_blobs(settings)
+        return redis_blobs(client, settings.redis.prefix), topic_blobs(settings), alerts
     finally:
         api.close()
         device.close()
@@ -177,16 +181,24 @@ def test_no_phi_in_clear_in_redis_or_on_any_topic(
     credentials: Credentials,
 ) -> None:
     settings = make_settings(broker, redis_server, crypto={"enabled": encrypted})
-    in_redis, on_topics = run_and_scan(settings, tmp_path, credentials.headers())
+    in_redis, on_topics, alerts = run_and_scan(settings, tmp_path, credentials.headers())
     assert len(in_redis) > 30 and all(on_topics.values()), "the run stored and produced data"
     everything = [*in_redis, *(b for blobs in on_topics.values() for b in blobs)]
     found = {needle for needle in NEEDLES for blob in everything if needle in blob}
+    guessed = {rid for rid in UNKEYED_READING_IDS for blob in everything if rid in blob}
+    # An alert id recomputed from the patient id, kind and reading id, with no key.
+    recomputed = [
+        alert_id_for(PATIENT, a["kind"], a["reading_id"]) == a["alert_id"] for a in alerts
+    ]
     if encrypted:
+        assert guessed == set(), "reading ids recomputed without the key are stored"
+        assert not any(recomputed), "alert ids recomputed without the key match"
         where = [blob[:120] for blob in everything if any(n in blob for n in NEEDLES)]
         assert found == set(), f"PHI in clear: {sorted(found)} in {where[:3]}"
     else:
         # Without encryption the same scan finds every identifier and vital.
         assert found == set(NEEDLES)
+        assert guessed == set(UNKEYED_READING_IDS) and all(recomputed)
         assert any(PATIENT.encode() in key for key in on_topics[settings.kafka.vitals_topic])
 
 
@@ -238,9 +250,10 @@ def test_rotation_keeps_old_data_readable_until_its_key_is_retired(
         wait_for(lambda: _answers(settings), what="the restarted API")
         old = latest("P-OLD")
         assert old.status_code == 500
-        assert old.json()["error"]["message"] == (
-            "stored data cannot be decrypted: key 'k1' was retired; its data is no longer readable"
-        )
+        # The client learns that, not which key: key ids are for the operator's log.
+        assert old.json()["error"]["message"] == "stored data cannot be decrypted"
+        log_text = (pipeline.logs / "api.log").read_text()
+        assert "key 'k1' was retired; its data is no longer readable" in log_text
         assert latest("P-NEW").json()["vitals"]["heart_rate"]["value"] == 72
     finally:
         api.close()

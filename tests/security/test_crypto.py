@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV
 from moto.server import ThreadedMotoServer
 
 from healthsync.cli import main
@@ -101,8 +104,14 @@ def test_codec_with_encryption_off_refuses_sealed_values(tmp_path: Path) -> None
 
 
 def test_keys_command_creates_rotates_and_retires(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # retire first checks that Redis holds nothing the key sealed: this test's prefix is empty.
+    monkeypatch.setenv("HEALTHSYNC_REDIS_URL", str(settings.redis.url))
+    monkeypatch.setenv("HEALTHSYNC_REDIS_PREFIX", settings.redis.prefix)
     path = tmp_path / "run" / "keyring.json"
     assert main(["keys", "init", "--keyring", str(path)]) == 0
     assert path.stat().st_mode & 0o777 == 0o600
@@ -167,3 +176,39 @@ def test_kms_data_keys_are_stored_only_encrypted(
     settings.crypto.kms_key_id = None
     with pytest.raises(KeyringError, match="keys come from KMS, but KMS is not configured"):
         Codec.from_settings(settings)
+
+
+def _v1_seal(key: bytes, plaintext: bytes, aad: bytes, key_id: bytes = b"k1") -> bytes:
+    """A value as the first format sealed it: AES-256-GCM, version byte 0x01."""
+    nonce = os.urandom(12)
+    header = b"\xa5\x01" + bytes([len(key_id)]) + key_id
+    return header + nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def test_values_are_sealed_with_aes_gcm_siv_and_old_ones_stay_readable(tmp_path: Path) -> None:
+    ring = Keyring.load(saved(tmp_path))
+    cipher = Cipher(ring)
+    sealed = cipher.seal(PHI, b"hs:latest:x")
+    assert sealed[:2] == b"\xa5\x02", "the format that names AES-GCM-SIV"
+    assert cipher.seal(PHI, b"hs:latest:x") == sealed, "still deterministic: replays stay put"
+    assert cipher.open(sealed, b"hs:latest:x") == PHI
+    # Not the data key itself: AES-GCM or AES-GCM-SIV under the raw key opens nothing.
+    nonce, body = sealed[5:17], sealed[17:]
+    for aead in (AESGCM(ring.keys["k1"]), AESGCMSIV(ring.keys["k1"])):
+        with pytest.raises(InvalidTag):
+            aead.decrypt(nonce, body, b"hs:latest:x")
+
+    old = _v1_seal(ring.keys["k1"], PHI, b"hs:latest:x")
+    assert cipher.open(old, b"hs:latest:x") == PHI
+    with pytest.raises(DecryptError, match="authentication failed"):
+        cipher.open(old, b"hs:latest:y")
+    with pytest.raises(DecryptError, match="format 0x07"):
+        cipher.open(b"\xa5\x07" + sealed[2:], b"hs:latest:x")
+
+
+def test_seals_are_counted_per_key(tmp_path: Path) -> None:
+    ring = Keyring.load(saved(tmp_path))
+    cipher = Cipher(ring)
+    for n in range(5):
+        cipher.seal(PHI, f"hs:latest:{n}".encode())
+    assert cipher.seals == {"k1": 5}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -106,13 +107,13 @@ def test_tls13_with_aes256_gcm_and_the_device_identity(pki: Path, serve: list[Tl
     assert talk(server, device(pki, "mon-0001")) == "TLSv1.3 TLS_AES_256_GCM_SHA384 mon-0001"
 
 
-def test_tls13_client_without_aes256_is_refused(pki: Path, serve: list[TlsServer]) -> None:
-    server = start(serve, pki)
-    cert, key = issue_device(pki, "mon-0001")
+def s_client(port: int, pki: Path, suites: str) -> str:
+    """What `openssl s_client` offering only `suites` under TLS 1.3 heard from the server."""
+    cert, key = pki / "devices" / "mon-0001.crt", pki / "devices" / "mon-0001.key"
     result = subprocess.run(
         [
-            *("openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-tls1_3"),
-            *("-ciphersuites", "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256"),
+            *("openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3", "-ign_eof"),
+            *("-ciphersuites", suites),
             *("-cert", str(cert), "-key", str(key), "-CAfile", str(pki / "ca.crt")),
         ],
         input="",
@@ -120,9 +121,34 @@ def test_tls13_client_without_aes256_is_refused(pki: Path, serve: list[TlsServer
         text=True,
         timeout=30,
     )
-    assert result.returncode != 0
-    assert "handshake failure" in result.stderr, result.stderr
-    assert "TLS_AES_256_GCM_SHA384" not in result.stdout
+    return result.stdout
+
+
+def test_tls13_client_without_aes256_is_refused(pki: Path, serve: list[TlsServer]) -> None:
+    server = start(serve, pki)
+    issue_device(pki, "mon-0001")
+    # Python here may not limit a context's TLS 1.3 suites; the server then refuses the
+    # connection right after the handshake, before anything is served.
+    heard = s_client(server.port, pki, "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256")
+    assert "mon-0001" not in heard.replace("CN = mon-0001", "")
+    assert "TLSv1.3 TLS_AES_256_GCM_SHA384 mon-0001" in s_client(
+        server.port, pki, "TLS_AES_256_GCM_SHA384"
+    )
+
+
+def test_tls_never_reaches_into_the_interpreters_memory(pki: Path) -> None:
+    """No ctypes write into CPython's SSLContext: it corrupts memory on other builds."""
+    probe = (
+        "import sys; from pathlib import Path; from healthsync.config import Settings; "
+        "from healthsync.security.tls import server_context, client_context; "
+        f"s = Settings(tls={{'dir': Path({str(pki)!r})}}); "
+        "server_context(s, 'ingest', client_certs='required'); client_context(s); "
+        "print('ctypes' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "False"
 
 
 def test_tls12_is_refused_by_default(pki: Path, serve: list[TlsServer]) -> None:
@@ -183,11 +209,12 @@ def test_missing_certificates_are_a_clear_error(tmp_path: Path) -> None:
         server_context(Settings(tls={"dir": tmp_path}), "ingest")
 
 
-def test_device_identity_prefers_the_uri_san() -> None:
+def test_device_identity_is_the_uri_san_only() -> None:
     uri = ("URI", "urn:healthsync:device:mon-uri")
     cn = ((("commonName", "mon-cn"),),)
     assert device_identity({"subject": cn, "subjectAltName": (uri,)}) == "mon-uri"
-    assert device_identity({"subject": cn, "subjectAltName": (("DNS", "x"),)}) == "mon-cn"
+    # A CN alone is what every service certificate of the same CA has too.
+    assert device_identity({"subject": cn, "subjectAltName": (("DNS", "x"),)}) is None
     assert device_identity({"subject": ((("organizationName", "Ward 3"),),)}) is None
 
 

@@ -19,11 +19,13 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from healthsync import __version__
+from healthsync.api import middleware
 from healthsync.api.audit import AuditLog
 from healthsync.api.auth import Authenticator, Guard
 from healthsync.api.errors import install_error_handlers
 from healthsync.api.routes import alerts, fhir, health, patients, rules, summary
 from healthsync.api.services import ApiServices
+from healthsync.api.unreadable import unreadable_counter
 from healthsync.config import Settings
 from healthsync.errors import ConfigError
 from healthsync.metrics import PipelineCollector
@@ -47,6 +49,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
     services: ApiServices = app.state.services
     await services.redis.aclose()
+    services.outbound.close()
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -58,7 +61,13 @@ def create_app(settings: Settings) -> FastAPI:
     registry = CollectorRegistry()
     collector = PipelineCollector()
     registry.register(collector)
-    guard = Guard(Authenticator(settings.auth), AuditLog(settings.auth, redis, codec), registry)
+    authenticator = Authenticator(settings.auth)
+    guard = Guard(
+        authenticator,
+        AuditLog(settings.auth, redis, codec),
+        registry,
+        frozenset(settings.api.trusted_proxies),
+    )
 
     app = FastAPI(
         title="HealthSync",
@@ -70,12 +79,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.services = ApiServices(
         settings=settings,
         redis=redis,
-        reader=LiveReader(redis, records),
+        reader=LiveReader(redis, records, unreadable_counter(registry)),
         fhir=FhirReader(redis, records),
         collector=collector,
         registry=registry,
         started=time.time(),
+        outbound=authenticator.outbound,
     )
+    middleware.install(app, settings.api)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -42,13 +42,15 @@ class AuditRecord:
     actor: str  # the token's subject, or apikey:NAME
     auth: str  # "jwt" or "api-key"
     roles: tuple[str, ...]
-    client: str  # the caller's address
+    client: str  # the peer's address: the caller, or a proxy in front of it
     action: str  # "read", "search" or "acknowledge"
     method: str
     route: str  # the route template, e.g. /v1/patients/{patient_id}/vitals
     path: str  # the path and query as requested
     patients: tuple[str, ...]  # every patient whose data the answer holds
     resource: str | None = None  # the FHIR type, or the alert id acknowledged
+    # X-Forwarded-For as a trusted proxy (api.trusted_proxies) passed it on; else None.
+    forwarded_for: str | None = None
     ts: float = field(default_factory=time.time)
 
     def to_json(self) -> bytes:
@@ -66,6 +68,8 @@ class AuditRecord:
         }
         if self.resource is not None:
             doc["resource"] = self.resource
+        if self.forwarded_for is not None:
+            doc["forwarded_for"] = self.forwarded_for
         return orjson.dumps(doc)
 
 

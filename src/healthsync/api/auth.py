@@ -6,7 +6,9 @@ documents carries ``Authorization: Bearer <token>``, where the token is either
 - a JWT from the configured identity provider: signed with RS256/ES256 (or the
   configured public-key algorithms), verified against a PEM public key, a JWKS
   file or a JWKS URL; ``exp``, ``iss``, ``aud`` and ``sub`` are required and
-  checked; roles come from the ``roles`` claim, SMART scopes from ``scope``; or
+  checked, the header's ``typ`` must be ``at+jwt`` (RFC 9068: an ID token is
+  not an access token) and the lifetime at most ``auth.jwt_max_lifetime_s``;
+  roles come from the ``roles`` claim, SMART scopes from ``scope``; or
 - an API key (``hsk_...``) from the keys file, with the role it was created with.
 
 A route declares what it needs with one of :class:`Guard`'s dependencies; the
@@ -18,11 +20,13 @@ before it answers.
 
 from __future__ import annotations
 
-import asyncio
+import http.client
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, NoReturn
+from urllib.parse import urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -32,6 +36,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from healthsync.api.apikeys import KEY_PREFIX, ApiKeyError, ApiKeyStore
 from healthsync.api.audit import AuditLog, AuditRecord, AuditUnavailableError
+from healthsync.api.outbound import Outbound
 from healthsync.api.permissions import Grants, grants_for
 from healthsync.config import AuthSettings
 from healthsync.errors import ConfigError
@@ -70,7 +75,8 @@ def _invalid(description: str, reason: str = "invalid_token") -> AuthError:
 class JwtVerifier:
     """Verifies JWTs against the identity provider's public keys."""
 
-    def __init__(self, settings: AuthSettings) -> None:
+    def __init__(self, settings: AuthSettings, outbound: Outbound) -> None:
+        self.outbound = outbound
         sources = [settings.jwt_public_key_file, settings.jwks_file, settings.jwks_url]
         if settings.jwt_audience is None or not any(s is not None for s in sources):
             raise ConfigError(
@@ -81,6 +87,8 @@ class JwtVerifier:
         self.audience = settings.jwt_audience
         self.algorithms = list(settings.jwt_algorithms)
         self.leeway = settings.jwt_leeway_s
+        self.types = {t.lower() for t in settings.jwt_types}
+        self.max_lifetime = settings.jwt_max_lifetime_s
         self.pem_key: Any = None
         self.jwks: jwt.PyJWKSet | None = None
         self.jwks_client: jwt.PyJWKClient | None = None
@@ -92,7 +100,12 @@ class JwtVerifier:
         except (OSError, ValueError, jwt.PyJWTError) as exc:
             raise ConfigError(f"cannot load the JWT verification keys: {exc}") from None
         if settings.jwks_url is not None:
-            self.jwks_client = jwt.PyJWKClient(settings.jwks_url, lifespan=300, timeout=5)
+            try:
+                self.jwks_client = jwt.PyJWKClient(
+                    _jwks_url(settings.jwks_url), lifespan=300, timeout=5
+                )
+            except jwt.PyJWKClientError as exc:
+                raise ConfigError(f"auth.jwks_url: {exc}") from None
 
     async def verify(self, token: str) -> dict[str, Any]:
         try:
@@ -104,6 +117,9 @@ class JwtVerifier:
             raise _invalid(
                 f"algorithm {algorithm!r} is not accepted; expected {', '.join(self.algorithms)}"
             )
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in self.types:
+            raise _invalid(f"token type {typ!r} is not an access token ({', '.join(self.types)})")
         kid = header.get("kid")
         key = await self._key(kid if isinstance(kid, str) else None)
         try:
@@ -123,7 +139,14 @@ class JwtVerifier:
             raise _invalid(f"no {algorithm} key to verify this token with") from None
         if not isinstance(claims["sub"], str) or not claims["sub"]:
             raise _invalid("the sub claim must be a non-empty string")
+        self._check_lifetime(claims)
         return claims
+
+    def _check_lifetime(self, claims: dict[str, Any]) -> None:
+        issued = claims.get("iat")
+        start = issued if isinstance(issued, int | float) else time.time()
+        if float(claims["exp"]) - float(start) > self.max_lifetime + self.leeway:
+            raise _invalid(f"the token lives longer than {self.max_lifetime:.0f} s")
 
     async def _key(self, kid: str | None) -> Any:
         if kid is not None and self.jwks is not None:
@@ -147,9 +170,10 @@ class JwtVerifier:
         assert client is not None
         try:
             if kid is not None:
-                return (await asyncio.to_thread(client.get_signing_key, kid)).key
-            keys = await asyncio.to_thread(client.get_signing_keys)
-        except jwt.PyJWKClientConnectionError as exc:
+                return (await self.outbound.run(client.get_signing_key, kid)).key
+            keys = await self.outbound.run(client.get_signing_keys)
+        except (jwt.PyJWKClientConnectionError, OSError, http.client.HTTPException) as exc:
+            # PyJWT wraps only some network errors; a dropped connection arrives bare.
             description = f"the identity provider's keys cannot be fetched: {exc}"
             raise AuthError(503, "jwks_unavailable", description) from None
         except jwt.PyJWKClientError as exc:
@@ -162,13 +186,14 @@ class JwtVerifier:
 class Authenticator:
     """Turns a bearer token into a Principal, or raises AuthError."""
 
-    def __init__(self, settings: AuthSettings) -> None:
+    def __init__(self, settings: AuthSettings, outbound: Outbound | None = None) -> None:
         if not settings.jwt_enabled and settings.api_keys_file is None:
             raise ConfigError(
                 "the API needs authentication: set HEALTHSYNC_AUTH_API_KEYS_FILE "
                 "(see `healthsync apikey`) and/or HEALTHSYNC_AUTH_JWT_ISSUER with its keys"
             )
-        self.jwt = JwtVerifier(settings) if settings.jwt_enabled else None
+        self.outbound = outbound or Outbound()
+        self.jwt = JwtVerifier(settings, self.outbound) if settings.jwt_enabled else None
         self.keys = ApiKeyStore(settings.api_keys_file) if settings.api_keys_file else None
         if self.keys is not None:
             try:
@@ -200,6 +225,18 @@ class Authenticator:
         return Principal(f"apikey:{key.name}", "api-key", roles, (), grants_for(roles, ()))
 
 
+def _jwks_url(url: str) -> str:
+    """The JWKS URL, which must be https (http only on a loopback address)."""
+    parts = urlsplit(url)
+    loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
+    if parts.hostname and (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+        return url
+    raise ConfigError(
+        f"auth.jwks_url {url!r} is not a URL to fetch keys from: use https://host/path "
+        "(http:// only on loopback)"
+    )
+
+
 def _strings(value: Any) -> tuple[str, ...]:
     """A claim holding a space-separated string or a list of strings."""
     if isinstance(value, str):
@@ -217,6 +254,7 @@ class Access:
     request: Request
     audit_log: AuditLog
     failures: Counter
+    trusted_proxies: frozenset[str] = frozenset()
 
     async def record(
         self, action: str, patients: Iterable[str], resource: str | None = None
@@ -225,17 +263,20 @@ class Access:
         request = self.request
         route = request.scope.get("route")
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        peer = request.client.host if request.client else "unknown"
+        forwarded = request.headers.get("x-forwarded-for")
         record = AuditRecord(
             actor=self.principal.subject,
             auth=self.principal.method,
             roles=self.principal.roles,
-            client=request.client.host if request.client else "unknown",
+            client=peer,
             action=action,
             method=request.method,
             route=getattr(route, "path", request.url.path),
             path=path,
             patients=tuple(sorted(set(patients))),
             resource=resource,
+            forwarded_for=forwarded[:256] if forwarded and peer in self.trusted_proxies else None,
         )
         try:
             await self.audit_log.write(record)
@@ -255,10 +296,15 @@ class Guard:
     """
 
     def __init__(
-        self, authenticator: Authenticator, audit_log: AuditLog, registry: CollectorRegistry
+        self,
+        authenticator: Authenticator,
+        audit_log: AuditLog,
+        registry: CollectorRegistry,
+        trusted_proxies: frozenset[str] = frozenset(),
     ) -> None:
         self.authenticator = authenticator
         self.audit_log = audit_log
+        self.trusted_proxies = trusted_proxies
         self.failures = Counter(
             "healthsync_api_refused",
             "API requests refused: authentication, authorisation or the audit log",
@@ -281,7 +327,7 @@ class Guard:
             self._refuse(request, exc)
         if not allowed(principal.grants):
             self._refuse(request, AuthError(403, "forbidden", f"this needs {need}"))
-        return Access(principal, request, self.audit_log, self.failures)
+        return Access(principal, request, self.audit_log, self.failures, self.trusted_proxies)
 
     def _refuse(self, request: Request, error: AuthError) -> NoReturn:
         self.failures.labels(reason=error.reason).inc()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 from fastapi import FastAPI, Request, Response
@@ -11,6 +12,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from healthsync.api import fhir
 from healthsync.security.crypto import DecryptError
+
+log = logging.getLogger(__name__)
 
 
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -26,8 +29,10 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
 
 
 async def _undecryptable(request: Request, exc: DecryptError) -> Response:
-    # Stored data this keyring cannot open: say so, never serve garbage.
-    message = f"stored data cannot be decrypted: {exc}"
+    # Stored data this keyring cannot open: say so, never serve garbage. Which key
+    # is missing is for the operator's log, not for clients.
+    log.error("stored data cannot be decrypted", extra={"error": str(exc)})
+    message = "stored data cannot be decrypted"
     if fhir.is_fhir_request(request):
         return fhir.error_response(500, message)
     return _error(500, message)

@@ -5,6 +5,12 @@ and/or SMART on FHIR scopes (``scope``). Both are turned into :class:`Grants`,
 the only thing routes look at, so adding a role or a scope is a change to the
 tables here, not to the routes.
 
+Scopes narrow, they never widen (:func:`grants_for`): a user's token with
+scopes gets what both its roles and its ``user/`` scopes allow; a token
+without a user (no roles: a backend service) gets what its ``system/`` scopes
+allow; a token with any ``patient/`` scope gets nothing, because the API has
+no filter to the launch context's one patient.
+
 Reads are per FHIR resource type, because that is how SMART scopes are
 written (``user/Observation.read``); the v1 routes name the FHIR types their
 answer is made of (the vitals are Observations, alerts are Communications and
@@ -22,7 +28,7 @@ ALL = "*"
 
 @dataclass(frozen=True, slots=True)
 class Grants:
-    """What a caller may do; the union of its roles' and scopes' grants."""
+    """What a caller may do."""
 
     # FHIR resource types the caller may read patient data of; "*" is every type.
     read: frozenset[str] = frozenset()
@@ -39,6 +45,19 @@ class Grants:
             read=self.read | other.read,
             acknowledge=self.acknowledge or other.acknowledge,
             summary=self.summary or other.summary,
+        )
+
+    def __and__(self, other: Grants) -> Grants:
+        if ALL in self.read:
+            read = other.read
+        elif ALL in other.read:
+            read = self.read
+        else:
+            read = self.read & other.read
+        return Grants(
+            read=read,
+            acknowledge=self.acknowledge and other.acknowledge,
+            summary=self.summary and other.summary,
         )
 
 
@@ -62,13 +81,12 @@ _V2_PERMS = re.compile(r"c?r?u?d?s?")
 
 
 def scope_grants(scope: str) -> Grants:
-    """The grants of one SMART scope; nothing for scopes this server does not honour.
+    """The grants of one SMART scope, before :func:`grants_for` narrows a role by it.
 
     - ``user/T.read``, ``system/T.read`` (and v2 ``.r``/``.s``/``.rs``): read type T
       (``*`` = every type); any read also allows the aggregates.
     - ``user/T.write`` (v2 ``.c``/``.u``) with T one of *, Communication, Flag: acknowledge alerts.
-    - ``patient/...`` scopes limit access to the patient of an EHR launch context; the
-      API has no such per-patient filter, so they grant nothing rather than everything.
+    - ``patient/...`` and scopes this server does not know grant nothing.
     """
     match = _SCOPE.fullmatch(scope)
     if match is None or match["context"] == "patient":
@@ -90,10 +108,29 @@ def scope_grants(scope: str) -> Grants:
 
 
 def grants_for(roles: Iterable[str], scopes: Iterable[str]) -> Grants:
-    """The union of what the roles (unknown ones ignored) and the scopes allow."""
-    total = Grants()
+    """What a token with these roles (unknown ones ignored) and SMART scopes may do.
+
+    Without SMART resource scopes (``openid profile`` and the like are not),
+    the union of the roles. With them, they narrow:
+
+    - any ``patient/`` scope: nothing (launch-context filtering does not exist yet);
+    - with roles (a user's token): the roles' grants limited to its ``user/`` scopes;
+    - without roles (no user): its ``system/`` scopes.
+    """
+    scopes = tuple(s for s in scopes if _SCOPE.fullmatch(s))
+    role_grants = Grants()
+    has_role = False
     for role in roles:
-        total |= ROLES.get(role, Grants())
-    for scope in scopes:
-        total |= scope_grants(scope)
-    return total
+        has_role = True
+        role_grants |= ROLES.get(role, Grants())
+    if not scopes:
+        return role_grants
+    contexts = [scope.split("/", 1)[0] for scope in scopes]
+    if "patient" in contexts:
+        return Grants()
+    wanted = "user" if has_role else "system"
+    scoped = Grants()
+    for scope, context in zip(scopes, contexts, strict=True):
+        if context == wanted:
+            scoped |= scope_grants(scope)
+    return role_grants & scoped if has_role else scoped

@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
+from healthsync.api.outbound import Outbound
 from healthsync.config import Settings
 from healthsync.metrics import PipelineCollector
 from healthsync.store.fhir_queries import FhirReader
@@ -30,6 +31,8 @@ class ApiServices:
     collector: PipelineCollector
     registry: CollectorRegistry
     started: float  # epoch seconds; the CapabilityStatement's publication date
+    # The bounded executor for blocking calls out (JWKS fetches, the broker check).
+    outbound: Outbound
 
 
 # Async, so FastAPI calls them inline rather than in its thread pool.

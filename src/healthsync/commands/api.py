@@ -38,6 +38,8 @@ def cmd_api(args: argparse.Namespace) -> int:
         port=settings.api.port,
         log_config=None,
         access_log=False,
+        # Forwarding headers are read by the audit, and only from api.trusted_proxies.
+        proxy_headers=False,
         ssl_context_factory=ssl_context_factory,
     )
     return 0

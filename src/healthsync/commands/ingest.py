@@ -28,9 +28,11 @@ def register(sub: Subparsers) -> None:
     ingest = sub.add_parser(
         "ingest",
         help="run the TCP ingest server (devices -> Kafka)",
-        description="Listen for devices on the plaintext port (loopback only unless "
-        "HEALTHSYNC_INGEST_PLAIN_ALLOW_REMOTE) and the TLS port (mutual TLS with the "
-        "certificates in tls.dir; see `healthsync certs`).",
+        description="Listen for devices on the TLS port (mutual TLS with the certificates "
+        "in tls.dir; see `healthsync certs`) and, only when HEALTHSYNC_INGEST_PLAIN_ENABLED="
+        "true, on the plaintext port (loopback only unless "
+        "HEALTHSYNC_INGEST_PLAIN_ALLOW_REMOTE). `healthsync up` opens the plaintext port "
+        "unless it is set to false.",
     )
     ingest.add_argument("--host", help="plaintext listen address (default 127.0.0.1)")
     ingest.add_argument("--port", type=int, help="plaintext listen port (default 7000)")

@@ -25,6 +25,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
             raise KeyringError(f"{path} exists already; rotate its key instead")
         ring = Keyring.generate(kms, crypto.kms_key_id)
         done = f"created {path} with active key {ring.active}"
+    elif args.action == "rewrap":
+        from healthsync.keyring_redis import rewrap_redis
+
+        return rewrap_redis(settings_from(args), crypto)
     else:
         ring = Keyring.load(path, kms)
         if args.action == "rotate":
@@ -32,6 +36,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
         elif args.key_id is None:
             raise KeyringError("retire needs the KEY_ID to retire")
         else:
+            from healthsync.keyring_redis import refuse_if_in_use
+
+            refuse_if_in_use(settings_from(args), crypto, args.key_id)
             ring.retire(args.key_id)
             done = f"retired {args.key_id}: data sealed with it can no longer be read"
     ring.save(path)
@@ -50,11 +57,14 @@ def register(sub: Subparsers) -> None:
         help="manage the keyring for encryption at rest",
         description="The AES-256 keys that seal PHI in Redis and Kafka. `init` creates the "
         "keyring file (mode 0600), `rotate` adds a new active key (older keys keep "
-        "decrypting what they sealed; nothing is re-encrypted), `retire KEY_ID` deletes a "
-        "key, making what it sealed unreadable. With --kms-key-id the keys are AWS KMS "
-        "data keys and the file holds only their encrypted blobs.",
+        "decrypting what they sealed; nothing is re-encrypted), `rewrap` seals everything "
+        "in Redis (HEALTHSYNC_REDIS_URL) again under the active key, `retire KEY_ID` "
+        "deletes a key, and refuses while Redis still holds a value it sealed. Kafka "
+        "topics keep values sealed with a key until their retention ends. With "
+        "--kms-key-id the keys are AWS KMS data keys and the file holds only their "
+        "encrypted blobs.",
     )
-    keys.add_argument("action", choices=["init", "rotate", "retire"])
+    keys.add_argument("action", choices=["init", "rotate", "rewrap", "retire"])
     keys.add_argument("key_id", nargs="?", metavar="KEY_ID", help="the key to retire")
     keys.add_argument(
         "--keyring", type=Path, help="keyring file (default HEALTHSYNC_CRYPTO_KEYRING_FILE)"

@@ -8,10 +8,10 @@ engine's business (engine.py); this module holds what they produce.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
+from healthsync.domain.readings import keyed_digest
 from healthsync.domain.rules import PatientRules
 
 Severity = Literal["warning", "critical"]
@@ -144,7 +144,11 @@ class Artefact:
     reading_id: str
 
 
-def alert_id_for(patient_id: str, kind: str, reading_id: str) -> str:
-    """Deterministic: replaying what opened an alert gives the same id."""
+def alert_id_for(patient_id: str, kind: str, reading_id: str, *, key: bytes | None = None) -> str:
+    """Deterministic: replaying what opened an alert gives the same id.
+
+    Keyed (HMAC) with the keyring's id key when there is one: an unkeyed digest
+    let anyone holding an alert try patient ids until one matched.
+    """
     basis = f"{patient_id}\x1f{kind}\x1f{reading_id}".encode()
-    return hashlib.blake2b(basis, digest_size=10).hexdigest()
+    return keyed_digest(basis, 10, key)

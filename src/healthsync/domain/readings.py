@@ -8,6 +8,7 @@ here are the canonical ones (UCUM codes); the wire parser converts into them.
 from __future__ import annotations
 
 import hashlib
+import hmac
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -50,14 +51,24 @@ CONSCIOUSNESS_LEVELS = ("A", "C", "V", "P", "U")
 PATIENT_FIELDS = ("patient_name", "birth_date", "gender", "mrn", "address", "phone")
 
 
-def reading_id_for(device_id: str, seq: int | None, ts_ms: int) -> str:
+def reading_id_for(device_id: str, seq: int | None, ts_ms: int, *, key: bytes | None = None) -> str:
     """Deterministic id: a resend of the same reading maps to the same id.
 
     A device sequence number identifies a reading even when the device's clock
     is wrong; without one, the device's timestamp (to the millisecond) does.
+    With `key` (the keyring's id key, whenever encryption at rest is on) the id
+    is an HMAC, so that nobody without the key can tell which device and time
+    an id stands for by trying them.
     """
     basis = f"{device_id}\x1fseq\x1f{seq}" if seq is not None else f"{device_id}\x1fts\x1f{ts_ms}"
-    return hashlib.blake2b(basis.encode(), digest_size=12).hexdigest()
+    return keyed_digest(basis.encode(), 12, key)
+
+
+def keyed_digest(basis: bytes, size: int, key: bytes | None) -> str:
+    """`size` bytes, in hex, of HMAC-SHA256(key, basis), or of BLAKE2b without a key."""
+    if key is None:
+        return hashlib.blake2b(basis, digest_size=size).hexdigest()
+    return hmac.digest(key, basis, "sha256")[:size].hex()
 
 
 def isoformat_ms(epoch: float) -> str:

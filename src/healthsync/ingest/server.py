@@ -165,7 +165,10 @@ class DeviceConnection(asyncio.Protocol):
         server.stats.inc("lines_total")
         try:
             reading = wire.parse_line(
-                line, time.time(), max_line_bytes=server.settings.ingest.max_line_bytes
+                line,
+                time.time(),
+                max_line_bytes=server.settings.ingest.max_line_bytes,
+                id_key=server.codec.id_key,
             )
         except wire.WireError as error:
             self._reject(error, line)
@@ -294,7 +297,13 @@ class IngestServer:
 
     def refresh_revocations(self) -> None:
         """Re-read the CRL; close the connections of certificates it now revokes."""
-        if self.revocations is None or not self.revocations.refresh():
+        if self.revocations is None:
+            return
+        rejected = self.revocations.rejected
+        changed = self.revocations.refresh()
+        if self.revocations.rejected > rejected:
+            self.stats.inc("tls_crl_rejected_total")
+        if not changed:
             return
         for connection in list(self.connections):
             if connection.transport is not None and self.revocations.is_revoked(connection.serial):
@@ -344,9 +353,11 @@ class IngestServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         cfg = self.settings.ingest
-        if not cfg.plain_enabled and not cfg.tls_enabled:
+        # Unset means off here: only `healthsync up` turns an unset port on.
+        plain = cfg.plain_enabled is True
+        if not plain and not cfg.tls_enabled:
             raise ConfigError("ingest has no listener: enable ingest.tls_enabled or plain_enabled")
-        if cfg.plain_enabled and not cfg.plain_allow_remote and not _is_loopback(cfg.host):
+        if plain and not cfg.plain_allow_remote and not _is_loopback(cfg.host):
             raise ConfigError(
                 f"the plaintext ingest port would listen on {cfg.host}, beyond this machine; "
                 "use the TLS port, or set HEALTHSYNC_INGEST_PLAIN_ALLOW_REMOTE=true"
@@ -357,7 +368,7 @@ class IngestServer:
             tls_context = server_context(self.settings, "ingest", client_certs=client_certs)
             self.revocations = RevocationList(self.settings.tls.dir)
             self.revocations.refresh()
-        if cfg.plain_enabled:
+        if plain:
             server = await loop.create_server(
                 lambda: DeviceConnection(self), cfg.host, cfg.port, reuse_address=True
             )

@@ -16,8 +16,10 @@ Keys are ECDSA P-256: every TLS stack HealthSync talks to (OpenSSL in Python,
 ncat, redis-server, HAProxy, librdkafka) accepts them, and they take
 milliseconds to make, so tests and ``healthsync up`` can create a PKI on the fly.
 
-A device's identity is written twice: as the subject CN and as the URI SAN
-``urn:healthsync:device:<device_id>`` (see :mod:`healthsync.security.tls`).
+A device's identity is the URI SAN ``urn:healthsync:device:<device_id>``
+(the subject CN repeats it for people reading the certificate; see
+:mod:`healthsync.security.tls`). Service certificates have no such SAN, so
+they cannot speak for a device though they carry client-auth usage.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from healthsync.errors import HealthSyncError
@@ -192,20 +194,45 @@ def revoke_device(directory: Path, device_id: str) -> None:
         raise CertError(f"no certificate for device {device_id} in {cert_path.parent}") from None
     except ValueError as exc:
         raise CertError(f"{cert_path} is not a PEM certificate: {exc}") from None
-    revoked = revoked_serials(directory)
+    # Not verified: revoking must work even when the CRL on disk has expired.
+    revoked = revoked_serials(directory, verify=False)
     revoked.add(cert.serial_number)
     _write_crl(directory, ca_cert, ca_key, sorted(revoked))
 
 
-def revoked_serials(directory: Path) -> set[int]:
-    """Serial numbers on the CRL (empty when there is no CRL yet)."""
+def revoked_serials(directory: Path, *, verify: bool = True) -> set[int]:
+    """Serial numbers on the CRL (empty when there is no CRL yet).
+
+    With `verify` (the default) the CRL must be signed by ``ca.crt`` and not be
+    past its nextUpdate; else CertError, so that a CRL written by anyone who
+    can write the file cannot lift a revocation.
+    """
+    path = crl_path(directory)
     try:
-        crl = x509.load_pem_x509_crl(crl_path(directory).read_bytes())
+        crl = x509.load_pem_x509_crl(path.read_bytes())
     except FileNotFoundError:
         return set()
     except ValueError as exc:
-        raise CertError(f"{crl_path(directory)} is not a PEM CRL: {exc}") from None
+        raise CertError(f"{path} is not a PEM CRL: {exc}") from None
+    if verify:
+        _verify_crl(directory, crl)
     return {entry.serial_number for entry in crl}
+
+
+def _verify_crl(directory: Path, crl: x509.CertificateRevocationList) -> None:
+    path = crl_path(directory)
+    try:
+        ca = x509.load_pem_x509_certificate(ca_cert_path(directory).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CertError(f"cannot read {ca_cert_path(directory)} to check the CRL: {exc}") from None
+    public_key = ca.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise CertError(f"{ca_cert_path(directory)} has a key type CRLs cannot be checked with")
+    if crl.issuer != ca.subject or not crl.is_signature_valid(public_key):
+        raise CertError(f"{path} is not signed by the CA in {ca_cert_path(directory)}")
+    next_update = crl.next_update_utc
+    if next_update is None or next_update < datetime.now(UTC):
+        raise CertError(f"{path} is past its nextUpdate ({next_update}); re-sign it")
 
 
 # --- helpers ------------------------------------------------------------------

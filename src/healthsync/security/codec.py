@@ -46,6 +46,11 @@ class Codec:
     def pseudonym(self, value: str) -> str:
         return self.keys.pseudonym(value)
 
+    @property
+    def id_key(self) -> bytes | None:
+        """The key of reading and alert ids (None with encryption off: unkeyed ids)."""
+        return self.cipher.id_key if self.cipher is not None else None
+
     def seal(self, value: bytes, place: str) -> bytes:
         """`value` encrypted and bound to `place` (a Redis key, or see :meth:`field`)."""
         if self.cipher is None:

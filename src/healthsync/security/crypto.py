@@ -1,6 +1,16 @@
-"""AES-256-GCM envelope encryption of stored values, with keys that rotate.
+"""AES-256-GCM-SIV envelope encryption of stored values, with keys that rotate.
 
 A sealed value is ``MAGIC | VERSION | len(key_id) | key_id | nonce(12) | ciphertext+tag``.
+
+Format 2 (``VERSION`` 0x02, what :meth:`Cipher.seal` writes) is AES-256-GCM-SIV
+under one of 65,536 subkeys of the data key, derived with HKDF-SHA256; the
+nonce's first two bytes pick the subkey. At about 15 seals per reading, 2,000
+patients at 1 Hz would take one AES-GCM key to NIST's 2^32-messages limit in
+about 40 hours; spread over 2^16 subkeys, and with GCM-SIV's own per-nonce key
+derivation, no subkey comes near it in centuries. Format 1 (0x01, AES-256-GCM
+under the data key itself) is still opened, so data sealed before stays
+readable; `healthsync keys rewrap` moves it to format 2. :attr:`Cipher.seals`
+counts seals per key id.
 The key id travels with every value, so the active key can change at any time:
 new values use the new key, old values stay readable with the key they name
 until that key is retired (its material deleted from the keyring), after which
@@ -52,13 +62,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from healthsync.errors import HealthSyncError
 
 MAGIC = b"\xa5"
-VERSION = b"\x01"
+VERSION_GCM = b"\x01"  # format 1: AES-256-GCM under the data key (opened, no longer written)
+VERSION = b"\x02"  # format 2: AES-256-GCM-SIV under an HKDF subkey
 _HEADER = MAGIC + VERSION
+_VERSIONS = frozenset({VERSION_GCM[0], VERSION[0]})
 _NONCE_BYTES = 12
 _TAG_BYTES = 16
 _KEY_BYTES = 32
@@ -227,42 +241,65 @@ class Keyring:
         return ring
 
 
+def _hkdf(key: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=_KEY_BYTES, salt=None, info=info).derive(key)
+
+
+class _DataKey:
+    """One data key's AEADs: format 2's subkeys (made when first used) and format 1's."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        self.gcm = AESGCM(key)
+        self.nonce_key = _hkdf(key, b"healthsync v2 nonce")
+        self.subkey = functools.lru_cache(maxsize=1 << 16)(self._subkey)
+
+    def _subkey(self, index: bytes) -> AESGCMSIV:
+        return AESGCMSIV(_hkdf(self._key, b"healthsync v2 subkey " + index))
+
+
 class Cipher:
     """Seals and opens values with a keyring's keys; makes pseudonyms with its HMAC key."""
 
     def __init__(self, keyring: Keyring) -> None:
         self.keyring = keyring
-        self._aead = {key_id: AESGCM(key) for key_id, key in keyring.keys.items()}
+        self._keys = {key_id: _DataKey(key) for key_id, key in keyring.keys.items()}
         self._active = keyring.active.encode()
         if not 0 < len(self._active) < 256:
             raise KeyringError(f"key id {keyring.active!r} must be 1 to 255 bytes")
-        self._active_aead = self._aead[keyring.active]
+        self._active_key = self._keys[keyring.active]
         self._prefix = _HEADER + bytes([len(self._active)]) + self._active
         self._pseudonym_key = keyring.pseudonym_key
-        self._nonce_key = hmac.digest(
-            keyring.keys[keyring.active], b"healthsync nonce v1", "sha256"
-        )
+        # Derived, so that an id and a pseudonym of the same text never coincide.
+        self.id_key = hmac.digest(keyring.pseudonym_key, b"healthsync ids v1", "sha256")
+        # Seals made by this process, per key id (operators watch them against rotation).
+        self.seals: dict[str, int] = {}
         # Patients are few and recur in every batch: remember their pseudonyms.
         self.pseudonym = functools.lru_cache(maxsize=100_000)(self._pseudonym)
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         message = len(aad).to_bytes(4, "big") + aad + plaintext
-        nonce = hashlib.blake2b(message, key=self._nonce_key, digest_size=_NONCE_BYTES).digest()
-        return self._prefix + nonce + self._active_aead.encrypt(nonce, plaintext, aad)
+        key = self._active_key
+        nonce = hashlib.blake2b(message, key=key.nonce_key, digest_size=_NONCE_BYTES).digest()
+        self.seals[self.keyring.active] = self.seals.get(self.keyring.active, 0) + 1
+        return self._prefix + nonce + key.subkey(nonce[:2]).encrypt(nonce, plaintext, aad)
 
     def open(self, sealed: bytes, aad: bytes) -> bytes:
-        if sealed[:2] != _HEADER or len(sealed) < 3:
+        if sealed[:1] != MAGIC or len(sealed) < 3:
             raise DecryptError("not a HealthSync ciphertext")
+        if sealed[1] not in _VERSIONS:
+            raise DecryptError(f"format 0x{sealed[1]:02x} is not one this version can open")
         id_end = 3 + sealed[2]
         if len(sealed) < id_end + _NONCE_BYTES + _TAG_BYTES:
             raise DecryptError("not a HealthSync ciphertext (truncated)")
         key_id = sealed[3:id_end].decode("ascii", "replace")
-        aead = self._aead.get(key_id)
-        if aead is None:
+        key = self._keys.get(key_id)
+        if key is None:
             if key_id in self.keyring.retired:
                 raise DecryptError(f"key {key_id!r} was retired; its data is no longer readable")
             raise DecryptError(f"key {key_id!r} is not in the keyring")
         nonce = sealed[id_end : id_end + _NONCE_BYTES]
+        aead = key.gcm if sealed[1:2] == VERSION_GCM else key.subkey(nonce[:2])
         try:
             return aead.decrypt(nonce, sealed[id_end + _NONCE_BYTES :], aad)
         except InvalidTag:
@@ -275,6 +312,11 @@ class Cipher:
 
 def key_id_of(sealed: bytes) -> str | None:
     """The key id a sealed value names, or None if it is not a HealthSync ciphertext."""
-    if sealed[:2] != _HEADER or len(sealed) < 3:
+    if sealed[:1] != MAGIC or len(sealed) < 3 or sealed[1] not in _VERSIONS:
         return None
     return sealed[3 : 3 + sealed[2]].decode("ascii", "replace")
+
+
+def is_current(sealed: bytes, active: str) -> bool:
+    """Whether a sealed value is in the current format under the `active` key."""
+    return sealed[:2] == _HEADER and key_id_of(sealed) == active

@@ -7,29 +7,27 @@ Policy, the same for every service:
   allows TLS 1.2, and then only the ECDHE AES-256-GCM suites (forward secrecy,
   AEAD). Under TLS 1.2 a client certificate travels in clear, so the device id
   in it is visible on the network; under TLS 1.3 it is encrypted.
-- Python's ``ssl`` module has no call for the TLS 1.3 suites (``set_ciphers``
-  covers TLS 1.2 and older), so :func:`_restrict_tls13_suites` calls OpenSSL's
-  ``SSL_CTX_set_ciphersuites`` through ctypes when it can prove it talks to the
-  same OpenSSL as ``ssl``. Where it cannot, the server still prefers the
-  AES-256 suite, and :func:`negotiated_problem` lets a server refuse a
-  connection that ended up with anything else after the handshake.
+- Python's ``ssl`` module has a call for the TLS 1.3 suites only in newer
+  versions (``set_ciphersuites``; ``set_ciphers`` covers TLS 1.2 and older).
+  Where it is missing, the stage processes are started with an OpenSSL
+  configuration that limits the suites (:func:`openssl_conf_env`), and every
+  server context refuses, right after the handshake, a connection that
+  negotiated anything outside the policy (:func:`negotiated_problem`).
 - Client certificates are checked against ``ca.crt`` and ``crl.pem``
   (``VERIFY_CRL_CHECK_LEAF``): a revoked or expired device certificate fails
   the handshake.
 
 Device identity (:func:`device_identity`): the URI SAN
-``urn:healthsync:device:<id>`` when the certificate has one (``healthsync
-certs device`` writes it), else the subject CN, for certificates made by other
-tools such as ``openssl req -subj /CN=mon-0001``.
+``urn:healthsync:device:<id>`` only (``healthsync certs device`` writes it;
+``openssl req -addext subjectAltName=URI:urn:healthsync:device:mon-0001``
+for certificates made by other tools). The subject CN is not enough: the
+services' own certificates come from the same CA and may act as clients.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import ssl
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,6 +76,8 @@ def server_context(
             f"cannot load the {service} certificate from {directory} ({exc}); "
             "create one with `healthsync certs init`"
         ) from None
+    ctx.sslobject_class = _PolicySSLObject
+    ctx.sslsocket_class = _PolicySSLSocket
     ctx.verify_mode = _VERIFY[client_certs]
     if client_certs != "none":
         try:
@@ -118,10 +118,6 @@ def device_identity(peer: dict[str, Any]) -> str | None:
     for kind, value in peer.get("subjectAltName", ()):
         if kind == "URI" and value.startswith(DEVICE_URI_PREFIX):
             return str(value[len(DEVICE_URI_PREFIX) :])
-    for rdn in peer.get("subject", ()):
-        for name, value in rdn:
-            if name == "commonName":
-                return str(value)
     return None
 
 
@@ -145,62 +141,68 @@ def _apply_policy(ctx: ssl.SSLContext, min_version: str) -> None:
     _restrict_tls13_suites(ctx)
 
 
-_libssl: ctypes.CDLL | None = None
-_libssl_checked = False
-
-
 def _restrict_tls13_suites(ctx: ssl.SSLContext) -> bool:
-    """Limit the TLS 1.3 suites to :data:`TLS13_SUITES`; False where that is impossible.
+    """Limit the TLS 1.3 suites to :data:`TLS13_SUITES`; False where Python cannot.
 
-    CPython's SSLContext object starts with the ``SSL_CTX *`` right after the
-    object header; the library is used only if it reports the very version
-    ``ssl`` was built with, and the result is read back through ``get_ciphers``.
+    ``SSLContext.set_ciphersuites`` exists only in newer Pythons. Elsewhere the
+    stage processes get the same limit from an OpenSSL configuration file
+    (:func:`openssl_conf_env`), and every server context refuses a connection
+    that negotiated anything else right after the handshake (:class:`_PolicySSLObject`).
     """
-    lib = _load_libssl()
-    if lib is None:
-        return False
-    pointer = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
-    if not pointer or lib.SSL_CTX_set_ciphersuites(pointer, ":".join(TLS13_SUITES).encode()) != 1:
-        return False
+    setter = getattr(ctx, "set_ciphersuites", None)
+    if setter is not None:
+        setter(":".join(TLS13_SUITES))
     names = {c["name"] for c in ctx.get_ciphers() if c.get("protocol") == "TLSv1.3"}
     return names == set(TLS13_SUITES)
 
 
-def _load_libssl() -> ctypes.CDLL | None:
-    global _libssl, _libssl_checked
-    if _libssl_checked:
-        return _libssl
-    _libssl_checked = True
-    if sys.implementation.name != "cpython":
-        return None
-    try:
-        import _ssl  # the extension `ssl` wraps: its libssl is the one to load
+_OPENSSL_CONF = f"""\
+# Written by HealthSync: TLS 1.3 suites for every TLS context of a stage process.
+openssl_conf = healthsync_init
 
-        candidates = [_ssl.__file__, ctypes.util.find_library("ssl")]
-    except (ImportError, AttributeError):
-        candidates = [ctypes.util.find_library("ssl")]
-    for candidate in candidates:
-        if not candidate:
-            continue
-        try:
-            lib = ctypes.CDLL(candidate)
-            version_num = lib.OpenSSL_version_num
-            set_suites = lib.SSL_CTX_set_ciphersuites
-        except (OSError, AttributeError):
-            continue
-        version_num.restype = ctypes.c_ulong
-        if version_num() != ssl.OPENSSL_VERSION_NUMBER:
-            continue
-        set_suites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        set_suites.restype = ctypes.c_int
-        _libssl = lib
-        break
-    if _libssl is None:
-        log.warning(
-            "TLS 1.3 suites cannot be restricted here; weaker suites are refused "
-            "after the handshake"
-        )
-    return _libssl
+[healthsync_init]
+ssl_conf = healthsync_ssl
+
+[healthsync_ssl]
+system_default = healthsync_tls
+
+[healthsync_tls]
+Ciphersuites = {":".join(TLS13_SUITES)}
+"""
+
+
+def openssl_conf_env(run_dir: Path) -> dict[str, str]:
+    """The environment that makes a new process's OpenSSL offer only :data:`TLS13_SUITES`.
+
+    OpenSSL reads ``OPENSSL_CONF`` once, when the process first uses it, so this
+    is for processes about to be started; the file is written into `run_dir`.
+    """
+    path = run_dir / "openssl.cnf"
+    path.write_text(_OPENSSL_CONF)
+    return {"OPENSSL_CONF": str(path)}
+
+
+class _PolicySSLObject(ssl.SSLObject):
+    """Fails the handshake (asyncio servers: ingest, uvicorn) that ends outside the policy."""
+
+    def do_handshake(self) -> None:
+        super().do_handshake()
+        _enforce(self)
+
+
+class _PolicySSLSocket(ssl.SSLSocket):
+    """The same for blocking sockets."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        super().do_handshake(block)
+        _enforce(self)
+
+
+def _enforce(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> None:
+    problem = negotiated_problem(ssl_object)
+    if problem is not None:
+        log.warning("TLS connection refused", extra={"reason": problem})
+        raise ssl.SSLError(f"refused after the handshake: {problem}")
 
 
 class RevocationList:
@@ -214,12 +216,14 @@ class RevocationList:
         self.path = crl_path(directory)
         self.directory = directory
         self.serials: frozenset[int] = frozenset()
+        self.rejected = 0  # CRL files refused: unreadable, not the CA's, or expired
         self._stamp: tuple[int, int] | None = None
 
     def refresh(self) -> bool:
         """Re-read the CRL if the file changed; True if the list of serials changed.
 
-        A CRL that cannot be read leaves the last good one in force.
+        A CRL that cannot be read, is not signed by the CA or is past its
+        nextUpdate leaves the last good one in force.
         """
         try:
             stat = self.path.stat()
@@ -228,12 +232,13 @@ class RevocationList:
         stamp = (stat.st_mtime_ns, stat.st_size)
         if stamp == self._stamp:
             return False
+        self._stamp = stamp
         try:
             serials = frozenset(revoked_serials(self.directory))
         except CertError as exc:
+            self.rejected += 1
             log.warning("keeping the previous CRL", extra={"error": str(exc)})
             return False
-        self._stamp = stamp
         changed = serials != self.serials
         self.serials = serials
         return changed

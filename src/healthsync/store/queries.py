@@ -2,13 +2,16 @@
 
 Values are decoded by :mod:`healthsync.store.records`, the same codec the
 processor writes them with; a value it cannot open (a retired or missing key,
-tampering) raises :class:`healthsync.security.crypto.DecryptError`, which the
-API turns into a clear error rather than returning garbage.
+tampering) raises :class:`healthsync.security.crypto.DecryptError`. A read of
+one thing turns that into a clear error rather than returning garbage; a list
+(patients, alerts, history, the summary) leaves the unreadable entry out and
+reports it to `on_unreadable`, so one bad value never takes the list down.
 """
 
 from __future__ import annotations
 
-from typing import Any, cast, get_args
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar, cast, get_args
 
 from redis.asyncio import Redis
 
@@ -16,14 +19,36 @@ from healthsync.domain.alerts import Severity
 from healthsync.domain.news2 import Band
 from healthsync.domain.rules import PatientRules
 from healthsync.metrics import COMPONENTS
+from healthsync.security.crypto import DecryptError
 from healthsync.store.records import Records
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _ignore(_error: DecryptError) -> None:
+    pass
 
 
 class LiveReader:
-    def __init__(self, client: Redis, records: Records) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        records: Records,
+        on_unreadable: Callable[[DecryptError], None] = _ignore,
+    ) -> None:
         self.client = client
         self.records = records
         self.keys = records.keys
+        self.on_unreadable = on_unreadable
+
+    def _readable(self, decode: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T | None:
+        """`decode(*args)`, or None (reported) when the value cannot be opened."""
+        try:
+            return decode(*args, **kwargs)
+        except DecryptError as exc:
+            self.on_unreadable(exc)
+            return None
 
     async def patients(self, limit: int = 1000) -> list[dict[str, Any]]:
         """Monitored patients, most recently seen first, with latest vitals and open alerts."""
@@ -39,29 +64,36 @@ class LiveReader:
         if not rows:
             return []
         records, keys = self.records, self.keys
-        tags = [member.decode() for member, _score in rows]
+        rows_by_tag = {member.decode(): last_seen for member, last_seen in rows}
+        tags = list(rows_by_tag)
         sealed_ids = cast("list[bytes | None]", await self.client.hmget(keys.patient_ids, tags))
-        patients = [
-            records.decode_patient_id(tag, sealed) if sealed else tag
-            for tag, sealed in zip(tags, sealed_ids, strict=True)
-        ]
+        ids: dict[str, str] = {}
+        for tag, sealed in zip(tags, sealed_ids, strict=True):
+            patient = self._readable(records.decode_patient_id, tag, sealed) if sealed else tag
+            if patient is not None:
+                ids[tag] = patient
         pipe = self.client.pipeline(transaction=False)
-        for patient in patients:
+        for patient in ids.values():
             pipe.hgetall(keys.latest(patient))
-        pipe.hmget(keys.news2, tags)
+        pipe.hmget(keys.news2, list(ids))
         *latests, scores = await pipe.execute()
-        return [
-            {
-                "patient_id": patient,
-                "last_seen": last_seen,
-                "vitals": self._decode_latest(patient, latest),
-                "news2": records.decode_score(tag, news2) if news2 else None,
-                "open_alerts": open_by_tag.get(tag, 0),
-            }
-            for patient, tag, (_member, last_seen), latest, news2 in zip(
-                patients, tags, rows, latests, scores, strict=True
-            )
-        ]
+        found = []
+        for (tag, patient), latest, news2 in zip(ids.items(), latests, scores, strict=True):
+            row = self._readable(self._decode_row, patient, tag, latest, news2)
+            if row is not None:
+                row["last_seen"] = rows_by_tag[tag]
+                row["open_alerts"] = open_by_tag.get(tag, 0)
+                found.append(row)
+        return found
+
+    def _decode_row(
+        self, patient: str, tag: str, latest: dict[bytes, bytes], news2: bytes | None
+    ) -> dict[str, Any]:
+        return {
+            "patient_id": patient,
+            "vitals": self._decode_latest(patient, latest),
+            "news2": self.records.decode_score(tag, news2) if news2 else None,
+        }
 
     async def news2(self, patient_id: str) -> dict[str, Any] | None:
         tag = self.keys.patient(patient_id)
@@ -90,7 +122,9 @@ class LiveReader:
         )
         points = []
         for member in members:
-            entry = self.records.decode_history(patient_id, member)
+            entry = self._readable(self.records.decode_history, patient_id, member)
+            if entry is None:
+                continue
             vitals: dict[str, float] = entry["v"]
             if vital is not None:
                 if vital not in vitals:
@@ -143,17 +177,18 @@ class LiveReader:
         places = [keys.alert(i) for i in ids]
         docs = cast("list[bytes | None]", await self.client.mget(places)) if places else []
         for alert_id, doc in zip(ids, docs, strict=True):
-            if doc is None:
+            alert = self._readable(records.decode_alert, alert_id, doc) if doc else None
+            if alert is None:
                 continue
-            alert = records.decode_alert(alert_id, doc)
             by_severity[alert["severity"]] = by_severity.get(alert["severity"], 0) + 1
             # Per-device kinds are counted together: a device id can point to a bed.
             kind = alert["kind"].partition(":")[0] if alert.get("device_id") else alert["kind"]
             by_kind[kind] = by_kind.get(kind, 0) + 1
         bands = dict.fromkeys(get_args(Band), 0)
         for tag, raw in cast("dict[bytes, bytes]", scores).items():
-            band = records.decode_score(tag.decode(), raw)["band"]
-            bands[band] = bands.get(band, 0) + 1
+            score = self._readable(records.decode_score, tag.decode(), raw)
+            if score is not None:
+                bands[score["band"]] = bands.get(score["band"], 0) + 1
         return {
             "patients": int(patients),
             "open_alerts": {
@@ -182,17 +217,21 @@ class LiveReader:
         pipe.mget([self.keys.alert(i) for i in ids])
         pipe.hmget(self.keys.acknowledged, ids)
         docs, acks = await pipe.execute()
-        records = self.records
         alerts = []
         for alert_id, doc, ack in zip(ids, docs, acks, strict=True):
             if doc is None:
                 continue
-            alert = records.decode_alert(alert_id, doc)
-            alert["acknowledged"] = ack is not None
-            if ack is not None:
-                alert["acknowledgement"] = records.decode_ack(alert_id, ack)
-            alerts.append(alert)
+            alert = self._readable(self._decode_alert, alert_id, doc, ack)
+            if alert is not None:
+                alerts.append(alert)
         return alerts
+
+    def _decode_alert(self, alert_id: str, doc: bytes, ack: bytes | None) -> dict[str, Any]:
+        alert = self.records.decode_alert(alert_id, doc)
+        alert["acknowledged"] = ack is not None
+        if ack is not None:
+            alert["acknowledgement"] = self.records.decode_ack(alert_id, ack)
+        return alert
 
     async def stored_rules(self, patient_id: str) -> PatientRules | None:
         """The rules set for a patient through the API, if any."""

@@ -78,8 +78,10 @@ class AnomalyEngine:
         rules: RuleBook | None = None,
         load_states: StateLoader | None = None,
         load_open: OpenAlertsLoader | None = None,
+        id_key: bytes | None = None,
     ) -> None:
         self.cfg = settings or AnomalySettings()
+        self.id_key = id_key  # keys alert ids (see alert_id_for)
         self.rules = rules or RuleBook(self.cfg.patients)
         self.load_states = load_states
         self.load_open = load_open
@@ -352,7 +354,7 @@ class AnomalyEngine:
             since = tracker.since if tracker.since is not None else sample.ts
             at = max(sample.ts, self._decided_at)
             alert = Alert(
-                alert_id=alert_id_for(patient, kind, sample.reading_id),
+                alert_id=alert_id_for(patient, kind, sample.reading_id, key=self.id_key),
                 patient_id=patient,
                 kind=kind,
                 vital=vital,
@@ -471,7 +473,7 @@ class AnomalyEngine:
             if silent <= limit or (patient, kind) in self.open:
                 continue
             alert = Alert(
-                alert_id=alert_id_for(patient, kind, f"{clock.last:.3f}"),
+                alert_id=alert_id_for(patient, kind, f"{clock.last:.3f}", key=self.id_key),
                 patient_id=patient,
                 kind=kind,
                 vital=None,

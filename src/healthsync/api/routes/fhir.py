@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from healthsync import __version__
 from healthsync.api import auth
 from healthsync.api.auth import Access
+from healthsync.api.canonical import canonical_patients
 from healthsync.api.fhir import (
     FHIR_ID,
     FHIR_JSON,
@@ -170,6 +171,7 @@ async def search(
         except RedisError as exc:
             raise _unavailable(exc) from None
     patients = _patients_of(page.resources) + sorted(parsed.search_patients)
+    patients = await canonical_patients(services.fhir, patients)
     await access.record("search", patients, resource=resource_type)
     return FhirResponse(_searchset(request, resource_type, page))
 
@@ -190,5 +192,6 @@ async def read(
         raise _unavailable(exc) from None
     if resource is None:
         raise FhirError(404, "not-found", f"{resource_type}/{resource_id} is not known here")
-    await access.record("read", _patients_of([resource]), resource=resource_type)
+    patients = await canonical_patients(services.fhir, _patients_of([resource]))
+    await access.record("read", patients, resource=resource_type)
     return FhirResponse(resource)

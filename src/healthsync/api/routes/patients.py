@@ -55,8 +55,12 @@ class HistoryQuery:
 async def _history_query(
     patient_id: PatientId,
     vital: Annotated[str | None, Query(description="one of " + ", ".join(VITALS))] = None,
-    since: Annotated[float | None, Query(description="epoch seconds; default 1 h ago")] = None,
-    until: Annotated[float | None, Query(description="epoch seconds; default now")] = None,
+    since: Annotated[
+        float | None, Query(description="epoch seconds; default 1 h ago", allow_inf_nan=False)
+    ] = None,
+    until: Annotated[
+        float | None, Query(description="epoch seconds; default now", allow_inf_nan=False)
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=_HISTORY_LIMIT)] = 1000,
 ) -> HistoryQuery:
     """The history request's parameters, checked by FastAPI in the order the route declared them."""

@@ -1,0 +1,206 @@
+"""What the API does with hostile requests, against a real API process.
+
+Bodies are capped before routing, forged proxy and Host headers change neither
+the audit nor the links, answers carry the security headers, and bad numbers
+are refused rather than crashing a route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from redis import Redis
+
+from healthsync.api.app import create_app
+from healthsync.config import Settings
+from healthsync.domain.batch import Batch
+from healthsync.domain.readings import Reading
+from healthsync.fhir.observations import observations_for
+from healthsync.fhir.patients import patient_for
+from healthsync.metrics import StatsRecorder
+from healthsync.security.codec import Codec
+from healthsync.stack import Service, free_port
+from healthsync.store.fhir_store import RedisFhirSink
+from healthsync.store.live import RedisLiveSink
+from healthsync.store.records import Records
+from healthsync.supervisor import Pipeline
+from tests.api.test_auth import AuthApi, seed
+from tests.conftest import Credentials, make_settings
+
+BASE_URL = "https://healthsync.ward.example:8443"
+# A patient id FHIR cannot use as it is (`:`), so its FHIR id is a digest.
+ODD_PATIENT = "MRN:555"
+
+
+def seed_patient(settings: Settings, client: Redis, patient_id: str) -> None:
+    now = time.time()
+    reading = Reading("r-odd-1", "mon-odd", patient_id, now - 10, now - 10, {"heart_rate": 70})
+    batch = Batch([reading])
+    batch.observations.append((patient_id, patient_for(patient_id, {}, "urn:mrn", now)))
+    batch.observations += [(patient_id, o) for o in observations_for(reading)]
+    records = Records(Codec.from_settings(settings))
+    stats = StatsRecorder(settings.redis.keys, "processor")
+    for sink in (
+        RedisLiveSink(client, settings.redis, stats, records),
+        RedisFhirSink(client, settings.redis, records),
+    ):
+        sink.write(batch)
+        sink.flush()
+
+
+@pytest.fixture(scope="module")
+def served(
+    broker: Service,
+    redis_server: Service,
+    credentials: Credentials,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[AuthApi]:
+    settings = make_settings(broker, redis_server, api={"base_url": BASE_URL})
+    client = Redis.from_url(str(settings.redis.url))
+    seed(settings, client)
+    seed_patient(settings, client, ODD_PATIENT)
+    pipeline = Pipeline(settings, tmp_path_factory.mktemp("hardened-api"))
+    pipeline.start(stages=("api",))
+    base = f"http://{settings.api.host}:{settings.api.port}"
+    try:
+        with httpx.Client(base_url=base, timeout=30) as http:
+            yield AuthApi(settings, http, client, credentials, pipeline.logs)
+    finally:
+        pipeline.stop()
+        for key in client.scan_iter(f"{settings.redis.prefix}:*"):
+            client.delete(key)
+        client.close()
+
+
+def raw_request(served: AuthApi, head: str, body_chunks: list[bytes]) -> str:
+    """Send a request by hand (a chunked body httpx would not stream this way); the status line."""
+    cfg = served.settings.api
+    with socket.create_connection((cfg.host, cfg.port), timeout=30) as sock:
+        sock.sendall(head.encode())
+        try:
+            for chunk in body_chunks:
+                sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            sock.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed before the whole body was sent
+        return sock.recv(4000).decode().split("\r\n", 1)[0]
+
+
+RULES = "/v1/patients/P-AUTH-1/rules"
+
+
+def test_an_oversized_body_is_413_before_anything_reads_it(served: AuthApi) -> None:
+    token = served.credentials.token()
+    big = b'{"bands": {}, "pad": "' + b"x" * (64 * 1024) + b'"}'
+    for who in (None, token):
+        response = served.call("PUT", RULES, who, content=big)
+        assert response.status_code == 413, response.text
+        assert "16384" in response.json()["error"]["message"]
+    # Without a Content-Length too: a chunked body is cut off once past the limit.
+    head = (
+        f"PUT {RULES} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    assert raw_request(served, head, [b"x" * 8192] * 64) == "HTTP/1.1 413 Request Entity Too Large"
+    fhir = served.call("POST", "/fhir/Observation", token, content=big)
+    assert fhir.status_code == 413 and fhir.json()["resourceType"] == "OperationOutcome"
+    # The rules are unchanged, and a body within the limit still works.
+    ok = served.call("PUT", RULES, token, json={"spo2_scale": 2})
+    assert ok.status_code == 200, ok.text
+    assert served.call("DELETE", RULES, token).status_code == 200
+
+
+def test_a_body_without_credentials_is_401_not_422(served: AuthApi) -> None:
+    response = served.call("PUT", RULES, None, content=b"{not json")
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_the_audit_names_a_patient_by_one_id_on_both_apis(served: AuthApi) -> None:
+    actor = f"dr-{uuid.uuid4().hex[:8]}"
+    token = served.credentials.token(sub=actor)
+    latest = served.get(f"/v1/patients/{ODD_PATIENT}/vitals/latest", token).json()
+    assert latest["patient_id"] == ODD_PATIENT
+    bundle = served.get("/fhir/Observation", token, params={"code": "8867-4"}).json()
+    [reference] = {
+        e["resource"]["subject"]["reference"]
+        for e in bundle["entry"]
+        if e["resource"]["subject"]["reference"].startswith("Patient/h-")
+    }
+    patient = served.get(f"/fhir/{reference}", token)
+    assert patient.status_code == 200
+    served.get("/fhir/Observation", token, params={"patient": reference})
+    records = served.audit(actor)
+    assert [r["patients"] for r in records] == [
+        [ODD_PATIENT],
+        [ODD_PATIENT, "P-AUTH-1", "P-AUTH-2"],
+        [ODD_PATIENT],
+        [ODD_PATIENT],
+    ]
+
+
+def test_non_finite_times_are_refused_with_422(served: AuthApi) -> None:
+    token = served.credentials.token()
+    for query in ("since=nan", "until=inf", "since=-Infinity"):
+        response = served.get(f"/v1/patients/P-AUTH-1/vitals?{query}", token)
+        assert response.status_code == 422, (query, response.text)
+
+
+def test_forged_forwarding_headers_change_neither_the_audit_nor_the_links(
+    served: AuthApi,
+) -> None:
+    actor = f"dr-{uuid.uuid4().hex[:8]}"
+    token = served.credentials.token(sub=actor)
+    forged = {
+        "X-Forwarded-For": "10.66.66.66",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "evil.example",
+        "Host": "evil.example:443",
+    }
+    bundle = served.get(
+        "/fhir/Observation", token, params={"patient": "P-AUTH-1", "_count": 1}, headers=forged
+    ).json()
+    urls = [link["url"] for link in bundle["link"]] + [e["fullUrl"] for e in bundle["entry"]]
+    assert urls and all(url.startswith(BASE_URL + "/fhir/") for url in urls), urls
+    metadata = served.get("/fhir/metadata", token, headers=forged).json()
+    assert metadata["implementation"]["url"] == BASE_URL + "/fhir"
+    [record] = served.audit(actor)
+    assert record["client"] == "127.0.0.1"
+    assert "forwarded_for" not in record, "no proxy is trusted, so the header is not recorded"
+
+
+def test_answers_carry_security_headers_and_patient_data_is_not_cached(served: AuthApi) -> None:
+    token = served.credentials.token()
+    for path in ("/v1/patients", "/fhir/Patient/P-AUTH-1", "/healthz"):
+        response = served.get(path, token)
+        assert response.headers["x-content-type-options"] == "nosniff", path
+        assert response.headers["strict-transport-security"].startswith("max-age="), path
+    for path in ("/v1/patients", "/fhir/Patient/P-AUTH-1", "/v1/alerts"):
+        assert served.get(path, token).headers["cache-control"] == "no-store", path
+    refused = served.get("/v1/patients")
+    assert refused.headers["cache-control"] == "no-store"
+
+
+def test_readyz_does_not_name_the_broker(broker: Service, redis_server: Service) -> None:
+    settings = make_settings(broker, redis_server)
+    settings.kafka.bootstrap = f"127.0.0.1:{free_port()}"
+
+    async def ready() -> httpx.Response:
+        app = create_app(settings)
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        async with (
+            app.router.lifespan_context(app),  # which closes the app's Redis connections
+            httpx.AsyncClient(transport=transport, base_url="http://hs") as client,
+        ):
+            return await client.get("/readyz")
+
+    response = asyncio.run(ready())
+    assert response.status_code == 503
+    assert response.json()["checks"] == {"redis": "ok", "kafka": "unavailable"}
+    assert settings.kafka.bootstrap not in response.text
