@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from healthsync import __version__
+from healthsync import __version__, jobs_cli
 from healthsync.api.permissions import ROLES
 from healthsync.config import Settings
 from healthsync.errors import ConfigError, HealthSyncError
@@ -513,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = actions.add_parser("revoke", help="remove a key; it stops working at once")
     revoke.add_argument("name")
     apikey.set_defaults(func=cmd_apikey)
+    jobs_cli.register(sub)
     return parser
 
 

@@ -45,6 +45,10 @@ class RedisKeys:
     - ``{p}:audit``                     stream: who read which patient's data (API audit log)
     - ``{p}:stats:{component}``         hash of counters shared by all instances
     - ``{p}:latency``                   hash: histogram bucket -> count
+    - ``{p}:jobs:runs``                 hash: run id -> run record JSON (no patient data)
+    - ``{p}:jobs:recent``               sorted set: run id scored by when it was created
+    - ``{p}:jobs:lock:{job}``           string: the run id holding the job, with a TTL
+    - ``{p}:jobs:schedule``             hash: job -> the last scheduled time handled
     """
 
     prefix: str = "hs"
@@ -130,3 +134,18 @@ class RedisKeys:
     @property
     def latency(self) -> str:
         return f"{self.prefix}:latency"
+
+    @property
+    def job_runs(self) -> str:
+        return f"{self.prefix}:jobs:runs"
+
+    @property
+    def job_recent(self) -> str:
+        return f"{self.prefix}:jobs:recent"
+
+    def job_lock(self, job: str) -> str:
+        return f"{self.prefix}:jobs:lock:{job}"
+
+    @property
+    def job_schedule(self) -> str:
+        return f"{self.prefix}:jobs:schedule"
