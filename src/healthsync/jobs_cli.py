@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from redis import Redis
@@ -67,6 +68,20 @@ def register(sub: Any) -> None:
     )
     scheduler.add_argument("--once", action="store_true", help="one tick, then wait for runs")
     scheduler.set_defaults(func=cmd_scheduler)
+
+    aws = sub.add_parser("aws", help="AWS deployment helpers")
+    aws_actions = aws.add_subparsers(dest="aws_command", required=True, metavar="ACTION")
+    package = aws_actions.add_parser(
+        "package",
+        help="build the jobs launcher's Lambda deployment zip",
+        description="Write a zip with the healthsync package and redis-py for the Lambda "
+        "function whose handler is healthsync.aws.lambda_jobs.handler (Python runtime, which "
+        "provides boto3). Built from this environment, no network needed.",
+    )
+    package.add_argument(
+        "--output", type=Path, default=Path("dist/healthsync-jobs-lambda.zip"), help="zip path"
+    )
+    package.set_defaults(func=cmd_aws_package)
 
 
 def _catalog() -> dict[str, Job]:
@@ -163,6 +178,14 @@ def cmd_job_list(args: argparse.Namespace) -> int:
 
 def _stamp(at: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
+def cmd_aws_package(args: argparse.Namespace) -> int:
+    from healthsync.aws.package import HANDLER, build
+
+    path = build(args.output)
+    print(f"{path} ({path.stat().st_size} bytes), handler {HANDLER}")
+    return 0
 
 
 def build_runner(settings: Settings, runs: RunStore) -> Any:

@@ -4,7 +4,9 @@ A run record says what a job run is doing or did: queued, running, succeeded
 or failed, when, on which runner, its exit status, a short summary and where
 its output is. The API, the dashboard and the AWS launcher read and write the
 same records. They hold no patient data (a run that was limited to some
-patients records how many, not which), so they are stored unsealed.
+patients records how many, not which), so they are stored unsealed. This
+module needs only redis-py and the standard library, because the Lambda
+launcher's deployment zip carries it.
 
 The lock (``{p}:jobs:lock:{job}``) holds the run id that owns the job and
 expires after a TTL, so a crashed run never blocks its job for good. Whoever
@@ -15,12 +17,12 @@ succeeds, so the lock passes from launcher to worker without a gap.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, cast
 
-import orjson
 from redis import Redis
 
 from healthsync.names import RedisKeys
@@ -75,11 +77,11 @@ class RunRecord:
     worker: str | None = None  # the EC2 instance id, or the local process id
 
     def to_json(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> RunRecord:
-        return cls(**orjson.loads(raw))
+        return cls(**json.loads(raw))
 
     def update(self, **changes: Any) -> RunRecord:
         return replace(self, **changes)
