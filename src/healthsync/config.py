@@ -287,6 +287,9 @@ class CloudWatchSettings(BaseModel):
     log_group_prefix: str = "/healthsync"
     # Metric batches waiting to be sent; beyond this the oldest are dropped (and counted).
     queue_size: int = Field(1000, ge=1)
+    # The stages' log files (<stage>.log) to ship; None: the parent of jobs.log_dir.
+    log_dir: Path | None = None
+    ship_logs: bool = True
     aws_region: str | None = None
 
 

@@ -60,11 +60,13 @@ def register(sub: Any) -> None:
 
     scheduler = sub.add_parser(
         "scheduler",
-        help="start jobs at the times [jobs.schedule] names",
+        help="start jobs at the times [jobs.schedule] names (and export to CloudWatch)",
         description="Runs each job of [jobs.schedule] (cron expressions, UTC) on "
         "HEALTHSYNC_JOBS_RUNNER: local (a subprocess; output in jobs.log_dir) or aws (the "
         "Lambda launcher). A job never runs twice at once; slots missed while the "
-        "scheduler was down are caught up once.",
+        "scheduler was down are caught up once. With HEALTHSYNC_CLOUDWATCH_ENABLED it also "
+        "sends the pipeline's metrics to CloudWatch every HEALTHSYNC_CLOUDWATCH_INTERVAL_S "
+        "and the stages' logs (the log files beside jobs.log_dir) to CloudWatch Logs.",
     )
     scheduler.add_argument("--once", action="store_true", help="one tick, then wait for runs")
     scheduler.set_defaults(func=cmd_scheduler)
@@ -220,7 +222,25 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
         if hasattr(runner, "join"):
             runner.join()
         return 0
+    exporter = _cloudwatch(settings, runs)
     signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
     signal.signal(signal.SIGINT, lambda *_: scheduler.stop())
-    scheduler.run(settings.jobs.tick_s)
+    try:
+        scheduler.run(settings.jobs.tick_s)
+    finally:
+        if exporter is not None:
+            exporter.stop()
     return 0
+
+
+def _cloudwatch(settings: Settings, runs: RunStore) -> Any:
+    """The CloudWatch exporter, started, when HEALTHSYNC_CLOUDWATCH_ENABLED is true."""
+    if not settings.cloudwatch.enabled:
+        return None
+    from healthsync.aws.cloudwatch import PipelineMetrics
+    from healthsync.aws.exporter import build_exporter
+
+    metrics = PipelineMetrics(runs.client, settings.redis.keys, runs)
+    exporter = build_exporter(settings.cloudwatch, metrics, settings.jobs.log_dir.parent)
+    exporter.start()
+    return exporter
