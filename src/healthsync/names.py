@@ -49,6 +49,7 @@ class RedisKeys:
     - ``{p}:jobs:recent``               sorted set: run id scored by when it was created
     - ``{p}:jobs:lock:{job}``           string: the run id holding the job, with a TTL
     - ``{p}:jobs:schedule``             hash: job -> the last scheduled time handled
+    - ``{p}:cloudwatch:leader``         string: the exporter that sends metrics, with a TTL
     """
 
     prefix: str = "hs"
@@ -149,3 +150,7 @@ class RedisKeys:
     @property
     def job_schedule(self) -> str:
         return f"{self.prefix}:jobs:schedule"
+
+    @property
+    def cloudwatch_leader(self) -> str:
+        return f"{self.prefix}:cloudwatch:leader"

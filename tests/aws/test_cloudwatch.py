@@ -117,7 +117,8 @@ def test_counters_become_per_interval_metrics(
         "EndToEndLatencyP99": 0.5,  # 99 of 100 samples are at or under the 0.5 s bucket
         "JobFailures": 1,
     }
-    assert data[("JobFailures", (("Stage", "jobs"), ("Job", "trends")))].unit == "Count"
+    assert data[("JobFailures", (("Stage", "jobs"), ("Job", "trends")))].value == 1
+    assert data[("JobFailures", (("Stage", "jobs"),))].value == 1
     assert data[("ReadingsIngested", (("Stage", "ingest"),))].unit == "Count"
     # Nothing new: counters report zero rather than going silent, the failure is not repeated.
     again = {d.name: d.value for d in metrics.collect()}
@@ -298,3 +299,33 @@ def test_shipping_resumes_where_it_stopped(aws: MotoServer, tmp_path: Path) -> N
     LogShipper(logs, tmp_path, f"/{ns}").ship()  # a restarted shipper
     events = logs.filter_log_events(logGroupName=f"/{ns}/api")["events"]
     assert [e["message"].split('"msg":"')[1].split('"')[0] for e in events] == ["one", "two"]
+
+
+def test_of_several_exporters_one_sends_the_pipeline_metrics(
+    settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    keys = settings.redis.keys
+    sent: list[tuple[str, str]] = []
+
+    def exporter(name: str) -> CloudWatchExporter:
+        metrics = PipelineMetrics(redis, keys, RunStore(redis, keys))
+        made = CloudWatchExporter(
+            cw_settings("HealthSync", tmp_path, interval=60),
+            metrics,
+            None,
+            None,
+            lambda line: sent.append((name, line)),
+        )
+        made.identity = name
+        return made
+
+    first, second = exporter("host-a"), exporter("host-b")
+    for _ in range(3):
+        first.collect_once()
+        second.collect_once()
+    assert sent and {name for name, _ in sent} == {"host-a"}
+    redis.delete(keys.cloudwatch_leader)  # host-a went away and its key expired
+    sent.clear()
+    second.collect_once()
+    first.collect_once()
+    assert sent and {name for name, _ in sent} == {"host-b"}

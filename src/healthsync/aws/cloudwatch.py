@@ -14,7 +14,7 @@ namespace ``HealthSync`` with the dimension ``Stage`` (and ``Job`` for jobs):
 | EndToEndLatencyP99 | processor | the latency histogram's new samples: the bucket bound |
 | OpenAlerts | processor | the open alerts |
 | ArchiveLag | archive | consumer_lag of the archive stage, when it reports one |
-| JobFailures | jobs (+ Job) | runs that failed in the interval |
+| JobFailures | jobs (+ Job) | runs that failed in the interval, per job and in all |
 
 Only counts, sums and bounds: no dimension or value names a patient.
 
@@ -136,8 +136,12 @@ class PipelineMetrics:
         p99 = self._latency_p99({k: float(v) for k, v in _text(latency).items()})
         if p99 is not None:
             add("EndToEndLatencyP99", p99, "Seconds", Stage="processor")
-        for job, failures in self._job_failures(now).items():
-            add("JobFailures", float(failures), "Count", Stage="jobs", Job=job)
+        failures = self._job_failures(now)
+        if failures is not None:
+            for job, count in failures.items():
+                add("JobFailures", float(count), "Count", Stage="jobs", Job=job)
+            # And over every job, for one alarm that does not list the jobs.
+            add("JobFailures", float(sum(failures.values())), "Count", Stage="jobs")
         return data
 
     def _delta(self, metric: str, total: float) -> float | None:
@@ -155,10 +159,10 @@ class PipelineMetrics:
         new = {le: latency.get(le, 0.0) - previous.get(le, 0.0) for le in latency}
         return p99_bound({le: n for le, n in new.items() if n > 0})
 
-    def _job_failures(self, now: float) -> dict[str, int]:
+    def _job_failures(self, now: float) -> dict[str, int] | None:
         since, self._since = self._since, now
         if since is None:
-            return {}
+            return None
         failed: dict[str, int] = {}
         for record in self.runs.recent(200):
             done = record.finished_at

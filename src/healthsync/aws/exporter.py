@@ -8,12 +8,17 @@ delays nothing but itself.
   waited is sent once CloudWatch is back.
 
 It runs inside ``healthsync scheduler`` when ``HEALTHSYNC_CLOUDWATCH_ENABLED``
-is true.
+is true. With several schedulers (one per application host) only one sends the
+pipeline's metrics, which are the same wherever they are read: the one holding
+``{p}:cloudwatch:leader`` (a TTL of three intervals, renewed each interval).
+Every host ships its own logs.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -27,6 +32,15 @@ from healthsync.config import CloudWatchSettings
 from healthsync.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+_LEAD = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
 
 
 def _print(line: str) -> None:
@@ -43,13 +57,22 @@ class CloudWatchExporter:
     emit: Callable[[str], None] = _print
     queue: MetricQueue = field(init=False)
     failures: int = 0
+    identity: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.queue = MetricQueue(self.settings.queue_size)
 
+    def leads(self) -> bool:
+        """Whether this exporter sends the metrics now: it holds or takes the leader key."""
+        client, key = self.metrics.client, self.metrics.keys.cloudwatch_leader
+        ttl_ms = max(1000, int(self.settings.interval_s * 3000))
+        return bool(client.eval(_LEAD, 1, key, self.identity, ttl_ms))
+
     def collect_once(self) -> None:
+        if not self.leads():
+            return
         data = self.metrics.collect()
         if self.sender is None:
             for line in emf_lines(data, self.settings.namespace):
