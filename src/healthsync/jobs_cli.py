@@ -87,9 +87,12 @@ def register(sub: Any) -> None:
 
 
 def _catalog() -> dict[str, Job]:
+    """Every job; reprocess gets the stream stage's engine replay from here, the root."""
     from healthsync.jobs.catalog import catalog
+    from healthsync.jobs.reprocess import Reprocess
+    from healthsync.stream.engine import replay
 
-    return catalog()
+    return catalog({"reprocess": Reprocess(replay)})
 
 
 def _when(text: str) -> float:
@@ -155,10 +158,11 @@ def cmd_job_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     params = _params(args, settings)
     runs = _runs(settings)
-    reader = LiveWindow(runs.client, Records(Codec.from_settings(settings)))
+    codec = Codec.from_settings(settings)
+    reader = LiveWindow(runs.client, Records(codec))
     try:
         store = open_store(settings.jobs.output_url, settings.jobs.aws_region)
-        executor = Executor(runs, store, reader, settings.jobs.lock_ttl_s)
+        executor = Executor(runs, store, reader, settings.jobs.lock_ttl_s, codec)
         record = executor.run(job, params, runner=args.runner, trigger=args.trigger)
     except JobBusyError as exc:
         print(f"healthsync job: {exc}", file=sys.stderr)

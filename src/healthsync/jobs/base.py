@@ -15,6 +15,7 @@ from healthsync.errors import HealthSyncError
 
 if TYPE_CHECKING:
     from healthsync.jobs.output import JobOutput
+    from healthsync.security.codec import Codec
     from healthsync.store.period import ArchiveReader
 
 
@@ -48,6 +49,8 @@ class JobContext:
     params: JobParams
     output: JobOutput
     reader: ArchiveReader
+    # Seals what names a patient before it is written (see JobOutput.write_sealed).
+    codec: Codec
 
 
 class Job(Protocol):

@@ -14,10 +14,11 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from healthsync.jobs.base import Job, JobContext, JobError, JobParams
 from healthsync.jobs.output import JobOutput, ObjectStore
+from healthsync.security.codec import Codec
 from healthsync.store.period import ArchiveReader
 from healthsync.store.runs import RunRecord, RunStore
 
@@ -36,6 +37,8 @@ class Executor:
     store: ObjectStore
     reader: ArchiveReader
     lock_ttl_s: float
+    # Seals job outputs that name patients; the default seals nothing (crypto off).
+    codec: Codec = field(default_factory=lambda: Codec(None))
     clock: Callable[[], float] = time.time
 
     def run(
@@ -48,7 +51,7 @@ class Executor:
             record = self._start(job, params, runner, trigger)
             output = JobOutput(self.store, job.name, params.run_id)
             try:
-                summary = job.run(JobContext(params, output, self.reader))
+                summary = job.run(JobContext(params, output, self.reader, self.codec))
                 output.commit()
             except Exception as exc:
                 # Whatever went wrong, the record says so before the process exits non-zero.

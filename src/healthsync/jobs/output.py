@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import orjson
 
 from healthsync.errors import ConfigError
+from healthsync.security.codec import Codec
 
 
 class ObjectStore(Protocol):
@@ -144,6 +145,18 @@ class JobOutput:
 
     def write_json(self, name: str, doc: Any) -> None:
         self.write(name, orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+
+    def place(self, name: str) -> str:
+        """What a sealed file is bound to: its key, so a file moved elsewhere does not open."""
+        return f"jobs:{self.prefix}{name}"
+
+    def write_sealed(self, name: str, doc: Any, codec: Codec) -> None:
+        """A file that names patients: JSON sealed with the codec (plain if crypto is off)."""
+        data = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+        self.write(name, codec.seal(data, self.place(name)))
+
+    def read_sealed(self, name: str, codec: Codec) -> Any:
+        return orjson.loads(codec.open(self.store.get(self.prefix + name), self.place(name)))
 
     def commit(self) -> None:
         """Remove what an earlier run with this id wrote and this one did not."""
