@@ -220,6 +220,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
         runs,
         lock_ttl_s=settings.jobs.lock_ttl_s,
         period_s=settings.jobs.default_period_s,
+        known=frozenset(_catalog()),
     )
     if args.once:
         scheduler.tick()

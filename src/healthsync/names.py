@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+# The jobs `healthsync job run` knows (healthsync.jobs.catalog), for the layers below it.
+JOBS = ("alarm-report", "trends", "reprocess")
+
 
 def _clear(value: str) -> str:
     return value
@@ -49,6 +52,7 @@ class RedisKeys:
     - ``{p}:jobs:recent``               sorted set: run id scored by when it was created
     - ``{p}:jobs:lock:{job}``           string: the run id holding the job, with a TTL
     - ``{p}:jobs:schedule``             hash: job -> the last scheduled time handled
+    - ``{p}:jobs:requests``             list: run ids asked for through the API, for the scheduler
     - ``{p}:cloudwatch:leader``         string: the exporter that sends metrics, with a TTL
     """
 
@@ -146,6 +150,10 @@ class RedisKeys:
 
     def job_lock(self, job: str) -> str:
         return f"{self.prefix}:jobs:lock:{job}"
+
+    @property
+    def job_requests(self) -> str:
+        return f"{self.prefix}:jobs:requests"
 
     @property
     def job_schedule(self) -> str:

@@ -68,14 +68,31 @@ class LaunchRefusedError(Exception):
     """A run that cannot start; retrying the same request will not help."""
 
 
-def worker_script(job: str, run_id: str, since: float | None, until: float | None) -> str:
+def worker_script(
+    job: str,
+    run_id: str,
+    since: float | None,
+    until: float | None,
+    options: Mapping[str, str] | None = None,
+) -> str:
     """The user-data that runs the job on the instance and then powers it off."""
     args = [job, "--run-id", run_id, "--runner", "aws", "--trigger", "lambda"]
     if since is not None:
         args += ["--since", repr(float(since))]
     if until is not None:
         args += ["--until", repr(float(until))]
+    for key, value in sorted((options or {}).items()):
+        args += ["--option", f"{key}={value}"]
     return WORKER_SCRIPT.format(args=shlex.join(args), job=job, run_id=run_id)
+
+
+def _options(event: Mapping[str, Any]) -> dict[str, str]:
+    options = event.get("options") or {}
+    if not isinstance(options, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in options.items()
+    ):
+        raise LaunchRefusedError("options must map names to strings")
+    return options
 
 
 def _request(event: Mapping[str, Any]) -> tuple[str, str, float | None, float | None]:
@@ -134,7 +151,7 @@ def launch(
             LaunchTemplate={"LaunchTemplateName": template, "Version": "$Latest"},
             MinCount=1,
             MaxCount=1,
-            UserData=worker_script(job, run_id, since, until),
+            UserData=worker_script(job, run_id, since, until, _options(event)),
             InstanceInitiatedShutdownBehavior="terminate",
             TagSpecifications=[
                 {

@@ -38,7 +38,9 @@ class JobParams:
         doc: dict[str, Any] = {"since": self.since, "until": self.until}
         if self.patients:
             doc["patients"] = len(self.patients)
-        return doc | dict(self.options)
+        if self.options:
+            doc["options"] = dict(self.options)
+        return doc
 
     def wants(self, patient_id: str) -> bool:
         return not self.patients or patient_id in self.patients

@@ -52,7 +52,8 @@ class LocalRunner:
             *self.command,
             *("job", "run", launch.job, "--run-id", launch.run_id),
             *("--since", repr(launch.since), "--until", repr(launch.until)),
-            *("--trigger", "schedule", "--runner", self.name),
+            *("--trigger", launch.trigger, "--runner", self.name),
+            *(arg for key, value in launch.options for arg in ("--option", f"{key}={value}")),
         ]
         with (self.log_dir / f"{launch.run_id}.log").open("ab") as out:
             process = subprocess.Popen(
@@ -151,7 +152,8 @@ class LambdaRunner:
             "run_id": launch.run_id,
             "since": launch.since,
             "until": launch.until,
-            "trigger": "schedule",
+            "trigger": launch.trigger,
+            "options": dict(launch.options),
         }
         answer = self.client.invoke(
             FunctionName=self.function,

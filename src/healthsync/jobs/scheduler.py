@@ -35,6 +35,8 @@ class Launch:
     run_id: str
     since: float
     until: float
+    options: tuple[tuple[str, str], ...] = ()
+    trigger: str = "schedule"
 
 
 class Runner(Protocol):
@@ -70,17 +72,36 @@ class Scheduler:
     # A scheduled run covers the `period_s` before its slot.
     period_s: float
     clock: Callable[[], float] = time.time
+    # The jobs that exist, to refuse requests for others; None accepts any name.
+    known: frozenset[str] | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def tick(self) -> list[Launch]:
-        """Start every job whose slot has come; return what was started."""
+        """Start every job whose slot has come, and the runs asked for; return what started."""
         now = self.clock()
         started: list[Launch] = []
         for job, expression in self.schedule.items():
             launch = self._due(job, expression, now)
             if launch is not None and self._start(launch):
                 started.append(launch)
+        while (record := self.runs.next_request()) is not None:
+            launch = self._requested(record)
+            if launch is not None and self._start(launch, record):
+                started.append(launch)
         return started
+
+    def _requested(self, record: RunRecord) -> Launch | None:
+        if self.known is not None and record.job not in self.known:
+            self._fail(record, f"no job {record.job!r}")
+            return None
+        params = record.params
+        options = tuple(sorted(params.get("options", {}).items()))
+        return Launch(
+            record.job, record.run_id, params["since"], params["until"], options, record.trigger
+        )
+
+    def _fail(self, record: RunRecord, message: str) -> None:
+        self.runs.save(record.update(status="failed", finished_at=self.clock(), message=message))
 
     def _due(self, job: str, expression: str, now: float) -> Launch | None:
         last = self.runs.last_slot(job)
@@ -93,24 +114,30 @@ class Scheduler:
         slot = latest_slot(expression, now)
         return Launch(job, new_run_id(job, slot), slot - self.period_s, slot)
 
-    def _start(self, launch: Launch) -> bool:
+    def _start(self, launch: Launch, requested: RunRecord | None = None) -> bool:
         try:
             self.runs.acquire(launch.job, launch.run_id, self.lock_ttl_s)
         except JobBusyError as exc:
-            # Still running: the slot stays pending and starts once the lock is free.
-            log.info("job busy; slot pending", extra={"job": launch.job, "holder": exc.holder})
+            if requested is not None:
+                self._fail(requested, str(exc))
+            else:
+                # Still running: the slot stays pending and starts once the lock is free.
+                log.info("job busy; slot pending", extra={"job": launch.job, "holder": exc.holder})
             return False
-        record = RunRecord(
-            launch.run_id,
-            launch.job,
-            "queued",
-            self.runner.name,
-            "schedule",
-            self.clock(),
-            params={"since": launch.since, "until": launch.until},
-        )
+        if requested is not None:
+            record = requested.update(runner=self.runner.name)
+        else:
+            record = RunRecord(
+                launch.run_id,
+                launch.job,
+                "queued",
+                self.runner.name,
+                "schedule",
+                self.clock(),
+                params={"since": launch.since, "until": launch.until},
+            )
+            self.runs.set_last_slot(launch.job, launch.until)
         self.runs.save(record)
-        self.runs.set_last_slot(launch.job, launch.until)
         log.info("job scheduled", extra={"job": launch.job, "run_id": launch.run_id})
         try:
             self.runner.start(launch)

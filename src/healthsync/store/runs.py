@@ -150,6 +150,22 @@ class RunStore:
     def release(self, job: str, run_id: str) -> None:
         self.client.eval(_RELEASE, 1, self.keys.job_lock(job), run_id)
 
+    def request(self, record: RunRecord) -> None:
+        """Queue a run for the scheduler to start (the API's way to start one)."""
+        pipe = self.client.pipeline()
+        pipe.hset(self.keys.job_runs, record.run_id, record.to_json())
+        pipe.zadd(self.keys.job_recent, {record.run_id: record.created_at}, nx=True)
+        pipe.rpush(self.keys.job_requests, record.run_id)
+        pipe.execute()
+
+    def next_request(self) -> RunRecord | None:
+        """The oldest queued request, taken off the queue; None when there is none."""
+        while (raw := cast("bytes | None", self.client.lpop(self.keys.job_requests))) is not None:
+            record = self.get(raw.decode())
+            if record is not None:
+                return record
+        return None
+
     def last_slot(self, job: str) -> float | None:
         raw = cast("bytes | None", self.client.hget(self.keys.job_schedule, job))
         return None if raw is None else float(raw)
