@@ -20,6 +20,7 @@ from redis import Redis
 from healthsync.config import Settings
 from healthsync.errors import ConfigError
 from healthsync.jobs.base import Job, JobParams
+from healthsync.names import JOBS
 from healthsync.store.runs import JobBusyError, RunStore, new_run_id, valid_run_id
 
 log = logging.getLogger("healthsync")
@@ -41,7 +42,7 @@ def register(sub: Any) -> None:
     )
     actions = job.add_subparsers(dest="job_command", required=True, metavar="ACTION")
     run = actions.add_parser("run", help="run one job and wait for it")
-    run.add_argument("name", metavar="NAME", help="the job: " + ", ".join(_catalog()))
+    run.add_argument("name", metavar="NAME", help="the job: " + ", ".join(JOBS))
     run.add_argument("--since", type=_when, help="start of the period (ISO 8601 or epoch s)")
     run.add_argument("--until", type=_when, help="end of the period (default now)")
     run.add_argument(
@@ -86,13 +87,17 @@ def register(sub: Any) -> None:
     package.set_defaults(func=cmd_aws_package)
 
 
-def _catalog() -> dict[str, Job]:
-    """Every job; reprocess gets the stream stage's engine replay from here, the root."""
+def _catalog(settings: Settings) -> dict[str, Job]:
+    """Every job; reprocess gets the stream stage's engine replay from here, the root, and
+    verify a reader of the vitals topic."""
     from healthsync.jobs.catalog import catalog
     from healthsync.jobs.reprocess import Reprocess
+    from healthsync.jobs.verify import TopicCounter, Verify
+    from healthsync.security.codec import Codec
     from healthsync.stream.engine import replay
 
-    return catalog({"reprocess": Reprocess(replay)})
+    counter = TopicCounter(settings.kafka, Codec.from_settings(settings))
+    return catalog({"reprocess": Reprocess(replay), "verify": Verify(counter)})
 
 
 def _when(text: str) -> float:
@@ -151,7 +156,7 @@ def cmd_job_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     setup_logging("jobs", settings.log_level)
-    jobs = _catalog()
+    jobs = _catalog(settings)
     job = jobs.get(args.name)
     if job is None:
         print(f"healthsync job: no job {args.name!r}; known: {', '.join(jobs)}", file=sys.stderr)
@@ -209,7 +214,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     setup_logging("scheduler", settings.log_level)
-    unknown = sorted(set(settings.jobs.schedule) - set(_catalog()))
+    unknown = sorted(set(settings.jobs.schedule) - set(JOBS))
     if unknown:
         raise ConfigError(f"[jobs.schedule] names unknown jobs: {', '.join(unknown)}")
     runs = _runs(settings)
@@ -220,7 +225,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
         runs,
         lock_ttl_s=settings.jobs.lock_ttl_s,
         period_s=settings.jobs.default_period_s,
-        known=frozenset(_catalog()),
+        known=frozenset(JOBS),
     )
     if args.once:
         scheduler.tick()
