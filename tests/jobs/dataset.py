@@ -38,13 +38,10 @@ def reading(patient: str, hhmm: str, **vitals: float) -> Reading:
 
 
 def alert(
-    alert_id: str,
-    patient: str,
-    kind: str,
-    severity: Severity,
-    opened: str,
-    resolved: str | None,
+    alert_id: str, patient: str, kind: str, severity: Severity, span: tuple[str, str | None]
 ) -> Alert:
+    """An alert opened at span[0] and resolved at span[1] (None: still open)."""
+    opened, resolved = span
     return Alert(
         alert_id=alert_id,
         patient_id=patient,
@@ -72,12 +69,12 @@ READINGS = [
 
 ALERTS = [
     ArchivedAlert(
-        alert("a1", "P-1", "threshold:heart_rate", "warning", "10:00", "10:30"), t("10:04")
+        alert("a1", "P-1", "threshold:heart_rate", "warning", ("10:00", "10:30")), t("10:04")
     ),
-    ArchivedAlert(alert("a2", "P-1", "news2", "critical", "10:30", None), t("10:32")),
-    ArchivedAlert(alert("a3", "P-2", "threshold:spo2", "warning", "10:05", "10:07")),
-    ArchivedAlert(alert("a4", "P-2", "device_offline:mon-9", "warning", "10:10", "10:30")),
-    ArchivedAlert(alert("a5", "P-1", "threshold:heart_rate", "warning", "12:30", "12:31")),
+    ArchivedAlert(alert("a2", "P-1", "news2", "critical", ("10:30", None)), t("10:32")),
+    ArchivedAlert(alert("a3", "P-2", "threshold:spo2", "warning", ("10:05", "10:07"))),
+    ArchivedAlert(alert("a4", "P-2", "device_offline:mon-9", "warning", ("10:10", "10:30"))),
+    ArchivedAlert(alert("a5", "P-1", "threshold:heart_rate", "warning", ("12:30", "12:31"))),
 ]
 
 

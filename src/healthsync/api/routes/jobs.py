@@ -86,32 +86,36 @@ def jobs_router(settings: Settings) -> APIRouter:
         body: RunRequest | None = None,
     ) -> dict[str, Any]:
         """Queue a run of job `name` for the scheduler; 202 with its run record."""
-        if name not in JOBS:
-            raise HTTPException(404, f"no job {name!r}; known: {', '.join(JOBS)}")
-        wanted = body or RunRequest()
-        bad = [k for k in wanted.options if not _valid_key(k)]
-        if bad:
-            raise HTTPException(422, f"invalid option name(s): {', '.join(sorted(bad))}")
         now = time.time()
-        until = wanted.until if wanted.until is not None else now
-        since = wanted.since if wanted.since is not None else until - period_s
-        if since >= until:
-            raise HTTPException(422, "since must be before until")
-        run_id = wanted.run_id or new_run_id(name, now)
+        run_id, params = _plan(name, body or RunRequest(), period_s, now)
         holder = await asyncio.to_thread(runs.holder, name)
         if holder is not None:
             raise HTTPException(409, f"job {name} is already running (run {holder})")
         # Audited before it is queued: a run nobody can trace is not started.
         await access.record("run-job", [], resource=f"job:{name}:{run_id}")
-        params: dict[str, Any] = {"since": since, "until": until}
-        if wanted.options:
-            params["options"] = dict(wanted.options)
         record = RunRecord(run_id, name, "queued", "scheduler", "api", now, params=params)
         record = record.update(message=f"requested by {access.principal.subject}")
         await asyncio.to_thread(runs.request, record)
         return _view(record)
 
     return router
+
+
+def _plan(name: str, wanted: RunRequest, period_s: float, now: float) -> tuple[str, dict[str, Any]]:
+    """The run id and the run record's params of a request, or the HTTP error it deserves."""
+    if name not in JOBS:
+        raise HTTPException(404, f"no job {name!r}; known: {', '.join(JOBS)}")
+    bad = [k for k in wanted.options if not _valid_key(k)]
+    if bad:
+        raise HTTPException(422, f"invalid option name(s): {', '.join(sorted(bad))}")
+    until = wanted.until if wanted.until is not None else now
+    since = wanted.since if wanted.since is not None else until - period_s
+    if since >= until:
+        raise HTTPException(422, "since must be before until")
+    params: dict[str, Any] = {"since": since, "until": until}
+    if wanted.options:
+        params["options"] = dict(wanted.options)
+    return wanted.run_id or new_run_id(name, now), params
 
 
 def _valid_key(key: str) -> bool:
