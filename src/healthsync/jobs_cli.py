@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 
 from healthsync.config import Settings
 from healthsync.errors import ConfigError
@@ -174,6 +175,10 @@ def cmd_job_run(args: argparse.Namespace) -> int:
         return EXIT_BUSY
     except JobFailedError as exc:
         print(f"healthsync job: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except RedisError as exc:
+        # Without Redis there is no lock and no run record: nothing ran.
+        print(f"healthsync job: Redis unavailable, {args.name} not run: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(f"{record.run_id} {record.status} -> {record.output}")
     return 0

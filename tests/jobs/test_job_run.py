@@ -126,6 +126,16 @@ def test_unknown_jobs_and_bad_arguments_exit_2(job_settings: Settings) -> None:
     assert "run id '../etc'" in result.stderr
 
 
+def test_without_redis_nothing_runs_and_the_message_says_so(job_settings: Settings) -> None:
+    from healthsync.stack import free_port
+
+    job_settings.redis.url = f"redis://127.0.0.1:{free_port()}/0"
+    result = run_cli(job_settings, "job", "run", "alarm-report", "--run-id", "no-redis")
+    assert result.returncode == 1
+    assert "Redis unavailable, alarm-report not run" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def launch(run_id: str) -> Launch:
     return Launch("alarm-report", run_id, dataset.SINCE, dataset.UNTIL)
 
