@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from healthsync.jobs.runners import LocalRunner
 from healthsync.jobs.scheduler import Scheduler
 from healthsync.names import JOBS
 from healthsync.stack import Service
-from healthsync.store.runs import RunStore
+from healthsync.store.runs import RunRecord, RunStore
 from healthsync.supervisor import Pipeline
 from tests.conftest import Credentials, make_settings
 from tests.jobs.test_job_run import child_env
@@ -151,3 +151,20 @@ def test_a_busy_job_is_409_and_a_request_that_finds_it_busy_fails_with_the_reaso
         )
     finally:
         served.runs.release("trends", "tr-other")
+
+
+def test_the_openapi_document_shows_the_run_shape(served: JobsApi) -> None:
+    document = served.http.get("/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    answer = document["paths"]["/v1/jobs/{run_id}"]["get"]["responses"]["200"]
+    assert answer["content"]["application/json"]["schema"]["$ref"].endswith("/RunView")
+    assert set(schemas["RunView"]["properties"]) == {
+        *("run_id", "job", "status", "runner", "trigger", "created_at", "params"),
+        *("started_at", "finished_at", "exit_code", "message", "summary", "output", "worker"),
+    }
+    # The same fields as the run records the scheduler and the workers write.
+    assert set(schemas["RunView"]["properties"]) == {f.name for f in fields(RunRecord)}
+    listed = document["paths"]["/v1/jobs"]["get"]["responses"]["200"]
+    assert listed["content"]["application/json"]["schema"]["$ref"].endswith("/RunList")
+    started = document["paths"]["/v1/jobs/{name}/run"]["post"]["responses"]["202"]
+    assert started["content"]["application/json"]["schema"]["$ref"].endswith("/RunView")

@@ -42,6 +42,30 @@ class RunRequest(BaseModel):
     options: dict[str, str] = Field(default_factory=dict, description="job options, KEY: VALUE")
 
 
+class RunView(BaseModel):
+    """A job run, as `healthsync job list` and the dashboard see it (no patient data)."""
+
+    run_id: str
+    job: str
+    status: str = Field(description="queued, running, succeeded or failed")
+    runner: str = Field(description="local, aws, cli, or scheduler while queued")
+    trigger: str = Field(description="schedule, api, cli or lambda")
+    created_at: float
+    params: dict[str, Any] = Field(description="since, until, patient count, options")
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    message: str = ""
+    summary: dict[str, Any] = Field(default_factory=dict, description="the job's counts")
+    output: str | None = Field(None, description="where the run's files are")
+    worker: str | None = Field(None, description="the EC2 instance id, or host:pid")
+
+
+class RunList(BaseModel):
+    runs: list[RunView]
+    count: int
+
+
 async def runs_jobs(request: Request, credentials: Credentials) -> Access:
     guard: Guard = request.app.state.guard
     need = "the right to run jobs (the admin role)"
@@ -60,7 +84,7 @@ def jobs_router(settings: Settings) -> APIRouter:
     period_s = settings.jobs.default_period_s
     router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-    @router.get("")
+    @router.get("", response_model=RunList)
     async def list_runs(
         _access: Annotated[Access, Depends(auth.summary)],
         job: Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9-]{0,39}$")] = None,
@@ -69,7 +93,7 @@ def jobs_router(settings: Settings) -> APIRouter:
         records = await asyncio.to_thread(runs.recent, limit, job)
         return {"runs": [_view(r) for r in records], "count": len(records)}
 
-    @router.get("/{run_id}")
+    @router.get("/{run_id}", response_model=RunView)
     async def get_run(
         _access: Annotated[Access, Depends(auth.summary)],
         run_id: Annotated[str, Path(pattern=RUN_ID_PATTERN)],
@@ -79,7 +103,7 @@ def jobs_router(settings: Settings) -> APIRouter:
             raise HTTPException(404, f"no job run {run_id}")
         return _view(record)
 
-    @router.post("/{name}/run", status_code=202)
+    @router.post("/{name}/run", status_code=202, response_model=RunView)
     async def start_run(
         access: Annotated[Access, Depends(runs_jobs)],
         name: Annotated[str, Path(pattern=r"^[a-z][a-z0-9-]{0,39}$")],
