@@ -22,6 +22,7 @@ from healthsync.commands import (
     evaluate,
     fhir_validate,
     ingest,
+    jobs,
     keys,
     simulate,
     up,
@@ -42,6 +43,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     fhir_validate.register,
     evaluate.register,
     apikey.register,
+    jobs.register,  # job, scheduler, aws
 )
 
 

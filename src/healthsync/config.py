@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -242,6 +243,74 @@ class AuthSettings(BaseModel):
         return self.jwt_issuer is not None
 
 
+JOB_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,39}$"
+
+
+class JobsSettings(BaseModel):
+    """Compute jobs: when they run, where, and where their output goes."""
+
+    # "local": a subprocess on this machine; "aws": the scheduler invokes the Lambda
+    # function, which launches an EC2 worker from a launch template.
+    runner: Literal["local", "aws"] = "local"
+    # Job name -> cron expression (croniter, UTC), e.g. {"trends" = "5 * * * *"}.
+    schedule: dict[str, str] = Field(default_factory=dict)
+    # The store job outputs go to, under <prefix>/jobs/<name>/<run id>/: a local
+    # directory (file://, or a plain path) or s3://bucket/prefix. The archive's store.
+    output_url: str = "file://run/archive"
+    # A local run is killed after this long; the lock that keeps a job from running
+    # twice expires a little later, so a crashed run never blocks the job for good.
+    timeout_s: float = Field(3600.0, gt=0)
+    lock_margin_s: float = Field(60.0, ge=0)
+    # Where the local runner writes each run's output (stdout and stderr).
+    log_dir: Path = Path("run/logs/jobs")
+    # How often the scheduler looks at the clock.
+    tick_s: float = Field(1.0, gt=0)
+    # The period a run covers when none is given: the last `default_period_s` seconds.
+    default_period_s: float = Field(24 * 3600.0, gt=0)
+    # The aws runner: the Lambda function that launches workers, and its region.
+    lambda_function: str = "healthsync-jobs-launcher"
+    aws_region: str | None = None
+    # Read by the Lambda handler (healthsync.aws.lambda_jobs) from its environment:
+    # the EC2 launch template's name, and the Redis URL where run records live.
+    launch_template: str | None = None
+    state_url: str | None = None
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_schedule(cls, schedule: dict[str, str]) -> dict[str, str]:
+        from croniter import croniter
+
+        for name, expression in schedule.items():
+            if not re.fullmatch(JOB_NAME_PATTERN, name):
+                raise ValueError(f"job name {name!r} must match {JOB_NAME_PATTERN}")
+            if not croniter.is_valid(expression):
+                raise ValueError(f"job {name}: {expression!r} is not a cron expression")
+        return schedule
+
+    @property
+    def lock_ttl_s(self) -> float:
+        return self.timeout_s + self.lock_margin_s
+
+
+class CloudWatchSettings(BaseModel):
+    """Metrics and logs to Amazon CloudWatch; off unless enabled."""
+
+    enabled: bool = False
+    interval_s: float = Field(60.0, gt=0)
+    namespace: str = "HealthSync"
+    # "api": PutMetricData and CloudWatch Logs PutLogEvents from the exporter;
+    # "emf": Embedded Metric Format lines on stdout, for the CloudWatch agent.
+    mode: Literal["api", "emf"] = "api"
+    # Log groups are <log_group_prefix>/<stage>.
+    log_group_prefix: str = "/healthsync"
+    # Metric batches waiting to be sent; beyond this the oldest are dropped (and counted).
+    queue_size: int = Field(1000, ge=1)
+    # The stages' log files (<stage>.log) to ship; None: the parent of jobs.log_dir.
+    log_dir: Path | None = None
+    ship_logs: bool = True
+    aws_region: str | None = None
+
+
 class Settings(BaseSettings):
     """All of HealthSync's settings."""
 
@@ -262,6 +331,8 @@ class Settings(BaseSettings):
     tls: TlsSettings = TlsSettings()
     auth: AuthSettings = AuthSettings()
     crypto: CryptoSettings = CryptoSettings()
+    jobs: JobsSettings = JobsSettings()
+    cloudwatch: CloudWatchSettings = CloudWatchSettings()
     log_level: str = "INFO"
 
     @classmethod

@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+# The jobs `healthsync job run` knows (healthsync.jobs.catalog), for the layers below it.
+JOBS = ("alarm-report", "trends", "reprocess", "verify")
+
 
 def _clear(value: str) -> str:
     return value
@@ -45,6 +48,12 @@ class RedisKeys:
     - ``{p}:audit``                     stream: who read which patient's data (API audit log)
     - ``{p}:stats:{component}``         hash of counters shared by all instances
     - ``{p}:latency``                   hash: histogram bucket -> count
+    - ``{p}:jobs:runs``                 hash: run id -> run record JSON (no patient data)
+    - ``{p}:jobs:recent``               sorted set: run id scored by when it was created
+    - ``{p}:jobs:lock:{job}``           string: the run id holding the job, with a TTL
+    - ``{p}:jobs:schedule``             hash: job -> the last scheduled time handled
+    - ``{p}:jobs:requests``             list: run ids asked for through the API, for the scheduler
+    - ``{p}:cloudwatch:leader``         string: the exporter that sends metrics, with a TTL
     """
 
     prefix: str = "hs"
@@ -130,3 +139,26 @@ class RedisKeys:
     @property
     def latency(self) -> str:
         return f"{self.prefix}:latency"
+
+    @property
+    def job_runs(self) -> str:
+        return f"{self.prefix}:jobs:runs"
+
+    @property
+    def job_recent(self) -> str:
+        return f"{self.prefix}:jobs:recent"
+
+    def job_lock(self, job: str) -> str:
+        return f"{self.prefix}:jobs:lock:{job}"
+
+    @property
+    def job_requests(self) -> str:
+        return f"{self.prefix}:jobs:requests"
+
+    @property
+    def job_schedule(self) -> str:
+        return f"{self.prefix}:jobs:schedule"
+
+    @property
+    def cloudwatch_leader(self) -> str:
+        return f"{self.prefix}:cloudwatch:leader"

@@ -40,7 +40,7 @@ from healthsync.stack import (
 )
 
 _MAX_BACKOFF_S = 30.0
-STAGES = ("ingest", "process", "api")
+STAGES = ("ingest", "process", "api", "scheduler")
 # Order matters on shutdown: stop producers of data before its consumers.
 _STOP_ORDER = ("simulate", "ingest", "process", "push", "api")
 
@@ -137,6 +137,8 @@ class Pipeline:
         ensure_keyring(settings.crypto)
         if settings.ingest.plain_enabled is None:
             settings.ingest.plain_enabled = True  # the demo's netcat port, on loopback
+        if "log_dir" not in settings.jobs.model_fields_set:
+            settings.jobs.log_dir = self.logs / "jobs"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
         self.env.update(settings.to_env())
         if "OPENSSL_CONF" not in self.env:  # an operator's own OpenSSL configuration wins

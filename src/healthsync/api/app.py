@@ -24,6 +24,7 @@ from healthsync.api.audit import AuditLog
 from healthsync.api.auth import Authenticator, Guard
 from healthsync.api.errors import install_error_handlers
 from healthsync.api.routes import alerts, fhir, health, patients, rules, summary
+from healthsync.api.routes.jobs import jobs_router
 from healthsync.api.services import ApiServices
 from healthsync.api.unreadable import unreadable_counter
 from healthsync.config import Settings
@@ -90,4 +91,5 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    app.include_router(jobs_router(settings))
     return app

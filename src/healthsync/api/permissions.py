@@ -34,8 +34,10 @@ class Grants:
     read: frozenset[str] = frozenset()
     # May acknowledge alerts.
     acknowledge: bool = False
-    # May read the de-identified aggregates (/v1/summary).
+    # May read the de-identified aggregates (/v1/summary) and the job runs (/v1/jobs).
     summary: bool = False
+    # May start compute jobs (POST /v1/jobs/{name}/run).
+    run_jobs: bool = False
 
     def can_read(self, resource_type: str) -> bool:
         return ALL in self.read or resource_type in self.read
@@ -45,6 +47,7 @@ class Grants:
             read=self.read | other.read,
             acknowledge=self.acknowledge or other.acknowledge,
             summary=self.summary or other.summary,
+            run_jobs=self.run_jobs or other.run_jobs,
         )
 
     def __and__(self, other: Grants) -> Grants:
@@ -69,7 +72,7 @@ ROLES: dict[str, Grants] = {
     # Devices (FHIR Device resources) and the aggregates; no patient data.
     "device-admin": Grants(read=frozenset({"Device"}), summary=True),
     # Everything the API offers.
-    "admin": Grants(read=frozenset({ALL}), acknowledge=True, summary=True),
+    "admin": Grants(read=frozenset({ALL}), acknowledge=True, summary=True, run_jobs=True),
 }
 
 # Acknowledging an alert changes its Communication and Flag; a write scope on either grants it.

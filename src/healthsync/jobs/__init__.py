@@ -1,0 +1,1 @@
+"""Compute jobs over the archive: definitions, the scheduler and the runners (local, AWS)."""

@@ -1,0 +1,89 @@
+"""The CloudFormation templates in deploy/aws pass cfn-lint and agree with the code."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from cfnlint.decode import decode
+
+from healthsync.aws import cloudwatch, lambda_jobs
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "aws"
+TEMPLATES = sorted(DEPLOY.glob("*.yaml"))
+
+
+def load(name: str) -> Any:
+    template, problems = decode(str(DEPLOY / name))
+    assert not problems, problems
+    return template
+
+
+def test_every_template_passes_cfn_lint() -> None:
+    assert [t.name for t in TEMPLATES] == [
+        "compute.yaml",
+        "data.yaml",
+        "monitoring.yaml",
+        "network.yaml",
+    ]
+    cfn_lint = Path(sys.executable).with_name("cfn-lint")
+    result = subprocess.run(
+        [str(cfn_lint), *map(str, TEMPLATES)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_alarms_watch_metrics_the_exporter_sends() -> None:
+    sent = re.findall(r"^\| (\w+) \| (\w+)", cloudwatch.__doc__ or "", re.MULTILINE)
+    exported = {(name, stage) for name, stage in sent if name != "metric"}
+    resources = load("monitoring.yaml")["Resources"]
+    watched = set()
+    for resource in resources.values():
+        if resource["Type"] != "AWS::CloudWatch::Alarm":
+            continue
+        props = resource["Properties"]
+        stats = [m["MetricStat"]["Metric"] for m in props.get("Metrics", []) if "MetricStat" in m]
+        for metric in [props, *stats]:
+            if "MetricName" in metric:
+                assert metric["Namespace"] == "HealthSync"
+                stage = {d["Name"]: d["Value"] for d in metric["Dimensions"]}["Stage"]
+                watched.add((metric["MetricName"], stage))
+    assert watched == {
+        ("ConsumerLag", "processor"),
+        ("ReadingsRejected", "ingest"),
+        ("ReadingsIngested", "ingest"),
+        ("JobFailures", "jobs"),
+        ("EndToEndLatencyP99", "processor"),
+    }
+    assert watched <= exported
+
+
+def test_workers_terminate_on_shutdown_and_the_launcher_is_configured_as_the_code_reads_it() -> (
+    None
+):
+    resources = load("compute.yaml")["Resources"]
+    worker = resources["WorkerTemplate"]["Properties"]["LaunchTemplateData"]
+    assert worker["InstanceInitiatedShutdownBehavior"] == "terminate"
+    launcher = resources["Launcher"]["Properties"]
+    assert launcher["Handler"] == "healthsync.aws.lambda_jobs.handler"
+    variables = set(launcher["Environment"]["Variables"])
+    for name in ("HEALTHSYNC_JOBS_LAUNCH_TEMPLATE", "HEALTHSYNC_JOBS_STATE_URL"):
+        assert name in variables and name in (lambda_jobs.__doc__ or "")
+
+
+def test_the_security_groups_mirror_the_host_firewall() -> None:
+    """Devices reach only the ingest TLS port, clinicians only the API (ops/firewall.sh)."""
+    groups = load("network.yaml")["Resources"]
+    params = load("network.yaml")["Parameters"]
+    ingest = groups["IngestSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    api = groups["ApiSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    assert {r["CidrIp"]["Ref"] for r in ingest} == {"DeviceCidr", "VpcCidr"}
+    assert all(r["FromPort"]["Ref"] == "IngestTlsPort" for r in ingest)
+    assert [r["CidrIp"]["Ref"] for r in api] == ["ClinicianCidr"]
+    assert (params["IngestTlsPort"]["Default"], params["ApiPort"]["Default"]) == (7443, 8000)
+    for store in ("KafkaSecurityGroup", "RedisSecurityGroup"):
+        rules = groups[store]["Properties"]["SecurityGroupIngress"]
+        assert all("CidrIp" not in r for r in rules), f"{store} must admit HealthSync hosts only"
