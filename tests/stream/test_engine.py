@@ -310,3 +310,12 @@ def test_replay_runs_the_whole_engine_over_readings() -> None:
         ("resolved", "device_offline:d7"),
         ("opened", "threshold:spo2"),
     ]
+
+
+def test_a_critical_alert_resolves_only_once_the_value_is_back_inside() -> None:
+    run = Run(AnomalySettings(persist_s=0, persist_readings=1))
+    events = [e for t in range(0, 120, 5) for e in run.send(reading(t, heart_rate=145))]
+    assert kinds(events) == [("opened", "threshold:heart_rate", "critical")]
+    events = [e for t in range(120, 200, 5) for e in run.send(reading(t, heart_rate=80))]
+    [resolved] = events
+    assert (resolved.type, resolved.alert.resolved_at) == ("resolved", T0 + 150)
