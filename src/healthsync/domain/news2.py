@@ -12,6 +12,7 @@ reported as missing (the score is then marked incomplete), never assumed.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
 from healthsync.domain.readings import Reading
@@ -20,7 +21,18 @@ Band = Literal["low", "low-medium", "medium", "high"]
 PARAMETERS = ("resp_rate", "spo2", "on_oxygen", "bp_sys", "heart_rate", "consciousness", "temp")
 
 
+def chart_value(value: float, decimals: int = 0) -> float:
+    """`value` at the chart's precision (whole numbers; tenths for temperature), half up.
+
+    The chart's bands leave gaps (SpO2 91 | 92): a device's 91.4 belongs to the band
+    it rounds to, not to the band above the gap.
+    """
+    step = Decimal(1).scaleb(-decimals)
+    return float(Decimal(str(value)).quantize(step, rounding=ROUND_HALF_UP))
+
+
 def score_resp_rate(rate: float) -> int:
+    rate = chart_value(rate)
     if rate <= 8:
         return 3
     if rate <= 11:
@@ -33,6 +45,7 @@ def score_resp_rate(rate: float) -> int:
 
 
 def score_spo2_scale1(spo2: float) -> int:
+    spo2 = chart_value(spo2)
     if spo2 <= 91:
         return 3
     if spo2 <= 93:
@@ -47,6 +60,7 @@ def score_spo2_scale2(spo2: float, on_oxygen: bool) -> int:
 
     Above 92% only scores when the patient is on oxygen: over-oxygenation is the risk.
     """
+    spo2 = chart_value(spo2)
     if spo2 <= 83:
         return 3
     if spo2 <= 85:
@@ -67,6 +81,7 @@ def score_air_or_oxygen(on_oxygen: bool) -> int:
 
 
 def score_systolic(bp_sys: float) -> int:
+    bp_sys = chart_value(bp_sys)
     if bp_sys <= 90:
         return 3
     if bp_sys <= 100:
@@ -79,6 +94,7 @@ def score_systolic(bp_sys: float) -> int:
 
 
 def score_pulse(rate: float) -> int:
+    rate = chart_value(rate)
     if rate <= 40:
         return 3
     if rate <= 50:
@@ -98,6 +114,7 @@ def score_consciousness(level: str) -> int:
 
 
 def score_temperature(celsius: float) -> int:
+    celsius = chart_value(celsius, 1)
     if celsius <= 35.0:
         return 3
     if celsius <= 36.0:
@@ -158,7 +175,7 @@ def news2(
         spo2 = observed["spo2"]
         if scale == 1:
             parts["spo2"] = score_spo2_scale1(spo2)
-        elif on_oxygen is not None or spo2 <= 92:
+        elif on_oxygen is not None or chart_value(spo2) <= 92:
             parts["spo2"] = score_spo2_scale2(spo2, bool(on_oxygen))
     if on_oxygen is not None:
         parts["on_oxygen"] = score_air_or_oxygen(bool(on_oxygen))
