@@ -319,3 +319,47 @@ def test_a_critical_alert_resolves_only_once_the_value_is_back_inside() -> None:
     events = [e for t in range(120, 200, 5) for e in run.send(reading(t, heart_rate=80))]
     [resolved] = events
     assert (resolved.type, resolved.alert.resolved_at) == ("resolved", T0 + 150)
+
+
+NORMAL: dict[str, Any] = {"resp_rate": 16, "spo2": 97, "heart_rate": 75, "temp": 37, "bp_sys": 125}
+
+
+def test_news2_alerts_persist_like_any_other_and_escalate_once_high_persists() -> None:
+    run = Run()
+    medium = dict(NORMAL, resp_rate=22, spo2=94, heart_rate=95, temp=38.5)  # 2+1+1+1 = 5
+    events = [e for t in (0, 5, 10) for e in run.send(reading(t, **medium))]
+    assert [k for k in kinds(events) if k[1] == "news2"] == [], "10 s is not 15 s"
+    events = run.send(reading(15, **medium))
+    assert ("opened", "news2", "warning") in kinds(events)
+    high = dict(medium, resp_rate=25, heart_rate=112, bp_sys=100)  # 3+1+2+1+2 = 9
+    events = [e for t in (20, 25, 30) for e in run.send(reading(t, **high))]
+    assert [k for k in kinds(events) if k[1] == "news2"] == []
+    events = run.send(reading(35, **high))
+    assert ("escalated", "news2", "critical") in kinds(events)
+
+
+def test_a_single_red_score_raises_an_urgent_alert() -> None:
+    # SpO2 91 scores 3 on the chart but sits inside the SpO2 alert band (< 90).
+    run = Run()
+    events = [e for t in range(0, 20, 5) for e in run.send(reading(t, **dict(NORMAL, spo2=91)))]
+    [opened] = [e.alert for e in events if e.alert.kind == "news2"]
+    assert (opened.severity, opened.value) == ("warning", 3)
+    assert "red score" in opened.rule and "spo2 3" in opened.rule
+
+
+def test_new_confusion_raises_an_alert_at_once() -> None:
+    run = Run()
+    run.send(reading(0, **NORMAL, consciousness="A"))
+    events = run.send(reading(5, **NORMAL, consciousness="U"))
+    assert kinds(events) == [("opened", "news2", "warning")]
+    assert "consciousness 3" in events[0].alert.rule
+
+
+def test_news2_is_scored_from_the_samples_the_engine_kept() -> None:
+    run = Run(AnomalySettings(persist_s=0, persist_readings=1))
+    unwell = dict(NORMAL, resp_rate=22, heart_rate=95, temp=38.5)  # 2+1+1 = 4: low
+    run.send(reading(0, **unwell), reading(5, **unwell))
+    # Scored as it came, SpO2 72 would add 3: NEWS2 7, high, a critical alert.
+    assert run.send(reading(10, **dict(unwell, spo2=72))) == [], "an artefact scores nothing"
+    assert run.send(reading(15, **unwell)) == []
+    assert [(a.vital, a.value) for a in run.artefacts] == [("spo2", 72)]

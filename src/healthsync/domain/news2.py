@@ -11,7 +11,8 @@ reported as missing (the score is then marked incomplete), never assumed.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
@@ -191,6 +192,33 @@ def news2(
     missing = tuple(p for p in PARAMETERS if p not in parts)
     used = {p: sources[p] for p in parts if p in sources} if sources else {}
     return News2(total, band_for(total, parts), parts, missing, scale, ts, used)
+
+
+def rescore(score: News2, values: Mapping[str, float]) -> News2:
+    """`score` with the vitals it scored re-scored from `values` (the anomaly engine's
+    artefact-screened samples); other parameters, the scale and the sources stay."""
+    parts = dict(score.parts)
+    on_oxygen = parts.get("on_oxygen", 0) > 0
+    for name, value in values.items():
+        if name not in parts:
+            continue
+        if name == "spo2":
+            if score.scale == 1:
+                parts[name] = score_spo2_scale1(value)
+            else:
+                parts[name] = score_spo2_scale2(value, on_oxygen)
+        elif name in _VITAL_SCORERS:
+            parts[name] = _VITAL_SCORERS[name](value)
+    total = sum(parts.values())
+    return replace(score, total=total, band=band_for(total, parts), parts=parts)
+
+
+_VITAL_SCORERS = {
+    "resp_rate": score_resp_rate,
+    "bp_sys": score_systolic,
+    "heart_rate": score_pulse,
+    "temp": score_temperature,
+}
 
 
 # What a patient's latest observations look like: parameter -> (value, when measured, reading id).

@@ -39,7 +39,7 @@ from healthsync.domain.alerts import (
     alert_id_for,
 )
 from healthsync.domain.batch import Batch
-from healthsync.domain.news2 import News2
+from healthsync.domain.news2 import News2, rescore
 from healthsync.domain.readings import VITALS, Reading
 from healthsync.domain.rules import AnomalySettings, TrendRule
 from healthsync.stream.rulebook import RuleBook
@@ -303,19 +303,41 @@ class AnomalyEngine:
 
     def _news2(self, patient: str, score: News2) -> list[AlertEvent]:
         state = self.states.setdefault(patient, PatientState())
+        # Score what the engine kept: a sample held or set aside as an artefact does not count.
+        score = rescore(score, {v: s.value for v, s in state.last.items() if v in score.parts})
+        # RCP 2017: medium (5-6) and any single red score (3) call for an urgent response,
+        # high (7+) for an emergency one.
         severity: Severity | None = (
-            "critical" if score.band == "high" else "warning" if score.band == "medium" else None
+            "critical" if score.band == "high" else None if score.band == "low" else "warning"
         )
+        if score.band == "low-medium" and self._red_covered(state, patient, score):
+            severity = None  # the vital's own threshold alert says it already
         if severity is None and self._idle(state, patient, "news2"):
             return []
-        rule = f"NEWS2 {score.total} ({score.band}): " + ", ".join(
+        red = ", a single red score" if score.band == "low-medium" else ""
+        rule = f"NEWS2 {score.total} ({score.band}{red}): " + ", ".join(
             f"{k} {v}" for k, v in sorted(score.parts.items()) if v
         )
-        finding = Finding(severity, score.total <= 4, float(score.total), rule, "0..4")
+        # A nurse's observation of new confusion is not a noisy sensor: it needs no persistence.
+        confused = score.parts.get("consciousness", 0) > 0
+        finding = Finding(
+            severity, score.band == "low", float(score.total), rule, "0..4", immediate=confused
+        )
         source = next(iter(score.sources.values()), "")
         sample = Sample(score.ts, float(score.total), source)
         self._decided_at = score.ts
         return self._track(state, patient, "news2", None, sample, finding)
+
+    def _red_covered(self, state: PatientState, patient: str, score: News2) -> bool:
+        """Whether every red (3-point) parameter is a vital beyond its own alert band."""
+        bands = self.rules.bands_for(patient)
+        for name, points in score.parts.items():
+            if points < 3:
+                continue
+            band, kept = bands.get(name), state.last.get(name)
+            if band is None or kept is None or band.severity(kept.value) is None:
+                return False
+        return True
 
     # -- the lifecycle shared by every kind --------------------------------------------------
 
