@@ -363,3 +363,22 @@ def test_news2_is_scored_from_the_samples_the_engine_kept() -> None:
     assert run.send(reading(10, **dict(unwell, spo2=72))) == [], "an artefact scores nothing"
     assert run.send(reading(15, **unwell)) == []
     assert [(a.vital, a.value) for a in run.artefacts] == [("spo2", 72)]
+
+
+def test_a_monitor_moved_to_another_patient_leaves_no_offline_alert_behind() -> None:
+    run = Run()
+    for t in range(0, 30, 5):
+        run.send(reading(t, "P-1", device="mon-1", heart_rate=70))
+    [offline] = run.send(now=70)
+    assert (offline.alert.patient_id, offline.alert.kind) == ("P-1", "device_offline:mon-1")
+    events = run.send(reading(90, "P-2", device="mon-1", heart_rate=80))
+    assert [(e.type, e.alert.alert_id) for e in events] == [("resolved", offline.alert.alert_id)]
+    assert "mon-1" not in run.states["P-1"]["devices"], "the old patient's state forgets it"
+    # Moved before it was missed: nothing opens for the old patient later either.
+    for t in range(0, 30, 5):
+        run.send(reading(t, "P-3", device="mon-2", heart_rate=70))
+    events = []
+    for t in range(30, 200, 5):
+        events += run.send(reading(t, "P-4", device="mon-2", heart_rate=70))
+        events += run.send(reading(t, "P-2", device="mon-1", heart_rate=80), now=t)
+    assert events == []

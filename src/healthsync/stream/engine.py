@@ -88,6 +88,8 @@ class AnomalyEngine:
         self.owned: set[int] | None = None  # partitions this engine is responsible for
         self.stale = load_states is not None or load_open is not None
         self._decided_at = 0.0
+        self._device_patient: dict[str, str] = {}  # which patient each device last sent for
+        self._touched: set[str] = set()  # patients changed by another patient's reading
         self._trends_by_vital: dict[str, list[TrendRule]] = {}
         for trend in self.cfg.trends:
             self._trends_by_vital.setdefault(trend.vital, []).append(trend)
@@ -120,6 +122,8 @@ class AnomalyEngine:
             ticked = self.tick(batch.now)
             events.extend(ticked)
             touched.update(e.alert.patient_id for e in ticked)
+        touched |= self._touched
+        self._touched = set()
         for patient in touched:
             batch.states[patient] = self.states[patient].to_dict()
 
@@ -134,11 +138,18 @@ class AnomalyEngine:
                 if self._owns(state := PatientState.from_dict(doc))
             }
             self.stale = False
+            self._device_patient = {
+                device: patient
+                for patient, state in self.states.items()
+                for device in state.devices
+            }
             return
         unknown = sorted({r.patient_id for r in readings} - self.states.keys())
         if unknown and self.load_states is not None:
             for patient, doc in self.load_states(unknown).items():
-                self.states[patient] = PatientState.from_dict(doc)
+                state = self.states[patient] = PatientState.from_dict(doc)
+                for device in state.devices:
+                    self._device_patient.setdefault(device, patient)
 
     def _owns(self, state: PatientState) -> bool:
         return self.owned is None or state.partition is None or state.partition in self.owned
@@ -440,14 +451,26 @@ class AnomalyEngine:
     # -- devices --------------------------------------------------------------------------------
 
     def _heard(self, state: PatientState, reading: Reading) -> list[AlertEvent]:
-        """A reading from a device: it is online; an offline alert for it resolves."""
+        """A reading from a device: it is online; an offline alert for it resolves. A
+        device now sending for another patient was moved: the old patient forgets it."""
         clock = state.devices.get(reading.device_id)
         at = reading.received_at
         if clock is None:
             state.devices[reading.device_id] = DeviceClock(at)
         else:
             clock.heard(at)
-        alert = self.open.pop((reading.patient_id, _offline_kind(reading.device_id)), None)
+        events: list[AlertEvent] = []
+        previous = self._device_patient.get(reading.device_id)
+        self._device_patient[reading.device_id] = reading.patient_id
+        if previous is not None and previous != reading.patient_id:
+            old = self.states.get(previous)
+            if old is not None and old.devices.pop(reading.device_id, None) is not None:
+                self._touched.add(previous)
+            events += self._back_online(previous, reading.device_id, at)
+        return events + self._back_online(reading.patient_id, reading.device_id, at)
+
+    def _back_online(self, patient: str, device_id: str, at: float) -> list[AlertEvent]:
+        alert = self.open.pop((patient, _offline_kind(device_id)), None)
         if alert is None:
             return []
         alert.status = "resolved"
