@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ import pytest
 from healthsync.config import Settings
 from healthsync.domain.readings import Reading, reading_id_for
 from healthsync.domain.rules import AnomalySettings
-from healthsync.evaluation.detectors import Alarm, naive_alarms, run_engine
+from healthsync.evaluation.detectors import Alarm, monitor_alarms, naive_alarms, run_engine
 from healthsync.evaluation.generate import EPOCH, Dataset, LabelledEpisode, generate, warning_bands
 from healthsync.evaluation.scenario import (
     EPISODE_VITAL,
@@ -22,7 +24,13 @@ from healthsync.evaluation.scenario import (
     load_scenario,
     scenario_paths,
 )
-from healthsync.evaluation.scoring import alert_reduction, false_alarms, percentile, score
+from healthsync.evaluation.scoring import (
+    KindScore,
+    alert_reduction,
+    false_alarms,
+    percentile,
+    score,
+)
 
 VITALS_TOML = """
 [vitals.heart_rate]
@@ -149,6 +157,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
 # --- scoring -----------------------------------------------------------------------------
 
 
+def spo2_alarm(patient: str, at: float, kind: str = "threshold:spo2") -> Alarm:
+    return Alarm(patient, at, kind, vitals=frozenset({"spo2"}))
+
+
 def episode(
     start: float, end: float, onset_at: float | None = None, patient: str = "P1"
 ) -> LabelledEpisode:
@@ -158,44 +170,57 @@ def episode(
 
 def test_an_alarm_inside_the_episode_detects_it_with_its_delay() -> None:
     result = score(
-        [episode(100, 200)], [Alarm("P1", 112, "threshold:spo2")], patient_hours=1, grace=30
+        [episode(100, 200)], [spo2_alarm("P1", 112, "threshold:spo2")], patient_hours=1, grace=30
     )
     assert (result.detected, result.median_delay, result.false_alerts) == (1, 12, 0)
 
 
 def test_no_alarm_or_another_patients_alarm_is_a_miss() -> None:
     episodes = [episode(100, 200)]
-    result = score(episodes, [Alarm("P2", 150, "threshold:spo2")], patient_hours=2, grace=30)
+    result = score(episodes, [spo2_alarm("P2", 150, "threshold:spo2")], patient_hours=2, grace=30)
     assert (result.detected, result.missed, result.false_alerts) == (0, episodes, 1)
     assert result.false_per_patient_hour == 0.5
 
 
 def test_grace_edge_counts_and_one_second_later_is_false() -> None:
     episodes = [episode(100, 200)]
-    on_edge = score(episodes, [Alarm("P1", 230, "news2")], patient_hours=1, grace=30)
+    on_edge = score(episodes, [spo2_alarm("P1", 230, "news2")], patient_hours=1, grace=30)
     assert (on_edge.detected, on_edge.median_delay, on_edge.false_alerts) == (1, 130, 0)
-    late = score(episodes, [Alarm("P1", 231, "news2")], patient_hours=1, grace=30)
+    late = score(episodes, [spo2_alarm("P1", 231, "news2")], patient_hours=1, grace=30)
     assert (late.detected, late.false_alerts) == (0, 1)
 
 
 def test_an_alarm_during_the_onset_is_early_not_false_and_before_it_detects_nothing() -> None:
     gradual = [episode(100, 200, onset_at=40)]
-    early = score(gradual, [Alarm("P1", 70, "trend:spo2_fall")], patient_hours=1, grace=30)
-    assert (early.detected, early.median_delay, early.false_alerts) == (1, 0, 0)
+    early = score(gradual, [spo2_alarm("P1", 70, "trend:spo2_fall")], patient_hours=1, grace=30)
+    # Found 30 s before SpO2 crossed its limit: the delay says so, unclipped.
+    assert (early.detected, early.median_delay, early.false_alerts) == (1, -30, 0)
     # Opened before the onset (and maybe still open): raised for something else.
-    before = score(gradual, [Alarm("P1", 39, "threshold:spo2")], patient_hours=1, grace=30)
+    before = score(gradual, [spo2_alarm("P1", 39, "threshold:spo2")], patient_hours=1, grace=30)
     assert (before.detected, before.false_alerts) == (0, 1)
 
 
 def test_the_first_alarm_in_the_window_sets_the_delay() -> None:
-    alarms = [Alarm("P1", 150, "news2"), Alarm("P1", 120, "threshold:spo2")]
+    alarms = [spo2_alarm("P1", 150, "news2"), spo2_alarm("P1", 120, "threshold:spo2")]
     assert score([episode(100, 200)], alarms, patient_hours=1, grace=30).median_delay == 20
 
 
+def test_only_an_alarm_about_the_episodes_vital_detects_it() -> None:
+    episodes = [episode(100, 200)]
+    heart = Alarm("P1", 110, "threshold:heart_rate", vitals=frozenset({"heart_rate"}))
+    news2 = Alarm("P1", 120, "news2", vitals=frozenset({"resp_rate", "spo2"}))
+    result = score(episodes, [heart, news2], patient_hours=1, grace=30)
+    assert (result.detected, result.median_delay) == (1, 20), "NEWS2 with SpO2 scoring in"
+    assert result.false_by_kind == {"threshold:heart_rate": 1}, "a heart-rate alarm is not"
+    moving = [replace(episodes[0], related=("heart_rate",))]
+    assert score(moving, [heart], patient_hours=1, grace=30).false_alerts == 0
+
+
 def test_technical_alarms_are_counted_apart() -> None:
-    alarms = [Alarm("P1", 150, "device_offline:m1", "technical"), Alarm("P1", 500, "news2")]
+    alarms = [Alarm("P1", 150, "device_offline:m1", "technical"), spo2_alarm("P1", 500, "news2")]
     result = score([episode(100, 200)], alarms, patient_hours=1, grace=30)
-    assert (result.detected, result.alerts, result.false_alerts) == (0, 1, 1)
+    # In the total of alerts (a nurse is called for them too), and apart.
+    assert (result.detected, result.alerts, result.false_alerts) == (0, 2, 1)
     assert result.technical_alerts == 1
     assert result.false_by_kind == {"news2": 1}
 
@@ -204,14 +229,15 @@ def test_sensitivity_for_long_episodes_and_delay_percentiles() -> None:
     episodes = [episode(0, 30, patient="A"), episode(0, 60, patient="B")]
     episodes += [episode(0, 100, patient=p) for p in "CDEFGHIJ"]
     alarms = [
-        Alarm(p, delay, "news2") for p, delay in zip("BCDEFGHIJ", range(10, 100, 10), strict=True)
+        spo2_alarm(p, delay, "news2")
+        for p, delay in zip("BCDEFGHIJ", range(10, 100, 10), strict=True)
     ]
     result = score(episodes, alarms, patient_hours=10, grace=0, long_episode_s=60)
     # A's 30 s episode went unnoticed; every episode of 60 s or more was caught.
     assert (result.detected, result.episodes, result.sensitivity) == (9, 10, 0.9)
     assert (result.long_detected, result.long_episodes, result.sensitivity_long) == (9, 9, 1.0)
     assert (result.median_delay, result.p90_delay) == (50, 90)
-    assert result.by_episode_kind == {"hypoxaemia": (9, 10, 50)}
+    assert result.by_episode_kind == {"hypoxaemia": KindScore(9, 10, 50, 90)}
     assert percentile([], 0.9) is None
     assert false_alarms(episodes, alarms, grace=0) == []
 
@@ -243,6 +269,18 @@ def test_naive_baseline_raises_one_alarm_per_excursion() -> None:
         ("P1", "naive:spo2", 15),
         ("P1", "naive:spo2", 35),
     ]
+
+
+def test_the_monitor_alarms_once_an_excursion_lasts_its_delay_critical_values_included() -> None:
+    spo2 = [97, 80, 80, 80, 80, 80, 96, 84, 84, 97, 88, 88, 88, 88]
+    readings = [reading("P1", 5 * i, spo2=v) for i, v in enumerate(spo2)]
+    alarms = monitor_alarms(readings, warning_bands(), delay_s=15)
+    # 80 from 5 s: alarm at 20 s, once; 84 for 5 s: none; 88 from 50 s: alarm at 65 s.
+    assert [(a.kind, a.opened_at - EPOCH, a.vitals) for a in alarms] == [
+        ("monitor:spo2", 20, frozenset({"spo2"})),
+        ("monitor:spo2", 65, frozenset({"spo2"})),
+    ]
+    assert monitor_alarms(readings, warning_bands(), delay_s=0)[0].opened_at == EPOCH + 5
 
 
 def test_the_engine_runs_with_the_anomaly_settings(tiny: Dataset) -> None:
@@ -442,10 +480,17 @@ def test_eval_prints_the_table_for_a_scenario(tmp_path: Path) -> None:
         "technical",
         "reduction",
     ]
-    assert lines[header + 1].startswith("engine ")
-    naive = lines[header + 2].split()
-    # Every episode here goes far past its limit: the naive threshold catches all of them.
+    # "9 s" is one column: glue the unit on before splitting.
+    engine, monitor, naive = (
+        re.sub(r"(\d) s\b", r"\1s", lines[header + i]).split() for i in (1, 2, 3)
+    )
+    # Every episode here goes far past its limit: every detector catches all of them.
     assert naive[:4] == ["naive", "6/6", "100%", "100%"]
+    assert monitor[:4] == ["monitor", "6/6", "100%", "100%"]
+    assert engine[:4] == ["engine", "6/6", "100%", "100%"]
+    # ... the engine within 15 s (median), with fewer false alerts than the monitor.
+    assert int(engine[4].rstrip("s")) <= 15
+    assert int(engine[7]) <= int(monitor[7])
     [by_kind] = [line for line in lines if line.startswith("engine by episode kind")]
     assert all(f" {kind} " in by_kind for kind in EPISODE_VITAL)
 

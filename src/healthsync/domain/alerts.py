@@ -96,19 +96,22 @@ class Alert:
     window_s: float = 0.0
     evidence: list[tuple[float, float]] = field(default_factory=list)
     device_id: str | None = None
+    # The parameters behind it: its vital, or the NEWS2 parameters that scored.
+    drivers: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def snapshot(self) -> Alert:
         """A copy that later changes to this alert do not touch (for events)."""
-        return replace(self, evidence=list(self.evidence))
+        return replace(self, evidence=list(self.evidence), drivers=list(self.drivers))
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Alert:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in doc.items() if k in known}
         values["evidence"] = [(float(t), float(v)) for t, v in values.get("evidence", [])]
+        values["drivers"] = [str(d) for d in values.get("drivers", [])]
         return cls(**values)
 
 

@@ -81,10 +81,19 @@ class LabelledEpisode:
     start: float
     end: float
     target: float
+    # Vitals that move with it (a hypoxaemia's heart and respiratory rates): an alarm
+    # on them during the episode is not false, though only its own vital detects it.
+    related: tuple[str, ...] = ()
+    # Its worst value is beyond the vital's critical limit.
+    critical: bool = False
 
     @property
     def duration(self) -> float:
         return self.end - self.start
+
+    @property
+    def vitals(self) -> tuple[str, ...]:
+        return (self.vital, *self.related)
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +311,16 @@ def _episode_value(t: float, background: float, e: _Placed) -> float:
     return e.limit + e.direction * max(beyond, inside)
 
 
+_CRITICAL: Final = {t.vital: (t.critical_low, t.critical_high) for t in DEFAULT_THRESHOLDS}
+
+
+def _beyond_critical(e: _Placed) -> bool:
+    low, high = _CRITICAL.get(e.vital, (None, None))
+    if e.direction < 0:
+        return low is not None and e.target < low
+    return high is not None and e.target > high
+
+
 def generate(scenario: Scenario, bands: Mapping[str, Band] | None = None) -> Dataset:
     """Readings of every patient, merged in time order, and the episodes they contain."""
     bands = warning_bands() if bands is None else bands
@@ -328,6 +347,7 @@ def generate(scenario: Scenario, bands: Mapping[str, Band] | None = None) -> Dat
                     EPOCH + e.start,
                     EPOCH + e.start + e.duration,
                     e.target,
+                    critical=_beyond_critical(e),
                 )
             )
         for vital, start, values in plan.spikes:

@@ -167,7 +167,12 @@ class Targets(_Strict):
     # Share of episodes lasting `long_episode_s` or more that must be detected.
     min_sensitivity_long: float = Field(default=1.0, ge=0, le=1)
     long_episode_s: float = Field(default=60.0, gt=0)
-    max_median_delay_s: float | None = Field(default=20.0, ge=0)
+    max_median_delay_s: float | None = Field(default=15.0, ge=0)
+    max_false_per_patient_hour: float | None = Field(default=1.0, ge=0)
+    # Fewer false alerts than the bedside monitor (none is enough if it has none).
+    fewer_false_than_monitor: bool = True
+    # Every episode beyond a critical limit that the monitor caught, caught no later.
+    critical_not_slower_than_monitor: bool = True
     # 1 - engine alerts / naive alerts; only meaningful where artefacts abound.
     min_alert_reduction: float | None = Field(default=None, le=1)
 
@@ -181,6 +186,8 @@ class Scenario(_Strict):
     interval_s: float = Field(gt=0, le=3600)
     # Seconds after an episode ends in which an alert still counts as detecting it.
     grace_s: float = Field(default=30.0, ge=0)
+    # The bedside-monitor baseline's alarm delay.
+    monitor_delay_s: float = Field(default=15.0, ge=0)
     vitals: dict[str, VitalSpec]
     episodes: list[EpisodeSpec] = []
     artefacts: list[ArtefactSpec] = []

@@ -60,6 +60,7 @@ class Finding:
     rule: str  # what fired, in words, with its limits
     band: str = ""
     immediate: bool = False  # critical threshold values skip persistence
+    drivers: tuple[str, ...] = ()  # the parameters behind it, if not just the vital
 
 
 class AnomalyEngine:
@@ -332,7 +333,13 @@ class AnomalyEngine:
         # A nurse's observation of new confusion is not a noisy sensor: it needs no persistence.
         confused = score.parts.get("consciousness", 0) > 0
         finding = Finding(
-            severity, score.band == "low", float(score.total), rule, "0..4", immediate=confused
+            severity,
+            score.band == "low",
+            float(score.total),
+            rule,
+            "0..4",
+            immediate=confused,
+            drivers=tuple(sorted(k for k, v in score.parts.items() if v)),
         )
         source = next(iter(score.sources.values()), "")
         sample = Sample(score.ts, float(score.total), source)
@@ -401,6 +408,7 @@ class AnomalyEngine:
                 window_s=round(at - since, 3),
                 evidence=list(tracker.evidence),
                 device_id=device_id,
+                drivers=list(finding.drivers) or ([vital] if vital else []),
             )
             self.open[key] = alert
             state.trackers[kind] = Tracker(last_ts=sample.ts)
@@ -422,6 +430,7 @@ class AnomalyEngine:
                 alert.severity = finding.severity
                 alert.reading_id = sample.reading_id
                 alert.rule = finding.rule
+                alert.drivers = list(finding.drivers) or alert.drivers
                 alert.evidence = [*alert.evidence, (sample.ts, sample.value)][-EVIDENCE:]
                 tracker.worse_since, tracker.worse_count = None, 0
                 events.append(AlertEvent("escalated", alert.snapshot()))
@@ -563,9 +572,19 @@ def replay(
     settings: AnomalySettings | None = None,
     tick_s: float = 1.0,
 ) -> list[AlertEvent]:
-    """Run the engine (with NEWS2 scoring) over readings in time order, as the processor
+    """Run the engine (with NEWS2 scoring) over readings in arrival order, as the processor
     would, and return every alert event. The clock ticks every `tick_s` of the readings'
     receive times in between, so devices that go quiet raise their offline alerts."""
+    return [event for _, event in replay_timed(readings, settings, tick_s)]
+
+
+def replay_timed(
+    readings: Iterable[Reading],
+    settings: AnomalySettings | None = None,
+    tick_s: float = 1.0,
+) -> list[tuple[float, AlertEvent]]:
+    """:func:`replay`, each event with the receive-clock time it was raised at: a reading
+    that arrives late raises its alert when it arrives, not when it was measured."""
     from healthsync.domain.batch import Batch
     from healthsync.stream.news2 import News2Scores
 
@@ -573,20 +592,20 @@ def replay(
     book = RuleBook(cfg.patients)
     engine = AnomalyEngine(cfg, book)
     scores = News2Scores(lambda _patients: {}, freshness_s=900.0, scale_for=book.scale_for)
-    events: list[AlertEvent] = []
+    events: list[tuple[float, AlertEvent]] = []
     next_tick: float | None = None
     last: float | None = None
     for reading in readings:
         if next_tick is None:
             next_tick = reading.received_at + tick_s
         while reading.received_at >= next_tick:
-            events.extend(engine.tick(next_tick))
+            events.extend((next_tick, e) for e in engine.tick(next_tick))
             next_tick += tick_s
         batch = Batch([reading])
         scores.process(batch)
         engine.process(batch)
-        events.extend(batch.alert_events)
+        events.extend((reading.received_at, e) for e in batch.alert_events)
         last = reading.received_at
     if last is not None:
-        events.extend(engine.tick(last + tick_s))
+        events.extend((last + tick_s, e) for e in engine.tick(last + tick_s))
     return events
