@@ -84,6 +84,9 @@ class Reading:
     on_oxygen: bool | None = None
     consciousness: str | None = None
     patient: dict[str, str] = field(default_factory=dict)
+    # Signal quality the device reported for this reading: ``sqi`` (0-1) and/or the
+    # perfusion index ``pi`` (%), as pulse oximeters do. Not a vital: never alerted on.
+    quality: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         """The canonical JSON that goes on the vitals topic."""
@@ -104,6 +107,8 @@ class Reading:
             doc["consciousness"] = self.consciousness
         if self.patient:
             doc["patient"] = self.patient
+        if self.quality:
+            doc["quality"] = self.quality
         return orjson.dumps(doc)
 
     @classmethod
@@ -122,6 +127,7 @@ class Reading:
                 on_oxygen=doc.get("on_oxygen"),
                 consciousness=doc.get("consciousness"),
                 patient={str(k): str(v) for k, v in doc.get("patient", {}).items()},
+                quality={str(k): float(v) for k, v in doc.get("quality", {}).items()},
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a canonical reading: {exc}") from exc

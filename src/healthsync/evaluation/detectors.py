@@ -138,7 +138,7 @@ def run_engine(readings: list[Reading], settings: Settings) -> EngineRun:
     An alarm's time is when the engine raised it on the receive clock: a reading
     that arrived late cannot have raised anything earlier.
     """
-    from healthsync.stream.engine import replay_timed
+    from healthsync.stream.replay import replay_timed
 
     events = replay_timed(readings, settings.anomaly)
-    return EngineRun("anomaly engine (stream.engine.replay)", _opened(events))
+    return EngineRun("anomaly engine (stream.replay)", _opened(events))

@@ -1,7 +1,7 @@
 """What the anomaly engine remembers about one patient between readings.
 
-Persistence timers, hysteresis timers, the last accepted sample per vital,
-samples held as probable artefacts, trend windows, baselines and the devices'
+Persistence and confirmation timers, hysteresis timers, the last accepted
+sample per vital, samples held as probable artefacts, trend windows, baselines and the devices'
 clocks. It is saved to Redis with every batch that changes it (in the same
 transaction as the readings it reflects), so a restarted or rebalanced
 processor picks up exactly where the last one stopped.
@@ -29,9 +29,19 @@ class Tracker:
     worse_count: int = 0
     clear_since: float | None = None  # back inside by the margin since (resolving)
     evidence: list[tuple[float, float]] = field(default_factory=list)
+    critical_since: float | None = None  # consecutive critical samples since (confirming)
+    critical_count: int = 0
 
     def note(self, ts: float, value: float) -> None:
         self.evidence = [*self.evidence, (ts, value)][-EVIDENCE:]
+
+    def note_critical(self, ts: float, critical: bool) -> None:
+        if not critical:
+            self.critical_since, self.critical_count = None, 0
+            return
+        if self.critical_since is None:
+            self.critical_since = ts
+        self.critical_count += 1
 
     def to_list(self) -> list[Any]:
         return [
@@ -42,11 +52,15 @@ class Tracker:
             self.worse_count,
             self.clear_since,
             self.evidence,
+            self.critical_since,
+            self.critical_count,
         ]
 
     @classmethod
     def from_list(cls, data: list[Any]) -> Tracker:
-        since, count, last_ts, worse_since, worse_count, clear_since, evidence = data
+        since, count, last_ts, worse_since, worse_count, clear_since, evidence = data[:7]
+        # State saved before critical values needed confirmation has no such fields.
+        critical_since, critical_count = data[7:9] if len(data) >= 9 else (None, 0)
         return cls(
             since,
             int(count),
@@ -55,6 +69,8 @@ class Tracker:
             int(worse_count),
             clear_since,
             [(float(t), float(v)) for t, v in evidence],
+            critical_since,
+            int(critical_count),
         )
 
 
@@ -87,7 +103,8 @@ class PatientState:
     partition: int | None = None
     trackers: dict[str, Tracker] = field(default_factory=dict)
     last: dict[str, Sample] = field(default_factory=dict)
-    suspect: dict[str, Sample] = field(default_factory=dict)
+    # Per vital, the samples since a jump, held as a probable artefact until time decides.
+    held: dict[str, list[Sample]] = field(default_factory=dict)
     windows: dict[str, TrendWindow] = field(default_factory=dict)
     baselines: dict[str, Baseline] = field(default_factory=dict)
     devices: dict[str, DeviceClock] = field(default_factory=dict)
@@ -97,7 +114,9 @@ class PatientState:
             "partition": self.partition,
             "trackers": {k: t.to_list() for k, t in self.trackers.items()},
             "last": {k: [s.ts, s.value, s.reading_id] for k, s in self.last.items()},
-            "suspect": {k: [s.ts, s.value, s.reading_id] for k, s in self.suspect.items()},
+            "held": {
+                k: [[s.ts, s.value, s.reading_id] for s in run] for k, run in self.held.items()
+            },
             "windows": {k: w.to_list() for k, w in self.windows.items()},
             "baselines": {k: b.to_list() for k, b in self.baselines.items()},
             "devices": {k: [d.last, d.interval, d.count] for k, d in self.devices.items()},
@@ -112,7 +131,10 @@ class PatientState:
             partition=doc.get("partition"),
             trackers={k: Tracker.from_list(v) for k, v in doc.get("trackers", {}).items()},
             last={k: sample(v) for k, v in doc.get("last", {}).items()},
-            suspect={k: sample(v) for k, v in doc.get("suspect", {}).items()},
+            held={
+                **{k: [sample(v)] for k, v in doc.get("suspect", {}).items()},  # older state
+                **{k: [sample(s) for s in run] for k, run in doc.get("held", {}).items()},
+            },
             windows={k: TrendWindow.from_list(v) for k, v in doc.get("windows", {}).items()},
             baselines={k: Baseline.from_list(v) for k, v in doc.get("baselines", {}).items()},
             devices={
