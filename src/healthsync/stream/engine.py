@@ -159,6 +159,7 @@ class AnomalyEngine:
             if artefacts is not None:
                 artefacts.extend(screening.artefacts_of(patient, vital, set_aside))
             for sample in accepted:
+                state.keep(vital, sample.ts, sample.value)
                 events.extend(self._rules(state, patient, vital, sample))
         return events
 
@@ -332,6 +333,7 @@ class AnomalyEngine:
         self.life.interval = None
         for vital in stale:
             for sample in screening.release(state, vital):
+                state.keep(vital, sample.ts, sample.value)
                 events.extend(self._rules(state, patient, vital, sample))
         return events
 

@@ -9,7 +9,8 @@
   sensor: it needs no persistence.
 
 The score is re-computed from the samples the engine kept, so a sample held
-or set aside as an artefact does not count.
+or set aside as an artefact does not count, and from their median over the
+last 15 s, so one noisy sample at a chart boundary does not either.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ RED = 3
 
 
 def screened(score: News2, state: PatientState) -> News2:
-    """The score with its vitals taken from the samples the engine kept."""
-    return rescore(score, {v: s.value for v, s in state.last.items() if v in score.parts})
+    """The score with its vitals taken from the samples the engine kept (their recent median)."""
+    levels = {v: state.level(v) for v in score.parts}
+    return rescore(score, {v: level for v, level in levels.items() if level is not None})
 
 
 def news2_finding(score: News2, state: PatientState, bands: Mapping[str, Threshold]) -> Finding:
@@ -55,7 +57,7 @@ def _red_covered(score: News2, state: PatientState, bands: Mapping[str, Threshol
     for name, points in score.parts.items():
         if points < RED:
             continue
-        band, kept = bands.get(name), state.last.get(name)
-        if band is None or kept is None or band.severity(kept.value) is None:
+        band, level = bands.get(name), state.level(name)
+        if band is None or level is None or band.severity(level) is None:
             return False
     return True

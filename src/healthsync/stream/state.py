@@ -9,6 +9,7 @@ processor picks up exactly where the last one stopped.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,10 @@ from healthsync.stream.trends import Baseline, TrendWindow
 
 # Samples kept as an alert's evidence.
 EVIDENCE = 10
+# NEWS2 scores a vital's median over this many seconds of kept samples: a chart value
+# is a nurse's considered reading, not one noisy sample of a monitor.
+RECENT_S = 15.0
+_RECENT_MAX = 32
 
 
 @dataclass(slots=True)
@@ -105,9 +110,26 @@ class PatientState:
     last: dict[str, Sample] = field(default_factory=dict)
     # Per vital, the samples since a jump, held as a probable artefact until time decides.
     held: dict[str, list[Sample]] = field(default_factory=dict)
+    # Per vital, the kept (time, value) samples of the last RECENT_S: what NEWS2 scores.
+    recent: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     windows: dict[str, TrendWindow] = field(default_factory=dict)
     baselines: dict[str, Baseline] = field(default_factory=dict)
     devices: dict[str, DeviceClock] = field(default_factory=dict)
+
+    def keep(self, vital: str, ts: float, value: float) -> None:
+        """Remember a kept sample; those older than RECENT_S before the newest are dropped
+        (the newest one always stays, however old)."""
+        samples = sorted([*self.recent.get(vital, []), (ts, value)])
+        newest = samples[-1][0]
+        self.recent[vital] = [p for p in samples if p[0] >= newest - RECENT_S][-_RECENT_MAX:]
+
+    def level(self, vital: str) -> float | None:
+        """The vital's current level: the median of its recent kept samples."""
+        samples = self.recent.get(vital)
+        if not samples:
+            last = self.last.get(vital)
+            return None if last is None else last.value
+        return float(statistics.median(v for _, v in samples))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +139,7 @@ class PatientState:
             "held": {
                 k: [[s.ts, s.value, s.reading_id] for s in run] for k, run in self.held.items()
             },
+            "recent": {k: [list(p) for p in r] for k, r in self.recent.items()},
             "windows": {k: w.to_list() for k, w in self.windows.items()},
             "baselines": {k: b.to_list() for k, b in self.baselines.items()},
             "devices": {k: [d.last, d.interval, d.count] for k, d in self.devices.items()},
@@ -134,6 +157,9 @@ class PatientState:
             held={
                 **{k: [sample(v)] for k, v in doc.get("suspect", {}).items()},  # older state
                 **{k: [sample(s) for s in run] for k, run in doc.get("held", {}).items()},
+            },
+            recent={
+                k: [(float(t), float(v)) for t, v in r] for k, r in doc.get("recent", {}).items()
             },
             windows={k: TrendWindow.from_list(v) for k, v in doc.get("windows", {}).items()},
             baselines={k: Baseline.from_list(v) for k, v in doc.get("baselines", {}).items()},
