@@ -5,8 +5,8 @@ moved, ECG leads disturbed, a cuff knocked) is held rather than believed. Time
 decides, not the next sample alone, because motion artefacts often last two or
 three samples:
 
-- a later sample back within ``max_jump`` of the level before the jump sets the
-  whole held run aside as artefacts;
+- a later sample nearer the level before the jump than the held run's level
+  sets the whole held run aside as artefacts;
 - once the new level has stood for ``artefact_hold_s``, the run is released in
   order, each sample with its own time, so timers count from the jump;
 - a run that nothing contradicts before the device's next expected samples
@@ -20,6 +20,8 @@ perfusion index) is set aside at once.
 """
 
 from __future__ import annotations
+
+import statistics
 
 from healthsync.domain.alerts import Artefact
 from healthsync.domain.rules import AnomalySettings
@@ -54,8 +56,9 @@ def screen(
     set_aside: list[Sample] = []
     held = state.held.get(vital)
     if held is not None:
-        if abs(sample.value - last.value) > jump:
-            held.append(sample)  # still away from the old level
+        level = statistics.median(s.value for s in held)
+        if abs(sample.value - last.value) > abs(sample.value - level):
+            held.append(sample)  # nearer the new level than the old one: still away
             stood = sample.ts - held[0].ts >= cfg.artefact_hold_s
             return (release(state, vital) if stood else []), []
         set_aside = state.held.pop(vital)  # back where it was: they were artefacts
