@@ -460,3 +460,14 @@ def test_stable_noise_at_15_s_samples_is_no_trend() -> None:
         events = series(run, 0, 15, values)
         opened += [(patient, e.alert.kind) for e in events if e.type == "opened"]
     assert opened == []
+
+
+def test_a_late_sample_from_before_a_fall_does_not_make_the_fall_an_artefact() -> None:
+    run = Run()
+    events = series(run, 0, 5, [97, 97])
+    # The network delivers the fall's first sample before the last normal one.
+    events += run.send(reading(12, spo2=81)) + run.send(reading(9, spo2=97))
+    events += series(run, 17, 5, [81, 80, 80])
+    assert run.artefacts == []
+    [opened] = [e.alert for e in events if e.type == "opened"]
+    assert (opened.severity, opened.opened_at) == ("critical", T0 + 22)

@@ -55,6 +55,8 @@ def screen(
         return [sample], []
     set_aside: list[Sample] = []
     held = state.held.get(vital)
+    if held is not None and sample.ts < held[0].ts:
+        return _before_the_jump(state, vital, sample, jump)
     if held is not None:
         level = statistics.median(s.value for s in held)
         if abs(sample.value - last.value) > abs(sample.value - level):
@@ -72,6 +74,18 @@ def screen(
         return (release(state, vital) if cfg.artefact_hold_s <= 0 else []), set_aside
     state.last[vital] = sample
     return [sample], set_aside
+
+
+def _before_the_jump(
+    state: PatientState, vital: str, sample: Sample, jump: float
+) -> tuple[list[Sample], list[Sample]]:
+    """Measured before a held jump but arrived after it: it says nothing about the jump."""
+    last = state.last[vital]
+    if abs(sample.value - last.value) > jump:
+        return [], [sample]
+    if sample.ts > last.ts:
+        state.last[vital] = sample
+    return [sample], []
 
 
 def release(state: PatientState, vital: str) -> list[Sample]:
