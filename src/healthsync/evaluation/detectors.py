@@ -9,7 +9,9 @@ scoring needs.
   2009, measured): a plain threshold with an alarm delay. A vital alarms once
   it has been beyond its warning limit for ``delay_s`` (critical values
   included), judged on the device's own clock, as the monitor at the bedside
-  sees its samples without any network in between.
+  sees its samples in order. Its alarm reaches the ward's central station over
+  the same network as the reading that raised it, so it is timed at that
+  reading's arrival, as the engine's alarms are.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ def monitor_alarms(
                 alarms.append(
                     Alarm(
                         reading.patient_id,
-                        reading.ts,
+                        reading.received_at,
                         f"monitor:{vital}",
                         vitals=frozenset({vital}),
                     )
