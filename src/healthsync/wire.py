@@ -22,6 +22,7 @@ import orjson
 from healthsync.domain.readings import (
     CONSCIOUSNESS_LEVELS,
     PATIENT_FIELDS,
+    QUALITY,
     VITALS,
     Reading,
     reading_id_for,
@@ -103,6 +104,7 @@ _ALIASES: Final[dict[str, tuple[str, ...]]] = {
     _BP: (),
     "on_oxygen": ("on_o2",),
     "consciousness": (),
+    **{name: aliases for name, (_, _, aliases) in QUALITY.items()},
     **{field: _PATIENT_ALIASES.get(field, ()) for field in PATIENT_FIELDS},
 }
 
@@ -190,6 +192,14 @@ def _vital(name: str, raw: object) -> float:
         elif name == "temp":
             return _temperature(raw)
     return _bounded(name, _number(name, raw))
+
+
+def _quality(name: str, raw: object) -> float:
+    low, high, _ = QUALITY[name]
+    value = _number(name, raw)
+    if not low <= value <= high:
+        raise WireError("out_of_range", f"{name}: {value:g} outside {low:g}..{high:g}")
+    return value + 0.0
 
 
 def _temperature(raw: str) -> float:
@@ -409,6 +419,7 @@ def parse_line(line: bytes, received_at: float, *, max_line_bytes: int = MAX_LIN
     seq: int | None = None
     on_oxygen: bool | None = None
     consciousness: str | None = None
+    quality: dict[str, float] = {}
 
     for raw_key, value in pairs:
         canonical = CANONICAL_KEYS.get(raw_key.lower())
@@ -434,6 +445,8 @@ def parse_line(line: bytes, received_at: float, *, max_line_bytes: int = MAX_LIN
             on_oxygen = _flag(value)
         elif canonical == "consciousness":
             consciousness = _consciousness(value)
+        elif canonical in QUALITY:
+            quality[canonical] = _quality(canonical, value)
         else:
             patient[canonical] = _patient_field(canonical, value, received_at)
 
@@ -459,6 +472,7 @@ def parse_line(line: bytes, received_at: float, *, max_line_bytes: int = MAX_LIN
         on_oxygen=on_oxygen,
         consciousness=consciousness,
         patient=patient,
+        quality=quality,
     )
 
 

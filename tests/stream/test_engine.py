@@ -9,6 +9,8 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
+
 from healthsync.domain.alerts import AlertEvent
 from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading
@@ -17,6 +19,7 @@ from healthsync.stream.engine import AnomalyEngine
 from healthsync.stream.news2 import News2Scores
 from healthsync.stream.replay import replay
 from healthsync.stream.rulebook import RuleBook
+from healthsync.wire import WireError, parse_line
 
 T0 = 1_700_000_000.0
 _ids = itertools.count()
@@ -471,3 +474,21 @@ def test_a_late_sample_from_before_a_fall_does_not_make_the_fall_an_artefact() -
     assert run.artefacts == []
     [opened] = [e.alert for e in events if e.type == "opened"]
     assert (opened.severity, opened.opened_at) == ("critical", T0 + 22)
+
+
+def test_a_sample_the_oximeter_marks_as_poor_signal_is_set_aside() -> None:
+    run = Run(AnomalySettings(persist_s=0, persist_readings=1, critical_confirm_s=0))
+    lines = [
+        b"device_id=ox-1 patient_id=P-1 ts=1700000000 spo2=97 sqi=0.95",
+        b"device_id=ox-1 patient_id=P-1 ts=1700000005 spo2=88 sqi=0.2",
+        b'{"device": "ox-1", "patient": "P-1", "ts": 1700000010, "spo2": 87, "pi": 0.1}',
+        b"device_id=ox-1 patient_id=P-1 ts=1700000015 spo2=97 perfusion_index=2.5",
+    ]
+    readings = [parse_line(line, T0 + 20) for line in lines]
+    assert [r.quality for r in readings] == [{"sqi": 0.95}, {"sqi": 0.2}, {"pi": 0.1}, {"pi": 2.5}]
+    assert Reading.from_json(readings[1].to_json()) == readings[1]
+    # Small enough a change (97 -> 88 -> 87) to pass the jump screen: only quality tells.
+    assert [e for r in readings for e in run.send(r)] == []
+    assert [(a.vital, a.value) for a in run.artefacts] == [("spo2", 88), ("spo2", 87)]
+    with pytest.raises(WireError, match=r"sqi: 1\.5 outside 0\.\.1"):
+        parse_line(b"device_id=ox-1 patient_id=P-1 spo2=97 sqi=1.5", T0)

@@ -45,6 +45,14 @@ VITALS: dict[str, Vital] = {
 
 CONSCIOUSNESS_LEVELS = ("A", "C", "V", "P", "U")
 
+# Signal quality a device may report with a reading: name -> (minimum, maximum, aliases).
+# ``sqi``: a signal-quality index, 0 (unusable) to 1 (clean); ``pi``: the perfusion
+# index in %, which pulse oximeters show (below about 0.3 % SpO2 is unreliable).
+QUALITY: dict[str, tuple[float, float, tuple[str, ...]]] = {
+    "sqi": (0.0, 1.0, ("signal_quality",)),
+    "pi": (0.0, 20.0, ("perfusion_index",)),
+}
+
 # Demographics a device may send. They are PHI: carried on the vitals topic for
 # the FHIR Patient resource and stripped before anything is archived.
 PATIENT_FIELDS = ("patient_name", "birth_date", "gender", "mrn", "address", "phone")
