@@ -215,7 +215,9 @@ def test_deviation_from_the_patients_own_baseline() -> None:
 
 
 def test_news2_medium_is_a_warning_and_high_escalates_it() -> None:
-    run = Run(AnomalySettings(persist_s=0, persist_readings=1, critical_confirm_s=0))
+    run = Run(
+        AnomalySettings(persist_s=0, persist_readings=1, critical_confirm_s=0, news2_persist_s=0)
+    )
     # RR 22 (2) + SpO2 94 (1) + HR 95 (1) + temp 38.5 (1) = 5: medium
     medium: dict[str, Any] = {
         "resp_rate": 22,
@@ -343,8 +345,8 @@ def test_a_critical_alert_resolves_only_once_the_value_is_back_inside() -> None:
 NORMAL: dict[str, Any] = {"resp_rate": 16, "spo2": 97, "heart_rate": 75, "temp": 37, "bp_sys": 125}
 
 
-def test_news2_alerts_persist_like_any_other_and_escalate_once_high_persists() -> None:
-    run = Run(AnomalySettings(persist_s=15))
+def test_news2_alerts_persist_and_escalate_once_high_is_confirmed() -> None:
+    run = Run(AnomalySettings(news2_persist_s=15))
     medium = dict(NORMAL, resp_rate=22, spo2=94, heart_rate=95, temp=38.5)  # 2+1+1+1 = 5
     events = [e for t in (0, 5, 10) for e in run.send(reading(t, **medium))]
     assert [k for k in kinds(events) if k[1] == "news2"] == [], "10 s is not 15 s"
@@ -361,7 +363,9 @@ def test_news2_alerts_persist_like_any_other_and_escalate_once_high_persists() -
 def test_a_single_red_score_raises_an_urgent_alert() -> None:
     # SpO2 91 scores 3 on the chart but sits inside the SpO2 alert band (< 90).
     run = Run()
-    events = [e for t in range(0, 20, 5) for e in run.send(reading(t, **dict(NORMAL, spo2=91)))]
+    events = [e for t in range(0, 30, 5) for e in run.send(reading(t, **dict(NORMAL, spo2=91)))]
+    assert events == [], "a NEWS2 warning needs 30 s"
+    events = run.send(reading(30, **dict(NORMAL, spo2=91)))
     [opened] = [e.alert for e in events if e.alert.kind == "news2"]
     assert (opened.severity, opened.value) == ("warning", 3)
     assert "red score" in opened.rule and "spo2 3" in opened.rule
@@ -492,3 +496,13 @@ def test_a_sample_the_oximeter_marks_as_poor_signal_is_set_aside() -> None:
     assert [(a.vital, a.value) for a in run.artefacts] == [("spo2", 88), ("spo2", 87)]
     with pytest.raises(WireError, match=r"sqi: 1\.5 outside 0\.\.1"):
         parse_line(b"device_id=ox-1 patient_id=P-1 spo2=97 sqi=1.5", T0)
+
+
+def test_persistence_allows_for_the_timing_jitter_of_a_devices_samples() -> None:
+    run = Run()
+    series(run, -20, 5, [96, 96, 96, 96])  # the device's usual interval: 5 s
+    events = [e for t in (0, 5.1, 9.8) for e in run.send(reading(t, spo2=88))]
+    [opened] = events
+    assert opened.alert.opened_at == T0 + 9.8, "10 s of a 5 s monitor's samples, give or take"
+    slow = Run()
+    assert [e for t in (0, 4, 8) for e in slow.send(reading(t, spo2=88))] == []

@@ -225,8 +225,10 @@ class AnomalySettings(BaseModel):
     max_jump: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MAX_JUMP))
     artefact_window_s: float = Field(15.0, gt=0)
     artefact_hold_s: float = Field(10.0, ge=0)
-    # NEWS2 alerts: medium (5-6) opens a warning, high (>= 7) a critical alert.
+    # NEWS2 alerts: medium (5-6) or a single red score opens a warning once it has held
+    # news2_persist_s (new confusion at once), high (>= 7) a critical alert.
     news2_alerts: bool = True
+    news2_persist_s: float = Field(30.0, ge=0)
     # A device is offline after max(factor x its usual interval, minimum) without data.
     offline_factor: float = Field(3.0, ge=1)
     offline_min_s: float = Field(30.0, gt=0)

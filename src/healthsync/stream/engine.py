@@ -287,7 +287,8 @@ class AnomalyEngine:
     def _news2(self, patient: str, score: News2) -> list[AlertEvent]:
         state = self.states.setdefault(patient, PatientState())
         score = screened(score, state)
-        finding = news2_finding(score, state, self.rules.bands_for(patient))
+        bands = self.rules.bands_for(patient)
+        finding = news2_finding(score, state, bands, self.cfg.news2_persist_s)
         if finding.severity is None and self._idle(state, patient, "news2"):
             return []
         source = next(iter(score.sources.values()), "")

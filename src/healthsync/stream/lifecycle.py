@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from healthsync.domain.alerts import RANK, Alert, AlertEvent, Category, Severity, alert_id_for
 from healthsync.domain.rules import AnomalySettings
-from healthsync.stream.screening import INTERVALS_APART
+from healthsync.stream.screening import INTERVALS_APART, lasted
 from healthsync.stream.state import EVIDENCE, PatientState, Sample, Tracker
 
 
@@ -31,6 +31,7 @@ class Finding:
     band: str = ""
     immediate: bool = False  # skips persistence and confirmation (a nurse's observation)
     drivers: tuple[str, ...] = ()  # the parameters behind it, if not just the vital
+    persist_s: float | None = None  # this rule's own persistence, if not the default
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +74,9 @@ class Lifecycle:
         """Two or more consecutive critical samples spanning the confirmation time."""
         if self.cfg.critical_confirm_s <= 0:
             return since is not None
-        return since is not None and count >= 2 and ts - since >= self.cfg.critical_confirm_s
+        if since is None or count < 2:
+            return False
+        return lasted(ts - since, self.cfg.critical_confirm_s, self.interval)
 
     def _pending(
         self, state: PatientState, subject: Subject, sample: Sample, finding: Finding
@@ -91,8 +94,10 @@ class Lifecycle:
         tracker.note_critical(sample.ts, finding.severity == "critical")
         critical = self._confirmed(tracker.critical_since, tracker.critical_count, sample.ts)
         since = tracker.since if tracker.since is not None else sample.ts
+        persist_s = self.cfg.persist_s if finding.persist_s is None else finding.persist_s
         persisted = (
-            sample.ts - since >= self.cfg.persist_s and tracker.count >= self.cfg.persist_readings
+            lasted(sample.ts - since, persist_s, self.interval)
+            and tracker.count >= self.cfg.persist_readings
         )
         if not (finding.immediate or critical or persisted):
             return []

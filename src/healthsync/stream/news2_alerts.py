@@ -6,7 +6,9 @@
   alert (SpO2 84 is both) adds nothing; one inside the alert bands (SpO2
   90-91, systolic 90) or for consciousness does.
 - new confusion (ACVPU other than A) is a nurse's observation, not a noisy
-  sensor: it needs no persistence.
+  sensor: it needs no persistence. A warning otherwise needs ``news2_persist_s``:
+  the chart is for observations, and a monitor's values at a chart boundary
+  come and go.
 
 The score is re-computed from the samples the engine kept, so a sample held
 or set aside as an artefact does not count, and from their median over the
@@ -31,7 +33,9 @@ def screened(score: News2, state: PatientState) -> News2:
     return rescore(score, {v: level for v, level in levels.items() if level is not None})
 
 
-def news2_finding(score: News2, state: PatientState, bands: Mapping[str, Threshold]) -> Finding:
+def news2_finding(
+    score: News2, state: PatientState, bands: Mapping[str, Threshold], persist_s: float
+) -> Finding:
     severity: Severity | None = (
         "critical" if score.band == "high" else None if score.band == "low" else "warning"
     )
@@ -49,6 +53,7 @@ def news2_finding(score: News2, state: PatientState, bands: Mapping[str, Thresho
         "0..4",
         immediate=score.parts.get("consciousness", 0) > 0,
         drivers=tuple(sorted(k for k, v in score.parts.items() if v)),
+        persist_s=persist_s,
     )
 
 

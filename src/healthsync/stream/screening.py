@@ -30,6 +30,15 @@ from healthsync.stream.state import PatientState, Sample
 # Two samples this many of the device's intervals apart are still consecutive
 # (one lost sample between them included).
 INTERVALS_APART = 2.5
+# A span of samples counts as lasting a time if it falls short of it by no more than
+# this share of the device's interval: its timing jitter. Without it, a 5 s monitor
+# whose third sample comes at 9.8 s waits for a fourth, 5 s later.
+JITTER_SLACK = 0.25
+
+
+def lasted(span: float, needed: float, interval: float | None) -> bool:
+    """Whether samples `span` seconds apart show something lasting `needed` seconds."""
+    return span >= needed - JITTER_SLACK * (interval or 0.0)
 
 
 def jump_window(cfg: AnomalySettings, interval: float | None) -> float:
@@ -61,6 +70,7 @@ def screen(
         level = statistics.median(s.value for s in held)
         if abs(sample.value - last.value) > abs(sample.value - level):
             held.append(sample)  # nearer the new level than the old one: still away
+            # No jitter slack here: a three-sample dip 9.8 s long is still a dip.
             stood = sample.ts - held[0].ts >= cfg.artefact_hold_s
             return (release(state, vital) if stood else []), []
         set_aside = state.held.pop(vital)  # back where it was: they were artefacts
