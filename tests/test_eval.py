@@ -202,6 +202,14 @@ def test_an_alarm_during_the_onset_is_early_not_false_and_before_it_detects_noth
     assert (before.detected, before.false_alerts) == (0, 1)
 
 
+def test_an_alarm_during_a_slow_recovery_is_not_false_nor_a_detection() -> None:
+    slow = [episode(1000, 1300, onset_at=400)]  # 600 s on, so 600 s back
+    late = spo2_alarm("P1", 1800, "news2")
+    result = score(slow, [late], patient_hours=1, grace=30)
+    assert (result.detected, result.false_alerts) == (0, 0)
+    assert score(slow, [spo2_alarm("P1", 1901)], patient_hours=1, grace=30).false_alerts == 1
+
+
 def test_the_first_alarm_in_the_window_sets_the_delay() -> None:
     alarms = [spo2_alarm("P1", 150, "news2"), spo2_alarm("P1", 120, "threshold:spo2")]
     assert score([episode(100, 200)], alarms, patient_hours=1, grace=30).median_delay == 20

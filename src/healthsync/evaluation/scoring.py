@@ -13,10 +13,12 @@ Definitions (README "Alarm quality" says the same):
   alert that opened before the window does not detect the episode, even if it
   is still open: it was raised for something else, and counting it would
   reward alerts that never resolve.
-- A *false alarm* is a clinical alarm that opened outside every window of
+- A *false alarm* is a clinical alarm that opened outside every episode of
   that patient whose vitals it is about (an episode's vitals are its own and
-  the ones that move with it). Technical alarms (device offline) are neither
-  detections nor false alarms; they count in the total of alerts and apart.
+  the ones that move with it; it lasts from its onset to its end plus the
+  grace period or, if longer, the recovery, which mirrors the onset).
+  Technical alarms (device offline) are neither detections nor false
+  alarms; they count in the total of alerts and apart.
 """
 
 from __future__ import annotations
@@ -53,6 +55,13 @@ class EpisodeOutcome:
         if self.detected_at is None:
             return None
         return self.detected_at - self.episode.start
+
+
+def _affected(episode: LabelledEpisode, grace: float) -> tuple[float, float]:
+    """When the patient is not at baseline: a gradual episode recovers as slowly as it
+    came on, and an alert about it while it does is late, not false."""
+    recovery = episode.start - episode.onset_at
+    return episode.onset_at, episode.end + max(grace, recovery)
 
 
 def _window(episode: LabelledEpisode, grace: float) -> tuple[float, float]:
@@ -100,7 +109,7 @@ def false_alarms(
     """Clinical alarms outside every window of their patient that is about their vitals."""
     windows: dict[str, list[tuple[float, float, tuple[str, ...]]]] = defaultdict(list)
     for episode in episodes:
-        windows[episode.patient_id].append((*_window(episode, grace), episode.vitals))
+        windows[episode.patient_id].append((*_affected(episode, grace), episode.vitals))
     return [
         alarm
         for alarm in alarms
