@@ -62,7 +62,7 @@ def _check_targets(
                 f"{engine.long_detected}/{engine.long_episodes}",
             )
         )
-    if targets.max_median_delay_s is not None and engine.episodes:
+    if targets.max_median_delay_s is not None and targets.check_median_delay and engine.episodes:
         median = engine.median_delay
         checks.append(
             TargetCheck(

@@ -177,6 +177,8 @@ class Targets(_Strict):
     min_sensitivity_long: float = Field(default=1.0, ge=0, le=1)
     long_episode_s: float = Field(default=60.0, gt=0)
     max_median_delay_s: float | None = Field(default=15.0, ge=0)
+    # False where the devices' own intervals put the delay out of reach (TOML has no null).
+    check_median_delay: bool = True
     max_false_per_patient_hour: float | None = Field(default=1.0, ge=0)
     # Fewer false alerts than the bedside monitor (none is enough if it has none).
     fewer_false_than_monitor: bool = True

@@ -1,6 +1,6 @@
 """Scoring alarms against labelled episodes: pure functions, no I/O.
 
-Definitions (README "Alarm quality" says the same):
+Definitions (docs/ALARMS.md says the same):
 
 - An episode's *window* runs from its onset (when the vital began to move;
   its start for an abrupt one) to its end plus the grace period.
