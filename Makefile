@@ -41,8 +41,10 @@ system-deps:
 run: install
 	$(BIN)/healthsync up --simulate $(DEVICES) --rate $(RATE)
 
+# The engine against the targets in scenarios/*.toml (about a minute).
 test: install
 	$(BIN)/pytest
+	$(BIN)/healthsync eval --check
 
 lint: install
 	$(BIN)/ruff check src tests bench

@@ -32,7 +32,7 @@ from healthsync.names import RedisKeys
 from healthsync.stack import start_redis
 from healthsync.store.period import ArchivedAlert, MemoryArchive
 from healthsync.store.runs import RunStore
-from healthsync.stream.engine import replay
+from healthsync.stream.replay import replay
 
 STRICTER = '[anomaly.patients."P-0000".bands.heart_rate]\nhigh = 95\n'
 

@@ -80,7 +80,7 @@ def test_only_those_who_may_act_on_alerts_change_a_patients_rules(
 ) -> None:
     cfg = pipeline.settings.api
     url = f"http://{cfg.host}:{cfg.port}/v1/patients/P-Y/rules"
-    body = {"bands": {"heart_rate": {"high": 150}}}
+    body = {"bands": {"heart_rate": {"high": 130}}}
     assert httpx.put(url, json=body).status_code == 401
     assert httpx.put(url, json=body, headers=credentials.headers("viewer")).status_code == 403
     done = httpx.put(url, json=body, headers=credentials.headers("clinician"))

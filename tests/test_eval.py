@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
+import statistics
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,7 @@ import pytest
 from healthsync.config import Settings
 from healthsync.domain.readings import Reading, reading_id_for
 from healthsync.domain.rules import AnomalySettings
-from healthsync.evaluation.detectors import Alarm, naive_alarms, run_engine
+from healthsync.evaluation.detectors import Alarm, monitor_alarms, naive_alarms, run_engine
 from healthsync.evaluation.generate import EPOCH, Dataset, LabelledEpisode, generate, warning_bands
 from healthsync.evaluation.scenario import (
     EPISODE_VITAL,
@@ -22,7 +26,13 @@ from healthsync.evaluation.scenario import (
     load_scenario,
     scenario_paths,
 )
-from healthsync.evaluation.scoring import alert_reduction, false_alarms, percentile, score
+from healthsync.evaluation.scoring import (
+    KindScore,
+    alert_reduction,
+    false_alarms,
+    percentile,
+    score,
+)
 
 VITALS_TOML = """
 [vitals.heart_rate]
@@ -149,6 +159,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
 # --- scoring -----------------------------------------------------------------------------
 
 
+def spo2_alarm(patient: str, at: float, kind: str = "threshold:spo2") -> Alarm:
+    return Alarm(patient, at, kind, vitals=frozenset({"spo2"}))
+
+
 def episode(
     start: float, end: float, onset_at: float | None = None, patient: str = "P1"
 ) -> LabelledEpisode:
@@ -158,44 +172,65 @@ def episode(
 
 def test_an_alarm_inside_the_episode_detects_it_with_its_delay() -> None:
     result = score(
-        [episode(100, 200)], [Alarm("P1", 112, "threshold:spo2")], patient_hours=1, grace=30
+        [episode(100, 200)], [spo2_alarm("P1", 112, "threshold:spo2")], patient_hours=1, grace=30
     )
     assert (result.detected, result.median_delay, result.false_alerts) == (1, 12, 0)
 
 
 def test_no_alarm_or_another_patients_alarm_is_a_miss() -> None:
     episodes = [episode(100, 200)]
-    result = score(episodes, [Alarm("P2", 150, "threshold:spo2")], patient_hours=2, grace=30)
+    result = score(episodes, [spo2_alarm("P2", 150, "threshold:spo2")], patient_hours=2, grace=30)
     assert (result.detected, result.missed, result.false_alerts) == (0, episodes, 1)
     assert result.false_per_patient_hour == 0.5
 
 
 def test_grace_edge_counts_and_one_second_later_is_false() -> None:
     episodes = [episode(100, 200)]
-    on_edge = score(episodes, [Alarm("P1", 230, "news2")], patient_hours=1, grace=30)
+    on_edge = score(episodes, [spo2_alarm("P1", 230, "news2")], patient_hours=1, grace=30)
     assert (on_edge.detected, on_edge.median_delay, on_edge.false_alerts) == (1, 130, 0)
-    late = score(episodes, [Alarm("P1", 231, "news2")], patient_hours=1, grace=30)
+    late = score(episodes, [spo2_alarm("P1", 231, "news2")], patient_hours=1, grace=30)
     assert (late.detected, late.false_alerts) == (0, 1)
 
 
 def test_an_alarm_during_the_onset_is_early_not_false_and_before_it_detects_nothing() -> None:
     gradual = [episode(100, 200, onset_at=40)]
-    early = score(gradual, [Alarm("P1", 70, "trend:spo2_fall")], patient_hours=1, grace=30)
-    assert (early.detected, early.median_delay, early.false_alerts) == (1, 0, 0)
+    early = score(gradual, [spo2_alarm("P1", 70, "trend:spo2_fall")], patient_hours=1, grace=30)
+    # Found 30 s before SpO2 crossed its limit: the delay says so, unclipped.
+    assert (early.detected, early.median_delay, early.false_alerts) == (1, -30, 0)
     # Opened before the onset (and maybe still open): raised for something else.
-    before = score(gradual, [Alarm("P1", 39, "threshold:spo2")], patient_hours=1, grace=30)
+    before = score(gradual, [spo2_alarm("P1", 39, "threshold:spo2")], patient_hours=1, grace=30)
     assert (before.detected, before.false_alerts) == (0, 1)
 
 
+def test_an_alarm_during_a_slow_recovery_is_not_false_nor_a_detection() -> None:
+    slow = [episode(1000, 1300, onset_at=400)]  # 600 s on, so 600 s back
+    late = spo2_alarm("P1", 1800, "news2")
+    result = score(slow, [late], patient_hours=1, grace=30)
+    assert (result.detected, result.false_alerts) == (0, 0)
+    assert score(slow, [spo2_alarm("P1", 1901)], patient_hours=1, grace=30).false_alerts == 1
+
+
 def test_the_first_alarm_in_the_window_sets_the_delay() -> None:
-    alarms = [Alarm("P1", 150, "news2"), Alarm("P1", 120, "threshold:spo2")]
+    alarms = [spo2_alarm("P1", 150, "news2"), spo2_alarm("P1", 120, "threshold:spo2")]
     assert score([episode(100, 200)], alarms, patient_hours=1, grace=30).median_delay == 20
 
 
+def test_only_an_alarm_about_the_episodes_vital_detects_it() -> None:
+    episodes = [episode(100, 200)]
+    heart = Alarm("P1", 110, "threshold:heart_rate", vitals=frozenset({"heart_rate"}))
+    news2 = Alarm("P1", 120, "news2", vitals=frozenset({"resp_rate", "spo2"}))
+    result = score(episodes, [heart, news2], patient_hours=1, grace=30)
+    assert (result.detected, result.median_delay) == (1, 20), "NEWS2 with SpO2 scoring in"
+    assert result.false_by_kind == {"threshold:heart_rate": 1}, "a heart-rate alarm is not"
+    moving = [replace(episodes[0], related=("heart_rate",))]
+    assert score(moving, [heart], patient_hours=1, grace=30).false_alerts == 0
+
+
 def test_technical_alarms_are_counted_apart() -> None:
-    alarms = [Alarm("P1", 150, "device_offline:m1", "technical"), Alarm("P1", 500, "news2")]
+    alarms = [Alarm("P1", 150, "device_offline:m1", "technical"), spo2_alarm("P1", 500, "news2")]
     result = score([episode(100, 200)], alarms, patient_hours=1, grace=30)
-    assert (result.detected, result.alerts, result.false_alerts) == (0, 1, 1)
+    # In the total of alerts (a nurse is called for them too), and apart.
+    assert (result.detected, result.alerts, result.false_alerts) == (0, 2, 1)
     assert result.technical_alerts == 1
     assert result.false_by_kind == {"news2": 1}
 
@@ -204,14 +239,15 @@ def test_sensitivity_for_long_episodes_and_delay_percentiles() -> None:
     episodes = [episode(0, 30, patient="A"), episode(0, 60, patient="B")]
     episodes += [episode(0, 100, patient=p) for p in "CDEFGHIJ"]
     alarms = [
-        Alarm(p, delay, "news2") for p, delay in zip("BCDEFGHIJ", range(10, 100, 10), strict=True)
+        spo2_alarm(p, delay, "news2")
+        for p, delay in zip("BCDEFGHIJ", range(10, 100, 10), strict=True)
     ]
     result = score(episodes, alarms, patient_hours=10, grace=0, long_episode_s=60)
     # A's 30 s episode went unnoticed; every episode of 60 s or more was caught.
     assert (result.detected, result.episodes, result.sensitivity) == (9, 10, 0.9)
     assert (result.long_detected, result.long_episodes, result.sensitivity_long) == (9, 9, 1.0)
     assert (result.median_delay, result.p90_delay) == (50, 90)
-    assert result.by_episode_kind == {"hypoxaemia": (9, 10, 50)}
+    assert result.by_episode_kind == {"hypoxaemia": KindScore(9, 10, 50, 90)}
     assert percentile([], 0.9) is None
     assert false_alarms(episodes, alarms, grace=0) == []
 
@@ -243,6 +279,18 @@ def test_naive_baseline_raises_one_alarm_per_excursion() -> None:
         ("P1", "naive:spo2", 15),
         ("P1", "naive:spo2", 35),
     ]
+
+
+def test_the_monitor_alarms_once_an_excursion_lasts_its_delay_critical_values_included() -> None:
+    spo2 = [97, 80, 80, 80, 80, 80, 96, 84, 84, 97, 88, 88, 88, 88]
+    readings = [reading("P1", 5 * i, spo2=v) for i, v in enumerate(spo2)]
+    alarms = monitor_alarms(readings, warning_bands(), delay_s=15)
+    # 80 from 5 s: alarm at 20 s, once; 84 for 5 s: none; 88 from 50 s: alarm at 65 s.
+    assert [(a.kind, a.opened_at - EPOCH, a.vitals) for a in alarms] == [
+        ("monitor:spo2", 20, frozenset({"spo2"})),
+        ("monitor:spo2", 65, frozenset({"spo2"})),
+    ]
+    assert monitor_alarms(readings, warning_bands(), delay_s=0)[0].opened_at == EPOCH + 5
 
 
 def test_the_engine_runs_with_the_anomaly_settings(tiny: Dataset) -> None:
@@ -442,10 +490,17 @@ def test_eval_prints_the_table_for_a_scenario(tmp_path: Path) -> None:
         "technical",
         "reduction",
     ]
-    assert lines[header + 1].startswith("engine ")
-    naive = lines[header + 2].split()
-    # Every episode here goes far past its limit: the naive threshold catches all of them.
+    # "9 s" is one column: glue the unit on before splitting.
+    engine, monitor, naive = (
+        re.sub(r"(\d) s\b", r"\1s", lines[header + i]).split() for i in (1, 2, 3)
+    )
+    # Every episode here goes far past its limit: every detector catches all of them.
     assert naive[:4] == ["naive", "6/6", "100%", "100%"]
+    assert monitor[:4] == ["monitor", "6/6", "100%", "100%"]
+    assert engine[:4] == ["engine", "6/6", "100%", "100%"]
+    # ... the engine within 15 s (median), with fewer false alerts than the monitor.
+    assert int(engine[4].rstrip("s")) <= 15
+    assert int(engine[7]) <= int(monitor[7])
     [by_kind] = [line for line in lines if line.startswith("engine by episode kind")]
     assert all(f" {kind} " in by_kind for kind in EPISODE_VITAL)
 
@@ -469,3 +524,120 @@ def test_eval_with_a_bad_file_exits_2_and_names_it(tmp_path: Path) -> None:
     result = run_eval("--scenario", str(path))
     assert result.returncode == 2
     assert result.stderr.startswith(f"healthsync: {path}: invalid scenario: patients:")
+
+
+# --- the harder generator ------------------------------------------------------------------
+
+WARD_TOML = (
+    """
+description = "mixed devices, late and reordered readings, cuffs, correlated episodes"
+seed = 21
+patients = 12
+duration_s = 3600
+interval_s = 5
+intervals = [5, 15, 60]
+jitter_s = 1.0
+arrival_delay_s = [0, 12]
+bp_cuff_s = 900
+sqi_share = 1.0
+
+[[episodes]]
+kind = "hypoxaemia"
+count = 4
+duration_s = [120, 240]
+target = [82, 86]
+correlated = true
+
+[[episodes]]
+kind = "hypoxaemia"
+count = 2
+duration_s = [300, 400]
+onset_s = [600, 900]
+target = [88, 89]
+
+[[artefacts]]
+kind = "spike"
+vital = "spo2"
+per_patient_hour = 20
+value = [70, 80]
+samples = [1, 3]
+low_quality = 1.0
+
+[[artefacts]]
+kind = "dropout"
+per_patient_hour = 2
+duration_s = [30, 60]
+"""
+    + VITALS_TOML
+)
+
+
+@pytest.fixture(scope="module")
+def ward(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    return generate(load_scenario(write(tmp_path_factory.mktemp("ward"), WARD_TOML, "ward.toml")))
+
+
+def test_devices_send_at_their_own_interval_with_jitter_and_late_arrival(ward: Dataset) -> None:
+    by_device: dict[str, list[Reading]] = {}
+    for r in ward.readings:  # in arrival order
+        by_device.setdefault(r.device_id, []).append(r)
+    monitors = {d: rs for d, rs in by_device.items() if d.startswith("eval-mon-")}
+    cuffs = {d: rs for d, rs in by_device.items() if d.startswith("eval-cuff-")}
+
+    def interval(rs: list[Reading]) -> float:
+        times = sorted(r.ts for r in rs)
+        return round(statistics.median(b - a for a, b in itertools.pairwise(times)))
+
+    assert {interval(rs) for rs in monitors.values()} == {5, 15, 60}
+    # Not on a perfect grid, delivered late, and some of a device's readings out of order.
+    assert any((r.ts - EPOCH) % 1 for r in ward.readings)
+    assert max(r.received_at - r.ts for r in ward.readings) > 5
+    assert any([r.ts for r in rs] != sorted(r.ts for r in rs) for rs in monitors.values())
+    # Blood pressure comes from the cuff only, every 15 minutes.
+    assert all("bp_sys" not in r.vitals for rs in monitors.values() for r in rs)
+    assert cuffs and all(3 <= len(rs) <= 5 for rs in cuffs.values())
+    # Every monitor here reports signal quality; the spiked samples carry a poor one.
+    assert all("sqi" in r.quality for rs in monitors.values() for r in rs)
+    spikes = [a for a in ward.artefacts if a.kind == "spike"]
+    spiked = [
+        r
+        for a in spikes
+        for r in monitors[f"eval-mon-{a.patient_id[3:]}"]
+        if a.start <= r.ts - (r.ts - EPOCH) % 1 and r.vitals["spo2"] <= 80 and r.ts < a.end + 2
+    ]
+    assert spiked and all(r.quality["sqi"] < 0.5 for r in spiked)
+
+
+def test_a_correlated_hypoxaemia_moves_heart_and_breathing_too(ward: Dataset) -> None:
+    [sudden, *_] = [e for e in ward.episodes if e.related]
+    assert sudden.related == ("heart_rate", "resp_rate")
+    mine = [r for r in ward.readings if r.patient_id == sudden.patient_id and "spo2" in r.vitals]
+    before = [r for r in mine if r.ts < sudden.onset_at - 60]
+    during = [r for r in mine if sudden.start + 30 <= r.ts <= sudden.end - 30]
+    assert before and during
+    rise = statistics.mean(r.vitals["heart_rate"] for r in during) - statistics.mean(
+        r.vitals["heart_rate"] for r in before
+    )
+    assert rise > 10
+
+
+def test_artefacts_come_near_and_inside_episodes_but_never_change_a_label(ward: Dataset) -> None:
+    spikes = [a for a in ward.artefacts if a.kind == "spike"]
+    near = [
+        s
+        for s in spikes
+        for e in ward.episodes
+        if s.patient_id == e.patient_id and e.onset_at - 120 <= s.start <= e.end + 120
+    ]
+    assert near
+    assert {a.end - a.start for a in spikes} > {5.0, 15.0}, "1 to 3 samples"
+    for e in ward.episodes:
+        hidden = [
+            d
+            for d in ward.artefacts
+            if d.kind == "dropout"
+            and d.patient_id == e.patient_id
+            and d.start < e.end
+            and e.start < d.end
+        ]
+        assert hidden == []

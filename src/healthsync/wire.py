@@ -22,6 +22,7 @@ import orjson
 from healthsync.domain.readings import (
     CONSCIOUSNESS_LEVELS,
     PATIENT_FIELDS,
+    QUALITY,
     VITALS,
     Reading,
     reading_id_for,
@@ -103,6 +104,7 @@ _ALIASES: Final[dict[str, tuple[str, ...]]] = {
     _BP: (),
     "on_oxygen": ("on_o2",),
     "consciousness": (),
+    **{name: aliases for name, (_, _, aliases) in QUALITY.items()},
     **{field: _PATIENT_ALIASES.get(field, ()) for field in PATIENT_FIELDS},
 }
 
@@ -190,6 +192,14 @@ def _vital(name: str, raw: object) -> float:
         elif name == "temp":
             return _temperature(raw)
     return _bounded(name, _number(name, raw))
+
+
+def _quality(name: str, raw: object) -> float:
+    low, high, _ = QUALITY[name]
+    value = _number(name, raw)
+    if not low <= value <= high:
+        raise WireError("out_of_range", f"{name}: {value:g} outside {low:g}..{high:g}")
+    return value + 0.0
 
 
 def _temperature(raw: str) -> float:
@@ -430,6 +440,7 @@ class _Fields:
         "ids",
         "on_oxygen",
         "patient",
+        "quality",
         "received_at",
         "seen",
         "seq",
@@ -447,6 +458,7 @@ class _Fields:
         self.seq: int | None = None
         self.on_oxygen: bool | None = None
         self.consciousness: str | None = None
+        self.quality: dict[str, float] = {}
 
     def _canonical(self, raw_key: str) -> str:
         canonical = CANONICAL_KEYS.get(raw_key.lower())
@@ -474,6 +486,8 @@ class _Fields:
             self.on_oxygen = _flag(value)
         elif canonical == "consciousness":
             self.consciousness = _consciousness(value)
+        elif canonical in QUALITY:
+            self.quality[canonical] = _quality(canonical, value)
         else:
             self.patient[canonical] = _patient_field(canonical, value, self.received_at)
 
@@ -502,6 +516,7 @@ class _Fields:
             on_oxygen=self.on_oxygen,
             consciousness=self.consciousness,
             patient=self.patient,
+            quality=self.quality,
         )
 
 

@@ -75,3 +75,23 @@ def test_alert_round_trips_and_reads_records_from_before_the_engine() -> None:
         "value": 88, "band": "90..-", "reading_id": "r0", "resolved_at": None,
     }  # fmt: skip
     assert Alert.from_dict(old).category == "clinical"
+
+
+def test_an_override_is_checked_against_the_defaults_it_is_merged_with() -> None:
+    # high 150 alone is well ordered, but above the default critical_high 140: a value
+    # of 145 would be critical and "back inside" at once, and the alert would flap.
+    with pytest.raises(ValidationError, match=r"heart_rate.*high 150.*critical_high 140"):
+        PatientRules.model_validate({"bands": {"heart_rate": {"high": 150}}})
+    with pytest.raises(ValidationError, match=r"spo2"):
+        PatientRules.model_validate({"spo2_scale": 2, "bands": {"spo2": {"critical_low": 90}}})
+    raised = PatientRules.model_validate(
+        {"bands": {"heart_rate": {"high": 150, "critical_high": 170}}}
+    )
+    assert thresholds_for(raised)["heart_rate"].high == 150
+
+
+def test_a_critical_value_is_never_back_inside() -> None:
+    # A band built by hand (not through PatientRules) can still be inconsistent.
+    band = Threshold("heart_rate", low=45, high=150, critical_low=40, critical_high=140)
+    assert band.severity(145) == "critical"
+    assert not band.inside(145, 5)

@@ -142,3 +142,34 @@ def test_missing_parameters_are_reported_not_assumed() -> None:
 def test_scale2_without_oxygen_status_scores_only_what_the_chart_allows() -> None:
     assert news2({"spo2": 86}, ts=0.0, scale=2).parts == {"spo2": 1}
     assert "spo2" in news2({"spo2": 95}, ts=0.0, scale=2).missing
+
+
+@pytest.mark.parametrize(
+    ("scorer", "value", "points"),
+    [
+        # Between two bands of the chart a value belongs where it rounds to, the
+        # chart's precision: whole numbers, and tenths for temperature.
+        (score_spo2_scale1, 91.4, 3),
+        (score_spo2_scale1, 91.5, 2),
+        (score_resp_rate, 8.4, 3),
+        (score_resp_rate, 20.4, 0),
+        (score_resp_rate, 20.5, 2),
+        (score_pulse, 40.3, 3),
+        (score_pulse, 130.4, 2),
+        (score_systolic, 90.3, 3),
+        (score_systolic, 219.5, 3),
+        (score_temperature, 35.04, 3),
+        (score_temperature, 35.05, 1),
+        (score_temperature, 39.04, 1),
+    ],
+    ids=lambda x: getattr(x, "__name__", str(x)),
+)
+def test_values_between_bands_round_to_the_charts_precision(
+    scorer: Callable[[float], int], value: float, points: int
+) -> None:
+    assert scorer(value) == points
+
+
+def test_scale2_rounds_too() -> None:
+    assert score_spo2_scale2(83.4, on_oxygen=False) == 3
+    assert score_spo2_scale2(92.4, on_oxygen=True) == 0

@@ -3,7 +3,9 @@
 Ten minutes of readings every 5 s: P-1's heart rate at 110 (inside the default band,
 high 120), P-2's SpO2 at 88 (below the default low of 90). What was raised is what
 the engine raises with the default rules: one SpO2 alert for P-2. The candidate
-rules lower P-1's high heart-rate limit to 100 and P-2's low SpO2 limit to 85.
+rules lower P-1's high heart-rate limit to 100 and P-2's low SpO2 limit to 85: P-1
+gains a heart-rate alert; P-2 loses its SpO2 alert, but an SpO2 of 88 still scores a
+NEWS2 red 3 on its own, which raises the urgent NEWS2 alert instead.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from healthsync.jobs.reprocess import Reprocess
 from healthsync.security.codec import Codec
 from healthsync.store.period import ArchivedAlert, MemoryArchive
 from healthsync.store.runs import RunStore
-from healthsync.stream.engine import replay
+from healthsync.stream.replay import replay
 from tests.jobs.dataset import t
 from tests.jobs.test_job_run import child_env
 
@@ -71,29 +73,32 @@ def test_a_stricter_band_adds_and_a_looser_one_removes(
     assert record.summary == {
         "readings": 240,
         "raised": 1,
-        "would_raise": 1,
-        "added": 1,
+        "would_raise": 2,
+        "added": 2,
         "removed": 1,
     }
     lines = out.getvalue().splitlines()
     assert [(p[0], p[2], p[3]) for p in map(str.split, lines)] == [
         ("+", "threshold:heart_rate", "warning"),
+        ("+", "news2", "warning"),
         ("-", "threshold:spo2", "warning"),
     ]
     assert "P-1" not in out.getvalue() and "P-2" not in out.getvalue()
     diff = json.loads((tmp_path / "archive/jobs/reprocess/rp-1/diff.json").read_text())
     assert diff["by_kind"] == {
+        "news2": {"added": 1, "would_raise": 1},
         "threshold:heart_rate": {"added": 1, "would_raise": 1},
         "threshold:spo2": {"raised": 1, "removed": 1},
     }
     detail = JobOutput(executor.store, "reprocess", "rp-1").read_sealed("alerts.json", codec)
-    assert [a["patient_id"] for a in detail["added"]] == ["P-1"]
+    assert [a["patient_id"] for a in detail["added"]] == ["P-1", "P-2"]
     assert [a["patient_id"] for a in detail["removed"]] == ["P-2"]
 
 
 def test_the_same_rules_change_nothing(executor: Executor, tmp_path: Path) -> None:
     rules = tmp_path / "same.toml"
-    rules.write_text("[anomaly]\npersist_s = 15.0\n")
+    # The defaults written out: a rule set that changes nothing.
+    rules.write_text(f"[anomaly]\npersist_s = {AnomalySettings().persist_s}\n")
     out = io.StringIO()
     params = JobParams("rp-2", START, START + 3600, options={"rules": str(rules)})
     record = executor.run(Reprocess(replay, out), params)

@@ -39,7 +39,8 @@ def test_rewrap_lets_an_old_key_be_retired_without_losing_data(
     base = f"http://127.0.0.1:{settings.api.port}"
     api = httpx.Client(base_url=base, timeout=10, headers=credentials.headers())
     client = Redis.from_url(str(settings.redis.url))
-    rules = {"bands": {"heart_rate": {"low": 35, "high": 95}}}
+    # Inside the default critical limits (40..140), as a merged band must be.
+    rules = {"bands": {"heart_rate": {"low": 45, "high": 95}}}
     try:
         assert device.send(b"device_id=mon-rw patient_id=P-RW hr=71").startswith("OK ")
         wait_for(lambda: api.get("/v1/patients/P-RW/vitals/latest").status_code == 200, what="P-RW")

@@ -95,7 +95,7 @@ def _catalog(settings: Settings) -> dict[str, Job]:
     from healthsync.jobs.reprocess import Reprocess
     from healthsync.jobs.verify import TopicCounter, Verify
     from healthsync.security.codec import Codec
-    from healthsync.stream.engine import replay
+    from healthsync.stream.replay import replay
 
     counter = TopicCounter(settings.kafka, Codec.from_settings(settings))
     return catalog({"reprocess": Reprocess(replay), "verify": Verify(counter)})

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from healthsync.domain.readings import keyed_digest
-from healthsync.domain.rules import PatientRules
+from healthsync.domain.rules import DEFAULT_LIMITS, PatientRules, merged_limits
 
 Severity = Literal["warning", "critical"]
 Category = Literal["clinical", "technical"]
@@ -42,9 +42,14 @@ class Threshold:
         return None
 
     def inside(self, value: float, margin: float) -> bool:
-        """Back inside the normal band by at least `margin` (hysteresis for resolving)."""
-        return (self.low is None or value >= self.low + margin) and (
-            self.high is None or value <= self.high - margin
+        """Back inside the normal band by at least `margin` (hysteresis for resolving).
+
+        A critical value is never inside, whatever the warning limits say.
+        """
+        return (
+            self.severity(value) != "critical"
+            and (self.low is None or value >= self.low + margin)
+            and (self.high is None or value <= self.high - margin)
         )
 
     def describe(self) -> str:
@@ -53,33 +58,15 @@ class Threshold:
         return f"{low}..{high}"
 
 
-# Adult bands. The warning band is where NEWS2 (RCP 2017) scores the parameter
-# 2-3 points (SpO2 <= 91 is 3 points on Scale 1, HR <= 40 or >= 131 is 3, ...);
-# the critical limits are well past the 3-point band, where waiting is unsafe.
-DEFAULT_THRESHOLDS: tuple[Threshold, ...] = (
-    Threshold("spo2", low=90, critical_low=85),
-    Threshold("heart_rate", low=45, high=120, critical_low=40, critical_high=140),
-    Threshold("temp", low=35.0, high=38.5, critical_low=34.0, critical_high=39.5),
-    Threshold("resp_rate", low=9, high=24, critical_low=6, critical_high=30),
-    Threshold("bp_sys", low=90, high=200, critical_low=80, critical_high=220),
-    Threshold("bp_dia", low=40, high=120, critical_low=30, critical_high=130),
+# Adult bands (``rules.DEFAULT_LIMITS`` says where they come from).
+DEFAULT_THRESHOLDS: tuple[Threshold, ...] = tuple(
+    Threshold(vital, *limits) for vital, limits in DEFAULT_LIMITS.items()
 )
 
 
 def thresholds_for(rules: PatientRules | None) -> dict[str, Threshold]:
     """The bands for one patient: the defaults with the patient's overrides applied."""
-    bands = {t.vital: t for t in DEFAULT_THRESHOLDS}
-    if rules is None:
-        return bands
-    if rules.spo2_scale == 2:
-        low = rules.spo2_target[0]
-        # Scale 2: below the prescribed target is the concern; NEWS2 scores the high side.
-        bands["spo2"] = Threshold("spo2", low=low, critical_low=min(low - 4, 85))
-    for vital, override in rules.bands.items():
-        current = bands.get(vital, Threshold(vital))
-        changed = override.model_dump(exclude_none=True)
-        bands[vital] = replace(current, **changed)
-    return bands
+    return {vital: Threshold(vital, *limits) for vital, limits in merged_limits(rules).items()}
 
 
 @dataclass(slots=True)
@@ -109,19 +96,22 @@ class Alert:
     window_s: float = 0.0
     evidence: list[tuple[float, float]] = field(default_factory=list)
     device_id: str | None = None
+    # The parameters behind it: its vital, or the NEWS2 parameters that scored.
+    drivers: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def snapshot(self) -> Alert:
         """A copy that later changes to this alert do not touch (for events)."""
-        return replace(self, evidence=list(self.evidence))
+        return replace(self, evidence=list(self.evidence), drivers=list(self.drivers))
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Alert:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in doc.items() if k in known}
         values["evidence"] = [(float(t), float(v)) for t, v in values.get("evidence", [])]
+        values["drivers"] = [str(d) for d in values.get("drivers", [])]
         return cls(**values)
 
 

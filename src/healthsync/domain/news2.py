@@ -11,7 +11,9 @@ reported as missing (the score is then marked incomplete), never assumed.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
 from healthsync.domain.readings import Reading
@@ -20,7 +22,18 @@ Band = Literal["low", "low-medium", "medium", "high"]
 PARAMETERS = ("resp_rate", "spo2", "on_oxygen", "bp_sys", "heart_rate", "consciousness", "temp")
 
 
+def chart_value(value: float, decimals: int = 0) -> float:
+    """`value` at the chart's precision (whole numbers; tenths for temperature), half up.
+
+    The chart's bands leave gaps (SpO2 91 | 92): a device's 91.4 belongs to the band
+    it rounds to, not to the band above the gap.
+    """
+    step = Decimal(1).scaleb(-decimals)
+    return float(Decimal(str(value)).quantize(step, rounding=ROUND_HALF_UP))
+
+
 def score_resp_rate(rate: float) -> int:
+    rate = chart_value(rate)
     if rate <= 8:
         return 3
     if rate <= 11:
@@ -33,6 +46,7 @@ def score_resp_rate(rate: float) -> int:
 
 
 def score_spo2_scale1(spo2: float) -> int:
+    spo2 = chart_value(spo2)
     if spo2 <= 91:
         return 3
     if spo2 <= 93:
@@ -47,6 +61,7 @@ def score_spo2_scale2(spo2: float, on_oxygen: bool) -> int:
 
     Above 92% only scores when the patient is on oxygen: over-oxygenation is the risk.
     """
+    spo2 = chart_value(spo2)
     if spo2 <= 83:
         return 3
     if spo2 <= 85:
@@ -67,6 +82,7 @@ def score_air_or_oxygen(on_oxygen: bool) -> int:
 
 
 def score_systolic(bp_sys: float) -> int:
+    bp_sys = chart_value(bp_sys)
     if bp_sys <= 90:
         return 3
     if bp_sys <= 100:
@@ -79,6 +95,7 @@ def score_systolic(bp_sys: float) -> int:
 
 
 def score_pulse(rate: float) -> int:
+    rate = chart_value(rate)
     if rate <= 40:
         return 3
     if rate <= 50:
@@ -98,6 +115,7 @@ def score_consciousness(level: str) -> int:
 
 
 def score_temperature(celsius: float) -> int:
+    celsius = chart_value(celsius, 1)
     if celsius <= 35.0:
         return 3
     if celsius <= 36.0:
@@ -158,7 +176,7 @@ def news2(
         spo2 = observed["spo2"]
         if scale == 1:
             parts["spo2"] = score_spo2_scale1(spo2)
-        elif on_oxygen is not None or spo2 <= 92:
+        elif on_oxygen is not None or chart_value(spo2) <= 92:
             parts["spo2"] = score_spo2_scale2(spo2, bool(on_oxygen))
     if on_oxygen is not None:
         parts["on_oxygen"] = score_air_or_oxygen(bool(on_oxygen))
@@ -174,6 +192,33 @@ def news2(
     missing = tuple(p for p in PARAMETERS if p not in parts)
     used = {p: sources[p] for p in parts if p in sources} if sources else {}
     return News2(total, band_for(total, parts), parts, missing, scale, ts, used)
+
+
+def rescore(score: News2, values: Mapping[str, float]) -> News2:
+    """`score` with the vitals it scored re-scored from `values` (the anomaly engine's
+    artefact-screened samples); other parameters, the scale and the sources stay."""
+    parts = dict(score.parts)
+    on_oxygen = parts.get("on_oxygen", 0) > 0
+    for name, value in values.items():
+        if name not in parts:
+            continue
+        if name == "spo2":
+            if score.scale == 1:
+                parts[name] = score_spo2_scale1(value)
+            else:
+                parts[name] = score_spo2_scale2(value, on_oxygen)
+        elif name in _VITAL_SCORERS:
+            parts[name] = _VITAL_SCORERS[name](value)
+    total = sum(parts.values())
+    return replace(score, total=total, band=band_for(total, parts), parts=parts)
+
+
+_VITAL_SCORERS = {
+    "resp_rate": score_resp_rate,
+    "bp_sys": score_systolic,
+    "heart_rate": score_pulse,
+    "temp": score_temperature,
+}
 
 
 # What a patient's latest observations look like: parameter -> (value, when measured, reading id).

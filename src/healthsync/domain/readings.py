@@ -46,6 +46,14 @@ VITALS: dict[str, Vital] = {
 
 CONSCIOUSNESS_LEVELS = ("A", "C", "V", "P", "U")
 
+# Signal quality a device may report with a reading: name -> (minimum, maximum, aliases).
+# ``sqi``: a signal-quality index, 0 (unusable) to 1 (clean); ``pi``: the perfusion
+# index in %, which pulse oximeters show (below about 0.3 % SpO2 is unreliable).
+QUALITY: dict[str, tuple[float, float, tuple[str, ...]]] = {
+    "sqi": (0.0, 1.0, ("signal_quality",)),
+    "pi": (0.0, 20.0, ("perfusion_index",)),
+}
+
 # Demographics a device may send. They are PHI: carried on the vitals topic for
 # the FHIR Patient resource and stripped before anything is archived.
 PATIENT_FIELDS = ("patient_name", "birth_date", "gender", "mrn", "address", "phone")
@@ -95,6 +103,9 @@ class Reading:
     on_oxygen: bool | None = None
     consciousness: str | None = None
     patient: dict[str, str] = field(default_factory=dict)
+    # Signal quality the device reported for this reading: ``sqi`` (0-1) and/or the
+    # perfusion index ``pi`` (%), as pulse oximeters do. Not a vital: never alerted on.
+    quality: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         """The canonical JSON that goes on the vitals topic."""
@@ -115,6 +126,8 @@ class Reading:
             doc["consciousness"] = self.consciousness
         if self.patient:
             doc["patient"] = self.patient
+        if self.quality:
+            doc["quality"] = self.quality
         return orjson.dumps(doc)
 
     @classmethod
@@ -133,6 +146,7 @@ class Reading:
                 on_oxygen=doc.get("on_oxygen"),
                 consciousness=doc.get("consciousness"),
                 patient={str(k): str(v) for k, v in doc.get("patient", {}).items()},
+                quality={str(k): float(v) for k, v in doc.get("quality", {}).items()},
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a canonical reading: {exc}") from exc

@@ -1,4 +1,4 @@
-"""Run scenarios through both detectors, check the targets, render a table or JSON."""
+"""Run scenarios through the detectors, check the targets, render a table or JSON."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from healthsync.config import Settings
-from healthsync.evaluation.detectors import naive_alarms, run_engine
+from healthsync.evaluation.detectors import monitor_alarms, naive_alarms, run_engine
 from healthsync.evaluation.generate import EPOCH, Dataset, generate, warning_bands
 from healthsync.evaluation.scenario import Scenario, load_scenario
-from healthsync.evaluation.scoring import Score, alert_reduction, score
+from healthsync.evaluation.scoring import KindScore, Score, alert_reduction, score
 
 __all__ = [
     "ScenarioResult",
@@ -37,6 +37,7 @@ class ScenarioResult:
     readings: int
     engine_name: str
     engine: Score
+    monitor: Score
     naive: Score
     reduction: float | None
     targets: list[TargetCheck]
@@ -46,7 +47,9 @@ class ScenarioResult:
         return all(t.passed for t in self.targets)
 
 
-def _check_targets(scenario: Scenario, engine: Score, reduction: float | None) -> list[TargetCheck]:
+def _check_targets(
+    scenario: Scenario, engine: Score, monitor: Score, reduction: float | None
+) -> list[TargetCheck]:
     targets = scenario.targets
     checks = []
     if engine.long_episodes:
@@ -59,13 +62,31 @@ def _check_targets(scenario: Scenario, engine: Score, reduction: float | None) -
                 f"{engine.long_detected}/{engine.long_episodes}",
             )
         )
-    if targets.max_median_delay_s is not None and engine.episodes:
+    if targets.max_median_delay_s is not None and targets.check_median_delay and engine.episodes:
         median = engine.median_delay
         checks.append(
             TargetCheck(
                 f"median delay <= {targets.max_median_delay_s:g} s",
                 median is not None and median <= targets.max_median_delay_s,
                 _seconds(median),
+            )
+        )
+    if targets.critical_not_slower_than_monitor:
+        checks.extend(_critical_check(engine, monitor))
+    if targets.max_false_per_patient_hour is not None:
+        checks.append(
+            TargetCheck(
+                f"false alerts <= {targets.max_false_per_patient_hour:g} per patient-hour",
+                engine.false_per_patient_hour <= targets.max_false_per_patient_hour,
+                f"{engine.false_per_patient_hour:.2f}",
+            )
+        )
+    if targets.fewer_false_than_monitor:
+        checks.append(
+            TargetCheck(
+                "fewer false alerts than the bedside monitor",
+                engine.false_alerts < monitor.false_alerts or engine.false_alerts == 0,
+                f"{engine.false_alerts} vs {monitor.false_alerts}",
             )
         )
     if targets.min_alert_reduction is not None:
@@ -79,6 +100,28 @@ def _check_targets(scenario: Scenario, engine: Score, reduction: float | None) -
     return checks
 
 
+def _critical_check(engine: Score, monitor: Score) -> list[TargetCheck]:
+    """Episodes beyond a critical limit: the engine catches every one the monitor caught,
+    no later than it did."""
+    pairs = [
+        (e, m)
+        for e, m in zip(engine.outcomes, monitor.outcomes, strict=True)
+        if e.episode.critical and m.detected_at is not None
+    ]
+    if not pairs:
+        return []
+    slower = [
+        e for e, m in pairs if e.detected_at is None or e.detected_at > (m.detected_at or 0.0)
+    ]
+    return [
+        TargetCheck(
+            "critical episodes caught no later than the bedside monitor",
+            not slower,
+            f"{len(pairs) - len(slower)}/{len(pairs)}",
+        )
+    ]
+
+
 def evaluate_dataset(dataset: Dataset, settings: Settings, source: Path | None) -> ScenarioResult:
     scenario = dataset.scenario
     common: dict[str, Any] = {
@@ -86,9 +129,13 @@ def evaluate_dataset(dataset: Dataset, settings: Settings, source: Path | None) 
         "grace": scenario.grace_s,
         "long_episode_s": scenario.targets.long_episode_s,
     }
+    bands = warning_bands()
     run = run_engine(dataset.readings, settings)
     engine = score(dataset.episodes, run.alarms, **common)
-    naive = score(dataset.episodes, naive_alarms(dataset.readings, warning_bands()), **common)
+    by_time = sorted(dataset.readings, key=lambda r: (r.ts, r.patient_id))
+    monitor_run = monitor_alarms(by_time, bands, scenario.monitor_delay_s)
+    monitor = score(dataset.episodes, monitor_run, **common)
+    naive = score(dataset.episodes, naive_alarms(by_time, bands), **common)
     reduction = alert_reduction(engine.alerts, naive.alerts)
     return ScenarioResult(
         scenario=scenario,
@@ -96,9 +143,10 @@ def evaluate_dataset(dataset: Dataset, settings: Settings, source: Path | None) 
         readings=len(dataset.readings),
         engine_name=run.engine,
         engine=engine,
+        monitor=monitor,
         naive=naive,
         reduction=reduction,
-        targets=_check_targets(scenario, engine, reduction),
+        targets=_check_targets(scenario, engine, monitor, reduction),
     )
 
 
@@ -112,6 +160,13 @@ def evaluate(path: Path, settings: Settings, seed: int | None = None) -> Scenari
 
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} s"
+
+
+def _kinds(by_kind: dict[str, KindScore]) -> str:
+    return ", ".join(
+        f"{kind} {k.detected}/{k.episodes} {_seconds(k.median_delay)}/{_seconds(k.p90_delay)}"
+        for kind, k in by_kind.items()
+    )
 
 
 def _percent(value: float | None) -> str:
@@ -158,25 +213,32 @@ def render_table(results: Sequence[ScenarioResult]) -> str:
         head = (
             f"scenario {sc.name}: {sc.patients} patients x {sc.duration_s / 3600:.1f} h, "
             f"{sc.interval_s:g} s samples, seed {sc.seed}, {result.engine.episodes} episodes, "
-            f"{result.readings} readings, grace {sc.grace_s:g} s\n"
+            f"{result.readings} readings, grace {sc.grace_s:g} s, "
+            f"monitor delay {sc.monitor_delay_s:g} s\n"
             f"engine: {result.engine_name}"
         )
         rows = [
             _COLUMNS,
             _row("engine", result.engine, result.reduction),
+            _row(
+                "monitor",
+                result.monitor,
+                alert_reduction(result.monitor.alerts, result.naive.alerts),
+            ),
             _row("naive", result.naive, None),
         ]
         widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-        if result.engine.by_episode_kind:
-            kinds = ", ".join(
-                f"{kind} {found}/{total} {_seconds(median)}"
-                for kind, (found, total, median) in result.engine.by_episode_kind.items()
-            )
-            lines.append(f"engine by episode kind (detected, median delay): {kinds}")
-        if result.engine.false_by_kind:
-            kinds = ", ".join(f"{k} {n}" for k, n in result.engine.false_by_kind.items())
-            lines.append(f"engine false alerts by kind: {kinds}")
+        for name, s in (("engine", result.engine), ("monitor", result.monitor)):
+            if s.by_episode_kind:
+                lines.append(
+                    f"{name} by episode kind (detected, median/p90 delay): "
+                    + _kinds(s.by_episode_kind)
+                )
+        for name, s in (("engine", result.engine), ("monitor", result.monitor)):
+            if s.false_by_kind:
+                kinds = ", ".join(f"{k} {n}" for k, n in s.false_by_kind.items())
+                lines.append(f"{name} false alerts by kind: {kinds}")
         for check in result.targets:
             verdict = "PASS" if check.passed else "FAIL"
             lines.append(f"target {verdict}: {check.name} ({check.actual})")
@@ -209,8 +271,13 @@ def _score_dict(s: Score) -> dict[str, Any]:
         "patient_hours": s.patient_hours,
         "false_alerts_by_kind": s.false_by_kind,
         "by_episode_kind": {
-            kind: {"detected": found, "episodes": total, "median_delay_s": median}
-            for kind, (found, total, median) in s.by_episode_kind.items()
+            kind: {
+                "detected": k.detected,
+                "episodes": k.episodes,
+                "median_delay_s": k.median_delay,
+                "p90_delay_s": k.p90_delay,
+            }
+            for kind, k in s.by_episode_kind.items()
         },
         "missed": [
             {
@@ -236,7 +303,9 @@ def to_json(results: Sequence[ScenarioResult]) -> list[dict[str, Any]]:
             "grace_s": r.scenario.grace_s,
             "readings": r.readings,
             "engine_name": r.engine_name,
+            "monitor_delay_s": r.scenario.monitor_delay_s,
             "engine": _score_dict(r.engine),
+            "monitor": _score_dict(r.monitor),
             "naive": _score_dict(r.naive),
             "alert_reduction": r.reduction,
             "targets": [

@@ -107,6 +107,9 @@ class EpisodeSpec(_Strict):
     duration_s: Range
     onset_s: Range = (0.0, 0.0)
     target: Range
+    # Hypoxaemia only: the heart and respiratory rates rise with the fall in SpO2
+    # (by CORRELATED_RISE per point), as in a real respiratory deterioration.
+    correlated: bool = False
 
     @model_validator(mode="after")
     def _ranges(self) -> EpisodeSpec:
@@ -114,6 +117,8 @@ class EpisodeSpec(_Strict):
             _check_range(name, getattr(self, name))
         if self.duration_s[0] <= 0 or self.onset_s[0] < 0:
             raise ValueError("duration_s must be positive and onset_s not negative")
+        if self.correlated and self.kind != "hypoxaemia":
+            raise ValueError("only hypoxaemia can be correlated")
         return self
 
 
@@ -121,7 +126,10 @@ class SpikeSpec(_Strict):
     """Artefact: ``samples`` consecutive readings of ``vital`` replaced by ``value``.
 
     A probe moving on a finger (SpO2 dips), ECG leads disturbed (heart-rate
-    spikes): the patient is fine, one or two samples are not.
+    spikes): the patient is fine, one to three samples are not. Spikes fall
+    anywhere, also during and next to episodes (not on the episode's own vital
+    while it is labelled). On a monitor that reports signal quality, the share
+    ``low_quality`` of spiked samples carries a poor ``sqi``.
     """
 
     kind: Literal["spike"]
@@ -129,6 +137,7 @@ class SpikeSpec(_Strict):
     per_patient_hour: float = Field(gt=0)
     value: Range
     samples: tuple[int, int] = (1, 1)
+    low_quality: float = Field(default=0.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _ranges(self) -> SpikeSpec:
@@ -142,8 +151,8 @@ class SpikeSpec(_Strict):
 class DropoutSpec(_Strict):
     """Artefact: the monitor sends nothing for ``duration_s`` (cable off, Wi-Fi gap).
 
-    Dropouts are never placed over an episode: an episode nobody could see is
-    not a measure of the engine.
+    Dropouts may come next to an episode, but never over its labelled interval:
+    an episode nobody could see is not a measure of the engine.
     """
 
     kind: Literal["dropout"]
@@ -167,7 +176,14 @@ class Targets(_Strict):
     # Share of episodes lasting `long_episode_s` or more that must be detected.
     min_sensitivity_long: float = Field(default=1.0, ge=0, le=1)
     long_episode_s: float = Field(default=60.0, gt=0)
-    max_median_delay_s: float | None = Field(default=20.0, ge=0)
+    max_median_delay_s: float | None = Field(default=15.0, ge=0)
+    # False where the devices' own intervals put the delay out of reach (TOML has no null).
+    check_median_delay: bool = True
+    max_false_per_patient_hour: float | None = Field(default=1.0, ge=0)
+    # Fewer false alerts than the bedside monitor (none is enough if it has none).
+    fewer_false_than_monitor: bool = True
+    # Every episode beyond a critical limit that the monitor caught, caught no later.
+    critical_not_slower_than_monitor: bool = True
     # 1 - engine alerts / naive alerts; only meaningful where artefacts abound.
     min_alert_reduction: float | None = Field(default=None, le=1)
 
@@ -179,8 +195,22 @@ class Scenario(_Strict):
     patients: int = Field(ge=1, le=10_000)
     duration_s: float = Field(gt=0, le=7 * 24 * 3600)
     interval_s: float = Field(gt=0, le=3600)
+    # Monitors of several kinds: each patient's monitor interval is drawn from these
+    # (empty: every monitor sends every interval_s).
+    intervals: list[float] = Field(default_factory=list)
+    # Timing jitter of each sample (standard deviation, seconds, within a third of the
+    # interval), and the network delay each reading takes to arrive (uniform range):
+    # a spread wider than the interval delivers readings out of order.
+    jitter_s: float = Field(default=0.0, ge=0)
+    arrival_delay_s: Range = (0.0, 0.0)
+    # Blood pressure from a cuff every this many seconds (its own device), not the monitor.
+    bp_cuff_s: float | None = Field(default=None, gt=0)
+    # Share of monitors that report a signal-quality index (sqi) with each reading.
+    sqi_share: float = Field(default=0.0, ge=0, le=1)
     # Seconds after an episode ends in which an alert still counts as detecting it.
     grace_s: float = Field(default=30.0, ge=0)
+    # The bedside-monitor baseline's alarm delay.
+    monitor_delay_s: float = Field(default=15.0, ge=0)
     vitals: dict[str, VitalSpec]
     episodes: list[EpisodeSpec] = []
     artefacts: list[ArtefactSpec] = []
@@ -198,6 +228,11 @@ class Scenario(_Strict):
             )
         if self.interval_s > self.duration_s:
             raise ValueError("interval_s is longer than duration_s")
+        if any(not 0 < i <= 3600 for i in self.intervals):
+            raise ValueError("intervals must be in (0, 3600] seconds")
+        _check_range("arrival_delay_s", self.arrival_delay_s)
+        if self.arrival_delay_s[0] < 0:
+            raise ValueError("arrival_delay_s must not be negative")
         return self
 
 

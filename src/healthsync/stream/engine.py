@@ -1,65 +1,46 @@
 """The anomaly engine: turns readings into few, meaningful alerts.
 
-Per patient and kind of alert there is one condition (a :class:`Tracker`):
-
-- pending: the condition holds, but not yet long enough. An alert opens once
-  it has held for ``persist_s`` seconds and ``persist_readings`` consecutive
-  samples; a critical threshold value opens at once.
-- open: a worse severity escalates the same alert in place; the alert resolves
-  only once the value has been back inside its band by a margin for
-  ``resolve_hold_s`` (hysteresis), so a value hovering at a limit does not flap.
+Per patient and kind of alert there is one condition, with the lifecycle of
+:mod:`.lifecycle`: pending until it persists (a critical value until two
+samples confirm it), open (escalating in place), resolved after hysteresis.
 
 Kinds: ``threshold:<vital>`` (warning and critical bands, per patient),
 ``trend:<rule>`` (rate of change), ``baseline:<vital>`` (far from the
-patient's own learnt normal), ``news2`` (aggregate medium or high), and the
-technical ``device_offline:<device>``. A trend or baseline alert does not open
-for a vital whose threshold alert is already open: it would say nothing new.
+patient's own learnt normal), ``news2`` (medium or high, or any single red
+score: :mod:`.news2_alerts`), and the technical ``device_offline:<device>``
+(:mod:`.devices`). A trend or baseline alert does not open for a vital whose
+threshold alert is already open: it would say nothing new.
 
-Before any rule sees a sample, a jump larger than the vital can physically
-make within a few seconds is held as a probable artefact (a probe moved, a
-cuff knocked). The next sample decides: if it stays near the jump, both count
-(the condition started at the jump); if it returns, the jump is recorded as an
-artefact and raises nothing.
+Before any rule sees a sample, :mod:`.screening` holds a jump larger than the
+vital can physically make until time decides whether it was an artefact.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
 from typing import Any
 
-from healthsync.domain.alerts import (
-    RANK,
-    Alert,
-    AlertEvent,
-    Artefact,
-    Category,
-    Severity,
-    Threshold,
-    alert_id_for,
-)
+from healthsync.domain.alerts import Alert, AlertEvent, Artefact, Severity, Threshold
 from healthsync.domain.batch import Batch
 from healthsync.domain.news2 import News2
 from healthsync.domain.readings import VITALS, Reading
 from healthsync.domain.rules import AnomalySettings, TrendRule
+from healthsync.stream import devices, screening
+from healthsync.stream.lifecycle import Finding, Lifecycle, Subject
+from healthsync.stream.news2_alerts import news2_finding, screened
 from healthsync.stream.rulebook import RuleBook
-from healthsync.stream.state import EVIDENCE, DeviceClock, PatientState, Sample, Tracker
+from healthsync.stream.state import PatientState, Sample
 from healthsync.stream.trends import Baseline, TrendWindow
 
 StateLoader = Callable[[list[str] | None], dict[str, dict[str, Any]]]
 OpenAlertsLoader = Callable[[], list[Alert]]
 
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """What one rule says about one sample."""
-
-    severity: Severity | None  # None: the condition does not hold
-    cleared: bool  # back inside by the margin: counts towards resolving
-    value: float
-    rule: str  # what fired, in words, with its limits
-    band: str = ""
-    immediate: bool = False  # critical threshold values skip persistence
+# Signal quality below this (``sqi``, 0-1) marks a pulse-oximeter sample as a probable artefact.
+POOR_SQI = 0.5
+# A perfusion index (%) below this makes SpO2 unreliable (motion, cold fingers).
+POOR_PI = 0.3
+# The vitals a pulse oximeter's signal quality speaks for.
+_OXIMETRY = ("spo2", "heart_rate")
 
 
 class AnomalyEngine:
@@ -81,15 +62,16 @@ class AnomalyEngine:
         id_key: bytes | None = None,
     ) -> None:
         self.cfg = settings or AnomalySettings()
-        self.id_key = id_key  # keys alert ids (see alert_id_for)
         self.rules = rules or RuleBook(self.cfg.patients)
         self.load_states = load_states
         self.load_open = load_open
         self.states: dict[str, PatientState] = {}
-        self.open: dict[tuple[str, str], Alert] = {}
+        self.life = Lifecycle(self.cfg, id_key)  # id_key keys alert ids (see alert_id_for)
+        self.open: dict[tuple[str, str], Alert] = self.life.open
         self.owned: set[int] | None = None  # partitions this engine is responsible for
         self.stale = load_states is not None or load_open is not None
-        self._decided_at = 0.0
+        self._device_patient: dict[str, str] = {}  # which patient each device last sent for
+        self._touched: set[str] = set()  # patients changed by another patient's reading
         self._trends_by_vital: dict[str, list[TrendRule]] = {}
         for trend in self.cfg.trends:
             self._trends_by_vital.setdefault(trend.vital, []).append(trend)
@@ -122,6 +104,8 @@ class AnomalyEngine:
             ticked = self.tick(batch.now)
             events.extend(ticked)
             touched.update(e.alert.patient_id for e in ticked)
+        touched |= self._touched
+        self._touched = set()
         for patient in touched:
             batch.states[patient] = self.states[patient].to_dict()
 
@@ -129,18 +113,26 @@ class AnomalyEngine:
         if self.stale:
             open_alerts = self.load_open() if self.load_open is not None else []
             states = self.load_states(None) if self.load_states is not None else {}
-            self.open = {(a.patient_id, a.kind): a for a in open_alerts if a.status == "open"}
+            self.open.clear()
+            self.open.update({(a.patient_id, a.kind): a for a in open_alerts if a.status == "open"})
             self.states = {
                 patient: state
                 for patient, doc in states.items()
                 if self._owns(state := PatientState.from_dict(doc))
             }
             self.stale = False
+            self._device_patient = {
+                device: patient
+                for patient, state in self.states.items()
+                for device in state.devices
+            }
             return
         unknown = sorted({r.patient_id for r in readings} - self.states.keys())
         if unknown and self.load_states is not None:
             for patient, doc in self.load_states(unknown).items():
-                self.states[patient] = PatientState.from_dict(doc)
+                state = self.states[patient] = PatientState.from_dict(doc)
+                for device in state.devices:
+                    self._device_patient.setdefault(device, patient)
 
     def _owns(self, state: PatientState) -> bool:
         return self.owned is None or state.partition is None or state.partition in self.owned
@@ -153,51 +145,34 @@ class AnomalyEngine:
         """Every alert change one reading causes (its state must be loaded)."""
         patient = reading.patient_id
         state = self.states.setdefault(patient, PatientState())
-        self._decided_at = reading.ts  # an earlier sample confirmed now is decided now
+        self.life.decided_at = reading.ts  # an earlier sample confirmed now is decided now
         events = self._heard(state, reading)
-        bands = self.rules.bands_for(patient)
+        clock = state.devices.get(reading.device_id)
+        interval = self.life.interval = clock.interval if clock is not None else None
+        poor = _poor_signal(reading)
         for vital, value in reading.vitals.items():
             new = Sample(reading.ts, value, reading.reading_id)
-            for sample in self._screen(state, patient, vital, new, artefacts):
-                events.extend(self._threshold(state, patient, vital, sample, bands.get(vital)))
-                events.extend(self._trend(state, patient, vital, sample, bands.get(vital)))
-                events.extend(self._baseline(state, patient, vital, sample))
+            accepted: list[Sample]
+            if poor and vital in _OXIMETRY:
+                accepted, set_aside = [], [new]
+            else:
+                accepted, set_aside = screening.screen(state, self.cfg, vital, new, interval)
+            if artefacts is not None:
+                artefacts.extend(screening.artefacts_of(patient, vital, set_aside))
+            for sample in accepted:
+                state.keep(vital, sample.ts, sample.value)
+                events.extend(self._rules(state, patient, vital, sample))
         return events
 
-    def _screen(
-        self,
-        state: PatientState,
-        patient: str,
-        vital: str,
-        sample: Sample,
-        artefacts: list[Artefact] | None,
-    ) -> list[Sample]:
-        """The samples the rules may see now: none, this one, or a confirmed earlier jump too."""
-        jump = self.cfg.max_jump.get(vital)
-        accepted: list[Sample] = []
-        suspect = state.suspect.pop(vital, None)
-        if suspect is not None:
-            late = sample.ts - suspect.ts > self.cfg.artefact_window_s
-            if late or jump is None or abs(sample.value - suspect.value) <= jump:
-                state.last[vital] = suspect  # confirmed: it really moved
-                accepted.append(suspect)
-            elif artefacts is not None:
-                artefacts.append(
-                    Artefact(patient, vital, suspect.ts, suspect.value, suspect.reading_id)
-                )
-        last = state.last.get(vital)
-        if (
-            jump is not None
-            and last is not None
-            and 0 <= sample.ts - last.ts <= self.cfg.artefact_window_s
-            and abs(sample.value - last.value) > jump
-        ):
-            state.suspect[vital] = sample
-            return accepted
-        if last is None or sample.ts >= last.ts:
-            state.last[vital] = sample
-        accepted.append(sample)
-        return accepted
+    def _rules(
+        self, state: PatientState, patient: str, vital: str, sample: Sample
+    ) -> list[AlertEvent]:
+        band = self.rules.bands_for(patient).get(vital)
+        return [
+            *self._threshold(state, patient, vital, sample, band),
+            *self._trend(state, patient, vital, sample, band),
+            *self._baseline(state, patient, vital, sample),
+        ]
 
     def _threshold(
         self,
@@ -217,7 +192,10 @@ class AnomalyEngine:
         if severity is None:
             rule = f"{vital} within {band.describe()} {unit}"
         elif severity == "critical":
-            rule = f"{vital} {_limit_text(band, severity)} {unit} (critical: at once)"
+            rule = (
+                f"{vital} {_limit_text(band, severity)} {unit} "
+                f"(critical: confirmed over {self.cfg.critical_confirm_s:g} s)"
+            )
         else:
             rule = f"{vital} {_limit_text(band, severity)} {unit} for >= {self._persist_text()}"
         margin = self.cfg.margins.get(vital, 0.0)
@@ -227,9 +205,11 @@ class AnomalyEngine:
             sample.value,
             rule,
             band.describe(),
-            immediate=severity == "critical",
         )
-        return self._track(state, patient, kind, vital, sample, finding)
+        return self.life.track(state, Subject(patient, kind, vital), sample, finding)
+
+    def _persist_text(self) -> str:
+        return f"{self.cfg.persist_s:g} s and {self.cfg.persist_readings} readings"
 
     def _idle(self, state: PatientState, patient: str, kind: str) -> bool:
         """Nothing pending or open for this kind: a sample that meets no rule changes nothing."""
@@ -250,8 +230,10 @@ class AnomalyEngine:
         events: list[AlertEvent] = []
         for trend in self._trends_by_vital.get(vital, ()):
             window = state.windows.get(trend.name)
-            if window is None or window.window_s != trend.window_s:
-                window = state.windows[trend.name] = TrendWindow(trend.window_s)
+            interval = self.life.interval
+            if window is None or not window.suits(trend.window_s, interval):
+                width = TrendWindow.width_for(trend.window_s, interval)
+                window = state.windows[trend.name] = TrendWindow(trend.window_s, width=width)
             window.add(sample.ts, sample.value)
             change, reference = window.change(trend.direction)
             kind = f"trend:{trend.name}"
@@ -271,7 +253,7 @@ class AnomalyEngine:
             )
             cleared = change < trend.delta / 2
             finding = Finding("warning" if holds else None, cleared, sample.value, rule)
-            events.extend(self._track(state, patient, kind, vital, sample, finding))
+            events.extend(self.life.track(state, Subject(patient, kind, vital), sample, finding))
         return events
 
     def _baseline(
@@ -297,7 +279,7 @@ class AnomalyEngine:
             f"patient's baseline {baseline.mean:.3g} (limit {limit:.3g})"
         )
         finding = Finding("warning" if holds else None, deviation < limit / 2, sample.value, rule)
-        events = self._track(state, patient, kind, vital, sample, finding)
+        events = self.life.track(state, Subject(patient, kind, vital), sample, finding)
         if not deviating and (patient, kind) not in self.open:
             # Learn only from values that look like this patient's normal.
             baseline.update(sample.ts, sample.value, self.cfg.baseline_tau_s)
@@ -305,135 +287,32 @@ class AnomalyEngine:
 
     def _news2(self, patient: str, score: News2) -> list[AlertEvent]:
         state = self.states.setdefault(patient, PatientState())
-        severity: Severity | None = (
-            "critical" if score.band == "high" else "warning" if score.band == "medium" else None
-        )
-        if severity is None and self._idle(state, patient, "news2"):
+        score = screened(score, state)
+        bands = self.rules.bands_for(patient)
+        finding = news2_finding(score, state, bands, self.cfg.news2_persist_s)
+        if finding.severity is None and self._idle(state, patient, "news2"):
             return []
-        rule = f"NEWS2 {score.total} ({score.band}): " + ", ".join(
-            f"{k} {v}" for k, v in sorted(score.parts.items()) if v
-        )
-        finding = Finding(severity, score.total <= 4, float(score.total), rule, "0..4")
         source = next(iter(score.sources.values()), "")
         sample = Sample(score.ts, float(score.total), source)
-        self._decided_at = score.ts
-        return self._track(state, patient, "news2", None, sample, finding)
+        self.life.decided_at = score.ts
+        return self.life.track(state, Subject(patient, "news2", None), sample, finding)
 
-    # -- the lifecycle shared by every kind --------------------------------------------------
-
-    def _track(
-        self,
-        state: PatientState,
-        patient: str,
-        kind: str,
-        vital: str | None,
-        sample: Sample,
-        finding: Finding,
-        category: Category = "clinical",
-        device_id: str | None = None,
-    ) -> list[AlertEvent]:
-        cfg = self.cfg
-        key = (patient, kind)
-        alert = self.open.get(key)
-        tracker = state.trackers.get(kind)
-        if alert is None:
-            if finding.severity is None:
-                state.trackers.pop(kind, None)
-                return []
-            if (
-                tracker is None
-                or tracker.since is None
-                or sample.ts - tracker.last_ts > cfg.pending_gap_s
-            ):
-                tracker = state.trackers[kind] = Tracker(since=sample.ts)
-            tracker.count += 1
-            tracker.last_ts = max(tracker.last_ts, sample.ts)
-            tracker.note(sample.ts, sample.value)
-            if not (finding.immediate or self._persisted(tracker, sample.ts)):
-                return []
-            since = tracker.since if tracker.since is not None else sample.ts
-            at = max(sample.ts, self._decided_at)
-            alert = Alert(
-                alert_id=alert_id_for(patient, kind, sample.reading_id, key=self.id_key),
-                patient_id=patient,
-                kind=kind,
-                vital=vital,
-                severity=finding.severity,
-                status="open",
-                opened_at=at,
-                updated_at=at,
-                value=finding.value,
-                band=finding.band,
-                reading_id=sample.reading_id,
-                category=category,
-                rule=finding.rule,
-                window_s=round(at - since, 3),
-                evidence=list(tracker.evidence),
-                device_id=device_id,
-            )
-            self.open[key] = alert
-            state.trackers[kind] = Tracker(last_ts=sample.ts)
-            return [AlertEvent("opened", alert.snapshot())]
-
-        events: list[AlertEvent] = []
-        tracker = tracker or state.trackers.setdefault(kind, Tracker(last_ts=sample.ts))
-        alert.value = finding.value
-        alert.updated_at = max(alert.updated_at, sample.ts)
-        if RANK[finding.severity] > RANK[alert.severity]:
-            if tracker.worse_since is None or sample.ts - tracker.last_ts > cfg.pending_gap_s:
-                tracker.worse_since, tracker.worse_count = sample.ts, 0
-            tracker.worse_count += 1
-            persisted = sample.ts - tracker.worse_since >= cfg.persist_s and (
-                tracker.worse_count >= cfg.persist_readings
-            )
-            if finding.immediate or persisted:
-                assert finding.severity is not None
-                alert.severity = finding.severity
-                alert.reading_id = sample.reading_id
-                alert.rule = finding.rule
-                alert.evidence = [*alert.evidence, (sample.ts, sample.value)][-EVIDENCE:]
-                tracker.worse_since, tracker.worse_count = None, 0
-                events.append(AlertEvent("escalated", alert.snapshot()))
-        else:
-            tracker.worse_since, tracker.worse_count = None, 0
-        tracker.last_ts = max(tracker.last_ts, sample.ts)
-        if finding.cleared:
-            if tracker.clear_since is None:
-                tracker.clear_since = sample.ts
-            if sample.ts - tracker.clear_since >= cfg.resolve_hold_s:
-                alert.status = "resolved"
-                alert.resolved_at = sample.ts
-                del self.open[key]
-                state.trackers.pop(kind, None)
-                events.append(AlertEvent("resolved", alert.snapshot()))
-        else:
-            tracker.clear_since = None
-        return events
-
-    def _persisted(self, tracker: Tracker, ts: float) -> bool:
-        since = tracker.since if tracker.since is not None else ts
-        return ts - since >= self.cfg.persist_s and tracker.count >= self.cfg.persist_readings
-
-    def _persist_text(self) -> str:
-        return f"{self.cfg.persist_s:g} s and {self.cfg.persist_readings} readings"
-
-    # -- devices --------------------------------------------------------------------------------
+    # -- devices and the clock ----------------------------------------------------------------
 
     def _heard(self, state: PatientState, reading: Reading) -> list[AlertEvent]:
-        """A reading from a device: it is online; an offline alert for it resolves."""
-        clock = state.devices.get(reading.device_id)
-        at = reading.received_at
-        if clock is None:
-            state.devices[reading.device_id] = DeviceClock(at)
-        else:
-            clock.heard(at)
-        alert = self.open.pop((reading.patient_id, _offline_kind(reading.device_id)), None)
-        if alert is None:
-            return []
-        alert.status = "resolved"
-        alert.resolved_at = alert.updated_at = at
-        alert.value = 0.0
-        return [AlertEvent("resolved", alert.snapshot())]
+        """A reading from a device: it is online; an offline alert for it resolves. A
+        device now sending for another patient was moved: the old patient forgets it."""
+        device, at = reading.device_id, reading.received_at
+        devices.heard(state, device, at)
+        events: list[AlertEvent] = []
+        previous = self._device_patient.get(device)
+        self._device_patient[device] = reading.patient_id
+        if previous is not None and previous != reading.patient_id:
+            old = self.states.get(previous)
+            if old is not None and old.devices.pop(device, None) is not None:
+                self._touched.add(previous)
+            events += devices.back_online(self.open, previous, device, at)
+        return events + devices.back_online(self.open, reading.patient_id, device, at)
 
     def tick(self, now: float) -> list[AlertEvent]:
         """What time alone decides (`now` on the receive clock): a jump that no later
@@ -444,61 +323,27 @@ class AnomalyEngine:
             if not self._owns(state):
                 continue
             events.extend(self._confirm_stale(patient, state, now))
-            events.extend(self._offline(patient, state, now))
+            events.extend(devices.gone_quiet(self.cfg, self.life, patient, state, now))
         return events
 
     def _confirm_stale(self, patient: str, state: PatientState, now: float) -> list[AlertEvent]:
-        window = self.cfg.artefact_window_s
-        stale = [v for v, s in state.suspect.items() if now - s.ts > window]
+        stale = screening.stale_runs(state, self.cfg, now)
         if not stale:
             return []
         events: list[AlertEvent] = []
-        self._decided_at = now
-        bands = self.rules.bands_for(patient)
+        self.life.decided_at = now
+        self.life.interval = None
         for vital in stale:
-            sample = state.last[vital] = state.suspect.pop(vital)
-            events.extend(self._threshold(state, patient, vital, sample, bands.get(vital)))
-            events.extend(self._trend(state, patient, vital, sample, bands.get(vital)))
-            events.extend(self._baseline(state, patient, vital, sample))
-        return events
-
-    def _offline(self, patient: str, state: PatientState, now: float) -> list[AlertEvent]:
-        events: list[AlertEvent] = []
-        for device_id, clock in state.devices.items():
-            if clock.interval is None:
-                continue  # one reading says nothing about how often it sends
-            kind = _offline_kind(device_id)
-            limit = max(self.cfg.offline_factor * clock.interval, self.cfg.offline_min_s)
-            silent = now - clock.last
-            if silent <= limit or (patient, kind) in self.open:
-                continue
-            alert = Alert(
-                alert_id=alert_id_for(patient, kind, f"{clock.last:.3f}", key=self.id_key),
-                patient_id=patient,
-                kind=kind,
-                vital=None,
-                severity="warning",
-                status="open",
-                opened_at=now,
-                updated_at=now,
-                value=round(silent, 1),
-                band=f"<= {limit:.0f} s",
-                reading_id="",
-                category="technical",
-                rule=(
-                    f"no data from device {device_id} for {silent:.0f} s "
-                    f"(usual interval {clock.interval:.1f} s, limit {limit:.0f} s)"
-                ),
-                window_s=round(silent, 1),
-                device_id=device_id,
-            )
-            self.open[(patient, kind)] = alert
-            events.append(AlertEvent("opened", alert.snapshot()))
+            for sample in screening.release(state, vital):
+                state.keep(vital, sample.ts, sample.value)
+                events.extend(self._rules(state, patient, vital, sample))
         return events
 
 
-def _offline_kind(device_id: str) -> str:
-    return f"device_offline:{device_id}"
+def _poor_signal(reading: Reading) -> bool:
+    """The device says its pulse-oximetry signal is too poor to trust."""
+    sqi, pi = reading.quality.get("sqi"), reading.quality.get("pi")
+    return (sqi is not None and sqi < POOR_SQI) or (pi is not None and pi < POOR_PI)
 
 
 def _limit_text(band: Threshold, severity: Severity | None) -> str:
@@ -513,37 +358,3 @@ def _limit_text(band: Threshold, severity: Severity | None) -> str:
     if band.low is not None and band.high is not None:
         return f"outside {band.low:g}..{band.high:g}"
     return f"< {band.low:g}" if band.low is not None else f"> {band.high:g}"
-
-
-def replay(
-    readings: Iterable[Reading],
-    settings: AnomalySettings | None = None,
-    tick_s: float = 1.0,
-) -> list[AlertEvent]:
-    """Run the engine (with NEWS2 scoring) over readings in time order, as the processor
-    would, and return every alert event. The clock ticks every `tick_s` of the readings'
-    receive times in between, so devices that go quiet raise their offline alerts."""
-    from healthsync.domain.batch import Batch
-    from healthsync.stream.news2 import News2Scores
-
-    cfg = settings or AnomalySettings()
-    book = RuleBook(cfg.patients)
-    engine = AnomalyEngine(cfg, book)
-    scores = News2Scores(lambda _patients: {}, freshness_s=900.0, scale_for=book.scale_for)
-    events: list[AlertEvent] = []
-    next_tick: float | None = None
-    last: float | None = None
-    for reading in readings:
-        if next_tick is None:
-            next_tick = reading.received_at + tick_s
-        while reading.received_at >= next_tick:
-            events.extend(engine.tick(next_tick))
-            next_tick += tick_s
-        batch = Batch([reading])
-        scores.process(batch)
-        engine.process(batch)
-        events.extend(batch.alert_events)
-        last = reading.received_at
-    if last is not None:
-        events.extend(engine.tick(last + tick_s))
-    return events

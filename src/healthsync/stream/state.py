@@ -1,7 +1,7 @@
 """What the anomaly engine remembers about one patient between readings.
 
-Persistence timers, hysteresis timers, the last accepted sample per vital,
-samples held as probable artefacts, trend windows, baselines and the devices'
+Persistence and confirmation timers, hysteresis timers, the last accepted
+sample per vital, samples held as probable artefacts, trend windows, baselines and the devices'
 clocks. It is saved to Redis with every batch that changes it (in the same
 transaction as the readings it reflects), so a restarted or rebalanced
 processor picks up exactly where the last one stopped.
@@ -9,6 +9,7 @@ processor picks up exactly where the last one stopped.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,10 @@ from healthsync.stream.trends import Baseline, TrendWindow
 
 # Samples kept as an alert's evidence.
 EVIDENCE = 10
+# NEWS2 scores a vital's median over this many seconds of kept samples: a chart value
+# is a nurse's considered reading, not one noisy sample of a monitor.
+RECENT_S = 15.0
+_RECENT_MAX = 32
 
 
 @dataclass(slots=True)
@@ -29,9 +34,19 @@ class Tracker:
     worse_count: int = 0
     clear_since: float | None = None  # back inside by the margin since (resolving)
     evidence: list[tuple[float, float]] = field(default_factory=list)
+    critical_since: float | None = None  # consecutive critical samples since (confirming)
+    critical_count: int = 0
 
     def note(self, ts: float, value: float) -> None:
         self.evidence = [*self.evidence, (ts, value)][-EVIDENCE:]
+
+    def note_critical(self, ts: float, critical: bool) -> None:
+        if not critical:
+            self.critical_since, self.critical_count = None, 0
+            return
+        if self.critical_since is None:
+            self.critical_since = ts
+        self.critical_count += 1
 
     def to_list(self) -> list[Any]:
         return [
@@ -42,11 +57,15 @@ class Tracker:
             self.worse_count,
             self.clear_since,
             self.evidence,
+            self.critical_since,
+            self.critical_count,
         ]
 
     @classmethod
     def from_list(cls, data: list[Any]) -> Tracker:
-        since, count, last_ts, worse_since, worse_count, clear_since, evidence = data
+        since, count, last_ts, worse_since, worse_count, clear_since, evidence = data[:7]
+        # State saved before critical values needed confirmation has no such fields.
+        critical_since, critical_count = data[7:9] if len(data) >= 9 else (None, 0)
         return cls(
             since,
             int(count),
@@ -55,6 +74,8 @@ class Tracker:
             int(worse_count),
             clear_since,
             [(float(t), float(v)) for t, v in evidence],
+            critical_since,
+            int(critical_count),
         )
 
 
@@ -87,17 +108,38 @@ class PatientState:
     partition: int | None = None
     trackers: dict[str, Tracker] = field(default_factory=dict)
     last: dict[str, Sample] = field(default_factory=dict)
-    suspect: dict[str, Sample] = field(default_factory=dict)
+    # Per vital, the samples since a jump, held as a probable artefact until time decides.
+    held: dict[str, list[Sample]] = field(default_factory=dict)
+    # Per vital, the kept (time, value) samples of the last RECENT_S: what NEWS2 scores.
+    recent: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     windows: dict[str, TrendWindow] = field(default_factory=dict)
     baselines: dict[str, Baseline] = field(default_factory=dict)
     devices: dict[str, DeviceClock] = field(default_factory=dict)
+
+    def keep(self, vital: str, ts: float, value: float) -> None:
+        """Remember a kept sample; those older than RECENT_S before the newest are dropped
+        (the newest one always stays, however old)."""
+        samples = sorted([*self.recent.get(vital, []), (ts, value)])
+        newest = samples[-1][0]
+        self.recent[vital] = [p for p in samples if p[0] >= newest - RECENT_S][-_RECENT_MAX:]
+
+    def level(self, vital: str) -> float | None:
+        """The vital's current level: the median of its recent kept samples."""
+        samples = self.recent.get(vital)
+        if not samples:
+            last = self.last.get(vital)
+            return None if last is None else last.value
+        return float(statistics.median(v for _, v in samples))
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "partition": self.partition,
             "trackers": {k: t.to_list() for k, t in self.trackers.items()},
             "last": {k: [s.ts, s.value, s.reading_id] for k, s in self.last.items()},
-            "suspect": {k: [s.ts, s.value, s.reading_id] for k, s in self.suspect.items()},
+            "held": {
+                k: [[s.ts, s.value, s.reading_id] for s in run] for k, run in self.held.items()
+            },
+            "recent": {k: [list(p) for p in r] for k, r in self.recent.items()},
             "windows": {k: w.to_list() for k, w in self.windows.items()},
             "baselines": {k: b.to_list() for k, b in self.baselines.items()},
             "devices": {k: [d.last, d.interval, d.count] for k, d in self.devices.items()},
@@ -112,7 +154,13 @@ class PatientState:
             partition=doc.get("partition"),
             trackers={k: Tracker.from_list(v) for k, v in doc.get("trackers", {}).items()},
             last={k: sample(v) for k, v in doc.get("last", {}).items()},
-            suspect={k: sample(v) for k, v in doc.get("suspect", {}).items()},
+            held={
+                **{k: [sample(v)] for k, v in doc.get("suspect", {}).items()},  # older state
+                **{k: [sample(s) for s in run] for k, run in doc.get("held", {}).items()},
+            },
+            recent={
+                k: [(float(t), float(v)) for t, v in r] for k, r in doc.get("recent", {}).items()
+            },
             windows={k: TrendWindow.from_list(v) for k, v in doc.get("windows", {}).items()},
             baselines={k: Baseline.from_list(v) for k, v in doc.get("baselines", {}).items()},
             devices={

@@ -15,8 +15,11 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-# A window is kept as this many buckets (plus the one being filled).
+# A window is kept as up to this many buckets (plus the one being filled)...
 _BUCKETS = 20
+# ... each wide enough for this many of the device's samples: a bucket holding one
+# noisy sample makes the highest (or lowest) bucket mean an outlier, and a trend.
+_PER_BUCKET = 3
 # The current level is the median of this many latest samples, so one odd sample moves nothing.
 _RECENT = 3
 
@@ -32,9 +35,21 @@ class TrendWindow:
     window_s: float
     buckets: list[list[float]] = field(default_factory=list)  # [start, sum, count]
     recent: list[float] = field(default_factory=list)
+    width: float = 0.0  # 0: window_s / _BUCKETS
+
+    @staticmethod
+    def width_for(window_s: float, interval: float | None) -> float:
+        """Bucket width for a device sending every `interval` seconds."""
+        return max(window_s / _BUCKETS, _PER_BUCKET * (interval or 0.0))
+
+    def suits(self, window_s: float, interval: float | None) -> bool:
+        """Still right for this rule and device (within a factor 1.5, so jitter keeps it)."""
+        wanted = self.width_for(window_s, interval)
+        width = self.width or window_s / _BUCKETS
+        return self.window_s == window_s and wanted / 1.5 <= width <= wanted * 1.5
 
     def add(self, ts: float, value: float) -> None:
-        width = self.window_s / _BUCKETS
+        width = self.width or self.window_s / _BUCKETS
         start = ts - ts % width
         if self.buckets and self.buckets[-1][0] == start:
             self.buckets[-1][1] += value
@@ -61,12 +76,13 @@ class TrendWindow:
         return round(current - reference, 3), round(reference, 3)
 
     def to_list(self) -> list[Any]:
-        return [self.window_s, self.buckets, self.recent]
+        return [self.window_s, self.buckets, self.recent, self.width]
 
     @classmethod
     def from_list(cls, data: list[Any]) -> TrendWindow:
-        window_s, buckets, recent = data
-        return cls(float(window_s), [list(map(float, b)) for b in buckets], list(recent))
+        window_s, buckets, recent = data[:3]
+        width = float(data[3]) if len(data) > 3 else 0.0  # older state: the fixed width
+        return cls(float(window_s), [list(map(float, b)) for b in buckets], list(recent), width)
 
 
 @dataclass(slots=True)

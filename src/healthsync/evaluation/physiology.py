@@ -1,0 +1,101 @@
+"""A generated patient's noise-free vitals over time, and what an episode does to them.
+
+Each vital wanders slowly (an Ornstein-Uhlenbeck walk, 10-minute time constant)
+around the patient's baseline. Outside episodes the noise-free value stays where
+no rule has a clinical reason to call: inside the warning band, and out of the
+range NEWS2 scores 3 (SpO2 <= 91 and systolic <= 90 score 3 inside the warning
+band, and a patient sitting there would rightly raise an urgent alert). So an
+out-of-range sample outside an episode is noise or an artefact, never an
+unlabelled deterioration.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping
+from typing import Final
+
+from healthsync.evaluation.placement import Band, Placed
+from healthsync.evaluation.scenario import Scenario
+
+# Time constant of the slow wander of each vital around the patient's baseline.
+_DRIFT_TAU_S: Final = 600.0
+# The lowest values NEWS2 scores below 3 (RCP 2017 chart): a stable patient stays above.
+_NEWS2_AMBER_LOW: Final = {"spo2": 92.0, "bp_sys": 91.0}
+# A correlated hypoxaemia: per point of SpO2 lost, the heart rate rises by this
+# much (/min) and the respiratory rate by this much (/min).
+CORRELATED_RISE: Final = {"heart_rate": 2.0, "resp_rate": 0.6}
+
+
+class Patient:
+    """Noise-free value of every vital over time, plus the measurement noise."""
+
+    def __init__(
+        self, scenario: Scenario, bands: Mapping[str, Band], rng: random.Random, interval: float
+    ) -> None:
+        self.rng = rng
+        self.specs = scenario.vitals
+        self.bands = bands
+        self.baseline = {
+            vital: min(spec.max, max(spec.min, rng.gauss(spec.mean, spec.sd)))
+            for vital, spec in self.specs.items()
+        }
+        self.wander = dict.fromkeys(self.specs, 0.0)
+        self.keep = math.exp(-interval / _DRIFT_TAU_S)
+        self.kick = math.sqrt(1.0 - self.keep**2)
+
+    def background(self, vital: str) -> float:
+        """Baseline plus wander, held inside the normal range by one noise width."""
+        spec = self.specs[vital]
+        value = self.baseline[vital] + self.wander[vital]
+        low, high = self.bands.get(vital, (None, None))
+        amber = _NEWS2_AMBER_LOW.get(vital)
+        if amber is not None:
+            low = amber if low is None else max(low, amber)
+        margin = max(spec.noise, 1e-6)
+        if low is not None:
+            value = max(value, low + margin)
+        if high is not None:
+            value = min(value, high - margin)
+        return value
+
+    def step(self) -> None:
+        gauss = self.rng.gauss
+        for vital, spec in self.specs.items():
+            self.wander[vital] = self.wander[vital] * self.keep + gauss(0.0, spec.drift * self.kick)
+
+    def true_values(self, t: float, episodes: list[Placed]) -> dict[str, float]:
+        """Every vital's noise-free value at scenario time `t`."""
+        true = {vital: self.background(vital) for vital in self.specs}
+        for e in episodes:
+            if not e.covers(t):
+                continue
+            moved = episode_value(t, true[e.vital], e)
+            if e.vital == "bp_sys":
+                # Diastolic falls with systolic, by about half as much.
+                true["bp_dia"] += 0.5 * (moved - true["bp_sys"])
+            if e.correlated:
+                lost = max(0.0, true[e.vital] - moved)
+                for vital, rise in CORRELATED_RISE.items():
+                    true[vital] += rise * lost
+            true[e.vital] = moved
+        return true
+
+
+def episode_value(t: float, background: float, e: Placed) -> float:
+    """Noise-free value during an episode: a trapezoid beyond the limit, ramps either side.
+
+    ``beyond`` is how far past the limit the vital is (negative: inside the
+    band). It rises at the onset's slope, holds at the target and falls back
+    at the same slope, and never sits closer to normal than the background.
+    """
+    depth = abs(e.target - e.limit)
+    inside = e.direction * (background - e.limit)  # negative
+    end = e.start + e.duration
+    if e.onset <= 0:
+        beyond = depth if e.start <= t <= end else -math.inf
+    else:
+        slope = -inside / e.onset
+        beyond = min(slope * (t - e.start), slope * (end - t), depth)
+    return e.limit + e.direction * max(beyond, inside)

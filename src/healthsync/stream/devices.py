@@ -1,0 +1,79 @@
+"""Devices that go quiet: the technical ``device_offline:<device>`` alert.
+
+A device is offline once it has sent nothing for ``offline_factor`` times its
+usual interval (at least ``offline_min_s``), on the receive clock. It is back
+with its next reading. A device that starts sending for another patient was
+moved: the old patient forgets it, and its offline alert there resolves.
+"""
+
+from __future__ import annotations
+
+from healthsync.domain.alerts import Alert, AlertEvent
+from healthsync.domain.rules import AnomalySettings
+from healthsync.stream.lifecycle import Lifecycle
+from healthsync.stream.state import DeviceClock, PatientState
+
+
+def offline_kind(device_id: str) -> str:
+    return f"device_offline:{device_id}"
+
+
+def heard(state: PatientState, device_id: str, at: float) -> None:
+    clock = state.devices.get(device_id)
+    if clock is None:
+        state.devices[device_id] = DeviceClock(at)
+    else:
+        clock.heard(at)
+
+
+def back_online(
+    open_alerts: dict[tuple[str, str], Alert], patient: str, device_id: str, at: float
+) -> list[AlertEvent]:
+    alert = open_alerts.pop((patient, offline_kind(device_id)), None)
+    if alert is None:
+        return []
+    alert.status = "resolved"
+    alert.resolved_at = alert.updated_at = at
+    alert.value = 0.0
+    return [AlertEvent("resolved", alert.snapshot())]
+
+
+def gone_quiet(
+    cfg: AnomalySettings,
+    life: Lifecycle,
+    patient: str,
+    state: PatientState,
+    now: float,
+) -> list[AlertEvent]:
+    events: list[AlertEvent] = []
+    for device_id, clock in state.devices.items():
+        if clock.interval is None:
+            continue  # one reading says nothing about how often it sends
+        kind = offline_kind(device_id)
+        limit = max(cfg.offline_factor * clock.interval, cfg.offline_min_s)
+        silent = now - clock.last
+        if silent <= limit or (patient, kind) in life.open:
+            continue
+        alert = Alert(
+            alert_id=life.alert_id(patient, kind, f"{clock.last:.3f}"),
+            patient_id=patient,
+            kind=kind,
+            vital=None,
+            severity="warning",
+            status="open",
+            opened_at=now,
+            updated_at=now,
+            value=round(silent, 1),
+            band=f"<= {limit:.0f} s",
+            reading_id="",
+            category="technical",
+            rule=(
+                f"no data from device {device_id} for {silent:.0f} s "
+                f"(usual interval {clock.interval:.1f} s, limit {limit:.0f} s)"
+            ),
+            window_s=round(silent, 1),
+            device_id=device_id,
+        )
+        life.open[(patient, kind)] = alert
+        events.append(AlertEvent("opened", alert.snapshot()))
+    return events

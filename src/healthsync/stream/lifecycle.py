@@ -1,0 +1,181 @@
+"""The lifecycle every kind of alert shares: pending, open (escalating), resolved.
+
+- pending: the condition holds, but not yet long enough. An alert opens once
+  it has held for ``persist_s`` and ``persist_readings`` consecutive samples; a
+  critical value opens a critical alert once two consecutive critical samples
+  span ``critical_confirm_s`` (shorter than the persistence, so the engine is
+  never slower than a monitor's alarm delay on a critical value).
+- open: a worse severity escalates the same alert in place (after the same
+  persistence or confirmation); the alert resolves only once the value has been
+  back inside its band by a margin for ``resolve_hold_s`` (hysteresis).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from healthsync.domain.alerts import RANK, Alert, AlertEvent, Category, Severity, alert_id_for
+from healthsync.domain.rules import AnomalySettings
+from healthsync.stream.screening import INTERVALS_APART, lasted
+from healthsync.stream.state import EVIDENCE, PatientState, Sample, Tracker
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """What one rule says about one sample."""
+
+    severity: Severity | None  # None: the condition does not hold
+    cleared: bool  # back inside by the margin: counts towards resolving
+    value: float
+    rule: str  # what fired, in words, with its limits
+    band: str = ""
+    immediate: bool = False  # skips persistence and confirmation (a nurse's observation)
+    drivers: tuple[str, ...] = ()  # the parameters behind it, if not just the vital
+    persist_s: float | None = None  # this rule's own persistence, if not the default
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Whom and what an alert is about."""
+
+    patient: str
+    kind: str
+    vital: str | None
+    category: Category = "clinical"
+    device_id: str | None = None
+
+
+class Lifecycle:
+    """The open alerts, and the rules by which findings open, escalate and resolve them."""
+
+    def __init__(self, cfg: AnomalySettings, id_key: bytes | None = None) -> None:
+        self.cfg = cfg
+        self.id_key = id_key  # keys alert ids (see alert_id_for)
+        self.open: dict[tuple[str, str], Alert] = {}
+        # When the current decision is taken: an earlier sample confirmed now is decided now.
+        self.decided_at = 0.0
+        # The usual interval of the device whose sample is being judged, if known.
+        self.interval: float | None = None
+
+    def alert_id(self, patient: str, kind: str, basis: str) -> str:
+        """The id of the alert `basis` (a reading id, a time) opens: the same on a replay."""
+        return alert_id_for(patient, kind, basis, key=self.id_key)
+
+    def track(
+        self, state: PatientState, subject: Subject, sample: Sample, finding: Finding
+    ) -> list[AlertEvent]:
+        alert = self.open.get((subject.patient, subject.kind))
+        if alert is None:
+            return self._pending(state, subject, sample, finding)
+        return self._update(state, alert, sample, finding)
+
+    def _gap(self) -> float:
+        """A pending condition whose samples stop for longer than this starts over."""
+        if self.interval is None:
+            return self.cfg.pending_gap_s
+        return max(self.cfg.pending_gap_s, INTERVALS_APART * self.interval)
+
+    def _confirmed(self, since: float | None, count: int, ts: float) -> bool:
+        """Two or more consecutive critical samples spanning the confirmation time."""
+        if self.cfg.critical_confirm_s <= 0:
+            return since is not None
+        if since is None or count < 2:
+            return False
+        return lasted(ts - since, self.cfg.critical_confirm_s, self.interval)
+
+    def _pending(
+        self, state: PatientState, subject: Subject, sample: Sample, finding: Finding
+    ) -> list[AlertEvent]:
+        kind = subject.kind
+        if finding.severity is None:
+            state.trackers.pop(kind, None)
+            return []
+        tracker = state.trackers.get(kind)
+        if tracker is None or tracker.since is None or sample.ts - tracker.last_ts > self._gap():
+            tracker = state.trackers[kind] = Tracker(since=sample.ts)
+        tracker.count += 1
+        tracker.last_ts = max(tracker.last_ts, sample.ts)
+        tracker.note(sample.ts, sample.value)
+        tracker.note_critical(sample.ts, finding.severity == "critical")
+        critical = self._confirmed(tracker.critical_since, tracker.critical_count, sample.ts)
+        since = tracker.since if tracker.since is not None else sample.ts
+        persist_s = self.cfg.persist_s if finding.persist_s is None else finding.persist_s
+        persisted = (
+            lasted(sample.ts - since, persist_s, self.interval)
+            and tracker.count >= self.cfg.persist_readings
+        )
+        if not (finding.immediate or critical or persisted):
+            return []
+        # Persisted, but a critical value not yet confirmed: open as a warning, and let
+        # the confirmation already under way escalate it.
+        confirmed = finding.immediate or critical or finding.severity != "critical"
+        severity: Severity = finding.severity if confirmed else "warning"
+        at = max(sample.ts, self.decided_at)
+        alert = Alert(
+            alert_id=self.alert_id(subject.patient, kind, sample.reading_id),
+            patient_id=subject.patient,
+            kind=kind,
+            vital=subject.vital,
+            severity=severity,
+            status="open",
+            opened_at=at,
+            updated_at=at,
+            value=finding.value,
+            band=finding.band,
+            reading_id=sample.reading_id,
+            category=subject.category,
+            rule=finding.rule,
+            window_s=round(at - since, 3),
+            evidence=list(tracker.evidence),
+            device_id=subject.device_id,
+            drivers=list(finding.drivers) or ([subject.vital] if subject.vital else []),
+        )
+        self.open[(subject.patient, kind)] = alert
+        state.trackers[kind] = Tracker(last_ts=sample.ts)
+        if not confirmed:
+            state.trackers[kind].worse_since = tracker.critical_since
+            state.trackers[kind].worse_count = tracker.critical_count
+        return [AlertEvent("opened", alert.snapshot())]
+
+    def _update(
+        self, state: PatientState, alert: Alert, sample: Sample, finding: Finding
+    ) -> list[AlertEvent]:
+        tracker = state.trackers.setdefault(alert.kind, Tracker(last_ts=sample.ts))
+        alert.value = finding.value
+        alert.updated_at = max(alert.updated_at, sample.ts)
+        events = self._escalate(tracker, alert, sample, finding)
+        tracker.last_ts = max(tracker.last_ts, sample.ts)
+        if not finding.cleared:
+            tracker.clear_since = None
+            return events
+        if tracker.clear_since is None:
+            tracker.clear_since = sample.ts
+        if sample.ts - tracker.clear_since >= self.cfg.resolve_hold_s:
+            alert.status = "resolved"
+            alert.resolved_at = sample.ts
+            del self.open[(alert.patient_id, alert.kind)]
+            state.trackers.pop(alert.kind, None)
+            events.append(AlertEvent("resolved", alert.snapshot()))
+        return events
+
+    def _escalate(
+        self, tracker: Tracker, alert: Alert, sample: Sample, finding: Finding
+    ) -> list[AlertEvent]:
+        if finding.severity is None or RANK[finding.severity] <= RANK[alert.severity]:
+            tracker.worse_since, tracker.worse_count = None, 0
+            return []
+        if tracker.worse_since is None or sample.ts - tracker.last_ts > self._gap():
+            tracker.worse_since, tracker.worse_count = sample.ts, 0
+        tracker.worse_count += 1
+        if not (
+            finding.immediate
+            or self._confirmed(tracker.worse_since, tracker.worse_count, sample.ts)
+        ):
+            return []
+        alert.severity = finding.severity
+        alert.reading_id = sample.reading_id
+        alert.rule = finding.rule
+        alert.drivers = list(finding.drivers) or alert.drivers
+        alert.evidence = [*alert.evidence, (sample.ts, sample.value)][-EVIDENCE:]
+        tracker.worse_since, tracker.worse_count = None, 0
+        return [AlertEvent("escalated", alert.snapshot())]

@@ -1,0 +1,68 @@
+"""What a NEWS2 score says as an alert (RCP 2017 clinical response thresholds).
+
+- high (7 or more): an emergency response, a critical alert;
+- medium (5-6) and any single red score (one parameter scoring 3): an urgent
+  response, a warning. A red score that only repeats a vital's own threshold
+  alert (SpO2 84 is both) adds nothing; one inside the alert bands (SpO2
+  90-91, systolic 90) or for consciousness does.
+- new confusion (ACVPU other than A) is a nurse's observation, not a noisy
+  sensor: it needs no persistence. A warning otherwise needs ``news2_persist_s``:
+  the chart is for observations, and a monitor's values at a chart boundary
+  come and go.
+
+The score is re-computed from the samples the engine kept, so a sample held
+or set aside as an artefact does not count, and from their median over the
+last 15 s, so one noisy sample at a chart boundary does not either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from healthsync.domain.alerts import Severity, Threshold
+from healthsync.domain.news2 import News2, rescore
+from healthsync.stream.lifecycle import Finding
+from healthsync.stream.state import PatientState
+
+RED = 3
+
+
+def screened(score: News2, state: PatientState) -> News2:
+    """The score with its vitals taken from the samples the engine kept (their recent median)."""
+    levels = {v: state.level(v) for v in score.parts}
+    return rescore(score, {v: level for v, level in levels.items() if level is not None})
+
+
+def news2_finding(
+    score: News2, state: PatientState, bands: Mapping[str, Threshold], persist_s: float
+) -> Finding:
+    severity: Severity | None = (
+        "critical" if score.band == "high" else None if score.band == "low" else "warning"
+    )
+    if score.band == "low-medium" and _red_covered(score, state, bands):
+        severity = None  # the vital's own threshold alert says it already
+    red = ", a single red score" if score.band == "low-medium" else ""
+    rule = f"NEWS2 {score.total} ({score.band}{red}): " + ", ".join(
+        f"{k} {v}" for k, v in sorted(score.parts.items()) if v
+    )
+    return Finding(
+        severity,
+        score.band == "low",
+        float(score.total),
+        rule,
+        "0..4",
+        immediate=score.parts.get("consciousness", 0) > 0,
+        drivers=tuple(sorted(k for k, v in score.parts.items() if v)),
+        persist_s=persist_s,
+    )
+
+
+def _red_covered(score: News2, state: PatientState, bands: Mapping[str, Threshold]) -> bool:
+    """Whether every red parameter is a vital beyond its own alert band."""
+    for name, points in score.parts.items():
+        if points < RED:
+            continue
+        band, level = bands.get(name), state.level(name)
+        if band is None or level is None or band.severity(level) is None:
+            return False
+    return True

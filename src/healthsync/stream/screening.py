@@ -1,0 +1,116 @@
+"""Artefact screening: what the alert rules may see of a vital's samples, and when.
+
+A jump larger than the vital can physically make between two samples (a probe
+moved, ECG leads disturbed, a cuff knocked) is held rather than believed. Time
+decides, not the next sample alone, because motion artefacts often last two or
+three samples:
+
+- a later sample nearer the level before the jump than the held run's level
+  sets the whole held run aside as artefacts;
+- once the new level has stood for ``artefact_hold_s``, the run is released in
+  order, each sample with its own time, so timers count from the jump;
+- a run that nothing contradicts before the device's next expected samples
+  stands (released by the clock tick).
+
+A real fast fall moves away from the old level sample after sample, so it is
+released after the hold, never set aside. What counts as consecutive adapts to
+each device: a monitor that sends every minute is screened over its own interval.
+A sample whose signal quality the device reports as poor (``sqi`` or the
+perfusion index) is set aside at once.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from healthsync.domain.alerts import Artefact
+from healthsync.domain.rules import AnomalySettings
+from healthsync.stream.state import PatientState, Sample
+
+# Two samples this many of the device's intervals apart are still consecutive
+# (one lost sample between them included).
+INTERVALS_APART = 2.5
+# A span of samples counts as lasting a time if it falls short of it by no more than
+# this share of the device's interval: its timing jitter. Without it, a 5 s monitor
+# whose third sample comes at 9.8 s waits for a fourth, 5 s later.
+JITTER_SLACK = 0.25
+
+
+def lasted(span: float, needed: float, interval: float | None) -> bool:
+    """Whether samples `span` seconds apart show something lasting `needed` seconds."""
+    return span >= needed - JITTER_SLACK * (interval or 0.0)
+
+
+def jump_window(cfg: AnomalySettings, interval: float | None) -> float:
+    """How far apart two samples may be for a difference between them to be a jump."""
+    if interval is None:
+        return cfg.artefact_window_s
+    return max(cfg.artefact_window_s, INTERVALS_APART * interval)
+
+
+def screen(
+    state: PatientState,
+    cfg: AnomalySettings,
+    vital: str,
+    sample: Sample,
+    interval: float | None,
+) -> tuple[list[Sample], list[Sample]]:
+    """The samples the rules may see now (none, this one, or a released run, in order),
+    and those now found to be artefacts."""
+    jump = cfg.max_jump.get(vital)
+    last = state.last.get(vital)
+    if jump is None or last is None:
+        state.last[vital] = sample
+        return [sample], []
+    set_aside: list[Sample] = []
+    held = state.held.get(vital)
+    if held is not None and sample.ts < held[0].ts:
+        return _before_the_jump(state, vital, sample, jump)
+    if held is not None:
+        level = statistics.median(s.value for s in held)
+        if abs(sample.value - last.value) > abs(sample.value - level):
+            held.append(sample)  # nearer the new level than the old one: still away
+            # No jitter slack here: a three-sample dip 9.8 s long is still a dip.
+            stood = sample.ts - held[0].ts >= cfg.artefact_hold_s
+            return (release(state, vital) if stood else []), []
+        set_aside = state.held.pop(vital)  # back where it was: they were artefacts
+    if sample.ts < last.ts:
+        # Late and out of order: it may inform the rules, never move the level.
+        if abs(sample.value - last.value) > jump:
+            return [], [*set_aside, sample]
+        return [sample], set_aside
+    if sample.ts - last.ts <= jump_window(cfg, interval) and abs(sample.value - last.value) > jump:
+        state.held[vital] = [sample]
+        return (release(state, vital) if cfg.artefact_hold_s <= 0 else []), set_aside
+    state.last[vital] = sample
+    return [sample], set_aside
+
+
+def _before_the_jump(
+    state: PatientState, vital: str, sample: Sample, jump: float
+) -> tuple[list[Sample], list[Sample]]:
+    """Measured before a held jump but arrived after it: it says nothing about the jump."""
+    last = state.last[vital]
+    if abs(sample.value - last.value) > jump:
+        return [], [sample]
+    if sample.ts > last.ts:
+        state.last[vital] = sample
+    return [sample], []
+
+
+def release(state: PatientState, vital: str) -> list[Sample]:
+    """The vital's held run stands: it becomes the vital's level, and the rules see it."""
+    run = state.held.pop(vital)
+    state.last[vital] = run[-1]
+    return run
+
+
+def stale_runs(state: PatientState, cfg: AnomalySettings, now: float) -> list[str]:
+    """Vitals whose held run nothing contradicted within the jump window: they stand."""
+    intervals = [d.interval for d in state.devices.values() if d.interval is not None]
+    window = jump_window(cfg, max(intervals) if intervals else None)
+    return [vital for vital, run in state.held.items() if now - run[-1].ts > window]
+
+
+def artefacts_of(patient: str, vital: str, samples: list[Sample]) -> list[Artefact]:
+    return [Artefact(patient, vital, s.ts, s.value, s.reading_id) for s in samples]
