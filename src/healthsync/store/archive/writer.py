@@ -1,0 +1,100 @@
+"""One batch of a partition's readings -> the archive's objects.
+
+A batch is what the archiver buffered for one Kafka partition between two
+rolls, with the offsets it covers (:class:`Span`). It becomes:
+
+1. one encrypted Parquet object per hour of measurement under ``identified/``,
+   the hour of the batch's first reading written first: an archiver that
+   restarts at the batch's first offset finds that object (``find_span``) and
+   cuts its replay where the crashed run did, so the replay rewrites the same
+   keys instead of adding overlapping ones;
+2. one plain Parquet object under ``deidentified/`` (Safe Harbor).
+
+``write`` returns once every object is durable; only then may the caller
+commit the offsets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from healthsync.domain.readings import Reading
+from healthsync.store.archive import layout
+from healthsync.store.archive.columns import hour_of, readings_table
+from healthsync.store.archive.deidentify import Deidentifier
+from healthsync.store.archive.encryption import ParquetCrypto
+from healthsync.store.archive.layout import Span
+from healthsync.store.archive.objects import ObjectStore
+
+ZSTD_LEVEL = 3
+
+
+class ArchiveWriter:
+    def __init__(
+        self,
+        store: ObjectStore,
+        crypto: ParquetCrypto,
+        deidentifier: Deidentifier,
+        row_group_rows: int = 65_536,
+    ) -> None:
+        self.store = store
+        self.crypto = crypto
+        self.deidentifier = deidentifier
+        self.row_group_rows = row_group_rows
+
+    def write_readings(self, span: Span, readings: Sequence[Reading]) -> list[str]:
+        """Archive one batch (readings in offset order); the keys written, once all are durable."""
+        if not readings:
+            return []
+        return self.write_table(span, readings_table(readings), _hour(readings[0].ts))
+
+    def write_table(self, span: Span, table: pa.Table, first_hour: int) -> list[str]:
+        """Archive a readings table; `first_hour` is the hour of the batch's first reading."""
+        hours = hour_of(table)
+        written: list[str] = []
+        others = sorted(set(pc.unique(hours).to_pylist()) - {first_hour})
+        for hour in [first_hour, *others]:
+            part = table.filter(pc.equal(hours, hour))
+            key = layout.identified_key(layout.READINGS, hour, span)
+            self.store.put(key, self._parquet(part, encrypted=True))
+            written.append(key)
+        research = self.deidentifier.table(table)
+        year = datetime.fromtimestamp(first_hour * layout.HOUR_S, tz=UTC).year
+        key = layout.deidentified_key(layout.READINGS, year, span)
+        self.store.put(key, self._parquet(research, encrypted=False))
+        written.append(key)
+        return written
+
+    def _parquet(self, table: pa.Table, encrypted: bool) -> bytes:
+        sink = pa.BufferOutputStream()
+        pq.write_table(
+            table,
+            sink,
+            row_group_size=self.row_group_rows,
+            compression="zstd",
+            compression_level=ZSTD_LEVEL,
+            write_statistics=True,
+            encryption_properties=self.crypto.encryption_properties() if encrypted else None,
+        )
+        return bytes(sink.getvalue())
+
+
+def find_span(store: ObjectStore, partition: int, first: int, first_ts: float) -> Span | None:
+    """The batch a crashed archiver wrote starting at `first`, if any (see the module doc).
+
+    `first_ts` is the time of the batch's first reading: its hour names the
+    directory the batch's first object went to.
+    """
+    prefix = layout.hour_prefix(layout.READINGS, _hour(first_ts))
+    prefix += Span(partition, first, first).name_prefix
+    spans = [span for key in store.list(prefix) if (span := Span.parse(key)) is not None]
+    return max(spans, key=lambda s: s.last) if spans else None
+
+
+def _hour(ts: float) -> int:
+    return int(ts // layout.HOUR_S)
