@@ -180,8 +180,9 @@ class ArchiveSettings(BaseModel):
     # An archiver writes what it buffered at least this often, or sooner at the size limit.
     roll_s: float = Field(60.0, gt=0)
     roll_bytes: int = Field(64 * 1024 * 1024, ge=1024)
-    # Rows per Parquet row group: smaller groups let a one-patient query skip more.
-    row_group_rows: int = Field(65_536, ge=1024)
+    # Most rows in a Parquet row group. Groups hold whole patients' runs up to this
+    # size, so a one-patient query reads few rows; larger groups compress better.
+    row_group_rows: int = Field(1024, ge=64)
     group_id: str = "healthsync-archiver"
     # S3 only: server-side encryption asked for on every PutObject, on top of the
     # Parquet encryption; "aws:kms" uses sse_kms_key_id (or the bucket's default key).

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -13,7 +14,7 @@ from healthsync.security.crypto import Keyring
 from healthsync.store.archive.errors import ArchiveReadError
 from healthsync.store.archive.layout import Span
 from healthsync.store.archive.setup import Archive
-from healthsync.store.archive.writer import find_span
+from healthsync.store.archive.writer import find_span, row_groups
 from tests.store.archive.conftest import OTHER, PATIENT, T0, batch, reading
 
 HOUR = 3600.0
@@ -149,12 +150,21 @@ def test_files_are_zstd_with_row_group_statistics(
     column = research.metadata.row_group(0).column(0)
     assert column.compression == "ZSTD"
     assert column.statistics.has_min_max
-    # Sorted by patient, then time: 60 rows of each patient in groups of 16, so only
-    # the group where one patient's run ends and the other's begins holds two.
-    patients = [research.metadata.row_group(i).column(0).statistics for i in range(8)]
-    assert sum(s.min != s.max for s in patients) == 1
+    # Sorted by patient, then time, and cut where a patient's run ends: 60 rows of
+    # each patient in groups of at most 16 make 16+16+16+12 each, one patient a group.
+    groups = [research.metadata.row_group(i) for i in range(8)]
+    assert [g.num_rows for g in groups] == [16, 16, 16, 12] * 2
+    patients = [g.column(0).statistics for g in groups]
+    assert all(s.min == s.max for s in patients)
     assert [s.min for s in patients] == sorted(s.min for s in patients)
     # The identified object needs the keys even for its footer.
     with pytest.raises(OSError, match="encrypted"):
         pq.ParquetFile(root / keys[0])
     assert len(small_groups.reader().readings(PATIENT, T0, T0 + HOUR)) == 60
+
+
+def test_row_groups_hold_whole_patients_up_to_the_limit() -> None:
+    runs = pa.chunked_array([["a"] * 3 + ["b"] * 4 + ["c"] * 2 + ["d"] * 11])
+    # a+b fit in 8, c would overflow them; c alone, then d split at the limit.
+    assert row_groups(runs, 8) == [(0, 7), (7, 2), (9, 8), (17, 3)]
+    assert row_groups(pa.chunked_array([["a"] * 5]), 8) == [(0, 5)]

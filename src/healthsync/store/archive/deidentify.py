@@ -122,25 +122,22 @@ class Deidentifier:
 
 def _birth_year_and_age(table: pa.Table) -> tuple[pa.Array, pa.Array]:
     """Birth year and age at the reading (real) time; "90+" and no year from age 90."""
-    births = table["birth_date"].to_pylist()
-    times = (
-        pc.cast(table["ts"], pa.int64()).to_pylist()
-        if "ts" in table.column_names
-        else [None] * len(births)
-    )
-    years: list[int | None] = []
-    ages: list[str | None] = []
-    for birth, ts_ms in zip(births, times, strict=True):
-        born = _parse_date(birth)
+    births = table["birth_date"]
+    years: list[int | None] = [None] * len(births)
+    ages: list[str | None] = [None] * len(births)
+    # Few readings carry a birth date: only those are looked at.
+    present = pc.indices_nonzero(pc.is_valid(births)).to_pylist()
+    times = pc.cast(table["ts"], pa.int64()) if "ts" in table.column_names else None
+    for i in present:
+        born = _parse_date(births[i].as_py())
         if born is None:
-            years.append(None)
-            ages.append(None)
             continue
+        ts_ms = times[i].as_py() if times is not None else None
         at = datetime.fromtimestamp(ts_ms / 1000, tz=UTC).date() if ts_ms else date.today()
         age = at.year - born.year - ((at.month, at.day) < (born.month, born.day))
         older = age > OLDEST_AGE_SHOWN
-        years.append(None if older else born.year)
-        ages.append("90+" if older else str(max(age, 0)))
+        years[i] = None if older else born.year
+        ages[i] = "90+" if older else str(max(age, 0))
     return pa.array(years, pa.int16()), pa.array(ages, pa.string())
 
 

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from healthsync.store.archive import layout
-from healthsync.store.archive.columns import SCHEMA, TS, to_points
+from healthsync.store.archive.columns import HISTORY_COLUMNS, SCHEMA, TS, to_points
 from healthsync.store.archive.encryption import ParquetCrypto
 from healthsync.store.archive.errors import ArchiveReadError
 from healthsync.store.archive.objects import ObjectStore
@@ -51,6 +51,13 @@ class _Footer:
             for index, (low, high, first, last) in enumerate(self.ranges)
             if low <= patient_id <= high and first <= until_ms and last >= since_ms
         ]
+
+    def only(self, groups: list[int], patient_id: str, since_ms: int, until_ms: int) -> bool:
+        """True if those groups hold nothing but the patient's rows inside the period."""
+        return all(
+            low == high == patient_id and first >= since_ms and last <= until_ms
+            for low, high, first, last in (self.ranges[i] for i in groups)
+        )
 
 
 class ArchiveReader:
@@ -101,7 +108,7 @@ class ArchiveReader:
         self, patient_id: str, since: float, until: float, vital: str | None = None
     ) -> list[dict[str, Any]]:
         """As :meth:`readings_table`, as the API's history points."""
-        return to_points(self.readings_table(patient_id, since, until), vital)
+        return to_points(self.readings_table(patient_id, since, until, HISTORY_COLUMNS), vital)
 
     def _read(
         self, key: str, patient_id: str, span: tuple[int, int], columns: list[str]

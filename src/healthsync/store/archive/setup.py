@@ -20,7 +20,7 @@ class Archive:
     store: ObjectStore
     crypto: ParquetCrypto
     deidentifier: Deidentifier
-    row_group_rows: int = 65_536
+    row_group_rows: int = 1024
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Archive:

@@ -32,6 +32,9 @@ from healthsync.store.archive.layout import Span
 from healthsync.store.archive.objects import ObjectStore
 
 ZSTD_LEVEL = 3
+# Sorted by patient then time, these climb in small steps: delta encoding stores the
+# steps in a few bits where a dictionary of mostly unique values would not help.
+DELTA_COLUMNS = frozenset({"ts", "seq", "received_delay_ms"})
 
 
 class ArchiveWriter:
@@ -40,7 +43,7 @@ class ArchiveWriter:
         store: ObjectStore,
         crypto: ParquetCrypto,
         deidentifier: Deidentifier,
-        row_group_rows: int = 65_536,
+        row_group_rows: int = 1024,
     ) -> None:
         self.store = store
         self.crypto = crypto
@@ -61,27 +64,54 @@ class ArchiveWriter:
         for hour in [first_hour, *others]:
             part = table.filter(pc.equal(hours, hour))
             key = layout.identified_key(layout.READINGS, hour, span)
-            self.store.put(key, self._parquet(part, encrypted=True))
+            self.store.put(key, self._parquet(part, "patient_id", encrypted=True))
             written.append(key)
         research = self.deidentifier.table(table)
         year = datetime.fromtimestamp(first_hour * layout.HOUR_S, tz=UTC).year
         key = layout.deidentified_key(layout.READINGS, year, span)
-        self.store.put(key, self._parquet(research, encrypted=False))
+        self.store.put(key, self._parquet(research, "patient", encrypted=False))
         written.append(key)
         return written
 
-    def _parquet(self, table: pa.Table, encrypted: bool) -> bytes:
+    def _parquet(self, table: pa.Table, patient: str, encrypted: bool) -> bytes:
         sink = pa.BufferOutputStream()
-        pq.write_table(
-            table,
+        delta = [name for name in table.column_names if name in DELTA_COLUMNS]
+        with pq.ParquetWriter(
             sink,
-            row_group_size=self.row_group_rows,
+            table.schema,
+            use_dictionary=[name for name in table.column_names if name not in DELTA_COLUMNS],
+            column_encoding=dict.fromkeys(delta, "DELTA_BINARY_PACKED"),
             compression="zstd",
             compression_level=ZSTD_LEVEL,
             write_statistics=True,
             encryption_properties=self.crypto.encryption_properties() if encrypted else None,
-        )
+        ) as out:
+            for start, length in row_groups(table[patient], self.row_group_rows):
+                out.write_table(table.slice(start, length), row_group_size=length)
         return bytes(sink.getvalue())
+
+
+def row_groups(patients: pa.ChunkedArray, limit: int) -> list[tuple[int, int]]:
+    """(start, length) of each row group: whole patients' runs, packed up to `limit` rows.
+
+    A group ends where a patient's run ends whenever the next run would not
+    fit, so a one-patient query reads one or two small groups of an object,
+    not a share of everyone's rows; a run longer than `limit` is split.
+    """
+    groups: list[tuple[int, int]] = []
+    start = end = 0
+    run_ends = pc.run_end_encode(patients.combine_chunks()).run_ends.to_pylist()
+    for run_end in run_ends:
+        if run_end - start > limit and end > start:
+            groups.append((start, end - start))
+            start = end
+        while run_end - start > limit:
+            groups.append((start, limit))
+            start += limit
+        end = run_end
+    if end > start:
+        groups.append((start, end - start))
+    return groups
 
 
 def find_span(store: ObjectStore, partition: int, first: int, first_ts: float) -> Span | None:
