@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from healthsync import __version__
+from healthsync import __version__, archive_cli
 from healthsync.api.permissions import ROLES
 from healthsync.config import Settings
 from healthsync.errors import ConfigError, HealthSyncError
@@ -374,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         "process", help="run the stream processor (Kafka -> alerts, FHIR, Redis)"
     )
     process.set_defaults(func=cmd_process)
+    archive_cli.register(sub)
 
     push = sub.add_parser(
         "push",

@@ -168,3 +168,12 @@ def test_row_groups_hold_whole_patients_up_to_the_limit() -> None:
     # a+b fit in 8, c would overflow them; c alone, then d split at the limit.
     assert row_groups(runs, 8) == [(0, 7), (7, 2), (9, 8), (17, 3)]
     assert row_groups(pa.chunked_array([["a"] * 5]), 8) == [(0, 5)]
+
+
+def test_a_reader_keeps_up_with_an_object_a_replay_rewrote(archive: Archive) -> None:
+    writer, reader = archive.writer(), archive.reader()
+    writer.write_readings(Span(0, 0, 119), batch(T0, 60))
+    assert len(reader.readings(PATIENT, T0, T0 + HOUR)) == 60
+    # The same batch again, as after a crash: same readings, but a fresh data key.
+    writer.write_readings(Span(0, 0, 119), batch(T0, 60))
+    assert len(reader.readings(PATIENT, T0, T0 + HOUR)) == 60

@@ -116,24 +116,22 @@ class ArchiveReader:
         since_ms, until_ms = span
         footer = self._footers.get(key)
         if footer is not None and not footer.groups(patient_id, since_ms, until_ms):
-            return None
+            return None  # a rewrite after a replay holds the same readings: still none here
         try:
-            source = self.store.open(key)
-            file = pq.ParquetFile(
-                source,
-                metadata=footer.metadata if footer else None,
-                decryption_properties=self.crypto.decryption_properties(),
-            )
-            if footer is None:
-                footer = self._remember(key, file.metadata)
-            groups = footer.groups(patient_id, since_ms, until_ms)
-            if not groups:
-                return None
-            table = file.read_row_groups(groups, columns=columns, use_threads=False)
+            found = self._load(key, footer, patient_id, span, columns)
         except ArchiveReadError:
-            raise
-        except Exception as exc:
-            raise ArchiveReadError(self.store.location(key), str(exc)) from exc
+            if footer is None:
+                raise
+            # A replay rewrote the object: same readings, but a fresh data key, so the
+            # remembered footer no longer fits. Once more with the object's own footer.
+            with self._lock:
+                self._footers.pop(key, None)
+            found = self._load(key, None, patient_id, span, columns)
+        if found is None:
+            return None
+        table, footer, groups = found
+        if footer.only(groups, patient_id, since_ms, until_ms):
+            return table  # row groups cut at patients: most need no filtering
         since_ts = pa.scalar(since_ms, pa.int64()).cast(TS)
         until_ts = pa.scalar(until_ms, pa.int64()).cast(TS)
         mask = pc.and_(
@@ -141,6 +139,32 @@ class ArchiveReader:
             pc.and_(pc.greater_equal(table["ts"], since_ts), pc.less_equal(table["ts"], until_ts)),
         )
         return table.filter(mask)
+
+    def _load(
+        self,
+        key: str,
+        footer: _Footer | None,
+        patient_id: str,
+        span: tuple[int, int],
+        columns: list[str],
+    ) -> tuple[pa.Table, _Footer, list[int]] | None:
+        """The row groups of one object that may hold the patient in the period."""
+        try:
+            file = pq.ParquetFile(
+                self.store.open(key),
+                metadata=footer.metadata if footer else None,
+                decryption_properties=self.crypto.decryption_properties(),
+            )
+            if footer is None:
+                footer = self._remember(key, file.metadata)
+            groups = footer.groups(patient_id, *span)
+            if not groups:
+                return None
+            return file.read_row_groups(groups, columns=columns, use_threads=False), footer, groups
+        except ArchiveReadError:
+            raise
+        except Exception as exc:
+            raise ArchiveReadError(self.store.location(key), str(exc)) from exc
 
     def _remember(self, key: str, metadata: pq.FileMetaData) -> _Footer:
         names = metadata.schema.names
