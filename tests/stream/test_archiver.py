@@ -74,6 +74,7 @@ def produce(settings: Settings, batch: list[Reading]) -> None:
 
 
 def archived_ids(settings: Settings) -> list[str]:
+    # (archive.url may be file:// or s3://: the reader is the same)
     """Every reading id in the identified archive, as often as it is there."""
     reader = Archive.from_settings(settings).reader()
     ids = [

@@ -233,12 +233,12 @@ class Archiver:
             log.warning("offset commit failed", extra={"error": str(exc)})
 
     def _retry(self, what: str, action: Callable[[], T]) -> T | None:
-        return retry_until_stopped(
-            what,
-            action,
-            lambda: self.stopping,
-            on_error=lambda _exc: self.stats.inc("archive_errors_total"),
-        )
+        return retry_until_stopped(what, action, lambda: self.stopping, on_error=self._failed)
+
+    def _failed(self, _exc: Exception) -> None:
+        self.stats.inc("archive_errors_total")
+        # While the store is down the backlog grows in Kafka: keep /metrics showing it.
+        self._report_lag()
 
     def _report_lag(self) -> None:
         now = time.monotonic()
@@ -248,7 +248,7 @@ class Archiver:
         try:
             committed = self.consumer.committed(self.consumer.assignment(), timeout=2.0)
             for tp in committed:
-                _low, high = self.consumer.get_watermark_offsets(tp, cached=False, timeout=2.0)
+                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
                 done = tp.offset if tp.offset >= 0 else _low
                 if high >= 0:
                     self.stats.gauge("archive_lag", high - done, partition=str(tp.partition))
