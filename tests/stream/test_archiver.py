@@ -15,12 +15,16 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
+import pyarrow.parquet as pq
 import pytest
 
 from healthsync.config import Settings
+from healthsync.domain.alerts import Alert
 from healthsync.domain.readings import Reading, reading_id_for
 from healthsync.kafka import ensure_topics, make_producer
 from healthsync.security import codec as roles
@@ -168,7 +172,7 @@ class CrashBeforeCommit(Archiver):
     """An archiver that dies between writing a batch and committing it."""
 
     def _commit(self, roll: Roll) -> None:
-        self.rolls.pop(roll.partition, None)
+        self.rolls = {place: r for place, r in self.rolls.items() if r is not roll}
         self.stop()
 
 
@@ -201,3 +205,49 @@ def test_a_batch_written_but_not_committed_is_rewritten_not_duplicated(
     assert sorted(ids) == sorted(r.reading_id for r in readings(0, 300))
     assert spans_overlap(root) == []
     assert research_rows(archive_settings) == 300
+
+
+def test_alert_events_are_archived_and_their_research_copy_names_no_device(
+    archive_settings: Settings, tmp_path: Path, running: list[tuple[Archiver, threading.Thread]]
+) -> None:
+    codec = Codec.from_settings(archive_settings)
+    producer = make_producer(archive_settings.kafka)
+    alert = Alert(
+        alert_id="a-1",
+        patient_id=PATIENTS[0],
+        kind="device_offline:mon-77",
+        vital=None,
+        severity="warning",
+        status="open",
+        opened_at=T0,
+        updated_at=T0,
+        value=0.0,
+        band="offline",
+        reading_id="r-1",
+        category="technical",
+        device_id="mon-77",
+    )
+    resolved = replace(alert, status="resolved", updated_at=T0 + 90, resolved_at=T0 + 90)
+    for event, snapshot in (("opened", alert), ("resolved", resolved)):
+        key = codec.message_key(alert.patient_id)
+        value = orjson.dumps({"event": event, "alert": snapshot.to_dict()})
+        producer.produce(
+            archive_settings.kafka.alerts_topic, codec.seal_message(roles.ALERTS, key, value), key
+        )
+    assert producer.flush(30) == 0
+    start(build_archiver(archive_settings), running)
+    root = tmp_path / "archive"
+    wait_for(lambda: list(root.glob("deidentified/alerts/**/*.parquet")), 60, "the alert history")
+
+    [identified] = root.glob("identified/alerts/date=2026-11-28/hour=10/*.parquet")
+    assert b"mon-77" not in identified.read_bytes()
+    research = pq.read_table(next(root.glob("deidentified/alerts/year=2026/*.parquet")))
+    rows = research.to_pylist()
+    assert [(r["event"], r["kind"], r["status"]) for r in rows] == [
+        ("opened", "device_offline", "open"),
+        ("resolved", "device_offline", "resolved"),
+    ]
+    assert not {"alert_id", "device_id", "reading_id", "evidence", "patient_id"} & set(
+        research.column_names
+    )
+    assert b"mon-77" not in repr(rows).encode()

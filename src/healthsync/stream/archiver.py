@@ -1,4 +1,4 @@
-"""`healthsync archive`: every reading from the vitals topic into the archive.
+"""`healthsync archive`: every reading (vitals topic) and alert event (alerts topic) archived.
 
 A consumer group of its own, so a slow or absent object store delays only the
 archive: the backlog waits in Kafka (and shows as ``archive_lag``), never in
@@ -23,17 +23,19 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import orjson
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from healthsync.config import Settings
+from healthsync.domain.alerts import Alert
 from healthsync.domain.readings import Reading
 from healthsync.metrics import StatsRecorder
 from healthsync.security import codec as roles
 from healthsync.security.codec import Codec
 from healthsync.security.crypto import DecryptError
-from healthsync.store.archive.layout import Span
+from healthsync.store.archive.layout import ALERTS, READINGS, Span
 from healthsync.store.archive.objects import ObjectStore
 from healthsync.store.archive.writer import ArchiveWriter, find_span
 from healthsync.stream.retry import retry_until_stopped
@@ -45,14 +47,17 @@ _LAG_INTERVAL_S = 1.0
 
 @dataclass
 class Roll:
-    """What one partition buffered since its last batch."""
+    """What one partition of one topic buffered since its last batch."""
 
+    dataset: str
     partition: int
     first: int
     opened_at: float
     last: int = -1
     size: int = 0
-    readings: list[Reading] = field(default_factory=list)
+    # Readings, or (event type, alert) pairs; and the time of the first one.
+    rows: list[Any] = field(default_factory=list)
+    first_ts: float = 0.0
     # Where a crashed run cut the batch that starts at `first`: None when not looked up
     # yet, -1 when there was none.
     cut: int | None = None
@@ -87,9 +92,9 @@ class Archiver:
         self.reporting = reporting
         self.stats = reporting.stats
         self.publish_stats = reporting.publish
-        self.rolls: dict[int, Roll] = {}
+        self.rolls: dict[tuple[str, int], Roll] = {}
         # Partitions whose next roll starts at a committed offset: look for a crashed batch.
-        self.resumed: set[int] = set()
+        self.resumed: set[tuple[str, int]] = set()
         self.stopping = False
         self._lag_at = 0.0
 
@@ -98,22 +103,25 @@ class Archiver:
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
-            self.rolls.pop(tp.partition, None)
-            self.resumed.add(tp.partition)
+            self.rolls.pop((tp.topic, tp.partition), None)
+            self.resumed.add((tp.topic, tp.partition))
         log.info("partitions assigned", extra={"partitions": [p.partition for p in partitions]})
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Unwritten rolls are dropped: their offsets are not committed, the next owner
         # reads them again.
         for tp in partitions:
-            self.rolls.pop(tp.partition, None)
-            self.resumed.discard(tp.partition)
+            self.rolls.pop((tp.topic, tp.partition), None)
+            self.resumed.discard((tp.topic, tp.partition))
         log.info("partitions revoked", extra={"partitions": [p.partition for p in partitions]})
 
     def run(self) -> None:
         cfg = self.settings.archive
+        kafka = self.settings.kafka
         self.consumer.subscribe(
-            [self.settings.kafka.vitals_topic], on_assign=self._on_assign, on_revoke=self._on_revoke
+            [kafka.vitals_topic, kafka.alerts_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
         )
         log.info("archiver started", extra={"group": cfg.group_id, "url": cfg.url})
         try:
@@ -134,45 +142,57 @@ class Archiver:
         if error is not None:
             log.warning("consume error", extra={"error": error.str()})
             return
-        partition, offset = message.partition(), message.offset()
-        if partition is None or offset is None:
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        if topic is None or partition is None or offset is None:
             return
-        roll = self.rolls.get(partition)
+        place = (topic, partition)
+        roll = self.rolls.get(place)
         if roll is not None and roll.cut is not None and roll.cut >= 0 and offset > roll.cut:
             self._flush(roll)  # the crashed run's batch ended before this message
             roll = None
         if roll is None:
-            cut = None if partition in self.resumed else -1
-            roll = self.rolls[partition] = Roll(partition, offset, time.monotonic(), cut=cut)
+            cut = None if place in self.resumed else -1
+            dataset = ALERTS if topic == self.settings.kafka.alerts_topic else READINGS
+            roll = Roll(dataset, partition, offset, time.monotonic(), cut=cut)
+            self.rolls[place] = roll
         roll.last = offset
         roll.size += len(message.value() or b"")
-        reading = self._decode(message)
-        if reading is not None:
-            roll.readings.append(reading)
+        decoded = self._decode(roll.dataset, message)
+        if decoded is not None:
+            row, ts = decoded
+            if not roll.rows:
+                roll.first_ts = ts
+            roll.rows.append(row)
             if roll.cut is None:
-                self._look_up_cut(roll)
+                self._look_up_cut(place, roll)
         if roll.cut is not None and roll.cut >= 0 and offset >= roll.cut:
             self._flush(roll)
 
-    def _decode(self, message: Message) -> Reading | None:
+    def _decode(self, dataset: str, message: Message) -> tuple[Any, float] | None:
+        """The row a message becomes, and its time; None (counted) for one that is not."""
+        role = roles.ALERTS if dataset == ALERTS else roles.VITALS
         try:
-            value = self.codec.open_message(roles.VITALS, message.key(), message.value() or b"")
-            return Reading.from_json(value)
+            value = self.codec.open_message(role, message.key(), message.value() or b"")
+            if dataset == ALERTS:
+                return alert_event(value)
+            reading = Reading.from_json(value)
         except (DecryptError, ValueError) as exc:
             # No content in the log: the value may hold PHI.
             self.stats.inc("archive_skipped_total")
-            log.warning("not a reading; skipped", extra={"reason": type(exc).__name__})
+            log.warning("not archivable; skipped", extra={"reason": type(exc).__name__})
             return None
+        return reading, reading.ts
 
-    def _look_up_cut(self, roll: Roll) -> None:
+    def _look_up_cut(self, place: tuple[str, int], roll: Roll) -> None:
         """For a roll at a committed offset: the last offset of a batch written from there."""
-        if roll.partition not in self.resumed:
+        if place not in self.resumed:
             roll.cut = -1
             return
-        first_ts = roll.readings[0].ts
         result = self._retry(
             "look up a crashed batch",
-            lambda: (find_span(self.store, roll.partition, roll.first, first_ts),),
+            lambda: (
+                find_span(self.store, roll.partition, roll.first, roll.first_ts, roll.dataset),
+            ),
         )
         if result is None:
             return  # stopping before we know: the roll is not written
@@ -201,8 +221,12 @@ class Archiver:
         self._commit(roll)
 
     def _write(self, roll: Roll) -> list[str]:
-        written = self.writer.write_readings(roll.span, roll.readings) if roll.readings else []
-        self.stats.inc("archived_readings_total", len(roll.readings))
+        if roll.dataset == ALERTS:
+            written = self.writer.write_alerts(roll.span, roll.rows)
+            self.stats.inc("archived_alert_events_total", len(roll.rows))
+        else:
+            written = self.writer.write_readings(roll.span, roll.rows)
+            self.stats.inc("archived_readings_total", len(roll.rows))
         self.stats.inc("archive_objects_total", len(written))
         return written
 
@@ -220,9 +244,10 @@ class Archiver:
         self._report_lag()
 
     def _commit(self, roll: Roll) -> None:
-        self.rolls.pop(roll.partition, None)
-        self.resumed.discard(roll.partition)
-        topic = self.settings.kafka.vitals_topic
+        kafka = self.settings.kafka
+        topic = kafka.alerts_topic if roll.dataset == ALERTS else kafka.vitals_topic
+        self.rolls.pop((topic, roll.partition), None)
+        self.resumed.discard((topic, roll.partition))
         try:
             self.consumer.commit(
                 offsets=[TopicPartition(topic, roll.partition, roll.last + 1)], asynchronous=False
@@ -258,3 +283,13 @@ class Archiver:
             self.publish_stats()
         except Exception as exc:  # noqa: BLE001 - metrics must never hold up the archive
             log.warning("could not publish stats", extra={"error": str(exc)})
+
+
+def alert_event(value: bytes) -> tuple[tuple[str, Alert], float]:
+    """An alerts-topic value as (event type, alert) and the event's time."""
+    try:
+        doc = orjson.loads(value)
+        alert = Alert.from_dict(doc["alert"])
+        return (str(doc["event"]), alert), float(alert.updated_at)
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"not an alert event: {exc}") from exc

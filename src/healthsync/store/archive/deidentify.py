@@ -46,8 +46,7 @@ SAFE = frozenset(
         "consciousness",
         "gender",
         "received_delay_ms",
-        # alerts
-        "kind",
+        # alerts (`kind` is handled below: one kind names a device)
         "category",
         "severity",
         "status",
@@ -59,6 +58,8 @@ SAFE = frozenset(
     }
 )
 TIME_COLUMNS = frozenset({"ts", "opened_at", "resolved_at", "updated_at"})
+# Everything else goes, e.g. an alert's `evidence` (unshifted times), `alert_id` and
+# `reading_id` (unique codes).
 OLDEST_AGE_SHOWN = 89
 
 
@@ -101,6 +102,11 @@ class Deidentifier:
                 # Without a patient to shift by, a time would show a real date: it goes.
                 millis = pc.subtract(pc.cast(column, pa.int64()), shift_ms)
                 columns[name] = pc.cast(millis, column.type)
+        if "kind" in table.column_names:
+            # device_offline:<device id> names the device: only the kind of alert stays.
+            columns["kind"] = pc.replace_substring_regex(
+                table["kind"], pattern=r"^device_offline:.*$", replacement="device_offline"
+            )
         if "birth_date" in table.column_names:
             columns["birth_year"], columns["age"] = _birth_year_and_age(table)
         result = pa.table(columns)

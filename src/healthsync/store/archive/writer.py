@@ -23,8 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from healthsync.domain.alerts import Alert
 from healthsync.domain.readings import Reading
 from healthsync.store.archive import layout
+from healthsync.store.archive.alerts import alerts_table
 from healthsync.store.archive.columns import hour_of, readings_table
 from healthsync.store.archive.deidentify import Deidentifier
 from healthsync.store.archive.encryption import ParquetCrypto
@@ -54,21 +56,30 @@ class ArchiveWriter:
         """Archive one batch (readings in offset order); the keys written, once all are durable."""
         if not readings:
             return []
-        return self.write_table(span, readings_table(readings), _hour(readings[0].ts))
+        return self.write_table(
+            layout.READINGS, span, readings_table(readings), _hour(readings[0].ts)
+        )
 
-    def write_table(self, span: Span, table: pa.Table, first_hour: int) -> list[str]:
-        """Archive a readings table; `first_hour` is the hour of the batch's first reading."""
+    def write_alerts(self, span: Span, events: Sequence[tuple[str, Alert]]) -> list[str]:
+        """Archive one batch of alert events (in offset order), like :meth:`write_readings`."""
+        if not events:
+            return []
+        first_hour = _hour(events[0][1].updated_at)
+        return self.write_table(layout.ALERTS, span, alerts_table(events), first_hour)
+
+    def write_table(self, dataset: str, span: Span, table: pa.Table, first_hour: int) -> list[str]:
+        """Archive a table of `dataset`; `first_hour` is the hour of the batch's first row."""
         hours = hour_of(table)
         written: list[str] = []
         others = sorted(set(pc.unique(hours).to_pylist()) - {first_hour})
         for hour in [first_hour, *others]:
             part = table.filter(pc.equal(hours, hour))
-            key = layout.identified_key(layout.READINGS, hour, span)
+            key = layout.identified_key(dataset, hour, span)
             self.store.put(key, self._parquet(part, "patient_id", encrypted=True))
             written.append(key)
         research = self.deidentifier.table(table)
         year = datetime.fromtimestamp(first_hour * layout.HOUR_S, tz=UTC).year
-        key = layout.deidentified_key(layout.READINGS, year, span)
+        key = layout.deidentified_key(dataset, year, span)
         self.store.put(key, self._parquet(research, "patient", encrypted=False))
         written.append(key)
         return written
@@ -114,13 +125,15 @@ def row_groups(patients: pa.ChunkedArray, limit: int) -> list[tuple[int, int]]:
     return groups
 
 
-def find_span(store: ObjectStore, partition: int, first: int, first_ts: float) -> Span | None:
+def find_span(
+    store: ObjectStore, partition: int, first: int, first_ts: float, dataset: str = layout.READINGS
+) -> Span | None:
     """The batch a crashed archiver wrote starting at `first`, if any (see the module doc).
 
-    `first_ts` is the time of the batch's first reading: its hour names the
+    `first_ts` is the time of the batch's first row: its hour names the
     directory the batch's first object went to.
     """
-    prefix = layout.hour_prefix(layout.READINGS, _hour(first_ts))
+    prefix = layout.hour_prefix(dataset, _hour(first_ts))
     prefix += Span(partition, first, first).name_prefix
     spans = [span for key in store.list(prefix) if (span := Span.parse(key)) is not None]
     return max(spans, key=lambda s: s.last) if spans else None
