@@ -338,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the whole pipeline on this machine",
         description="Start the embedded Kafka broker and Redis (unless "
         "HEALTHSYNC_KAFKA_BOOTSTRAP / HEALTHSYNC_REDIS_URL name external ones), "
-        "then ingest, processor and API, supervised. Kafka, Redis and the API use "
+        "then ingest, processor, archiver (to <run dir>/archive unless HEALTHSYNC_ARCHIVE_URL) "
+        "and API, supervised. Kafka, Redis and the API use "
         "TLS 1.3 with a local CA made in <run dir>/certs (HEALTHSYNC_KAFKA_EMBEDDED_TLS, "
         "HEALTHSYNC_REDIS_EMBEDDED_TLS, HEALTHSYNC_API_TLS_ENABLED switch it off). "
         "Stored patient data is sealed with the keyring in <run dir>/keyring.json, and the "

@@ -39,9 +39,9 @@ from healthsync.stack import (
 )
 
 _MAX_BACKOFF_S = 30.0
-STAGES = ("ingest", "process", "api")
+STAGES = ("ingest", "process", "archive", "api")
 # Order matters on shutdown: stop producers of data before its consumers.
-_STOP_ORDER = ("simulate", "ingest", "process", "push", "api")
+_STOP_ORDER = ("simulate", "ingest", "process", "archive", "push", "api")
 
 
 @dataclass
@@ -134,6 +134,8 @@ class Pipeline:
             # Like the certificates: the run dir's keyring, created on first start.
             settings.crypto.keyring_file = (self.run_dir / "keyring.json").resolve()
         ensure_keyring(settings.crypto)
+        if "url" not in settings.archive.model_fields_set:
+            settings.archive.url = f"file://{(self.run_dir / 'archive').resolve()}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
         self.env.update(settings.to_env())
         for name in stages:
