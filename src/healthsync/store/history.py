@@ -20,22 +20,38 @@ from healthsync.store.queries import LiveReader
 _LIVE_LIMIT = 1_000_000
 
 
-async def vitals_history(
-    live: LiveReader,
-    archive: ArchiveReader | None,
-    patient_id: str,
-    vital: str | None,
-    period: tuple[float, float],
-) -> list[dict[str, Any]]:
-    """Every reading of the patient in the period (epoch seconds), oldest first."""
-    since, until = period
-    recent = await live.history(patient_id, vital, since, until, _LIVE_LIMIT)
-    older: list[dict[str, Any]] = []
-    if archive is not None:
-        older = await asyncio.to_thread(archive.readings, patient_id, since, until, vital)
-    merged = {point["reading_id"]: point for point in older}
-    merged.update((point["reading_id"], point) for point in recent)
-    return sorted(merged.values(), key=lambda p: (p["ts"], p["reading_id"]))
+class History:
+    """The live store and the archive, read as one."""
+
+    def __init__(self, live: LiveReader, archive: ArchiveReader | None) -> None:
+        self.live = live
+        self.archive = archive
+
+    async def readings(
+        self, patient_id: str, vital: str | None, period: tuple[float, float]
+    ) -> list[dict[str, Any]]:
+        """Every reading of the patient in the period (epoch seconds), oldest first."""
+        since, until = period
+        recent = await self.live.history(patient_id, vital, since, until, _LIVE_LIMIT)
+        older: list[dict[str, Any]] = []
+        if self.archive is not None:
+            older = await asyncio.to_thread(self.archive.readings, patient_id, since, until, vital)
+        merged = {point["reading_id"]: point for point in older}
+        merged.update((point["reading_id"], point) for point in recent)
+        return sorted(merged.values(), key=lambda p: (p["ts"], p["reading_id"]))
+
+    async def trends(
+        self, patient_id: str, vital: str, period: tuple[float, float], bucket_s: int
+    ) -> list[dict[str, Any]]:
+        """Per-bucket count, min, max, mean and median of one vital over the period."""
+        points = await self.readings(patient_id, vital, period)
+        table = pa.table(
+            {
+                "ts": pa.array([round(p["ts"] * 1000) for p in points], pa.int64()).cast(TS),
+                vital: pa.array([p["vitals"].get(vital) for p in points], pa.float64()),
+            }
+        )
+        return trends(table, vital, bucket_s)
 
 
 def page(
@@ -55,22 +71,3 @@ def page(
     chunk = points[start : start + limit]
     more = start + limit < len(points)
     return chunk, (f"{chunk[-1]['ts']}:{chunk[-1]['reading_id']}" if more and chunk else None)
-
-
-async def vitals_trends(
-    live: LiveReader,
-    archive: ArchiveReader | None,
-    patient_id: str,
-    vital: str,
-    period: tuple[float, float],
-    bucket_s: int,
-) -> list[dict[str, Any]]:
-    """Per-bucket count, min, max, mean and median of one vital over the period."""
-    points = await vitals_history(live, archive, patient_id, vital, period)
-    table = pa.table(
-        {
-            "ts": pa.array([round(p["ts"] * 1000) for p in points], pa.int64()).cast(TS),
-            vital: pa.array([p["vitals"].get(vital) for p in points], pa.float64()),
-        }
-    )
-    return trends(table, vital, bucket_s)

@@ -12,15 +12,15 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query
+from pydantic import BaseModel, Field
 
 from healthsync.api import auth
 from healthsync.api.auth import Access
 from healthsync.config import Settings
 from healthsync.domain.readings import VITALS
-from healthsync.store.archive.reader import ArchiveReader
 from healthsync.store.archive.setup import Archive
 from healthsync.store.archive.trends import BUCKETS_S
-from healthsync.store.history import vitals_trends
+from healthsync.store.history import History
 from healthsync.store.queries import LiveReader
 
 TIME_HELP = "ISO 8601 (2026-11-28T10:00:00Z) or epoch seconds"
@@ -43,39 +43,44 @@ def parse_time(text: str | None, default: float) -> float:
     return stamp.timestamp()
 
 
+class TrendQuery(BaseModel):
+    """The query of a trends request."""
+
+    vital: str = Field(description="one of " + ", ".join(VITALS))
+    since: str | None = Field(None, description=TIME_HELP + "; default 24 h ago")
+    until: str | None = Field(None, description=TIME_HELP + "; default now")
+    bucket: Literal["5m", "1h", "1d"] = "1h"
+
+
 def router(settings: Settings, live: LiveReader) -> APIRouter:
     """The history routes over the live store and the archive the settings name."""
-    return history_router(live, Archive.from_settings(settings).reader())
+    return history_router(History(live, Archive.from_settings(settings).reader()))
 
 
-def history_router(live: LiveReader, archive: ArchiveReader | None) -> APIRouter:
+def history_router(history: History) -> APIRouter:
     router = APIRouter(tags=["patients"])
 
     @router.get("/v1/patients/{patient_id}/trends")
     async def trends(
         access: Annotated[Access, Depends(auth.reads("Observation"))],
         patient_id: str,
-        vital: Annotated[str, Query(description="one of " + ", ".join(VITALS))],
-        since: Annotated[str | None, Query(description=TIME_HELP + "; default 24 h ago")] = None,
-        until: Annotated[str | None, Query(description=TIME_HELP + "; default now")] = None,
-        bucket: Literal["5m", "1h", "1d"] = "1h",
+        query: Annotated[TrendQuery, Query()],
     ) -> dict[str, Any]:
+        vital = query.vital
         if vital not in VITALS:
             raise HTTPException(
                 400, f"unknown vital {vital!r}; expected one of {', '.join(VITALS)}"
             )
         now = time.time()
-        start, end = parse_time(since, now - 86_400), parse_time(until, now)
+        start, end = parse_time(query.since, now - 86_400), parse_time(query.until, now)
         if start > end:
             raise HTTPException(400, "since must not be after until")
-        buckets = await vitals_trends(
-            live, archive, patient_id, vital, (start, end), BUCKETS_S[bucket]
-        )
+        buckets = await history.trends(patient_id, vital, (start, end), BUCKETS_S[query.bucket])
         await access.record("read", [patient_id])
         return {
             "patient_id": patient_id,
             "vital": vital,
-            "bucket": bucket,
+            "bucket": query.bucket,
             "since": start,
             "until": end,
             "buckets": buckets,
