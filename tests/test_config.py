@@ -88,3 +88,20 @@ def test_tls_switches_default_on_and_turn_off_by_environment(
     settings = Settings.load()
     assert not (settings.kafka.embedded_tls or settings.redis.embedded_tls)
     assert not settings.api.tls_enabled
+
+
+def test_archive_settings_from_the_documented_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEALTHSYNC_ARCHIVE_URL", "s3://hospital-archive/ward-7")
+    monkeypatch.setenv("HEALTHSYNC_ARCHIVE_ROLL_S", "15")
+    monkeypatch.setenv("HEALTHSYNC_ARCHIVE_S3_ENDPOINT", "http://127.0.0.1:9000")
+    monkeypatch.setenv("HEALTHSYNC_ARCHIVE_SSE", "aws:kms")
+    archive = Settings.load().archive
+    assert (archive.url, archive.roll_s, archive.s3_endpoint, archive.sse) == (
+        "s3://hospital-archive/ward-7",
+        15.0,
+        "http://127.0.0.1:9000",
+        "aws:kms",
+    )
+    monkeypatch.setenv("HEALTHSYNC_ARCHIVE_SSE", "none")
+    with pytest.raises(ValidationError, match="sse"):
+        Settings.load()

@@ -51,6 +51,7 @@ def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path: Path) -> None:
         "HEALTHSYNC_INGEST_PORT": str(ingest_port),
         "HEALTHSYNC_INGEST_TLS_PORT": str(tls_port),
         "HEALTHSYNC_API_PORT": str(api_port),
+        "HEALTHSYNC_ARCHIVE_ROLL_S": "1",
     }
     up = subprocess.Popen(
         [sys.executable, "-m", "healthsync", "up", "--simulate", "3", "--rate", "5"],
@@ -83,6 +84,8 @@ def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path: Path) -> None:
             return patients if len(patients) == 3 else None
 
         wait_for(three_patients, timeout=90, what="readings from 3 simulated devices")
+        archived = tmp_path / "run" / "archive" / "identified" / "readings"
+        wait_for(lambda: list(archived.rglob("*.parquet")), 60, "readings in run/archive")
         assert api.get("/v1/patients").status_code == 401, "the API never runs open"
         audit = (tmp_path / "run" / "audit.jsonl").read_text().splitlines()
         assert json.loads(audit[-1])["actor"] == "apikey:local-admin"

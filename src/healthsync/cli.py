@@ -16,6 +16,7 @@ from healthsync import __version__
 from healthsync.commands import (
     api,
     apikey,
+    archive,
     certs,
     check,
     consumers,
@@ -35,6 +36,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     up.register,
     ingest.register,
     consumers.register,  # process, push
+    archive.register,
     api.register,
     simulate.register,
     certs.register,

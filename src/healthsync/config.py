@@ -174,6 +174,28 @@ class CryptoSettings(BaseModel):
     aws_region: str | None = None
 
 
+class ArchiveSettings(BaseModel):
+    """The long-term archive: encrypted Parquet in a local directory or on S3."""
+
+    # file://<dir> (the same key layout a bucket would have) or s3://bucket/prefix.
+    # `healthsync up` uses file://<run dir>/archive unless this is set.
+    url: str = "file://run/archive"
+    # An archiver writes what it buffered at least this often, or sooner at the size limit.
+    roll_s: float = Field(60.0, gt=0)
+    roll_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # Most rows in a Parquet row group. Groups hold whole patients' runs up to this
+    # size, so a one-patient query reads few rows; larger groups compress better.
+    row_group_rows: int = Field(1024, ge=64)
+    group_id: str = "healthsync-archiver"
+    # S3 only: server-side encryption asked for on every PutObject, on top of the
+    # Parquet encryption; "aws:kms" uses sse_kms_key_id (or the bucket's default key).
+    sse: Literal["AES256", "aws:kms"] = "AES256"
+    sse_kms_key_id: str | None = None
+    # An S3-compatible endpoint; without it boto3's own AWS_ENDPOINT_URL variables apply.
+    s3_endpoint: str | None = None
+    aws_region: str | None = None
+
+
 class ApiSettings(BaseModel):
     """The REST API."""
 
@@ -333,6 +355,7 @@ class Settings(BaseSettings):
     crypto: CryptoSettings = CryptoSettings()
     jobs: JobsSettings = JobsSettings()
     cloudwatch: CloudWatchSettings = CloudWatchSettings()
+    archive: ArchiveSettings = ArchiveSettings()
     log_level: str = "INFO"
 
     @classmethod

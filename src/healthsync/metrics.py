@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from healthsync.names import RedisKeys
 
 LATENCY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-COMPONENTS = ("ingest", "processor")
+COMPONENTS = ("ingest", "processor", "archiver")
 _PREFIX = "healthsync_"
 
 

@@ -40,9 +40,9 @@ from healthsync.stack import (
 )
 
 _MAX_BACKOFF_S = 30.0
-STAGES = ("ingest", "process", "api", "scheduler")
+STAGES = ("ingest", "process", "archive", "api", "scheduler")
 # Order matters on shutdown: stop producers of data before its consumers.
-_STOP_ORDER = ("simulate", "ingest", "process", "push", "api")
+_STOP_ORDER = ("simulate", "ingest", "process", "archive", "push", "api")
 
 
 @dataclass
@@ -139,6 +139,8 @@ class Pipeline:
             settings.ingest.plain_enabled = True  # the demo's netcat port, on loopback
         if "log_dir" not in settings.jobs.model_fields_set:
             settings.jobs.log_dir = self.logs / "jobs"
+        if "url" not in settings.archive.model_fields_set:
+            settings.archive.url = f"file://{(self.run_dir / 'archive').resolve()}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
         self.env.update(settings.to_env())
         if "OPENSSL_CONF" not in self.env:  # an operator's own OpenSSL configuration wins

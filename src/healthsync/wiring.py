@@ -16,10 +16,12 @@ from healthsync.fhir.step import FhirResources
 from healthsync.kafka import make_consumer, make_producer
 from healthsync.metrics import StatsRecorder
 from healthsync.security.codec import Codec
+from healthsync.store.archive.setup import Archive
 from healthsync.store.fhir_store import RedisFhirSink
 from healthsync.store.live import RedisLiveSink
 from healthsync.store.records import Records
 from healthsync.store.state import RedisStateStore
+from healthsync.stream.archiver import Archiver, Reporting
 from healthsync.stream.contracts import Sink, Step
 from healthsync.stream.engine import AnomalyEngine
 from healthsync.stream.news2 import News2Scores
@@ -84,3 +86,36 @@ def build_pusher(settings: Settings) -> EhrPusher:
         **{"session.timeout.ms": settings.processor.session_timeout_ms},
     )
     return EhrPusher(settings, consumer, EhrPushSink(settings.fhir), Codec.from_settings(settings))
+
+
+def build_archiver(settings: Settings) -> Archiver:
+    """The archiver: its own consumer group on the vitals topic, writing the archive.
+
+    Its counters and lag go to Redis for the API's /metrics when Redis is configured.
+    """
+    cfg = settings.processor
+    consumer = make_consumer(
+        settings.kafka,
+        settings.archive.group_id,
+        **{
+            "session.timeout.ms": cfg.session_timeout_ms,
+            "heartbeat.interval.ms": max(cfg.session_timeout_ms // 3, 500),
+        },
+    )
+    stats = StatsRecorder(settings.redis.keys, "archiver")
+    publish = _no_stats
+    if settings.redis.url:
+        client = Redis.from_url(settings.redis.url, **settings.redis.client_options())
+
+        def publish() -> None:
+            pipe = client.pipeline(transaction=False)
+            stats.add_to(pipe)
+            pipe.execute()
+
+    writer = Archive.from_settings(settings).writer()
+    codec = Codec.from_settings(settings)
+    return Archiver(settings, consumer, writer, codec, Reporting(stats, publish))
+
+
+def _no_stats() -> None:
+    """Without Redis the archiver's counters stay in its own log."""

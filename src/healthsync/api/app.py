@@ -23,7 +23,7 @@ from healthsync.api import middleware
 from healthsync.api.audit import AuditLog
 from healthsync.api.auth import Authenticator, Guard
 from healthsync.api.errors import install_error_handlers
-from healthsync.api.routes import alerts, fhir, health, patients, rules, summary
+from healthsync.api.routes import alerts, fhir, health, history, patients, rules, summary
 from healthsync.api.routes.jobs import jobs_router
 from healthsync.api.services import ApiServices
 from healthsync.api.unreadable import unreadable_counter
@@ -77,10 +77,11 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.guard = guard
+    reader = LiveReader(redis, records, unreadable_counter(registry))
     app.state.services = ApiServices(
         settings=settings,
         redis=redis,
-        reader=LiveReader(redis, records, unreadable_counter(registry)),
+        reader=reader,
         fhir=FhirReader(redis, records),
         collector=collector,
         registry=registry,
@@ -92,4 +93,5 @@ def create_app(settings: Settings) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     app.include_router(jobs_router(settings))
+    app.include_router(history.router(settings, reader))
     return app

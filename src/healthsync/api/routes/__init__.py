@@ -1,1 +1,1 @@
-"""The API's routes, one APIRouter per area; ``healthsync.api.app`` includes them all."""
+"""The API's routes, one APIRouter per area."""

@@ -1,0 +1,89 @@
+"""History beyond Redis: per-bucket trends of one vital over any period.
+
+Recent readings come from Redis, older ones from the archive
+(:mod:`healthsync.store.history`); the same authentication, roles and audit as
+every patient read.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from pydantic import BaseModel, Field
+
+from healthsync.api import auth
+from healthsync.api.auth import Access
+from healthsync.config import Settings
+from healthsync.domain.readings import VITALS
+from healthsync.store.archive.setup import Archive
+from healthsync.store.archive.trends import BUCKETS_S
+from healthsync.store.history import History
+from healthsync.store.queries import LiveReader
+
+TIME_HELP = "ISO 8601 (2026-11-28T10:00:00Z) or epoch seconds"
+
+
+def parse_time(text: str | None, default: float) -> float:
+    """Epoch seconds from ISO 8601 or a number; 400 for anything else."""
+    if text is None:
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise HTTPException(400, f"{text!r} is neither ISO 8601 nor epoch seconds") from None
+    if stamp.tzinfo is None:
+        raise HTTPException(400, f"{text!r} has no time zone; add Z or an offset")
+    return stamp.timestamp()
+
+
+class TrendQuery(BaseModel):
+    """The query of a trends request."""
+
+    vital: str = Field(description="one of " + ", ".join(VITALS))
+    since: str | None = Field(None, description=TIME_HELP + "; default 24 h ago")
+    until: str | None = Field(None, description=TIME_HELP + "; default now")
+    bucket: Literal["5m", "1h", "1d"] = "1h"
+
+
+def router(settings: Settings, live: LiveReader) -> APIRouter:
+    """The history routes over the live store and the archive the settings name."""
+    return history_router(History(live, Archive.from_settings(settings).reader()))
+
+
+def history_router(history: History) -> APIRouter:
+    router = APIRouter(tags=["patients"])
+
+    @router.get("/v1/patients/{patient_id}/trends")
+    async def trends(
+        access: Annotated[Access, Depends(auth.reads("Observation"))],
+        patient_id: str,
+        query: Annotated[TrendQuery, Query()],
+    ) -> dict[str, Any]:
+        vital = query.vital
+        if vital not in VITALS:
+            raise HTTPException(
+                400, f"unknown vital {vital!r}; expected one of {', '.join(VITALS)}"
+            )
+        now = time.time()
+        start, end = parse_time(query.since, now - 86_400), parse_time(query.until, now)
+        if start > end:
+            raise HTTPException(400, "since must not be after until")
+        buckets = await history.trends(patient_id, vital, (start, end), BUCKETS_S[query.bucket])
+        await access.record("read", [patient_id])
+        return {
+            "patient_id": patient_id,
+            "vital": vital,
+            "bucket": query.bucket,
+            "since": start,
+            "until": end,
+            "buckets": buckets,
+        }
+
+    return router

@@ -1,0 +1,12 @@
+"""The long-term archive: every reading in Parquet, identified (encrypted) and de-identified.
+
+- :mod:`.layout`: object keys (Hive-style, deterministic from Kafka offsets)
+- :mod:`.objects`: where objects live (a local directory or S3)
+- :mod:`.columns`: readings as Arrow tables, sorted by patient then time
+- :mod:`.encryption`: Parquet Modular Encryption with keys wrapped by the keyring or KMS
+- :mod:`.deidentify`: HIPAA Safe Harbor de-identification of those tables
+- :mod:`.writer`: one batch of a partition's readings -> objects
+- :mod:`.reader`: one patient's readings and trends for a period
+"""
+
+from __future__ import annotations

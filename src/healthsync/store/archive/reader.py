@@ -1,0 +1,198 @@
+"""One patient's archived readings for a period, reading as little as it can.
+
+A query lists only the days its period touches and keeps the hour
+directories inside it; of each object it reads the footer (decrypted with
+the keyring or KMS) and then only the row groups whose statistics can hold
+the patient and the period. Footers are kept in memory by key: objects are
+immutable (a replay rewrites identical content), so a repeated query opens
+no footer again and skips objects without the patient unread.
+
+An object that cannot be opened (a retired or foreign key, a corrupt or
+truncated file) raises :class:`ArchiveReadError` naming it: a query never
+returns a silently shorter answer.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from threading import Lock
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from healthsync.store.archive import layout
+from healthsync.store.archive.columns import HISTORY_COLUMNS, SCHEMA, TS, to_points
+from healthsync.store.archive.encryption import ParquetCrypto
+from healthsync.store.archive.errors import ArchiveReadError
+from healthsync.store.archive.objects import ObjectStore
+
+_HOUR_DIR = re.compile(r"/hour=(\d\d)/")
+_FOOTERS_KEPT = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Footer:
+    metadata: pq.FileMetaData
+    # Per row group: (first patient, last patient, first ts ms, last ts ms).
+    ranges: tuple[tuple[str, str, int, int], ...]
+
+    def groups(self, patient_id: str, since_ms: int, until_ms: int) -> list[int]:
+        return [
+            index
+            for index, (low, high, first, last) in enumerate(self.ranges)
+            if low <= patient_id <= high and first <= until_ms and last >= since_ms
+        ]
+
+    def only(self, groups: list[int], patient_id: str, since_ms: int, until_ms: int) -> bool:
+        """True if those groups hold nothing but the patient's rows inside the period."""
+        return all(
+            low == high == patient_id and first >= since_ms and last <= until_ms
+            for low, high, first, last in (self.ranges[i] for i in groups)
+        )
+
+
+class ArchiveReader:
+    def __init__(self, store: ObjectStore, crypto: ParquetCrypto, threads: int = 0) -> None:
+        self.store = store
+        self.crypto = crypto
+        self._pool = ThreadPoolExecutor(threads or min(4, os.cpu_count() or 1))
+        self._footers: OrderedDict[str, _Footer] = OrderedDict()
+        self._lock = Lock()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def objects(self, dataset: str, since: float, until: float) -> list[str]:
+        """The identified objects whose hour lies in the period, by listing its days only."""
+        hours = layout.hours_between(since, until)
+        days = dict.fromkeys(layout.day_prefix(dataset, hour) for hour in hours)
+        keys: list[str] = []
+        for day in days:
+            for key in self.store.list(day):
+                match = _HOUR_DIR.search(key)
+                if match is None or layout.Span.parse(key) is None:
+                    continue
+                if _hour_of(day, int(match.group(1))) in hours:
+                    keys.append(key)
+        return keys
+
+    def readings_table(
+        self,
+        patient_id: str,
+        since: float,
+        until: float,
+        columns: Sequence[str] | None = None,
+    ) -> pa.Table:
+        """The patient's rows with `since` <= ts <= `until` (epoch seconds), oldest first."""
+        since_ms, until_ms = round(since * 1000), round(until * 1000)
+        wanted = list(dict.fromkeys(["patient_id", "ts", *(columns or SCHEMA.names)]))
+        read = functools.partial(
+            self._read, patient_id=patient_id, span=(since_ms, until_ms), columns=wanted
+        )
+        parts = [t for t in self._pool.map(read, self.objects(layout.READINGS, since, until)) if t]
+        if not parts:
+            return SCHEMA.empty_table().select(wanted)
+        table = pa.concat_tables(parts)
+        return table.take(pc.sort_indices(table, sort_keys=[("ts", "ascending")]))
+
+    def readings(
+        self, patient_id: str, since: float, until: float, vital: str | None = None
+    ) -> list[dict[str, Any]]:
+        """As :meth:`readings_table`, as the API's history points."""
+        return to_points(self.readings_table(patient_id, since, until, HISTORY_COLUMNS), vital)
+
+    def _read(
+        self, key: str, patient_id: str, span: tuple[int, int], columns: list[str]
+    ) -> pa.Table | None:
+        since_ms, until_ms = span
+        footer = self._footers.get(key)
+        if footer is not None and not footer.groups(patient_id, since_ms, until_ms):
+            return None  # a rewrite after a replay holds the same readings: still none here
+        try:
+            found = self._load(key, footer, patient_id, span, columns)
+        except ArchiveReadError:
+            if footer is None:
+                raise
+            # A replay rewrote the object: same readings, but a fresh data key, so the
+            # remembered footer no longer fits. Once more with the object's own footer.
+            with self._lock:
+                self._footers.pop(key, None)
+            found = self._load(key, None, patient_id, span, columns)
+        if found is None:
+            return None
+        table, footer, groups = found
+        if footer.only(groups, patient_id, since_ms, until_ms):
+            return table  # row groups cut at patients: most need no filtering
+        since_ts = pa.scalar(since_ms, pa.int64()).cast(TS)
+        until_ts = pa.scalar(until_ms, pa.int64()).cast(TS)
+        mask = pc.and_(
+            pc.equal(table["patient_id"], patient_id),
+            pc.and_(pc.greater_equal(table["ts"], since_ts), pc.less_equal(table["ts"], until_ts)),
+        )
+        return table.filter(mask)
+
+    def _load(
+        self,
+        key: str,
+        footer: _Footer | None,
+        patient_id: str,
+        span: tuple[int, int],
+        columns: list[str],
+    ) -> tuple[pa.Table, _Footer, list[int]] | None:
+        """The row groups of one object that may hold the patient in the period."""
+        try:
+            file = pq.ParquetFile(
+                self.store.open(key),
+                metadata=footer.metadata if footer else None,
+                decryption_properties=self.crypto.decryption_properties(),
+            )
+            if footer is None:
+                footer = self._remember(key, file.metadata)
+            groups = footer.groups(patient_id, *span)
+            if not groups:
+                return None
+            return file.read_row_groups(groups, columns=columns, use_threads=False), footer, groups
+        except ArchiveReadError:
+            raise
+        except Exception as exc:
+            raise ArchiveReadError(self.store.location(key), str(exc)) from exc
+
+    def _remember(self, key: str, metadata: pq.FileMetaData) -> _Footer:
+        names = metadata.schema.names
+        patient, ts = names.index("patient_id"), names.index("ts")
+        ranges = []
+        for index in range(metadata.num_row_groups):
+            group = metadata.row_group(index)
+            patients, times = group.column(patient).statistics, group.column(ts).statistics
+            if patients is None or times is None or not patients.has_min_max:
+                # No statistics: the group could hold anyone at any time.
+                ranges.append(("", "\U0010ffff", -(2**63), 2**63 - 1))
+                continue
+            ranges.append((patients.min, patients.max, _millis(times.min), _millis(times.max)))
+        footer = _Footer(metadata, tuple(ranges))
+        with self._lock:
+            self._footers[key] = footer
+            if len(self._footers) > _FOOTERS_KEPT:
+                self._footers.popitem(last=False)
+        return footer
+
+
+def _millis(value: Any) -> int:
+    if isinstance(value, datetime):
+        return round(value.timestamp() * 1000)
+    return int(value)
+
+
+def _hour_of(day_prefix: str, hour_of_day: int) -> int:
+    day = day_prefix.rstrip("/").rsplit("date=", 1)[1]
+    start = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
+    return int(start.timestamp() // layout.HOUR_S) + hour_of_day

@@ -1,0 +1,179 @@
+"""The archive in a local directory: its key layout, reading one patient back, clear errors."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from healthsync.config import Settings
+from healthsync.security.crypto import Keyring
+from healthsync.store.archive.errors import ArchiveReadError
+from healthsync.store.archive.layout import Span
+from healthsync.store.archive.setup import Archive
+from healthsync.store.archive.writer import find_span, row_groups
+from tests.store.archive.conftest import OTHER, PATIENT, T0, batch, reading
+
+HOUR = 3600.0
+
+
+def files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def test_a_batch_becomes_one_object_per_hour_and_one_research_object(
+    archive: Archive, archive_settings: Settings
+) -> None:
+    # 90 minutes from 10:00: the batch spans the hours 10 and 11 of 2026-11-28.
+    readings = batch(T0, 90)
+    keys = archive.writer().write_readings(Span(2, 1000, 1179), readings)
+
+    root = Path(archive_settings.archive.url.removeprefix("file://"))
+    assert (
+        files(root)
+        == sorted(keys)
+        == [
+            "deidentified/readings/year=2026/p2-1000-1179.parquet",
+            "identified/readings/date=2026-11-28/hour=10/p2-1000-1179.parquet",
+            "identified/readings/date=2026-11-28/hour=11/p2-1000-1179.parquet",
+        ]
+    )
+    # The hour of the first reading is written first: a restart looks for it.
+    assert keys[0].endswith("hour=10/p2-1000-1179.parquet")
+    assert find_span(archive.store, 2, 1000, T0) == Span(2, 1000, 1179)
+    assert find_span(archive.store, 2, 1180, T0) is None
+
+
+def test_one_patients_readings_come_back_ordered_and_exact(archive: Archive) -> None:
+    writer = archive.writer()
+    first, second = batch(T0, 60), batch(T0 + 60 * 60, 60)
+    # Kafka order within a batch is not time order: the archive sorts.
+    writer.write_readings(Span(0, 0, 119), list(reversed(first)))
+    writer.write_readings(Span(0, 120, 239), second)
+    reader = archive.reader()
+
+    points = reader.readings(PATIENT, T0 + 30 * 60, T0 + 90 * 60)
+    expected = [r for r in first + second if r.patient_id == PATIENT]
+    expected = [r for r in expected if T0 + 30 * 60 <= r.ts <= T0 + 90 * 60]
+    assert [p["reading_id"] for p in points] == [r.reading_id for r in expected]
+    assert [p["ts"] for p in points] == [r.ts for r in expected]
+    assert points[0]["vitals"] == expected[0].vitals
+    assert {p["device_id"] for p in points} == {"mon-41"}
+
+    only_hr = reader.readings(OTHER, T0, T0 + 2 * HOUR, vital="heart_rate")
+    assert len(only_hr) == 120
+    assert all(list(p["vitals"]) == ["heart_rate"] for p in only_hr)
+    assert reader.readings(PATIENT, T0 - 5 * HOUR, T0 - HOUR) == []
+
+
+def test_reading_ids_that_cannot_be_derived_are_kept(archive: Archive) -> None:
+    odd = replace(reading(PATIENT, "mon-41", 7, T0, heart_rate=80), reading_id="from-elsewhere")
+    archive.writer().write_readings(Span(0, 0, 0), [odd])
+    assert [p["reading_id"] for p in archive.reader().readings(PATIENT, T0, T0)] == [
+        "from-elsewhere"
+    ]
+
+
+def test_a_query_reads_only_the_hours_it_covers(
+    archive: Archive, archive_settings: Settings
+) -> None:
+    writer = archive.writer()
+    writer.write_readings(Span(0, 0, 119), batch(T0, 60))
+    writer.write_readings(Span(0, 120, 239), batch(T0 + 5 * HOUR, 60))
+    root = Path(archive_settings.archive.url.removeprefix("file://"))
+    # Garbage where the later hour's object is: a query that opened it would fail.
+    (root / "identified/readings/date=2026-11-28/hour=15/p0-120-239.parquet").write_bytes(b"junk")
+
+    assert len(archive.reader().readings(PATIENT, T0, T0 + HOUR)) == 60
+    with pytest.raises(ArchiveReadError, match=r"file://.*hour=15/p0-120-239\.parquet"):
+        archive.reader().readings(PATIENT, T0, T0 + 6 * HOUR)
+
+
+def test_objects_unreadable_with_other_keys_or_damaged_name_the_object(
+    archive: Archive, archive_settings: Settings, tmp_path: Path
+) -> None:
+    archive.writer().write_readings(Span(1, 5, 124), batch(T0, 60))
+    other_ring = tmp_path / "other-keyring.json"
+    Keyring.generate().save(other_ring)
+    foreign = Archive.from_settings(
+        archive_settings.model_copy(
+            update={
+                "crypto": archive_settings.crypto.model_copy(update={"keyring_file": other_ring})
+            }
+        )
+    )
+    with pytest.raises(ArchiveReadError, match=r"hour=10/p1-5-124\.parquet.*does not authenticate"):
+        foreign.reader().readings(PATIENT, T0, T0 + HOUR)
+
+    root = Path(archive_settings.archive.url.removeprefix("file://"))
+    target = root / "identified/readings/date=2026-11-28/hour=10/p1-5-124.parquet"
+    data = target.read_bytes()
+    target.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    with pytest.raises(ArchiveReadError, match=r"p1-5-124\.parquet"):
+        archive.reader().readings(PATIENT, T0, T0 + HOUR)
+    target.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArchiveReadError, match=r"p1-5-124\.parquet"):
+        archive.reader().readings(PATIENT, T0, T0 + HOUR)
+
+
+def test_a_retired_key_leaves_its_files_unreadable_with_a_clear_error(
+    archive_settings: Settings, tmp_path: Path
+) -> None:
+    ring_file = tmp_path / "ring.json"
+    ring = Keyring.generate()
+    ring.save(ring_file)
+    settings = archive_settings.model_copy(
+        update={"crypto": archive_settings.crypto.model_copy(update={"keyring_file": ring_file})}
+    )
+    Archive.from_settings(settings).writer().write_readings(Span(0, 0, 119), batch(T0, 60))
+    ring.rotate()
+    ring.save(ring_file)
+    # After a rotation the old key still opens old files.
+    assert len(Archive.from_settings(settings).reader().readings(PATIENT, T0, T0 + HOUR)) == 60
+    ring.retire("k1")
+    ring.save(ring_file)
+    with pytest.raises(ArchiveReadError, match="'k1' was retired"):
+        Archive.from_settings(settings).reader().readings(PATIENT, T0, T0 + HOUR)
+
+
+def test_files_are_zstd_with_row_group_statistics(
+    archive: Archive, archive_settings: Settings
+) -> None:
+    small_groups = replace(archive, row_group_rows=16)
+    keys = small_groups.writer().write_readings(Span(0, 0, 119), batch(T0, 60))
+    root = Path(archive_settings.archive.url.removeprefix("file://"))
+    research = pq.ParquetFile(root / keys[-1])
+    assert research.metadata.num_row_groups == 8
+    column = research.metadata.row_group(0).column(0)
+    assert column.compression == "ZSTD"
+    assert column.statistics.has_min_max
+    # Sorted by patient, then time, and cut where a patient's run ends: 60 rows of
+    # each patient in groups of at most 16 make 16+16+16+12 each, one patient a group.
+    groups = [research.metadata.row_group(i) for i in range(8)]
+    assert [g.num_rows for g in groups] == [16, 16, 16, 12] * 2
+    patients = [g.column(0).statistics for g in groups]
+    assert all(s.min == s.max for s in patients)
+    assert [s.min for s in patients] == sorted(s.min for s in patients)
+    # The identified object needs the keys even for its footer.
+    with pytest.raises(OSError, match="encrypted"):
+        pq.ParquetFile(root / keys[0])
+    assert len(small_groups.reader().readings(PATIENT, T0, T0 + HOUR)) == 60
+
+
+def test_row_groups_hold_whole_patients_up_to_the_limit() -> None:
+    runs = pa.chunked_array([["a"] * 3 + ["b"] * 4 + ["c"] * 2 + ["d"] * 11])
+    # a+b fit in 8, c would overflow them; c alone, then d split at the limit.
+    assert row_groups(runs, 8) == [(0, 7), (7, 2), (9, 8), (17, 3)]
+    assert row_groups(pa.chunked_array([["a"] * 5]), 8) == [(0, 5)]
+
+
+def test_a_reader_keeps_up_with_an_object_a_replay_rewrote(archive: Archive) -> None:
+    writer, reader = archive.writer(), archive.reader()
+    writer.write_readings(Span(0, 0, 119), batch(T0, 60))
+    assert len(reader.readings(PATIENT, T0, T0 + HOUR)) == 60
+    # The same batch again, as after a crash: same readings, but a fresh data key.
+    writer.write_readings(Span(0, 0, 119), batch(T0, 60))
+    assert len(reader.readings(PATIENT, T0, T0 + HOUR)) == 60

@@ -1,0 +1,130 @@
+"""No identifier in clear in the archive; the research set follows Safe Harbor.
+
+The scan looks at every byte of every object and, where a file opens without
+keys, at every value in it. Run over a deliberately un-stripped, unencrypted
+file it finds the identifiers, so it is shown able to fail.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from healthsync.config import Settings
+from healthsync.store.archive.columns import readings_table
+from healthsync.store.archive.deidentify import Deidentifier
+from healthsync.store.archive.layout import Span
+from healthsync.store.archive.setup import Archive
+from tests.store.archive.conftest import DEMOGRAPHICS, PATIENT, T0, batch, reading
+
+DAY = 86_400.0
+
+
+def admitted() -> list:  # type: ignore[type-arg]
+    first = replace(
+        reading(PATIENT, "mon-41", 0, T0, heart_rate=128, spo2=86, temp=38.73),
+        patient=DEMOGRAPHICS,
+    )
+    return [first, *batch(T0 + 60, 30)]
+
+
+IDENTIFIERS = [
+    t.encode() for t in (PATIENT, "mon-41", *(v for k, v in DEMOGRAPHICS.items() if k != "gender"))
+]
+# The identified set shows nothing at all without its keys: not even a vital or the gender.
+EVERYTHING = [*IDENTIFIERS, b"female", b"38.73", struct.pack("<d", 38.73)]
+
+
+def values_text(data: bytes) -> bytes | None:
+    """Every value of a Parquet file as text, or None if it does not open without keys."""
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except OSError:
+        return None
+    return repr(table.to_pydict()).encode()
+
+
+def found(data: bytes, needles: list[bytes]) -> list[bytes]:
+    opened = values_text(data) or b""
+    return [n for n in needles if n in data or n in opened]
+
+
+def test_no_identifier_or_vital_in_clear_in_any_archived_byte(
+    archive: Archive, archive_settings: Settings
+) -> None:
+    archive.writer().write_readings(Span(0, 0, 60), admitted())
+    root = Path(archive_settings.archive.url.removeprefix("file://"))
+    objects = sorted(p for p in root.rglob("*.parquet"))
+    assert len(objects) == 2
+    identified, research = (p.read_bytes() for p in objects[::-1])
+    assert found(identified, EVERYTHING) == []
+    assert values_text(identified) is None  # the footer too is encrypted
+    assert found(research, IDENTIFIERS) == []
+    assert values_text(research) is not None  # opened: its values were scanned
+    # The same scans over a plain, un-stripped file find every needle.
+    sink = pa.BufferOutputStream()
+    pq.write_table(readings_table(admitted()), sink, compression="zstd")
+    assert found(bytes(sink.getvalue()), EVERYTHING) == EVERYTHING
+
+
+def test_research_set_has_safe_harbor_columns_only(
+    archive: Archive, archive_settings: Settings, codec_settings_pseudonym: str
+) -> None:
+    readings = admitted()
+    keys = archive.writer().write_readings(Span(0, 0, 60), readings)
+    root = Path(archive_settings.archive.url.removeprefix("file://"))
+    research = pq.read_table(root / keys[-1])
+
+    assert set(research.column_names) == {
+        "patient", "ts", "device", "received_delay_ms", "heart_rate", "spo2", "temp",
+        "resp_rate", "bp_sys", "bp_dia", "other_vitals", "on_oxygen", "consciousness",
+        "gender", "birth_year", "age",
+    }  # fmt: skip
+    rows = research.to_pylist()
+    patients = {r["patient"] for r in rows}
+    assert len(patients) == 2 and all(len(p) == 32 for p in patients)
+    # Not the live store's pseudonym either: the research set cannot be joined to Redis.
+    assert codec_settings_pseudonym not in patients
+    # Born 1931-12-09, measured 2026-11-28: 94 years old, so "90+" and no birth year.
+    admission = next(r for r in rows if r["age"] is not None)
+    assert (admission["age"], admission["birth_year"], admission["gender"]) == (
+        "90+",
+        None,
+        "female",
+    )
+
+
+def test_time_shift_is_whole_days_per_patient_and_keeps_intervals(
+    archive: Archive,
+) -> None:
+    readings = admitted()
+    table = readings_table(readings)
+    shifted = archive.deidentifier.table(table)
+    mine = archive.deidentifier.pseudonym("patient", PATIENT)
+    real = sorted(round(r.ts * 1000) for r in readings if r.patient_id == PATIENT)
+    moved = [round(r["ts"].timestamp() * 1000) for r in shifted.to_pylist() if r["patient"] == mine]
+    shifts = {a - b for a, b in zip(real, moved, strict=True)}
+    assert len(shifts) == 1
+    (shift_ms,) = shifts
+    assert shift_ms % int(DAY * 1000) == 0 and 1 <= shift_ms // int(DAY * 1000) <= 365
+    assert shift_ms // int(DAY * 1000) == archive.deidentifier.shift_days(PATIENT)
+
+
+def test_ages_up_to_89_keep_the_birth_year() -> None:
+    ages = Deidentifier(b"p" * 32, b"s" * 32)
+    young = replace(
+        reading(PATIENT, "mon-1", 1, T0, heart_rate=80),
+        patient={"birth_date": "1937-11-29"},  # 88 on 2026-11-28
+    )
+    older = replace(
+        reading("PX-2", "mon-2", 1, T0, heart_rate=80),
+        patient={"birth_date": "1936-11-28"},  # 90 that day
+    )
+    rows = ages.table(readings_table([young, older])).to_pylist()
+    assert sorted((r["age"], r["birth_year"]) for r in rows) == [("88", 1937), ("90+", None)]
+    assert datetime.fromtimestamp(T0, UTC).date().isoformat() == "2026-11-28"

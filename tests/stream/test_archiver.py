@@ -1,0 +1,253 @@
+"""The archiver against a real broker: every acknowledged reading archived exactly once.
+
+Readings go on the vitals topic as ingest puts them there (sealed, keyed by the
+patient's pseudonym, acknowledged by Kafka). A crash is a real `kill -9` of
+the `healthsync archive` process, and, to hit the one window that matters
+every time, an archiver that wrote a batch and died before committing it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from healthsync.config import Settings
+from healthsync.domain.alerts import Alert
+from healthsync.domain.readings import Reading, reading_id_for
+from healthsync.kafka import ensure_topics, make_producer
+from healthsync.security import codec as roles
+from healthsync.security.codec import Codec
+from healthsync.stack import Service
+from healthsync.store.archive.layout import Span
+from healthsync.store.archive.setup import Archive
+from healthsync.stream.archiver import Archiver, Roll
+from healthsync.wiring import build_archiver
+from tests.conftest import make_settings, wait_for
+
+T0 = 1_795_860_000.0  # 2026-11-28 10:00 UTC
+PATIENTS = [f"PX-{7000 + i}" for i in range(9)]
+
+
+def readings(start: int, count: int) -> list[Reading]:
+    made = []
+    for n in range(start, start + count):
+        patient = PATIENTS[n % len(PATIENTS)]
+        device = f"mon-{n % len(PATIENTS)}"
+        ts = T0 + n
+        made.append(
+            Reading(
+                reading_id=reading_id_for(device, n, round(ts * 1000)),
+                device_id=device,
+                patient_id=patient,
+                ts=ts,
+                received_at=ts + 0.1,
+                vitals={"heart_rate": 60.0 + n % 40, "spo2": 97.0},
+                seq=n,
+            )
+        )
+    return made
+
+
+def produce(settings: Settings, batch: list[Reading]) -> None:
+    """As ingest does: sealed, keyed by pseudonym, acknowledged with acks=all."""
+    codec = Codec.from_settings(settings)
+    producer = make_producer(settings.kafka)
+    failures: list[Any] = []
+    for reading in batch:
+        key = codec.message_key(reading.patient_id)
+        value = codec.seal_message(roles.VITALS, key, reading.to_json())
+        producer.produce(
+            settings.kafka.vitals_topic,
+            value,
+            key,
+            on_delivery=lambda err, _m: failures.append(err) if err else None,
+        )
+    assert producer.flush(30) == 0 and not failures
+
+
+def archived_ids(settings: Settings) -> list[str]:
+    # (archive.url may be file:// or s3://: the reader is the same)
+    """Every reading id in the identified archive, as often as it is there."""
+    reader = Archive.from_settings(settings).reader()
+    ids = [
+        point["reading_id"]
+        for patient in PATIENTS
+        for point in reader.readings(patient, T0 - 3600, T0 + 86_400)
+    ]
+    reader.close()
+    return ids
+
+
+def research_rows(settings: Settings) -> int:
+    import pyarrow.parquet as pq
+
+    root = Path(settings.archive.url.removeprefix("file://"))
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in root.glob("deidentified/**/*.parquet"))
+
+
+def spans_overlap(root: Path) -> list[tuple[Span, Span]]:
+    """Pairs of distinct batches of one partition that cover a common offset."""
+    spans = {s for p in root.glob("identified/**/*.parquet") if (s := Span.parse(p.name))}
+    return [
+        (a, b)
+        for a in spans
+        for b in spans
+        if a != b and a.partition == b.partition and a.first <= b.last and b.first <= a.last
+    ]
+
+
+@pytest.fixture
+def archive_settings(broker: Service, redis_server: Service, tmp_path: Path) -> Settings:
+    settings = make_settings(
+        broker,
+        redis_server,
+        archive={"url": f"file://{tmp_path}/archive", "roll_s": 0.5},
+        processor={"session_timeout_ms": 6000},
+    )
+    ensure_topics(settings.kafka)
+    return settings
+
+
+@pytest.fixture
+def running() -> Iterator[list[tuple[Archiver, threading.Thread]]]:
+    started: list[tuple[Archiver, threading.Thread]] = []
+    yield started
+    for archiver, thread in started:
+        archiver.stop()
+        thread.join(30)
+
+
+def start(archiver: Archiver, started: list[tuple[Archiver, threading.Thread]]) -> Archiver:
+    thread = threading.Thread(target=archiver.run, daemon=True)
+    thread.start()
+    started.append((archiver, thread))
+    return archiver
+
+
+def run_kill_and_restart(settings: Settings, env: dict[str, str], log: Any) -> None:
+    command = [sys.executable, "-m", "healthsync", "archive"]
+    first = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
+    try:
+        produce(settings, readings(0, 300))
+        wait_for(lambda: len(archived_ids(settings)) >= 100, 60, "a first roll")
+        produce(settings, readings(300, 300))
+    finally:
+        first.kill()  # SIGKILL: no drain, whatever was buffered or half-written stays so
+        first.wait(10)
+    second = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
+    try:
+        wait_for(lambda: len(archived_ids(settings)) >= 600, 90, "every reading")
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0
+    finally:
+        if second.poll() is None:
+            second.kill()
+            second.wait(10)
+
+
+def test_kill_9_mid_roll_then_restart_archives_every_reading_once(
+    archive_settings: Settings, tmp_path: Path
+) -> None:
+    env = {**os.environ, **archive_settings.to_env(), "PYTHONPATH": os.pathsep.join(sys.path)}
+    with (tmp_path / "archiver.log").open("wb") as log:
+        run_kill_and_restart(archive_settings, env, log)
+    assert sorted(archived_ids(archive_settings)) == sorted(r.reading_id for r in readings(0, 600))
+    assert research_rows(archive_settings) == 600
+    assert spans_overlap(tmp_path / "archive") == []
+
+
+class CrashBeforeCommit(Archiver):
+    """An archiver that dies between writing a batch and committing it."""
+
+    def _commit(self, roll: Roll) -> None:
+        self.rolls = {place: r for place, r in self.rolls.items() if r is not roll}
+        self.stop()
+
+
+def test_a_batch_written_but_not_committed_is_rewritten_not_duplicated(
+    archive_settings: Settings, tmp_path: Path, running: list[tuple[Archiver, threading.Thread]]
+) -> None:
+    produce(archive_settings, readings(0, 200))
+    built = build_archiver(archive_settings)
+    crashed = CrashBeforeCommit(
+        archive_settings, built.consumer, built.writer, built.codec, built.reporting
+    )
+    start(crashed, running)
+    root = tmp_path / "archive"
+    wait_for(lambda: any(root.glob("identified/**/*.parquet")), 60, "the crashed run's batch")
+    running[0][1].join(30)
+    crashed_keys = sorted(p.relative_to(root) for p in root.rglob("*.parquet"))
+
+    produce(archive_settings, readings(200, 100))
+    # Longer rolls than the crashed run's: left to itself, the replay would cut its
+    # batches elsewhere and overlap the crashed run's objects.
+    archive_settings.archive.roll_s = 2
+    replay = start(build_archiver(archive_settings), running)
+    wait_for(lambda: len(archived_ids(archive_settings)) >= 300, 60, "the replay")
+    replay.stop()
+    running[1][1].join(30)
+
+    assert set(crashed_keys) <= {p.relative_to(root) for p in root.rglob("*.parquet")}
+    ids = archived_ids(archive_settings)
+    assert [i for i, n in Counter(ids).items() if n > 1] == []
+    assert sorted(ids) == sorted(r.reading_id for r in readings(0, 300))
+    assert spans_overlap(root) == []
+    assert research_rows(archive_settings) == 300
+
+
+def test_alert_events_are_archived_and_their_research_copy_names_no_device(
+    archive_settings: Settings, tmp_path: Path, running: list[tuple[Archiver, threading.Thread]]
+) -> None:
+    codec = Codec.from_settings(archive_settings)
+    producer = make_producer(archive_settings.kafka)
+    alert = Alert(
+        alert_id="a-1",
+        patient_id=PATIENTS[0],
+        kind="device_offline:mon-77",
+        vital=None,
+        severity="warning",
+        status="open",
+        opened_at=T0,
+        updated_at=T0,
+        value=0.0,
+        band="offline",
+        reading_id="r-1",
+        category="technical",
+        device_id="mon-77",
+    )
+    resolved = replace(alert, status="resolved", updated_at=T0 + 90, resolved_at=T0 + 90)
+    for event, snapshot in (("opened", alert), ("resolved", resolved)):
+        key = codec.message_key(alert.patient_id)
+        value = orjson.dumps({"event": event, "alert": snapshot.to_dict()})
+        producer.produce(
+            archive_settings.kafka.alerts_topic, codec.seal_message(roles.ALERTS, key, value), key
+        )
+    assert producer.flush(30) == 0
+    start(build_archiver(archive_settings), running)
+    root = tmp_path / "archive"
+    wait_for(lambda: list(root.glob("deidentified/alerts/**/*.parquet")), 60, "the alert history")
+
+    [identified] = root.glob("identified/alerts/date=2026-11-28/hour=10/*.parquet")
+    assert b"mon-77" not in identified.read_bytes()
+    research = pq.read_table(next(root.glob("deidentified/alerts/year=2026/*.parquet")))
+    rows = research.to_pylist()
+    assert [(r["event"], r["kind"], r["status"]) for r in rows] == [
+        ("opened", "device_offline", "open"),
+        ("resolved", "device_offline", "resolved"),
+    ]
+    assert not {"alert_id", "device_id", "reading_id", "evidence", "patient_id"} & set(
+        research.column_names
+    )
+    assert b"mon-77" not in repr(rows).encode()
