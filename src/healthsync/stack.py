@@ -91,7 +91,7 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> Non
 
 @dataclass
 class Service:
-    """One child service process and where it listens."""
+    """One child service process, where it listens, and how to start it again."""
 
     name: str
     host: str
@@ -101,23 +101,43 @@ class Service:
     tls: bool = False
     # Processes this one cannot work without (the broker behind its TLS front).
     backends: list[Service] = field(default_factory=list)
+    argv: list[str] = field(default_factory=list, repr=False)
+    log_path: Path | None = None
+    timeout: float = 10.0
 
     def stop(self) -> None:
         stop_process(self.process)
-        if self.log_file is not None:
-            self.log_file.close()
+        self._close_log()
         for backend in self.backends:
             backend.stop()
+
+    def _close_log(self) -> None:
+        if self.log_file is not None:
+            self.log_file.close()
+            self.log_file = None
 
     @property
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def restart(self) -> None:
+        """Start the same command again, on the same port; returns once it listens.
 
-def _spawn(
-    name: str, argv: list[str], host: str, port: int, log_dir: Path | None, timeout: float
-) -> Service:
-    log_file = (log_dir / f"{name}.log").open("ab") if log_dir else None
+        Only this process: backends are separate services, each restarted on its own.
+        """
+        stop_process(self.process)
+        self._close_log()
+        self.process, self.log_file = _popen(self.argv, self.log_path)
+        try:
+            wait_for_port(self.host, self.port, self.timeout, self.process)
+        except HealthSyncError as exc:
+            raise HealthSyncError(f"{self.name} did not restart: {exc}") from exc
+
+
+def _popen(
+    argv: list[str], log_path: Path | None
+) -> tuple[subprocess.Popen[bytes], IO[bytes] | None]:
+    log_file = log_path.open("ab") if log_path else None
     process = subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,
@@ -128,7 +148,17 @@ def _spawn(
         # which stops everything in order.
         start_new_session=True,
     )
-    service = Service(name, host, port, process, log_file)
+    return process, log_file
+
+
+def _spawn(
+    name: str, argv: list[str], host: str, port: int, log_dir: Path | None, timeout: float
+) -> Service:
+    log_path = log_dir / f"{name}.log" if log_dir else None
+    process, log_file = _popen(argv, log_path)
+    service = Service(
+        name, host, port, process, log_file, argv=argv, log_path=log_path, timeout=timeout
+    )
     try:
         wait_for_port(host, port, timeout, process)
     except HealthSyncError as exc:

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from healthsync import __version__
-from healthsync.api import auth, fhir
+from healthsync.api import auth, fhir, unavailable
 from healthsync.api.audit import AuditLog
 from healthsync.api.auth import Access, Authenticator, Guard
 from healthsync.config import Settings
@@ -79,6 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.guard = guard
+    unavailable.install(app)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
