@@ -44,6 +44,8 @@ class RedisKeys:
     - ``{p}:events``                    stream of live events for dashboards
     - ``{p}:audit``                     stream: who read which patient's data (API audit log)
     - ``{p}:stats:{component}``         hash of counters shared by all instances
+    - ``{p}:offsets``                   hash: ``topic:partition`` -> the next offset the
+                                          processor's stored batches reach (see store/live.py)
     - ``{p}:latency``                   hash: histogram bucket -> count
     """
 
@@ -119,6 +121,10 @@ class RedisKeys:
     def fhir_index(self, resource_type: str, patient_id: str | None = None) -> str:
         base = f"{self.prefix}:fhir:index:{resource_type}"
         return base if patient_id is None else f"{base}:{self.pseudonym(patient_id)}"
+
+    @property
+    def offsets(self) -> str:
+        return f"{self.prefix}:offsets"
 
     @property
     def audit(self) -> str:

@@ -289,16 +289,29 @@ def start_tls_front(
     return service
 
 
+@dataclass(frozen=True)
+class RedisDisk:
+    """Where the embedded Redis keeps its data, and how often its append-only file is synced.
+
+    `appendfsync` None: no append-only file, only what a SAVE writes.
+    """
+
+    data_dir: Path
+    appendfsync: Literal["always", "everysec", "no"] | None = "everysec"
+
+
 def start_redis(
     host: str = "127.0.0.1",
     port: int = 0,
     log_dir: Path | None = None,
-    timeout: float = 10.0,
     tls: ServerTls | None = None,
+    disk: RedisDisk | None = None,
 ) -> Service:
-    """Start a private redis-server that keeps nothing on disk.
+    """Start a private redis-server; returns once it accepts connections.
 
-    With `tls` it listens with TLS 1.3 only on `port` and on no plain port.
+    Without `disk` it keeps nothing on disk; with it, a restart on the same
+    directory loads what was kept. With `tls` it listens with TLS 1.3 only on
+    `port` and on no plain port.
     """
     binary = shutil.which("redis-server")
     if binary is None:
@@ -313,10 +326,22 @@ def start_redis(
             *("--tls-auth-clients", "yes" if tls.client_certs == "required" else "optional"),
             *("--tls-protocols", TLS_PROTOCOL, "--tls-ciphersuites", TLS_CIPHERSUITE),
         ]
-    argv += ["--save", "", "--appendonly", "no", "--protected-mode", "yes"]
-    service = _spawn("redis", argv, host, port, log_dir, timeout)
+    argv += ["--save", "", "--protected-mode", "yes", *_persistence_args(disk)]
+    service = _spawn("redis", argv, host, port, log_dir, timeout=10.0)
     service.tls = tls is not None
     return service
+
+
+def _persistence_args(disk: RedisDisk | None) -> list[str]:
+    if disk is None:
+        return ["--appendonly", "no"]
+    # The values are sealed (see security/codec), but the files hold them all: owner only.
+    disk.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    disk.data_dir.chmod(0o700)
+    args = ["--dir", str(disk.data_dir.resolve())]
+    if disk.appendfsync is None:
+        return [*args, "--appendonly", "no"]
+    return [*args, "--appendonly", "yes", "--appendfsync", disk.appendfsync]
 
 
 @dataclass
@@ -336,6 +361,14 @@ class EmbeddedStack:
             return None
         scheme = "rediss" if self.redis.tls else "redis"
         return f"{scheme}://{self.redis.host}:{self.redis.port}/0"
+
+    def services(self) -> list[Service]:
+        """Every process of the stack, each backend before its front."""
+        found: list[Service] = []
+        for service in (self.redis, self.broker):
+            if service is not None:
+                found += [*service.backends, service]
+        return found
 
     def stop(self) -> None:
         for service in (self.redis, self.broker):

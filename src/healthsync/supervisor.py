@@ -4,9 +4,10 @@
 are configured), creates the topics, then runs ingest, processor, API and
 optionally the device simulator as child processes. The tests and the
 benchmark use it too. :class:`Supervisor` adds what a person at a terminal
-wants: addresses, a live summary, restarts of a child that died, and an
-orderly stop on SIGINT/SIGTERM: devices first, then ingest (which answers
-what it has in flight), the processor, the API, and last Redis and the broker.
+wants: addresses, a live summary that names what is down, restarts of a
+child or an embedded service that died (with backoff), and an orderly stop
+on SIGINT/SIGTERM: devices first, then ingest (which answers what it has in
+flight), the processor, the API, and last Redis and the broker.
 """
 
 from __future__ import annotations
@@ -21,24 +22,29 @@ from pathlib import Path
 from typing import IO, TextIO
 
 from redis import Redis
+from redis.exceptions import RedisError
 
 from healthsync.api.apikeys import ApiKeyStore, ensure_local_key
 from healthsync.config import Settings
-from healthsync.errors import ConfigError
-from healthsync.kafka import ensure_topics
+from healthsync.errors import ConfigError, HealthSyncError
+from healthsync.kafka import KafkaUnavailableError, ensure_topics
 from healthsync.security.certs import ca_cert_path, init_pki, pki_exists, service_paths
 from healthsync.security.codec import ensure_keyring
 from healthsync.stack import (
     EmbeddedStack,
+    RedisDisk,
     ServerTls,
+    Service,
     die_with_parent,
     start_broker,
     start_redis,
     stop_process,
     wait_for_port,
 )
+from healthsync.watchdog import ServiceWatchdog
 
 _MAX_BACKOFF_S = 30.0
+_TOPIC_ATTEMPTS = 5
 STAGES = ("ingest", "process", "api")
 # Order matters on shutdown: stop producers of data before its consumers.
 _STOP_ORDER = ("simulate", "ingest", "process", "push", "api")
@@ -116,7 +122,11 @@ class Pipeline:
         self._prepare_certificates(stages)
         if settings.redis.url is None:
             tls = self._server_tls("redis") if settings.redis.embedded_tls else None
-            self.stack.redis = start_redis(log_dir=self.logs, tls=tls)
+            self.stack.redis = start_redis(
+                log_dir=self.logs,
+                tls=tls,
+                disk=RedisDisk(self.run_dir / "redis", settings.redis.embedded_appendfsync),
+            )
             settings.redis.url = self.stack.redis_url
             if tls is not None and settings.redis.tls_ca_file is None:
                 settings.redis.tls_ca_file = tls.ca
@@ -128,6 +138,8 @@ class Pipeline:
                 ssl = {"security.protocol": "SSL", "ssl.ca.location": str(tls.ca)}
                 settings.kafka.client = ssl | settings.kafka.client
         ensure_topics(settings.kafka)
+        if self.stack.broker is not None:
+            self.forget_offsets()
         if "api" in stages:
             self._local_auth()
         if "keyring_file" not in settings.crypto.model_fields_set:
@@ -148,6 +160,34 @@ class Pipeline:
             wait_for_port(host, port, 30, self.process("ingest"))
         if "api" in stages:
             wait_for_port(settings.api.host, settings.api.port, 30, self.process("api"))
+
+    def forget_offsets(self) -> None:
+        """Drop the store's record of how far it reached in each partition.
+
+        A fresh in-memory broker numbers its offsets from 0 again; the old
+        record would hide a real gap from the processor (see store/live.py).
+        """
+        client = Redis.from_url(
+            str(self.settings.redis.url), **self.settings.redis.client_options()
+        )
+        try:
+            client.delete(self.settings.redis.keys.offsets)
+        finally:
+            client.close()
+
+    def on_service_restart(self, service: Service) -> None:
+        """After the embedded broker came back empty: its topics again, offsets from 0."""
+        if service.name != "broker":
+            return
+        for attempt in range(_TOPIC_ATTEMPTS):
+            try:
+                ensure_topics(self.settings.kafka)
+                self.forget_offsets()
+                return
+            except (KafkaUnavailableError, RedisError) as exc:
+                if attempt == _TOPIC_ATTEMPTS - 1:
+                    raise HealthSyncError(f"broker restarted but not ready: {exc}") from exc
+                time.sleep(1.0)
 
     def _prepare_certificates(self, stages: tuple[str, ...]) -> None:
         """The PKI, when a service about to start needs one (see ensure_pki)."""
@@ -300,30 +340,38 @@ class Supervisor:
     def _watch(self) -> None:
         settings = self.pipeline.settings
         redis = Redis.from_url(str(settings.redis.url), **settings.redis.client_options())
-        keys = settings.redis.keys
+        watchdog = ServiceWatchdog(self.pipeline.stack, self._say, self.pipeline.on_service_restart)
         last = (time.monotonic(), 0, 0)
         while not self.stopping:
             time.sleep(1.0)
             self._restart_dead()
-            try:
-                accepted = int(redis.hget(keys.stats("ingest"), "readings_accepted_total") or 0)
-                processed = int(
-                    redis.hget(keys.stats("processor"), "readings_processed_total") or 0
-                )
-                open_alerts = int(redis.hlen(keys.open_alerts))
-            except Exception as exc:  # noqa: BLE001 - the summary is informational
-                self._say(f"(summary unavailable: {exc})")
-                continue
-            now = time.monotonic()
-            elapsed = max(now - last[0], 1e-6)
-            in_rate = (accepted - last[1]) / elapsed
-            out_rate = (processed - last[2]) / elapsed
-            self._say(
-                f"ingest {in_rate:7.0f}/s  processed {out_rate:7.0f}/s  "
-                f"total {processed}  open alerts {open_alerts}"
-            )
-            last = (now, accepted, processed)
+            down = watchdog.check()
+            last = self._summary(redis, last, down)
         redis.close()
+
+    def _summary(
+        self, redis: Redis, last: tuple[float, int, int], down: list[str]
+    ) -> tuple[float, int, int]:
+        """One line of throughput, and what is down; the counters it read."""
+        keys = self.pipeline.settings.redis.keys
+        restarting = f"  down: {', '.join(down)} (restarting)" if down else ""
+        try:
+            accepted = int(redis.hget(keys.stats("ingest"), "readings_accepted_total") or 0)
+            processed = int(redis.hget(keys.stats("processor"), "readings_processed_total") or 0)
+            open_alerts = int(redis.hlen(keys.open_alerts))
+        except RedisError as exc:
+            # Name the dependency, not a bare socket error repeated every second.
+            self._say(f"summary unavailable: redis unreachable ({type(exc).__name__}){restarting}")
+            return last
+        now = time.monotonic()
+        elapsed = max(now - last[0], 1e-6)
+        in_rate = (accepted - last[1]) / elapsed
+        out_rate = (processed - last[2]) / elapsed
+        self._say(
+            f"ingest {in_rate:7.0f}/s  processed {out_rate:7.0f}/s  "
+            f"total {processed}  open alerts {open_alerts}{restarting}"
+        )
+        return (now, accepted, processed)
 
     def _restart_dead(self) -> None:
         now = time.monotonic()
