@@ -13,6 +13,7 @@ from healthsync.security.codec import Codec
 from healthsync.stack import RedisDisk, Service, start_redis
 from healthsync.supervisor import Pipeline
 from tests.conftest import Device, make_settings, wait_for
+from tests.live_stack import Load, live_stack
 
 PATIENTS = [f"P-{i}" for i in range(6)]
 
@@ -87,3 +88,34 @@ def test_redis_back_without_its_last_writes_is_refilled_from_kafka(
         client.close()
         pipeline.stop()
         own_redis.stop()
+
+
+def test_up_restarts_a_killed_redis_and_keeps_every_acknowledged_reading_once(
+    tmp_path: Path,
+) -> None:
+    patients = [f"P-{i}" for i in range(4)]
+    with live_stack(tmp_path) as stack, Load(stack, patients) as load:
+        load.sent(300)
+        stack.kill(r"redis-server")
+        load.sent(300)  # ingest needs no Redis: devices carry on meanwhile
+        client = stack.redis()
+        keys = stack.keys()
+        try:
+            load.__exit__()
+            wait_for(
+                lambda: (
+                    {
+                        m.decode()
+                        for p in patients
+                        for m in cast("list[bytes]", client.zrange(keys.seen(p), 0, -1))
+                    }
+                    == load.acknowledged
+                ),
+                timeout=90,
+                what="every acknowledged reading in the restarted Redis",
+            )
+            stored = sum(int(client.zcard(keys.history(p))) for p in patients)
+            assert stored == len(load.acknowledged), "a reading was stored twice"
+        finally:
+            client.close()
+    assert "redis exited with code -9; restart 1" in stack.output
