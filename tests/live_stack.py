@@ -180,12 +180,13 @@ class Load:
     pipeline promised to keep.
     """
 
-    def __init__(self, stack: LiveStack, patients: list[str]) -> None:
+    def __init__(self, stack: LiveStack, patients: list[str], first_seq: int = 0) -> None:
         self.stack = stack
         self.patients = patients
         self.acknowledged: set[str] = set()
+        self.last = ""  # the reading id acknowledged last
         self.errors = 0
-        self.seq = 0
+        self.seq = first_seq
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -214,7 +215,8 @@ class Load:
             except OSError:
                 reply = ""
             if reply.startswith("OK "):
-                self.acknowledged.add(reply.split()[1])
+                self.last = reply.split()[1]
+                self.acknowledged.add(self.last)
                 self.seq += 1
                 continue
             self.errors += 1

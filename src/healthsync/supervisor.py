@@ -45,6 +45,7 @@ from healthsync.watchdog import ServiceWatchdog
 
 _MAX_BACKOFF_S = 30.0
 _TOPIC_ATTEMPTS = 5
+_CONSUMERS = ("process", "push")
 STAGES = ("ingest", "process", "api")
 # Order matters on shutdown: stop producers of data before its consumers.
 _STOP_ORDER = ("simulate", "ingest", "process", "push", "api")
@@ -176,18 +177,28 @@ class Pipeline:
             client.close()
 
     def on_service_restart(self, service: Service) -> None:
-        """After the embedded broker came back empty: its topics again, offsets from 0."""
+        """After the embedded broker came back empty: its topics again, offsets from 0.
+
+        The consumers start afresh too: their positions and group belong to the
+        broker that is gone, and a position past the new topic's end would wait
+        there instead of reading what arrives.
+        """
         if service.name != "broker":
             return
         for attempt in range(_TOPIC_ATTEMPTS):
             try:
                 ensure_topics(self.settings.kafka)
                 self.forget_offsets()
-                return
+                break
             except (KafkaUnavailableError, RedisError) as exc:
                 if attempt == _TOPIC_ATTEMPTS - 1:
                     raise HealthSyncError(f"broker restarted but not ready: {exc}") from exc
                 time.sleep(1.0)
+        for name in _CONSUMERS:
+            child = self.children.get(name)
+            if child is not None and child.alive:
+                child.stop()
+                child.start(self.env)
 
     def _prepare_certificates(self, stages: tuple[str, ...]) -> None:
         """The PKI, when a service about to start needs one (see ensure_pki)."""
@@ -310,6 +321,12 @@ class Supervisor:
         embedded_redis = " (embedded, TLS)" if redis_tls else " (embedded)" if stack.redis else ""
         self._say(f"kafka     {settings.kafka.bootstrap}{embedded_kafka}")
         self._say(f"redis     {settings.redis.url}{embedded_redis}")
+        if stack.broker:
+            self._say(
+                "note      the embedded broker keeps its topics in memory and is not durable: "
+                "a broker restart loses readings acknowledged but not yet processed. "
+                "For production set kafka.bootstrap to a Kafka cluster."
+            )
         ingest = settings.ingest
         if ingest.plain_enabled:
             self._say(f"ingest    tcp://{ingest.host}:{ingest.port}  (plaintext)")
