@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from healthsync import __version__
+from healthsync import __version__, status
 from healthsync.api.permissions import ROLES
 from healthsync.config import Settings
 from healthsync.errors import ConfigError, HealthSyncError
@@ -342,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
         "TLS 1.3 with a local CA made in <run dir>/certs (HEALTHSYNC_KAFKA_EMBEDDED_TLS, "
         "HEALTHSYNC_REDIS_EMBEDDED_TLS, HEALTHSYNC_API_TLS_ENABLED switch it off). "
         "Stored patient data is sealed with the keyring in <run dir>/keyring.json, and the "
-        "API takes the admin key it writes to <run dir>/api-key. "
+        "API takes the admin key it writes to <run dir>/api-key. Redis keeps its data "
+        "in <run dir>/redis; the embedded broker keeps topics in memory only (not durable). "
+        "A process that dies is restarted with backoff. "
         "Ctrl-C or SIGTERM drains and stops everything.",
     )
     up.add_argument(
@@ -513,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = actions.add_parser("revoke", help="remove a key; it stops working at once")
     revoke.add_argument("name")
     apikey.set_defaults(func=cmd_apikey)
+    status.register(sub)
     return parser
 
 

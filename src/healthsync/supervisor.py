@@ -19,15 +19,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TextIO
+from typing import TextIO
 
 from redis import Redis
 from redis.exceptions import RedisError
 
 from healthsync.api.apikeys import ApiKeyStore, ensure_local_key
+from healthsync.children import Child
 from healthsync.config import Settings
 from healthsync.errors import ConfigError, HealthSyncError
 from healthsync.kafka import KafkaUnavailableError, ensure_topics
+from healthsync.runstate import ProcessEntry, RunState
 from healthsync.security.certs import ca_cert_path, init_pki, pki_exists, service_paths
 from healthsync.security.codec import ensure_keyring
 from healthsync.stack import (
@@ -35,10 +37,8 @@ from healthsync.stack import (
     RedisDisk,
     ServerTls,
     Service,
-    die_with_parent,
     start_broker,
     start_redis,
-    stop_process,
     wait_for_port,
 )
 from healthsync.watchdog import ServiceWatchdog
@@ -49,53 +49,6 @@ _CONSUMERS = ("process", "push")
 STAGES = ("ingest", "process", "api")
 # Order matters on shutdown: stop producers of data before its consumers.
 _STOP_ORDER = ("simulate", "ingest", "process", "push", "api")
-
-
-@dataclass
-class Child:
-    """One supervised `python -m healthsync <stage>` process."""
-
-    name: str
-    argv: list[str]
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-    log_file: IO[bytes] | None = None
-    restarts: int = 0
-    next_start: float = 0.0
-
-    def start(self, env: dict[str, str]) -> None:
-        self.log_file = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            self.argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,  # only a prctl() call: safe between fork and exec
-            # Out of the terminal's process group: Ctrl-C reaches only `up`, which
-            # stops the stages in order (devices first) instead of all at once.
-            start_new_session=True,
-        )
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process, timeout=15.0)
-        if self.log_file is not None:
-            self.log_file.close()
-            self.log_file = None
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would: nothing is drained."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-        if self.log_file is not None:
-            self.log_file.close()
-            self.log_file = None
 
 
 @dataclass
@@ -363,8 +316,35 @@ class Supervisor:
             time.sleep(1.0)
             self._restart_dead()
             down = watchdog.check()
+            self._save_state(watchdog)
             last = self._summary(redis, last, down)
         redis.close()
+
+    def _save_state(self, watchdog: ServiceWatchdog) -> None:
+        """Tell `healthsync status` which processes are ours (pids change on restarts)."""
+        pipeline = self.pipeline
+        settings = pipeline.settings
+        processes = [
+            ProcessEntry(s.name, s.process.pid, "service", watchdog.restarts(s.name))
+            for s in pipeline.stack.services()
+        ]
+        processes += [
+            ProcessEntry(c.name, c.process.pid, "stage", c.restarts)
+            for c in pipeline.children.values()
+            if c.process is not None
+        ]
+        ca = settings.redis.tls_ca_file
+        state = RunState(
+            up_pid=os.getpid(),
+            redis_url=str(settings.redis.url),
+            redis_prefix=settings.redis.prefix,
+            redis_ca=str(ca) if ca else None,
+            processes=processes,
+        )
+        try:
+            state.save(pipeline.run_dir)
+        except OSError as exc:
+            self._say(f"could not write {pipeline.run_dir}/state.json: {exc}")
 
     def _summary(
         self, redis: Redis, last: tuple[float, int, int], down: list[str]
