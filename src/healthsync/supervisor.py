@@ -74,26 +74,8 @@ class Pipeline:
         if stages is None:
             stages = STAGES + (("push",) if settings.fhir.ehr_base_url else ())
         self._prepare_certificates(stages)
-        if settings.redis.url is None:
-            tls = self._server_tls("redis") if settings.redis.embedded_tls else None
-            self.stack.redis = start_redis(
-                log_dir=self.logs,
-                tls=tls,
-                disk=RedisDisk(self.run_dir / "redis", settings.redis.embedded_appendfsync),
-            )
-            settings.redis.url = self.stack.redis_url
-            if tls is not None and settings.redis.tls_ca_file is None:
-                settings.redis.tls_ca_file = tls.ca
-        if settings.kafka.bootstrap is None:
-            tls = self._server_tls("kafka") if settings.kafka.embedded_tls else None
-            self.stack.broker = start_broker(log_dir=self.logs, tls=tls, run_dir=self.run_dir)
-            settings.kafka.bootstrap = self.stack.bootstrap
-            if tls is not None:
-                ssl = {"security.protocol": "SSL", "ssl.ca.location": str(tls.ca)}
-                settings.kafka.client = ssl | settings.kafka.client
-        ensure_topics(settings.kafka)
-        if self.stack.broker is not None:
-            self.forget_offsets()
+        self._start_redis()
+        self._start_broker()
         if "api" in stages:
             self._local_auth()
         if "keyring_file" not in settings.crypto.model_fields_set:
@@ -104,6 +86,39 @@ class Pipeline:
         self.env.update(settings.to_env())
         for name in stages:
             self.start_child(name)
+        self._wait_listening(stages)
+
+    def _start_redis(self) -> None:
+        """The embedded Redis, unless a URL names another; it keeps its data in the run dir."""
+        settings = self.settings
+        if settings.redis.url is not None:
+            return
+        tls = self._server_tls("redis") if settings.redis.embedded_tls else None
+        self.stack.redis = start_redis(
+            log_dir=self.logs,
+            tls=tls,
+            disk=RedisDisk(self.run_dir / "redis", settings.redis.embedded_appendfsync),
+        )
+        settings.redis.url = self.stack.redis_url
+        if tls is not None and settings.redis.tls_ca_file is None:
+            settings.redis.tls_ca_file = tls.ca
+
+    def _start_broker(self) -> None:
+        """The embedded broker unless a bootstrap names another; then the topics."""
+        settings = self.settings
+        if settings.kafka.bootstrap is None:
+            tls = self._server_tls("kafka") if settings.kafka.embedded_tls else None
+            self.stack.broker = start_broker(log_dir=self.logs, tls=tls, run_dir=self.run_dir)
+            settings.kafka.bootstrap = self.stack.bootstrap
+            if tls is not None:
+                ssl = {"security.protocol": "SSL", "ssl.ca.location": str(tls.ca)}
+                settings.kafka.client = ssl | settings.kafka.client
+        ensure_topics(settings.kafka)
+        if self.stack.broker is not None:
+            self.forget_offsets()
+
+    def _wait_listening(self, stages: tuple[str, ...]) -> None:
+        settings = self.settings
         if "ingest" in stages:
             ingest = settings.ingest
             host, port = (
