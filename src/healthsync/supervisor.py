@@ -327,6 +327,7 @@ class Supervisor:
         redis = Redis.from_url(str(settings.redis.url), **settings.redis.client_options())
         watchdog = ServiceWatchdog(self.pipeline.stack, self._say, self.pipeline.on_service_restart)
         last = (time.monotonic(), 0, 0)
+        self._save_state(watchdog)
         while not self.stopping:
             time.sleep(1.0)
             self._restart_dead()
