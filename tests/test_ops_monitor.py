@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -32,7 +36,7 @@ def section(text: str, title: str) -> list[list[str]]:
     return rows
 
 
-@pytest.mark.parametrize("script", ["conns.sh", "top.sh"])
+@pytest.mark.parametrize("script", ["conns.sh", "top.sh", "traffic.sh"])
 def test_scripts_are_shellcheck_clean_and_explain_themselves(script: str) -> None:
     subprocess.run(["shellcheck", str(MONITOR / script)], check=True, timeout=60)
     assert run(script, "--help").startswith(f"Usage: {script}")
@@ -68,3 +72,52 @@ def test_conns_and_top_report_what_the_live_stack_is_doing(tmp_path: Path) -> No
             assert float(rows[stage][2]) > 0, (stage, table)
         assert rows["haproxy"][0] == "1", table  # the broker's TLS front
         assert "other" not in rows, table
+
+
+@pytest.mark.timeout(300)
+def test_traffic_counts_connections_and_names_plaintext_on_the_tls_port(tmp_path: Path) -> None:
+    with live_stack(tmp_path) as stack:
+        plain, tls = stack.ingest_port, stack.tls_port
+        capture = subprocess.Popen(
+            [
+                str(MONITOR / "traffic.sh"),
+                *("--seconds", "6", "--tls-ports", str(tls)),
+                *("--ports", f"ingest:{plain},ingest-tls:{tls}"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            time.sleep(2)  # tcpdump is capturing by then
+            device = stack.device()
+            for seq in range(3):
+                line = f"device_id=d-3 patient_id=P-3 seq={seq} hr=72".encode()
+                assert device.send(line).startswith("OK ")
+            device.close()
+            # A real TLS client: its first bytes are a handshake record.
+            context = ssl.create_default_context(cafile=str(stack.run_dir / "certs" / "ca.crt"))
+            # Without a client certificate mutual TLS turns it away; only its bytes matter here.
+            with (
+                socket.create_connection(("127.0.0.1", tls), timeout=5) as raw,
+                contextlib.suppress(OSError),
+                context.wrap_socket(raw, server_hostname="localhost") as wrapped,
+            ):
+                wrapped.recv(1)
+            # A device that forgot TLS.
+            with socket.create_connection(("127.0.0.1", tls), timeout=5) as raw:
+                raw.sendall(b"plaintext-probe hello\n")
+                time.sleep(0.5)
+            out, err = capture.communicate(timeout=60)
+        finally:
+            if capture.poll() is None:
+                capture.kill()
+                capture.communicate()
+    text = out.decode()
+    assert capture.returncode == 1, (text, err)
+    rows = {r[0]: r for r in section(text, "traffic per port")[1:]}
+    assert rows[str(plain)][4] == "1", text  # one device connection
+    assert int(rows[str(plain)][2]) >= 6, text  # 3 lines and 3 answers at least
+    assert rows[str(tls)][4] == "2", text  # the TLS client and the plaintext one
+    named = section(text, "plaintext on TLS ports")
+    assert len(named) == 1, text
+    assert " ".join(named[0]).endswith('"plaintext-probe hello."'), text
