@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 # From the distribution (Debian/Ubuntu): redis-server; netcat and ncat (devices, plain and TLS);
 # openssl; haproxy (the TLS front of the embedded broker); tcpdump, iptables and iproute2 (the
-# security tests and ops/); shellcheck (tests). The Kafka-protocol broker comes from PyPI.
+# security tests and ops/); gawk (ops/monitor/traffic.sh); shellcheck (tests). The Kafka-protocol broker comes from PyPI.
 system-deps:
 	@missing=(); \
 	command -v redis-server >/dev/null || missing+=(redis-server); \
@@ -29,6 +29,7 @@ system-deps:
 	command -v openssl >/dev/null || missing+=(openssl); \
 	command -v haproxy >/dev/null || missing+=(haproxy); \
 	command -v tcpdump >/dev/null || missing+=(tcpdump); \
+	command -v gawk >/dev/null || missing+=(gawk); \
 	command -v iptables >/dev/null || missing+=(iptables); \
 	command -v ip >/dev/null || missing+=(iproute2); \
 	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv); \

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from healthsync import __version__
+from healthsync import __version__, status
 from healthsync.commands import (
     api,
     apikey,
@@ -46,6 +46,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     evaluate.register,
     apikey.register,
     jobs.register,  # job, scheduler, aws
+    status.register,
 )
 
 

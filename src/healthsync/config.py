@@ -67,6 +67,10 @@ class RedisSettings(BaseModel):
     tls_key_file: Path | None = None
     # The embedded redis-server (no URL set) takes TLS 1.3 only, on no plain port.
     embedded_tls: bool = True
+    # The embedded redis-server keeps an append-only file in <run dir>/redis, synced to
+    # disk as this says: "everysec" may lose the last second on a crash (the processor
+    # replays it from Kafka), "always" loses nothing and is slower, "no" leaves it to the OS.
+    embedded_appendfsync: Literal["always", "everysec", "no"] = "everysec"
 
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments for redis-py's ``from_url`` (sync and asyncio)."""

@@ -18,3 +18,15 @@ class MissingBinaryError(HealthSyncError):
         super().__init__(f"{binary} not found on PATH; install it with: {hint}")
         self.binary = binary
         self.hint = hint
+
+
+class StoreBehindError(HealthSyncError):
+    """The store holds less than the consumer already moved past (a restart lost writes).
+
+    `positions` maps (topic, partition) to the offset to consume again from.
+    """
+
+    def __init__(self, positions: dict[tuple[str, int], int]) -> None:
+        where = ", ".join(f"{t}[{p}] from {o}" for (t, p), o in sorted(positions.items()))
+        super().__init__(f"the store is behind the consumer; replay {where}")
+        self.positions = positions

@@ -47,6 +47,8 @@ class RedisKeys:
     - ``{p}:events``                    stream of live events for dashboards
     - ``{p}:audit``                     stream: who read which patient's data (API audit log)
     - ``{p}:stats:{component}``         hash of counters shared by all instances
+    - ``{p}:offsets``                   hash: ``topic:partition`` -> the next offset the
+                                          processor's stored batches reach (see store/live.py)
     - ``{p}:latency``                   hash: histogram bucket -> count
     - ``{p}:jobs:runs``                 hash: run id -> run record JSON (no patient data)
     - ``{p}:jobs:recent``               sorted set: run id scored by when it was created
@@ -128,6 +130,10 @@ class RedisKeys:
     def fhir_index(self, resource_type: str, patient_id: str | None = None) -> str:
         base = f"{self.prefix}:fhir:index:{resource_type}"
         return base if patient_id is None else f"{base}:{self.pseudonym(patient_id)}"
+
+    @property
+    def offsets(self) -> str:
+        return f"{self.prefix}:offsets"
 
     @property
     def audit(self) -> str:

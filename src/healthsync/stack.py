@@ -91,7 +91,7 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> Non
 
 @dataclass
 class Service:
-    """One child service process and where it listens."""
+    """One child service process, where it listens, and how to start it again."""
 
     name: str
     host: str
@@ -101,23 +101,43 @@ class Service:
     tls: bool = False
     # Processes this one cannot work without (the broker behind its TLS front).
     backends: list[Service] = field(default_factory=list)
+    argv: list[str] = field(default_factory=list, repr=False)
+    log_path: Path | None = None
+    timeout: float = 10.0
 
     def stop(self) -> None:
         stop_process(self.process)
-        if self.log_file is not None:
-            self.log_file.close()
+        self._close_log()
         for backend in self.backends:
             backend.stop()
+
+    def _close_log(self) -> None:
+        if self.log_file is not None:
+            self.log_file.close()
+            self.log_file = None
 
     @property
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def restart(self) -> None:
+        """Start the same command again, on the same port; returns once it listens.
 
-def _spawn(
-    name: str, argv: list[str], host: str, port: int, log_dir: Path | None, timeout: float
-) -> Service:
-    log_file = (log_dir / f"{name}.log").open("ab") if log_dir else None
+        Only this process: backends are separate services, each restarted on its own.
+        """
+        stop_process(self.process)
+        self._close_log()
+        self.process, self.log_file = _popen(self.argv, self.log_path)
+        try:
+            wait_for_port(self.host, self.port, self.timeout, self.process)
+        except HealthSyncError as exc:
+            raise HealthSyncError(f"{self.name} did not restart: {exc}") from exc
+
+
+def _popen(
+    argv: list[str], log_path: Path | None
+) -> tuple[subprocess.Popen[bytes], IO[bytes] | None]:
+    log_file = log_path.open("ab") if log_path else None
     process = subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,
@@ -128,7 +148,17 @@ def _spawn(
         # which stops everything in order.
         start_new_session=True,
     )
-    service = Service(name, host, port, process, log_file)
+    return process, log_file
+
+
+def _spawn(
+    name: str, argv: list[str], host: str, port: int, log_dir: Path | None, timeout: float
+) -> Service:
+    log_path = log_dir / f"{name}.log" if log_dir else None
+    process, log_file = _popen(argv, log_path)
+    service = Service(
+        name, host, port, process, log_file, argv=argv, log_path=log_path, timeout=timeout
+    )
     try:
         wait_for_port(host, port, timeout, process)
     except HealthSyncError as exc:
@@ -259,16 +289,29 @@ def start_tls_front(
     return service
 
 
+@dataclass(frozen=True)
+class RedisDisk:
+    """Where the embedded Redis keeps its data, and how often its append-only file is synced.
+
+    `appendfsync` None: no append-only file, only what a SAVE writes.
+    """
+
+    data_dir: Path
+    appendfsync: Literal["always", "everysec", "no"] | None = "everysec"
+
+
 def start_redis(
     host: str = "127.0.0.1",
     port: int = 0,
     log_dir: Path | None = None,
-    timeout: float = 10.0,
     tls: ServerTls | None = None,
+    disk: RedisDisk | None = None,
 ) -> Service:
-    """Start a private redis-server that keeps nothing on disk.
+    """Start a private redis-server; returns once it accepts connections.
 
-    With `tls` it listens with TLS 1.3 only on `port` and on no plain port.
+    Without `disk` it keeps nothing on disk; with it, a restart on the same
+    directory loads what was kept. With `tls` it listens with TLS 1.3 only on
+    `port` and on no plain port.
     """
     binary = shutil.which("redis-server")
     if binary is None:
@@ -283,10 +326,22 @@ def start_redis(
             *("--tls-auth-clients", "yes" if tls.client_certs == "required" else "optional"),
             *("--tls-protocols", TLS_PROTOCOL, "--tls-ciphersuites", TLS_CIPHERSUITE),
         ]
-    argv += ["--save", "", "--appendonly", "no", "--protected-mode", "yes"]
-    service = _spawn("redis", argv, host, port, log_dir, timeout)
+    argv += ["--save", "", "--protected-mode", "yes", *_persistence_args(disk)]
+    service = _spawn("redis", argv, host, port, log_dir, timeout=10.0)
     service.tls = tls is not None
     return service
+
+
+def _persistence_args(disk: RedisDisk | None) -> list[str]:
+    if disk is None:
+        return ["--appendonly", "no"]
+    # The values are sealed (see security/codec), but the files hold them all: owner only.
+    disk.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    disk.data_dir.chmod(0o700)
+    args = ["--dir", str(disk.data_dir.resolve())]
+    if disk.appendfsync is None:
+        return [*args, "--appendonly", "no"]
+    return [*args, "--appendonly", "yes", "--appendfsync", disk.appendfsync]
 
 
 @dataclass
@@ -306,6 +361,14 @@ class EmbeddedStack:
             return None
         scheme = "rediss" if self.redis.tls else "redis"
         return f"{scheme}://{self.redis.host}:{self.redis.port}/0"
+
+    def services(self) -> list[Service]:
+        """Every process of the stack, each backend before its front."""
+        found: list[Service] = []
+        for service in (self.redis, self.broker):
+            if service is not None:
+                found += [*service.backends, service]
+        return found
 
     def stop(self) -> None:
         for service in (self.redis, self.broker):

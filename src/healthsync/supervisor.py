@@ -4,9 +4,10 @@
 are configured), creates the topics, then runs ingest, processor, API and
 optionally the device simulator as child processes. The tests and the
 benchmark use it too. :class:`Supervisor` adds what a person at a terminal
-wants: addresses, a live summary, restarts of a child that died, and an
-orderly stop on SIGINT/SIGTERM: devices first, then ingest (which answers
-what it has in flight), the processor, the API, and last Redis and the broker.
+wants: addresses, a live summary that names what is down, restarts of a
+child or an embedded service that died (with backoff), and an orderly stop
+on SIGINT/SIGTERM: devices first, then ingest (which answers what it has in
+flight), the processor, the API, and last Redis and the broker.
 """
 
 from __future__ import annotations
@@ -18,78 +19,38 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TextIO
+from typing import TextIO
 
 from redis import Redis
+from redis.exceptions import RedisError
 
 from healthsync.api.apikeys import ApiKeyStore, ensure_local_key
+from healthsync.children import Child
 from healthsync.config import Settings
-from healthsync.errors import ConfigError
-from healthsync.kafka import ensure_topics
+from healthsync.errors import ConfigError, HealthSyncError
+from healthsync.kafka import KafkaUnavailableError, ensure_topics
+from healthsync.runstate import ProcessEntry, RunState
 from healthsync.security.certs import ca_cert_path, init_pki, pki_exists, service_paths
 from healthsync.security.codec import ensure_keyring
 from healthsync.security.tls import openssl_conf_env
 from healthsync.stack import (
     EmbeddedStack,
+    RedisDisk,
     ServerTls,
-    die_with_parent,
+    Service,
     start_broker,
     start_redis,
-    stop_process,
     wait_for_port,
 )
+from healthsync.watchdog import ServiceWatchdog
 
 _MAX_BACKOFF_S = 30.0
+_TOPIC_ATTEMPTS = 5
+# The stages that consume topics: after the broker restarts empty they start afresh.
+_CONSUMERS = ("process", "archive", "push")
 STAGES = ("ingest", "process", "archive", "api", "scheduler")
 # Order matters on shutdown: stop producers of data before its consumers.
 _STOP_ORDER = ("simulate", "ingest", "process", "archive", "push", "api")
-
-
-@dataclass
-class Child:
-    """One supervised `python -m healthsync <stage>` process."""
-
-    name: str
-    argv: list[str]
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-    log_file: IO[bytes] | None = None
-    restarts: int = 0
-    next_start: float = 0.0
-
-    def start(self, env: dict[str, str]) -> None:
-        self.log_file = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            self.argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,  # only a prctl() call: safe between fork and exec
-            # Out of the terminal's process group: Ctrl-C reaches only `up`, which
-            # stops the stages in order (devices first) instead of all at once.
-            start_new_session=True,
-        )
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process, timeout=15.0)
-        if self.log_file is not None:
-            self.log_file.close()
-            self.log_file = None
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would: nothing is drained."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-        if self.log_file is not None:
-            self.log_file.close()
-            self.log_file = None
 
 
 @dataclass
@@ -115,20 +76,8 @@ class Pipeline:
         if stages is None:
             stages = STAGES + (("push",) if settings.fhir.ehr_base_url else ())
         self._prepare_certificates(stages)
-        if settings.redis.url is None:
-            tls = self._server_tls("redis") if settings.redis.embedded_tls else None
-            self.stack.redis = start_redis(log_dir=self.logs, tls=tls)
-            settings.redis.url = self.stack.redis_url
-            if tls is not None and settings.redis.tls_ca_file is None:
-                settings.redis.tls_ca_file = tls.ca
-        if settings.kafka.bootstrap is None:
-            tls = self._server_tls("kafka") if settings.kafka.embedded_tls else None
-            self.stack.broker = start_broker(log_dir=self.logs, tls=tls, run_dir=self.run_dir)
-            settings.kafka.bootstrap = self.stack.bootstrap
-            if tls is not None:
-                ssl = {"security.protocol": "SSL", "ssl.ca.location": str(tls.ca)}
-                settings.kafka.client = ssl | settings.kafka.client
-        ensure_topics(settings.kafka)
+        self._start_redis()
+        self._start_broker()
         if "api" in stages:
             self._local_auth()
         if "keyring_file" not in settings.crypto.model_fields_set:
@@ -147,6 +96,39 @@ class Pipeline:
             self.env.update(openssl_conf_env(self.run_dir))
         for name in stages:
             self.start_child(name)
+        self._wait_listening(stages)
+
+    def _start_redis(self) -> None:
+        """The embedded Redis, unless a URL names another; it keeps its data in the run dir."""
+        settings = self.settings
+        if settings.redis.url is not None:
+            return
+        tls = self._server_tls("redis") if settings.redis.embedded_tls else None
+        self.stack.redis = start_redis(
+            log_dir=self.logs,
+            tls=tls,
+            disk=RedisDisk(self.run_dir / "redis", settings.redis.embedded_appendfsync),
+        )
+        settings.redis.url = self.stack.redis_url
+        if tls is not None and settings.redis.tls_ca_file is None:
+            settings.redis.tls_ca_file = tls.ca
+
+    def _start_broker(self) -> None:
+        """The embedded broker unless a bootstrap names another; then the topics."""
+        settings = self.settings
+        if settings.kafka.bootstrap is None:
+            tls = self._server_tls("kafka") if settings.kafka.embedded_tls else None
+            self.stack.broker = start_broker(log_dir=self.logs, tls=tls, run_dir=self.run_dir)
+            settings.kafka.bootstrap = self.stack.bootstrap
+            if tls is not None:
+                ssl = {"security.protocol": "SSL", "ssl.ca.location": str(tls.ca)}
+                settings.kafka.client = ssl | settings.kafka.client
+        ensure_topics(settings.kafka)
+        if self.stack.broker is not None:
+            self.forget_offsets()
+
+    def _wait_listening(self, stages: tuple[str, ...]) -> None:
+        settings = self.settings
         if "ingest" in stages:
             ingest = settings.ingest
             host, port = (
@@ -157,6 +139,44 @@ class Pipeline:
             wait_for_port(host, port, 30, self.process("ingest"))
         if "api" in stages:
             wait_for_port(settings.api.host, settings.api.port, 30, self.process("api"))
+
+    def forget_offsets(self) -> None:
+        """Drop the store's record of how far it reached in each partition.
+
+        A fresh in-memory broker numbers its offsets from 0 again; the old
+        record would hide a real gap from the processor (see store/live.py).
+        """
+        client = Redis.from_url(
+            str(self.settings.redis.url), **self.settings.redis.client_options()
+        )
+        try:
+            client.delete(self.settings.redis.keys.offsets)
+        finally:
+            client.close()
+
+    def on_service_restart(self, service: Service) -> None:
+        """After the embedded broker came back empty: its topics again, offsets from 0.
+
+        The consumers start afresh too: their positions and group belong to the
+        broker that is gone, and a position past the new topic's end would wait
+        there instead of reading what arrives.
+        """
+        if service.name != "broker":
+            return
+        for attempt in range(_TOPIC_ATTEMPTS):
+            try:
+                ensure_topics(self.settings.kafka)
+                self.forget_offsets()
+                break
+            except (KafkaUnavailableError, RedisError) as exc:
+                if attempt == _TOPIC_ATTEMPTS - 1:
+                    raise HealthSyncError(f"broker restarted but not ready: {exc}") from exc
+                time.sleep(1.0)
+        for name in _CONSUMERS:
+            child = self.children.get(name)
+            if child is not None and child.alive:
+                child.stop()
+                child.start(self.env)
 
     def _prepare_certificates(self, stages: tuple[str, ...]) -> None:
         """The PKI, when a service about to start needs one (see ensure_pki)."""
@@ -279,6 +299,12 @@ class Supervisor:
         embedded_redis = " (embedded, TLS)" if redis_tls else " (embedded)" if stack.redis else ""
         self._say(f"kafka     {settings.kafka.bootstrap}{embedded_kafka}")
         self._say(f"redis     {settings.redis.url}{embedded_redis}")
+        if stack.broker:
+            self._say(
+                "note      the embedded broker keeps its topics in memory and is not durable: "
+                "a broker restart loses readings acknowledged but not yet processed. "
+                "For production set kafka.bootstrap to a Kafka cluster."
+            )
         ingest = settings.ingest
         if ingest.plain_enabled:
             self._say(f"ingest    tcp://{ingest.host}:{ingest.port}  (plaintext)")
@@ -309,30 +335,66 @@ class Supervisor:
     def _watch(self) -> None:
         settings = self.pipeline.settings
         redis = Redis.from_url(str(settings.redis.url), **settings.redis.client_options())
-        keys = settings.redis.keys
+        watchdog = ServiceWatchdog(self.pipeline.stack, self._say, self.pipeline.on_service_restart)
         last = (time.monotonic(), 0, 0)
+        self._save_state(watchdog)
         while not self.stopping:
             time.sleep(1.0)
             self._restart_dead()
-            try:
-                accepted = int(redis.hget(keys.stats("ingest"), "readings_accepted_total") or 0)
-                processed = int(
-                    redis.hget(keys.stats("processor"), "readings_processed_total") or 0
-                )
-                open_alerts = int(redis.hlen(keys.open_alerts))
-            except Exception as exc:  # noqa: BLE001 - the summary is informational
-                self._say(f"(summary unavailable: {exc})")
-                continue
-            now = time.monotonic()
-            elapsed = max(now - last[0], 1e-6)
-            in_rate = (accepted - last[1]) / elapsed
-            out_rate = (processed - last[2]) / elapsed
-            self._say(
-                f"ingest {in_rate:7.0f}/s  processed {out_rate:7.0f}/s  "
-                f"total {processed}  open alerts {open_alerts}"
-            )
-            last = (now, accepted, processed)
+            down = watchdog.check()
+            self._save_state(watchdog)
+            last = self._summary(redis, last, down)
         redis.close()
+
+    def _save_state(self, watchdog: ServiceWatchdog) -> None:
+        """Tell `healthsync status` which processes are ours (pids change on restarts)."""
+        pipeline = self.pipeline
+        settings = pipeline.settings
+        processes = [
+            ProcessEntry(s.name, s.process.pid, "service", watchdog.restarts(s.name))
+            for s in pipeline.stack.services()
+        ]
+        processes += [
+            ProcessEntry(c.name, c.process.pid, "stage", c.restarts)
+            for c in pipeline.children.values()
+            if c.process is not None
+        ]
+        ca = settings.redis.tls_ca_file
+        state = RunState(
+            up_pid=os.getpid(),
+            redis_url=str(settings.redis.url),
+            redis_prefix=settings.redis.prefix,
+            redis_ca=str(ca) if ca else None,
+            processes=processes,
+        )
+        try:
+            state.save(pipeline.run_dir)
+        except OSError as exc:
+            self._say(f"could not write {pipeline.run_dir}/state.json: {exc}")
+
+    def _summary(
+        self, redis: Redis, last: tuple[float, int, int], down: list[str]
+    ) -> tuple[float, int, int]:
+        """One line of throughput, and what is down; the counters it read."""
+        keys = self.pipeline.settings.redis.keys
+        restarting = f"  down: {', '.join(down)} (restarting)" if down else ""
+        try:
+            accepted = int(redis.hget(keys.stats("ingest"), "readings_accepted_total") or 0)
+            processed = int(redis.hget(keys.stats("processor"), "readings_processed_total") or 0)
+            open_alerts = int(redis.hlen(keys.open_alerts))
+        except RedisError as exc:
+            # Name the dependency, not a bare socket error repeated every second.
+            self._say(f"summary unavailable: redis unreachable ({type(exc).__name__}){restarting}")
+            return last
+        now = time.monotonic()
+        elapsed = max(now - last[0], 1e-6)
+        in_rate = (accepted - last[1]) / elapsed
+        out_rate = (processed - last[2]) / elapsed
+        self._say(
+            f"ingest {in_rate:7.0f}/s  processed {out_rate:7.0f}/s  "
+            f"total {processed}  open alerts {open_alerts}{restarting}"
+        )
+        return (now, accepted, processed)
 
     def _restart_dead(self) -> None:
         now = time.monotonic()

@@ -71,7 +71,16 @@ def build_processor(settings: Settings) -> Processor:
     # The live sink goes last: it records the batch's reading ids as seen, and a replay
     # skips seen readings. Were it flushed before another sink, a crash in between would
     # make the replay skip that sink's writes for good.
-    sinks: list[Sink] = [KafkaTopicSink(producer, settings.kafka, codec), fhir_store, live]
+    topics = KafkaTopicSink(
+        make_producer(settings.kafka),
+        settings.kafka,
+        codec,
+        # A broker that answers at all acknowledges a batch in milliseconds; waiting
+        # longer only delays replacing a producer that cannot recover.
+        flush_timeout_s=10.0,
+        renew=lambda: make_producer(settings.kafka),
+    )
+    sinks: list[Sink] = [topics, fhir_store, live]
     pipeline = Pipeline(state, steps, sinks, stats, live.flush_stats, ticks=True)
     return Processor(settings, consumer, producer, pipeline, codec)
 

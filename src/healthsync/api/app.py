@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from healthsync import __version__
-from healthsync.api import middleware
+from healthsync.api import middleware, unavailable
 from healthsync.api.audit import AuditLog
 from healthsync.api.auth import Authenticator, Guard
 from healthsync.api.errors import install_error_handlers
@@ -90,6 +90,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     middleware.install(app, settings.api)
     install_error_handlers(app)
+    unavailable.install(app)
     for router in ROUTERS:
         app.include_router(router)
     app.include_router(jobs_router(settings))

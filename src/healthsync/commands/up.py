@@ -31,7 +31,9 @@ def register(sub: Subparsers) -> None:
         "TLS 1.3 with a local CA made in <run dir>/certs (HEALTHSYNC_KAFKA_EMBEDDED_TLS, "
         "HEALTHSYNC_REDIS_EMBEDDED_TLS, HEALTHSYNC_API_TLS_ENABLED switch it off). "
         "Stored patient data is sealed with the keyring in <run dir>/keyring.json, and the "
-        "API takes the admin key it writes to <run dir>/api-key. "
+        "API takes the admin key it writes to <run dir>/api-key. Redis keeps its data "
+        "in <run dir>/redis; the embedded broker keeps topics in memory only (not durable). "
+        "A process that dies is restarted with backoff. "
         "Ctrl-C or SIGTERM drains and stops everything.",
     )
     up.add_argument(

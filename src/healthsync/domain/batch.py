@@ -29,6 +29,8 @@ class Batch:
     # The partition each patient's readings came from (the engine keeps it with its state).
     partitions: dict[str, int] = field(default_factory=dict)
     now: float | None = None
+    # Per (topic, partition): the first offset in the batch and the one after its last.
+    positions: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
     alert_events: list[AlertEvent] = field(default_factory=list)
     # FHIR resources for the observations topic: Observation, Patient, Device, RiskAssessment.
     observations: list[KeyedResource] = field(default_factory=list)

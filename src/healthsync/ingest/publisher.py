@@ -13,12 +13,25 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from healthsync.config import KafkaSettings
 from healthsync.kafka import make_producer
 
 log = logging.getLogger(__name__)
+
+# Delivery failures after which this producer's idempotence state cannot be trusted:
+# a broker that restarted empty answers UNKNOWN_PRODUCER_ID, and librdkafka retries
+# that without end (each message then times out), so a fresh producer is needed.
+_STALE_STATE = frozenset(
+    {
+        KafkaError.UNKNOWN_PRODUCER_ID,
+        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+        KafkaError._MSG_TIMED_OUT,
+    }
+)
+# At most one replacement per this many seconds, so a long outage does not churn.
+_REPLACE_INTERVAL_S = 5.0
 
 DeliveryCallback = Callable[[KafkaError | None], None]
 
@@ -30,6 +43,7 @@ class Publisher:
         self._settings = settings
         self._ack_timeout_s = ack_timeout_s
         self._fatal: KafkaError | None = None
+        self._replaced_at = 0.0
         self.broker_down = False
         self._producer = self._new_producer()
         self._task: asyncio.Task[None] | None = None
@@ -55,31 +69,47 @@ class Publisher:
     def publish(self, topic: str, key: bytes, value: bytes, on_done: DeliveryCallback) -> None:
         """Queue one message; `on_done` is called from the event loop when Kafka answers.
 
-        Raises BufferError when librdkafka's local queue is full; callers bound
-        their in-flight count well below it, so this signals a misconfiguration.
+        Raises BufferError when librdkafka's local queue is full (callers bound
+        their in-flight count well below it, so this signals a misconfiguration)
+        or when the producer failed fatally and awaits its replacement.
         """
 
         def report(error: KafkaError | None, _message: Any) -> None:
             if error is None:
                 self.broker_down = False
+            elif error.code() in _STALE_STATE and self._fatal is None:
+                self._fatal = error
             on_done(error)
 
-        self._producer.produce(topic, value, key, on_delivery=report)
+        try:
+            self._producer.produce(topic, value, key, on_delivery=report)
+        except KafkaException as exc:
+            # A producer in a fatal state refuses every message until it is replaced;
+            # the caller answers this one as it answers a full queue (ERR, resend).
+            self._fatal = self._fatal or exc.args[0]
+            raise BufferError(f"producer unusable until replaced: {exc}") from exc
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._poll_forever(), name="kafka-poll")
 
     async def _poll_forever(self) -> None:
         while True:
-            served = self._producer.poll(0)
-            if self._fatal is not None:
+            try:
+                served = self._producer.poll(0)
+            except KafkaException as exc:
+                # librdkafka raises its fatal error from poll() too: replace, never crash.
+                self._fatal = self._fatal or exc.args[0]
+                served = 0
+            now = asyncio.get_running_loop().time()
+            if self._fatal is not None and now - self._replaced_at >= _REPLACE_INTERVAL_S:
+                self._replaced_at = now
                 self._replace_producer()
             # Poll often while reports flow, less often when idle.
             await asyncio.sleep(0.001 if served else 0.003)
 
     def _replace_producer(self) -> None:
         """After a fatal error (e.g. lost idempotence state) a producer must be replaced."""
-        log.error("kafka producer failed fatally; replacing it", extra={"error": str(self._fatal)})
+        log.error("kafka producer failed; replacing it", extra={"error": str(self._fatal)})
         old = self._producer
         old.purge()
         old.poll(0)  # fail the purged messages' reports now, so devices hear ERR 503

@@ -1,9 +1,19 @@
 """The Redis live cache, written by the processor: latest vitals, history, alerts, events.
 
 A batch is written in one MULTI/EXEC transaction that also records its reading
-ids as seen. Before the steps run, the processor asks which readings were seen
+ids as seen, and how far each partition's stored batches reach (``{p}:offsets``).
+Before the steps run, the processor asks which readings were seen
 already (:mod:`healthsync.store.state`), so a batch replayed after a crash
 changes nothing: it was either written whole or not at all.
+
+Redis may come back from a restart without its last second of writes (AOF with
+``appendfsync everysec``), while the processor already committed those
+offsets to Kafka. So before writing, the transaction watches ``{p}:offsets``:
+when a partition's stored reach is below the batch's first offset, the sink
+raises :class:`~healthsync.errors.StoreBehindError` and writes nothing; the
+processor then consumes again from the stored reach and reloads its state.
+Redis's AOF replays a prefix of the transactions, so what remains is
+consistent with the offsets it records.
 
 What is stored under each key, and how it is sealed, is in
 :mod:`healthsync.store.records`; patients appear in key names and members only
@@ -23,6 +33,7 @@ from healthsync.config import RedisSettings
 from healthsync.domain.batch import Batch
 from healthsync.domain.news2 import observed_in
 from healthsync.domain.readings import Reading
+from healthsync.errors import StoreBehindError
 from healthsync.metrics import StatsRecorder
 from healthsync.store.records import LatestValue, Records, latest_value
 
@@ -48,6 +59,8 @@ class RedisLiveSink:
 
     def write(self, batch: Batch) -> None:
         pipe = self.client.pipeline(transaction=True)
+        if batch.positions:
+            self._guard(pipe, batch.positions)
         now = time.time()
         self._write_readings(pipe, batch.readings, now)
         if now - self._alerts_trimmed_at > _TRIM_INTERVAL_S:
@@ -62,6 +75,30 @@ class RedisLiveSink:
         self.stats.add_to(pipe)
         self._pipe = pipe
         self._written = batch.readings
+
+    def _guard(self, pipe: Any, positions: dict[tuple[str, int], tuple[int, int]]) -> None:
+        """Start the transaction only if Redis holds every batch before this one.
+
+        WATCH makes the EXEC fail if the reach changes or the connection drops
+        (a restart) before it; the processor's retry then checks again.
+        """
+        key = self.keys.offsets
+        fields = [f"{topic}:{partition}" for topic, partition in positions]
+        pipe.watch(key)
+        stored = pipe.hmget(key, fields)
+        behind: dict[tuple[str, int], int] = {}
+        reach: dict[str, int] = {}
+        for name, (tp, (first, after)), raw in zip(fields, positions.items(), stored, strict=True):
+            # No record: nothing of this partition is stored, so it is replayed from the start.
+            have = int(raw) if raw is not None else 0
+            if have < first:
+                behind[tp] = have
+            reach[name] = max(have, after)
+        if behind:
+            pipe.reset()
+            raise StoreBehindError(behind)
+        pipe.multi()
+        pipe.hset(key, mapping=reach)
 
     def _write_readings(self, pipe: Any, readings: list[Reading], now: float) -> None:
         keys, records = self.keys, self.records

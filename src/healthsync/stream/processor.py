@@ -4,7 +4,10 @@ Offsets are committed only after every sink has flushed, so a crash replays
 the uncommitted batches; the Redis sink skips readings it already stored and
 the Kafka resources have deterministic ids, so the replay adds nothing twice.
 A sink that fails is retried with backoff without consuming further: the
-partition waits rather than losing readings.
+partition waits rather than losing readings. A store that came back from a
+restart holding less than was committed (see :mod:`healthsync.store.live`)
+makes the processor consume again from where the store's data ends, and
+reload its steps' state from it: the gap is replayed, never skipped.
 
 Readings arrive sealed (see :mod:`healthsync.security.codec`); one that cannot
 be opened (wrong or retired key, tampering) goes to the dead-letter topic with
@@ -26,6 +29,7 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 from healthsync.config import Settings
 from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading
+from healthsync.errors import StoreBehindError
 from healthsync.metrics import StatsRecorder
 from healthsync.security import codec as roles
 from healthsync.security.codec import Codec
@@ -122,30 +126,33 @@ class Processor:
 
     def handle(self, messages: list[Message], now: float | None = None) -> None:
         """Process one batch of messages; with none and `now` set, one clock tick."""
-        readings, partitions, offsets = self._decode(messages)
+        readings, partitions, positions = self._decode(messages)
         fresh = (
             self._retry("check seen", lambda: self.seen.filter_new(readings)) if readings else []
         )
         if fresh is None:
             return
         self.stats.inc("duplicates_total", len(readings) - len(fresh))
-        batch = Batch(fresh, partitions=partitions, now=now)
+        batch = Batch(fresh, partitions=partitions, now=now, positions=positions)
         for step in self.steps:
             if self._retry(type(step).__name__, functools.partial(self._run, step, batch)) is None:
                 return  # stopping: nothing was written, the batch is replayed on restart
-        if not (batch.readings or batch.alert_events or batch.states or offsets):
+        if not (batch.readings or batch.alert_events or batch.states or positions):
             return  # a tick that changed nothing
-        if self._retry("write sinks", lambda: self._write(batch)) is None:
+        behind = self._retry("write sinks", lambda: self._write(batch))
+        if behind is None:
             return  # stopping with the batch unwritten: it is replayed on restart
-        if offsets:
-            self._commit(offsets)
+        if behind:
+            self._rewind(behind, positions)
+        elif positions:
+            self._commit({tp: after for tp, (_first, after) in positions.items()})
 
     def _decode(
         self, messages: list[Message]
-    ) -> tuple[list[Reading], dict[str, int], dict[tuple[str, int], int]]:
+    ) -> tuple[list[Reading], dict[str, int], dict[tuple[str, int], tuple[int, int]]]:
         readings: list[Reading] = []
         partitions: dict[str, int] = {}
-        offsets: dict[tuple[str, int], int] = {}
+        positions: dict[tuple[str, int], tuple[int, int]] = {}
         for message in messages:
             error = message.error()
             if error is not None:
@@ -154,7 +161,8 @@ class Processor:
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             if topic is None or partition is None or offset is None:
                 continue  # only error events lack these, and those were handled above
-            offsets[(topic, partition)] = offset + 1
+            first = positions.get((topic, partition), (offset, 0))[0]
+            positions[(topic, partition)] = (first, offset + 1)
             try:
                 value = self.codec.open_message(roles.VITALS, message.key(), message.value() or b"")
                 reading = Reading.from_json(value)
@@ -166,7 +174,7 @@ class Processor:
                 continue
             readings.append(reading)
             partitions[reading.patient_id] = partition
-        return readings, partitions, offsets
+        return readings, partitions, positions
 
     def _dead_letter(self, message: Message, reason: str) -> None:
         """A value on the vitals topic that is not a reading: keep it for audit, move on."""
@@ -188,12 +196,37 @@ class Processor:
         step.process(batch)
         return True
 
-    def _write(self, batch: Batch) -> bool:
-        for sink in self.sinks:
-            sink.write(batch)
+    def _write(self, batch: Batch) -> dict[tuple[str, int], int]:
+        """Write and flush every sink; what to consume again if the store is behind, else {}."""
+        try:
+            for sink in self.sinks:
+                sink.write(batch)
+        except StoreBehindError as exc:
+            return exc.positions
         for sink in self.sinks:
             sink.flush()
-        return True
+        return {}
+
+    def _rewind(
+        self, behind: dict[tuple[str, int], int], positions: dict[tuple[str, int], tuple[int, int]]
+    ) -> None:
+        """Consume again from where the store's data ends, with state reloaded from it.
+
+        Every partition of the dropped batch is rewound (the others to the batch's
+        first offset), so none of its messages is skipped.
+        """
+        self.stats.inc("store_replays_total")
+        log.warning("store behind the consumer; replaying", extra={"partitions": len(behind)})
+        for (topic, partition), (first, _after) in positions.items():
+            target = behind.get((topic, partition), first)
+            try:
+                self.consumer.seek(TopicPartition(topic, partition, target))
+            except KafkaException as exc:
+                # Revoked meanwhile: its next owner finds the same gap and replays it.
+                log.warning("rewind failed", extra={"error": str(exc)})
+        owned = {tp.partition for tp in self.consumer.assignment()}
+        for step in self.steps:
+            step.on_assign(owned)
 
     def _retry(self, what: str, action: Callable[[], T]) -> T | None:
         """Run `action` until it succeeds; None if asked to stop first."""

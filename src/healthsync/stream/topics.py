@@ -4,10 +4,16 @@ The observations topic gets every resource but the alerts' (Observation,
 Patient, Device, RiskAssessment); each alert event on the alerts topic carries
 the alert's Communication and Flag as they were after that event.
 Values are sealed by the codec and keyed by the patient's pseudonym.
+
+A batch Kafka did not acknowledge is produced again whole by the processor's
+retry. When a `renew` factory is given, the producer is replaced first: one
+whose broker restarted empty keeps failing on its lost idempotence state
+(UNKNOWN_PRODUCER_ID) and would never recover on its own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -32,8 +38,10 @@ class KafkaTopicSink:
         settings: KafkaSettings,
         codec: Codec,
         flush_timeout_s: float = 30.0,
+        renew: Callable[[], Producer] | None = None,
     ) -> None:
         self.producer = producer
+        self.renew = renew
         self.settings = settings
         self.codec = codec
         self.flush_timeout_s = flush_timeout_s
@@ -80,4 +88,9 @@ class KafkaTopicSink:
         failures, self._failures = self._failures, []
         if remaining or failures:
             reason = failures[0].str() if failures else f"{remaining} messages still queued"
+            if self.renew is not None:
+                self.producer.purge()
+                self.producer.poll(0)
+                self._failures = []
+                self.producer = self.renew()
             raise PublishError(f"Kafka did not acknowledge the batch: {reason}")

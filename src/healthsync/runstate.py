@@ -1,0 +1,50 @@
+"""What a running `healthsync up` tells other commands: its processes and where Redis is.
+
+The supervisor rewrites `<run dir>/state.json` every second; `healthsync status`
+reads it. It holds process ids, names and addresses, nothing about patients.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+FILE_NAME = "state.json"
+
+
+@dataclass(frozen=True)
+class ProcessEntry:
+    """One supervised process: a stage (`healthsync <stage>`) or an embedded service."""
+
+    name: str
+    pid: int
+    kind: Literal["stage", "service"]
+    restarts: int = 0
+
+
+@dataclass(frozen=True)
+class RunState:
+    up_pid: int
+    redis_url: str
+    redis_prefix: str
+    redis_ca: str | None = None
+    processes: list[ProcessEntry] = field(default_factory=list)
+
+    def save(self, run_dir: Path) -> None:
+        """Write atomically (rename), readable by the owner only."""
+        path = run_dir / FILE_NAME
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(asdict(self), out)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, run_dir: Path) -> RunState:
+        """The state `up` last wrote; FileNotFoundError if it never ran there."""
+        raw: dict[str, Any] = json.loads((run_dir / FILE_NAME).read_text(encoding="utf-8"))
+        processes = [ProcessEntry(**entry) for entry in raw.pop("processes", [])]
+        return cls(**raw, processes=processes)

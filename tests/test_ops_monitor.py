@@ -1,0 +1,123 @@
+"""ops/monitor scripts against a live `up`: their figures match what the test did."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.live_stack import live_stack
+
+MONITOR = Path(__file__).resolve().parent.parent / "ops" / "monitor"
+
+
+def run(script: str, *args: str, cwd: Path | None = None) -> str:
+    result = subprocess.run(
+        [str(MONITOR / script), *args], cwd=cwd, capture_output=True, timeout=60, check=True
+    )
+    return result.stdout.decode()
+
+
+def section(text: str, title: str) -> list[list[str]]:
+    """The rows of one `== title` section, split into fields."""
+    rows: list[list[str]] = []
+    inside = False
+    for line in text.splitlines():
+        if line.startswith("== "):
+            inside = line.startswith(f"== {title}")
+            continue
+        if inside and line.strip():
+            rows.append(line.split())
+    return rows
+
+
+@pytest.mark.parametrize("script", ["conns.sh", "top.sh", "traffic.sh"])
+def test_scripts_are_shellcheck_clean_and_explain_themselves(script: str) -> None:
+    subprocess.run(["shellcheck", str(MONITOR / script)], check=True, timeout=60)
+    assert run(script, "--help").startswith(f"Usage: {script}")
+    bad = subprocess.run(
+        [str(MONITOR / script), "--bogus"], capture_output=True, timeout=60, check=False
+    )
+    assert bad.returncode == 64 and b"unknown argument" in bad.stderr
+
+
+@pytest.mark.timeout(300)
+def test_conns_and_top_report_what_the_live_stack_is_doing(tmp_path: Path) -> None:
+    with live_stack(tmp_path) as stack:
+        devices = [stack.device() for _ in range(5)]
+        try:
+            for device in devices:
+                assert device.send(b"device_id=d-2 patient_id=P-2 hr=71").startswith("OK ")
+            out = run("conns.sh", "--ports", f"ingest:{stack.ingest_port},api:{stack.api_port}")
+        finally:
+            for device in devices:
+                device.close()
+        port = str(stack.ingest_port)
+        states = {(r[0], r[2]): int(r[3]) for r in section(out, "connections by port and state")}
+        assert states[(port, "ESTAB")] == 5, out
+        assert states[(port, "LISTEN")] == 1, out
+        remotes = section(out, "connections by port and remote host")
+        assert [port, "ingest", "127.0.0.1", "5"] in remotes, out
+        assert "listen queue overflows" in out and "segments retransmitted" in out
+
+        table = run("top.sh", "--run-dir", "run", cwd=stack.directory)
+        rows = {r[0]: r[1:] for r in (line.split() for line in table.splitlines()[1:])}
+        for stage in ("up", "ingest", "process", "api", "redis", "broker"):
+            assert rows[stage][0] == "1", (stage, table)
+            assert float(rows[stage][2]) > 0, (stage, table)
+        assert rows["haproxy"][0] == "1", table  # the broker's TLS front
+        assert "other" not in rows, table
+
+
+@pytest.mark.timeout(300)
+def test_traffic_counts_connections_and_names_plaintext_on_the_tls_port(tmp_path: Path) -> None:
+    with live_stack(tmp_path) as stack:
+        plain, tls = stack.ingest_port, stack.tls_port
+        capture = subprocess.Popen(
+            [
+                str(MONITOR / "traffic.sh"),
+                *("--seconds", "6", "--tls-ports", str(tls)),
+                *("--ports", f"ingest:{plain},ingest-tls:{tls}"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            time.sleep(2)  # tcpdump is capturing by then
+            device = stack.device()
+            for seq in range(3):
+                line = f"device_id=d-3 patient_id=P-3 seq={seq} hr=72".encode()
+                assert device.send(line).startswith("OK ")
+            device.close()
+            # A real TLS client: its first bytes are a handshake record.
+            context = ssl.create_default_context(cafile=str(stack.run_dir / "certs" / "ca.crt"))
+            # Without a client certificate mutual TLS turns it away; only its bytes matter here.
+            with (
+                socket.create_connection(("127.0.0.1", tls), timeout=5) as raw,
+                contextlib.suppress(OSError),
+                context.wrap_socket(raw, server_hostname="localhost") as wrapped,
+            ):
+                wrapped.recv(1)
+            # A device that forgot TLS.
+            with socket.create_connection(("127.0.0.1", tls), timeout=5) as raw:
+                raw.sendall(b"plaintext-probe hello\n")
+                time.sleep(0.5)
+            out, err = capture.communicate(timeout=60)
+        finally:
+            if capture.poll() is None:
+                capture.kill()
+                capture.communicate()
+    text = out.decode()
+    assert capture.returncode == 1, (text, err)
+    rows = {r[0]: r for r in section(text, "traffic per port")[1:]}
+    assert rows[str(plain)][4] == "1", text  # one device connection
+    assert int(rows[str(plain)][2]) >= 6, text  # 3 lines and 3 answers at least
+    assert rows[str(tls)][4] == "2", text  # the TLS client and the plaintext one
+    named = section(text, "plaintext on TLS ports")
+    assert len(named) == 1, text
+    assert " ".join(named[0]).endswith('"plaintext-probe hello."'), text
