@@ -479,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="measure alarm quality: the anomaly engine vs naive thresholds",
         description="Generate labelled scenarios (stable patients, deteriorations of known "
-        "start and duration, artefacts) in virtual time, run the anomaly engine and a naive "
+        "start and duration, artefacts), run the engine, a bedside monitor and a naive "
         "per-sample threshold over them, and print detected episodes, detection delay, "
         "false alerts per patient-hour and the reduction in alerts. Scenario files default "
         "to the repository's scenarios/*.toml.",
