@@ -179,9 +179,11 @@ def read_topic(
 
 
 def test_logs_carry_no_patient_data(pipeline: Pipeline, device: Device, api: httpx.Client) -> None:
-    assert device.send(LITERAL.encode()).startswith("OK ")
-    for _ in range(2):  # critical, and confirmed by a second sample: opens at once
-        assert device.send(b"device_id=mon-0001 patient_id=P-1001 oxygen=80%").startswith("OK ")
+    t = int(time.time()) - 30
+    assert device.send(f"{LITERAL} ts={t}".encode()).startswith("OK ")
+    for at in (5, 10, 15):  # a critical value that stands for 10 s opens an alert
+        line = f"device_id=mon-0001 patient_id=P-1001 oxygen=80% ts={t + at}"
+        assert device.send(line.encode()).startswith("OK ")
     assert device.send(b"device_id=mon-0001 patient_id=P-1001 hr=999").startswith("ERR")
     wait_for(lambda: api.get("/v1/alerts").json()["alerts"], what="the alert")
     logs = "".join(path.read_text() for path in pipeline.logs.glob("*.log"))

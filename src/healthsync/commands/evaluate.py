@@ -27,9 +27,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def register(sub: Subparsers) -> None:
     evaluate = sub.add_parser(
         "eval",
-        help="measure alarm quality: the anomaly engine vs naive thresholds",
+        help="measure alarm quality: the anomaly engine vs a bedside monitor and naive thresholds",
         description="Generate labelled scenarios (stable patients, deteriorations of known "
-        "start and duration, artefacts) in virtual time, run the anomaly engine and a naive "
+        "start and duration, artefacts), run the engine, a bedside monitor and a naive "
         "per-sample threshold over them, and print detected episodes, detection delay, "
         "false alerts per patient-hour and the reduction in alerts. Scenario files default "
         "to the repository's scenarios/*.toml.",
