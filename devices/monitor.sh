@@ -39,6 +39,9 @@ Options:
   --interval SECS   seconds between readings, fractions allowed (default: 5)
   --count N         send N readings, then exit (default: run until stopped)
   --timeout SECS    how long to wait for a reply, whole seconds (default: 10)
+  --retries N       resend a reading that got no reply or ERR 503 up to N times,
+                    on a new connection, after 0.5 s, 1 s, 2 s ... (default: 3);
+                    the same seq makes the server store it once
   --state-dir DIR   keeps the seq counter and last vitals between runs
                     (default: \$HS_STATE_DIR or ~/.local/state/healthsync)
   -h, --help        show this help
@@ -71,6 +74,7 @@ tls_client=""
 interval=5
 count=""
 timeout=10
+retries=3
 state_dir=${HS_STATE_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/healthsync}
 
 while (($# > 0)); do
@@ -107,6 +111,7 @@ while (($# > 0)); do
     --interval) interval=$value ;;
     --count) count=$value ;;
     --timeout) timeout=$value ;;
+    --retries) retries=$value ;;
     --state-dir) state_dir=$value ;;
     --cert) cert=$value ;;
     --key) key=$value ;;
@@ -132,6 +137,7 @@ fi
 [[ $interval =~ ^[0-9]+(\.[0-9]+)?$ ]] || usage_error "--interval must be a number of seconds"
 [[ -z $count || $count =~ ^[1-9][0-9]{0,8}$ ]] || usage_error "--count must be a positive integer"
 [[ $timeout =~ ^[1-9][0-9]{0,4}$ ]] || usage_error "--timeout must be a positive whole number"
+[[ $retries =~ ^[0-9]{1,2}$ ]] || usage_error "--retries must be a whole number 0-99"
 
 ip_pattern='^([0-9]{1,3}(\.[0-9]{1,3}){3}|.*:.*)$'
 if ((tls)); then
@@ -237,6 +243,20 @@ fi
 
 no_reply=0
 refused=0
+# One attempt: the first line of the reply, or nothing.
+send_once() {
+    local reply
+    # -N half-closes after the line, so the server answers and closes and nc
+    # exits at once; -w bounds the wait when it does not.
+    if ((tls)); then
+        reply=$(send_tls "$1") || true
+    else
+        reply=$(printf '%s\n' "$1" | nc -N -w "$timeout" "$host" "$port") || true
+    fi
+    reply=${reply%%$'\n'*}
+    printf '%s' "${reply%$'\r'}"
+}
+
 sent=0
 while [[ -z $count ]] || ((sent < count)); do
     drift hr "$base_hr" 4 2 40 180
@@ -257,15 +277,22 @@ while [[ -z $count ]] || ((sent < count)); do
     line+=" temp=$((temp / 10)).$((temp % 10)) rr=$rr bp=$sys/$dia on_oxygen=false"
     line+=" consciousness=A"
 
-    # -N half-closes after the line, so the server answers and closes and nc
-    # exits at once; -w bounds the wait when it does not.
-    if ((tls)); then
-        reply=$(send_tls "$line") || true
-    else
-        reply=$(printf '%s\n' "$line" | nc -N -w "$timeout" "$host" "$port") || true
-    fi
-    reply=${reply%%$'\n'*}
-    reply=${reply%$'\r'}
+    # A lost connection or a busy server is not the reading's fault: the same
+    # line again (same seq, so stored once), with a growing pause in between.
+    attempt=0
+    pause=0.5
+    while :; do
+        reply=$(send_once "$line")
+        case $reply in
+        "OK "* | "ERR "[!5]*) break ;;
+        esac
+        ((attempt < retries)) || break
+        attempt=$((attempt + 1))
+        printf '%s seq=%s unanswered (%s); resending in %s s\n' "$device" "$seq" \
+            "${reply:-no reply}" "$pause" >&2
+        sleep "$pause"
+        pause=$(awk -v p="$pause" 'BEGIN { p *= 2; print (p > 30 ? 30 : p) }')
+    done
     stamp=$(date -u +%Y-%m-%dT%H:%M:%SZ)
     case $reply in
     "OK "*)

@@ -295,6 +295,32 @@ def test_a_server_that_never_answers_is_given_up_on(
     assert time.monotonic() - started < 10
 
 
+@pytest.mark.parametrize("first", [None, b"ERR 503 busy: too many connections\n"])
+def test_an_unanswered_or_busy_reading_is_resent_with_the_same_seq(
+    first: bytes | None, serve: Callable[..., StubServer], tmp_path: Path
+) -> None:
+    answers: list[bytes | None] = [first]
+
+    def once_then_ok(line: bytes) -> bytes | None:
+        if answers:
+            return answers.pop()  # the first attempt: no answer (connection closed) or busy
+        return ok_reply(parse_line(line, time.time()).reading_id)
+
+    server = serve(once_then_ok)
+    result = monitor(
+        *("--device", "mon-0009", "--patient", "P-1009", "--port", str(server.port)),
+        *("--count", "1", "--timeout", "2"),
+        state=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(server.lines) == 2 and server.lines[0] == server.lines[1], "the same line again"
+    seq = parse_line(server.lines[0], time.time()).seq
+    [printed] = result.stdout.splitlines()
+    assert f" seq={seq} OK " in printed
+    assert f"mon-0009 seq={seq} unanswered" in result.stderr
+    assert "resending in 0.5 s" in result.stderr
+
+
 def test_help(tmp_path: Path) -> None:
     result = monitor("--help", state=tmp_path)
     assert result.returncode == 0

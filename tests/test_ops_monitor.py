@@ -110,8 +110,8 @@ def test_traffic_counts_connections_and_names_plaintext_on_the_tls_port(tmp_path
             out, err = capture.communicate(timeout=60)
         finally:
             if capture.poll() is None:
-                capture.kill()
-                capture.communicate()
+                capture.terminate()  # the script removes its capture file on SIGTERM
+                capture.communicate(timeout=30)
     text = out.decode()
     assert capture.returncode == 1, (text, err)
     rows = {r[0]: r for r in section(text, "traffic per port")[1:]}

@@ -14,6 +14,7 @@ set -euo pipefail
 readonly PROG=${0##*/}
 readonly SHOWN_CHARS=24
 capture=""
+capturing=""
 
 usage() {
     cat <<EOF
@@ -109,8 +110,15 @@ main() {
     capture=$(mktemp "${TMPDIR:-/tmp}/healthsync-traffic.XXXXXX")
     trap 'rm -f "$capture" "$capture.err"' EXIT
     local status=0
+    # In the background and waited for, so that a signal to this script is handled
+    # at once: stopped early (Ctrl-C, kill), it stops tcpdump (timeout passes the
+    # signal on) and exits, and the EXIT trap removes the capture.
     timeout --signal=INT "$seconds" tcpdump -i "$interface" -nn -U -s 256 -w "$capture" \
-        "tcp and ($filter)" 2>"$capture.err" || status=$?
+        "tcp and ($filter)" 2>"$capture.err" &
+    capturing=$!
+    trap 'kill -TERM "$capturing" 2>/dev/null; exit 130' INT TERM
+    wait "$capturing" || status=$?
+    trap - INT TERM
     # timeout's 124 is the normal end of the capture.
     if ((status != 0 && status != 124)); then
         local reason
