@@ -33,8 +33,10 @@ def test_the_pipeline_scheduler_starts_what_the_api_queues(
 
             run = wait_for(finished, timeout=60, what="the run to finish")
         assert (run["status"], run["runner"], run["trigger"]) == ("succeeded", "local", "api")
-        # The job's own output, in the run dir's logs/jobs/.
-        assert "up-1 succeeded" in (tmp_path / "run/logs/jobs/up-1.log").read_text()
+        # The job's own output, in the run dir's logs/jobs/: its last line is printed just
+        # after the run record says succeeded, so it may land a moment later.
+        log = tmp_path / "run/logs/jobs/up-1.log"
+        wait_for(lambda: "up-1 succeeded" in log.read_text(), timeout=10, what="the job's log")
         assert (tmp_path / "out/jobs/alarm-report/up-1/report.html").exists()
     finally:
         pipeline.stop()
