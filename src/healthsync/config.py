@@ -178,6 +178,10 @@ class ApiSettings(BaseModel):
     port: int = Field(8000, ge=0, le=65535)
     # HTTPS with the `api` certificate from `tls.dir` (TLS 1.3 unless tls.min_version).
     tls_enabled: bool = True
+    # /v1/stream: a comment line this often keeps proxies from closing a quiet stream.
+    stream_heartbeat_s: float = Field(15.0, gt=0, le=300)
+    # Events queued for one slow client before it is cut off (it resumes with Last-Event-ID).
+    stream_client_buffer: int = Field(2000, ge=10, le=100_000)
 
 
 ASYMMETRIC_JWT_ALGORITHMS = frozenset(
