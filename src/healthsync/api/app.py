@@ -26,6 +26,7 @@ from healthsync import __version__
 from healthsync.api import auth, fhir
 from healthsync.api.audit import AuditLog
 from healthsync.api.auth import Access, Authenticator, Guard
+from healthsync.api.routes.dashboard import dashboard_router
 from healthsync.api.routes.stream import stream_router
 from healthsync.config import Settings
 from healthsync.domain.alerts import thresholds_for
@@ -259,5 +260,6 @@ def create_app(settings: Settings) -> FastAPI:
         return await rules_view(patient_id)
 
     app.include_router(fhir.fhir_router(FhirReader(redis, records)))
-    app.include_router(stream_router(redis, records, settings.api))
+    app.include_router(stream_router(redis, records, settings))
+    app.include_router(dashboard_router())
     return app

@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 from healthsync.api import auth
 from healthsync.api.auth import Access
 from healthsync.api.feed import EventFeed, Subscription
-from healthsync.config import ApiSettings
+from healthsync.config import Settings
 from healthsync.store.events import EVENT_ID, EventLog, LiveEvent, event_key
 from healthsync.store.records import Records
 
@@ -75,16 +75,17 @@ class AuditWindow:
 class Stream:
     """One client's connection: catch up from Redis, then follow the feed."""
 
-    def __init__(self, feed: EventFeed, access: Access, heartbeat_s: float) -> None:
+    def __init__(self, feed: EventFeed, access: Access, hello: dict[str, float]) -> None:
         self.feed = feed
         self.audit = AuditWindow(access)
-        self.heartbeat_s = heartbeat_s
+        self.hello = hello
+        self.heartbeat_s = hello["heartbeat_s"]
         self.sent = (0, 0)
 
     async def frames(self, start: str, reset: bool) -> AsyncIterator[bytes]:
         subscription = self.feed.subscribe()
         try:
-            yield frame("hello", {"heartbeat_s": self.heartbeat_s}, start)
+            yield frame("hello", self.hello, start)
             if reset:
                 yield frame("reset", {"reason": "the events after Last-Event-ID are gone"})
             # What was missed since Last-Event-ID, then what the feed brings; the overlap
@@ -122,9 +123,13 @@ class Stream:
         return b"".join(event_frame(e) for e in events)
 
 
-def stream_router(redis: Redis, records: Records, settings: ApiSettings) -> APIRouter:
-    feed = EventFeed(EventLog(redis, records), settings.stream_client_buffer)
-    heartbeat_s = settings.stream_heartbeat_s
+def stream_router(redis: Redis, records: Records, settings: Settings) -> APIRouter:
+    feed = EventFeed(EventLog(redis, records), settings.api.stream_client_buffer)
+    # What the page needs to show values as the scoring sees them: stale after this long.
+    hello = {
+        "heartbeat_s": settings.api.stream_heartbeat_s,
+        "freshness_s": settings.processor.news2_freshness_s,
+    }
     router = APIRouter(tags=["stream"])
 
     @router.get(
@@ -149,7 +154,7 @@ def stream_router(redis: Redis, records: Records, settings: ApiSettings) -> APIR
             start, reset = (newest, True) if gone or ahead else (last_event_id, False)
         # Opening the stream is audited even before any patient's data flows.
         await access.record("stream", [])
-        connection = Stream(feed, access, heartbeat_s)
+        connection = Stream(feed, access, hello)
         return StreamingResponse(
             connection.frames(start, reset),
             media_type="text/event-stream",
