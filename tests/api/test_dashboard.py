@@ -174,6 +174,7 @@ def test_the_ward_is_live_alerts_show_why_and_can_be_acknowledged(
     expect(page.locator("#patient-title")).to_have_text("Patient P-D1")
     expect(page.locator("#chart-hour .uplot")).not_to_have_count(0)
     expect(page.locator("#chart-day .uplot")).not_to_have_count(0)
+    expect(page.locator("#chart-news2 .uplot")).to_have_count(1)
     expect(page.locator('#timeline [data-alert-kind="threshold:spo2"]')).to_be_visible()
     assert "P-D1" not in page.url
     page.get_by_role("button", name="Back to the ward").click()

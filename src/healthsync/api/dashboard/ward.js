@@ -14,6 +14,37 @@ function offline(patient) {
   return false;
 }
 
+// Indices (into `values`) of a longest increasing subsequence.
+function increasingRun(values) {
+  const tails = [];
+  const previous = new Array(values.length);
+  for (let i = 0; i < values.length; i += 1) {
+    let lo = 0;
+    let hi = tails.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (values[tails[mid]] < values[i]) lo = mid + 1;
+      else hi = mid;
+    }
+    previous[i] = lo > 0 ? tails[lo - 1] : -1;
+    tails[lo] = i;
+  }
+  const run = new Set();
+  for (let i = tails.length ? tails[tails.length - 1] : -1; i >= 0; i = previous[i]) run.add(i);
+  return run;
+}
+
+// Put `nodes` in this order moving as few as possible: the longest run already in order
+// stays, the rest are inserted around it. Moving every tile on each change costs a frame.
+function reorder(container, nodes) {
+  const position = new Map([...container.children].map((node, i) => [node, i]));
+  const stay = increasingRun(nodes.map((node) => position.get(node) ?? -1));
+  for (let i = nodes.length - 1; i >= 0; i -= 1) {
+    if (stay.has(i) && position.has(nodes[i])) continue;
+    container.insertBefore(nodes[i], nodes[i + 1] || null);
+  }
+}
+
 export class Ward {
   constructor(container, countNode, onOpen) {
     this.container = container;
@@ -182,7 +213,7 @@ export class Ward {
     );
     const changed = order.length !== this.order.length || order.some((p, i) => p !== this.order[i]);
     if (changed) {
-      this.container.append(...order.map((p) => p.tile.root));
+      reorder(this.container, order.map((p) => p.tile.root));
       this.order = order;
     }
     stats.sorts += 1;
