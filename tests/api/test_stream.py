@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -79,6 +80,20 @@ def test_a_reading_arrives_on_the_stream_audited_and_resumable(
         assert resumed.data["patient_id"] == "P-S1"
         assert resumed.data["data"]["heart_rate"]["value"] == 88
         assert next_vitals(events, "P-S2").data["data"]["heart_rate"]["value"] == 70
+
+        # An alert opens on the stream, and its acknowledgement reaches every open stream.
+        now = int(time.time())
+        for at in (now + 5, now + 10):
+            line = f"device_id=mon-s1 patient_id=P-S1 ts={at} spo2=82"
+            assert device.send(line.encode()).startswith("OK")
+        opened = until(events, "alert.opened", limit=100)
+        assert opened.data["patient_id"] == "P-S1"
+        assert opened.data["data"]["kind"] == "threshold:spo2"
+        alert_id = opened.data["data"]["alert_id"]
+        assert api.post(f"/v1/alerts/{alert_id}/ack").status_code == 200
+        acked = until(events, "alert.acknowledged", limit=100)
+        assert acked.data["data"]["alert_id"] == alert_id
+        assert acked.data["data"]["acknowledgement"]["by"] == "apikey:test-clinician"
 
 
 def test_the_stream_refuses_what_it_must(
