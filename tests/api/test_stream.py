@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from healthsync.api.feed import Subscription
+from healthsync.api.sse import Outgoing
 from healthsync.config import Settings
 from healthsync.stack import Service
 from healthsync.store.events import LiveEvent
@@ -114,11 +115,14 @@ def test_the_stream_refuses_what_it_must(
 
 
 def test_a_client_that_falls_behind_is_cut_off_not_buffered() -> None:
-    async def run() -> tuple[bool, int, list[LiveEvent]]:
+    def events(ms: int, n: int) -> list[Outgoing]:
+        return [Outgoing.of(LiveEvent(f"{ms}-{i}", "vitals", "P", {})) for i in range(n)]
+
+    async def run() -> tuple[bool, int, list[Outgoing]]:
         subscription = Subscription(limit=10)
-        subscription.offer([LiveEvent(f"1-{i}", "vitals", "P", {}) for i in range(8)])
+        subscription.offer(events(1, 8))
         kept = await subscription.take(0.1)
-        subscription.offer([LiveEvent(f"2-{i}", "vitals", "P", {}) for i in range(11)])
+        subscription.offer(events(2, 11))
         return subscription.overflowed, len(subscription.pending), kept
 
     overflowed, pending, kept = asyncio.run(run())

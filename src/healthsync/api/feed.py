@@ -1,8 +1,8 @@
 """One reader of the live event stream per API process, fanned out to every SSE client.
 
 Each client reading Redis itself would decrypt every event once per client;
-the feed reads and decodes it once and hands the same objects to every
-subscription. A subscription holds at most `limit` pending events: a client
+the feed reads, decodes and encodes it as an SSE frame once and hands the
+same objects to every subscription. A subscription holds at most `limit` pending events: a client
 that falls that far behind is cut off (``overflowed``) rather than holding
 memory, and resumes from Redis with ``Last-Event-ID``.
 """
@@ -16,7 +16,8 @@ from collections import deque
 
 from redis.exceptions import RedisError
 
-from healthsync.store.events import EventLog, LiveEvent
+from healthsync.api.sse import Outgoing
+from healthsync.store.events import EventLog
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,11 @@ class Subscription:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.pending: deque[LiveEvent] = deque()
+        self.pending: deque[Outgoing] = deque()
         self.overflowed = False
         self._ready = asyncio.Event()
 
-    def offer(self, events: list[LiveEvent]) -> None:
+    def offer(self, events: list[Outgoing]) -> None:
         if self.overflowed:
             return
         if len(self.pending) + len(events) > self.limit:
@@ -44,7 +45,7 @@ class Subscription:
             self.pending.extend(events)
         self._ready.set()
 
-    async def take(self, timeout: float) -> list[LiveEvent]:
+    async def take(self, timeout: float) -> list[Outgoing]:
         """Everything pending, waiting up to `timeout` seconds for something."""
         if not self.pending and not self.overflowed:
             with contextlib.suppress(TimeoutError):
@@ -91,8 +92,9 @@ class EventFeed:
                 await asyncio.sleep(_RETRY_S)
                 continue
             if events:
+                outgoing = [Outgoing.of(event) for event in events]
                 for subscription in list(self._subscriptions):
-                    subscription.offer(events)
+                    subscription.offer(outgoing)
 
     async def _start(self) -> str:
         while True:

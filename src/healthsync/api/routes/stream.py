@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Depends, Header, HTTPException
 from fastapi.responses import StreamingResponse
 from redis.asyncio import Redis
@@ -31,8 +30,9 @@ from redis.asyncio import Redis
 from healthsync.api import auth
 from healthsync.api.auth import Access
 from healthsync.api.feed import EventFeed, Subscription
+from healthsync.api.sse import HEARTBEAT, Outgoing, frame
 from healthsync.config import Settings
-from healthsync.store.events import EVENT_ID, EventLog, LiveEvent, event_key
+from healthsync.store.events import EVENT_ID, EventLog, event_key
 from healthsync.store.records import Records
 
 # The stream carries vitals (Observations), NEWS2 (RiskAssessment) and alerts (Communication, Flag).
@@ -40,18 +40,6 @@ STREAM_TYPES = ("Observation", "RiskAssessment", "Communication", "Flag")
 # A patient streamed to a connection is named again in the audit log after this long.
 AUDIT_WINDOW_S = 300.0
 _CATCH_UP_COUNT = 500
-
-
-def frame(event: str, data: Any, event_id: str | None = None) -> bytes:
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {event}\n".encode() + b"data: " + orjson.dumps(data) + b"\n\n"
-
-
-def event_frame(event: LiveEvent) -> bytes:
-    data: dict[str, Any] = {"patient_id": event.patient_id, "data": event.data}
-    if event.news2 is not None:
-        data["news2"] = event.news2
-    return frame(event.type, data, event.id)
 
 
 class AuditWindow:
@@ -62,11 +50,11 @@ class AuditWindow:
         self.named: set[str] = set()
         self.started = time.monotonic()
 
-    async def before_sending(self, events: list[LiveEvent]) -> None:
+    async def before_sending(self, events: list[Outgoing]) -> None:
         if time.monotonic() - self.started > AUDIT_WINDOW_S:
             self.named.clear()
             self.started = time.monotonic()
-        new = {e.patient_id for e in events} - self.named
+        new = {e.event.patient_id for e in events} - self.named
         if new:
             await self.access.record("stream", new)
             self.named |= new
@@ -97,7 +85,7 @@ class Stream:
                     break
                 cursor = after
                 if events:
-                    yield await self._send(events)
+                    yield await self._send([Outgoing.of(e) for e in events])
             async for chunk in self._follow(subscription):
                 yield chunk
         except HTTPException:
@@ -112,15 +100,13 @@ class Stream:
             if subscription.overflowed:
                 yield frame("overflow", {"reason": "too far behind; reconnect with Last-Event-ID"})
                 return
-            fresh = [e for e in events if event_key(e.id) > self.sent]
-            yield await self._send(fresh) if fresh else b": keep-alive\n\n"
+            fresh = [e for e in events if event_key(e.event.id) > self.sent]
+            yield await self._send(fresh) if fresh else HEARTBEAT
 
-    async def _send(self, events: list[LiveEvent]) -> bytes:
-        if not events:
-            return b""
+    async def _send(self, events: list[Outgoing]) -> bytes:
         await self.audit.before_sending(events)
-        self.sent = max(self.sent, event_key(events[-1].id))
-        return b"".join(event_frame(e) for e in events)
+        self.sent = max(self.sent, event_key(events[-1].event.id))
+        return b"".join(e.frame for e in events)
 
 
 def stream_router(redis: Redis, records: Records, settings: Settings) -> APIRouter:
