@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import multiprocessing
+import os
 import shutil
 import signal
 import sys
@@ -58,6 +59,12 @@ _RATE_WINDOW = 200
 
 def say(text: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def cpu_s(pid: int) -> float:
+    """User plus system CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int) -> int:
@@ -205,9 +212,12 @@ def processed(redis: Redis, settings: Settings) -> int:
     return int(raw) if raw else 0
 
 
-def rate_phase(settings: Settings, redis: Redis, seconds: float, base: int) -> tuple[float, float]:
-    """(ingest-acknowledged readings/s, processor-stored readings/s) over `seconds`."""
+def rate_phase(
+    settings: Settings, redis: Redis, seconds: float, base: int, api_pid: int
+) -> tuple[float, float, float]:
+    """Ingest-acknowledged and processor-stored readings/s, and the API's CPU share meanwhile."""
     before = processed(redis, settings)
+    api_before = cpu_s(api_pid)
     started = time.monotonic()
     acked = asyncio.run(flood(settings.ingest.host, settings.ingest.port, seconds, base))
     elapsed = time.monotonic() - started
@@ -219,7 +229,8 @@ def rate_phase(settings: Settings, redis: Redis, seconds: float, base: int) -> t
     stored = processed(redis, settings) - before
     if stored < acked:
         say(f"the processor stored {stored} of {acked} readings within 30 s of the end")
-    return acked / elapsed, stored / stored_elapsed
+    api_share = (cpu_s(api_pid) - api_before) / stored_elapsed
+    return acked / elapsed, stored / stored_elapsed, api_share
 
 
 def run(pipeline: Pipeline, token: str, args: argparse.Namespace) -> str:
@@ -271,7 +282,7 @@ def run(pipeline: Pipeline, token: str, args: argparse.Namespace) -> str:
         f"3. end-to-end rate, {args.rounds} rounds of {args.rate_duration} s without and "
         f"with {args.clients} clients"
     )
-    figures: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    figures: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}
     for round_no in range(args.rounds):
         # Alternating, so a change in what else runs on the machine hits both conditions.
         for with_clients in (False, True):
@@ -280,24 +291,32 @@ def run(pipeline: Pipeline, token: str, args: argparse.Namespace) -> str:
                 clients = start_clients(settings, token, args.clients, args.rate_duration + 60)
                 time.sleep(3)
             base = 2 * round_no + int(with_clients)
-            figures[with_clients].append(rate_phase(settings, redis, args.rate_duration, base))
+            figures[with_clients].append(
+                rate_phase(settings, redis, args.rate_duration, base, api_pid)
+            )
             if clients is not None:
                 clients.terminate()
                 clients.join(10)
 
-    def row(label: str, runs: list[tuple[float, float]]) -> str:
-        each = ", ".join(f"{stored:.0f}" for _, stored in runs)
-        acked = sum(a for a, _ in runs) / len(runs)
-        stored = sum(s for _, s in runs) / len(runs)
-        return f"   {label:<18} {acked:8.0f} {stored:8.0f}   (stored per round: {each})"
+    def row(label: str, runs: list[tuple[float, float, float]]) -> str:
+        each = ", ".join(f"{stored:.0f}" for _, stored, _ in runs)
+        acked = sum(r[0] for r in runs) / len(runs)
+        stored = sum(r[1] for r in runs) / len(runs)
+        api = 100 * sum(r[2] for r in runs) / len(runs)
+        return (
+            f"   {label:<18} {acked:8.0f} {stored:8.0f}   API CPU {api:5.1f}% of a core"
+            f"   (stored per round: {each})"
+        )
 
-    mean = {k: sum(s for _, s in v) / len(v) for k, v in figures.items()}
+    mean = {k: sum(r[1] for r in v) / len(v) for k, v in figures.items()}
     lines += [
         "3. pipeline end-to-end rate (readings/s, mean of rounds; ingest-acknowledged,"
         " processor-stored):",
         row("no dashboard:", figures[False]),
         row(f"{args.clients} SSE clients:", figures[True]),
         f"   change with clients: {100 * (mean[True] / mean[False] - 1):+.1f}% stored",
+        f"   load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}"
+        f" on {os.cpu_count()} cores",
     ]
     redis.close()
     return "\n".join(lines)
