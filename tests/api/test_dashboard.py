@@ -11,98 +11,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from healthsync.supervisor import Pipeline
+from tests.api.browser import ARTIFACTS, LIVE_MS, ROOT, Console, nc, sign_in, tile
 from tests.conftest import Credentials
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = Path(os.environ.get("HEALTHSYNC_ARTIFACTS", ROOT / "build" / "test-artifacts"))
-# The page's own promise is one second; the test allows two for a loaded machine.
-LIVE_MS = 2000
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is missing: `make system-deps` installs it")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
-        yield launched
-        launched.close()
-
-
-class Console:
-    """Everything the page reports as an error: console errors, uncaught exceptions, CSP."""
-
-    def __init__(self, page: Page) -> None:
-        self.errors: list[str] = []
-        page.on("console", self._message)
-        page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
-
-    def _message(self, message: ConsoleMessage) -> None:
-        # A 401/403 the page expects and handles is logged by Chromium as a failed resource.
-        if (
-            message.type == "error"
-            and "the server responded with a status of 40" not in message.text
-        ):
-            self.errors.append(message.text)
-
-
-@pytest.fixture
-def page(browser: Browser, pipeline: Pipeline) -> Iterator[Page]:
-    cfg = pipeline.settings.api
-    context = browser.new_context(
-        base_url=f"http://{cfg.host}:{cfg.port}", viewport={"width": 1400, "height": 900}
-    )
-    opened = context.new_page()
-    yield opened
-    context.close()
-
-
-def nc(pipeline: Pipeline, *lines: str) -> list[str]:
-    """Send lines as a bash device does; the ingest server's answers, one per line."""
-    cfg = pipeline.settings.ingest
-    result = subprocess.run(
-        ["nc", "-q1", cfg.host, str(cfg.port)],
-        input="".join(line + "\n" for line in lines).encode(),
-        capture_output=True,
-        timeout=30,
-        check=True,
-    )
-    answers = result.stdout.decode().split("\n")[: len(lines)]
-    assert all(a.startswith("OK ") for a in answers), answers
-    return answers
-
-
-def sign_in(page: Page, token: str) -> None:
-    page.goto("/")
-    page.get_by_label("Access token").fill(token)
-    page.get_by_role("button", name="Sign in").click()
-
-
-def tile(page: Page, patient: str) -> Locator:
-    return page.locator(f'article[data-patient-id="{patient}"]')
 
 
 def test_the_ward_is_live_alerts_show_why_and_can_be_acknowledged(
@@ -211,4 +127,20 @@ def test_a_viewer_sees_the_summary_and_no_patient_identifiers(
     html = page.content()
     assert "P-SECRET-1" not in html and "mon-v1" not in html
     expect(page.locator("article[data-patient-id]")).to_have_count(0)
+    assert console.errors == []
+
+
+def test_values_older_than_the_news2_window_are_greyed(
+    page: Page, pipeline: Pipeline, credentials: Credentials
+) -> None:
+    console = Console(page)
+    sign_in(page, credentials.api_keys["clinician"])
+    expect(page.locator("#connection")).to_have_text("Updates: live")
+    # Measured 20 minutes ago: older than the NEWS2 freshness window (15 min).
+    then = int(time.time()) - 1200
+    nc(pipeline, f"device_id=mon-o1 patient_id=P-OLD ts={then} heart_rate=76 spo2=97")
+    old = tile(page, "P-OLD")
+    expect(old.locator('[data-vital="heart_rate"] .value')).to_have_text("76", timeout=LIVE_MS)
+    expect(old.locator('[data-vital="heart_rate"]')).to_have_class(re.compile(r"\bstale\b"))
+    expect(old.locator('[data-vital="heart_rate"] .age')).to_contain_text("min ago")
     assert console.errors == []
