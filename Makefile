@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEVICES ?= 20
 RATE ?= 1
 
-.PHONY: install system-deps run test lint bench clean
+.PHONY: install system-deps run test lint bench clean vendor-uplot
 
 install: $(STAMP)
 
@@ -19,7 +19,9 @@ $(STAMP): pyproject.toml
 
 # From the distribution (Debian/Ubuntu): redis-server; netcat and ncat (devices, plain and TLS);
 # openssl; haproxy (the TLS front of the embedded broker); tcpdump, iptables and iproute2 (the
-# security tests and ops/); gawk (ops/monitor/traffic.sh); shellcheck (tests). The Kafka-protocol broker comes from PyPI.
+# security tests and ops/); gawk (ops/monitor/traffic.sh); shellcheck (tests); chromium (the
+# dashboard's browser tests, driven by Playwright from the dev extra). The Kafka-protocol broker
+# comes from PyPI.
 system-deps:
 	@missing=(); \
 	command -v redis-server >/dev/null || missing+=(redis-server); \
@@ -32,12 +34,24 @@ system-deps:
 	command -v gawk >/dev/null || missing+=(gawk); \
 	command -v iptables >/dev/null || missing+=(iptables); \
 	command -v ip >/dev/null || missing+=(iproute2); \
+	command -v chromium >/dev/null || missing+=(chromium); \
 	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv); \
 	if [ $${#missing[@]} -gt 0 ]; then \
 	  echo "installing system packages: $${missing[*]}"; \
 	  sudo=; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
 	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq "$${missing[@]}" >/dev/null; \
 	fi
+
+# The dashboard's chart library, vendored with its licence so that the API serves it from the
+# installed package with no Node at install or run time (docs/DASHBOARD.md). This refreshes
+# the copy from the npm registry (npm checks the tarball against the registry's integrity).
+UPLOT_VERSION := 1.6.32
+UPLOT_DIR := src/healthsync/api/dashboard/vendor/uplot
+vendor-uplot:
+	@tmp=$$(mktemp -d); \
+	(cd $$tmp && npm pack --silent uplot@$(UPLOT_VERSION) >/dev/null && tar xzf uplot-$(UPLOT_VERSION).tgz) && \
+	cp $$tmp/package/dist/uPlot.esm.js $$tmp/package/dist/uPlot.min.css $$tmp/package/LICENSE $(UPLOT_DIR)/; \
+	status=$$?; rm -rf $$tmp; exit $$status
 
 run: install
 	$(BIN)/healthsync up --simulate $(DEVICES) --rate $(RATE)

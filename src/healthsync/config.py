@@ -215,6 +215,10 @@ class ApiSettings(BaseModel):
     # Addresses of reverse proxies whose X-Forwarded-For is recorded in the audit (next to
     # the peer address, never instead of it). Empty: forwarding headers are ignored.
     trusted_proxies: list[str] = Field(default_factory=list)
+    # /v1/stream: a comment line this often keeps proxies from closing a quiet stream.
+    stream_heartbeat_s: float = Field(15.0, gt=0, le=300)
+    # Events queued for one slow client before it is cut off (it resumes with Last-Event-ID).
+    stream_client_buffer: int = Field(2000, ge=10, le=100_000)
 
 
 ASYMMETRIC_JWT_ALGORITHMS = frozenset(

@@ -24,7 +24,9 @@ from healthsync.api.audit import AuditLog
 from healthsync.api.auth import Authenticator, Guard
 from healthsync.api.errors import install_error_handlers
 from healthsync.api.routes import alerts, fhir, health, history, patients, rules, summary
+from healthsync.api.routes.dashboard import dashboard_router
 from healthsync.api.routes.jobs import jobs_router
+from healthsync.api.routes.stream import stream_router
 from healthsync.api.services import ApiServices
 from healthsync.api.unreadable import unreadable_counter
 from healthsync.config import Settings
@@ -95,4 +97,6 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(router)
     app.include_router(jobs_router(settings))
     app.include_router(history.router(settings, reader))
+    app.include_router(stream_router(redis, records, settings))
+    app.include_router(dashboard_router())
     return app

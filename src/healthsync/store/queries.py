@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, cast, get_args
 
+import orjson
 from redis.asyncio import Redis
 
 from healthsync.domain.alerts import Severity
@@ -210,7 +211,15 @@ class LiveReader:
         ack = self.records.encode_ack(alert_id, {"by": by, "at": at})
         await self.client.hset(self.keys.acknowledged, alert_id, ack)
         alerts = await self._with_acks([alert_id])
-        return alerts[0] if alerts else None
+        if not alerts:
+            return None
+        # Every open dashboard shows who saw it; the processor's next write trims the stream.
+        alert = alerts[0]
+        event = self.records.encode_event(
+            "alert.acknowledged", alert["patient_id"], orjson.dumps(alert)
+        )
+        await self.client.xadd(self.keys.events, event)
+        return alert
 
     async def _with_acks(self, ids: list[str]) -> list[dict[str, Any]]:
         pipe = self.client.pipeline(transaction=False)

@@ -1,0 +1,110 @@
+// One patient: charts of the last hour and the last 24 hours, the NEWS2 history and the
+// alert timeline. The patient is held in memory, never in the page's URL.
+
+import uPlot from "./vendor/uplot/uPlot.esm.js";
+import { request } from "./api.js";
+import { VITALS, clock, element, reason } from "./format.js";
+
+const LIMIT = 10000;
+const NEWS2_CODE = "1104051000000101";
+const COLOURS = ["#b3261e", "#1565c0", "#6a1b9a", "#2e7d32", "#e65100", "#00695c"];
+const CHARTED = [
+  ["heart_rate"],
+  ["spo2"],
+  ["resp_rate"],
+  ["temp"],
+  ["bp_sys", "bp_dia"],
+];
+const NAMES = {
+  ...Object.fromEntries(VITALS.map((v) => [v.key, `${v.name} (${v.unit})`])),
+  bp_sys: "Systolic (mmHg)",
+  bp_dia: "Diastolic (mmHg)",
+};
+
+function history(id, seconds) {
+  const now = Date.now() / 1000;
+  const path = `/v1/patients/${encodeURIComponent(id)}/vitals`;
+  return request(`${path}?since=${now - seconds}&until=${now}&limit=${LIMIT}`);
+}
+
+function chart(target, title, xs, columns, labels) {
+  const width = Math.max(280, Math.min(target.clientWidth || 600, 900));
+  const series = [{}, ...labels.map((label, i) => ({ label, stroke: COLOURS[i], width: 2 }))];
+  const box = element("div", "chart");
+  target.append(box);
+  return new uPlot(
+    { title, width, height: 160, series, scales: { x: { time: true } } },
+    [xs, ...columns],
+    box,
+  );
+}
+
+function vitalCharts(target, readings) {
+  target.replaceChildren();
+  for (const keys of CHARTED) {
+    const rows = readings.filter((r) => keys.some((k) => k in r.vitals));
+    if (!rows.length) continue;
+    const xs = rows.map((r) => r.ts);
+    const columns = keys.map((k) => rows.map((r) => r.vitals[k] ?? null));
+    chart(target, keys.map((k) => NAMES[k]).join(" / "), xs, columns, keys.map((k) => NAMES[k]));
+  }
+  if (!target.childElementCount) target.append(element("p", "hint", "No readings in this period."));
+}
+
+export class PatientView {
+  constructor(nodes) {
+    this.nodes = nodes;
+    this.current = null;
+  }
+
+  async open(id, tileNow) {
+    this.current = id;
+    const { title, now, hour, day, dayNote, news2, timeline } = this.nodes;
+    title.textContent = `Patient ${id}`;
+    now.replaceChildren(tileNow);
+    for (const node of [hour, day, news2, timeline]) node.replaceChildren(element("p", "hint", "Loading…"));
+    dayNote.textContent = "";
+    const [lastHour, lastDay, scores, alerts] = await Promise.all([
+      history(id, 3600),
+      history(id, 86400),
+      request(`/fhir/Observation?patient=${encodeURIComponent(id)}&code=${NEWS2_CODE}&_count=1000&_sort=date`),
+      request(`/v1/alerts?status=all&patient_id=${encodeURIComponent(id)}`),
+    ]);
+    if (this.current !== id) return;
+    vitalCharts(hour, lastHour.readings);
+    vitalCharts(day, lastDay.readings);
+    if (lastDay.readings.length >= LIMIT) {
+      dayNote.textContent = `Showing the first ${LIMIT} readings of the period.`;
+    }
+    this.news2Chart(news2, scores.entry || []);
+    this.timeline(timeline, alerts.alerts);
+  }
+
+  news2Chart(target, entries) {
+    target.replaceChildren();
+    const points = entries
+      .map((e) => e.resource)
+      .filter((r) => r && typeof r.valueInteger === "number")
+      .map((r) => [Date.parse(r.effectiveDateTime) / 1000, r.valueInteger])
+      .sort((a, b) => a[0] - b[0]);
+    if (!points.length) {
+      target.append(element("p", "hint", "No NEWS2 score yet."));
+      return;
+    }
+    chart(target, "NEWS2 total", points.map((p) => p[0]), [points.map((p) => p[1])], ["NEWS2"]);
+  }
+
+  timeline(target, alerts) {
+    const items = [...alerts]
+      .sort((a, b) => b.opened_at - a.opened_at)
+      .map((alert) => {
+        const item = element("li", `alert severity-${alert.severity}`);
+        item.dataset.alertKind = alert.kind;
+        const ended = alert.resolved_at ? `resolved ${clock(alert.resolved_at)}` : "open";
+        item.textContent = `${clock(alert.opened_at)} ${alert.severity} ${alert.kind}: ${reason(alert)} (${ended})`;
+        return item;
+      });
+    target.replaceChildren(...items);
+    if (!items.length) target.append(element("li", "hint", "No alerts in the last 24 hours."));
+  }
+}

@@ -1,0 +1,131 @@
+"""GET /v1/stream against real processes: device -> ingest -> Tansu -> processor -> Redis -> SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from healthsync.api.feed import Subscription
+from healthsync.api.sse import Outgoing
+from healthsync.config import Settings
+from healthsync.stack import Service
+from healthsync.store.events import LiveEvent
+from healthsync.supervisor import Pipeline
+from tests.api.sse import Frame, frames, until
+from tests.conftest import Credentials, Device, make_settings
+
+
+@pytest.fixture
+def settings(broker: Service, redis_server: Service) -> Settings:
+    # A short heartbeat, so a quiet stream shows one without a long wait.
+    return make_settings(broker, redis_server, api={"stream_heartbeat_s": 0.5})
+
+
+def stream(api: httpx.Client, **headers: str) -> Any:
+    return api.stream("GET", "/v1/stream", headers=headers, timeout=httpx.Timeout(20.0))
+
+
+def next_vitals(events: Iterator[Frame], patient: str) -> Frame:
+    for _ in range(50):
+        frame = until(events, "vitals")
+        if frame.data["patient_id"] == patient:
+            return frame
+    raise AssertionError(f"no vitals of {patient}")
+
+
+def audited(settings: Settings) -> list[dict[str, Any]]:
+    assert settings.auth.audit_log_file is not None
+    lines = settings.auth.audit_log_file.read_bytes().splitlines()
+    return [orjson.loads(line) for line in lines if line]
+
+
+def test_a_reading_arrives_on_the_stream_audited_and_resumable(
+    pipeline: Pipeline, api: httpx.Client, device: Device
+) -> None:
+    with stream(api) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = frames(response)
+        hello = until(events, "hello")
+        assert hello.id is not None
+        assert device.send(b"device_id=mon-s1 patient_id=P-S1 heart_rate=131 spo2=90").startswith(
+            "OK"
+        )
+        first = next_vitals(events, "P-S1")
+        assert first.data["data"]["heart_rate"]["value"] == 131
+        assert first.data["data"]["spo2"]["value"] == 90
+        # The NEWS2 the reading produced travels with it: HR 131 scores 3, SpO2 90 scores 3.
+        assert first.data["news2"]["total"] >= 6
+        # Quiet now: the heartbeat keeps the connection alive.
+        assert until(events, "comment").data == "keep-alive"
+
+    streamed = [r for r in audited(pipeline.settings) if r["action"] == "stream"]
+    assert streamed[0]["patients"] == []  # the opening itself
+    assert ["P-S1"] in [r["patients"] for r in streamed]
+    assert all(r["actor"] == "apikey:test-clinician" for r in streamed)
+
+    # Missed while disconnected, delivered on reconnect with Last-Event-ID, and nothing older.
+    assert device.send(b"device_id=mon-s1 patient_id=P-S1 heart_rate=88").startswith("OK")
+    assert device.send(b"device_id=mon-s2 patient_id=P-S2 heart_rate=70").startswith("OK")
+    assert first.id is not None
+    with stream(api, **{"Last-Event-ID": first.id}) as response:
+        events = frames(response)
+        assert until(events, "hello").id == first.id
+        resumed = until(events, "vitals")
+        assert resumed.data["patient_id"] == "P-S1"
+        assert resumed.data["data"]["heart_rate"]["value"] == 88
+        assert next_vitals(events, "P-S2").data["data"]["heart_rate"]["value"] == 70
+
+        # An alert opens on the stream, and its acknowledgement reaches every open stream.
+        now = int(time.time())
+        for at in (now + 5, now + 10):
+            line = f"device_id=mon-s1 patient_id=P-S1 ts={at} spo2=82"
+            assert device.send(line.encode()).startswith("OK")
+        opened = until(events, "alert.opened", limit=100)
+        assert opened.data["patient_id"] == "P-S1"
+        assert opened.data["data"]["kind"] == "threshold:spo2"
+        alert_id = opened.data["data"]["alert_id"]
+        assert api.post(f"/v1/alerts/{alert_id}/ack").status_code == 200
+        acked = until(events, "alert.acknowledged", limit=100)
+        assert acked.data["data"]["alert_id"] == alert_id
+        assert acked.data["data"]["acknowledgement"]["by"] == "apikey:test-clinician"
+
+
+def test_the_stream_refuses_what_it_must(
+    pipeline: Pipeline, api: httpx.Client, credentials: Credentials
+) -> None:
+    base = api.base_url
+    assert httpx.get(f"{base}/v1/stream").status_code == 401
+    viewer = httpx.get(f"{base}/v1/stream", headers=credentials.headers("viewer"))
+    assert viewer.status_code == 403
+    bad = api.get("/v1/stream", headers={"Last-Event-ID": "../../etc"})
+    assert bad.status_code == 400
+    assert "Last-Event-ID" in bad.json()["error"]["message"]
+    # An id beyond the stream's end (Redis was replaced, say): start over, and say so.
+    with stream(api, **{"Last-Event-ID": "99999999999999-0"}) as response:
+        events = frames(response)
+        until(events, "hello")
+        assert until(events, "reset").data["reason"]
+
+
+def test_a_client_that_falls_behind_is_cut_off_not_buffered() -> None:
+    def events(ms: int, n: int) -> list[Outgoing]:
+        return [Outgoing.of(LiveEvent(f"{ms}-{i}", "vitals", "P", {})) for i in range(n)]
+
+    async def run() -> tuple[bool, int, list[Outgoing]]:
+        subscription = Subscription(limit=10)
+        subscription.offer(events(1, 8))
+        kept = await subscription.take(0.1)
+        subscription.offer(events(2, 11))
+        return subscription.overflowed, len(subscription.pending), kept
+
+    overflowed, pending, kept = asyncio.run(run())
+    assert len(kept) == 8
+    assert overflowed
+    assert pending == 0
