@@ -12,6 +12,7 @@ from healthsync.store.archive.errors import ArchiveReadError, ObjectStoreError
 from healthsync.store.archive.layout import Span
 from healthsync.store.archive.setup import Archive
 from tests.store.archive.conftest import PATIENT, T0, Moto, batch
+from tests.store.archive.test_privacy import EVERYTHING, IDENTIFIERS, admitted, found, values_text
 
 HOUR = 3600.0
 
@@ -89,3 +90,26 @@ def test_an_unreachable_bucket_is_a_clear_store_error(moto: Moto, session_keyrin
     )
     with pytest.raises(ObjectStoreError, match=r"PutObject s3://no-such-bucket/x/identified/"):
         archive.writer().write_readings(Span(0, 0, 119), batch(T0, 60))
+
+
+def test_no_identifier_in_clear_in_any_object_on_s3(
+    moto: Moto, session_keyring: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3: Any = moto.client("s3")
+    s3.create_bucket(
+        Bucket="hs-scan", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+    )
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto.endpoint)
+    archive = Archive.from_settings(s3_settings(session_keyring, "s3://hs-scan/p"))
+    archive.writer().write_readings(Span(0, 0, 60), admitted())
+
+    objects = {
+        item["Key"]: s3.get_object(Bucket="hs-scan", Key=item["Key"])["Body"].read()
+        for item in s3.list_objects_v2(Bucket="hs-scan")["Contents"]
+    }
+    assert len(objects) == 2
+    for key, data in objects.items():
+        if key.startswith("p/identified/"):
+            assert found(data, EVERYTHING) == [] and values_text(data) is None, key
+        else:
+            assert found(data, IDENTIFIERS) == [] and values_text(data) is not None, key
