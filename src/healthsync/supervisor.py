@@ -12,11 +12,12 @@ what it has in flight), the processor, the API, and last Redis and the broker.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, TextIO
 
@@ -26,11 +27,18 @@ from healthsync.api.apikeys import ApiKeyStore, ensure_local_key
 from healthsync.config import Settings
 from healthsync.errors import ConfigError
 from healthsync.kafka import ensure_topics
-from healthsync.security.certs import ca_cert_path, init_pki, pki_exists, service_paths
+from healthsync.security.certs import (
+    ca_cert_path,
+    init_pki,
+    issue_stage_client,
+    pki_exists,
+    service_paths,
+)
 from healthsync.security.codec import ensure_keyring
 from healthsync.security.tls import openssl_conf_env
 from healthsync.stack import (
     EmbeddedStack,
+    RedisUser,
     ServerTls,
     die_with_parent,
     start_broker,
@@ -117,10 +125,16 @@ class Pipeline:
         self._prepare_certificates(stages)
         if settings.redis.url is None:
             tls = self._server_tls("redis") if settings.redis.embedded_tls else None
-            self.stack.redis = start_redis(log_dir=self.logs, tls=tls)
+            if tls is not None:  # only stages with a certificate from the CA get in
+                tls = replace(tls, client_certs="required")
+            self.stack.redis_user = RedisUser("healthsync", secrets.token_urlsafe(32))
+            self.stack.redis = start_redis(log_dir=self.logs, tls=tls, user=self.stack.redis_user)
             settings.redis.url = self.stack.redis_url
             if tls is not None and settings.redis.tls_ca_file is None:
                 settings.redis.tls_ca_file = tls.ca
+                # This process's own connection (status, checks); stages get theirs in start_child.
+                cert, key = issue_stage_client(settings.tls.dir, "supervisor")
+                settings.redis.tls_cert_file, settings.redis.tls_key_file = cert, key
         if settings.kafka.bootstrap is None:
             tls = self._server_tls("kafka") if settings.kafka.embedded_tls else None
             self.stack.broker = start_broker(log_dir=self.logs, tls=tls, run_dir=self.run_dir)
@@ -208,8 +222,19 @@ class Pipeline:
         if child is None:
             argv = [sys.executable, "-m", "healthsync", name, *args]
             child = self.children[name] = Child(name, argv, self.logs / f"{name}.log")
-        child.start(self.env)
+        child.start(self.env | self._redis_client_env(name))
         return child
+
+    def _redis_client_env(self, stage: str) -> dict[str, str]:
+        """The stage's own client certificate, when the embedded Redis requires one."""
+        redis = self.stack.redis
+        if redis is None or not redis.tls:
+            return {}
+        cert, key = issue_stage_client(self.settings.tls.dir, stage)
+        return {
+            "HEALTHSYNC_REDIS_TLS_CERT_FILE": str(cert),
+            "HEALTHSYNC_REDIS_TLS_KEY_FILE": str(key),
+        }
 
     def start_simulator(self, devices: int, rate: float) -> Child:
         ingest = self.settings.ingest

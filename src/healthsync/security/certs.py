@@ -184,6 +184,33 @@ def issue_device(
     return cert_path, key_path
 
 
+def stage_client_paths(directory: Path, stage: str) -> tuple[Path, Path]:
+    """(certificate, key) a stage presents to the services it connects to (Redis)."""
+    if _DEVICE_ID_RE.fullmatch(stage) is None:
+        raise CertError("a stage name is 1-64 of A-Z a-z 0-9 . _ : -")
+    return directory / "clients" / f"{stage}.crt", directory / "clients" / f"{stage}.key"
+
+
+def issue_stage_client(directory: Path, stage: str) -> tuple[Path, Path]:
+    """A client certificate for one stage (CN ``healthsync-stage-<stage>``, client auth only),
+    made once and kept: each stage connects to Redis as itself."""
+    cert_path, key_path = stage_client_paths(directory, stage)
+    if cert_path.is_file() and key_path.is_file():
+        return cert_path, key_path
+    ca_cert, ca_key = _load_ca(directory)
+    _make_dir(cert_path.parent)
+    now = datetime.now(UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        _leaf(f"healthsync-stage-{stage}", key, ca_cert, now, now + timedelta(days=_SERVICE_DAYS))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write(key_path, _key_pem(key), force=True)
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), force=True)
+    return cert_path, key_path
+
+
 def revoke_device(directory: Path, device_id: str) -> None:
     """Add the device's current certificate to the CRL and re-sign the CRL."""
     cert_path, _ = device_paths(directory, device_id)
