@@ -262,6 +262,9 @@ def start_tls_front(
     return service
 
 
+_REDIS_START_TIMEOUT_S = 10.0
+
+
 @dataclass(frozen=True)
 class RedisUser:
     """The one ACL user of an embedded redis-server; the default user is switched off."""
@@ -279,7 +282,6 @@ def start_redis(
     host: str = "127.0.0.1",
     port: int = 0,
     log_dir: Path | None = None,
-    timeout: float = 10.0,
     tls: ServerTls | None = None,
     user: RedisUser | None = None,
 ) -> Service:
@@ -313,7 +315,7 @@ def start_redis(
         with os.fdopen(fd, "w") as f:
             f.write(user.acl())
         argv += ["--aclfile", str(acl)]
-    service = _spawn("redis", argv, host, port, log_dir, timeout)
+    service = _spawn("redis", argv, host, port, log_dir, _REDIS_START_TIMEOUT_S)
     service.tls = tls is not None
     return service
 

@@ -124,17 +124,7 @@ class Pipeline:
             stages = STAGES + (("push",) if settings.fhir.ehr_base_url else ())
         self._prepare_certificates(stages)
         if settings.redis.url is None:
-            tls = self._server_tls("redis") if settings.redis.embedded_tls else None
-            if tls is not None:  # only stages with a certificate from the CA get in
-                tls = replace(tls, client_certs="required")
-            self.stack.redis_user = RedisUser("healthsync", secrets.token_urlsafe(32))
-            self.stack.redis = start_redis(log_dir=self.logs, tls=tls, user=self.stack.redis_user)
-            settings.redis.url = self.stack.redis_url
-            if tls is not None and settings.redis.tls_ca_file is None:
-                settings.redis.tls_ca_file = tls.ca
-                # This process's own connection (status, checks); stages get theirs in start_child.
-                cert, key = issue_stage_client(settings.tls.dir, "supervisor")
-                settings.redis.tls_cert_file, settings.redis.tls_key_file = cert, key
+            self._start_redis()
         if settings.kafka.bootstrap is None:
             tls = self._server_tls("kafka") if settings.kafka.embedded_tls else None
             self.stack.broker = start_broker(log_dir=self.logs, tls=tls, run_dir=self.run_dir)
@@ -149,12 +139,7 @@ class Pipeline:
             # Like the certificates: the run dir's keyring, created on first start.
             settings.crypto.keyring_file = (self.run_dir / "keyring.json").resolve()
         ensure_keyring(settings.crypto)
-        if settings.ingest.plain_enabled is None:
-            settings.ingest.plain_enabled = True  # the demo's netcat port, on loopback
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
-        self.env.update(settings.to_env())
-        if "OPENSSL_CONF" not in self.env:  # an operator's own OpenSSL configuration wins
-            self.env.update(openssl_conf_env(self.run_dir))
+        self.env = self._stage_env()
         for name in stages:
             self.start_child(name)
         if "ingest" in stages:
@@ -167,6 +152,32 @@ class Pipeline:
             wait_for_port(host, port, 30, self.process("ingest"))
         if "api" in stages:
             wait_for_port(settings.api.host, settings.api.port, 30, self.process("api"))
+
+    def _start_redis(self) -> None:
+        """The embedded redis-server: one ACL user, and with TLS client certificates required."""
+        settings = self.settings
+        tls = self._server_tls("redis") if settings.redis.embedded_tls else None
+        if tls is not None:  # only stages with a certificate from the CA get in
+            tls = replace(tls, client_certs="required")
+        self.stack.redis_user = RedisUser("healthsync", secrets.token_urlsafe(32))
+        self.stack.redis = start_redis(log_dir=self.logs, tls=tls, user=self.stack.redis_user)
+        settings.redis.url = self.stack.redis_url
+        if tls is not None and settings.redis.tls_ca_file is None:
+            settings.redis.tls_ca_file = tls.ca
+            # This process's own connection (status, checks); stages get theirs in start_child.
+            cert, key = issue_stage_client(settings.tls.dir, "supervisor")
+            settings.redis.tls_cert_file, settings.redis.tls_key_file = cert, key
+
+    def _stage_env(self) -> dict[str, str]:
+        """The environment every stage starts with: the settings, made explicit."""
+        settings = self.settings
+        if settings.ingest.plain_enabled is None:
+            settings.ingest.plain_enabled = True  # the demo's netcat port, on loopback
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
+        env.update(settings.to_env())
+        if "OPENSSL_CONF" not in env:  # an operator's own OpenSSL configuration wins
+            env.update(openssl_conf_env(self.run_dir))
+        return env
 
     def _prepare_certificates(self, stages: tuple[str, ...]) -> None:
         """The PKI, when a service about to start needs one (see ensure_pki)."""
