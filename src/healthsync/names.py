@@ -39,6 +39,7 @@ class RedisKeys:
     - ``{p}:news2``                     hash: {patient} -> latest NEWS2 JSON
     - ``{p}:engine``                    hash: {patient} -> the anomaly engine's state JSON
     - ``{p}:rules``                     hash: {patient} -> rules JSON set through the API
+    - ``{p}:device_patients``           hash: {device} -> JSON {device_id, patients} (sealed)
     - ``{p}:fhir:{type}:{id}``          string: a FHIR resource's JSON (recent window);
                                           a Patient's and a Device's id is its pseudonym
     - ``{p}:fhir:reading:{reading_id}`` string: the reading its vital-sign Observations are
@@ -104,6 +105,10 @@ class RedisKeys:
     @property
     def rules(self) -> str:
         return f"{self.prefix}:rules"
+
+    @property
+    def device_patients(self) -> str:
+        return f"{self.prefix}:device_patients"
 
     @property
     def acknowledged(self) -> str:

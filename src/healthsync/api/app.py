@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from healthsync import __version__
 from healthsync.api import auth, fhir, middleware
+from healthsync.api.assignments import assignments_router
 from healthsync.api.audit import AuditLog
 from healthsync.api.auth import Access, Authenticator, Guard
 from healthsync.api.unreadable import unreadable_counter
@@ -35,6 +36,7 @@ from healthsync.kafka import KafkaUnavailableError, check_broker
 from healthsync.metrics import PipelineCollector
 from healthsync.security.codec import Codec
 from healthsync.security.crypto import DecryptError
+from healthsync.store.assignments import Assignments
 from healthsync.store.fhir_queries import FhirReader
 from healthsync.store.queries import LiveReader
 from healthsync.store.records import Records
@@ -273,4 +275,5 @@ def create_app(settings: Settings) -> FastAPI:
         return await rules_view(patient_id)
 
     app.include_router(fhir.fhir_router(FhirReader(redis, records)))
+    app.include_router(assignments_router(Assignments(redis, codec)))
     return app

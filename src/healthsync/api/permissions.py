@@ -36,6 +36,8 @@ class Grants:
     acknowledge: bool = False
     # May read the de-identified aggregates (/v1/summary).
     summary: bool = False
+    # May bind devices to the patients they send for (/v1/devices/{id}/patients).
+    assign: bool = False
 
     def can_read(self, resource_type: str) -> bool:
         return ALL in self.read or resource_type in self.read
@@ -45,6 +47,7 @@ class Grants:
             read=self.read | other.read,
             acknowledge=self.acknowledge or other.acknowledge,
             summary=self.summary or other.summary,
+            assign=self.assign or other.assign,
         )
 
     def __and__(self, other: Grants) -> Grants:
@@ -58,6 +61,7 @@ class Grants:
             read=read,
             acknowledge=self.acknowledge and other.acknowledge,
             summary=self.summary and other.summary,
+            assign=self.assign and other.assign,
         )
 
 
@@ -67,9 +71,10 @@ ROLES: dict[str, Grants] = {
     # De-identified aggregates only: counts, never an id or a value of one patient.
     "viewer": Grants(summary=True),
     # Devices (FHIR Device resources) and the aggregates; no patient data.
-    "device-admin": Grants(read=frozenset({"Device"}), summary=True),
+    # Binding devices to patients too (which patients, never their data).
+    "device-admin": Grants(read=frozenset({"Device"}), summary=True, assign=True),
     # Everything the API offers.
-    "admin": Grants(read=frozenset({ALL}), acknowledge=True, summary=True),
+    "admin": Grants(read=frozenset({ALL}), acknowledge=True, summary=True, assign=True),
 }
 
 # Acknowledging an alert changes its Communication and Flag; a write scope on either grants it.
