@@ -203,11 +203,15 @@ def create_app(settings: Settings) -> FastAPI:
         access: Annotated[Access, Depends(auth.reads("Communication", "Flag"))],
         status: Annotated[str, Query(pattern="^(open|resolved|all)$")] = "open",
         patient_id: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._:-]{1,64}$")] = None,
-        limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+        cursor: Annotated[int, Query(ge=0, description="next_cursor of the previous page")] = 0,
     ) -> dict[str, Any]:
-        rows = await reader.alerts(status, patient_id, limit)
+        rows, following = await reader.alerts(status, patient_id, limit, cursor)
         await access.record("search", [row["patient_id"] for row in rows])
-        return {"alerts": rows, "count": len(rows)}
+        page: dict[str, Any] = {"alerts": rows, "count": len(rows)}
+        if following is not None:
+            page["next_cursor"] = str(following)
+        return page
 
     @app.post("/v1/alerts/{alert_id}/ack", tags=["alerts"])
     async def acknowledge(
