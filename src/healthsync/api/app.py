@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from healthsync import __version__
-from healthsync.api import auth, fhir, middleware
+from healthsync.api import auth, docs, fhir, middleware
 from healthsync.api.assignments import assignments_router
 from healthsync.api.audit import AuditLog
 from healthsync.api.auth import Access, Authenticator, Guard
@@ -84,7 +84,10 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         description="Live patient vitals, alerts and pipeline metrics.",
         lifespan=lifespan,
+        docs_url=None,  # served by api/docs.py, without a CDN
+        redoc_url=None,
     )
+    docs.install(app)
     app.state.guard = guard
     middleware.install(app, settings.api)
 
