@@ -176,8 +176,11 @@ def cmd_certs(args: argparse.Namespace) -> int:
         certs.init_pki(directory, hosts=args.host or ("localhost", "127.0.0.1"), force=args.force)
         print(f"CA, server certificates ({', '.join(certs.SERVICES)}) and CRL in {directory}")
     elif args.certs_command == "device":
-        cert, key = certs.issue_device(directory, args.device_id, days=args.days, force=args.force)
-        print(f"{cert}\n{key}")
+        csr = args.csr.read_bytes() if args.csr is not None else None
+        cert, key = certs.issue_device(
+            directory, args.device_id, days=args.days, force=args.force, csr=csr
+        )
+        print(f"{cert}\n{key}" if key is not None else cert)
     else:
         certs.revoke_device(directory, args.device_id)
         print(f"{args.device_id} revoked; {certs.crl_path(directory)} updated")
@@ -441,8 +444,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="name or address the servers are reached by (repeat; default localhost and 127.0.0.1)",
     )
     certs_init.add_argument("--force", action="store_true", help="replace an existing PKI")
-    certs_device = certs_sub.add_parser("device", help="issue a device client certificate")
+    certs_device = certs_sub.add_parser(
+        "device",
+        help="issue a device client certificate",
+        description="Without --csr a key is made too, written beside the PKI directory "
+        "(<dir>-device-keys/), never next to ca.key: for tests and demos. Production "
+        "devices make their own key and send a CSR; only the certificate is written.",
+    )
     certs_device.add_argument("device_id", metavar="DEVICE_ID")
+    certs_device.add_argument(
+        "--csr", type=Path, help="the device's PEM certificate signing request"
+    )
     certs_device.add_argument("--days", type=int, default=365, help="validity (default 365)")
     certs_device.add_argument(
         "--force", action="store_true", help="replace the device's certificate"
