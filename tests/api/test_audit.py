@@ -399,3 +399,14 @@ def test_all_alerts_come_in_pages(seeded: tuple[Settings, Redis], credentials: C
             break
     assert pages == 3
     assert seen == [f"{n + 1:04x}" for n in reversed(range(25))], "newest first, each once"
+
+
+def test_no_alerts_is_an_empty_list(
+    broker: Service, redis_server: Service, credentials: Credentials
+) -> None:
+    settings = make_settings(broker, redis_server)
+    key = credentials.api_keys["clinician"]
+    for status in ("open", "resolved", "all"):
+        [response] = call(settings, key, f"/v1/alerts?status={status}")
+        assert response.status_code == 200, response.text
+        assert response.json() == {"alerts": [], "count": 0}

@@ -159,6 +159,8 @@ class LiveReader:
         """
         if status == "open":
             raw_ids = cast("list[bytes]", await self.client.hvals(self.keys.open_alerts))
+            if not raw_ids:
+                return [], None
             alerts = [
                 a
                 for a in await self._with_acks([i.decode() for i in raw_ids])
