@@ -282,6 +282,7 @@ def test_the_embedded_redis_takes_only_the_stages_with_a_certificate_and_the_pas
         anonymous = redis.Redis.from_url(where, ssl_ca_certs=ca, socket_timeout=5)
         with pytest.raises(redis.exceptions.ConnectionError):
             anonymous.ping()
+        anonymous.close()
         # A client certificate from the CA, but no password.
         cert, key = service_paths(settings.tls.dir, "api")
         no_password = redis.Redis.from_url(
@@ -289,6 +290,7 @@ def test_the_embedded_redis_takes_only_the_stages_with_a_certificate_and_the_pas
         )
         with pytest.raises(redis.exceptions.AuthenticationError):
             no_password.ping()
+        no_password.close()
         # The API stage, which has both, is ready.
         verify = ssl.create_default_context(cafile=ca)
         ready = wait_for(
