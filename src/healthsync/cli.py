@@ -176,11 +176,18 @@ def cmd_certs(args: argparse.Namespace) -> int:
         certs.init_pki(directory, hosts=args.host or ("localhost", "127.0.0.1"), force=args.force)
         print(f"CA, server certificates ({', '.join(certs.SERVICES)}) and CRL in {directory}")
     elif args.certs_command == "device":
-        csr = args.csr.read_bytes() if args.csr is not None else None
-        cert, key = certs.issue_device(
-            directory, args.device_id, days=args.days, force=args.force, csr=csr
-        )
-        print(f"{cert}\n{key}" if key is not None else cert)
+        if args.csr is not None:
+            csr = args.csr.read_bytes()
+            print(
+                certs.sign_device_csr(
+                    directory, args.device_id, csr, days=args.days, force=args.force
+                )
+            )
+        else:
+            cert, key = certs.issue_device(
+                directory, args.device_id, days=args.days, force=args.force
+            )
+            print(f"{cert}\n{key}")
     else:
         certs.revoke_device(directory, args.device_id)
         print(f"{args.device_id} revoked; {certs.crl_path(directory)} updated")

@@ -167,30 +167,50 @@ def issue_device(
     days: int = 365,
     force: bool = False,
     not_before: datetime | None = None,
-    csr: bytes | None = None,
-) -> tuple[Path, Path | None]:
-    """Issue a client certificate for `device_id`; returns (certificate, key) paths.
+) -> tuple[Path, Path]:
+    """Issue a client certificate and make a key for `device_id`; returns their paths.
 
-    With `csr` (a PEM certificate signing request the device made with its own
-    key) the certificate is for the CSR's public key and no key is written (the
-    key path is None); the subject and SAN are the CA's, whatever the CSR asks.
-    Without, a key is made and written to :func:`device_key_dir`.
+    The key goes to :func:`device_key_dir`, apart from ``ca.key``: for tests and
+    demos; production devices send a CSR (:func:`sign_device_csr`).
     `not_before` (default: now) exists so that a certificate valid in the past
     only, an expired one, can be made on purpose.
     """
+    cert_path, key_path = device_paths(directory, device_id)
+    _refuse_existing([cert_path, key_path], force)
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = not_before if not_before is not None else datetime.now(UTC)
+    _write_device_cert(directory, device_id, key.public_key(), start, days)
+    _make_dir(key_path.parent)
+    _write(key_path, _key_pem(key), force=True)
+    return cert_path, key_path
+
+
+def sign_device_csr(
+    directory: Path, device_id: str, csr: bytes, *, days: int = 365, force: bool = False
+) -> Path:
+    """A certificate for the key of a device's own CSR (PEM); no key is made or written.
+
+    The CSR's signature must verify; its subject is ignored: the certificate's
+    subject and URI SAN are the CA's, for `device_id`.
+    """
+    cert_path, _ = device_paths(directory, device_id)
+    _refuse_existing([cert_path], force)
+    _write_device_cert(directory, device_id, _csr_key(csr), datetime.now(UTC), days)
+    return cert_path
+
+
+def _write_device_cert(
+    directory: Path,
+    device_id: str,
+    public_key: CertificatePublicKeyTypes,
+    start: datetime,
+    days: int,
+) -> None:
     if days < 1:
         raise CertError("a device certificate must be valid for at least 1 day")
-    cert_path, key_path = device_paths(directory, device_id)
+    cert_path, _ = device_paths(directory, device_id)
     ca_cert, ca_key = _load_ca(directory)
-    public_key = _csr_key(csr) if csr is not None else None
-    _refuse_existing([cert_path] if public_key else [cert_path, key_path], force)
     _make_dir(cert_path.parent)
-
-    start = not_before if not_before is not None else datetime.now(UTC)
-    key = None
-    if public_key is None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        public_key = key.public_key()
     cert = (
         _leaf(device_id, public_key, ca_cert, start, start + timedelta(days=days))
         .add_extension(
@@ -202,11 +222,7 @@ def issue_device(
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    if key is not None:
-        _make_dir(key_path.parent)
-        _write(key_path, _key_pem(key), force=True)
     _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), force=True)
-    return cert_path, key_path if key is not None else None
 
 
 def _csr_key(pem: bytes) -> CertificatePublicKeyTypes:
