@@ -59,7 +59,9 @@ def test_certs_init_device_revoke(settings: Settings, tmp_path: Path) -> None:
     device = run_cli(settings, "certs", "device", "mon-0001", "--days", "30")
     assert device.returncode == 0, device.stderr
     cert = tmp_path / "pki" / "devices" / "mon-0001.crt"
-    assert device.stdout.split() == [str(cert), str(cert.with_suffix(".key"))]
+    # The key is written apart from the CA's directory.
+    key = tmp_path / "pki-device-keys" / "mon-0001.key"
+    assert device.stdout.split() == [str(cert), str(key)]
 
     revoke = run_cli(settings, "certs", "revoke", "mon-0001")
     assert revoke.returncode == 0, revoke.stderr
@@ -82,3 +84,24 @@ def test_simulate_over_mutual_tls(start_ingest: Callable[..., Settings]) -> None
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "sent 3 readings" in result.stdout and "3 OK, 0 ERR" in result.stdout, result.stdout
+
+
+def test_certs_device_signs_a_devices_own_csr(settings: Settings, tmp_path: Path) -> None:
+    settings.tls.dir = tmp_path / "pki"
+    assert run_cli(settings, "certs", "init").returncode == 0
+    key = tmp_path / "device.key"
+    csr = tmp_path / "device.csr"
+    made = subprocess.run(
+        [
+            *("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"),
+            *("-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=mon-csr"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    issued = run_cli(settings, "certs", "device", "mon-csr", "--csr", str(csr))
+    assert issued.returncode == 0, issued.stderr
+    assert issued.stdout.split() == [str(tmp_path / "pki" / "devices" / "mon-csr.crt")]
+    assert not (tmp_path / "pki-device-keys").exists(), "no key made on the CA's side"

@@ -102,12 +102,16 @@ def _served(settings: Settings, codec: Codec, redis: Redis, credentials: Credent
     keys = codec.keys
     in_redis: Served = {}
     api = f"http://{settings.api.host}:{settings.api.port}/fhir"
-    # A Patient is indexed under its pseudonym: the patient's own id is not stored in clear.
-    patient_ids = {keys.fhir_member("Patient", "P-100"): "P-100"}
+    # A Patient and a Device are indexed under their pseudonyms: their ids are not stored
+    # in clear.
+    clear_ids = {
+        "Patient": {keys.fhir_member("Patient", "P-100"): "P-100"},
+        "Device": {keys.fhir_member("Device", "mon-1"): "mon-1"},
+    }
     for kind in ("Observation", "RiskAssessment", "Patient", "Device", "Communication", "Flag"):
         members = cast("list[bytes]", redis.zrange(keys.fhir_index(kind), 0, -1))
         for member in members:
-            rid = patient_ids[member.decode()] if kind == "Patient" else member.decode()
+            rid = clear_ids.get(kind, {}).get(member.decode(), member.decode())
             response = httpx.get(f"{api}/{kind}/{rid}", headers=credentials.headers())
             assert response.status_code == 200, (kind, rid, response.text)
             in_redis[(kind, rid)] = response.json()

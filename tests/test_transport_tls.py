@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -260,5 +261,42 @@ def test_embedded_tls_can_be_switched_off(tmp_path: Path) -> None:
         admin = AdminClient({"bootstrap.servers": str(settings.kafka.bootstrap)})
         assert admin.list_topics(timeout=10).brokers
         assert not (tmp_path / "certs").exists(), "no PKI is made when nothing needs one"
+    finally:
+        pipeline.stop()
+
+
+def test_the_embedded_redis_takes_only_the_stages_with_a_certificate_and_the_password(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(kafka={"embedded_tls": False})
+    settings.api.port = free_port()
+    pipeline = Pipeline(settings, tmp_path)
+    pipeline.start(stages=("api",))
+    try:
+        url = str(settings.redis.url)
+        assert url.startswith("rediss://") and "@" in url, "a user and a password"
+        parts = urlsplit(url)
+        where = f"rediss://{parts.hostname}:{parts.port}/0"
+        ca = str(ca_cert_path(settings.tls.dir))
+        # Another local process: the CA, but no client certificate.
+        anonymous = redis.Redis.from_url(where, ssl_ca_certs=ca, socket_timeout=5)
+        with pytest.raises(redis.exceptions.ConnectionError):
+            anonymous.ping()
+        anonymous.close()
+        # A client certificate from the CA, but no password.
+        cert, key = service_paths(settings.tls.dir, "api")
+        no_password = redis.Redis.from_url(
+            where, ssl_ca_certs=ca, ssl_certfile=str(cert), ssl_keyfile=str(key)
+        )
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            no_password.ping()
+        no_password.close()
+        # The API stage, which has both, is ready.
+        verify = ssl.create_default_context(cafile=ca)
+        ready = wait_for(
+            lambda: httpx.get(f"{pipeline.api_url}/readyz", verify=verify).json(),
+            what="the API",
+        )
+        assert ready["checks"]["redis"] == "ok"
     finally:
         pipeline.stop()

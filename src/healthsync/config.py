@@ -115,6 +115,9 @@ class IngestSettings(BaseModel):
     # Mutual TLS: a device needs a certificate from the CA, and may only send
     # readings for the device id in it.
     require_client_cert: bool = True
+    # Devices bound to patients: a device listed here (or assigned through the API,
+    # which overrides this) may send readings only for these patients.
+    device_patients: dict[str, list[str]] = Field(default_factory=dict)
     max_line_bytes: int = Field(4096, ge=64)
     idle_timeout_s: float = Field(300.0, gt=0)
     max_connections: int = Field(2000, ge=1)

@@ -17,6 +17,10 @@ def _clear(value: str) -> str:
     return value
 
 
+# FHIR types whose ids are identifiers, so their keys and index members use pseudonyms.
+_PSEUDONYMOUS = frozenset({"Patient", "Device"})
+
+
 @dataclass(frozen=True, slots=True)
 class RedisKeys:
     """The Redis key layout under one prefix.
@@ -33,16 +37,17 @@ class RedisKeys:
     - ``{p}:seen:{patient}``            sorted set: reading_id scored by time (idempotency)
     - ``{p}:alert:{alert_id}``          string: alert JSON; expires after retention once resolved
     - ``{p}:alerts:recent``             sorted set: alert_id scored by when it opened
-    - ``{p}:alerts:open``               hash: "{patient}|kind" -> alert_id
+    - ``{p}:alerts:open``               hash: "{patient}|{kind}" -> alert_id (kind pseudonymous)
     - ``{p}:alerts:acknowledged``       hash: alert_id -> JSON {by, at}
     - ``{p}:news2``                     hash: {patient} -> latest NEWS2 JSON
     - ``{p}:engine``                    hash: {patient} -> the anomaly engine's state JSON
     - ``{p}:rules``                     hash: {patient} -> rules JSON set through the API
+    - ``{p}:device_patients``           hash: {device} -> JSON {device_id, patients} (sealed)
     - ``{p}:fhir:{type}:{id}``          string: a FHIR resource's JSON (recent window);
-                                          a Patient's id is its pseudonym
+                                          a Patient's and a Device's id is its pseudonym
     - ``{p}:fhir:reading:{reading_id}`` string: the reading its vital-sign Observations are
                                           rebuilt from (they are not stored one by one)
-    - ``{p}:fhir:index:{type}``         sorted set: id (a Patient's pseudonym) scored by time
+    - ``{p}:fhir:index:{type}``         sorted set: id (a Patient's or Device's pseudonym) by time
     - ``{p}:fhir:index:{type}:{patient}`` sorted set: the same, for one patient
     - ``{p}:events``                    stream of live events for dashboards
     - ``{p}:audit``                     stream: who read which patient's data (API audit log)
@@ -94,8 +99,11 @@ class RedisKeys:
         return f"{self.prefix}:alerts:open"
 
     def open_slot(self, patient_id: str, kind: str) -> str:
-        """The field of ``alerts:open`` for one patient's alert of one kind."""
-        return f"{self.pseudonym(patient_id)}|{kind}"
+        """The field of ``alerts:open`` for one patient's alert of one kind.
+
+        The kind is a pseudonym too: ``device_offline:<device>`` names a device.
+        """
+        return f"{self.pseudonym(patient_id)}|{self.pseudonym(kind)}"
 
     @property
     def news2(self) -> str:
@@ -110,6 +118,10 @@ class RedisKeys:
         return f"{self.prefix}:rules"
 
     @property
+    def device_patients(self) -> str:
+        return f"{self.prefix}:device_patients"
+
+    @property
     def acknowledged(self) -> str:
         return f"{self.prefix}:alerts:acknowledged"
 
@@ -121,8 +133,12 @@ class RedisKeys:
         return f"{self.prefix}:fhir:{resource_type}:{self.fhir_member(resource_type, resource_id)}"
 
     def fhir_member(self, resource_type: str, resource_id: str) -> str:
-        """A resource's id as its key and its index entries name it: a Patient's is pseudonymous."""
-        return self.pseudonym(resource_id) if resource_type == "Patient" else resource_id
+        """A resource's id as its key and its index entries name it.
+
+        A Patient's and a Device's are pseudonyms: a device id in a key name
+        would link a patient's pseudonym to a bed.
+        """
+        return self.pseudonym(resource_id) if resource_type in _PSEUDONYMOUS else resource_id
 
     def fhir_reading(self, reading_id: str) -> str:
         return f"{self.prefix}:fhir:reading:{reading_id}"

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -26,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
+from urllib.parse import quote
 
 from healthsync.errors import HealthSyncError, MissingBinaryError
 
@@ -289,6 +292,22 @@ def start_tls_front(
     return service
 
 
+_REDIS_START_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class RedisUser:
+    """The one ACL user of an embedded redis-server; the default user is switched off."""
+
+    name: str
+    password: str
+
+    def acl(self) -> str:
+        # Only the password's SHA-256 goes into the file.
+        digest = hashlib.sha256(self.password.encode()).hexdigest()
+        return f"user default off\nuser {self.name} on #{digest} ~* &* +@all\n"
+
+
 @dataclass(frozen=True)
 class RedisDisk:
     """Where the embedded Redis keeps its data, and how often its append-only file is synced.
@@ -306,12 +325,15 @@ def start_redis(
     log_dir: Path | None = None,
     tls: ServerTls | None = None,
     disk: RedisDisk | None = None,
+    user: RedisUser | None = None,
 ) -> Service:
     """Start a private redis-server; returns once it accepts connections.
 
     Without `disk` it keeps nothing on disk; with it, a restart on the same
     directory loads what was kept. With `tls` it listens with TLS 1.3 only on
     `port` and on no plain port.
+    With `user` only that user, with its password, may connect (the ACL file,
+    mode 0600, goes into `log_dir`).
     """
     binary = shutil.which("redis-server")
     if binary is None:
@@ -327,7 +349,17 @@ def start_redis(
             *("--tls-protocols", TLS_PROTOCOL, "--tls-ciphersuites", TLS_CIPHERSUITE),
         ]
     argv += ["--save", "", "--protected-mode", "yes", *_persistence_args(disk)]
-    service = _spawn("redis", argv, host, port, log_dir, timeout=10.0)
+    if user is not None:
+        if log_dir is None:
+            raise HealthSyncError(
+                "an embedded Redis with a user needs a directory for its ACL file"
+            )
+        acl = log_dir / "redis-users.acl"
+        fd = os.open(acl, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(user.acl())
+        argv += ["--aclfile", str(acl)]
+    service = _spawn("redis", argv, host, port, log_dir, timeout=_REDIS_START_TIMEOUT_S)
     service.tls = tls is not None
     return service
 
@@ -350,6 +382,7 @@ class EmbeddedStack:
 
     broker: Service | None = None
     redis: Service | None = None
+    redis_user: RedisUser | None = None
 
     @property
     def bootstrap(self) -> str | None:
@@ -360,7 +393,9 @@ class EmbeddedStack:
         if self.redis is None:
             return None
         scheme = "rediss" if self.redis.tls else "redis"
-        return f"{scheme}://{self.redis.host}:{self.redis.port}/0"
+        user = self.redis_user
+        login = f"{quote(user.name)}:{quote(user.password)}@" if user else ""
+        return f"{scheme}://{login}{self.redis.host}:{self.redis.port}/0"
 
     def services(self) -> list[Service]:
         """Every process of the stack, each backend before its front."""

@@ -13,11 +13,12 @@ flight), the processor, the API, and last Redis and the broker.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -30,12 +31,19 @@ from healthsync.config import Settings
 from healthsync.errors import ConfigError, HealthSyncError
 from healthsync.kafka import KafkaUnavailableError, ensure_topics
 from healthsync.runstate import ProcessEntry, RunState
-from healthsync.security.certs import ca_cert_path, init_pki, pki_exists, service_paths
+from healthsync.security.certs import (
+    ca_cert_path,
+    init_pki,
+    issue_stage_client,
+    pki_exists,
+    service_paths,
+)
 from healthsync.security.codec import ensure_keyring
 from healthsync.security.tls import openssl_conf_env
 from healthsync.stack import (
     EmbeddedStack,
     RedisDisk,
+    RedisUser,
     ServerTls,
     Service,
     start_broker,
@@ -84,34 +92,37 @@ class Pipeline:
             # Like the certificates: the run dir's keyring, created on first start.
             settings.crypto.keyring_file = (self.run_dir / "keyring.json").resolve()
         ensure_keyring(settings.crypto)
-        if settings.ingest.plain_enabled is None:
-            settings.ingest.plain_enabled = True  # the demo's netcat port, on loopback
         if "log_dir" not in settings.jobs.model_fields_set:
             settings.jobs.log_dir = self.logs / "jobs"
         if "url" not in settings.archive.model_fields_set:
             settings.archive.url = f"file://{(self.run_dir / 'archive').resolve()}"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
-        self.env.update(settings.to_env())
-        if "OPENSSL_CONF" not in self.env:  # an operator's own OpenSSL configuration wins
-            self.env.update(openssl_conf_env(self.run_dir))
+        self.env = self._stage_env()
         for name in stages:
             self.start_child(name)
         self._wait_listening(stages)
 
     def _start_redis(self) -> None:
-        """The embedded Redis, unless a URL names another; it keeps its data in the run dir."""
+        """The embedded Redis, unless a URL names another: its data in the run dir, one ACL
+        user, and with TLS client certificates required."""
         settings = self.settings
         if settings.redis.url is not None:
             return
         tls = self._server_tls("redis") if settings.redis.embedded_tls else None
+        if tls is not None:  # only stages with a certificate from the CA get in
+            tls = replace(tls, client_certs="required")
+        self.stack.redis_user = RedisUser("healthsync", secrets.token_urlsafe(32))
         self.stack.redis = start_redis(
             log_dir=self.logs,
             tls=tls,
             disk=RedisDisk(self.run_dir / "redis", settings.redis.embedded_appendfsync),
+            user=self.stack.redis_user,
         )
         settings.redis.url = self.stack.redis_url
         if tls is not None and settings.redis.tls_ca_file is None:
             settings.redis.tls_ca_file = tls.ca
+            # This process's own connection (status, checks); stages get theirs in start_child.
+            cert, key = issue_stage_client(settings.tls.dir, "supervisor")
+            settings.redis.tls_cert_file, settings.redis.tls_key_file = cert, key
 
     def _start_broker(self) -> None:
         """The embedded broker unless a bootstrap names another; then the topics."""
@@ -178,6 +189,17 @@ class Pipeline:
                 child.stop()
                 child.start(self.env)
 
+    def _stage_env(self) -> dict[str, str]:
+        """The environment every stage starts with: the settings, made explicit."""
+        settings = self.settings
+        if settings.ingest.plain_enabled is None:
+            settings.ingest.plain_enabled = True  # the demo's netcat port, on loopback
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
+        env.update(settings.to_env())
+        if "OPENSSL_CONF" not in env:  # an operator's own OpenSSL configuration wins
+            env.update(openssl_conf_env(self.run_dir))
+        return env
+
     def _prepare_certificates(self, stages: tuple[str, ...]) -> None:
         """The PKI, when a service about to start needs one (see ensure_pki)."""
         settings = self.settings
@@ -232,8 +254,19 @@ class Pipeline:
         if child is None:
             argv = [sys.executable, "-m", "healthsync", name, *args]
             child = self.children[name] = Child(name, argv, self.logs / f"{name}.log")
-        child.start(self.env)
+        child.start(self.env | self._redis_client_env(name))
         return child
+
+    def _redis_client_env(self, stage: str) -> dict[str, str]:
+        """The stage's own client certificate, when the embedded Redis requires one."""
+        redis = self.stack.redis
+        if redis is None or not redis.tls:
+            return {}
+        cert, key = issue_stage_client(self.settings.tls.dir, stage)
+        return {
+            "HEALTHSYNC_REDIS_TLS_CERT_FILE": str(cert),
+            "HEALTHSYNC_REDIS_TLS_KEY_FILE": str(key),
+        }
 
     def start_simulator(self, devices: int, rate: float) -> Child:
         ingest = self.settings.ingest

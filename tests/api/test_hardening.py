@@ -8,6 +8,7 @@ are refused rather than crashing a route.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 import uuid
@@ -204,3 +205,14 @@ def test_readyz_does_not_name_the_broker(broker: Service, redis_server: Service)
     assert response.status_code == 503
     assert response.json()["checks"] == {"redis": "ok", "kafka": "unavailable"}
     assert settings.kafka.bootstrap not in response.text
+
+
+def test_the_api_description_page_loads_nothing_from_elsewhere(served: AuthApi) -> None:
+    page = served.get("/docs")
+    assert page.status_code == 200
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    sources += re.findall(r"url: '([^']+)'", page.text)
+    assert sources and all(s.startswith("/") for s in sources), sources
+    for source in sources:
+        assert served.get(source).status_code == 200, source
+    assert "swagger" in served.get("/docs/oauth2-redirect").text.lower()

@@ -224,10 +224,10 @@ def _references(value: Any) -> Iterator[str]:
             yield from _references(v)
 
 
-def reading(n: int, patient_id: str = "P-1001") -> Reading:
+def reading(n: int, patient_id: str = "P-1001", device_id: str = "mon-0001") -> Reading:
     return Reading(
         reading_id=f"r{n:04d}",
-        device_id="mon-0001",
+        device_id=device_id,
         patient_id=patient_id,
         ts=1_795_787_117.0 + n,
         received_at=1_795_787_117.5 + n,
@@ -402,6 +402,25 @@ def test_400_raises_at_once_with_the_diagnostics_and_no_patient_data(
     assert "P-SECRET" not in message and "r0001" not in message
     assert caught.value.status == 400
     assert len(ehr.received) == 1  # not retried
+
+
+def test_diagnostics_that_echo_what_was_sent_are_scrubbed(
+    ehr: FakeEhr, make_sink: SinkFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An EHR may quote the offending resource back: its identifiers never reach the log."""
+    echo = "Patient P-SECRET-77 (device mon-secret-9, reading r0001): subject not found"
+    ehr.fail(503, body=outcome(echo), times=1)
+    ehr.fail(422, body=outcome(echo), times=1)
+    sink = make_sink(ehr_max_attempts=3)
+    sink.write(batch_of(reading(1, patient_id="P-SECRET-77", device_id="mon-secret-9")))
+    with caplog.at_level(logging.DEBUG), pytest.raises(EhrPushError) as caught:
+        sink.flush()
+    told = str(caught.value) + " ".join(
+        str(getattr(r, "error", "")) + r.getMessage() for r in caplog.records
+    )
+    assert "subject not found" in told, "the diagnostics are still there"
+    for secret in ("P-SECRET-77", "mon-secret-9", "r0001"):
+        assert secret not in told, secret
 
 
 def test_a_failed_entry_in_the_transaction_response_raises(

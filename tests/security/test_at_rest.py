@@ -31,7 +31,15 @@ from tests.conftest import Credentials, Device, make_settings, wait_for
 from tests.test_pipeline import read_topic
 
 PATIENT = "PX-73910"
-NEEDLES = [PATIENT.encode(), b"Grace Hopper", b"MRN-558211", b"38.73", b"+1 555 0100"]
+# The device id too: it links a patient's pseudonym to a bed (`device_offline:<device>`).
+NEEDLES = [
+    PATIENT.encode(),
+    b"Grace Hopper",
+    b"MRN-558211",
+    b"38.73",
+    b"+1 555 0100",
+    b"mon-41",
+]
 ADMIT = (
     f"device_id=mon-41 patient_id={PATIENT} seq=1 hr=128 spo2=86% temp=38.73 rr=26"
     ' name="Grace Hopper" mrn=MRN-558211 phone="+1 555 0100"'

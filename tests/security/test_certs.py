@@ -8,14 +8,18 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from healthsync.security.certs import (
     SERVICES,
     CertError,
+    device_paths,
     init_pki,
     issue_device,
     revoke_device,
     revoked_serials,
+    sign_device_csr,
 )
 
 
@@ -62,17 +66,20 @@ def test_nothing_is_overwritten_without_force(tmp_path: Path) -> None:
 
 
 def test_device_certificate_names_the_device(tmp_path: Path) -> None:
-    init_pki(tmp_path)
-    cert_path, key_path = issue_device(tmp_path, "mon-0001", days=30)
+    pki = tmp_path / "pki"
+    init_pki(pki)
+    cert_path, key_path = issue_device(pki, "mon-0001", days=30)
 
+    # The device's private key is kept apart from the CA's directory (and ca.key).
     assert (cert_path, key_path) == (
-        tmp_path / "devices" / "mon-0001.crt",
-        tmp_path / "devices" / "mon-0001.key",
+        pki / "devices" / "mon-0001.crt",
+        tmp_path / "pki-device-keys" / "mon-0001.key",
     )
-    assert mode(tmp_path / "devices") == 0o700
+    assert not key_path.is_relative_to(pki)
+    assert mode(pki / "devices") == mode(tmp_path / "pki-device-keys") == 0o700
     assert mode(cert_path) == mode(key_path) == 0o600
     cert = load(cert_path)
-    cert.verify_directly_issued_by(load(tmp_path / "ca.crt"))
+    cert.verify_directly_issued_by(load(pki / "ca.crt"))
     cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     assert [a.value for a in cn] == ["mon-0001"]
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -81,6 +88,32 @@ def test_device_certificate_names_the_device(tmp_path: Path) -> None:
     ]
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
     assert timedelta(days=30) <= lifetime <= timedelta(days=30, minutes=10)
+
+
+def test_a_device_that_made_its_own_key_sends_a_csr(tmp_path: Path) -> None:
+    """Production devices keep their private key: the CA signs their CSR, nothing else."""
+    init_pki(tmp_path)
+    device_key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "whatever")])
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(subject)
+        .sign(device_key, hashes.SHA256())
+    )
+    pem = csr.public_bytes(serialization.Encoding.PEM)
+    cert_path = sign_device_csr(tmp_path, "mon-0002", pem)
+    assert not device_paths(tmp_path, "mon-0002")[1].exists(), "no key made on the CA's side"
+    cert = load(cert_path)
+    assert cert.public_key() == device_key.public_key()
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [
+        "urn:healthsync:device:mon-0002"
+    ], "the identity is the one the CA names, whatever the CSR asked for"
+    with pytest.raises(CertError, match="not a PEM certificate signing request"):
+        sign_device_csr(tmp_path, "mon-0003", b"hello")
+    forged = pem.replace(b"\n-----END", b"A\n-----END")  # damaged signature
+    with pytest.raises(CertError):
+        sign_device_csr(tmp_path, "mon-0004", forged)
 
 
 def test_device_certificate_rules(tmp_path: Path) -> None:

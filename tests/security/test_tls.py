@@ -21,7 +21,7 @@ import pytest
 
 from healthsync.config import Settings
 from healthsync.errors import ConfigError
-from healthsync.security.certs import init_pki, issue_device, revoke_device
+from healthsync.security.certs import device_paths, init_pki, issue_device, revoke_device
 from healthsync.security.tls import (
     client_context,
     device_identity,
@@ -109,7 +109,7 @@ def test_tls13_with_aes256_gcm_and_the_device_identity(pki: Path, serve: list[Tl
 
 def s_client(port: int, pki: Path, suites: str) -> str:
     """What `openssl s_client` offering only `suites` under TLS 1.3 heard from the server."""
-    cert, key = pki / "devices" / "mon-0001.crt", pki / "devices" / "mon-0001.key"
+    cert, key = device_paths(pki, "mon-0001")
     result = subprocess.run(
         [
             *("openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3", "-ign_eof"),

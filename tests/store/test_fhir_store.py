@@ -86,7 +86,10 @@ def test_resources_are_stored_and_indexed_by_type_patient_and_time(
     assert [m for m, _ in index(redis, keys.fhir_index("Patient"))] == [
         keys.fhir_member("Patient", "P-1")
     ]
-    assert [m for m, _ in index(redis, keys.fhir_index("Device"))] == ["mon-1"]
+    # So is a Device: a device id in a key name would link the patient to a bed.
+    assert [m for m, _ in index(redis, keys.fhir_index("Device"))] == [
+        keys.fhir_member("Device", "mon-1")
+    ]
     patient = stored(redis, codec, keys.fhir("Patient", "P-1"))
     assert patient is not None and patient["name"] == [{"text": "Ada Lovelace"}]
 

@@ -10,10 +10,13 @@ import orjson
 from redis import Redis
 
 from healthsync.config import Settings
+from healthsync.domain.alerts import Alert, AlertEvent
 from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading
+from healthsync.fhir.patients import device_for
 from healthsync.metrics import StatsRecorder
 from healthsync.security.codec import Codec
+from healthsync.store.fhir_store import RedisFhirSink
 from healthsync.store.live import RedisLiveSink
 from healthsync.store.records import Records
 from healthsync.store.state import RedisStateStore
@@ -78,3 +81,39 @@ def test_news2_inputs_survive_a_restart(settings: Settings, redis: Redis, codec:
         "consciousness": ("A", now, "n"),
     }
     assert observed["P-unknown"] == {}
+
+
+def test_an_offline_device_s_id_is_not_in_any_key_or_field(
+    settings: Settings, redis: Redis, codec: Codec
+) -> None:
+    """`device_offline:<device>` names a device; Redis keeps it only sealed or pseudonymous."""
+    now = time.time()
+    alert = Alert(
+        alert_id="0f0f",
+        patient_id="P-OFF-1",
+        kind="device_offline:mon-bed-12",
+        vital=None,
+        severity="warning",
+        status="open",
+        opened_at=now,
+        updated_at=now,
+        value=0,
+        band="",
+        reading_id="",
+        category="technical",
+        device_id="mon-bed-12",
+    )
+    batch = Batch([], alert_events=[AlertEvent("opened", alert)])
+    batch.observations.append(("P-OFF-1", device_for("mon-bed-12", now)))
+    for sink in (
+        sink_for(settings, redis, codec),
+        RedisFhirSink(redis, settings.redis, Records(codec)),
+    ):
+        sink.write(batch)
+        sink.flush()
+    names = [cast("bytes", k) for k in redis.scan_iter(f"{settings.redis.prefix}:*")]
+    fields = [f for k in names if redis.type(k) == b"hash" for f in redis.hkeys(k)]
+    members = [m for k in names if redis.type(k) == b"zset" for m in redis.zrange(k, 0, -1)]
+    assert redis.hlen(codec.keys.open_alerts) == 1, "the alert is stored as open"
+    leaked = [b for b in (*names, *fields, *members) if b"mon-bed-12" in b]
+    assert leaked == []

@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from healthsync import __version__
-from healthsync.api import middleware, unavailable
+from healthsync.api import docs, middleware, unavailable
+from healthsync.api.assignments import assignments_router
 from healthsync.api.audit import AuditLog
 from healthsync.api.auth import Authenticator, Guard
 from healthsync.api.errors import install_error_handlers
@@ -33,6 +34,7 @@ from healthsync.config import Settings
 from healthsync.errors import ConfigError
 from healthsync.metrics import PipelineCollector
 from healthsync.security.codec import Codec
+from healthsync.store.assignments import Assignments
 from healthsync.store.fhir_queries import FhirReader
 from healthsync.store.queries import LiveReader
 from healthsync.store.records import Records
@@ -77,7 +79,10 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         description="Live patient vitals, alerts and pipeline metrics.",
         lifespan=_lifespan,
+        docs_url=None,  # served by api/docs.py, without a CDN
+        redoc_url=None,
     )
+    docs.install(app)
     app.state.guard = guard
     reader = LiveReader(redis, records, unreadable_counter(registry))
     app.state.services = ApiServices(
@@ -99,4 +104,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(history.router(settings, reader))
     app.include_router(stream_router(redis, records, settings))
     app.include_router(dashboard_router())
+    app.include_router(assignments_router(Assignments(redis, codec)))
     return app

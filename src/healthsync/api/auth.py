@@ -379,3 +379,4 @@ async def fhir_reads(request: Request, resource_type: str, credentials: Credenti
 authenticated = _requires(lambda grants: True, "valid credentials")
 acknowledges = _requires(lambda grants: grants.acknowledge, "the right to acknowledge alerts")
 summary = _requires(lambda grants: grants.summary, "access to the aggregates")
+assigns = _requires(lambda grants: grants.assign, "the right to assign devices to patients")

@@ -81,6 +81,8 @@ class History(BaseModel):
 class AlertList(BaseModel):
     alerts: list[dict[str, Any]]
     count: int
+    # Present when more alerts match: pass it as `cursor` for the next page.
+    next_cursor: str | None = None
 
 
 class RulesView(BaseModel):

@@ -38,6 +38,8 @@ class Grants:
     summary: bool = False
     # May start compute jobs (POST /v1/jobs/{name}/run).
     run_jobs: bool = False
+    # May bind devices to the patients they send for (/v1/devices/{id}/patients).
+    assign: bool = False
 
     def can_read(self, resource_type: str) -> bool:
         return ALL in self.read or resource_type in self.read
@@ -48,6 +50,7 @@ class Grants:
             acknowledge=self.acknowledge or other.acknowledge,
             summary=self.summary or other.summary,
             run_jobs=self.run_jobs or other.run_jobs,
+            assign=self.assign or other.assign,
         )
 
     def __and__(self, other: Grants) -> Grants:
@@ -61,6 +64,8 @@ class Grants:
             read=read,
             acknowledge=self.acknowledge and other.acknowledge,
             summary=self.summary and other.summary,
+            run_jobs=self.run_jobs and other.run_jobs,
+            assign=self.assign and other.assign,
         )
 
 
@@ -70,9 +75,12 @@ ROLES: dict[str, Grants] = {
     # De-identified aggregates only: counts, never an id or a value of one patient.
     "viewer": Grants(summary=True),
     # Devices (FHIR Device resources) and the aggregates; no patient data.
-    "device-admin": Grants(read=frozenset({"Device"}), summary=True),
+    # Binding devices to patients too (which patients, never their data).
+    "device-admin": Grants(read=frozenset({"Device"}), summary=True, assign=True),
     # Everything the API offers.
-    "admin": Grants(read=frozenset({ALL}), acknowledge=True, summary=True, run_jobs=True),
+    "admin": Grants(
+        read=frozenset({ALL}), acknowledge=True, summary=True, run_jobs=True, assign=True
+    ),
 }
 
 # Acknowledging an alert changes its Communication and Flag; a write scope on either grants it.

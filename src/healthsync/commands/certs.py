@@ -16,6 +16,9 @@ def cmd_certs(args: argparse.Namespace) -> int:
     if args.certs_command == "init":
         certs.init_pki(directory, hosts=args.host or ("localhost", "127.0.0.1"), force=args.force)
         print(f"CA, server certificates ({', '.join(certs.SERVICES)}) and CRL in {directory}")
+    elif args.certs_command == "device" and args.csr is not None:
+        csr = args.csr.read_bytes()
+        print(certs.sign_device_csr(directory, args.device_id, csr, days=args.days, force=args.force))
     elif args.certs_command == "device":
         cert, key = certs.issue_device(directory, args.device_id, days=args.days, force=args.force)
         print(f"{cert}\n{key}")
@@ -42,8 +45,17 @@ def register(sub: Subparsers) -> None:
         help="name or address the servers are reached by (repeat; default localhost and 127.0.0.1)",
     )
     certs_init.add_argument("--force", action="store_true", help="replace an existing PKI")
-    certs_device = certs_sub.add_parser("device", help="issue a device client certificate")
+    certs_device = certs_sub.add_parser(
+        "device",
+        help="issue a device client certificate",
+        description="Without --csr a key is made too, written beside the PKI directory "
+        "(<dir>-device-keys/), never next to ca.key: for tests and demos. Production "
+        "devices make their own key and send a CSR; only the certificate is written.",
+    )
     certs_device.add_argument("device_id", metavar="DEVICE_ID")
+    certs_device.add_argument(
+        "--csr", type=Path, help="the device's PEM certificate signing request"
+    )
     certs_device.add_argument("--days", type=int, default=365, help="validity (default 365)")
     certs_device.add_argument(
         "--force", action="store_true", help="replace the device's certificate"

@@ -18,7 +18,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -176,10 +176,55 @@ def _response_outcome(response: httpx.Response) -> str:
         return ""
 
 
-def _describe(response: httpx.Response) -> str:
+def _describe(response: httpx.Response, scrub: Callable[[str], str]) -> str:
     text = f"HTTP {response.status_code} {response.reason_phrase}".strip()
-    outcome = _response_outcome(response)
+    outcome = scrub(_response_outcome(response))
     return f"{text}: {outcome}" if outcome else text
+
+
+# Elements whose values identify a patient, a device or a reading.
+_IDENTIFYING = frozenset(
+    {"id", "value", "reference", "fullUrl", "text", "family", "given", "birthDate", "line"}
+    | {"city", "postalCode"}
+)
+_REDACTED = "[redacted]"
+
+
+def _collect_identifying(node: Any, key: str, found: set[str]) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _collect_identifying(v, k, found)
+    elif isinstance(node, list):
+        for item in node:
+            _collect_identifying(item, key, found)
+    elif isinstance(node, str) and key in _IDENTIFYING and len(node) >= 3:
+        found.add(node)
+        if key in ("reference", "fullUrl"):
+            found.add(node.rsplit("/", 1)[-1].removeprefix("urn:uuid:"))
+        # A vital-sign Observation's id and identifier start with its reading id.
+        head = node.replace("/", "-").partition("-")[0]
+        if key in ("id", "value") and len(head) >= 5:
+            found.add(head)
+
+
+def _scrubber(bundle: dict[str, Any]) -> Callable[[str], str]:
+    """Removes from an EHR's diagnostics every identifier the bundle sent.
+
+    An EHR may quote the offending resource back ("Patient P-1 not found");
+    diagnostics go to the log and to errors, which must not carry PHI.
+    """
+    found: set[str] = set()
+    _collect_identifying(bundle.get("entry", []), "", found)
+    # Longest first, so that an id is not left half-replaced by a shorter one inside it.
+    secrets = sorted(found, key=len, reverse=True)
+
+    def scrub(text: str) -> str:
+        for secret in secrets:
+            if secret in text:
+                text = text.replace(secret, _REDACTED)
+        return text
+
+    return scrub
 
 
 class EhrPushSink:
@@ -288,13 +333,16 @@ class EhrPushSink:
         status = response.status_code
         if status in _RETRY_STATUSES or status >= 500:
             delay = _retry_after(response.headers.get("Retry-After"), time.time())
-            raise _Retryable(_describe(response), status, delay)
+            raise _Retryable(_describe(response, _scrubber(bundle)), status, delay)
         if not 200 <= status < 300:
-            raise EhrPushError(f"the EHR rejected a transaction: {_describe(response)}", status)
-        return _count_entries(response, len(bundle["entry"]))
+            described = _describe(response, _scrubber(bundle))
+            raise EhrPushError(f"the EHR rejected a transaction: {described}", status)
+        return _count_entries(response, len(bundle["entry"]), lambda: _scrubber(bundle))
 
 
-def _count_entries(response: httpx.Response, sent: int) -> tuple[int, int]:
+def _count_entries(
+    response: httpx.Response, sent: int, scrubber: Callable[[], Callable[[str], str]]
+) -> tuple[int, int]:
     """Check every entry of a transaction-response succeeded; (created, existing) counts."""
     try:
         reply = response.json()
@@ -314,7 +362,7 @@ def _count_entries(response: httpx.Response, sent: int) -> tuple[int, int]:
         elif code.startswith("2"):
             existing += 1
         else:
-            outcome = _outcome_text(result.get("outcome"))
+            outcome = scrubber()(_outcome_text(result.get("outcome")))
             raise EhrPushError(
                 f"the EHR failed entry {index} of a transaction with status {code or '?'}"
                 + (f": {outcome}" if outcome else ""),

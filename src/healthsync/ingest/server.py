@@ -35,6 +35,7 @@ from redis.asyncio import Redis
 from healthsync import wire
 from healthsync.config import Settings
 from healthsync.errors import ConfigError
+from healthsync.ingest.assignments import DevicePatients
 from healthsync.ingest.publisher import Publisher
 from healthsync.metrics import StatsRecorder
 from healthsync.security import codec as roles
@@ -47,6 +48,7 @@ from healthsync.security.tls import (
     peer_serial,
     server_context,
 )
+from healthsync.store.assignments import Assignments
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +179,10 @@ class DeviceConnection(asyncio.Protocol):
             detail = f"device_id does not match the client certificate ({self.identity})"
             self._reject(wire.WireError("device_mismatch", detail, code=403), line)
             return
+        if not server.device_patients.allows(reading.device_id, reading.patient_id):
+            detail = "this device is not assigned to that patient"
+            self._reject(wire.WireError("patient_not_assigned", detail, code=403), line)
+            return
         slot = _Slot()
         self.pending.append(slot)
         self.inflight += 1
@@ -259,6 +265,7 @@ class IngestServer:
     inflight: int = 0
     servers: list[asyncio.Server] = field(default_factory=list)
     revocations: RevocationList | None = None
+    device_patients: DevicePatients = field(default_factory=lambda: DevicePatients({}))
 
     def admit(self, connection: DeviceConnection) -> bool:
         if len(self.connections) >= self.settings.ingest.max_connections:
@@ -448,13 +455,16 @@ async def _flush_stats(server: IngestServer, redis: Redis | None) -> None:
         log.warning("could not publish ingest stats", extra={"error": str(exc)})
 
 
-async def _housekeeping(server: IngestServer, redis: Redis | None, stop: asyncio.Event) -> None:
-    """Every second: close idle connections and publish the counts."""
+async def _housekeeping(
+    server: IngestServer, redis: Redis | None, stop: asyncio.Event, assigned: Assignments | None
+) -> None:
+    """Every second: close idle connections, re-read CRL and assignments, publish the counts."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=1.0)
         server.sweep_idle()
         server.refresh_revocations()
+        await server.device_patients.refresh(assigned)
         await _flush_stats(server, redis)
 
 
@@ -462,17 +472,22 @@ async def serve(settings: Settings) -> None:
     """Run the ingest server until SIGTERM or SIGINT, then drain."""
     stats = StatsRecorder(settings.redis.keys, "ingest")
     publisher = Publisher(settings.kafka, settings.ingest.ack_timeout_s)
-    server = IngestServer(settings, publisher, stats, Codec.from_settings(settings))
+    codec = Codec.from_settings(settings)
+    server = IngestServer(settings, publisher, stats, codec)
+    server.device_patients = DevicePatients(settings.ingest.device_patients)
     redis = None
+    assigned = None
     if settings.redis.url:
         redis = Redis.from_url(settings.redis.url, **settings.redis.client_options())
+        assigned = Assignments(redis, codec)
+        await server.device_patients.refresh(assigned)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
     log.info("ingest listening", extra={"addresses": server.addresses})
-    housekeeping = loop.create_task(_housekeeping(server, redis, stop))
+    housekeeping = loop.create_task(_housekeeping(server, redis, stop, assigned))
     await stop.wait()
     log.info("ingest draining", extra={"inflight": server.inflight})
     await server.drain()

@@ -10,7 +10,8 @@ Layout under the directory (files 0600, directories 0700, since the keys are
 what the whole transport security rests on)::
 
     ca.crt ca.key crl.pem {service}.crt {service}.key
-    devices/{device_id}.crt devices/{device_id}.key
+    devices/{device_id}.crt clients/{stage}.crt clients/{stage}.key
+    ../{name}-device-keys/{device_id}.key   (keys made here only; see device_key_dir)
 
 Keys are ECDSA P-256: every TLS stack HealthSync talks to (OpenSSL in Python,
 ncat, redis-server, HAProxy, librdkafka) accepts them, and they take
@@ -34,6 +35,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from healthsync.errors import HealthSyncError
@@ -75,11 +77,23 @@ def service_paths(directory: Path, service: str) -> tuple[Path, Path]:
     return directory / f"{service}.crt", directory / f"{service}.key"
 
 
+def device_key_dir(directory: Path) -> Path:
+    """Where keys made for devices go: beside the CA's directory, never in it.
+
+    The CA's directory (with ``ca.key``) can then stay on the CA host while
+    device keys are handed out. Production devices make their own key and send
+    a CSR (``healthsync certs device ID --csr FILE``): no key is made here.
+    """
+    return directory.parent / f"{directory.name}-device-keys"
+
+
 def device_paths(directory: Path, device_id: str) -> tuple[Path, Path]:
     """(certificate, key) of a device."""
     if _DEVICE_ID_RE.fullmatch(device_id) is None:
         raise CertError("a device id is 1-64 of A-Z a-z 0-9 . _ : -")
-    return directory / "devices" / f"{device_id}.crt", directory / "devices" / f"{device_id}.key"
+    return directory / "devices" / f"{device_id}.crt", device_key_dir(
+        directory
+    ) / f"{device_id}.key"
 
 
 def pki_exists(directory: Path) -> bool:
@@ -154,28 +168,96 @@ def issue_device(
     force: bool = False,
     not_before: datetime | None = None,
 ) -> tuple[Path, Path]:
-    """Issue a client certificate for `device_id`; returns (certificate, key) paths.
+    """Issue a client certificate and make a key for `device_id`; returns their paths.
 
+    The key goes to :func:`device_key_dir`, apart from ``ca.key``: for tests and
+    demos; production devices send a CSR (:func:`sign_device_csr`).
     `not_before` (default: now) exists so that a certificate valid in the past
     only, an expired one, can be made on purpose.
     """
+    cert_path, key_path = device_paths(directory, device_id)
+    _refuse_existing([cert_path, key_path], force)
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = not_before if not_before is not None else datetime.now(UTC)
+    _write_device_cert(directory, device_id, key.public_key(), start, days)
+    _make_dir(key_path.parent)
+    _write(key_path, _key_pem(key), force=True)
+    return cert_path, key_path
+
+
+def sign_device_csr(
+    directory: Path, device_id: str, csr: bytes, *, days: int = 365, force: bool = False
+) -> Path:
+    """A certificate for the key of a device's own CSR (PEM); no key is made or written.
+
+    The CSR's signature must verify; its subject is ignored: the certificate's
+    subject and URI SAN are the CA's, for `device_id`.
+    """
+    cert_path, _ = device_paths(directory, device_id)
+    _refuse_existing([cert_path], force)
+    _write_device_cert(directory, device_id, _csr_key(csr), datetime.now(UTC), days)
+    return cert_path
+
+
+def _write_device_cert(
+    directory: Path,
+    device_id: str,
+    public_key: CertificatePublicKeyTypes,
+    start: datetime,
+    days: int,
+) -> None:
     if days < 1:
         raise CertError("a device certificate must be valid for at least 1 day")
-    cert_path, key_path = device_paths(directory, device_id)
+    cert_path, _ = device_paths(directory, device_id)
     ca_cert, ca_key = _load_ca(directory)
-    _refuse_existing([cert_path, key_path], force)
     _make_dir(cert_path.parent)
-
-    start = not_before if not_before is not None else datetime.now(UTC)
-    key = ec.generate_private_key(ec.SECP256R1())
     cert = (
-        _leaf(device_id, key, ca_cert, start, start + timedelta(days=days))
+        _leaf(device_id, public_key, ca_cert, start, start + timedelta(days=days))
         .add_extension(
             x509.SubjectAlternativeName(
                 [x509.UniformResourceIdentifier(DEVICE_URI_PREFIX + device_id)]
             ),
             critical=False,
         )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), force=True)
+
+
+def _csr_key(pem: bytes) -> CertificatePublicKeyTypes:
+    """The public key of a CSR whose signature proves its sender holds the private key."""
+    try:
+        request = x509.load_pem_x509_csr(pem)
+    except ValueError as exc:
+        raise CertError(f"not a PEM certificate signing request: {exc}") from None
+    if not request.is_signature_valid:
+        raise CertError("the certificate signing request's signature does not verify")
+    key = request.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise CertError("a device key must be ECDSA or RSA")
+    return key
+
+
+def stage_client_paths(directory: Path, stage: str) -> tuple[Path, Path]:
+    """(certificate, key) a stage presents to the services it connects to (Redis)."""
+    if _DEVICE_ID_RE.fullmatch(stage) is None:
+        raise CertError("a stage name is 1-64 of A-Z a-z 0-9 . _ : -")
+    return directory / "clients" / f"{stage}.crt", directory / "clients" / f"{stage}.key"
+
+
+def issue_stage_client(directory: Path, stage: str) -> tuple[Path, Path]:
+    """A client certificate for one stage (CN ``healthsync-stage-<stage>``, client auth only),
+    made once and kept: each stage connects to Redis as itself."""
+    cert_path, key_path = stage_client_paths(directory, stage)
+    if cert_path.is_file() and key_path.is_file():
+        return cert_path, key_path
+    ca_cert, ca_key = _load_ca(directory)
+    _make_dir(cert_path.parent)
+    now = datetime.now(UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        _leaf(f"healthsync-stage-{stage}", key, ca_cert, now, now + timedelta(days=_SERVICE_DAYS))
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -240,23 +322,24 @@ def _verify_crl(directory: Path, crl: x509.CertificateRevocationList) -> None:
 
 def _leaf(
     common_name: str,
-    key: ec.EllipticCurvePrivateKey,
+    key: ec.EllipticCurvePrivateKey | CertificatePublicKeyTypes,
     ca_cert: x509.Certificate,
     start: datetime,
     end: datetime,
 ) -> x509.CertificateBuilder:
+    public_key = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     return (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(start - _BACKDATE)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(ca=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), False
         )

@@ -23,12 +23,20 @@ from healthsync.metrics import COMPONENTS
 from healthsync.security.crypto import DecryptError
 from healthsync.store.records import Records
 
+# A page of resolved or all alerts reads at most this many pages' worth of recent alerts.
+_SCAN_PAGES = 10
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
 def _ignore(_error: DecryptError) -> None:
     pass
+
+
+def _matches(alert: dict[str, Any], status: str, patient_id: str | None) -> bool:
+    return (status == "all" or alert["status"] == status) and (
+        patient_id is None or alert["patient_id"] == patient_id
+    )
 
 
 class LiveReader:
@@ -141,24 +149,47 @@ class LiveReader:
             )
         return points
 
-    async def alerts(self, status: str, patient_id: str | None, limit: int) -> list[dict[str, Any]]:
+    async def alerts(
+        self, status: str, patient_id: str | None, limit: int, cursor: int = 0
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """Alerts newest first, and the cursor of the next page (None: no more).
+
+        Open alerts are few (one per patient and kind) and come in one page. Resolved
+        and all alerts are read from the recent ones a page at a time: at most
+        `limit` matches, and at most ``_SCAN_PAGES * limit`` alerts read per call.
+        """
         if status == "open":
             raw_ids = cast("list[bytes]", await self.client.hvals(self.keys.open_alerts))
-        else:
-            raw_ids = cast(
-                "list[bytes]", await self.client.zrevrange(self.keys.recent_alerts, 0, -1)
+            if not raw_ids:
+                return [], None
+            alerts = [
+                a
+                for a in await self._with_acks([i.decode() for i in raw_ids])
+                if a["status"] == "open" and (patient_id is None or a["patient_id"] == patient_id)
+            ]
+            alerts.sort(key=lambda a: a["opened_at"], reverse=True)
+            return alerts[:limit], None
+        found: list[dict[str, Any]] = []
+        offset = cursor
+        budget = _SCAN_PAGES * limit
+        while len(found) < limit and offset - cursor < budget:
+            raw = cast(
+                "list[bytes]",
+                await self.client.zrevrange(self.keys.recent_alerts, offset, offset + limit - 1),
             )
-        ids = [i.decode() for i in raw_ids]
-        if not ids:
-            return []
-        alerts = [
-            a
-            for a in await self._with_acks(ids)
-            if (status == "all" or a["status"] == status)
-            and (patient_id is None or a["patient_id"] == patient_id)
-        ]
-        alerts.sort(key=lambda a: a["opened_at"], reverse=True)
-        return alerts[:limit]
+            if not raw:
+                return found, None
+            ids = [i.decode() for i in raw]
+            by_id = {a["alert_id"]: a for a in await self._with_acks(ids)}
+            for alert_id in ids:
+                offset += 1
+                alert = by_id.get(alert_id)
+                if alert is not None and _matches(alert, status, patient_id):
+                    found.append(alert)
+                    if len(found) == limit:
+                        break
+        more = offset < int(await self.client.zcard(self.keys.recent_alerts))
+        return found, offset if more else None
 
     async def alert(self, alert_id: str) -> dict[str, Any] | None:
         alerts = await self._with_acks([alert_id])

@@ -15,17 +15,21 @@ from healthsync.api.services import Reader
 router = APIRouter(tags=["alerts"])
 
 
-@router.get("/v1/alerts", response_model=AlertList)
+@router.get("/v1/alerts", response_model=AlertList, response_model_exclude_none=True)
 async def alerts(
     reader: Reader,
     access: Annotated[Access, Depends(auth.reads("Communication", "Flag"))],
     status: Annotated[str, Query(pattern="^(open|resolved|all)$")] = "open",
     patient_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+    cursor: Annotated[int, Query(ge=0, description="next_cursor of the previous page")] = 0,
 ) -> dict[str, Any]:
-    rows = await reader.alerts(status, patient_id, limit)
+    rows, following = await reader.alerts(status, patient_id, limit, cursor)
     await access.record("search", [row["patient_id"] for row in rows])
-    return {"alerts": rows, "count": len(rows)}
+    page: dict[str, Any] = {"alerts": rows, "count": len(rows)}
+    if following is not None:
+        page["next_cursor"] = str(following)
+    return page
 
 
 @router.post("/v1/alerts/{alert_id}/ack")
