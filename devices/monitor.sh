@@ -29,7 +29,7 @@ Options:
   --port PORT       ingest port (default: \$HS_PORT, or 7000; 7443 with --tls)
   --tls             send over TLS with the device certificate (mutual TLS)
   --cert FILE       device certificate (default: \$HS_CERT or run/certs/devices/ID.crt)
-  --key FILE        device key (default: \$HS_KEY or run/certs/devices/ID.key)
+  --key FILE        device key (default: \$HS_KEY or run/certs-device-keys/ID.key)
   --ca FILE         CA certificate to check the server with
                     (default: \$HS_CA or run/certs/ca.crt)
   --server-name N   name or address the server certificate must carry
@@ -142,7 +142,7 @@ fi
 ip_pattern='^([0-9]{1,3}(\.[0-9]{1,3}){3}|.*:.*)$'
 if ((tls)); then
     cert=${cert:-run/certs/devices/$device.crt}
-    key=${key:-run/certs/devices/$device.key}
+    key=${key:-run/certs-device-keys/$device.key}
     ca=${ca:-run/certs/ca.crt}
     server_name=${server_name:-$host}
     if [[ -z $tls_client ]]; then
