@@ -18,7 +18,9 @@ def cmd_certs(args: argparse.Namespace) -> int:
         print(f"CA, server certificates ({', '.join(certs.SERVICES)}) and CRL in {directory}")
     elif args.certs_command == "device" and args.csr is not None:
         csr = args.csr.read_bytes()
-        print(certs.sign_device_csr(directory, args.device_id, csr, days=args.days, force=args.force))
+        print(
+            certs.sign_device_csr(directory, args.device_id, csr, days=args.days, force=args.force)
+        )
     elif args.certs_command == "device":
         cert, key = certs.issue_device(directory, args.device_id, days=args.days, force=args.force)
         print(f"{cert}\n{key}")
