@@ -23,9 +23,11 @@ from healthsync.domain.readings import CONSCIOUSNESS_LEVELS, VITALS, Reading, re
 from healthsync.simulate import (
     EPISODE_KINDS,
     EpisodeKind,
+    IngestEndpoint,
     PatientModel,
     SimulatedDevice,
     SimulationError,
+    SimulationOptions,
     SimulationStats,
     VitalSigns,
     run_simulation,
@@ -265,14 +267,10 @@ def test_count_sends_exactly_count_per_device_and_all_are_acknowledged() -> None
     async def scenario() -> None:
         async with IngestStub() as server:
             stats = await run_simulation(
-                "127.0.0.1",
-                server.port,
-                devices=5,
-                rate=500,
-                duration=None,
-                count=60,
-                seed=1,
-                seq_start=SEQ_START,
+                IngestEndpoint("127.0.0.1", server.port),
+                SimulationOptions(
+                    devices=5, rate=500, duration=None, count=60, seed=1, seq_start=SEQ_START
+                ),
             )
         assert stats.sent == stats.ok == 300
         assert stats.err == 0 and stats.unanswered == 0 and stats.reconnects == 0
@@ -298,7 +296,8 @@ def test_runs_use_new_reading_ids_by_default() -> None:
         async with IngestStub() as server:
             for _ in range(2):
                 await run_simulation(
-                    "127.0.0.1", server.port, devices=2, rate=1000, duration=None, count=20, seed=9
+                    IngestEndpoint("127.0.0.1", server.port),
+                    SimulationOptions(devices=2, rate=1000, duration=None, count=20, seed=9),
                 )
         assert len(server.ids) == len(set(server.ids)) == 80
 
@@ -310,7 +309,8 @@ def test_duration_stops_sending_at_the_given_rate() -> None:
         async with IngestStub() as server:
             started = time.monotonic()
             stats = await run_simulation(
-                "127.0.0.1", server.port, devices=4, rate=20, duration=1.0, seed=2
+                IngestEndpoint("127.0.0.1", server.port),
+                SimulationOptions(devices=4, rate=20, duration=1.0, seed=2),
             )
             elapsed = time.monotonic() - started
         assert 1.0 <= elapsed < 3.0
@@ -328,7 +328,8 @@ def test_count_ends_the_run_before_duration() -> None:
         async with IngestStub() as server:
             started = time.monotonic()
             stats = await run_simulation(
-                "127.0.0.1", server.port, devices=3, rate=100, duration=60, count=10
+                IngestEndpoint("127.0.0.1", server.port),
+                SimulationOptions(devices=3, rate=100, duration=60, count=10),
             )
         assert time.monotonic() - started < 5
         assert stats.sent == stats.ok == 30
@@ -341,7 +342,8 @@ def test_slow_rate_devices_stop_at_the_deadline_not_their_next_reading() -> None
         async with IngestStub() as server:
             started = time.monotonic()
             stats = await run_simulation(
-                "127.0.0.1", server.port, devices=3, rate=0.2, duration=1.0, seed=4
+                IngestEndpoint("127.0.0.1", server.port),
+                SimulationOptions(devices=3, rate=0.2, duration=1.0, seed=4),
             )
         # One reading per device is due in the first five seconds at the most.
         assert time.monotonic() - started < 2.5
@@ -358,13 +360,8 @@ def test_err_replies_are_counted_by_reason() -> None:
     async def scenario() -> None:
         async with IngestStub(reject=reject_odd) as server:
             stats = await run_simulation(
-                "127.0.0.1",
-                server.port,
-                devices=2,
-                rate=1000,
-                duration=None,
-                count=40,
-                seq_start=0,
+                IngestEndpoint("127.0.0.1", server.port),
+                SimulationOptions(devices=2, rate=1000, duration=None, count=40, seq_start=0),
             )
         assert stats.sent == 80
         assert stats.ok == 40
@@ -379,7 +376,8 @@ def test_dropped_connection_is_reopened_and_unanswered_lines_resent() -> None:
     async def scenario() -> None:
         async with IngestStub(drop_after=20) as server:
             stats = await run_simulation(
-                "127.0.0.1", server.port, devices=1, rate=2000, duration=None, count=500
+                IngestEndpoint("127.0.0.1", server.port),
+                SimulationOptions(devices=1, rate=2000, duration=None, count=500),
             )
         assert stats.reconnects >= 1 and stats.connections == stats.reconnects + 1
         assert stats.resent >= 1
@@ -397,12 +395,8 @@ def test_unanswered_lines_are_waited_for_only_up_to_the_reply_timeout() -> None:
         async with IngestStub(silent=True) as server:
             started = time.monotonic()
             stats = await run_simulation(
-                "127.0.0.1",
-                server.port,
-                devices=2,
-                rate=50,
-                duration=0.5,
-                reply_timeout=0.5,
+                IngestEndpoint("127.0.0.1", server.port),
+                SimulationOptions(devices=2, rate=50, duration=0.5, reply_timeout=0.5),
             )
         assert time.monotonic() - started < 3
         assert stats.ok == 0
@@ -417,13 +411,8 @@ def test_a_full_window_does_not_hold_the_run_past_its_duration() -> None:
         async with IngestStub(silent=True) as server:
             started = time.monotonic()
             stats = await run_simulation(
-                "127.0.0.1",
-                server.port,
-                devices=1,
-                rate=1000,
-                duration=0.5,
-                window=10,
-                reply_timeout=0.2,
+                IngestEndpoint("127.0.0.1", server.port),
+                SimulationOptions(devices=1, rate=1000, duration=0.5, window=10, reply_timeout=0.2),
             )
         assert time.monotonic() - started < 3
         assert stats.sent == stats.unanswered == 10
@@ -437,7 +426,9 @@ def test_stop_event_ends_an_open_ended_run() -> None:
         async with IngestStub() as server:
             asyncio.get_running_loop().call_later(0.5, stop.set)
             stats = await run_simulation(
-                "127.0.0.1", server.port, devices=3, rate=10, duration=None, stop=stop
+                IngestEndpoint("127.0.0.1", server.port),
+                SimulationOptions(devices=3, rate=10, duration=None),
+                stop=stop,
             )
         assert 0.4 <= stats.elapsed < 3
         assert stats.sent == stats.ok > 0
@@ -456,7 +447,9 @@ def test_progress_is_reported_about_once_a_second() -> None:
     async def scenario() -> None:
         async with IngestStub() as server:
             await run_simulation(
-                "127.0.0.1", server.port, devices=2, rate=50, duration=2.5, progress=progress
+                IngestEndpoint("127.0.0.1", server.port),
+                SimulationOptions(devices=2, rate=50, duration=2.5),
+                progress=progress,
             )
 
     run(scenario())
@@ -475,7 +468,9 @@ def test_a_failing_progress_callback_is_not_swallowed() -> None:
     async def scenario() -> None:
         async with IngestStub() as server:
             await run_simulation(
-                "127.0.0.1", server.port, devices=1, rate=10, duration=5, progress=progress
+                IngestEndpoint("127.0.0.1", server.port),
+                SimulationOptions(devices=1, rate=10, duration=5),
+                progress=progress,
             )
 
     with pytest.raises(RuntimeError, match="callback broke"):
@@ -490,7 +485,8 @@ def test_unreachable_server_is_an_error_naming_the_address() -> None:
         server.close()
         await server.wait_closed()
         await run_simulation(
-            "127.0.0.1", port, devices=2, rate=1, duration=None, count=1, retry_for=0.3
+            IngestEndpoint("127.0.0.1", port),
+            SimulationOptions(devices=2, rate=1, duration=None, count=1, retry_for=0.3),
         )
 
     with pytest.raises(SimulationError, match=r"could not connect to 127\.0\.0\.1:\d+"):
@@ -513,7 +509,7 @@ def test_unreachable_server_is_an_error_naming_the_address() -> None:
 def test_bad_arguments_are_refused(kwargs: dict[str, Any], message: str) -> None:
     arguments: dict[str, Any] = {"devices": 1, "rate": 1.0, "duration": 1.0, **kwargs}
     with pytest.raises(SimulationError, match=message):
-        asyncio.run(run_simulation("127.0.0.1", 1, **arguments))
+        asyncio.run(run_simulation(IngestEndpoint("127.0.0.1", 1), SimulationOptions(**arguments)))
 
 
 def test_summary_reads_as_one_paragraph() -> None:
@@ -549,13 +545,8 @@ def test_runs_over_tls(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with IngestStub(tls=server_tls) as server:
             stats = await run_simulation(
-                "127.0.0.1",
-                server.port,
-                devices=2,
-                rate=500,
-                duration=None,
-                count=25,
-                ssl=client_tls,
+                IngestEndpoint("127.0.0.1", server.port, client_tls),
+                SimulationOptions(devices=2, rate=500, duration=None, count=25),
             )
         assert stats.sent == stats.ok == len(set(server.ids)) == 50
 

@@ -27,7 +27,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Final, Literal
 from urllib.parse import quote
 
 from healthsync.errors import HealthSyncError, MissingBinaryError
@@ -154,16 +154,26 @@ def _popen(
     return process, log_file
 
 
-def _spawn(
-    name: str, argv: list[str], host: str, port: int, log_dir: Path | None, timeout: float
-) -> Service:
-    log_path = log_dir / f"{name}.log" if log_dir else None
+LOCALHOST: Final = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where a started service writes its log, and how long it may take to listen."""
+
+    log_dir: Path | None = None
+    timeout: float = 10.0
+
+
+def _spawn(name: str, argv: list[str], address: tuple[str, int], launch: Launch) -> Service:
+    host, port = address
+    log_path = launch.log_dir / f"{name}.log" if launch.log_dir else None
     process, log_file = _popen(argv, log_path)
     service = Service(
-        name, host, port, process, log_file, argv=argv, log_path=log_path, timeout=timeout
+        name, host, port, process, log_file, argv=argv, log_path=log_path, timeout=launch.timeout
     )
     try:
-        wait_for_port(host, port, timeout, process)
+        wait_for_port(host, port, launch.timeout, process)
     except HealthSyncError as exc:
         service.stop()
         raise HealthSyncError(f"{name} did not start: {exc}") from exc
@@ -179,38 +189,31 @@ def tansu_binary() -> str:
 
 
 def start_broker(
-    host: str = "127.0.0.1",
-    port: int = 0,
+    address: tuple[str, int] = (LOCALHOST, 0),
     log_dir: Path | None = None,
     timeout: float = 20.0,
     tls: ServerTls | None = None,
     run_dir: Path | None = None,
 ) -> Service:
-    """Start Tansu with in-memory storage; returns once it accepts connections.
+    """Start Tansu with in-memory storage on `address` (host, port; port 0 picks a
+    free one); returns once it accepts connections.
 
-    With `tls`, `port` is HAProxy's TLS port and Tansu listens on another
+    With `tls`, the port is HAProxy's TLS port and Tansu listens on another
     loopback port; the returned service is HAProxy, which stops Tansu with
     itself. HAProxy's configuration and certificate go to `run_dir`.
     """
     binary = tansu_binary()
+    host, port = address
     port = port or free_port(host)
+    launch = Launch(log_dir, timeout)
     if tls is None:
-        return _spawn("broker", _tansu_argv(binary, host, port, port), host, port, log_dir, timeout)
+        return _spawn("broker", _tansu_argv(binary, host, port, port), (host, port), launch)
     if run_dir is None:
         raise HealthSyncError("the broker's TLS front needs a run directory for its files")
-    plain_port = free_port("127.0.0.1")
-    tansu = _spawn(
-        "broker",
-        _tansu_argv(binary, "127.0.0.1", plain_port, port, advertised_host=host),
-        "127.0.0.1",
-        plain_port,
-        log_dir,
-        timeout,
-    )
+    plain = (LOCALHOST, free_port(LOCALHOST))
+    tansu = _spawn("broker", _tansu_argv(binary, *plain, port, advertised_host=host), plain, launch)
     try:
-        front = start_tls_front(
-            "broker-tls", (host, port), ("127.0.0.1", plain_port), tls, run_dir, log_dir, timeout
-        )
+        front = start_tls_front(TlsFront("broker-tls", (host, port), plain), tls, run_dir, launch)
     except BaseException:
         tansu.stop()
         raise
@@ -260,16 +263,21 @@ backend plain_out
 """
 
 
+@dataclass(frozen=True)
+class TlsFront:
+    """An HAProxy named `name` terminating TLS on `listen` for a plain TCP service on
+    `backend`."""
+
+    name: str
+    listen: tuple[str, int]
+    backend: tuple[str, int]
+
+
 def start_tls_front(
-    name: str,
-    listen: tuple[str, int],
-    backend: tuple[str, int],
-    tls: ServerTls,
-    run_dir: Path,
-    log_dir: Path | None = None,
-    timeout: float = 10.0,
+    front: TlsFront, tls: ServerTls, run_dir: Path, launch: Launch | None = None
 ) -> Service:
-    """HAProxy terminating TLS on `listen` for a plain TCP service on `backend`."""
+    """Start the HAProxy `front` describes; its configuration and certificate go to `run_dir`."""
+    name, listen = front.name, front.listen
     binary = shutil.which("haproxy")
     if binary is None:
         raise MissingBinaryError("haproxy", "sudo apt-get install haproxy")
@@ -280,14 +288,14 @@ def start_tls_front(
     pem.chmod(0o600)
     pem.write_bytes(tls.cert.read_bytes().rstrip(b"\n") + b"\n" + tls.key.read_bytes())
     config = run_dir / f"{name}.cfg"
-    config.write_text(haproxy_config(listen, backend, pem, tls), encoding="utf-8")
+    config.write_text(haproxy_config(listen, front.backend, pem, tls), encoding="utf-8")
     check = subprocess.run(
         [binary, "-c", "-q", "-f", str(config)], capture_output=True, text=True, check=False
     )
     if check.returncode != 0:
         raise HealthSyncError(f"{name}: haproxy refused {config}: {check.stderr.strip()}")
     # -db: stay in the foreground, so it is our child and dies with us.
-    service = _spawn(name, [binary, "-db", "-f", str(config)], *listen, log_dir, timeout)
+    service = _spawn(name, [binary, "-db", "-f", str(config)], listen, launch or Launch())
     service.tls = True
     return service
 
@@ -320,14 +328,14 @@ class RedisDisk:
 
 
 def start_redis(
-    host: str = "127.0.0.1",
-    port: int = 0,
+    address: tuple[str, int] = (LOCALHOST, 0),
     log_dir: Path | None = None,
     tls: ServerTls | None = None,
     disk: RedisDisk | None = None,
     user: RedisUser | None = None,
 ) -> Service:
-    """Start a private redis-server; returns once it accepts connections.
+    """Start a private redis-server on `address` (host, port; port 0 picks a free
+    one); returns once it accepts connections.
 
     Without `disk` it keeps nothing on disk; with it, a restart on the same
     directory loads what was kept. With `tls` it listens with TLS 1.3 only on
@@ -338,6 +346,7 @@ def start_redis(
     binary = shutil.which("redis-server")
     if binary is None:
         raise MissingBinaryError("redis-server", "sudo apt-get install redis-server")
+    host, port = address
     port = port or free_port(host)
     argv = [binary, "--bind", host, "--port", str(port)]
     if tls is not None:
@@ -359,7 +368,7 @@ def start_redis(
         with os.fdopen(fd, "w") as f:
             f.write(user.acl())
         argv += ["--aclfile", str(acl)]
-    service = _spawn("redis", argv, host, port, log_dir, timeout=_REDIS_START_TIMEOUT_S)
+    service = _spawn("redis", argv, (host, port), Launch(log_dir, _REDIS_START_TIMEOUT_S))
     service.tls = tls is not None
     return service
 

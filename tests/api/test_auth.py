@@ -325,57 +325,73 @@ def test_device_admins_read_devices_but_no_patient_data(
         assert served.call(method, path, token).status_code == 403, path
 
 
+@dataclass(frozen=True)
+class ScopeCase:
+    """A token's roles and SMART scopes, and the paths it may and may not read."""
+
+    roles: list[str] | None
+    scope: str
+    allowed: list[str]
+    refused: list[str]
+
+    def __str__(self) -> str:
+        return f"{'+'.join(self.roles or ['no user'])} {self.scope}"
+
+
 @pytest.mark.parametrize(
-    ("roles", "scope", "allowed", "refused"),
+    "case",
     [
-        (
+        ScopeCase(
             ["clinician"],
             "user/Observation.read",
             ["/fhir/Observation?patient=P-AUTH-1", "/v1/patients/P-AUTH-1/vitals", "/v1/summary"],
             ["/fhir/Patient/P-AUTH-1", "/v1/alerts", "/v1/patients"],
         ),
         # A backend service (no user, so no roles) reads with system/ scopes.
-        (
+        ScopeCase(
             None,
             "system/*.rs",
             ["/fhir/Patient/P-AUTH-1", "/v1/alerts", "/v1/patients", "/fhir/Flag"],
             [],
         ),
-        (
+        ScopeCase(
             ["clinician"],
             "user/Patient.read user/Flag.read",
             ["/fhir/Patient/P-AUTH-1", "/fhir/Flag"],
             ["/fhir/Observation"],
         ),
         # Scopes narrow a role, never widen it: a viewer stays on the aggregates.
-        (["viewer"], "user/*.read", ["/v1/summary"], ["/fhir/Observation", "/v1/patients"]),
+        ScopeCase(
+            ["viewer"], "user/*.read", ["/v1/summary"], ["/fhir/Observation", "/v1/patients"]
+        ),
         # A single-patient launch scope: no per-patient filter here, so nothing at all.
-        (
+        ScopeCase(
             ["clinician"],
             "patient/Observation.read",
             [],
             ["/fhir/Observation?patient=P-AUTH-1", "/v1/patients", "/v1/summary"],
         ),
-        (None, "patient/*.read", [], ["/fhir/Observation?patient=P-AUTH-1", "/v1/summary"]),
+        ScopeCase(
+            None, "patient/*.read", [], ["/fhir/Observation?patient=P-AUTH-1", "/v1/summary"]
+        ),
         # system/ scopes belong to tokens without a user; on a user's token they grant nothing.
-        (["clinician"], "system/*.rs", [], ["/fhir/Observation", "/v1/patients", "/v1/summary"]),
+        ScopeCase(
+            ["clinician"], "system/*.rs", [], ["/fhir/Observation", "/v1/patients", "/v1/summary"]
+        ),
         # user/ scopes need a user's role to narrow.
-        (None, "user/*.read", [], ["/fhir/Observation", "/v1/summary"]),
-        (None, "openid profile", [], ["/fhir/Observation", "/v1/summary"]),
+        ScopeCase(None, "user/*.read", [], ["/fhir/Observation", "/v1/summary"]),
+        ScopeCase(None, "openid profile", [], ["/fhir/Observation", "/v1/summary"]),
     ],
+    ids=str,
 )
 def test_smart_scopes_narrow_what_the_role_allows(
-    served: AuthApi,
-    credentials: Credentials,
-    roles: list[str] | None,
-    scope: str,
-    allowed: list[str],
-    refused: list[str],
+    served: AuthApi, credentials: Credentials, case: ScopeCase
 ) -> None:
-    token = credentials.token(sub="smart-app", roles=roles, scope=scope)
-    for path in allowed:
+    scope = case.scope
+    token = credentials.token(sub="smart-app", roles=case.roles, scope=scope)
+    for path in case.allowed:
         assert served.get(path, token).status_code == 200, (scope, path)
-    for path in refused:
+    for path in case.refused:
         assert served.get(path, token).status_code == 403, (scope, path)
     # Acknowledging needs a write scope.
     assert served.call("POST", f"/v1/alerts/{ALERT_ID}/ack", token).status_code == 403

@@ -12,7 +12,12 @@ from healthsync.errors import ConfigError
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from healthsync.simulate import SimulationStats, run_simulation
+    from healthsync.simulate import (
+        IngestEndpoint,
+        SimulationOptions,
+        SimulationStats,
+        run_simulation,
+    )
 
     settings = settings_from(args)
     tls = None
@@ -33,19 +38,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         if not quiet:
             print("\r" + stats.progress_line(), end="", file=sys.stderr, flush=True)
 
-    stats = asyncio.run(
-        run_simulation(
-            host,
-            port,
-            devices=args.devices,
-            rate=args.rate,
-            duration=args.duration,
-            count=args.count,
-            seed=args.seed,
-            progress=progress,
-            ssl=tls,
-        )
+    options = SimulationOptions(
+        devices=args.devices,
+        rate=args.rate,
+        duration=args.duration,
+        count=args.count,
+        seed=args.seed,
     )
+    stats = asyncio.run(run_simulation(IngestEndpoint(host, port, tls), options, progress=progress))
     if not quiet:
         print(file=sys.stderr)
     print(stats.summary())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
@@ -15,16 +16,33 @@ from healthsync.api.services import Reader
 router = APIRouter(tags=["alerts"])
 
 
+@dataclass(frozen=True)
+class PageRequest:
+    """Which page of a listing the caller asked for."""
+
+    limit: int
+    cursor: int
+
+
+def _page_request(
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+    cursor: Annotated[int, Query(ge=0, description="next_cursor of the previous page")] = 0,
+) -> PageRequest:
+    return PageRequest(limit, cursor)
+
+
+Paging = Annotated[PageRequest, Depends(_page_request)]
+
+
 @router.get("/v1/alerts", response_model=AlertList, response_model_exclude_none=True)
 async def alerts(
     reader: Reader,
     access: Annotated[Access, Depends(auth.reads("Communication", "Flag"))],
+    paging: Paging,
     status: Annotated[str, Query(pattern="^(open|resolved|all)$")] = "open",
     patient_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
-    cursor: Annotated[int, Query(ge=0, description="next_cursor of the previous page")] = 0,
 ) -> dict[str, Any]:
-    rows, following = await reader.alerts(status, patient_id, limit, cursor)
+    rows, following = await reader.alerts(status, patient_id, paging.limit, paging.cursor)
     await access.record("search", [row["patient_id"] for row in rows])
     page: dict[str, Any] = {"alerts": rows, "count": len(rows)}
     if following is not None:
