@@ -363,7 +363,8 @@ def start_redis(
             raise HealthSyncError(
                 "an embedded Redis with a user needs a directory for its ACL file"
             )
-        acl = log_dir / "redis-users.acl"
+        # Absolute: redis-server reads it after changing into its --dir.
+        acl = (log_dir / "redis-users.acl").resolve()
         fd = os.open(acl, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(user.acl())
