@@ -27,6 +27,7 @@ const patientView = new PatientView({
   hour: $("chart-hour"),
   day: $("chart-day"),
   dayNote: $("chart-day-note"),
+  week: $("chart-week"),
   news2: $("chart-news2"),
   timeline: $("timeline"),
 });
