@@ -7,7 +7,8 @@ import { request } from "./api.js";
 import { VITALS, clock, element, reason } from "./format.js";
 
 const LIMIT = 10000;
-const WEEK_S = 7 * 86400;
+const HOUR_S = 3600;
+const WEEK_S = 7 * 24 * HOUR_S;
 const NEWS2_CODE = "1104051000000101";
 const COLOURS = ["#b3261e", "#1565c0", "#6a1b9a", "#2e7d32", "#e65100", "#00695c"];
 const CHARTED = [
@@ -36,13 +37,13 @@ function weekTrends(id, vital) {
   return request(`${path}?vital=${vital}&since=${now - WEEK_S}&until=${now}&bucket=1h`);
 }
 
-function chart(target, title, xs, columns, labels, extra = {}) {
+function chart(target, title, xs, columns, labels, options = {}) {
   const width = Math.max(280, Math.min(target.clientWidth || 600, 900));
   const series = [{}, ...labels.map((label, i) => ({ label, stroke: COLOURS[i], width: 2 }))];
   const box = element("div", "chart");
   target.append(box);
   new uPlot(
-    { title, width, height: 160, series, scales: { x: { time: true } }, ...extra.options },
+    { title, width, height: 160, series, scales: { x: { time: true } }, ...options },
     [xs, ...columns],
     box,
   );
@@ -61,6 +62,11 @@ function vitalCharts(target, readings) {
   if (!target.childElementCount) target.append(element("p", "hint", "No readings in this period."));
 }
 
+// An empty hour after each run of hours, so no line is drawn across hours with no readings.
+function withGaps(xs) {
+  return xs.flatMap((x, i) => (i + 1 < xs.length && xs[i + 1] > x + HOUR_S ? [x, x + HOUR_S] : [x]));
+}
+
 // One chart per vital group: each vital's hourly mean as a line with points, and its
 // min and max as thin lines with the band between them filled.
 function weekCharts(target, trends) {
@@ -69,12 +75,13 @@ function weekCharts(target, trends) {
     const buckets = keys.map((k) => new Map(trends[k].buckets.map((b) => [b.start, b])));
     const xs = [...new Set(buckets.flatMap((m) => [...m.keys()]))].sort((a, b) => a - b);
     if (!xs.length) continue;
+    const hours = withGaps(xs);
     const columns = [];
     const series = [{}];
     const bands = [];
     keys.forEach((k, i) => {
       const colour = COLOURS[i];
-      const at = (field) => xs.map((x) => buckets[i].get(x)?.[field] ?? null);
+      const at = (field) => hours.map((x) => buckets[i].get(x)?.[field] ?? null);
       const first = series.length;
       columns.push(at("mean"), at("min"), at("max"));
       series.push(
@@ -84,9 +91,8 @@ function weekCharts(target, trends) {
       );
       bands.push({ series: [first + 2, first + 1], fill: `${colour}22` });
     });
-    const box = chart(target, `${keys.map((k) => NAMES[k]).join(" / ")}, hourly`, xs, columns, [], {
-      options: { series, bands },
-    });
+    const title = `${keys.map((k) => NAMES[k]).join(" / ")}, hourly`;
+    const box = chart(target, title, hours, columns, [], { series, bands });
     box.dataset.vital = keys.join(" ");
     box.dataset.buckets = String(xs.length);
   }
