@@ -47,7 +47,7 @@ def fields(document: dict[str, Any], path: str, method: str, status: str = "200"
         ("/v1/patients", "get", {"patients", "count"}),
         ("/v1/patients/{patient_id}/vitals/latest", "get", {"patient_id", "vitals", "news2"}),
         ("/v1/patients/{patient_id}/vitals", "get", {"patient_id", "since", "until", "readings"}),
-        ("/v1/alerts", "get", {"alerts", "count", "next_cursor"}),  # next_cursor: when paged
+        ("/v1/alerts", "get", {"alerts", "count", "next_cursor"}),
         ("/v1/patients/{patient_id}/rules", "get", {"patient_id", "source", "rules", "bands"}),
         ("/v1/patients/{patient_id}/rules", "put", {"patient_id", "source", "rules", "bands"}),
         ("/v1/patients/{patient_id}/rules", "delete", {"patient_id", "source", "rules", "bands"}),
@@ -71,3 +71,24 @@ def test_rows_are_described_too_and_not_ready_is_documented(settings: Settings) 
     }
     assert set(schemas["HistoryPoint"]["properties"]) == {"ts", "reading_id", "device_id", "vitals"}
     assert fields(document, "/readyz", "get", "503") == {"status", "checks"}
+
+
+def test_the_fhir_api_has_its_own_document(settings: Settings) -> None:
+    # The FHIR sub-application mounted at /fhir describes its own operations, open too.
+    async def run() -> httpx.Response:
+        app = create_app(settings)
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://hs") as client,
+        ):
+            return await client.get("/fhir/openapi.json")
+
+    response = asyncio.run(run())
+    assert response.status_code == 200, response.text
+    document = response.json()
+    assert document["servers"] == [{"url": "/fhir"}]
+    assert {"/metadata", "/{resource_type}", "/{resource_type}/{resource_id}"} <= set(
+        document["paths"]
+    )
+    assert not any(path.startswith("/fhir") for path in openapi(settings)["paths"])

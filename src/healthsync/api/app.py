@@ -19,12 +19,12 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from healthsync import __version__
-from healthsync.api import docs, middleware, unavailable
+from healthsync.api import docs, fhir_app, middleware, unavailable
 from healthsync.api.assignments import assignments_router
 from healthsync.api.audit import AuditLog
 from healthsync.api.auth import Authenticator, Guard
 from healthsync.api.errors import install_error_handlers
-from healthsync.api.routes import alerts, fhir, health, history, patients, rules, summary
+from healthsync.api.routes import alerts, health, history, patients, rules, summary
 from healthsync.api.routes.dashboard import dashboard_router
 from healthsync.api.routes.jobs import jobs_router
 from healthsync.api.routes.stream import stream_router
@@ -45,7 +45,6 @@ ROUTERS = (
     patients.router,
     alerts.router,
     rules.router,
-    fhir.router,
 )
 
 
@@ -85,7 +84,7 @@ def create_app(settings: Settings) -> FastAPI:
     docs.install(app)
     app.state.guard = guard
     reader = LiveReader(redis, records, unreadable_counter(registry))
-    app.state.services = ApiServices(
+    services = ApiServices(
         settings=settings,
         redis=redis,
         reader=reader,
@@ -95,6 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
         started=time.time(),
         outbound=authenticator.outbound,
     )
+    app.state.services = services
     middleware.install(app, settings.api)
     install_error_handlers(app)
     unavailable.install(app)
@@ -105,4 +105,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(stream_router(redis, records, settings))
     app.include_router(dashboard_router())
     app.include_router(assignments_router(Assignments(redis, codec)))
+    # Its own app with its own error handlers (OperationOutcomes), on the same services.
+    fhir_app.mount(app, services, guard)
     return app

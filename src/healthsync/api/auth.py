@@ -261,7 +261,6 @@ class Access:
     ) -> None:
         """Write the audit record, or answer 503 instead of the data."""
         request = self.request
-        route = request.scope.get("route")
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         peer = request.client.host if request.client else "unknown"
         forwarded = request.headers.get("x-forwarded-for")
@@ -272,7 +271,7 @@ class Access:
             client=peer,
             action=action,
             method=request.method,
-            route=getattr(route, "path", request.url.path),
+            route=_route_template(request),
             path=path,
             patients=tuple(sorted(set(patients))),
             resource=resource,
@@ -345,6 +344,17 @@ class Guard:
         elif error.status == 403:
             headers = {"WWW-Authenticate": f'{_REALM}, error="insufficient_scope"'}
         raise HTTPException(error.status, error.description, headers=headers)
+
+
+def _route_template(request: Request) -> str:
+    """The route's template from the app's root, e.g. /fhir/{resource_type} in a mounted app."""
+    route = request.scope.get("route")
+    template = getattr(route, "path", None)
+    if not isinstance(template, str):
+        return request.url.path
+    root: str = request.scope.get("root_path", "")
+    mounted_at = root.removeprefix(request.scope.get("app_root_path", ""))
+    return mounted_at + template
 
 
 # The dependencies routes declare. Module-level, so that FastAPI can resolve them from a

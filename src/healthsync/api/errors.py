@@ -1,54 +1,72 @@
-"""How the API answers errors: `{"error": {status, message}}`, under /fhir an OperationOutcome."""
+"""How an app answers errors, in its own format.
+
+The main app answers ``{"error": {status, message}}`` (:func:`json_error`); the
+FHIR sub-application mounted at ``/fhir`` installs the same handlers with
+:func:`healthsync.api.fhir.error_response`, so its errors are OperationOutcomes
+because of where the request was routed, not because of how its path reads.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from healthsync.api import fhir
 from healthsync.security.crypto import DecryptError
 
 log = logging.getLogger(__name__)
 
+# (status, message, the exception or None) -> the answer; an HTTPException's headers go on it.
+ErrorAnswer = Callable[[int, str, Exception | None], Response]
 
-def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+
+def json_error(status: int, message: str, exc: Exception | None = None) -> Response:
+    headers: Mapping[str, str] | None = None
+    if isinstance(exc, StarletteHTTPException):
+        headers = exc.headers
     return JSONResponse(
         {"error": {"status": status, "message": message}}, status_code=status, headers=headers
     )
 
 
-async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-    if fhir.is_fhir_request(request):
-        return fhir.error_response(exc.status_code, str(exc.detail), exc)
-    return _error(exc.status_code, str(exc.detail), exc.headers)
+@dataclass(frozen=True, slots=True)
+class ErrorStyle:
+    answer: ErrorAnswer
+    # FastAPI's own 422 for a bad query or body; FHIR says 400 with an "invalid" issue.
+    validation_status: int
 
 
-async def _undecryptable(request: Request, exc: DecryptError) -> Response:
+async def _http_error(style: ErrorStyle, request: Request, exc: StarletteHTTPException) -> Response:
+    return style.answer(exc.status_code, str(exc.detail), exc)
+
+
+async def _undecryptable(style: ErrorStyle, request: Request, exc: DecryptError) -> Response:
     # Stored data this keyring cannot open: say so, never serve garbage. Which key
     # is missing is for the operator's log, not for clients.
     log.error("stored data cannot be decrypted", extra={"error": str(exc)})
-    message = "stored data cannot be decrypted"
-    if fhir.is_fhir_request(request):
-        return fhir.error_response(500, message)
-    return _error(500, message)
+    return style.answer(500, "stored data cannot be decrypted", None)
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+async def _validation_error(
+    style: ErrorStyle, request: Request, exc: RequestValidationError
+) -> Response:
     first = exc.errors()[0] if exc.errors() else {}
     where = ".".join(str(p) for p in first.get("loc", ()))
     message = f"invalid {where}: {first.get('msg', 'bad request')}"
-    if fhir.is_fhir_request(request):
-        return fhir.error_response(400, message)
-    return _error(422, message)
+    return style.answer(style.validation_status, message, None)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    # The decorator form, as a call: it takes handlers typed for their own exception.
-    app.exception_handler(StarletteHTTPException)(_http_error)
-    app.exception_handler(DecryptError)(_undecryptable)
-    app.exception_handler(RequestValidationError)(_validation_error)
+def install_error_handlers(
+    app: FastAPI, answer: ErrorAnswer = json_error, validation_status: int = 422
+) -> None:
+    """Answer HTTP errors, undecryptable data and invalid requests with `answer`."""
+    style = ErrorStyle(answer, validation_status)
+    app.add_exception_handler(StarletteHTTPException, partial(_http_error, style))
+    app.add_exception_handler(DecryptError, partial(_undecryptable, style))
+    app.add_exception_handler(RequestValidationError, partial(_validation_error, style))

@@ -1,9 +1,11 @@
 """What every FHIR answer shares: the media type, errors as OperationOutcomes, ids.
 
-The FHIR routes themselves are in :mod:`healthsync.api.routes.fhir` and their
-search parameters in :mod:`healthsync.api.fhir_search`; the app's error handlers
-use :func:`is_fhir_request` and :func:`error_response` so that every error under
-``/fhir`` is an OperationOutcome, whatever raised it.
+The FHIR routes themselves are in :mod:`healthsync.api.routes.fhir`, their
+search parameters in :mod:`healthsync.api.fhir_search`, and the sub-application
+that serves them in :mod:`healthsync.api.fhir_app`, whose error handlers answer
+with :func:`error_response`. The middleware, which answers some requests before
+any app is chosen (a body too large, a body without credentials), tells a FHIR
+request by its path with :func:`is_fhir_request`.
 """
 
 from __future__ import annotations

@@ -45,6 +45,18 @@ export async function request(path, options = {}) {
   return response.json();
 }
 
+// Every alert a /v1/alerts query matches: pages of at most 1000, following next_cursor.
+export async function allAlerts(query) {
+  const alerts = [];
+  let cursor = null;
+  do {
+    const page = await request(`/v1/alerts?${query}&limit=1000${cursor ? `&cursor=${cursor}` : ""}`);
+    alerts.push(...page.alerts);
+    cursor = page.next_cursor;
+  } while (cursor);
+  return alerts;
+}
+
 // What this token may see: "clinical" (patients and alerts), "summary" (viewer) or an error.
 export async function probeAccess() {
   try {

@@ -1,7 +1,15 @@
 // The page's wiring: sign in, then the live ward (clinical tokens) or the de-identified
 // summary (viewer tokens).
 
-import { ApiError, forgetToken, probeAccess, request, saveToken, savedToken } from "./api.js";
+import {
+  ApiError,
+  allAlerts,
+  forgetToken,
+  probeAccess,
+  request,
+  saveToken,
+  savedToken,
+} from "./api.js";
 import { AlertsPanel } from "./alerts.js";
 import { element } from "./format.js";
 import { PatientView } from "./patient.js";
@@ -19,6 +27,7 @@ const patientView = new PatientView({
   hour: $("chart-hour"),
   day: $("chart-day"),
   dayNote: $("chart-day-note"),
+  week: $("chart-week"),
   news2: $("chart-news2"),
   timeline: $("timeline"),
 });
@@ -46,10 +55,10 @@ async function loadSnapshot() {
   loaded = false;
   const [patients, alerts] = await Promise.all([
     request("/v1/patients?limit=10000"),
-    request("/v1/alerts?status=open&limit=10000"),
+    allAlerts("status=open"),
   ]);
-  ward.load(patients.patients, alerts.alerts);
-  panel.load(alerts.alerts);
+  ward.load(patients.patients, alerts);
+  panel.load(alerts);
   loaded = true;
   const pending = queued;
   queued = [];

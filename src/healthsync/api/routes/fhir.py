@@ -1,6 +1,7 @@
 """The FHIR R4 read API: metadata, read by id, and search over the resources in Redis.
 
-A subset of the FHIR RESTful API that standard clients can use unchanged:
+A subset of the FHIR RESTful API that standard clients can use unchanged, served
+by the FHIR sub-application (:mod:`healthsync.api.fhir_app`) mounted at ``/fhir``:
 ``/fhir/metadata`` (a CapabilityStatement generated from the search table in
 :mod:`healthsync.api.fhir_search`), ``/fhir/{type}/{id}`` and
 ``/fhir/{type}?...`` (a searchset Bundle with ``next`` links). Every answer
@@ -23,7 +24,6 @@ from healthsync.api.fhir import (
     FHIR_ID,
     FHIR_JSON,
     FHIR_VERSION,
-    PREFIX,
     FhirError,
     FhirResponse,
     invalid,
@@ -35,7 +35,8 @@ from healthsync.store.fhir_queries import Page, Resource, SearchTooCostly
 
 _READABLE = ("Observation", "Patient", "Device", "Communication", "Flag", "RiskAssessment")
 
-router = APIRouter(prefix=PREFIX, tags=["fhir"], default_response_class=FhirResponse)
+# Paths relative to the sub-application, mounted at /fhir by api/fhir_app.py.
+router = APIRouter(tags=["fhir"], default_response_class=FhirResponse)
 
 
 # Documents ------------------------------------------------------------------------------
