@@ -22,6 +22,7 @@ from redis import Redis
 
 from healthsync.config import Settings
 from healthsync.names import RedisKeys
+from healthsync.runstate import RunState
 from healthsync.security.codec import Codec
 from healthsync.stack import free_port
 from tests.conftest import Device, wait_for
@@ -134,8 +135,15 @@ class LiveStack:
         return victim
 
     def redis(self) -> Redis:
-        url = next(line.split()[1] for line in self.lines if line.startswith("redis "))
-        return Redis.from_url(url, ssl_ca_certs=str(self.run_dir / "certs" / "ca.crt"))
+        """A client of the embedded Redis as an operator has one: the URL with its password
+        and the client certificate, from the run dir's state file (the owner's only)."""
+        state = RunState.load(self.run_dir)
+        return Redis.from_url(
+            state.redis_url,
+            ssl_ca_certs=state.redis_ca,
+            ssl_certfile=state.redis_cert,
+            ssl_keyfile=state.redis_key,
+        )
 
     def keys(self) -> RedisKeys:
         settings = Settings(crypto={"keyring_file": self.run_dir / "keyring.json"})

@@ -21,6 +21,8 @@ PATTERNS = {
     "ingest": r"-m healthsync ingest",
     "process": r"-m healthsync process",
     "api": r"-m healthsync api",
+    "archive": r"-m healthsync archive",
+    "scheduler": r"-m healthsync scheduler",
 }
 
 

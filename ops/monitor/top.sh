@@ -60,6 +60,8 @@ stage_of() {
         *"healthsync process"*) echo process ;;
         *"healthsync api"*) echo api ;;
         *"healthsync push"*) echo push ;;
+        *"healthsync archive"*) echo archive ;;
+        *"healthsync scheduler"*) echo scheduler ;;
         *"healthsync simulate"*) echo simulate ;;
         *redis-server*) echo redis ;;
         *tansu*) echo broker ;;

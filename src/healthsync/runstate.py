@@ -31,6 +31,9 @@ class RunState:
     redis_url: str
     redis_prefix: str
     redis_ca: str | None = None
+    # The supervisor's own client certificate, which the embedded Redis requires with TLS.
+    redis_cert: str | None = None
+    redis_key: str | None = None
     processes: list[ProcessEntry] = field(default_factory=list)
 
     def save(self, run_dir: Path) -> None:

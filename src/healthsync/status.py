@@ -84,6 +84,8 @@ def _from_redis(state: RunState) -> dict[str, Any]:
     options: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
     if state.redis_url.startswith("rediss://") and state.redis_ca:
         options["ssl_ca_certs"] = state.redis_ca
+        if state.redis_cert and state.redis_key:
+            options["ssl_certfile"], options["ssl_keyfile"] = state.redis_cert, state.redis_key
     client = Redis.from_url(state.redis_url, **options)
     keys = RedisKeys(state.redis_prefix)
     try:

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import urlsplit, urlunsplit
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -331,7 +332,7 @@ class Supervisor:
             embedded_kafka = " (embedded Tansu, TLS via HAProxy)"
         embedded_redis = " (embedded, TLS)" if redis_tls else " (embedded)" if stack.redis else ""
         self._say(f"kafka     {settings.kafka.bootstrap}{embedded_kafka}")
-        self._say(f"redis     {settings.redis.url}{embedded_redis}")
+        self._say(f"redis     {_without_password(str(settings.redis.url))}{embedded_redis}")
         if stack.broker:
             self._say(
                 "note      the embedded broker keeps its topics in memory and is not durable: "
@@ -392,12 +393,18 @@ class Supervisor:
             for c in pipeline.children.values()
             if c.process is not None
         ]
-        ca = settings.redis.tls_ca_file
+        ca, cert, key = (
+            settings.redis.tls_ca_file,
+            settings.redis.tls_cert_file,
+            settings.redis.tls_key_file,
+        )
         state = RunState(
             up_pid=os.getpid(),
-            redis_url=str(settings.redis.url),
+            redis_url=str(settings.redis.url),  # with the password: the file is the owner's only
             redis_prefix=settings.redis.prefix,
             redis_ca=str(ca) if ca else None,
+            redis_cert=str(cert) if cert else None,
+            redis_key=str(key) if key else None,
             processes=processes,
         )
         try:
@@ -442,3 +449,12 @@ class Supervisor:
             child.next_start = now + min(2.0**child.restarts, _MAX_BACKOFF_S)
             self._say(f"{child.name} exited with code {code}; restart {child.restarts}")
             child.start(self.pipeline.env)
+
+
+def _without_password(url: str) -> str:
+    """A Redis URL fit to print: its password is in <run dir>/state.json (owner only)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
