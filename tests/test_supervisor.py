@@ -14,34 +14,7 @@ import httpx
 
 from healthsync.stack import free_port
 from tests.conftest import wait_for
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below `pid`, from /proc (children of children too)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(entry.name))
-    found: set[int] = set()
-    stack = [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.add(child)
-            stack.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+from tests.live_stack import alive, descendants
 
 
 def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path: Path) -> None:
