@@ -15,6 +15,7 @@ points every test's API at them, with its own audit log file.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import time
 import uuid
@@ -48,6 +49,15 @@ def session_keyring(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Keyring.generate().save(path)
     _keyring[:] = [path]
     return path
+
+
+@pytest.fixture
+def private_keyring(session_keyring: Path, tmp_path: Path) -> Path:
+    """A copy of the session's keyring that a test may rotate or retire keys in."""
+    keyring = tmp_path / "keyring.json"
+    shutil.copy(session_keyring, keyring)
+    keyring.chmod(0o600)
+    return keyring
 
 
 @pytest.fixture(scope="session")

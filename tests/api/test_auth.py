@@ -16,6 +16,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -132,6 +133,26 @@ class AuthApi:
         return 0.0
 
 
+@contextmanager
+def serving(
+    settings: Settings, credentials: Credentials, run_dir: Path, timeout: float = 10
+) -> Iterator[AuthApi]:
+    """The API alone, as a process over the seeded data; the data is deleted afterwards."""
+    client = Redis.from_url(str(settings.redis.url))
+    seed(settings, client)
+    pipeline = Pipeline(settings, run_dir)
+    pipeline.start(stages=("api",))
+    base = f"http://{settings.api.host}:{settings.api.port}"
+    try:
+        with httpx.Client(base_url=base, timeout=timeout) as http:
+            yield AuthApi(settings, http, client, credentials, pipeline.logs)
+    finally:
+        pipeline.stop()
+        for key in client.scan_iter(f"{settings.redis.prefix}:*"):
+            client.delete(key)
+        client.close()
+
+
 @pytest.fixture(scope="module")
 def served(
     broker: Service,
@@ -140,19 +161,8 @@ def served(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[AuthApi]:
     settings = make_settings(broker, redis_server)
-    client = Redis.from_url(str(settings.redis.url))
-    seed(settings, client)
-    pipeline = Pipeline(settings, tmp_path_factory.mktemp("auth-api"))
-    pipeline.start(stages=("api",))
-    base = f"http://{settings.api.host}:{settings.api.port}"
-    try:
-        with httpx.Client(base_url=base, timeout=10) as http:
-            yield AuthApi(settings, http, client, credentials, pipeline.logs)
-    finally:
-        pipeline.stop()
-        for key in client.scan_iter(f"{settings.redis.prefix}:*"):
-            client.delete(key)
-        client.close()
+    with serving(settings, credentials, tmp_path_factory.mktemp("auth-api")) as api:
+        yield api
 
 
 def _b64(data: bytes) -> str:

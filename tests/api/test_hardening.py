@@ -30,8 +30,7 @@ from healthsync.stack import Service, free_port
 from healthsync.store.fhir_store import RedisFhirSink
 from healthsync.store.live import RedisLiveSink
 from healthsync.store.records import Records
-from healthsync.supervisor import Pipeline
-from tests.api.test_auth import AuthApi, seed
+from tests.api.test_auth import AuthApi, serving
 from tests.conftest import Credentials, make_settings
 
 BASE_URL = "https://healthsync.ward.example:8443"
@@ -63,20 +62,10 @@ def served(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[AuthApi]:
     settings = make_settings(broker, redis_server, api={"base_url": BASE_URL})
-    client = Redis.from_url(str(settings.redis.url))
-    seed(settings, client)
-    seed_patient(settings, client, ODD_PATIENT)
-    pipeline = Pipeline(settings, tmp_path_factory.mktemp("hardened-api"))
-    pipeline.start(stages=("api",))
-    base = f"http://{settings.api.host}:{settings.api.port}"
-    try:
-        with httpx.Client(base_url=base, timeout=30) as http:
-            yield AuthApi(settings, http, client, credentials, pipeline.logs)
-    finally:
-        pipeline.stop()
-        for key in client.scan_iter(f"{settings.redis.prefix}:*"):
-            client.delete(key)
-        client.close()
+    run_dir = tmp_path_factory.mktemp("hardened-api")
+    with serving(settings, credentials, run_dir, timeout=30) as api:
+        seed_patient(settings, api.redis, ODD_PATIENT)
+        yield api
 
 
 def raw_request(served: AuthApi, head: str, body_chunks: list[bytes]) -> str:

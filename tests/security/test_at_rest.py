@@ -7,7 +7,6 @@ foreign keyring, through the real processes.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -214,12 +213,10 @@ def test_rotation_keeps_old_data_readable_until_its_key_is_retired(
     broker: Service,
     redis_server: Service,
     tmp_path: Path,
-    session_keyring: Path,
+    private_keyring: Path,
     credentials: Credentials,
 ) -> None:
-    keyring = tmp_path / "keyring.json"
-    shutil.copy(session_keyring, keyring)
-    keyring.chmod(0o600)
+    keyring = private_keyring
     settings = make_settings(broker, redis_server, crypto={"keyring_file": str(keyring)})
     pipeline = Pipeline(settings, tmp_path)
     pipeline.start()

@@ -7,7 +7,6 @@ while Redis still holds them, rewrap seals them again under the active key.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import cast
 
@@ -26,12 +25,10 @@ def test_rewrap_lets_an_old_key_be_retired_without_losing_data(
     broker: Service,
     redis_server: Service,
     tmp_path: Path,
-    session_keyring: Path,
+    private_keyring: Path,
     credentials: Credentials,
 ) -> None:
-    keyring = tmp_path / "keyring.json"
-    shutil.copy(session_keyring, keyring)
-    keyring.chmod(0o600)
+    keyring = private_keyring
     settings = make_settings(broker, redis_server, crypto={"keyring_file": str(keyring)})
     pipeline = Pipeline(settings, tmp_path)
     pipeline.start(stages=("ingest", "process", "api"))
