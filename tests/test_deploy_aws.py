@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from cfnlint.decode import decode
 
-from healthsync.aws import cloudwatch, lambda_jobs
+from healthsync.aws import cloudwatch, lambda_jobs, object_lambda
+from healthsync.store.archive import encryption
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "aws"
 TEMPLATES = sorted(DEPLOY.glob("*.yaml"))
@@ -24,6 +26,7 @@ def load(name: str) -> Any:
 
 def test_every_template_passes_cfn_lint() -> None:
     assert [t.name for t in TEMPLATES] == [
+        "archive.yaml",
         "compute.yaml",
         "data.yaml",
         "monitoring.yaml",
@@ -87,3 +90,51 @@ def test_the_security_groups_mirror_the_host_firewall() -> None:
     for store in ("KafkaSecurityGroup", "RedisSecurityGroup"):
         rules = groups[store]["Properties"]["SecurityGroupIngress"]
         assert all("CidrIp" not in r for r in rules), f"{store} must admit HealthSync hosts only"
+
+
+def _imports(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "Fn::ImportValue":
+                yield value["Fn::Sub"]
+            else:
+                yield from _imports(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _imports(value)
+
+
+def test_every_cross_stack_import_names_an_export_of_the_stack_it_names() -> None:
+    stacks = {"NetworkStack": "network", "DataStack": "data", "ArchiveStack": "archive"}
+    exports = {
+        stack: {
+            output["Export"]["Name"]["Fn::Sub"].removeprefix("${AWS::StackName}-")
+            for output in load(f"{name}.yaml")["Outputs"].values()
+            if "Export" in output
+        }
+        for stack, name in stacks.items()
+    }
+    seen = set()
+    for path in TEMPLATES:
+        for name in _imports(load(path.name)["Resources"]):
+            stack, export = name.removeprefix("${").split("}-", 1)
+            assert export in exports[stack], f"{path.name} imports {name}, which nothing exports"
+            seen.add((stack, export))
+    assert ("ArchiveStack", "ArchiveBucketArn") in seen and ("DataStack", "DataKeyArn") in seen
+
+
+def test_the_object_lambda_is_configured_as_the_code_reads_it() -> None:
+    resources = load("archive.yaml")["Resources"]
+    function = resources["DeidentifyFunction"]["Properties"]
+    assert function["Handler"] == "healthsync.aws.object_lambda.handler"
+    variables = set(function["Environment"]["Variables"])
+    assert object_lambda.SECRET_ENV in variables
+    assert all(name in (object_lambda.__doc__ or "") for name in variables)
+    # The role may unwrap Parquet data keys only under the context the archive binds them to.
+    [(name, value)] = encryption._CONTEXT.items()
+    statements = resources["DeidentifyRole"]["Properties"]["Policies"][0]["PolicyDocument"]
+    conditions = [s.get("Condition", {}) for s in statements["Statement"]]
+    assert {"StringEquals": {f"kms:EncryptionContext:{name}": value}} in conditions
+    olap = resources["ResearchAccessPoint"]["Properties"]["ObjectLambdaConfiguration"]
+    [transform] = olap["TransformationConfigurations"]
+    assert transform["Actions"] == ["GetObject"] and "AllowedFeatures" not in olap
