@@ -9,14 +9,20 @@ forwarded headers and its body are what S3 would pass to the reader.
 
 from __future__ import annotations
 
+import ast
 import csv
 import http.server
 import io
 import logging
+import subprocess
+import sys
 import threading
 import uuid
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -25,8 +31,11 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
-from healthsync.aws import object_lambda
+from healthsync.aws import object_lambda, package
+from healthsync.cli import main
 from healthsync.domain.readings import Reading
 from healthsync.security.crypto import Keyring
 from healthsync.store.archive.columns import readings_table
@@ -284,3 +293,44 @@ def test_without_its_research_key_the_function_serves_nothing(
     assert received.headers["x-amz-fwd-status"] == "500"
     assert received.headers["x-amz-fwd-error-code"] == "ResearchKeyUnavailable"
     assert received.body == b""
+
+
+def test_the_research_key_command_writes_the_keys_the_archiver_uses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ring = Keyring.generate()
+    ring.save(tmp_path / "keyring.json")
+    monkeypatch.setenv("HEALTHSYNC_CRYPTO_KEYRING_FILE", str(tmp_path / "keyring.json"))
+    monkeypatch.delenv("HEALTHSYNC_CRYPTO_KMS_KEY_ID", raising=False)
+    output = tmp_path / "research-key.json"
+    assert main(["aws", "research-key", "--output", str(output)]) == 0
+    assert output.stat().st_mode & 0o777 == 0o600
+    served = object_lambda.deidentifier_from_secret(output.read_text())
+    assert served == Deidentifier.from_keyring(ring)
+    assert served.pseudonym_key != ring.pseudonym_key
+
+
+def test_the_lambda_zip_holds_the_function_and_the_layer_list_what_it_imports(
+    tmp_path: Path,
+) -> None:
+    names = zipfile.ZipFile(package.build(tmp_path / "lambda.zip")).namelist()
+    assert {"healthsync/aws/object_lambda.py", "healthsync/aws/redact.py"} <= set(names)
+    code = (
+        "import sys, healthsync.aws.object_lambda; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    distributions = metadata.packages_distributions()
+    imported = {d for top in ast.literal_eval(done.stdout) for d in distributions.get(top, [])}
+    # The layer's distributions with what they require (pydantic-core, cffi, ...).
+    layer, todo = set(), list(package.OBJECT_LAMBDA_LAYER)
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name not in layer:
+            layer.add(name)
+            required = [Requirement(r) for r in metadata.requires(name) or []]
+            todo += [r.name for r in required if not r.marker or r.marker.evaluate({"extra": ""})]
+    runtime = {"healthsync", "boto3", "botocore", "setuptools"}
+    assert {canonicalize_name(d) for d in imported} - runtime <= layer

@@ -1,10 +1,14 @@
-"""`healthsync aws package`: the Lambda deployment zip of the jobs launcher.
+"""`healthsync aws package`: the Lambda deployment zip of the jobs launcher and the Object Lambda.
 
 The zip holds the ``healthsync`` package and the pure-Python libraries the
 launcher imports that the Lambda Python runtime lacks (redis-py; boto3 is part
 of the runtime), copied from this environment, so building it needs no
-network. Entries carry a fixed timestamp: the same sources give the same zip,
-and CloudFormation sees no change when there is none.
+network. The same zip is the code of the S3 Object Lambda
+(:data:`OBJECT_LAMBDA_HANDLER`); the libraries it needs beyond that are
+compiled for the Lambda platform, so they come in a layer built with pip
+(:data:`OBJECT_LAMBDA_LAYER`, docs/DEPLOY-AWS.md) rather than from here.
+Entries carry a fixed timestamp: the same sources give the same zip, and
+CloudFormation sees no change when there is none.
 """
 
 from __future__ import annotations
@@ -17,6 +21,16 @@ import healthsync
 from healthsync.errors import ConfigError
 
 HANDLER = "healthsync.aws.lambda_jobs.handler"
+OBJECT_LAMBDA_HANDLER = "healthsync.aws.object_lambda.handler"
+# What healthsync.aws.object_lambda imports beside the zip and the runtime's boto3.
+OBJECT_LAMBDA_LAYER = (
+    "pyarrow",
+    "numpy",
+    "orjson",
+    "cryptography",
+    "pydantic",
+    "pydantic-settings",
+)
 VENDORED = ("redis",)
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 

@@ -77,15 +77,31 @@ def register(sub: Any) -> None:
     aws_actions = aws.add_subparsers(dest="aws_command", required=True, metavar="ACTION")
     package = aws_actions.add_parser(
         "package",
-        help="build the jobs launcher's Lambda deployment zip",
+        help="build the Lambda deployment zip (jobs launcher, S3 Object Lambda)",
         description="Write a zip with the healthsync package and redis-py for the Lambda "
-        "function whose handler is healthsync.aws.lambda_jobs.handler (Python runtime, which "
-        "provides boto3). Built from this environment, no network needed.",
+        "functions whose handlers are healthsync.aws.lambda_jobs.handler and "
+        "healthsync.aws.object_lambda.handler (Python runtime, which provides boto3). Built "
+        "from this environment, no network needed. The Object Lambda also needs a layer "
+        "with pyarrow, numpy, orjson, cryptography, pydantic and pydantic-settings for the "
+        "Lambda "
+        "platform (docs/DEPLOY-AWS.md).",
     )
     package.add_argument(
         "--output", type=Path, default=Path("dist/healthsync-jobs-lambda.zip"), help="zip path"
     )
     package.set_defaults(func=cmd_aws_package)
+    research = aws_actions.add_parser(
+        "research-key",
+        help="write the research keys for the S3 Object Lambda's secret",
+        description="Derive the research set's pseudonym and time-shift keys from the "
+        "keyring (HEALTHSYNC_CRYPTO_KEYRING_FILE) and write them as JSON, mode 0600, for the "
+        "Secrets Manager secret that HEALTHSYNC_RESEARCH_KEY_SECRET names "
+        "(healthsync.aws.object_lambda.handler). They are not the keyring: whoever holds "
+        "them can make research pseudonyms, but cannot open the live store or the "
+        "identified archive. Delete the file once the secret holds it.",
+    )
+    research.add_argument("--output", type=Path, required=True, help="file to write (0600)")
+    research.set_defaults(func=cmd_aws_research_key)
 
 
 def _catalog(settings: Settings) -> dict[str, Job]:
@@ -197,10 +213,34 @@ def _stamp(at: float) -> str:
 
 
 def cmd_aws_package(args: argparse.Namespace) -> int:
-    from healthsync.aws.package import HANDLER, build
+    from healthsync.aws.package import HANDLER, OBJECT_LAMBDA_HANDLER, OBJECT_LAMBDA_LAYER, build
 
     path = build(args.output)
     print(f"{path} ({path.stat().st_size} bytes), handler {HANDLER}")
+    layer = ", ".join(OBJECT_LAMBDA_LAYER)
+    print(f"also handler {OBJECT_LAMBDA_HANDLER}, with a layer of {layer}")
+    return 0
+
+
+def cmd_aws_research_key(args: argparse.Namespace) -> int:
+    import os
+
+    from healthsync.aws.object_lambda import research_secret
+    from healthsync.security.codec import key_service
+    from healthsync.security.crypto import Keyring
+    from healthsync.store.archive.deidentify import Deidentifier
+
+    crypto = _settings(args).crypto
+    ring = Keyring.load(crypto.keyring_file, key_service(crypto))
+    path: Path = args.output
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(research_secret(Deidentifier.from_keyring(ring)))
+    print(f"wrote the research keys to {path} (0600); put them in the function's secret:")
+    print(
+        f"  aws secretsmanager put-secret-value --secret-id <secret> --secret-string file://{path}"
+    )
     return 0
 
 
