@@ -128,6 +128,13 @@ class IngestSettings(BaseModel):
     max_inflight_total: int = Field(50_000, ge=1)
     # A device gets ERR 503 at most this long after sending when Kafka does not answer.
     ack_timeout_s: float = Field(5.0, gt=0)
+    # Behind a load balancer: both listeners require a PROXY protocol v2 header and take
+    # the device's address from it. Only for private loopback ports HAProxy alone reaches.
+    proxy_protocol: bool = False
+    # A loopback HTTP port answering GET /readyz (200 while Kafka answers); None: off.
+    check_port: int | None = Field(None, ge=0, le=65535)
+    # Labels this instance's gauges (connections_open|instance=...) when several run.
+    instance: str | None = None
 
 
 class ProcessorSettings(BaseModel):
