@@ -135,6 +135,10 @@ class IngestSettings(BaseModel):
     check_port: int | None = Field(None, ge=0, le=65535)
     # Labels this instance's gauges (connections_open|instance=...) when several run.
     instance: str | None = None
+    # `healthsync up` only: ingest processes behind HAProxy on the public ports, and
+    # HAProxy's stats page and Prometheus endpoint on loopback (0: a free port).
+    replicas: int = Field(2, ge=1, le=16)
+    front_stats_port: int = Field(0, ge=0, le=65535)
 
 
 class ProcessorSettings(BaseModel):
