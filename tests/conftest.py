@@ -170,7 +170,8 @@ def make_settings(broker: Service, redis_server: Service, **sections: dict[str, 
             "partitions": 3,
         },
         "redis": {"url": f"redis://{redis_server.host}:{redis_server.port}/0", "prefix": f"t{tag}"},
-        "ingest": {"port": free_port(), "tls_port": free_port()},
+        # One ingest on the given ports; tests/test_ingest_front.py runs replicas behind HAProxy.
+        "ingest": {"port": free_port(), "tls_port": free_port(), "replicas": 1},
         "processor": {"group_id": f"g{tag}", "batch_wait_s": 0.02},
         # Plain HTTP keeps the many API tests simple; tests/test_transport_tls.py covers HTTPS.
         "api": {"port": free_port(), "tls_enabled": False},

@@ -13,7 +13,7 @@ import pytest
 from healthsync.config import Settings
 from healthsync.domain.readings import reading_id_for
 from healthsync.security.codec import Codec
-from healthsync.stack import Service, start_broker
+from healthsync.stack import Service, free_port, start_broker
 from tests.conftest import Device, wait_for
 
 StartIngest = Callable[..., Settings]
@@ -129,3 +129,18 @@ def test_reading_ids_are_keyed(start_ingest: StartIngest) -> None:
     guessed = hashlib.blake2b(b"mon-key-1\x1fseq\x1f7", digest_size=12).hexdigest()
     assert reading_id != guessed
     assert reading_id == reading_id_for("mon-key-1", 7, 0, key=Codec.from_settings(settings).id_key)
+
+
+def readyz(settings: Settings) -> int:
+    with socket.create_connection((settings.ingest.host, settings.ingest.check_port), 5) as s:
+        s.sendall(b"GET /readyz HTTP/1.0\r\n\r\n")
+        return int(s.makefile("rb").readline().split()[1])
+
+
+def test_readiness_follows_kafka(own_broker: Service, start_ingest: StartIngest) -> None:
+    """A replica that cannot reach Kafka says so, so that the balancer sends devices elsewhere."""
+    settings = start_ingest(own_broker, check_port=free_port())
+    wait_for(lambda: readyz(settings) == 200, timeout=20, what="ingest to be ready")
+    own_broker.process.kill()
+    own_broker.process.wait()
+    wait_for(lambda: readyz(settings) == 503, timeout=20, what="ingest to say it is not ready")

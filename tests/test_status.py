@@ -42,7 +42,8 @@ def status(stack: LiveStack) -> dict[str, Any]:
 def test_status_lists_every_process_with_its_pid_and_the_open_connections(
     tmp_path: Path,
 ) -> None:
-    with live_stack(tmp_path) as stack:
+    # One ingest, found by its command line; tests/test_ingest_front.py covers replicas.
+    with live_stack(tmp_path, env={"HEALTHSYNC_INGEST_REPLICAS": "1"}) as stack:
         wait_for((stack.run_dir / "state.json").exists, what="state.json")
         devices = [stack.device() for _ in range(3)]
         try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -21,12 +21,19 @@ class Child:
     log_file: IO[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
+    # This child's own variables over the stages' common ones (kept for restarts).
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def stage(self) -> str:
+        """The command it runs (`ingest` for each of the replicas `ingest-1`, `ingest-2`)."""
+        return self.argv[3] if len(self.argv) > 3 else self.name
 
     def start(self, env: dict[str, str]) -> None:
         self.log_file = self.log_path.open("ab")
         self.process = subprocess.Popen(
             self.argv,
-            env=env,
+            env=env | self.env,
             stdin=subprocess.DEVNULL,
             stdout=self.log_file,
             stderr=subprocess.STDOUT,

@@ -128,6 +128,17 @@ class IngestSettings(BaseModel):
     max_inflight_total: int = Field(50_000, ge=1)
     # A device gets ERR 503 at most this long after sending when Kafka does not answer.
     ack_timeout_s: float = Field(5.0, gt=0)
+    # Behind a load balancer: both listeners require a PROXY protocol v2 header and take
+    # the device's address from it. Only for private loopback ports HAProxy alone reaches.
+    proxy_protocol: bool = False
+    # A loopback HTTP port answering GET /readyz (200 while Kafka answers); None: off.
+    check_port: int | None = Field(None, ge=0, le=65535)
+    # Labels this instance's gauges (connections_open|instance=...) when several run.
+    instance: str | None = None
+    # `healthsync up` only: ingest processes behind HAProxy on the public ports, and
+    # HAProxy's stats page and Prometheus endpoint on loopback (0: a free port).
+    replicas: int = Field(2, ge=1, le=16)
+    front_stats_port: int = Field(0, ge=0, le=65535)
 
 
 class ProcessorSettings(BaseModel):

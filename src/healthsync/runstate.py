@@ -35,6 +35,8 @@ class RunState:
     redis_cert: str | None = None
     redis_key: str | None = None
     processes: list[ProcessEntry] = field(default_factory=list)
+    # HAProxy's stats as CSV (loopback), when ingest replicas run behind it.
+    front_stats_url: str | None = None
 
     def save(self, run_dir: Path) -> None:
         """Write atomically (rename), readable by the owner only."""

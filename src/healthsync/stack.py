@@ -165,7 +165,7 @@ class Launch:
     timeout: float = 10.0
 
 
-def _spawn(name: str, argv: list[str], address: tuple[str, int], launch: Launch) -> Service:
+def spawn(name: str, argv: list[str], address: tuple[str, int], launch: Launch) -> Service:
     host, port = address
     log_path = launch.log_dir / f"{name}.log" if launch.log_dir else None
     process, log_file = _popen(argv, log_path)
@@ -207,11 +207,11 @@ def start_broker(
     port = port or free_port(host)
     launch = Launch(log_dir, timeout)
     if tls is None:
-        return _spawn("broker", _tansu_argv(binary, host, port, port), (host, port), launch)
+        return spawn("broker", _tansu_argv(binary, host, port, port), (host, port), launch)
     if run_dir is None:
         raise HealthSyncError("the broker's TLS front needs a run directory for its files")
     plain = (LOCALHOST, free_port(LOCALHOST))
-    tansu = _spawn("broker", _tansu_argv(binary, *plain, port, advertised_host=host), plain, launch)
+    tansu = spawn("broker", _tansu_argv(binary, *plain, port, advertised_host=host), plain, launch)
     try:
         front = start_tls_front(TlsFront("broker-tls", (host, port), plain), tls, run_dir, launch)
     except BaseException:
@@ -295,7 +295,7 @@ def start_tls_front(
     if check.returncode != 0:
         raise HealthSyncError(f"{name}: haproxy refused {config}: {check.stderr.strip()}")
     # -db: stay in the foreground, so it is our child and dies with us.
-    service = _spawn(name, [binary, "-db", "-f", str(config)], listen, launch or Launch())
+    service = spawn(name, [binary, "-db", "-f", str(config)], listen, launch or Launch())
     service.tls = True
     return service
 
@@ -369,7 +369,7 @@ def start_redis(
         with os.fdopen(fd, "w") as f:
             f.write(user.acl())
         argv += ["--aclfile", str(acl)]
-    service = _spawn("redis", argv, (host, port), Launch(log_dir, _REDIS_START_TIMEOUT_S))
+    service = spawn("redis", argv, (host, port), Launch(log_dir, _REDIS_START_TIMEOUT_S))
     service.tls = tls is not None
     return service
 
@@ -393,6 +393,8 @@ class EmbeddedStack:
     broker: Service | None = None
     redis: Service | None = None
     redis_user: RedisUser | None = None
+    # HAProxy in front of the ingest replicas (see front.py), when `up` runs several.
+    ingest_front: Service | None = None
 
     @property
     def bootstrap(self) -> str | None:
@@ -410,13 +412,13 @@ class EmbeddedStack:
     def services(self) -> list[Service]:
         """Every process of the stack, each backend before its front."""
         found: list[Service] = []
-        for service in (self.redis, self.broker):
+        for service in (self.redis, self.broker, self.ingest_front):
             if service is not None:
                 found += [*service.backends, service]
         return found
 
     def stop(self) -> None:
-        for service in (self.redis, self.broker):
+        for service in (self.ingest_front, self.redis, self.broker):
             if service is not None:
                 with contextlib.suppress(OSError):
                     service.stop()

@@ -9,11 +9,14 @@ pipeline's shared counters. `--json` prints one snapshot for scripts;
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 from redis import Redis
 from redis.exceptions import RedisError
@@ -42,7 +45,26 @@ def collect(run_dir: Path) -> dict[str, Any]:
     }
     snapshot["processes"] = _processes(state)
     snapshot |= _from_redis(state)
+    if state.front_stats_url:
+        snapshot["front"] = _front(state.front_stats_url)
     return snapshot
+
+
+def _front(url: str) -> dict[str, Any]:
+    """Each HAProxy backend's servers (the ingest replicas) and their check state."""
+    try:
+        response = httpx.get(url, timeout=2.0)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        return {"error": f"unreachable: {type(exc).__name__}"}
+    backends: dict[str, dict[str, str]] = {}
+    for row in csv.DictReader(io.StringIO(response.text.lstrip("# "))):
+        server = row.get("svname", "")
+        if server in ("FRONTEND", "BACKEND") or row.get("pxname") == "stats":
+            continue
+        # UP, DOWN, "UP 1/2" (going down), "DOWN 1/2" (coming back), MAINT, no check
+        backends.setdefault(row["pxname"], {})[server] = row.get("status", "")
+    return {"backends": backends}
 
 
 def _processes(state: RunState) -> list[dict[str, Any]]:
@@ -108,10 +130,21 @@ def _from_redis(state: RunState) -> dict[str, Any]:
             "clients": int(info["connected_clients"]),
         },
         "consumer_lag": dict(sorted(lag.items(), key=lambda kv: int(kv[0]))),
-        "ingest": {
-            "connections_open": int(float(ingest.get(b"connections_open", b"0"))),
-        },
+        "ingest": {"connections_open": _connections_open(ingest, state)},
     }
+
+
+def _connections_open(ingest: dict[bytes, bytes], state: RunState) -> int:
+    """Open device connections: with replicas, the sum of the running ones' gauges."""
+    running = {entry.name for entry in state.processes}
+    labelled = 0
+    replicas = False
+    for raw, value in ingest.items():
+        name, labels = parse_field(raw.decode())
+        if name == "connections_open" and "instance" in labels:
+            replicas = True
+            labelled += int(float(value)) if labels["instance"] in running else 0
+    return labelled if replicas else int(float(ingest.get(b"connections_open", b"0")))
 
 
 def render(snapshot: dict[str, Any]) -> Group:
@@ -143,6 +176,12 @@ def render(snapshot: dict[str, Any]) -> Group:
         pipeline.add_row("ingest connections", str(snapshot["ingest"]["connections_open"]))
         for partition, lag in snapshot["consumer_lag"].items():
             pipeline.add_row(f"consumer lag p{partition}", str(lag))
+    front = snapshot.get("front")
+    if front is not None and "error" in front:
+        pipeline.add_row("ingest front", front["error"])
+    for backend, servers in (front or {}).get("backends", {}).items():
+        for server, state in servers.items():
+            pipeline.add_row(f"{backend} {server}", state)
     return Group(processes, pipeline)
 
 
@@ -167,7 +206,8 @@ def register(subparsers: Any) -> None:
         help="processes, consumer lag, Redis and ingest of a running `healthsync up`",
         description="Read <run dir>/state.json, written by a running `healthsync up`, and "
         "show every process (pid, CPU, RSS, uptime, restarts), consumer lag per "
-        "partition, Redis memory, operations/s and clients, and open ingest connections.",
+        "partition, Redis memory, operations/s and clients, open ingest connections, and "
+        "with ingest replicas the state of each in HAProxy's backends (UP or DOWN).",
     )
     status.add_argument("--run-dir", default="run", help="the run dir of `up` (default ./run)")
     output = status.add_mutually_exclusive_group()

@@ -30,6 +30,7 @@ from healthsync.api.apikeys import ApiKeyStore, ensure_local_key
 from healthsync.children import Child
 from healthsync.config import Settings
 from healthsync.errors import ConfigError, HealthSyncError
+from healthsync.front import IngestFront, new_front
 from healthsync.kafka import KafkaUnavailableError, ensure_topics
 from healthsync.runstate import ProcessEntry, RunState
 from healthsync.security.certs import (
@@ -42,6 +43,7 @@ from healthsync.security.certs import (
 from healthsync.security.codec import ensure_keyring
 from healthsync.security.tls import openssl_conf_env
 from healthsync.stack import (
+    LOCALHOST,
     EmbeddedStack,
     RedisDisk,
     RedisUser,
@@ -73,6 +75,8 @@ class Pipeline:
     env: dict[str, str] = field(default_factory=dict)
     # The admin API key `up` made for local use, when no authentication was configured.
     local_key_file: Path | None = None
+    # HAProxy and the ingest replicas behind it, when `ingest.replicas` > 1.
+    front: IngestFront | None = None
 
     @property
     def logs(self) -> Path:
@@ -99,8 +103,19 @@ class Pipeline:
             settings.archive.url = f"file://{(self.run_dir / 'archive').resolve()}"
         self.env = self._stage_env()
         for name in stages:
-            self.start_child(name)
+            if name == "ingest" and settings.ingest.replicas > 1:
+                self._start_ingest_replicas()
+            else:
+                self.start_child(name)
         self._wait_listening(stages)
+        if self.front is not None:
+            self.stack.ingest_front = self.front.start(settings.ingest, self.run_dir, self.logs)
+
+    def _start_ingest_replicas(self) -> None:
+        """`ingest.replicas` ingest processes on private loopback ports (see front.py)."""
+        self.front = new_front(self.settings.ingest)
+        for replica in self.front.replicas:
+            self.start_child(replica.name, stage="ingest", env=replica.env())
 
     def _start_redis(self) -> None:
         """The embedded Redis, unless a URL names another: its data in the run dir, one ACL
@@ -141,7 +156,10 @@ class Pipeline:
 
     def _wait_listening(self, stages: tuple[str, ...]) -> None:
         settings = self.settings
-        if "ingest" in stages:
+        if "ingest" in stages and self.front is not None:
+            for replica in self.front.replicas:  # its readiness port opens once it listens
+                wait_for_port(LOCALHOST, replica.check_port, 30, self.process(replica.name))
+        elif "ingest" in stages:
             ingest = settings.ingest
             host, port = (
                 (ingest.host, ingest.port)
@@ -250,12 +268,16 @@ class Pipeline:
         api = self.settings.api
         return f"{'https' if api.tls_enabled else 'http'}://{api.host}:{api.port}"
 
-    def start_child(self, name: str, *args: str) -> Child:
+    def start_child(
+        self, name: str, *args: str, stage: str | None = None, env: dict[str, str] | None = None
+    ) -> Child:
+        """Start `healthsync <stage> args` (stage: `name`) as the child `name`."""
         child = self.children.get(name)
         if child is None:
-            argv = [sys.executable, "-m", "healthsync", name, *args]
+            argv = [sys.executable, "-m", "healthsync", stage or name, *args]
             child = self.children[name] = Child(name, argv, self.logs / f"{name}.log")
-        child.start(self.env | self._redis_client_env(name))
+            child.env = self._redis_client_env(stage or name) | (env or {})
+        child.start(self.env)
         return child
 
     def _redis_client_env(self, stage: str) -> dict[str, str]:
@@ -286,9 +308,15 @@ class Pipeline:
         return process
 
     def stop(self) -> None:
-        ordered = [n for n in _STOP_ORDER if n in self.children]
-        for name in ordered + [n for n in self.children if n not in ordered]:
-            self.children[name].stop()
+        """Stop in order; the ingest front stops accepting before the replicas drain."""
+        rank = {stage: n for n, stage in enumerate(_STOP_ORDER)}
+        ordered = sorted(self.children.values(), key=lambda c: rank.get(c.stage, len(rank)))
+        for child in ordered:
+            if child.stage == "ingest" and self.front is not None:
+                self.front.stop_accepting()
+            child.stop()
+        if self.front is not None:
+            self.front.wait_stopped()
         self.stack.stop()
 
 
@@ -348,6 +376,12 @@ class Supervisor:
                 f"ingest    tls://{ingest.tls_host}:{ingest.tls_port}  "
                 f"({mutual}; certificates in {settings.tls.dir})"
             )
+        front = self.pipeline.front
+        if front is not None:
+            self._say(
+                f"front     HAProxy, {len(front.replicas)} ingest replicas; "
+                f"stats {front.stats_url.removesuffix(';csv')}, /metrics (loopback)"
+            )
         self._say(f"api       {self.pipeline.api_url}  (docs at /docs)")
         if broker_tls or redis_tls or settings.api.tls_enabled:
             self._say(f"certs     {settings.tls.dir}  (clients trust ca.crt)")
@@ -406,6 +440,7 @@ class Supervisor:
             redis_cert=str(cert) if cert else None,
             redis_key=str(key) if key else None,
             processes=processes,
+            front_stats_url=pipeline.front.stats_url if pipeline.front else None,
         )
         try:
             state.save(pipeline.run_dir)

@@ -9,7 +9,7 @@ from healthsync.commands.base import Subparsers, settings_from
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from healthsync.ingest.server import serve
+    from healthsync.ingest.service import serve
     from healthsync.kafka import ensure_topics
     from healthsync.logs import setup_logging
 

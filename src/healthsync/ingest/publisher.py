@@ -89,6 +89,16 @@ class Publisher:
             self._fatal = self._fatal or exc.args[0]
             raise BufferError(f"producer unusable until replaced: {exc}") from exc
 
+    def probe(self, topic: str, timeout: float) -> bool:
+        """Whether the cluster answers a metadata request for `topic` (blocking: run in a
+        thread). Used for readiness: delivery reports alone say nothing while idle."""
+        try:
+            metadata = self._producer.list_topics(topic, timeout=timeout)
+        except KafkaException:
+            return False
+        found = metadata.topics.get(topic)
+        return bool(metadata.brokers) and found is not None and found.error is None
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._poll_forever(), name="kafka-poll")
 

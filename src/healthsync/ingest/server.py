@@ -19,10 +19,8 @@ pseudonym (so partitioning stays per patient) and bound to their topic role.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
-import signal
 import ssl
 import time
 from collections import deque
@@ -30,12 +28,13 @@ from dataclasses import dataclass, field
 
 import orjson
 from confluent_kafka import KafkaError
-from redis.asyncio import Redis
 
 from healthsync import wire
 from healthsync.config import Settings
 from healthsync.errors import ConfigError
 from healthsync.ingest.assignments import DevicePatients
+from healthsync.ingest.listener import ProxyListener
+from healthsync.ingest.proxy import Address
 from healthsync.ingest.publisher import Publisher
 from healthsync.metrics import StatsRecorder
 from healthsync.security import codec as roles
@@ -48,7 +47,6 @@ from healthsync.security.tls import (
     peer_serial,
     server_context,
 )
-from healthsync.store.assignments import Assignments
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +72,17 @@ class _Slot:
 class DeviceConnection(asyncio.Protocol):
     """One device's connection: split lines, validate, publish, answer in order."""
 
-    def __init__(self, server: IngestServer, *, tls: bool = False) -> None:
+    def __init__(
+        self, server: IngestServer, *, tls: bool = False, peer: Address | None = None
+    ) -> None:
         self.server = server
         self.tls = tls
         # The device id the client certificate names, and the certificate's
         # serial (for revocation); None when there is no certificate.
         self.identity: str | None = None
         self.serial: int | None = None
+        # The device's address: from the PROXY header behind a load balancer, else the socket's.
+        self.peer = peer
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.discarding = False  # inside a line that is already too long
@@ -96,6 +98,11 @@ class DeviceConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self.peer is None:
+            peername = transport.get_extra_info("peername")
+            self.peer = (str(peername[0]), int(peername[1])) if peername else None
+        # A device's address is an identifier: DEBUG only.
+        log.debug("device connected", extra={"peer": self.peer, "tls": self.tls})
         if self.tls:
             refusal = self.server.check_peer(self, transport.get_extra_info("ssl_object"))
             if refusal is not None:
@@ -263,7 +270,7 @@ class IngestServer:
     connections: set[DeviceConnection] = field(default_factory=set)
     paused: set[DeviceConnection] = field(default_factory=set)
     inflight: int = 0
-    servers: list[asyncio.Server] = field(default_factory=list)
+    servers: list[asyncio.Server | ProxyListener] = field(default_factory=list)
     revocations: RevocationList | None = None
     device_patients: DevicePatients = field(default_factory=lambda: DevicePatients({}))
 
@@ -375,12 +382,14 @@ class IngestServer:
             tls_context = server_context(self.settings, "ingest", client_certs=client_certs)
             self.revocations = RevocationList(self.settings.tls.dir)
             self.revocations.refresh()
-        if plain:
+        if cfg.proxy_protocol:
+            self._start_proxied(plain, tls_context)
+        elif plain:
             server = await loop.create_server(
                 lambda: DeviceConnection(self), cfg.host, cfg.port, reuse_address=True
             )
             self.servers.append(server)
-        if tls_context is not None:
+        if tls_context is not None and not cfg.proxy_protocol:
             server = await loop.create_server(
                 self._tls_connection,
                 cfg.tls_host,
@@ -392,11 +401,36 @@ class IngestServer:
             self.servers.append(server)
         self.publisher.start()
 
-    def _tls_connection(self) -> DeviceConnection:
+    def _start_proxied(self, plain: bool, tls_context: ssl.SSLContext | None) -> None:
+        """Listeners behind HAProxy: each connection starts with a PROXY v2 header."""
+        cfg = self.settings.ingest
+        listeners = []
+        if plain:
+            listeners.append(
+                ProxyListener((cfg.host, cfg.port), self._plain_connection, self.stats)
+            )
+        if tls_context is not None:
+            listeners.append(
+                ProxyListener(
+                    (cfg.tls_host, cfg.tls_port),
+                    self._tls_connection,
+                    self.stats,
+                    tls=tls_context,
+                    timeout_s=_HANDSHAKE_TIMEOUT_S,
+                )
+            )
+        for listener in listeners:
+            listener.start()
+            self.servers.append(listener)
+
+    def _plain_connection(self, peer: Address | None = None) -> DeviceConnection:
+        return DeviceConnection(self, peer=peer)
+
+    def _tls_connection(self, peer: Address | None = None) -> DeviceConnection:
         # Called on accept, before the handshake: started minus completed
         # handshakes is the number refused (unknown CA, revoked, expired, weak).
         self.stats.inc("tls_handshakes_started_total")
-        return DeviceConnection(self, tls=True)
+        return DeviceConnection(self, tls=True, peer=peer)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -439,60 +473,3 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-async def _flush_stats(server: IngestServer, redis: Redis | None) -> None:
-    """Add this instance's counts to the shared totals in Redis."""
-    server.stats.gauge("connections_open", len(server.connections))
-    server.stats.gauge("inflight", server.inflight)
-    if redis is None:
-        return
-    try:
-        async with redis.pipeline(transaction=False) as pipe:
-            server.stats.add_to(pipe)
-            await pipe.execute()
-    except Exception as exc:  # noqa: BLE001 - stats must never take ingest down
-        log.warning("could not publish ingest stats", extra={"error": str(exc)})
-
-
-async def _housekeeping(
-    server: IngestServer, redis: Redis | None, stop: asyncio.Event, assigned: Assignments | None
-) -> None:
-    """Every second: close idle connections, re-read CRL and assignments, publish the counts."""
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
-        server.sweep_idle()
-        server.refresh_revocations()
-        await server.device_patients.refresh(assigned)
-        await _flush_stats(server, redis)
-
-
-async def serve(settings: Settings) -> None:
-    """Run the ingest server until SIGTERM or SIGINT, then drain."""
-    stats = StatsRecorder(settings.redis.keys, "ingest")
-    publisher = Publisher(settings.kafka, settings.ingest.ack_timeout_s)
-    codec = Codec.from_settings(settings)
-    server = IngestServer(settings, publisher, stats, codec)
-    server.device_patients = DevicePatients(settings.ingest.device_patients)
-    redis = None
-    assigned = None
-    if settings.redis.url:
-        redis = Redis.from_url(settings.redis.url, **settings.redis.client_options())
-        assigned = Assignments(redis, codec)
-        await server.device_patients.refresh(assigned)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await server.start()
-    log.info("ingest listening", extra={"addresses": server.addresses})
-    housekeeping = loop.create_task(_housekeeping(server, redis, stop, assigned))
-    await stop.wait()
-    log.info("ingest draining", extra={"inflight": server.inflight})
-    await server.drain()
-    await housekeeping
-    await _flush_stats(server, redis)  # what the drain answered counts too
-    if redis is not None:
-        await redis.aclose()
-    log.info("ingest stopped")
