@@ -301,6 +301,22 @@ def test_shipping_resumes_where_it_stopped(aws: MotoServer, tmp_path: Path) -> N
     assert [e["message"].split('"msg":"')[1].split('"')[0] for e in events] == ["one", "two"]
 
 
+def test_each_ingest_replica_ships_to_the_ingest_group_in_its_own_stream(
+    aws: MotoServer, tmp_path: Path
+) -> None:
+    ns = namespace()
+    logs = boto3.client("logs")
+    for replica in (1, 2):
+        line = f'{{"ts":"2026-11-30T10:00:0{replica}.000Z","level":"info","msg":"r{replica}"}}\n'
+        (tmp_path / f"ingest-{replica}.log").write_text(line)
+    (tmp_path / "ingest-front.log").write_text('{"msg":"not a replica"}\n')
+    LogShipper(logs, tmp_path, f"/{ns}", stream="host").ship()
+    streams = logs.describe_log_streams(logGroupName=f"/{ns}/ingest")["logStreams"]
+    assert sorted(s["logStreamName"] for s in streams) == ["host/1", "host/2"]
+    events = logs.filter_log_events(logGroupName=f"/{ns}/ingest")["events"]
+    assert sorted(e["message"].split('"msg":"')[1].split('"')[0] for e in events) == ["r1", "r2"]
+
+
 def test_of_several_exporters_one_sends_the_pipeline_metrics(
     settings: Settings, redis: Redis, tmp_path: Path
 ) -> None:

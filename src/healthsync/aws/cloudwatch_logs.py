@@ -110,7 +110,7 @@ class LogShipper:
     stream: str = field(default_factory=socket.gethostname)
     shipped: int = 0
     _offsets: dict[str, int] = field(default_factory=dict)
-    _ready: set[str] = field(default_factory=set)
+    _ready: set[tuple[str, str]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         try:
@@ -124,12 +124,28 @@ class LogShipper:
     def ship(self) -> None:
         """Send what is new in every stage's log; raises (offsets kept) when CloudWatch fails."""
         for stage in self.stages:
-            path = self.log_dir / f"{stage}.log"
-            if path.exists():
+            for path in self._logs_of(stage):
                 self._ship_file(stage, path)
 
+    def _logs_of(self, stage: str) -> list[Path]:
+        """The stage's log, and its replicas' (`ingest-1.log`, ...) behind a load balancer."""
+        single = self.log_dir / f"{stage}.log"
+        replicas = sorted(
+            p
+            for p in self.log_dir.glob(f"{stage}-*.log")
+            if p.stem.removeprefix(f"{stage}-").isdigit()
+        )
+        return ([single] if single.exists() else []) + replicas
+
+    def _stream_of(self, path: Path) -> str:
+        """One log stream per host, and per replica where a stage runs several."""
+        replica = path.stem.rpartition("-")[2]
+        return f"{self.stream}/{replica}" if replica.isdigit() else self.stream
+
     def _ship_file(self, stage: str, path: Path) -> None:
-        offset = self._offsets.get(stage, 0)
+        key = path.stem
+        stream = self._stream_of(path)
+        offset = self._offsets.get(key, 0)
         if path.stat().st_size < offset:
             offset = 0  # rotated or truncated: start again
         with path.open("rb") as f:
@@ -142,24 +158,24 @@ class LogShipper:
         lines = data[:end].decode(errors="replace").splitlines()
         events = [e for e in (event_for(line, now) for line in lines) if e is not None]
         if events:
-            self._ensure(stage)
+            self._ensure(stage, stream)
             for batch in batches(events):
                 self.client.put_log_events(
                     logGroupName=self.group(stage),
-                    logStreamName=self.stream,
+                    logStreamName=stream,
                     logEvents=[{"timestamp": e.timestamp, "message": e.message} for e in batch],
                 )
                 self.shipped += len(batch)
-        self._offsets[stage] = offset + end
+        self._offsets[key] = offset + end
         (self.log_dir / _OFFSETS).write_text(json.dumps(self._offsets))
 
-    def _ensure(self, stage: str) -> None:
-        if stage in self._ready:
+    def _ensure(self, stage: str, stream: str) -> None:
+        if (stage, stream) in self._ready:
             return
         group = self.group(stage)
         exists = self.client.exceptions.ResourceAlreadyExistsException
         with contextlib.suppress(exists):
             self.client.create_log_group(logGroupName=group)
         with contextlib.suppress(exists):
-            self.client.create_log_stream(logGroupName=group, logStreamName=self.stream)
-        self._ready.add(stage)
+            self.client.create_log_stream(logGroupName=group, logStreamName=stream)
+        self._ready.add((stage, stream))
