@@ -67,10 +67,12 @@ def test_conns_and_top_report_what_the_live_stack_is_doing(tmp_path: Path) -> No
 
         table = run("top.sh", "--run-dir", "run", cwd=stack.directory)
         rows = {r[0]: r[1:] for r in (line.split() for line in table.splitlines()[1:])}
-        for stage in ("up", "ingest", "process", "api", "redis", "broker"):
+        for stage in ("up", "process", "api", "redis", "broker"):
             assert rows[stage][0] == "1", (stage, table)
             assert float(rows[stage][2]) > 0, (stage, table)
-        assert rows["haproxy"][0] == "1", table  # the broker's TLS front
+        assert rows["ingest"][0] == "2", table  # up's default: two replicas behind HAProxy
+        assert float(rows["ingest"][2]) > 0, table
+        assert rows["haproxy"][0] == "2", table  # the broker's TLS front and the ingest front
         assert "other" not in rows, table
 
 
