@@ -46,7 +46,11 @@ def fields(document: dict[str, Any], path: str, method: str, status: str = "200"
         ("/v1/summary", "get", {"patients", "open_alerts", "news2_bands"}),
         ("/v1/patients", "get", {"patients", "count"}),
         ("/v1/patients/{patient_id}/vitals/latest", "get", {"patient_id", "vitals", "news2"}),
-        ("/v1/patients/{patient_id}/vitals", "get", {"patient_id", "since", "until", "readings"}),
+        (
+            "/v1/patients/{patient_id}/vitals",
+            "get",
+            {"patient_id", "since", "until", "readings", "next_cursor"},
+        ),
         ("/v1/alerts", "get", {"alerts", "count", "next_cursor"}),
         ("/v1/patients/{patient_id}/rules", "get", {"patient_id", "source", "rules", "bands"}),
         ("/v1/patients/{patient_id}/rules", "put", {"patient_id", "source", "rules", "bands"}),

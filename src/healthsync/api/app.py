@@ -28,16 +28,20 @@ from healthsync.api.routes import alerts, health, history, patients, rules, summ
 from healthsync.api.routes.dashboard import dashboard_router
 from healthsync.api.routes.jobs import jobs_router
 from healthsync.api.routes.stream import stream_router
+from healthsync.api.routes.vitals import Cursors, vitals_router
 from healthsync.api.services import ApiServices
 from healthsync.api.unreadable import unreadable_counter
 from healthsync.config import Settings
 from healthsync.errors import ConfigError
 from healthsync.metrics import PipelineCollector
-from healthsync.security.codec import Codec
+from healthsync.security.codec import Codec, load_keyring
+from healthsync.security.tokens import TokenSealer
+from healthsync.store.archive.setup import Archive
 from healthsync.store.assignments import Assignments
 from healthsync.store.fhir_queries import FhirReader
 from healthsync.store.queries import LiveReader
 from healthsync.store.records import Records
+from healthsync.store.vitals_history import VitalsHistory
 
 ROUTERS = (
     health.router,
@@ -54,6 +58,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     services: ApiServices = app.state.services
     await services.redis.aclose()
     services.outbound.close()
+    if services.archive is not None:
+        services.archive.close()
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -89,6 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
         redis=redis,
         reader=reader,
         fhir=FhirReader(redis, records),
+        archive=Archive.from_settings(settings).reader(),
         collector=collector,
         registry=registry,
         started=time.time(),
@@ -102,6 +109,11 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(router)
     app.include_router(jobs_router(settings))
     app.include_router(history.router(settings, reader))
+    retention = settings.redis.history_retention_s
+    cursors = Cursors(
+        TokenSealer.from_keyring(load_keyring(settings.crypto), "cursor v1"), registry
+    )
+    app.include_router(vitals_router(VitalsHistory(reader, services.archive, retention), cursors))
     app.include_router(stream_router(redis, records, settings))
     app.include_router(dashboard_router())
     app.include_router(assignments_router(Assignments(redis, codec)))
