@@ -110,3 +110,29 @@ def follow(settings: Settings, token: str, path: str) -> list[dict[str, Any]]:
 
     asyncio.run(run())
     return pages
+
+
+def follow_fhir(settings: Settings, token: str, path: str) -> list[dict[str, Any]]:
+    """Every searchset Bundle of a FHIR search, following its `next` links."""
+    bundles: list[dict[str, Any]] = []
+
+    async def run() -> None:
+        app = create_app(settings)
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        headers = {"Authorization": f"Bearer {token}"}
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://hs", headers=headers) as c,
+        ):
+            following: str | None = path
+            while following is not None:
+                answer = await c.get(following)
+                assert answer.status_code == 200, answer.text
+                bundles.append(answer.json())
+                links = {link["relation"]: link["url"] for link in bundles[-1]["link"]}
+                following = None
+                if "next" in links:
+                    following = httpx.URL(links["next"]).raw_path.decode()
+
+    asyncio.run(run())
+    return bundles

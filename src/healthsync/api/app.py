@@ -38,6 +38,7 @@ from healthsync.security.codec import Codec, load_keyring
 from healthsync.security.tokens import TokenSealer
 from healthsync.store.archive.setup import Archive
 from healthsync.store.assignments import Assignments
+from healthsync.store.fhir_archive import ArchivedObservations
 from healthsync.store.fhir_queries import FhirReader
 from healthsync.store.queries import LiveReader
 from healthsync.store.records import Records
@@ -90,12 +91,15 @@ def create_app(settings: Settings) -> FastAPI:
     docs.install(app)
     app.state.guard = guard
     reader = LiveReader(redis, records, unreadable_counter(registry))
+    archive = Archive.from_settings(settings).reader()
+    retention = settings.redis.history_retention_s
     services = ApiServices(
         settings=settings,
         redis=redis,
         reader=reader,
         fhir=FhirReader(redis, records),
-        archive=Archive.from_settings(settings).reader(),
+        archive=archive,
+        fhir_archive=ArchivedObservations(archive, redis, records.keys, retention),
         collector=collector,
         registry=registry,
         started=time.time(),
@@ -109,7 +113,6 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(router)
     app.include_router(jobs_router(settings))
     app.include_router(history.router(settings, reader))
-    retention = settings.redis.history_retention_s
     cursors = Cursors(
         TokenSealer.from_keyring(load_keyring(settings.crypto), "cursor v1"), registry
     )

@@ -20,6 +20,7 @@ from healthsync.api.outbound import Outbound
 from healthsync.config import Settings
 from healthsync.metrics import PipelineCollector
 from healthsync.store.archive.reader import ArchiveReader
+from healthsync.store.fhir_archive import ArchivedObservations
 from healthsync.store.fhir_queries import FhirReader
 from healthsync.store.queries import LiveReader
 
@@ -32,6 +33,8 @@ class ApiServices:
     fhir: FhirReader
     # History older than Redis keeps (None: no archive to read).
     archive: ArchiveReader | None
+    # Vital-sign Observations older than Redis keeps, from that archive.
+    fhir_archive: ArchivedObservations | None
     collector: PipelineCollector
     registry: CollectorRegistry
     started: float  # epoch seconds; the CapabilityStatement's publication date
