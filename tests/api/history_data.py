@@ -136,3 +136,10 @@ def follow_fhir(settings: Settings, token: str, path: str) -> list[dict[str, Any
 
     asyncio.run(run())
     return bundles
+
+
+def alerts_to_archive(settings: Settings, events: Sequence[AlertEvent]) -> list[str]:
+    """One archived batch of alert events, through the archive writer."""
+    span = Span(1, 0, len(events) - 1)
+    pairs = [(event.type, event.alert) for event in events]
+    return Archive.from_settings(settings).writer().write_alerts(span, pairs)

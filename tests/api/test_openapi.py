@@ -52,6 +52,7 @@ def fields(document: dict[str, Any], path: str, method: str, status: str = "200"
             {"patient_id", "since", "until", "readings", "next_cursor"},
         ),
         ("/v1/alerts", "get", {"alerts", "count", "next_cursor"}),
+        ("/v1/patients/{patient_id}/alerts", "get", {"alerts", "count", "next_cursor"}),
         ("/v1/patients/{patient_id}/rules", "get", {"patient_id", "source", "rules", "bands"}),
         ("/v1/patients/{patient_id}/rules", "put", {"patient_id", "source", "rules", "bands"}),
         ("/v1/patients/{patient_id}/rules", "delete", {"patient_id", "source", "rules", "bands"}),

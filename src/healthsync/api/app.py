@@ -23,12 +23,14 @@ from healthsync.api import docs, fhir_app, middleware, unavailable
 from healthsync.api.assignments import assignments_router
 from healthsync.api.audit import AuditLog
 from healthsync.api.auth import Authenticator, Guard
+from healthsync.api.cursors import Cursors
 from healthsync.api.errors import install_error_handlers
 from healthsync.api.routes import alerts, health, history, patients, rules, summary
+from healthsync.api.routes.alert_history import alert_history_router
 from healthsync.api.routes.dashboard import dashboard_router
 from healthsync.api.routes.jobs import jobs_router
 from healthsync.api.routes.stream import stream_router
-from healthsync.api.routes.vitals import Cursors, vitals_router
+from healthsync.api.routes.vitals import vitals_router
 from healthsync.api.services import ApiServices
 from healthsync.api.unreadable import unreadable_counter
 from healthsync.config import Settings
@@ -36,6 +38,7 @@ from healthsync.errors import ConfigError
 from healthsync.metrics import PipelineCollector
 from healthsync.security.codec import Codec, load_keyring
 from healthsync.security.tokens import TokenSealer
+from healthsync.store.alert_history import AlertHistory
 from healthsync.store.archive.setup import Archive
 from healthsync.store.assignments import Assignments
 from healthsync.store.fhir_archive import ArchivedObservations
@@ -117,6 +120,8 @@ def create_app(settings: Settings) -> FastAPI:
         TokenSealer.from_keyring(load_keyring(settings.crypto), "cursor v1"), registry
     )
     app.include_router(vitals_router(VitalsHistory(reader, services.archive, retention), cursors))
+    alert_history = AlertHistory(reader, services.archive, retention)
+    app.include_router(alert_history_router(alert_history, cursors))
     app.include_router(stream_router(redis, records, settings))
     app.include_router(dashboard_router())
     app.include_router(assignments_router(Assignments(redis, codec)))

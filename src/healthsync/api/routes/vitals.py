@@ -13,16 +13,15 @@ import time
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, HTTPException, Query
-from prometheus_client import CollectorRegistry, Counter
 
 from healthsync.api import auth
 from healthsync.api.auth import Access
+from healthsync.api.cursors import Cursors
 from healthsync.api.models import History, PatientId
 from healthsync.api.routes.history import TIME_HELP, parse_time
 from healthsync.domain.readings import VITALS
-from healthsync.security.tokens import MAX_TOKEN_CHARS, TokenError, TokenSealer
+from healthsync.security.tokens import MAX_TOKEN_CHARS
 from healthsync.store.vitals_history import Position, Request, VitalsHistory
 
 _HISTORY_LIMIT = 10_000
@@ -64,41 +63,6 @@ async def _history_query(
     return HistoryQuery(patient_id, vital, since, until, page)
 
 
-class Cursors:
-    """Page positions as opaque tokens bound to the patient and vital they page through."""
-
-    def __init__(self, sealer: TokenSealer, registry: CollectorRegistry) -> None:
-        self.sealer = sealer
-        self.refused = Counter(
-            "healthsync_api_bad_cursor",
-            "History requests refused because their cursor was malformed, altered or "
-            "made for another patient or vital",
-            registry=registry,
-        )
-
-    @staticmethod
-    def _context(patient_id: str, vital: str | None) -> str:
-        return f"vitals\0{patient_id}\0{vital or ''}"
-
-    def encode(self, position: Position, patient_id: str, vital: str | None) -> str:
-        payload = orjson.dumps([position.ts_ms, position.reading_id])
-        return self.sealer.seal(payload, self._context(patient_id, vital))
-
-    def decode(self, cursor: str, patient_id: str, vital: str | None) -> Position:
-        try:
-            ts_ms, reading_id = orjson.loads(
-                self.sealer.open(cursor, self._context(patient_id, vital))
-            )
-            if not isinstance(ts_ms, int) or not isinstance(reading_id, str):
-                raise TokenError("the token does not hold a position")
-        except (TokenError, orjson.JSONDecodeError, TypeError, ValueError) as exc:
-            self.refused.inc()
-            raise HTTPException(
-                400, f"cursor is not valid for this query ({exc}); ask again without it"
-            ) from None
-        return Position(ts_ms, reading_id)
-
-
 def vitals_router(history: VitalsHistory, cursors: Cursors) -> APIRouter:
     router = APIRouter(tags=["patients"])
 
@@ -117,7 +81,9 @@ def vitals_router(history: VitalsHistory, cursors: Cursors) -> APIRouter:
         if start > end:
             raise HTTPException(400, "since must not be after until")
         cursor = query.page.cursor
-        after = None if cursor is None else cursors.decode(cursor, patient_id, vital)
+        after = None
+        if cursor is not None:
+            after = Position(*cursors.decode(cursor, "vitals", patient_id, vital))
         request = Request(patient_id, vital, start, end, query.page.limit, after)
         points, following = await history.page(request)
         if not points and after is None and await history.live.latest(patient_id) is None:
@@ -130,7 +96,9 @@ def vitals_router(history: VitalsHistory, cursors: Cursors) -> APIRouter:
             "readings": points,
             "next_cursor": None
             if following is None
-            else cursors.encode(following, patient_id, vital),
+            else cursors.encode(
+                (following.ts_ms, following.reading_id), "vitals", patient_id, vital
+            ),
         }
 
     return router
