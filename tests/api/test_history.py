@@ -13,7 +13,6 @@ from healthsync.domain.readings import Reading, reading_id_for
 from healthsync.stack import Service
 from healthsync.store.archive.layout import Span
 from healthsync.store.archive.setup import Archive
-from healthsync.store.history import page
 from tests.conftest import Credentials, make_settings
 
 T0 = 1_795_860_000.0  # 2026-11-28 10:00 UTC: older than Redis keeps
@@ -75,13 +74,3 @@ def test_hourly_trends_of_readings_only_the_archive_still_has(
     assert (
         get(settings, "not-a-key", f"/v1/patients/{PATIENT}/trends?vital=spo2").status_code == 401
     )
-
-
-def test_pages_follow_a_cursor_to_the_end() -> None:
-    points = [{"ts": float(t), "reading_id": f"r{t}"} for t in (1, 2, 2, 3, 5)]
-    points[2]["reading_id"] = "r2b"
-    first, cursor = page(points, 2, None)
-    second, cursor2 = page(points, 2, cursor)
-    third, end = page(points, 2, cursor2)
-    assert [p["reading_id"] for p in first + second + third] == ["r1", "r2", "r2b", "r3", "r5"]
-    assert end is None

@@ -23,21 +23,29 @@ from healthsync.api import docs, fhir_app, middleware, unavailable
 from healthsync.api.assignments import assignments_router
 from healthsync.api.audit import AuditLog
 from healthsync.api.auth import Authenticator, Guard
+from healthsync.api.cursors import Cursors
 from healthsync.api.errors import install_error_handlers
 from healthsync.api.routes import alerts, health, history, patients, rules, summary
+from healthsync.api.routes.alert_history import alert_history_router
 from healthsync.api.routes.dashboard import dashboard_router
 from healthsync.api.routes.jobs import jobs_router
 from healthsync.api.routes.stream import stream_router
+from healthsync.api.routes.vitals import vitals_router
 from healthsync.api.services import ApiServices
 from healthsync.api.unreadable import unreadable_counter
 from healthsync.config import Settings
 from healthsync.errors import ConfigError
 from healthsync.metrics import PipelineCollector
-from healthsync.security.codec import Codec
+from healthsync.security.codec import Codec, load_keyring
+from healthsync.security.tokens import TokenSealer
+from healthsync.store.alert_history import AlertHistory
+from healthsync.store.archive.setup import Archive
 from healthsync.store.assignments import Assignments
+from healthsync.store.fhir_archive import ArchivedObservations
 from healthsync.store.fhir_queries import FhirReader
 from healthsync.store.queries import LiveReader
 from healthsync.store.records import Records
+from healthsync.store.vitals_history import VitalsHistory
 
 ROUTERS = (
     health.router,
@@ -54,6 +62,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     services: ApiServices = app.state.services
     await services.redis.aclose()
     services.outbound.close()
+    if services.archive is not None:
+        services.archive.close()
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -84,11 +94,15 @@ def create_app(settings: Settings) -> FastAPI:
     docs.install(app)
     app.state.guard = guard
     reader = LiveReader(redis, records, unreadable_counter(registry))
+    archive = Archive.from_settings(settings).reader()
+    retention = settings.redis.history_retention_s
     services = ApiServices(
         settings=settings,
         redis=redis,
         reader=reader,
         fhir=FhirReader(redis, records),
+        archive=archive,
+        fhir_archive=ArchivedObservations(archive, redis, records.keys, retention),
         collector=collector,
         registry=registry,
         started=time.time(),
@@ -102,6 +116,12 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(router)
     app.include_router(jobs_router(settings))
     app.include_router(history.router(settings, reader))
+    cursors = Cursors(
+        TokenSealer.from_keyring(load_keyring(settings.crypto), "cursor v1"), registry
+    )
+    app.include_router(vitals_router(VitalsHistory(reader, services.archive, retention), cursors))
+    alert_history = AlertHistory(reader, services.archive, retention)
+    app.include_router(alert_history_router(alert_history, cursors))
     app.include_router(stream_router(redis, records, settings))
     app.include_router(dashboard_router())
     app.include_router(assignments_router(Assignments(redis, codec)))

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from healthsync.security.crypto import DecryptError
+from healthsync.store.archive.errors import ArchiveReadError, ObjectStoreError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,24 @@ async def _undecryptable(style: ErrorStyle, request: Request, exc: DecryptError)
     return style.answer(500, "stored data cannot be decrypted", None)
 
 
+async def _unreadable_archive(
+    style: ErrorStyle, request: Request, exc: ArchiveReadError
+) -> Response:
+    # History past the object would be silently shorter: refuse the whole answer, and say
+    # which object (its key holds an hour, a partition and offsets, nothing of a patient).
+    log.error("archived object cannot be read", extra={"error": str(exc)})
+    return style.answer(500, str(exc), None)
+
+
+async def _archive_unavailable(
+    style: ErrorStyle, request: Request, exc: ObjectStoreError
+) -> Response:
+    log.warning("archive unavailable", extra={"error": str(exc)})
+    response = style.answer(503, f"the archive is unavailable; try again shortly ({exc})", None)
+    response.headers["Retry-After"] = "5"
+    return response
+
+
 async def _validation_error(
     style: ErrorStyle, request: Request, exc: RequestValidationError
 ) -> Response:
@@ -65,8 +84,11 @@ async def _validation_error(
 def install_error_handlers(
     app: FastAPI, answer: ErrorAnswer = json_error, validation_status: int = 422
 ) -> None:
-    """Answer HTTP errors, undecryptable data and invalid requests with `answer`."""
+    """Answer HTTP errors, undecryptable data, unreadable archive objects and invalid
+    requests with `answer`."""
     style = ErrorStyle(answer, validation_status)
     app.add_exception_handler(StarletteHTTPException, partial(_http_error, style))
     app.add_exception_handler(DecryptError, partial(_undecryptable, style))
+    app.add_exception_handler(ArchiveReadError, partial(_unreadable_archive, style))
+    app.add_exception_handler(ObjectStoreError, partial(_archive_unavailable, style))
     app.add_exception_handler(RequestValidationError, partial(_validation_error, style))

@@ -76,6 +76,8 @@ class History(BaseModel):
     since: float
     until: float
     readings: list[HistoryPoint]
+    # Present when the period holds more readings: pass it as `cursor` for the next page.
+    next_cursor: str | None = None
 
 
 class AlertList(BaseModel):

@@ -1,4 +1,5 @@
-"""What the routes share, built once per app: settings, Redis, the readers, the metrics.
+"""What the routes share, built once per app: settings, Redis, the readers (live, FHIR,
+archive), the metrics.
 
 ``create_app`` keeps one :class:`ApiServices` in ``app.state.services``; a route
 asks for it (or just the live reader) with the :data:`Services` or
@@ -18,6 +19,8 @@ from redis.asyncio import Redis
 from healthsync.api.outbound import Outbound
 from healthsync.config import Settings
 from healthsync.metrics import PipelineCollector
+from healthsync.store.archive.reader import ArchiveReader
+from healthsync.store.fhir_archive import ArchivedObservations
 from healthsync.store.fhir_queries import FhirReader
 from healthsync.store.queries import LiveReader
 
@@ -28,6 +31,10 @@ class ApiServices:
     redis: Redis
     reader: LiveReader
     fhir: FhirReader
+    # History older than Redis keeps (None: no archive to read).
+    archive: ArchiveReader | None
+    # Vital-sign Observations older than Redis keeps, from that archive.
+    fhir_archive: ArchivedObservations | None
     collector: PipelineCollector
     registry: CollectorRegistry
     started: float  # epoch seconds; the CapabilityStatement's publication date

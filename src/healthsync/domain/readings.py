@@ -80,8 +80,13 @@ def keyed_digest(basis: bytes, size: int, key: bytes | None) -> str:
 
 
 def isoformat_ms(epoch: float) -> str:
-    """UTC ISO 8601 with millisecond precision and a `Z` suffix."""
-    stamp = datetime.fromtimestamp(epoch, tz=UTC).isoformat(timespec="milliseconds")
+    """UTC ISO 8601 with millisecond precision and a `Z` suffix.
+
+    Rounded to the millisecond, as reading ids and the archive keep it, so an
+    Observation rebuilt from an archived reading shows the time it showed live.
+    """
+    millis = round(epoch * 1000) / 1000
+    stamp = datetime.fromtimestamp(millis, tz=UTC).isoformat(timespec="milliseconds")
     return stamp.replace("+00:00", "Z")
 
 

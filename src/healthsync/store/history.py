@@ -52,22 +52,3 @@ class History:
             }
         )
         return trends(table, vital, bucket_s)
-
-
-def page(
-    points: list[dict[str, Any]], limit: int, cursor: str | None
-) -> tuple[list[dict[str, Any]], str | None]:
-    """Up to `limit` points after `cursor`, and the cursor of the next page (None at the end).
-
-    A cursor is the last point's ``<ts>:<reading_id>``: stable while new readings arrive.
-    """
-    start = 0
-    if cursor:
-        ts_text, _, reading_id = cursor.partition(":")
-        after = (float(ts_text), reading_id)
-        start = next(
-            (i for i, p in enumerate(points) if (p["ts"], p["reading_id"]) > after), len(points)
-        )
-    chunk = points[start : start + limit]
-    more = start + limit < len(points)
-    return chunk, (f"{chunk[-1]['ts']}:{chunk[-1]['reading_id']}" if more and chunk else None)

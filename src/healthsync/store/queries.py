@@ -191,6 +191,23 @@ class LiveReader:
         more = offset < int(await self.client.zcard(self.keys.recent_alerts))
         return found, offset if more else None
 
+    async def alerts_opened(
+        self, patient_id: str, since: float, until: float
+    ) -> list[dict[str, Any]]:
+        """The patient's alerts opened in the period that Redis still holds, with acks."""
+        raw = cast(
+            "list[bytes]", await self.client.zrangebyscore(self.keys.recent_alerts, since, until)
+        )
+        open_ids = cast("list[bytes]", await self.client.hvals(self.keys.open_alerts))
+        ids = list(dict.fromkeys(i.decode() for i in [*raw, *open_ids]))
+        if not ids:
+            return []
+        return [
+            a
+            for a in await self._with_acks(ids)
+            if a["patient_id"] == patient_id and since <= a["opened_at"] <= until
+        ]
+
     async def alert(self, alert_id: str) -> dict[str, Any] | None:
         alerts = await self._with_acks([alert_id])
         return alerts[0] if alerts else None

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Request
 from redis.exceptions import RedisError
 
 from healthsync import __version__
-from healthsync.api import auth
+from healthsync.api import auth, fhir_history
 from healthsync.api.auth import Access
 from healthsync.api.canonical import canonical_patients
 from healthsync.api.fhir import (
@@ -74,7 +74,8 @@ def capability_statement(base_url: str, published: float) -> dict[str, Any]:
         "rest": [
             {
                 "mode": "server",
-                "documentation": "Resources from the recent window kept in Redis. " + RESULT_DOC,
+                "documentation": "Resources from the recent window kept in Redis; vital-sign "
+                "Observations of a patient also from the archive for older dates. " + RESULT_DOC,
                 "resource": resources,
             }
         ],
@@ -166,7 +167,7 @@ async def search(
         page = Page(0, [], None)  # two different patients: nothing matches both
     else:
         try:
-            page = await services.fhir.search(parsed.search)
+            page = await fhir_history.search(services, parsed.search)
         except SearchTooCostly as exc:
             raise FhirError(400, "too-costly", str(exc)) from None
         except RedisError as exc:

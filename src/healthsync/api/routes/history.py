@@ -7,6 +7,7 @@ every patient read.
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -27,13 +28,17 @@ TIME_HELP = "ISO 8601 (2026-11-28T10:00:00Z) or epoch seconds"
 
 
 def parse_time(text: str | None, default: float) -> float:
-    """Epoch seconds from ISO 8601 or a number; 400 for anything else."""
+    """Epoch seconds from ISO 8601 or a number; 422 for NaN or infinity, 400 for anything else."""
     if text is None:
         return default
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(number):
+            raise HTTPException(422, f"{text!r} is not a finite number of epoch seconds")
+        return number
     try:
         stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

@@ -6,7 +6,7 @@
 - :mod:`.encryption`: Parquet Modular Encryption with keys wrapped by the keyring or KMS
 - :mod:`.deidentify`: HIPAA Safe Harbor de-identification of those tables
 - :mod:`.writer`: one batch of a partition's readings -> objects
-- :mod:`.reader`: one patient's readings and trends for a period
+- :mod:`.reader`: one patient's readings, trends and alert events for a period
 """
 
 from __future__ import annotations

@@ -42,6 +42,30 @@ ALERT_SCHEMA = pa.schema(
 )
 
 
+_DEFAULTED = frozenset({"category", "rule", "window_s"})
+
+
+def _seconds(stamp: Any) -> float | None:
+    return None if stamp is None else stamp.timestamp()
+
+
+def latest_alerts(table: pa.Table) -> list[Alert]:
+    """Each alert of a table of events as its last event left it (drivers are not archived)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for row in table.sort_by([("ts", "ascending")]).to_pylist():
+        latest[row["alert_id"]] = row
+    alerts = []
+    for row in latest.values():
+        doc = {k: v for k, v in row.items() if k not in ("ts", "event", "evidence")}
+        doc = {k: v for k, v in doc.items() if v is not None or k not in _DEFAULTED}
+        doc["opened_at"] = _seconds(row["opened_at"])
+        doc["resolved_at"] = _seconds(row["resolved_at"])
+        doc["updated_at"] = _seconds(row["ts"])
+        doc["evidence"] = orjson.loads(row["evidence"]) if row["evidence"] else []
+        alerts.append(Alert.from_dict(doc))
+    return alerts
+
+
 def _ms(epoch: float | None) -> int | None:
     return None if epoch is None else round(epoch * 1000)
 

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from healthsync.store.archive import layout
+from healthsync.store.archive.alerts import ALERT_SCHEMA
 from healthsync.store.archive.columns import HISTORY_COLUMNS, SCHEMA, TS, to_points
 from healthsync.store.archive.encryption import ParquetCrypto
 from healthsync.store.archive.errors import ArchiveReadError
@@ -93,14 +94,29 @@ class ArchiveReader:
         columns: Sequence[str] | None = None,
     ) -> pa.Table:
         """The patient's rows with `since` <= ts <= `until` (epoch seconds), oldest first."""
+        return self._table(layout.READINGS, SCHEMA, patient_id, (since, until), columns)
+
+    def alerts_table(self, patient_id: str, since: float, until: float) -> pa.Table:
+        """The patient's alert events (:data:`ALERT_SCHEMA`) in the period, oldest first."""
+        return self._table(layout.ALERTS, ALERT_SCHEMA, patient_id, (since, until), None)
+
+    def _table(
+        self,
+        dataset: str,
+        schema: pa.Schema,
+        patient_id: str,
+        period: tuple[float, float],
+        columns: Sequence[str] | None,
+    ) -> pa.Table:
+        since, until = period
         since_ms, until_ms = round(since * 1000), round(until * 1000)
-        wanted = list(dict.fromkeys(["patient_id", "ts", *(columns or SCHEMA.names)]))
+        wanted = list(dict.fromkeys(["patient_id", "ts", *(columns or schema.names)]))
         read = functools.partial(
             self._read, patient_id=patient_id, span=(since_ms, until_ms), columns=wanted
         )
-        parts = [t for t in self._pool.map(read, self.objects(layout.READINGS, since, until)) if t]
+        parts = [t for t in self._pool.map(read, self.objects(dataset, since, until)) if t]
         if not parts:
-            return SCHEMA.empty_table().select(wanted)
+            return schema.empty_table().select(wanted)
         table = pa.concat_tables(parts)
         return table.take(pc.sort_indices(table, sort_keys=[("ts", "ascending")]))
 

@@ -1,0 +1,80 @@
+"""A patient's alert history for any period, from Redis and the archive, in pages.
+
+``GET /v1/patients/{id}/alerts?since=&until=&limit=&cursor=``: the alerts
+opened in the period, newest first (:mod:`healthsync.store.alert_history`).
+``/v1/alerts`` stays the live listing (open alerts, and the recent resolved
+ones); this is where older ones come back. Pages end with a sealed
+``next_cursor`` (:mod:`healthsync.api.cursors`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+
+from healthsync.api import auth
+from healthsync.api.auth import Access
+from healthsync.api.cursors import Cursors
+from healthsync.api.models import AlertList, PatientId
+from healthsync.api.routes.history import TIME_HELP, parse_time
+from healthsync.security.tokens import MAX_TOKEN_CHARS
+from healthsync.store.alert_history import AlertHistory
+
+_DAY_S = 86_400
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    limit: int
+    cursor: str | None
+
+
+async def _page(
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=MAX_TOKEN_CHARS, description="next_cursor of the previous page"),
+    ] = None,
+) -> _Page:
+    return _Page(limit, cursor)
+
+
+def _position(alert: dict[str, Any]) -> tuple[int, str]:
+    return round(alert["opened_at"] * 1000), str(alert["alert_id"])
+
+
+def alert_history_router(history: AlertHistory, cursors: Cursors) -> APIRouter:
+    router = APIRouter(tags=["alerts"])
+
+    @router.get(
+        "/v1/patients/{patient_id}/alerts",
+        response_model=AlertList,
+        response_model_exclude_none=True,
+    )
+    async def patient_alerts(
+        access: Annotated[Access, Depends(auth.reads("Communication", "Flag"))],
+        patient_id: PatientId,
+        paging: Annotated[_Page, Depends(_page)],
+        since: Annotated[str | None, Query(description=TIME_HELP + "; default 24 h ago")] = None,
+        until: Annotated[str | None, Query(description=TIME_HELP + "; default now")] = None,
+    ) -> dict[str, Any]:
+        now = time.time()
+        start, end = parse_time(since, now - _DAY_S), parse_time(until, now)
+        if start > end:
+            raise HTTPException(400, "since must not be after until")
+        rows = await history.alerts(patient_id, start, end)
+        limit = paging.limit
+        if paging.cursor is not None:
+            after = cursors.decode(paging.cursor, "alerts", patient_id)
+            rows = [row for row in rows if _position(row) < after]
+        page = rows[:limit]
+        await access.record("search", [patient_id])
+        answer: dict[str, Any] = {"alerts": page, "count": len(page)}
+        if len(rows) > limit:
+            answer["next_cursor"] = cursors.encode(_position(page[-1]), "alerts", patient_id)
+        return answer
+
+    return router

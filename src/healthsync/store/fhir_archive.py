@@ -1,0 +1,134 @@
+"""Vital-sign Observations older than Redis keeps, rebuilt from the archive for FHIR search.
+
+A vital-sign Observation is a pure function of its reading
+(:func:`healthsync.fhir.observations.observations_for`), which is how the live
+store serves them too; so one rebuilt from an archived reading has the id and
+content it had while live. A search that names a patient and a date with a
+lower bound reaching past Redis's retention (less the seam margin of
+:mod:`healthsync.store.vitals_history`) reads that part of the window from the
+archive; the Observations Redis still indexes are left to Redis, so none comes
+twice. NEWS2 scores are not archived: those Observations end with the retention.
+
+The merge keeps the live page's order and cursor: the archived part is read
+whole (at most ``max_scan`` Observations, else :class:`SearchTooCostly`, as
+for a filtered live search), and a page is cut where the live page ends
+whenever the live store has more after it, so the next page misses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import cast
+
+from redis.asyncio import Redis
+
+from healthsync.domain.readings import VITALS, Reading
+from healthsync.fhir.observations import observations_for
+from healthsync.names import RedisKeys
+from healthsync.store.archive.reader import ArchiveReader
+from healthsync.store.fhir_queries import Page, Position, Resource, Search, SearchTooCostly
+from healthsync.store.vitals_history import SEAM_MARGIN_S
+
+Entry = tuple[Position, Resource]
+# As for a filtered live search (FhirReader.max_scan): what one request may rebuild.
+MAX_SCAN = 100_000
+
+
+class ArchivedObservations:
+    def __init__(
+        self,
+        archive: ArchiveReader,
+        client: Redis,
+        keys: RedisKeys,
+        retention_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.archive = archive
+        self.client = client
+        self.keys = keys
+        self.retention_s = retention_s
+        self.max_scan = MAX_SCAN
+        self.clock = clock
+
+    def _seam(self) -> float:
+        return self.clock() - self.retention_s + SEAM_MARGIN_S
+
+    def reaches(self, query: Search) -> bool:
+        """Whether the search needs the archive: Observations of one patient, a window
+        starting before what Redis keeps."""
+        window = query.window
+        return (
+            query.resource_type == "Observation"
+            and query.patient is not None
+            and not window.empty
+            and -math.inf < window.start < self._seam()
+        )
+
+    async def search(self, query: Search, patient_id: str, live: Page) -> Page:
+        """The live page merged with the archive's Observations of the patient (`patient_id`
+        as devices sent it; `query.patient` is its FHIR id)."""
+        archived = await self._archived(query, patient_id)
+        after = query.after
+        newer = query.newest_first
+        candidates = [e for e in archived if after is None or _beyond(e[0], after, newer)]
+        if live.resources:
+            live_entries = [(_position(r), r) for r in live.resources]
+            if live.next is not None:
+                # The live store has more after its page: nothing beyond its end yet.
+                end = live_entries[-1][0]
+                candidates = [e for e in candidates if not _beyond(e[0], end, newer)]
+            candidates += live_entries
+        candidates.sort(key=lambda e: e[0], reverse=newer)
+        page = candidates[: query.count]
+        more = len(candidates) > query.count or live.next is not None
+        following = page[-1][0] if more and page else None
+        return Page(live.total + len(archived), [r for _, r in page], following)
+
+    async def _archived(self, query: Search, patient_id: str) -> list[Entry]:
+        """The window's Observations older than the seam that Redis does not index."""
+        start, end = query.window.start, min(query.window.end, self._seam())
+        if start >= end or query.patient is None:
+            return []
+        points = await asyncio.to_thread(self.archive.readings, patient_id, start, end)
+        found: list[Entry] = []
+        for point in points:
+            vitals = {k: v for k, v in point["vitals"].items() if k in VITALS}
+            reading = Reading(
+                point["reading_id"],
+                point["device_id"],
+                patient_id,
+                point["ts"],
+                point["ts"],
+                vitals,
+            )
+            for resource in observations_for(reading):
+                position = _position(resource)
+                if not start <= position.time < end:
+                    continue
+                if query.match is None or query.match(resource):
+                    found.append((position, resource))
+            if len(found) > self.max_scan:
+                raise SearchTooCostly(len(found), self.max_scan)
+        if not found:
+            return []
+        index = self.keys.fhir_index("Observation", query.patient)
+        live = cast(
+            "list[bytes]",
+            await self.client.zrangebyscore(index, found[0][0].time - 1, found[-1][0].time + 1),
+        )
+        in_redis = {member.decode() for member in live}
+        return [e for e in found if e[0].resource_id not in in_redis]
+
+
+def _position(resource: Resource) -> Position:
+    # The live index scores an Observation by the instant its effectiveDateTime names.
+    when = datetime.fromisoformat(str(resource["effectiveDateTime"])).timestamp()
+    return Position(when, str(resource["id"]))
+
+
+def _beyond(position: Position, after: Position, newest_first: bool) -> bool:
+    return position < after if newest_first else position > after
