@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 # The jobs `healthsync job run` knows (healthsync.jobs.catalog), for the layers below it.
-JOBS = ("alarm-report", "trends", "reprocess", "verify")
+JOBS = ("alarm-report", "trends", "reprocess", "verify", "compact")
 
 
 def _clear(value: str) -> str:

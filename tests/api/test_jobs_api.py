@@ -72,7 +72,7 @@ def served(
 
 
 def test_the_api_knows_every_job_the_command_runs() -> None:
-    assert set(JOBS) == set(catalog()) | {"reprocess", "verify"}
+    assert set(JOBS) == set(catalog()) | {"reprocess", "verify", "compact"}
 
 
 def test_an_admin_starts_a_run_the_scheduler_runs_it_and_anyone_can_follow_it(
@@ -118,7 +118,7 @@ def test_bad_requests_are_refused_with_the_reason(served: JobsApi) -> None:
     answer = served.http.post("/v1/jobs/nope/run", headers=admin)
     assert (answer.status_code, answer.json()["error"]["message"]) == (
         404,
-        "no job 'nope'; known: alarm-report, trends, reprocess, verify",
+        "no job 'nope'; known: alarm-report, trends, reprocess, verify, compact",
     )
     answer = served.http.post("/v1/jobs/trends/run", json={"since": 10, "until": 5}, headers=admin)
     assert (answer.status_code, answer.json()["error"]["message"]) == (

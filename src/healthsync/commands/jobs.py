@@ -105,16 +105,24 @@ def register(sub: Any) -> None:
 
 
 def _catalog(settings: Settings) -> dict[str, Job]:
-    """Every job; reprocess gets the stream stage's engine replay from here, the root, and
-    verify a reader of the vitals topic."""
+    """Every job; reprocess gets the stream stage's engine replay from here, the root,
+    verify a reader of the vitals topic, and compact the archive."""
     from healthsync.jobs.catalog import catalog
+    from healthsync.jobs.compact import Compact
     from healthsync.jobs.reprocess import Reprocess
     from healthsync.jobs.verify import TopicCounter, Verify
     from healthsync.security.codec import Codec
+    from healthsync.store.archive.setup import Archive
     from healthsync.stream.replay import replay
 
     counter = TopicCounter(settings.kafka, Codec.from_settings(settings))
-    return catalog({"reprocess": Reprocess(replay), "verify": Verify(counter)})
+    return catalog(
+        {
+            "reprocess": Reprocess(replay),
+            "verify": Verify(counter),
+            "compact": Compact(lambda: Archive.from_settings(settings)),
+        }
+    )
 
 
 def _when(text: str) -> float:

@@ -20,37 +20,18 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable
 from typing import Any
 
 from healthsync.domain.news2 import news2, observed_in
 from healthsync.domain.readings import Reading
 from healthsync.domain.rules import DEFAULT_MARGIN
+from healthsync.domain.stats import Point, buckets
 from healthsync.jobs.base import JobContext
 
 HOUR = 3600.0
 DAY = 24 * HOUR
 WINDOWS = (("last_24h", DAY), ("last_7d", 7 * DAY))
 NEWS2_FRESH_S = 900.0
-
-Point = tuple[float, float]
-
-
-def aggregate(values: list[float]) -> dict[str, float]:
-    return {
-        "count": len(values),
-        "min": min(values),
-        "max": max(values),
-        "mean": round(statistics.fmean(values), 3),
-        "median": round(statistics.median(values), 3),
-    }
-
-
-def buckets(points: Iterable[Point], size: float) -> list[dict[str, float]]:
-    grouped: dict[float, list[float]] = defaultdict(list)
-    for ts, value in points:
-        grouped[ts // size * size].append(value)
-    return [{"start": start} | aggregate(grouped[start]) for start in sorted(grouped)]
 
 
 def slope_per_hour(points: list[Point]) -> float | None:

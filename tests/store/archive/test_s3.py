@@ -113,3 +113,31 @@ def test_no_identifier_in_clear_in_any_object_on_s3(
             assert found(data, EVERYTHING) == [] and values_text(data) is None, key
         else:
             assert found(data, IDENTIFIERS) == [] and values_text(data) is not None, key
+
+
+def test_compaction_on_s3_merges_an_hour_and_deletes_its_inputs(
+    moto: Moto, session_keyring: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from healthsync.store.archive.compact import Compactor
+
+    s3: Any = moto.client("s3")
+    s3.create_bucket(
+        Bucket="hs-compact", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+    )
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto.endpoint)
+    archive = Archive.from_settings(s3_settings(session_keyring, "s3://hs-compact/ward-7"))
+    writer = archive.writer()
+    readings = batch(T0, 30)  # 60 readings in hour 10, three rolls of 20
+    for n in range(3):
+        writer.write_readings(Span(0, n * 20, n * 20 + 19), readings[n * 20 : n * 20 + 20])
+    before = archive.reader().readings(PATIENT, T0, T0 + HOUR)
+
+    done = Compactor(archive.store, archive.crypto, writer).hour("readings", int(T0 // HOUR))
+
+    assert [(m.inputs, m.rows, m.deleted) for m in done.merges] == [(3, 60, 3)]
+    listed = [o["Key"] for o in s3.list_objects_v2(Bucket="hs-compact")["Contents"]]
+    assert [k for k in listed if "/identified/" in k] == [
+        "ward-7/identified/readings/date=2026-11-28/hour=10/p0-0-59.compacted.parquet"
+    ]
+    assert s3.head_object(Bucket="hs-compact", Key=listed[-1])["ServerSideEncryption"] == "AES256"
+    assert archive.reader().readings(PATIENT, T0, T0 + HOUR) == before

@@ -1,6 +1,7 @@
 """History beyond Redis: per-bucket trends of one vital over any period.
 
-Recent readings come from Redis, older ones from the archive
+Recent readings come from Redis, older ones from the archive, and whole hours
+or days the latest `trends` job run covered from its output
 (:mod:`healthsync.store.history`); the same authentication, roles and audit as
 every patient read.
 """
@@ -14,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
+from redis import Redis
 
 from healthsync.api import auth
 from healthsync.api.auth import Access
@@ -22,7 +24,10 @@ from healthsync.domain.readings import VITALS
 from healthsync.store.archive.setup import Archive
 from healthsync.store.archive.trends import BUCKETS_S
 from healthsync.store.history import History
+from healthsync.store.job_files import open_store
+from healthsync.store.precomputed import TrendRuns
 from healthsync.store.queries import LiveReader
+from healthsync.store.runs import RunStore
 
 TIME_HELP = "ISO 8601 (2026-11-28T10:00:00Z) or epoch seconds"
 
@@ -58,8 +63,17 @@ class TrendQuery(BaseModel):
 
 
 def router(settings: Settings, live: LiveReader) -> APIRouter:
-    """The history routes over the live store and the archive the settings name."""
-    return history_router(History(live, Archive.from_settings(settings).reader()))
+    """The history routes over the live store, the archive the settings name, and the
+    `trends` job's output."""
+    jobs = settings.jobs
+    # The run records are read from a worker thread: a blocking client of their own.
+    client = Redis.from_url(settings.redis.url or "", **settings.redis.client_options())
+    precomputed = TrendRuns(
+        RunStore(client, settings.redis.keys),
+        open_store(jobs.output_url, jobs.aws_region),
+        live.records.codec,
+    )
+    return history_router(History(live, Archive.from_settings(settings).reader(), precomputed))
 
 
 def history_router(history: History) -> APIRouter:
@@ -80,7 +94,9 @@ def history_router(history: History) -> APIRouter:
         start, end = parse_time(query.since, now - 86_400), parse_time(query.until, now)
         if start > end:
             raise HTTPException(400, "since must not be after until")
-        buckets = await history.trends(patient_id, vital, (start, end), BUCKETS_S[query.bucket])
+        buckets, precomputed = await history.trends_from(
+            patient_id, vital, (start, end), BUCKETS_S[query.bucket]
+        )
         await access.record("read", [patient_id])
         return {
             "patient_id": patient_id,
@@ -89,6 +105,8 @@ def history_router(history: History) -> APIRouter:
             "since": start,
             "until": end,
             "buckets": buckets,
+            # The `trends` run whose output gave the whole buckets in this period, if any.
+            "precomputed": precomputed,
         }
 
     return router

@@ -37,6 +37,10 @@ class ObjectStore(Protocol):
         """Every key that starts with `prefix`, sorted."""
         ...
 
+    def delete(self, key: str) -> None:
+        """Remove the object; a key with no object is not an error."""
+        ...
+
     def location(self, key: str) -> str:
         """The object's full URL, for error messages."""
         ...
@@ -100,6 +104,12 @@ class LocalStore:
                 dirnames[:] = [d for d in dirnames if d.startswith(start)]
         return sorted(keys)
 
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise ObjectStoreError(f"cannot delete {self.location(key)}: {exc}") from exc
+
     def location(self, key: str) -> str:
         # Not Path.as_uri(): it would percent-encode the "=" of the Hive keys.
         return f"file://{(self.root / key).as_posix()}"
@@ -136,6 +146,9 @@ class S3Store:
                 return sorted(keys)
             token = {"ContinuationToken": answer["NextContinuationToken"]}
 
+    def delete(self, key: str) -> None:
+        self._call("DeleteObject", Key=self.prefix + key)
+
     def location(self, key: str) -> str:
         return f"s3://{self.bucket}/{self.prefix}{key}"
 
@@ -146,6 +159,7 @@ class S3Store:
             "PutObject": self.client.put_object,
             "GetObject": self.client.get_object,
             "ListObjectsV2": self.client.list_objects_v2,
+            "DeleteObject": self.client.delete_object,
         }[operation]
         try:
             return method(Bucket=self.bucket, **params)

@@ -5,7 +5,9 @@ directories inside it; of each object it reads the footer (decrypted with
 the keyring or KMS) and then only the row groups whose statistics can hold
 the patient and the period. Footers are kept in memory by key: objects are
 immutable (a replay rewrites identical content), so a repeated query opens
-no footer again and skips objects without the patient unread.
+no footer again and skips objects without the patient unread. Where
+compaction merged an hour's objects, the merged object stands for the
+inputs it covers, whether or not they are deleted yet (:mod:`.coverage`).
 
 An object that cannot be opened (a retired or foreign key, a corrupt or
 truncated file) raises :class:`ArchiveReadError` naming it: a query never
@@ -29,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from healthsync.store.archive import layout
+from healthsync.store.archive import coverage, layout
 from healthsync.store.archive.alerts import ALERT_SCHEMA
 from healthsync.store.archive.columns import HISTORY_COLUMNS, SCHEMA, TS, to_points
 from healthsync.store.archive.encryption import ParquetCrypto
@@ -73,18 +75,21 @@ class ArchiveReader:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def objects(self, dataset: str, since: float, until: float) -> list[str]:
-        """The identified objects whose hour lies in the period, by listing its days only."""
+        """The identified objects whose hour lies in the period, by listing its days only.
+
+        Objects a compacted object covers are left out (:mod:`.coverage`).
+        """
         hours = layout.hours_between(since, until)
         days = dict.fromkeys(layout.day_prefix(dataset, hour) for hour in hours)
         keys: list[str] = []
         for day in days:
             for key in self.store.list(day):
                 match = _HOUR_DIR.search(key)
-                if match is None or layout.Span.parse(key) is None:
+                if match is None:
                     continue
                 if _hour_of(day, int(match.group(1))) in hours:
                     keys.append(key)
-        return keys
+        return coverage.visible_keys(keys)
 
     def readings_table(
         self,
@@ -114,7 +119,16 @@ class ArchiveReader:
         read = functools.partial(
             self._read, patient_id=patient_id, span=(since_ms, until_ms), columns=wanted
         )
-        parts = [t for t in self._pool.map(read, self.objects(dataset, since, until)) if t]
+        keys = self.objects(dataset, since, until)
+        try:
+            parts = [t for t in self._pool.map(read, keys) if t]
+        except ArchiveReadError:
+            # A compaction may have merged and deleted an object since the listing:
+            # list again, once. Anything else fails as before.
+            again = self.objects(dataset, since, until)
+            if set(keys) <= set(again):
+                raise
+            parts = [t for t in self._pool.map(read, again) if t]
         if not parts:
             return schema.empty_table().select(wanted)
         table = pa.concat_tables(parts)

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from healthsync.domain.alerts import Alert
 from healthsync.domain.readings import Reading
-from healthsync.store.archive import layout
+from healthsync.store.archive import coverage, layout
 from healthsync.store.archive.alerts import alerts_table
 from healthsync.store.archive.columns import hour_of, readings_table
 from healthsync.store.archive.deidentify import Deidentifier
@@ -75,16 +75,18 @@ class ArchiveWriter:
         for hour in [first_hour, *others]:
             part = table.filter(pc.equal(hours, hour))
             key = layout.identified_key(dataset, hour, span)
-            self.store.put(key, self._parquet(part, "patient_id", encrypted=True))
+            self.store.put(key, self.encode(part, "patient_id", encrypted=True))
             written.append(key)
         research = self.deidentifier.table(table)
         year = datetime.fromtimestamp(first_hour * layout.HOUR_S, tz=UTC).year
         key = layout.deidentified_key(dataset, year, span)
-        self.store.put(key, self._parquet(research, "patient", encrypted=False))
+        self.store.put(key, self.encode(research, "patient", encrypted=False))
         written.append(key)
         return written
 
-    def _parquet(self, table: pa.Table, patient: str, encrypted: bool) -> bytes:
+    def encode(self, table: pa.Table, patient: str, encrypted: bool) -> bytes:
+        """A table sorted by `patient` then time as one archive object's bytes: row groups
+        of whole patients' runs with statistics, zstd, and encrypted when `encrypted`."""
         sink = pa.BufferOutputStream()
         delta = [name for name in table.column_names if name in DELTA_COLUMNS]
         with pq.ParquetWriter(
@@ -131,12 +133,19 @@ def find_span(
     """The batch a crashed archiver wrote starting at `first`, if any (see the module doc).
 
     `first_ts` is the time of the batch's first row: its hour names the
-    directory the batch's first object went to.
+    directory the batch's first object went to. If compaction has merged that
+    object already, the merged object's last offset is the cut: the crashed
+    batch was the partition's last one written, so nothing after it is in there.
     """
-    prefix = layout.hour_prefix(dataset, _hour(first_ts))
-    prefix += Span(partition, first, first).name_prefix
-    spans = [span for key in store.list(prefix) if (span := Span.parse(key)) is not None]
-    return max(spans, key=lambda s: s.last) if spans else None
+    prefix = layout.hour_prefix(dataset, _hour(first_ts)) + f"p{partition}-"
+    pieces = [piece for key in store.list(prefix) if (piece := coverage.parse(key)) is not None]
+    spans = [p.span for p in pieces if not p.compacted and p.span.first == first]
+    if spans:
+        return max(spans, key=lambda s: s.last)
+    merged = [p.span for p in pieces if p.compacted and p.span.first <= first <= p.span.last]
+    if merged:
+        return Span(partition, first, max(s.last for s in merged))
+    return None
 
 
 def _hour(ts: float) -> int:

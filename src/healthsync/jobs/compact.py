@@ -1,0 +1,122 @@
+"""`compact`: each hour's small archive objects merged into one per partition.
+
+The archiver writes an object per partition and roll (60 s by default), so
+an hour holds dozens per partition and a week's query opens thousands.
+This job merges, for every hour of its period, the identified readings and
+alerts of each partition into one object, and the research objects of the
+batches those hours hold likewise (:mod:`healthsync.store.archive.compact`
+says how each step stays safe to interrupt). Each merged object is read back
+and compared with its inputs (row count and the multiset of rows) before
+any input is deleted. Output: ``report.json`` (per directory and partition:
+inputs, rows, the object written, objects deleted; no patient data). A
+partition it must leave alone (overlapping offsets, a merged object that
+does not match) does not stop the others; the run then fails naming it.
+
+``--option pause_after=written|deleted`` is a test hook: at the first such
+step the run prints ``compact: paused after <step>`` and waits for good, so
+a test can kill it there.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from healthsync.jobs.base import JobContext, JobError
+from healthsync.store.archive import layout
+from healthsync.store.archive.compact import Checkpoint, Compactor, Merge
+from healthsync.store.archive.errors import ArchiveError
+from healthsync.store.archive.setup import Archive
+
+STEPS = ("written", "deleted")
+
+
+class Compact:
+    name = "compact"
+    description = "merges each hour's archive objects into one per partition, verified first"
+
+    def __init__(self, archive: Callable[[], Archive]) -> None:
+        # Built when the job runs: the other jobs do not need the archive's keys.
+        self.archive = archive
+
+    def run(self, ctx: JobContext) -> dict[str, Any]:
+        params = ctx.params
+        if params.patients:
+            raise JobError("compact merges whole objects: --patients does not apply")
+        unknown = set(params.options) - {"pause_after"}
+        if unknown:
+            raise JobError(f"compact has no option {', '.join(sorted(unknown))}")
+        archive = self.archive()
+        compactor = Compactor(
+            archive.store, archive.crypto, archive.writer(), _pause(params.options)
+        )
+        hours = range(int(params.since // layout.HOUR_S), -int(-params.until // layout.HOUR_S))
+        years = sorted({_year(hour) for hour in hours})
+        merges: list[tuple[str, str, Merge]] = []
+        refused: list[str] = []
+        try:
+            for dataset in (layout.READINGS, layout.ALERTS):
+                reach: dict[int, int] = {}
+                for hour in hours:
+                    done = compactor.hour(dataset, hour)
+                    merges += [(dataset, layout.IDENTIFIED, m) for m in done.merges]
+                    refused += done.refused
+                    for partition, last in done.reach.items():
+                        reach[partition] = max(last, reach.get(partition, -1))
+                for year in years:
+                    done = compactor.research(dataset, year, reach)
+                    merges += [(dataset, layout.DEIDENTIFIED, m) for m in done.merges]
+                    refused += done.refused
+        except ArchiveError as exc:
+            raise JobError(f"compaction stopped: {exc}") from exc
+        written = [m for _, _, m in merges if m.written]
+        summary = {
+            "hours": len(hours),
+            "objects_merged": sum(m.inputs for m in written),
+            "objects_written": len(written),
+            "objects_deleted": sum(m.deleted for _, _, m in merges),
+            "rows": sum(m.rows for m in written),
+            "refused": len(refused),
+        }
+        ctx.output.write_json(
+            "report.json",
+            {
+                "since": params.since,
+                "until": params.until,
+                "summary": summary,
+                "merges": [
+                    {"dataset": dataset, "set": kind} | m.describe()
+                    for dataset, kind, m in merges
+                    if m.written or m.deleted
+                ],
+                "refused": refused,
+            },
+        )
+        if refused:
+            more = f" (and {len(refused) - 1} more; see report.json)" if len(refused) > 1 else ""
+            raise JobError(f"{refused[0]}{more}")
+        return summary
+
+
+def _year(hour: int) -> int:
+    return datetime.fromtimestamp(hour * layout.HOUR_S, tz=UTC).year
+
+
+def _pause(options: Any) -> Checkpoint | None:
+    step = options.get("pause_after")
+    if step is None:
+        return None
+    if step not in STEPS:
+        raise JobError(f"pause_after must be one of {', '.join(STEPS)}, not {step!r}")
+
+    def checkpoint(done: str, _key: str) -> None:
+        if done == step:
+            print(f"compact: paused after {done}", flush=True)
+            sys.stdout.flush()
+            while True:
+                time.sleep(60)
+
+    return checkpoint
