@@ -214,7 +214,8 @@ class FhirReader:
         for key, doc in zip(keys, docs, strict=True):
             if doc is None:
                 continue  # expired with the retention
-            for resource in observations_for(self.records.decode_fhir_reading(key, doc)):
+            reading = self.records.decode_fhir_reading(key, doc)
+            for resource in observations_for(reading, self.records.codec.id_key):
                 if resource["id"] in wanted:
                     rebuilt[resource["id"]] = resource
         return rebuilt
