@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import orjson
 from redis import Redis
 
 from healthsync.config import Settings
+from healthsync.fhir.ids import fhir_id
 from healthsync.fhir.profiles import validate
 from healthsync.security.codec import Codec
 from healthsync.supervisor import Pipeline
@@ -89,6 +91,42 @@ def test_readings_become_valid_fhir_on_the_topics_and_in_redis(
     # Everything emitted validates, here and with the command a user would run.
     emitted = [*observations, *(r for e in events for r in (e["communication"], e["flag"]))]
     _check_valid(emitted, list(in_redis.values()), tmp_path)
+
+
+def test_a_patient_id_fhir_cannot_hold_gets_a_keyed_id_that_still_reads_back(
+    pipeline: Pipeline, device: Device, credentials: Credentials
+) -> None:
+    """``MRN:555`` is no FHIR id: its FHIR id is a keyed digest, usable like any other."""
+    reply = device.send(b"device_id=mon_7 patient_id=MRN:555 seq=1 hr=72 mrn=MRN-555")
+    assert reply.startswith("OK "), reply
+    cfg = pipeline.settings.api
+    api = httpx.Client(
+        base_url=f"http://{cfg.host}:{cfg.port}/fhir", headers=credentials.headers(), timeout=10
+    )
+
+    def observation() -> dict[str, Any] | None:
+        bundle = api.get("/Observation", params={"code": "8867-4"}).json()
+        entries = bundle.get("entry", [])
+        return cast("dict[str, Any]", entries[0]["resource"]) if entries else None
+
+    with api:
+        subject = wait_for(observation, what="the heart rate Observation")["subject"]
+        patient_id = subject["reference"].removeprefix("Patient/")
+        assert patient_id.startswith("h-")
+        # Without the keyring's key, trying patient ids against the digest finds nothing.
+        unkeyed = hashlib.blake2b(b"MRN:555", digest_size=12).hexdigest()
+        assert patient_id not in (f"h-{unkeyed}", fhir_id("MRN:555"))
+        assert api.get(f"/Patient/{fhir_id('MRN:555')}").status_code == 404
+        patient = api.get(f"/Patient/{patient_id}")
+        assert patient.status_code == 200, patient.text
+        assert {"system": "urn:healthsync:patient-id", "value": "MRN:555"} in patient.json()[
+            "identifier"
+        ]
+        found = [
+            e["resource"] for e in api.get(f"/Observation?patient={patient_id}").json()["entry"]
+        ]
+        assert {r["subject"]["reference"] for r in found} == {f"Patient/{patient_id}"}
+        assert [r["valueQuantity"]["value"] for r in found if "valueQuantity" in r] == [72]
 
 
 Served = dict[tuple[str, str], dict[str, Any]]

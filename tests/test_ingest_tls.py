@@ -18,6 +18,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from redis import Redis
 
 from healthsync.config import Settings
@@ -198,6 +199,53 @@ def test_a_service_certificate_is_no_device(start_ingest: StartIngest) -> None:
     assert outcome(settings, api_as_device, line) == (
         "ERR 403 no_identity: the client certificate names no device"
     )
+
+
+def test_a_server_certificate_is_no_device_even_if_it_names_one(
+    start_ingest: StartIngest, tmp_path: Path
+) -> None:
+    """A certificate of the same CA that may also serve TLS (EKU serverAuth, as api.crt has)
+    is refused as a device, even with a device URI SAN."""
+    settings = start_ingest()
+    pki = settings.tls.dir
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "healthsync-api")]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier("urn:healthsync:device:mon-api")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "api-device.crt", tmp_path / "api-device.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = client_context(settings, cert=cert_path, key=key_path)
+    answer = outcome(settings, context, b"device_id=mon-api patient_id=P-1 hr=70")
+    assert answer.startswith("ERR 403 not_a_device"), answer
+    # A device certificate from `certs device` still gets in.
+    line = b"device_id=mon-ok patient_id=P-1 hr=70"
+    assert outcome(settings, device_context(settings, "mon-ok"), line).startswith("OK ")
 
 
 def write_stale_crl(pki: Path, when: datetime, path: Path) -> None:

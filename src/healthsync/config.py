@@ -190,6 +190,9 @@ class CryptoSettings(BaseModel):
     kms_key_id: str | None = None
     kms_endpoint_url: str | None = None
     aws_region: str | None = None
+    # Seals per key, counted across the processes sharing the keyring file, after
+    # which a new active key is made (half of AES-GCM's 2^32 messages); 0: never.
+    rotate_after_seals: int = Field(2**31, ge=0)
 
 
 class ArchiveSettings(BaseModel):

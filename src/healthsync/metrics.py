@@ -94,6 +94,8 @@ class PipelineCollector:
     def __init__(self) -> None:
         self.snapshot: dict[str, dict[str, str]] = {}
         self.latency: dict[str, str] = {}
+        # Values sealed per data key by every process sharing the keyring.
+        self.seals: dict[str, int] = {}
 
     def collect(self) -> Iterator[Any]:
         families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
@@ -112,6 +114,15 @@ class PipelineCollector:
                 family.add_metric([labels[k] for k in sorted(labels)], float(raw))
         yield from families.values()
         yield self._latency_family()
+        if self.seals:
+            seals = CounterMetricFamily(
+                _PREFIX + "crypto_seals",
+                "Values sealed per data key, across the processes sharing the keyring",
+                labels=["key"],
+            )
+            for key_id, count in sorted(self.seals.items()):
+                seals.add_metric([key_id], float(count))
+            yield seals
 
     def _latency_family(self) -> HistogramMetricFamily:
         buckets: list[tuple[str, float]] = []

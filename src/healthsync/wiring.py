@@ -66,7 +66,7 @@ def build_processor(settings: Settings) -> Processor:
             id_key=codec.id_key,
         ),
         # Last: it turns the readings, scores and alert events into FHIR resources.
-        FhirResources(settings.fhir.mrn_system, fhir_store.load),
+        FhirResources(settings.fhir.mrn_system, fhir_store.load, id_key=codec.id_key),
     ]
     # The live sink goes last: it records the batch's reading ids as seen, and a replay
     # skips seen readings. Were it flushed before another sink, a crash in between would

@@ -32,7 +32,6 @@ from fhirclient.client import FHIRClient
 from fhirclient.models.capabilitystatement import CapabilityStatement as ClientCapability
 from fhirclient.models.observation import Observation as ClientObservation
 from redis import Redis
-from redis.asyncio import Redis as AsyncRedis
 
 from healthsync.api.app import create_app
 from healthsync.domain.alerts import Alert
@@ -45,8 +44,6 @@ from healthsync.fhir.patients import device_for, patient_for
 from healthsync.names import RedisKeys
 from healthsync.security.codec import Codec
 from healthsync.stack import Service, free_port
-from healthsync.store.fhir_queries import FhirReader, Page, Search, SearchTooCostly, Window
-from healthsync.store.records import Records
 from healthsync.supervisor import Pipeline
 from tests.conftest import Credentials, Device, make_settings, wait_for
 
@@ -741,33 +738,6 @@ def test_seeded_resources_are_valid_fhir(served: Served) -> None:
     for stored in served.seed.by_type["RiskAssessment"]:
         RiskAssessment.model_validate(stored.resource)
     Bundle.model_validate(served.bundle("/fhir/Communication"))
-
-
-def test_a_filtered_search_refuses_to_load_more_than_its_limit(served: Served) -> None:
-    """The reader behind the API, with a small limit: filters load every resource they test."""
-    seed = served.seed
-
-    async def run(search: Search) -> Page:
-        client = AsyncRedis.from_url(served.redis_url)
-        try:
-            return await FhirReader(client, Records(seed.codec), max_scan=40).search(search)
-        finally:
-            await client.aclose()
-
-    def is_heart_rate(resource: dict[str, Any]) -> bool:
-        return any(c["code"] == HR for c in resource["code"]["coding"])
-
-    with pytest.raises(SearchTooCostly, match="161 resources in the searched window"):
-        asyncio.run(run(Search("Observation", match=is_heart_rate)))
-    # Within the limit: one patient, or a narrower date.
-    page = asyncio.run(run(Search("Observation", patient="P-B", match=is_heart_rate, count=5)))
-    assert page.total == 20 and len(page.resources) == 5 and page.next is not None
-    window = Window(at("2026-11-28T00:20Z"), math.inf)
-    assert asyncio.run(run(Search("Observation", window=window, match=is_heart_rate))).total == (
-        seed.count("Observation", lambda s: s.time >= window.start and (LOINC, HR) in s.codes())
-    )
-    # Without a filter only the page is loaded, whatever the window holds.
-    assert asyncio.run(run(Search("Observation", count=3))).total == 161
 
 
 def test_an_unavailable_store_is_a_transient_503(

@@ -42,9 +42,11 @@ def seed_patient(settings: Settings, client: Redis, patient_id: str) -> None:
     now = time.time()
     reading = Reading("r-odd-1", "mon-odd", patient_id, now - 10, now - 10, {"heart_rate": 70})
     batch = Batch([reading])
-    batch.observations.append((patient_id, patient_for(patient_id, {}, "urn:mrn", now)))
-    batch.observations += [(patient_id, o) for o in observations_for(reading)]
-    records = Records(Codec.from_settings(settings))
+    codec = Codec.from_settings(settings)
+    key = codec.id_key  # as the processor keys the `h-` id of an id FHIR cannot hold
+    batch.observations.append((patient_id, patient_for(patient_id, {}, "urn:mrn", now, key)))
+    batch.observations += [(patient_id, o) for o in observations_for(reading, key)]
+    records = Records(codec)
     stats = StatsRecorder(settings.redis.keys, "processor")
     for sink in (
         RedisLiveSink(client, settings.redis, stats, records),

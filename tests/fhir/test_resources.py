@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from typing import Any
 
@@ -143,6 +144,26 @@ def test_ids_outside_the_fhir_alphabet_are_replaced_by_a_stable_digest() -> None
     )
     assert observation["subject"]["reference"] == f"Patient/{fhir_id('ward_3:bed_7')}"
     assert observation["device"]["reference"] == f"Device/{fhir_id('dev_1')}"
+
+
+def test_digest_ids_are_keyed_so_guessed_patient_ids_do_not_recover_them() -> None:
+    key, other = b"k" * 32, b"o" * 32
+    keyed = fhir_id("MRN:555", key)
+    assert keyed.startswith("h-") and keyed == fhir_id("MRN:555", key)
+    # Whoever lacks the key cannot try patient ids against it: no unkeyed digest matches.
+    assert keyed != fhir_id("MRN:555")
+    assert keyed.removeprefix("h-") != hashlib.blake2b(b"MRN:555", digest_size=12).hexdigest()
+    assert keyed != fhir_id("MRN:555", other)
+    assert fhir_id("P-1001.a", key) == "P-1001.a"  # a valid FHIR id stays as it is
+    reading = Reading("r", "dev_1", "MRN:555", TS, TS, {"heart_rate": 70})
+    [observation] = observations_for(reading, key)
+    assert observation["subject"]["reference"] == f"Patient/{keyed}"
+    assert observation["device"]["reference"] == f"Device/{fhir_id('dev_1', key)}"
+    batch = Batch([reading])
+    FhirResources(MRN_SYSTEM, id_key=key).process(batch)
+    kinds = {r["resourceType"]: r for _, r in batch.observations}
+    assert kinds["Patient"]["id"] == keyed
+    assert kinds["Device"]["id"] == fhir_id("dev_1", key)
 
 
 def alert(**changes: Any) -> Alert:

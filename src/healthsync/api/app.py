@@ -102,7 +102,9 @@ def create_app(settings: Settings) -> FastAPI:
         reader=reader,
         fhir=FhirReader(redis, records),
         archive=archive,
-        fhir_archive=ArchivedObservations(archive, redis, records.keys, retention),
+        fhir_archive=ArchivedObservations(
+            archive, redis, records.keys, retention, id_key=records.codec.id_key
+        ),
         collector=collector,
         registry=registry,
         started=time.time(),

@@ -12,6 +12,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     """Create a keyring, rotate its active key, or retire an old key."""
     from healthsync.security.codec import key_service
     from healthsync.security.crypto import Keyring, KeyringError
+    from healthsync.security.rotation import keyring_lock
 
     crypto = settings_from(args).crypto
     if args.keyring is not None:
@@ -25,23 +26,26 @@ def cmd_keys(args: argparse.Namespace) -> int:
             raise KeyringError(f"{path} exists already; rotate its key instead")
         ring = Keyring.generate(kms, crypto.kms_key_id)
         done = f"created {path} with active key {ring.active}"
+        ring.save(path)
     elif args.action == "rewrap":
         from healthsync.keyring_redis import rewrap_redis
 
         return rewrap_redis(settings_from(args), crypto)
     else:
-        ring = Keyring.load(path, kms)
-        if args.action == "rotate":
-            done = f"active key is now {ring.rotate(kms)}; older keys still decrypt"
-        elif args.key_id is None:
-            raise KeyringError("retire needs the KEY_ID to retire")
-        else:
-            from healthsync.keyring_redis import refuse_if_in_use
+        # Under the lock the stages take to rotate automatically: one new key, not two.
+        with keyring_lock(path):
+            ring = Keyring.load(path, kms)
+            if args.action == "rotate":
+                done = f"active key is now {ring.rotate(kms)}; older keys still decrypt"
+            elif args.key_id is None:
+                raise KeyringError("retire needs the KEY_ID to retire")
+            else:
+                from healthsync.keyring_redis import refuse_if_in_use
 
-            refuse_if_in_use(settings_from(args), crypto, args.key_id)
-            ring.retire(args.key_id)
-            done = f"retired {args.key_id}: data sealed with it can no longer be read"
-    ring.save(path)
+                refuse_if_in_use(settings_from(args), crypto, args.key_id)
+                ring.retire(args.key_id)
+                done = f"retired {args.key_id}: data sealed with it can no longer be read"
+            ring.save(path)
     source = f" (KMS key {ring.kms_key_id})" if ring.kms_key_id else ""
     print(done + source)
     readable = ", ".join(sorted(ring.keys))

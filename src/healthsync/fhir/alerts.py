@@ -61,19 +61,22 @@ def _alert_text(alert: Alert) -> str:
     return f"Resolved: {text}" if alert.status == "resolved" else text
 
 
-def _about(alert: Alert) -> list[dict[str, str]]:
+def _about(alert: Alert, key: bytes | None) -> list[dict[str, str]]:
     """What the alert is about: the Observation (or device) that fired it."""
     if alert.kind == "news2":
-        return [{"reference": f"Observation/{news2_id(alert.patient_id, alert.opened_at)}"}]
+        return [{"reference": f"Observation/{news2_id(alert.patient_id, alert.opened_at, key)}"}]
     if alert.device_id is not None and alert.vital is None:
-        return [{"reference": f"Device/{fhir_id(alert.device_id)}"}]
+        return [{"reference": f"Device/{fhir_id(alert.device_id, key)}"}]
     if alert.vital in VITALS and alert.reading_id:
         return [{"reference": f"Observation/{observation_id(alert.reading_id, alert.vital)}"}]
     return []
 
 
-def communication_for(alert: Alert) -> Resource:
-    """The alert as sent to clinicians: in progress while open, completed once resolved."""
+def communication_for(alert: Alert, key: bytes | None = None) -> Resource:
+    """The alert as sent to clinicians: in progress while open, completed once resolved.
+
+    `key` keys the FHIR ids it refers to (see :func:`healthsync.fhir.ids.fhir_id`).
+    """
     resource: Resource = {
         "resourceType": "Communication",
         "id": alert.alert_id,
@@ -81,11 +84,11 @@ def communication_for(alert: Alert) -> Resource:
         "status": "in-progress" if alert.status == "open" else "completed",
         "category": _ALERT_CATEGORY,
         "priority": _PRIORITY[alert.severity],
-        "subject": patient_reference(alert.patient_id),
+        "subject": patient_reference(alert.patient_id, key),
         "sent": isoformat_ms(alert.opened_at),
         "payload": [{"contentString": _alert_text(alert)}],
     }
-    about = _about(alert)
+    about = _about(alert, key)
     if about:
         resource["about"] = about
     return resource
@@ -98,7 +101,7 @@ def _flag_text(alert: Alert) -> str:
     return f"{_KIND_TITLES.get(family, family)} ({alert.severity})"
 
 
-def flag_for(alert: Alert) -> Resource:
+def flag_for(alert: Alert, key: bytes | None = None) -> Resource:
     """The alert as a FHIR Flag, the resource EHRs show as a patient banner."""
     flag: Resource = {
         "resourceType": "Flag",
@@ -107,7 +110,7 @@ def flag_for(alert: Alert) -> Resource:
         "status": "active" if alert.status == "open" else "inactive",
         "category": _FLAG_CATEGORY if alert.category == "clinical" else _SAFETY_CATEGORY,
         "code": {"text": _flag_text(alert)},
-        "subject": patient_reference(alert.patient_id),
+        "subject": patient_reference(alert.patient_id, key),
         "period": {"start": isoformat_ms(alert.opened_at)},
     }
     if alert.resolved_at is not None:
@@ -115,6 +118,6 @@ def flag_for(alert: Alert) -> Resource:
     return flag
 
 
-def alert_resources(alert: Alert) -> tuple[Resource, Resource]:
-    """The Communication and the Flag of an alert as it is now."""
-    return communication_for(alert), flag_for(alert)
+def alert_resources(alert: Alert, key: bytes | None = None) -> tuple[Resource, Resource]:
+    """The Communication and the Flag of an alert as it is now (`key`: see communication_for)."""
+    return communication_for(alert, key), flag_for(alert, key)

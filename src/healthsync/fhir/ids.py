@@ -2,30 +2,34 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from functools import lru_cache
 from typing import Final
 
-from healthsync.domain.readings import VITALS
+from healthsync.domain.readings import VITALS, keyed_digest
 
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 @lru_cache(maxsize=65536)
-def fhir_id(raw: str) -> str:
-    """`raw` if it is a valid FHIR id, else a stable digest of it.
+def fhir_id(raw: str, key: bytes | None = None) -> str:
+    """`raw` if it is a valid FHIR id, else ``h-`` and a stable digest of it.
 
     Device and patient ids on the wire may hold `_` and `:`, which FHIR ids
     may not; the raw id is kept as an identifier of the resource either way.
+    With `key` (the keyring's id key, whenever encryption at rest is on) the
+    digest is an HMAC: deterministic, so references stay stable, but nobody
+    without the key can find the patient behind an id by trying plausible ones.
     """
     if _FHIR_ID.fullmatch(raw):
         return raw
-    return "h-" + hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()
+    # The prefix keeps these digests apart from reading and alert ids made with the same key.
+    basis = b"fhir-id\x1f" + raw.encode() if key else raw.encode()
+    return "h-" + keyed_digest(basis, 12, key)
 
 
-def patient_reference(patient_id: str) -> dict[str, str]:
-    return {"reference": f"Patient/{fhir_id(patient_id)}"}
+def patient_reference(patient_id: str, key: bytes | None = None) -> dict[str, str]:
+    return {"reference": f"Patient/{fhir_id(patient_id, key)}"}
 
 
 # Which Observation of a reading carries a vital (systolic and diastolic share the panel),
@@ -62,7 +66,11 @@ def reading_of_observation(resource_id: str) -> str | None:
     return None
 
 
-def news2_id(patient_id: str, ts: float) -> str:
-    """Shared by a NEWS2 score's Observation and RiskAssessment (different types)."""
+def news2_id(patient_id: str, ts: float, key: bytes | None = None) -> str:
+    """Shared by a NEWS2 score's Observation and RiskAssessment (different types).
+
+    Keyed like :func:`fhir_id`: the score's time is in the resource, so an
+    unkeyed digest would name its patient to whoever tries patient ids.
+    """
     basis = f"{patient_id}\x1fnews2\x1f{round(ts * 1000)}".encode()
-    return "news2-" + hashlib.blake2b(basis, digest_size=12).hexdigest()
+    return "news2-" + keyed_digest(basis, 12, key)

@@ -64,10 +64,15 @@ def _news2_basis(score: News2) -> tuple[list[dict[str, Any]], list[dict[str, Any
     return observations, observations + others
 
 
-def news2_resources(patient_id: str, score: News2) -> tuple[Resource, Resource]:
-    """The NEWS2 total as an Observation, and a RiskAssessment based on it and its inputs."""
-    rid = news2_id(patient_id, score.ts)
-    subject = patient_reference(patient_id)
+def news2_resources(
+    patient_id: str, score: News2, key: bytes | None = None
+) -> tuple[Resource, Resource]:
+    """The NEWS2 total as an Observation, and a RiskAssessment based on it and its inputs.
+
+    `key` keys its FHIR ids (see :func:`healthsync.fhir.ids.fhir_id`).
+    """
+    rid = news2_id(patient_id, score.ts, key)
+    subject = patient_reference(patient_id, key)
     status = "final" if score.complete else "preliminary"
     when = isoformat_ms(score.ts)
     identifier = [{"system": NEWS2_ID_SYSTEM, "value": rid}]

@@ -12,6 +12,7 @@ built once per reading, and the shared parts are referenced, not copied
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from functools import lru_cache
 from typing import Any, Final
 
 from healthsync.domain.alerts import DEFAULT_THRESHOLDS, Threshold
@@ -111,9 +112,15 @@ class _Vital:
 
 
 class ObservationBuilder:
-    """Builds a reading's vital-signs Observations, interpreted against `thresholds`."""
+    """Builds a reading's vital-signs Observations, interpreted against `thresholds`.
 
-    def __init__(self, thresholds: Iterable[Threshold] = DEFAULT_THRESHOLDS) -> None:
+    `id_key` keys the patient and device ids they refer to (see :func:`fhir_id`).
+    """
+
+    def __init__(
+        self, thresholds: Iterable[Threshold] = DEFAULT_THRESHOLDS, id_key: bytes | None = None
+    ) -> None:
+        self.id_key = id_key
         by_vital = {t.vital: t for t in thresholds}
         self.vitals = {name: _Vital(name, by_vital.get(name)) for name in VITALS}
         # A vital with no profile of its own gets the base vital-signs profile.
@@ -131,8 +138,8 @@ class ObservationBuilder:
         common = {
             "status": "final",
             "category": VITAL_SIGNS_CATEGORY,
-            "subject": patient_reference(reading.patient_id),
-            "device": {"reference": f"Device/{fhir_id(reading.device_id)}"},
+            "subject": patient_reference(reading.patient_id, self.id_key),
+            "device": {"reference": f"Device/{fhir_id(reading.device_id, self.id_key)}"},
             "effectiveDateTime": isoformat_ms(reading.ts),
         }
         resources: list[Resource] = []
@@ -215,9 +222,11 @@ def unbundled(resources: Iterable[Resource]) -> Iterator[Resource]:
             yield resource
 
 
-_DEFAULT_BUILDER = ObservationBuilder()
+@lru_cache(maxsize=4)
+def _default_builder(id_key: bytes | None) -> ObservationBuilder:
+    return ObservationBuilder(id_key=id_key)
 
 
-def observations_for(reading: Reading) -> list[Resource]:
+def observations_for(reading: Reading, id_key: bytes | None = None) -> list[Resource]:
     """The reading's Observations, interpreted against the default thresholds."""
-    return _DEFAULT_BUILDER.build(reading)
+    return _default_builder(id_key).build(reading)

@@ -18,13 +18,20 @@ MRN_TYPE: Final = {
 
 
 def patient_for(
-    patient_id: str, demographics: Mapping[str, str], mrn_system: str, updated: float
+    patient_id: str,
+    demographics: Mapping[str, str],
+    mrn_system: str,
+    updated: float,
+    key: bytes | None = None,
 ) -> Resource:
-    """The Patient with the identifiers and demographics devices sent (readings.PATIENT_FIELDS)."""
+    """The Patient with the identifiers and demographics devices sent (readings.PATIENT_FIELDS).
+
+    `key` keys its id when the patient id is no FHIR id (see :func:`fhir_id`).
+    """
     identifiers: list[dict[str, Any]] = [{"system": PATIENT_ID_SYSTEM, "value": patient_id}]
     resource: Resource = {
         "resourceType": "Patient",
-        "id": fhir_id(patient_id),
+        "id": fhir_id(patient_id, key),
         "meta": {"lastUpdated": isoformat_ms(updated)},
         "identifier": identifiers,
     }
@@ -69,10 +76,10 @@ def demographics_of(patient: Mapping[str, Any]) -> dict[str, str]:
     return found
 
 
-def device_for(device_id: str, updated: float) -> Resource:
+def device_for(device_id: str, updated: float, key: bytes | None = None) -> Resource:
     return {
         "resourceType": "Device",
-        "id": fhir_id(device_id),
+        "id": fhir_id(device_id, key),
         "meta": {"lastUpdated": isoformat_ms(updated)},
         "identifier": [{"system": DEVICE_ID_SYSTEM, "value": device_id}],
         "status": "active",

@@ -39,6 +39,8 @@ class FhirResources:
     Flag. Which patients and devices were emitted, with what, is remembered;
     a patient or device not remembered is looked up in the store first (`load`)
     so a restart does not overwrite a Patient with fewer demographics.
+    `id_key` (the codec's id key) keys the ``h-`` ids of patient and device
+    ids that are no FHIR ids, and NEWS2 ids (see :func:`fhir_id`).
     """
 
     def __init__(
@@ -46,10 +48,12 @@ class FhirResources:
         mrn_system: str,
         load: ResourceLoader | None = None,
         thresholds: Iterable[Threshold] = DEFAULT_THRESHOLDS,
+        id_key: bytes | None = None,
     ) -> None:
         self.mrn_system = mrn_system
         self.load = load
-        self.builder = ObservationBuilder(thresholds)
+        self.id_key = id_key
+        self.builder = ObservationBuilder(thresholds, id_key)
         self.patients: dict[str, dict[str, str]] = {}
         self.devices: set[str] = set()
         self.news2: dict[str, tuple[int, str, bool]] = {}
@@ -75,23 +79,27 @@ class FhirResources:
             signature = (score.total, score.band, score.complete)
             if self.news2.get(patient) != signature:
                 self.news2[patient] = signature
-                out.extend((patient, r) for r in news2_resources(patient, score))
+                out.extend((patient, r) for r in news2_resources(patient, score, self.id_key))
         _bound(self.news2)
         for event in batch.alert_events:
             alert = event.alert
-            batch.alert_resources.extend((alert.patient_id, r) for r in alert_resources(alert))
+            batch.alert_resources.extend(
+                (alert.patient_id, r) for r in alert_resources(alert, self.id_key)
+            )
 
     def _load_unknown(self, readings: list[Reading]) -> None:
         if self.load is None:
             return
-        known_patients, known_devices = self.patients, self.devices
+        known_patients, known_devices, id_key = self.patients, self.devices, self.id_key
         patients = {
-            fhir_id(r.patient_id): r.patient_id
+            fhir_id(r.patient_id, id_key): r.patient_id
             for r in readings
             if r.patient_id not in known_patients
         }
         devices = {
-            fhir_id(r.device_id): r.device_id for r in readings if r.device_id not in known_devices
+            fhir_id(r.device_id, id_key): r.device_id
+            for r in readings
+            if r.device_id not in known_devices
         }
         stored_patients = self.load("Patient", list(patients)) if patients else {}
         stored_devices = self.load("Device", list(devices)) if devices else {}
@@ -114,10 +122,11 @@ class FhirResources:
                 self.devices.add(reading.device_id)
                 new_devices[reading.device_id] = (patient, reading.ts)
         for patient, updated in changed.items():
-            resource = patient_for(patient, self.patients[patient], self.mrn_system, updated)
+            demographics = self.patients[patient]
+            resource = patient_for(patient, demographics, self.mrn_system, updated, self.id_key)
             out.append((patient, resource))
         for device, (patient, first_seen) in new_devices.items():
-            out.append((patient, device_for(device, first_seen)))
+            out.append((patient, device_for(device, first_seen, self.id_key)))
         _bound(self.patients)
         if len(self.devices) > _CACHE_LIMIT:
             self.devices.clear()

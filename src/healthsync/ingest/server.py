@@ -46,6 +46,7 @@ from healthsync.security.tls import (
     negotiated_problem,
     peer_serial,
     server_context,
+    serves_tls,
 )
 
 log = logging.getLogger(__name__)
@@ -305,6 +306,10 @@ class IngestServer:
             if self.revocations is not None and self.revocations.is_revoked(connection.serial):
                 return self._refuse("certificate_revoked", "the client certificate is revoked")
             connection.identity = device_identity(peer)
+            if connection.identity is not None and serves_tls(
+                ssl_object.getpeercert(binary_form=True) or b""
+            ):
+                return self._refuse("not_a_device", "a server certificate is no device")
         if connection.identity is None and self.settings.ingest.require_client_cert:
             return self._refuse("no_identity", "the client certificate names no device")
         return None

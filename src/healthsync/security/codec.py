@@ -16,6 +16,7 @@ from __future__ import annotations
 from healthsync.config import CryptoSettings, Settings
 from healthsync.names import RedisKeys
 from healthsync.security.crypto import MAGIC, Cipher, DecryptError, Keyring, KeyService
+from healthsync.security.rotation import KeyUsage
 
 # Topic roles, bound into the associated data of Kafka values.
 VITALS = "vitals"
@@ -36,8 +37,13 @@ class Codec:
     @classmethod
     def from_settings(cls, settings: Settings) -> Codec:
         """The codec the settings ask for; raises a clear error if the keyring is unusable."""
-        cipher = Cipher(load_keyring(settings.crypto)) if settings.crypto.enabled else None
-        return cls(cipher, settings.redis.prefix)
+        crypto = settings.crypto
+        if not crypto.enabled:
+            return cls(None, settings.redis.prefix)
+        usage = None
+        if crypto.rotate_after_seals:
+            usage = KeyUsage(crypto.keyring_file, crypto.rotate_after_seals, key_service(crypto))
+        return cls(Cipher(load_keyring(crypto), usage), settings.redis.prefix)
 
     @property
     def enabled(self) -> bool:

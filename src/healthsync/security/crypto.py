@@ -10,7 +10,9 @@ about 40 hours; spread over 2^16 subkeys, and with GCM-SIV's own per-nonce key
 derivation, no subkey comes near it in centuries. Format 1 (0x01, AES-256-GCM
 under the data key itself) is still opened, so data sealed before stays
 readable; `healthsync keys rewrap` moves it to format 2. :attr:`Cipher.seals`
-counts seals per key id.
+counts this process's seals per key id; with a :class:`SealUsage`
+(:mod:`healthsync.security.rotation`) they are also counted across processes
+and the active key rotates before a limit.
 The key id travels with every value, so the active key can change at any time:
 new values use the new key, old values stay readable with the key they name
 until that key is retired (its material deleted from the keyring), after which
@@ -54,9 +56,11 @@ import functools
 import hashlib
 import hmac
 import json
+import math
 import os
 import secrets
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -78,6 +82,9 @@ _TAG_BYTES = 16
 _KEY_BYTES = 32
 # 128 bits of the HMAC: collisions are out of reach for any number of patients.
 _PSEUDONYM_HEX = 32
+# A value under an unknown key makes a cipher with seal counting read its keyring
+# again, at most this often (seconds): made-up key ids cannot keep it reading.
+_RELOAD_S = 1.0
 
 
 class CryptoError(HealthSyncError):
@@ -258,17 +265,33 @@ class _DataKey:
         return AESGCMSIV(_hkdf(self._key, b"healthsync v2 subkey " + index))
 
 
-class Cipher:
-    """Seals and opens values with a keyring's keys; makes pseudonyms with its HMAC key."""
+class SealUsage(Protocol):
+    """Where a cipher reports its seals (see :class:`healthsync.security.rotation.KeyUsage`)."""
 
-    def __init__(self, keyring: Keyring) -> None:
-        self.keyring = keyring
-        self._keys = {key_id: _DataKey(key) for key_id, key in keyring.keys.items()}
-        self._active = keyring.active.encode()
-        if not 0 < len(self._active) < 256:
-            raise KeyringError(f"key id {keyring.active!r} must be 1 to 255 bytes")
-        self._active_key = self._keys[keyring.active]
-        self._prefix = _HEADER + bytes([len(self._active)]) + self._active
+    batch: int
+
+    def record(self, key_id: str, sealed: int) -> Keyring | None:
+        """Count seals under `key_id`; the keyring to use from now on if its active key changed."""
+        ...
+
+    def reload(self) -> Keyring: ...
+
+
+class Cipher:
+    """Seals and opens values with a keyring's keys; makes pseudonyms with its HMAC key.
+
+    With `usage`, seals are counted per key across processes and the active key
+    changes when it has sealed enough; a value under a key this cipher does not
+    know makes it read the keyring again (another process may have rotated).
+    """
+
+    def __init__(self, keyring: Keyring, usage: SealUsage | None = None) -> None:
+        self._keys: dict[str, _DataKey] = {}
+        self._use(keyring)
+        self.usage = usage
+        self._pending = 0
+        self._batch = usage.batch if usage is not None else 0
+        self._reloaded_at = -math.inf
         self._pseudonym_key = keyring.pseudonym_key
         # Derived, so that an id and a pseudonym of the same text never coincide.
         self.id_key = hmac.digest(keyring.pseudonym_key, b"healthsync ids v1", "sha256")
@@ -277,12 +300,36 @@ class Cipher:
         # Patients are few and recur in every batch: remember their pseudonyms.
         self.pseudonym = functools.lru_cache(maxsize=100_000)(self._pseudonym)
 
+    def _use(self, keyring: Keyring) -> None:
+        """Seal with `keyring`'s active key from now on; open with any of its keys."""
+        active = keyring.active.encode()
+        if not 0 < len(active) < 256:
+            raise KeyringError(f"key id {keyring.active!r} must be 1 to 255 bytes")
+        known = self._keys
+        self._keys = {k: known.get(k) or _DataKey(key) for k, key in keyring.keys.items()}
+        self.keyring = keyring
+        self._active_key = self._keys[keyring.active]
+        self._prefix = _HEADER + bytes([len(active)]) + active
+
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         message = len(aad).to_bytes(4, "big") + aad + plaintext
         key = self._active_key
         nonce = hashlib.blake2b(message, key=key.nonce_key, digest_size=_NONCE_BYTES).digest()
-        self.seals[self.keyring.active] = self.seals.get(self.keyring.active, 0) + 1
-        return self._prefix + nonce + key.subkey(nonce[:2]).encrypt(nonce, plaintext, aad)
+        active = self.keyring.active
+        self.seals[active] = self.seals.get(active, 0) + 1
+        sealed = self._prefix + nonce + key.subkey(nonce[:2]).encrypt(nonce, plaintext, aad)
+        self._pending += 1
+        if self._pending == self._batch:
+            self._report(active)
+        return sealed
+
+    def _report(self, key_id: str) -> None:
+        sealed, self._pending = self._pending, 0
+        if self.usage is None:
+            return
+        changed = self.usage.record(key_id, sealed)
+        if changed is not None:
+            self._use(changed)
 
     def open(self, sealed: bytes, aad: bytes) -> bytes:
         if sealed[:1] != MAGIC or len(sealed) < 3:
@@ -294,6 +341,10 @@ class Cipher:
             raise DecryptError("not a HealthSync ciphertext (truncated)")
         key_id = sealed[3:id_end].decode("ascii", "replace")
         key = self._keys.get(key_id)
+        usage = self.usage
+        if key is None and usage is not None and self._may_reload(key_id):
+            self._use(usage.reload())  # a key made since this process started
+            key = self._keys.get(key_id)
         if key is None:
             if key_id in self.keyring.retired:
                 raise DecryptError(f"key {key_id!r} was retired; its data is no longer readable")
@@ -304,6 +355,16 @@ class Cipher:
             return aead.decrypt(nonce, sealed[id_end + _NONCE_BYTES :], aad)
         except InvalidTag:
             raise DecryptError("authentication failed: wrong key or tampered data") from None
+
+    def _may_reload(self, key_id: str) -> bool:
+        """Whether to read the keyring again for `key_id`: at most once a second."""
+        if key_id in self.keyring.retired:
+            return False
+        now = time.monotonic()
+        if now - self._reloaded_at < _RELOAD_S:
+            return False
+        self._reloaded_at = now
+        return True
 
     def _pseudonym(self, value: str) -> str:
         """A keyed, deterministic stand-in for an identifier (see the module docstring)."""

@@ -22,6 +22,10 @@ Device identity (:func:`device_identity`): the URI SAN
 ``openssl req -addext subjectAltName=URI:urn:healthsync:device:mon-0001``
 for certificates made by other tools). The subject CN is not enough: the
 services' own certificates come from the same CA and may act as clients.
+A certificate that may also authenticate a TLS server (its Extended Key Usage
+names serverAuth or anyExtendedKeyUsage, as the services' do) is no device,
+whatever it names (:func:`serves_tls`); devices get clientAuth only, so a
+device certificate cannot serve TLS either.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ import logging
 import ssl
 from pathlib import Path
 from typing import Any, Literal
+
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from healthsync.config import Settings
 from healthsync.errors import ConfigError
@@ -111,6 +118,26 @@ def client_context(
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"cannot load TLS client files ({exc})") from None
     return ctx
+
+
+def serves_tls(der: bytes) -> bool:
+    """Whether a certificate's Extended Key Usage lets it authenticate a TLS server.
+
+    A certificate without the extension is not taken for one: certificates
+    made by other tools for devices often have none.
+    """
+    try:
+        usage = x509.load_der_x509_certificate(der).extensions.get_extension_for_class(
+            x509.ExtendedKeyUsage
+        )
+    except x509.ExtensionNotFound:
+        return False
+    except ValueError:
+        return True  # unparsable here after the handshake verified it: not trusted as a device
+    return bool(
+        {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE}
+        & set(usage.value)
+    )
 
 
 def device_identity(peer: dict[str, Any]) -> str | None:

@@ -10,8 +10,8 @@ archive; the Observations Redis still indexes are left to Redis, so none comes
 twice. NEWS2 scores are not archived: those Observations end with the retention.
 
 The merge keeps the live page's order and cursor: the archived part is read
-whole (at most ``max_scan`` Observations, else :class:`SearchTooCostly`, as
-for a filtered live search), and a page is cut where the live page ends
+whole (at most ``max_scan`` Observations, else :class:`ArchiveTooCostly`),
+and a page is cut where the live page ends
 whenever the live store has more after it, so the next page misses nothing.
 """
 
@@ -27,15 +27,26 @@ from typing import cast
 from redis.asyncio import Redis
 
 from healthsync.domain.readings import VITALS, Reading
+from healthsync.errors import HealthSyncError
 from healthsync.fhir.observations import observations_for
 from healthsync.names import RedisKeys
 from healthsync.store.archive.reader import ArchiveReader
-from healthsync.store.fhir_queries import Page, Position, Resource, Search, SearchTooCostly
+from healthsync.store.fhir_queries import Page, Position, Resource, Search
 from healthsync.store.vitals_history import SEAM_MARGIN_S
 
 Entry = tuple[Position, Resource]
-# As for a filtered live search (FhirReader.max_scan): what one request may rebuild.
+# What one request may rebuild from the archive: the archived part is read whole.
 MAX_SCAN = 100_000
+
+
+class ArchiveTooCostly(HealthSyncError):
+    """A search would rebuild more archived Observations than one request may."""
+
+    def __init__(self, found: int, limit: int) -> None:
+        super().__init__(
+            f"more than {limit} archived Observations in the searched window ({found} so far); "
+            "narrow the date"
+        )
 
 
 class ArchivedObservations:
@@ -46,11 +57,14 @@ class ArchivedObservations:
         keys: RedisKeys,
         retention_s: float,
         clock: Callable[[], float] = time.time,
+        id_key: bytes | None = None,
     ) -> None:
         self.archive = archive
         self.client = client
         self.keys = keys
         self.retention_s = retention_s
+        # The key live Observation ids are derived with, so rebuilt ones keep their ids.
+        self.id_key = id_key
         self.max_scan = MAX_SCAN
         self.clock = clock
 
@@ -86,7 +100,8 @@ class ArchivedObservations:
         page = candidates[: query.count]
         more = len(candidates) > query.count or live.next is not None
         following = page[-1][0] if more and page else None
-        return Page(live.total + len(archived), [r for _, r in page], following)
+        total = None if live.total is None else live.total + len(archived)
+        return Page(total, [r for _, r in page], following)
 
     async def _archived(self, query: Search, patient_id: str) -> list[Entry]:
         """The window's Observations older than the seam that Redis does not index."""
@@ -105,14 +120,14 @@ class ArchivedObservations:
                 point["ts"],
                 vitals,
             )
-            for resource in observations_for(reading):
+            for resource in observations_for(reading, self.id_key):
                 position = _position(resource)
                 if not start <= position.time < end:
                     continue
                 if query.match is None or query.match(resource):
                     found.append((position, resource))
             if len(found) > self.max_scan:
-                raise SearchTooCostly(len(found), self.max_scan)
+                raise ArchiveTooCostly(len(found), self.max_scan)
         if not found:
             return []
         index = self.keys.fhir_index("Observation", query.patient)

@@ -171,9 +171,8 @@ class RedisFhirSink:
             when = _epoch(isoformat_ms(reading.ts))
             members = {observation_id(reading.reading_id, v): when for v in reading.vitals}
             self._index(everyone, "Observation", members)
-            self._index(
-                keys.fhir_index("Observation", fhir_id(reading.patient_id)), "Observation", members
-            )
+            patient = fhir_id(reading.patient_id, self.records.codec.id_key)
+            self._index(keys.fhir_index("Observation", patient), "Observation", members)
 
     def _add_resource(self, resource: dict[str, Any], out: tuple[list[str], list[bytes]]) -> None:
         name, value = self.records.encode_resource(resource)

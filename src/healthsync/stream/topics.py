@@ -68,7 +68,7 @@ class KafkaTopicSink:
         for event in batch.alert_events:
             # Built from the event's own snapshot: an alert that opens and resolves in one
             # batch sends two events, each with its resources as they were then.
-            communication, flag = alert_resources(event.alert)
+            communication, flag = alert_resources(event.alert, self.codec.id_key)
             value = {
                 "event": event.type,
                 "alert": event.alert.to_dict(),

@@ -31,7 +31,8 @@ from healthsync.api.fhir import (
 from healthsync.api.fhir_search import RESULT_DOC, SEARCHES, encode_cursor, parse_search
 from healthsync.api.services import Services
 from healthsync.domain.readings import isoformat_ms
-from healthsync.store.fhir_queries import Page, Resource, SearchTooCostly
+from healthsync.store.fhir_archive import ArchiveTooCostly
+from healthsync.store.fhir_queries import Page, Resource
 
 _READABLE = ("Observation", "Patient", "Device", "Communication", "Flag", "RiskAssessment")
 
@@ -91,9 +92,10 @@ def _searchset(request: Request, resource_type: str, page: Page) -> dict[str, An
         "resourceType": "Bundle",
         "type": "searchset",
         "timestamp": isoformat_ms(time.time()),
-        "total": page.total,
         "link": links,
     }
+    if page.total is not None:  # None: a filtered search too wide to count in one page
+        bundle["total"] = page.total
     if page.resources:  # FHIR JSON has no empty arrays
         bundle["entry"] = [
             {
@@ -168,7 +170,7 @@ async def search(
     else:
         try:
             page = await fhir_history.search(services, parsed.search)
-        except SearchTooCostly as exc:
+        except ArchiveTooCostly as exc:
             raise FhirError(400, "too-costly", str(exc)) from None
         except RedisError as exc:
             raise _unavailable(exc) from None

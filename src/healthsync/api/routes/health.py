@@ -11,6 +11,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from healthsync.api.models import Health, Readiness
 from healthsync.api.services import Services
 from healthsync.kafka import KafkaUnavailableError, check_broker
+from healthsync.security.crypto import KeyringError
+from healthsync.security.rotation import seal_counts
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger(__name__)
@@ -52,4 +54,10 @@ async def readyz(services: Services) -> JSONResponse:
 async def metrics(services: Services) -> Response:
     collector = services.collector
     collector.snapshot, collector.latency = await services.reader.stats()
+    crypto = services.settings.crypto
+    if crypto.enabled:
+        try:
+            collector.seals = seal_counts(crypto.keyring_file)
+        except (OSError, KeyringError) as exc:
+            log.warning("seal counts unreadable", extra={"error": str(exc)})
     return Response(generate_latest(services.registry), media_type=CONTENT_TYPE_LATEST)
