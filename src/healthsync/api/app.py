@@ -102,9 +102,7 @@ def create_app(settings: Settings) -> FastAPI:
         reader=reader,
         fhir=FhirReader(redis, records),
         archive=archive,
-        fhir_archive=ArchivedObservations(
-            archive, redis, records.keys, retention, id_key=records.codec.id_key
-        ),
+        fhir_archive=ArchivedObservations(archive, redis, records, retention),
         collector=collector,
         registry=registry,
         started=time.time(),

@@ -29,9 +29,9 @@ from redis.asyncio import Redis
 from healthsync.domain.readings import VITALS, Reading
 from healthsync.errors import HealthSyncError
 from healthsync.fhir.observations import observations_for
-from healthsync.names import RedisKeys
 from healthsync.store.archive.reader import ArchiveReader
 from healthsync.store.fhir_queries import Page, Position, Resource, Search
+from healthsync.store.records import Records
 from healthsync.store.vitals_history import SEAM_MARGIN_S
 
 Entry = tuple[Position, Resource]
@@ -54,17 +54,16 @@ class ArchivedObservations:
         self,
         archive: ArchiveReader,
         client: Redis,
-        keys: RedisKeys,
+        records: Records,
         retention_s: float,
         clock: Callable[[], float] = time.time,
-        id_key: bytes | None = None,
     ) -> None:
         self.archive = archive
         self.client = client
-        self.keys = keys
+        self.keys = records.keys
         self.retention_s = retention_s
         # The key live Observation ids are derived with, so rebuilt ones keep their ids.
-        self.id_key = id_key
+        self.id_key = records.codec.id_key
         self.max_scan = MAX_SCAN
         self.clock = clock
 

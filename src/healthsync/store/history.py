@@ -86,4 +86,3 @@ class History:
 
 def _series(points: list[dict[str, Any]], vital: str) -> list[tuple[float, float]]:
     return [(p["ts"], p["vitals"][vital]) for p in points if vital in p["vitals"]]
-
