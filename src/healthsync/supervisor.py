@@ -337,8 +337,13 @@ class Supervisor:
             self.pipeline.start()
             if self.simulate_devices:
                 self.pipeline.start_simulator(self.simulate_devices, self.simulate_rate)
+            watchdog = ServiceWatchdog(
+                self.pipeline.stack, self._say, self.pipeline.on_service_restart
+            )
+            # state.json first: whoever reads "Ctrl-C stops" may run `healthsync status`.
+            self._save_state(watchdog)
             self._announce()
-            self._watch()
+            self._watch(watchdog)
         finally:
             self._say("stopping ...")
             self.pipeline.stop()
@@ -400,12 +405,10 @@ class Supervisor:
         self._say(f"logs      {self.pipeline.logs}")
         self._say("Ctrl-C stops everything.")
 
-    def _watch(self) -> None:
+    def _watch(self, watchdog: ServiceWatchdog) -> None:
         settings = self.pipeline.settings
         redis = Redis.from_url(str(settings.redis.url), **settings.redis.client_options())
-        watchdog = ServiceWatchdog(self.pipeline.stack, self._say, self.pipeline.on_service_restart)
         last = (time.monotonic(), 0, 0)
-        self._save_state(watchdog)
         while not self.stopping:
             time.sleep(1.0)
             self._restart_dead()
