@@ -55,6 +55,8 @@ class RedisKeys:
     - ``{p}:offsets``                   hash: ``topic:partition`` -> the next offset the
                                           processor's stored batches reach (see store/live.py)
     - ``{p}:latency``                   hash: histogram bucket -> count
+    - ``{p}:stats:processed_by_hour``   hash: hour (epoch s) -> readings stored that were
+                                          received in it (see store/hourly.py)
     - ``{p}:jobs:runs``                 hash: run id -> run record JSON (no patient data)
     - ``{p}:jobs:recent``               sorted set: run id scored by when it was created
     - ``{p}:jobs:lock:{job}``           string: the run id holding the job, with a TTL
@@ -150,6 +152,10 @@ class RedisKeys:
     @property
     def offsets(self) -> str:
         return f"{self.prefix}:offsets"
+
+    @property
+    def processed_by_hour(self) -> str:
+        return f"{self.prefix}:stats:processed_by_hour"
 
     @property
     def audit(self) -> str:

@@ -3,7 +3,7 @@ them, against an archive that lacks one of them.
 
 Hour 10: five readings, one sent twice (a device resend, same reading id); all five
 archived. Hour 11: three readings, two archived. One message on the topic is not a
-reading at all.
+reading at all. The processor stored every reading, through the real live sink.
 """
 
 from __future__ import annotations
@@ -14,14 +14,19 @@ from pathlib import Path
 from redis import Redis
 
 from healthsync.config import Settings
+from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading
 from healthsync.jobs.base import JobParams
 from healthsync.jobs.execute import Executor
 from healthsync.jobs.output import LocalStore
 from healthsync.jobs.verify import TopicCounter, Verify
 from healthsync.kafka import ensure_topics, make_producer
+from healthsync.metrics import StatsRecorder
 from healthsync.security.codec import VITALS, Codec
+from healthsync.store.hourly import ProcessedByHour
+from healthsync.store.live import RedisLiveSink
 from healthsync.store.period import MemoryArchive
+from healthsync.store.records import Records
 from healthsync.store.runs import RunStore
 from tests.jobs.dataset import t
 
@@ -50,22 +55,41 @@ def test_verify_finds_the_hour_the_archive_lacks_a_reading(
     settings: Settings, redis: Redis, codec: Codec, tmp_path: Path
 ) -> None:
     publish(settings, codec)
+    keys = settings.redis.keys
+    sink = RedisLiveSink(redis, settings.redis, StatsRecorder(keys, "processor"), Records(codec))
+    sink.write(Batch([*HOUR_10, *HOUR_11]))
+    sink.flush()
     archive = MemoryArchive([*HOUR_10, *HOUR_11[:2]])
     store = LocalStore(tmp_path / "archive")
-    executor = Executor(RunStore(redis, settings.redis.keys), store, archive, 60, codec)
-    job = Verify(TopicCounter(settings.kafka, codec))
+    executor = Executor(RunStore(redis, keys), store, archive, 60, codec)
+    job = Verify(TopicCounter(settings.kafka, codec), ProcessedByHour(redis, keys))
     record = executor.run(job, JobParams("v-1", t("10:00"), t("12:00")))
     assert record.summary == {
         "hours": 2,
         "kafka": 8,
         "archive": 7,
+        "processor": 8,
         "hours_with_gaps": [t("11:00")],
         "kafka_unreadable": 1,
     }
     report = json.loads((tmp_path / "archive/jobs/verify/v-1/report.json").read_text())
     assert report["hours"] == [
-        {"hour": t("10:00"), "kafka": 5, "archive": 5, "gap": 0},
-        {"hour": t("11:00"), "kafka": 3, "archive": 2, "gap": 1},
+        {
+            "hour": t("10:00"),
+            "kafka": 5,
+            "archive": 5,
+            "gap": 0,
+            "processor": 5,
+            "processor_gap": 0,
+        },
+        {
+            "hour": t("11:00"),
+            "kafka": 3,
+            "archive": 2,
+            "gap": 1,
+            "processor": 3,
+            "processor_gap": 1,
+        },
     ]
     # Limited to one patient, both sides count only that patient's readings.
     # P-2 sent r-2 (twice) and r-12, which the archive lacks.

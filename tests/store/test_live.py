@@ -17,6 +17,7 @@ from healthsync.fhir.patients import device_for
 from healthsync.metrics import StatsRecorder
 from healthsync.security.codec import Codec
 from healthsync.store.fhir_store import RedisFhirSink
+from healthsync.store.hourly import ProcessedByHour
 from healthsync.store.live import RedisLiveSink
 from healthsync.store.records import Records
 from healthsync.store.state import RedisStateStore
@@ -51,6 +52,22 @@ def test_a_replayed_batch_changes_nothing(settings: Settings, redis: Redis, code
     latest = cast("bytes", redis.hget(keys.latest("P-1"), "heart_rate"))
     place = codec.field(keys.latest("P-1"), "heart_rate")
     assert orjson.loads(codec.open(latest, place))["value"] == 75
+
+
+def test_stored_readings_are_counted_by_received_hour_once(
+    settings: Settings, redis: Redis, codec: Codec
+) -> None:
+    sink, state = sink_for(settings, redis, codec), state_for(settings, redis, codec)
+    hour = (time.time() // 3600 - 1) * 3600
+    batch = [reading("a", hour + 10), reading("b", hour + 3599), reading("c", hour + 3600)]
+    for _ in range(2):  # the second time, a replay after a crash: nothing is new
+        sink.write(Batch(state.filter_new(batch)))
+        sink.flush()
+    counts = ProcessedByHour(redis, settings.redis.keys).per_hour(hour, hour + 7200)
+    assert counts == {hour: 2, hour + 3600: 1}
+    assert ProcessedByHour(redis, settings.redis.keys).per_hour(hour + 3600, hour + 3601) == {
+        hour + 3600: 1
+    }
 
 
 def test_history_older_than_the_retention_is_trimmed(

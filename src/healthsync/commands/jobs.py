@@ -116,10 +116,16 @@ def _catalog(settings: Settings) -> dict[str, Job]:
     from healthsync.stream.replay import replay
 
     counter = TopicCounter(settings.kafka, Codec.from_settings(settings))
+    processed = None
+    if settings.redis.url:
+        from healthsync.store.hourly import ProcessedByHour
+
+        client = Redis.from_url(settings.redis.url, **settings.redis.client_options())
+        processed = ProcessedByHour(client, settings.redis.keys)
     return catalog(
         {
             "reprocess": Reprocess(replay),
-            "verify": Verify(counter),
+            "verify": Verify(counter, processed),
             "compact": Compact(lambda: Archive.from_settings(settings)),
         }
     )

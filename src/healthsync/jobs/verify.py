@@ -1,4 +1,4 @@
-"""`verify`: per hour, the readings Kafka carried against the readings the archive holds.
+"""`verify`: per hour, the readings Kafka carried and the processor stored against the archive.
 
 Both sides count distinct reading ids by the hour they were received (UTC),
 so device resends, which carry the same id, count once and a reading measured
@@ -12,8 +12,10 @@ Kafka is read from the vitals topic with a consumer that joins no group and
 commits nothing, from the offset of the period's start (less an hour's margin,
 since devices may send late) to the end of each partition. A message
 that cannot be opened or parsed is counted as unreadable, never guessed at.
-The processor's own per-hour counts are not kept anywhere yet, so they are not
-compared.
+The processor's count of an hour is what it stored in Redis, kept with each
+batch's transaction (store/hourly.py); it covers every patient, so a run
+limited by ``--patients`` reports it as null. A positive processor gap is
+readings the processor stored and the archive lacks.
 """
 
 from __future__ import annotations
@@ -43,6 +45,12 @@ class ReceivedCounts(Protocol):
     ) -> tuple[dict[float, int], int]:
         """Distinct reading ids by hour received (of `patients`, or all), and how many
         messages were unreadable."""
+        ...
+
+
+class StoredCounts(Protocol):
+    def per_hour(self, since: float, until: float) -> dict[float, int]:
+        """Readings the processor stored, by hour received."""
         ...
 
 
@@ -135,8 +143,9 @@ class Verify:
     name = "verify"
     description = "per hour, readings on Kafka against readings in the archive; reports gaps"
 
-    def __init__(self, kafka: ReceivedCounts) -> None:
+    def __init__(self, kafka: ReceivedCounts, processed: StoredCounts | None = None) -> None:
         self.kafka = kafka
+        self.processed = processed
 
     def run(self, ctx: JobContext) -> dict[str, Any]:
         params = ctx.params
@@ -147,14 +156,21 @@ class Verify:
             if params.since <= reading.received_at < params.until:
                 archived[reading.received_at // HOUR * HOUR].add(reading.reading_id)
         carried, unreadable = self.kafka.per_hour(params.since, params.until, params.patients)
+        stored = None
+        if self.processed is not None and not params.patients:
+            stored = self.processed.per_hour(params.since, params.until)
         hours = []
         first = params.since // HOUR * HOUR
         hour = first
         while hour < params.until:
             kafka, archive = carried.get(hour, 0), len(archived.get(hour, ()))
-            hours.append({"hour": hour, "kafka": kafka, "archive": archive, "gap": kafka - archive})
+            row: dict[str, Any] = {"hour": hour, "kafka": kafka, "archive": archive}
+            row["gap"] = kafka - archive
+            row["processor"] = None if stored is None else stored.get(hour, 0)
+            row["processor_gap"] = None if stored is None else row["processor"] - archive
+            hours.append(row)
             hour += HOUR
-        gaps = [h["hour"] for h in hours if h["gap"] > 0]
+        gaps = [h["hour"] for h in hours if h["gap"] > 0 or (h["processor_gap"] or 0) > 0]
         report = {
             "since": params.since,
             "until": params.until,
@@ -166,6 +182,7 @@ class Verify:
             "hours": len(hours),
             "kafka": sum(h["kafka"] for h in hours),
             "archive": sum(h["archive"] for h in hours),
+            "processor": None if stored is None else sum(h["processor"] for h in hours),
             "hours_with_gaps": gaps,
             "kafka_unreadable": unreadable,
         }

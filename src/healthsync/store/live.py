@@ -35,6 +35,7 @@ from healthsync.domain.news2 import observed_in
 from healthsync.domain.readings import Reading
 from healthsync.errors import StoreBehindError
 from healthsync.metrics import StatsRecorder
+from healthsync.store import hourly
 from healthsync.store.records import LatestValue, Records, latest_value
 
 # Trim a patient's history and seen-set at most this often, not on every batch.
@@ -73,6 +74,7 @@ class RedisLiveSink:
         self._write_artefacts(pipe, batch)
         self.stats.inc("readings_processed_total", len(batch.readings))
         self.stats.add_to(pipe)
+        hourly.count_into(pipe, self.keys, batch.readings)
         self._pipe = pipe
         self._written = batch.readings
 
