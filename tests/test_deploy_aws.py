@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from typing import Any
 from cfnlint.decode import decode
 
 from healthsync.aws import cloudwatch, lambda_jobs, object_lambda
+from healthsync.names import JOBS
 from healthsync.store.archive import encryption
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "aws"
@@ -138,3 +140,21 @@ def test_the_object_lambda_is_configured_as_the_code_reads_it() -> None:
     olap = resources["ResearchAccessPoint"]["Properties"]["ObjectLambdaConfiguration"]
     [transform] = olap["TransformationConfigurations"]
     assert transform["Actions"] == ["GetObject"] and "AllowedFeatures" not in olap
+
+
+def test_eventbridge_schedules_every_job_but_reprocess_with_a_permission() -> None:
+    resources = load("compute.yaml")["Resources"]
+    rules = {
+        name: json.loads(resource["Properties"]["Targets"][0]["Input"])["job"]
+        for name, resource in resources.items()
+        if resource["Type"] == "AWS::Events::Rule"
+    }
+    # reprocess needs a candidate rule set, so it only runs on demand.
+    assert sorted(rules.values()) == sorted(set(JOBS) - {"reprocess"})
+    allowed = {
+        resource["Properties"]["SourceArn"]["Fn::GetAtt"][0]
+        for resource in resources.values()
+        if resource["Type"] == "AWS::Lambda::Permission"
+        and resource["Properties"]["Principal"] == "events.amazonaws.com"
+    }
+    assert set(rules) <= allowed
