@@ -9,8 +9,9 @@ from healthsync.commands.base import Subparsers, settings_from
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from healthsync.foreground import Supervisor
     from healthsync.logs import setup_logging
-    from healthsync.supervisor import Pipeline, Supervisor
+    from healthsync.supervisor import Pipeline
 
     settings = settings_from(args)
     setup_logging("up", "WARNING")
