@@ -120,8 +120,7 @@ def _catalog(settings: Settings) -> dict[str, Job]:
     if settings.redis.url:
         from healthsync.store.hourly import ProcessedByHour
 
-        client = Redis.from_url(settings.redis.url, **settings.redis.client_options())
-        processed = ProcessedByHour(client, settings.redis.keys)
+        processed = ProcessedByHour(_runs(settings).client, settings.redis.keys)
     return catalog(
         {
             "reprocess": Reprocess(replay),

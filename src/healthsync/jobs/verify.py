@@ -141,7 +141,9 @@ def _to_end(consumer: Any, timeout_s: float) -> Iterator[Any]:
 
 class Verify:
     name = "verify"
-    description = "per hour, readings on Kafka against readings in the archive; reports gaps"
+    description = (
+        "per hour, readings on Kafka and stored by the processor against the archive; reports gaps"
+    )
 
     def __init__(self, kafka: ReceivedCounts, processed: StoredCounts | None = None) -> None:
         self.kafka = kafka

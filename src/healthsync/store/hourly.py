@@ -10,6 +10,7 @@ hash field per hour, about 9,000 a year.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any, cast
@@ -39,7 +40,7 @@ class ProcessedByHour:
     def per_hour(self, since: float, until: float) -> dict[float, int]:
         """Readings stored by received hour, for the hours starting in [since, until)."""
         first = int(since // HOUR * HOUR)
-        hours = [str(h) for h in range(first, int(until), HOUR) if h < until]
+        hours = [str(h) for h in range(first, math.ceil(until), HOUR)]
         if not hours:
             return {}
         raw = cast("list[bytes | None]", self.client.hmget(self.keys.processed_by_hour, hours))
