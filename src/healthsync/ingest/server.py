@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
 import ssl
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 import orjson
@@ -33,6 +31,7 @@ from healthsync import wire
 from healthsync.config import Settings
 from healthsync.errors import ConfigError
 from healthsync.ingest.assignments import DevicePatients
+from healthsync.ingest.connection import DeviceConnection
 from healthsync.ingest.listener import ProxyListener
 from healthsync.ingest.proxy import Address
 from healthsync.ingest.publisher import Publisher
@@ -49,215 +48,12 @@ from healthsync.security.tls import (
     serves_tls,
 )
 
-log = logging.getLogger(__name__)
-
-_UNAVAILABLE = b"ERR 503 kafka_unavailable: reading not stored, send it again later\n"
-_BUSY = b"ERR 503 busy: too many connections\n"
 # A TLS client that has not finished its handshake by then is dropped.
 _HANDSHAKE_TIMEOUT_S = 10.0
 _DLQ_SAMPLE_BYTES = 4096
 # Resume paused connections once the server is this far below its bound, so
 # they do not flap on every delivery report.
 _RESUME_FRACTION = 0.8
-
-
-class _Slot:
-    """The answer to one line, filled in when it is known."""
-
-    __slots__ = ("reply",)
-
-    def __init__(self, reply: bytes | None = None) -> None:
-        self.reply = reply
-
-
-class DeviceConnection(asyncio.Protocol):
-    """One device's connection: split lines, validate, publish, answer in order."""
-
-    def __init__(
-        self, server: IngestServer, *, tls: bool = False, peer: Address | None = None
-    ) -> None:
-        self.server = server
-        self.tls = tls
-        # The device id the client certificate names, and the certificate's
-        # serial (for revocation); None when there is no certificate.
-        self.identity: str | None = None
-        self.serial: int | None = None
-        # The device's address: from the PROXY header behind a load balancer, else the socket's.
-        self.peer = peer
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.discarding = False  # inside a line that is already too long
-        self.pending: deque[_Slot] = deque()
-        self.inflight = 0
-        self.paused = False
-        self.closing = False
-        self.last_activity = time.monotonic()
-        self.flush_scheduled = False
-
-    # asyncio callbacks
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        if self.peer is None:
-            peername = transport.get_extra_info("peername")
-            self.peer = (str(peername[0]), int(peername[1])) if peername else None
-        # A device's address is an identifier: DEBUG only.
-        log.debug("device connected", extra={"peer": self.peer, "tls": self.tls})
-        if self.tls:
-            refusal = self.server.check_peer(self, transport.get_extra_info("ssl_object"))
-            if refusal is not None:
-                transport.write(refusal)
-                transport.close()
-                return
-        if not self.server.admit(self):
-            transport.write(_BUSY)
-            transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        self.last_activity = time.monotonic()
-        self.buffer += data
-        self._split_lines()
-        self._flush_replies()
-        limits = self.server.settings.ingest
-        if (
-            self.inflight >= limits.max_inflight_per_connection
-            or self.server.inflight >= limits.max_inflight_total
-        ):
-            self.pause()
-
-    def eof_received(self) -> bool:
-        # A device may send its last line without a newline and half-close
-        # (`nc -q1`, `nc -N`): treat the rest as a line, answer, then close.
-        if self.buffer and not self.discarding:
-            self._handle_line(bytes(self.buffer))
-        elif self.discarding:
-            self._reject(wire.WireError("too_long", "line exceeds the maximum length"), b"")
-        self.buffer.clear()
-        self.closing = True
-        self._flush_replies()
-        # TLS has no half-close: asyncio ends the session on the client's
-        # close_notify, so a TLS device reads its answers before closing.
-        return not self.tls
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.server.release(self)
-        self.transport = None
-
-    # line handling
-
-    def _split_lines(self) -> None:
-        limit = self.server.settings.ingest.max_line_bytes
-        buffer = self.buffer
-        start = 0
-        while True:
-            end = buffer.find(b"\n", start)
-            if end < 0:
-                break
-            if self.discarding:
-                self.discarding = False
-                self._reject(wire.WireError("too_long", f"line exceeds {limit} bytes"), b"")
-            else:
-                self._handle_line(bytes(buffer[start:end]))
-            start = end + 1
-        del buffer[:start]
-        if len(buffer) > limit:
-            # Keep nothing of an over-long line: a hostile 1 GB line costs at most `limit` bytes.
-            if not self.discarding:
-                self.server.stats.inc("bytes_discarded_total", len(buffer))
-            self.discarding = True
-            buffer.clear()
-
-    def _handle_line(self, line: bytes) -> None:
-        if not line.strip():
-            return  # blank lines (keep-alives, trailing \r\n) are not readings
-        server = self.server
-        server.stats.inc("lines_total")
-        try:
-            reading = wire.parse_line(
-                line,
-                time.time(),
-                max_line_bytes=server.settings.ingest.max_line_bytes,
-                id_key=server.codec.id_key,
-            )
-        except wire.WireError as error:
-            self._reject(error, line)
-            return
-        if self.identity is not None and reading.device_id != self.identity:
-            detail = f"device_id does not match the client certificate ({self.identity})"
-            self._reject(wire.WireError("device_mismatch", detail, code=403), line)
-            return
-        if not server.device_patients.allows(reading.device_id, reading.patient_id):
-            detail = "this device is not assigned to that patient"
-            self._reject(wire.WireError("patient_not_assigned", detail, code=403), line)
-            return
-        slot = _Slot()
-        self.pending.append(slot)
-        self.inflight += 1
-        server.inflight += 1
-        reading_id = reading.reading_id
-        codec = server.codec
-        key = codec.message_key(reading.patient_id)
-
-        def on_done(error: KafkaError | None) -> None:
-            self.inflight -= 1
-            server.inflight -= 1
-            if error is None:
-                slot.reply = wire.ok_reply(reading_id)
-                server.stats.inc("readings_accepted_total")
-            else:
-                slot.reply = _UNAVAILABLE
-                server.stats.inc("readings_unavailable_total")
-            if not self.flush_scheduled:
-                self.flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._scheduled_flush)
-            server.maybe_resume()
-
-        try:
-            server.publisher.publish(
-                server.settings.kafka.vitals_topic,
-                key,
-                codec.seal_message(roles.VITALS, key, reading.to_json()),
-                on_done,
-            )
-        except BufferError:
-            on_done(KafkaError(KafkaError._QUEUE_FULL))
-
-    def _reject(self, error: wire.WireError, line: bytes) -> None:
-        self.pending.append(_Slot(error.reply()))
-        self.server.reject(error, line)
-
-    def _scheduled_flush(self) -> None:
-        self.flush_scheduled = False
-        self._flush_replies()
-
-    def _flush_replies(self) -> None:
-        pending = self.pending
-        ready = []
-        while pending and pending[0].reply is not None:
-            ready.append(pending.popleft().reply)
-        if ready and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(r for r in ready if r is not None))
-        if self.closing and not pending and self.transport is not None:
-            self.transport.close()
-
-    # flow control
-
-    def pause(self) -> None:
-        if not self.paused and self.transport is not None:
-            self.paused = True
-            self.server.paused.add(self)
-            self.transport.pause_reading()
-
-    def resume(self) -> None:
-        if self.paused and self.transport is not None and not self.closing:
-            self.paused = False
-            self.server.paused.discard(self)
-            self.transport.resume_reading()
-
-    @property
-    def idle(self) -> bool:
-        return not self.pending and not self.inflight
 
 
 @dataclass
@@ -465,7 +261,7 @@ class IngestServer:
         while self.inflight and loop.time() < deadline:
             await asyncio.sleep(0.01)
         for connection in list(self.connections):
-            connection._flush_replies()
+            connection.flush_replies()
             if connection.transport is not None:
                 connection.transport.close()
         await self.publisher.close(timeout=2.0)
