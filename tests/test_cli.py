@@ -11,7 +11,8 @@ from pathlib import Path
 from cryptography import x509
 
 from healthsync.config import Settings
-from healthsync.security.certs import issue_device, revoked_serials
+from healthsync.security.certs import issue_device
+from healthsync.security.crl import revoked_serials
 from healthsync.stack import free_port
 
 

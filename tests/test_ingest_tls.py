@@ -22,7 +22,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from redis import Redis
 
 from healthsync.config import Settings
-from healthsync.security.certs import init_pki, issue_device, revoke_device
+from healthsync.security.certs import init_pki, issue_device
+from healthsync.security.crl import revoke_device
 from healthsync.security.tls import client_context
 from healthsync.stack import Service
 from tests.conftest import Device, make_settings, wait_for

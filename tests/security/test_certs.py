@@ -17,10 +17,9 @@ from healthsync.security.certs import (
     device_paths,
     init_pki,
     issue_device,
-    revoke_device,
-    revoked_serials,
     sign_device_csr,
 )
+from healthsync.security.crl import revoke_device, revoked_serials
 
 
 def mode(path: Path) -> int:

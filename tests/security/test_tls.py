@@ -21,7 +21,8 @@ import pytest
 
 from healthsync.config import Settings
 from healthsync.errors import ConfigError
-from healthsync.security.certs import device_paths, init_pki, issue_device, revoke_device
+from healthsync.security.certs import device_paths, init_pki, issue_device
+from healthsync.security.crl import revoke_device
 from healthsync.security.tls import (
     client_context,
     device_identity,

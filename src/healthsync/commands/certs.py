@@ -10,7 +10,7 @@ from healthsync.commands.base import Subparsers, settings_from
 
 def cmd_certs(args: argparse.Namespace) -> int:
     """Create the local PKI, issue a device certificate, or revoke one."""
-    from healthsync.security import certs
+    from healthsync.security import certs, crl
 
     directory: Path = args.dir or settings_from(args).tls.dir
     if args.certs_command == "init":
@@ -25,7 +25,7 @@ def cmd_certs(args: argparse.Namespace) -> int:
         cert, key = certs.issue_device(directory, args.device_id, days=args.days, force=args.force)
         print(f"{cert}\n{key}")
     else:
-        certs.revoke_device(directory, args.device_id)
+        crl.revoke_device(directory, args.device_id)
         print(f"{args.device_id} revoked; {certs.crl_path(directory)} updated")
     return 0
 

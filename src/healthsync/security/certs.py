@@ -157,7 +157,7 @@ def init_pki(
         cert_path, key_path = service_paths(directory, service)
         _write(key_path, _key_pem(key), force=True)
         _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), force=True)
-    _write_crl(directory, ca_cert, ca_key, [])
+    write_crl(directory, ca_cert, ca_key, [])
 
 
 def issue_device(
@@ -209,7 +209,7 @@ def _write_device_cert(
     if days < 1:
         raise CertError("a device certificate must be valid for at least 1 day")
     cert_path, _ = device_paths(directory, device_id)
-    ca_cert, ca_key = _load_ca(directory)
+    ca_cert, ca_key = load_ca(directory)
     _make_dir(cert_path.parent)
     cert = (
         _leaf(device_id, public_key, ca_cert, start, start + timedelta(days=days))
@@ -252,7 +252,7 @@ def issue_stage_client(directory: Path, stage: str) -> tuple[Path, Path]:
     cert_path, key_path = stage_client_paths(directory, stage)
     if cert_path.is_file() and key_path.is_file():
         return cert_path, key_path
-    ca_cert, ca_key = _load_ca(directory)
+    ca_cert, ca_key = load_ca(directory)
     _make_dir(cert_path.parent)
     now = datetime.now(UTC)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -264,57 +264,6 @@ def issue_stage_client(directory: Path, stage: str) -> tuple[Path, Path]:
     _write(key_path, _key_pem(key), force=True)
     _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), force=True)
     return cert_path, key_path
-
-
-def revoke_device(directory: Path, device_id: str) -> None:
-    """Add the device's current certificate to the CRL and re-sign the CRL."""
-    cert_path, _ = device_paths(directory, device_id)
-    ca_cert, ca_key = _load_ca(directory)
-    try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    except FileNotFoundError:
-        raise CertError(f"no certificate for device {device_id} in {cert_path.parent}") from None
-    except ValueError as exc:
-        raise CertError(f"{cert_path} is not a PEM certificate: {exc}") from None
-    # Not verified: revoking must work even when the CRL on disk has expired.
-    revoked = revoked_serials(directory, verify=False)
-    revoked.add(cert.serial_number)
-    _write_crl(directory, ca_cert, ca_key, sorted(revoked))
-
-
-def revoked_serials(directory: Path, *, verify: bool = True) -> set[int]:
-    """Serial numbers on the CRL (empty when there is no CRL yet).
-
-    With `verify` (the default) the CRL must be signed by ``ca.crt`` and not be
-    past its nextUpdate; else CertError, so that a CRL written by anyone who
-    can write the file cannot lift a revocation.
-    """
-    path = crl_path(directory)
-    try:
-        crl = x509.load_pem_x509_crl(path.read_bytes())
-    except FileNotFoundError:
-        return set()
-    except ValueError as exc:
-        raise CertError(f"{path} is not a PEM CRL: {exc}") from None
-    if verify:
-        _verify_crl(directory, crl)
-    return {entry.serial_number for entry in crl}
-
-
-def _verify_crl(directory: Path, crl: x509.CertificateRevocationList) -> None:
-    path = crl_path(directory)
-    try:
-        ca = x509.load_pem_x509_certificate(ca_cert_path(directory).read_bytes())
-    except (OSError, ValueError) as exc:
-        raise CertError(f"cannot read {ca_cert_path(directory)} to check the CRL: {exc}") from None
-    public_key = ca.public_key()
-    if not isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
-        raise CertError(f"{ca_cert_path(directory)} has a key type CRLs cannot be checked with")
-    if crl.issuer != ca.subject or not crl.is_signature_valid(public_key):
-        raise CertError(f"{path} is not signed by the CA in {ca_cert_path(directory)}")
-    next_update = crl.next_update_utc
-    if next_update is None or next_update < datetime.now(UTC):
-        raise CertError(f"{path} is past its nextUpdate ({next_update}); re-sign it")
 
 
 # --- helpers ------------------------------------------------------------------
@@ -367,7 +316,7 @@ def _general_name(host: str) -> x509.GeneralName:
         return x509.DNSName(host)
 
 
-def _write_crl(
+def write_crl(
     directory: Path,
     ca_cert: x509.Certificate,
     ca_key: ec.EllipticCurvePrivateKey,
@@ -389,7 +338,7 @@ def _write_crl(
     _write(crl_path(directory), crl.public_bytes(serialization.Encoding.PEM), force=True)
 
 
-def _load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     try:
         cert = x509.load_pem_x509_certificate(ca_cert_path(directory).read_bytes())
         key = serialization.load_pem_private_key(ca_key_path(directory).read_bytes(), None)

@@ -45,9 +45,9 @@ from healthsync.security.certs import (
     CertError,
     ca_cert_path,
     crl_path,
-    revoked_serials,
     service_paths,
 )
+from healthsync.security.crl import revoked_serials
 
 log = logging.getLogger(__name__)
 
