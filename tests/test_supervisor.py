@@ -18,6 +18,13 @@ from tests.conftest import wait_for
 from tests.live_stack import alive, descendants
 
 
+def is_ingest(pid: int) -> bool:
+    try:
+        return b"healthsync\0ingest" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path: Path) -> None:
     ingest_port, tls_port, api_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
@@ -67,16 +74,12 @@ def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path: Path) -> None:
         assert len(processes) >= 7, "broker, haproxy, redis, ingest, processor, api, simulator"
 
         # A stage that dies is restarted.
-        ingest_pid = next(
-            p for p in processes if b"ingest" in Path(f"/proc/{p}/cmdline").read_bytes()
-        )
+        # An ingest replica (`python -m healthsync ingest`), not HAProxy's ingest front,
+        # whose command line names its configuration file, ingest-front.cfg.
+        ingest_pid = next(p for p in processes if is_ingest(p))
         os.kill(ingest_pid, signal.SIGKILL)
         wait_for(
-            lambda: any(
-                b"ingest" in Path(f"/proc/{p}/cmdline").read_bytes()
-                for p in descendants(up.pid)
-                if p != ingest_pid and alive(p)
-            ),
+            lambda: any(is_ingest(p) for p in descendants(up.pid) if p != ingest_pid and alive(p)),
             timeout=30,
             what="ingest to be restarted",
         )
