@@ -111,3 +111,25 @@ def test_with_kms_the_archive_moves_from_keyring_keys_to_the_kms_key(
     assert retired.returncode == 0, retired.stderr
     assert _readings(settings) == before
     assert [len(points) for points in before] == [90, 90]
+
+
+def test_rewrap_with_encryption_at_rest_off_still_rewrites_the_archive(
+    redis_server: Service, private_keyring: Path, tmp_path: Path
+) -> None:
+    """crypto.enabled leaves Redis plain, but the identified archive is encrypted either way."""
+    settings = _settings(
+        redis_server, private_keyring, (tmp_path / "archive").as_uri(), enabled=False
+    )
+    Archive.from_settings(settings).writer().write_readings(Span(0, 0, 119), batch(T0, 60))
+    before = _readings(settings)
+    ring = Keyring.load(private_keyring)
+    ring.rotate()
+    ring.save(private_keyring)
+
+    rewrapped = run_cli(settings, "keys", "rewrap")
+
+    assert rewrapped.returncode == 0, rewrapped.stderr
+    assert "nothing in Redis to reseal" in rewrapped.stdout
+    assert "rewrote 1 of 1 encrypted archive objects" in rewrapped.stdout
+    assert run_cli(settings, "keys", "retire", "k1").returncode == 0
+    assert _readings(settings) == before
