@@ -29,7 +29,12 @@ def test_rewrap_lets_an_old_key_be_retired_without_losing_data(
     credentials: Credentials,
 ) -> None:
     keyring = private_keyring
-    settings = make_settings(broker, redis_server, crypto={"keyring_file": str(keyring)})
+    settings = make_settings(
+        broker,
+        redis_server,
+        crypto={"keyring_file": str(keyring)},
+        archive={"url": (tmp_path / "archive").as_uri()},
+    )
     pipeline = Pipeline(settings, tmp_path)
     pipeline.start(stages=("ingest", "process", "api"))
     device = Device(settings.ingest.host, settings.ingest.port)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from healthsync.commands.base import Subparsers, settings_from
+from healthsync.config import CryptoSettings, Settings
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -28,9 +29,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         done = f"created {path} with active key {ring.active}"
         ring.save(path)
     elif args.action == "rewrap":
-        from healthsync.keyring_redis import rewrap_redis
-
-        return rewrap_redis(settings_from(args), crypto)
+        return _rewrap(settings_from(args), crypto)
     else:
         # Under the lock the stages take to rotate automatically: one new key, not two.
         with keyring_lock(path):
@@ -40,9 +39,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
             elif args.key_id is None:
                 raise KeyringError("retire needs the KEY_ID to retire")
             else:
+                from healthsync.keyring_archive import refuse_if_archived
                 from healthsync.keyring_redis import refuse_if_in_use
 
                 refuse_if_in_use(settings_from(args), crypto, args.key_id)
+                refuse_if_archived(settings_from(args), crypto, args.key_id)
                 ring.retire(args.key_id)
                 done = f"retired {args.key_id}: data sealed with it can no longer be read"
             ring.save(path)
@@ -55,18 +56,35 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rewrap(settings: Settings, crypto: CryptoSettings) -> int:
+    """Redis (when encryption at rest is on), then the archive; 1 if anything was left."""
+    from healthsync.keyring_archive import rewrap_archive
+    from healthsync.keyring_redis import rewrap_redis
+
+    if crypto.enabled:
+        redis = rewrap_redis(settings, crypto)
+    else:
+        redis = 0
+        print("encryption at rest is off (crypto.enabled): nothing in Redis to reseal")
+    return max(redis, rewrap_archive(settings, crypto))
+
+
 def register(sub: Subparsers) -> None:
     keys = sub.add_parser(
         "keys",
         help="manage the keyring for encryption at rest",
-        description="The AES-256 keys that seal PHI in Redis and Kafka. `init` creates the "
-        "keyring file (mode 0600), `rotate` adds a new active key (older keys keep "
-        "decrypting what they sealed; nothing is re-encrypted), `rewrap` seals everything "
-        "in Redis (HEALTHSYNC_REDIS_URL) again under the active key, `retire KEY_ID` "
-        "deletes a key, and refuses while Redis still holds a value it sealed. Kafka "
-        "topics keep values sealed with a key until their retention ends. With "
-        "--kms-key-id the keys are AWS KMS data keys and the file holds only their "
-        "encrypted blobs.",
+        description="The AES-256 keys that seal PHI in Redis and Kafka and wrap the data keys "
+        "of the encrypted archive (HEALTHSYNC_ARCHIVE_URL). `init` creates the keyring file "
+        "(mode 0600), `rotate` adds a new active key (older keys keep decrypting what they "
+        "sealed; nothing is re-encrypted), `rewrap` seals everything in Redis "
+        "(HEALTHSYNC_REDIS_URL) again under the active key and rewrites every archived "
+        "object whose data key an older key wraps, `retire KEY_ID` deletes a key, and "
+        "refuses while Redis still holds a value it sealed or an archived object still "
+        "depends on it. Kafka topics keep values sealed with a key until their retention "
+        "ends. With --kms-key-id the keys are AWS KMS data keys and the file holds only "
+        "their encrypted blobs; with HEALTHSYNC_CRYPTO_KMS_KEY_ID the archive's data keys "
+        "are wrapped by that KMS key instead, and `rewrap` moves objects written under a "
+        "keyring key to it.",
     )
     keys.add_argument("action", choices=["init", "rotate", "rewrap", "retire"])
     keys.add_argument("key_id", nargs="?", metavar="KEY_ID", help="the key to retire")

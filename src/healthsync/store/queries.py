@@ -6,13 +6,19 @@ tampering) raises :class:`healthsync.security.crypto.DecryptError`. A read of
 one thing turns that into a clear error rather than returning garbage; a list
 (patients, alerts, history, the summary) leaves the unreadable entry out and
 reports it to `on_unreadable`, so one bad value never takes the list down.
+
+A list decrypts its entries in a worker thread, :data:`DECODE_BATCH` at a
+time, never on the event loop: thousands of decryptions would otherwise hold
+up every other request of the process (health checks, the live stream) until
+they were done. `on_unreadable` is then called from that thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar, cast, get_args
 
+import anyio.to_thread
 import orjson
 from redis.asyncio import Redis
 
@@ -25,6 +31,8 @@ from healthsync.store.records import Records
 
 # A page of resolved or all alerts reads at most this many pages' worth of recent alerts.
 _SCAN_PAGES = 10
+# Entries a list decodes per hop to a worker thread: few hops, each short.
+DECODE_BATCH = 500
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -59,6 +67,22 @@ class LiveReader:
             self.on_unreadable(exc)
             return None
 
+    async def _decoded(
+        self, decode: Callable[..., T], entries: Sequence[tuple[Any, ...]]
+    ) -> list[T | None]:
+        """`decode(*entry)` for each entry, None where it cannot be opened (reported),
+        computed in a worker thread a batch at a time (see the module doc)."""
+        found: list[T | None] = []
+        for start in range(0, len(entries), DECODE_BATCH):
+            batch = entries[start : start + DECODE_BATCH]
+            found += await anyio.to_thread.run_sync(self._decode_batch, decode, batch)
+        return found
+
+    def _decode_batch(
+        self, decode: Callable[..., T], batch: Sequence[tuple[Any, ...]]
+    ) -> list[T | None]:
+        return [self._readable(decode, *entry) for entry in batch]
+
     async def patients(self, limit: int = 1000) -> list[dict[str, Any]]:
         """Monitored patients, most recently seen first, with latest vitals and open alerts."""
         rows = cast(
@@ -76,9 +100,12 @@ class LiveReader:
         rows_by_tag = {member.decode(): last_seen for member, last_seen in rows}
         tags = list(rows_by_tag)
         sealed_ids = cast("list[bytes | None]", await self.client.hmget(keys.patient_ids, tags))
+        sealed = [(tag, value) for tag, value in zip(tags, sealed_ids, strict=True) if value]
+        opened = await self._decoded(records.decode_patient_id, sealed)
+        by_tag = dict(zip([tag for tag, _ in sealed], opened, strict=True))
         ids: dict[str, str] = {}
-        for tag, sealed in zip(tags, sealed_ids, strict=True):
-            patient = self._readable(records.decode_patient_id, tag, sealed) if sealed else tag
+        for tag, value in zip(tags, sealed_ids, strict=True):
+            patient = by_tag[tag] if value else tag
             if patient is not None:
                 ids[tag] = patient
         pipe = self.client.pipeline(transaction=False)
@@ -86,9 +113,13 @@ class LiveReader:
             pipe.hgetall(keys.latest(patient))
         pipe.hmget(keys.news2, list(ids))
         *latests, scores = await pipe.execute()
+        entries = [
+            (patient, tag, latest, news2)
+            for (tag, patient), latest, news2 in zip(ids.items(), latests, scores, strict=True)
+        ]
+        decoded = await self._decoded(self._decode_row, entries)
         found = []
-        for (tag, patient), latest, news2 in zip(ids.items(), latests, scores, strict=True):
-            row = self._readable(self._decode_row, patient, tag, latest, news2)
+        for tag, row in zip(ids, decoded, strict=True):
             if row is not None:
                 row["last_seen"] = rows_by_tag[tag]
                 row["open_alerts"] = open_by_tag.get(tag, 0)
@@ -130,8 +161,8 @@ class LiveReader:
             await self.client.zrangebyscore(key, since, until, start=0, num=limit),
         )
         points = []
-        for member in members:
-            entry = self._readable(self.records.decode_history, patient_id, member)
+        entries = [(patient_id, member) for member in members]
+        for entry in await self._decoded(self.records.decode_history, entries):
             if entry is None:
                 continue
             vitals: dict[str, float] = entry["v"]
@@ -225,8 +256,8 @@ class LiveReader:
         ids = [i.decode() for i in open_ids]
         places = [keys.alert(i) for i in ids]
         docs = cast("list[bytes | None]", await self.client.mget(places)) if places else []
-        for alert_id, doc in zip(ids, docs, strict=True):
-            alert = self._readable(records.decode_alert, alert_id, doc) if doc else None
+        stored = [(alert_id, doc) for alert_id, doc in zip(ids, docs, strict=True) if doc]
+        for alert in await self._decoded(records.decode_alert, stored):
             if alert is None:
                 continue
             by_severity[alert["severity"]] = by_severity.get(alert["severity"], 0) + 1
@@ -234,8 +265,8 @@ class LiveReader:
             kind = alert["kind"].partition(":")[0] if alert.get("device_id") else alert["kind"]
             by_kind[kind] = by_kind.get(kind, 0) + 1
         bands = dict.fromkeys(get_args(Band), 0)
-        for tag, raw in cast("dict[bytes, bytes]", scores).items():
-            score = self._readable(records.decode_score, tag.decode(), raw)
+        sealed = [(tag.decode(), raw) for tag, raw in cast("dict[bytes, bytes]", scores).items()]
+        for score in await self._decoded(records.decode_score, sealed):
             if score is not None:
                 bands[score["band"]] = bands.get(score["band"], 0) + 1
         return {
@@ -274,14 +305,8 @@ class LiveReader:
         pipe.mget([self.keys.alert(i) for i in ids])
         pipe.hmget(self.keys.acknowledged, ids)
         docs, acks = await pipe.execute()
-        alerts = []
-        for alert_id, doc, ack in zip(ids, docs, acks, strict=True):
-            if doc is None:
-                continue
-            alert = self._readable(self._decode_alert, alert_id, doc, ack)
-            if alert is not None:
-                alerts.append(alert)
-        return alerts
+        stored = [e for e in zip(ids, docs, acks, strict=True) if e[1] is not None]
+        return [a for a in await self._decoded(self._decode_alert, stored) if a is not None]
 
     def _decode_alert(self, alert_id: str, doc: bytes, ack: bytes | None) -> dict[str, Any]:
         alert = self.records.decode_alert(alert_id, doc)

@@ -10,7 +10,9 @@ the footer's key metadata, so a file needs nothing beside it:
   so files stay readable after a rotation until that key is retired); the
   wrapping key is derived from it, so it never encrypts two kinds of data;
 - with ``crypto.kms_key_id`` set, KMS ``Encrypt``/``Decrypt`` wrap the data keys
-  under that KMS key, and reading needs ``kms:Decrypt`` on it.
+  under that KMS key, and reading needs ``kms:Decrypt`` on it. Files written
+  before KMS was set, under a keyring key, still open with the keyring, and
+  `healthsync keys rewrap` moves them to the KMS key.
 
 Single wrapping (no key-encryption keys in between), because Parquet's
 intermediate keys are 128-bit and the data keys are meant to stay 256-bit.
@@ -48,6 +50,10 @@ class KeyringKmsClient(pe.KmsClient):  # type: ignore[misc]
         }
         self._retired = set(keyring.retired)
 
+    def names(self, key_id: str) -> bool:
+        """Whether `key_id` is one of this keyring's key ids, present or retired."""
+        return key_id in self._aead or key_id in self._retired
+
     def wrap_key(self, key_bytes: bytes, master_key_identifier: str) -> str:
         nonce = secrets.token_bytes(_NONCE_BYTES)
         sealed = self._key(master_key_identifier).encrypt(
@@ -78,9 +84,11 @@ class KeyringKmsClient(pe.KmsClient):  # type: ignore[misc]
 class AwsKmsClient(pe.KmsClient):  # type: ignore[misc]
     """Wraps Parquet data keys with AWS KMS Encrypt/Decrypt under the named KMS key."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, keyring: KeyringKmsClient | None = None) -> None:
         super().__init__()
         self._client = client
+        # Unwraps the data keys of files written under keyring keys, before KMS was set.
+        self._keyring = keyring
 
     def wrap_key(self, key_bytes: bytes, master_key_identifier: str) -> str:
         answer = self._client.encrypt(
@@ -89,6 +97,8 @@ class AwsKmsClient(pe.KmsClient):  # type: ignore[misc]
         return base64.b64encode(answer["CiphertextBlob"]).decode()
 
     def unwrap_key(self, wrapped_key: str, master_key_identifier: str) -> bytes:
+        if self._keyring is not None and self._keyring.names(master_key_identifier):
+            return self._keyring.unwrap_key(wrapped_key, master_key_identifier)
         answer = self._client.decrypt(
             CiphertextBlob=base64.b64decode(wrapped_key),
             KeyId=master_key_identifier,
@@ -132,7 +142,7 @@ class ParquetCrypto:
         client = boto3.client(
             "kms", region_name=settings.aws_region, endpoint_url=settings.kms_endpoint_url
         )
-        return cls(AwsKmsClient(client), settings.kms_key_id)
+        return cls(AwsKmsClient(client, KeyringKmsClient(keyring)), settings.kms_key_id)
 
     def encryption_properties(self) -> Any:
         """For one file: each call draws a fresh data key."""

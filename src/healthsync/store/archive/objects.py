@@ -33,6 +33,10 @@ class ObjectStore(Protocol):
         """A random-access file over the object, for Parquet readers."""
         ...
 
+    def read_tail(self, key: str, length: int) -> bytes:
+        """The object's last `length` bytes (all of it if it is shorter)."""
+        ...
+
     def list(self, prefix: str) -> list[str]:
         """Every key that starts with `prefix`, sorted."""
         ...
@@ -83,6 +87,15 @@ class LocalStore:
             return pa.memory_map(str(self._path(key)))
         except OSError as exc:
             raise ObjectStoreError(f"cannot open {self.location(key)}: {exc}") from exc
+
+    def read_tail(self, key: str, length: int) -> bytes:
+        try:
+            with self._path(key).open("rb") as file:
+                size = file.seek(0, os.SEEK_END)
+                file.seek(max(0, size - length))
+                return file.read()
+        except OSError as exc:
+            raise ObjectStoreError(f"cannot read {self.location(key)}: {exc}") from exc
 
     def list(self, prefix: str) -> list[str]:
         # A prefix ending in "/" is a directory; otherwise it also matches file names.
@@ -135,6 +148,12 @@ class S3Store:
     def open(self, key: str) -> pa.NativeFile:
         # Archive objects are one roll of one partition, small enough to fetch whole.
         return pa.BufferReader(self.get(key))
+
+    def read_tail(self, key: str, length: int) -> bytes:
+        # A suffix range: S3 sends the whole object when it is shorter.
+        answer = self._call("GetObject", Key=self.prefix + key, Range=f"bytes=-{length}")
+        body: bytes = answer["Body"].read()
+        return body
 
     def list(self, prefix: str) -> list[str]:
         keys: list[str] = []
