@@ -54,12 +54,14 @@ def test_the_ward_is_live_alerts_show_why_and_can_be_acknowledged(
     )
 
     # Several patients, and a sick one: the highest NEWS2 comes first, in colour and words.
+    # P-D1's sudden fall to 82 stands for 15 s (a probe dips for up to 3 samples).
     nc(
         pipeline,
         f"device_id=mon-d2 patient_id=P-D2 ts={now} hr=72 spo2=98 rr=14 temp=36.8 bp=122/78",
         f"device_id=mon-d3 patient_id=P-D3 ts={now} hr=132 spo2=90 rr=26 temp=39.2 bp=92/60",
         f"device_id=mon-d1 patient_id=P-D1 ts={now + 5} spo2=82",
         f"device_id=mon-d1 patient_id=P-D1 ts={now + 15} spo2=82",
+        f"device_id=mon-d1 patient_id=P-D1 ts={now + 20} spo2=82",
     )
     expect(page.locator("article[data-patient-id]")).to_have_count(3)
     expect(page.locator("article[data-patient-id]").first).to_have_attribute(

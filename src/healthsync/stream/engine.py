@@ -150,11 +150,14 @@ class AnomalyEngine:
         clock = state.devices.get(reading.device_id)
         interval = self.life.interval = clock.interval if clock is not None else None
         poor = _poor_signal(reading)
+        corroborated = self._corroborated(state, reading)
         for vital, value in reading.vitals.items():
             new = Sample(reading.ts, value, reading.reading_id)
             accepted: list[Sample]
             if poor and vital in _OXIMETRY:
                 accepted, set_aside = [], [new]
+            elif vital in corroborated:
+                accepted, set_aside = screening.corroborated(state, vital, new), []
             else:
                 accepted, set_aside = screening.screen(state, self.cfg, vital, new, interval)
             if artefacts is not None:
@@ -163,6 +166,19 @@ class AnomalyEngine:
                 state.keep(vital, sample.ts, sample.value)
                 events.extend(self._rules(state, patient, vital, sample))
         return events
+
+    def _corroborated(self, state: PatientState, reading: Reading) -> set[str]:
+        """The vitals whose change in this reading the others confirm: SpO2, when it falls
+        while the heart or respiratory rate rises with it (hypoxaemia drives both; a
+        slipping probe neither)."""
+        spo2, before = reading.vitals.get("spo2"), state.last.get("spo2")
+        if spo2 is None or before is None or spo2 >= before.value or reading.ts <= before.ts:
+            return set()
+        for vital, rise in self.cfg.corroborating_rise.items():
+            value, last = reading.vitals.get(vital), state.last.get(vital)
+            if value is not None and last is not None and value - last.value >= rise:
+                return {"spo2"}
+        return set()
 
     def _rules(
         self, state: PatientState, patient: str, vital: str, sample: Sample
@@ -239,8 +255,10 @@ class AnomalyEngine:
             kind = f"trend:{trend.name}"
             if change < trend.delta and self._idle(state, patient, kind):
                 continue
-            # A rise from below the band (or a fall from above it) is a recovery.
-            from_normal = band is None or band.severity(reference) is None
+            # A rise from below the band, or from within its margin of the low limit (or a
+            # fall from above or near the high one), is a recovery, not a deterioration.
+            margin = self.cfg.margins.get(vital, 0.0)
+            from_normal = band is None or band.inside(reference, margin)
             holds = (
                 change >= trend.delta
                 and from_normal
@@ -289,7 +307,9 @@ class AnomalyEngine:
         state = self.states.setdefault(patient, PatientState())
         score = screened(score, state)
         bands = self.rules.bands_for(patient)
-        finding = news2_finding(score, state, bands, self.cfg.news2_persist_s)
+        finding = news2_finding(
+            score, state, bands, self.cfg.news2_persist_s, self.cfg.news2_aggregate_persist_s
+        )
         if finding.severity is None and self._idle(state, patient, "news2"):
             return []
         source = next(iter(score.sources.values()), "")

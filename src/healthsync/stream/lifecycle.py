@@ -87,10 +87,12 @@ class Lifecycle:
         self, state: PatientState, subject: Subject, sample: Sample, finding: Finding
     ) -> list[AlertEvent]:
         kind = subject.kind
+        tracker = state.trackers.get(kind)
         if finding.severity is None:
+            if tracker is not None and tracker.since is not None and sample.ts < tracker.since:
+                return []  # late, and measured before the condition began: it ends nothing
             state.trackers.pop(kind, None)
             return []
-        tracker = state.trackers.get(kind)
         if tracker is None or tracker.since is None or sample.ts - tracker.last_ts > self._gap():
             tracker = state.trackers[kind] = Tracker(since=sample.ts)
         tracker.count += 1

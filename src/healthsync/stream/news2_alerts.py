@@ -8,7 +8,10 @@
 - new confusion (ACVPU other than A) is a nurse's observation, not a noisy
   sensor: it needs no persistence. A warning otherwise needs ``news2_persist_s``:
   the chart is for observations, and a monitor's values at a chart boundary
-  come and go.
+  come and go. A medium score made only of amber parts (several parameters each
+  a little off, none red) needs ``news2_aggregate_persist_s``: a patient who
+  sits there for minutes is what the score is about, one who drifts through it
+  for half a minute is not.
 
 The score is re-computed from the samples the engine kept, so a sample held
 or set aside as an artefact does not count, and from their median over the
@@ -34,8 +37,14 @@ def screened(score: News2, state: PatientState) -> News2:
 
 
 def news2_finding(
-    score: News2, state: PatientState, bands: Mapping[str, Threshold], persist_s: float
+    score: News2,
+    state: PatientState,
+    bands: Mapping[str, Threshold],
+    persist_s: float,
+    aggregate_persist_s: float | None = None,
 ) -> Finding:
+    """What the score says; a medium score made only of amber parts (no single red
+    score) needs `aggregate_persist_s`, any other warning `persist_s`."""
     severity: Severity | None = (
         "critical" if score.band == "high" else None if score.band == "low" else "warning"
     )
@@ -45,6 +54,9 @@ def news2_finding(
     rule = f"NEWS2 {score.total} ({score.band}{red}): " + ", ".join(
         f"{k} {v}" for k, v in sorted(score.parts.items()) if v
     )
+    amber_only = score.band == "medium" and not any(v >= RED for v in score.parts.values())
+    if amber_only and aggregate_persist_s is not None:
+        persist_s = aggregate_persist_s
     return Finding(
         severity,
         score.band == "low",

@@ -48,6 +48,14 @@ def jump_window(cfg: AnomalySettings, interval: float | None) -> float:
     return max(cfg.artefact_window_s, INTERVALS_APART * interval)
 
 
+def hold_for(cfg: AnomalySettings, vital: str, run: list[Sample], before: Sample) -> float:
+    """How long a held run must stand: longer for a sudden fall in SpO2, since a slipping
+    probe gives dips of up to three samples (a fall the other vitals corroborate is not held)."""
+    if vital == "spo2" and run[0].value < before.value:
+        return cfg.desaturation_hold_s
+    return cfg.artefact_hold_s
+
+
 def screen(
     state: PatientState,
     cfg: AnomalySettings,
@@ -71,7 +79,7 @@ def screen(
         if abs(sample.value - last.value) > abs(sample.value - level):
             held.append(sample)  # nearer the new level than the old one: still away
             # No jitter slack here: a three-sample dip 9.8 s long is still a dip.
-            stood = sample.ts - held[0].ts >= cfg.artefact_hold_s
+            stood = sample.ts - held[0].ts >= hold_for(cfg, vital, held, last)
             return (release(state, vital) if stood else []), []
         set_aside = state.held.pop(vital)  # back where it was: they were artefacts
     if sample.ts < last.ts:
@@ -81,9 +89,18 @@ def screen(
         return [sample], set_aside
     if sample.ts - last.ts <= jump_window(cfg, interval) and abs(sample.value - last.value) > jump:
         state.held[vital] = [sample]
-        return (release(state, vital) if cfg.artefact_hold_s <= 0 else []), set_aside
+        hold = hold_for(cfg, vital, [sample], last)
+        return (release(state, vital) if hold <= 0 else []), set_aside
     state.last[vital] = sample
     return [sample], set_aside
+
+
+def corroborated(state: PatientState, vital: str, sample: Sample) -> list[Sample]:
+    """A change the reading's other vitals confirm (they moved with it, as in a real
+    desaturation) is no artefact: it stands at once, and so does a run held before it."""
+    run = state.held.pop(vital, [])
+    state.last[vital] = sample
+    return [*run, sample]
 
 
 def _before_the_jump(

@@ -20,8 +20,9 @@ _BUCKETS = 20
 # ... each wide enough for this many of the device's samples: a bucket holding one
 # noisy sample makes the highest (or lowest) bucket mean an outlier, and a trend.
 _PER_BUCKET = 3
-# The current level is the median of this many latest samples, so one odd sample moves nothing.
-_RECENT = 3
+# The current level is the median of this many latest samples, so one or two odd samples
+# move nothing (with 3, two noisy samples of five made a 4-point SpO2 "fall" on stable patients).
+_RECENT = 5
 
 
 @dataclass(slots=True)
@@ -68,7 +69,10 @@ class TrendWindow:
         if len(self.recent) < _RECENT or not self.buckets:
             return 0.0, 0.0
         current = statistics.median(self.recent)
-        means = [total / count for _, total, count in self.buckets]
+        # A bucket of one sample (after a gap, or the one just begun) is one noisy sample,
+        # not a level: it is no reference while fuller buckets are there.
+        full = [b for b in self.buckets if b[2] >= 2] or self.buckets
+        means = [total / count for _, total, count in full]
         if direction == "fall":
             reference = max(means)
             return round(reference - current, 3), round(reference, 3)

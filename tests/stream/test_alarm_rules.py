@@ -1,0 +1,88 @@
+"""The anomaly engine's rules against the false alarms and late alarms of a ward: probe
+dips, corroborated desaturations, noisy trends, recoveries, amber NEWS2 sums, late samples."""
+
+from __future__ import annotations
+
+import math
+import random
+
+from healthsync.domain.alerts import AlertEvent
+from healthsync.domain.rules import AnomalySettings
+from tests.stream.test_engine import NORMAL, T0, Run, kinds, reading, series
+
+
+def opened(events: list[AlertEvent]) -> list[tuple[str, float]]:
+    return [(e.alert.kind, e.alert.opened_at - T0) for e in events if e.type == "opened"]
+
+
+def test_a_three_sample_probe_dip_is_an_artefact_not_a_critical_alarm() -> None:
+    run = Run()
+    # A slipping probe: SpO2 reads 75-80 for three samples (10 s) while the heart rate
+    # the same oximeter counts does not move.
+    events: list[AlertEvent] = []
+    for t, spo2 in [(0, 97), (5, 97), (10, 75), (15, 80), (20, 78), (25, 97), (30, 96)]:
+        events += run.send(reading(t, spo2=spo2, heart_rate=80))
+    assert events == []
+    assert [a.value for a in run.artefacts] == [75, 80, 78]
+
+
+def test_a_desaturation_the_heart_rate_corroborates_is_not_held_as_a_probe_artefact() -> None:
+    corroborated, alone = Run(), Run()
+    before = [(0, 97, 80), (5, 97, 81)]
+    fall = [(10, 80, 96), (15, 79, 98), (20, 79, 99), (25, 78, 99)]
+    events: dict[str, list[AlertEvent]] = {"corroborated": [], "alone": []}
+    for t, spo2, hr in before + fall:
+        events["corroborated"] += corroborated.send(reading(t, spo2=spo2, heart_rate=hr))
+        events["alone"] += alone.send(reading(t, spo2=spo2, heart_rate=80))
+    # Below 90 from 10 s: a monitor with a 15 s delay alarms at 25 s.
+    assert opened(events["corroborated"]) == [("threshold:spo2", 20)], "confirmed over 10 s"
+    assert opened(events["alone"]) == [("threshold:spo2", 25)], "held 15 s: a probe dips 3"
+    assert corroborated.artefacts == alone.artefacts == []
+
+
+def test_stable_noise_at_5_s_samples_is_no_spo2_trend() -> None:
+    # Ten stable patients for 3 h at 5 s samples: SpO2 wanders slowly (sd 0.7, 10 min
+    # time constant) around 96, each sample with measurement noise (sd 0.8).
+    rng = random.Random(11)
+    keep = math.exp(-5 / 600)
+    found = []
+    for patient in range(10):
+        run = Run(AnomalySettings(baselines=(), news2_alerts=False))
+        wander, values = 0.0, []
+        for _ in range(3 * 720):
+            wander = wander * keep + rng.gauss(0, 0.7 * math.sqrt(1 - keep**2))
+            values.append(round(96 + wander + rng.gauss(0, 0.8)))
+        found += [(patient, kind) for kind, _ in opened(series(run, 0, 5, values))]
+    assert found == []
+
+
+def test_returning_from_near_the_low_limit_is_not_a_rising_trend() -> None:
+    # 48/min is inside the band (45-120) but within its margin of the low limit: the
+    # climb back to the patient's usual ~85 is a recovery, not a tachycardia coming on.
+    run = Run(AnomalySettings(baselines=()))
+    values = [85] * 8 + [48] * 12 + [60, 70, 78, 82, 85, 86, 85, 87, 86, 85, 86, 85]
+    events = [e for i, v in enumerate(values) for e in run.send(reading(i * 15, heart_rate=v))]
+    assert opened(events) == []
+
+
+def test_an_amber_only_medium_news2_needs_5_minutes_a_red_score_30_s() -> None:
+    run = Run()
+    # RR 22 (2) + SpO2 93 (2) + HR 95 (1) = 5, medium, and no single parameter scores 3.
+    amber = dict(NORMAL, resp_rate=22, spo2=93, heart_rate=95)
+    events = [e for t in range(0, 295, 5) for e in run.send(reading(t, **amber))]
+    assert [k for k in kinds(events) if k[1] == "news2"] == [], "under 5 min: a drift"
+    events = run.send(reading(300, **amber))
+    assert [k for k in kinds(events) if k[1] == "news2"] == [("opened", "news2", "warning")]
+    red = Run()
+    events = [e for t in range(0, 35, 5) for e in red.send(reading(t, **dict(NORMAL, spo2=91)))]
+    assert opened(events) == [("news2", 30)], "a single red score still needs only 30 s"
+
+
+def test_a_late_sample_from_before_a_condition_does_not_restart_its_persistence() -> None:
+    run = Run()
+    series(run, -30, 5, [96, 96, 96, 96])
+    events = series(run, 0, 5, [88, 88])
+    # Measured before the low run began, delivered late by the network.
+    events += run.send(reading(-3, spo2=96))
+    events += run.send(reading(10, spo2=88))
+    assert opened(events) == [("threshold:spo2", 10)]
