@@ -92,9 +92,10 @@ def test_a_reading_arrives_on_the_stream_audited_and_resumable(
         assert next_vitals(events, "P-S2").data["data"]["heart_rate"]["value"] == 70
 
         # An alert opens on the stream, and its acknowledgement reaches every open stream.
-        # Two critical samples spanning the engine's 10 s confirmation open it.
+        # Critical samples spanning the engine's hold of an uncorroborated SpO2 fall
+        # (15 s, a probe dip until then) open it when the last one arrives.
         now = int(time.time())
-        for at in (now + 5, now + 15):
+        for at in (now + 5, now + 12, now + 20):
             line = f"device_id=mon-s1 patient_id=P-S1 ts={at} spo2=82"
             assert device.send(line.encode()).startswith("OK")
         opened = next_alert(events, "threshold:spo2")
