@@ -21,6 +21,7 @@ from healthsync.store.period import MemoryArchive
 from healthsync.store.runs import RunStore
 from tests.api.test_history import PATIENT, T0, get, reading
 from tests.conftest import Credentials, make_settings
+from tests.test_cli import run_cli
 
 # Hours 10, 11 and 12 of 2026-11-28 (older than Redis keeps: the archive has them).
 VALUES = [(T0 + 60, 80), (T0 + 1200, 70), (T0 + 3000, 90), (T0 + 3600, 60), (T0 + 4000, 64),
@@ -86,3 +87,44 @@ def test_hours_a_trends_run_covered_come_from_it_and_read_the_same(
     for path in (tmp_path / "archive/identified").rglob("*.parquet"):
         path.unlink()
     assert trends(settings, token, T0)["buckets"] == BY_HAND[:2]
+
+
+def test_a_trends_run_sealed_under_a_retired_key_is_still_read_after_rewrap(
+    broker: Service,
+    redis_server: Service,
+    credentials: Credentials,
+    private_keyring: Path,
+    tmp_path: Path,
+) -> None:
+    """Rotate, rewrap, retire: the run's files move to the new key, so the route still
+    answers from them rather than from the archive (which here holds nothing)."""
+    url = f"file://{tmp_path}/archive"
+    settings = make_settings(
+        broker,
+        redis_server,
+        archive={"url": url},
+        jobs={"output_url": url},
+        crypto={"keyring_file": str(private_keyring)},
+    )
+    batch = [reading(i, ts, hr) for i, (ts, hr) in enumerate(VALUES)]
+    assert settings.redis.url
+    runs = RunStore(Redis.from_url(settings.redis.url), settings.redis.keys)
+    store = LocalStore(tmp_path / "archive")
+    executor = Executor(runs, store, MemoryArchive(batch), 60, Codec.from_settings(settings))
+    executor.run(Trends(), JobParams("trends-1", T0, T0 + 2 * 3600))
+    assert run_cli(settings, "keys", "rotate").returncode == 0
+
+    refused = run_cli(settings, "keys", "retire", "k1")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "still seals 1 job output files" in refused.stderr, refused.stderr
+    assert "healthsync keys rewrap" in refused.stderr
+    rewrapped = run_cli(settings, "keys", "rewrap")
+    assert rewrapped.returncode == 0, rewrapped.stdout + rewrapped.stderr
+    assert "rewrote 1 of 1 sealed job output files" in rewrapped.stdout, rewrapped.stdout
+    retired = run_cli(settings, "keys", "retire", "k1")
+    assert retired.returncode == 0, retired.stdout + retired.stderr
+
+    answer = trends(settings, credentials.api_keys["clinician"], T0)
+    assert answer["precomputed"] == {"run_id": "trends-1", "since": T0, "until": T0 + 2 * 3600}
+    assert answer["buckets"] == BY_HAND[:2]
+    runs.client.close()

@@ -40,10 +40,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 raise KeyringError("retire needs the KEY_ID to retire")
             else:
                 from healthsync.keyring_archive import refuse_if_archived
+                from healthsync.keyring_jobs import refuse_if_job_files
                 from healthsync.keyring_redis import refuse_if_in_use
 
                 refuse_if_in_use(settings_from(args), crypto, args.key_id)
                 refuse_if_archived(settings_from(args), crypto, args.key_id)
+                refuse_if_job_files(settings_from(args), args.key_id)
                 ring.retire(args.key_id)
                 done = f"retired {args.key_id}: data sealed with it can no longer be read"
             ring.save(path)
@@ -57,8 +59,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _rewrap(settings: Settings, crypto: CryptoSettings) -> int:
-    """Redis (when encryption at rest is on), then the archive; 1 if anything was left."""
+    """Redis (when encryption at rest is on), the archive, then the jobs' output files;
+    1 if anything was left."""
     from healthsync.keyring_archive import rewrap_archive
+    from healthsync.keyring_jobs import rewrap_job_files
     from healthsync.keyring_redis import rewrap_redis
 
     if crypto.enabled:
@@ -66,25 +70,28 @@ def _rewrap(settings: Settings, crypto: CryptoSettings) -> int:
     else:
         redis = 0
         print("encryption at rest is off (crypto.enabled): nothing in Redis to reseal")
-    return max(redis, rewrap_archive(settings, crypto))
+    archive = rewrap_archive(settings, crypto)
+    return max(redis, archive, rewrap_job_files(settings, crypto))
 
 
 def register(sub: Subparsers) -> None:
     keys = sub.add_parser(
         "keys",
         help="manage the keyring for encryption at rest",
-        description="The AES-256 keys that seal PHI in Redis and Kafka and wrap the data keys "
-        "of the encrypted archive (HEALTHSYNC_ARCHIVE_URL). `init` creates the keyring file "
-        "(mode 0600), `rotate` adds a new active key (older keys keep decrypting what they "
-        "sealed; nothing is re-encrypted), `rewrap` seals everything in Redis "
-        "(HEALTHSYNC_REDIS_URL) again under the active key and rewrites every archived "
-        "object whose data key an older key wraps, `retire KEY_ID` deletes a key, and "
-        "refuses while Redis still holds a value it sealed or an archived object still "
-        "depends on it. Kafka topics keep values sealed with a key until their retention "
-        "ends. With --kms-key-id the keys are AWS KMS data keys and the file holds only "
-        "their encrypted blobs; with HEALTHSYNC_CRYPTO_KMS_KEY_ID the archive's data keys "
-        "are wrapped by that KMS key instead, and `rewrap` moves objects written under a "
-        "keyring key to it.",
+        description="The AES-256 keys that seal PHI in Redis, Kafka and the jobs' output "
+        "files and wrap the data keys of the encrypted archive (HEALTHSYNC_ARCHIVE_URL). "
+        "`init` creates the keyring file (mode 0600), `rotate` adds a new active key (older "
+        "keys keep decrypting what they sealed; nothing is re-encrypted), `rewrap` seals "
+        "everything in Redis (HEALTHSYNC_REDIS_URL) again under the active key, rewrites every "
+        "archived object whose data key an older key wraps, and seals every job output file "
+        "(HEALTHSYNC_JOBS_OUTPUT_URL) an older key sealed again (a job that is running "
+        "meanwhile is left for the next rewrap), `retire KEY_ID` deletes a key, and refuses "
+        "while Redis still holds a value it sealed, an archived object still depends on it, "
+        "or a job output file is still sealed under it. Kafka topics keep values sealed with "
+        "a key until their retention ends. With --kms-key-id the keys are AWS KMS data keys "
+        "and the file holds only their encrypted blobs; with HEALTHSYNC_CRYPTO_KMS_KEY_ID the "
+        "archive's data keys are wrapped by that KMS key instead, and `rewrap` moves objects "
+        "written under a keyring key to it.",
     )
     keys.add_argument("action", choices=["init", "rotate", "rewrap", "retire"])
     keys.add_argument("key_id", nargs="?", metavar="KEY_ID", help="the key to retire")

@@ -34,12 +34,24 @@ def read_sealed(store: ObjectStore, key: str, codec: Codec) -> Any:
     return orjson.loads(codec.open(store.get(key), sealed_place(key)))
 
 
+def missing(exc: Exception) -> bool:
+    """Whether `exc` says the file is not there (a local store's or S3's way)."""
+    if isinstance(exc, FileNotFoundError):
+        return True
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+    return code in {"NoSuchKey", "404"}
+
+
 class ObjectStore(Protocol):
     url: str
 
     def put(self, key: str, data: bytes) -> None: ...
 
     def get(self, key: str) -> bytes: ...
+
+    def read_head(self, key: str, length: int) -> bytes:
+        """The file's first `length` bytes (all of it if it is shorter)."""
+        ...
 
     def list(self, prefix: str) -> list[str]: ...
 
@@ -73,6 +85,10 @@ class LocalStore:
 
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
+
+    def read_head(self, key: str, length: int) -> bytes:
+        with self._path(key).open("rb") as file:
+            return file.read(length)
 
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix)
@@ -110,6 +126,18 @@ class S3Store:
 
     def get(self, key: str) -> bytes:
         body: bytes = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        return body
+
+    def read_head(self, key: str, length: int) -> bytes:
+        try:
+            answer = self.client.get_object(
+                Bucket=self.bucket, Key=self._key(key), Range=f"bytes=0-{length - 1}"
+            )
+        except Exception as exc:
+            if getattr(exc, "response", {}).get("Error", {}).get("Code") == "InvalidRange":
+                return b""  # an empty object has no first byte to range over
+            raise
+        body: bytes = answer["Body"].read()
         return body
 
     def list(self, prefix: str) -> list[str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from healthsync.security.codec import Codec
-from healthsync.store.job_files import ObjectStore, read_sealed, run_prefix
+from healthsync.store.job_files import ObjectStore, missing, read_sealed, run_prefix
 from healthsync.store.runs import RunStore
 
 log = logging.getLogger(__name__)
@@ -63,16 +63,9 @@ class TrendRuns:
         try:
             doc: dict[str, Any] = read_sealed(self.files, key, self.codec)
         except Exception as exc:  # noqa: BLE001 - any failure: compute instead
-            if not _missing(exc):
+            if not missing(exc):
                 log.warning("precomputed trends unreadable", extra={"run_id": record.run_id})
                 return None
             doc = {}  # no readings in the run's period
         figures = doc.get("vitals", {}).get(vital, {})
         return Precomputed(record.run_id, since, until, list(figures.get(series, [])))
-
-
-def _missing(exc: Exception) -> bool:
-    if isinstance(exc, FileNotFoundError):
-        return True
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
-    return code in {"NoSuchKey", "404"}
