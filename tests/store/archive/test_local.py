@@ -69,6 +69,17 @@ def test_one_patients_readings_come_back_ordered_and_exact(archive: Archive) -> 
     assert reader.readings(PATIENT, T0 - 5 * HOUR, T0 - HOUR) == []
 
 
+def test_an_hour_of_several_batches_comes_back_in_time_order(archive: Archive) -> None:
+    writer = archive.writer()
+    early, late = batch(T0, 10), batch(T0 + 10 * 60, 10)
+    writer.write_readings(Span(0, 200, 219), early)
+    # Names sort as text, so this later batch's object is listed first.
+    writer.write_readings(Span(0, 1000, 1019), late)
+
+    points = archive.reader().readings(PATIENT, T0, T0 + HOUR)
+    assert [p["ts"] for p in points] == [r.ts for r in early + late if r.patient_id == PATIENT]
+
+
 def test_reading_ids_that_cannot_be_derived_are_kept(archive: Archive) -> None:
     odd = replace(reading(PATIENT, "mon-41", 7, T0, heart_rate=80), reading_id="from-elsewhere")
     archive.writer().write_readings(Span(0, 0, 0), [odd])

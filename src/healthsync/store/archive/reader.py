@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from threading import Lock
 from typing import Any
 
@@ -80,14 +80,13 @@ class ArchiveReader:
         Objects a compacted object covers are left out (:mod:`.coverage`).
         """
         hours = layout.hours_between(since, until)
-        days = dict.fromkeys(layout.day_prefix(dataset, hour) for hour in hours)
+        # Days are 24 whole hours since the epoch: a day's first hour, plus hour=HH, is the hour.
+        days = {layout.day_prefix(dataset, hour): hour - hour % 24 for hour in hours}
         keys: list[str] = []
-        for day in days:
+        for day, first_hour in days.items():
             for key in self.store.list(day):
                 match = _HOUR_DIR.search(key)
-                if match is None:
-                    continue
-                if _hour_of(day, int(match.group(1))) in hours:
+                if match is not None and first_hour + int(match.group(1)) in hours:
                     keys.append(key)
         return coverage.visible_keys(keys)
 
@@ -114,25 +113,36 @@ class ArchiveReader:
         columns: Sequence[str] | None,
     ) -> pa.Table:
         since, until = period
-        since_ms, until_ms = round(since * 1000), round(until * 1000)
+        span = round(since * 1000), round(until * 1000)
         wanted = list(dict.fromkeys(["patient_id", "ts", *(columns or schema.names)]))
-        read = functools.partial(
-            self._read, patient_id=patient_id, span=(since_ms, until_ms), columns=wanted
-        )
+        read = functools.partial(self._read, patient_id=patient_id, span=span, columns=wanted)
         keys = self.objects(dataset, since, until)
         try:
-            parts = [t for t in self._pool.map(read, keys) if t]
+            parts = [t for t in self._pool.map(read, self._may_hold(keys, patient_id, span)) if t]
         except ArchiveReadError:
             # A compaction may have merged and deleted an object since the listing:
             # list again, once. Anything else fails as before.
             again = self.objects(dataset, since, until)
             if set(keys) <= set(again):
                 raise
-            parts = [t for t in self._pool.map(read, again) if t]
+            parts = [t for t in self._pool.map(read, self._may_hold(again, patient_id, span)) if t]
         if not parts:
             return schema.empty_table().select(wanted)
         table = pa.concat_tables(parts)
+        if _ascending(table["ts"]):
+            return table  # hours come in order, and each object's rows by time: the usual case
         return table.take(pc.sort_indices(table, sort_keys=[("ts", "ascending")]))
+
+    def _may_hold(self, keys: list[str], patient_id: str, span: tuple[int, int]) -> list[str]:
+        """Of these keys, those whose remembered footer (if any) may hold the patient then:
+        most of a period's objects are other partitions', ruled out without a thread. (A
+        rewrite after a replay holds the same readings: a footer rules it out as well.)"""
+        footers = self._footers
+        return [
+            key
+            for key in keys
+            if (footer := footers.get(key)) is None or footer.groups(patient_id, *span)
+        ]
 
     def readings(
         self, patient_id: str, since: float, until: float, vital: str | None = None
@@ -145,8 +155,6 @@ class ArchiveReader:
     ) -> pa.Table | None:
         since_ms, until_ms = span
         footer = self._footers.get(key)
-        if footer is not None and not footer.groups(patient_id, since_ms, until_ms):
-            return None  # a rewrite after a replay holds the same readings: still none here
         try:
             found = self._load(key, footer, patient_id, span, columns)
         except ArchiveReadError:
@@ -184,6 +192,9 @@ class ArchiveReader:
                 self.store.open(key),
                 metadata=footer.metadata if footer else None,
                 decryption_properties=self.crypto.decryption_properties(),
+                # The file is in memory or mapped: pre-buffering would only add a
+                # round trip through Arrow's I/O threads for every column chunk.
+                pre_buffer=False,
             )
             if footer is None:
                 footer = self._remember(key, file.metadata)
@@ -222,7 +233,10 @@ def _millis(value: Any) -> int:
     return int(value)
 
 
-def _hour_of(day_prefix: str, hour_of_day: int) -> int:
-    day = day_prefix.rstrip("/").rsplit("date=", 1)[1]
-    start = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
-    return int(start.timestamp() // layout.HOUR_S) + hour_of_day
+def _ascending(times: pa.ChunkedArray) -> bool:
+    """Whether the times never step back (equal neighbours keep their order, as a stable
+    sort would)."""
+    flat = times.combine_chunks()
+    if len(flat) < 2:
+        return True
+    return bool(pc.all(pc.less_equal(flat[:-1], flat[1:])).as_py())
