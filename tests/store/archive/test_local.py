@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from healthsync.config import Settings
+from healthsync.domain.readings import reading_id_for
 from healthsync.security.crypto import Keyring
 from healthsync.store.archive.errors import ArchiveReadError
 from healthsync.store.archive.layout import Span
@@ -78,6 +79,32 @@ def test_an_hour_of_several_batches_comes_back_in_time_order(archive: Archive) -
 
     points = archive.reader().readings(PATIENT, T0, T0 + HOUR)
     assert [p["ts"] for p in points] == [r.ts for r in early + late if r.patient_id == PATIENT]
+
+
+SIX = {"heart_rate": 71.0, "spo2": 97.0, "temp": 36.8, "resp_rate": 15.0, "bp_sys": 118.0}
+
+
+def test_every_vital_and_id_comes_back_as_sent(archive: Archive) -> None:
+    six = SIX | {"bp_dia": 76.0}
+    full = reading(PATIENT, "mon-41", 1, T0, **six)
+    extra = reading(PATIENT, "mon-41", 2, T0 + 5, **six, etco2=35.0)
+    # No sequence number: the id derives from the time, rounded half to even (.5 ms down).
+    no_seq = replace(reading(PATIENT, "mon-41", 0, T0 + 10.0125, heart_rate=90.0), seq=None)
+    no_seq = replace(no_seq, reading_id=reading_id_for("mon-41", None, round(no_seq.ts * 1000)))
+    later = reading(PATIENT, "mon-41", 4, T0 + 15, **six)
+    writer = archive.writer()
+    writer.write_readings(Span(0, 0, 1), [full, extra])
+    writer.write_readings(Span(0, 2, 3), [later, no_seq])
+
+    points = archive.reader().readings(PATIENT, T0, T0 + HOUR)
+    sent = [full, extra, no_seq, later]
+    assert [p["reading_id"] for p in points] == [r.reading_id for r in sent]
+    assert [p["ts"] for p in points] == [T0, T0 + 5, T0 + 10.012, T0 + 15]
+    assert [p["vitals"] for p in points] == [r.vitals for r in sent]
+    table = archive.reader().readings_table(PATIENT, T0, T0 + HOUR)
+    # Ids ingest derives are not stored, and the receive delay is kept to the millisecond.
+    assert table["reading_id"].null_count == 4
+    assert table["received_delay_ms"].to_pylist() == [250] * 4
 
 
 def test_reading_ids_that_cannot_be_derived_are_kept(archive: Archive) -> None:
