@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from itertools import chain
 from pathlib import Path
 
 import pyarrow as pa
@@ -128,6 +129,24 @@ def test_a_query_reads_only_the_hours_it_covers(
     assert len(archive.reader().readings(PATIENT, T0, T0 + HOUR)) == 60
     with pytest.raises(ArchiveReadError, match=r"file://.*hour=15/p0-120-239\.parquet"):
         archive.reader().readings(PATIENT, T0, T0 + 6 * HOUR)
+
+
+def test_a_query_skips_row_groups_its_patient_only_sorts_between(
+    archive: Archive, archive_settings: Settings
+) -> None:
+    # Both patients share one row group: its statistics span PX-20077 to PX-73910.
+    keys = archive.writer().write_readings(Span(0, 0, 119), batch(T0, 60))
+    reader = archive.reader()
+    assert reader.readings("PX-50000", T0, T0 + HOUR) == []
+    table = reader.readings_table(PATIENT, T0, T0 + HOUR)
+    assert table.num_rows == 60
+    # The object's list of patients stays in its footer, out of the answer.
+    assert OTHER.encode() not in b"".join(chain(*(table.schema.metadata or {}).items()))
+
+    root = Path(archive_settings.archive.url.removeprefix("file://"))
+    (root / keys[0]).write_bytes(b"junk")
+    # The remembered footer lists who is in it: the object is not opened again.
+    assert reader.readings("PX-50000", T0, T0 + HOUR) == []
 
 
 def test_objects_unreadable_with_other_keys_or_damaged_name_the_object(

@@ -27,6 +27,7 @@ from datetime import datetime
 from threading import Lock
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -37,6 +38,7 @@ from healthsync.store.archive.columns import HISTORY_COLUMNS, SCHEMA, TS, to_poi
 from healthsync.store.archive.encryption import ParquetCrypto
 from healthsync.store.archive.errors import ArchiveReadError
 from healthsync.store.archive.objects import ObjectStore
+from healthsync.store.archive.writer import GROUP_PATIENTS
 
 _HOUR_DIR = re.compile(r"/hour=(\d\d)/")
 _FOOTERS_KEPT = 50_000
@@ -47,12 +49,18 @@ class _Footer:
     metadata: pq.FileMetaData
     # Per row group: (first patient, last patient, first ts ms, last ts ms).
     ranges: tuple[tuple[str, str, int, int], ...]
+    # Per row group, the patients it holds, where the writer listed them.
+    members: tuple[frozenset[str], ...] | None = None
 
     def groups(self, patient_id: str, since_ms: int, until_ms: int) -> list[int]:
+        members = self.members
         return [
             index
             for index, (low, high, first, last) in enumerate(self.ranges)
-            if low <= patient_id <= high and first <= until_ms and last >= since_ms
+            if low <= patient_id <= high
+            and first <= until_ms
+            and last >= since_ms
+            and (members is None or patient_id in members[index])
         ]
 
     def only(self, groups: list[int], patient_id: str, since_ms: int, until_ms: int) -> bool:
@@ -201,7 +209,9 @@ class ArchiveReader:
             groups = footer.groups(patient_id, *span)
             if not groups:
                 return None
-            return file.read_row_groups(groups, columns=columns, use_threads=False), footer, groups
+            table = file.read_row_groups(groups, columns=columns, use_threads=False)
+            # The footer's metadata names every patient of the object: it stays here.
+            return table.replace_schema_metadata(None), footer, groups
         except ArchiveReadError:
             raise
         except Exception as exc:
@@ -219,12 +229,21 @@ class ArchiveReader:
                 ranges.append(("", "\U0010ffff", -(2**63), 2**63 - 1))
                 continue
             ranges.append((patients.min, patients.max, _millis(times.min), _millis(times.max)))
-        footer = _Footer(metadata, tuple(ranges))
+        footer = _Footer(metadata, tuple(ranges), _members(metadata))
         with self._lock:
             self._footers[key] = footer
             if len(self._footers) > _FOOTERS_KEPT:
                 self._footers.popitem(last=False)
         return footer
+
+
+def _members(metadata: pq.FileMetaData) -> tuple[frozenset[str], ...] | None:
+    """The writer's list of each row group's patients, if it is there and fits."""
+    listed = (metadata.metadata or {}).get(GROUP_PATIENTS)
+    if listed is None:
+        return None  # written before the list was
+    members = tuple(frozenset(group) for group in orjson.loads(listed))
+    return members if len(members) == metadata.num_row_groups else None
 
 
 def _millis(value: Any) -> int:
