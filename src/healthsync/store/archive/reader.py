@@ -49,19 +49,39 @@ class _Footer:
     metadata: pq.FileMetaData
     # Per row group: (first patient, last patient, first ts ms, last ts ms).
     ranges: tuple[tuple[str, str, int, int], ...]
-    # Per row group, the patients it holds, where the writer listed them.
-    members: tuple[frozenset[str], ...] | None = None
+    # The groups each patient is in, where the footer tells exactly: its list of
+    # patients, or statistics of a group of one patient. Other groups are `loose`.
+    exact: dict[str, tuple[int, ...]]
+    loose: tuple[int, ...]
+
+    @classmethod
+    def of(
+        cls,
+        metadata: pq.FileMetaData,
+        ranges: list[tuple[str, str, int, int]],
+        members: tuple[frozenset[str], ...] | None,
+    ) -> _Footer:
+        exact: dict[str, list[int]] = {}
+        loose: list[int] = []
+        for index, (low, high, _first, _last) in enumerate(ranges):
+            patients = members[index] if members is not None else {low} if low == high else None
+            if patients is None:
+                loose.append(index)
+            for patient in patients or ():
+                exact.setdefault(patient, []).append(index)
+        return cls(metadata, tuple(ranges), {p: tuple(g) for p, g in exact.items()}, tuple(loose))
 
     def groups(self, patient_id: str, since_ms: int, until_ms: int) -> list[int]:
-        members = self.members
-        return [
-            index
-            for index, (low, high, first, last) in enumerate(self.ranges)
-            if low <= patient_id <= high
-            and first <= until_ms
-            and last >= since_ms
-            and (members is None or patient_id in members[index])
-        ]
+        """The row groups that may hold the patient in the period, in file order.
+
+        Called for every remembered object of a period on every query: a lookup,
+        not a scan of the groups."""
+        ranges = self.ranges
+        candidates = self.exact.get(patient_id, ())
+        if self.loose:
+            loose = [i for i in self.loose if ranges[i][0] <= patient_id <= ranges[i][1]]
+            candidates = tuple(sorted((*candidates, *loose)))
+        return [i for i in candidates if ranges[i][2] <= until_ms and ranges[i][3] >= since_ms]
 
     def only(self, groups: list[int], patient_id: str, since_ms: int, until_ms: int) -> bool:
         """True if those groups hold nothing but the patient's rows inside the period."""
@@ -229,7 +249,7 @@ class ArchiveReader:
                 ranges.append(("", "\U0010ffff", -(2**63), 2**63 - 1))
                 continue
             ranges.append((patients.min, patients.max, _millis(times.min), _millis(times.max)))
-        footer = _Footer(metadata, tuple(ranges), _members(metadata))
+        footer = _Footer.of(metadata, ranges, _members(metadata))
         with self._lock:
             self._footers[key] = footer
             if len(self._footers) > _FOOTERS_KEPT:
