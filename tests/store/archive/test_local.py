@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from itertools import chain
 from pathlib import Path
 
 import pyarrow as pa
@@ -10,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from healthsync.config import Settings
+from healthsync.domain.readings import reading_id_for
 from healthsync.security.crypto import Keyring
 from healthsync.store.archive.errors import ArchiveReadError
 from healthsync.store.archive.layout import Span
@@ -69,6 +71,43 @@ def test_one_patients_readings_come_back_ordered_and_exact(archive: Archive) -> 
     assert reader.readings(PATIENT, T0 - 5 * HOUR, T0 - HOUR) == []
 
 
+def test_an_hour_of_several_batches_comes_back_in_time_order(archive: Archive) -> None:
+    writer = archive.writer()
+    early, late = batch(T0, 10), batch(T0 + 10 * 60, 10)
+    writer.write_readings(Span(0, 200, 219), early)
+    # Names sort as text, so this later batch's object is listed first.
+    writer.write_readings(Span(0, 1000, 1019), late)
+
+    points = archive.reader().readings(PATIENT, T0, T0 + HOUR)
+    assert [p["ts"] for p in points] == [r.ts for r in early + late if r.patient_id == PATIENT]
+
+
+SIX = {"heart_rate": 71.0, "spo2": 97.0, "temp": 36.8, "resp_rate": 15.0, "bp_sys": 118.0}
+
+
+def test_every_vital_and_id_comes_back_as_sent(archive: Archive) -> None:
+    six = SIX | {"bp_dia": 76.0}
+    full = reading(PATIENT, "mon-41", 1, T0, **six)
+    extra = reading(PATIENT, "mon-41", 2, T0 + 5, **six, etco2=35.0)
+    # No sequence number: the id derives from the time, rounded half to even (.5 ms down).
+    no_seq = replace(reading(PATIENT, "mon-41", 0, T0 + 10.0125, heart_rate=90.0), seq=None)
+    no_seq = replace(no_seq, reading_id=reading_id_for("mon-41", None, round(no_seq.ts * 1000)))
+    later = reading(PATIENT, "mon-41", 4, T0 + 15, **six)
+    writer = archive.writer()
+    writer.write_readings(Span(0, 0, 1), [full, extra])
+    writer.write_readings(Span(0, 2, 3), [later, no_seq])
+
+    points = archive.reader().readings(PATIENT, T0, T0 + HOUR)
+    sent = [full, extra, no_seq, later]
+    assert [p["reading_id"] for p in points] == [r.reading_id for r in sent]
+    assert [p["ts"] for p in points] == [T0, T0 + 5, T0 + 10.012, T0 + 15]
+    assert [p["vitals"] for p in points] == [r.vitals for r in sent]
+    table = archive.reader().readings_table(PATIENT, T0, T0 + HOUR)
+    # Ids ingest derives are not stored, and the receive delay is kept to the millisecond.
+    assert table["reading_id"].null_count == 4
+    assert table["received_delay_ms"].to_pylist() == [250] * 4
+
+
 def test_reading_ids_that_cannot_be_derived_are_kept(archive: Archive) -> None:
     odd = replace(reading(PATIENT, "mon-41", 7, T0, heart_rate=80), reading_id="from-elsewhere")
     archive.writer().write_readings(Span(0, 0, 0), [odd])
@@ -90,6 +129,24 @@ def test_a_query_reads_only_the_hours_it_covers(
     assert len(archive.reader().readings(PATIENT, T0, T0 + HOUR)) == 60
     with pytest.raises(ArchiveReadError, match=r"file://.*hour=15/p0-120-239\.parquet"):
         archive.reader().readings(PATIENT, T0, T0 + 6 * HOUR)
+
+
+def test_a_query_skips_row_groups_its_patient_only_sorts_between(
+    archive: Archive, archive_settings: Settings
+) -> None:
+    # Both patients share one row group: its statistics span PX-20077 to PX-73910.
+    keys = archive.writer().write_readings(Span(0, 0, 119), batch(T0, 60))
+    reader = archive.reader()
+    assert reader.readings("PX-50000", T0, T0 + HOUR) == []
+    table = reader.readings_table(PATIENT, T0, T0 + HOUR)
+    assert table.num_rows == 60
+    # The object's list of patients stays in its footer, out of the answer.
+    assert OTHER.encode() not in b"".join(chain(*(table.schema.metadata or {}).items()))
+
+    root = Path(archive_settings.archive.url.removeprefix("file://"))
+    (root / keys[0]).write_bytes(b"junk")
+    # The remembered footer lists who is in it: the object is not opened again.
+    assert reader.readings("PX-50000", T0, T0 + HOUR) == []
 
 
 def test_objects_unreadable_with_other_keys_or_damaged_name_the_object(
@@ -139,7 +196,7 @@ def test_a_retired_key_leaves_its_files_unreadable_with_a_clear_error(
         Archive.from_settings(settings).reader().readings(PATIENT, T0, T0 + HOUR)
 
 
-def test_files_are_zstd_with_row_group_statistics(
+def test_files_are_lz4_with_row_group_statistics(
     archive: Archive, archive_settings: Settings
 ) -> None:
     small_groups = replace(archive, row_group_rows=16)
@@ -148,7 +205,7 @@ def test_files_are_zstd_with_row_group_statistics(
     research = pq.ParquetFile(root / keys[-1])
     assert research.metadata.num_row_groups == 8
     column = research.metadata.row_group(0).column(0)
-    assert column.compression == "ZSTD"
+    assert column.compression == "LZ4"  # pyarrow's name for Parquet's LZ4_RAW codec
     assert column.statistics.has_min_max
     # Sorted by patient, then time, and cut where a patient's run ends: 60 rows of
     # each patient in groups of at most 16 make 16+16+16+12 each, one patient a group.

@@ -23,10 +23,11 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from threading import Lock
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -37,6 +38,7 @@ from healthsync.store.archive.columns import HISTORY_COLUMNS, SCHEMA, TS, to_poi
 from healthsync.store.archive.encryption import ParquetCrypto
 from healthsync.store.archive.errors import ArchiveReadError
 from healthsync.store.archive.objects import ObjectStore
+from healthsync.store.archive.writer import GROUP_PATIENTS
 
 _HOUR_DIR = re.compile(r"/hour=(\d\d)/")
 _FOOTERS_KEPT = 50_000
@@ -47,13 +49,39 @@ class _Footer:
     metadata: pq.FileMetaData
     # Per row group: (first patient, last patient, first ts ms, last ts ms).
     ranges: tuple[tuple[str, str, int, int], ...]
+    # The groups each patient is in, where the footer tells exactly: its list of
+    # patients, or statistics of a group of one patient. Other groups are `loose`.
+    exact: dict[str, tuple[int, ...]]
+    loose: tuple[int, ...]
+
+    @classmethod
+    def of(
+        cls,
+        metadata: pq.FileMetaData,
+        ranges: list[tuple[str, str, int, int]],
+        members: tuple[frozenset[str], ...] | None,
+    ) -> _Footer:
+        exact: dict[str, list[int]] = {}
+        loose: list[int] = []
+        for index, (low, high, _first, _last) in enumerate(ranges):
+            patients = members[index] if members is not None else {low} if low == high else None
+            if patients is None:
+                loose.append(index)
+            for patient in patients or ():
+                exact.setdefault(patient, []).append(index)
+        return cls(metadata, tuple(ranges), {p: tuple(g) for p, g in exact.items()}, tuple(loose))
 
     def groups(self, patient_id: str, since_ms: int, until_ms: int) -> list[int]:
-        return [
-            index
-            for index, (low, high, first, last) in enumerate(self.ranges)
-            if low <= patient_id <= high and first <= until_ms and last >= since_ms
-        ]
+        """The row groups that may hold the patient in the period, in file order.
+
+        Called for every remembered object of a period on every query: a lookup,
+        not a scan of the groups."""
+        ranges = self.ranges
+        candidates = self.exact.get(patient_id, ())
+        if self.loose:
+            loose = [i for i in self.loose if ranges[i][0] <= patient_id <= ranges[i][1]]
+            candidates = tuple(sorted((*candidates, *loose)))
+        return [i for i in candidates if ranges[i][2] <= until_ms and ranges[i][3] >= since_ms]
 
     def only(self, groups: list[int], patient_id: str, since_ms: int, until_ms: int) -> bool:
         """True if those groups hold nothing but the patient's rows inside the period."""
@@ -80,14 +108,13 @@ class ArchiveReader:
         Objects a compacted object covers are left out (:mod:`.coverage`).
         """
         hours = layout.hours_between(since, until)
-        days = dict.fromkeys(layout.day_prefix(dataset, hour) for hour in hours)
+        # Days are 24 whole hours since the epoch: a day's first hour, plus hour=HH, is the hour.
+        days = {layout.day_prefix(dataset, hour): hour - hour % 24 for hour in hours}
         keys: list[str] = []
-        for day in days:
+        for day, first_hour in days.items():
             for key in self.store.list(day):
                 match = _HOUR_DIR.search(key)
-                if match is None:
-                    continue
-                if _hour_of(day, int(match.group(1))) in hours:
+                if match is not None and first_hour + int(match.group(1)) in hours:
                     keys.append(key)
         return coverage.visible_keys(keys)
 
@@ -114,25 +141,36 @@ class ArchiveReader:
         columns: Sequence[str] | None,
     ) -> pa.Table:
         since, until = period
-        since_ms, until_ms = round(since * 1000), round(until * 1000)
+        span = round(since * 1000), round(until * 1000)
         wanted = list(dict.fromkeys(["patient_id", "ts", *(columns or schema.names)]))
-        read = functools.partial(
-            self._read, patient_id=patient_id, span=(since_ms, until_ms), columns=wanted
-        )
+        read = functools.partial(self._read, patient_id=patient_id, span=span, columns=wanted)
         keys = self.objects(dataset, since, until)
         try:
-            parts = [t for t in self._pool.map(read, keys) if t]
+            parts = [t for t in self._pool.map(read, self._may_hold(keys, patient_id, span)) if t]
         except ArchiveReadError:
             # A compaction may have merged and deleted an object since the listing:
             # list again, once. Anything else fails as before.
             again = self.objects(dataset, since, until)
             if set(keys) <= set(again):
                 raise
-            parts = [t for t in self._pool.map(read, again) if t]
+            parts = [t for t in self._pool.map(read, self._may_hold(again, patient_id, span)) if t]
         if not parts:
             return schema.empty_table().select(wanted)
         table = pa.concat_tables(parts)
+        if _ascending(table["ts"]):
+            return table  # hours come in order, and each object's rows by time: the usual case
         return table.take(pc.sort_indices(table, sort_keys=[("ts", "ascending")]))
+
+    def _may_hold(self, keys: list[str], patient_id: str, span: tuple[int, int]) -> list[str]:
+        """Of these keys, those whose remembered footer (if any) may hold the patient then:
+        most of a period's objects are other partitions', ruled out without a thread. (A
+        rewrite after a replay holds the same readings: a footer rules it out as well.)"""
+        footers = self._footers
+        return [
+            key
+            for key in keys
+            if (footer := footers.get(key)) is None or footer.groups(patient_id, *span)
+        ]
 
     def readings(
         self, patient_id: str, since: float, until: float, vital: str | None = None
@@ -145,8 +183,6 @@ class ArchiveReader:
     ) -> pa.Table | None:
         since_ms, until_ms = span
         footer = self._footers.get(key)
-        if footer is not None and not footer.groups(patient_id, since_ms, until_ms):
-            return None  # a rewrite after a replay holds the same readings: still none here
         try:
             found = self._load(key, footer, patient_id, span, columns)
         except ArchiveReadError:
@@ -184,13 +220,18 @@ class ArchiveReader:
                 self.store.open(key),
                 metadata=footer.metadata if footer else None,
                 decryption_properties=self.crypto.decryption_properties(),
+                # The file is in memory or mapped: pre-buffering would only add a
+                # round trip through Arrow's I/O threads for every column chunk.
+                pre_buffer=False,
             )
             if footer is None:
                 footer = self._remember(key, file.metadata)
             groups = footer.groups(patient_id, *span)
             if not groups:
                 return None
-            return file.read_row_groups(groups, columns=columns, use_threads=False), footer, groups
+            table = file.read_row_groups(groups, columns=columns, use_threads=False)
+            # The footer's metadata names every patient of the object: it stays here.
+            return table.replace_schema_metadata(None), footer, groups
         except ArchiveReadError:
             raise
         except Exception as exc:
@@ -208,12 +249,21 @@ class ArchiveReader:
                 ranges.append(("", "\U0010ffff", -(2**63), 2**63 - 1))
                 continue
             ranges.append((patients.min, patients.max, _millis(times.min), _millis(times.max)))
-        footer = _Footer(metadata, tuple(ranges))
+        footer = _Footer.of(metadata, ranges, _members(metadata))
         with self._lock:
             self._footers[key] = footer
             if len(self._footers) > _FOOTERS_KEPT:
                 self._footers.popitem(last=False)
         return footer
+
+
+def _members(metadata: pq.FileMetaData) -> tuple[frozenset[str], ...] | None:
+    """The writer's list of each row group's patients, if it is there and fits."""
+    listed = (metadata.metadata or {}).get(GROUP_PATIENTS)
+    if listed is None:
+        return None  # written before the list was
+    members = tuple(frozenset(group) for group in orjson.loads(listed))
+    return members if len(members) == metadata.num_row_groups else None
 
 
 def _millis(value: Any) -> int:
@@ -222,7 +272,10 @@ def _millis(value: Any) -> int:
     return int(value)
 
 
-def _hour_of(day_prefix: str, hour_of_day: int) -> int:
-    day = day_prefix.rstrip("/").rsplit("date=", 1)[1]
-    start = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
-    return int(start.timestamp() // layout.HOUR_S) + hour_of_day
+def _ascending(times: pa.ChunkedArray) -> bool:
+    """Whether the times never step back (equal neighbours keep their order, as a stable
+    sort would)."""
+    flat = times.combine_chunks()
+    if len(flat) < 2:
+        return True
+    return bool(pc.all(pc.less_equal(flat[:-1], flat[1:])).as_py())
