@@ -23,7 +23,8 @@ from healthsync.aws.cloudwatch import (
 )
 from healthsync.aws.cloudwatch_logs import LogShipper, batches, event_for
 from healthsync.aws.exporter import CloudWatchExporter, build_exporter
-from healthsync.config import CloudWatchSettings, Settings
+from healthsync.config import Settings
+from healthsync.config_services import CloudWatchSettings
 from healthsync.metrics import StatsRecorder
 from healthsync.store.runs import RunRecord, RunStore
 from healthsync.supervisor import Pipeline

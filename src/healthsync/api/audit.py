@@ -27,7 +27,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from healthsync.config import AuthSettings
+from healthsync.config_services import AuthSettings
 from healthsync.domain.readings import isoformat_ms
 from healthsync.errors import ConfigError, HealthSyncError
 from healthsync.security.codec import Codec

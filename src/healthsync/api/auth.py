@@ -38,7 +38,7 @@ from healthsync.api.apikeys import KEY_PREFIX, ApiKeyError, ApiKeyStore
 from healthsync.api.audit import AuditLog, AuditRecord, AuditUnavailableError
 from healthsync.api.outbound import Outbound
 from healthsync.api.permissions import Grants, grants_for
-from healthsync.config import AuthSettings
+from healthsync.config_services import AuthSettings
 from healthsync.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from healthsync.api import fhir
-from healthsync.config import ApiSettings
+from healthsync.config_services import ApiSettings
 
 # Paths anyone may call: health, metrics, the API description and its assets.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})

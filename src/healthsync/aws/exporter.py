@@ -28,7 +28,7 @@ from typing import Any
 
 from healthsync.aws.cloudwatch import MetricQueue, PipelineMetrics, PutMetricDataSender, emf_lines
 from healthsync.aws.cloudwatch_logs import LogShipper
-from healthsync.config import CloudWatchSettings
+from healthsync.config_services import CloudWatchSettings
 from healthsync.errors import ConfigError
 
 log = logging.getLogger(__name__)
