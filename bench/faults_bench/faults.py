@@ -19,6 +19,10 @@ class Fault:
     pattern: str  # the victim's command line (for kill and stall)
     action: str  # "kill", "stall" or "partition"
 
+    @property
+    def needs_namespace(self) -> bool:
+        return self.action == "partition"
+
 
 def faults(stall_s: float, partition_s: float) -> list[Fault]:
     """In this order: the broker last, as its restart empties the topics."""
@@ -38,7 +42,7 @@ def faults(stall_s: float, partition_s: float) -> list[Fault]:
 @dataclass(frozen=True)
 class Injector:
     up: Up
-    namespace: Namespace
+    namespace: Namespace | None  # the processor's, for the partition
     redis_port: int
     stall_s: float
     partition_s: float
@@ -46,6 +50,8 @@ class Injector:
     async def inject(self, fault: Fault) -> None:
         """Returns once the fault is over (at once for a kill)."""
         if fault.action == "partition":
+            if self.namespace is None:
+                raise SystemExit("a partition needs the processor in a network namespace")
             with self.namespace.partition(self.redis_port):
                 await asyncio.sleep(self.partition_s)
             return

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from redis.exceptions import RedisError
 
-from faults_bench.faults import Injector, faults
+from faults_bench.faults import Fault, Injector, faults
 from faults_bench.fleet import Fleet, Load
 from faults_bench.measure import Watch, recovery
 from faults_bench.netns import Namespace
@@ -45,7 +45,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--partition", type=float, default=15.0, help="seconds of partition")
     p.add_argument("--cap", type=float, default=45.0, help="most seconds to wait for recovery")
     p.add_argument("--roll", type=float, default=5.0, help="the archiver's roll, seconds")
-    p.add_argument("--only", help="run the faults whose name contains this")
+    p.add_argument(
+        "--only", help="run the faults whose name contains one of these (comma-separated)"
+    )
     return p.parse_args()
 
 
@@ -62,7 +64,9 @@ async def snapshot_twice(watch: Watch) -> int:
             await asyncio.sleep(1.0)
 
 
-async def run(args: argparse.Namespace, up: Up, namespace: Namespace) -> list[Row]:
+async def run(
+    args: argparse.Namespace, up: Up, chosen: list[Fault], namespace: Namespace | None
+) -> list[Row]:
     settings = up.settings()
     codec = Codec.from_settings(settings)
     client = up.redis(settings)
@@ -77,15 +81,15 @@ async def run(args: argparse.Namespace, up: Up, namespace: Namespace) -> list[Ro
     )
     port = urlsplit(str(settings.redis.url)).port or 6379
     injector = Injector(up, namespace, port, args.stall, args.partition)
-    chosen = [f for f in faults(args.stall, args.partition) if not args.only or args.only in f.name]
-    rows = {"warm-up": Row("no fault (warm-up)")}
+    where = "" if namespace is None else ", processor in a namespace"
+    rows = {"warm-up": Row(f"no fault (warm-up{where})")}
     sending = asyncio.create_task(fleet.run())
     confirming = asyncio.create_task(watch.run())
     await asyncio.sleep(args.warm_up)
     previous, twice = "warm-up", 0
     for fault in [*chosen, None]:
         phase = fault.name if fault else "after"
-        rows[phase] = Row(phase if fault else "no fault (after the last)")
+        rows[phase] = Row(phase if fault else f"no fault (after the last{where})")
         fleet.phase = phase
         rows[previous].settled = await watch.settle(previous, stable_s=8.0, cap_s=_SETTLE_CAP_S)
         now = await snapshot_twice(watch)
@@ -139,24 +143,60 @@ def _interrupted(_signum: int, _frame: object) -> NoReturn:
     raise KeyboardInterrupt
 
 
+def chosen_faults(args: argparse.Namespace) -> list[Fault]:
+    wanted = [part.strip() for part in (args.only or "").split(",") if part.strip()]
+    return [
+        f
+        for f in faults(args.stall, args.partition)
+        if not wanted or any(w in f.name for w in wanted)
+    ]
+
+
+def on_one_pipeline(
+    args: argparse.Namespace, directory: Path, chosen: list[Fault], namespaced: bool
+) -> tuple[list[Row], list[str]]:
+    """Start a pipeline, run `chosen` on it, stop it; the rows and the restarts `up` saw."""
+    namespace = Namespace.for_this_process() if namespaced else None
+    up: Up | None = None
+    try:
+        if namespace is not None:
+            namespace.create()
+        up = Up(directory, args.roll, None if namespace is None else namespace.name)
+        up.wait_ready()
+        say(f"pipeline ready{' (processor in a namespace)' if namespace else ''}; devices start")
+        rows = asyncio.run(run(args, up, chosen, namespace))
+        return rows, up.restarts()
+    finally:
+        if up is not None:
+            up.stop()
+        if namespace is not None:
+            namespace.close()
+
+
 def main() -> int:
     args = parse_args()
     signal.signal(signal.SIGTERM, _interrupted)
-    namespace = Namespace.for_this_process()
+    chosen = chosen_faults(args)
+    # Only the partition needs the processor in a namespace, so it gets a pipeline of
+    # its own, last; every other fault hits `healthsync up` as shipped.
+    pipelines = [
+        (name, group, namespaced)
+        for name, group, namespaced in (
+            ("up", [f for f in chosen if not f.needs_namespace], False),
+            ("netns", [f for f in chosen if f.needs_namespace], True),
+        )
+        if group
+    ]
     started = time.monotonic()
+    rows: list[Row] = []
+    restarts: list[str] = []
     with tempfile.TemporaryDirectory(prefix="healthsync-faults-") as tmp:
-        up: Up | None = None
-        try:
-            namespace.create()
-            up = Up(Path(tmp), namespace.name, args.roll)
-            up.wait_ready()
-            say("pipeline ready; devices start")
-            rows = asyncio.run(run(args, up, namespace))
-            restarts = up.restarts()
-        finally:
-            if up is not None:
-                up.stop()
-            namespace.close()
+        for name, group, namespaced in pipelines:
+            directory = Path(tmp) / name
+            directory.mkdir()
+            got, seen = on_one_pipeline(args, directory, group, namespaced)
+            rows += got
+            restarts += [f"{name}: {line}" for line in seen]
     print(
         f"offered {args.rate:.0f} readings/s from {args.devices} devices "
         f"({args.alerting} raising alerts); run took {time.monotonic() - started:.0f} s"

@@ -1,10 +1,10 @@
-"""The pipeline under test: `up`'s code in a temporary directory, the processor namespaced.
+"""The pipeline under test: `healthsync up` in a temporary directory.
 
-:class:`Up` starts netns_up.py (the supervisor of `healthsync up`, with the
-processor in the given network namespace), finds its processes, and gives the
-bench the clients it reads the results with: Redis (from `up`'s state.json,
-with the client certificate `up` made), the broker's consumer-group offsets,
-and the archive.
+:class:`Up` starts `healthsync up` itself or, given a network namespace,
+netns_up.py (`up`'s supervisor with the processor in that namespace), finds
+its processes, and gives the bench the clients it reads the results with:
+Redis (from `up`'s state.json, with the client certificate `up` made), the
+broker's consumer-group offsets, and the archive.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ _LAUNCHER = Path(__file__).resolve().parent / "netns_up.py"
 
 
 class Up:
-    def __init__(self, directory: Path, namespace: str, roll_s: float) -> None:
+    def __init__(self, directory: Path, roll_s: float, namespace: str | None = None) -> None:
         self.directory = directory
         self.run_dir = directory / "run"
         self.ingest_port = free_port()
@@ -39,9 +39,13 @@ class Up:
             "HEALTHSYNC_API_PORT": str(free_port()),
             "HEALTHSYNC_ARCHIVE_ROLL_S": str(roll_s),
         }
+        if namespace is None:
+            argv = [sys.executable, "-m", "healthsync", "up", "--run-dir", str(self.run_dir)]
+        else:
+            argv = [sys.executable, str(_LAUNCHER), namespace, str(self.run_dir)]
         self.log = (directory / "up.out").open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, str(_LAUNCHER), namespace, str(self.run_dir)],
+            argv,
             cwd=directory,
             env=env,
             stdout=self.log,
