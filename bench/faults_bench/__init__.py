@@ -1,0 +1,1 @@
+"""bench/faults.py in parts: fleet, stack, netns, faults, measure, report, main."""
