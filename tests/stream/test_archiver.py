@@ -32,7 +32,7 @@ from healthsync.security.codec import Codec
 from healthsync.stack import Service
 from healthsync.store.archive.layout import Span
 from healthsync.store.archive.setup import Archive
-from healthsync.stream.archiver import Archiver, Roll
+from healthsync.stream.archiver import Archiver, Roll, Source
 from healthsync.wiring import build_archiver
 from tests.conftest import make_settings, wait_for
 
@@ -181,8 +181,9 @@ def test_a_batch_written_but_not_committed_is_rewritten_not_duplicated(
 ) -> None:
     produce(archive_settings, readings(0, 200))
     built = build_archiver(archive_settings)
+    source = Source(built.consumer, built.topic_id)
     crashed = CrashBeforeCommit(
-        archive_settings, built.consumer, built.writer, built.codec, built.reporting
+        archive_settings, source, built.writer, built.codec, built.reporting
     )
     start(crashed, running)
     root = tmp_path / "archive"

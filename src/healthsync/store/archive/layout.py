@@ -3,7 +3,7 @@
 Identified objects are partitioned Hive-style by the hour of measurement, so a
 query for a period lists only the hours it covers:
 
-    identified/<dataset>/date=YYYY-MM-DD/hour=HH/p<partition>-<first>-<last>.parquet
+    identified/<dataset>/date=YYYY-MM-DD/hour=HH/p<partition>-<first>-<last>-t<topic id>.parquet
 
 ``first`` and ``last`` are the Kafka offsets of the batch (one roll of one
 partition) the object came from; a batch whose readings span several hours
@@ -11,10 +11,17 @@ gives one object per hour, all with the batch's range. The de-identified set
 may not show real dates (Safe Harbor keeps the year only), so its objects are
 partitioned by year, one per batch:
 
-    deidentified/<dataset>/year=YYYY/p<partition>-<first>-<last>.parquet
+    deidentified/<dataset>/year=YYYY/p<partition>-<first>-<last>-t<topic id>.parquet
 
 Both are functions of the offsets and the data alone: a batch replayed after a
 crash gets the same keys and overwrites the same objects.
+
+Offsets alone do not name a batch for good: a topic deleted and created again
+(or held by a broker that keeps it in memory and restarted) starts again at
+offset 0, often in the same hour. The topic id, 32 hex digits, tells those
+incarnations apart, so the second never overwrites the first's objects.
+Objects written before names carried it, and those of a broker that reports
+no topic ids, have no ``-t`` part: an incarnation of their own, ``""``.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 READINGS = "readings"
 ALERTS = "alerts"
@@ -29,25 +37,30 @@ IDENTIFIED = "identified"
 DEIDENTIFIED = "deidentified"
 HOUR_S = 3600
 
-_NAME = re.compile(r"p(\d+)-(\d+)-(\d+)\.parquet$")
+# What an object name starts with: p<partition>-<first>-<last>, then -t<topic id> if known.
+STEM = r"p(\d+)-(\d+)-(\d+)(?:-t([0-9a-f]{32}))?"
+_NAME = re.compile(STEM + r"\.parquet$")
 
 
 @dataclass(frozen=True, slots=True)
 class Span:
-    """The Kafka offsets one batch covers: a partition, its first and last offset."""
+    """The Kafka offsets one batch covers: a partition, its first and last offset, and
+    the incarnation of the topic they belong to (its topic id in hex; "" if unknown)."""
 
     partition: int
     first: int
     last: int
+    incarnation: str = ""
+
+    @property
+    def stem(self) -> str:
+        """The object name without its suffix."""
+        marker = f"-t{self.incarnation}" if self.incarnation else ""
+        return f"p{self.partition}-{self.first}-{self.last}{marker}"
 
     @property
     def name(self) -> str:
-        return f"p{self.partition}-{self.first}-{self.last}.parquet"
-
-    @property
-    def name_prefix(self) -> str:
-        """What every object name of a batch starting at `first` begins with."""
-        return f"p{self.partition}-{self.first}-"
+        return f"{self.stem}.parquet"
 
     @classmethod
     def parse(cls, key: str) -> Span | None:
@@ -55,8 +68,13 @@ class Span:
         match = _NAME.search(key)
         if match is None:
             return None
-        partition, first, last = (int(g) for g in match.groups())
-        return cls(partition, first, last)
+        return cls.from_groups(match.groups())
+
+    @classmethod
+    def from_groups(cls, groups: tuple[str | Any, ...]) -> Span:
+        """The span of a match of :data:`STEM` (its first four groups)."""
+        partition, first, last, incarnation = groups[:4]
+        return cls(int(partition), int(first), int(last), incarnation or "")
 
 
 def hour_prefix(dataset: str, hour: int) -> str:
