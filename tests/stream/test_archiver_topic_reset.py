@@ -9,6 +9,7 @@ also after compaction merged the hour of the first.
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from collections import Counter
@@ -21,17 +22,25 @@ from confluent_kafka.admin import AdminClient
 
 from healthsync.config import Settings
 from healthsync.domain.readings import Reading
-from healthsync.kafka import client_config, ensure_topics, make_consumer
+from healthsync.kafka import TopicIds, client_config, ensure_topics, make_consumer
 from healthsync.security import codec as roles
 from healthsync.security.codec import Codec
 from healthsync.stack import Service
+from healthsync.store.archive import coverage
 from healthsync.store.archive.compact import Compactor
 from healthsync.store.archive.layout import READINGS
 from healthsync.store.archive.setup import Archive
 from healthsync.stream.archiver import Archiver
 from healthsync.wiring import build_archiver
 from tests.conftest import make_settings, wait_for
-from tests.stream.test_archiver import T0, archived_ids, produce, readings, research_rows
+from tests.stream.test_archiver import (
+    CONTRACT_NAME,
+    T0,
+    archived_ids,
+    produce,
+    readings,
+    research_rows,
+)
 
 HOUR = int(T0 // 3600)
 # A multiple of the nine patients: each incarnation puts as many readings on each
@@ -118,12 +127,29 @@ def expected_ids(count: int) -> list[str]:
     return sorted(r.reading_id for r in readings(0, count))
 
 
+def vitals_topic_id(settings: Settings) -> str:
+    return TopicIds(settings.kafka)(settings.kafka.vitals_topic)
+
+
+def object_keys(settings: Settings) -> set[str]:
+    """Every archived object of either set, relative to the archive's root."""
+    root = Path(settings.archive.url.removeprefix("file://"))
+    return {p.relative_to(root).as_posix() for p in root.rglob("*.parquet")}
+
+
+def incarnations(keys: set[str]) -> set[str]:
+    """The incarnations the objects' names carry ("" for the plain contract name)."""
+    return {piece.span.incarnation for key in keys if (piece := coverage.parse(key)) is not None}
+
+
 def test_readings_of_a_recreated_topic_do_not_overwrite_those_archived_before(
     reset_settings: Settings, run: Run
 ) -> None:
     produce(reset_settings, readings(0, 2 * ROUND))
     run.archive(2 * ROUND)
     assert sorted(archived_ids(reset_settings)) == expected_ids(2 * ROUND)
+    first = object_keys(reset_settings)
+    assert [k for k in first if not CONTRACT_NAME.fullmatch(k.rpartition("/")[2])] == []
 
     recreate_vitals_topic(reset_settings)
     assert run.committed() == 0  # the group's offsets went with the topic
@@ -135,6 +161,10 @@ def test_readings_of_a_recreated_topic_do_not_overwrite_those_archived_before(
     assert [i for i, n in Counter(ids).items() if n > 1] == []
     assert sorted(ids) == expected_ids(4 * ROUND)
     assert research_rows(reset_settings) == 4 * ROUND
+    # The first incarnation's objects keep their contract names; the second's carry its id.
+    keys = object_keys(reset_settings)
+    assert first < keys
+    assert incarnations(keys - first) == {vitals_topic_id(reset_settings)}
 
 
 def test_a_compacted_hour_of_one_incarnation_hides_nothing_of_the_next(
@@ -149,6 +179,9 @@ def test_a_compacted_hour_of_one_incarnation_hides_nothing_of_the_next(
     compactor = Compactor(archive.store, archive.crypto, archive.writer())
     merged = compactor.hour(READINGS, HOUR).merges
     assert [m.written for m in merged if m.written] != []
+    compacted = re.compile(r"p\d+-\d+-\d+\.compacted\.parquet")
+    written = [m.written.rpartition("/")[2] for m in merged if m.written]
+    assert [name for name in written if not compacted.fullmatch(name)] == []
     assert sorted(archived_ids(reset_settings)) == expected_ids(2 * ROUND)
 
     recreate_vitals_topic(reset_settings)
@@ -171,6 +204,9 @@ def test_a_compacted_hour_of_one_incarnation_hides_nothing_of_the_next(
     assert all(name.endswith(".compacted.parquet") for name in names)
     # Per partition, one merged object of each incarnation.
     assert set(Counter(name.partition("-")[0] for name in names).values()) == {2}
+    plain = [name for name in names if compacted.fullmatch(name)]
+    assert len(plain) == len(names) // 2
+    assert incarnations(set(names) - set(plain)) == {vitals_topic_id(reset_settings)}
     ids = archived_ids(reset_settings)
     assert [i for i, n in Counter(ids).items() if n > 1] == []
     assert sorted(ids) == expected_ids(3 * ROUND)
@@ -199,12 +235,15 @@ def test_offsets_going_back_under_a_running_archiver_begin_a_new_incarnation(
         for offset, reading in enumerate(readings(start, count)):
             archiver._add(sealed(reset_settings, offset, reading))
 
+    later: set[str] = set()
     try:
         hand_over(0, ROUND)
         archiver._drain()  # written and committed, as at the end of a roll
         recreate_vitals_topic(reset_settings)
+        later.add(vitals_topic_id(reset_settings))
         hand_over(ROUND, half)  # a roll still open when the topic is created again
         recreate_vitals_topic(reset_settings)
+        later.add(vitals_topic_id(reset_settings))
         hand_over(ROUND + half, ROUND)  # the first batch's offsets once more
         archiver._drain()
     finally:
@@ -215,3 +254,6 @@ def test_offsets_going_back_under_a_running_archiver_begin_a_new_incarnation(
     assert [i for i, n in Counter(ids).items() if n > 1] == []
     assert sorted(ids) == expected_ids(total)
     assert research_rows(reset_settings) == total
+    # Plain names for the first incarnation, the topic id in those of each later one.
+    assert len(later) == 2
+    assert incarnations(object_keys(reset_settings)) == {""} | later

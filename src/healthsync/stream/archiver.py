@@ -15,11 +15,13 @@ last offset, so it rewrites the very same objects.
 
 A topic created again (deleted and recreated, or held in memory by a broker
 that restarted) starts its offsets over at 0, often in the same hour: its
-batches get the same offsets as batches already archived. So a batch's keys
-also carry the topic's id (:mod:`healthsync.store.archive.layout`), asked of
-the broker when a partition's first roll opens, and again whenever its
-offsets go back: then the topic is a new one. A roll of the topic before is
-written then without committing its offsets, which mean nothing in the new one.
+batches get the same offsets as batches already archived. So the topic's id
+is asked of the broker when a partition's first roll opens, and again
+whenever its offsets go back: then the topic is a new one. Batches of the
+topic's first incarnation, as the archive records it
+(:mod:`healthsync.store.archive.topics`), keep the plain names; those of a
+later one carry its id. A roll of the topic before is written then without
+committing its offsets, which mean nothing in the new one.
 
 Values are opened through the codec; one that cannot be opened or is not a
 reading is counted and skipped (the processor sends it to the dead-letter topic).
@@ -45,6 +47,7 @@ from healthsync.security.codec import Codec
 from healthsync.security.crypto import DecryptError
 from healthsync.store.archive.layout import ALERTS, READINGS, Span
 from healthsync.store.archive.objects import ObjectStore
+from healthsync.store.archive.topics import FirstIncarnations
 from healthsync.store.archive.writer import ArchiveWriter, find_span
 from healthsync.stream.retry import retry_until_stopped
 
@@ -69,7 +72,8 @@ class Roll:
     # Where a crashed run cut the batch that starts at `first`: None when not looked up
     # yet, -1 when there was none.
     cut: int | None = None
-    # The topic's id when the roll opened (hex; "" from a broker that reports none).
+    # The topic's id when the roll opened, as names carry it: "" for the first
+    # incarnation the archive recorded (and from a broker that reports no ids).
     incarnation: str = ""
 
     @property
@@ -107,6 +111,7 @@ class Archiver:
         self.topic_id = source.topic_id
         self.writer = writer
         self.store: ObjectStore = writer.store
+        self.first_incarnations = FirstIncarnations(self.store)
         self.codec = codec
         self.reporting = reporting
         self.stats = reporting.stats
@@ -208,7 +213,10 @@ class Archiver:
         return roll
 
     def _incarnation(self, place: tuple[str, int], offset: int) -> str | None:
-        """The topic incarnation of a roll opening at `offset`; None if stopping before known.
+        """How a roll opening at `offset` names its incarnation; None if stopping before known.
+
+        "" for the topic's first incarnation, the topic id for a later one
+        (:meth:`FirstIncarnations.marker`).
 
         Offsets that go on from the partition's last roll are of the same topic,
         whatever the broker says by now; the id is asked for a partition's first
@@ -218,7 +226,10 @@ class Archiver:
         if known is not None and offset > known[1]:
             return known[0]
         topic, partition = place
-        result = self._retry("look up the topic id", lambda: (self.topic_id(topic),))
+        result = self._retry(
+            "look up the topic's incarnation",
+            lambda: (self.first_incarnations.marker(topic, self.topic_id(topic)),),
+        )
         if result is None:
             return None
         (incarnation,) = result

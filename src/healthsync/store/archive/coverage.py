@@ -4,7 +4,8 @@ Compaction (:mod:`.compact`) merges the objects of one directory (an hour of
 the identified set, a year of the research set) and one Kafka partition into
 one object named after the offsets it covers::
 
-    p<partition>-<first>-<last>-t<topic id>.compacted.parquet
+    p<partition>-<first>-<last>.compacted.parquet
+    p<partition>-<first>-<last>-t<topic id>.compacted.parquet   (a later incarnation's)
 
 It holds every row of that partition's objects in the directory whose
 offsets lie between `first` and `last` and that belong to the same

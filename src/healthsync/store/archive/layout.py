@@ -3,7 +3,7 @@
 Identified objects are partitioned Hive-style by the hour of measurement, so a
 query for a period lists only the hours it covers:
 
-    identified/<dataset>/date=YYYY-MM-DD/hour=HH/p<partition>-<first>-<last>-t<topic id>.parquet
+    identified/<dataset>/date=YYYY-MM-DD/hour=HH/p<partition>-<first>-<last>.parquet
 
 ``first`` and ``last`` are the Kafka offsets of the batch (one roll of one
 partition) the object came from; a batch whose readings span several hours
@@ -11,17 +11,21 @@ gives one object per hour, all with the batch's range. The de-identified set
 may not show real dates (Safe Harbor keeps the year only), so its objects are
 partitioned by year, one per batch:
 
-    deidentified/<dataset>/year=YYYY/p<partition>-<first>-<last>-t<topic id>.parquet
+    deidentified/<dataset>/year=YYYY/p<partition>-<first>-<last>.parquet
 
 Both are functions of the offsets and the data alone: a batch replayed after a
 crash gets the same keys and overwrites the same objects.
 
 Offsets alone do not name a batch for good: a topic deleted and created again
 (or held by a broker that keeps it in memory and restarted) starts again at
-offset 0, often in the same hour. The topic id, 32 hex digits, tells those
-incarnations apart, so the second never overwrites the first's objects.
-Objects written before names carried it, and those of a broker that reports
-no topic ids, have no ``-t`` part: an incarnation of their own, ``""``.
+offset 0, often in the same hour. The archive records the id of each topic's
+first incarnation (:mod:`.topics`); its batches, and those of a broker that
+reports no topic ids, keep the names above. A later incarnation's names carry
+its topic id (32 hex digits), so they never overwrite the first's objects:
+
+    p<partition>-<first>-<last>-t<topic id>.parquet
+
+In a :class:`Span` that is ``incarnation``: the id, or ``""`` for a plain name.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ IDENTIFIED = "identified"
 DEIDENTIFIED = "deidentified"
 HOUR_S = 3600
 
-# What an object name starts with: p<partition>-<first>-<last>, then -t<topic id> if known.
+# What an object name starts with: p<partition>-<first>-<last>, then -t<topic id> for a
+# later incarnation of the topic.
 STEM = r"p(\d+)-(\d+)-(\d+)(?:-t([0-9a-f]{32}))?"
 _NAME = re.compile(STEM + r"\.parquet$")
 
@@ -45,7 +50,8 @@ _NAME = re.compile(STEM + r"\.parquet$")
 @dataclass(frozen=True, slots=True)
 class Span:
     """The Kafka offsets one batch covers: a partition, its first and last offset, and
-    the incarnation of the topic they belong to (its topic id in hex; "" if unknown)."""
+    the incarnation of the topic they belong to (its topic id in hex for a later
+    incarnation; "" for the first one the archive recorded, or none known)."""
 
     partition: int
     first: int
