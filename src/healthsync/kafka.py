@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicCollection
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from healthsync.config import KafkaSettings
@@ -99,3 +99,46 @@ def check_broker(settings: KafkaSettings, timeout: float = 2.0) -> None:
         admin.list_topics(timeout=timeout)
     except KafkaException as exc:
         raise KafkaUnavailableError(f"Kafka at {settings.bootstrap} did not answer") from exc
+
+
+class TopicIds:
+    """Each topic's id: a UUID that changes when the topic is created again.
+
+    A topic deleted and created again, or held in memory by a broker that
+    restarted, starts its offsets over at 0; its id tells the two apart. Each
+    question gets a client of its own: librdkafka's metadata cache can crash a
+    client that held a topic's old id when it sees the new one (librdkafka
+    issue 4964), and the question comes up when a topic was created again.
+    """
+
+    def __init__(self, settings: KafkaSettings, timeout: float = 10.0) -> None:
+        self.settings = settings
+        self.timeout = timeout
+
+    def __call__(self, topic: str) -> str:
+        """The topic's id as 32 hex digits, asked of the broker now; "" if it has none.
+
+        Brokers older than Kafka 2.8 (metadata before version 10) report no ids.
+        """
+        admin = AdminClient(client_config(self.settings))
+        futures = admin.describe_topics(TopicCollection([topic]), request_timeout=self.timeout)
+        try:
+            description = futures[topic].result(self.timeout)
+        except KafkaException as exc:
+            raise KafkaUnavailableError(
+                f"could not describe topic {topic}: {exc.args[0].str()}"
+            ) from exc
+        except TimeoutError as exc:
+            raise KafkaUnavailableError(f"broker did not answer describing {topic}") from exc
+        return topic_id_hex(getattr(description, "topic_id", None))
+
+
+def topic_id_hex(topic_id: Any) -> str:
+    """A confluent-kafka `Uuid` as 32 hex digits; "" for none or the all-zero id."""
+    if topic_id is None:
+        return ""
+    mask = (1 << 64) - 1
+    high = topic_id.get_most_significant_bits() & mask
+    low = topic_id.get_least_significant_bits() & mask
+    value = (high << 64) | low
+    return f"{value:032x}" if value else ""

@@ -13,7 +13,7 @@ from healthsync.config import Settings
 from healthsync.errors import ConfigError
 from healthsync.fhir.ehr_push import EhrPushSink
 from healthsync.fhir.step import FhirResources
-from healthsync.kafka import make_consumer, make_producer
+from healthsync.kafka import TopicIds, make_consumer, make_producer
 from healthsync.metrics import StatsRecorder
 from healthsync.security.codec import Codec
 from healthsync.store.archive.setup import Archive
@@ -21,7 +21,7 @@ from healthsync.store.fhir_store import RedisFhirSink
 from healthsync.store.live import RedisLiveSink
 from healthsync.store.records import Records
 from healthsync.store.state import RedisStateStore
-from healthsync.stream.archiver import Archiver, Reporting
+from healthsync.stream.archiver import Archiver, Reporting, Source
 from healthsync.stream.contracts import Sink, Step
 from healthsync.stream.engine import AnomalyEngine
 from healthsync.stream.news2 import News2Scores
@@ -123,7 +123,8 @@ def build_archiver(settings: Settings) -> Archiver:
 
     writer = Archive.from_settings(settings).writer()
     codec = Codec.from_settings(settings)
-    return Archiver(settings, consumer, writer, codec, Reporting(stats, publish))
+    source = Source(consumer, TopicIds(settings.kafka))
+    return Archiver(settings, source, writer, codec, Reporting(stats, publish))
 
 
 def _no_stats() -> None:

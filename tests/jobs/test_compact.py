@@ -198,7 +198,7 @@ def test_an_archiver_replay_after_compaction_is_not_counted_twice(
     # The archiver crashed before committing its last batch of partition 0 and, restarted
     # there, finds where the crashed run cut it although compaction merged the object.
     span, rows = batches(0)[-1]
-    assert find_span(archived.store, 0, span.first, rows[0].ts) == span
+    assert find_span(archived.store, span, rows[0].ts) == span
     archived.writer().write_readings(span, rows)
     replayed = f"date=2026-11-30/hour=11/{span.name}"
     assert replayed in objects(root, "identified/readings")

@@ -9,6 +9,7 @@ every time, an archiver that wrote a batch and died before committing it.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,18 +27,20 @@ import pytest
 from healthsync.config import Settings
 from healthsync.domain.alerts import Alert
 from healthsync.domain.readings import Reading, reading_id_for
-from healthsync.kafka import ensure_topics, make_producer
+from healthsync.kafka import TopicIds, ensure_topics, make_producer
 from healthsync.security import codec as roles
 from healthsync.security.codec import Codec
 from healthsync.stack import Service
 from healthsync.store.archive.layout import Span
 from healthsync.store.archive.setup import Archive
-from healthsync.stream.archiver import Archiver, Roll
+from healthsync.stream.archiver import Archiver, Roll, Source
 from healthsync.wiring import build_archiver
 from tests.conftest import make_settings, wait_for
 
 T0 = 1_795_860_000.0  # 2026-11-28 10:00 UTC
 PATIENTS = [f"PX-{7000 + i}" for i in range(9)]
+# The object name docs/DESIGN.md ("Archive layout") fixes.
+CONTRACT_NAME = re.compile(r"p\d+-\d+-\d+\.parquet")
 
 
 def readings(start: int, count: int) -> list[Reading]:
@@ -168,6 +171,30 @@ def test_kill_9_mid_roll_then_restart_archives_every_reading_once(
     assert spans_overlap(tmp_path / "archive") == []
 
 
+def test_a_topic_never_created_again_is_archived_under_the_contract_names(
+    archive_settings: Settings, tmp_path: Path, running: list[tuple[Archiver, threading.Thread]]
+) -> None:
+    produce(archive_settings, readings(0, 200))
+    start(build_archiver(archive_settings), running)
+    wait_for(lambda: research_rows(archive_settings) == 200, 60, "every reading archived")
+
+    root = tmp_path / "archive"
+    keys = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.parquet"))
+    layout = re.compile(
+        r"identified/readings/date=2026-11-28/hour=10/(?P<a>.+)|"
+        r"deidentified/readings/year=\d{4}/(?P<b>.+)"
+    )
+    names = [m["a"] or m["b"] for key in keys if (m := layout.fullmatch(key))]
+    assert len(names) == len(keys) > 0
+    assert [n for n in names if not CONTRACT_NAME.fullmatch(n)] == []
+    # What the plain names belong to: the topic's id now, and nothing else (no PHI).
+    topic = archive_settings.kafka.vitals_topic
+    record = orjson.loads((root / "identified/_topics" / f"{topic}.json").read_bytes())
+    topic_id = TopicIds(archive_settings.kafka)(topic)
+    assert re.fullmatch(r"[0-9a-f]{32}", topic_id)
+    assert record == {"topic": topic, "topic_id": topic_id}
+
+
 class CrashBeforeCommit(Archiver):
     """An archiver that dies between writing a batch and committing it."""
 
@@ -181,8 +208,9 @@ def test_a_batch_written_but_not_committed_is_rewritten_not_duplicated(
 ) -> None:
     produce(archive_settings, readings(0, 200))
     built = build_archiver(archive_settings)
+    source = Source(built.consumer, built.topic_id)
     crashed = CrashBeforeCommit(
-        archive_settings, built.consumer, built.writer, built.codec, built.reporting
+        archive_settings, source, built.writer, built.codec, built.reporting
     )
     start(crashed, running)
     root = tmp_path / "archive"
@@ -240,6 +268,7 @@ def test_alert_events_are_archived_and_their_research_copy_names_no_device(
     wait_for(lambda: list(root.glob("deidentified/alerts/**/*.parquet")), 60, "the alert history")
 
     [identified] = root.glob("identified/alerts/date=2026-11-28/hour=10/*.parquet")
+    assert CONTRACT_NAME.fullmatch(identified.name)
     assert b"mon-77" not in identified.read_bytes()
     research = pq.read_table(next(root.glob("deidentified/alerts/year=2026/*.parquet")))
     rows = research.to_pylist()

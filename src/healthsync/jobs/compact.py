@@ -59,13 +59,14 @@ class Compact:
         refused: list[str] = []
         try:
             for dataset in (layout.READINGS, layout.ALERTS):
-                reach: dict[int, int] = {}
+                # Per partition and incarnation of the topic: how far the hours reach.
+                reach: dict[tuple[int, str], int] = {}
                 for hour in hours:
                     done = compactor.hour(dataset, hour)
                     merges += [(dataset, layout.IDENTIFIED, m) for m in done.merges]
                     refused += done.refused
-                    for partition, last in done.reach.items():
-                        reach[partition] = max(last, reach.get(partition, -1))
+                    for stream, last in done.reach.items():
+                        reach[stream] = max(last, reach.get(stream, -1))
                 for year in years:
                     done = compactor.research(dataset, year, reach)
                     merges += [(dataset, layout.DEIDENTIFIED, m) for m in done.merges]

@@ -13,6 +13,16 @@ archiver starts again at the batch's first offset, finds the object the
 crashed run wrote there (:func:`find_span`), and cuts its batch at the same
 last offset, so it rewrites the very same objects.
 
+A topic created again (deleted and recreated, or held in memory by a broker
+that restarted) starts its offsets over at 0, often in the same hour: its
+batches get the same offsets as batches already archived. So the topic's id
+is asked of the broker when a partition's first roll opens, and again
+whenever its offsets go back: then the topic is a new one. Batches of the
+topic's first incarnation, as the archive records it
+(:mod:`healthsync.store.archive.topics`), keep the plain names; those of a
+later one carry its id. A roll of the topic before is written then without
+committing its offsets, which mean nothing in the new one.
+
 Values are opened through the codec; one that cannot be opened or is not a
 reading is counted and skipped (the processor sends it to the dead-letter topic).
 """
@@ -37,6 +47,7 @@ from healthsync.security.codec import Codec
 from healthsync.security.crypto import DecryptError
 from healthsync.store.archive.layout import ALERTS, READINGS, Span
 from healthsync.store.archive.objects import ObjectStore
+from healthsync.store.archive.topics import FirstIncarnations
 from healthsync.store.archive.writer import ArchiveWriter, find_span
 from healthsync.stream.retry import retry_until_stopped
 
@@ -61,10 +72,21 @@ class Roll:
     # Where a crashed run cut the batch that starts at `first`: None when not looked up
     # yet, -1 when there was none.
     cut: int | None = None
+    # The topic's id when the roll opened, as names carry it: "" for the first
+    # incarnation the archive recorded (and from a broker that reports no ids).
+    incarnation: str = ""
 
     @property
     def span(self) -> Span:
-        return Span(self.partition, self.first, self.last)
+        return Span(self.partition, self.first, self.last, self.incarnation)
+
+
+@dataclass(frozen=True)
+class Source:
+    """What the archiver reads: its consumer, and the id of a topic now (hex, or "")."""
+
+    consumer: Consumer
+    topic_id: Callable[[str], str]
 
 
 @dataclass(frozen=True)
@@ -79,15 +101,17 @@ class Archiver:
     def __init__(
         self,
         settings: Settings,
-        consumer: Consumer,
+        source: Source,
         writer: ArchiveWriter,
         codec: Codec,
         reporting: Reporting,
     ) -> None:
         self.settings = settings
-        self.consumer = consumer
+        self.consumer = source.consumer
+        self.topic_id = source.topic_id
         self.writer = writer
         self.store: ObjectStore = writer.store
+        self.first_incarnations = FirstIncarnations(self.store)
         self.codec = codec
         self.reporting = reporting
         self.stats = reporting.stats
@@ -95,6 +119,8 @@ class Archiver:
         self.rolls: dict[tuple[str, int], Roll] = {}
         # Partitions whose next roll starts at a committed offset: look for a crashed batch.
         self.resumed: set[tuple[str, int]] = set()
+        # Per partition of this assignment: the incarnation of its last roll, the last offset.
+        self.streams: dict[tuple[str, int], tuple[str, int]] = {}
         self.stopping = False
         self._lag_at = 0.0
 
@@ -104,6 +130,7 @@ class Archiver:
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self.rolls.pop((tp.topic, tp.partition), None)
+            self.streams.pop((tp.topic, tp.partition), None)
             self.resumed.add((tp.topic, tp.partition))
         log.info("partitions assigned", extra={"partitions": [p.partition for p in partitions]})
 
@@ -112,6 +139,7 @@ class Archiver:
         # reads them again.
         for tp in partitions:
             self.rolls.pop((tp.topic, tp.partition), None)
+            self.streams.pop((tp.topic, tp.partition), None)
             self.resumed.discard((tp.topic, tp.partition))
         log.info("partitions revoked", extra={"partitions": [p.partition for p in partitions]})
 
@@ -146,16 +174,11 @@ class Archiver:
         if topic is None or partition is None or offset is None:
             return
         place = (topic, partition)
-        roll = self.rolls.get(place)
-        if roll is not None and roll.cut is not None and roll.cut >= 0 and offset > roll.cut:
-            self._flush(roll)  # the crashed run's batch ended before this message
-            roll = None
+        roll = self._roll_for(place, offset)
         if roll is None:
-            cut = None if place in self.resumed else -1
-            dataset = ALERTS if topic == self.settings.kafka.alerts_topic else READINGS
-            roll = Roll(dataset, partition, offset, time.monotonic(), cut=cut)
-            self.rolls[place] = roll
+            return  # stopping: not committed, read again on restart
         roll.last = offset
+        self.streams[place] = (roll.incarnation, offset)
         roll.size += len(message.value() or b"")
         decoded = self._decode(roll.dataset, message)
         if decoded is not None:
@@ -167,6 +190,64 @@ class Archiver:
                 self._look_up_cut(place, roll)
         if roll.cut is not None and roll.cut >= 0 and offset >= roll.cut:
             self._flush(roll)
+
+    def _roll_for(self, place: tuple[str, int], offset: int) -> Roll | None:
+        """The roll a message at `offset` goes to, opened if need be; None if stopping first."""
+        roll = self.rolls.get(place)
+        if roll is not None and offset <= roll.last:
+            self._started_over(place, roll)
+            roll = None
+        if roll is not None and roll.cut is not None and roll.cut >= 0 and offset > roll.cut:
+            self._flush(roll)  # the crashed run's batch ended before this message
+            roll = None
+        if roll is not None:
+            return roll
+        incarnation = self._incarnation(place, offset)
+        if incarnation is None:
+            return None
+        topic, partition = place
+        cut = None if place in self.resumed else -1
+        dataset = ALERTS if topic == self.settings.kafka.alerts_topic else READINGS
+        roll = Roll(dataset, partition, offset, time.monotonic(), cut=cut, incarnation=incarnation)
+        self.rolls[place] = roll
+        return roll
+
+    def _incarnation(self, place: tuple[str, int], offset: int) -> str | None:
+        """How a roll opening at `offset` names its incarnation; None if stopping before known.
+
+        "" for the topic's first incarnation, the topic id for a later one
+        (:meth:`FirstIncarnations.marker`).
+
+        Offsets that go on from the partition's last roll are of the same topic,
+        whatever the broker says by now; the id is asked for a partition's first
+        roll, and when the offsets went back.
+        """
+        known = self.streams.get(place)
+        if known is not None and offset > known[1]:
+            return known[0]
+        topic, partition = place
+        result = self._retry(
+            "look up the topic's incarnation",
+            lambda: (self.first_incarnations.marker(topic, self.topic_id(topic)),),
+        )
+        if result is None:
+            return None
+        (incarnation,) = result
+        if known is not None:
+            what = {"topic": topic, "partition": partition, "offset": offset}
+            log.warning("offsets started over: a new incarnation of the topic", extra=what)
+            if incarnation == known[0]:
+                # A broker without topic ids: new batches may get the names of old ones.
+                log.warning("the topic id did not change; archive objects may be replaced")
+        return incarnation
+
+    def _started_over(self, place: tuple[str, int], roll: Roll) -> None:
+        """The offsets went back under an open roll: write it as the old topic's batch."""
+        self.rolls.pop(place, None)
+        if roll.cut is not None and roll.cut >= 0:
+            return  # a replay: the crashed run's batch, archived already, holds all of it
+        # Not committed: its offsets would skip readings of the new topic.
+        self._retry("write archive objects", lambda: self._write(roll))
 
     def _decode(self, dataset: str, message: Message) -> tuple[Any, float] | None:
         """The row a message becomes, and its time; None (counted) for one that is not."""
@@ -190,9 +271,7 @@ class Archiver:
             return
         result = self._retry(
             "look up a crashed batch",
-            lambda: (
-                find_span(self.store, roll.partition, roll.first, roll.first_ts, roll.dataset),
-            ),
+            lambda: (find_span(self.store, roll.span, roll.first_ts, roll.dataset),),
         )
         if result is None:
             return  # stopping before we know: the roll is not written

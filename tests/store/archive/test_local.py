@@ -45,8 +45,10 @@ def test_a_batch_becomes_one_object_per_hour_and_one_research_object(
     )
     # The hour of the first reading is written first: a restart looks for it.
     assert keys[0].endswith("hour=10/p2-1000-1179.parquet")
-    assert find_span(archive.store, 2, 1000, T0) == Span(2, 1000, 1179)
-    assert find_span(archive.store, 2, 1180, T0) is None
+    assert find_span(archive.store, Span(2, 1000, 1000), T0) == Span(2, 1000, 1179)
+    assert find_span(archive.store, Span(2, 1180, 1180), T0) is None
+    # A topic created again starts over at the same offsets: another batch.
+    assert find_span(archive.store, Span(2, 1000, 1000, "0a" * 16), T0) is None
 
 
 def test_one_patients_readings_come_back_ordered_and_exact(archive: Archive) -> None:

@@ -1,6 +1,7 @@
 """The long-term archive: every reading in Parquet, identified (encrypted) and de-identified.
 
-- :mod:`.layout`: object keys (Hive-style, deterministic from Kafka offsets)
+- :mod:`.layout`: object keys (Hive-style, deterministic from Kafka offsets and topic incarnation)
+- :mod:`.topics`: the recorded first incarnation of each topic, whose objects keep plain names
 - :mod:`.objects`: where objects live (a local directory or S3)
 - :mod:`.columns`: readings as Arrow tables, sorted by patient then time
 - :mod:`.encryption`: Parquet Modular Encryption with keys wrapped by the keyring or KMS

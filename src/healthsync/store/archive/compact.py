@@ -3,8 +3,10 @@
 The archiver writes one object per partition, roll and hour: with the
 default 60-second roll an hour holds 60 objects per partition, and a query
 opens every one. :class:`Compactor` merges them, per directory (an hour of
-the identified set, a year of the research set) and partition, into one
-object named after the offsets it covers (:func:`.coverage.compacted_name`),
+the identified set, a year of the research set), partition and incarnation
+of the topic (:mod:`.layout`: a topic created again starts its offsets over,
+so its objects are merged apart from the earlier ones), into one object named
+after the offsets it covers (:func:`.coverage.compacted_name`),
 in four steps, each safe to interrupt:
 
 1. read the partition's visible objects of the directory (decrypting the
@@ -57,10 +59,11 @@ class CompactionError(ArchiveError):
 
 @dataclass(frozen=True, slots=True)
 class Merge:
-    """What compaction did with one directory's objects of one partition."""
+    """What compaction did with one directory's objects of one partition (and incarnation)."""
 
     directory: str
     partition: int
+    incarnation: str
     inputs: int
     rows: int
     written: str | None
@@ -70,6 +73,7 @@ class Merge:
         return {
             "directory": self.directory,
             "partition": self.partition,
+            "incarnation": self.incarnation,
             "inputs": self.inputs,
             "rows": self.rows,
             "written": self.written,
@@ -79,10 +83,11 @@ class Merge:
 
 @dataclass
 class Directory:
-    """The merges of one directory, and how far each partition's objects there reach."""
+    """The merges of one directory, and how far each partition's objects there reach
+    (per partition and incarnation of the topic: :attr:`.coverage.Piece.stream`)."""
 
     merges: list[Merge] = field(default_factory=list)
-    reach: dict[int, int] = field(default_factory=dict)
+    reach: dict[tuple[int, str], int] = field(default_factory=dict)
     # Partitions left as they were, and why (see CompactionError).
     refused: list[str] = field(default_factory=list)
 
@@ -112,32 +117,30 @@ class Compactor:
         result = Directory()
         visible, covered = split(pieces)
         for piece in pieces:
-            partition, last = piece.span.partition, piece.span.last
-            result.reach[partition] = max(last, result.reach.get(partition, -1))
-        for partition in sorted(result.reach):
-            mine = [p for p in visible if p.span.partition == partition]
-            gone = [p for p in covered if p.span.partition == partition]
+            result.reach[piece.stream] = max(piece.span.last, result.reach.get(piece.stream, -1))
+        for stream in sorted(result.reach):
+            mine = [p for p in visible if p.stream == stream]
+            gone = [p for p in covered if p.stream == stream]
             result.add(functools.partial(self._merge, mine, gone, encrypted=True))
         return result
 
-    def research(self, dataset: str, year: int, reach: dict[int, int]) -> Directory:
-        """Compact a year of the research set, up to each partition's offset in `reach`.
+    def research(self, dataset: str, year: int, reach: dict[tuple[int, str], int]) -> Directory:
+        """Compact a year of the research set, up to each stream's offset in `reach`.
 
         The research set has no hours (its times are shifted), so the objects
         a run merges there are those of the batches its hours reach: per
-        partition, the visible objects up to the last offset the identified
-        hours of the run hold, with any merged object that range contains.
+        partition and incarnation, the visible objects up to the last offset
+        the identified hours of the run hold, with any merged object that
+        range contains.
         """
         prefix = f"{layout.DEIDENTIFIED}/{dataset}/year={year:04d}/"
         visible, covered = split(self._pieces(prefix))
         result = Directory()
-        for partition, last in sorted(reach.items()):
+        for stream, last in sorted(reach.items()):
             plain = [
-                p
-                for p in visible
-                if p.span.partition == partition and not p.compacted and p.span.last <= last
+                p for p in visible if p.stream == stream and not p.compacted and p.span.last <= last
             ]
-            gone = [p for p in covered if p.span.partition == partition]
+            gone = [p for p in covered if p.stream == stream]
             if not plain and not gone:
                 continue
             low = min((p.span.first for p in plain), default=0)
@@ -145,7 +148,7 @@ class Compactor:
             merged = [
                 p
                 for p in visible
-                if p.span.partition == partition
+                if p.stream == stream
                 and p.compacted
                 and low <= p.span.first
                 and p.span.last <= high
@@ -158,7 +161,7 @@ class Compactor:
 
     def _merge(self, visible: list[Piece], covered: list[Piece], encrypted: bool) -> Merge:
         first = (visible or covered)[0]
-        directory, partition = first.directory, first.span.partition
+        directory, (partition, incarnation) = first.directory, first.stream
         clash = overlaps(visible)
         if clash:
             left, right = clash[0]
@@ -176,9 +179,8 @@ class Compactor:
             merged = merged.take(
                 pc.sort_indices(merged, sort_keys=[(patient, "ascending"), ("ts", "ascending")])
             )
-            span = Span(
-                partition, min(p.span.first for p in visible), max(p.span.last for p in visible)
-            )
+            low, high = min(p.span.first for p in visible), max(p.span.last for p in visible)
+            span = Span(partition, low, high, incarnation)
             written = f"{directory}/{compacted_name(span)}"
             self.store.put(written, self.writer.encode(merged, patient, encrypted))
             expected = sum(t.num_rows for t in tables)
@@ -188,7 +190,7 @@ class Compactor:
         for piece in doomed:
             self.store.delete(piece.key)
             self.checkpoint("deleted", piece.key)
-        return Merge(directory, partition, len(visible), rows, written, len(doomed))
+        return Merge(directory, partition, incarnation, len(visible), rows, written, len(doomed))
 
     def _verify(self, key: str, encrypted: bool, expected: int, rows: Counter[Hashable]) -> int:
         """The merged object read back must hold exactly the inputs' rows."""

@@ -5,11 +5,15 @@ the identified set, a year of the research set) and one Kafka partition into
 one object named after the offsets it covers::
 
     p<partition>-<first>-<last>.compacted.parquet
+    p<partition>-<first>-<last>-t<topic id>.compacted.parquet   (a later incarnation's)
 
 It holds every row of that partition's objects in the directory whose
-offsets lie between `first` and `last`. So in each directory an object is
-*covered*, and a reader skips it, when a compacted object of the same
-partition spans its offsets. That holds at every step of a compaction (the
+offsets lie between `first` and `last` and that belong to the same
+incarnation of the topic (:mod:`.layout`). So in each directory an object
+is *covered*, and a reader skips it, when a compacted object of the same
+partition and incarnation spans its offsets: the offsets of a topic created
+again say nothing about those of the topic before it, and a compacted object
+of one never hides the objects of another. That holds at every step of a compaction (the
 merged object is written before any input is deleted) and after an archiver
 replay rewrites an input that compaction already merged and deleted: the
 rewrite is covered too, and never counted twice.
@@ -24,11 +28,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from healthsync.store.archive.layout import Span
+from healthsync.store.archive.layout import STEM, Span
 
 COMPACTED_SUFFIX = ".compacted.parquet"
-_PLAIN = re.compile(r"p(\d+)-(\d+)-(\d+)\.parquet")
-_COMPACTED = re.compile(r"p(\d+)-(\d+)-(\d+)\.compacted\.parquet")
+_NAME = re.compile(STEM + r"(\.compacted)?\.parquet")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,27 +46,29 @@ class Piece:
     def directory(self) -> str:
         return self.key.rpartition("/")[0]
 
+    @property
+    def stream(self) -> tuple[int, str]:
+        """The partition and topic incarnation: offsets compare only within one stream."""
+        return self.span.partition, self.span.incarnation
+
 
 def compacted_name(span: Span) -> str:
-    return f"p{span.partition}-{span.first}-{span.last}{COMPACTED_SUFFIX}"
+    return f"{span.stem}{COMPACTED_SUFFIX}"
 
 
 def parse(key: str) -> Piece | None:
     """The piece an object key names, or None for a key that is not an archive object."""
-    name = key.rpartition("/")[2]
-    for pattern, compacted in ((_PLAIN, False), (_COMPACTED, True)):
-        match = pattern.fullmatch(name)
-        if match is not None:
-            partition, first, last = (int(g) for g in match.groups())
-            return Piece(key, Span(partition, first, last), compacted)
-    return None
+    match = _NAME.fullmatch(key.rpartition("/")[2])
+    if match is None:
+        return None
+    return Piece(key, Span.from_groups(match.groups()), match.group(5) is not None)
 
 
 def split(pieces: Iterable[Piece]) -> tuple[list[Piece], list[Piece]]:
     """(visible, covered): what a reader takes, and what a compacted object already holds."""
-    groups: dict[tuple[str, int], list[Piece]] = defaultdict(list)
+    groups: dict[tuple[str, int, str], list[Piece]] = defaultdict(list)
     for piece in pieces:
-        groups[piece.directory, piece.span.partition].append(piece)
+        groups[(piece.directory, *piece.stream)].append(piece)
     visible: list[Piece] = []
     covered: list[Piece] = []
     for group in groups.values():
@@ -108,11 +113,12 @@ def overlaps(pieces: list[Piece]) -> list[tuple[Piece, Piece]]:
     """Pairs of one partition's visible pieces whose offsets overlap: a replay cut elsewhere.
 
     Their rows cannot be told apart by offset, so compaction leaves such a
-    directory alone rather than merge a reading twice.
+    directory alone rather than merge a reading twice. Pieces of different
+    incarnations of the topic never overlap: their offsets are unrelated.
     """
     found: list[tuple[Piece, Piece]] = []
-    ordered = sorted(pieces, key=lambda p: (p.span.partition, p.span.first))
+    ordered = sorted(pieces, key=lambda p: (p.stream, p.span.first))
     for left, right in itertools.pairwise(ordered):
-        if left.span.partition == right.span.partition and right.span.first <= left.span.last:
+        if left.stream == right.stream and right.span.first <= left.span.last:
             found.append((left, right))
     return found

@@ -15,6 +15,17 @@ partitioned by year, one per batch:
 
 Both are functions of the offsets and the data alone: a batch replayed after a
 crash gets the same keys and overwrites the same objects.
+
+Offsets alone do not name a batch for good: a topic deleted and created again
+(or held by a broker that keeps it in memory and restarted) starts again at
+offset 0, often in the same hour. The archive records the id of each topic's
+first incarnation (:mod:`.topics`); its batches, and those of a broker that
+reports no topic ids, keep the names above. A later incarnation's names carry
+its topic id (32 hex digits), so they never overwrite the first's objects:
+
+    p<partition>-<first>-<last>-t<topic id>.parquet
+
+In a :class:`Span` that is ``incarnation``: the id, or ``""`` for a plain name.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 READINGS = "readings"
 ALERTS = "alerts"
@@ -29,25 +41,32 @@ IDENTIFIED = "identified"
 DEIDENTIFIED = "deidentified"
 HOUR_S = 3600
 
-_NAME = re.compile(r"p(\d+)-(\d+)-(\d+)\.parquet$")
+# What an object name starts with: p<partition>-<first>-<last>, then -t<topic id> for a
+# later incarnation of the topic.
+STEM = r"p(\d+)-(\d+)-(\d+)(?:-t([0-9a-f]{32}))?"
+_NAME = re.compile(STEM + r"\.parquet$")
 
 
 @dataclass(frozen=True, slots=True)
 class Span:
-    """The Kafka offsets one batch covers: a partition, its first and last offset."""
+    """The Kafka offsets one batch covers: a partition, its first and last offset, and
+    the incarnation of the topic they belong to (its topic id in hex for a later
+    incarnation; "" for the first one the archive recorded, or none known)."""
 
     partition: int
     first: int
     last: int
+    incarnation: str = ""
+
+    @property
+    def stem(self) -> str:
+        """The object name without its suffix."""
+        marker = f"-t{self.incarnation}" if self.incarnation else ""
+        return f"p{self.partition}-{self.first}-{self.last}{marker}"
 
     @property
     def name(self) -> str:
-        return f"p{self.partition}-{self.first}-{self.last}.parquet"
-
-    @property
-    def name_prefix(self) -> str:
-        """What every object name of a batch starting at `first` begins with."""
-        return f"p{self.partition}-{self.first}-"
+        return f"{self.stem}.parquet"
 
     @classmethod
     def parse(cls, key: str) -> Span | None:
@@ -55,8 +74,13 @@ class Span:
         match = _NAME.search(key)
         if match is None:
             return None
-        partition, first, last = (int(g) for g in match.groups())
-        return cls(partition, first, last)
+        return cls.from_groups(match.groups())
+
+    @classmethod
+    def from_groups(cls, groups: tuple[str | Any, ...]) -> Span:
+        """The span of a match of :data:`STEM` (its first four groups)."""
+        partition, first, last, incarnation = groups[:4]
+        return cls(int(partition), int(first), int(last), incarnation or "")
 
 
 def hour_prefix(dataset: str, hour: int) -> str:

@@ -5,6 +5,8 @@ archive to S3 is a copy. Both write an object whole or not at all: the local
 store through a temporary file, fsync and rename; S3 through one PutObject,
 which never shows a partial object. ``put`` returns only once the object is
 durable, which is what lets the archiver commit its offsets afterwards.
+``create`` writes only where no object is (a hard link locally, a conditional
+PutObject on S3), for a record the first of several writers sets.
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ class ObjectStore(Protocol):
 
     def put(self, key: str, data: bytes) -> None:
         """Store `data` under `key`, replacing any object there; return once it is durable."""
+        ...
+
+    def create(self, key: str, data: bytes) -> bool:
+        """Store `data` under `key` unless an object is there; False (nothing written) if one is.
+
+        Of writers racing to create one key exactly one succeeds, and the object
+        is durable when it returns True.
+        """
         ...
 
     def open(self, key: str) -> pa.NativeFile:
@@ -65,22 +75,39 @@ class LocalStore:
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-            descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
+            partial = self._durable_temporary(path, data)
             partial.replace(path)
-            # The rename is durable only once the directory entry is on disk too.
-            directory = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            _sync_directory(path.parent)
         except OSError as exc:
             raise ObjectStoreError(f"cannot write {self.location(key)}: {exc}") from exc
+
+    def create(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        try:
+            partial = self._durable_temporary(path, data)
+            try:
+                # A hard link, unlike a rename, fails if the name exists already.
+                os.link(partial, path)
+            except FileExistsError:
+                return False
+            finally:
+                partial.unlink(missing_ok=True)
+            _sync_directory(path.parent)
+        except OSError as exc:
+            raise ObjectStoreError(f"cannot write {self.location(key)}: {exc}") from exc
+        return True
+
+    @staticmethod
+    def _durable_temporary(path: Path, data: bytes) -> Path:
+        """`data` in a hidden file beside `path`, on disk: a write in progress lists as nothing."""
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        return partial
 
     def open(self, key: str) -> pa.NativeFile:
         try:
@@ -140,6 +167,22 @@ class S3Store:
     def put(self, key: str, data: bytes) -> None:
         self._call("PutObject", Key=self.prefix + key, Body=data, **self.sse)
 
+    def create(self, key: str, data: bytes) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            # A conditional write: S3 refuses it (412) if the key has an object.
+            self.client.put_object(
+                Bucket=self.bucket, Key=self.prefix + key, Body=data, IfNoneMatch="*", **self.sse
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "PreconditionFailed":
+                return False
+            raise ObjectStoreError(f"S3 PutObject {self.location(key)} failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise ObjectStoreError(f"S3 PutObject {self.location(key)} failed: {exc}") from exc
+        return True
+
     def get(self, key: str) -> bytes:
         answer = self._call("GetObject", Key=self.prefix + key)
         body: bytes = answer["Body"].read()
@@ -185,6 +228,15 @@ class S3Store:
         except (ClientError, BotoCoreError) as exc:
             where = f"s3://{self.bucket}/{params.get('Key', params.get('Prefix', ''))}"
             raise ObjectStoreError(f"S3 {operation} {where} failed: {exc}") from exc
+
+
+def _sync_directory(directory: Path) -> None:
+    """A rename or link is durable only once the directory entry is on disk too."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def open_store(settings: ArchiveSettings) -> ObjectStore:

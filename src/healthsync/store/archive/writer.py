@@ -143,23 +143,31 @@ def row_groups(patients: pa.ChunkedArray, limit: int) -> list[tuple[int, int]]:
 
 
 def find_span(
-    store: ObjectStore, partition: int, first: int, first_ts: float, dataset: str = layout.READINGS
+    store: ObjectStore, start: Span, first_ts: float, dataset: str = layout.READINGS
 ) -> Span | None:
-    """The batch a crashed archiver wrote starting at `first`, if any (see the module doc).
+    """The batch a crashed archiver wrote from where `start` starts, if any (see the module doc).
 
-    `first_ts` is the time of the batch's first row: its hour names the
-    directory the batch's first object went to. If compaction has merged that
-    object already, the merged object's last offset is the cut: the crashed
-    batch was the partition's last one written, so nothing after it is in there.
+    Only the partition, first offset and incarnation of `start` count: a batch
+    of an earlier incarnation of the topic that started at the same offset is
+    another batch. `first_ts` is the time of the batch's first row: its hour
+    names the directory the batch's first object went to. If compaction has
+    merged that object already, the merged object's last offset is the cut: the
+    crashed batch was the partition's last one written, so nothing after it is in there.
     """
+    partition, first = start.partition, start.first
     prefix = layout.hour_prefix(dataset, _hour(first_ts)) + f"p{partition}-"
-    pieces = [piece for key in store.list(prefix) if (piece := coverage.parse(key)) is not None]
+    pieces = [
+        piece
+        for key in store.list(prefix)
+        if (piece := coverage.parse(key)) is not None
+        and piece.stream == (partition, start.incarnation)
+    ]
     spans = [p.span for p in pieces if not p.compacted and p.span.first == first]
     if spans:
         return max(spans, key=lambda s: s.last)
     merged = [p.span for p in pieces if p.compacted and p.span.first <= first <= p.span.last]
     if merged:
-        return Span(partition, first, max(s.last for s in merged))
+        return Span(partition, first, max(s.last for s in merged), start.incarnation)
     return None
 
 
