@@ -28,14 +28,14 @@ from pydantic import ValidationError
 from redis import Redis
 
 from healthsync.api.app import create_app
-from healthsync.config import CryptoSettings, Settings
+from healthsync.config import Settings
 from healthsync.domain.alerts import Alert
 from healthsync.errors import ConfigError
 from healthsync.security.codec import Codec
-from healthsync.security.crypto import Keyring
 from healthsync.stack import Service
 from healthsync.store.records import Records
-from tests.api.test_auth import ALERT_ID, seed
+from tests.api.foreign import seal_with_a_foreign_key
+from tests.api.test_auth import seed
 from tests.conftest import Credentials, make_settings
 
 
@@ -334,19 +334,8 @@ def test_an_unreadable_entry_is_skipped_and_counted_not_a_500(
 ) -> None:
     """One value sealed with a key this API does not have must not take the lists down."""
     settings, client = seeded
-    foreign = tmp_path / "foreign.json"
-    Keyring.generate().save(foreign)
-    stranger = Codec.from_settings(
-        settings.model_copy(update={"crypto": CryptoSettings(keyring_file=foreign)})
-    )
-    keys = Codec.from_settings(settings).keys
     # P-AUTH-2's latest vitals and NEWS2 score, and the open alert of P-AUTH-1.
-    latest = keys.latest("P-AUTH-2")
-    client.hset(latest, "heart_rate", stranger.seal(b"{}", Codec.field(latest, "heart_rate")))
-    tag = keys.patient("P-AUTH-2")
-    client.hset(keys.news2, tag, stranger.seal(b"{}", Codec.field(keys.news2, tag)))
-    alert = keys.alert(ALERT_ID)
-    client.set(alert, stranger.seal(b"{}", alert))
+    seal_with_a_foreign_key(settings, client, tmp_path)
 
     patients, summary, alerts, metrics = call(
         settings,

@@ -22,11 +22,11 @@ from redis import Redis
 
 from healthsync.api.app import create_app
 from healthsync.api.services import ApiServices
-from healthsync.config import CryptoSettings, Settings
-from healthsync.security.codec import Codec
-from healthsync.security.crypto import DecryptError, Keyring
+from healthsync.config import Settings
+from healthsync.security.crypto import DecryptError
 from healthsync.stack import Service
-from tests.api.test_auth import ALERT_ID, seed
+from tests.api.foreign import seal_with_a_foreign_key
+from tests.api.test_auth import seed
 from tests.conftest import Credentials, make_settings
 
 # How long a held list waits for /healthz before it gives up (only reached on failure).
@@ -42,18 +42,7 @@ def with_a_foreign_value(
     settings = make_settings(broker, redis_server, archive={"url": (tmp_path / "a").as_uri()})
     client = Redis.from_url(str(settings.redis.url))
     seed(settings, client)
-    foreign = tmp_path / "foreign.json"
-    Keyring.generate().save(foreign)
-    stranger = Codec.from_settings(
-        settings.model_copy(update={"crypto": CryptoSettings(keyring_file=foreign)})
-    )
-    keys = Codec.from_settings(settings).keys
-    latest = keys.latest("P-AUTH-2")
-    client.hset(latest, "heart_rate", stranger.seal(b"{}", Codec.field(latest, "heart_rate")))
-    tag = keys.patient("P-AUTH-2")
-    client.hset(keys.news2, tag, stranger.seal(b"{}", Codec.field(keys.news2, tag)))
-    alert = keys.alert(ALERT_ID)
-    client.set(alert, stranger.seal(b"{}", alert))
+    seal_with_a_foreign_key(settings, client, tmp_path)
     yield settings
     for key in client.scan_iter(f"{settings.redis.prefix}:*"):
         client.delete(key)
