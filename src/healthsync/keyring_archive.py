@@ -16,8 +16,9 @@ def _archive(settings: Settings, crypto: CryptoSettings) -> Archive:
     return Archive.from_settings(settings.model_copy(update={"crypto": crypto}))
 
 
-def rewrap_archive(settings: Settings, crypto: CryptoSettings) -> int:
-    """Rewrite the archive's objects under the current master key; 1 if some could not be."""
+def rewrap_archive(settings: Settings, crypto: CryptoSettings) -> list[tuple[str, str]]:
+    """Rewrite the archive's objects under the current master key; the objects that could
+    not be, each with why."""
     archive = _archive(settings, crypto)
     report = rewrap(archive.store, archive.crypto, archive.writer())
     where = archive.store.location("")
@@ -26,12 +27,7 @@ def rewrap_archive(settings: Settings, crypto: CryptoSettings) -> int:
         f"rewrote {report.rewritten} of {report.checked} encrypted archive objects "
         f"in {where} under {master}"
     )
-    if report.failed:
-        print(f"{len(report.failed)} archive objects could not be rewritten; left as they are:")
-        for location, reason in report.failed:
-            print(f"  {location}: {reason}")
-        return 1
-    return 0
+    return report.failed
 
 
 def refuse_if_archived(settings: Settings, crypto: CryptoSettings, key_id: str) -> None:

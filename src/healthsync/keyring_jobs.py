@@ -34,8 +34,9 @@ def _codec(settings: Settings, crypto: CryptoSettings) -> tuple[Codec, Cipher]:
     return codec, cipher
 
 
-def rewrap_job_files(settings: Settings, crypto: CryptoSettings) -> int:
-    """Reseal the jobs' output files under the active key; 1 if some could not be."""
+def rewrap_job_files(settings: Settings, crypto: CryptoSettings) -> list[tuple[str, str]]:
+    """Reseal the jobs' output files under the active key; the files that could not be,
+    each with why."""
     store = _store(settings)
     codec, cipher = _codec(settings, crypto)
     try:
@@ -53,12 +54,7 @@ def rewrap_job_files(settings: Settings, crypto: CryptoSettings) -> int:
         f"rewrote {report.rewritten} of {sealed} sealed job output files in {store.url} "
         f"under {cipher.keyring.active}"
     )
-    if report.failed:
-        print(f"{len(report.failed)} job output files could not be rewritten; left as they are:")
-        for location, reason in report.failed:
-            print(f"  {location}: {reason}")
-        return 1
-    return 0
+    return report.failed
 
 
 def _unusable(store: ObjectStore, exc: Exception) -> ConfigError:

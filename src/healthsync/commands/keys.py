@@ -70,8 +70,18 @@ def _rewrap(settings: Settings, crypto: CryptoSettings) -> int:
     else:
         redis = 0
         print("encryption at rest is off (crypto.enabled): nothing in Redis to reseal")
-    archive = rewrap_archive(settings, crypto)
-    return max(redis, archive, rewrap_job_files(settings, crypto))
+    archive = _left("archive objects", rewrap_archive(settings, crypto))
+    return max(redis, archive, _left("job output files", rewrap_job_files(settings, crypto)))
+
+
+def _left(what: str, failed: list[tuple[str, str]]) -> int:
+    """Name what could not be rewritten, and why; the exit status: 1 if anything."""
+    if not failed:
+        return 0
+    print(f"{len(failed)} {what} could not be rewritten; left as they are:")
+    for location, reason in failed:
+        print(f"  {location}: {reason}")
+    return 1
 
 
 def register(sub: Subparsers) -> None:
