@@ -68,8 +68,10 @@ class Device:
         )
         return data, range(first, first + n)
 
-    def reading_id(self, seq: int) -> str:
-        return reading_id_for(self.device_id, seq, 0)
+    def reading_id(self, seq: int, key: bytes | None) -> str:
+        """The id the pipeline gives the reading: keyed with the keyring's id key when
+        encryption at rest is on (`Codec.id_key`), as ingest does."""
+        return reading_id_for(self.device_id, seq, 0, key=key)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,8 @@ class LatencyResult:
     visible: list[float]
     # p50 of `visible` over each third of the measured window, in send order.
     trend: list[float]
+    # (seconds from the start of the counted window to the send, latency) per reading.
+    timeline: list[tuple[float, float]]
     not_visible: int
     achieved_rate: float
     histogram: dict[str, float]
@@ -147,12 +150,24 @@ def _event_reading_id(codec: Codec, fields: dict[bytes, bytes]) -> str | None:
         return None
 
 
+def _awaiter(
+    device: Device, waiting: dict[str, float], id_key: bytes | None
+) -> Callable[[Iterable[int], float], None]:
+    """Records each sent reading's id (as the pipeline will name it) with its send time."""
+
+    def note_sent(seqs: Iterable[int], sent_at: float) -> None:
+        for seq in seqs:
+            waiting[device.reading_id(seq, id_key)] = sent_at
+
+    return note_sent
+
+
 async def paced_sender(
     link: Link,
     per_device_rate: float,
     t0: float,
     stop_at: float,
-    waiting: dict[str, float],
+    note_sent: Callable[[Iterable[int], float], None],
 ) -> None:
     device = link.device
     sent = 0
@@ -166,8 +181,7 @@ async def paced_sender(
             continue
         data, seqs = device.lines(due)
         sent_at = link.write(data, due)
-        for seq in seqs:
-            waiting[device.reading_id(seq)] = sent_at
+        note_sent(seqs, sent_at)
         sent += due
         await link.writer.drain()
 
@@ -208,7 +222,7 @@ async def latency_phase(
                 per_device,
                 start + i / offered,
                 stop_at,
-                waiting[link.device.patient_id],
+                _awaiter(link.device, waiting[link.device.patient_id], codec.id_key),
             )
             for i, link in enumerate(links)
         ]
@@ -243,6 +257,7 @@ async def latency_phase(
         tally=tally,
         visible=[latency for sent_at, latency in found if sent_at >= measured_from],
         trend=[percentile(sorted(part), 0.5) for part in thirds],
+        timeline=[(at - measured_from, lat) for at, lat in found if at >= measured_from],
         processed_rate=processed_rate,
         usage=usage,
         not_visible=not_visible,

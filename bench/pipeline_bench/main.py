@@ -1,19 +1,24 @@
-"""End-to-end benchmark of the embedded pipeline: device lines in, readings visible in Redis.
+"""End-to-end benchmark of the pipeline `healthsync up` runs: device lines in, readings in Redis.
 
-Starts Tansu, redis-server, ingest, processor and API through
-:class:`healthsync.supervisor.Pipeline` in a temporary run directory, then
-measures, in this order (the report prints them numbered as in bench/README.md):
+Starts the broker, redis-server and every stage through
+:class:`healthsync.supervisor.Pipeline` in a temporary run directory, with
+`up`'s defaults (TLS on the broker and Redis, two ingest replicas behind
+HAProxy, everything sealed at rest; ``--plain`` drops the TLS), then measures,
+in this order (the report prints them numbered as in bench/README.md):
 
 1. the broker's raw produce and consume rate with no logic (the ceiling);
-3. end-to-end latency at a fixed, paced offered rate (run before the
-   throughput phase so it does not start behind a backlog);
+3. end-to-end latency at each ``--latency-rates`` offered rate, paced (run
+   before the throughput phase so it does not start behind a backlog);
 2. throughput with ingest driven as hard as it takes, and how long the
    processor needs to catch up afterwards;
-4. peak RSS of ingest and processor, and CPU per process during phase 2.
+4. peak RSS of every process, and CPU per process during phases 2 and 3.
 
-Run: ``.venv/bin/python bench/pipeline.py [--duration 60] [--devices 50] [--latency-rate 5000]``.
-Progress goes to stderr, the report to stdout. Everything started is stopped
-on exit, Ctrl-C or error.
+``--soak SECONDS`` replaces phases 1-3 with one paced phase at ``--soak-rate``
+and reports every process's RSS over time.
+
+Run: ``.venv/bin/python bench/pipeline.py [--plain] [--duration 60] [--latency-rates 1000 5000]``
+or ``.venv/bin/python bench/pipeline.py --soak 600``. Progress goes to stderr,
+the report to stdout. Everything started is stopped on exit, Ctrl-C or error.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from pipeline_bench.figures import say
 from pipeline_bench.latency import latency_phase
 from pipeline_bench.redis_stats import warm_up
 from pipeline_bench.report import RunFacts, render
+from pipeline_bench.soak import RssSampler, render_soak
 from pipeline_bench.throughput import throughput_phase
 from pipeline_bench.usage import busy_others, vm_status
 
@@ -48,13 +54,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--duration", type=float, default=60.0, help="throughput phase, seconds")
     p.add_argument("--devices", type=int, default=50, help="concurrent device connections")
-    p.add_argument("--latency-rate", type=float, default=5000.0, help="offered readings/s")
+    p.add_argument(
+        "--latency-rates",
+        type=float,
+        nargs="+",
+        default=[1000.0, 5000.0],
+        help="offered readings/s, one latency phase each",
+    )
     p.add_argument("--latency-duration", type=float, default=20.0, help="latency phase, seconds")
     p.add_argument("--latency-warmup", type=float, default=2.0, help="seconds not counted")
     p.add_argument("--ceiling-messages", type=int, default=300_000, help="raw broker messages")
     p.add_argument("--ceiling-rounds", type=int, default=2, help="best of this many")
     p.add_argument("--catch-up-timeout", type=float, default=50.0, help="seconds, after phase 2")
     p.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
+    p.add_argument(
+        "--plain",
+        action="store_true",
+        help="embedded Kafka and Redis without TLS (default: exactly what `up` runs)",
+    )
+    p.add_argument(
+        "--soak",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="instead of phases 1-3: --soak-rate paced for SECONDS, RSS of every process sampled",
+    )
+    p.add_argument("--soak-rate", type=float, default=2000.0, help="offered readings/s in --soak")
+    p.add_argument("--sample-every", type=float, default=30.0, help="RSS sample interval, seconds")
     return p.parse_args(argv)
 
 
@@ -68,11 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="healthsync-bench-"))
     settings = Settings()
     settings.crypto.keyring_file = run_dir / "keyring.json"
-    # Plain embedded Kafka and Redis, as in the figures recorded so far; the broker's
-    # CPU figure is then Tansu's own rather than its TLS front's.
-    settings.kafka.embedded_tls = False
-    settings.redis.embedded_tls = False
+    if args.plain:
+        # Plain embedded Kafka and Redis, as in the figures recorded before 2026-12-01:
+        # the broker's CPU figure is then Tansu's own rather than Tansu's and its TLS front's.
+        settings.kafka.embedded_tls = False
+        settings.redis.embedded_tls = False
+    # Everything else as `up` runs it; only the public ports move, so that the bench
+    # runs beside another pipeline. The devices use ingest's plaintext loopback port.
     settings.ingest.port = free_port()
+    settings.ingest.tls_port = free_port()
     settings.api.port = free_port()
     pipeline = Pipeline(settings, run_dir)
     failed = True
@@ -93,6 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def process_ids(pipeline: Pipeline) -> dict[str, int]:
+    """Every process of the pipeline by name (stages, broker and its TLS front, Redis, HAProxy)."""
+    pids = {name: child.process.pid for name, child in pipeline.children.items() if child.process}
+    for service in pipeline.stack.services():
+        pids[service.name] = service.process.pid
+    pids["bench"] = os.getpid()
+    return pids
+
+
 def run(pipeline: Pipeline, args: argparse.Namespace) -> str:
     bench_started = time.perf_counter()
     load_before = os.getloadavg()
@@ -104,16 +143,38 @@ def run(pipeline: Pipeline, args: argparse.Namespace) -> str:
     startup_s = time.perf_counter() - started
     settings = pipeline.settings
     redis = Redis.from_url(str(settings.redis.url), **settings.redis.client_options())
-    pids = {name: child.process.pid for name, child in pipeline.children.items() if child.process}
-    if pipeline.stack.broker is not None:
-        pids["broker"] = pipeline.stack.broker.process.pid
-    if pipeline.stack.redis is not None:
-        pids["redis"] = pipeline.stack.redis.process.pid
-    pids["bench"] = os.getpid()
+    pids = process_ids(pipeline)
+    rss_sampler = RssSampler(pids, args.sample_every)
 
     rng = random.Random(1)
     first_seq = time.time_ns() // 1000
     devices = [Device(i, rng, first_seq) for i in range(1, args.devices + 1)]
+
+    def facts(warm_s: float) -> RunFacts:
+        return RunFacts(
+            args=args,
+            settings=settings,
+            pipeline=pipeline,
+            load=load_before,
+            others=others_before,
+            startup_s=startup_s,
+            warm_s=warm_s,
+            rss={name: vm_status(pid, "VmHWM") for name, pid in pids.items()},
+            pids=pids,
+            total_s=time.perf_counter() - bench_started,
+        )
+
+    if args.soak:
+        say("waiting for the processor to join its group and store a first reading")
+        warm_s = warm_up(settings, redis, devices[0])
+        say(f"soak: {args.soak_rate:.0f} readings/s paced for {args.soak:.0f} s")
+        rss_sampler.start()
+        soak = asyncio.run(
+            latency_phase(settings, devices, args.soak_rate, args.soak, args.latency_warmup)
+        )
+        samples = rss_sampler.stop()
+        redis.close()
+        return render_soak(facts(warm_s), soak, samples)
 
     say("1/3 ceiling: raw produce, then consume, on a separate topic")
     ceiling = measure_ceiling(
@@ -128,27 +189,13 @@ def run(pipeline: Pipeline, args: argparse.Namespace) -> str:
     say("waiting for the processor to join its group and store a first reading")
     warm_s = warm_up(settings, redis, devices[0])
 
-    say(f"2/3 latency: {args.latency_rate:.0f} readings/s paced for {args.latency_duration:.0f} s")
-    latency = asyncio.run(
-        latency_phase(
-            settings, devices, args.latency_rate, args.latency_duration, args.latency_warmup
-        )
-    )
+    latencies = []
+    duration, warmup = args.latency_duration, args.latency_warmup
+    for offered in sorted(args.latency_rates):
+        say(f"2/3 latency: {offered:.0f} readings/s paced for {duration:.0f} s")
+        latencies.append(asyncio.run(latency_phase(settings, devices, offered, duration, warmup)))
 
     say(f"3/3 throughput: {len(devices)} connections flat out for {args.duration:.0f} s")
     throughput = throughput_phase(settings, redis, devices, args.duration, args.catch_up_timeout)
-    rss = {name: vm_status(pid, "VmHWM") for name, pid in pids.items()}
     redis.close()
-    facts = RunFacts(
-        args=args,
-        settings=settings,
-        pipeline=pipeline,
-        load=load_before,
-        others=others_before,
-        startup_s=startup_s,
-        warm_s=warm_s,
-        rss=rss,
-        pids=pids,
-        total_s=time.perf_counter() - bench_started,
-    )
-    return render(facts, ceiling, latency, throughput)
+    return render(facts(warm_s), ceiling, latencies, throughput)

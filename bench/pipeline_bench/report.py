@@ -34,24 +34,27 @@ class RunFacts:
 
 
 def render(
-    facts: RunFacts, ceiling: Ceiling, latency: LatencyResult, throughput: ThroughputResult
+    facts: RunFacts, ceiling: Ceiling, latencies: list[LatencyResult], throughput: ThroughputResult
 ) -> str:
     sections = (
-        _header(facts),
+        header(facts),
         _ceiling(facts, ceiling),
         _throughput(facts, ceiling, throughput),
-        _latency(facts, latency),
+        *(_latency(facts, latency) for latency in latencies),
         _rss(facts),
     )
     return "\n".join(line for section in sections for line in section)
 
 
-def _header(facts: RunFacts) -> list[str]:
+def header(facts: RunFacts) -> list[str]:
     out: list[str] = []
     add = out.append
     args, settings, pipeline, load = facts.args, facts.settings, facts.pipeline, facts.load
     cores = os.cpu_count() or 0
     broker = "embedded Tansu (memory storage)" if pipeline.stack.broker else "external Kafka"
+    tls = "plain (--plain)" if args.plain else "TLS 1.3 (as `up`)"
+    front = pipeline.front
+    ingest = f"{len(front.replicas)} ingest replicas behind HAProxy" if front else "one ingest"
     add("")
     add("=== HealthSync pipeline benchmark ===")
     add(
@@ -60,9 +63,14 @@ def _header(facts: RunFacts) -> list[str]:
         f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
     add(
-        f"same host  {broker}, redis-server, ingest, processor, api and this bench's device "
-        f"driver all share these {cores} cores; other busy processes at start: "
-        f"{facts.others}"
+        f"same host  {broker}, redis-server, {ingest}, processor, archiver, api, scheduler "
+        f"and this bench's device driver all share these {cores} cores; other busy processes "
+        f"at start: {facts.others}"
+    )
+    add(
+        f"security   Kafka and Redis links {tls}; readings sealed at rest "
+        f"({'on' if settings.crypto.enabled else 'off'}); devices on ingest's plaintext "
+        f"loopback port"
     )
     add(
         f"setup      vitals topic {settings.kafka.partitions} partitions; processor batch "
@@ -205,10 +213,9 @@ def _rss(facts: RunFacts) -> list[str]:
     add = out.append
     add("")
     add("4. Peak RSS (VmHWM) over the whole run:")
-    for name in ("ingest", "process", "broker", "redis", "api"):
-        kib = facts.rss.get(name)
+    for name, kib in sorted(facts.rss.items(), key=lambda kv: -(kv[1] or 0)):
         if kib is not None:
-            add(f"   {name:8s} {kib / 1024:7.1f} MiB")
+            add(f"   {name:12s} {kib / 1024:7.1f} MiB")
     add("")
     add(f"total bench time {facts.total_s:.0f} s")
     return out

@@ -1,0 +1,105 @@
+"""The soak mode: one long paced phase, and every process's memory over time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from pipeline_bench.figures import ms, percentile, rate
+from pipeline_bench.latency import LatencyResult
+from pipeline_bench.report import RunFacts, header
+from pipeline_bench.usage import vm_status
+
+
+@dataclass
+class RssSamples:
+    """VmRSS in KiB of each named process, at each sample's seconds since the start."""
+
+    times: list[float] = field(default_factory=list)
+    kib: dict[str, list[int | None]] = field(default_factory=dict)
+
+
+class RssSampler:
+    """Reads every process's resident set every `interval` seconds, on a thread of its own."""
+
+    def __init__(self, pids: dict[str, int], interval: float) -> None:
+        self.pids = pids
+        self.interval = interval
+        self.samples = RssSamples(kib={name: [] for name in pids})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._started = 0.0
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+        self._thread.start()
+
+    def _sample(self) -> None:
+        self.samples.times.append(time.perf_counter() - self._started)
+        for name, pid in self.pids.items():
+            self.samples.kib[name].append(vm_status(pid, "VmRSS"))
+
+    def _run(self) -> None:
+        self._sample()
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def stop(self) -> RssSamples:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        return self.samples
+
+
+def _mib(kib: int | None) -> str:
+    return "-" if kib is None else f"{kib / 1024:.0f}"
+
+
+def _growth(values: list[int | None], times: list[float]) -> str:
+    """Growth per minute from the second sample (the warm-up past) to the last."""
+    known = [(t, v) for t, v in zip(times, values, strict=True) if v is not None][1:]
+    if len(known) < 2 or known[-1][0] <= known[0][0]:
+        return "n/a"
+    (t0, v0), (t1, v1) = known[0], known[-1]
+    return f"{(v1 - v0) / 1024 / ((t1 - t0) / 60):+.1f} MiB/min"
+
+
+def render_soak(facts: RunFacts, soak: LatencyResult, samples: RssSamples) -> str:
+    out = header(facts)
+    add = out.append
+    args = facts.args
+    add("")
+    add(
+        f"Soak: {soak.offered_rate:.0f} readings/s offered (paced over {args.devices} "
+        f"connections, achieved {soak.achieved_rate:.0f}/s) for {soak.duration:.0f} s; "
+        f"processor stored {soak.processed_rate:.0f} readings/s over the window; "
+        f"{soak.tally.ok} OK, {soak.tally.err} ERR"
+        + (f"; {soak.not_visible} never visible" if soak.not_visible else "")
+    )
+    add("   device send -> visible in Redis, per interval of the run:")
+    step = max(args.sample_every, 1.0)
+    buckets: dict[int, list[float]] = {}
+    for at, latency in soak.timeline:
+        buckets.setdefault(int(at // step), []).append(latency)
+    for index in sorted(buckets):
+        ordered = sorted(buckets[index])
+        add(
+            f"     {index * step:5.0f}-{(index + 1) * step:<5.0f} s  "
+            f"{rate(len(ordered), step):6.0f}/s visible  p50 {ms(percentile(ordered, 0.5))}  "
+            f"p99 {ms(percentile(ordered, 0.99))}  max {ms(percentile(ordered, 1.0))}"
+        )
+    add("")
+    add("   RSS (VmRSS, MiB) of every process over the run:")
+    names = [n for n, v in samples.kib.items() if any(x is not None for x in v)]
+    add("     " + f"{'t (s)':>7s} " + " ".join(f"{n[:10]:>10s}" for n in names))
+    for i, at in enumerate(samples.times):
+        add("     " + f"{at:7.0f} " + " ".join(f"{_mib(samples.kib[n][i]):>10s}" for n in names))
+    add(
+        "     growth "
+        + ", ".join(f"{n} {_growth(samples.kib[n], samples.times)}" for n in names)
+        + " (from the second sample to the last)"
+    )
+    add("")
+    add(f"total bench time {facts.total_s:.0f} s")
+    return "\n".join(out)
