@@ -1,0 +1,89 @@
+"""Sealed Kafka values: large ones are compressed before sealing, and opened back intact."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lz4.frame
+import orjson
+import pytest
+
+from healthsync.config import Settings
+from healthsync.domain.readings import Reading
+from healthsync.fhir.observations import observations_for, reading_bundle
+from healthsync.security import codec as roles
+from healthsync.security.codec import Codec
+from healthsync.security.crypto import DecryptError, Keyring
+
+
+def _codec(tmp_path: Path, enabled: bool = True) -> Codec:
+    keyring = tmp_path / "keyring.json"
+    Keyring.generate().save(keyring)
+    return Codec.from_settings(Settings(crypto={"keyring_file": str(keyring), "enabled": enabled}))
+
+
+def _bundle(codec: Codec) -> bytes:
+    now = time.time()
+    reading = Reading(
+        "a1b2c3d4e5f6a1b2c3d4e5f6",
+        "mon-1",
+        "P-1",
+        now,
+        now,
+        {"heart_rate": 72, "spo2": 97, "temp": 36.8, "resp_rate": 16, "bp_sys": 120, "bp_dia": 80},
+        seq=5,
+    )
+    return orjson.dumps(reading_bundle(reading, observations_for(reading, codec.id_key)))
+
+
+def test_a_reading_bundle_goes_on_the_topic_at_under_a_third_of_its_size(tmp_path: Path) -> None:
+    codec = _codec(tmp_path)
+    value = _bundle(codec)
+    key = codec.message_key("P-1")
+    sealed = codec.seal_message(roles.OBSERVATIONS, key, value)
+    # Sealed bytes cannot be compressed by the producer's batch compression: without this
+    # the broker keeps the whole 7 KiB of every reading's Observations.
+    assert len(value) > 6000
+    assert len(sealed) < len(value) / 3
+    assert codec.open_message(roles.OBSERVATIONS, key, sealed) == value
+    # Still bound to its place: another key or role does not open it.
+    with pytest.raises(DecryptError):
+        codec.open_message(roles.OBSERVATIONS, codec.message_key("P-2"), sealed)
+    with pytest.raises(DecryptError):
+        codec.open_message(roles.ALERTS, key, sealed)
+
+
+def test_small_values_and_values_sealed_before_compression_open_as_they_were(
+    tmp_path: Path,
+) -> None:
+    codec = _codec(tmp_path)
+    key = codec.message_key("P-1")
+    small = b'{"patient_id": "P-1", "heart_rate": 71}'
+    assert codec.open_message(roles.VITALS, key, codec.seal_message(roles.VITALS, key, small)) == (
+        small
+    )
+    # A large value sealed whole (as every value was before compression) still opens.
+    large = _bundle(codec)
+    sealed_whole = codec.seal(large, f"kafka:{roles.OBSERVATIONS}\0{key.decode()}")
+    assert codec.open_message(roles.OBSERVATIONS, key, sealed_whole) == large
+
+
+def test_with_encryption_off_values_stay_plain_json_for_any_consumer(tmp_path: Path) -> None:
+    codec = _codec(tmp_path, enabled=False)
+    value = _bundle(codec)
+    key = codec.message_key("P-1")
+    assert codec.seal_message(roles.OBSERVATIONS, key, value) == value
+
+
+def test_a_compressed_value_that_would_expand_past_the_limit_is_refused(tmp_path: Path) -> None:
+    codec = _codec(tmp_path)
+    key = codec.message_key("P-1")
+    place = f"kafka:{roles.OBSERVATIONS}\0{key.decode()}"
+    bomb = lz4.frame.compress(b"0" * (17 << 20), store_size=True)  # 17 MiB in about 70 KiB
+    with pytest.raises(DecryptError, match="outside 1 to 16777216"):
+        codec.open_message(roles.OBSERVATIONS, key, codec.seal(bomb, place))
+    damaged = bytearray(lz4.frame.compress(_bundle(codec), store_size=True))
+    damaged[-20:] = bytes(20)
+    with pytest.raises(DecryptError, match="damaged compressed value"):
+        codec.open_message(roles.OBSERVATIONS, key, codec.seal(bytes(damaged), place))
