@@ -44,6 +44,14 @@ class KafkaSettings(BaseModel):
     # The embedded broker (no bootstrap set) takes TLS 1.3 only, through HAProxy,
     # and the stages get security.protocol=SSL with the local CA.
     embedded_tls: bool = True
+    # The embedded broker keeps every message in memory (it ignores retention): past
+    # this resident size `up` recycles its topics once every consumer has caught up
+    # (see recycle.py). 0: never.
+    embedded_max_mb: int = Field(1024, ge=0)
+
+    def recycled_topics(self) -> list[str]:
+        """The topics a recycle empties; the dead-letter topic keeps its audit trail."""
+        return [self.vitals_topic, self.observations_topic, self.alerts_topic]
 
     def topics(self) -> list[str]:
         return [self.vitals_topic, self.observations_topic, self.alerts_topic, self.dlq_topic]
@@ -135,6 +143,10 @@ class IngestSettings(BaseModel):
     check_port: int | None = Field(None, ge=0, le=65535)
     # Labels this instance's gauges (connections_open|instance=...) when several run.
     instance: str | None = None
+    # `healthsync up` sets it: on SIGUSR1 ingest holds the vitals topic (new readings get
+    # ERR 503 and are resent), writes this file once nothing is in flight, and on SIGUSR2
+    # removes it and accepts again (see recycle.py).
+    hold_file: Path | None = None
     # `healthsync up` only: ingest processes behind HAProxy on the public ports, and
     # HAProxy's stats page and Prometheus endpoint on loopback (0: a free port).
     replicas: int = Field(2, ge=1, le=16)

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 from redis import Redis
 from redis.exceptions import RedisError
 
+from healthsync.recycle import BrokerRecycler
 from healthsync.runstate import ProcessEntry, RunState
 from healthsync.supervisor import Pipeline
 from healthsync.watchdog import ServiceWatchdog
@@ -49,7 +50,7 @@ class Supervisor:
             # state.json first: whoever reads "Ctrl-C stops" may run `healthsync status`.
             self._save_state(watchdog)
             self._announce()
-            self._watch(watchdog)
+            self._watch(watchdog, BrokerRecycler(self.pipeline, self._say))
         finally:
             self._say("stopping ...")
             self.pipeline.stop()
@@ -73,11 +74,7 @@ class Supervisor:
         self._say(f"kafka     {settings.kafka.bootstrap}{embedded_kafka}")
         self._say(f"redis     {_without_password(str(settings.redis.url))}{embedded_redis}")
         if stack.broker:
-            self._say(
-                "note      the embedded broker keeps its topics in memory and is not durable: "
-                "a broker restart loses readings acknowledged but not yet processed. "
-                "For production set kafka.bootstrap to a Kafka cluster."
-            )
+            self._broker_notes()
         ingest = settings.ingest
         if ingest.plain_enabled:
             self._say(f"ingest    tcp://{ingest.host}:{ingest.port}  (plaintext)")
@@ -111,7 +108,21 @@ class Supervisor:
         self._say(f"logs      {self.pipeline.logs}")
         self._say("Ctrl-C stops everything.")
 
-    def _watch(self, watchdog: ServiceWatchdog) -> None:
+    def _broker_notes(self) -> None:
+        self._say(
+            "note      the embedded broker keeps its topics in memory and is not durable: "
+            "a broker restart loses readings acknowledged but not yet processed. "
+            "For production set kafka.bootstrap to a Kafka cluster."
+        )
+        limit = self.pipeline.settings.kafka.embedded_max_mb
+        if limit:
+            self._say(
+                f"note      past {limit} MiB the embedded broker's topics are emptied once "
+                "every stage has caught up (kafka.embedded_max_mb; ingest answers ERR 503 "
+                "for a few seconds meanwhile)"
+            )
+
+    def _watch(self, watchdog: ServiceWatchdog, recycler: BrokerRecycler) -> None:
         settings = self.pipeline.settings
         redis = Redis.from_url(str(settings.redis.url), **settings.redis.client_options())
         last = (time.monotonic(), 0, 0)
@@ -119,6 +130,8 @@ class Supervisor:
             time.sleep(1.0)
             self._restart_dead()
             down = watchdog.check()
+            if not down:
+                recycler.check()
             self._save_state(watchdog)
             last = self._summary(redis, last, down)
         redis.close()

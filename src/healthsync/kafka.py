@@ -7,9 +7,17 @@ SASL for a real cluster needs no code change.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicCollection
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicCollection,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from healthsync.config import KafkaSettings
@@ -99,6 +107,43 @@ def check_broker(settings: KafkaSettings, timeout: float = 2.0) -> None:
         admin.list_topics(timeout=timeout)
     except KafkaException as exc:
         raise KafkaUnavailableError(f"Kafka at {settings.bootstrap} did not answer") from exc
+
+
+def delete_topics(settings: KafkaSettings, topics: list[str], timeout: float = 15.0) -> None:
+    """Delete `topics` and wait until the broker says they are gone."""
+    admin = AdminClient(client_config(settings))
+    futures = admin.delete_topics(topics, request_timeout=timeout)
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise KafkaUnavailableError(
+                    f"could not delete topic {name}: {exc.args[0].str()}"
+                ) from exc
+        except TimeoutError as exc:
+            raise KafkaUnavailableError(f"broker did not answer deleting {name}") from exc
+    deadline = time.monotonic() + timeout
+    while set(topics) & set(admin.list_topics(timeout=timeout).topics):
+        if time.monotonic() > deadline:
+            raise KafkaUnavailableError(f"topics still listed {timeout:.0f} s after deletion")
+        time.sleep(0.1)
+
+
+def group_lag(settings: KafkaSettings, group: str, topics: list[str]) -> int:
+    """Messages of `topics` that `group` has not committed yet (asked, never joined)."""
+    wanted = [TopicPartition(t, p) for t in topics for p in range(settings.partitions)]
+    consumer = Consumer(client_config(settings, {}, {"group.id": group}))
+    try:
+        lag = 0
+        for tp in consumer.committed(wanted, timeout=5.0):
+            low, high = consumer.get_watermark_offsets(tp, timeout=5.0)
+            lag += high - (tp.offset if tp.offset >= 0 else low)
+        return lag
+    except KafkaException as exc:
+        raise KafkaUnavailableError(f"could not read the offsets of {group}: {exc}") from exc
+    finally:
+        consumer.close()
 
 
 class TopicIds:

@@ -269,6 +269,8 @@ class Pipeline:
             argv = [sys.executable, "-m", "healthsync", stage or name, *args]
             child = self.children[name] = Child(name, argv, self.logs / f"{name}.log")
             child.env = self._redis_client_env(stage or name) | (env or {})
+            if (stage or name) == "ingest":
+                child.env["HEALTHSYNC_INGEST_HOLD_FILE"] = str(self.hold_file(name))
         child.start(self.env)
         return child
 
@@ -292,6 +294,10 @@ class Pipeline:
             *("--devices", str(devices), "--rate", str(rate)),
             *("--host", ingest.host, "--port", str(ingest.port), "--quiet"),
         )
+
+    def hold_file(self, name: str) -> Path:
+        """Where the ingest process `name` says it is held (see recycle.py)."""
+        return self.run_dir / f"{name}.held"
 
     def process(self, name: str) -> subprocess.Popen[bytes]:
         process = self.children[name].process

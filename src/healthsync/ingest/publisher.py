@@ -45,6 +45,8 @@ class Publisher:
         self._fatal: KafkaError | None = None
         self._replaced_at = 0.0
         self.broker_down = False
+        # Topics that take nothing new for now (a hold, see hold.py).
+        self.held: frozenset[str] = frozenset()
         self._producer = self._new_producer()
         self._task: asyncio.Task[None] | None = None
 
@@ -70,9 +72,13 @@ class Publisher:
         """Queue one message; `on_done` is called from the event loop when Kafka answers.
 
         Raises BufferError when librdkafka's local queue is full (callers bound
-        their in-flight count well below it, so this signals a misconfiguration)
-        or when the producer failed fatally and awaits its replacement.
+        their in-flight count well below it, so this signals a misconfiguration),
+        when the producer failed fatally and awaits its replacement, or while
+        `topic` is held.
         """
+
+        if topic in self.held:
+            raise BufferError(f"{topic} is held")
 
         def report(error: KafkaError | None, _message: Any) -> None:
             if error is None:
@@ -88,6 +94,20 @@ class Publisher:
             # the caller answers this one as it answers a full queue (ERR, resend).
             self._fatal = self._fatal or exc.args[0]
             raise BufferError(f"producer unusable until replaced: {exc}") from exc
+
+    @property
+    def queued(self) -> int:
+        """Messages produced and not yet answered by Kafka."""
+        return len(self._producer)
+
+    def renew(self) -> None:
+        """A fresh producer for what comes next (the old one must have nothing queued).
+
+        After a hold the held topics may have been deleted and created again: the
+        old producer's idempotence sequence numbers belong to the topics that went.
+        """
+        self._producer.flush(2.0)  # only rejected lines' dead letters can still be queued
+        self._producer = self._new_producer()
 
     def probe(self, topic: str, timeout: float) -> bool:
         """Whether the cluster answers a metadata request for `topic` (blocking: run in a

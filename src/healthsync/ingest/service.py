@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from healthsync.config import Settings
 from healthsync.ingest.assignments import DevicePatients
+from healthsync.ingest.hold import Hold
 from healthsync.ingest.publisher import Publisher
 from healthsync.ingest.readiness import Readiness
 from healthsync.ingest.server import IngestServer
@@ -69,6 +70,8 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if settings.ingest.hold_file is not None:
+        Hold(server, publisher, settings.ingest.hold_file).install(loop)
     await server.start()
     tasks = [loop.create_task(_housekeeping(server, redis, stop, assigned))]
     readiness = None

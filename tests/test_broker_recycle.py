@@ -1,0 +1,215 @@
+"""The embedded broker's topics are recycled to bound its memory, losing nothing acknowledged.
+
+Real processes: `up`'s own Pipeline with its embedded Tansu (behind the TLS
+front), two ingest replicas behind HAProxy, the processor and the archiver.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import cast
+
+import pytest
+from confluent_kafka import Producer
+from redis import Redis
+
+from healthsync.config import Settings
+from healthsync.kafka import TopicIds, client_config
+from healthsync.recycle import BrokerRecycler, resident_mib
+from healthsync.security.codec import Codec
+from healthsync.stack import Service
+from healthsync.store.archive.setup import Archive
+from healthsync.supervisor import Pipeline
+from tests.conftest import Device, make_settings, wait_for
+
+PATIENTS = [f"P-{i}" for i in range(4)]
+
+
+class Sender:
+    """One device sending readings as fast as they are answered, resending on ERR."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.acknowledged: list[str] = []
+        self.refused = 0
+        self.seq = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Sender:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def sent(self, count: int) -> None:
+        target = len(self.acknowledged) + count
+        wait_for(lambda: len(self.acknowledged) >= target, timeout=90, what="acknowledgements")
+
+    def _run(self) -> None:
+        ingest = self.settings.ingest
+        device: Device | None = None
+        while not self._stop.is_set():
+            patient = PATIENTS[self.seq % len(PATIENTS)]
+            line = f"device_id=dev-{patient} patient_id={patient} seq={self.seq} hr=72 spo2=97"
+            try:
+                device = device or Device(ingest.host, ingest.port)
+                reply = device.send(line.encode())
+            except OSError:
+                reply = ""
+            if reply.startswith("OK "):
+                self.acknowledged.append(reply.split()[1])
+                self.seq += 1
+                continue
+            self.refused += 1  # the same line again: the same seq, the same reading id
+            if device is not None:
+                device.close()
+                device = None
+            time.sleep(0.1)
+        if device is not None:
+            device.close()
+
+
+@pytest.fixture
+def up(broker: Service, redis_server: Service, tmp_path: Path) -> Iterator[Pipeline]:
+    """The pipeline as `up` runs it, with an embedded broker of its own."""
+    settings = make_settings(broker, redis_server, ingest={"replicas": 2}, archive={"roll_s": 1})
+    settings.kafka.bootstrap = None  # its own Tansu, behind the TLS front, as `up` has
+    pipeline = Pipeline(settings, tmp_path / "run")
+    pipeline.start(stages=("ingest", "process", "archive"))
+    yield pipeline
+    pipeline.stop()
+
+
+def stored(client: Redis, pipeline: Pipeline) -> Counter[str]:
+    keys = Codec.from_settings(pipeline.settings).keys  # patients' keys are pseudonyms
+    found: Counter[str] = Counter()
+    for patient in PATIENTS:
+        members = cast("list[bytes]", client.zrange(keys.seen(patient), 0, -1))
+        found.update(m.decode() for m in members)
+    return found
+
+
+def archived(settings: Settings) -> Counter[str]:
+    reader = Archive.from_settings(settings).reader()
+    now = time.time()
+    try:
+        return Counter(
+            point["reading_id"]
+            for patient in PATIENTS
+            for point in reader.readings(patient, now - 3600, now + 3600)
+        )
+    finally:
+        reader.close()
+
+
+def processed_total(client: Redis, pipeline: Pipeline) -> int:
+    keys = pipeline.settings.redis.keys
+    total = client.hget(keys.stats("processor"), "readings_processed_total")
+    return int(cast("bytes | None", total) or 0)
+
+
+@pytest.mark.timeout(300)
+def test_a_recycle_under_load_empties_the_topics_and_loses_nothing_acknowledged(
+    up: Pipeline,
+) -> None:
+    settings = up.settings
+    kafka = settings.kafka
+    client = Redis.from_url(str(settings.redis.url), **settings.redis.client_options())
+    ids = TopicIds(kafka)
+    before = {topic: ids(topic) for topic in kafka.topics()}
+    # A rejected line goes to the dead-letter topic, which the recycle keeps.
+    device = Device(settings.ingest.host, settings.ingest.port)
+    assert device.send(b"device_id=dev-x patient_id=P-0 hr=banana").startswith("ERR 400")
+    device.close()
+    recycler = BrokerRecycler(up, lambda _text: None)
+    try:
+        with Sender(settings) as sender:
+            sender.sent(300)
+            outcome = recycler.recycle()
+            sender.sent(300)
+        acknowledged = Counter(sender.acknowledged)
+        assert max(acknowledged.values()) == 1  # each seq was acknowledged once
+        after = {topic: ids(topic) for topic in kafka.topics()}
+        for topic in kafka.recycled_topics():
+            assert after[topic] != before[topic], f"{topic} was not emptied"
+        assert after[kafka.dlq_topic] == before[kafka.dlq_topic]
+        assert outcome.held_s < 15
+
+        # Every acknowledged reading, before, during and after: in Redis once ...
+        wait_for(
+            lambda: stored(client, up) == acknowledged,
+            timeout=60,
+            what="every acknowledged reading in Redis",
+        )
+        assert processed_total(client, up) == len(acknowledged)
+        # ... and in the archive once.
+        wait_for(
+            lambda: archived(settings) == acknowledged,
+            timeout=60,
+            what="every acknowledged reading in the archive",
+        )
+    finally:
+        client.close()
+
+
+def test_holding_ingest_refuses_new_readings_until_released(up: Pipeline) -> None:
+    settings = up.settings
+    replicas = [c for c in up.children.values() if c.stage == "ingest"]
+    assert len(replicas) == 2
+    for child in replicas:
+        assert child.process is not None
+        os.kill(child.process.pid, signal.SIGUSR1)
+    for child in replicas:
+        hold_file = up.hold_file(child.name)
+        wait_for(hold_file.exists, timeout=15, what=f"{child.name} to say it is held")
+    device = Device(settings.ingest.host, settings.ingest.port)
+    reply = device.send(b"device_id=dev-h patient_id=P-0 seq=1 hr=70")
+    device.close()
+    assert reply.startswith("ERR 503 kafka_unavailable"), reply
+    for child in replicas:
+        assert child.process is not None
+        os.kill(child.process.pid, signal.SIGUSR2)
+    wait_for(
+        lambda: not any(up.hold_file(c.name).exists() for c in replicas),
+        timeout=15,
+        what="the replicas to be released",
+    )
+    device = Device(settings.ingest.host, settings.ingest.port)
+    reply = device.send(b"device_id=dev-h patient_id=P-0 seq=1 hr=70")
+    device.close()
+    assert reply.startswith("OK "), reply
+
+
+def test_the_broker_past_its_limit_is_recycled_and_its_memory_freed(up: Pipeline) -> None:
+    kafka = up.settings.kafka
+    producer = Producer(client_config(kafka, {"linger.ms": 5}))
+    # 80 MiB of values the consumers will read past (they are not readings: dead-lettered).
+    for i in range(80_000):
+        while True:
+            try:
+                producer.produce(kafka.observations_topic, os.urandom(1024), f"k{i % 50}")
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(60) == 0
+    recycler = BrokerRecycler(up, lambda _text: None)
+    tansu = recycler.tansu()
+    assert tansu is not None
+    grown = resident_mib(tansu.process.pid)
+    assert grown is not None
+    recycler.limit_mib = int(grown) - 40
+    outcome = recycler.check()
+    assert outcome is not None, "the broker past its limit was not recycled"
+    assert outcome.after_mib < outcome.before_mib - 50
+    # Below the limit now: nothing more to do, even once the pause after a recycle is over.
+    recycler.not_before = 0.0
+    assert recycler.check() is None
