@@ -21,12 +21,14 @@ from redis import Redis
 
 from healthsync.config import Settings
 from healthsync.kafka import TopicIds, client_config
+from healthsync.names import RedisKeys
 from healthsync.recycle import BrokerRecycler, resident_mib
 from healthsync.security.codec import Codec
 from healthsync.stack import Service
 from healthsync.store.archive.setup import Archive
 from healthsync.supervisor import Pipeline
 from tests.conftest import Device, make_settings, wait_for
+from tests.live_stack import Load, live_stack
 
 PATIENTS = [f"P-{i}" for i in range(4)]
 
@@ -207,9 +209,43 @@ def test_the_broker_past_its_limit_is_recycled_and_its_memory_freed(up: Pipeline
     grown = resident_mib(tansu.process.pid)
     assert grown is not None
     recycler.limit_mib = int(grown) - 40
+    # Not while a consumer may still be joining its group (see recycle.py) ...
+    wait_for(recycler.settled, timeout=60, what="the consumers to have joined their groups")
     outcome = recycler.check()
     assert outcome is not None, "the broker past its limit was not recycled"
     assert outcome.after_mib < outcome.before_mib - 50
     # Below the limit now: nothing more to do, even once the pause after a recycle is over.
     recycler.not_before = 0.0
     assert recycler.check() is None
+
+
+@pytest.mark.timeout(300)
+def test_up_recycles_a_broker_past_its_limit_and_says_so(tmp_path: Path) -> None:
+    # A limit of 1 MiB: the broker is past it as soon as `up` watches it.
+    with live_stack(tmp_path, env={"HEALTHSYNC_KAFKA_EMBEDDED_MAX_MB": "1"}) as stack:
+        wait_for(
+            lambda: any(line.startswith("broker recycled: ") for line in stack.lines),
+            timeout=120,
+            what="up to recycle the broker",
+        )
+        with Load(stack, PATIENTS) as load:
+            load.sent(20)
+        client = stack.redis()
+        keys = stack.keys()
+        try:
+            wait_for(
+                lambda: load.acknowledged <= _seen(client, keys),
+                timeout=60,
+                what="readings sent after the recycle to be stored",
+            )
+        finally:
+            client.close()
+    assert "past 1 MiB the embedded broker's topics are emptied" in stack.output
+
+
+def _seen(client: Redis, keys: RedisKeys) -> set[str]:
+    found: set[str] = set()
+    for patient in PATIENTS:
+        members = cast("list[bytes]", client.zrange(keys.seen(patient), 0, -1))
+        found.update(m.decode() for m in members)
+    return found

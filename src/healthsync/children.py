@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -23,6 +24,8 @@ class Child:
     next_start: float = 0.0
     # This child's own variables over the stages' common ones (kept for restarts).
     env: dict[str, str] = field(default_factory=dict)
+    # time.monotonic() of its last start.
+    started_at: float = 0.0
 
     @property
     def stage(self) -> str:
@@ -30,6 +33,7 @@ class Child:
         return self.argv[3] if len(self.argv) > 3 else self.name
 
     def start(self, env: dict[str, str]) -> None:
+        self.started_at = time.monotonic()
         self.log_file = self.log_path.open("ab")
         self.process = subprocess.Popen(
             self.argv,

@@ -46,9 +46,14 @@ HOLD_TIMEOUT_S = 15.0
 CATCH_UP_TIMEOUT_S = 30.0
 # A stopped consumer no longer moves: its commits only have to become visible.
 STOPPED_TIMEOUT_S = 3.0
+# A consumer is stopped only once it has run this long. One stopped while it is still
+# joining its group leaves the group waiting for it (Tansu holds its LeaveGroup behind
+# the pending JoinGroup), and its successor would wait out the rebalance timeout.
+SETTLE_S = 30.0
 # After a recycle, or a try that could not finish, wait this long before the next.
 RETRY_AFTER_S = 60.0
 _POLL_S = 0.2
+_CONSUMERS = ("process", "archive", "push")
 _CREATE_ATTEMPTS = 5
 
 
@@ -98,7 +103,7 @@ class BrokerRecycler:
         if broker is None or not self.limit_mib or time.monotonic() < self.not_before:
             return None
         size = resident_mib(broker.process.pid)
-        if size is None or size < self.limit_mib:
+        if size is None or size < self.limit_mib or not self.settled():
             return None
         self.not_before = time.monotonic() + RETRY_AFTER_S  # whatever happens, not at once
         try:
@@ -117,6 +122,7 @@ class BrokerRecycler:
         broker = self.tansu()
         if broker is None:
             raise RecycleAborted("no embedded broker")
+        _wait(self.settled, SETTLE_S + HOLD_TIMEOUT_S, "the consumers to join their groups")
         before = resident_mib(broker.process.pid) or 0.0
         ingest = self._children("ingest")
         started = time.monotonic()
@@ -130,6 +136,15 @@ class BrokerRecycler:
                 child.start(self.pipeline.env)
             self._release(ingest)
         return Outcome(before, resident_mib(broker.process.pid) or 0.0, time.monotonic() - started)
+
+    def settled(self) -> bool:
+        """Whether every consumer stage has run long enough to have joined its group."""
+        now = time.monotonic()
+        return all(
+            now - child.started_at >= SETTLE_S
+            for stage in _CONSUMERS
+            for child in self._children(stage)
+        )
 
     def _children(self, stage: str) -> list[Child]:
         return [c for c in self.pipeline.children.values() if c.stage == stage and c.alive]
