@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 from redis import Redis
 from redis.exceptions import RedisError
 
+from healthsync.redis_client import connect
 from healthsync.runstate import ProcessEntry, RunState
 from healthsync.supervisor import Pipeline
 from healthsync.watchdog import ServiceWatchdog
@@ -113,7 +114,7 @@ class Supervisor:
 
     def _watch(self, watchdog: ServiceWatchdog) -> None:
         settings = self.pipeline.settings
-        redis = Redis.from_url(str(settings.redis.url), **settings.redis.client_options())
+        redis = connect(settings.redis)
         last = (time.monotonic(), 0, 0)
         while not self.stopping:
             time.sleep(1.0)
@@ -164,7 +165,10 @@ class Supervisor:
         restarting = f"  down: {', '.join(down)} (restarting)" if down else ""
         try:
             accepted = int(redis.hget(keys.stats("ingest"), "readings_accepted_total") or 0)
-            processed = int(redis.hget(keys.stats("processor"), "readings_processed_total") or 0)
+            processed = sum(
+                int(redis.hget(key, "readings_processed_total") or 0)
+                for key in keys.stats_keys("processor")
+            )
             open_alerts = int(redis.hlen(keys.open_alerts))
         except RedisError as exc:
             # Name the dependency, not a bare socket error repeated every second.
