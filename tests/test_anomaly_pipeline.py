@@ -35,7 +35,8 @@ def test_a_persistence_timer_survives_a_processor_restart(
     )
     keys = Codec.from_settings(pipeline.settings).keys
     saved = keys.patient("P-R")  # the field is the patient's pseudonym
-    wait_for(lambda: redis.hexists(keys.engine, saved), what="the engine's state saved")
+    engine = keys.engine(keys.group_of("P-R"))
+    wait_for(lambda: redis.hexists(engine, saved), what="the engine's state saved")
     assert open_alerts(api, "P-R") == [], "one low sample: pending, not open"
 
     pipeline.children["process"].kill()

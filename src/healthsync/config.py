@@ -57,11 +57,20 @@ class KafkaSettings(BaseModel):
         return [self.vitals_topic, self.observations_topic, self.alerts_topic, self.dlq_topic]
 
 
+_CLUSTER_SCHEME = "+cluster"
+
+
 class RedisSettings(BaseModel):
     """The live cache."""
 
     # None means: start a private redis-server (``healthsync up``) or fail.
+    # ``redis+cluster://`` or ``rediss+cluster://`` (or `cluster`) names a Redis Cluster.
     url: str | None = None
+    cluster: bool = False
+    # With a cluster, patients' keys are in this many hash-tagged groups (names.RedisKeys):
+    # the unit a batch's transaction covers and the cluster spreads over its nodes. Fixed
+    # for a deployment's data: another number puts every patient's keys elsewhere.
+    cluster_groups: int = Field(16, ge=2, le=1024)
     prefix: str = "hs"
     history_retention_s: int = Field(24 * 3600, ge=60)
     events_maxlen: int = Field(10_000, ge=100)
@@ -87,7 +96,7 @@ class RedisSettings(BaseModel):
             "socket_connect_timeout": self.timeout_s,
         }
         # redis-py's plain connections reject ssl_* arguments: only for rediss://.
-        if self.url and self.url.startswith("rediss://"):
+        if self.client_url.startswith("rediss://"):
             if self.tls_ca_file is not None:
                 options["ssl_ca_certs"] = str(self.tls_ca_file)
             if self.tls_cert_file is not None:
@@ -96,12 +105,28 @@ class RedisSettings(BaseModel):
         return options
 
     @property
+    def clustered(self) -> bool:
+        """Whether Redis is a cluster: `cluster`, or a ``+cluster`` URL scheme."""
+        return self.cluster or _CLUSTER_SCHEME in (self.url or "").partition("://")[0]
+
+    @property
+    def client_url(self) -> str:
+        """The URL as redis-py takes it (without ``+cluster``)."""
+        scheme, sep, rest = (self.url or "").partition("://")
+        return scheme.removesuffix(_CLUSTER_SCHEME) + sep + rest
+
+    @property
+    def groups(self) -> int:
+        """Patient groups of the key layout (names.RedisKeys): one on a standalone Redis."""
+        return self.cluster_groups if self.clustered else 1
+
+    @property
     def keys(self) -> RedisKeys:
         """The layout without pseudonyms: for keys that name no patient (stats, latency).
 
         Anything about a patient goes through ``Codec.keys`` (healthsync.security.codec).
         """
-        return RedisKeys(self.prefix)
+        return RedisKeys(self.prefix, groups=self.groups)
 
 
 class IngestSettings(BaseModel):

@@ -20,6 +20,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from healthsync.recycle import BrokerRecycler
+from healthsync.redis_client import connect
 from healthsync.runstate import ProcessEntry, RunState
 from healthsync.supervisor import Pipeline
 from healthsync.watchdog import ServiceWatchdog
@@ -124,7 +125,7 @@ class Supervisor:
 
     def _watch(self, watchdog: ServiceWatchdog, recycler: BrokerRecycler) -> None:
         settings = self.pipeline.settings
-        redis = Redis.from_url(str(settings.redis.url), **settings.redis.client_options())
+        redis = connect(settings.redis)
         last = (time.monotonic(), 0, 0)
         while not self.stopping:
             time.sleep(1.0)
@@ -177,7 +178,10 @@ class Supervisor:
         restarting = f"  down: {', '.join(down)} (restarting)" if down else ""
         try:
             accepted = int(redis.hget(keys.stats("ingest"), "readings_accepted_total") or 0)
-            processed = int(redis.hget(keys.stats("processor"), "readings_processed_total") or 0)
+            processed = sum(
+                int(redis.hget(key, "readings_processed_total") or 0)
+                for key in keys.stats_keys("processor")
+            )
             open_alerts = int(redis.hlen(keys.open_alerts))
         except RedisError as exc:
             # Name the dependency, not a bare socket error repeated every second.

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import os
 
-from redis import Redis
-
 from healthsync.config import CryptoSettings, Settings
 from healthsync.errors import ConfigError
+from healthsync.redis_client import connect
 from healthsync.security.codec import Codec, load_keyring
 from healthsync.security.crypto import Cipher, KeyringError
 from healthsync.store.job_files import ObjectStore, open_store
@@ -67,9 +66,7 @@ def _runs(settings: Settings) -> RunStore:
             "job runs are locked in Redis while their files are resealed: "
             "set HEALTHSYNC_REDIS_URL (and its TLS settings)"
         )
-    return RunStore(
-        Redis.from_url(settings.redis.url, **settings.redis.client_options()), settings.redis.keys
-    )
+    return RunStore(connect(settings.redis), settings.redis.keys)
 
 
 def refuse_if_job_files(settings: Settings, key_id: str) -> None:

@@ -7,6 +7,7 @@ from redis.exceptions import RedisError
 
 from healthsync.config import CryptoSettings, Settings
 from healthsync.errors import ConfigError
+from healthsync.redis_client import connect
 from healthsync.security.codec import Codec
 from healthsync.security.crypto import KeyringError
 from healthsync.store.rewrap import key_usage, rewrap
@@ -18,7 +19,7 @@ def _connect(settings: Settings, crypto: CryptoSettings) -> tuple[Redis, Codec]:
             "the keyring's data is in Redis: set HEALTHSYNC_REDIS_URL (and its TLS settings)"
         )
     codec = Codec.from_settings(settings.model_copy(update={"crypto": crypto}))
-    return Redis.from_url(settings.redis.url, **settings.redis.client_options()), codec
+    return connect(settings.redis), codec
 
 
 def rewrap_redis(settings: Settings, crypto: CryptoSettings) -> int:

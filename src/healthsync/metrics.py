@@ -38,6 +38,18 @@ def parse_field(field: str) -> tuple[str, dict[str, str]]:
     return name, labels
 
 
+def merge_counters(hashes: Iterable[Mapping[bytes, bytes]]) -> dict[str, str]:
+    """One component's fields from several hashes (its own and the patient groups'), summed."""
+    merged: dict[str, str] = {}
+    for found in hashes:
+        for raw_field, raw in found.items():
+            field, value = raw_field.decode(), raw.decode()
+            if field in merged:
+                value = str(int(merged[field]) + int(value))  # only counters are in several
+            merged[field] = value
+    return merged
+
+
 class StatsRecorder:
     """Counts for one component, accumulated locally and flushed to Redis."""
 

@@ -6,6 +6,7 @@ module holds the Redis key layout, which every reader and writer must agree on.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,22 +26,36 @@ _PSEUDONYMOUS = frozenset({"Patient", "Device"})
 class RedisKeys:
     """The Redis key layout under one prefix.
 
+    ``{g}`` below is the patient group's part of a key: empty with one group
+    (a standalone Redis, ``groups=1``), so those keys are ``{p}:latest:...``;
+    ``{gNN}:`` with several (a Redis Cluster), a hash tag, so every key of a
+    group is in one hash slot and a batch's transaction for the group stays
+    on one node. A patient's group is a CRC-32 of the pseudonym modulo
+    ``groups``: anyone with the patient id (the API) finds the keys.
+
     ``{patient}`` below is the patient id's pseudonym (``pseudonym``, an HMAC
     when encryption at rest is on; see :mod:`healthsync.security.codec`): every
     method that takes a patient id applies it, so no id appears in a key name,
     hash field or set member. Values that hold PHI are sealed by the codec.
 
-    - ``{p}:patients``                  sorted set: {patient} -> last reading time
-    - ``{p}:patient_ids``               hash: {patient} -> the patient id (sealed)
-    - ``{p}:latest:{patient}``          hash: vital -> JSON {value, ts, reading_id}
-    - ``{p}:history:{patient}``         sorted set: reading JSON scored by measurement time
-    - ``{p}:seen:{patient}``            sorted set: reading_id scored by time (idempotency)
+    - ``{p}:{g}patients``               sorted set: {patient} -> last reading time
+    - ``{p}:{g}patient_ids``            hash: {patient} -> the patient id (sealed)
+    - ``{p}:{g}latest:{patient}``       hash: vital -> JSON {value, ts, reading_id}
+    - ``{p}:{g}history:{patient}``      sorted set: reading JSON scored by measurement time
+    - ``{p}:{g}seen:{patient}``         sorted set: reading_id scored by time (idempotency)
+    - ``{p}:{g}news2``                  hash: {patient} -> latest NEWS2 JSON
+    - ``{p}:{g}engine``                 hash: {patient} -> the anomaly engine's state JSON
+    - ``{p}:offsets``                   hash: ``topic:partition`` -> the next offset the
+                                          processor's stored batches reach (see store/live.py);
+                                          with several groups ``{p}:{g}offsets:{topic}:{partition}``
+    - ``{p}:{g}stats:processor``        hash: ``readings_processed_total`` of the group
+                                          (one group: the same hash as the processor's stats)
+    - ``{p}:{g}stats:processed_by_hour`` hash: hour (epoch s) -> readings stored that were
+                                          received in it (see store/hourly.py)
     - ``{p}:alert:{alert_id}``          string: alert JSON; expires after retention once resolved
     - ``{p}:alerts:recent``             sorted set: alert_id scored by when it opened
     - ``{p}:alerts:open``               hash: "{patient}|{kind}" -> alert_id (kind pseudonymous)
     - ``{p}:alerts:acknowledged``       hash: alert_id -> JSON {by, at}
-    - ``{p}:news2``                     hash: {patient} -> latest NEWS2 JSON
-    - ``{p}:engine``                    hash: {patient} -> the anomaly engine's state JSON
     - ``{p}:rules``                     hash: {patient} -> rules JSON set through the API
     - ``{p}:device_patients``           hash: {device} -> JSON {device_id, patients} (sealed)
     - ``{p}:fhir:{type}:{id}``          string: a FHIR resource's JSON (recent window);
@@ -52,11 +67,7 @@ class RedisKeys:
     - ``{p}:events``                    stream of live events for dashboards
     - ``{p}:audit``                     stream: who read which patient's data (API audit log)
     - ``{p}:stats:{component}``         hash of counters shared by all instances
-    - ``{p}:offsets``                   hash: ``topic:partition`` -> the next offset the
-                                          processor's stored batches reach (see store/live.py)
     - ``{p}:latency``                   hash: histogram bucket -> count
-    - ``{p}:stats:processed_by_hour``   hash: hour (epoch s) -> readings stored that were
-                                          received in it (see store/hourly.py)
     - ``{p}:jobs:runs``                 hash: run id -> run record JSON (no patient data)
     - ``{p}:jobs:recent``               sorted set: run id scored by when it was created
     - ``{p}:jobs:lock:{job}``           string: the run id holding the job, with a TTL
@@ -67,27 +78,82 @@ class RedisKeys:
 
     prefix: str = "hs"
     pseudonym: Callable[[str], str] = _clear
+    groups: int = 1
 
     def patient(self, patient_id: str) -> str:
         """How a patient appears in set members and hash fields."""
         return self.pseudonym(patient_id)
 
-    @property
-    def patients(self) -> str:
-        return f"{self.prefix}:patients"
+    # -- patient groups ----------------------------------------------------------------
 
     @property
-    def patient_ids(self) -> str:
-        return f"{self.prefix}:patient_ids"
+    def all_groups(self) -> range:
+        return range(self.groups)
+
+    def group_of(self, patient_id: str) -> int:
+        """The group of a patient id."""
+        return self.group_of_member(self.pseudonym(patient_id))
+
+    def group_of_member(self, member: str) -> int:
+        """The group of a pseudonym (a hash field or set member naming a patient)."""
+        if self.groups == 1:
+            return 0
+        return zlib.crc32(member.encode()) % self.groups
+
+    def _in(self, group: int) -> str:
+        """The start of a group's key names: the prefix, and the hash tag with several groups."""
+        if self.groups == 1:
+            return f"{self.prefix}:"
+        return f"{self.prefix}:{{g{group:02d}}}:"
+
+    def patients(self, group: int) -> str:
+        return f"{self._in(group)}patients"
+
+    def patient_ids(self, group: int) -> str:
+        return f"{self._in(group)}patient_ids"
 
     def latest(self, patient_id: str) -> str:
-        return f"{self.prefix}:latest:{self.pseudonym(patient_id)}"
+        member = self.pseudonym(patient_id)
+        return f"{self._in(self.group_of_member(member))}latest:{member}"
 
     def history(self, patient_id: str) -> str:
-        return f"{self.prefix}:history:{self.pseudonym(patient_id)}"
+        member = self.pseudonym(patient_id)
+        return f"{self._in(self.group_of_member(member))}history:{member}"
 
     def seen(self, patient_id: str) -> str:
-        return f"{self.prefix}:seen:{self.pseudonym(patient_id)}"
+        member = self.pseudonym(patient_id)
+        return f"{self._in(self.group_of_member(member))}seen:{member}"
+
+    def news2(self, group: int) -> str:
+        return f"{self._in(group)}news2"
+
+    def engine(self, group: int) -> str:
+        return f"{self._in(group)}engine"
+
+    def offsets(self, group: int, topic: str, partition: int) -> str:
+        """The hash recording a partition's reach in a group (field ``topic:partition``).
+
+        One hash for every partition with one group; with several, one per
+        partition too, so processors owning different partitions never
+        WATCH the same key.
+        """
+        if self.groups == 1:
+            return f"{self.prefix}:offsets"
+        return f"{self._in(group)}offsets:{topic}:{partition}"
+
+    def processed(self, group: int) -> str:
+        """The hash holding the group's ``readings_processed_total``."""
+        return f"{self._in(group)}stats:processor"
+
+    def processed_by_hour(self, group: int) -> str:
+        return f"{self._in(group)}stats:processed_by_hour"
+
+    def stats_keys(self, component: str) -> list[str]:
+        """Every hash holding a component's counters: its own, and the groups' for the processor."""
+        names = [self.stats(component)]
+        if component == "processor":
+            names += [k for k in map(self.processed, self.all_groups) if k not in names]
+        return names
 
     def alert(self, alert_id: str) -> str:
         return f"{self.prefix}:alert:{alert_id}"
@@ -106,14 +172,6 @@ class RedisKeys:
         The kind is a pseudonym too: ``device_offline:<device>`` names a device.
         """
         return f"{self.pseudonym(patient_id)}|{self.pseudonym(kind)}"
-
-    @property
-    def news2(self) -> str:
-        return f"{self.prefix}:news2"
-
-    @property
-    def engine(self) -> str:
-        return f"{self.prefix}:engine"
 
     @property
     def rules(self) -> str:
@@ -148,14 +206,6 @@ class RedisKeys:
     def fhir_index(self, resource_type: str, patient_id: str | None = None) -> str:
         base = f"{self.prefix}:fhir:index:{resource_type}"
         return base if patient_id is None else f"{base}:{self.pseudonym(patient_id)}"
-
-    @property
-    def offsets(self) -> str:
-        return f"{self.prefix}:offsets"
-
-    @property
-    def processed_by_hour(self) -> str:
-        return f"{self.prefix}:stats:processed_by_hour"
 
     @property
     def audit(self) -> str:

@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from redis import Redis
 from redis.exceptions import RedisError
 
 from healthsync.api.apikeys import ApiKeyStore, ensure_local_key
@@ -27,6 +26,7 @@ from healthsync.config import Settings
 from healthsync.errors import ConfigError, HealthSyncError
 from healthsync.front import IngestFront, new_front
 from healthsync.kafka import KafkaUnavailableError, ensure_topics
+from healthsync.redis_client import connect
 from healthsync.security.certs import (
     ca_cert_path,
     init_pki,
@@ -168,11 +168,12 @@ class Pipeline:
         A fresh in-memory broker numbers its offsets from 0 again; the old
         record would hide a real gap from the processor (see store/live.py).
         """
-        client = Redis.from_url(
-            str(self.settings.redis.url), **self.settings.redis.client_options()
-        )
+        client = connect(self.settings.redis)
         try:
-            client.delete(self.settings.redis.keys.offsets)
+            keys, topic = self.settings.redis.keys, self.settings.kafka.vitals_topic
+            for group in keys.all_groups:  # one at a time: a cluster has them on several nodes
+                for partition in range(self.settings.kafka.partitions):
+                    client.delete(keys.offsets(group, topic, partition))
         finally:
             client.close()
 

@@ -7,14 +7,13 @@ processor's steps and sinks (which matters) is visible in one place.
 
 from __future__ import annotations
 
-from redis import Redis
-
 from healthsync.config import Settings
 from healthsync.errors import ConfigError
 from healthsync.fhir.ehr_push import EhrPushSink
 from healthsync.fhir.step import FhirResources
 from healthsync.kafka import TopicIds, make_consumer, make_producer
 from healthsync.metrics import StatsRecorder
+from healthsync.redis_client import connect
 from healthsync.security.codec import Codec
 from healthsync.store.archive.setup import Archive
 from healthsync.store.fhir_store import RedisFhirSink
@@ -49,7 +48,7 @@ def build_processor(settings: Settings) -> Processor:
     stats = StatsRecorder(settings.redis.keys, "processor")
     codec = Codec.from_settings(settings)
     records = Records(codec)
-    client = Redis.from_url(settings.redis.url, **settings.redis.client_options())
+    client = connect(settings.redis)
     state = RedisStateStore(client, records, stats)
     live = RedisLiveSink(client, settings.redis, stats, records)
     fhir_store = RedisFhirSink(client, settings.redis, records)
@@ -114,7 +113,7 @@ def build_archiver(settings: Settings) -> Archiver:
     stats = StatsRecorder(settings.redis.keys, "archiver")
     publish = _no_stats
     if settings.redis.url:
-        client = Redis.from_url(settings.redis.url, **settings.redis.client_options())
+        client = connect(settings.redis)
 
         def publish() -> None:
             pipe = client.pipeline(transaction=False)

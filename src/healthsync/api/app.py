@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis
 
 from healthsync import __version__
 from healthsync.api import docs, fhir_app, middleware, unavailable
@@ -36,6 +35,7 @@ from healthsync.api.unreadable import unreadable_counter
 from healthsync.config import Settings
 from healthsync.errors import ConfigError
 from healthsync.metrics import PipelineCollector
+from healthsync.redis_client import connect_async
 from healthsync.security.codec import Codec, load_keyring
 from healthsync.security.tokens import TokenSealer
 from healthsync.store.alert_history import AlertHistory
@@ -69,7 +69,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> FastAPI:
     if not settings.redis.url:
         raise ConfigError("the API needs Redis (HEALTHSYNC_REDIS_URL)")
-    redis = Redis.from_url(settings.redis.url, **settings.redis.client_options())
+    redis = connect_async(settings.redis)
     codec = Codec.from_settings(settings)
     records = Records(codec)
     registry = CollectorRegistry()

@@ -39,7 +39,7 @@ from typing import Any, cast
 
 from redis import Redis
 
-from healthsync.metrics import LATENCY_BUCKETS, parse_field
+from healthsync.metrics import LATENCY_BUCKETS, merge_counters, parse_field
 from healthsync.names import RedisKeys
 from healthsync.store.runs import RunStore
 
@@ -103,19 +103,27 @@ class PipelineMetrics:
     _latency: dict[str, float] | None = None
     _since: float | None = None
 
-    def collect(self) -> list[Datum]:
-        now = self.clock()
+    def _read(self) -> tuple[dict[str, dict[str, str]], Any, Any]:
+        """The components' counters, the latency histogram and the open alerts' count."""
         pipe = self.client.pipeline(transaction=False)
         for component in ("ingest", "processor", "archive"):
             pipe.hgetall(self.keys.stats(component))
         pipe.hgetall(self.keys.latency)
         pipe.hlen(self.keys.open_alerts)
-        ingest, processor, archive, latency, open_alerts = pipe.execute()
+        # The processed counts of the patient groups, kept apart on a Redis Cluster.
+        for key in self.keys.stats_keys("processor")[1:]:
+            pipe.hgetall(key)
+        ingest, processor, archive, latency, open_alerts, *grouped = pipe.execute()
         stats = {
             "ingest": _text(ingest),
-            "processor": _text(processor),
+            "processor": merge_counters([processor, *grouped]),
             "archive": _text(archive),
         }
+        return stats, latency, open_alerts
+
+    def collect(self) -> list[Datum]:
+        now = self.clock()
+        stats, latency, open_alerts = self._read()
         data: list[Datum] = []
 
         def add(name: str, value: float, unit: str, **dims: str) -> None:

@@ -11,16 +11,15 @@ from healthsync.errors import HealthSyncError
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Exit 0 if Redis and Kafka answer: a health check for service managers."""
-    from redis import Redis
 
     from healthsync.kafka import check_broker
+    from healthsync.redis_client import connect
 
     settings = settings_from(args)
     failures = []
     if settings.redis.url:
         try:
-            options = settings.redis.client_options() | {"socket_timeout": 2}
-            Redis.from_url(settings.redis.url, **options).ping()
+            connect(settings.redis.model_copy(update={"timeout_s": 2.0})).ping()
         except Exception as exc:  # noqa: BLE001
             failures.append(f"redis: {exc}")
     else:

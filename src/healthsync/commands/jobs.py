@@ -15,13 +15,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from redis import Redis
 from redis.exceptions import RedisError
 
 from healthsync.config import Settings
 from healthsync.errors import ConfigError
 from healthsync.jobs.base import Job, JobParams
 from healthsync.names import JOBS
+from healthsync.redis_client import connect
 from healthsync.store.runs import JobBusyError, RunStore, new_run_id, valid_run_id
 
 log = logging.getLogger("healthsync")
@@ -154,7 +154,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _runs(settings: Settings) -> RunStore:
     if not settings.redis.url:
         raise ConfigError("jobs keep their run records in Redis: set HEALTHSYNC_REDIS_URL")
-    client = Redis.from_url(settings.redis.url, **settings.redis.client_options())
+    client = connect(settings.redis)
     return RunStore(client, settings.redis.keys)
 
 

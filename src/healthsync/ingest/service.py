@@ -16,6 +16,7 @@ from healthsync.ingest.publisher import Publisher
 from healthsync.ingest.readiness import Readiness
 from healthsync.ingest.server import IngestServer
 from healthsync.metrics import StatsRecorder
+from healthsync.redis_client import connect_async
 from healthsync.security.codec import Codec
 from healthsync.store.assignments import Assignments
 
@@ -63,7 +64,7 @@ async def serve(settings: Settings) -> None:
     redis = None
     assigned = None
     if settings.redis.url:
-        redis = Redis.from_url(settings.redis.url, **settings.redis.client_options())
+        redis = connect_async(settings.redis)
         assigned = Assignments(redis, codec)
         await server.device_patients.refresh(assigned)
     stop = asyncio.Event()

@@ -45,20 +45,22 @@ def _clear(value: str) -> str:
 
 
 class Codec:
-    def __init__(self, cipher: Cipher | None, prefix: str = "hs") -> None:
+    def __init__(self, cipher: Cipher | None, prefix: str = "hs", groups: int = 1) -> None:
         self.cipher = cipher
-        self.keys = RedisKeys(prefix, cipher.pseudonym if cipher is not None else _clear)
+        pseudonym = cipher.pseudonym if cipher is not None else _clear
+        self.keys = RedisKeys(prefix, pseudonym, groups)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Codec:
         """The codec the settings ask for; raises a clear error if the keyring is unusable."""
         crypto = settings.crypto
         if not crypto.enabled:
-            return cls(None, settings.redis.prefix)
+            return cls(None, settings.redis.prefix, settings.redis.groups)
         usage = None
         if crypto.rotate_after_seals:
             usage = KeyUsage(crypto.keyring_file, crypto.rotate_after_seals, key_service(crypto))
-        return cls(Cipher(load_keyring(crypto), usage), settings.redis.prefix)
+        cipher = Cipher(load_keyring(crypto), usage)
+        return cls(cipher, settings.redis.prefix, settings.redis.groups)
 
     @property
     def enabled(self) -> bool:

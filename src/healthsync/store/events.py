@@ -103,8 +103,12 @@ class EventLog:
         if not patients:
             return {}
         ordered = sorted(patients)
-        tags = [self.records.keys.patient(p) for p in ordered]
-        raws = cast("list[bytes | None]", await self.client.hmget(self.records.keys.news2, tags))
+        keys = self.records.keys
+        tags = [keys.patient(p) for p in ordered]
+        pipe = self.client.pipeline(transaction=False)
+        for tag in tags:
+            pipe.hget(keys.news2(keys.group_of_member(tag)), tag)
+        raws = cast("list[bytes | None]", await pipe.execute())
         scores: dict[str, dict[str, Any]] = {}
         for patient, tag, raw in zip(ordered, tags, raws, strict=True):
             if raw is None:

@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 
 from healthsync.fhir.ids import reading_of_observation
 from healthsync.fhir.observations import observations_for
+from healthsync.store.multi import aget_many
 from healthsync.store.records import Records
 
 Resource = dict[str, Any]
@@ -236,7 +237,7 @@ class FhirReader:
         stored = [i for i in ids if i not in found]
         if stored:
             keys = [self.keys.fhir(resource_type, i) for i in stored]
-            docs = cast("list[bytes | None]", await self.client.mget(keys))
+            docs = await aget_many(self.client, keys)
             found.update(await self._off_loop(self._open_resources, stored, keys, docs))
         return [(p, found[p.resource_id]) for p in positions if p.resource_id in found]
 
@@ -252,7 +253,7 @@ class FhirReader:
         if not readings:
             return {}
         keys = [self.keys.fhir_reading(r) for r in sorted(readings)]
-        docs = cast("list[bytes | None]", await self.client.mget(keys))
+        docs = await aget_many(self.client, keys)
         return await self._off_loop(self._rebuild, set(ids), keys, docs)
 
     def _rebuild(

@@ -39,6 +39,7 @@ from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading, isoformat_ms
 from healthsync.fhir.ids import fhir_id, observation_id, reading_of_observation
 from healthsync.fhir.observations import unbundled
+from healthsync.store.multi import get_many
 from healthsync.store.records import Records
 
 # Trim an index at most this often, not on every batch.
@@ -103,13 +104,20 @@ def _epoch(stamp: str) -> float:
 
 
 class RedisFhirSink:
-    """A Sink: each batch's ``resources`` in one MULTI/EXEC transaction."""
+    """A Sink: each batch's ``resources`` in one MULTI/EXEC transaction.
+
+    On a Redis Cluster, whose transactions and scripts stay within one hash
+    slot, the same writes go in a plain pipeline, split by slot: each is a
+    SET or ZADD of the same value, so a batch written in part and replayed
+    ends the same; until the replay a search may see part of a batch.
+    """
 
     def __init__(self, client: Redis, settings: RedisSettings, records: Records) -> None:
         self.client = client
         self.settings = settings
         self.records = records
         self.keys = records.keys
+        self.clustered = settings.clustered
         self._pipe: Any = None
         self._indexes: dict[str, dict[str, float]] = {}
         self._index_types: dict[str, str] = {}
@@ -122,7 +130,7 @@ class RedisFhirSink:
         if not ids:
             return {}
         keys = [self.keys.fhir(resource_type, i) for i in ids]
-        docs: list[bytes | None] = self.client.mget(keys)  # type: ignore[assignment]
+        docs = get_many(self.client, keys)
         return {
             i: self.records.decode_resource(key, doc)
             for i, key, doc in zip(ids, keys, docs, strict=True)
@@ -135,7 +143,7 @@ class RedisFhirSink:
             self._pipe = None
             return
         retention = self.settings.history_retention_s
-        pipe = self.client.pipeline(transaction=True)
+        pipe = self.client.pipeline(transaction=not self.clustered)
         # What this batch indexes, and the resource times it parsed (shared by many).
         self._indexes, self._index_types, self._epochs = {}, {}, {}
         # ttl (0 = none) -> (keys, values)
@@ -148,7 +156,10 @@ class RedisFhirSink:
             expires = kind in _WINDOWED or (kind in _ALERTS and resource.get("status") in _OVER)
             self._add_resource(resource, writes[retention if expires else 0])
         for ttl, (names, values) in writes.items():
-            if names:
+            if names and self.clustered:
+                for name, value in zip(names, values, strict=True):
+                    pipe.set(name, value, ex=ttl or None)
+            elif names:
                 self._set_many(keys=names, args=[ttl, *values], client=pipe)
         for index, members in self._indexes.items():
             pipe.zadd(index, members)

@@ -2,6 +2,19 @@
 
 A batch is written in one MULTI/EXEC transaction that also records its reading
 ids as seen, and how far each partition's stored batches reach (``{p}:offsets``).
+
+On a Redis Cluster, which refuses a transaction across hash slots, the keys
+are in patient groups (:class:`healthsync.names.RedisKeys`), and a batch is
+one transaction per group: the group's readings, their seen ids, the
+patients' NEWS2 and engine state, the group's processed counters and its own
+``{g}offsets``, which every batch updates in every group. Each reading is
+still stored exactly once with its seen id. What is not a group's (alerts,
+the live event stream, the other counters) goes outside those transactions:
+alerts and events before them, written again identically or once more by a
+replay (an alert is a SET of the same sealed value; an event may come twice),
+and the counters after them (a crash between may lose one batch's counts,
+never count twice). On a standalone Redis there is one group and everything
+is in the one transaction.
 Before the steps run, the processor asks which readings were seen
 already (:mod:`healthsync.store.state`), so a batch replayed after a crash
 changes nothing: it was either written whole or not at all.
@@ -43,72 +56,152 @@ _TRIM_INTERVAL_S = 60.0
 
 
 class RedisLiveSink:
-    """A Sink over one Redis; `stats` are flushed inside the same transaction."""
+    """A Sink over one Redis or a Redis Cluster (`clustered`); see the module doc."""
 
     def __init__(
-        self, client: Redis, settings: RedisSettings, stats: StatsRecorder, records: Records
+        self,
+        client: Redis,
+        settings: RedisSettings,
+        stats: StatsRecorder,
+        records: Records,
     ) -> None:
         self.client = client
         self.settings = settings
+        self.clustered = settings.clustered
         self.records = records
         self.keys = records.keys
         self.stats = stats
-        self._pipe: Any = None
+        # Executed in this order by flush(): shared writes (cluster), the groups', counters.
+        self._before: Any = None
+        self._units: list[Any] = []
+        self._after: Any = None
+        self._held: list[Any] = []
         self._trimmed_at: dict[str, float] = {}
         self._alerts_trimmed_at = 0.0
         self._written: list[Reading] = []
 
     def write(self, batch: Batch) -> None:
-        pipe = self.client.pipeline(transaction=True)
-        if batch.positions:
-            self._guard(pipe, batch.positions)
+        self._discard()
+        groups = self._groups_of(batch)
+        pipes = self._open(groups, batch.positions)
+        shared = pipes[0] if not self.clustered else self.client.pipeline(transaction=False)
         now = time.time()
-        self._write_readings(pipe, batch.readings, now)
+        self._write_readings(pipes, shared, batch.readings, now)
+        self._write_state(pipes, batch)
         if now - self._alerts_trimmed_at > _TRIM_INTERVAL_S:
             # Resolved alerts expire on their own; drop their index entries too.
             self._alerts_trimmed_at = now
             cutoff = now - self.settings.history_retention_s
-            pipe.zremrangebyscore(self.keys.recent_alerts, "-inf", cutoff)
-        self._write_state(pipe, batch)
-        self._write_alerts(pipe, batch)
-        self._write_artefacts(pipe, batch)
-        self.stats.inc("readings_processed_total", len(batch.readings))
-        self.stats.add_to(pipe)
-        hourly.count_into(pipe, self.keys, batch.readings)
-        self._pipe = pipe
+            shared.zremrangebyscore(self.keys.recent_alerts, "-inf", cutoff)
+        self._write_alerts(shared, batch)
+        self._write_artefacts(shared, batch)
+        after = shared if not self.clustered else self.client.pipeline(transaction=False)
+        self.stats.add_to(after)
+        if self.clustered:
+            self._before, self._after = shared, after
+        held = {id(p) for p in self._held}
+        self._units = [p for p in dict.fromkeys(pipes.values()) if id(p) not in held]
         self._written = batch.readings
 
-    def _guard(self, pipe: Any, positions: dict[tuple[str, int], tuple[int, int]]) -> None:
-        """Start the transaction only if Redis holds every batch before this one.
+    def _groups_of(self, batch: Batch) -> list[int]:
+        """The groups the batch writes to: every group when it moves a partition's reach."""
+        if batch.positions:
+            return list(self.keys.all_groups)
+        group_of = self.keys.group_of
+        touched = {group_of(r.patient_id) for r in batch.readings}
+        touched.update(map(group_of, batch.scores))
+        touched.update(map(group_of, batch.states))
+        return sorted(touched) if touched or self.clustered else [0]
 
-        WATCH makes the EXEC fail if the reach changes or the connection drops
-        (a restart) before it; the processor's retry then checks again.
+    def _open(
+        self, groups: list[int], positions: dict[tuple[str, int], tuple[int, int]]
+    ) -> dict[int, Any]:
+        """A transaction per group (one for all of them on a standalone Redis), guarded.
+
+        Raises StoreBehindError, with nothing written, if a group misses a batch.
+        On a cluster, a group that holds this batch already (its transaction
+        went through before another group's failed, and the batch is written
+        again) gets a pipeline that is never sent, so nothing is counted twice.
         """
-        key = self.keys.offsets
-        fields = [f"{topic}:{partition}" for topic, partition in positions]
-        pipe.watch(key)
-        stored = pipe.hmget(key, fields)
+        units = [[g] for g in groups] if self.clustered else [groups]
+        pipes: dict[int, Any] = {}
         behind: dict[tuple[str, int], int] = {}
-        reach: dict[str, int] = {}
-        for name, (tp, (first, after)), raw in zip(fields, positions.items(), stored, strict=True):
+        try:
+            for unit in units:
+                pipe = self.client.pipeline(transaction=True)
+                held = self._guard(pipe, unit, positions, behind) if positions else set()
+                if not positions:
+                    pipe.multi()
+                if self.clustered and held:
+                    pipe.reset()
+                    pipe = self.client.pipeline(transaction=False)  # never executed
+                    self._held.append(pipe)
+                for group in unit:
+                    pipes[group] = pipe
+        except BaseException:
+            for pipe in dict.fromkeys(pipes.values()):
+                pipe.reset()
+            raise
+        if behind:
+            for pipe in dict.fromkeys(pipes.values()):
+                pipe.reset()
+            raise StoreBehindError(behind)
+        return pipes
+
+    def _guard(
+        self,
+        pipe: Any,
+        groups: list[int],
+        positions: dict[tuple[str, int], tuple[int, int]],
+        behind: dict[tuple[str, int], int],
+    ) -> set[int]:
+        """Start the transaction only if each group holds every batch before this one.
+
+        WATCH makes the EXEC fail if a reach changes or the connection drops
+        (a restart) before it; the processor's retry then checks again. What
+        is behind, and from where, is added to `behind` (the lowest reach).
+        Returns the groups whose reach covers the whole batch already.
+        """
+        offsets = self.keys.offsets
+        places = [
+            (group, offsets(group, topic, partition), f"{topic}:{partition}", tp, span)
+            for group in groups
+            for tp, span in positions.items()
+            for topic, partition in [tp]
+        ]
+        fields: dict[str, list[str]] = {}
+        for _group, key, field, _tp, _span in places:
+            fields.setdefault(key, []).append(field)
+        pipe.watch(*fields)
+        stored: dict[tuple[str, str], bytes | None] = {}
+        for key, names in fields.items():
+            stored.update(zip([(key, n) for n in names], pipe.hmget(key, names), strict=True))
+        reach: dict[str, dict[str, int]] = {}
+        short: set[int] = set()
+        for group, key, field, tp, (first, after) in places:
             # No record: nothing of this partition is stored, so it is replayed from the start.
+            raw = stored[(key, field)]
             have = int(raw) if raw is not None else 0
             if have < first:
-                behind[tp] = have
-            reach[name] = max(have, after)
-        if behind:
-            pipe.reset()
-            raise StoreBehindError(behind)
+                behind[tp] = min(have, behind.get(tp, have))
+            if have < after:
+                short.add(group)
+            reach.setdefault(key, {})[field] = max(have, after)
         pipe.multi()
-        pipe.hset(key, mapping=reach)
+        for key, mapping in reach.items():
+            pipe.hset(key, mapping=mapping)
+        return set(groups) - short
 
-    def _write_readings(self, pipe: Any, readings: list[Reading], now: float) -> None:
+    def _write_readings(
+        self, pipes: dict[int, Any], shared: Any, readings: list[Reading], now: float
+    ) -> None:
         keys, records = self.keys, self.records
         cutoff = now - self.settings.history_retention_s
         latest: dict[str, dict[str, LatestValue]] = {}
         history: dict[str, dict[bytes, float]] = {}
         seen: dict[str, dict[str, float]] = {}
         last_seen: dict[str, float] = {}
+        by_group: dict[int, list[Reading]] = {}
         for reading in readings:
             patient = reading.patient_id
             fields = latest.setdefault(patient, {})
@@ -120,30 +213,37 @@ class RedisLiveSink:
             history.setdefault(patient, {})[records.encode_history(patient, reading)] = reading.ts
             seen.setdefault(patient, {})[reading.reading_id] = reading.ts
             last_seen[patient] = max(last_seen.get(patient, 0.0), reading.ts)
+            by_group.setdefault(keys.group_of(patient), []).append(reading)
         for patient, fields in latest.items():
+            pipe = pipes[keys.group_of(patient)]
             pipe.hset(keys.latest(patient), mapping=records.encode_latest(patient, fields))
             pipe.zadd(keys.history(patient), history[patient])
             pipe.zadd(keys.seen(patient), seen[patient])
-            self._event(pipe, "vitals", patient, orjson.dumps(fields))
+            self._write_event(shared, "vitals", patient, orjson.dumps(fields))
             if now - self._trimmed_at.get(patient, 0.0) > _TRIM_INTERVAL_S:
                 self._trimmed_at[patient] = now
                 pipe.zremrangebyscore(keys.history(patient), "-inf", cutoff)
                 pipe.zremrangebyscore(keys.seen(patient), "-inf", cutoff)
-        if last_seen:
-            ids = dict(records.encode_patient_id(patient) for patient in last_seen)
-            tags = {patient: keys.patient(patient) for patient in last_seen}
-            pipe.zadd(keys.patients, {tags[p]: ts for p, ts in last_seen.items()}, gt=True)
-            pipe.hset(keys.patient_ids, mapping=ids)
+        for group, grouped in by_group.items():
+            pipe = pipes[group]
+            members = {p: last_seen[p] for p in dict.fromkeys(r.patient_id for r in grouped)}
+            ids = dict(records.encode_patient_id(patient) for patient in members)
+            tags = {keys.patient(p): ts for p, ts in members.items()}
+            pipe.zadd(keys.patients(group), tags, gt=True)
+            pipe.hset(keys.patient_ids(group), mapping=ids)
+            # The processed counters are the group's, in its transaction: exactly once.
+            pipe.hincrby(keys.processed(group), "readings_processed_total", len(grouped))
+            hourly.count_into(pipe, keys, group, grouped)
 
-    def _write_state(self, pipe: Any, batch: Batch) -> None:
+    def _write_state(self, pipes: dict[int, Any], batch: Batch) -> None:
         """The latest NEWS2 and the anomaly engine's state of the patients the batch changed."""
-        records = self.records
-        if batch.scores:
-            scores = dict(records.encode_score(p, score) for p, score in batch.scores.items())
-            pipe.hset(self.keys.news2, mapping=scores)
-        if batch.states:
-            states = dict(records.encode_state(p, state) for p, state in batch.states.items())
-            pipe.hset(self.keys.engine, mapping=states)
+        keys, records = self.keys, self.records
+        for patient, score in batch.scores.items():
+            group = keys.group_of(patient)
+            pipes[group].hset(keys.news2(group), *records.encode_score(patient, score))
+        for patient, state in batch.states.items():
+            group = keys.group_of(patient)
+            pipes[group].hset(keys.engine(group), *records.encode_state(patient, state))
 
     def _write_alerts(self, pipe: Any, batch: Batch) -> None:
         keys = self.keys
@@ -160,7 +260,7 @@ class RedisLiveSink:
             else:
                 pipe.set(key, sealed, ex=self.settings.history_retention_s)
                 pipe.hdel(keys.open_alerts, slot)
-            self._event(pipe, f"alert.{event.type}", alert.patient_id, doc)
+            self._write_event(pipe, f"alert.{event.type}", alert.patient_id, doc)
             self.stats.inc("alerts_total", event=event.type)
 
     def _write_artefacts(self, pipe: Any, batch: Batch) -> None:
@@ -171,21 +271,33 @@ class RedisLiveSink:
                 "value": artefact.value,
                 "reading_id": artefact.reading_id,
             }
-            self._event(pipe, "artefact", artefact.patient_id, orjson.dumps(doc))
+            self._write_event(pipe, "artefact", artefact.patient_id, orjson.dumps(doc))
             self.stats.inc("artefacts_total", vital=artefact.vital)
 
-    def _event(self, pipe: Any, kind: str, patient: str, data: bytes) -> None:
+    def _write_event(self, pipe: Any, kind: str, patient: str, data: bytes) -> None:
         fields: dict[FieldT, EncodableT] = self.records.encode_event(kind, patient, data)
         pipe.xadd(self.keys.events, fields, maxlen=self.settings.events_maxlen, approximate=True)
 
     def flush(self) -> None:
-        if self._pipe is None:
+        if not self._units and self._before is None:
             return
-        self._pipe.execute()
-        self._pipe = None
+        try:
+            if self._before is not None:
+                self._before.execute()
+            for pipe in self._units:
+                pipe.execute()
+            if self._after is not None:
+                self._after.execute()
+        finally:
+            self._discard()
         done = time.time()
         self.stats.observe_latencies(done - r.received_at for r in self._written)
         self._written = []
+
+    def _discard(self) -> None:
+        for pipe in self._units:
+            pipe.reset()  # a unit written but not flushed may still WATCH its offsets
+        self._before, self._units, self._after, self._held = None, [], None, []
 
     def flush_stats(self) -> None:
         pipe = self.client.pipeline(transaction=False)

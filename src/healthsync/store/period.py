@@ -16,6 +16,7 @@ from redis import Redis
 
 from healthsync.domain.alerts import Alert
 from healthsync.domain.readings import Reading
+from healthsync.store.multi import get_many
 from healthsync.store.records import Records
 
 
@@ -81,7 +82,11 @@ class LiveWindow:
         self.keys = records.keys
 
     def _patients(self, wanted: frozenset[str]) -> list[str]:
-        raw = cast("dict[bytes, bytes]", self.client.hgetall(self.keys.patient_ids))
+        pipe = self.client.pipeline(transaction=False)
+        for group in self.keys.all_groups:
+            pipe.hgetall(self.keys.patient_ids(group))
+        found = cast("list[dict[bytes, bytes]]", pipe.execute())
+        raw = {tag: sealed for hashes in found for tag, sealed in hashes.items()}
         ids = [self.records.decode_patient_id(tag.decode(), sealed) for tag, sealed in raw.items()]
         return sorted(i for i in ids if not wanted or i in wanted)
 
@@ -121,7 +126,7 @@ class LiveWindow:
         ]
         if not ids:
             return
-        docs = cast("list[bytes | None]", self.client.mget([self.keys.alert(i) for i in ids]))
+        docs = get_many(self.client, [self.keys.alert(i) for i in ids])
         acks = cast("list[bytes | None]", self.client.hmget(self.keys.acknowledged, ids))
         rows: list[ArchivedAlert] = []
         for alert_id, doc, ack in zip(ids, docs, acks, strict=True):

@@ -15,6 +15,7 @@ they were done. `on_unreadable` is then called from that thread.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar, cast, get_args
 
@@ -25,8 +26,9 @@ from redis.asyncio import Redis
 from healthsync.domain.alerts import Severity
 from healthsync.domain.news2 import Band
 from healthsync.domain.rules import PatientRules
-from healthsync.metrics import COMPONENTS
+from healthsync.metrics import COMPONENTS, merge_counters
 from healthsync.security.crypto import DecryptError
+from healthsync.store.multi import aget_many
 from healthsync.store.records import Records
 
 # A page of resolved or all alerts reads at most this many pages' worth of recent alerts.
@@ -85,10 +87,7 @@ class LiveReader:
 
     async def patients(self, limit: int = 1000) -> list[dict[str, Any]]:
         """Monitored patients, most recently seen first, with latest vitals and open alerts."""
-        rows = cast(
-            "list[tuple[bytes, float]]",
-            await self.client.zrevrange(self.keys.patients, 0, limit - 1, withscores=True),
-        )
+        rows = await self._recent_patients(limit)
         open_by_tag: dict[str, int] = {}
         slots = cast("list[bytes]", await self.client.hkeys(self.keys.open_alerts))
         for slot in slots:
@@ -99,7 +98,8 @@ class LiveReader:
         records, keys = self.records, self.keys
         rows_by_tag = {member.decode(): last_seen for member, last_seen in rows}
         tags = list(rows_by_tag)
-        sealed_ids = cast("list[bytes | None]", await self.client.hmget(keys.patient_ids, tags))
+        found_ids = await self._by_group(keys.patient_ids, tags)
+        sealed_ids = [found_ids[tag] for tag in tags]
         sealed = [(tag, value) for tag, value in zip(tags, sealed_ids, strict=True) if value]
         opened = await self._decoded(records.decode_patient_id, sealed)
         by_tag = dict(zip([tag for tag, _ in sealed], opened, strict=True))
@@ -111,8 +111,9 @@ class LiveReader:
         pipe = self.client.pipeline(transaction=False)
         for patient in ids.values():
             pipe.hgetall(keys.latest(patient))
-        pipe.hmget(keys.news2, list(ids))
-        *latests, scores = await pipe.execute()
+        latests = await pipe.execute()
+        found_scores = await self._by_group(keys.news2, list(ids))
+        scores = [found_scores[tag] for tag in ids]
         entries = [
             (patient, tag, latest, news2)
             for (tag, patient), latest, news2 in zip(ids.items(), latests, scores, strict=True)
@@ -126,6 +127,29 @@ class LiveReader:
                 found.append(row)
         return found
 
+    async def _recent_patients(self, limit: int) -> list[tuple[bytes, float]]:
+        """The `limit` patients seen last, across the patient groups."""
+        pipe = self.client.pipeline(transaction=False)
+        for group in self.keys.all_groups:
+            pipe.zrevrange(self.keys.patients(group), 0, limit - 1, withscores=True)
+        rows = [row for rows in await pipe.execute() for row in rows]
+        return heapq.nlargest(limit, rows, key=lambda row: float(row[1]))
+
+    async def _by_group(
+        self, key_of: Callable[[int], str], tags: list[str]
+    ) -> dict[str, bytes | None]:
+        """Fields `tags` (pseudonyms) of a per-group hash, each read from its patient's group."""
+        by_group: dict[int, list[str]] = {}
+        for tag in tags:
+            by_group.setdefault(self.keys.group_of_member(tag), []).append(tag)
+        pipe = self.client.pipeline(transaction=False)
+        for group, members in by_group.items():
+            pipe.hmget(key_of(group), members)
+        found: dict[str, bytes | None] = {}
+        for members, values in zip(by_group.values(), await pipe.execute(), strict=True):
+            found.update(zip(members, values, strict=True))
+        return found
+
     def _decode_row(
         self, patient: str, tag: str, latest: dict[bytes, bytes], news2: bytes | None
     ) -> dict[str, Any]:
@@ -137,7 +161,8 @@ class LiveReader:
 
     async def news2(self, patient_id: str) -> dict[str, Any] | None:
         tag = self.keys.patient(patient_id)
-        raw = cast("bytes | None", await self.client.hget(self.keys.news2, tag))
+        news2 = self.keys.news2(self.keys.group_of_member(tag))
+        raw = cast("bytes | None", await self.client.hget(news2, tag))
         if not raw:
             return None
         return self.records.decode_score(tag, raw)
@@ -245,17 +270,20 @@ class LiveReader:
 
     async def summary(self) -> dict[str, Any]:
         """De-identified aggregates: counts only, no patient id and no value of one patient."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zcard(self.keys.patients)
-        pipe.hvals(self.keys.open_alerts)
-        pipe.hgetall(self.keys.news2)
-        patients, open_ids, scores = await pipe.execute()
         records, keys = self.records, self.keys
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hvals(keys.open_alerts)
+        for group in keys.all_groups:
+            pipe.zcard(keys.patients(group))
+            pipe.hgetall(keys.news2(group))
+        open_ids, *per_group = await pipe.execute()
+        patients = sum(per_group[0::2])
+        scores = {tag: raw for found in per_group[1::2] for tag, raw in found.items()}
         by_severity = dict.fromkeys(get_args(Severity), 0)
         by_kind: dict[str, int] = {}
         ids = [i.decode() for i in open_ids]
         places = [keys.alert(i) for i in ids]
-        docs = cast("list[bytes | None]", await self.client.mget(places)) if places else []
+        docs = await aget_many(self.client, places)
         stored = [(alert_id, doc) for alert_id, doc in zip(ids, docs, strict=True) if doc]
         for alert in await self._decoded(records.decode_alert, stored):
             if alert is None:
@@ -301,10 +329,8 @@ class LiveReader:
         return alert
 
     async def _with_acks(self, ids: list[str]) -> list[dict[str, Any]]:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.mget([self.keys.alert(i) for i in ids])
-        pipe.hmget(self.keys.acknowledged, ids)
-        docs, acks = await pipe.execute()
+        docs = await aget_many(self.client, [self.keys.alert(i) for i in ids])
+        acks = await self.client.hmget(self.keys.acknowledged, ids)
         stored = [e for e in zip(ids, docs, acks, strict=True) if e[1] is not None]
         return [a for a in await self._decoded(self._decode_alert, stored) if a is not None]
 
@@ -334,12 +360,14 @@ class LiveReader:
 
     async def stats(self) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
         pipe = self.client.pipeline(transaction=False)
-        for component in COMPONENTS:
-            pipe.hgetall(self.keys.stats(component))
+        names = {component: self.keys.stats_keys(component) for component in COMPONENTS}
+        for keys in names.values():
+            for key in keys:
+                pipe.hgetall(key)
         pipe.hgetall(self.keys.latency)
         *hashes, latency = await pipe.execute()
-        snapshot = {
-            component: {k.decode(): v.decode() for k, v in raw.items()}
-            for component, raw in zip(COMPONENTS, hashes, strict=True)
-        }
+        snapshot: dict[str, dict[str, str]] = {}
+        for component, keys in names.items():
+            found, hashes = hashes[: len(keys)], hashes[len(keys) :]
+            snapshot[component] = merge_counters(found)
         return snapshot, {k.decode(): v.decode() for k, v in latency.items()}

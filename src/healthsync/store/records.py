@@ -73,7 +73,7 @@ class Records:
     def _field(self, key: str, field: str) -> str:
         return self.codec.field(key, field)
 
-    # -- latest:{patient}: hash, vital -> LatestValue ----------------------------------
+    # -- {g}latest:{patient}: hash, vital -> LatestValue ----------------------------------
 
     def encode_latest(self, patient: str, values: dict[str, LatestValue]) -> dict[str, bytes]:
         key = self.keys.latest(patient)
@@ -83,7 +83,7 @@ class Records:
         value: LatestValue = self._open(raw, self._field(self.keys.latest(patient), vital))
         return value
 
-    # -- history:{patient}: sorted set of HistoryEntry by measurement time -------------
+    # -- {g}history:{patient}: sorted set of HistoryEntry by measurement time -------------
 
     def encode_history(self, patient: str, reading: Reading) -> bytes:
         entry: HistoryEntry = {
@@ -98,36 +98,45 @@ class Records:
         entry: HistoryEntry = self._open(raw, self.keys.history(patient))
         return entry
 
-    # -- patient_ids: hash, {patient} -> the patient id ----------------------------------
+    # -- {g}patient_ids: hash, {patient} -> the patient id ----------------------------------
 
     def encode_patient_id(self, patient: str) -> tuple[str, bytes]:
         """The field (the patient's pseudonym) and the sealed id."""
         tag = self.keys.patient(patient)
-        return tag, self.codec.seal(patient.encode(), self._field(self.keys.patient_ids, tag))
+        return tag, self.codec.seal(patient.encode(), self._field(self._patient_ids(tag), tag))
 
     def decode_patient_id(self, tag: str, raw: bytes) -> str:
-        return self.codec.open(raw, self._field(self.keys.patient_ids, tag)).decode()
+        return self.codec.open(raw, self._field(self._patient_ids(tag), tag)).decode()
 
-    # -- news2: hash, {patient} -> the latest NEWS2 -------------------------------------
+    def _patient_ids(self, tag: str) -> str:
+        return self.keys.patient_ids(self.keys.group_of_member(tag))
+
+    def _news2(self, tag: str) -> str:
+        return self.keys.news2(self.keys.group_of_member(tag))
+
+    def _engine(self, tag: str) -> str:
+        return self.keys.engine(self.keys.group_of_member(tag))
+
+    # -- {g}news2: hash, {patient} -> the latest NEWS2 -------------------------------------
 
     def encode_score(self, patient: str, score: News2) -> tuple[str, bytes]:
         tag = self.keys.patient(patient)
-        return tag, self._seal(score.to_dict(), self._field(self.keys.news2, tag))
+        return tag, self._seal(score.to_dict(), self._field(self._news2(tag), tag))
 
     def decode_score(self, tag: str, raw: bytes) -> dict[str, Any]:
-        score: dict[str, Any] = self._open(raw, self._field(self.keys.news2, tag))
+        score: dict[str, Any] = self._open(raw, self._field(self._news2(tag), tag))
         return score
 
-    # -- engine: hash, {patient} -> the anomaly engine's state of the patient -------------
+    # -- {g}engine: hash, {patient} -> the anomaly engine's state of the patient -------------
 
     def encode_state(self, patient: str, state: dict[str, Any]) -> tuple[str, bytes]:
         tag = self.keys.patient(patient)
         # The field is only a pseudonym: the id travels inside the sealed value.
         doc = {"patient_id": patient, **state}
-        return tag, self._seal(doc, self._field(self.keys.engine, tag))
+        return tag, self._seal(doc, self._field(self._engine(tag), tag))
 
     def decode_state(self, tag: str, raw: bytes) -> tuple[str, dict[str, Any]]:
-        doc: dict[str, Any] = self._open(raw, self._field(self.keys.engine, tag))
+        doc: dict[str, Any] = self._open(raw, self._field(self._engine(tag), tag))
         return doc.pop("patient_id"), doc
 
     # -- rules: hash, {patient} -> the rules set through the API -------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from redis import Redis
 
@@ -26,6 +26,7 @@ from healthsync.domain.readings import Reading
 from healthsync.domain.rules import PatientRules
 from healthsync.metrics import StatsRecorder
 from healthsync.security.crypto import DecryptError
+from healthsync.store.multi import get_many
 from healthsync.store.records import Records
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class RedisStateStore:
         ids = [i.decode() for i in self.client.hvals(self.keys.open_alerts)]  # type: ignore[union-attr]
         if not ids:
             return []
-        docs: list[bytes | None] = self.client.mget([self.keys.alert(i) for i in ids])  # type: ignore[assignment]
+        docs = get_many(self.client, [self.keys.alert(i) for i in ids])
         decode = self.records.decode_alert
         alerts = []
         for alert_id, raw in zip(ids, docs, strict=True):
@@ -109,14 +110,22 @@ class RedisStateStore:
 
     def load_states(self, patients: list[str] | None) -> dict[str, dict[str, Any]]:
         """The anomaly engine's saved state of these patients (None: of every patient)."""
-        key = self.keys.engine
+        keys = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        pairs: list[tuple[str, bytes]] = []
         if patients is None:
-            stored: dict[bytes, bytes] = self.client.hgetall(key)  # type: ignore[assignment]
-            pairs = [(tag.decode(), value) for tag, value in stored.items()]
+            for group in keys.all_groups:
+                pipe.hgetall(keys.engine(group))
+            for stored in cast("list[dict[bytes, bytes]]", pipe.execute()):
+                pairs += [(tag.decode(), value) for tag, value in stored.items()]
         else:
-            tags = [self.keys.patient(p) for p in patients]
-            values: list[bytes | None] = self.client.hmget(key, tags)  # type: ignore[assignment]
-            pairs = [(t, v) for t, v in zip(tags, values, strict=True) if v is not None]
+            by_group: dict[int, list[str]] = {}
+            for patient in patients:
+                by_group.setdefault(keys.group_of(patient), []).append(keys.patient(patient))
+            for group, tags in by_group.items():
+                pipe.hmget(keys.engine(group), tags)
+            for tags, values in zip(by_group.values(), pipe.execute(), strict=True):
+                pairs += [(t, v) for t, v in zip(tags, values, strict=True) if v is not None]
         decode = self.records.decode_state
         states: dict[str, dict[str, Any]] = {}
         for tag, raw in pairs:

@@ -15,12 +15,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
-from redis import Redis
 
 from healthsync.api import auth
 from healthsync.api.auth import Access
 from healthsync.config import Settings
 from healthsync.domain.readings import VITALS
+from healthsync.redis_client import connect
 from healthsync.store.archive.setup import Archive
 from healthsync.store.archive.trends import BUCKETS_S
 from healthsync.store.history import History
@@ -67,7 +67,7 @@ def router(settings: Settings, live: LiveReader) -> APIRouter:
     `trends` job's output."""
     jobs = settings.jobs
     # The run records are read from a worker thread: a blocking client of their own.
-    client = Redis.from_url(settings.redis.url or "", **settings.redis.client_options())
+    client = connect(settings.redis)
     precomputed = TrendRuns(
         RunStore(client, settings.redis.keys),
         open_store(jobs.output_url, jobs.aws_region),

@@ -20,12 +20,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
-from redis import Redis
 
 from healthsync.api import auth
 from healthsync.api.auth import Access, Credentials, Guard
 from healthsync.config import Settings
 from healthsync.names import JOBS
+from healthsync.redis_client import connect
 from healthsync.store.runs import RUN_ID_PATTERN, RunRecord, RunStore, new_run_id
 
 _OPTION_KEY = r"^[a-z][a-z0-9_]{0,39}$"
@@ -79,7 +79,7 @@ def _view(record: RunRecord) -> dict[str, Any]:
 def jobs_router(settings: Settings) -> APIRouter:
     if not settings.redis.url:
         raise ValueError("the jobs routes need Redis")
-    client = Redis.from_url(settings.redis.url, **settings.redis.client_options())
+    client = connect(settings.redis)
     runs = RunStore(client, settings.redis.keys)
     period_s = settings.jobs.default_period_s
     router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
