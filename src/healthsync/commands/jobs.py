@@ -125,7 +125,9 @@ def _catalog(settings: Settings) -> dict[str, Job]:
         {
             "reprocess": Reprocess(replay),
             "verify": Verify(counter, processed),
-            "compact": Compact(lambda: Archive.from_settings(settings)),
+            "compact": Compact(
+                lambda: Archive.from_settings(settings), settings.archive.day_settle_s
+            ),
         }
     )
 

@@ -112,16 +112,24 @@ class Compactor:
         self.checkpoint = checkpoint or (lambda _step, _key: None)
 
     def hour(self, dataset: str, hour: int) -> Directory:
-        """Compact one hour of the identified set (hours since the epoch)."""
-        pieces = self._pieces(layout.hour_prefix(dataset, hour))
+        """Compact one hour of the identified set (hours since the epoch).
+
+        A day object (:mod:`.days`) above the hour covers what it merged: those
+        objects are not merged again, only deleted.
+        """
+        directory = layout.hour_prefix(dataset, hour).rstrip("/")
+        pieces = self.pieces(f"{directory}/")
+        days = self.pieces(f"{layout.day_prefix(dataset, hour)}p")
+        visible, covered = (
+            [p for p in found if p.directory == directory] for found in split(pieces + days)
+        )
         result = Directory()
-        visible, covered = split(pieces)
         for piece in pieces:
             result.reach[piece.stream] = max(piece.span.last, result.reach.get(piece.stream, -1))
         for stream in sorted(result.reach):
             mine = [p for p in visible if p.stream == stream]
             gone = [p for p in covered if p.stream == stream]
-            result.add(functools.partial(self._merge, mine, gone, encrypted=True))
+            result.add(functools.partial(self.merge, mine, gone, encrypted=True))
         return result
 
     def research(self, dataset: str, year: int, reach: dict[tuple[int, str], int]) -> Directory:
@@ -134,7 +142,7 @@ class Compactor:
         range contains.
         """
         prefix = f"{layout.DEIDENTIFIED}/{dataset}/year={year:04d}/"
-        visible, covered = split(self._pieces(prefix))
+        visible, covered = split(self.pieces(prefix))
         result = Directory()
         for stream, last in sorted(reach.items()):
             plain = [
@@ -153,15 +161,24 @@ class Compactor:
                 and low <= p.span.first
                 and p.span.last <= high
             ]
-            result.add(functools.partial(self._merge, plain + merged, gone, encrypted=False))
+            result.add(functools.partial(self.merge, plain + merged, gone, encrypted=False))
         return result
 
-    def _pieces(self, prefix: str) -> list[Piece]:
+    def pieces(self, prefix: str) -> list[Piece]:
         return [piece for key in self.store.list(prefix) if (piece := parse(key)) is not None]
 
-    def _merge(self, visible: list[Piece], covered: list[Piece], encrypted: bool) -> Merge:
+    def merge(
+        self,
+        visible: list[Piece],
+        covered: list[Piece],
+        encrypted: bool,
+        directory: str | None = None,
+    ) -> Merge:
+        """Merge `visible` into one object in `directory` (theirs by default), verify it,
+        then delete them and `covered`."""
         first = (visible or covered)[0]
-        directory, (partition, incarnation) = first.directory, first.stream
+        directory = directory or first.directory
+        partition, incarnation = first.stream
         clash = overlaps(visible)
         if clash:
             left, right = clash[0]

@@ -151,14 +151,17 @@ def find_span(
     of an earlier incarnation of the topic that started at the same offset is
     another batch. `first_ts` is the time of the batch's first row: its hour
     names the directory the batch's first object went to. If compaction has
-    merged that object already, the merged object's last offset is the cut: the
-    crashed batch was the partition's last one written, so nothing after it is in there.
+    merged that object already (an hour's or a day's), the merged object's last
+    offset is the cut: the crashed batch was the partition's last one written,
+    so nothing after it is in there.
     """
     partition, first = start.partition, start.first
-    prefix = layout.hour_prefix(dataset, _hour(first_ts)) + f"p{partition}-"
+    hour = _hour(first_ts)
+    prefixes = (layout.hour_prefix(dataset, hour), layout.day_prefix(dataset, hour))
     pieces = [
         piece
-        for key in store.list(prefix)
+        for prefix in prefixes
+        for key in store.list(f"{prefix}p{partition}-")
         if (piece := coverage.parse(key)) is not None
         and piece.stream == (partition, start.incarnation)
     ]
