@@ -250,13 +250,14 @@ class Compacted:
 def compact_days(archive: Archive, root: Path, since: float, until: float) -> Compacted:
     """Run the `compact` job over the period as it would run once the last day settled
     (`until` plus the settle time): each day's objects merged into one per partition."""
-    settle_s = ArchiveSettings().day_settle_s
-    params = JobParams("bench-compact", since, until + settle_s)
+    defaults = ArchiveSettings()
+    params = JobParams("bench-compact", since, until + defaults.day_settle_s)
     output = JobOutput(job_files.LocalStore(root), "compact", params.run_id)
     context = JobContext(params, output, MemoryArchive(), Codec(None))
     before = len(list(root.rglob("*.parquet")))
     started, cpu_started = time.perf_counter(), time.process_time()
-    summary = Compact(lambda: archive, settle_s).run(context)
+    job = Compact(lambda: archive, defaults.day_settle_s, defaults.day_row_group_rows)
+    summary = job.run(context)
     wall_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
     output.commit()
     after = len(list(root.rglob("*.parquet")))

@@ -52,11 +52,13 @@ class Compact:
         self,
         archive: Callable[[], Archive],
         day_settle_s: float = 3600.0,
+        day_row_group_rows: int = 8192,
         clock: Callable[[], float] = time.time,
     ) -> None:
         # Built when the job runs: the other jobs do not need the archive's keys.
         self.archive = archive
         self.day_settle_s = day_settle_s
+        self.day_row_group_rows = day_row_group_rows
         self.clock = clock
 
     def run(self, ctx: JobContext) -> dict[str, Any]:
@@ -73,7 +75,7 @@ class Compact:
         hours = range(int(params.since // layout.HOUR_S), -int(-params.until // layout.HOUR_S))
         now = min(params.until, self.clock())
         days = settled_days(hours, now, self.day_settle_s)
-        whole = DayCompactor(compactor, today=day_of(self.clock()))
+        whole = DayCompactor(compactor, day_of(self.clock()), self.day_row_group_rows)
         years = sorted({_year(hour) for hour in hours})
         merges: list[tuple[str, str, Merge]] = []
         refused: list[str] = []

@@ -24,19 +24,23 @@ HOUR = 3600.0
 class AlteringWriter(ArchiveWriter):
     """Encodes one heart rate wrong in every object: a fault verification must catch."""
 
-    def encode(self, table: pa.Table, patient: str, encrypted: bool) -> bytes:
+    def encode(
+        self, table: pa.Table, patient: str, encrypted: bool, row_group_rows: int | None = None
+    ) -> bytes:
         rates = table["heart_rate"].to_pylist()
         rates[-1] = (rates[-1] or 0) + 1
         column = table.schema.get_field_index("heart_rate")
         altered = table.set_column(column, "heart_rate", pa.array(rates, pa.float64()))
-        return super().encode(altered, patient, encrypted)
+        return super().encode(altered, patient, encrypted, row_group_rows)
 
 
 class DroppingWriter(ArchiveWriter):
     """Encodes every object without its first row."""
 
-    def encode(self, table: pa.Table, patient: str, encrypted: bool) -> bytes:
-        return super().encode(table.slice(1), patient, encrypted)
+    def encode(
+        self, table: pa.Table, patient: str, encrypted: bool, row_group_rows: int | None = None
+    ) -> bytes:
+        return super().encode(table.slice(1), patient, encrypted, row_group_rows)
 
 
 @pytest.mark.parametrize("faulty", [AlteringWriter, DroppingWriter])

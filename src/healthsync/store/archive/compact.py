@@ -173,9 +173,11 @@ class Compactor:
         covered: list[Piece],
         encrypted: bool,
         directory: str | None = None,
+        row_group_rows: int | None = None,
     ) -> Merge:
-        """Merge `visible` into one object in `directory` (theirs by default), verify it,
-        then delete them and `covered`."""
+        """Merge `visible` into one object in `directory` (theirs by default), with row
+        groups of up to `row_group_rows` (the writer's by default), verify it, then delete
+        them and `covered`."""
         first = (visible or covered)[0]
         directory = directory or first.directory
         partition, incarnation = first.stream
@@ -199,7 +201,8 @@ class Compactor:
             low, high = min(p.span.first for p in visible), max(p.span.last for p in visible)
             span = Span(partition, low, high, incarnation)
             written = f"{directory}/{compacted_name(span)}"
-            self.store.put(written, self.writer.encode(merged, patient, encrypted))
+            data = self.writer.encode(merged, patient, encrypted, row_group_rows)
+            self.store.put(written, data)
             try:
                 rows = self._verify(written, encrypted, merged)
             except CompactionError:

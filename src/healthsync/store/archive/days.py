@@ -8,8 +8,11 @@ hours::
 
     identified/<dataset>/date=YYYY-MM-DD/p<partition>-<first>-<last>.compacted.parquet
 
-sorted by patient then time, with row groups of whole patients' runs,
-statistics and the footer's list of patients, encrypted like its inputs. It
+sorted by patient then time, with row groups of whole patients' runs (up to
+``archive.day_row_group_rows``, 8192: a patient's day at one reading every 5 s
+is 17,280 rows, and fewer, larger groups cost a query less work per column
+chunk and the archive fewer bytes), statistics and the footer's list of
+patients, encrypted like its inputs. It
 covers the objects of its partition and incarnation in the day's hours whose
 offsets it spans (:mod:`.coverage`), so the steps are those of hour compaction
 (:mod:`.compact`): write the day object whole, read it back and compare it with
@@ -63,10 +66,11 @@ class DayCompactor:
     """Merges a day's objects per partition and incarnation, with a :class:`Compactor`'s
     steps (and its checkpoint)."""
 
-    def __init__(self, compactor: Compactor, today: int) -> None:
+    def __init__(self, compactor: Compactor, today: int, row_group_rows: int = 8192) -> None:
         self.compactor = compactor
         # Later days are looked at for evidence of whole batches up to this one.
         self.today = today
+        self.row_group_rows = row_group_rows
 
     def day(self, dataset: str, day: int) -> Directory:
         """Compact one day (days since the epoch) of the identified set."""
@@ -91,7 +95,12 @@ class DayCompactor:
                 if p.stream == stream and low <= p.span.first and p.span.last <= high
             ]
             merge = functools.partial(
-                self.compactor.merge, chosen, gone, encrypted=True, directory=directory
+                self.compactor.merge,
+                chosen,
+                gone,
+                encrypted=True,
+                directory=directory,
+                row_group_rows=self.row_group_rows,
             )
             result.add(merge)
         return result

@@ -92,12 +92,15 @@ class ArchiveWriter:
         written.append(key)
         return written
 
-    def encode(self, table: pa.Table, patient: str, encrypted: bool) -> bytes:
+    def encode(
+        self, table: pa.Table, patient: str, encrypted: bool, row_group_rows: int | None = None
+    ) -> bytes:
         """A table sorted by `patient` then time as one archive object's bytes: row groups
-        of whole patients' runs with statistics, LZ4, and encrypted when `encrypted`."""
+        of whole patients' runs (up to `row_group_rows`, the writer's by default) with
+        statistics, LZ4, and encrypted when `encrypted`."""
         sink = pa.BufferOutputStream()
         delta = [name for name in table.column_names if name in DELTA_COLUMNS]
-        groups = row_groups(table[patient], self.row_group_rows)
+        groups = row_groups(table[patient], row_group_rows or self.row_group_rows)
         schema = table.schema
         if encrypted:
             # Statistics give a group's lowest and highest patient only; the list names
