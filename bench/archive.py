@@ -6,7 +6,10 @@ million readings), straight through :class:`ArchiveWriter` into a local
 directory (no Kafka), one batch per partition and `--roll-s` seconds, as the
 archiver would cut them. Then it queries one patient's whole period 50 times
 (random patients) through :class:`ArchiveReader` and the same patients' hourly
-trends, and the same two queries on the de-identified set with DuckDB.
+trends; runs the `compact` job (its real code, in this process) over the
+period as a deployment's schedule would once the last day has settled, which
+merges each day's objects into one per partition; queries the same patients
+again; and runs the same two queries on the de-identified set with DuckDB.
 
 Run: ``.venv/bin/python bench/archive.py [--days 7] [--patients 100] [--roll-s 3600]``.
 Progress goes to stderr, the report to stdout. Targets (issue 10): at least
@@ -32,9 +35,14 @@ from typing import Any
 
 import duckdb
 
-from healthsync.config import CryptoSettings
+from healthsync.config import ArchiveSettings, CryptoSettings
 from healthsync.domain.readings import Reading, reading_id_for
+from healthsync.jobs.base import JobContext, JobParams
+from healthsync.jobs.compact import Compact
+from healthsync.jobs.output import JobOutput
+from healthsync.security.codec import Codec
 from healthsync.security.crypto import Keyring
+from healthsync.store import job_files
 from healthsync.store.archive import layout
 from healthsync.store.archive.columns import HISTORY_COLUMNS
 from healthsync.store.archive.deidentify import Deidentifier
@@ -42,8 +50,10 @@ from healthsync.store.archive.encryption import ParquetCrypto
 from healthsync.store.archive.layout import Span
 from healthsync.store.archive.objects import LocalStore
 from healthsync.store.archive.reader import ArchiveReader
+from healthsync.store.archive.setup import Archive
 from healthsync.store.archive.trends import trends
 from healthsync.store.archive.writer import ArchiveWriter
+from healthsync.store.period import MemoryArchive
 
 # Monday 2026-11-02 00:00 UTC.
 START = 1_794_009_600.0
@@ -186,10 +196,17 @@ class Written:
     wall_s: float = 0.0
     cpu_s: float = 0.0
     total_s: float = 0.0
+    # Bytes of the objects as written (identified, research set), before any compaction.
+    identified: int = 0
+    research: int = 0
 
 
 def write_all(
-    writer: ArchiveWriter, people: list[Patient], args: argparse.Namespace, rng: random.Random
+    writer: ArchiveWriter,
+    people: list[Patient],
+    args: argparse.Namespace,
+    rng: random.Random,
+    root: Path,
 ) -> Written:
     """Generate and write every batch; only the writer's own time is counted."""
     done = Written()
@@ -204,18 +221,66 @@ def write_all(
             print(f"\r{done.readings:,} readings written", end="", file=sys.stderr, flush=True)
     done.total_s = time.perf_counter() - generate_started
     print(file=sys.stderr)
+    done.identified = size_of(root / layout.IDENTIFIED)
+    done.research = size_of(root / layout.DEIDENTIFIED)
     return done
 
 
 def query_all(
     reader: ArchiveReader, chosen: list[str], end: float
-) -> tuple[list[float], list[float], set[int]]:
+) -> tuple[list[float], list[float], list[int]]:
     """Each chosen patient's whole history, then hourly trends, through the reader."""
     history = [
         timed(partial(reader.readings_table, p, START, end, HISTORY_COLUMNS)) for p in chosen
     ]
     hourly = [timed(partial(hourly_trends, reader, p, START, end))[0] for p in chosen]
-    return [t for t, _ in history], hourly, {table.num_rows for _, table in history}
+    return [t for t, _ in history], hourly, [table.num_rows for _, table in history]
+
+
+@dataclass
+class Compacted:
+    summary: dict[str, Any]
+    wall_s: float
+    cpu_s: float
+    objects_before: int
+    objects_after: int
+    identified: int
+
+
+def compact_days(archive: Archive, root: Path, since: float, until: float) -> Compacted:
+    """Run the `compact` job over the period as it would run once the last day settled
+    (`until` plus the settle time): each day's objects merged into one per partition."""
+    defaults = ArchiveSettings()
+    params = JobParams("bench-compact", since, until + defaults.day_settle_s)
+    output = JobOutput(job_files.LocalStore(root), "compact", params.run_id)
+    context = JobContext(params, output, MemoryArchive(), Codec(None))
+    before = len(list(root.rglob("*.parquet")))
+    started, cpu_started = time.perf_counter(), time.process_time()
+    job = Compact(lambda: archive, defaults.day_settle_s, defaults.day_row_group_rows)
+    summary = job.run(context)
+    wall_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
+    output.commit()
+    after = len(list(root.rglob("*.parquet")))
+    return Compacted(summary, wall_s, cpu_s, before, after, size_of(root / layout.IDENTIFIED))
+
+
+def report_compaction(done: Compacted) -> None:
+    summary = done.summary
+    rows = summary["rows"]
+    print(
+        f"  day compaction (compact job)       {summary['days']} days, {rows:,} rows written"
+        f" in {done.wall_s:.1f} s: {rows / done.wall_s:,.0f} rows/s wall,"
+        f" {rows / done.cpu_s:,.0f} per CPU second"
+    )
+    print(
+        f"                                     objects {done.objects_before:,} ->"
+        f" {done.objects_after:,} ({summary['objects_merged']:,} merged into"
+        f" {summary['objects_written']:,}, identified and research sets)"
+    )
+
+
+def report_sizes(compacted: Compacted, readings: int) -> None:
+    print(f"  bytes per reading, identified, day objects {compacted.identified / readings:.1f} B")
 
 
 def query_research(root: Path, pseudonyms: list[str]) -> tuple[list[float], list[float]]:
@@ -228,9 +293,8 @@ def query_research(root: Path, pseudonyms: list[str]) -> tuple[list[float], list
     return history, trend
 
 
-def report_writes(args: argparse.Namespace, done: Written, root: Path) -> None:
-    identified = size_of(root / layout.IDENTIFIED)
-    research = size_of(root / layout.DEIDENTIFIED)
+def report_writes(args: argparse.Namespace, done: Written) -> None:
+    identified, research = done.identified, done.research
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end")
     print(
         f"archive benchmark: {args.days:g} days x {args.patients} patients, one reading "
@@ -265,19 +329,35 @@ def main() -> int:
     people = patients(args.patients, args.partitions, rng)
     try:
         done = write_all(
-            ArchiveWriter(store, crypto, deidentifier, args.row_group_rows), people, args, rng
+            ArchiveWriter(store, crypto, deidentifier, args.row_group_rows), people, args, rng, root
         )
+        end = START + args.days * 86_400
         chosen = [rng.choice(people).patient_id for _ in range(args.queries)]
         reader = ArchiveReader(store, crypto)
-        history, hourly, rows = query_all(reader, chosen, START + args.days * 86_400)
+        history, hourly, rows = query_all(reader, chosen, end)
+        reader.close()
+        archive = Archive(store, crypto, deidentifier, args.row_group_rows)
+        compacted = compact_days(archive, root, START, end)
+        reader = ArchiveReader(store, crypto)
+        day_history, day_hourly, day_rows = query_all(reader, chosen, end)
         reader.close()
         pseudonyms = [deidentifier.pseudonym("patient", p) for p in chosen]
         research_history, research_trends = query_research(root, pseudonyms)
 
-        report_writes(args, done, root)
-        print(f"  one patient's history: {sorted(rows)} rows per query")
+        report_writes(args, done)
+        same = "the same" if rows == day_rows else "DIFFERENT"
+        print(
+            f"  one patient's history: {sorted(set(rows))} rows per query,"
+            f" {same} before and after day compaction"
+        )
+        print("  hour objects (as the archiver and hourly compaction leave them):")
         report_queries("history, identified (pyarrow)", history, 150)
         report_queries("hourly trends, identified", hourly, 300)
+        report_compaction(compacted)
+        report_sizes(compacted, done.readings)
+        print("  after day compaction:")
+        report_queries("history, identified (pyarrow)", day_history, 150)
+        report_queries("hourly trends, identified", day_hourly, 300)
         report_queries("history, de-identified (DuckDB)", research_history, 150)
         report_queries("hourly trends, de-identified (DuckDB)", research_trends, 300)
     finally:

@@ -247,6 +247,12 @@ class ArchiveSettings(BaseModel):
     # Most rows in a Parquet row group. Groups hold whole patients' runs up to this
     # size, so a one-patient query reads few rows; larger groups compress better.
     row_group_rows: int = Field(1024, ge=64)
+    # The compact job merges a day's objects into one per partition once the day has
+    # been over this long (readings sent late after that stay in hour objects).
+    day_settle_s: float = Field(3600.0, ge=0)
+    # Most rows in a row group of those day objects: a patient's day is thousands of
+    # readings, and fewer, larger groups make queries and the archive cheaper.
+    day_row_group_rows: int = Field(8192, ge=64)
     group_id: str = "healthsync-archiver"
     # S3 only: server-side encryption asked for on every PutObject, on top of the
     # Parquet encryption; "aws:kms" uses sse_kms_key_id (or the bucket's default key).

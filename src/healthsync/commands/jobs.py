@@ -125,7 +125,11 @@ def _catalog(settings: Settings) -> dict[str, Job]:
         {
             "reprocess": Reprocess(replay),
             "verify": Verify(counter, processed),
-            "compact": Compact(lambda: Archive.from_settings(settings)),
+            "compact": Compact(
+                lambda: Archive.from_settings(settings),
+                settings.archive.day_settle_s,
+                settings.archive.day_row_group_rows,
+            ),
         }
     )
 

@@ -10,12 +10,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
 from healthsync.config import Settings
 from healthsync.domain.alerts import Alert
 from healthsync.security.crypto import Keyring
 from healthsync.store.archive.compact import Compactor
+from healthsync.store.archive.days import DAY_S, DayCompactor, day_of
 from healthsync.store.archive.errors import ArchiveReadError
 from healthsync.store.archive.layout import Span
 from healthsync.store.archive.rekey import key_usage, rewrap
@@ -195,3 +197,34 @@ def test_rewrap_on_s3_keeps_server_side_encryption(
     ring.save(ring_file)
     after = _everything(Archive.from_settings(settings))
     assert after[:2] == before[:2] and after[2].equals(before[2])
+
+
+def test_rewrap_keeps_a_day_objects_large_row_groups(ring_file: Path, tmp_path: Path) -> None:
+    settings = _settings(ring_file, (tmp_path / "archive").as_uri())
+    old = Archive.from_settings(settings)
+    writer = old.writer()
+    readings = batch(T0, 1600, step_s=30)  # 10:00 to 23:20, 1,600 readings a patient
+    for n in range(4):
+        writer.write_readings(Span(0, n * 800, n * 800 + 799), readings[n * 800 : n * 800 + 800])
+    writer.write_readings(Span(0, 3200, 3201), batch(T0 + DAY_S, 1))  # the next day
+    day = day_of(T0)
+    DayCompactor(Compactor(old.store, old.crypto, writer), day + 1).day("readings", day)
+    [key] = [k for k in old.store.list("identified/readings/date=2026-11-28/") if "hour=" not in k]
+
+    def groups(archive: Archive) -> list[int]:
+        file = pq.ParquetFile(
+            archive.store.open(key), decryption_properties=archive.crypto.decryption_properties()
+        )
+        return [file.metadata.row_group(i).num_rows for i in range(file.metadata.num_row_groups)]
+
+    assert groups(old) == [3200]  # both patients' whole day in one group
+    before = _everything(old)
+    _rotate(ring_file)
+
+    archive = Archive.from_settings(settings)
+    done = rewrap(archive.store, archive.crypto, archive.writer())
+
+    assert (done.rewritten, done.failed) == (2, [])
+    assert key_usage(archive.store) == {"k2": 2}
+    assert groups(archive) == [3200]
+    assert _everything(archive)[:2] == before[:2]

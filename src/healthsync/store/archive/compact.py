@@ -17,6 +17,7 @@ in four steps, each safe to interrupt:
    the inputs it covers (:mod:`.coverage`);
 3. read it back and compare it with the inputs: the same number of rows and
    the same multiset of rows, every column (so every reading id) included;
+   if it differs, delete it again (it covers the inputs) and refuse;
 4. only then delete the inputs, and any covered object an archiver replay
    wrote again since.
 
@@ -32,8 +33,7 @@ refused (:attr:`Directory.refused`); the other partitions are compacted.
 from __future__ import annotations
 
 import functools
-from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,16 +112,24 @@ class Compactor:
         self.checkpoint = checkpoint or (lambda _step, _key: None)
 
     def hour(self, dataset: str, hour: int) -> Directory:
-        """Compact one hour of the identified set (hours since the epoch)."""
-        pieces = self._pieces(layout.hour_prefix(dataset, hour))
+        """Compact one hour of the identified set (hours since the epoch).
+
+        A day object (:mod:`.days`) above the hour covers what it merged: those
+        objects are not merged again, only deleted.
+        """
+        directory = layout.hour_prefix(dataset, hour).rstrip("/")
+        pieces = self.pieces(f"{directory}/")
+        days = self.pieces(f"{layout.day_prefix(dataset, hour)}p")
+        visible, covered = (
+            [p for p in found if p.directory == directory] for found in split(pieces + days)
+        )
         result = Directory()
-        visible, covered = split(pieces)
         for piece in pieces:
             result.reach[piece.stream] = max(piece.span.last, result.reach.get(piece.stream, -1))
         for stream in sorted(result.reach):
             mine = [p for p in visible if p.stream == stream]
             gone = [p for p in covered if p.stream == stream]
-            result.add(functools.partial(self._merge, mine, gone, encrypted=True))
+            result.add(functools.partial(self.merge, mine, gone, encrypted=True))
         return result
 
     def research(self, dataset: str, year: int, reach: dict[tuple[int, str], int]) -> Directory:
@@ -134,7 +142,7 @@ class Compactor:
         range contains.
         """
         prefix = f"{layout.DEIDENTIFIED}/{dataset}/year={year:04d}/"
-        visible, covered = split(self._pieces(prefix))
+        visible, covered = split(self.pieces(prefix))
         result = Directory()
         for stream, last in sorted(reach.items()):
             plain = [
@@ -153,15 +161,26 @@ class Compactor:
                 and low <= p.span.first
                 and p.span.last <= high
             ]
-            result.add(functools.partial(self._merge, plain + merged, gone, encrypted=False))
+            result.add(functools.partial(self.merge, plain + merged, gone, encrypted=False))
         return result
 
-    def _pieces(self, prefix: str) -> list[Piece]:
+    def pieces(self, prefix: str) -> list[Piece]:
         return [piece for key in self.store.list(prefix) if (piece := parse(key)) is not None]
 
-    def _merge(self, visible: list[Piece], covered: list[Piece], encrypted: bool) -> Merge:
+    def merge(
+        self,
+        visible: list[Piece],
+        covered: list[Piece],
+        encrypted: bool,
+        directory: str | None = None,
+        row_group_rows: int | None = None,
+    ) -> Merge:
+        """Merge `visible` into one object in `directory` (theirs by default), with row
+        groups of up to `row_group_rows` (the writer's by default), verify it, then delete
+        them and `covered`."""
         first = (visible or covered)[0]
-        directory, (partition, incarnation) = first.directory, first.stream
+        directory = directory or first.directory
+        partition, incarnation = first.stream
         clash = overlaps(visible)
         if clash:
             left, right = clash[0]
@@ -182,9 +201,14 @@ class Compactor:
             low, high = min(p.span.first for p in visible), max(p.span.last for p in visible)
             span = Span(partition, low, high, incarnation)
             written = f"{directory}/{compacted_name(span)}"
-            self.store.put(written, self.writer.encode(merged, patient, encrypted))
-            expected = sum(t.num_rows for t in tables)
-            rows = self._verify(written, encrypted, expected, _rows(tables))
+            data = self.writer.encode(merged, patient, encrypted, row_group_rows)
+            self.store.put(written, data)
+            try:
+                rows = self._verify(written, encrypted, merged)
+            except CompactionError:
+                # It covers the inputs: left in place, readers would take it instead.
+                self.store.delete(written)
+                raise
             self.checkpoint("written", written)
             doomed += [p for p in visible if p.key != written]
         for piece in doomed:
@@ -192,13 +216,13 @@ class Compactor:
             self.checkpoint("deleted", piece.key)
         return Merge(directory, partition, incarnation, len(visible), rows, written, len(doomed))
 
-    def _verify(self, key: str, encrypted: bool, expected: int, rows: Counter[Hashable]) -> int:
-        """The merged object read back must hold exactly the inputs' rows."""
+    def _verify(self, key: str, encrypted: bool, merged: pa.Table) -> int:
+        """The merged object read back must hold exactly the inputs' rows (`merged`)."""
         table = self._read(key, encrypted)
-        if table.num_rows != expected or _rows([table]) != rows:
+        if table.num_rows != merged.num_rows or not same_rows(table, merged):
             raise CompactionError(
                 f"{self.store.location(key)} holds {table.num_rows} rows where its inputs hold "
-                f"{expected}, or other rows: inputs kept"
+                f"{merged.num_rows}, or other rows: inputs kept"
             )
         found: int = table.num_rows
         return found
@@ -216,10 +240,20 @@ class Compactor:
             raise CompactionError(f"cannot read {self.store.location(key)}: {exc}") from exc
 
 
-def _rows(tables: list[pa.Table]) -> Counter[Hashable]:
-    """The multiset of rows (every column), whatever their order or the tables' split."""
-    found: Counter[Hashable] = Counter()
-    for table in tables:
-        columns = [table[name].to_pylist() for name in sorted(table.column_names)]
-        found.update(zip(*columns, strict=True))
-    return found
+def same_rows(left: pa.Table, right: pa.Table) -> bool:
+    """Whether two tables hold the same multiset of rows (every column), whatever their order.
+
+    Both are put in one canonical order, sorted by every column, and compared
+    column by column: equal rows sort next to each other, so the orders agree
+    exactly when the multisets do.
+    """
+    names = sorted(left.column_names)
+    if names != sorted(right.column_names) or left.num_rows != right.num_rows:
+        return False
+    try:
+        left, right = left.select(names), right.select(names).cast(left.select(names).schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False  # a column of another type: not the same rows
+    keys = [(name, "ascending") for name in names]
+    ordered = [table.take(pc.sort_indices(table, sort_keys=keys)) for table in (left, right)]
+    return bool(ordered[0].equals(ordered[1]))

@@ -6,8 +6,9 @@ the keyring or KMS) and then only the row groups whose statistics can hold
 the patient and the period. Footers are kept in memory by key: objects are
 immutable (a replay rewrites identical content), so a repeated query opens
 no footer again and skips objects without the patient unread. Where
-compaction merged an hour's objects, the merged object stands for the
-inputs it covers, whether or not they are deleted yet (:mod:`.coverage`).
+compaction merged an hour's objects, or a day's (the day object, in the
+day's directory above its hours), the merged object stands for the inputs
+it covers, whether or not they are deleted yet (:mod:`.coverage`).
 
 An object that cannot be opened (a retired or foreign key, a corrupt or
 truncated file) raises :class:`ArchiveReadError` naming it: a query never
@@ -103,7 +104,8 @@ class ArchiveReader:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def objects(self, dataset: str, since: float, until: float) -> list[str]:
-        """The identified objects whose hour lies in the period, by listing its days only.
+        """The identified objects whose hour lies in the period, by listing its days only,
+        and the day objects of those days.
 
         Objects a compacted object covers are left out (:mod:`.coverage`).
         """
@@ -114,7 +116,10 @@ class ArchiveReader:
         for day, first_hour in days.items():
             for key in self.store.list(day):
                 match = _HOUR_DIR.search(key)
-                if match is not None and first_hour + int(match.group(1)) in hours:
+                if match is None:
+                    if "/" not in key[len(day) :]:
+                        keys.append(key)  # a day object: the day's rows of its partition
+                elif first_hour + int(match.group(1)) in hours:
                     keys.append(key)
         return coverage.visible_keys(keys)
 
@@ -156,6 +161,8 @@ class ArchiveReader:
             parts = [t for t in self._pool.map(read, self._may_hold(again, patient_id, span)) if t]
         if not parts:
             return schema.empty_table().select(wanted)
+        # Objects in time order (a day's late hour objects list before its day object).
+        parts.sort(key=_first_ts)
         table = pa.concat_tables(parts)
         if _ascending(table["ts"]):
             return table  # hours come in order, and each object's rows by time: the usual case
@@ -270,6 +277,11 @@ def _millis(value: Any) -> int:
     if isinstance(value, datetime):
         return round(value.timestamp() * 1000)
     return int(value)
+
+
+def _first_ts(table: pa.Table) -> int:
+    first: int = table["ts"][0].value
+    return first
 
 
 def _ascending(times: pa.ChunkedArray) -> bool:

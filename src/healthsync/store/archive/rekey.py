@@ -86,18 +86,23 @@ def rewrap(store: ObjectStore, crypto: ParquetCrypto, writer: ArchiveWriter) -> 
 
 def _reencoded(store: ObjectStore, key: str, crypto: ParquetCrypto, writer: ArchiveWriter) -> bytes:
     """The object's rows encoded under the current master key, checked to read back equal."""
-    old = _read(store.open(key), crypto, store.location(key))
-    fresh = writer.encode(old, "patient_id", encrypted=True)
-    if not _read(pa.BufferReader(fresh), crypto, "the rewritten copy").equals(old):
+    old, largest = _read(store.open(key), crypto, store.location(key))
+    # A day object's row groups are larger than the writer's own: they stay as large.
+    rows = max(largest, writer.row_group_rows)
+    fresh = writer.encode(old, "patient_id", encrypted=True, row_group_rows=rows)
+    if not _read(pa.BufferReader(fresh), crypto, "the rewritten copy")[0].equals(old):
         raise ArchiveError(
             f"{store.location(key)}: the rewritten copy does not hold the same rows; kept as it was"
         )
     return fresh
 
 
-def _read(source: pa.NativeFile, crypto: ParquetCrypto, where: str) -> pa.Table:
+def _read(source: pa.NativeFile, crypto: ParquetCrypto, where: str) -> tuple[pa.Table, int]:
+    """The object's rows, and the most rows one of its row groups holds."""
     try:
         file = pq.ParquetFile(source, decryption_properties=crypto.decryption_properties())
-        return file.read(use_threads=False)
+        meta = file.metadata
+        largest = max((meta.row_group(i).num_rows for i in range(meta.num_row_groups)), default=0)
+        return file.read(use_threads=False), largest
     except Exception as exc:
         raise ArchiveError(f"cannot read {where}: {exc}") from exc

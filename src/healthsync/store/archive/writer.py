@@ -92,12 +92,15 @@ class ArchiveWriter:
         written.append(key)
         return written
 
-    def encode(self, table: pa.Table, patient: str, encrypted: bool) -> bytes:
+    def encode(
+        self, table: pa.Table, patient: str, encrypted: bool, row_group_rows: int | None = None
+    ) -> bytes:
         """A table sorted by `patient` then time as one archive object's bytes: row groups
-        of whole patients' runs with statistics, LZ4, and encrypted when `encrypted`."""
+        of whole patients' runs (up to `row_group_rows`, the writer's by default) with
+        statistics, LZ4, and encrypted when `encrypted`."""
         sink = pa.BufferOutputStream()
         delta = [name for name in table.column_names if name in DELTA_COLUMNS]
-        groups = row_groups(table[patient], self.row_group_rows)
+        groups = row_groups(table[patient], row_group_rows or self.row_group_rows)
         schema = table.schema
         if encrypted:
             # Statistics give a group's lowest and highest patient only; the list names
@@ -151,14 +154,17 @@ def find_span(
     of an earlier incarnation of the topic that started at the same offset is
     another batch. `first_ts` is the time of the batch's first row: its hour
     names the directory the batch's first object went to. If compaction has
-    merged that object already, the merged object's last offset is the cut: the
-    crashed batch was the partition's last one written, so nothing after it is in there.
+    merged that object already (an hour's or a day's), the merged object's last
+    offset is the cut: the crashed batch was the partition's last one written,
+    so nothing after it is in there.
     """
     partition, first = start.partition, start.first
-    prefix = layout.hour_prefix(dataset, _hour(first_ts)) + f"p{partition}-"
+    hour = _hour(first_ts)
+    prefixes = (layout.hour_prefix(dataset, hour), layout.day_prefix(dataset, hour))
     pieces = [
         piece
-        for key in store.list(prefix)
+        for prefix in prefixes
+        for key in store.list(f"{prefix}p{partition}-")
         if (piece := coverage.parse(key)) is not None
         and piece.stream == (partition, start.incarnation)
     ]
