@@ -31,6 +31,13 @@ the API). Where a default comes from:
   samples made 4-point SpO2 "falls" on stable patients, and the climb back
   after a bradycardia read as a tachycardia coming on (false trend alerts on
   ``scenarios/``, each file's seed and seeds 1-3: 33 -> 12).
+- A trend must be sustained: the reference is a level held for 30 s (the mean
+  of as many neighbouring buckets as span it, so not one 15 s bucket at a noise
+  peak), the change must hold for ``trend_persist_s`` (20 s), and a change in a
+  window that held a sample beyond the band on the side it comes from is the
+  way back from an episode (bucket means that mix a short bradycardia with the
+  samples either side are inside the band). False trend alerts on
+  ``scenarios/``, each file's seed and seeds 1-8: 26 -> 1; no episode later.
 - Artefacts: jumps larger than a vital can physiologically change between two
   samples a few seconds apart (a probe moved, a cuff knocked), held until the
   new level has stood for 10 s, or a sample comes back nearer the old one.
@@ -236,6 +243,8 @@ class AnomalySettings(BaseModel):
     resolve_hold_s: float = Field(30.0, ge=0)
     margins: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MARGIN))
     trends: tuple[TrendRule, ...] = DEFAULT_TRENDS
+    # A trend must hold this long (and persist_readings samples) before its alert opens.
+    trend_persist_s: float = Field(20.0, ge=0)
     baselines: tuple[BaselineRule, ...] = DEFAULT_BASELINES
     # Samples before a patient's baseline is trusted, and how fast it follows (time constant).
     baseline_min_samples: int = Field(30, ge=2)

@@ -255,13 +255,9 @@ class AnomalyEngine:
             kind = f"trend:{trend.name}"
             if change < trend.delta and self._idle(state, patient, kind):
                 continue
-            # A rise from below the band, or from within its margin of the low limit (or a
-            # fall from above or near the high one), is a recovery, not a deterioration.
-            margin = self.cfg.margins.get(vital, 0.0)
-            from_normal = band is None or band.inside(reference, margin)
             holds = (
                 change >= trend.delta
-                and from_normal
+                and not _recovery(window, band, trend, reference, self.cfg.margins.get(vital, 0.0))
                 and not self._quiet(patient, kind, [f"threshold:{vital}"])
             )
             verb = "fell" if trend.direction == "fall" else "rose"
@@ -270,7 +266,13 @@ class AnomalyEngine:
                 f"(limit {trend.delta:g} within {trend.window_s:g} s)"
             )
             cleared = change < trend.delta / 2
-            finding = Finding("warning" if holds else None, cleared, sample.value, rule)
+            finding = Finding(
+                "warning" if holds else None,
+                cleared,
+                sample.value,
+                rule,
+                persist_s=self.cfg.trend_persist_s,
+            )
             events.extend(self.life.track(state, Subject(patient, kind, vital), sample, finding))
         return events
 
@@ -358,6 +360,26 @@ class AnomalyEngine:
                 state.keep(vital, sample.ts, sample.value)
                 events.extend(self._rules(state, patient, vital, sample))
         return events
+
+
+def _recovery(
+    window: TrendWindow, band: Threshold | None, trend: TrendRule, reference: float, margin: float
+) -> bool:
+    """Whether a change is the way back from beyond the band, not a deterioration: a rise
+    from below the band or from within its margin of the low limit, or one in a window
+    that held a sample below the low limit (the bucket means mix the episode and the
+    return); a fall likewise from above or near the high limit."""
+    if band is None:
+        return False
+    if not band.inside(reference, margin):
+        return True
+    extremes = window.extremes()
+    if extremes is None:
+        return False
+    lowest, highest = extremes
+    if trend.direction == "rise":
+        return band.low is not None and lowest < band.low
+    return band.high is not None and highest > band.high
 
 
 def _poor_signal(reading: Reading) -> bool:
