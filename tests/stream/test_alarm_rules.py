@@ -106,3 +106,24 @@ def test_an_spo2_fall_is_a_trend_only_once_it_is_sustained() -> None:
     sustained = Run()
     events = series(sustained, -300, 5, [98] * 60 + [94] * 10)
     assert opened(events) == [("trend:spo2_fall", 30)]
+
+
+def test_a_value_just_past_the_limit_must_hold_as_long_as_a_monitor_waits() -> None:
+    # Systolic 86-89 against a limit of 90 is within the 5 mmHg margin: what measurement
+    # noise makes of a patient sitting at 93. It must hold 15 s, a monitor's alarm delay.
+    near = Run()
+    events = [
+        e
+        for t, v in [(0, 96), (5, 88), (10, 86), (15, 89)]
+        for e in near.send(reading(t, bp_sys=v))
+    ]
+    assert events == []
+    assert opened(near.send(reading(20, bp_sys=87))) == [("threshold:bp_sys", 20)]
+    # Clearly past the limit, the usual 10 s.
+    deep = Run()
+    events = [
+        e
+        for t, v in [(0, 96), (5, 82), (10, 81), (15, 83)]
+        for e in deep.send(reading(t, bp_sys=v))
+    ]
+    assert opened(events) == [("threshold:bp_sys", 15)]

@@ -17,6 +17,7 @@ vital can physically make until time decides whether it was an artefact.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -30,7 +31,7 @@ from healthsync.stream.lifecycle import Finding, Lifecycle, Subject
 from healthsync.stream.news2_alerts import news2_finding, screened
 from healthsync.stream.rulebook import RuleBook
 from healthsync.stream.state import PatientState, Sample
-from healthsync.stream.trends import Baseline, TrendWindow
+from healthsync.stream.trends import Baseline, TrendWindow, recovery
 
 StateLoader = Callable[[list[str] | None], dict[str, dict[str, Any]]]
 OpenAlertsLoader = Callable[[], list[Alert]]
@@ -221,8 +222,22 @@ class AnomalyEngine:
             sample.value,
             rule,
             band.describe(),
+            persist_s=self._marginal_persist(state, kind, band, sample, margin),
         )
         return self.life.track(state, Subject(patient, kind, vital), sample, finding)
+
+    def _marginal_persist(
+        self, state: PatientState, kind: str, band: Threshold, sample: Sample, margin: float
+    ) -> float | None:
+        """``marginal_persist_s`` while the pending condition's samples lie, by their median,
+        less far past the limit than the vital's margin: measurement noise around a patient
+        who sits near a limit, not a patient past it. None: the usual persistence."""
+        tracker = state.trackers.get(kind)
+        values = [v for _, v in tracker.evidence] if tracker is not None else []
+        level = statistics.median([*values, sample.value])
+        if band.severity(level) == "warning" and band.past(level) < margin:
+            return max(self.cfg.persist_s, self.cfg.marginal_persist_s)
+        return None
 
     def _persist_text(self) -> str:
         return f"{self.cfg.persist_s:g} s and {self.cfg.persist_readings} readings"
@@ -257,7 +272,9 @@ class AnomalyEngine:
                 continue
             holds = (
                 change >= trend.delta
-                and not _recovery(window, band, trend, reference, self.cfg.margins.get(vital, 0.0))
+                and not recovery(
+                    window, band, trend.direction, reference, self.cfg.margins.get(vital, 0.0)
+                )
                 and not self._quiet(patient, kind, [f"threshold:{vital}"])
             )
             verb = "fell" if trend.direction == "fall" else "rose"
@@ -360,26 +377,6 @@ class AnomalyEngine:
                 state.keep(vital, sample.ts, sample.value)
                 events.extend(self._rules(state, patient, vital, sample))
         return events
-
-
-def _recovery(
-    window: TrendWindow, band: Threshold | None, trend: TrendRule, reference: float, margin: float
-) -> bool:
-    """Whether a change is the way back from beyond the band, not a deterioration: a rise
-    from below the band or from within its margin of the low limit, or one in a window
-    that held a sample below the low limit (the bucket means mix the episode and the
-    return); a fall likewise from above or near the high limit."""
-    if band is None:
-        return False
-    if not band.inside(reference, margin):
-        return True
-    extremes = window.extremes()
-    if extremes is None:
-        return False
-    lowest, highest = extremes
-    if trend.direction == "rise":
-        return band.low is not None and lowest < band.low
-    return band.high is not None and highest > band.high
 
 
 def _poor_signal(reading: Reading) -> bool:

@@ -15,6 +15,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from healthsync.domain.alerts import Threshold
+
 # A window is kept as up to this many buckets (plus the one being filled)...
 _BUCKETS = 20
 # ... each wide enough for this many of the device's samples: a bucket holding one
@@ -145,3 +147,27 @@ class Baseline:
     def from_list(cls, data: list[float]) -> Baseline:
         mean, var, n, last_ts = data
         return cls(float(mean), float(var), int(n), float(last_ts))
+
+
+def recovery(
+    window: TrendWindow,
+    band: Threshold | None,
+    direction: Literal["rise", "fall"],
+    reference: float,
+    margin: float,
+) -> bool:
+    """Whether a change is the way back from beyond the band, not a deterioration: a rise
+    from below the band or from within its margin of the low limit, or one in a window
+    that held a sample below the low limit (the bucket means mix the episode and the
+    return); a fall likewise from above or near the high limit."""
+    if band is None:
+        return False
+    if not band.inside(reference, margin):
+        return True
+    extremes = window.extremes()
+    if extremes is None:
+        return False
+    lowest, highest = extremes
+    if direction == "rise":
+        return band.low is not None and lowest < band.low
+    return band.high is not None and highest > band.high
