@@ -86,3 +86,44 @@ def test_a_late_sample_from_before_a_condition_does_not_restart_its_persistence(
     events += run.send(reading(-3, spo2=96))
     events += run.send(reading(10, spo2=88))
     assert opened(events) == [("threshold:spo2", 10)]
+
+
+def test_the_way_back_from_a_short_bradycardia_is_no_rising_trend() -> None:
+    # 95/min, 35/min for 30 s, 95 again. The 30 s buckets of the trend's window each hold
+    # part of the bradycardia and part of either side, so none is below the band (the
+    # lowest mean is 55), and the return to 95 read as a rise of 40 within 10 minutes.
+    run = Run(AnomalySettings(baselines=()))
+    values = [95] * 60 + [35] * 6 + [95] * 60
+    events = [e for i, v in enumerate(values) for e in run.send(reading(i * 5 - 300, heart_rate=v))]
+    assert [kind for kind, _ in opened(events)] == ["threshold:heart_rate"]
+
+
+def test_an_spo2_fall_is_a_trend_only_once_it_is_sustained() -> None:
+    # Steady at 98 for five minutes, then four samples at 94: the level (the median of
+    # the last five samples) is 4 below for 15 s. Noise does that; a desaturation stays.
+    brief = Run()
+    assert series(brief, -300, 5, [98] * 60 + [94] * 4 + [98] * 20) == []
+    sustained = Run()
+    events = series(sustained, -300, 5, [98] * 60 + [94] * 10)
+    assert opened(events) == [("trend:spo2_fall", 30)]
+
+
+def test_a_value_just_past_the_limit_must_hold_as_long_as_a_monitor_waits() -> None:
+    # Systolic 86-89 against a limit of 90 is within the 5 mmHg margin: what measurement
+    # noise makes of a patient sitting at 93. It must hold 15 s, a monitor's alarm delay.
+    near = Run()
+    events = [
+        e
+        for t, v in [(0, 96), (5, 88), (10, 86), (15, 89)]
+        for e in near.send(reading(t, bp_sys=v))
+    ]
+    assert events == []
+    assert opened(near.send(reading(20, bp_sys=87))) == [("threshold:bp_sys", 20)]
+    # Clearly past the limit, the usual 10 s.
+    deep = Run()
+    events = [
+        e
+        for t, v in [(0, 96), (5, 82), (10, 81), (15, 83)]
+        for e in deep.send(reading(t, bp_sys=v))
+    ]
+    assert opened(events) == [("threshold:bp_sys", 15)]

@@ -52,6 +52,12 @@ class Threshold:
             and (self.high is None or value <= self.high - margin)
         )
 
+    def past(self, value: float) -> float:
+        """How far the value lies beyond the normal band (0 inside it)."""
+        below = self.low - value if self.low is not None else 0.0
+        above = value - self.high if self.high is not None else 0.0
+        return max(below, above, 0.0)
+
     def describe(self) -> str:
         low = "-" if self.low is None else f"{self.low:g}"
         high = "-" if self.high is None else f"{self.high:g}"

@@ -17,6 +17,7 @@ vital can physically make until time decides whether it was an artefact.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -30,7 +31,7 @@ from healthsync.stream.lifecycle import Finding, Lifecycle, Subject
 from healthsync.stream.news2_alerts import news2_finding, screened
 from healthsync.stream.rulebook import RuleBook
 from healthsync.stream.state import PatientState, Sample
-from healthsync.stream.trends import Baseline, TrendWindow
+from healthsync.stream.trends import Baseline, TrendWindow, recovery
 
 StateLoader = Callable[[list[str] | None], dict[str, dict[str, Any]]]
 OpenAlertsLoader = Callable[[], list[Alert]]
@@ -221,8 +222,22 @@ class AnomalyEngine:
             sample.value,
             rule,
             band.describe(),
+            persist_s=self._marginal_persist(state, kind, band, sample, margin),
         )
         return self.life.track(state, Subject(patient, kind, vital), sample, finding)
+
+    def _marginal_persist(
+        self, state: PatientState, kind: str, band: Threshold, sample: Sample, margin: float
+    ) -> float | None:
+        """``marginal_persist_s`` while the pending condition's samples lie, by their median,
+        less far past the limit than the vital's margin: measurement noise around a patient
+        who sits near a limit, not a patient past it. None: the usual persistence."""
+        tracker = state.trackers.get(kind)
+        values = [v for _, v in tracker.evidence] if tracker is not None else []
+        level = statistics.median([*values, sample.value])
+        if band.severity(level) == "warning" and band.past(level) < margin:
+            return max(self.cfg.persist_s, self.cfg.marginal_persist_s)
+        return None
 
     def _persist_text(self) -> str:
         return f"{self.cfg.persist_s:g} s and {self.cfg.persist_readings} readings"
@@ -255,13 +270,11 @@ class AnomalyEngine:
             kind = f"trend:{trend.name}"
             if change < trend.delta and self._idle(state, patient, kind):
                 continue
-            # A rise from below the band, or from within its margin of the low limit (or a
-            # fall from above or near the high one), is a recovery, not a deterioration.
-            margin = self.cfg.margins.get(vital, 0.0)
-            from_normal = band is None or band.inside(reference, margin)
             holds = (
                 change >= trend.delta
-                and from_normal
+                and not recovery(
+                    window, band, trend.direction, reference, self.cfg.margins.get(vital, 0.0)
+                )
                 and not self._quiet(patient, kind, [f"threshold:{vital}"])
             )
             verb = "fell" if trend.direction == "fall" else "rose"
@@ -270,7 +283,13 @@ class AnomalyEngine:
                 f"(limit {trend.delta:g} within {trend.window_s:g} s)"
             )
             cleared = change < trend.delta / 2
-            finding = Finding("warning" if holds else None, cleared, sample.value, rule)
+            finding = Finding(
+                "warning" if holds else None,
+                cleared,
+                sample.value,
+                rule,
+                persist_s=self.cfg.trend_persist_s,
+            )
             events.extend(self.life.track(state, Subject(patient, kind, vital), sample, finding))
         return events
 

@@ -15,11 +15,15 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from healthsync.domain.alerts import Threshold
+
 # A window is kept as up to this many buckets (plus the one being filled)...
 _BUCKETS = 20
 # ... each wide enough for this many of the device's samples: a bucket holding one
 # noisy sample makes the highest (or lowest) bucket mean an outlier, and a trend.
 _PER_BUCKET = 3
+# A reference level is the mean over at least this long (several buckets if they are narrower).
+_LEVEL_S = 30.0
 # The current level is the median of this many latest samples, so one or two odd samples
 # move nothing (with 3, two noisy samples of five made a 4-point SpO2 "fall" on stable patients).
 _RECENT = 5
@@ -34,7 +38,7 @@ class TrendWindow:
     """
 
     window_s: float
-    buckets: list[list[float]] = field(default_factory=list)  # [start, sum, count]
+    buckets: list[list[float]] = field(default_factory=list)  # [start, sum, count, low, high]
     recent: list[float] = field(default_factory=list)
     width: float = 0.0  # 0: window_s / _BUCKETS
 
@@ -53,10 +57,12 @@ class TrendWindow:
         width = self.width or self.window_s / _BUCKETS
         start = ts - ts % width
         if self.buckets and self.buckets[-1][0] == start:
-            self.buckets[-1][1] += value
-            self.buckets[-1][2] += 1
+            bucket = self.buckets[-1]
+            bucket[1] += value
+            bucket[2] += 1
+            bucket[3], bucket[4] = min(bucket[3], value), max(bucket[4], value)
         elif not self.buckets or start > self.buckets[-1][0]:
-            self.buckets.append([start, value, 1])
+            self.buckets.append([start, value, 1, value, value])
         # (an out-of-order sample older than the newest bucket only updates `recent`)
         cutoff = ts - self.window_s
         while self.buckets and self.buckets[0][0] + width <= cutoff:
@@ -72,12 +78,23 @@ class TrendWindow:
         # A bucket of one sample (after a gap, or the one just begun) is one noisy sample,
         # not a level: it is no reference while fuller buckets are there.
         full = [b for b in self.buckets if b[2] >= 2] or self.buckets
-        means = [total / count for _, total, count in full]
+        # A reference is a level held for _LEVEL_S: the mean of as many neighbouring
+        # buckets as span it. One 15 s bucket's mean at a noise peak is no level.
+        width = self.width or self.window_s / _BUCKETS
+        span = min(len(full), max(1, math.ceil(_LEVEL_S / width - 1e-9)))
+        runs = [full[i : i + span] for i in range(len(full) - span + 1)]
+        means = [sum(b[1] for b in run) / sum(b[2] for b in run) for run in runs]
         if direction == "fall":
             reference = max(means)
             return round(reference - current, 3), round(reference, 3)
         reference = min(means)
         return round(current - reference, 3), round(reference, 3)
+
+    def extremes(self) -> tuple[float, float] | None:
+        """The lowest and the highest sample in the window, if any."""
+        if not self.buckets:
+            return None
+        return min(b[3] for b in self.buckets), max(b[4] for b in self.buckets)
 
     def to_list(self) -> list[Any]:
         return [self.window_s, self.buckets, self.recent, self.width]
@@ -86,7 +103,15 @@ class TrendWindow:
     def from_list(cls, data: list[Any]) -> TrendWindow:
         window_s, buckets, recent = data[:3]
         width = float(data[3]) if len(data) > 3 else 0.0  # older state: the fixed width
-        return cls(float(window_s), [list(map(float, b)) for b in buckets], list(recent), width)
+        return cls(float(window_s), [_bucket(b) for b in buckets], list(recent), width)
+
+
+def _bucket(data: list[Any]) -> list[float]:
+    """A stored bucket; one saved without its extremes gets its mean as both."""
+    start, total, count = map(float, data[:3])
+    if len(data) >= 5:
+        return [start, total, count, float(data[3]), float(data[4])]
+    return [start, total, count, total / count, total / count]
 
 
 @dataclass(slots=True)
@@ -122,3 +147,27 @@ class Baseline:
     def from_list(cls, data: list[float]) -> Baseline:
         mean, var, n, last_ts = data
         return cls(float(mean), float(var), int(n), float(last_ts))
+
+
+def recovery(
+    window: TrendWindow,
+    band: Threshold | None,
+    direction: Literal["rise", "fall"],
+    reference: float,
+    margin: float,
+) -> bool:
+    """Whether a change is the way back from beyond the band, not a deterioration: a rise
+    from below the band or from within its margin of the low limit, or one in a window
+    that held a sample below the low limit (the bucket means mix the episode and the
+    return); a fall likewise from above or near the high limit."""
+    if band is None:
+        return False
+    if not band.inside(reference, margin):
+        return True
+    extremes = window.extremes()
+    if extremes is None:
+        return False
+    lowest, highest = extremes
+    if direction == "rise":
+        return band.low is not None and lowest < band.low
+    return band.high is not None and highest > band.high
