@@ -37,6 +37,7 @@ from typing import NoReturn
 from redis import Redis
 
 from healthsync.config import Settings
+from healthsync.recycle import BrokerRecycler
 from healthsync.stack import free_port
 from healthsync.supervisor import Pipeline
 from pipeline_bench.ceiling import measure_ceiling, sample_value
@@ -45,7 +46,7 @@ from pipeline_bench.figures import say
 from pipeline_bench.latency import latency_phase
 from pipeline_bench.redis_stats import warm_up
 from pipeline_bench.report import RunFacts, render
-from pipeline_bench.soak import RssSampler, render_soak
+from pipeline_bench.soak import Recycling, RssSampler, render_soak
 from pipeline_bench.throughput import throughput_phase
 from pipeline_bench.usage import busy_others, vm_status
 
@@ -144,7 +145,7 @@ def run(pipeline: Pipeline, args: argparse.Namespace) -> str:
     settings = pipeline.settings
     redis = Redis.from_url(str(settings.redis.url), **settings.redis.client_options())
     pids = process_ids(pipeline)
-    rss_sampler = RssSampler(pids, args.sample_every)
+    rss_sampler = RssSampler(lambda: process_ids(pipeline), args.sample_every)
 
     rng = random.Random(1)
     first_seq = time.time_ns() // 1000
@@ -169,12 +170,15 @@ def run(pipeline: Pipeline, args: argparse.Namespace) -> str:
         warm_s = warm_up(settings, redis, devices[0])
         say(f"soak: {args.soak_rate:.0f} readings/s paced for {args.soak:.0f} s")
         rss_sampler.start()
+        recycling = Recycling(BrokerRecycler(pipeline, say))
+        recycling.start()
         soak = asyncio.run(
             latency_phase(settings, devices, args.soak_rate, args.soak, args.latency_warmup)
         )
+        recycles = recycling.stop()
         samples = rss_sampler.stop()
         redis.close()
-        return render_soak(facts(warm_s), soak, samples)
+        return render_soak(facts(warm_s), soak, samples, recycles)
 
     say("1/3 ceiling: raw produce, then consume, on a separate topic")
     ceiling = measure_ceiling(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from healthsync.recycle import BrokerRecycler, Outcome
 from pipeline_bench.figures import ms, percentile, rate
 from pipeline_bench.latency import LatencyResult
 from pipeline_bench.report import RunFacts, header
@@ -21,12 +23,16 @@ class RssSamples:
 
 
 class RssSampler:
-    """Reads every process's resident set every `interval` seconds, on a thread of its own."""
+    """Reads every process's resident set every `interval` seconds, on a thread of its own.
 
-    def __init__(self, pids: dict[str, int], interval: float) -> None:
+    `pids` is asked at each sample: a stage restarted meanwhile (as a broker recycle
+    restarts the consumers) is followed under its name.
+    """
+
+    def __init__(self, pids: Callable[[], dict[str, int]], interval: float) -> None:
         self.pids = pids
         self.interval = interval
-        self.samples = RssSamples(kib={name: [] for name in pids})
+        self.samples = RssSamples(kib={name: [] for name in pids()})
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
         self._started = 0.0
@@ -37,8 +43,10 @@ class RssSampler:
 
     def _sample(self) -> None:
         self.samples.times.append(time.perf_counter() - self._started)
-        for name, pid in self.pids.items():
-            self.samples.kib[name].append(vm_status(pid, "VmRSS"))
+        pids = self.pids()
+        for name, values in self.samples.kib.items():
+            pid = pids.get(name)
+            values.append(None if pid is None else vm_status(pid, "VmRSS"))
 
     def _run(self) -> None:
         self._sample()
@@ -50,6 +58,32 @@ class RssSampler:
         self._thread.join()
         self._sample()
         return self.samples
+
+
+class Recycling:
+    """What `up` does once a second to bound the embedded broker (healthsync.recycle)."""
+
+    def __init__(self, recycler: BrokerRecycler) -> None:
+        self.recycler = recycler
+        self.done: list[tuple[float, Outcome]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="recycling", daemon=True)
+        self._started = 0.0
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            outcome = self.recycler.check()
+            if outcome is not None:
+                self.done.append((time.perf_counter() - self._started, outcome))
+
+    def stop(self) -> list[tuple[float, Outcome]]:
+        self._stop.set()
+        self._thread.join()
+        return self.done
 
 
 def _mib(kib: int | None) -> str:
@@ -65,7 +99,12 @@ def _growth(values: list[int | None], times: list[float]) -> str:
     return f"{(v1 - v0) / 1024 / ((t1 - t0) / 60):+.1f} MiB/min"
 
 
-def render_soak(facts: RunFacts, soak: LatencyResult, samples: RssSamples) -> str:
+def render_soak(
+    facts: RunFacts,
+    soak: LatencyResult,
+    samples: RssSamples,
+    recycles: list[tuple[float, Outcome]],
+) -> str:
     out = header(facts)
     add = out.append
     args = facts.args
@@ -100,6 +139,13 @@ def render_soak(facts: RunFacts, soak: LatencyResult, samples: RssSamples) -> st
         + ", ".join(f"{n} {_growth(samples.kib[n], samples.times)}" for n in names)
         + " (from the second sample to the last)"
     )
+    limit = facts.settings.kafka.embedded_max_mb
+    add(f"   broker recycles (kafka.embedded_max_mb {limit}, as `up` does them): {len(recycles)}")
+    for at, outcome in recycles:
+        add(
+            f"     at {at:5.0f} s: {outcome.before_mib:.0f} -> {outcome.after_mib:.0f} MiB, "
+            f"ingest held {outcome.held_s:.1f} s (its ERR replies are not resent by this driver)"
+        )
     add("")
     add(f"total bench time {facts.total_s:.0f} s")
     return "\n".join(out)
