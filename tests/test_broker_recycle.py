@@ -22,7 +22,7 @@ from redis import Redis
 from healthsync.config import Settings
 from healthsync.kafka import TopicIds, client_config
 from healthsync.names import RedisKeys
-from healthsync.recycle import BrokerRecycler, resident_mib
+from healthsync.recycle import MAX_LAG_TO_HOLD, BrokerRecycler, RecycleAborted, resident_mib
 from healthsync.security.codec import Codec
 from healthsync.stack import Service
 from healthsync.store.archive.setup import Archive
@@ -221,6 +221,29 @@ def test_the_broker_past_its_limit_is_recycled_and_its_memory_freed(up: Pipeline
     # Below the limit now: nothing more to do, even once the pause after a recycle is over.
     recycler.not_before = 0.0
     assert recycler.check() is None
+
+
+def test_ingest_is_not_held_while_the_processor_is_far_behind(up: Pipeline) -> None:
+    kafka = up.settings.kafka
+    processor = up.children["process"].process
+    assert processor is not None
+    recycler = BrokerRecycler(up, lambda _text: None)
+    wait_for(recycler.settled, timeout=60, what="the consumers to have joined their groups")
+    os.kill(processor.pid, signal.SIGSTOP)  # an overloaded processor, as far as Kafka sees
+    try:
+        producer = Producer(client_config(kafka, {"linger.ms": 5}))
+        for i in range(MAX_LAG_TO_HOLD + 1000):
+            producer.produce(kafka.vitals_topic, b"not a reading", f"k{i % 50}")
+        assert producer.flush(30) == 0
+        with pytest.raises(RecycleAborted, match="readings behind; ingest not held"):
+            recycler.recycle()
+        assert not any(up.hold_file(c.name).exists() for c in up.children.values())
+        device = Device(up.settings.ingest.host, up.settings.ingest.port)
+        reply = device.send(b"device_id=dev-h patient_id=P-9 seq=2 hr=70")
+        device.close()
+        assert reply.startswith("OK "), reply
+    finally:
+        os.kill(processor.pid, signal.SIGCONT)
 
 
 @pytest.mark.timeout(300)

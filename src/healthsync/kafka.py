@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from confluent_kafka import (
+    OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     KafkaException,
@@ -24,6 +25,8 @@ from healthsync.config import KafkaSettings
 from healthsync.errors import ConfigError, HealthSyncError
 
 log = logging.getLogger(__name__)
+# The longest `unread` reads for.
+_UNREAD_BUDGET_S = 5.0
 _librdkafka_log = logging.getLogger("kafka")
 
 
@@ -130,18 +133,47 @@ def delete_topics(settings: KafkaSettings, topics: list[str], timeout: float = 1
         time.sleep(0.1)
 
 
-def group_lag(settings: KafkaSettings, group: str, topics: list[str]) -> int:
-    """Messages of `topics` that `group` has not committed yet (asked, never joined)."""
+def unread(
+    settings: KafkaSettings,
+    group: str,
+    topics: list[str],
+    limit: int,
+    before: float | None = None,
+) -> int:
+    """Messages of `topics` after `group`'s committed offsets: at most `limit` + 1 are counted.
+
+    Counted by reading them (without joining the group or committing), not worked
+    out from high watermarks: Tansu 0.6 reports a partition's end as one offset per
+    record batch (1,000 messages in one batch: watermarks (0, 1)), which would make
+    a group that is behind look caught up. With `before` (epoch seconds) only
+    messages produced before it count, so the count means something while
+    producers carry on. Reading stops once nothing arrives for a second, or after
+    `_UNREAD_BUDGET_S`.
+    """
     wanted = [TopicPartition(t, p) for t in topics for p in range(settings.partitions)]
-    consumer = Consumer(client_config(settings, {}, {"group.id": group}))
+    required = {"group.id": group, "enable.auto.commit": False}
+    consumer = Consumer(client_config(settings, {}, required))
+    cutoff = None if before is None else before * 1000
     try:
-        lag = 0
-        for tp in consumer.committed(wanted, timeout=5.0):
-            low, high = consumer.get_watermark_offsets(tp, timeout=5.0)
-            lag += high - (tp.offset if tp.offset >= 0 else low)
-        return lag
+        committed = consumer.committed(wanted, timeout=5.0)
+        for tp in committed:
+            if tp.offset < 0:  # nothing committed yet: all of it is unread
+                tp.offset = OFFSET_BEGINNING
+        consumer.assign(committed)
+        count = 0
+        deadline = time.monotonic() + _UNREAD_BUDGET_S
+        while count <= limit and time.monotonic() < deadline:
+            messages = consumer.consume(1000, 1.0)
+            if not messages:
+                break
+            count += sum(
+                1
+                for m in messages
+                if m.error() is None and (cutoff is None or m.timestamp()[1] <= cutoff)
+            )
+        return count
     except KafkaException as exc:
-        raise KafkaUnavailableError(f"could not read the offsets of {group}: {exc}") from exc
+        raise KafkaUnavailableError(f"could not read what {group} has not: {exc}") from exc
     finally:
         consumer.close()
 

@@ -37,13 +37,16 @@ from pathlib import Path
 
 from healthsync.children import Child
 from healthsync.errors import HealthSyncError
-from healthsync.kafka import KafkaUnavailableError, delete_topics, ensure_topics, group_lag
+from healthsync.kafka import KafkaUnavailableError, delete_topics, ensure_topics, unread
 from healthsync.stack import Service
 from healthsync.supervisor import Pipeline
 
 # How long each step may take before the recycle is given up (and tried later).
 HOLD_TIMEOUT_S = 15.0
-CATCH_UP_TIMEOUT_S = 30.0
+CATCH_UP_TIMEOUT_S = 15.0
+# Ingest is held only if the processor is at most this many readings behind: one
+# further behind (overloaded) would keep devices waiting, and likely in vain.
+MAX_LAG_TO_HOLD = 5000
 # A stopped consumer no longer moves: its commits only have to become visible.
 STOPPED_TIMEOUT_S = 3.0
 # A consumer is stopped only once it has run this long. One stopped while it is still
@@ -124,6 +127,7 @@ class BrokerRecycler:
             raise RecycleAborted("no embedded broker")
         _wait(self.settled, SETTLE_S + HOLD_TIMEOUT_S, "the consumers to join their groups")
         before = resident_mib(broker.process.pid) or 0.0
+        self._near_caught_up()
         ingest = self._children("ingest")
         started = time.monotonic()
         stopped: list[Child] = []
@@ -192,12 +196,23 @@ class BrokerRecycler:
             raise
         return stopped
 
+    def _near_caught_up(self) -> None:
+        """RecycleAborted unless the processor is close enough behind to hold ingest now."""
+        settings = self.pipeline.settings
+        if not self._children("process"):
+            return
+        kafka = settings.kafka
+        group, topics = settings.processor.group_id, [kafka.vitals_topic]
+        lag = unread(kafka, group, topics, MAX_LAG_TO_HOLD, before=time.time())
+        if lag > MAX_LAG_TO_HOLD:
+            raise RecycleAborted(f"the processor is {lag} readings behind; ingest not held")
+
     def _caught_up(self, group: str, topics: list[str], timeout: float) -> None:
         kafka = self.pipeline.settings.kafka
 
         def done() -> bool:
             try:
-                return group_lag(kafka, group, topics) == 0
+                return unread(kafka, group, topics, 0) == 0
             except KafkaUnavailableError:
                 return False
 
