@@ -33,7 +33,9 @@ def register(sub: Subparsers) -> None:
         "HEALTHSYNC_REDIS_EMBEDDED_TLS, HEALTHSYNC_API_TLS_ENABLED switch it off). "
         "Stored patient data is sealed with the keyring in <run dir>/keyring.json, and the "
         "API takes the admin key it writes to <run dir>/api-key. Redis keeps its data "
-        "in <run dir>/redis; the embedded broker keeps topics in memory only (not durable). "
+        "in <run dir>/redis; the embedded broker keeps topics in memory only (not durable), "
+        "emptied once every stage has caught up when it passes "
+        "HEALTHSYNC_KAFKA_EMBEDDED_MAX_MB (1024). "
         "A process that dies is restarted with backoff. "
         "Ctrl-C or SIGTERM drains and stops everything.",
     )
