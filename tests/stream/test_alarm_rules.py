@@ -40,6 +40,23 @@ def test_a_desaturation_the_heart_rate_corroborates_is_not_held_as_a_probe_artef
     assert corroborated.artefacts == alone.artefacts == []
 
 
+def test_a_probe_dip_ending_with_a_lead_spike_is_still_an_artefact() -> None:
+    run = Run()
+    # SpO2 dips for three samples, then reads 96 again in the same reading as a 176/min
+    # ECG lead spike: the return is no fall, and a jump no heart can make is no
+    # tachycardia, so nothing corroborates the dip.
+    events: list[AlertEvent] = []
+    samples = [(0, 97, 70), (5, 97, 71), (10, 83, 70), (15, 77, 68), (20, 78, 71), (25, 96, 176)]
+    for t, spo2, hr in [*samples, (30, 97, 70), (35, 97, 71)]:
+        events += run.send(reading(t, spo2=spo2, heart_rate=hr))
+    assert opened(events) == []
+    assert [(a.vital, a.value) for a in run.artefacts][:3] == [
+        ("spo2", 83),
+        ("spo2", 77),
+        ("spo2", 78),
+    ]
+
+
 def test_stable_noise_at_5_s_samples_is_no_spo2_trend() -> None:
     # Ten stable patients for 3 h at 5 s samples: SpO2 wanders slowly (sd 0.7, 10 min
     # time constant) around 96, each sample with measurement noise (sd 0.8).

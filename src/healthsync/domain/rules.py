@@ -54,7 +54,12 @@ the API). Where a default comes from:
   (now 1-5). Not held when, in the same reading, the heart rate rose by 10/min
   or the respiratory rate by 4/min (``corroborating_rise``): hypoxaemia drives
   both, a probe artefact neither. An uncorroborated fall is then raised at the
-  sample that completes a monitor's 15 s alarm delay, never later.
+  sample that completes a monitor's 15 s alarm delay, never later. The fall must
+  be a jump below SpO2's level and the rise is measured from the other vital's
+  15 s median; a rise larger than that vital's ``max_jump`` is an artefact
+  itself and corroborates nothing (an ECG lead spike in the reading where a
+  probe dip ended confirmed the dip; false SpO2 alerts on
+  ``scenarios/artefacts.toml``, its seed and seeds 1-2: 9 -> 6).
 - NEWS2: a medium score without a red part (the sum of several amber ones)
   must hold 5 minutes (``news2_aggregate_persist_s``); a single red score or a
   high score keeps 30 s. The chart is for observations minutes apart; a patient
@@ -268,8 +273,8 @@ class AnomalySettings(BaseModel):
     artefact_hold_s: float = Field(10.0, ge=0)
     # A sudden fall in SpO2 is held this long instead: a slipping probe dips for up to
     # three samples. Not held at all when, in the same reading, a vital named here rose
-    # by at least its amount since its last kept sample: hypoxaemia drives the heart and
-    # the breathing, a probe artefact neither.
+    # by at least its amount above its 15 s median (and by no more than its max_jump):
+    # hypoxaemia drives the heart and the breathing, a probe artefact neither.
     desaturation_hold_s: float = Field(15.0, ge=0)
     corroborating_rise: dict[str, float] = Field(
         default_factory=lambda: {"heart_rate": 10.0, "resp_rate": 4.0}

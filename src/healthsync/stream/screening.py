@@ -21,7 +21,9 @@ perfusion index) is set aside at once.
 
 from __future__ import annotations
 
+import math
 import statistics
+from collections.abc import Mapping
 
 from healthsync.domain.alerts import Artefact
 from healthsync.domain.rules import AnomalySettings
@@ -93,6 +95,28 @@ def screen(
         return (release(state, vital) if hold <= 0 else []), set_aside
     state.last[vital] = sample
     return [sample], set_aside
+
+
+def corroborated_fall(
+    state: PatientState, cfg: AnomalySettings, ts: float, vitals: Mapping[str, float]
+) -> set[str]:
+    """The vitals whose change in this reading the others confirm: SpO2, when it jumps
+    below its level while the heart or respiratory rate rises above its own recent level
+    (hypoxaemia drives both; a slipping probe neither). A rise larger than that vital can
+    make between two samples is a lead or talking artefact itself, and corroborates
+    nothing; nor is a sample back near the level before a held fall a fall."""
+    spo2, before = vitals.get("spo2"), state.last.get("spo2")
+    if spo2 is None or before is None or ts <= before.ts:
+        return set()
+    if before.value - spo2 <= cfg.max_jump.get("spo2", 0.0):
+        return set()
+    for vital, rise in cfg.corroborating_rise.items():
+        value, level = vitals.get(vital), state.level(vital)
+        if value is None or level is None:
+            continue
+        if rise <= value - level <= cfg.max_jump.get(vital, math.inf):
+            return {"spo2"}
+    return set()
 
 
 def corroborated(state: PatientState, vital: str, sample: Sample) -> list[Sample]:
