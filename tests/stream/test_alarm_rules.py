@@ -144,3 +144,12 @@ def test_a_value_just_past_the_limit_must_hold_as_long_as_a_monitor_waits() -> N
         for e in deep.send(reading(t, bp_sys=v))
     ]
     assert opened(events) == [("threshold:bp_sys", 15)]
+
+
+def test_a_monitor_back_from_a_dropout_is_still_judged_as_a_5_s_monitor() -> None:
+    run = Run()
+    series(run, 0, 5, [96] * 8)  # a 5 s monitor
+    # Two minutes without data (a loose cable), then two low samples 5 s apart: that is
+    # no 10 s persistence, however long the gap before them was.
+    assert opened(series(run, 155, 5, [88, 88])) == []
+    assert opened(run.send(reading(165, spo2=88))) == [("threshold:spo2", 165)]
