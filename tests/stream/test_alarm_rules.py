@@ -153,3 +153,13 @@ def test_a_monitor_back_from_a_dropout_is_still_judged_as_a_5_s_monitor() -> Non
     # no 10 s persistence, however long the gap before them was.
     assert opened(series(run, 155, 5, [88, 88])) == []
     assert opened(run.send(reading(165, spo2=88))) == [("threshold:spo2", 165)]
+
+
+def test_a_sudden_bradycardia_stands_at_the_sample_that_completes_10_s_give_or_take() -> None:
+    run = Run()
+    for t in (-20, -15, -10, -5):
+        run.send(reading(t, heart_rate=76))  # a 5 s monitor
+    # A jump from 76 to 34 is held as a possible lead artefact until it has stood 10 s;
+    # the third sample, 9.8 s after the first, is that on a 5 s monitor with jitter.
+    events = [e for t in (0, 5.1, 9.8) for e in run.send(reading(t, heart_rate=34))]
+    assert [(kind, round(at, 1)) for kind, at in opened(events)] == [("threshold:heart_rate", 9.8)]

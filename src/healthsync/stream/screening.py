@@ -7,8 +7,9 @@ three samples:
 
 - a later sample nearer the level before the jump than the held run's level
   sets the whole held run aside as artefacts;
-- once the new level has stood for ``artefact_hold_s``, the run is released in
-  order, each sample with its own time, so timers count from the jump;
+- once the new level has stood for ``artefact_hold_s`` (give or take the
+  device's timing jitter), the run is released in order, each sample with its
+  own time, so timers count from the jump;
 - a run that nothing contradicts before the device's next expected samples
   stands (released by the clock tick).
 
@@ -80,8 +81,11 @@ def screen(
         level = statistics.median(s.value for s in held)
         if abs(sample.value - last.value) > abs(sample.value - level):
             held.append(sample)  # nearer the new level than the old one: still away
-            # No jitter slack here: a three-sample dip 9.8 s long is still a dip.
-            stood = sample.ts - held[0].ts >= hold_for(cfg, vital, held, last)
+            hold = hold_for(cfg, vital, held, last)
+            # Jitter slack, but not on a desaturation: a probe's dips come in clusters, and
+            # four samples 14 s apart are two of them as often as a real fall.
+            slack = None if hold == cfg.desaturation_hold_s else interval
+            stood = lasted(sample.ts - held[0].ts, hold, slack)
             return (release(state, vital) if stood else []), []
         set_aside = state.held.pop(vital)  # back where it was: they were artefacts
     if sample.ts < last.ts:
