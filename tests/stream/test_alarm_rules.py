@@ -163,3 +163,21 @@ def test_a_sudden_bradycardia_stands_at_the_sample_that_completes_10_s_give_or_t
     # the third sample, 9.8 s after the first, is that on a 5 s monitor with jitter.
     events = [e for t in (0, 5.1, 9.8) for e in run.send(reading(t, heart_rate=34))]
     assert [(kind, round(at, 1)) for kind, at in opened(events)] == [("threshold:heart_rate", 9.8)]
+
+
+def test_lead_spikes_back_to_back_are_no_tachycardia() -> None:
+    run = Run()
+    for t in (-20, -15, -10, -5):
+        run.send(reading(t, heart_rate=78))
+    # Two lead artefacts in a row: 157, 152, 174 for 15 s. A rhythm that changed reads
+    # alike sample after sample; this scatters over 22/min, and goes back to 78.
+    events = [
+        e
+        for t, hr in [(0, 157), (5, 152), (10, 174), (15, 78)]
+        for e in run.send(reading(t, heart_rate=hr))
+    ]
+    assert opened(events) == []
+    assert [a.value for a in run.artefacts] == [157, 152, 174]
+    # A tachycardia of 150 +- 3 stands as before, at its third sample.
+    events = [e for t in (40, 45, 50) for e in run.send(reading(t, heart_rate=150 + t % 3))]
+    assert opened(events) == [("threshold:heart_rate", 50)]

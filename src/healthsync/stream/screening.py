@@ -9,7 +9,8 @@ three samples:
   sets the whole held run aside as artefacts;
 - once the new level has stood for ``artefact_hold_s`` (give or take the
   device's timing jitter), the run is released in order, each sample with its
-  own time, so timers count from the jump;
+  own time, so timers count from the jump, provided its recent samples agree as
+  a level does (artefacts scatter);
 - a run that nothing contradicts before the device's next expected samples
   stands (released by the clock tick).
 
@@ -37,6 +38,9 @@ INTERVALS_APART = 2.5
 # this share of the device's interval: its timing jitter. Without it, a 5 s monitor
 # whose third sample comes at 9.8 s waits for a fourth, 5 s later.
 JITTER_SLACK = 0.25
+# A held run stands only once its recent samples lie within this share of the vital's
+# max_jump of each other: a level, not a scatter.
+STEADY_SHARE = 0.5
 
 
 def lasted(span: float, needed: float, interval: float | None) -> bool:
@@ -57,6 +61,15 @@ def hold_for(cfg: AnomalySettings, vital: str, run: list[Sample], before: Sample
     if vital == "spo2" and run[0].value < before.value:
         return cfg.desaturation_hold_s
     return cfg.artefact_hold_s
+
+
+def steady(run: list[Sample], hold: float, jump: float) -> bool:
+    """Whether a held run's samples of its last `hold` seconds agree as a new level does:
+    a heart rhythm, a pressure or a saturation that has changed reads alike sample after
+    sample, while lead, motion and probe artefacts scatter."""
+    newest = run[-1].ts
+    values = [s.value for s in run if s.ts >= newest - hold]
+    return max(values) - min(values) <= STEADY_SHARE * jump
 
 
 def screen(
@@ -85,7 +98,7 @@ def screen(
             # Jitter slack, but not on a desaturation: a probe's dips come in clusters, and
             # four samples 14 s apart are two of them as often as a real fall.
             slack = None if hold == cfg.desaturation_hold_s else interval
-            stood = lasted(sample.ts - held[0].ts, hold, slack)
+            stood = lasted(sample.ts - held[0].ts, hold, slack) and steady(held, hold, jump)
             return (release(state, vital) if stood else []), []
         set_aside = state.held.pop(vital)  # back where it was: they were artefacts
     if sample.ts < last.ts:
