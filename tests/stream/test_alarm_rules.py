@@ -181,3 +181,16 @@ def test_lead_spikes_back_to_back_are_no_tachycardia() -> None:
     # A tachycardia of 150 +- 3 stands as before, at its third sample.
     events = [e for t in (40, 45, 50) for e in run.send(reading(t, heart_rate=150 + t % 3))]
     assert opened(events) == [("threshold:heart_rate", 50)]
+
+
+def test_spikes_judged_over_the_whole_hold_not_only_its_last_10_s() -> None:
+    run = Run()
+    for t in (-20, -15, -10, -5):
+        run.send(reading(t, heart_rate=83))
+    # 156, 171, 182 over 10.2 s: the last two alone agree within 11/min, all three do not.
+    events = [
+        e
+        for t, hr in [(0, 156), (5.9, 171), (10.2, 182), (15, 80)]
+        for e in run.send(reading(t, heart_rate=hr))
+    ]
+    assert opened(events) == []

@@ -54,11 +54,12 @@ the API). Where a default comes from:
   ``scenarios/`` fell 0.4-1.3 s with no false alert more (each file's seed and
   seeds 1-2). The SpO2 hold below takes no slack: with it, clustered probe dips
   four samples long stood and made false critical alerts. A held run stands
-  only as a level: its samples of the last hold must lie within half the
-  vital's ``max_jump`` of each other (a changed rhythm or pressure reads alike
+  only as a level: the samples that show its last hold (from the latest one a
+  full hold before the newest) must lie within half the vital's ``max_jump`` of
+  each other (a changed rhythm or pressure reads alike
   sample after sample; lead and probe artefacts scatter). Two spikes back to
   back outlasted the hold; false alerts on ``scenarios/artefacts.toml`` (its
-  seed and seeds 1-2) 8 -> 4, no episode detected later.
+  seed and seeds 1-2) 8 -> 4 (seeds 4-5: 2 -> 0), no episode detected later.
 - A sudden fall in SpO2 is held 15 s instead (``desaturation_hold_s``): a
   slipping probe dips for up to three samples (10 s at 5 s samples), and those
   made 9-15 false critical alerts per run of ``scenarios/artefacts.toml``

@@ -63,12 +63,13 @@ def hold_for(cfg: AnomalySettings, vital: str, run: list[Sample], before: Sample
     return cfg.artefact_hold_s
 
 
-def steady(run: list[Sample], hold: float, jump: float) -> bool:
-    """Whether a held run's samples of its last `hold` seconds agree as a new level does:
-    a heart rhythm, a pressure or a saturation that has changed reads alike sample after
-    sample, while lead, motion and probe artefacts scatter."""
+def steady(run: list[Sample], hold: float, jump: float, interval: float | None) -> bool:
+    """Whether the held run's samples that show its last `hold` seconds agree as a new
+    level does: a heart rhythm, a pressure or a saturation that has changed reads alike
+    sample after sample, while lead, motion and probe artefacts scatter."""
     newest = run[-1].ts
-    values = [s.value for s in run if s.ts >= newest - hold]
+    start = max((s.ts for s in run if lasted(newest - s.ts, hold, interval)), default=0.0)
+    values = [s.value for s in run if s.ts >= start]
     return max(values) - min(values) <= STEADY_SHARE * jump
 
 
@@ -98,7 +99,7 @@ def screen(
             # Jitter slack, but not on a desaturation: a probe's dips come in clusters, and
             # four samples 14 s apart are two of them as often as a real fall.
             slack = None if hold == cfg.desaturation_hold_s else interval
-            stood = lasted(sample.ts - held[0].ts, hold, slack) and steady(held, hold, jump)
+            stood = lasted(sample.ts - held[0].ts, hold, slack) and steady(held, hold, jump, slack)
             return (release(state, vital) if stood else []), []
         set_aside = state.held.pop(vital)  # back where it was: they were artefacts
     if sample.ts < last.ts:
