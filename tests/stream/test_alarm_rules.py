@@ -194,3 +194,18 @@ def test_spikes_judged_over_the_whole_hold_not_only_its_last_10_s() -> None:
         for e in run.send(reading(t, heart_rate=hr))
     ]
     assert opened(events) == []
+
+
+def test_a_news2_alert_stays_open_while_the_score_dips_below_5_for_minutes() -> None:
+    run = Run()
+    amber = dict(NORMAL, resp_rate=22, spo2=93, heart_rate=95)  # 5, medium
+    better = dict(NORMAL, resp_rate=22, spo2=93)  # 4
+    events = [e for t in range(0, 305, 5) for e in run.send(reading(t, **amber))]
+    assert opened(events) == [("news2", 300)]
+    # Two minutes at 4, then 5 again: the same patient, the same concern - no new alert.
+    events = [e for t in range(305, 425, 5) for e in run.send(reading(t, **better))]
+    events += [e for t in range(425, 800, 5) for e in run.send(reading(t, **amber))]
+    assert [k for k in kinds(events) if k[1] == "news2"] == []
+    # Five minutes at 4 resolve it.
+    events = [e for t in range(800, 1110, 5) for e in run.send(reading(t, **better))]
+    assert [k for k in kinds(events) if k[1] == "news2"] == [("resolved", "news2", "warning")]

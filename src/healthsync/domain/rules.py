@@ -77,7 +77,12 @@ the API). Where a default comes from:
   high score keeps 30 s. The chart is for observations minutes apart; a patient
   drifting through 5 for half a minute made up to 7 false NEWS2 alerts per
   scenario file (27 -> 7 over each file's seed and seeds 1-3); sitting there
-  for 5 minutes is what the score is for.
+  for 5 minutes is what the score is for. An open NEWS2 alert resolves only
+  once the score has been low (0-4) for 5 minutes (``news2_resolve_hold_s``):
+  a patient whose amber parts sum to 4-7 for hours kept resolving and
+  reopening it (6 false NEWS2 alerts on one patient of
+  ``scenarios/deterioration.toml`` seed 6, now 1), and a clinician wants one
+  alert for one concern, not a flapping one. No episode detected later.
 - A late sample measured before a pending condition began does not end it:
   the network reorders readings, the patient did not recover.
 """
@@ -297,6 +302,8 @@ class AnomalySettings(BaseModel):
     news2_persist_s: float = Field(30.0, ge=0)
     # A medium score without a single red part (the sum of amber parts) needs this long.
     news2_aggregate_persist_s: float = Field(300.0, ge=0)
+    # A NEWS2 alert resolves once the score has been low (0-4) this long.
+    news2_resolve_hold_s: float = Field(300.0, ge=0)
     # A device is offline after max(factor x its usual interval, minimum) without data.
     offline_factor: float = Field(3.0, ge=1)
     offline_min_s: float = Field(30.0, gt=0)

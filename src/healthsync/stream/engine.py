@@ -313,9 +313,7 @@ class AnomalyEngine:
         state = self.states.setdefault(patient, PatientState())
         score = screened(score, state)
         bands = self.rules.bands_for(patient)
-        finding = news2_finding(
-            score, state, bands, self.cfg.news2_persist_s, self.cfg.news2_aggregate_persist_s
-        )
+        finding = news2_finding(score, state, bands, self.cfg)
         if finding.severity is None and self._idle(state, patient, "news2"):
             return []
         source = next(iter(score.sources.values()), "")
