@@ -40,6 +40,23 @@ def test_a_desaturation_the_heart_rate_corroborates_is_not_held_as_a_probe_artef
     assert corroborated.artefacts == alone.artefacts == []
 
 
+def test_a_probe_dip_ending_with_a_lead_spike_is_still_an_artefact() -> None:
+    run = Run()
+    # SpO2 dips for three samples, then reads 96 again in the same reading as a 176/min
+    # ECG lead spike: the return is no fall, and a jump no heart can make is no
+    # tachycardia, so nothing corroborates the dip.
+    events: list[AlertEvent] = []
+    samples = [(0, 97, 70), (5, 97, 71), (10, 83, 70), (15, 77, 68), (20, 78, 71), (25, 96, 176)]
+    for t, spo2, hr in [*samples, (30, 97, 70), (35, 97, 71)]:
+        events += run.send(reading(t, spo2=spo2, heart_rate=hr))
+    assert opened(events) == []
+    assert [(a.vital, a.value) for a in run.artefacts][:3] == [
+        ("spo2", 83),
+        ("spo2", 77),
+        ("spo2", 78),
+    ]
+
+
 def test_stable_noise_at_5_s_samples_is_no_spo2_trend() -> None:
     # Ten stable patients for 3 h at 5 s samples: SpO2 wanders slowly (sd 0.7, 10 min
     # time constant) around 96, each sample with measurement noise (sd 0.8).
@@ -127,3 +144,68 @@ def test_a_value_just_past_the_limit_must_hold_as_long_as_a_monitor_waits() -> N
         for e in deep.send(reading(t, bp_sys=v))
     ]
     assert opened(events) == [("threshold:bp_sys", 15)]
+
+
+def test_a_monitor_back_from_a_dropout_is_still_judged_as_a_5_s_monitor() -> None:
+    run = Run()
+    series(run, 0, 5, [96] * 8)  # a 5 s monitor
+    # Two minutes without data (a loose cable), then two low samples 5 s apart: that is
+    # no 10 s persistence, however long the gap before them was.
+    assert opened(series(run, 155, 5, [88, 88])) == []
+    assert opened(run.send(reading(165, spo2=88))) == [("threshold:spo2", 165)]
+
+
+def test_a_sudden_bradycardia_stands_at_the_sample_that_completes_10_s_give_or_take() -> None:
+    run = Run()
+    for t in (-20, -15, -10, -5):
+        run.send(reading(t, heart_rate=76))  # a 5 s monitor
+    # A jump from 76 to 34 is held as a possible lead artefact until it has stood 10 s;
+    # the third sample, 9.8 s after the first, is that on a 5 s monitor with jitter.
+    events = [e for t in (0, 5.1, 9.8) for e in run.send(reading(t, heart_rate=34))]
+    assert [(kind, round(at, 1)) for kind, at in opened(events)] == [("threshold:heart_rate", 9.8)]
+
+
+def test_lead_spikes_back_to_back_are_no_tachycardia() -> None:
+    run = Run()
+    for t in (-20, -15, -10, -5):
+        run.send(reading(t, heart_rate=78))
+    # Two lead artefacts in a row: 157, 152, 174 for 15 s. A rhythm that changed reads
+    # alike sample after sample; this scatters over 22/min, and goes back to 78.
+    events = [
+        e
+        for t, hr in [(0, 157), (5, 152), (10, 174), (15, 78)]
+        for e in run.send(reading(t, heart_rate=hr))
+    ]
+    assert opened(events) == []
+    assert [a.value for a in run.artefacts] == [157, 152, 174]
+    # A tachycardia of 150 +- 3 stands as before, at its third sample.
+    events = [e for t in (40, 45, 50) for e in run.send(reading(t, heart_rate=150 + t % 3))]
+    assert opened(events) == [("threshold:heart_rate", 50)]
+
+
+def test_spikes_judged_over_the_whole_hold_not_only_its_last_10_s() -> None:
+    run = Run()
+    for t in (-20, -15, -10, -5):
+        run.send(reading(t, heart_rate=83))
+    # 156, 171, 182 over 10.2 s: the last two alone agree within 11/min, all three do not.
+    events = [
+        e
+        for t, hr in [(0, 156), (5.9, 171), (10.2, 182), (15, 80)]
+        for e in run.send(reading(t, heart_rate=hr))
+    ]
+    assert opened(events) == []
+
+
+def test_a_news2_alert_stays_open_while_the_score_dips_below_5_for_minutes() -> None:
+    run = Run()
+    amber = dict(NORMAL, resp_rate=22, spo2=93, heart_rate=95)  # 5, medium
+    better = dict(NORMAL, resp_rate=22, spo2=93)  # 4
+    events = [e for t in range(0, 305, 5) for e in run.send(reading(t, **amber))]
+    assert opened(events) == [("news2", 300)]
+    # Two minutes at 4, then 5 again: the same patient, the same concern - no new alert.
+    events = [e for t in range(305, 425, 5) for e in run.send(reading(t, **better))]
+    events += [e for t in range(425, 800, 5) for e in run.send(reading(t, **amber))]
+    assert [k for k in kinds(events) if k[1] == "news2"] == []
+    # Five minutes at 4 resolve it.
+    events = [e for t in range(800, 1110, 5) for e in run.send(reading(t, **better))]
+    assert [k for k in kinds(events) if k[1] == "news2"] == [("resolved", "news2", "warning")]

@@ -151,7 +151,7 @@ class AnomalyEngine:
         clock = state.devices.get(reading.device_id)
         interval = self.life.interval = clock.interval if clock is not None else None
         poor = _poor_signal(reading)
-        corroborated = self._corroborated(state, reading)
+        corroborated = screening.corroborated_fall(state, self.cfg, reading.ts, reading.vitals)
         for vital, value in reading.vitals.items():
             new = Sample(reading.ts, value, reading.reading_id)
             accepted: list[Sample]
@@ -167,19 +167,6 @@ class AnomalyEngine:
                 state.keep(vital, sample.ts, sample.value)
                 events.extend(self._rules(state, patient, vital, sample))
         return events
-
-    def _corroborated(self, state: PatientState, reading: Reading) -> set[str]:
-        """The vitals whose change in this reading the others confirm: SpO2, when it falls
-        while the heart or respiratory rate rises with it (hypoxaemia drives both; a
-        slipping probe neither)."""
-        spo2, before = reading.vitals.get("spo2"), state.last.get("spo2")
-        if spo2 is None or before is None or spo2 >= before.value or reading.ts <= before.ts:
-            return set()
-        for vital, rise in self.cfg.corroborating_rise.items():
-            value, last = reading.vitals.get(vital), state.last.get(vital)
-            if value is not None and last is not None and value - last.value >= rise:
-                return {"spo2"}
-        return set()
 
     def _rules(
         self, state: PatientState, patient: str, vital: str, sample: Sample
@@ -326,9 +313,7 @@ class AnomalyEngine:
         state = self.states.setdefault(patient, PatientState())
         score = screened(score, state)
         bands = self.rules.bands_for(patient)
-        finding = news2_finding(
-            score, state, bands, self.cfg.news2_persist_s, self.cfg.news2_aggregate_persist_s
-        )
+        finding = news2_finding(score, state, bands, self.cfg)
         if finding.severity is None and self._idle(state, patient, "news2"):
             return []
         source = next(iter(score.sources.values()), "")

@@ -32,6 +32,7 @@ class Finding:
     immediate: bool = False  # skips persistence and confirmation (a nurse's observation)
     drivers: tuple[str, ...] = ()  # the parameters behind it, if not just the vital
     persist_s: float | None = None  # this rule's own persistence, if not the default
+    resolve_s: float | None = None  # this rule's own hold before resolving, if not the default
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +153,8 @@ class Lifecycle:
             return events
         if tracker.clear_since is None:
             tracker.clear_since = sample.ts
-        if sample.ts - tracker.clear_since >= self.cfg.resolve_hold_s:
+        hold = self.cfg.resolve_hold_s if finding.resolve_s is None else finding.resolve_s
+        if sample.ts - tracker.clear_since >= hold:
             alert.status = "resolved"
             alert.resolved_at = sample.ts
             del self.open[(alert.patient_id, alert.kind)]

@@ -12,6 +12,9 @@
   a little off, none red) needs ``news2_aggregate_persist_s``: a patient who
   sits there for minutes is what the score is about, one who drifts through it
   for half a minute is not.
+- an open NEWS2 alert resolves once the score has been low for
+  ``news2_resolve_hold_s``: a patient hovering at 4-5 keeps one alert, not a
+  flapping one.
 
 The score is re-computed from the samples the engine kept, so a sample held
 or set aside as an artefact does not count, and from their median over the
@@ -24,6 +27,7 @@ from collections.abc import Mapping
 
 from healthsync.domain.alerts import Severity, Threshold
 from healthsync.domain.news2 import News2, rescore
+from healthsync.domain.rules import AnomalySettings
 from healthsync.stream.lifecycle import Finding
 from healthsync.stream.state import PatientState
 
@@ -40,11 +44,12 @@ def news2_finding(
     score: News2,
     state: PatientState,
     bands: Mapping[str, Threshold],
-    persist_s: float,
-    aggregate_persist_s: float | None = None,
+    cfg: AnomalySettings,
 ) -> Finding:
     """What the score says; a medium score made only of amber parts (no single red
-    score) needs `aggregate_persist_s`, any other warning `persist_s`."""
+    score) needs ``news2_aggregate_persist_s``, any other warning ``news2_persist_s``;
+    an open alert resolves after ``news2_resolve_hold_s`` of low scores."""
+    persist_s = cfg.news2_persist_s
     severity: Severity | None = (
         "critical" if score.band == "high" else None if score.band == "low" else "warning"
     )
@@ -55,8 +60,8 @@ def news2_finding(
         f"{k} {v}" for k, v in sorted(score.parts.items()) if v
     )
     amber_only = score.band == "medium" and not any(v >= RED for v in score.parts.values())
-    if amber_only and aggregate_persist_s is not None:
-        persist_s = aggregate_persist_s
+    if amber_only:
+        persist_s = cfg.news2_aggregate_persist_s
     return Finding(
         severity,
         score.band == "low",
@@ -66,6 +71,7 @@ def news2_finding(
         immediate=score.parts.get("consciousness", 0) > 0,
         drivers=tuple(sorted(k for k, v in score.parts.items() if v)),
         persist_s=persist_s,
+        resolve_s=cfg.news2_resolve_hold_s,
     )
 
 

@@ -7,8 +7,10 @@ three samples:
 
 - a later sample nearer the level before the jump than the held run's level
   sets the whole held run aside as artefacts;
-- once the new level has stood for ``artefact_hold_s``, the run is released in
-  order, each sample with its own time, so timers count from the jump;
+- once the new level has stood for ``artefact_hold_s`` (give or take the
+  device's timing jitter), the run is released in order, each sample with its
+  own time, so timers count from the jump, provided its recent samples agree as
+  a level does (artefacts scatter);
 - a run that nothing contradicts before the device's next expected samples
   stands (released by the clock tick).
 
@@ -21,7 +23,9 @@ perfusion index) is set aside at once.
 
 from __future__ import annotations
 
+import math
 import statistics
+from collections.abc import Mapping
 
 from healthsync.domain.alerts import Artefact
 from healthsync.domain.rules import AnomalySettings
@@ -34,6 +38,9 @@ INTERVALS_APART = 2.5
 # this share of the device's interval: its timing jitter. Without it, a 5 s monitor
 # whose third sample comes at 9.8 s waits for a fourth, 5 s later.
 JITTER_SLACK = 0.25
+# A held run stands only once its recent samples lie within this share of the vital's
+# max_jump of each other: a level, not a scatter.
+STEADY_SHARE = 0.5
 
 
 def lasted(span: float, needed: float, interval: float | None) -> bool:
@@ -54,6 +61,16 @@ def hold_for(cfg: AnomalySettings, vital: str, run: list[Sample], before: Sample
     if vital == "spo2" and run[0].value < before.value:
         return cfg.desaturation_hold_s
     return cfg.artefact_hold_s
+
+
+def steady(run: list[Sample], hold: float, jump: float, interval: float | None) -> bool:
+    """Whether the held run's samples that show its last `hold` seconds agree as a new
+    level does: a heart rhythm, a pressure or a saturation that has changed reads alike
+    sample after sample, while lead, motion and probe artefacts scatter."""
+    newest = run[-1].ts
+    start = max((s.ts for s in run if lasted(newest - s.ts, hold, interval)), default=0.0)
+    values = [s.value for s in run if s.ts >= start]
+    return max(values) - min(values) <= STEADY_SHARE * jump
 
 
 def screen(
@@ -78,8 +95,11 @@ def screen(
         level = statistics.median(s.value for s in held)
         if abs(sample.value - last.value) > abs(sample.value - level):
             held.append(sample)  # nearer the new level than the old one: still away
-            # No jitter slack here: a three-sample dip 9.8 s long is still a dip.
-            stood = sample.ts - held[0].ts >= hold_for(cfg, vital, held, last)
+            hold = hold_for(cfg, vital, held, last)
+            # Jitter slack, but not on a desaturation: a probe's dips come in clusters, and
+            # four samples 14 s apart are two of them as often as a real fall.
+            slack = None if hold == cfg.desaturation_hold_s else interval
+            stood = lasted(sample.ts - held[0].ts, hold, slack) and steady(held, hold, jump, slack)
             return (release(state, vital) if stood else []), []
         set_aside = state.held.pop(vital)  # back where it was: they were artefacts
     if sample.ts < last.ts:
@@ -93,6 +113,28 @@ def screen(
         return (release(state, vital) if hold <= 0 else []), set_aside
     state.last[vital] = sample
     return [sample], set_aside
+
+
+def corroborated_fall(
+    state: PatientState, cfg: AnomalySettings, ts: float, vitals: Mapping[str, float]
+) -> set[str]:
+    """The vitals whose change in this reading the others confirm: SpO2, when it jumps
+    below its level while the heart or respiratory rate rises above its own recent level
+    (hypoxaemia drives both; a slipping probe neither). A rise larger than that vital can
+    make between two samples is a lead or talking artefact itself, and corroborates
+    nothing; nor is a sample back near the level before a held fall a fall."""
+    spo2, before = vitals.get("spo2"), state.last.get("spo2")
+    if spo2 is None or before is None or ts <= before.ts:
+        return set()
+    if before.value - spo2 <= cfg.max_jump.get("spo2", 0.0):
+        return set()
+    for vital, rise in cfg.corroborating_rise.items():
+        value, level = vitals.get(vital), state.level(vital)
+        if value is None or level is None:
+            continue
+        if rise <= value - level <= cfg.max_jump.get(vital, math.inf):
+            return {"spo2"}
+    return set()
 
 
 def corroborated(state: PatientState, vital: str, sample: Sample) -> list[Sample]:

@@ -79,6 +79,11 @@ class Tracker:
         )
 
 
+# A gap between a device's readings counts towards its usual interval as at most this many
+# of them: longer is a dropout (a loose cable, a patient off the ward), not its interval.
+DROPOUT_INTERVALS = 3.0
+
+
 @dataclass(slots=True)
 class DeviceClock:
     """When a device last sent (receive time) and its usual interval between readings."""
@@ -91,6 +96,10 @@ class DeviceClock:
         gap = at - self.last
         if gap <= 0:
             return  # a replayed or reordered reading says nothing about the interval
+        if self.interval is not None:
+            # A dropout is no interval: a gap counts as at most three usual intervals, so
+            # a device reconfigured to send less often is still learnt within minutes.
+            gap = min(gap, DROPOUT_INTERVALS * self.interval)
         self.interval = gap if self.interval is None else 0.8 * self.interval + 0.2 * gap
         self.last = at
         self.count += 1
