@@ -1,12 +1,16 @@
-"""Client settings: a user's passthrough settings win over tuning, never over safety."""
+"""Client settings: a user's passthrough settings win over tuning, never over safety;
+the topics are the pipeline's to create."""
 
 from __future__ import annotations
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from healthsync.config import KafkaSettings
 from healthsync.errors import ConfigError
-from healthsync.kafka import client_config
+from healthsync.kafka import client_config, delete_topics, ensure_topics, make_producer
+from healthsync.stack import Service
+from tests.conftest import make_settings
 
 
 def test_user_settings_override_tuning_but_not_what_guarantees_rest_on() -> None:
@@ -24,3 +28,22 @@ def test_user_settings_override_tuning_but_not_what_guarantees_rest_on() -> None
 def test_no_bootstrap_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="HEALTHSYNC_KAFKA_BOOTSTRAP"):
         client_config(KafkaSettings())
+
+
+def test_a_deleted_topic_is_not_created_again_by_a_producer_asking_for_it(
+    broker: Service, redis_server: Service
+) -> None:
+    # Tansu creates a topic a producer asks metadata for (with 4 partitions, not the
+    # pipeline's): after a broker restart or a recycle, ingest's producer would make
+    # the vitals topic before ensure_topics could, with the wrong partition count.
+    kafka = make_settings(broker, redis_server).kafka
+    ensure_topics(kafka)
+    delete_topics(kafka, [kafka.vitals_topic])
+    producer = make_producer(kafka)
+    metadata = producer.list_topics(kafka.vitals_topic, timeout=5)
+    assert metadata.topics[kafka.vitals_topic].error is not None
+    admin = AdminClient(client_config(kafka))
+    assert kafka.vitals_topic not in admin.list_topics(timeout=5).topics
+    ensure_topics(kafka)
+    partitions = admin.list_topics(timeout=5).topics[kafka.vitals_topic].partitions
+    assert len(partitions) == kafka.partitions

@@ -58,7 +58,11 @@ def make_producer(
 ) -> Producer:
     """An idempotent producer that only reports success once all replicas have it."""
     tuning = {"linger.ms": 2, "batch.num.messages": 10_000, "compression.type": "lz4"}
-    safety = {"acks": "all", "enable.idempotence": True} | (required or {})
+    # The topics are created by ensure_topics only, with the pipeline's partitions and
+    # configs. A producer asking for a missing topic's metadata would otherwise have
+    # Tansu create it (4 partitions) after a broker restart or a recycle.
+    safety = {"acks": "all", "enable.idempotence": True, "allow.auto.create.topics": False}
+    safety |= required or {}
     return Producer(client_config(settings, tuning | defaults, safety))
 
 
