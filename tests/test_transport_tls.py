@@ -20,7 +20,7 @@ import httpx
 import pytest
 import redis
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from healthsync.config import KafkaSettings, RedisSettings, Settings
 from healthsync.kafka import make_consumer, make_producer
@@ -116,6 +116,10 @@ def test_kafka_through_haproxy_produces_consumes_and_advertises_only_tls(
     assert advertised == {(tls_broker.host, tls_broker.port)}, "only the TLS front is advertised"
 
     topic = f"tls-{uuid.uuid4().hex[:8]}"
+    # Created first: the pipeline's producers never create topics.
+    admin = AdminClient({"bootstrap.servers": bootstrap, **ssl_client})
+    for future in admin.create_topics([NewTopic(topic, 1, 1)]).values():
+        future.result(15)
     producer = make_producer(settings)
     for n in range(3):
         producer.produce(topic, key=b"P-1", value=f"reading {n}".encode())
