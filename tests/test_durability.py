@@ -21,13 +21,14 @@ PATIENTS = [f"P-{i}" for i in range(6)]
 class Sender:
     """One device connection that remembers every reading id it got OK for."""
 
-    def __init__(self, device: Device) -> None:
+    def __init__(self, device: Device, patients: list[str] = PATIENTS) -> None:
         self.device = device
+        self.patients = patients
         self.acknowledged: set[str] = set()
 
     def send(self, seqs: range) -> None:
         for seq in seqs:
-            patient = PATIENTS[seq % len(PATIENTS)]
+            patient = self.patients[seq % len(self.patients)]
             line = f"device_id=dev-{patient} patient_id={patient} seq={seq} hr={60 + seq % 40}"
             reply = self.device.send(line.encode())
             assert reply.startswith("OK "), reply

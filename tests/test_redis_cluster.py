@@ -30,6 +30,7 @@ from healthsync.store.state import RedisStateStore
 from healthsync.supervisor import Pipeline
 from tests.conftest import Device, make_settings, wait_for
 from tests.redis_cluster import RedisClusterNodes, redis_cluster
+from tests.test_durability import Sender
 
 PATIENTS = [f"P-C{i}" for i in range(24)]
 
@@ -119,22 +120,6 @@ def test_a_batch_written_again_after_one_group_failed_is_counted_once(
     client.close()
 
 
-class Sender:
-    """One device connection that remembers every reading id it got OK for."""
-
-    def __init__(self, device: Device) -> None:
-        self.device = device
-        self.acknowledged: set[str] = set()
-
-    def send(self, seqs: range) -> None:
-        for seq in seqs:
-            patient = PATIENTS[seq % len(PATIENTS)]
-            line = f"device_id=dev-{patient} patient_id={patient} seq={seq} hr={60 + seq % 40}"
-            reply = self.device.send(line.encode())
-            assert reply.startswith("OK "), reply
-            self.acknowledged.add(reply.split()[1])
-
-
 def stored(client: Redis, keys: RedisKeys) -> tuple[set[str], int]:
     """The reading ids recorded as seen, and the processed count summed over the groups."""
     found: set[str] = set()
@@ -159,11 +144,11 @@ def test_two_processors_store_each_reading_once_through_a_kill(
     client = connect(settings.redis)
     devices = [Device(settings.ingest.host, settings.ingest.port) for _ in range(2)]
     try:
-        first = Sender(devices[0])
+        first = Sender(devices[0], PATIENTS)
         first.send(range(0, 100))
         wait_for(lambda: len(stored(client, keys)[0]) == 100, timeout=45, what="the first 100")
 
-        second = Sender(devices[1])
+        second = Sender(devices[1], PATIENTS)
         sending = threading.Thread(target=second.send, args=(range(100, 400),))
         sending.start()
         wait_for(lambda: len(stored(client, keys)[0]) >= 150, timeout=30, what="readings flowing")

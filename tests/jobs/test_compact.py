@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -158,14 +159,12 @@ def test_compaction_merges_each_hour_and_the_reader_sees_the_same_history(
     assert history(archived) == expected()
 
 
-@pytest.mark.parametrize("step", ["written", "deleted"])
-def test_a_compaction_killed_half_way_loses_and_doubles_nothing_and_a_rerun_finishes(
-    settings: Settings, archived: Archive, step: str
-) -> None:
-    root = root_of(settings)
-    before = objects(root, "identified/readings")
-    command = [sys.executable, "-m", "healthsync", "job", "run", "compact", *PERIOD]
-    command += ["--run-id", "c-kill", "--option", f"pause_after={step}"]
+def kill_compaction_after(
+    settings: Settings, run_id: str, step: str, period: Sequence[str] = PERIOD
+) -> subprocess.Popen[str]:
+    """Run `compact` until it reports `step`, then kill -9 it, as a crash there would."""
+    command = [sys.executable, "-m", "healthsync", "job", "run", "compact", *period]
+    command += ["--run-id", run_id, "--option", f"pause_after={step}"]
     with subprocess.Popen(
         command, env=child_env(settings), stdout=subprocess.PIPE, text=True
     ) as child:
@@ -175,6 +174,16 @@ def test_a_compaction_killed_half_way_loses_and_doubles_nothing_and_a_rerun_fini
         finally:
             child.send_signal(signal.SIGKILL)
             child.wait(timeout=30)
+    return child
+
+
+@pytest.mark.parametrize("step", ["written", "deleted"])
+def test_a_compaction_killed_half_way_loses_and_doubles_nothing_and_a_rerun_finishes(
+    settings: Settings, archived: Archive, step: str
+) -> None:
+    root = root_of(settings)
+    before = objects(root, "identified/readings")
+    child = kill_compaction_after(settings, "c-kill", step)
     assert child.returncode == -signal.SIGKILL
 
     # One merged object is in place; of its inputs none or one is gone.

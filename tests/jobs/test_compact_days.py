@@ -10,9 +10,6 @@ from 2026-11-28 22:00 to 2026-11-30 02:00 UTC, in batches of 40 readings per par
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -28,8 +25,8 @@ from healthsync.store.archive.days import DayCompactor, day_of
 from healthsync.store.archive.layout import Span
 from healthsync.store.archive.setup import Archive
 from healthsync.store.archive.writer import find_span
-from tests.jobs.test_compact import objects, root_of
-from tests.jobs.test_job_run import child_env, run_cli
+from tests.jobs.test_compact import kill_compaction_after, objects, root_of
+from tests.jobs.test_job_run import run_cli
 from tests.store.archive.conftest import reading
 
 START = datetime(2026, 11, 28, 22, tzinfo=UTC).timestamp()
@@ -159,17 +156,7 @@ def test_a_day_compaction_killed_half_way_loses_and_doubles_nothing(
 ) -> None:
     write(archive)
     root = root_of(settings)
-    command = [sys.executable, "-m", "healthsync", "job", "run", "compact", *PERIOD]
-    command += ["--run-id", "d-kill", "--option", f"pause_after={step}"]
-    with subprocess.Popen(
-        command, env=child_env(settings), stdout=subprocess.PIPE, text=True
-    ) as child:
-        try:
-            assert child.stdout is not None
-            assert child.stdout.readline().strip() == f"compact: paused after {step}"
-        finally:
-            child.send_signal(signal.SIGKILL)
-            child.wait(timeout=30)
+    kill_compaction_after(settings, "d-kill", step, PERIOD)
 
     # The first day object is in place, its inputs all there (written) or one gone.
     assert day_span(0, "2026-11-28") in objects(root, "identified/readings")
