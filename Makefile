@@ -57,7 +57,7 @@ run: install
 	$(BIN)/healthsync up --simulate $(DEVICES) --rate $(RATE)
 
 # The tests, then the alarm-quality tables of scenarios/*.toml (about a minute). Not yet with
-# --check: two targets are still missed on the files' own seeds (median delay 16 s against 15 s
+# --check: two targets are still missed on the files' own seeds (median delay 15.7 s against 15 s
 # on artefacts.toml and deterioration.toml; as many false alerts as the bedside-monitor baseline
 # on deterioration.toml, 1 vs 1; see docs/ALARMS.md), so the tables are printed, not enforced.
 test: install

@@ -40,6 +40,26 @@ def test_a_desaturation_the_heart_rate_corroborates_is_not_held_as_a_probe_artef
     assert corroborated.artefacts == alone.artefacts == []
 
 
+def test_a_desaturation_heart_and_breathing_both_corroborate_opens_at_its_second_sample() -> None:
+    # Oximeter, ECG and impedance agree: SpO2 falls while the heart and respiratory rates
+    # both rise. No single artefact moves all three, so two samples below 90 suffice.
+    both, heart_only, breathing_spike = Run(), Run(), Run()
+    before = [(0, 97, 80, 16), (5, 97, 81, 16)]
+    fall = [(10, 87, 100, 22), (15, 86, 102, 23), (20, 86, 103, 23), (25, 86, 103, 24)]
+    events: dict[str, list[AlertEvent]] = {"both": [], "heart": [], "spike": []}
+    for t, spo2, hr, rr in before + fall:
+        events["both"] += both.send(reading(t, spo2=spo2, heart_rate=hr, resp_rate=rr))
+        events["heart"] += heart_only.send(reading(t, spo2=spo2, heart_rate=hr, resp_rate=16))
+        # A respiratory rate 30/min above its level is no breathing a chest can do in 5 s.
+        spiked = 46 if t in (10, 15) else rr
+        events["spike"] += breathing_spike.send(
+            reading(t, spo2=spo2, heart_rate=hr, resp_rate=spiked)
+        )
+    assert opened(events["both"]) == [("threshold:spo2", 15)]
+    assert opened(events["heart"]) == [("threshold:spo2", 20)], "one sensor: 10 s as usual"
+    assert ("threshold:spo2", 20) in opened(events["spike"]), "a spike corroborates nothing"
+
+
 def test_a_probe_dip_ending_with_a_lead_spike_is_still_an_artefact() -> None:
     run = Run()
     # SpO2 dips for three samples, then reads 96 again in the same reading as a 176/min

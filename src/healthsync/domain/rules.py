@@ -72,6 +72,16 @@ the API). Where a default comes from:
   itself and corroborates nothing (an ECG lead spike in the reading where a
   probe dip ended confirmed the dip; false SpO2 alerts on
   ``scenarios/artefacts.toml``, its seed and seeds 1-2: 9 -> 6).
+- A desaturation that the heart AND the respiratory rate both corroborate (each
+  risen by its ``corroborating_rise`` above its 15 s median, within its
+  ``max_jump``, with SpO2 at least ``corroborated_fall`` (3 points) below its
+  own) needs ``persist_readings`` samples, not ``persist_s``: the oximeter, the
+  ECG and the impedance lead agree, which no single probe, lead or talking
+  artefact makes them do. Hypoxaemia driving the heart and the breathing is
+  the physiology NEWS2 itself scores (RCP 2017). Median delay over each file's
+  seed and seeds 1-8 of ``scenarios/artefacts.toml`` and
+  ``scenarios/deterioration.toml`` down 0-2.5 s (hypoxaemia on
+  ``deterioration.toml``'s seed 12 -> 7 s), no false alert more.
 - NEWS2: a medium score without a red part (the sum of several amber ones)
   must hold 5 minutes (``news2_aggregate_persist_s``); a single red score or a
   high score keeps 30 s. The chart is for observations minutes apart; a patient
@@ -296,6 +306,10 @@ class AnomalySettings(BaseModel):
     corroborating_rise: dict[str, float] = Field(
         default_factory=lambda: {"heart_rate": 10.0, "resp_rate": 4.0}
     )
+    # An SpO2 fall of at least this much below its level, with every vital of
+    # corroborating_rise risen by its amount in the same reading, needs only
+    # persist_readings samples, not persist_s.
+    corroborated_fall: float = Field(3.0, gt=0)
     # NEWS2 alerts: medium (5-6) or a single red score opens a warning once it has held
     # news2_persist_s (new confusion at once), high (>= 7) a critical alert.
     news2_alerts: bool = True

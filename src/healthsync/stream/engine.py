@@ -72,6 +72,8 @@ class AnomalyEngine:
         self.owned: set[int] | None = None  # partitions this engine is responsible for
         self.stale = load_states is not None or load_open is not None
         self._device_patient: dict[str, str] = {}  # which patient each device last sent for
+        # The reading being judged, if its heart and respiratory rates corroborate its SpO2 fall.
+        self._agreed: str | None = None
         self._touched: set[str] = set()  # patients changed by another patient's reading
         self._trends_by_vital: dict[str, list[TrendRule]] = {}
         for trend in self.cfg.trends:
@@ -152,6 +154,8 @@ class AnomalyEngine:
         interval = self.life.interval = clock.interval if clock is not None else None
         poor = _poor_signal(reading)
         corroborated = screening.corroborated_fall(state, self.cfg, reading.ts, reading.vitals)
+        agreed = screening.corroborated_desaturation(state, self.cfg, reading.ts, reading.vitals)
+        self._agreed = reading.reading_id if agreed else None
         for vital, value in reading.vitals.items():
             new = Sample(reading.ts, value, reading.reading_id)
             accepted: list[Sample]
@@ -209,9 +213,19 @@ class AnomalyEngine:
             sample.value,
             rule,
             band.describe(),
-            persist_s=self._marginal_persist(state, kind, band, sample, margin),
+            persist_s=self._persist_for(state, kind, band, sample, margin),
         )
         return self.life.track(state, Subject(patient, kind, vital), sample, finding)
+
+    def _persist_for(
+        self, state: PatientState, kind: str, band: Threshold, sample: Sample, margin: float
+    ) -> float | None:
+        """How long this warning must hold: not at all beyond ``persist_readings`` samples
+        for an SpO2 sample of a reading whose heart and respiratory rates corroborate its
+        fall (:func:`.screening.corroborated_desaturation`)."""
+        if kind == "threshold:spo2" and sample.reading_id == self._agreed:
+            return 0.0
+        return self._marginal_persist(state, kind, band, sample, margin)
 
     def _marginal_persist(
         self, state: PatientState, kind: str, band: Threshold, sample: Sample, margin: float
@@ -357,6 +371,7 @@ class AnomalyEngine:
         events: list[AlertEvent] = []
         self.life.decided_at = now
         self.life.interval = None
+        self._agreed = None
         for vital in stale:
             for sample in screening.release(state, vital):
                 state.keep(vital, sample.ts, sample.value)

@@ -137,6 +137,27 @@ def corroborated_fall(
     return set()
 
 
+def corroborated_desaturation(
+    state: PatientState, cfg: AnomalySettings, ts: float, vitals: Mapping[str, float]
+) -> bool:
+    """Whether this reading shows SpO2 below its level with the heart AND the respiratory
+    rate both risen above theirs: three sensors (oximeter, ECG, impedance) agreeing on a
+    hypoxaemia, which no single probe, lead or talking artefact makes."""
+    spo2, level = vitals.get("spo2"), state.level("spo2")
+    last = state.last.get("spo2")
+    if spo2 is None or level is None or last is None or ts <= last.ts:
+        return False
+    if level - spo2 < cfg.corroborated_fall:
+        return False
+    for vital, rise in cfg.corroborating_rise.items():
+        value, other = vitals.get(vital), state.level(vital)
+        if value is None or other is None:
+            return False
+        if not rise <= value - other <= cfg.max_jump.get(vital, math.inf):
+            return False
+    return True
+
+
 def corroborated(state: PatientState, vital: str, sample: Sample) -> list[Sample]:
     """A change the reading's other vitals confirm (they moved with it, as in a real
     desaturation) is no artefact: it stands at once, and so does a run held before it."""
