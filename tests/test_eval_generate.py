@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import random
 import statistics
 from pathlib import Path
 
 import pytest
 
+from healthsync.domain.news2 import news2
 from healthsync.domain.readings import Reading
 from healthsync.evaluation.generate import EPOCH, Dataset, generate, warning_bands
+from healthsync.evaluation.physiology import Patient
 from healthsync.evaluation.scenario import EPISODE_VITAL, load_scenario
 from tests.test_eval import TINY_TOML, VITALS_TOML, write
 
@@ -227,3 +230,27 @@ def test_artefacts_come_near_and_inside_episodes_but_never_change_a_label(ward: 
             and e.start < d.end
         ]
         assert hidden == []
+
+
+def test_a_stable_patient_never_sits_at_a_medium_news2_score() -> None:
+    # A ward whose usual values lie in NEWS2's amber ranges (SpO2 93-95, pulse 91-110,
+    # systolic 101-110, respiration 21-24): drawn freely, many would score 5 or more,
+    # which calls for an urgent response and is no stable patient.
+    scenario = load_scenario(Path("scenarios/deterioration.toml"))
+    amber = {"spo2": 94.0, "heart_rate": 98.0, "bp_sys": 106.0, "resp_rate": 20.0}
+    vitals = {
+        name: spec.model_copy(update={"mean": amber[name]}) if name in amber else spec
+        for name, spec in scenario.vitals.items()
+    }
+    scenario = scenario.model_copy(update={"vitals": vitals})
+    rng = random.Random(5)
+    free, held = [], []
+    for _ in range(40):
+        patient = Patient(scenario, warning_bands(), rng, 5.0)
+        for _ in range(720):  # one hour of 5 s samples
+            patient.step()
+            raw = {v: patient.background(v) for v in patient.specs}
+            free.append(news2(raw, 0.0).total)
+            held.append(news2(patient.true_values(0.0, []), 0.0).total)
+    assert max(free) >= 5, "the ward must be one where a free draw reaches medium"
+    assert max(held) <= 4

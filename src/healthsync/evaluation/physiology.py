@@ -4,9 +4,11 @@ Each vital wanders slowly (an Ornstein-Uhlenbeck walk, 10-minute time constant)
 around the patient's baseline. Outside episodes the noise-free value stays where
 no rule has a clinical reason to call: inside the warning band, and out of the
 range NEWS2 scores 3 (SpO2 <= 91 and systolic <= 90 score 3 inside the warning
-band, and a patient sitting there would rightly raise an urgent alert). So an
-out-of-range sample outside an episode is noise or an artefact, never an
-unlabelled deterioration.
+band, and a patient sitting there would rightly raise an urgent alert), and
+with a NEWS2 total below 5: a medium score calls for an urgent response too
+(RCP 2017), so a patient whose amber parts add up to it is not stable. So an
+out-of-range sample or score outside an episode is noise or an artefact, never
+an unlabelled deterioration.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import random
 from collections.abc import Mapping
 from typing import Final
 
+from healthsync.domain.news2 import news2
 from healthsync.evaluation.placement import Band, Placed
 from healthsync.evaluation.scenario import Scenario
 
@@ -26,6 +29,17 @@ _NEWS2_AMBER_LOW: Final = {"spo2": 92.0, "bp_sys": 91.0}
 # A correlated hypoxaemia: per point of SpO2 lost, the heart rate rises by this
 # much (/min) and the respiratory rate by this much (/min).
 CORRELATED_RISE: Final = {"heart_rate": 2.0, "resp_rate": 0.6}
+# A stable patient's NEWS2 total, from noise-free values, stays below this (medium: 5-6).
+_NEWS2_MEDIUM: Final = 5
+# A baseline scoring more than this is drawn again, leaving the wander some room.
+_NEWS2_BASELINE_MAX: Final = 3
+_BASELINE_TRIES: Final = 100
+# How much of its wander a vital keeps when the whole would reach a medium NEWS2.
+_WANDER_SHARES: Final = (1.0, 0.75, 0.5, 0.25, 0.0)
+
+
+def _news2_total(values: Mapping[str, float]) -> int:
+    return news2(dict(values), 0.0).total
 
 
 class Patient:
@@ -37,18 +51,31 @@ class Patient:
         self.rng = rng
         self.specs = scenario.vitals
         self.bands = bands
-        self.baseline = {
-            vital: min(spec.max, max(spec.min, rng.gauss(spec.mean, spec.sd)))
-            for vital, spec in self.specs.items()
-        }
         self.wander = dict.fromkeys(self.specs, 0.0)
+        for _ in range(_BASELINE_TRIES):
+            self.baseline = {
+                vital: min(spec.max, max(spec.min, rng.gauss(spec.mean, spec.sd)))
+                for vital, spec in self.specs.items()
+            }
+            if _news2_total(self.backgrounds()) <= _NEWS2_BASELINE_MAX:
+                break
         self.keep = math.exp(-interval / _DRIFT_TAU_S)
         self.kick = math.sqrt(1.0 - self.keep**2)
 
-    def background(self, vital: str) -> float:
-        """Baseline plus wander, held inside the normal range by one noise width."""
+    def backgrounds(self) -> dict[str, float]:
+        """Every vital's background, with the wander pulled back towards the baseline
+        as far as it takes to keep the NEWS2 total below medium."""
+        for share in _WANDER_SHARES:
+            values = {vital: self.background(vital, share) for vital in self.specs}
+            if _news2_total(values) < _NEWS2_MEDIUM:
+                break
+        return values
+
+    def background(self, vital: str, share: float = 1.0) -> float:
+        """Baseline plus (a `share` of) the wander, held inside the normal range by one
+        noise width."""
         spec = self.specs[vital]
-        value = self.baseline[vital] + self.wander[vital]
+        value = self.baseline[vital] + share * self.wander[vital]
         low, high = self.bands.get(vital, (None, None))
         amber = _NEWS2_AMBER_LOW.get(vital)
         if amber is not None:
@@ -67,7 +94,7 @@ class Patient:
 
     def true_values(self, t: float, episodes: list[Placed]) -> dict[str, float]:
         """Every vital's noise-free value at scenario time `t`."""
-        true = {vital: self.background(vital) for vital in self.specs}
+        true = self.backgrounds()
         for e in episodes:
             if not e.covers(t):
                 continue
