@@ -257,6 +257,14 @@ class Device:
         self.sock.sendall(line if line.endswith(b"\n") else line + b"\n")
         return self.read()
 
+    def send_many(self, lines: list[bytes]) -> list[str]:
+        """Send every line before reading any answer (ingest answers in order), as a device
+        with a backlog does: one round trip to Kafka for all of them, not one each."""
+        self.sock.sendall(
+            b"".join(line if line.endswith(b"\n") else line + b"\n" for line in lines)
+        )
+        return [self.read() for _ in lines]
+
     def read(self) -> str:
         return self.reader.readline().decode().rstrip("\n")
 

@@ -231,10 +231,12 @@ def test_processor_killed_mid_stream_stores_every_acknowledged_reading_once(
     patients = [f"P-{i}" for i in range(8)]
 
     def send(start: int, count: int) -> None:
+        lines = []
         for seq in range(start, start + count):
             patient = patients[seq % len(patients)]
             line = f"device_id=dev-{patient} patient_id={patient} seq={seq} hr={60 + seq % 40}"
-            reply = device.send(line.encode())
+            lines.append(line.encode())
+        for reply in device.send_many(lines):
             assert reply.startswith("OK "), reply
             acknowledged.add(reply.split()[1])
 

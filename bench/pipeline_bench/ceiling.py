@@ -79,7 +79,7 @@ def _produce_run(
     settings: Settings, topic: str, messages: int, value: bytes, keys: list[bytes]
 ) -> tuple[float, int]:
     """Messages/s from the first produce() until flush() returns, and how many failed."""
-    # The same producer configuration ingest uses: acks=all, idempotent, lz4, linger 2 ms.
+    # The same producer configuration ingest uses: acks=all, idempotent, lz4, its linger.
     producer = make_producer(settings.kafka)
     failures = 0
 

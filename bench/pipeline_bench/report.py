@@ -8,6 +8,7 @@ import platform
 from dataclasses import dataclass
 
 from healthsync.config import Settings
+from healthsync.kafka import LINGER_MS
 from healthsync.supervisor import Pipeline
 from pipeline_bench.ceiling import Ceiling
 from pipeline_bench.figures import histogram_quantile, ms, pcts, rate
@@ -93,7 +94,7 @@ def _ceiling(facts: RunFacts, ceiling: Ceiling) -> list[str]:
         f"{args.devices} keys; best of {ceiling.rounds} rounds)"
     )
     add(
-        f"   produce  acks=all idempotent lz4 linger 2 ms (ingest's config), "
+        f"   produce  acks=all idempotent lz4 linger {LINGER_MS} ms (ingest's config), "
         f"until flush:  {ceiling.produce_rate:9.0f} msg/s"
         + (f"  ({ceiling.produce_errors} failed)" if ceiling.produce_errors else "")
     )
