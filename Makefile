@@ -56,13 +56,15 @@ vendor-uplot:
 run: install
 	$(BIN)/healthsync up --simulate $(DEVICES) --rate $(RATE)
 
-# The tests, then the alarm-quality tables of scenarios/*.toml (about a minute). Not yet with
-# --check: two targets are still missed on the files' own seeds (median delay 15.7 s against 15 s
-# on artefacts.toml and deterioration.toml; as many false alerts as the bedside-monitor baseline
-# on deterioration.toml, 1 vs 1; see docs/ALARMS.md), so the tables are printed, not enforced.
+# The tests, then the alarm-quality tables of scenarios/*.toml (about a minute). The files
+# whose targets the engine meets are checked (--check: a regression fails the build); two
+# targets are still missed on the other two files' own seeds (median delay 15.7 s against
+# 15 s on artefacts.toml and deterioration.toml; as many false alerts as the bedside-monitor
+# baseline on deterioration.toml, 1 vs 1; see docs/ALARMS.md), so theirs are printed only.
 test: install
 	$(BIN)/pytest
-	$(BIN)/healthsync eval
+	$(BIN)/healthsync eval --check --scenario scenarios/stable.toml --scenario scenarios/slow_devices.toml
+	$(BIN)/healthsync eval --scenario scenarios/artefacts.toml --scenario scenarios/deterioration.toml
 
 lint: install
 	$(BIN)/ruff check src tests bench
