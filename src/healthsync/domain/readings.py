@@ -116,8 +116,9 @@ class Reading:
     # perfusion index ``pi`` (%), as pulse oximeters do. Not a vital: never alerted on.
     quality: dict[str, float] = field(default_factory=dict)
 
-    def to_json(self) -> bytes:
-        """The canonical JSON that goes on the vitals topic."""
+    def to_json(self, demographics: bool = True) -> bytes:
+        """The canonical JSON that goes on the vitals topic; without `demographics`,
+        as if the reading carried no patient information."""
         doc: dict[str, Any] = {
             "reading_id": self.reading_id,
             "device_id": self.device_id,
@@ -133,7 +134,7 @@ class Reading:
             doc["on_oxygen"] = self.on_oxygen
         if self.consciousness is not None:
             doc["consciousness"] = self.consciousness
-        if self.patient:
+        if self.patient and demographics:
             doc["patient"] = self.patient
         if self.quality:
             doc["quality"] = self.quality
