@@ -151,7 +151,8 @@ class PatientState:
             "held": {
                 k: [[s.ts, s.value, s.reading_id] for s in run] for k, run in self.held.items()
             },
-            "recent": {k: [list(p) for p in r] for k, r in self.recent.items()},
+            # Tuples are JSON arrays as lists are: no list per sample (every batch saves this).
+            "recent": {k: list(r) for k, r in self.recent.items()},
             "windows": {k: w.to_list() for k, w in self.windows.items()},
             "baselines": {k: b.to_list() for k, b in self.baselines.items()},
             "devices": {k: [d.last, d.interval, d.count] for k, d in self.devices.items()},
