@@ -43,6 +43,7 @@ from healthsync.security import codec as roles
 from healthsync.security.codec import Codec
 from healthsync.security.crypto import Keyring
 from healthsync.stack import start_broker, start_redis
+from healthsync.stream.processor import collect_less
 from healthsync.wiring import build_processor
 
 INTERVAL_S = 1.0  # one reading per patient per second, as a bedside monitor sends
@@ -162,6 +163,7 @@ def main() -> None:
 
 def run_processor(settings: Settings, batch: list[Reading], ports: list[int], broker: int) -> None:
     processor = build_processor(settings)
+    collect_less()  # as `healthsync process` does once it has built the processor
     thread = threading.Thread(target=processor.run, name="processor")
     calls0, received0, _memory, cpu0 = redis_figures(ports)
     broker_before = _rss_kib(broker)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 
 import pytest
 
@@ -137,6 +138,13 @@ def test_missing_parameters_are_reported_not_assumed() -> None:
     assert result.missing == ("resp_rate", "on_oxygen", "bp_sys", "consciousness", "temp")
     assert not result.complete
     assert result.band == "low-medium"
+
+
+def test_stored_score_has_every_field() -> None:
+    # What Redis keeps of a score (and the API reads back) is every field of it.
+    result = news2({"spo2": 90, "heart_rate": 70}, ts=5.0, sources={"spo2": "r1"})
+    assert result.to_dict() == asdict(result)
+    assert list(result.to_dict()) == list(asdict(result))
 
 
 def test_scale2_without_oxygen_status_scores_only_what_the_chart_allows() -> None:

@@ -36,9 +36,15 @@ def run_stage(args: argparse.Namespace, component: str, build: Callable[[Setting
 
 
 def cmd_process(args: argparse.Namespace) -> int:
+    from healthsync.stream.processor import Processor, collect_less
     from healthsync.wiring import build_processor
 
-    return run_stage(args, "processor", build_processor)
+    def build(settings: Settings) -> Processor:
+        processor = build_processor(settings)
+        collect_less()  # after building, so that what was built is frozen too
+        return processor
+
+    return run_stage(args, "processor", build)
 
 
 def cmd_push(args: argparse.Namespace) -> int:

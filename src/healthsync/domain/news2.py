@@ -12,7 +12,7 @@ reported as missing (the score is then marked incomplete), never assumed.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
@@ -156,7 +156,18 @@ class News2:
         object.__setattr__(self, "complete", not self.missing)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # What dataclasses.asdict gives, built directly: the processor stores a score per
+        # patient and batch, and asdict's generic deep copy cost it 2% of its CPU.
+        return {
+            "total": self.total,
+            "band": self.band,
+            "parts": dict(self.parts),
+            "missing": self.missing,
+            "scale": self.scale,
+            "ts": self.ts,
+            "sources": dict(self.sources),
+            "complete": self.complete,
+        }
 
 
 def news2(

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from redis import Redis
@@ -99,6 +100,8 @@ def _of_a_reading(resource: dict[str, Any]) -> bool:
     )
 
 
+# Resource times recur (a reading's Observations share one): parse each once.
+@lru_cache(maxsize=1 << 14)
 def _epoch(stamp: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()
 
@@ -121,7 +124,6 @@ class RedisFhirSink:
         self._pipe: Any = None
         self._indexes: dict[str, dict[str, float]] = {}
         self._index_types: dict[str, str] = {}
-        self._epochs: dict[str, float] = {}
         self._trimmed_at: dict[str, float] = {}
         self._set_many = client.register_script(_SET_MANY)
 
@@ -144,8 +146,8 @@ class RedisFhirSink:
             return
         retention = self.settings.history_retention_s
         pipe = self.client.pipeline(transaction=not self.clustered)
-        # What this batch indexes, and the resource times it parsed (shared by many).
-        self._indexes, self._index_types, self._epochs = {}, {}, {}
+        # What this batch indexes.
+        self._indexes, self._index_types = {}, {}
         # ttl (0 = none) -> (keys, values)
         writes: dict[int, tuple[list[str], list[bytes]]] = {0: ([], []), retention: ([], [])}
         self._add_readings(batch.readings, writes[retention])
@@ -192,9 +194,7 @@ class RedisFhirSink:
         stamp = resource_time(resource)
         if stamp is None:
             return
-        score = self._epochs.get(stamp)
-        if score is None:
-            score = self._epochs[stamp] = _epoch(stamp)
+        score = _epoch(stamp)
         kind = resource["resourceType"]
         member = {self.keys.fhir_member(kind, resource["id"]): score}
         self._index(self.keys.fhir_index(kind), kind, member)

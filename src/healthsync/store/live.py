@@ -238,12 +238,20 @@ class RedisLiveSink:
     def _write_state(self, pipes: dict[int, Any], batch: Batch) -> None:
         """The latest NEWS2 and the anomaly engine's state of the patients the batch changed."""
         keys, records = self.keys, self.records
+        # One HSET per group and hash, not one per patient: a command costs the
+        # processor more than a field.
+        scores: dict[int, dict[str, bytes]] = {}
         for patient, score in batch.scores.items():
-            group = keys.group_of(patient)
-            pipes[group].hset(keys.news2(group), *records.encode_score(patient, score))
+            field, value = records.encode_score(patient, score)
+            scores.setdefault(keys.group_of(patient), {})[field] = value
+        for group, mapping in scores.items():
+            pipes[group].hset(keys.news2(group), mapping=mapping)
+        states: dict[int, dict[str, bytes]] = {}
         for patient, state in batch.states.items():
-            group = keys.group_of(patient)
-            pipes[group].hset(keys.engine(group), *records.encode_state(patient, state))
+            field, value = records.encode_state(patient, state)
+            states.setdefault(keys.group_of(patient), {})[field] = value
+        for group, mapping in states.items():
+            pipes[group].hset(keys.engine(group), mapping=mapping)
 
     def _write_alerts(self, pipe: Any, batch: Batch) -> None:
         keys = self.keys

@@ -12,7 +12,6 @@ value (the processor's state, see :mod:`healthsync.store.state`).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, TypedDict
 
 import orjson
@@ -184,7 +183,7 @@ class Records:
     def encode_fhir_reading(self, reading: Reading) -> tuple[str, bytes]:
         """The reading its vital-sign Observations are rebuilt from, without demographics."""
         key = self.keys.fhir_reading(reading.reading_id)
-        return key, self.codec.seal(replace(reading, patient={}).to_json(), key)
+        return key, self.codec.seal(reading.to_json(demographics=False), key)
 
     def decode_fhir_reading(self, key: str, raw: bytes) -> Reading:
         return Reading.from_json(self.codec.open(raw, key))

@@ -128,7 +128,10 @@ class PatientState:
     def keep(self, vital: str, ts: float, value: float) -> None:
         """Remember a kept sample; those older than RECENT_S before the newest are dropped
         (the newest one always stays, however old)."""
-        samples = sorted([*self.recent.get(vital, []), (ts, value)])
+        kept, sample = self.recent.get(vital, []), (ts, value)
+        # Samples mostly come in order: then the kept ones (sorted) need no sort.
+        in_order = not kept or kept[-1] <= sample
+        samples = [*kept, sample] if in_order else sorted([*kept, sample])
         newest = samples[-1][0]
         self.recent[vital] = [p for p in samples if p[0] >= newest - RECENT_S][-_RECENT_MAX:]
 
@@ -148,7 +151,8 @@ class PatientState:
             "held": {
                 k: [[s.ts, s.value, s.reading_id] for s in run] for k, run in self.held.items()
             },
-            "recent": {k: [list(p) for p in r] for k, r in self.recent.items()},
+            # Tuples are JSON arrays as lists are: no list per sample (every batch saves this).
+            "recent": {k: list(r) for k, r in self.recent.items()},
             "windows": {k: w.to_list() for k, w in self.windows.items()},
             "baselines": {k: b.to_list() for k, b in self.baselines.items()},
             "devices": {k: [d.last, d.interval, d.count] for k, d in self.devices.items()},

@@ -82,8 +82,14 @@ class TrendWindow:
         # buckets as span it. One 15 s bucket's mean at a noise peak is no level.
         width = self.width or self.window_s / _BUCKETS
         span = min(len(full), max(1, math.ceil(_LEVEL_S / width - 1e-9)))
-        runs = [full[i : i + span] for i in range(len(full) - span + 1)]
-        means = [sum(b[1] for b in run) / sum(b[2] for b in run) for run in runs]
+        # Each sample of each trend rule pays for this: sums over slices of plain lists
+        # (the same additions in the same order as summing each run's buckets).
+        totals = [b[1] for b in full]
+        counts = [b[2] for b in full]
+        means = [
+            sum(totals[i : i + span]) / sum(counts[i : i + span])
+            for i in range(len(full) - span + 1)
+        ]
         if direction == "fall":
             reference = max(means)
             return round(reference - current, 3), round(reference, 3)
