@@ -54,6 +54,36 @@ def test_a_replayed_batch_changes_nothing(settings: Settings, redis: Redis, code
     assert orjson.loads(codec.open(latest, place))["value"] == 75
 
 
+def test_the_latest_values_are_the_newest_of_the_batch(
+    settings: Settings, redis: Redis, codec: Codec
+) -> None:
+    # Two readings of one patient in one batch, the newer one first (the network reordered
+    # them): every latest field, NEWS2 parameter or not, comes from the newer reading.
+    sink = sink_for(settings, redis, codec)
+    now = time.time()
+    older = Reading(
+        "old", "d1", "P-1", now - 5, now, {"heart_rate": 70, "bp_sys": 120, "bp_dia": 70}
+    )
+    newer = Reading(
+        "new", "d1", "P-1", now - 1, now, {"heart_rate": 90, "bp_sys": 110, "bp_dia": 80}
+    )
+    then = Reading("late", "d1", "P-1", now - 9, now, {"heart_rate": 60, "bp_dia": 60})
+    sink.write(Batch([older, newer, then]))
+    sink.flush()
+
+    key = codec.keys.latest("P-1")
+    latest = {
+        name: orjson.loads(codec.open(cast("bytes", redis.hget(key, name)), codec.field(key, name)))
+        for name in ("heart_rate", "bp_sys", "bp_dia")
+    }
+    assert {name: field["value"] for name, field in latest.items()} == {
+        "heart_rate": 90,
+        "bp_sys": 110,
+        "bp_dia": 80,
+    }
+    assert {field["reading_id"] for field in latest.values()} == {"new"}
+
+
 def test_stored_readings_are_counted_by_received_hour_once(
     settings: Settings, redis: Redis, codec: Codec
 ) -> None:

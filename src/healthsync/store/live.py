@@ -205,11 +205,11 @@ class RedisLiveSink:
         for reading in readings:
             patient = reading.patient_id
             fields = latest.setdefault(patient, {})
-            for name, value in observed_in(reading).items():
-                fields[name] = latest_value(reading, value)
-            for vital, value in reading.vitals.items():
-                if vital not in fields:
-                    fields[vital] = latest_value(reading, value)
+            # The newest value of each field: readings of a patient can arrive out of order.
+            for name, value in {**reading.vitals, **observed_in(reading)}.items():
+                held = fields.get(name)
+                if held is None or reading.ts >= held["ts"]:
+                    fields[name] = latest_value(reading, value)
             history.setdefault(patient, {})[records.encode_history(patient, reading)] = reading.ts
             seen.setdefault(patient, {})[reading.reading_id] = reading.ts
             last_seen[patient] = max(last_seen.get(patient, 0.0), reading.ts)
