@@ -82,7 +82,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--soak-rate", type=float, default=2000.0, help="offered readings/s in --soak")
     p.add_argument("--sample-every", type=float, default=30.0, help="RSS sample interval, seconds")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--processors",
+        type=int,
+        default=1,
+        help="processor processes in the one consumer group (not with --soak)",
+    )
+    args = p.parse_args(argv)
+    if args.processors < 1 or (args.soak and args.processors != 1):
+        p.error("--processors must be 1 or more, and 1 with --soak")
+    return args
 
 
 def _terminate(_signum: int, _frame: object) -> NoReturn:
@@ -141,6 +150,9 @@ def run(pipeline: Pipeline, args: argparse.Namespace) -> str:
     say(f"starting the pipeline in {pipeline.run_dir}")
     started = time.perf_counter()
     pipeline.start()
+    for n in range(2, args.processors + 1):
+        # More processors share the vitals topic's partitions through the consumer group.
+        pipeline.start_child(f"process-{n}", stage="process")
     startup_s = time.perf_counter() - started
     settings = pipeline.settings
     redis = Redis.from_url(str(settings.redis.url), **settings.redis.client_options())

@@ -64,7 +64,8 @@ def header(facts: RunFacts) -> list[str]:
         f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
     add(
-        f"same host  {broker}, redis-server, {ingest}, processor, archiver, api, scheduler "
+        f"same host  {broker}, redis-server, {ingest}, {_processors(args.processors)}, "
+        "archiver, api, scheduler "
         f"and this bench's device driver all share these {cores} cores; other busy processes "
         f"at start: {facts.others}"
     )
@@ -81,6 +82,10 @@ def header(facts: RunFacts) -> list[str]:
         f"processor's group join)"
     )
     return out
+
+
+def _processors(count: int) -> str:
+    return "processor" if count == 1 else f"{count} processors in one consumer group"
 
 
 def _ceiling(facts: RunFacts, ceiling: Ceiling) -> list[str]:
