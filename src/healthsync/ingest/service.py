@@ -79,7 +79,7 @@ async def serve(settings: Settings) -> None:
     if settings.ingest.check_port is not None:
         readiness = Readiness(publisher, settings.kafka.vitals_topic)
         await readiness.start(settings.ingest.host, settings.ingest.check_port)
-        tasks.append(loop.create_task(readiness.probe_forever(stop)))
+        tasks.append(loop.create_task(readiness.beat_forever(stop)))
     log.info("ingest listening", extra={"addresses": server.addresses})
     await stop.wait()
     log.info("ingest draining", extra={"inflight": server.inflight})
