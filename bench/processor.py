@@ -35,6 +35,7 @@ from typing import Any
 from confluent_kafka import Producer
 from redis import Redis
 
+from healthsync.collector import collect_less
 from healthsync.config import Settings
 from healthsync.domain.readings import Reading, reading_id_for
 from healthsync.kafka import client_config, ensure_topics
@@ -43,7 +44,6 @@ from healthsync.security import codec as roles
 from healthsync.security.codec import Codec
 from healthsync.security.crypto import Keyring
 from healthsync.stack import start_broker, start_redis
-from healthsync.stream.processor import collect_less
 from healthsync.wiring import build_processor
 
 INTERVAL_S = 1.0  # one reading per patient per second, as a bedside monitor sends

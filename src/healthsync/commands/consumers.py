@@ -36,7 +36,8 @@ def run_stage(args: argparse.Namespace, component: str, build: Callable[[Setting
 
 
 def cmd_process(args: argparse.Namespace) -> int:
-    from healthsync.stream.processor import Processor, collect_less
+    from healthsync.collector import collect_less
+    from healthsync.stream.processor import Processor
     from healthsync.wiring import build_processor
 
     def build(settings: Settings) -> Processor:

@@ -9,6 +9,7 @@ from healthsync.commands.base import Subparsers, settings_from
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from healthsync.collector import collect_less
     from healthsync.ingest.service import serve
     from healthsync.kafka import ensure_topics
     from healthsync.logs import setup_logging
@@ -20,6 +21,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         settings.ingest.port = args.port
     setup_logging("ingest", settings.log_level)
     ensure_topics(settings.kafka)
+    collect_less()
     asyncio.run(serve(settings))
     return 0
 

@@ -17,7 +17,6 @@ the reason, like any other value that is not a reading.
 from __future__ import annotations
 
 import functools
-import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -44,26 +43,6 @@ _LAG_INTERVAL_S = 1.0
 # How often the anomaly engine's clock ticks (device-offline checks) when caught up.
 _TICK_INTERVAL_S = 1.0
 T = TypeVar("T")
-# The cyclic collector's thresholds for the processor's process (see collect_less).
-_GC_THRESHOLDS = (20_000, 10, 10)
-
-
-def collect_less() -> None:
-    """Make the cyclic garbage collector cost the processor little; call once, after building.
-
-    A batch holds thousands of short-lived dicts and lists (readings, FHIR
-    resources, pipelined commands) until its sinks are written. With Python's
-    default threshold (a young collection every 700 allocations) they are
-    collected many times while still in use, promoted, and trigger full
-    collections of the whole heap: about a quarter of the processor's CPU.
-    Collecting the young generation every 20,000 allocations lets most of a
-    batch die by reference counting first, and what was built to start with
-    (modules, settings, clients) is frozen out of every later collection.
-    Reference cycles are still collected, only less often.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*_GC_THRESHOLDS)
 
 
 @dataclass(frozen=True)
