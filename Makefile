@@ -59,12 +59,14 @@ run: install
 # The tests in two worker processes, each with its own broker, Redis and moto (most of the
 # suite waits on services, so two workers take about half the time even on two cores); a
 # file's tests stay together on one worker, in their order, sharing its module fixtures.
+# The tests marked `alone` (the broker recycle under load) run after them in one process.
 # Then the alarm-quality tables of scenarios/*.toml (about a minute). Not yet with
 # --check: two targets are still missed on the files' own seeds (median delay 16 s against 15 s
 # on artefacts.toml and deterioration.toml; as many false alerts as the bedside-monitor baseline
 # on deterioration.toml, 1 vs 1; see docs/ALARMS.md), so the tables are printed, not enforced.
 test: install
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile -m "not alone"
+	$(BIN)/pytest -m alone
 	$(BIN)/healthsync eval
 
 lint: install

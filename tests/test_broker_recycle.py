@@ -31,6 +31,10 @@ from healthsync.supervisor import Pipeline
 from tests.conftest import Device, make_settings, wait_for
 from tests.live_stack import Load, live_stack
 
+# Under load a recycle here gives up (the stopped archiver's group not caught up within
+# recycle.STOPPED_TIMEOUT_S): with another test beside it on two cores, 2 runs in 5 failed.
+pytestmark = pytest.mark.alone
+
 PATIENTS = [f"P-{i}" for i in range(4)]
 
 
