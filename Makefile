@@ -56,13 +56,18 @@ vendor-uplot:
 run: install
 	$(BIN)/healthsync up --simulate $(DEVICES) --rate $(RATE)
 
-# The tests, then the alarm-quality tables of scenarios/*.toml (about a minute). The files
-# whose targets the engine meets are checked (--check: a regression fails the build); two
-# targets are still missed on the other two files' own seeds (median delay 15.7 s against
-# 15 s on artefacts.toml and deterioration.toml; as many false alerts as the bedside-monitor
+# The tests in two worker processes, each with its own broker, Redis and moto (most of the
+# suite waits on services, so two workers take about half the time even on two cores); a
+# file's tests stay together on one worker, in their order, sharing its module fixtures.
+# The tests marked `alone` (the broker recycle under load) run after them in one process.
+# Then the alarm-quality tables of scenarios/*.toml (about a minute). The files whose
+# targets the engine meets are checked (--check: a regression fails the build); two targets
+# are still missed on the other two files' own seeds (median delay 15.7 s against 15 s on
+# artefacts.toml and deterioration.toml; as many false alerts as the bedside-monitor
 # baseline on deterioration.toml, 1 vs 1; see docs/ALARMS.md), so theirs are printed only.
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile -m "not alone"
+	$(BIN)/pytest -m alone
 	$(BIN)/healthsync eval --check --scenario scenarios/stable.toml --scenario scenarios/slow_devices.toml
 	$(BIN)/healthsync eval --scenario scenarios/artefacts.toml --scenario scenarios/deterioration.toml
 

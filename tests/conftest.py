@@ -1,7 +1,7 @@
 """Fixtures that start real services: Tansu for Kafka, redis-server for Redis.
 
 One broker and one Redis serve the whole session; each test gets its own
-topics, consumer group, key prefix and ports, so tests never see each other's
+topics, consumer groups, key prefix and ports, so tests never see each other's
 data and never touch a Redis or Kafka the machine already runs. Encryption at
 rest is on, as by default: the session shares one keyring file, and tests read
 what the pipeline stored through the `codec` built from their settings.
@@ -158,7 +158,7 @@ def credentials(tmp_path_factory: pytest.TempPathFactory) -> Credentials:
 
 
 def make_settings(broker: Service, redis_server: Service, **sections: dict[str, Any]) -> Settings:
-    """Settings private to one test: unique topics, group, key prefix, ports and audit log."""
+    """Settings private to one test: unique topics, groups, key prefix, ports and audit log."""
     tag = uuid.uuid4().hex[:10]
     values: dict[str, Any] = {
         "kafka": {
@@ -173,6 +173,9 @@ def make_settings(broker: Service, redis_server: Service, **sections: dict[str, 
         # One ingest on the given ports; tests/test_ingest_front.py runs replicas behind HAProxy.
         "ingest": {"port": free_port(), "tls_port": free_port(), "replicas": 1},
         "processor": {"group_id": f"g{tag}", "batch_wait_s": 0.02},
+        # The archiver's group too: an archiver of an earlier test that stopped while joining
+        # the shared default group kept a later one waiting for its partitions past 30 s.
+        "archive": {"group_id": f"a{tag}"},
         # Plain HTTP keeps the many API tests simple; tests/test_transport_tls.py covers HTTPS.
         "api": {"port": free_port(), "tls_enabled": False},
         "auth": _session_credentials[0].auth_settings(tag),

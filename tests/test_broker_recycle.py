@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import cast
 
@@ -19,8 +20,8 @@ import pytest
 from confluent_kafka import Producer
 from redis import Redis
 
-from healthsync.config import Settings
-from healthsync.kafka import TopicIds, client_config
+from healthsync.config import KafkaSettings, Settings
+from healthsync.kafka import TopicIds, client_config, unread
 from healthsync.names import RedisKeys
 from healthsync.recycle import MAX_LAG_TO_HOLD, BrokerRecycler, RecycleAborted, resident_mib
 from healthsync.security.codec import Codec
@@ -29,6 +30,10 @@ from healthsync.store.archive.setup import Archive
 from healthsync.supervisor import Pipeline
 from tests.conftest import Device, make_settings, wait_for
 from tests.live_stack import Load, live_stack
+
+# Under load a recycle here gives up (the stopped archiver's group not caught up within
+# recycle.STOPPED_TIMEOUT_S): with another test beside it on two cores, 2 runs in 5 failed.
+pytestmark = pytest.mark.alone
 
 PATIENTS = [f"P-{i}" for i in range(4)]
 
@@ -48,7 +53,9 @@ def up(
     broker: Service, redis_server: Service, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Pipeline]:
     """The pipeline as `up` runs it, with an embedded broker of its own; shared by the tests
-    below, as a recycle waits until its consumers have run for 30 s."""
+    below, as a recycle waits until its consumers have run for 30 s. The tests that restart
+    no consumer come first, so that both recycles after them wait out that time only once
+    each (pytest runs a module's tests in the order they are written)."""
     settings = make_settings(broker, redis_server, ingest={"replicas": 2}, archive={"roll_s": 1})
     settings.kafka.bootstrap = None  # its own Tansu, behind the TLS front, as `up` has
     pipeline = Pipeline(settings, tmp_path_factory.mktemp("recycle") / "run")
@@ -79,10 +86,70 @@ def archived(settings: Settings) -> Counter[str]:
         reader.close()
 
 
+def caught_up(kafka: KafkaSettings, group: str) -> bool:
+    """Whether `group` has read everything on the vitals topic."""
+    return unread(kafka, group, [kafka.vitals_topic], 0) == 0
+
+
 def processed_total(client: Redis, pipeline: Pipeline) -> int:
     keys = pipeline.settings.redis.keys
     total = client.hget(keys.stats("processor"), "readings_processed_total")
     return int(cast("bytes | None", total) or 0)
+
+
+def test_holding_ingest_refuses_new_readings_until_released(up: Pipeline) -> None:
+    settings = up.settings
+    replicas = [c for c in up.children.values() if c.stage == "ingest"]
+    assert len(replicas) == 2
+    for child in replicas:
+        assert child.process is not None
+        os.kill(child.process.pid, signal.SIGUSR1)
+    for child in replicas:
+        hold_file = up.hold_file(child.name)
+        wait_for(hold_file.exists, timeout=15, what=f"{child.name} to say it is held")
+    device = Device(settings.ingest.host, settings.ingest.port)
+    reply = device.send(b"device_id=dev-h patient_id=P-9 seq=1 hr=70")
+    device.close()
+    assert reply.startswith("ERR 503 kafka_unavailable"), reply
+    for child in replicas:
+        assert child.process is not None
+        os.kill(child.process.pid, signal.SIGUSR2)
+    wait_for(
+        lambda: not any(up.hold_file(c.name).exists() for c in replicas),
+        timeout=15,
+        what="the replicas to be released",
+    )
+    device = Device(settings.ingest.host, settings.ingest.port)
+    reply = device.send(b"device_id=dev-h patient_id=P-9 seq=1 hr=70")
+    device.close()
+    assert reply.startswith("OK "), reply
+
+
+def test_ingest_is_not_held_while_the_processor_is_far_behind(up: Pipeline) -> None:
+    kafka = up.settings.kafka
+    processor = up.children["process"].process
+    assert processor is not None
+    recycler = BrokerRecycler(up, lambda _text: None)
+    wait_for(recycler.settled, timeout=60, what="the consumers to have joined their groups")
+    os.kill(processor.pid, signal.SIGSTOP)  # an overloaded processor, as far as Kafka sees
+    try:
+        producer = Producer(client_config(kafka, {"linger.ms": 5}))
+        for i in range(MAX_LAG_TO_HOLD + 1000):
+            producer.produce(kafka.vitals_topic, b"not a reading", f"k{i % 50}")
+        assert producer.flush(30) == 0
+        with pytest.raises(RecycleAborted, match="readings behind; ingest not held"):
+            recycler.recycle()
+        assert not any(up.hold_file(c.name).exists() for c in up.children.values())
+        device = Device(up.settings.ingest.host, up.settings.ingest.port)
+        reply = device.send(b"device_id=dev-h patient_id=P-9 seq=2 hr=70")
+        device.close()
+        assert reply.startswith("OK "), reply
+    finally:
+        os.kill(processor.pid, signal.SIGCONT)
+    # Running again, the processor works through what piled up, and the archiver too: the
+    # tests after this one start from consumers that have read everything.
+    for group in (up.settings.processor.group_id, up.settings.archive.group_id):
+        wait_for(partial(caught_up, kafka, group), timeout=60, what=f"{group} to catch up")
 
 
 @pytest.mark.timeout(300)
@@ -129,34 +196,6 @@ def test_a_recycle_under_load_empties_the_topics_and_loses_nothing_acknowledged(
         client.close()
 
 
-def test_holding_ingest_refuses_new_readings_until_released(up: Pipeline) -> None:
-    settings = up.settings
-    replicas = [c for c in up.children.values() if c.stage == "ingest"]
-    assert len(replicas) == 2
-    for child in replicas:
-        assert child.process is not None
-        os.kill(child.process.pid, signal.SIGUSR1)
-    for child in replicas:
-        hold_file = up.hold_file(child.name)
-        wait_for(hold_file.exists, timeout=15, what=f"{child.name} to say it is held")
-    device = Device(settings.ingest.host, settings.ingest.port)
-    reply = device.send(b"device_id=dev-h patient_id=P-9 seq=1 hr=70")
-    device.close()
-    assert reply.startswith("ERR 503 kafka_unavailable"), reply
-    for child in replicas:
-        assert child.process is not None
-        os.kill(child.process.pid, signal.SIGUSR2)
-    wait_for(
-        lambda: not any(up.hold_file(c.name).exists() for c in replicas),
-        timeout=15,
-        what="the replicas to be released",
-    )
-    device = Device(settings.ingest.host, settings.ingest.port)
-    reply = device.send(b"device_id=dev-h patient_id=P-9 seq=1 hr=70")
-    device.close()
-    assert reply.startswith("OK "), reply
-
-
 def test_the_broker_past_its_limit_is_recycled_and_its_memory_freed(up: Pipeline) -> None:
     kafka = up.settings.kafka
     producer = Producer(client_config(kafka, {"linger.ms": 5}))
@@ -183,29 +222,6 @@ def test_the_broker_past_its_limit_is_recycled_and_its_memory_freed(up: Pipeline
     # Below the limit now: nothing more to do, even once the pause after a recycle is over.
     recycler.not_before = 0.0
     assert recycler.check() is None
-
-
-def test_ingest_is_not_held_while_the_processor_is_far_behind(up: Pipeline) -> None:
-    kafka = up.settings.kafka
-    processor = up.children["process"].process
-    assert processor is not None
-    recycler = BrokerRecycler(up, lambda _text: None)
-    wait_for(recycler.settled, timeout=60, what="the consumers to have joined their groups")
-    os.kill(processor.pid, signal.SIGSTOP)  # an overloaded processor, as far as Kafka sees
-    try:
-        producer = Producer(client_config(kafka, {"linger.ms": 5}))
-        for i in range(MAX_LAG_TO_HOLD + 1000):
-            producer.produce(kafka.vitals_topic, b"not a reading", f"k{i % 50}")
-        assert producer.flush(30) == 0
-        with pytest.raises(RecycleAborted, match="readings behind; ingest not held"):
-            recycler.recycle()
-        assert not any(up.hold_file(c.name).exists() for c in up.children.values())
-        device = Device(up.settings.ingest.host, up.settings.ingest.port)
-        reply = device.send(b"device_id=dev-h patient_id=P-9 seq=2 hr=70")
-        device.close()
-        assert reply.startswith("OK "), reply
-    finally:
-        os.kill(processor.pid, signal.SIGCONT)
 
 
 @pytest.mark.timeout(300)

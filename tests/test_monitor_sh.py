@@ -265,11 +265,15 @@ def test_no_server_means_no_reply_and_exit_2(tmp_path: Path) -> None:
         "2",
         "--interval",
         "0",
+        # One resend each (the default 3 wait 0.5 + 1 + 2 s per reading).
+        "--retries",
+        "1",
         state=tmp_path,
     )
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.count("no reply from 127.0.0.1:") == 2
+    assert result.stderr.count("unanswered (no reply); resending in 0.5 s") == 2
 
 
 def test_a_server_that_never_answers_is_given_up_on(
@@ -288,10 +292,13 @@ def test_a_server_that_never_answers_is_given_up_on(
         "1",
         "--timeout",
         "1",
+        "--retries",
+        "1",
         state=tmp_path,
     )
     assert result.returncode == 2
     assert "no reply" in result.stderr
+    assert len(server.lines) == 2, "sent once and resent once, then given up on"
     assert time.monotonic() - started < 10
 
 
