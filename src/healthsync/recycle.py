@@ -12,7 +12,8 @@ when nothing is lost by it:
 2. the processor catches up with the vitals topic and is stopped (it commits
    after writing Redis and producing its observations and alerts);
 3. the archiver, and the EHR push when configured, catch up with what they
-   read and are stopped (the archiver writes what it buffered on the way);
+   read and are stopped (the archiver is asked, SIGUSR1, to write and commit
+   what it buffered until it has committed everything, then stopped);
 4. the vitals, observations and alerts topics are deleted and created again
    (their consumer groups' offsets go with them); the store's record of
    Kafka offsets is cleared, as after a broker restart;
@@ -56,6 +57,7 @@ SETTLE_S = 30.0
 # After a recycle, or a try that could not finish, wait this long before the next.
 RETRY_AFTER_S = 60.0
 _POLL_S = 0.2
+_NUDGE_S = 1.0
 _CONSUMERS = ("process", "archive", "push")
 _CREATE_ATTEMPTS = 5
 
@@ -182,10 +184,10 @@ class BrokerRecycler:
         try:
             for stage, (group, topics) in reads.items():
                 for child in self._children(stage):
-                    # The archiver commits only what it wrote, and writes its buffer when
-                    # it stops: it is asked after stopping, the others before.
-                    if stage != "archive":
-                        self._caught_up(group, topics, CATCH_UP_TIMEOUT_S)
+                    # The archiver commits only what it wrote: it is asked to write its
+                    # buffer (SIGUSR1) until it has read and committed everything.
+                    nudge = child if stage == "archive" else None
+                    self._caught_up(group, topics, CATCH_UP_TIMEOUT_S, nudge)
                     child.stop()
                     stopped.append(child)
                     if stage == "archive":
@@ -207,10 +209,23 @@ class BrokerRecycler:
         if lag > MAX_LAG_TO_HOLD:
             raise RecycleAborted(f"the processor is {lag} readings behind; ingest not held")
 
-    def _caught_up(self, group: str, topics: list[str], timeout: float) -> None:
+    def _caught_up(
+        self,
+        group: str,
+        topics: list[str],
+        timeout: float,
+        nudge: Child | None = None,
+    ) -> None:
+        """Wait until `group` has read and committed all of `topics`; `nudge` is sent
+        SIGUSR1 once a second meanwhile (the archiver: write what you buffered)."""
         kafka = self.pipeline.settings.kafka
+        nudged = 0.0
 
         def done() -> bool:
+            nonlocal nudged
+            if nudge is not None and time.monotonic() - nudged >= _NUDGE_S:
+                nudged = time.monotonic()
+                _signal(nudge, signal.SIGUSR1)
             try:
                 return unread(kafka, group, topics, 0) == 0
             except KafkaUnavailableError:
@@ -230,6 +245,11 @@ class BrokerRecycler:
                     raise
                 time.sleep(1.0)
         self.pipeline.forget_offsets()
+
+
+def _signal(child: Child, signum: int) -> None:
+    if child.alive and child.process is not None:
+        os.kill(child.process.pid, signum)
 
 
 def _wait(test: Callable[[], bool], timeout: float, what: str) -> None:

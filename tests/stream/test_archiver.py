@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
@@ -27,7 +28,7 @@ import pytest
 from healthsync.config import Settings
 from healthsync.domain.alerts import Alert
 from healthsync.domain.readings import Reading, reading_id_for
-from healthsync.kafka import TopicIds, ensure_topics, make_producer
+from healthsync.kafka import TopicIds, ensure_topics, make_producer, unread
 from healthsync.security import codec as roles
 from healthsync.security.codec import Codec
 from healthsync.stack import Service
@@ -280,3 +281,28 @@ def test_alert_events_are_archived_and_their_research_copy_names_no_device(
         research.column_names
     )
     assert b"mon-77" not in repr(rows).encode()
+
+
+def test_asked_to_write_now_the_archiver_commits_what_it_buffered_and_goes_on(
+    archive_settings: Settings, running: list[tuple[Archiver, threading.Thread]]
+) -> None:
+    # Rolls far longer than the test: only the request (SIGUSR1 in `healthsync archive`,
+    # sent by the broker recycle) writes them.
+    archive_settings.archive.roll_s = 3600
+    kafka = archive_settings.kafka
+    group = archive_settings.archive.group_id
+    produce(archive_settings, readings(0, 50))
+    archiver = start(build_archiver(archive_settings), running)
+    wait_for(lambda: unread(kafka, group, [kafka.vitals_topic], 0) == 50, 60, "a first read")
+    time.sleep(2.0)  # read and buffered by now, and nothing written
+    assert archived_ids(archive_settings) == []
+
+    def asked() -> bool:
+        archiver.write_now()
+        return unread(kafka, group, [kafka.vitals_topic], 0) == 0
+
+    wait_for(asked, 60, "everything read to be committed")
+    assert sorted(archived_ids(archive_settings)) == sorted(r.reading_id for r in readings(0, 50))
+    produce(archive_settings, readings(50, 10))  # still running: reads and buffers more
+    wait_for(asked, 60, "the later readings to be committed")
+    assert len(archived_ids(archive_settings)) == 60

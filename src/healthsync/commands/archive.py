@@ -42,5 +42,6 @@ def run(args: argparse.Namespace) -> int:
     archiver = build_archiver(settings)
     signal.signal(signal.SIGTERM, lambda *_: archiver.stop())
     signal.signal(signal.SIGINT, lambda *_: archiver.stop())
+    signal.signal(signal.SIGUSR1, lambda *_: archiver.write_now())
     archiver.run()
     return 0

@@ -122,10 +122,16 @@ class Archiver:
         # Per partition of this assignment: the incarnation of its last roll, the last offset.
         self.streams: dict[tuple[str, int], tuple[str, int]] = {}
         self.stopping = False
+        self.write_requested = False
         self._lag_at = 0.0
 
     def stop(self) -> None:
         self.stopping = True
+
+    def write_now(self) -> None:
+        """Write and commit what is buffered at the next pass, and go on (SIGUSR1): the
+        broker recycle has every reading archived before it stops the archiver."""
+        self.write_requested = True
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -159,6 +165,10 @@ class Archiver:
                     if not self.stopping:
                         self._add(message)
                 self._roll_due(time.monotonic())
+                if self.write_requested:
+                    self.write_requested = False
+                    for roll in self._writable():
+                        self._flush(roll)
                 self._report_lag()
             self._drain()
         finally:
@@ -311,9 +321,7 @@ class Archiver:
 
     def _drain(self) -> None:
         """On SIGTERM: write what is buffered, once; what fails is replayed on restart."""
-        for roll in list(self.rolls.values()):
-            if roll.cut is None or roll.last < roll.cut:
-                continue  # a replay not yet at the crashed run's cut: it must end there
+        for roll in self._writable():
             try:
                 self._write(roll)
             except Exception as exc:  # noqa: BLE001 - left uncommitted, replayed on restart
@@ -321,6 +329,11 @@ class Archiver:
                 continue
             self._commit(roll)
         self._report_lag()
+
+    def _writable(self) -> list[Roll]:
+        """The buffered rolls that may be written now: not a replay short of the crashed
+        run's cut, which must end there."""
+        return [r for r in self.rolls.values() if r.cut is not None and r.last >= r.cut]
 
     def _commit(self, roll: Roll) -> None:
         kafka = self.settings.kafka
