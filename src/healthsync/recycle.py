@@ -158,15 +158,13 @@ class BrokerRecycler:
     def _hold(self, ingest: list[Child]) -> None:
         for child in ingest:
             self.pipeline.hold_file(child.name).unlink(missing_ok=True)
-            if child.process is not None:
-                os.kill(child.process.pid, signal.SIGUSR1)
+            _signal(child, signal.SIGUSR1)
         files = [self.pipeline.hold_file(child.name) for child in ingest]
         _wait(lambda: all(f.exists() for f in files), HOLD_TIMEOUT_S, "ingest to hold")
 
     def _release(self, ingest: list[Child]) -> None:
         for child in ingest:
-            if child.alive and child.process is not None:
-                os.kill(child.process.pid, signal.SIGUSR2)
+            _signal(child, signal.SIGUSR2)
 
     def _drain_consumers(self) -> list[Child]:
         """Stop each consumer once it caught up, upstream first; the ones stopped."""

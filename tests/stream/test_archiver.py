@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
@@ -293,9 +292,13 @@ def test_asked_to_write_now_the_archiver_commits_what_it_buffered_and_goes_on(
     group = archive_settings.archive.group_id
     produce(archive_settings, readings(0, 50))
     archiver = start(build_archiver(archive_settings), running)
-    wait_for(lambda: unread(kafka, group, [kafka.vitals_topic], 0) == 50, 60, "a first read")
-    time.sleep(2.0)  # read and buffered by now, and nothing written
+
+    def buffered() -> int:
+        return sum(len(roll.rows) for roll in list(archiver.rolls.values()))
+
+    wait_for(lambda: buffered() == 50, 60, "the readings to be read and buffered")
     assert archived_ids(archive_settings) == []
+    assert unread(kafka, group, [kafka.vitals_topic], 0) == 50, "nothing committed yet"
 
     def asked() -> bool:
         archiver.write_now()

@@ -128,13 +128,7 @@ def corroborated_fall(
         return set()
     if before.value - spo2 <= cfg.max_jump.get("spo2", 0.0):
         return set()
-    for vital, rise in cfg.corroborating_rise.items():
-        value, level = vitals.get(vital), state.level(vital)
-        if value is None or level is None:
-            continue
-        if rise <= value - level <= cfg.max_jump.get(vital, math.inf):
-            return {"spo2"}
-    return set()
+    return {"spo2"} if _risen(state, cfg, vitals) else set()
 
 
 def corroborated_desaturation(
@@ -149,13 +143,23 @@ def corroborated_desaturation(
         return False
     if level - spo2 < cfg.corroborated_fall:
         return False
+    return _risen(state, cfg, vitals) == cfg.corroborating_rise.keys()
+
+
+def _risen(state: PatientState, cfg: AnomalySettings, vitals: Mapping[str, float]) -> set[str]:
+    """The vitals of ``corroborating_rise`` that rose in this reading by at least their
+    amount above their recent level, and by no more than they can (a bigger rise is a
+    lead or talking artefact itself)."""
+    risen = set()
     for vital, rise in cfg.corroborating_rise.items():
-        value, other = vitals.get(vital), state.level(vital)
-        if value is None or other is None:
-            return False
-        if not rise <= value - other <= cfg.max_jump.get(vital, math.inf):
-            return False
-    return True
+        value, level = vitals.get(vital), state.level(vital)
+        if (
+            value is not None
+            and level is not None
+            and rise <= value - level <= cfg.max_jump.get(vital, math.inf)
+        ):
+            risen.add(vital)
+    return risen
 
 
 def corroborated(state: PatientState, vital: str, sample: Sample) -> list[Sample]:
