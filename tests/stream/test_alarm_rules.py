@@ -26,6 +26,17 @@ def test_a_three_sample_probe_dip_is_an_artefact_not_a_critical_alarm() -> None:
     assert [a.value for a in run.artefacts] == [75, 80, 78]
 
 
+def test_a_shallow_three_sample_probe_dip_is_an_artefact_too() -> None:
+    run = Run()
+    # A patient at 93-94 whose probe slips: 85, 83, 80 for three samples (10 s), a fall
+    # of 8 points in 5 s that no oximeter's averaged saturation makes, then back.
+    events: list[AlertEvent] = []
+    for t, spo2 in [(0, 94), (5, 93), (10, 85), (15, 83), (20, 80), (25, 93), (30, 94)]:
+        events += run.send(reading(t, spo2=spo2, heart_rate=78))
+    assert opened(events) == []
+    assert [a.value for a in run.artefacts] == [85, 83, 80]
+
+
 def test_a_desaturation_the_heart_rate_corroborates_is_not_held_as_a_probe_artefact() -> None:
     corroborated, alone = Run(), Run()
     before = [(0, 97, 80), (5, 97, 81)]
@@ -117,10 +128,11 @@ def test_an_amber_only_medium_news2_needs_5_minutes_a_red_score_30_s() -> None:
 
 def test_a_late_sample_from_before_a_condition_does_not_restart_its_persistence() -> None:
     run = Run()
-    series(run, -30, 5, [96, 96, 96, 96])
+    # A gradual fall (no jump a probe artefact would make), so persistence alone decides.
+    series(run, -30, 5, [93, 93, 93, 93])
     events = series(run, 0, 5, [88, 88])
     # Measured before the low run began, delivered late by the network.
-    events += run.send(reading(-3, spo2=96))
+    events += run.send(reading(-3, spo2=93))
     events += run.send(reading(10, spo2=88))
     assert opened(events) == [("threshold:spo2", 10)]
 
