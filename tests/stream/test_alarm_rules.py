@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 from healthsync.domain.alerts import AlertEvent
 from healthsync.domain.rules import AnomalySettings
@@ -35,6 +36,31 @@ def test_a_shallow_three_sample_probe_dip_is_an_artefact_too() -> None:
         events += run.send(reading(t, spo2=spo2, heart_rate=78))
     assert opened(events) == []
     assert [a.value for a in run.artefacts] == [85, 83, 80]
+
+
+def test_a_sudden_desaturation_scattering_as_an_oximeter_reads_stands_at_15_s() -> None:
+    run = Run()
+    # 98 -> 80-84 with nothing else moving: held as a possible probe dip, and raised at
+    # the sample that completes a monitor's 15 s, though its samples spread by 4 points
+    # (a saturation's noise, which a 6-point max_jump says nothing about).
+    events = series(run, -10, 5, [98, 98])
+    events += series(run, 0, 5, [80, 83, 81, 84])
+    assert opened(events) == [("threshold:spo2", 15)]
+    assert run.artefacts == []
+
+
+def test_a_device_clock_behind_the_servers_does_not_cut_an_artefact_hold_short() -> None:
+    run = Run()
+    # The monitor's clock runs 40 s behind the server's (or its readings arrive 40 s
+    # late): a probe dip held on its own clock must not stand because the server's
+    # clock says its next sample is overdue, as it would if the two were compared.
+    events: list[AlertEvent] = []
+    for t, spo2 in [(0, 97), (5, 97), (10, 80), (15, 80), (20, 80), (25, 97), (30, 97)]:
+        late = replace(reading(t - 40, spo2=spo2, heart_rate=78), received_at=T0 + t)
+        events += run.send(late, now=t)
+        events += run.send(now=t + 2.5)  # the processor's clock ticks between readings
+    assert opened(events) == []
+    assert [a.value for a in run.artefacts] == [80, 80, 80]
 
 
 def test_a_desaturation_the_heart_rate_corroborates_is_not_held_as_a_probe_artefact() -> None:

@@ -55,7 +55,8 @@ the API). Where a default comes from:
   seeds 1-2). The SpO2 hold below takes no slack: with it, clustered probe dips
   four samples long stood and made false critical alerts. A held run stands
   only as a level: the samples that show its last hold (from the latest one a
-  full hold before the newest) must lie within half the vital's ``max_jump`` of
+  full hold before the newest) must lie within ``steady_spread`` (half the vital's
+  ``max_jump``; SpO2 4, an oximeter's +-2) of
   each other (a changed rhythm or pressure reads alike
   sample after sample; lead and probe artefacts scatter). Two spikes back to
   back outlasted the hold; false alerts on ``scenarios/artefacts.toml`` (its
@@ -264,6 +265,19 @@ DEFAULT_MAX_JUMP: dict[str, float] = {
     "bp_dia": 35,
 }
 
+# How far apart the samples of a held run may lie and still read as a new level (a
+# changed rhythm, pressure or saturation reads alike; artefacts scatter): half of what
+# each vital may jump; for SpO2 the 4 points over which a steady saturation reads on an
+# oximeter accurate to about +-2 (half its max_jump, 3, set real desaturations aside).
+DEFAULT_STEADY_SPREAD: dict[str, float] = {
+    "spo2": 4,
+    "heart_rate": 20,
+    "resp_rate": 6,
+    "temp": 0.75,
+    "bp_sys": 25,
+    "bp_dia": 17.5,
+}
+
 # Hysteresis: how far back inside the band a value must be before an alert may resolve.
 DEFAULT_MARGIN: dict[str, float] = {
     "spo2": 2,
@@ -306,6 +320,9 @@ class AnomalySettings(BaseModel):
     # once the new level has held for artefact_hold_s (it then counts from its own
     # time), and is set aside if a sample comes back nearer the old level than the new.
     max_jump: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MAX_JUMP))
+    # A held run stands only once the samples that show its last hold lie within this
+    # much of each other (per vital; a vital not named here: half its max_jump).
+    steady_spread: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_STEADY_SPREAD))
     artefact_window_s: float = Field(15.0, gt=0)
     artefact_hold_s: float = Field(10.0, ge=0)
     # A sudden fall in SpO2 is held this long instead: a slipping probe dips for up to
@@ -337,7 +354,8 @@ class AnomalySettings(BaseModel):
     @model_validator(mode="after")
     def _known_vitals(self) -> AnomalySettings:
         named = {r.vital for r in self.trends} | {r.vital for r in self.baselines}
-        unknown = sorted((named | set(self.margins) | set(self.max_jump)) - set(VITALS))
+        vitals = named | set(self.margins) | set(self.max_jump) | set(self.steady_spread)
+        unknown = sorted(vitals - set(VITALS))
         if unknown:
             raise ValueError(f"unknown vital(s) {unknown}; expected some of {sorted(VITALS)}")
         return self

@@ -165,6 +165,8 @@ class AnomalyEngine:
                 accepted, set_aside = screening.corroborated(state, vital, new), []
             else:
                 accepted, set_aside = screening.screen(state, self.cfg, vital, new, interval)
+                if vital in state.held:
+                    state.held_heard[vital] = reading.received_at
             if artefacts is not None:
                 artefacts.extend(screening.artefacts_of(patient, vital, set_aside))
             for sample in accepted:

@@ -38,8 +38,8 @@ INTERVALS_APART = 2.5
 # this share of the device's interval: its timing jitter. Without it, a 5 s monitor
 # whose third sample comes at 9.8 s waits for a fourth, 5 s later.
 JITTER_SLACK = 0.25
-# A held run stands only once its recent samples lie within this share of the vital's
-# max_jump of each other: a level, not a scatter.
+# A held run of a vital without a steady_spread stands only once its recent samples lie
+# within this share of the vital's max_jump of each other: a level, not a scatter.
 STEADY_SHARE = 0.5
 
 
@@ -63,14 +63,14 @@ def hold_for(cfg: AnomalySettings, vital: str, run: list[Sample], before: Sample
     return cfg.artefact_hold_s
 
 
-def steady(run: list[Sample], hold: float, jump: float, interval: float | None) -> bool:
+def steady(run: list[Sample], hold: float, spread: float, interval: float | None) -> bool:
     """Whether the held run's samples that show its last `hold` seconds agree as a new
     level does: a heart rhythm, a pressure or a saturation that has changed reads alike
     sample after sample, while lead, motion and probe artefacts scatter."""
     newest = run[-1].ts
     start = max((s.ts for s in run if lasted(newest - s.ts, hold, interval)), default=0.0)
     values = [s.value for s in run if s.ts >= start]
-    return max(values) - min(values) <= STEADY_SHARE * jump
+    return max(values) - min(values) <= spread
 
 
 def screen(
@@ -99,9 +99,12 @@ def screen(
             # Jitter slack, but not on a desaturation: a probe's dips come in clusters, and
             # four samples 14 s apart are two of them as often as a real fall.
             slack = None if hold == cfg.desaturation_hold_s else interval
-            stood = lasted(sample.ts - held[0].ts, hold, slack) and steady(held, hold, jump, slack)
+            spread = cfg.steady_spread.get(vital, STEADY_SHARE * jump)
+            lasting = lasted(sample.ts - held[0].ts, hold, slack)
+            stood = lasting and steady(held, hold, spread, slack)
             return (release(state, vital) if stood else []), []
         set_aside = state.held.pop(vital)  # back where it was: they were artefacts
+        state.held_heard.pop(vital, None)
     if sample.ts < last.ts:
         # Late and out of order: it may inform the rules, never move the level.
         if abs(sample.value - last.value) > jump:
@@ -166,6 +169,7 @@ def corroborated(state: PatientState, vital: str, sample: Sample) -> list[Sample
     """A change the reading's other vitals confirm (they moved with it, as in a real
     desaturation) is no artefact: it stands at once, and so does a run held before it."""
     run = state.held.pop(vital, [])
+    state.held_heard.pop(vital, None)
     state.last[vital] = sample
     return [*run, sample]
 
@@ -185,15 +189,23 @@ def _before_the_jump(
 def release(state: PatientState, vital: str) -> list[Sample]:
     """The vital's held run stands: it becomes the vital's level, and the rules see it."""
     run = state.held.pop(vital)
+    state.held_heard.pop(vital, None)
     state.last[vital] = run[-1]
     return run
 
 
 def stale_runs(state: PatientState, cfg: AnomalySettings, now: float) -> list[str]:
-    """Vitals whose held run nothing contradicted within the jump window: they stand."""
+    """Vitals whose held run nothing contradicted within the jump window: they stand.
+    Measured from when the run last heard from the device, on `now`'s (receive) clock:
+    a device clock behind the server's, or readings delayed on the network, would
+    otherwise make every held run look overdue at the first tick."""
     intervals = [d.interval for d in state.devices.values() if d.interval is not None]
     window = jump_window(cfg, max(intervals) if intervals else None)
-    return [vital for vital, run in state.held.items() if now - run[-1].ts > window]
+    return [
+        vital
+        for vital, run in state.held.items()
+        if now - state.held_heard.get(vital, run[-1].ts) > window
+    ]
 
 
 def artefacts_of(patient: str, vital: str, samples: list[Sample]) -> list[Artefact]:

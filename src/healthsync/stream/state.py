@@ -119,6 +119,9 @@ class PatientState:
     last: dict[str, Sample] = field(default_factory=dict)
     # Per vital, the samples since a jump, held as a probable artefact until time decides.
     held: dict[str, list[Sample]] = field(default_factory=dict)
+    # Per held vital, when (receive clock) its run last heard from the device: how long
+    # nothing has contradicted it is judged on the clock that ticks, never the device's.
+    held_heard: dict[str, float] = field(default_factory=dict)
     # Per vital, the kept (time, value) samples of the last RECENT_S: what NEWS2 scores.
     recent: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     windows: dict[str, TrendWindow] = field(default_factory=dict)
@@ -151,6 +154,7 @@ class PatientState:
             "held": {
                 k: [[s.ts, s.value, s.reading_id] for s in run] for k, run in self.held.items()
             },
+            "held_heard": self.held_heard,
             # Tuples are JSON arrays as lists are: no list per sample (every batch saves this).
             "recent": {k: list(r) for k, r in self.recent.items()},
             "windows": {k: w.to_list() for k, w in self.windows.items()},
@@ -171,6 +175,7 @@ class PatientState:
                 **{k: [sample(v)] for k, v in doc.get("suspect", {}).items()},  # older state
                 **{k: [sample(s) for s in run] for k, run in doc.get("held", {}).items()},
             },
+            held_heard={k: float(v) for k, v in doc.get("held_heard", {}).items()},
             recent={
                 k: [(float(t), float(v)) for t, v in r] for k, r in doc.get("recent", {}).items()
             },
