@@ -288,6 +288,9 @@ class Archiver:
         (found,) = result
         roll.cut = found.last if found else -1
         if found:
+            # It may start before the roll, at messages committed past as unarchivable:
+            # the replay takes its names, so that it rewrites the same objects.
+            roll.first = min(roll.first, found.first)
             log.info("replaying an archived batch", extra={"span": found.name})
 
     def _roll_due(self, now: float) -> None:
