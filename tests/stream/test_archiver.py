@@ -312,6 +312,39 @@ def test_asked_to_write_now_the_archiver_commits_what_it_buffered_and_goes_on(
     assert len(archived_ids(archive_settings)) == 60
 
 
+def test_a_partition_of_nothing_archivable_is_committed_when_asked_all_the_same(
+    archive_settings: Settings, running: list[tuple[Archiver, threading.Thread]]
+) -> None:
+    # Values that are not readings (the processor dead-letters them) where the group
+    # resumes: nothing to write, but unless they are committed the broker recycle waits
+    # for this group in vain.
+    archive_settings.archive.roll_s = 3600
+    kafka = archive_settings.kafka
+    group = archive_settings.archive.group_id
+    producer = make_producer(kafka)
+    for partition in range(kafka.partitions):
+        for _ in range(10):
+            producer.produce(kafka.vitals_topic, b"not a reading", b"k", partition=partition)
+    assert producer.flush(30) == 0
+    archiver = start(build_archiver(archive_settings), running)
+
+    def read() -> int:
+        return sum(roll.last - roll.first + 1 for roll in list(archiver.rolls.values()))
+
+    wait_for(lambda: read() == 10 * kafka.partitions, 60, "the values to be read")
+    assert unread(kafka, group, [kafka.vitals_topic], 100) == 10 * kafka.partitions
+
+    def asked() -> bool:
+        archiver.write_now()
+        return unread(kafka, group, [kafka.vitals_topic], 0) == 0
+
+    wait_for(asked, 30, "everything read to be committed")
+    assert archived_ids(archive_settings) == []
+    produce(archive_settings, readings(0, 20))  # readings after them are archived as ever
+    wait_for(asked, 60, "the readings after them to be committed")
+    assert sorted(archived_ids(archive_settings)) == sorted(r.reading_id for r in readings(0, 20))
+
+
 def test_a_crashed_batch_is_rewritten_by_a_run_resuming_past_its_unarchivable_start(
     archive_settings: Settings, tmp_path: Path, running: list[tuple[Archiver, threading.Thread]]
 ) -> None:
