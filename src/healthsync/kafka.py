@@ -164,7 +164,9 @@ def unread(
     committed waits for its start offset behind such a fetch, so the first messages
     can take over a second to come. With `before` (epoch seconds) only messages
     produced before it count, so the count means something while producers carry
-    on. KafkaUnavailableError if the ends are not all reached in `_UNREAD_BUDGET_S`.
+    on; a partition's first message produced after it ends its count, as the end
+    may never be reached then. KafkaUnavailableError if the ends are not all
+    reached in `_UNREAD_BUDGET_S`.
     """
     wanted = [TopicPartition(t, p) for t in topics for p in range(settings.partitions)]
     required = {"group.id": group, "enable.auto.commit": False, "enable.partition.eof": True}
@@ -188,11 +190,14 @@ def unread(
             # Short waits: consume() waits for a full batch or its timeout.
             for message in consumer.consume(1000, 0.2):
                 error = message.error()
-                if error is None:
-                    if cutoff is None or message.timestamp()[1] <= cutoff:
-                        count += 1
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    pending.discard((message.topic(), message.partition()))
+                place = (message.topic(), message.partition())
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(place)
+                elif cutoff is None or message.timestamp()[1] <= cutoff:
+                    count += 1
+                else:  # produced after `before`, as is what follows it
+                    pending.discard(place)
         return count
     except KafkaException as exc:
         raise KafkaUnavailableError(f"could not read what {group} has not: {exc}") from exc
