@@ -3,12 +3,16 @@ the topics are the pipeline's to create."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from healthsync.config import KafkaSettings
 from healthsync.errors import ConfigError
-from healthsync.kafka import client_config, delete_topics, ensure_topics, make_producer
+from healthsync.kafka import client_config, delete_topics, ensure_topics, make_producer, unread
 from healthsync.stack import Service
 from tests.conftest import make_settings
 
@@ -47,3 +51,61 @@ def test_a_deleted_topic_is_not_created_again_by_a_producer_asking_for_it(
     ensure_topics(kafka)
     partitions = admin.list_topics(timeout=5).topics[kafka.vitals_topic].partitions
     assert len(partitions) == kafka.partitions
+
+
+def test_unread_counts_up_to_each_partition_end_however_long_a_fetch_is_held(
+    broker: Service, redis_server: Service
+) -> None:
+    # A broker holds a fetch open for up to fetch.wait.max.ms while a partition in it has
+    # nothing new (Tansu for the whole wait), and a partition with no committed offset
+    # first waits for its start offset, behind that fetch. The group below is 30 messages
+    # behind; a quiet second, here as under load on two cores, does not mean it caught up.
+    kafka = make_settings(broker, redis_server).kafka
+    ensure_topics(kafka)
+    producer = make_producer(kafka)
+    producer.produce(kafka.vitals_topic, b"read", b"k", partition=0)
+    for _ in range(30):
+        producer.produce(kafka.vitals_topic, b"not read", b"k", partition=1)
+    assert producer.flush(30) == 0
+    group = f"{kafka.vitals_topic}-reader"
+    committer = Consumer(client_config(kafka, {}, {"group.id": group}))
+    committer.commit(offsets=[TopicPartition(kafka.vitals_topic, 0, 1)], asynchronous=False)
+    committer.close()
+
+    kafka.client = {"fetch.wait.max.ms": 1200}
+    assert unread(kafka, group, [kafka.vitals_topic], 0) > 0, "caught up, it says"
+    assert unread(kafka, group, [kafka.vitals_topic], 100) == 30
+
+
+def test_unread_before_a_time_counts_while_producers_carry_on(
+    broker: Service, redis_server: Service
+) -> None:
+    # Under steady production a partition's end moves on with every fetch: the count of
+    # what was there before `before` must not wait for an end it may never reach (the
+    # broker recycle asks while ingest still takes readings).
+    kafka = make_settings(broker, redis_server).kafka
+    ensure_topics(kafka)
+    producer = make_producer(kafka)
+    for i in range(40):
+        producer.produce(kafka.vitals_topic, b"before", f"k{i}".encode())
+    assert producer.flush(30) == 0
+    time.sleep(0.05)  # timestamps are in milliseconds: none on the edge
+    before = time.time()
+    time.sleep(0.05)
+    stop = threading.Event()
+
+    def carry_on() -> None:
+        while not stop.is_set():
+            for i in range(kafka.partitions * 5):
+                producer.produce(kafka.vitals_topic, b"after", f"k{i}".encode())
+            producer.flush(5)
+            time.sleep(0.01)
+
+    producing = threading.Thread(target=carry_on)
+    producing.start()
+    try:
+        time.sleep(0.5)
+        assert unread(kafka, "nobody", [kafka.vitals_topic], 1000, before=before) == 40
+    finally:
+        stop.set()
+        producing.join(10)

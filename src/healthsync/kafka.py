@@ -157,13 +157,19 @@ def unread(
     Counted by reading them (without joining the group or committing), not worked
     out from high watermarks: Tansu 0.6 reports a partition's end as one offset per
     record batch (1,000 messages in one batch: watermarks (0, 1)), which would make
-    a group that is behind look caught up. With `before` (epoch seconds) only
-    messages produced before it count, so the count means something while
-    producers carry on. Reading stops once nothing arrives for a second, or after
-    `_UNREAD_BUDGET_S`.
+    a group that is behind look caught up. Each partition is read up to the end its
+    fetches report (the partition-EOF event, which Tansu gets right), not until a
+    quiet second: Tansu holds a fetch for all of ``fetch.wait.max.ms`` (500 ms by
+    default) while a partition in it has nothing new, and a partition with nothing
+    committed waits for its start offset behind such a fetch, so the first messages
+    can take over a second to come. With `before` (epoch seconds) only messages
+    produced before it count, so the count means something while producers carry
+    on; a partition's first message produced after it ends its count, as the end
+    may never be reached then. KafkaUnavailableError if the ends are not all
+    reached in `_UNREAD_BUDGET_S`.
     """
     wanted = [TopicPartition(t, p) for t in topics for p in range(settings.partitions)]
-    required = {"group.id": group, "enable.auto.commit": False}
+    required = {"group.id": group, "enable.auto.commit": False, "enable.partition.eof": True}
     consumer = Consumer(client_config(settings, {}, required))
     cutoff = None if before is None else before * 1000
     try:
@@ -172,17 +178,26 @@ def unread(
             if tp.offset < 0:  # nothing committed yet: all of it is unread
                 tp.offset = OFFSET_BEGINNING
         consumer.assign(committed)
+        pending = {(tp.topic, tp.partition) for tp in committed}
         count = 0
         deadline = time.monotonic() + _UNREAD_BUDGET_S
-        while count <= limit and time.monotonic() < deadline:
-            messages = consumer.consume(1000, 1.0)
-            if not messages:
-                break
-            count += sum(
-                1
-                for m in messages
-                if m.error() is None and (cutoff is None or m.timestamp()[1] <= cutoff)
-            )
+        while pending and count <= limit:
+            if time.monotonic() > deadline:
+                raise KafkaUnavailableError(
+                    f"could not read to the end of what {group} has not read "
+                    f"in {_UNREAD_BUDGET_S:.0f} s"
+                )
+            # Short waits: consume() waits for a full batch or its timeout.
+            for message in consumer.consume(1000, 0.2):
+                error = message.error()
+                place = (message.topic(), message.partition())
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(place)
+                elif cutoff is None or message.timestamp()[1] <= cutoff:
+                    count += 1
+                else:  # produced after `before`, as is what follows it
+                    pending.discard(place)
         return count
     except KafkaException as exc:
         raise KafkaUnavailableError(f"could not read what {group} has not: {exc}") from exc

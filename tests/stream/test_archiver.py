@@ -23,11 +23,12 @@ from typing import Any
 import orjson
 import pyarrow.parquet as pq
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from healthsync.config import Settings
 from healthsync.domain.alerts import Alert
 from healthsync.domain.readings import Reading, reading_id_for
-from healthsync.kafka import TopicIds, ensure_topics, make_producer, unread
+from healthsync.kafka import TopicIds, client_config, ensure_topics, make_producer, unread
 from healthsync.security import codec as roles
 from healthsync.security.codec import Codec
 from healthsync.stack import Service
@@ -309,3 +310,81 @@ def test_asked_to_write_now_the_archiver_commits_what_it_buffered_and_goes_on(
     produce(archive_settings, readings(50, 10))  # still running: reads and buffers more
     wait_for(asked, 60, "the later readings to be committed")
     assert len(archived_ids(archive_settings)) == 60
+
+
+def test_a_partition_of_nothing_archivable_is_committed_when_asked_all_the_same(
+    archive_settings: Settings, running: list[tuple[Archiver, threading.Thread]]
+) -> None:
+    # Values that are not readings (the processor dead-letters them) where the group
+    # resumes: nothing to write, but unless they are committed the broker recycle waits
+    # for this group in vain.
+    archive_settings.archive.roll_s = 3600
+    kafka = archive_settings.kafka
+    group = archive_settings.archive.group_id
+    producer = make_producer(kafka)
+    for partition in range(kafka.partitions):
+        for _ in range(10):
+            producer.produce(kafka.vitals_topic, b"not a reading", b"k", partition=partition)
+    assert producer.flush(30) == 0
+    archiver = start(build_archiver(archive_settings), running)
+
+    def read() -> int:
+        return sum(roll.last - roll.first + 1 for roll in list(archiver.rolls.values()))
+
+    wait_for(lambda: read() == 10 * kafka.partitions, 60, "the values to be read")
+    assert unread(kafka, group, [kafka.vitals_topic], 100) == 10 * kafka.partitions
+
+    def asked() -> bool:
+        archiver.write_now()
+        return unread(kafka, group, [kafka.vitals_topic], 0) == 0
+
+    wait_for(asked, 30, "everything read to be committed")
+    assert archived_ids(archive_settings) == []
+    produce(archive_settings, readings(0, 20))  # readings after them are archived as ever
+    wait_for(asked, 60, "the readings after them to be committed")
+    assert sorted(archived_ids(archive_settings)) == sorted(r.reading_id for r in readings(0, 20))
+
+
+def test_a_crashed_batch_is_rewritten_by_a_run_resuming_past_its_unarchivable_start(
+    archive_settings: Settings, tmp_path: Path, running: list[tuple[Archiver, threading.Thread]]
+) -> None:
+    # The crashed run's batch starts with five values that are not readings. A later run
+    # committed past them (nothing to write) and stopped before reading on: the replay
+    # starts inside the crashed batch, and must rewrite it, not overlap it.
+    kafka = archive_settings.kafka
+    codec = Codec.from_settings(archive_settings)
+    producer = make_producer(kafka)
+    for _ in range(5):
+        producer.produce(kafka.vitals_topic, b"not a reading", b"k", partition=0)
+    for reading in readings(0, 100):
+        key = codec.message_key(reading.patient_id)
+        value = codec.seal_message(roles.VITALS, key, reading.to_json())
+        producer.produce(kafka.vitals_topic, value, key, partition=0)
+    assert producer.flush(30) == 0
+    archive_settings.archive.roll_s = 2  # all of it read before the first roll is due
+    built = build_archiver(archive_settings)
+    source = Source(built.consumer, built.topic_id)
+    crashed = CrashBeforeCommit(
+        archive_settings, source, built.writer, built.codec, built.reporting
+    )
+    start(crashed, running)
+    root = tmp_path / "archive"
+    wait_for(lambda: any(root.glob("identified/**/*.parquet")), 60, "the crashed run's batch")
+    running[0][1].join(30)
+    crashed_keys = sorted(p.relative_to(root) for p in root.rglob("*.parquet"))
+    assert {Span.parse(key.name) for key in crashed_keys} == {Span(0, 0, 104)}
+    committer = Consumer(client_config(kafka, {}, {"group.id": archive_settings.archive.group_id}))
+    committer.commit(offsets=[TopicPartition(kafka.vitals_topic, 0, 5)], asynchronous=False)
+    committer.close()
+
+    produce(archive_settings, readings(100, 50))
+    replay = start(build_archiver(archive_settings), running)
+    wait_for(lambda: len(archived_ids(archive_settings)) >= 150, 60, "the replay")
+    replay.stop()
+    running[1][1].join(30)
+
+    assert set(crashed_keys) <= {p.relative_to(root) for p in root.rglob("*.parquet")}
+    ids = archived_ids(archive_settings)
+    assert [i for i, n in Counter(ids).items() if n > 1] == []
+    assert sorted(ids) == sorted(r.reading_id for r in readings(0, 150))
+    assert spans_overlap(root) == []

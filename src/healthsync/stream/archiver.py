@@ -25,6 +25,10 @@ committing its offsets, which mean nothing in the new one.
 
 Values are opened through the codec; one that cannot be opened or is not a
 reading is counted and skipped (the processor sends it to the dead-letter topic).
+A roll of nothing else is committed without writing anything, so that such
+values never keep the group behind (the broker recycle waits until it has
+committed everything); a restart may then begin inside a crashed run's batch,
+and :func:`find_span` finds the batch there too.
 """
 
 from __future__ import annotations
@@ -79,6 +83,15 @@ class Roll:
     @property
     def span(self) -> Span:
         return Span(self.partition, self.first, self.last, self.incarnation)
+
+    @property
+    def writable(self) -> bool:
+        """Whether the roll may be written and committed now: not a replay short of the
+        crashed run's cut, which must end there. One at a committed offset that read
+        nothing archivable (cut unknown) has nothing to write: it is committed as is."""
+        if self.cut is None:
+            return not self.rows
+        return self.last >= self.cut
 
 
 @dataclass(frozen=True)
@@ -288,15 +301,16 @@ class Archiver:
         (found,) = result
         roll.cut = found.last if found else -1
         if found:
+            # It may start before the roll, at messages committed past as unarchivable:
+            # the replay takes its names, so that it rewrites the same objects.
+            roll.first = min(roll.first, found.first)
             log.info("replaying an archived batch", extra={"span": found.name})
 
     def _roll_due(self, now: float) -> None:
         cfg = self.settings.archive
         for roll in list(self.rolls.values()):
-            if roll.cut is None or roll.cut >= 0:
-                # A replay cuts where the crashed run did, nowhere else; and until a
-                # reading tells where to look, whether there is one is not known.
-                continue
+            if (roll.cut is not None and roll.cut >= 0) or not roll.writable:
+                continue  # a replay cuts where the crashed run did, nowhere else
             if roll.size >= cfg.roll_bytes or now - roll.opened_at >= cfg.roll_s:
                 self._flush(roll)
 
@@ -331,15 +345,15 @@ class Archiver:
         self._report_lag()
 
     def _writable(self) -> list[Roll]:
-        """The buffered rolls that may be written now: not a replay short of the crashed
-        run's cut, which must end there."""
-        return [r for r in self.rolls.values() if r.cut is not None and r.last >= r.cut]
+        """The buffered rolls that may be written now (:attr:`Roll.writable`)."""
+        return [r for r in self.rolls.values() if r.writable]
 
     def _commit(self, roll: Roll) -> None:
         kafka = self.settings.kafka
         topic = kafka.alerts_topic if roll.dataset == ALERTS else kafka.vitals_topic
         self.rolls.pop((topic, roll.partition), None)
-        self.resumed.discard((topic, roll.partition))
+        if roll.cut is not None:  # else a crashed run's batch may start with these messages:
+            self.resumed.discard((topic, roll.partition))  # the next roll looks for it
         try:
             self.consumer.commit(
                 offsets=[TopicPartition(topic, roll.partition, roll.last + 1)], asynchronous=False

@@ -152,11 +152,14 @@ def find_span(
 
     Only the partition, first offset and incarnation of `start` count: a batch
     of an earlier incarnation of the topic that started at the same offset is
-    another batch. `first_ts` is the time of the batch's first row: its hour
-    names the directory the batch's first object went to. If compaction has
-    merged that object already (an hour's or a day's), the merged object's last
-    offset is the cut: the crashed batch was the partition's last one written,
-    so nothing after it is in there.
+    another batch. A batch that starts before `start` and covers it counts too:
+    the archiver commits past messages it cannot archive without writing
+    anything, so a restart may begin after the crashed batch's first offset
+    (never after its first row). `first_ts` is the time of the batch's first
+    row: its hour names the directory the batch's first object went to. If
+    compaction has merged that object already (an hour's or a day's), the
+    merged object's last offset is the cut: the crashed batch was the
+    partition's last one written, so nothing after it is in there.
     """
     partition, first = start.partition, start.first
     hour = _hour(first_ts)
@@ -168,7 +171,7 @@ def find_span(
         if (piece := coverage.parse(key)) is not None
         and piece.stream == (partition, start.incarnation)
     ]
-    spans = [p.span for p in pieces if not p.compacted and p.span.first == first]
+    spans = [p.span for p in pieces if not p.compacted and p.span.first <= first <= p.span.last]
     if spans:
         return max(spans, key=lambda s: s.last)
     merged = [p.span for p in pieces if p.compacted and p.span.first <= first <= p.span.last]
