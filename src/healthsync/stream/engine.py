@@ -165,7 +165,7 @@ class AnomalyEngine:
                 accepted, set_aside = screening.corroborated(state, vital, new), []
             else:
                 accepted, set_aside = screening.screen(state, self.cfg, vital, new, interval)
-            if artefacts is not None:
+            if artefacts is not None and set_aside:
                 artefacts.extend(screening.artefacts_of(patient, vital, set_aside))
             for sample in accepted:
                 state.keep(vital, sample.ts, sample.value)
@@ -267,9 +267,12 @@ class AnomalyEngine:
                 width = TrendWindow.width_for(trend.window_s, interval)
                 window = state.windows[trend.name] = TrendWindow(trend.window_s, width=width)
             window.add(sample.ts, sample.value)
-            change, reference = window.change(trend.direction)
             kind = f"trend:{trend.name}"
-            if change < trend.delta and self._idle(state, patient, kind):
+            idle = self._idle(state, patient, kind)
+            if idle and not window.may_reach(trend.direction, trend.delta):
+                continue  # the common case, decided without computing the change
+            change, reference = window.change(trend.direction)
+            if change < trend.delta and idle:
                 continue
             holds = (
                 change >= trend.delta
