@@ -303,7 +303,7 @@ class AnomalyEngine:
         rule_cfg = self._baselines.get(vital)
         if rule_cfg is None:
             return []
-        baseline = state.baselines.setdefault(vital, Baseline())
+        baseline = state.baselines.get(vital) or state.baselines.setdefault(vital, Baseline())
         kind = f"baseline:{vital}"
         limit = baseline.deviation_limit(rule_cfg.sigmas, rule_cfg.min_delta)
         deviation = abs(sample.value - baseline.mean)

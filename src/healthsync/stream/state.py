@@ -10,6 +10,7 @@ processor picks up exactly where the last one stopped.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from healthsync.stream.trends import Baseline, TrendWindow, median
@@ -20,6 +21,7 @@ EVIDENCE = 10
 # is a nurse's considered reading, not one noisy sample of a monitor.
 RECENT_S = 15.0
 _RECENT_MAX = 32
+_VALUE = itemgetter(1)
 
 
 @dataclass(slots=True)
@@ -151,7 +153,7 @@ class PatientState:
         if not samples:
             last = self.last.get(vital)
             return None if last is None else last.value
-        return float(median([v for _, v in samples]))
+        return float(median(map(_VALUE, samples)))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -11,6 +11,7 @@ for an athlete and for a patient with a resting tachycardia alike.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,7 +33,7 @@ _RECENT = 5
 _BOUND_SLACK = 0.01
 
 
-def median(values: list[float]) -> float:
+def median(values: Iterable[float]) -> float:
     """The median, as statistics.median computes it (the same value, bit for bit), minus
     the generality: it runs for every sample of every vital."""
     ordered = sorted(values)
