@@ -29,6 +29,7 @@ patient: reading ids and alert ids are digests.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -106,6 +107,14 @@ def _epoch(stamp: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()
 
 
+@lru_cache(maxsize=1 << 14)
+def _score(stamp: str) -> bytes:
+    """The index score of a reading's Observations, as the client would send it (the
+    float's repr), formatted once for all of them: the client formats each float it
+    sends, and a reading's ten index members share one score."""
+    return repr(_epoch(stamp)).encode()
+
+
 class RedisFhirSink:
     """A Sink: each batch's ``resources`` in one MULTI/EXEC transaction.
 
@@ -122,7 +131,7 @@ class RedisFhirSink:
         self.keys = records.keys
         self.clustered = settings.clustered
         self._pipe: Any = None
-        self._indexes: dict[str, dict[str, float]] = {}
+        self._indexes: dict[str, dict[str, float | bytes]] = {}
         self._index_types: dict[str, str] = {}
         self._trimmed_at: dict[str, float] = {}
         self._set_many = client.register_script(_SET_MANY)
@@ -168,7 +177,7 @@ class RedisFhirSink:
         self._trim(pipe, self._indexes, self._index_types)
         self._pipe = pipe
 
-    def _index(self, index: str, kind: str, members: dict[str, float]) -> None:
+    def _index(self, index: str, kind: str, members: Mapping[str, float | bytes]) -> None:
         self._indexes.setdefault(index, {}).update(members)
         self._index_types[index] = kind
 
@@ -181,8 +190,10 @@ class RedisFhirSink:
             out[1].append(value)
             # Index the reading's Observations straight from it (the hot path): the
             # score is the instant written in their effectiveDateTime.
-            when = _epoch(isoformat_ms(reading.ts))
-            members = {observation_id(reading.reading_id, v): when for v in reading.vitals}
+            when = _score(isoformat_ms(reading.ts))
+            members: dict[str, float | bytes] = {
+                observation_id(reading.reading_id, v): when for v in reading.vitals
+            }
             self._index(everyone, "Observation", members)
             patient = fhir_id(reading.patient_id, self.records.codec.id_key)
             self._index(keys.fhir_index("Observation", patient), "Observation", members)
@@ -203,7 +214,7 @@ class RedisFhirSink:
             self._index(self.keys.fhir_index(kind, patient), kind, member)
 
     def _trim(
-        self, pipe: Any, indexes: dict[str, dict[str, float]], index_types: dict[str, str]
+        self, pipe: Any, indexes: dict[str, dict[str, float | bytes]], index_types: dict[str, str]
     ) -> None:
         now = time.time()
         cutoff = now - self.settings.history_retention_s

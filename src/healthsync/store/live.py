@@ -49,7 +49,7 @@ from healthsync.domain.readings import Reading
 from healthsync.errors import StoreBehindError
 from healthsync.metrics import StatsRecorder
 from healthsync.store import hourly
-from healthsync.store.records import LatestValue, Records, latest_value
+from healthsync.store.records import Records, latest_value
 
 # Trim a patient's history and seen-set at most this often, not on every batch.
 _TRIM_INTERVAL_S = 60.0
@@ -197,24 +197,27 @@ class RedisLiveSink:
     ) -> None:
         keys, records = self.keys, self.records
         cutoff = now - self.settings.history_retention_s
-        latest: dict[str, dict[str, LatestValue]] = {}
-        history: dict[str, dict[bytes, float]] = {}
-        seen: dict[str, dict[str, float]] = {}
+        newest: dict[str, dict[str, tuple[Reading, Any]]] = {}
+        history: dict[str, dict[bytes, bytes]] = {}
+        seen: dict[str, dict[str, bytes]] = {}
         last_seen: dict[str, float] = {}
         by_group: dict[int, list[Reading]] = {}
         for reading in readings:
             patient = reading.patient_id
-            fields = latest.setdefault(patient, {})
+            winners = newest.setdefault(patient, {})
             # The newest value of each field: readings of a patient can arrive out of order.
             for name, value in {**reading.vitals, **observed_in(reading)}.items():
-                held = fields.get(name)
-                if held is None or reading.ts >= held["ts"]:
-                    fields[name] = latest_value(reading, value)
-            history.setdefault(patient, {})[records.encode_history(patient, reading)] = reading.ts
-            seen.setdefault(patient, {})[reading.reading_id] = reading.ts
+                held = winners.get(name)
+                if held is None or reading.ts >= held[0].ts:
+                    winners[name] = (reading, value)
+            # Both scores as the client would send them (the float's repr), formatted once.
+            score = repr(reading.ts).encode()
+            history.setdefault(patient, {})[records.encode_history(patient, reading)] = score
+            seen.setdefault(patient, {})[reading.reading_id] = score
             last_seen[patient] = max(last_seen.get(patient, 0.0), reading.ts)
             by_group.setdefault(keys.group_of(patient), []).append(reading)
-        for patient, fields in latest.items():
+        for patient, won in newest.items():
+            fields = {name: latest_value(reading, value) for name, (reading, value) in won.items()}
             pipe = pipes[keys.group_of(patient)]
             pipe.hset(keys.latest(patient), mapping=records.encode_latest(patient, fields))
             pipe.zadd(keys.history(patient), history[patient])

@@ -36,13 +36,6 @@ from healthsync.stream.trends import Baseline, TrendWindow, recovery
 StateLoader = Callable[[list[str] | None], dict[str, dict[str, Any]]]
 OpenAlertsLoader = Callable[[], list[Alert]]
 
-# Signal quality below this (``sqi``, 0-1) marks a pulse-oximeter sample as a probable artefact.
-POOR_SQI = 0.5
-# A perfusion index (%) below this makes SpO2 unreliable (motion, cold fingers).
-POOR_PI = 0.3
-# The vitals a pulse oximeter's signal quality speaks for.
-_OXIMETRY = ("spo2", "heart_rate")
-
 
 class AnomalyEngine:
     """A Step: opens, escalates and resolves alerts for the batch's readings and scores.
@@ -152,14 +145,14 @@ class AnomalyEngine:
         events = self._heard(state, reading)
         clock = state.devices.get(reading.device_id)
         interval = self.life.interval = clock.interval if clock is not None else None
-        poor = _poor_signal(reading)
+        poor = screening.poor_signal(reading.quality)
         corroborated = screening.corroborated_fall(state, self.cfg, reading.ts, reading.vitals)
         agreed = screening.corroborated_desaturation(state, self.cfg, reading.ts, reading.vitals)
         self._agreed = reading.reading_id if agreed else None
         for vital, value in reading.vitals.items():
             new = Sample(reading.ts, value, reading.reading_id)
             accepted: list[Sample]
-            if poor and vital in _OXIMETRY:
+            if poor and vital in screening.OXIMETRY:
                 accepted, set_aside = [], [new]
             elif vital in corroborated:
                 accepted, set_aside = screening.corroborated(state, vital, new), []
@@ -167,7 +160,7 @@ class AnomalyEngine:
                 accepted, set_aside = screening.screen(state, self.cfg, vital, new, interval)
                 if vital in state.held:
                     state.held_heard[vital] = reading.received_at
-            if artefacts is not None:
+            if artefacts is not None and set_aside:
                 artefacts.extend(screening.artefacts_of(patient, vital, set_aside))
             for sample in accepted:
                 state.keep(vital, sample.ts, sample.value)
@@ -269,9 +262,12 @@ class AnomalyEngine:
                 width = TrendWindow.width_for(trend.window_s, interval)
                 window = state.windows[trend.name] = TrendWindow(trend.window_s, width=width)
             window.add(sample.ts, sample.value)
-            change, reference = window.change(trend.direction)
             kind = f"trend:{trend.name}"
-            if change < trend.delta and self._idle(state, patient, kind):
+            idle = self._idle(state, patient, kind)
+            if idle and not window.may_reach(trend.direction, trend.delta):
+                continue  # the common case, decided without computing the change
+            change, reference = window.change(trend.direction)
+            if change < trend.delta and idle:
                 continue
             holds = (
                 change >= trend.delta
@@ -302,7 +298,7 @@ class AnomalyEngine:
         rule_cfg = self._baselines.get(vital)
         if rule_cfg is None:
             return []
-        baseline = state.baselines.setdefault(vital, Baseline())
+        baseline = state.baselines.get(vital) or state.baselines.setdefault(vital, Baseline())
         kind = f"baseline:{vital}"
         limit = baseline.deviation_limit(rule_cfg.sigmas, rule_cfg.min_delta)
         deviation = abs(sample.value - baseline.mean)
@@ -379,12 +375,6 @@ class AnomalyEngine:
                 state.keep(vital, sample.ts, sample.value)
                 events.extend(self._rules(state, patient, vital, sample))
         return events
-
-
-def _poor_signal(reading: Reading) -> bool:
-    """The device says its pulse-oximetry signal is too poor to trust."""
-    sqi, pi = reading.quality.get("sqi"), reading.quality.get("pi")
-    return (sqi is not None and sqi < POOR_SQI) or (pi is not None and pi < POOR_PI)
 
 
 def _limit_text(band: Threshold, severity: Severity | None) -> str:

@@ -43,6 +43,20 @@ JITTER_SLACK = 0.25
 STEADY_SHARE = 0.5
 
 
+# Signal quality below this (``sqi``, 0-1) marks a pulse-oximeter sample as a probable artefact.
+POOR_SQI = 0.5
+# A perfusion index (%) below this makes SpO2 unreliable (motion, cold fingers).
+POOR_PI = 0.3
+# The vitals a pulse oximeter's signal quality speaks for.
+OXIMETRY = ("spo2", "heart_rate")
+
+
+def poor_signal(quality: Mapping[str, float]) -> bool:
+    """The device says its pulse-oximetry signal is too poor to trust."""
+    sqi, pi = quality.get("sqi"), quality.get("pi")
+    return (sqi is not None and sqi < POOR_SQI) or (pi is not None and pi < POOR_PI)
+
+
 def lasted(span: float, needed: float, interval: float | None) -> bool:
     """Whether samples `span` seconds apart show something lasting `needed` seconds."""
     return span >= needed - JITTER_SLACK * (interval or 0.0)

@@ -9,11 +9,11 @@ processor picks up exactly where the last one stopped.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
-from healthsync.stream.trends import Baseline, TrendWindow
+from healthsync.stream.trends import Baseline, TrendWindow, median
 
 # Samples kept as an alert's evidence.
 EVIDENCE = 10
@@ -21,6 +21,7 @@ EVIDENCE = 10
 # is a nurse's considered reading, not one noisy sample of a monitor.
 RECENT_S = 15.0
 _RECENT_MAX = 32
+_VALUE = itemgetter(1)
 
 
 @dataclass(slots=True)
@@ -130,13 +131,24 @@ class PatientState:
 
     def keep(self, vital: str, ts: float, value: float) -> None:
         """Remember a kept sample; those older than RECENT_S before the newest are dropped
-        (the newest one always stays, however old)."""
-        kept, sample = self.recent.get(vital, []), (ts, value)
-        # Samples mostly come in order: then the kept ones (sorted) need no sort.
-        in_order = not kept or kept[-1] <= sample
-        samples = [*kept, sample] if in_order else sorted([*kept, sample])
-        newest = samples[-1][0]
-        self.recent[vital] = [p for p in samples if p[0] >= newest - RECENT_S][-_RECENT_MAX:]
+        (the newest one always stays, however old). The kept samples stay sorted, so what
+        is dropped is a run at the front: every reading's every vital passes here, so the
+        list is changed in place rather than rebuilt."""
+        kept, sample = self.recent.get(vital), (ts, value)
+        if not kept:
+            self.recent[vital] = [sample]
+            return
+        in_order = kept[-1] <= sample
+        kept.append(sample)
+        if not in_order:
+            kept.sort()
+        cutoff = kept[-1][0] - RECENT_S
+        drop = 0
+        while kept[drop][0] < cutoff:
+            drop += 1
+        drop = max(drop, len(kept) - _RECENT_MAX)
+        if drop:
+            del kept[:drop]
 
     def level(self, vital: str) -> float | None:
         """The vital's current level: the median of its recent kept samples."""
@@ -144,7 +156,7 @@ class PatientState:
         if not samples:
             last = self.last.get(vital)
             return None if last is None else last.value
-        return float(statistics.median(v for _, v in samples))
+        return float(median(map(_VALUE, samples)))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -11,7 +11,7 @@ for an athlete and for a patient with a resting tachycardia alike.
 from __future__ import annotations
 
 import math
-import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,6 +27,20 @@ _LEVEL_S = 30.0
 # The current level is the median of this many latest samples, so one or two odd samples
 # move nothing (with 3, two noisy samples of five made a 4-point SpO2 "fall" on stable patients).
 _RECENT = 5
+# How far below a rule's delta a bound on the change must stay for the change itself to be
+# skipped (see TrendWindow.may_reach): far above the rounding of the change and any error
+# of the float sums behind it.
+_BOUND_SLACK = 0.01
+
+
+def median(values: Iterable[float]) -> float:
+    """The median, as statistics.median computes it (the same value, bit for bit), minus
+    the generality: it runs for every sample of every vital."""
+    ordered = sorted(values)
+    n = len(ordered)
+    if n % 2:
+        return ordered[n // 2]
+    return (ordered[n // 2 - 1] + ordered[n // 2]) / 2
 
 
 @dataclass(slots=True)
@@ -41,6 +55,8 @@ class TrendWindow:
     buckets: list[list[float]] = field(default_factory=list)  # [start, sum, count, low, high]
     recent: list[float] = field(default_factory=list)
     width: float = 0.0  # 0: window_s / _BUCKETS
+    # The lowest and highest sample of the buckets (None: to be found again), not stored.
+    _span: tuple[float, float] | None = field(default=None, init=False, repr=False, compare=False)
 
     @staticmethod
     def width_for(window_s: float, interval: float | None) -> float:
@@ -61,20 +77,48 @@ class TrendWindow:
             bucket[1] += value
             bucket[2] += 1
             bucket[3], bucket[4] = min(bucket[3], value), max(bucket[4], value)
+            self._widen(value)
         elif not self.buckets or start > self.buckets[-1][0]:
             self.buckets.append([start, value, 1, value, value])
+            self._widen(value)
         # (an out-of-order sample older than the newest bucket only updates `recent`)
         cutoff = ts - self.window_s
         while self.buckets and self.buckets[0][0] + width <= cutoff:
             self.buckets.pop(0)
-        self.recent = [*self.recent, value][-_RECENT:]
+            self._span = None
+        recent = self.recent
+        recent.append(value)
+        if len(recent) > _RECENT:
+            del recent[: len(recent) - _RECENT]
+
+    def _widen(self, value: float) -> None:
+        span = self._span
+        if span is not None:
+            self._span = (min(span[0], value), max(span[1], value))
+
+    def may_reach(self, direction: Literal["rise", "fall"], delta: float) -> bool:
+        """False when :meth:`change` is sure to be below `delta` (> 0), found without it.
+
+        A reference is a mean of bucket means, so it lies within the window's lowest
+        and highest sample: the current level's distance from that sample bounds the
+        change. On a stable patient the bound stays well below the rule's delta, and
+        the means of every run of buckets need not be computed for each sample.
+        """
+        if len(self.recent) < _RECENT or not self.buckets:
+            return False
+        if self._span is None:
+            self._span = (min(b[3] for b in self.buckets), max(b[4] for b in self.buckets))
+        current = median(self.recent)
+        lowest, highest = self._span
+        bound = highest - current if direction == "fall" else current - lowest
+        return bound >= delta - _BOUND_SLACK
 
     def change(self, direction: Literal["rise", "fall"]) -> tuple[float, float]:
         """How far the current level has risen above the window's lowest bucket mean (or
         fallen below its highest), and that reference. (0, 0) until there are enough samples."""
         if len(self.recent) < _RECENT or not self.buckets:
             return 0.0, 0.0
-        current = statistics.median(self.recent)
+        current = median(self.recent)
         # A bucket of one sample (after a gap, or the one just begun) is one noisy sample,
         # not a level: it is no reference while fuller buckets are there.
         full = [b for b in self.buckets if b[2] >= 2] or self.buckets
