@@ -72,7 +72,7 @@ def test_unread_counts_up_to_each_partition_end_however_long_a_fetch_is_held(
     committer.commit(offsets=[TopicPartition(kafka.vitals_topic, 0, 1)], asynchronous=False)
     committer.close()
 
-    kafka.client = {"fetch.wait.max.ms": 1200}
+    kafka.client = {"fetch.wait.max.ms": "1200"}
     assert unread(kafka, group, [kafka.vitals_topic], 0) > 0, "caught up, it says"
     assert unread(kafka, group, [kafka.vitals_topic], 100) == 30
 
