@@ -8,7 +8,8 @@ from pathlib import Path
 
 from redis import Redis
 
-from healthsync.stack import EmbeddedStack, start_redis
+from healthsync.errors import HealthSyncError
+from healthsync.stack import EmbeddedStack, Service, start_redis
 from healthsync.watchdog import ServiceWatchdog
 from tests.conftest import wait_for
 
@@ -37,4 +38,31 @@ def test_a_service_that_cannot_restart_is_reported_down_until_it_can(tmp_path: P
         client.close()
     finally:
         blocker.close()
+        redis.stop()
+
+
+def test_what_must_follow_a_restart_is_retried_until_it_succeeds(tmp_path: Path) -> None:
+    # The broker came back, but too slowly to take its topics in the supervisor's few
+    # attempts: the watchdog must not forget them, or ingest never acknowledges again.
+    redis = start_redis(log_dir=tmp_path)
+    said: list[str] = []
+    made: list[str] = []
+
+    def after_restart(service: Service) -> None:
+        if not made:
+            made.append("refused")
+            raise HealthSyncError(f"{service.name} restarted but not ready: timed out")
+        made.append("done")
+
+    watchdog = ServiceWatchdog(EmbeddedStack(redis=redis), said.append, after_restart)
+    try:
+        redis.process.send_signal(signal.SIGKILL)
+        redis.process.wait()
+        assert watchdog.check() == ["redis"], "running again, but not ready"
+        assert "redis restarted but not ready: timed out; retrying" in said
+        wait_for(lambda: watchdog.check() == [], timeout=10, what="the retried after-restart")
+        assert made == ["refused", "done"]
+        assert watchdog.check() == [] and made == ["refused", "done"], "done once"
+        assert watchdog.restarts("redis") == 1, "the process itself was restarted once"
+    finally:
         redis.stop()

@@ -4,7 +4,9 @@ The supervisor calls :meth:`ServiceWatchdog.check` once a second. A service
 that died is started again with the same command on the same port, so the
 stages' clients reconnect to the address they already know. One that keeps
 dying waits longer each time (1, 2, 4 ... 30 s); one that ran for a minute
-counts as healthy again.
+counts as healthy again. What must follow a restart (the embedded broker's
+topics, made again) is retried on every check until it succeeds; until then the
+service is reported down.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ class ServiceWatchdog:
     # Called after a service came back (the broker's topics must be made again).
     on_restart: Callable[[Service], None] = lambda _service: None
     backoff: dict[str, Backoff] = field(default_factory=dict)
+    # Services running again whose on_restart failed (a broker too slow to take its
+    # topics): it is retried on every check until it succeeds, and they count as down.
+    unsettled: set[str] = field(default_factory=set)
 
     def restarts(self, name: str) -> int:
         return self.backoff[name].restarts if name in self.backoff else 0
@@ -61,6 +66,8 @@ class ServiceWatchdog:
         down = []
         for service in self.stack.services():
             if service.alive:
+                if service.name in self.unsettled and not self._settle(service):
+                    down.append(service.name)
                 continue
             backoff = self.backoff.setdefault(service.name, Backoff())
             if not backoff.due(now) or not self._restart(service, backoff, now):
@@ -73,8 +80,19 @@ class ServiceWatchdog:
         self.say(f"{service.name} exited with code {code}; restart {backoff.restarts}")
         try:
             service.restart()
-            self.on_restart(service)
         except HealthSyncError as exc:
             self.say(str(exc))
             return False
+        return self._settle(service)
+
+    def _settle(self, service: Service) -> bool:
+        """Run what must follow the service's restart; False (said once) if it failed."""
+        try:
+            self.on_restart(service)
+        except HealthSyncError as exc:
+            if service.name not in self.unsettled:
+                self.say(f"{exc}; retrying")
+            self.unsettled.add(service.name)
+            return False
+        self.unsettled.discard(service.name)
         return True
