@@ -34,7 +34,8 @@ from healthsync.security.codec import Codec
 from healthsync.stack import Service
 from healthsync.store.archive.layout import Span
 from healthsync.store.archive.setup import Archive
-from healthsync.stream.archiver import Archiver, Roll, Source
+from healthsync.stream.archiver import Archiver, Source
+from healthsync.stream.rolls import Roll
 from healthsync.wiring import build_archiver
 from tests.conftest import make_settings, wait_for
 
