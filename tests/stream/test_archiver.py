@@ -65,8 +65,9 @@ def readings(start: int, count: int) -> list[Reading]:
     return made
 
 
-def produce(settings: Settings, batch: list[Reading]) -> None:
-    """As ingest does: sealed, keyed by pseudonym, acknowledged with acks=all."""
+def produce(settings: Settings, batch: list[Reading], partition: int = -1) -> None:
+    """As ingest does: sealed, keyed by pseudonym, acknowledged with acks=all; all on
+    `partition` if given, else (-1, librdkafka's "unassigned") where the key puts each."""
     codec = Codec.from_settings(settings)
     producer = make_producer(settings.kafka)
     failures: list[Any] = []
@@ -78,6 +79,7 @@ def produce(settings: Settings, batch: list[Reading]) -> None:
             value,
             key,
             on_delivery=lambda err, _m: failures.append(err) if err else None,
+            partition=partition,
         )
     assert producer.flush(30) == 0 and not failures
 
@@ -205,35 +207,53 @@ class CrashBeforeCommit(Archiver):
         self.stop()
 
 
+def crash_after_first_batch(
+    settings: Settings, root: Path, running: list[tuple[Archiver, threading.Thread]]
+) -> list[Path]:
+    """Run an archiver until it wrote one batch and died before committing it; the
+    objects it left, relative to the archive's `root`."""
+    built = build_archiver(settings)
+    source = Source(built.consumer, built.topic_id)
+    crashed = CrashBeforeCommit(settings, source, built.writer, built.codec, built.reporting)
+    start(crashed, running)
+    wait_for(lambda: any(root.glob("identified/**/*.parquet")), 60, "the crashed run's batch")
+    running[-1][1].join(30)
+    return sorted(p.relative_to(root) for p in root.rglob("*.parquet"))
+
+
+def replay_after_crash(
+    settings: Settings,
+    root: Path,
+    running: list[tuple[Archiver, threading.Thread]],
+    crashed_keys: list[Path],
+    expected: list[Reading],
+) -> None:
+    """Run an archiver until it archived as many readings as `expected`; the crashed
+    run's objects were rewritten in place: each reading once, no spans overlapping."""
+    replay = start(build_archiver(settings), running)
+    wait_for(lambda: len(archived_ids(settings)) >= len(expected), 60, "the replay")
+    replay.stop()
+    running[-1][1].join(30)
+
+    assert set(crashed_keys) <= {p.relative_to(root) for p in root.rglob("*.parquet")}
+    ids = archived_ids(settings)
+    assert [i for i, n in Counter(ids).items() if n > 1] == []
+    assert sorted(ids) == sorted(r.reading_id for r in expected)
+    assert spans_overlap(root) == []
+
+
 def test_a_batch_written_but_not_committed_is_rewritten_not_duplicated(
     archive_settings: Settings, tmp_path: Path, running: list[tuple[Archiver, threading.Thread]]
 ) -> None:
     produce(archive_settings, readings(0, 200))
-    built = build_archiver(archive_settings)
-    source = Source(built.consumer, built.topic_id)
-    crashed = CrashBeforeCommit(
-        archive_settings, source, built.writer, built.codec, built.reporting
-    )
-    start(crashed, running)
     root = tmp_path / "archive"
-    wait_for(lambda: any(root.glob("identified/**/*.parquet")), 60, "the crashed run's batch")
-    running[0][1].join(30)
-    crashed_keys = sorted(p.relative_to(root) for p in root.rglob("*.parquet"))
+    crashed_keys = crash_after_first_batch(archive_settings, root, running)
 
     produce(archive_settings, readings(200, 100))
     # Longer rolls than the crashed run's: left to itself, the replay would cut its
     # batches elsewhere and overlap the crashed run's objects.
     archive_settings.archive.roll_s = 2
-    replay = start(build_archiver(archive_settings), running)
-    wait_for(lambda: len(archived_ids(archive_settings)) >= 300, 60, "the replay")
-    replay.stop()
-    running[1][1].join(30)
-
-    assert set(crashed_keys) <= {p.relative_to(root) for p in root.rglob("*.parquet")}
-    ids = archived_ids(archive_settings)
-    assert [i for i, n in Counter(ids).items() if n > 1] == []
-    assert sorted(ids) == sorted(r.reading_id for r in readings(0, 300))
-    assert spans_overlap(root) == []
+    replay_after_crash(archive_settings, root, running, crashed_keys, readings(0, 300))
     assert research_rows(archive_settings) == 300
 
 
@@ -353,39 +373,18 @@ def test_a_crashed_batch_is_rewritten_by_a_run_resuming_past_its_unarchivable_st
     # committed past them (nothing to write) and stopped before reading on: the replay
     # starts inside the crashed batch, and must rewrite it, not overlap it.
     kafka = archive_settings.kafka
-    codec = Codec.from_settings(archive_settings)
     producer = make_producer(kafka)
     for _ in range(5):
         producer.produce(kafka.vitals_topic, b"not a reading", b"k", partition=0)
-    for reading in readings(0, 100):
-        key = codec.message_key(reading.patient_id)
-        value = codec.seal_message(roles.VITALS, key, reading.to_json())
-        producer.produce(kafka.vitals_topic, value, key, partition=0)
     assert producer.flush(30) == 0
+    produce(archive_settings, readings(0, 100), partition=0)
     archive_settings.archive.roll_s = 2  # all of it read before the first roll is due
-    built = build_archiver(archive_settings)
-    source = Source(built.consumer, built.topic_id)
-    crashed = CrashBeforeCommit(
-        archive_settings, source, built.writer, built.codec, built.reporting
-    )
-    start(crashed, running)
     root = tmp_path / "archive"
-    wait_for(lambda: any(root.glob("identified/**/*.parquet")), 60, "the crashed run's batch")
-    running[0][1].join(30)
-    crashed_keys = sorted(p.relative_to(root) for p in root.rglob("*.parquet"))
+    crashed_keys = crash_after_first_batch(archive_settings, root, running)
     assert {Span.parse(key.name) for key in crashed_keys} == {Span(0, 0, 104)}
     committer = Consumer(client_config(kafka, {}, {"group.id": archive_settings.archive.group_id}))
     committer.commit(offsets=[TopicPartition(kafka.vitals_topic, 0, 5)], asynchronous=False)
     committer.close()
 
     produce(archive_settings, readings(100, 50))
-    replay = start(build_archiver(archive_settings), running)
-    wait_for(lambda: len(archived_ids(archive_settings)) >= 150, 60, "the replay")
-    replay.stop()
-    running[1][1].join(30)
-
-    assert set(crashed_keys) <= {p.relative_to(root) for p in root.rglob("*.parquet")}
-    ids = archived_ids(archive_settings)
-    assert [i for i, n in Counter(ids).items() if n > 1] == []
-    assert sorted(ids) == sorted(r.reading_id for r in readings(0, 150))
-    assert spans_overlap(root) == []
+    replay_after_crash(archive_settings, root, running, crashed_keys, readings(0, 150))
