@@ -95,7 +95,8 @@ def screen(
     interval: float | None,
 ) -> tuple[list[Sample], list[Sample]]:
     """The samples the rules may see now (none, this one, or a released run, in order),
-    and those now found to be artefacts."""
+    and those now found to be artefacts. A run still held afterwards is noted as heard
+    from by the caller (:attr:`PatientState.held_heard`, on the receive clock)."""
     jump = cfg.max_jump.get(vital)
     last = state.last.get(vital)
     if jump is None or last is None:
@@ -117,8 +118,7 @@ def screen(
             lasting = lasted(sample.ts - held[0].ts, hold, slack)
             stood = lasting and steady(held, hold, spread, slack)
             return (release(state, vital) if stood else []), []
-        set_aside = state.held.pop(vital)  # back where it was: they were artefacts
-        state.held_heard.pop(vital, None)
+        set_aside = _unhold(state, vital)  # back where it was: they were artefacts
     if sample.ts < last.ts:
         # Late and out of order: it may inform the rules, never move the level.
         if abs(sample.value - last.value) > jump:
@@ -182,8 +182,7 @@ def _risen(state: PatientState, cfg: AnomalySettings, vitals: Mapping[str, float
 def corroborated(state: PatientState, vital: str, sample: Sample) -> list[Sample]:
     """A change the reading's other vitals confirm (they moved with it, as in a real
     desaturation) is no artefact: it stands at once, and so does a run held before it."""
-    run = state.held.pop(vital, [])
-    state.held_heard.pop(vital, None)
+    run = _unhold(state, vital)
     state.last[vital] = sample
     return [*run, sample]
 
@@ -202,10 +201,15 @@ def _before_the_jump(
 
 def release(state: PatientState, vital: str) -> list[Sample]:
     """The vital's held run stands: it becomes the vital's level, and the rules see it."""
-    run = state.held.pop(vital)
-    state.held_heard.pop(vital, None)
+    run = _unhold(state, vital)
     state.last[vital] = run[-1]
     return run
+
+
+def _unhold(state: PatientState, vital: str) -> list[Sample]:
+    """The vital's held run (empty if none), no longer held."""
+    state.held_heard.pop(vital, None)
+    return state.held.pop(vital, [])
 
 
 def stale_runs(state: PatientState, cfg: AnomalySettings, now: float) -> list[str]:
