@@ -193,7 +193,9 @@ class ProcessorSettings(BaseModel):
     # (Tansu) gives up a fetch that takes longer to assemble: with 10 ms a processor
     # behind 40,000 single-reading batches got 34 of them in 15 s and never caught up;
     # with 100 it drains them in 0.4 s. A waiting fetch is answered as data arrives,
-    # so on a quiet partition 100 costs what 10 did (p50 2-3 ms; bench/fetch_wait.py).
+    # so on a quiet partition 100 costs what 10 did (p50 2-3 ms; bench/fetch_wait.py);
+    # under a steady flow over several partitions it costs about 27 ms at p50 and 37 ms
+    # at p99, and 50 (the shortest that drains a backlog) did not pay in bench/pipeline.py.
     fetch_wait_ms: int = Field(100, ge=1, le=5000)
     # A NEWS2 parameter older than this (relative to the patient's newest reading) no longer counts.
     news2_freshness_s: float = Field(900.0, gt=0)
