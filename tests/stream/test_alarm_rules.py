@@ -267,3 +267,36 @@ def test_a_news2_alert_stays_open_while_the_score_dips_below_5_for_minutes() -> 
     # Five minutes at 4 resolve it.
     events = [e for t in range(800, 1110, 5) for e in run.send(reading(t, **better))]
     assert [k for k in kinds(events) if k[1] == "news2"] == [("resolved", "news2", "warning")]
+
+
+def test_a_desaturation_whose_last_sample_arrives_after_the_recovery_still_alarms() -> None:
+    run = Run()
+    # 96 -> 83-84 for 16 s with nothing else moving, then back to 96. The sample that
+    # shows the fall lasted 15 s (at 18 s) is delayed on the network and arrives after
+    # the recovery: the fall must not stay set aside as a probe dip. A monitor with a
+    # 15 s delay alarmed at it; the engine can only know when it arrives.
+    events: list[AlertEvent] = []
+    for t, spo2 in [(-8, 96), (-3, 96), (2, 84), (8, 83), (13, 83), (22, 96)]:
+        events += run.send(reading(t, spo2=spo2, heart_rate=74))
+    assert opened(events) == [], "held: 11 s below is what a slipping probe does"
+    # The processor restarts before the late sample: what was set aside is in the state.
+    saved = dict(run.states)
+    run = Run(load_states=lambda patients: {p: saved[p] for p in (patients or saved)})
+    late = replace(reading(18, spo2=83, heart_rate=74), received_at=T0 + 23)
+    events += run.send(late)
+    assert [(kind, round(at)) for kind, at in opened(events)] == [("threshold:spo2", 18)]
+    assert [e.alert.severity for e in events if e.type == "opened"] == ["critical"]
+    # The late sample that shows the fall lasted is no artefact.
+    assert run.artefacts == []
+
+
+def test_a_late_sample_of_a_probe_dip_does_not_make_it_last() -> None:
+    run = Run()
+    # The same dip for 11 s, and a late sample from within it: the dip still lasted
+    # only 11 s, and stays a probe artefact.
+    events: list[AlertEvent] = []
+    for t, spo2 in [(-8, 96), (-3, 96), (2, 84), (8, 83), (18, 96), (23, 96)]:
+        events += run.send(reading(t, spo2=spo2, heart_rate=74))
+    events += run.send(replace(reading(13, spo2=83, heart_rate=74), received_at=T0 + 24))
+    assert opened(events) == []
+    assert [a.value for a in run.artefacts] == [84, 83, 83]

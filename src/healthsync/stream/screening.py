@@ -12,7 +12,9 @@ three samples:
   own time, so timers count from the jump, provided its recent samples agree as
   a level does (artefacts scatter);
 - a run that nothing contradicts before the device's next expected samples
-  stands (released by the clock tick).
+  stands (released by the clock tick);
+- a run set aside because the vital came back still stands if a sample measured
+  before the return, but delayed past it, shows that the run lasted after all.
 
 A real fast fall moves away from the old level sample after sample, so it is
 released after the hold, never set aside. What counts as consecutive adapts to
@@ -29,7 +31,7 @@ from collections.abc import Mapping
 
 from healthsync.domain.alerts import Artefact
 from healthsync.domain.rules import AnomalySettings
-from healthsync.stream.state import PatientState, Sample
+from healthsync.stream.state import PatientState, Sample, SetAside
 
 # Two samples this many of the device's intervals apart are still consecutive
 # (one lost sample between them included).
@@ -119,17 +121,45 @@ def screen(
             stood = lasting and steady(held, hold, spread, slack)
             return (release(state, vital) if stood else []), []
         set_aside = _unhold(state, vital)  # back where it was: they were artefacts
+        state.aside[vital] = SetAside(set_aside, hold_for(cfg, vital, set_aside, last), sample.ts)
     if sample.ts < last.ts:
         # Late and out of order: it may inform the rules, never move the level.
         if abs(sample.value - last.value) > jump:
-            return [], [*set_aside, sample]
+            run = _reinstated(state, cfg, vital, sample, interval)
+            return (run, set_aside) if run else ([], [*set_aside, sample])
         return [sample], set_aside
+    aside = state.aside.get(vital)
+    if aside is not None and sample.ts - aside.until > jump_window(cfg, interval):
+        del state.aside[vital]  # no late sample of it is still to come
     if sample.ts - last.ts <= jump_window(cfg, interval) and abs(sample.value - last.value) > jump:
         state.held[vital] = [sample]
         hold = hold_for(cfg, vital, [sample], last)
         return (release(state, vital) if hold <= 0 else []), set_aside
     state.last[vital] = sample
     return [sample], set_aside
+
+
+def _reinstated(
+    state: PatientState, cfg: AnomalySettings, vital: str, sample: Sample, interval: float | None
+) -> list[Sample]:
+    """The run set aside before `sample` came, with it, if `sample` was measured within
+    that run (before the vital came back), reads as the run does, and makes it last its
+    hold steadily: the run was no artefact, only its last samples arrived after the
+    return. The late sample is kept with the run either way, for a later one to complete."""
+    aside, last = state.aside.get(vital), state.last[vital]
+    if aside is None or not aside.run[0].ts < sample.ts < aside.until:
+        return []
+    level = statistics.median(s.value for s in aside.run)
+    if abs(sample.value - level) >= abs(sample.value - last.value):
+        return []
+    run = aside.run = sorted([*aside.run, sample], key=lambda s: s.ts)
+    slack = None if aside.hold == cfg.desaturation_hold_s else interval
+    spread = cfg.steady_spread.get(vital, STEADY_SHARE * cfg.max_jump[vital])
+    lasting = lasted(run[-1].ts - run[0].ts, aside.hold, slack)
+    if not (lasting and steady(run, aside.hold, spread, slack)):
+        return []
+    del state.aside[vital]
+    return run
 
 
 def corroborated_fall(

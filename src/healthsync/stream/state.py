@@ -114,6 +114,16 @@ class Sample:
 
 
 @dataclass(slots=True)
+class SetAside:
+    """A held run set aside when its vital came back (at `until`), and the `hold` it had
+    to last: a sample measured before the return that arrives after it may show it did."""
+
+    run: list[Sample]
+    hold: float
+    until: float
+
+
+@dataclass(slots=True)
 class PatientState:
     partition: int | None = None
     trackers: dict[str, Tracker] = field(default_factory=dict)
@@ -123,6 +133,8 @@ class PatientState:
     # Per held vital, when (receive clock) its run last heard from the device: how long
     # nothing has contradicted it is judged on the clock that ticks, never the device's.
     held_heard: dict[str, float] = field(default_factory=dict)
+    # Per vital, the last held run set aside, while a late sample may still complete it.
+    aside: dict[str, SetAside] = field(default_factory=dict)
     # Per vital, the kept (time, value) samples of the last RECENT_S: what NEWS2 scores.
     recent: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     windows: dict[str, TrendWindow] = field(default_factory=dict)
@@ -167,6 +179,10 @@ class PatientState:
                 k: [[s.ts, s.value, s.reading_id] for s in run] for k, run in self.held.items()
             },
             "held_heard": self.held_heard,
+            "aside": {
+                k: [[[s.ts, s.value, s.reading_id] for s in a.run], a.hold, a.until]
+                for k, a in self.aside.items()
+            },
             # Tuples are JSON arrays as lists are: no list per sample (every batch saves this).
             "recent": {k: list(r) for k, r in self.recent.items()},
             "windows": {k: w.to_list() for k, w in self.windows.items()},
@@ -188,6 +204,10 @@ class PatientState:
                 **{k: [sample(s) for s in run] for k, run in doc.get("held", {}).items()},
             },
             held_heard={k: float(v) for k, v in doc.get("held_heard", {}).items()},
+            aside={
+                k: SetAside([sample(s) for s in run], float(hold), float(until))
+                for k, (run, hold, until) in doc.get("aside", {}).items()
+            },
             recent={
                 k: [(float(t), float(v)) for t, v in r] for k, r in doc.get("recent", {}).items()
             },
