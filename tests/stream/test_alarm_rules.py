@@ -300,3 +300,21 @@ def test_a_late_sample_of_a_probe_dip_does_not_make_it_last() -> None:
     events += run.send(replace(reading(13, spo2=83, heart_rate=74), received_at=T0 + 24))
     assert opened(events) == []
     assert [a.value for a in run.artefacts] == [84, 83, 83]
+
+
+def test_a_corroborated_desaturation_after_poor_signal_samples_opens_at_its_second_sample() -> None:
+    run = Run()
+    # Perfusion fails as the patient desaturates: two samples with a poor signal (set
+    # aside), then SpO2 81 with the heart and the breathing up. The reference the
+    # corroboration compares with is the level before the fall, however long the poor
+    # samples kept the oximeter quiet, so the second sample confirms it as it would
+    # have without them.
+    events: list[AlertEvent] = []
+    before = [(-26, 94, 85, 17), (-21, 93, 86, 16), (-16, 94, 84, 17)]
+    poor = [(-10, 72, 84, 18), (-5, 82, 85, 18)]
+    fall = [(0, 81, 111, 24), (5, 81, 110, 25), (10, 80, 111, 23), (15, 79, 108, 25)]
+    for t, spo2, hr, rr in before + poor + fall:
+        signal = {"sqi": 0.3 if (t, spo2, hr, rr) in poor else 0.9}
+        sample = reading(t, spo2=spo2, heart_rate=hr, resp_rate=rr)
+        events += run.send(replace(sample, quality=signal))
+    assert opened(events)[:1] == [("threshold:spo2", 5)]

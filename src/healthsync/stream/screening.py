@@ -175,7 +175,8 @@ def corroborated_fall(
         return set()
     if before.value - spo2 <= cfg.max_jump.get("spo2", 0.0):
         return set()
-    return {"spo2"} if _risen(state, cfg, vitals) else set()
+    levels = _levels(state, cfg)
+    return {"spo2"} if _risen(levels, levels, cfg, vitals) else set()
 
 
 def corroborated_desaturation(
@@ -183,27 +184,54 @@ def corroborated_desaturation(
 ) -> bool:
     """Whether this reading shows SpO2 below its level with the heart AND the respiratory
     rate both risen above theirs: three sensors (oximeter, ECG, impedance) agreeing on a
-    hypoxaemia, which no single probe, lead or talking artefact makes."""
-    spo2, level = vitals.get("spo2"), state.level("spo2")
-    last = state.last.get("spo2")
-    if spo2 is None or level is None or last is None or ts <= last.ts:
+    hypoxaemia, which no single probe, lead or talking artefact makes.
+
+    While such a fall goes on, its readings may also agree with the levels from before
+    it (:attr:`PatientState.fall_from`), not only with recent levels the fall itself has
+    pulled along: samples set aside just before it (a failing perfusion reads as a poor
+    signal) would otherwise leave only the fall to compare the fall with."""
+    spo2, last = vitals.get("spo2"), state.last.get("spo2")
+    if spo2 is None or last is None or ts <= last.ts:
         return False
-    if level - spo2 < cfg.corroborated_fall:
-        return False
-    return _risen(state, cfg, vitals) == cfg.corroborating_rise.keys()
+    current = _levels(state, cfg)
+
+    def agree(levels: Mapping[str, float]) -> bool:
+        level = levels.get("spo2")
+        return (
+            level is not None
+            and level - spo2 >= cfg.corroborated_fall
+            and _risen(levels, current, cfg, vitals) == cfg.corroborating_rise.keys()
+        )
+
+    agreed = agree(current) or (bool(state.fall_from) and agree(state.fall_from))
+    state.fall_from = (state.fall_from or current) if agreed else {}
+    return agreed
 
 
-def _risen(state: PatientState, cfg: AnomalySettings, vitals: Mapping[str, float]) -> set[str]:
+def _levels(state: PatientState, cfg: AnomalySettings) -> dict[str, float]:
+    """The current levels of SpO2 and of the vitals that corroborate its fall."""
+    levels = {vital: state.level(vital) for vital in ("spo2", *cfg.corroborating_rise)}
+    return {vital: level for vital, level in levels.items() if level is not None}
+
+
+def _risen(
+    levels: Mapping[str, float],
+    current: Mapping[str, float],
+    cfg: AnomalySettings,
+    vitals: Mapping[str, float],
+) -> set[str]:
     """The vitals of ``corroborating_rise`` that rose in this reading by at least their
-    amount above their recent level, and by no more than they can (a bigger rise is a
-    lead or talking artefact itself)."""
+    amount above their `levels`, and by no more above their `current` levels than they
+    can between two samples (a bigger rise is a lead or talking artefact itself)."""
     risen = set()
     for vital, rise in cfg.corroborating_rise.items():
-        value, level = vitals.get(vital), state.level(vital)
+        value, level, now = vitals.get(vital), levels.get(vital), current.get(vital)
         if (
             value is not None
             and level is not None
-            and rise <= value - level <= cfg.max_jump.get(vital, math.inf)
+            and now is not None
+            and value - level >= rise
+            and value - now <= cfg.max_jump.get(vital, math.inf)
         ):
             risen.add(vital)
     return risen

@@ -135,6 +135,9 @@ class PatientState:
     held_heard: dict[str, float] = field(default_factory=dict)
     # Per vital, the last held run set aside, while a late sample may still complete it.
     aside: dict[str, SetAside] = field(default_factory=dict)
+    # While a corroborated desaturation goes on, the levels from before it (see
+    # screening.corroborated_desaturation); empty otherwise.
+    fall_from: dict[str, float] = field(default_factory=dict)
     # Per vital, the kept (time, value) samples of the last RECENT_S: what NEWS2 scores.
     recent: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     windows: dict[str, TrendWindow] = field(default_factory=dict)
@@ -179,6 +182,7 @@ class PatientState:
                 k: [[s.ts, s.value, s.reading_id] for s in run] for k, run in self.held.items()
             },
             "held_heard": self.held_heard,
+            "fall_from": self.fall_from,
             "aside": {
                 k: [[[s.ts, s.value, s.reading_id] for s in a.run], a.hold, a.until]
                 for k, a in self.aside.items()
@@ -204,6 +208,7 @@ class PatientState:
                 **{k: [sample(s) for s in run] for k, run in doc.get("held", {}).items()},
             },
             held_heard={k: float(v) for k, v in doc.get("held_heard", {}).items()},
+            fall_from={k: float(v) for k, v in doc.get("fall_from", {}).items()},
             aside={
                 k: SetAside([sample(s) for s in run], float(hold), float(until))
                 for k, (run, hold, until) in doc.get("aside", {}).items()
