@@ -324,3 +324,30 @@ def test_a_corroborated_desaturation_after_poor_signal_samples_opens_at_its_seco
         if t == 0:  # a processor restart in the middle of the fall forgets nothing
             run = restarted(run)
     assert opened(events)[:1] == [("threshold:spo2", 5)]
+
+
+def test_a_late_sample_from_before_a_held_jump_that_reads_as_it_does_makes_it_last() -> None:
+    run = Run()
+    # A 15 s monitor: heart rate 70, then 155 from 15 s. The 15 s sample is delayed and
+    # arrives after the 30 s one, which alone is a jump held as a possible lead artefact.
+    # Once it arrives, the new rate has stood from 15 s to 30 s: the alert opens then,
+    # not a sample (15 s) or more later.
+    for t in range(-90, 1, 15):
+        assert run.send(reading(t, heart_rate=70, spo2=97)) == []
+    assert run.send(replace(reading(30, heart_rate=155, spo2=97), received_at=T0 + 31)) == []
+    late = run.send(replace(reading(15, heart_rate=155, spo2=97), received_at=T0 + 40))
+    assert kinds(late) == [("opened", "threshold:heart_rate", "critical")]
+    assert run.artefacts == []
+
+
+def test_a_late_sample_older_than_the_level_before_a_jump_says_nothing_of_it() -> None:
+    run = Run()
+    # The same, but the late sample was measured before the last sample at 70: it does
+    # not make the jump older than the level it jumped from.
+    for t in range(-90, 1, 15):
+        if t != -15:
+            run.send(reading(t, heart_rate=70, spo2=97))
+    events = run.send(replace(reading(15, heart_rate=155, spo2=97), received_at=T0 + 16))
+    events += run.send(replace(reading(-15, heart_rate=150, spo2=97), received_at=T0 + 20))
+    assert opened(events) == []
+    assert [a.value for a in run.artefacts] == [150]

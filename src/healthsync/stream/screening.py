@@ -13,6 +13,8 @@ three samples:
   a level does (artefacts scatter);
 - a run that nothing contradicts before the device's next expected samples
   stands (released by the clock tick);
+- a late sample measured between the old level and the jump that reads as the
+  new level makes the held run begin earlier, and so stand sooner;
 - a run set aside because the vital came back still stands if a sample measured
   before the return, but delayed past it, shows that the run lasted after all.
 
@@ -26,12 +28,15 @@ perfusion index) is set aside at once.
 from __future__ import annotations
 
 import math
+import operator
 import statistics
 from collections.abc import Mapping
 
 from healthsync.domain.alerts import Artefact
 from healthsync.domain.rules import AnomalySettings
 from healthsync.stream.state import PatientState, Sample, SetAside
+
+_TS = operator.attrgetter("ts")
 
 # Two samples this many of the device's intervals apart are still consecutive
 # (one lost sample between them included).
@@ -79,6 +84,19 @@ def hold_for(cfg: AnomalySettings, vital: str, run: list[Sample], before: Sample
     return cfg.artefact_hold_s
 
 
+def _stood(
+    cfg: AnomalySettings, vital: str, run: list[Sample], before: Sample, interval: float | None
+) -> bool:
+    """Whether a held run (in time order) has lasted its hold, steadily, since the jump
+    from `before`."""
+    hold = hold_for(cfg, vital, run, before)
+    # Jitter slack, but not on a desaturation: a probe's dips come in clusters, and
+    # four samples 14 s apart are two of them as often as a real fall.
+    slack = None if hold == cfg.desaturation_hold_s else interval
+    spread = cfg.steady_spread.get(vital, STEADY_SHARE * cfg.max_jump[vital])
+    return lasted(run[-1].ts - run[0].ts, hold, slack) and steady(run, hold, spread, slack)
+
+
 def steady(run: list[Sample], hold: float, spread: float, interval: float | None) -> bool:
     """Whether the held run's samples that show its last `hold` seconds agree as a new
     level does: a heart rhythm, a pressure or a saturation that has changed reads alike
@@ -106,20 +124,17 @@ def screen(
         return [sample], []
     set_aside: list[Sample] = []
     held = state.held.get(vital)
-    if held is not None and sample.ts < held[0].ts:
-        return _before_the_jump(state, vital, sample, jump)
     if held is not None:
         level = statistics.median(s.value for s in held)
-        if abs(sample.value - last.value) > abs(sample.value - level):
-            held.append(sample)  # nearer the new level than the old one: still away
-            hold = hold_for(cfg, vital, held, last)
-            # Jitter slack, but not on a desaturation: a probe's dips come in clusters, and
-            # four samples 14 s apart are two of them as often as a real fall.
-            slack = None if hold == cfg.desaturation_hold_s else interval
-            spread = cfg.steady_spread.get(vital, STEADY_SHARE * jump)
-            lasting = lasted(sample.ts - held[0].ts, hold, slack)
-            stood = lasting and steady(held, hold, spread, slack)
-            return (release(state, vital) if stood else []), []
+        away = abs(sample.value - last.value) > abs(sample.value - level)
+        if sample.ts < held[0].ts and not (away and sample.ts > last.ts):
+            return _before_the_jump(state, vital, sample, jump)
+        if away:
+            # Nearer the new level than the old one: still away. A late sample measured
+            # between the old level and the jump shows the new level began earlier.
+            held.append(sample)
+            held.sort(key=_TS)
+            return (release(state, vital) if _stood(cfg, vital, held, last, interval) else []), []
         set_aside = _unhold(state, vital)  # back where it was: they were artefacts
         state.aside[vital] = SetAside(set_aside, hold_for(cfg, vital, set_aside, last), sample.ts)
     if sample.ts < last.ts:
@@ -248,7 +263,8 @@ def corroborated(state: PatientState, vital: str, sample: Sample) -> list[Sample
 def _before_the_jump(
     state: PatientState, vital: str, sample: Sample, jump: float
 ) -> tuple[list[Sample], list[Sample]]:
-    """Measured before a held jump but arrived after it: it says nothing about the jump."""
+    """Measured before a held jump but arrived after it, and either reading as the old
+    level does or older than the sample the jump was from: it says nothing about the jump."""
     last = state.last[vital]
     if abs(sample.value - last.value) > jump:
         return [], [sample]
