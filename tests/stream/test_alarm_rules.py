@@ -351,3 +351,22 @@ def test_a_late_sample_older_than_the_level_before_a_jump_says_nothing_of_it() -
     events += run.send(replace(reading(-15, heart_rate=150, spo2=97), received_at=T0 + 20))
     assert opened(events) == []
     assert [a.value for a in run.artefacts] == [150]
+
+
+def test_a_blood_pressure_cuffs_reading_does_not_cut_a_news2_persistence_short() -> None:
+    run = Run()
+    # A 15 s monitor and a cuff every 15 minutes. SpO2 reads 91 for 15 s (a red NEWS2
+    # part, inside the SpO2 alert band) and the cuff measures 10 s later: 25 s of a
+    # red score is not the 30 s a NEWS2 warning needs, whichever device's reading
+    # asks. The cuff's 15-minute interval is no jitter of the score's samples.
+    events: list[AlertEvent] = []
+    vitals = {"heart_rate": 75.0, "resp_rate": 16.0}
+    for t in range(-1800, -15, 15):
+        events += run.send(reading(t, device="mon", spo2=95, **vitals))
+        if t % 900 == 0:
+            events += run.send(reading(t + 1, device="cuff", bp_sys=125, bp_dia=80))
+    events += run.send(reading(-15, device="mon", spo2=91, **vitals))
+    events += run.send(reading(0, device="mon", spo2=91, **vitals))
+    events += run.send(reading(10, device="cuff", bp_sys=124, bp_dia=80))
+    events += run.send(reading(15, device="mon", spo2=95, **vitals))
+    assert opened(events) == []

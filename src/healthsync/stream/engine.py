@@ -331,6 +331,10 @@ class AnomalyEngine:
         source = next(iter(score.sources.values()), "")
         sample = Sample(score.ts, float(score.total), source)
         self.life.decided_at = score.ts
+        # The score changes as often as the patient's most frequent device sends: the
+        # jitter of a 15-minute cuff whose reading asks is none of its samples'.
+        intervals = [d.interval for d in state.devices.values() if d.interval is not None]
+        self.life.interval = min(intervals, default=None)
         return self.life.track(state, Subject(patient, "news2", None), sample, finding)
 
     # -- devices and the clock ----------------------------------------------------------------
