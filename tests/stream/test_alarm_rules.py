@@ -8,6 +8,7 @@ import random
 from dataclasses import replace
 
 from healthsync.domain.alerts import AlertEvent
+from healthsync.domain.readings import Reading
 from healthsync.domain.rules import AnomalySettings
 from tests.stream.test_engine import NORMAL, T0, Run, kinds, reading, series
 
@@ -360,13 +361,16 @@ def test_a_blood_pressure_cuffs_reading_does_not_cut_a_news2_persistence_short()
     # red score is not the 30 s a NEWS2 warning needs, whichever device's reading
     # asks. The cuff's 15-minute interval is no jitter of the score's samples.
     events: list[AlertEvent] = []
-    vitals = {"heart_rate": 75.0, "resp_rate": 16.0}
+
+    def monitor(t: float, spo2: float) -> Reading:
+        return reading(t, device="mon", spo2=spo2, heart_rate=75, resp_rate=16)
+
     for t in range(-1800, -15, 15):
-        events += run.send(reading(t, device="mon", spo2=95, **vitals))
+        events += run.send(monitor(t, 95))
         if t % 900 == 0:
             events += run.send(reading(t + 1, device="cuff", bp_sys=125, bp_dia=80))
-    events += run.send(reading(-15, device="mon", spo2=91, **vitals))
-    events += run.send(reading(0, device="mon", spo2=91, **vitals))
+    events += run.send(monitor(-15, 91))
+    events += run.send(monitor(0, 91))
     events += run.send(reading(10, device="cuff", bp_sys=124, bp_dia=80))
-    events += run.send(reading(15, device="mon", spo2=95, **vitals))
+    events += run.send(monitor(15, 95))
     assert opened(events) == []
