@@ -85,11 +85,9 @@ def hold_for(cfg: AnomalySettings, vital: str, run: list[Sample], before: Sample
 
 
 def _stood(
-    cfg: AnomalySettings, vital: str, run: list[Sample], before: Sample, interval: float | None
+    cfg: AnomalySettings, vital: str, run: list[Sample], hold: float, interval: float | None
 ) -> bool:
-    """Whether a held run (in time order) has lasted its hold, steadily, since the jump
-    from `before`."""
-    hold = hold_for(cfg, vital, run, before)
+    """Whether a held run (in time order) has lasted `hold`, steadily."""
     # Jitter slack, but not on a desaturation: a probe's dips come in clusters, and
     # four samples 14 s apart are two of them as often as a real fall.
     slack = None if hold == cfg.desaturation_hold_s else interval
@@ -134,7 +132,8 @@ def screen(
             # between the old level and the jump shows the new level began earlier.
             held.append(sample)
             held.sort(key=_TS)
-            return (release(state, vital) if _stood(cfg, vital, held, last, interval) else []), []
+            stood = _stood(cfg, vital, held, hold_for(cfg, vital, held, last), interval)
+            return (release(state, vital) if stood else []), []
         set_aside = _unhold(state, vital)  # back where it was: they were artefacts
         state.aside[vital] = SetAside(set_aside, hold_for(cfg, vital, set_aside, last), sample.ts)
     if sample.ts < last.ts:
@@ -167,11 +166,8 @@ def _reinstated(
     level = statistics.median(s.value for s in aside.run)
     if abs(sample.value - level) >= abs(sample.value - last.value):
         return []
-    run = aside.run = sorted([*aside.run, sample], key=lambda s: s.ts)
-    slack = None if aside.hold == cfg.desaturation_hold_s else interval
-    spread = cfg.steady_spread.get(vital, STEADY_SHARE * cfg.max_jump[vital])
-    lasting = lasted(run[-1].ts - run[0].ts, aside.hold, slack)
-    if not (lasting and steady(run, aside.hold, spread, slack)):
+    run = aside.run = sorted([*aside.run, sample], key=_TS)
+    if not _stood(cfg, vital, run, aside.hold, interval):
         return []
     del state.aside[vital]
     return run
