@@ -204,6 +204,9 @@ def corroborated_desaturation(
     spo2, last = vitals.get("spo2"), state.last.get("spo2")
     if spo2 is None or last is None or ts <= last.ts:
         return False
+    level = state.level("spo2")
+    if not state.fall_from and (level is None or level - spo2 < cfg.corroborated_fall):
+        return False  # the common case, every reading: no fall, none going on
     current = _levels(state, cfg)
 
     def agree(levels: Mapping[str, float]) -> bool:
