@@ -27,6 +27,7 @@ perfusion index) is set aside at once.
 
 from __future__ import annotations
 
+import bisect
 import math
 import operator
 import statistics
@@ -123,15 +124,13 @@ def screen(
     set_aside: list[Sample] = []
     held = state.held.get(vital)
     if held is not None:
-        level = statistics.median(s.value for s in held)
-        away = abs(sample.value - last.value) > abs(sample.value - level)
+        away = _of_the_run(sample, held, last)
         if sample.ts < held[0].ts and not (away and sample.ts > last.ts):
             return _before_the_jump(state, vital, sample, jump)
         if away:
-            # Nearer the new level than the old one: still away. A late sample measured
-            # between the old level and the jump shows the new level began earlier.
-            held.append(sample)
-            held.sort(key=_TS)
+            # Still away. A late sample measured between the old level and the jump
+            # shows the new level began earlier.
+            bisect.insort(held, sample, key=_TS)
             stood = _stood(cfg, vital, held, hold_for(cfg, vital, held, last), interval)
             return (release(state, vital) if stood else []), []
         set_aside = _unhold(state, vital)  # back where it was: they were artefacts
@@ -160,17 +159,23 @@ def _reinstated(
     that run (before the vital came back), reads as the run does, and makes it last its
     hold steadily: the run was no artefact, only its last samples arrived after the
     return. The late sample is kept with the run either way, for a later one to complete."""
-    aside, last = state.aside.get(vital), state.last[vital]
+    aside = state.aside.get(vital)
     if aside is None or not aside.run[0].ts < sample.ts < aside.until:
         return []
-    level = statistics.median(s.value for s in aside.run)
-    if abs(sample.value - level) >= abs(sample.value - last.value):
+    if not _of_the_run(sample, aside.run, state.last[vital]):
         return []
-    run = aside.run = sorted([*aside.run, sample], key=_TS)
-    if not _stood(cfg, vital, run, aside.hold, interval):
+    bisect.insort(aside.run, sample, key=_TS)
+    if not _stood(cfg, vital, aside.run, aside.hold, interval):
         return []
     del state.aside[vital]
-    return run
+    return aside.run
+
+
+def _of_the_run(sample: Sample, run: list[Sample], last: Sample) -> bool:
+    """Whether `sample` reads nearer the run's level (its median) than the level `last`
+    stands for: away with the run, not back."""
+    level = statistics.median(s.value for s in run)
+    return abs(sample.value - last.value) > abs(sample.value - level)
 
 
 def corroborated_fall(
