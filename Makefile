@@ -59,7 +59,8 @@ run: install
 # The tests in two worker processes, each with its own broker, Redis and moto (most of the
 # suite waits on services, so two workers take about half the time even on two cores); a
 # file's tests stay together on one worker, in their order, sharing its module fixtures.
-# The tests marked `alone` (the broker recycle under load) run after them in one process.
+# The tests marked `alone` (the broker recycle under load, the loopback traffic capture)
+# run after them in one process.
 # Then the alarm-quality tables of scenarios/*.toml (about a minute). The files whose
 # targets the engine meets are checked (--check: a regression fails the build); two targets
 # are still missed on the other two files' own seeds (median delay 15.7 s against 15 s on
