@@ -28,6 +28,9 @@ from healthsync.security.codec import Codec
 from healthsync.stack import free_port
 from tests.conftest import Device, wait_for
 
+# Lines of each stage's log that a failed test shows.
+_LOG_TAIL = 40
+
 
 def descendants(pid: int) -> set[int]:
     """Every process below `pid`, from /proc (children of children too)."""
@@ -153,6 +156,14 @@ class LiveStack:
     def device(self) -> Device:
         return Device("127.0.0.1", self.ingest_port)
 
+    def report(self) -> str:
+        """What `up` printed, and the end of each stage's log: what a failed test shows."""
+        parts = [f"== healthsync up\n{self.output}"]
+        for log in sorted((self.run_dir / "logs").glob("*.log")):
+            lines = log.read_text(errors="replace").splitlines()[-_LOG_TAIL:]
+            parts.append(f"== {log.name} (last {len(lines)} lines)\n" + "\n".join(lines))
+        return "\n".join(parts)
+
     def stop(self) -> str:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
@@ -172,11 +183,17 @@ def live_stack(
     directory: Path, *args: str, env: dict[str, str] | None = None
 ) -> Iterator[LiveStack]:
     stack = LiveStack(directory, *args, env=env)
+    failed = False
     try:
         stack.wait_ready()
         yield stack
+    except BaseException:
+        failed = True
+        raise
     finally:
         stack.stop()
+        if failed:
+            print(stack.report())  # pytest shows it with the failure
         leftovers = [p for p in descendants(stack.process.pid) if alive(p)]
         assert not leftovers, f"processes outlived healthsync up: {leftovers}"
 
@@ -201,6 +218,7 @@ class Load:
         self.acknowledged: set[str] = set()
         self.last = ""  # the reading id acknowledged last
         self.errors = 0
+        self.refusal = ""  # the last answer that was not OK ("" for a connection that failed)
         self.seq = first_seq
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -216,7 +234,11 @@ class Load:
     def sent(self, count: int, timeout: float = 60) -> None:
         """Wait until `count` more readings are acknowledged."""
         target = len(self.acknowledged) + count
-        wait_for(lambda: len(self.acknowledged) >= target, timeout=timeout, what="acknowledgements")
+        try:
+            wait_for(lambda: len(self.acknowledged) >= target, timeout, "acknowledgements")
+        except AssertionError as exc:
+            last = f"{self.errors} refused, the last: {self.refusal!r}"
+            raise AssertionError(f"{exc}; {last}") from None
 
     def _run(self) -> None:
         device: Device | None = None
@@ -235,6 +257,7 @@ class Load:
                 self.seq += 1
                 continue
             self.errors += 1
+            self.refusal = reply
             if device is not None:
                 device.close()
                 device = None
