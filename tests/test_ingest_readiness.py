@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import socket
+import struct
 import threading
 import time
+
+import pytest
 
 from healthsync.config import Settings
 from healthsync.ingest.publisher import Publisher
@@ -75,3 +79,32 @@ def test_a_busy_event_loop_is_ready_and_a_stuck_one_is_not(settings: Settings) -
             readiness.close()
 
     asyncio.run(scenario())
+
+
+def cut_short(port: int, request: bytes) -> None:
+    """A checker that sends `request` (perhaps nothing) and resets the connection at once,
+    as HAProxy does with a check it has decided."""
+    with socket.create_connection((LOCALHOST, port), timeout=2.0) as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if request:
+            client.sendall(request)
+
+
+def test_checks_cut_short_leave_no_traceback_in_the_json_log(
+    settings: Settings, capfd: pytest.CaptureFixture[str]
+) -> None:
+    publisher = Publisher(settings.kafka, 5.0)
+    port = free_port()
+    readiness = Readiness(publisher, settings.kafka.vitals_topic)
+    asyncio.run(readiness.start(LOCALHOST, port))
+    readiness.draining = True  # every check fails: HAProxy then resets at the status line
+    try:
+        for _ in range(20):
+            cut_short(port, b"")
+            cut_short(port, b"GET /readyz HTTP/1.0\r\n\r\n")
+        time.sleep(0.5)  # the server's threads are done with them
+        assert check(port)[0] == 503, "still answering"
+    finally:
+        readiness.close()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err

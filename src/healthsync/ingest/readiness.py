@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -60,7 +61,7 @@ class Readiness:
         return fresh and not self.draining
 
     async def start(self, host: str, port: int) -> None:
-        self._server = ThreadingHTTPServer((host, port), _handler(self))
+        self._server = _CheckServer((host, port), _handler(self))
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, name="readyz", daemon=True).start()
         threading.Thread(target=self._probe_kafka, name="kafka-probe", daemon=True).start()
@@ -94,6 +95,19 @@ class Readiness:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+
+class _CheckServer(ThreadingHTTPServer):
+    """Errors go to the JSON log, not as a bare traceback on stderr (socketserver's way)."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            # A checker that reset the connection once it had the status line (HAProxy
+            # does on a failed check), or before asking: nothing is wrong here.
+            log.debug("readiness check cut short", extra={"error": str(error)})
+            return
+        log.warning("readiness check failed", exc_info=True)
 
 
 def _handler(readiness: Readiness) -> type[BaseHTTPRequestHandler]:
