@@ -20,13 +20,21 @@ from healthsync.kafka import make_producer
 
 log = logging.getLogger(__name__)
 
-# Delivery failures after which this producer's idempotence state cannot be trusted:
-# a broker that restarted empty answers UNKNOWN_PRODUCER_ID, and librdkafka retries
-# that without end (each message then times out), so a fresh producer is needed.
+# Delivery failures after which this producer's idempotence state cannot be trusted,
+# so a fresh producer (with a new producer id) is needed:
+# - a broker that restarted empty answers UNKNOWN_PRODUCER_ID, and librdkafka retries
+#   that without end (each message then times out);
+# - a broker that restarted empty may also hand the producer id this producer still
+#   uses to another producer, and then fences this one (PRODUCER_FENCED) on every
+#   message: no retry can succeed (after a kill -9 of the embedded broker, both ingest
+#   replicas answered ERR 503 for as long as they ran).
 _STALE_STATE = frozenset(
     {
         KafkaError.UNKNOWN_PRODUCER_ID,
         KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.INVALID_PRODUCER_ID_MAPPING,
         KafkaError._MSG_TIMED_OUT,
     }
 )
@@ -44,6 +52,7 @@ class Publisher:
         self._ack_timeout_s = ack_timeout_s
         self._fatal: KafkaError | None = None
         self._replaced_at = 0.0
+        self._failing: int | None = None  # the code of the delivery failures going on
         self.broker_down = False
         # Topics that take nothing new for now (a hold, see hold.py).
         self.held: frozenset[str] = frozenset()
@@ -81,10 +90,7 @@ class Publisher:
             raise BufferError(f"{topic} is held")
 
         def report(error: KafkaError | None, _message: Any) -> None:
-            if error is None:
-                self.broker_down = False
-            elif error.code() in _STALE_STATE and self._fatal is None:
-                self._fatal = error
+            self.delivered(error)
             on_done(error)
 
         try:
@@ -94,6 +100,20 @@ class Publisher:
             # the caller answers this one as it answers a full queue (ERR, resend).
             self._fatal = self._fatal or exc.args[0]
             raise BufferError(f"producer unusable until replaced: {exc}") from exc
+
+    def delivered(self, error: KafkaError | None) -> None:
+        """Note a delivery report: after one that says this producer's state is stale, the
+        producer is replaced (by the poll loop, at most every few seconds)."""
+        if error is None:
+            self.broker_down = False
+            self._failing = None
+            return
+        if error.code() != self._failing:
+            # Once per kind of failure in a row, not once per reading.
+            self._failing = error.code()
+            log.warning("kafka delivery failed", extra={"error": error.name()})
+        if error.code() in _STALE_STATE and self._fatal is None:
+            self._fatal = error
 
     @property
     def queued(self) -> int:
