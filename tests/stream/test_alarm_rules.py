@@ -211,6 +211,18 @@ def test_a_value_just_past_the_limit_must_hold_as_long_as_a_monitor_waits() -> N
     assert opened(events) == [("threshold:bp_sys", 15)]
 
 
+def test_a_value_just_past_the_limit_waits_a_monitors_whole_delay_not_a_jitter_less() -> None:
+    run = Run()
+    series(run, 0, 10, [97] * 3, bp_sys=104)  # a 10 s monitor
+    # Systolic 88 and 89, 12.6 s apart: noise of a patient sitting near 90, which a
+    # monitor's 15 s alarm delay lets pass. The jitter slack that lets a 5 s monitor's
+    # third sample at 9.8 s stand for 10 s must not make 12.6 s count for 15.
+    events = run.send(reading(30, bp_sys=88)) + run.send(reading(42.6, bp_sys=89))
+    assert opened(events) == []
+    # Still there at the next sample: 15 s have passed, and it opens as a monitor's would.
+    assert opened(run.send(reading(52, bp_sys=88))) == [("threshold:bp_sys", 52)]
+
+
 def test_a_monitor_back_from_a_dropout_is_still_judged_as_a_5_s_monitor() -> None:
     run = Run()
     series(run, 0, 5, [96] * 8)  # a 5 s monitor

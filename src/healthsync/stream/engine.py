@@ -202,13 +202,16 @@ class AnomalyEngine:
         else:
             rule = f"{vital} {_limit_text(band, severity)} {unit} for >= {self._persist_text()}"
         margin = self.cfg.margins.get(vital, 0.0)
+        persist_s = self._persist_for(state, kind, band, sample, margin)
         finding = Finding(
             severity,
             band.inside(sample.value, margin),
             sample.value,
             rule,
             band.describe(),
-            persist_s=self._persist_for(state, kind, band, sample, margin),
+            persist_s=persist_s,
+            # A marginal warning waits a monitor's whole alarm delay, not a jitter less.
+            slack=persist_s is None or persist_s == 0.0,
         )
         return self.life.track(state, Subject(patient, kind, vital), sample, finding)
 

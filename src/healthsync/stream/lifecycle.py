@@ -32,6 +32,8 @@ class Finding:
     immediate: bool = False  # skips persistence and confirmation (a nurse's observation)
     drivers: tuple[str, ...] = ()  # the parameters behind it, if not just the vital
     persist_s: float | None = None  # this rule's own persistence, if not the default
+    # Whether persistence may fall short of persist_s by the device's timing jitter.
+    slack: bool = True
     resolve_s: float | None = None  # this rule's own hold before resolving, if not the default
 
 
@@ -104,7 +106,7 @@ class Lifecycle:
         since = tracker.since if tracker.since is not None else sample.ts
         persist_s = self.cfg.persist_s if finding.persist_s is None else finding.persist_s
         persisted = (
-            lasted(sample.ts - since, persist_s, self.interval)
+            lasted(sample.ts - since, persist_s, self.interval if finding.slack else None)
             and tracker.count >= self.cfg.persist_readings
         )
         if not (finding.immediate or critical or persisted):
