@@ -19,9 +19,10 @@ the API). Where a default comes from:
   ``marginal_persist_s`` (15 s, a monitor's alarm delay, so never later than
   one, and all of it: no jitter slack, which on a 10 s monitor made 12.5 s
   count and alarmed where a monitor does not): three noisy samples of a
-  patient sitting at 93 mmHg made most false systolic alerts. False threshold alerts on ``stable.toml`` and
-  ``deterioration.toml``, each file's seed and seeds 1-8: 12 -> 2; the median
-  delay rose by 0-1.3 s (0.3 s on most draws).
+  patient sitting at 93 mmHg made most false systolic alerts. False
+  threshold alerts on ``stable.toml`` and ``deterioration.toml``, each file's
+  seed and seeds 1-8: 12 -> 2; the median delay rose by 0-1.3 s (0.3 s on
+  most draws).
 - Critical values are confirmed by two samples at least 10 s apart: sooner
   than a monitor's 15 s alarm delay, yet past the 1-2 sample probe and lead
   artefacts (5-10 s) that, opened at once, made 183 of the engine's 185
