@@ -108,7 +108,14 @@ the API). Where a default comes from:
   ``scenarios/deterioration.toml`` seed 6, now 1), and a clinician wants one
   alert for one concern, not a flapping one. No episode detected later.
 - A late sample measured before a pending condition began does not end it:
-  the network reorders readings, the patient did not recover.
+  the network reorders readings, the patient did not recover. Persistence is
+  judged in measurement order, as a monitor at the bedside judges its own
+  samples: a late sample begins a run earlier, breaks it where it was measured,
+  or completes a run that a sample back inside ended after it. On monitors
+  sending every second with readings up to 6 s late, two critical fevers
+  creeping across 38.5 were raised after the monitor (139.5 s against 88.1 s;
+  now 88.1 s); over each file's seed and seeds 1-8 of ``scenarios/`` one median
+  fell 0.4 s and nothing else changed.
 """
 
 from __future__ import annotations

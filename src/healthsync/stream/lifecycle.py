@@ -1,7 +1,10 @@
 """The lifecycle every kind of alert shares: pending, open (escalating), resolved.
 
 - pending: the condition holds, but not yet long enough. An alert opens once
-  it has held for ``persist_s`` and ``persist_readings`` consecutive samples; a
+  it has held for ``persist_s`` and ``persist_readings`` consecutive samples,
+  consecutive in measurement order: the network delivers samples out of order,
+  and a late one takes its place in the run it was measured in (it may begin
+  the run earlier, break it, or complete a run that a later sample ended); a
   critical value opens a critical alert once two consecutive critical samples
   span ``critical_confirm_s`` (shorter than the persistence, so the engine is
   never slower than a monitor's alarm delay on a critical value).
@@ -92,12 +95,61 @@ class Lifecycle:
         kind = subject.kind
         tracker = state.trackers.get(kind)
         if finding.severity is None:
-            if tracker is not None and tracker.since is not None and sample.ts < tracker.since:
-                return []  # late, and measured before the condition began: it ends nothing
-            state.trackers.pop(kind, None)
+            self._inside(state, kind, tracker, sample)
             return []
+        if tracker is not None and tracker.completed_by(sample.ts):
+            # Late, and measured within the run a sample back inside ended, before that
+            # sample: in measurement order it is part of that run, as a monitor at the
+            # bedside saw it, and may make it last.
+            run = tracker.ended
+            assert run is not None
+            return self._join(state, subject, run, sample, finding)
         if tracker is None or tracker.since is None or sample.ts - tracker.last_ts > self._gap():
-            tracker = state.trackers[kind] = Tracker(since=sample.ts)
+            tracker = state.trackers[kind] = Tracker(since=sample.ts).after(tracker, self._gap())
+        elif tracker.since is not None and tracker.inside_at < sample.ts < tracker.since:
+            tracker.since = sample.ts  # late, with nothing back inside before it: began earlier
+        return self._join(state, subject, tracker, sample, finding)
+
+    def _inside(
+        self, state: PatientState, kind: str, tracker: Tracker | None, sample: Sample
+    ) -> None:
+        """A sample back inside the band: it ends the pending run, unless it was measured
+        before the run began (late: it ends nothing). The run ended is kept while a late
+        sample measured before this one may still arrive and complete it."""
+        if tracker is None:
+            return
+        if tracker.since is None:
+            # Only a run ended before: forgotten once no late sample of it can come.
+            if tracker.ended_at is not None and sample.ts - tracker.ended_at > self._gap():
+                state.trackers.pop(kind, None)
+            else:
+                tracker.inside_at = max(tracker.inside_at, sample.ts)
+            return
+        if sample.ts < tracker.since:
+            tracker.inside_at = max(tracker.inside_at, sample.ts)
+            return
+        if sample.ts > tracker.last_ts:
+            tracker.ended = tracker.ended_at = None  # only the run that ended last is kept
+            state.trackers[kind] = Tracker(inside_at=sample.ts, ended=tracker, ended_at=sample.ts)
+            return
+        # Late, and measured within the run: it broke the run there.
+        parts = tracker.split(sample.ts)
+        if parts is None:
+            state.trackers.pop(kind, None)
+        else:
+            state.trackers[kind] = parts[1]
+
+    def _join(
+        self,
+        state: PatientState,
+        subject: Subject,
+        tracker: Tracker,
+        sample: Sample,
+        finding: Finding,
+    ) -> list[AlertEvent]:
+        """`sample` joins the pending run `tracker`; the alert opens if the run now holds."""
+        assert finding.severity is not None  # only a finding that holds joins a run
+        kind = subject.kind
         tracker.count += 1
         tracker.last_ts = max(tracker.last_ts, sample.ts)
         tracker.note(sample.ts, sample.value)
@@ -106,7 +158,7 @@ class Lifecycle:
         since = tracker.since if tracker.since is not None else sample.ts
         persist_s = self.cfg.persist_s if finding.persist_s is None else finding.persist_s
         persisted = (
-            lasted(sample.ts - since, persist_s, self.interval if finding.slack else None)
+            lasted(tracker.last_ts - since, persist_s, self.interval if finding.slack else None)
             and tracker.count >= self.cfg.persist_readings
         )
         if not (finding.immediate or critical or persisted):

@@ -9,6 +9,7 @@ processor picks up exactly where the last one stopped.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -37,6 +38,52 @@ class Tracker:
     evidence: list[tuple[float, float]] = field(default_factory=list)
     critical_since: float | None = None  # consecutive critical samples since (confirming)
     critical_count: int = 0
+    # Pending, in measurement order: the newest time a sample measured before the run was
+    # back inside (a late sample measured after it and before `since` began the run
+    # earlier), and the run a sample back inside ended at `ended_at`, which a late
+    # sample measured between the two may still complete.
+    inside_at: float = math.inf
+    ended: Tracker | None = None
+    ended_at: float | None = None
+
+    def completed_by(self, ts: float) -> bool:
+        """Whether a sample measured at `ts` falls after the ended run's last sample and
+        before the sample that ended it."""
+        run, until = self.ended, self.ended_at
+        return (
+            run is not None
+            and run.since is not None
+            and until is not None
+            and (run.since <= ts < until)
+        )
+
+    def split(self, at: float) -> tuple[Tracker, Tracker] | None:
+        """This pending run, broken by a sample back inside measured at `at` that arrived
+        late: the run before it (ended) and the one after it, from the evidence; None
+        when the evidence no longer holds every sample of the run."""
+        if self.since is None or len(self.evidence) < self.count:
+            return None
+        before = sorted(e for e in self.evidence if e[0] < at)
+        after = sorted(e for e in self.evidence if e[0] > at)
+        if not before or not after:
+            return None
+        ended = Tracker(since=before[0][0], count=len(before), last_ts=before[-1][0])
+        ended.evidence = before
+        run = Tracker(since=after[0][0], count=len(after), last_ts=after[-1][0])
+        run.evidence, run.inside_at = after, at
+        run.ended, run.ended_at = ended, at
+        return ended, run
+
+    def after(self, previous: Tracker | None, gap: float) -> Tracker:
+        """This new run, with what `previous` (a run ended before) knows of what preceded
+        it; without that, nothing measured before the run can join it."""
+        self.inside_at = self.since if self.since is not None else math.inf
+        if previous is None or previous.since is not None or previous.ended_at is None:
+            return self
+        self.inside_at = previous.inside_at
+        if self.since is not None and self.since - previous.ended_at <= gap:
+            self.ended, self.ended_at = previous.ended, previous.ended_at
+        return self
 
     def note(self, ts: float, value: float) -> None:
         self.evidence = [*self.evidence, (ts, value)][-EVIDENCE:]
@@ -60,6 +107,9 @@ class Tracker:
             self.evidence,
             self.critical_since,
             self.critical_count,
+            None if math.isinf(self.inside_at) else self.inside_at,
+            None if self.ended is None else self.ended.to_list(),
+            self.ended_at,
         ]
 
     @classmethod
@@ -67,6 +117,8 @@ class Tracker:
         since, count, last_ts, worse_since, worse_count, clear_since, evidence = data[:7]
         # State saved before critical values needed confirmation has no such fields.
         critical_since, critical_count = data[7:9] if len(data) >= 9 else (None, 0)
+        # Nor before pending runs were judged in measurement order.
+        inside_at, ended, ended_at = data[9:12] if len(data) >= 12 else (None, None, None)
         return cls(
             since,
             int(count),
@@ -77,6 +129,9 @@ class Tracker:
             [(float(t), float(v)) for t, v in evidence],
             critical_since,
             int(critical_count),
+            math.inf if inside_at is None else float(inside_at),
+            None if ended is None else cls.from_list(ended),
+            ended_at,
         )
 
 
