@@ -119,8 +119,8 @@ class Lifecycle:
         if tracker is None:
             return
         if tracker.since is None:
-            # Only a run ended before: forgotten once no late sample of it can come.
-            if tracker.ended_at is not None and sample.ts - tracker.ended_at > self._gap():
+            # At most a run ended before: forgotten once no late sample of it can come.
+            if tracker.ended_at is None or sample.ts - tracker.ended_at > self._gap():
                 state.trackers.pop(kind, None)
             else:
                 tracker.inside_at = max(tracker.inside_at, sample.ts)
@@ -133,11 +133,11 @@ class Lifecycle:
             state.trackers[kind] = Tracker(inside_at=sample.ts, ended=tracker, ended_at=sample.ts)
             return
         # Late, and measured within the run: it broke the run there.
-        parts = tracker.split(sample.ts)
-        if parts is None:
+        after = tracker.split(sample.ts)
+        if after is None:
             state.trackers.pop(kind, None)
         else:
-            state.trackers[kind] = parts[1]
+            state.trackers[kind] = after
 
     def _join(
         self,

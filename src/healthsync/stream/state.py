@@ -47,8 +47,8 @@ class Tracker:
     ended_at: float | None = None
 
     def completed_by(self, ts: float) -> bool:
-        """Whether a sample measured at `ts` falls after the ended run's last sample and
-        before the sample that ended it."""
+        """Whether a sample measured at `ts` falls within the ended run, before the sample
+        that ended it."""
         run, until = self.ended, self.ended_at
         return (
             run is not None
@@ -57,10 +57,10 @@ class Tracker:
             and (run.since <= ts < until)
         )
 
-    def split(self, at: float) -> tuple[Tracker, Tracker] | None:
+    def split(self, at: float) -> Tracker | None:
         """This pending run, broken by a sample back inside measured at `at` that arrived
-        late: the run before it (ended) and the one after it, from the evidence; None
-        when the evidence no longer holds every sample of the run."""
+        late: the run after it, which keeps the run before it as ended (from the
+        evidence); None when the evidence no longer holds every sample of the run."""
         if self.since is None or len(self.evidence) < self.count:
             return None
         before = sorted(e for e in self.evidence if e[0] < at)
@@ -72,7 +72,7 @@ class Tracker:
         run = Tracker(since=after[0][0], count=len(after), last_ts=after[-1][0])
         run.evidence, run.inside_at = after, at
         run.ended, run.ended_at = ended, at
-        return ended, run
+        return run
 
     def after(self, previous: Tracker | None, gap: float) -> Tracker:
         """This new run, with what `previous` (a run ended before) knows of what preceded
