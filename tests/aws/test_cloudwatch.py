@@ -225,8 +225,17 @@ def test_metrics_and_logs_arrive_and_carry_no_phi(
         lambda: statistic(cw, ns, "ReadingsProcessed", Stage="processor") == 30,
         what="ReadingsProcessed in CloudWatch",
     )
-    assert statistic(cw, ns, "ReadingsIngested", Stage="ingest") == 30
-    assert statistic(cw, ns, "ReadingsRejected", Stage="ingest") == 2
+    # Ingest adds its counts to Redis once a second, so they can come an interval later.
+    wait_for(
+        lambda: (
+            (
+                statistic(cw, ns, "ReadingsIngested", Stage="ingest"),
+                statistic(cw, ns, "ReadingsRejected", Stage="ingest"),
+            )
+            == (30, 2)
+        ),
+        what="30 readings ingested and 2 rejected in CloudWatch",
+    )
     # Latencies are counted after the batch is stored, so they reach Redis a flush later.
     p99 = wait_for(
         lambda: maximum(cw, ns, "EndToEndLatencyP99", Stage="processor"), what="the p99 latency"
@@ -281,7 +290,10 @@ def test_a_cloudwatch_outage_slows_nothing_and_the_metrics_follow_later(
                 lambda: statistic(cw, ns, "ReadingsProcessed", Stage="processor") == 40,
                 what="the metrics sent once CloudWatch is back",
             )
-            assert statistic(cw, ns, "ReadingsIngested", Stage="ingest") == 40
+            wait_for(
+                lambda: statistic(cw, ns, "ReadingsIngested", Stage="ingest") == 40,
+                what="ReadingsIngested sent once CloudWatch is back",
+            )
         finally:
             running.stop()
             back.stop()
