@@ -319,6 +319,11 @@ def test_redis_outage_holds_the_partition_and_loses_nothing(
             lambda: client.zcard(keys.seen("P-8")) == 60, what="every reading after the outage"
         )
         assert client.zcard(keys.history("P-8")) == 60
+        # Ingest's counts of the outage reach Redis once it answers again.
+        wait_for(
+            lambda: client.hget(keys.stats("ingest"), "readings_accepted_total") == b"60",
+            what="ingest's count of all 60 readings",
+        )
         metrics = httpx.get(f"http://127.0.0.1:{settings.api.port}/metrics").text
         sink_errors = [
             row for row in metrics.splitlines() if row.startswith("healthsync_sink_errors_total ")

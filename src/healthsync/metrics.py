@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -50,6 +51,16 @@ def merge_counters(hashes: Iterable[Mapping[bytes, bytes]]) -> dict[str, str]:
     return merged
 
 
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """Counts taken from a :class:`StatsRecorder` for one flush."""
+
+    counts: Counter[str]
+    gauges: dict[str, float]
+    latency: Counter[str]
+    latency_sum: float
+
+
 class StatsRecorder:
     """Counts for one component, accumulated locally and flushed to Redis."""
 
@@ -79,8 +90,15 @@ class StatsRecorder:
             self._latency[le] += 1
             self._latency_sum += value
 
-    def add_to(self, pipe: Any) -> None:
-        """Queue the pending counts on a Redis pipeline (sync or asyncio) and reset them."""
+    def add_to(self, pipe: Any) -> Pending:
+        """Queue the pending counts on a Redis pipeline (sync or asyncio) and reset them.
+
+        Returns what was queued: a caller whose pipeline then fails hands it to
+        :meth:`restore`, so the counts go with the next flush instead of being lost.
+        """
+        taken = Pending(
+            Counter(self._counts), dict(self._gauges), Counter(self._latency), self._latency_sum
+        )
         for field, n in self._counts.items():
             pipe.hincrby(self.key, field, n)
         if self._gauges:
@@ -94,6 +112,24 @@ class StatsRecorder:
         self._gauges.clear()
         self._latency.clear()
         self._latency_sum = 0.0
+        return taken
+
+    def flush(self, client: Any) -> None:
+        """Add the pending counts to Redis (a sync client); on failure keep them and raise."""
+        pipe = client.pipeline(transaction=False)
+        taken = self.add_to(pipe)
+        try:
+            pipe.execute()
+        except Exception:
+            self.restore(taken)
+            raise
+
+    def restore(self, taken: Pending) -> None:
+        """Take back counts whose flush failed; gauges set since then are newer and win."""
+        self._counts.update(taken.counts)
+        self._gauges = {**taken.gauges, **self._gauges}
+        self._latency.update(taken.latency)
+        self._latency_sum += taken.latency_sum
 
 
 class PipelineCollector:

@@ -116,9 +116,7 @@ def build_archiver(settings: Settings) -> Archiver:
         client = connect(settings.redis)
 
         def publish() -> None:
-            pipe = client.pipeline(transaction=False)
-            stats.add_to(pipe)
-            pipe.execute()
+            stats.flush(client)
 
     writer = Archive.from_settings(settings).writer()
     codec = Codec.from_settings(settings)

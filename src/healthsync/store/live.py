@@ -311,6 +311,4 @@ class RedisLiveSink:
         self._before, self._units, self._after, self._held = None, [], None, []
 
     def flush_stats(self) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        self.stats.add_to(pipe)
-        pipe.execute()
+        self.stats.flush(self.client)
