@@ -210,6 +210,8 @@ class AnomalyEngine:
             rule,
             band.describe(),
             persist_s=persist_s,
+            # A cuff's measurement clearly past the limit stands alone; a marginal one waits.
+            immediate=persist_s is None and self.life.spot_check(),
             # A marginal warning waits a monitor's whole alarm delay, not a jitter less.
             slack=persist_s is None or persist_s == 0.0,
         )

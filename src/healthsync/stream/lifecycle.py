@@ -139,6 +139,11 @@ class Lifecycle:
         else:
             state.trackers[kind] = after
 
+    def spot_check(self) -> bool:
+        """Whether the sample's device measures minutes apart (a BP cuff): each of its
+        samples is a measurement in its own right, with no second one soon to wait for."""
+        return self.interval is not None and self.interval >= self.cfg.spot_check_s
+
     def _join(
         self,
         state: PatientState,
