@@ -318,7 +318,7 @@ class AnomalySettings(BaseModel):
     # its alert opens. 0 / 1 turn either part off.
     persist_s: float = Field(10.0, ge=0)
     persist_readings: int = Field(2, ge=1)
-    # A warning whose samples lie, by their median, no further past the limit than the
+    # A warning whose samples lie, by their median, less far past the limit than the
     # vital's margin must hold this long instead.
     marginal_persist_s: float = Field(15.0, ge=0)
     # A critical value opens (or escalates to) a critical alert once two consecutive
