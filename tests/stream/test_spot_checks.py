@@ -8,7 +8,7 @@ from typing import Any
 from healthsync.domain.alerts import AlertEvent
 from healthsync.domain.rules import AnomalySettings
 from tests.stream.test_alarm_rules import opened
-from tests.stream.test_engine import Run, reading
+from tests.stream.test_engine import T0, Run, reading
 
 CUFF_S = 900  # a cuff cycling every 15 minutes
 
@@ -49,3 +49,14 @@ def test_a_monitors_single_low_pressure_a_minute_apart_is_not_believed_alone() -
         for t, bp_sys in enumerate([104, 100, 96, 84, 98, 101]):
             events += run.send(reading(t * 60, device="mon-2", heart_rate=75, bp_sys=bp_sys))
         assert opened(events) == alerts, spot_check_s
+
+
+def test_a_cuff_alert_resolves_at_the_first_measurement_back_inside() -> None:
+    # The next measurement is the next cycle: waiting 30 s more for a second one kept
+    # the alert open 15 minutes after the pressure was back.
+    events = ward(Run(), [118, 80, 121])
+    changes = [(e.type, e.alert.kind, e.alert.updated_at - T0) for e in events]
+    assert changes == [
+        ("opened", "threshold:bp_sys", CUFF_S + 7),
+        ("resolved", "threshold:bp_sys", 2 * CUFF_S + 7),
+    ]

@@ -122,7 +122,9 @@ the API). Where a default comes from:
   monitor alarms on each non-invasive pressure it completes, since the next
   one is a cycle away. One within the vital's margin of the limit (systolic
   86-89, inside a cuff's own +-5 mmHg, ISO 81060-2) waits for the next, as
-  marginal values do. Monitors send every 1-60 s, so none is taken for one.
+  marginal values do. The alert resolves at the first measurement back inside
+  by the margin, not 30 s later: that is a cycle later. Monitors send every
+  1-60 s, so none is taken for one.
   On ``scenarios/slow_devices.toml`` seed 3 a 32-minute hypotension that only
   one cuff measurement (80) showed was missed by the engine and the monitor;
   over each file's seed and seeds 1-8 episodes caught 224/225 -> 225/225, no

@@ -32,7 +32,8 @@ class Finding:
     value: float
     rule: str  # what fired, in words, with its limits
     band: str = ""
-    immediate: bool = False  # skips persistence and confirmation (a nurse's observation)
+    # Skips persistence, confirmation and the resolve hold (a nurse's observation, a cuff's).
+    immediate: bool = False
     drivers: tuple[str, ...] = ()  # the parameters behind it, if not just the vital
     persist_s: float | None = None  # this rule's own persistence, if not the default
     # Whether persistence may fall short of persist_s by the device's timing jitter.
@@ -213,7 +214,9 @@ class Lifecycle:
         if tracker.clear_since is None:
             tracker.clear_since = sample.ts
         hold = self.cfg.resolve_hold_s if finding.resolve_s is None else finding.resolve_s
-        if sample.ts - tracker.clear_since >= hold:
+        # A measurement of its own (a cuff's) resolves alone, as it opened: the next is a
+        # cycle away.
+        if finding.immediate or sample.ts - tracker.clear_since >= hold:
             alert.status = "resolved"
             alert.resolved_at = sample.ts
             del self.open[(alert.patient_id, alert.kind)]
