@@ -60,15 +60,16 @@ run: install
 # suite waits on services, so two workers take about half the time even on two cores); a
 # file's tests stay together on one worker, in their order, sharing its module fixtures.
 # The tests marked `alone` (the broker recycle under load, the loopback traffic capture)
-# run after them in one process.
+# run after them in one process. Each phase ends with its 15 slowest tests, so a log shows
+# where the suite's time goes.
 # Then the alarm-quality tables of scenarios/*.toml (about a minute). The files whose
 # targets the engine meets are checked (--check: a regression fails the build); two targets
 # are still missed on the other two files' own seeds (median delay 15.7 s against 15 s on
 # artefacts.toml and deterioration.toml; as many false alerts as the bedside-monitor
 # baseline on deterioration.toml, 1 vs 1; see docs/ALARMS.md), so theirs are printed only.
 test: install
-	$(BIN)/pytest -n 2 --dist loadfile -m "not alone"
-	$(BIN)/pytest -m alone
+	$(BIN)/pytest -n 2 --dist loadfile -m "not alone" --durations=15
+	$(BIN)/pytest -m alone --durations=15
 	$(BIN)/healthsync eval --check --scenario scenarios/stable.toml --scenario scenarios/slow_devices.toml
 	$(BIN)/healthsync eval --scenario scenarios/artefacts.toml --scenario scenarios/deterioration.toml
 
