@@ -96,22 +96,19 @@ class StatsRecorder:
         Returns what was queued: a caller whose pipeline then fails hands it to
         :meth:`restore`, so the counts go with the next flush instead of being lost.
         """
-        taken = Pending(
-            Counter(self._counts), dict(self._gauges), Counter(self._latency), self._latency_sum
-        )
-        for field, n in self._counts.items():
-            pipe.hincrby(self.key, field, n)
-        if self._gauges:
-            pipe.hset(self.key, mapping=self._gauges)
-        if self._latency:
-            for le, n in self._latency.items():
-                pipe.hincrby(self.latency_key, le, n)
-            pipe.hincrby(self.latency_key, "count", sum(self._latency.values()))
-            pipe.hincrbyfloat(self.latency_key, "sum", self._latency_sum)
-        self._counts.clear()
-        self._gauges.clear()
-        self._latency.clear()
+        # The pending counts themselves are handed over, and new ones started: no copy.
+        taken = Pending(self._counts, self._gauges, self._latency, self._latency_sum)
+        self._counts, self._gauges, self._latency = Counter(), {}, Counter()
         self._latency_sum = 0.0
+        for field, n in taken.counts.items():
+            pipe.hincrby(self.key, field, n)
+        if taken.gauges:
+            pipe.hset(self.key, mapping=taken.gauges)
+        if taken.latency:
+            for le, n in taken.latency.items():
+                pipe.hincrby(self.latency_key, le, n)
+            pipe.hincrby(self.latency_key, "count", sum(taken.latency.values()))
+            pipe.hincrbyfloat(self.latency_key, "sum", taken.latency_sum)
         return taken
 
     def flush(self, client: Any) -> None:
@@ -123,6 +120,16 @@ class StatsRecorder:
         except Exception:
             self.restore(taken)
             raise
+
+    async def flush_async(self, client: Any) -> None:
+        """:meth:`flush` with an asyncio client."""
+        async with client.pipeline(transaction=False) as pipe:
+            taken = self.add_to(pipe)
+            try:
+                await pipe.execute()
+            except Exception:
+                self.restore(taken)
+                raise
 
     def restore(self, taken: Pending) -> None:
         """Take back counts whose flush failed; gauges set since then are newer and win."""

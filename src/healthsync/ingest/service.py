@@ -33,14 +33,9 @@ async def _flush_stats(server: IngestServer, redis: Redis | None) -> None:
     server.stats.gauge("inflight", server.inflight, **labels)
     if redis is None:
         return
-    taken = None
     try:
-        async with redis.pipeline(transaction=False) as pipe:
-            taken = server.stats.add_to(pipe)
-            await pipe.execute()
+        await server.stats.flush_async(redis)  # what fails is counted again with the next
     except Exception as exc:  # noqa: BLE001 - stats must never take ingest down
-        if taken is not None:
-            server.stats.restore(taken)  # counted again with the next flush
         log.warning("could not publish ingest stats", extra={"error": str(exc)})
 
 
