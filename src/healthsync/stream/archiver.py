@@ -11,7 +11,8 @@ Replays write nothing twice: a batch's keys are its partition and offsets.
 After a crash between writing a batch and committing it, the restarted
 archiver starts again at the batch's first offset, finds the object the
 crashed run wrote there (:func:`find_span`), and cuts its batch at the same
-last offset, so it rewrites the very same objects.
+last offset, so it rewrites the very same objects. Offsets a fetch skipped
+are read again (:mod:`healthsync.stream.gaps`), never archived as a hole.
 
 A topic created again (deleted and recreated, or held in memory by a broker
 that restarted) starts its offsets over at 0, often in the same hour: its
@@ -53,6 +54,7 @@ from healthsync.store.archive.layout import ALERTS, READINGS
 from healthsync.store.archive.objects import ObjectStore
 from healthsync.store.archive.topics import FirstIncarnations
 from healthsync.store.archive.writer import ArchiveWriter, find_span
+from healthsync.stream.gaps import OffsetGaps
 from healthsync.stream.retry import retry_until_stopped
 from healthsync.stream.rolls import Roll
 
@@ -101,6 +103,7 @@ class Archiver:
         self.resumed: set[tuple[str, int]] = set()
         # Per partition of this assignment: the incarnation of its last roll, the last offset.
         self.streams: dict[tuple[str, int], tuple[str, int]] = {}
+        self.gaps = OffsetGaps(self.stats)
         self.stopping = False
         self.write_requested = False
         self._lag_at = 0.0
@@ -114,6 +117,7 @@ class Archiver:
         self.write_requested = True
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.gaps.forget((tp.topic, tp.partition) for tp in partitions)
         for tp in partitions:
             self.rolls.pop((tp.topic, tp.partition), None)
             self.streams.pop((tp.topic, tp.partition), None)
@@ -123,6 +127,7 @@ class Archiver:
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Unwritten rolls are dropped: their offsets are not committed, the next owner
         # reads them again.
+        self.gaps.forget((tp.topic, tp.partition) for tp in partitions)
         for tp in partitions:
             self.rolls.pop((tp.topic, tp.partition), None)
             self.streams.pop((tp.topic, tp.partition), None)
@@ -140,7 +145,8 @@ class Archiver:
         log.info("archiver started", extra={"group": cfg.group_id, "url": cfg.url})
         try:
             while not self.stopping:
-                messages = self.consumer.consume(self.settings.processor.batch_size, 0.2)
+                fetched = self.consumer.consume(self.settings.processor.batch_size, 0.2)
+                messages = self.gaps.check(self.consumer, fetched)
                 for message in messages:
                     if not self.stopping:
                         self._add(message)

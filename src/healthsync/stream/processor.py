@@ -35,6 +35,7 @@ from healthsync.security import codec as roles
 from healthsync.security.codec import Codec
 from healthsync.security.crypto import DecryptError
 from healthsync.stream.contracts import SeenFilter, Sink, Step
+from healthsync.stream.gaps import OffsetGaps
 from healthsync.stream.retry import retry_until_stopped
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class Processor:
         self.stats = pipeline.stats
         self.publish_stats = pipeline.publish_stats
         self.ticks = pipeline.ticks
+        self.gaps = OffsetGaps(self.stats)
         self.stopping = False
         self._lag_at = 0.0
         self._tick_at = 0.0
@@ -91,12 +93,14 @@ class Processor:
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Partitions (and so patients) moved: the steps rebuild their state from Redis.
+        self.gaps.forget((p.topic, p.partition) for p in partitions)
         owned = {p.partition for p in partitions}
         for step in self.steps:
             step.on_assign(owned)
         log.info("partitions assigned", extra={"partitions": [p.partition for p in partitions]})
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.gaps.forget((p.topic, p.partition) for p in partitions)
         log.info("partitions revoked", extra={"partitions": [p.partition for p in partitions]})
 
     def run(self) -> None:
@@ -107,7 +111,8 @@ class Processor:
         log.info("processor started", extra={"group": cfg.group_id})
         try:
             while not self.stopping:
-                messages = self.consumer.consume(cfg.batch_size, cfg.batch_wait_s)
+                fetched = self.consumer.consume(cfg.batch_size, cfg.batch_wait_s)
+                messages = self.gaps.check(self.consumer, fetched)
                 if messages:
                     self.handle(messages)
                 if len(messages) < cfg.batch_size:
@@ -161,8 +166,9 @@ class Processor:
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             if topic is None or partition is None or offset is None:
                 continue  # only error events lack these, and those were handled above
-            first = positions.get((topic, partition), (offset, 0))[0]
-            positions[(topic, partition)] = (first, offset + 1)
+            place = (topic, partition)
+            first = positions[place][0] if place in positions else self.gaps.start_of(place, offset)
+            positions[place] = (first, offset + 1)
             try:
                 value = self.codec.open_message(roles.VITALS, message.key(), message.value() or b"")
                 reading = Reading.from_json(value)
@@ -217,6 +223,7 @@ class Processor:
         """
         self.stats.inc("store_replays_total")
         log.warning("store behind the consumer; replaying", extra={"partitions": len(behind)})
+        self.gaps.forget(positions)
         for (topic, partition), (first, _after) in positions.items():
             target = behind.get((topic, partition), first)
             try:

@@ -1,0 +1,182 @@
+"""Offsets a fetch skipped are read again, by the processor and by the archiver.
+
+The embedded broker now and then answers a fetch with a later record batch
+before an earlier one became readable (two ingest replicas appending to one
+partition at once), and a consumer then moves past the earlier readings:
+acknowledged, never stored. That race cannot be set off on demand, so here the
+consumer is the real one with one change: the first time its answer holds one
+of the chosen offsets, it leaves that message out, as such a fetch does.
+Everything else is real: the broker, Redis, and the processor and archiver as
+`healthsync process` and `healthsync archive` build them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, cast
+
+import pytest
+from confluent_kafka import Consumer, Message
+from redis import Redis
+
+import healthsync.kafka
+from healthsync.config import Settings
+from healthsync.domain.readings import Reading, reading_id_for
+from healthsync.kafka import ensure_topics
+from healthsync.security.codec import Codec
+from healthsync.stream.processor import Processor
+from healthsync.wiring import build_archiver, build_processor
+from tests.conftest import wait_for
+from tests.stream.test_archiver import archive_settings, archived_ids, produce
+from tests.stream.test_archiver import readings as past_readings
+
+__all__ = ["archive_settings"]  # a fixture, used by name
+
+PATIENTS = [f"PG-{i}" for i in range(9)]
+# Offsets left out of the consumer's answer, in every partition.
+HOLE = {3, 4}
+
+
+class SkippingConsumer(Consumer):
+    """A real consumer whose answers leave out `offsets` (in every partition): the first
+    time each arrives, or every time with `for_good` (records the broker no longer has)."""
+
+    offsets: ClassVar[set[int]] = set()
+    for_good: ClassVar[bool] = False
+    left_out: ClassVar[list[tuple[int | None, int | None]]] = []
+
+    def consume(self, *args: Any, **kwargs: Any) -> list[Message]:
+        answer = []
+        for message in super().consume(*args, **kwargs):
+            place = (message.partition(), message.offset())
+            if message.offset() in self.offsets and (self.for_good or place not in self.left_out):
+                self.left_out.append(place)
+                continue
+            answer.append(message)
+        return answer
+
+
+def skipping(offsets: set[int], *, for_good: bool = False) -> type[SkippingConsumer]:
+    """A SkippingConsumer class of its own, so that tests share nothing."""
+
+    class Skipping(SkippingConsumer):
+        pass
+
+    Skipping.offsets, Skipping.for_good, Skipping.left_out = set(offsets), for_good, []
+    return Skipping
+
+
+def fresh_readings(count: int) -> list[Reading]:
+    """Readings of the last minutes (the live store trims what is older than a day)."""
+    start = time.time() - count
+    made = []
+    for n in range(count):
+        patient = PATIENTS[n % len(PATIENTS)]
+        device = f"gap-mon-{n % len(PATIENTS)}"
+        ts = start + n
+        made.append(
+            Reading(
+                reading_id=reading_id_for(device, n, round(ts * 1000)),
+                device_id=device,
+                patient_id=patient,
+                ts=ts,
+                received_at=ts + 0.1,
+                vitals={"heart_rate": 70.0 + n % 10, "spo2": 97.0},
+                seq=n,
+            )
+        )
+    return made
+
+
+def stored_ids(redis: Redis, settings: Settings) -> set[str]:
+    keys = Codec.from_settings(settings).keys
+    members = (cast("list[bytes]", redis.zrange(keys.seen(p), 0, -1)) for p in PATIENTS)
+    return {m.decode() for found in members for m in found}
+
+
+def stat(redis: Redis, settings: Settings, stage: str, name: str) -> int:
+    keys = Codec.from_settings(settings).keys
+    return int(cast("bytes | None", redis.hget(keys.stats(stage), name)) or 0)
+
+
+@pytest.fixture
+def run_processor(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[type[Consumer]], Processor]]:
+    started: list[tuple[Processor, threading.Thread]] = []
+
+    def start(consumer_class: type[Consumer]) -> Processor:
+        ensure_topics(settings.kafka)
+        monkeypatch.setattr(healthsync.kafka, "Consumer", consumer_class)
+        processor = build_processor(settings)
+        thread = threading.Thread(target=processor.run, daemon=True)
+        thread.start()
+        started.append((processor, thread))
+        return processor
+
+    yield start
+    for processor, thread in started:
+        processor.stop()
+        thread.join(30)
+
+
+def test_the_processor_stores_the_readings_a_fetch_skipped(
+    settings: Settings, redis: Redis, run_processor: Callable[[type[Consumer]], Processor]
+) -> None:
+    consumer = skipping(HOLE)
+    run_processor(consumer)
+    sent = fresh_readings(60)
+    produce(settings, sent[:30])
+    produce(settings, sent[30:])
+
+    everything = {r.reading_id for r in sent}
+    wait_for(lambda: stored_ids(redis, settings) == everything, what="every reading stored")
+    assert len(consumer.left_out) >= 2, "the test must leave readings out to mean anything"
+    wait_for(lambda: stat(redis, settings, "processor", "fetch_gaps_total") >= 1, what="counted")
+    assert stat(redis, settings, "processor", "offsets_skipped_total") == 0
+
+
+def test_a_hole_that_never_fills_is_skipped_without_stalling_the_partition(
+    settings: Settings, redis: Redis, run_processor: Callable[[type[Consumer]], Processor]
+) -> None:
+    consumer = skipping({2}, for_good=True)
+    processor = run_processor(consumer)
+    processor.gaps.patience_s = 0.5
+    sent = fresh_readings(45)
+    produce(settings, sent)
+
+    wait_for(lambda: consumer.left_out, what="a hole")
+    holes = {p for p, _offset in consumer.left_out}
+    # Every reading but the ones the broker "lost" is stored, later ones of their partitions too.
+    wait_for(
+        lambda: len(stored_ids(redis, settings)) == len(sent) - len(holes),
+        what="every other reading stored",
+    )
+    wait_for(
+        lambda: stat(redis, settings, "processor", "offsets_skipped_total") == len(holes),
+        what="each hole counted as skipped",
+    )
+
+
+def test_the_archiver_archives_the_readings_a_fetch_skipped(
+    archive_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consumer = skipping(HOLE)
+    monkeypatch.setattr(healthsync.kafka, "Consumer", consumer)
+    archiver = build_archiver(archive_settings)
+    thread = threading.Thread(target=archiver.run, daemon=True)
+    thread.start()
+    try:
+        sent = past_readings(0, 90)
+        produce(archive_settings, sent)
+        wait_for(
+            lambda: sorted(archived_ids(archive_settings)) == sorted(r.reading_id for r in sent),
+            60,
+            "every reading archived once",
+        )
+    finally:
+        archiver.stop()
+        thread.join(30)
+    assert len(consumer.left_out) >= 2
