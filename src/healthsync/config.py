@@ -183,20 +183,22 @@ class ProcessorSettings(BaseModel):
 
     group_id: str = "healthsync-processor"
     batch_size: int = Field(2000, ge=1)
-    # How long a consume waits to fill a batch. It only matters while the processor keeps
-    # up (behind, batches fill at once): at 1,000 readings/s, 50 ms -> 20 ms took
-    # send-to-visible p99 from 217-232 to 177-203 ms for 33% -> 43% of a core
-    # (bench/pipeline.py --latency-rates 1000, alternating runs).
+    # How long a consume waits to gather a batch when no reading is waiting. Readings
+    # fetched while the last batch was processed are taken at once (Processor._next_batch):
+    # at 1,000 readings/s on a quiet machine that took send-to-visible p50 from 96-114 to
+    # 72-76 ms and p99 from 200-212 to 139-158 ms, for about 10% more of a core (bench/
+    # README.md, alternating runs, fetch wait 50 ms). Behind, batches fill at once.
     batch_wait_s: float = Field(0.02, gt=0)
     session_timeout_ms: int = Field(6000, ge=1000)
     # How long the broker may hold a fetch open waiting for data. The embedded broker
-    # (Tansu) gives up a fetch that takes longer to assemble: with 10 ms a processor
-    # behind 40,000 single-reading batches got 34 of them in 15 s and never caught up;
-    # with 100 it drains them in 0.4 s. A waiting fetch is answered as data arrives,
-    # so on a quiet partition 100 costs what 10 did (p50 2-3 ms; bench/fetch_wait.py);
-    # under a steady flow over several partitions it costs about 27 ms at p50 and 37 ms
-    # at p99, and 50 (the shortest that drains a backlog) did not pay in bench/pipeline.py.
-    fetch_wait_ms: int = Field(100, ge=1, le=5000)
+    # (Tansu) gives up a fetch that takes longer to assemble: with 10 or 20 ms a processor
+    # behind 40,000 single-reading batches never caught up; 30 drained them in 3.1 s, 50
+    # in 0.6 s, 100 in 0.4 s. On a quiet partition a waiting fetch is answered in 2-3 ms
+    # whatever the wait, but under a steady flow over several partitions a longer wait
+    # answers later: produce to consume at 1,000 messages/s, p50/p99 40/68 ms at 50 and
+    # 53/91 ms at 100 (bench/fetch_wait.py --flow-work 0). So 50, the shortest wait that
+    # still drains a backlog at once.
+    fetch_wait_ms: int = Field(50, ge=1, le=5000)
     # A NEWS2 parameter older than this (relative to the patient's newest reading) no longer counts.
     news2_freshness_s: float = Field(900.0, gt=0)
 
