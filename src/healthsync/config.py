@@ -176,6 +176,8 @@ class IngestSettings(BaseModel):
     # HAProxy's stats page and Prometheus endpoint on loopback (0: a free port).
     replicas: int = Field(2, ge=1, le=16)
     front_stats_port: int = Field(0, ge=0, le=65535)
+    # How far ingest gives way to the processor when the CPU is short (see priority.py).
+    nice: int = Field(5, ge=0, le=19)
 
 
 class ProcessorSettings(BaseModel):
@@ -262,6 +264,8 @@ class ArchiveSettings(BaseModel):
     # readings, and fewer, larger groups make queries and the archive cheaper.
     day_row_group_rows: int = Field(8192, ge=64)
     group_id: str = "healthsync-archiver"
+    # How far the archiver gives way to the live path when the CPU is short (priority.py).
+    nice: int = Field(10, ge=0, le=19)
     # S3 only: server-side encryption asked for on every PutObject, on top of the
     # Parquet encryption; "aws:kms" uses sse_kms_key_id (or the bucket's default key).
     sse: Literal["AES256", "aws:kms"] = "AES256"

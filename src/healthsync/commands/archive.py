@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from healthsync.config import Settings
     from healthsync.kafka import ensure_topics
     from healthsync.logs import setup_logging
+    from healthsync.priority import give_way
     from healthsync.wiring import build_archiver
 
     config: Path | None = getattr(args, "config", None)
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "log_level", None):
         settings.log_level = args.log_level
     setup_logging("archiver", settings.log_level)
+    give_way(settings.archive.nice)
     ensure_topics(settings.kafka)
     archiver = build_archiver(settings)
     signal.signal(signal.SIGTERM, lambda *_: archiver.stop())

@@ -13,6 +13,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from healthsync.ingest.service import serve
     from healthsync.kafka import ensure_topics
     from healthsync.logs import setup_logging
+    from healthsync.priority import give_way
 
     settings = settings_from(args)
     if args.host:
@@ -20,6 +21,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.port is not None:
         settings.ingest.port = args.port
     setup_logging("ingest", settings.log_level)
+    give_way(settings.ingest.nice)
     ensure_topics(settings.kafka)
     collect_less()
     asyncio.run(serve(settings))
