@@ -17,18 +17,24 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, cast
 
+import orjson
 import pytest
 from confluent_kafka import Consumer, Message
 from redis import Redis
 
 import healthsync.kafka
 from healthsync.config import Settings
+from healthsync.domain.alerts import DEFAULT_THRESHOLDS
 from healthsync.domain.readings import Reading, reading_id_for
-from healthsync.kafka import ensure_topics
+from healthsync.fhir.observations import ObservationBuilder, reading_bundle
+from healthsync.kafka import ensure_topics, make_producer
+from healthsync.security import codec as roles
 from healthsync.security.codec import Codec
+from healthsync.stack import Service
 from healthsync.stream.processor import Processor
-from healthsync.wiring import build_archiver, build_processor
-from tests.conftest import wait_for
+from healthsync.wiring import build_archiver, build_processor, build_pusher
+from tests.conftest import make_settings, wait_for
+from tests.fhir.test_ehr_push import FakeEhr
 from tests.stream.test_archiver import archive_settings, archived_ids, produce
 from tests.stream.test_archiver import readings as past_readings
 
@@ -40,18 +46,31 @@ HOLE = {3, 4}
 
 
 class SkippingConsumer(Consumer):
-    """A real consumer whose answers leave out `offsets` (in every partition): the first
-    time each arrives, or every time with `for_good` (records the broker no longer has)."""
+    """A real consumer whose answers leave out `offsets` (in every partition), as the
+    broker's race does: only where the same answer holds a later message of that
+    partition. The first time each arrives, or every time with `for_good` (records
+    the broker no longer has)."""
 
     offsets: ClassVar[set[int]] = set()
     for_good: ClassVar[bool] = False
     left_out: ClassVar[list[tuple[int | None, int | None]]] = []
 
     def consume(self, *args: Any, **kwargs: Any) -> list[Message]:
+        messages = super().consume(*args, **kwargs)
+        last: dict[int | None, int] = {}
+        for message in messages:
+            last[message.partition()] = max(
+                last.get(message.partition(), -1), message.offset() or 0
+            )
         answer = []
-        for message in super().consume(*args, **kwargs):
+        for message in messages:
             place = (message.partition(), message.offset())
-            if message.offset() in self.offsets and (self.for_good or place not in self.left_out):
+            offset = message.offset()
+            if (
+                offset in self.offsets
+                and last[message.partition()] > offset
+                and (self.for_good or place not in self.left_out)
+            ):
                 self.left_out.append(place)
                 continue
             answer.append(message)
@@ -125,11 +144,13 @@ def run_processor(
 def test_the_processor_stores_the_readings_a_fetch_skipped(
     settings: Settings, redis: Redis, run_processor: Callable[[type[Consumer]], Processor]
 ) -> None:
+    # Everything is in the topic first, so the first answers hold a partition's later
+    # messages too (the race only ever hands over a later batch).
+    sent = fresh_readings(60)
+    ensure_topics(settings.kafka)
+    produce(settings, sent)
     consumer = skipping(HOLE)
     run_processor(consumer)
-    sent = fresh_readings(60)
-    produce(settings, sent[:30])
-    produce(settings, sent[30:])
 
     everything = {r.reading_id for r in sent}
     wait_for(lambda: stored_ids(redis, settings) == everything, what="every reading stored")
@@ -141,11 +162,12 @@ def test_the_processor_stores_the_readings_a_fetch_skipped(
 def test_a_hole_that_never_fills_is_skipped_without_stalling_the_partition(
     settings: Settings, redis: Redis, run_processor: Callable[[type[Consumer]], Processor]
 ) -> None:
+    sent = fresh_readings(45)
+    ensure_topics(settings.kafka)
+    produce(settings, sent)
     consumer = skipping({2}, for_good=True)
     processor = run_processor(consumer)
     processor.gaps.patience_s = 0.5
-    sent = fresh_readings(45)
-    produce(settings, sent)
 
     wait_for(lambda: consumer.left_out, what="a hole")
     holes = {p for p, _offset in consumer.left_out}
@@ -163,14 +185,14 @@ def test_a_hole_that_never_fills_is_skipped_without_stalling_the_partition(
 def test_the_archiver_archives_the_readings_a_fetch_skipped(
     archive_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    sent = past_readings(0, 90)
+    produce(archive_settings, sent)
     consumer = skipping(HOLE)
     monkeypatch.setattr(healthsync.kafka, "Consumer", consumer)
     archiver = build_archiver(archive_settings)
     thread = threading.Thread(target=archiver.run, daemon=True)
     thread.start()
     try:
-        sent = past_readings(0, 90)
-        produce(archive_settings, sent)
         wait_for(
             lambda: sorted(archived_ids(archive_settings)) == sorted(r.reading_id for r in sent),
             60,
@@ -179,4 +201,40 @@ def test_the_archiver_archives_the_readings_a_fetch_skipped(
     finally:
         archiver.stop()
         thread.join(30)
+    assert len(consumer.left_out) >= 2
+
+
+def test_the_ehr_push_pushes_the_resources_a_fetch_skipped(
+    broker: Service, redis_server: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ehr = FakeEhr().start()
+    settings = make_settings(broker, redis_server, fhir={"ehr_base_url": ehr.base_url})
+    ensure_topics(settings.kafka)
+    # As the processor's topic sink publishes them: a sealed Bundle per reading.
+    codec = Codec.from_settings(settings)
+    builder = ObservationBuilder(DEFAULT_THRESHOLDS, codec.id_key)
+    producer = make_producer(settings.kafka)
+    sent = fresh_readings(45)
+    for reading in sent:
+        key = codec.message_key(reading.patient_id)
+        bundle = reading_bundle(reading, builder.build(reading))
+        value = codec.seal_message(roles.OBSERVATIONS, key, orjson.dumps(bundle))
+        producer.produce(settings.kafka.observations_topic, value, key)
+    assert producer.flush(30) == 0
+    consumer = skipping(HOLE)
+    monkeypatch.setattr(healthsync.kafka, "Consumer", consumer)
+    pusher = build_pusher(settings)
+    thread = threading.Thread(target=pusher.run, daemon=True)
+    thread.start()
+    try:
+
+        def pushed() -> int:
+            return sum(1 for name in list(ehr.resources) if name.startswith("Observation/"))
+
+        # Heart rate and SpO2 of every reading.
+        wait_for(lambda: pushed() == 2 * len(sent), 60, "every Observation in the EHR")
+    finally:
+        pusher.stop()
+        thread.join(30)
+        ehr.stop()
     assert len(consumer.left_out) >= 2

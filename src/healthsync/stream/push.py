@@ -5,6 +5,7 @@ that is slow or down delays only the push, never the live pipeline (alerts,
 Redis, the API). Offsets are committed after the EHR accepted a batch; the
 sink's conditional creates make a replay harmless. Values are opened through
 the codec; one that cannot be opened is logged (its reason, no content) and skipped.
+Offsets a fetch skipped are read again (:mod:`healthsync.stream.gaps`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from healthsync.fhir.observations import unbundled
 from healthsync.security import codec as roles
 from healthsync.security.codec import Codec
 from healthsync.security.crypto import DecryptError
+from healthsync.stream.gaps import OffsetGaps
 from healthsync.stream.retry import retry_until_stopped
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ class EhrPusher:
         }
         self.consumer = consumer
         self.sink = sink
+        # No counters of its own in Redis: a hole read again or skipped shows in the log.
+        self.gaps = OffsetGaps(None)
         self.stopping = False
 
     def stop(self) -> None:
@@ -61,19 +65,27 @@ class EhrPusher:
 
     def run(self) -> None:
         kafka = self.settings.kafka
-        self.consumer.subscribe([kafka.observations_topic, kafka.alerts_topic])
+        self.consumer.subscribe(
+            [kafka.observations_topic, kafka.alerts_topic],
+            on_assign=self._moved,
+            on_revoke=self._moved,
+        )
         log.info("ehr push started")
         try:
             while not self.stopping:
-                messages = self.consumer.consume(
+                fetched = self.consumer.consume(
                     self.settings.fhir.ehr_batch_size, self.settings.processor.batch_wait_s
                 )
+                messages = self.gaps.check(self.consumer, fetched)
                 if messages:
                     self.handle(messages)
         finally:
             self.consumer.close()
             self.sink.close()
             log.info("ehr push stopped")
+
+    def _moved(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.gaps.forget((tp.topic, tp.partition) for tp in partitions)
 
     def handle(self, messages: list[Message]) -> None:
         offsets: dict[tuple[str, int], int] = {}
