@@ -45,12 +45,15 @@ PATIENTS = [f"PX-{7000 + i}" for i in range(9)]
 CONTRACT_NAME = re.compile(r"p\d+-\d+-\d+\.parquet")
 
 
-def readings(start: int, count: int) -> list[Reading]:
+def readings(
+    start: int, count: int, *, t0: float = T0, patients: list[str] = PATIENTS
+) -> list[Reading]:
+    """One reading a second from `t0 + start`, the patients in turn."""
     made = []
     for n in range(start, start + count):
-        patient = PATIENTS[n % len(PATIENTS)]
-        device = f"mon-{n % len(PATIENTS)}"
-        ts = T0 + n
+        patient = patients[n % len(patients)]
+        device = f"mon-{n % len(patients)}"
+        ts = t0 + n
         made.append(
             Reading(
                 reading_id=reading_id_for(device, n, round(ts * 1000)),

@@ -25,7 +25,7 @@ from redis import Redis
 import healthsync.kafka
 from healthsync.config import Settings
 from healthsync.domain.alerts import DEFAULT_THRESHOLDS
-from healthsync.domain.readings import Reading, reading_id_for
+from healthsync.domain.readings import Reading
 from healthsync.fhir.observations import ObservationBuilder, reading_bundle
 from healthsync.kafka import ensure_topics, make_producer
 from healthsync.security import codec as roles
@@ -89,24 +89,7 @@ def skipping(offsets: set[int], *, for_good: bool = False) -> type[SkippingConsu
 
 def fresh_readings(count: int) -> list[Reading]:
     """Readings of the last minutes (the live store trims what is older than a day)."""
-    start = time.time() - count
-    made = []
-    for n in range(count):
-        patient = PATIENTS[n % len(PATIENTS)]
-        device = f"gap-mon-{n % len(PATIENTS)}"
-        ts = start + n
-        made.append(
-            Reading(
-                reading_id=reading_id_for(device, n, round(ts * 1000)),
-                device_id=device,
-                patient_id=patient,
-                ts=ts,
-                received_at=ts + 0.1,
-                vitals={"heart_rate": 70.0 + n % 10, "spo2": 97.0},
-                seq=n,
-            )
-        )
-    return made
+    return past_readings(0, count, t0=time.time() - count, patients=PATIENTS)
 
 
 def stored_ids(redis: Redis, settings: Settings) -> set[str]:
@@ -127,7 +110,6 @@ def run_processor(
     started: list[tuple[Processor, threading.Thread]] = []
 
     def start(consumer_class: type[Consumer]) -> Processor:
-        ensure_topics(settings.kafka)
         monkeypatch.setattr(healthsync.kafka, "Consumer", consumer_class)
         processor = build_processor(settings)
         thread = threading.Thread(target=processor.run, daemon=True)
