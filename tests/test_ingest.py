@@ -132,9 +132,14 @@ def test_reading_ids_are_keyed(start_ingest: StartIngest) -> None:
 
 
 def readyz(settings: Settings) -> int:
-    with socket.create_connection((settings.ingest.host, settings.ingest.check_port), 5) as s:
-        s.sendall(b"GET /readyz HTTP/1.0\r\n\r\n")
-        return int(s.makefile("rb").readline().split()[1])
+    """The readiness status; 0 while the check port is not listening yet (it opens
+    on its own thread, possibly after the device ports)."""
+    try:
+        with socket.create_connection((settings.ingest.host, settings.ingest.check_port), 5) as s:
+            s.sendall(b"GET /readyz HTTP/1.0\r\n\r\n")
+            return int(s.makefile("rb").readline().split()[1])
+    except ConnectionRefusedError:
+        return 0
 
 
 def test_readiness_follows_kafka(own_broker: Service, start_ingest: StartIngest) -> None:
