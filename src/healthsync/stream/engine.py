@@ -28,7 +28,7 @@ from healthsync.domain.readings import VITALS, Reading
 from healthsync.domain.rules import AnomalySettings, TrendRule
 from healthsync.stream import devices, screening
 from healthsync.stream.lifecycle import Finding, Lifecycle, Subject
-from healthsync.stream.news2_alerts import news2_finding, screened
+from healthsync.stream.news2_alerts import new_evidence, news2_finding, screened
 from healthsync.stream.rulebook import RuleBook
 from healthsync.stream.state import PatientState, Sample
 from healthsync.stream.trends import Baseline, TrendWindow, recovery
@@ -333,6 +333,8 @@ class AnomalyEngine:
         finding = news2_finding(score, state, bands, self.cfg)
         if finding.severity is None and self._idle(state, patient, "news2"):
             return []
+        if not new_evidence(finding, score, state):
+            return []  # a re-score of samples already counted: no sign that it lasted
         source = next(iter(score.sources.values()), "")
         sample = Sample(score.ts, float(score.total), source)
         self.life.decided_at = score.ts

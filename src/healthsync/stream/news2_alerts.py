@@ -18,7 +18,11 @@
 
 The score is re-computed from the samples the engine kept, so a sample held
 or set aside as an artefact does not count, and from their median over the
-last 15 s, so one noisy sample at a chart boundary does not either.
+last 15 s, so one noisy sample at a chart boundary does not either. It is
+re-computed whenever any of the patient's devices sends, but a warning lasts
+only on samples of the vitals that drive it (:func:`new_evidence`): a cuff's
+reading, or a monitor's artefact held back, re-scores the SpO2 of a minute
+ago without measuring it again.
 """
 
 from __future__ import annotations
@@ -73,6 +77,28 @@ def news2_finding(
         persist_s=persist_s,
         resolve_s=cfg.news2_resolve_hold_s,
     )
+
+
+def new_evidence(finding: Finding, score: News2, state: PatientState) -> bool:
+    """Whether the score may count towards a pending warning lasting: always, unless
+    a warning is pending and no vital that drives the score was measured since."""
+    pending = state.trackers.get("news2")
+    if finding.severity is None or finding.immediate or pending is None or pending.since is None:
+        return True
+    return remeasured(score, state, pending.last_ts)
+
+
+def remeasured(score: News2, state: PatientState, since: float) -> bool:
+    """Whether a sample kept after `since` measured a vital that drives the score: a red
+    part of a single red score, any scoring part of a medium or high one. A score whose
+    parts come from no kept samples (a nurse's entries) counts as measured."""
+    floor = RED if score.band == "low-medium" else 1
+    newest = [
+        kept[-1][0]
+        for name, points in score.parts.items()
+        if points >= floor and (kept := state.recent.get(name))
+    ]
+    return not newest or max(newest) > since
 
 
 def _red_covered(score: News2, state: PatientState, bands: Mapping[str, Threshold]) -> bool:

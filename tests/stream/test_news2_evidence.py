@@ -1,0 +1,91 @@
+"""A NEWS2 warning persists on samples of the parameters that drive it, not on re-scores.
+
+The score is recomputed whenever any of the patient's devices sends. A red part
+resting on one sample must not count as lasting because another device's
+reading, or an artefact held back, asked for the score again: on a ward of
+minute-by-minute monitors and 15-minute cuffs those re-scores made one noisy
+SpO2 of 91, or one cuff's systolic of 90, a NEWS2 alert (`healthsync eval` on
+scenarios/slow_devices.toml, seeds 2, 3 and 8).
+"""
+
+from __future__ import annotations
+
+from healthsync.domain.alerts import AlertEvent
+from healthsync.domain.readings import Reading
+from tests.stream.test_alarm_rules import opened
+from tests.stream.test_engine import Run, reading
+
+
+def minute_monitor(t: float, spo2: float, heart_rate: float = 70) -> Reading:
+    """A monitor that sends every minute, as a ward's slower devices do."""
+    return reading(t, device="mon", spo2=spo2, heart_rate=heart_rate, resp_rate=15, temp=37.0)
+
+
+def cuff(t: float, systolic: float) -> Reading:
+    return reading(t, device="cuff", bp_sys=systolic, bp_dia=systolic - 30)
+
+
+def steady(run: Run, spo2: float = 93) -> list[AlertEvent]:
+    """Twenty minutes at a patient's usual SpO2, with a cuff every fifteen."""
+    events: list[AlertEvent] = []
+    for t in range(-1200, 0, 60):
+        events += run.send(minute_monitor(t, spo2))
+        if t % 900 == 0:
+            events += run.send(cuff(t + 5, 125))
+    return events
+
+
+def test_an_artefact_held_back_does_not_make_the_sample_before_it_last() -> None:
+    run = Run()
+    events = steady(run)
+    # One noisy 91 (a red NEWS2 part, inside the SpO2 alert band), then a probe
+    # artefact of 80 a minute later, held back, then the patient's usual 93.
+    events += run.send(minute_monitor(0, 91))
+    events += run.send(minute_monitor(60, 80))
+    events += run.send(minute_monitor(120, 93))
+    assert opened(events) == []
+    assert [a.value for a in run.artefacts] == [80]
+
+
+def test_another_devices_reading_does_not_make_a_red_part_last() -> None:
+    run = Run()
+    events = steady(run)
+    # SpO2 91 once; a cuff measures 50 s later; the monitor's next sample is 92.
+    events += run.send(minute_monitor(0, 91))
+    events += run.send(cuff(50, 118))
+    events += run.send(minute_monitor(60, 92))
+    assert opened(events) == []
+
+
+def test_one_cuff_measurement_of_90_is_not_a_lasting_red_score() -> None:
+    run = Run()
+    events = steady(run, spo2=97)
+    # Systolic 90 scores 3 but is inside the pressure's alert band; the monitor's
+    # readings for the next two minutes re-score it without measuring it again.
+    events += run.send(cuff(0, 90))
+    for t in range(10, 130, 60):
+        events += run.send(minute_monitor(t, 97))
+    assert opened(events) == []
+
+
+def test_a_red_part_measured_again_still_alerts_after_30_s() -> None:
+    run = Run()
+    events = steady(run)
+    # 91 on two samples a minute apart: the red part was measured twice, and lasted.
+    events += run.send(minute_monitor(0, 91))
+    events += run.send(cuff(30, 118))
+    events += run.send(minute_monitor(60, 91))
+    assert opened(events) == [("news2", 60)]
+
+
+def test_a_medium_score_lasts_on_the_fresh_parts_beside_a_cuffs_older_one() -> None:
+    run = Run()
+    events = steady(run, spo2=97)
+    # Systolic 98 (2) from the cuff, then the monitor's RR 22 (2) and HR 95 (1): 5,
+    # medium, amber only. The monitor's samples measure most of it again each time.
+    events += run.send(cuff(0, 98))
+    for t in range(10, 400, 15):
+        events += run.send(
+            reading(t, device="mon", spo2=97, heart_rate=95, resp_rate=22, temp=37.0)
+        )
+    assert [kind for kind, _ in opened(events)] == ["news2"]
