@@ -10,15 +10,17 @@ scenarios/slow_devices.toml, seeds 2, 3 and 8).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from healthsync.domain.alerts import AlertEvent
 from healthsync.domain.readings import Reading
 from tests.stream.test_alarm_rules import opened
 from tests.stream.test_engine import Run, reading
 
 
-def minute_monitor(t: float, spo2: float, heart_rate: float = 70) -> Reading:
+def minute_monitor(t: float, spo2: float, resp_rate: float = 15) -> Reading:
     """A monitor that sends every minute, as a ward's slower devices do."""
-    return reading(t, device="mon", spo2=spo2, heart_rate=heart_rate, resp_rate=15, temp=37.0)
+    return reading(t, device="mon", spo2=spo2, heart_rate=70, resp_rate=resp_rate, temp=37.0)
 
 
 def cuff(t: float, systolic: float) -> Reading:
@@ -68,6 +70,21 @@ def test_one_cuff_measurement_of_90_is_not_a_lasting_red_score() -> None:
     assert opened(events) == []
 
 
+def test_a_medium_score_does_not_last_on_a_level_whose_next_sample_is_held() -> None:
+    run = Run()
+    events: list[AlertEvent] = []
+    for t in range(-900, -300, 60):
+        events += run.send(minute_monitor(t, 96, resp_rate=22))
+    # After five minutes without readings, a probe artefact of 71 is the first sample
+    # (nothing to jump from): SpO2 3 + RR 22's 2 make 5. The next sample, 96, is a jump
+    # back, held; RR was measured again with it, but the SpO2 part is the 71 that sample
+    # may replace. The one after confirms 96.
+    events += run.send(minute_monitor(0, 71, resp_rate=22))
+    events += run.send(minute_monitor(60, 96, resp_rate=22))
+    events += run.send(minute_monitor(120, 97, resp_rate=22))
+    assert opened(events) == []
+
+
 def test_a_red_part_measured_again_still_alerts_after_30_s() -> None:
     run = Run()
     events = steady(run)
@@ -89,3 +106,18 @@ def test_a_medium_score_lasts_on_the_fresh_parts_beside_a_cuffs_older_one() -> N
             reading(t, device="mon", spo2=97, heart_rate=95, resp_rate=22, temp=37.0)
         )
     assert [kind for kind, _ in opened(events)] == ["news2"]
+
+
+def test_a_late_re_score_does_not_complete_a_red_run_on_its_one_measurement() -> None:
+    run = Run()
+    events = steady(run, spo2=97)
+    # A cuff's systolic of 90 goes stale after 15 minutes (NEWS2's freshness) and the
+    # run ends; a monitor reading measured just before that, delivered late, re-scores
+    # it as red again. It measured no pressure: the run still rests on one sample.
+    events += run.send(cuff(0, 90))
+    for t in range(15, 900, 15):
+        events += run.send(minute_monitor(t, 97))
+    events += run.send(minute_monitor(905, 97))
+    late = minute_monitor(899, 97)
+    events += run.send(replace(late, received_at=late.received_at + 10))
+    assert opened(events) == []

@@ -81,23 +81,28 @@ def news2_finding(
 
 def new_evidence(finding: Finding, score: News2, state: PatientState) -> bool:
     """Whether the score may count towards a pending warning lasting: always, unless
-    a warning is pending and no vital that drives the score was measured since."""
-    pending = state.trackers.get("news2")
-    if finding.severity is None or finding.immediate or pending is None or pending.since is None:
+    it would join a pending run (or, late, complete one that ended) and no vital that
+    drives the score was measured since that run's last sample."""
+    tracker = state.trackers.get("news2")
+    if finding.severity is None or finding.immediate or tracker is None:
         return True
-    return remeasured(score, state, pending.last_ts)
+    run = tracker.ended if tracker.completed_by(score.ts) else tracker
+    if run is None or run.since is None:
+        return True
+    return remeasured(score, state, run.last_ts)
 
 
 def remeasured(score: News2, state: PatientState, since: float) -> bool:
-    """Whether a sample kept after `since` measured a vital that drives the score: a red
-    part of a single red score, any scoring part of a medium or high one. A score whose
-    parts come from no kept samples (a nurse's entries) counts as measured."""
+    """Whether a sample kept after `since` measured a vital that drives the score (a red
+    part of a single red score, any scoring part of a medium or high one), and none of
+    them has a newer sample held back as a possible artefact: the part it scores is then
+    the level from before, which that sample may be about to replace. A score whose parts
+    come from no kept samples (a nurse's entries) counts as measured."""
     floor = RED if score.band == "low-medium" else 1
-    newest = [
-        kept[-1][0]
-        for name, points in score.parts.items()
-        if points >= floor and (kept := state.recent.get(name))
-    ]
+    drivers = [name for name, points in score.parts.items() if points >= floor]
+    if any(state.held.get(name) for name in drivers):
+        return False
+    newest = [kept[-1][0] for name in drivers if (kept := state.recent.get(name))]
     return not newest or max(newest) > since
 
 
