@@ -28,7 +28,7 @@ from healthsync.domain.readings import VITALS, Reading
 from healthsync.domain.rules import AnomalySettings, TrendRule
 from healthsync.stream import devices, screening
 from healthsync.stream.lifecycle import Finding, Lifecycle, Subject
-from healthsync.stream.news2_alerts import new_evidence, news2_finding, screened
+from healthsync.stream.news2_alerts import new_evidence, news2_finding, note_red, screened
 from healthsync.stream.rulebook import RuleBook
 from healthsync.stream.state import PatientState, Sample
 from healthsync.stream.trends import Baseline, TrendWindow, recovery
@@ -329,6 +329,7 @@ class AnomalyEngine:
     def _news2(self, patient: str, score: News2) -> list[AlertEvent]:
         state = self.states.setdefault(patient, PatientState())
         score = screened(score, state)
+        note_red(score, state)
         bands = self.rules.bands_for(patient)
         finding = news2_finding(score, state, bands, self.cfg)
         if finding.severity is None and self._idle(state, patient, "news2"):

@@ -33,15 +33,30 @@ from healthsync.domain.alerts import Severity, Threshold
 from healthsync.domain.news2 import News2, rescore
 from healthsync.domain.rules import AnomalySettings
 from healthsync.stream.lifecycle import Finding
-from healthsync.stream.state import PatientState
+from healthsync.stream.state import PatientState, Tracker
 
 RED = 3
+# A tracker of no alert of its own: since when the score has had a red part, so that
+# the red part holds ``news2_persist_s`` itself rather than inherit a run of amber sums.
+RED_RUN = "news2:red"
 
 
 def screened(score: News2, state: PatientState) -> News2:
     """The score with its vitals taken from the samples the engine kept (their recent median)."""
     levels = {v: state.level(v) for v in score.parts}
     return rescore(score, {v: level for v, level in levels.items() if level is not None})
+
+
+def note_red(score: News2, state: PatientState) -> None:
+    """Remember since when the score has had a red part (forget it once it has none)."""
+    red = any(points >= RED for points in score.parts.values())
+    run = state.trackers.get(RED_RUN)
+    if red and run is None:
+        state.trackers[RED_RUN] = Tracker(since=score.ts, last_ts=score.ts)
+    elif red and run is not None:
+        run.last_ts = max(run.last_ts, score.ts)
+    elif run is not None and score.ts > run.last_ts:
+        del state.trackers[RED_RUN]  # a late score from before the red part ends nothing
 
 
 def news2_finding(
@@ -66,6 +81,8 @@ def news2_finding(
     amber_only = score.band == "medium" and not any(v >= RED for v in score.parts.values())
     if amber_only:
         persist_s = cfg.news2_aggregate_persist_s
+    elif severity == "warning":
+        persist_s = _red_persist(state, cfg)
     return Finding(
         severity,
         score.band == "low",
@@ -77,6 +94,17 @@ def news2_finding(
         persist_s=persist_s,
         resolve_s=cfg.news2_resolve_hold_s,
     )
+
+
+def _red_persist(state: PatientState, cfg: AnomalySettings) -> float:
+    """``news2_persist_s`` counted from when the red part began, not from the start of
+    the pending run (which may have begun as a sum of amber parts); never longer than
+    the amber sum would have had to hold."""
+    pending, red = state.trackers.get("news2"), state.trackers.get(RED_RUN)
+    if pending is None or pending.since is None or red is None or red.since is None:
+        return cfg.news2_persist_s
+    later = max(0.0, red.since - pending.since)
+    return min(cfg.news2_persist_s + later, max(cfg.news2_aggregate_persist_s, cfg.news2_persist_s))
 
 
 def new_evidence(finding: Finding, score: News2, state: PatientState) -> bool:
