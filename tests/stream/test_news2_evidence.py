@@ -125,11 +125,13 @@ def test_a_late_re_score_does_not_complete_a_red_run_on_its_one_measurement() ->
 
 def test_a_red_part_lasts_its_own_30_s_after_amber_parts_summed_to_5() -> None:
     run = Run()
+
     # RR 22 (2) + SpO2 93 (2) + HR 95 (1) = 5 for two minutes: amber only, which must
     # hold 5 minutes. Then SpO2 falls to 91 (3), whose 15 s median is red from 130 s:
     # the red part must hold the 30 s a red part needs, not inherit the amber minutes.
-    amber = {"resp_rate": 22, "spo2": 93, "heart_rate": 95}
-    events = [e for t in range(0, 120, 5) for e in run.send(reading(t, **amber))]
-    red = dict(amber, spo2=91)
-    events += [e for t in range(120, 200, 5) for e in run.send(reading(t, **red))]
+    def monitor(t: float, spo2: float) -> Reading:
+        return reading(t, resp_rate=22, spo2=spo2, heart_rate=95)
+
+    events = [e for t in range(0, 120, 5) for e in run.send(monitor(t, 93))]
+    events += [e for t in range(120, 200, 5) for e in run.send(monitor(t, 91))]
     assert opened(events) == [("news2", 160)]

@@ -11,7 +11,8 @@
   come and go. A medium score made only of amber parts (several parameters each
   a little off, none red) needs ``news2_aggregate_persist_s``: a patient who
   sits there for minutes is what the score is about, one who drifts through it
-  for half a minute is not.
+  for half a minute is not. A red part's ``news2_persist_s`` counts from when
+  the red part began, even within a run that began as such an amber sum.
 - an open NEWS2 alert resolves once the score has been low for
   ``news2_resolve_hold_s``: a patient hovering at 4-5 keeps one alert, not a
   flapping one.
