@@ -6,8 +6,10 @@ front), two ingest replicas behind HAProxy, the processor and the archiver.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -23,7 +25,13 @@ from redis import Redis
 from healthsync.config import KafkaSettings, Settings
 from healthsync.kafka import TopicIds, client_config, unread
 from healthsync.names import RedisKeys
-from healthsync.recycle import MAX_LAG_TO_HOLD, BrokerRecycler, RecycleAborted, resident_mib
+from healthsync.recycle import (
+    MAX_LAG_TO_HOLD,
+    OVERLOAD_FACTOR,
+    BrokerRecycler,
+    RecycleAborted,
+    resident_mib,
+)
 from healthsync.security.codec import Codec
 from healthsync.stack import Service
 from healthsync.store.archive.setup import Archive
@@ -222,6 +230,47 @@ def test_the_broker_past_its_limit_is_recycled_and_its_memory_freed(up: Pipeline
     # Below the limit now: nothing more to do, even once the pause after a recycle is over.
     recycler.not_before = 0.0
     assert recycler.check() is None
+
+
+@pytest.mark.timeout(300)
+def test_a_broker_past_twice_its_limit_is_recycled_though_the_processor_is_far_behind(
+    up: Pipeline,
+) -> None:
+    # An overloaded processor: left behind, the broker would grow until the machine ran
+    # out of memory, so past twice the limit ingest is held anyway while it catches up.
+    kafka = up.settings.kafka
+    processor = up.children["process"].process
+    assert processor is not None
+    recycler = BrokerRecycler(up, lambda _text: None)
+    tansu = recycler.tansu()
+    assert tansu is not None
+    ids = TopicIds(kafka)
+    before = ids(kafka.vitals_topic)
+    wait_for(recycler.settled, timeout=60, what="the consumers to have joined their groups")
+    os.kill(processor.pid, signal.SIGSTOP)
+    # It runs again a few seconds into the recycle, after the point where a pipeline
+    # this far behind is left alone below twice the limit.
+    resume = threading.Timer(3.0, os.kill, (processor.pid, signal.SIGCONT))
+    try:
+        producer = Producer(client_config(kafka, {"linger.ms": 5}))
+        for i in range(MAX_LAG_TO_HOLD + 1000):
+            producer.produce(kafka.vitals_topic, b"not a reading", f"k{i % 50}")
+        assert producer.flush(30) == 0
+        size = resident_mib(tansu.process.pid)
+        assert size is not None
+        recycler.limit_mib = max(1, int(size / OVERLOAD_FACTOR))
+        resume.start()
+        outcome = recycler.recycle()
+    finally:
+        resume.cancel()
+        with contextlib.suppress(ProcessLookupError):  # the recycle restarted it
+            os.kill(processor.pid, signal.SIGCONT)
+    assert ids(kafka.vitals_topic) != before, "the vitals topic was not emptied"
+    assert outcome.held_s > 3, "ingest was held while the processor caught up"
+    device = Device(up.settings.ingest.host, up.settings.ingest.port)
+    reply = device.send(b"device_id=dev-h patient_id=P-9 seq=3 hr=70")
+    device.close()
+    assert reply.startswith("OK "), reply
 
 
 @pytest.mark.timeout(300)

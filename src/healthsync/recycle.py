@@ -20,6 +20,13 @@ when nothing is lost by it:
 5. the stopped stages start again, and ingest is released with a fresh
    producer.
 
+A pipeline whose processor cannot keep up is not recycled at first: holding
+ingest then would keep devices waiting on a long catch-up. But its broker
+would grow until the machine runs out of memory, so once it passes twice the
+limit (``OVERLOAD_FACTOR``) ingest is held anyway, shedding load (devices
+are told ``ERR 503`` and send again), and the consumers are given
+``OVERLOAD_CATCH_UP_S`` to catch up.
+
 Nothing acknowledged is lost: each reading is in Redis and in the archive
 before its topic goes. If a consumer does not catch up in time, or a step
 fails, the topics are kept, everything is started and released again, and
@@ -46,8 +53,14 @@ from healthsync.supervisor import Pipeline
 HOLD_TIMEOUT_S = 15.0
 CATCH_UP_TIMEOUT_S = 15.0
 # Ingest is held only if the processor is at most this many readings behind: one
-# further behind (overloaded) would keep devices waiting, and likely in vain.
+# further behind (overloaded) would keep devices waiting, and likely in vain ...
 MAX_LAG_TO_HOLD = 5000
+# ... until the broker is past this many times its limit: then the machine's memory
+# comes first, and each consumer may take this long to catch up with ingest held (at
+# 2,000 readings/s offered the processor fell about 100,000 behind, which it drains
+# alone at 4,000-5,000/s).
+OVERLOAD_FACTOR = 2.0
+OVERLOAD_CATCH_UP_S = 120.0
 # A stopped consumer no longer moves: its commits only have to become visible.
 STOPPED_TIMEOUT_S = 3.0
 # A consumer is stopped only once it has run this long. One stopped while it is still
@@ -129,13 +142,17 @@ class BrokerRecycler:
             raise RecycleAborted("no embedded broker")
         _wait(self.settled, SETTLE_S + HOLD_TIMEOUT_S, "the consumers to join their groups")
         before = resident_mib(broker.process.pid) or 0.0
-        self._near_caught_up()
+        overloaded = bool(self.limit_mib) and before >= OVERLOAD_FACTOR * self.limit_mib
+        if not overloaded:
+            self._near_caught_up()
         ingest = self._children("ingest")
         started = time.monotonic()
         stopped: list[Child] = []
         try:
             self._hold(ingest)
-            stopped = self._drain_consumers()
+            stopped = self._drain_consumers(
+                OVERLOAD_CATCH_UP_S if overloaded else CATCH_UP_TIMEOUT_S
+            )
             self._empty_topics()
         finally:
             for child in stopped:
@@ -166,8 +183,9 @@ class BrokerRecycler:
         for child in ingest:
             _signal(child, signal.SIGUSR2)
 
-    def _drain_consumers(self) -> list[Child]:
-        """Stop each consumer once it caught up, upstream first; the ones stopped."""
+    def _drain_consumers(self, timeout: float) -> list[Child]:
+        """Stop each consumer once it caught up (within `timeout` each), upstream first;
+        the ones stopped."""
         settings = self.pipeline.settings
         kafka = settings.kafka
         reads = {
@@ -185,7 +203,7 @@ class BrokerRecycler:
                     # The archiver commits only what it wrote: it is asked to write its
                     # buffer (SIGUSR1) until it has read and committed everything.
                     nudge = child if stage == "archive" else None
-                    self._caught_up(group, topics, CATCH_UP_TIMEOUT_S, nudge)
+                    self._caught_up(group, topics, timeout, nudge)
                     child.stop()
                     stopped.append(child)
                     if stage == "archive":
