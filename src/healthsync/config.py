@@ -45,8 +45,8 @@ class KafkaSettings(BaseModel):
     # and the stages get security.protocol=SSL with the local CA.
     embedded_tls: bool = True
     # The embedded broker keeps every message in memory (it ignores retention): past
-    # this resident size `up` recycles its topics once every consumer has caught up
-    # (see recycle.py). 0: never.
+    # this resident size `up` recycles its topics once every consumer has caught up, and
+    # past twice it holds ingest until they have (see recycle.py). 0: never.
     embedded_max_mb: int = Field(1024, ge=0)
 
     def recycled_topics(self) -> list[str]:

@@ -120,7 +120,8 @@ class Supervisor:
             self._say(
                 f"note      past {limit} MiB the embedded broker's topics are emptied once "
                 "every stage has caught up (kafka.embedded_max_mb; ingest answers ERR 503 "
-                "for a few seconds meanwhile)"
+                "for a few seconds meanwhile, and past twice that for as long as the stages "
+                "take to catch up, if they fell behind)"
             )
 
     def _watch(self, watchdog: ServiceWatchdog, recycler: BrokerRecycler) -> None:

@@ -35,7 +35,8 @@ def register(sub: Subparsers) -> None:
         "API takes the admin key it writes to <run dir>/api-key. Redis keeps its data "
         "in <run dir>/redis; the embedded broker keeps topics in memory only (not durable), "
         "emptied once every stage has caught up when it passes "
-        "HEALTHSYNC_KAFKA_EMBEDDED_MAX_MB (1024). "
+        "HEALTHSYNC_KAFKA_EMBEDDED_MAX_MB (1024); past twice that, ingest is held (ERR 503) "
+        "until they have. "
         "A process that dies is restarted with backoff. "
         "Ctrl-C or SIGTERM drains and stops everything.",
     )
