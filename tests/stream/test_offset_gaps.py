@@ -15,7 +15,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar, cast
+from contextlib import contextmanager
+from typing import Any, ClassVar, Protocol, cast
 
 import orjson
 import pytest
@@ -103,6 +104,23 @@ def stat(redis: Redis, settings: Settings, stage: str, name: str) -> int:
     return int(cast("bytes | None", redis.hget(keys.stats(stage), name)) or 0)
 
 
+class Stage(Protocol):
+    def run(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+@contextmanager
+def running(stage: Stage) -> Iterator[None]:
+    """`stage` consuming on a thread of its own until the block ends."""
+    thread = threading.Thread(target=stage.run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stage.stop()
+        thread.join(30)
+
+
 @pytest.fixture
 def run_processor(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
@@ -172,18 +190,12 @@ def test_the_archiver_archives_the_readings_a_fetch_skipped(
     produce(archive_settings, sent)
     consumer = skipping(HOLE)
     monkeypatch.setattr(healthsync.kafka, "Consumer", consumer)
-    archiver = build_archiver(archive_settings)
-    thread = threading.Thread(target=archiver.run, daemon=True)
-    thread.start()
-    try:
+    with running(build_archiver(archive_settings)):
         wait_for(
             lambda: sorted(archived_ids(archive_settings)) == sorted(r.reading_id for r in sent),
             60,
             "every reading archived once",
         )
-    finally:
-        archiver.stop()
-        thread.join(30)
     assert len(consumer.left_out) >= 2
 
 
@@ -206,18 +218,14 @@ def test_the_ehr_push_pushes_the_resources_a_fetch_skipped(
     assert producer.flush(30) == 0
     consumer = skipping(HOLE)
     monkeypatch.setattr(healthsync.kafka, "Consumer", consumer)
-    pusher = build_pusher(settings)
-    thread = threading.Thread(target=pusher.run, daemon=True)
-    thread.start()
+
+    def pushed() -> int:
+        return sum(1 for name in list(ehr.resources) if name.startswith("Observation/"))
+
     try:
-
-        def pushed() -> int:
-            return sum(1 for name in list(ehr.resources) if name.startswith("Observation/"))
-
-        # Heart rate and SpO2 of every reading.
-        wait_for(lambda: pushed() == 2 * len(sent), 60, "every Observation in the EHR")
+        with running(build_pusher(settings)):
+            # Heart rate and SpO2 of every reading.
+            wait_for(lambda: pushed() == 2 * len(sent), 60, "every Observation in the EHR")
     finally:
-        pusher.stop()
-        thread.join(30)
         ehr.stop()
     assert len(consumer.left_out) >= 2

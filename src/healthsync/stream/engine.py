@@ -28,7 +28,7 @@ from healthsync.domain.readings import VITALS, Reading
 from healthsync.domain.rules import AnomalySettings, TrendRule
 from healthsync.stream import devices, screening
 from healthsync.stream.lifecycle import Finding, Lifecycle, Subject
-from healthsync.stream.news2_alerts import new_evidence, news2_finding, note_red, screened
+from healthsync.stream.news2_alerts import news2_events
 from healthsync.stream.rulebook import RuleBook
 from healthsync.stream.state import PatientState, Sample
 from healthsync.stream.trends import Baseline, TrendWindow, recovery
@@ -189,7 +189,7 @@ class AnomalyEngine:
             return []
         severity = band.severity(sample.value)
         kind = f"threshold:{vital}"
-        if severity is None and self._idle(state, patient, kind):
+        if severity is None and self.life.idle(state, patient, kind):
             return []  # the common case: nothing holds, nothing pending or open
         unit = VITALS[vital].ucum
         if severity is None:
@@ -243,10 +243,6 @@ class AnomalyEngine:
     def _persist_text(self) -> str:
         return f"{self.cfg.persist_s:g} s and {self.cfg.persist_readings} readings"
 
-    def _idle(self, state: PatientState, patient: str, kind: str) -> bool:
-        """Nothing pending or open for this kind: a sample that meets no rule changes nothing."""
-        return kind not in state.trackers and (patient, kind) not in self.open
-
     def _quiet(self, patient: str, kind: str, louder: list[str]) -> bool:
         """Whether a new `kind` alert would only repeat an open alert of a `louder` kind."""
         return (patient, kind) not in self.open and any((patient, k) in self.open for k in louder)
@@ -268,7 +264,7 @@ class AnomalyEngine:
                 window = state.windows[trend.name] = TrendWindow(trend.window_s, width=width)
             window.add(sample.ts, sample.value)
             kind = f"trend:{trend.name}"
-            idle = self._idle(state, patient, kind)
+            idle = self.life.idle(state, patient, kind)
             if idle and not window.may_reach(trend.direction, trend.delta):
                 continue  # the common case, decided without computing the change
             change, reference = window.change(trend.direction)
@@ -308,7 +304,7 @@ class AnomalyEngine:
         limit = baseline.deviation_limit(rule_cfg.sigmas, rule_cfg.min_delta)
         deviation = abs(sample.value - baseline.mean)
         deviating = baseline.n >= self.cfg.baseline_min_samples and deviation >= limit
-        if not deviating and self._idle(state, patient, kind):
+        if not deviating and self.life.idle(state, patient, kind):
             baseline.update(sample.ts, sample.value, self.cfg.baseline_tau_s)
             return []
         louder = [f"threshold:{vital}"] + [
@@ -328,22 +324,7 @@ class AnomalyEngine:
 
     def _news2(self, patient: str, score: News2) -> list[AlertEvent]:
         state = self.states.setdefault(patient, PatientState())
-        score = screened(score, state)
-        note_red(score, state)
-        bands = self.rules.bands_for(patient)
-        finding = news2_finding(score, state, bands, self.cfg)
-        if finding.severity is None and self._idle(state, patient, "news2"):
-            return []
-        if not new_evidence(finding, score, state):
-            return []  # a re-score of samples already counted: no sign that it lasted
-        source = next(iter(score.sources.values()), "")
-        sample = Sample(score.ts, float(score.total), source)
-        self.life.decided_at = score.ts
-        # The score changes as often as the patient's most frequent device sends: the
-        # jitter of a 15-minute cuff whose reading asks is none of its samples'.
-        intervals = [d.interval for d in state.devices.values() if d.interval is not None]
-        self.life.interval = min(intervals, default=None)
-        return self.life.track(state, Subject(patient, "news2", None), sample, finding)
+        return news2_events(self.life, state, patient, score, self.rules.bands_for(patient))
 
     # -- devices and the clock ----------------------------------------------------------------
 

@@ -68,6 +68,10 @@ class Lifecycle:
         """The id of the alert `basis` (a reading id, a time) opens: the same on a replay."""
         return alert_id_for(patient, kind, basis, key=self.id_key)
 
+    def idle(self, state: PatientState, patient: str, kind: str) -> bool:
+        """Nothing pending or open for this kind: a sample that meets no rule changes nothing."""
+        return kind not in state.trackers and (patient, kind) not in self.open
+
     def track(
         self, state: PatientState, subject: Subject, sample: Sample, finding: Finding
     ) -> list[AlertEvent]:

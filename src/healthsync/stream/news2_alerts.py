@@ -30,16 +30,41 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from healthsync.domain.alerts import Severity, Threshold
+from healthsync.domain.alerts import AlertEvent, Severity, Threshold
 from healthsync.domain.news2 import News2, rescore
 from healthsync.domain.rules import AnomalySettings
-from healthsync.stream.lifecycle import Finding
-from healthsync.stream.state import PatientState, Tracker
+from healthsync.stream.lifecycle import Finding, Lifecycle, Subject
+from healthsync.stream.state import PatientState, Sample, Tracker
 
 RED = 3
 # A tracker of no alert of its own: since when the score has had a red part, so that
 # the red part holds ``news2_persist_s`` itself rather than inherit a run of amber sums.
 RED_RUN = "news2:red"
+
+
+def news2_events(
+    life: Lifecycle,
+    state: PatientState,
+    patient: str,
+    score: News2,
+    bands: Mapping[str, Threshold],
+) -> list[AlertEvent]:
+    """What a patient's new score opens, escalates or resolves (its state must be loaded)."""
+    score = screened(score, state)
+    note_red(score, state)
+    finding = news2_finding(score, state, bands, life.cfg)
+    if finding.severity is None and life.idle(state, patient, "news2"):
+        return []
+    if not new_evidence(finding, score, state):
+        return []  # a re-score of samples already counted: no sign that it lasted
+    source = next(iter(score.sources.values()), "")
+    sample = Sample(score.ts, float(score.total), source)
+    life.decided_at = score.ts
+    # The score changes as often as the patient's most frequent device sends: the
+    # jitter of a 15-minute cuff whose reading asks is none of its samples'.
+    intervals = [d.interval for d in state.devices.values() if d.interval is not None]
+    life.interval = min(intervals, default=None)
+    return life.track(state, Subject(patient, "news2", None), sample, finding)
 
 
 def screened(score: News2, state: PatientState) -> News2:
