@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -29,6 +29,7 @@ from healthsync.recycle import (
     MAX_LAG_TO_HOLD,
     OVERLOAD_FACTOR,
     BrokerRecycler,
+    Interrupted,
     RecycleAborted,
     resident_mib,
 )
@@ -160,6 +161,49 @@ def test_ingest_is_not_held_while_the_processor_is_far_behind(up: Pipeline) -> N
         wait_for(partial(caught_up, kafka, group), timeout=60, what=f"{group} to catch up")
 
 
+def test_a_stop_requested_while_a_recycle_waits_ends_it_and_releases_ingest(up: Pipeline) -> None:
+    # Ctrl-C while a recycle waits on a slow catch-up: `up` stops at once, not after it.
+    kafka = up.settings.kafka
+    said: list[str] = []
+    held: list[set[str]] = []
+
+    def stopping(parked: Collection[str]) -> None:
+        held.append(set(parked))
+        raise Interrupted("up is stopping")
+
+    recycler = BrokerRecycler(up, said.append, stopping)
+    tansu = recycler.tansu()
+    assert tansu is not None
+    ids = TopicIds(kafka)
+    before = ids(kafka.vitals_topic)
+    wait_for(recycler.settled, timeout=60, what="the consumers to have joined their groups")
+    processor = up.process("process")
+    os.kill(processor.pid, signal.SIGSTOP)  # behind, so that the recycle waits on it
+    try:
+        producer = Producer(client_config(kafka, {"linger.ms": 5}))
+        for i in range(1000):
+            producer.produce(kafka.vitals_topic, b"not a reading", f"k{i % 50}")
+        assert producer.flush(30) == 0
+        recycler.limit_mib = 1
+        assert recycler.check() is None
+    finally:
+        os.kill(processor.pid, signal.SIGCONT)
+    assert said == ["broker recycle interrupted; its topics are kept"]
+    ingest = {c.name for c in up.children.values() if c.stage == "ingest"}
+    assert held == [ingest], "ingest was not held, or not left alone, while the recycle waited"
+    assert ids(kafka.vitals_topic) == before, "the topics went though the recycle was stopped"
+    assert not recycler.parked
+    device = Device(up.settings.ingest.host, up.settings.ingest.port)
+    reply = device.send(b"device_id=dev-s patient_id=P-9 seq=5 hr=70")
+    device.close()
+    assert reply.startswith("OK "), reply
+    wait_for(
+        partial(caught_up, kafka, up.settings.processor.group_id),
+        timeout=60,
+        what="the processor to catch up",
+    )
+
+
 @pytest.mark.timeout(300)
 def test_a_recycle_under_load_empties_the_topics_and_loses_nothing_acknowledged(
     up: Pipeline,
@@ -269,6 +313,49 @@ def test_a_broker_past_twice_its_limit_is_recycled_though_the_processor_is_far_b
     assert outcome.held_s > 3, "ingest was held while the processor caught up"
     device = Device(up.settings.ingest.host, up.settings.ingest.port)
     reply = device.send(b"device_id=dev-h patient_id=P-9 seq=3 hr=70")
+    device.close()
+    assert reply.startswith("OK "), reply
+
+
+@pytest.mark.timeout(300)
+def test_a_processor_killed_while_a_recycle_waits_on_it_is_restarted_and_catches_up(
+    up: Pipeline,
+) -> None:
+    # Past twice the limit a catch-up may take minutes, with ingest held all along. The
+    # supervisor's round goes on meanwhile (`up` passes it as `tend`), so a processor
+    # that dies then is started again and the recycle completes. Without the round, the
+    # recycle waited out its 120 s for a processor that was gone, and gave up.
+    kafka = up.settings.kafka
+    said: list[str] = []
+    recycler = BrokerRecycler(up, said.append, lambda parked: up.restart_dead(said.append, parked))
+    tansu = recycler.tansu()
+    assert tansu is not None
+    ids = TopicIds(kafka)
+    before = ids(kafka.vitals_topic)
+    wait_for(recycler.settled, timeout=60, what="the consumers to have joined their groups")
+    processor = up.process("process")
+    os.kill(processor.pid, signal.SIGSTOP)  # far behind, then killed 3 s into the recycle
+    kill = threading.Timer(3.0, os.kill, (processor.pid, signal.SIGKILL))
+    try:
+        producer = Producer(client_config(kafka, {"linger.ms": 5}))
+        for i in range(MAX_LAG_TO_HOLD + 1000):
+            producer.produce(kafka.vitals_topic, b"not a reading", f"k{i % 50}")
+        assert producer.flush(30) == 0
+        size = resident_mib(tansu.process.pid)
+        assert size is not None
+        recycler.limit_mib = max(1, int(size / OVERLOAD_FACTOR))
+        kill.start()
+        recycler.recycle()
+    finally:
+        kill.cancel()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(processor.pid, signal.SIGCONT)
+    assert any(line.startswith("process exited with code -9; restart ") for line in said), said
+    assert up.process("process").pid != processor.pid
+    assert ids(kafka.vitals_topic) != before, "the vitals topic was not emptied"
+    assert not recycler.parked, "the recycle left children parked"
+    device = Device(up.settings.ingest.host, up.settings.ingest.port)
+    reply = device.send(b"device_id=dev-k patient_id=P-9 seq=4 hr=70")
     device.close()
     assert reply.startswith("OK "), reply
 

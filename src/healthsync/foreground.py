@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TextIO
 from urllib.parse import urlsplit, urlunsplit
@@ -19,13 +20,11 @@ from urllib.parse import urlsplit, urlunsplit
 from redis import Redis
 from redis.exceptions import RedisError
 
-from healthsync.recycle import BrokerRecycler
+from healthsync.recycle import BrokerRecycler, Interrupted
 from healthsync.redis_client import connect
 from healthsync.runstate import ProcessEntry, RunState
 from healthsync.supervisor import Pipeline
 from healthsync.watchdog import ServiceWatchdog
-
-_MAX_BACKOFF_S = 30.0
 
 
 @dataclass
@@ -51,7 +50,10 @@ class Supervisor:
             # state.json first: whoever reads "Ctrl-C stops" may run `healthsync status`.
             self._save_state(watchdog)
             self._announce()
-            self._watch(watchdog, BrokerRecycler(self.pipeline, self._say))
+            recycler = BrokerRecycler(
+                self.pipeline, self._say, lambda parked: self._tend(watchdog, parked)
+            )
+            self._watch(watchdog, recycler)
         finally:
             self._say("stopping ...")
             self.pipeline.stop()
@@ -130,13 +132,22 @@ class Supervisor:
         last = (time.monotonic(), 0, 0)
         while not self.stopping:
             time.sleep(1.0)
-            self._restart_dead()
+            self.pipeline.restart_dead(self._say)
             down = watchdog.check()
             if not down:
                 recycler.check()
             self._save_state(watchdog)
             last = self._summary(redis, last, down)
         redis.close()
+
+    def _tend(self, watchdog: ServiceWatchdog, parked: Collection[str]) -> None:
+        """The watch loop's round while a broker recycle waits (a catch-up can take
+        minutes): restart what died but what the recycle parked, and stop when asked."""
+        if self.stopping:
+            raise Interrupted("up is stopping")
+        self.pipeline.restart_dead(self._say, parked)
+        watchdog.check()
+        self._save_state(watchdog)
 
     def _save_state(self, watchdog: ServiceWatchdog) -> None:
         """Tell `healthsync status` which processes are ours (pids change on restarts)."""
@@ -197,20 +208,6 @@ class Supervisor:
             f"total {processed}  open alerts {open_alerts}{restarting}"
         )
         return (now, accepted, processed)
-
-    def _restart_dead(self) -> None:
-        now = time.monotonic()
-        for child in self.pipeline.children.values():
-            if child.process is None or child.alive or now < child.next_start:
-                continue
-            code = child.process.returncode
-            child.stop()
-            if child.name == "simulate" and code == 0:
-                continue  # the simulator finished its run
-            child.restarts += 1
-            child.next_start = now + min(2.0**child.restarts, _MAX_BACKOFF_S)
-            self._say(f"{child.name} exited with code {code}; restart {child.restarts}")
-            child.start(self.pipeline.env)
 
 
 def _without_password(url: str) -> str:

@@ -27,6 +27,11 @@ limit (``OVERLOAD_FACTOR``) ingest is held anyway, shedding load (devices
 are told ``ERR 503`` and send again), and the consumers are given
 ``OVERLOAD_CATCH_UP_S`` to catch up.
 
+While a recycle waits, the supervisor's rounds go on through ``tend`` (once a
+second): a stage or service that dies meanwhile is started again, except the
+ones the recycle holds or stopped itself (:attr:`BrokerRecycler.parked`), and
+a stop requested meanwhile ends the recycle (:class:`Interrupted`).
+
 Nothing acknowledged is lost: each reading is in Redis and in the archive
 before its topic goes. If a consumer does not catch up in time, or a step
 fails, the topics are kept, everything is started and released again, and
@@ -39,7 +44,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +75,7 @@ SETTLE_S = 30.0
 # After a recycle, or a try that could not finish, wait this long before the next.
 RETRY_AFTER_S = 60.0
 _POLL_S = 0.2
+_TEND_S = 1.0
 _NUDGE_S = 1.0
 _CONSUMERS = ("process", "archive", "push")
 _CREATE_ATTEMPTS = 5
@@ -77,6 +83,10 @@ _CREATE_ATTEMPTS = 5
 
 class RecycleAborted(HealthSyncError):
     """A step did not finish in time; the topics were kept."""
+
+
+class Interrupted(RecycleAborted):
+    """The supervisor is stopping: the recycle was given up, the topics kept."""
 
 
 @dataclass
@@ -102,11 +112,22 @@ def resident_mib(pid: int) -> float | None:
 class BrokerRecycler:
     """Recycles the embedded broker's topics when it grows past its limit (see above)."""
 
-    def __init__(self, pipeline: Pipeline, say: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        say: Callable[[str], None],
+        tend: Callable[[Collection[str]], None] = lambda _parked: None,
+    ) -> None:
         self.pipeline = pipeline
         self.say = say
+        # The supervisor's round (restart what died, but not the children named), run
+        # once a second while a recycle waits; it raises Interrupted to stop it.
+        self.tend = tend
         self.limit_mib = pipeline.settings.kafka.embedded_max_mb
         self.not_before = 0.0
+        # The children this recycle holds (ingest) or stopped (consumers, until started
+        # again): not to be restarted meanwhile.
+        self.parked: set[str] = set()
 
     def tansu(self) -> Service | None:
         """The broker process itself (behind its TLS front when there is one)."""
@@ -126,6 +147,9 @@ class BrokerRecycler:
         self.not_before = time.monotonic() + RETRY_AFTER_S  # whatever happens, not at once
         try:
             outcome = self.recycle()
+        except Interrupted:
+            self.say("broker recycle interrupted; its topics are kept")
+            return None
         except HealthSyncError as exc:
             self.say(f"broker at {size:.0f} MiB; recycling its topics failed ({exc}); retry later")
             return None
@@ -140,7 +164,7 @@ class BrokerRecycler:
         broker = self.tansu()
         if broker is None:
             raise RecycleAborted("no embedded broker")
-        _wait(self.settled, SETTLE_S + HOLD_TIMEOUT_S, "the consumers to join their groups")
+        self._wait(self.settled, SETTLE_S + HOLD_TIMEOUT_S, "the consumers to join their groups")
         before = resident_mib(broker.process.pid) or 0.0
         overloaded = bool(self.limit_mib) and before >= OVERLOAD_FACTOR * self.limit_mib
         if not overloaded:
@@ -158,6 +182,7 @@ class BrokerRecycler:
             for child in stopped:
                 child.start(self.pipeline.env)
             self._release(ingest)
+            self.parked.clear()
         return Outcome(before, resident_mib(broker.process.pid) or 0.0, time.monotonic() - started)
 
     def settled(self) -> bool:
@@ -173,11 +198,12 @@ class BrokerRecycler:
         return [c for c in self.pipeline.children.values() if c.stage == stage and c.alive]
 
     def _hold(self, ingest: list[Child]) -> None:
+        self.parked.update(child.name for child in ingest)
         for child in ingest:
             self.pipeline.hold_file(child.name).unlink(missing_ok=True)
             _signal(child, signal.SIGUSR1)
         files = [self.pipeline.hold_file(child.name) for child in ingest]
-        _wait(lambda: all(f.exists() for f in files), HOLD_TIMEOUT_S, "ingest to hold")
+        self._wait(lambda: all(f.exists() for f in files), HOLD_TIMEOUT_S, "ingest to hold")
 
     def _release(self, ingest: list[Child]) -> None:
         for child in ingest:
@@ -204,6 +230,7 @@ class BrokerRecycler:
                     # buffer (SIGUSR1) until it has read and committed everything.
                     nudge = child if stage == "archive" else None
                     self._caught_up(group, topics, timeout, nudge)
+                    self.parked.add(child.name)
                     child.stop()
                     stopped.append(child)
                     if stage == "archive":
@@ -247,7 +274,21 @@ class BrokerRecycler:
             except KafkaUnavailableError:
                 return False
 
-        _wait(done, timeout, f"consumer group {group} to catch up")
+        self._wait(done, timeout, f"consumer group {group} to catch up")
+
+    def _wait(self, test: Callable[[], bool], timeout: float, what: str) -> None:
+        """Until `test()` holds, RecycleAborted after `timeout`; the supervisor's round
+        goes on meanwhile, so a stage that dies while the recycle waits on it comes back."""
+        deadline = time.monotonic() + timeout
+        tended = time.monotonic()
+        while not test():
+            now = time.monotonic()
+            if now > deadline:
+                raise RecycleAborted(f"waited {timeout:.0f} s for {what}")
+            if now - tended >= _TEND_S:
+                tended = now
+                self.tend(self.parked)
+            time.sleep(_POLL_S)
 
     def _empty_topics(self) -> None:
         kafka = self.pipeline.settings.kafka
@@ -266,11 +307,3 @@ class BrokerRecycler:
 def _signal(child: Child, signum: int) -> None:
     if child.alive and child.process is not None:
         os.kill(child.process.pid, signum)
-
-
-def _wait(test: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not test():
-        if time.monotonic() > deadline:
-            raise RecycleAborted(f"waited {timeout:.0f} s for {what}")
-        time.sleep(_POLL_S)

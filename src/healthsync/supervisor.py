@@ -15,6 +15,7 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -49,6 +50,8 @@ from healthsync.stack import (
 )
 
 _TOPIC_ATTEMPTS = 5
+# A child that keeps dying waits longer each time before it is started again (2, 4 ... s).
+_MAX_BACKOFF_S = 30.0
 # The stages that consume topics: after the broker restarts empty they start afresh.
 _CONSUMERS = ("process", "archive", "push")
 STAGES = ("ingest", "process", "archive", "api", "scheduler")
@@ -299,6 +302,24 @@ class Pipeline:
     def hold_file(self, name: str) -> Path:
         """Where the ingest process `name` says it is held (see recycle.py)."""
         return self.run_dir / f"{name}.held"
+
+    def restart_dead(self, say: Callable[[str], None], skip: Collection[str] = ()) -> None:
+        """Start again each child that died (not the ones named in `skip`), with backoff;
+        a simulator that finished its run is left stopped."""
+        now = time.monotonic()
+        for child in self.children.values():
+            if child.process is None or child.alive or now < child.next_start:
+                continue
+            if child.name in skip:
+                continue
+            code = child.process.returncode
+            child.stop()
+            if child.name == "simulate" and code == 0:
+                continue  # the simulator finished its run
+            child.restarts += 1
+            child.next_start = now + min(2.0**child.restarts, _MAX_BACKOFF_S)
+            say(f"{child.name} exited with code {code}; restart {child.restarts}")
+            child.start(self.env)
 
     def process(self, name: str) -> subprocess.Popen[bytes]:
         process = self.children[name].process
