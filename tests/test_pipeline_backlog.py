@@ -22,7 +22,7 @@ from healthsync.kafka import ensure_topics, make_producer
 from healthsync.security.codec import VITALS, Codec
 from healthsync.stack import Service
 from healthsync.supervisor import Pipeline
-from tests.conftest import make_settings, wait_for
+from tests.conftest import clear_prefix, make_settings, wait_for
 
 BACKLOG = 40_000
 PATIENTS = [f"P-{i}" for i in range(40)]
@@ -34,8 +34,7 @@ def one_partition(broker: Service, redis_server: Service) -> Iterator[Settings]:
     settings = make_settings(broker, redis_server, kafka={"partitions": 1})
     yield settings
     client = Redis.from_url(str(settings.redis.url))
-    for key in client.scan_iter(f"{settings.redis.prefix}:*"):
-        client.delete(key)
+    clear_prefix(client, settings.redis.prefix)
     client.close()
 
 

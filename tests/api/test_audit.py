@@ -36,7 +36,7 @@ from healthsync.stack import Service
 from healthsync.store.records import Records
 from tests.api.foreign import seal_with_a_foreign_key
 from tests.api.test_auth import seed
-from tests.conftest import Credentials, make_settings
+from tests.conftest import Credentials, clear_prefix, make_settings
 
 
 def call(
@@ -67,8 +67,7 @@ def seeded(broker: Service, redis_server: Service) -> Iterator[tuple[Settings, R
     client = Redis.from_url(str(settings.redis.url))
     seed(settings, client)
     yield settings, client
-    for key in client.scan_iter(f"{settings.redis.prefix}:*"):
-        client.delete(key)
+    clear_prefix(client, settings.redis.prefix)
     client.close()
 
 

@@ -42,7 +42,7 @@ from healthsync.store.fhir_store import RedisFhirSink
 from healthsync.store.live import RedisLiveSink
 from healthsync.store.records import Records
 from healthsync.supervisor import Pipeline
-from tests.conftest import AUDIENCE, ISSUER, Credentials, make_settings
+from tests.conftest import AUDIENCE, ISSUER, Credentials, clear_prefix, make_settings
 from tests.test_cli import run_cli
 
 ALERT_ID = "a1b2c3"
@@ -148,8 +148,7 @@ def serving(
             yield AuthApi(settings, http, client, credentials, pipeline.logs)
     finally:
         pipeline.stop()
-        for key in client.scan_iter(f"{settings.redis.prefix}:*"):
-            client.delete(key)
+        clear_prefix(client, settings.redis.prefix)
         client.close()
 
 

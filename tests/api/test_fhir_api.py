@@ -45,7 +45,7 @@ from healthsync.names import RedisKeys
 from healthsync.security.codec import Codec
 from healthsync.stack import Service, free_port
 from healthsync.supervisor import Pipeline
-from tests.conftest import Credentials, Device, make_settings, wait_for
+from tests.conftest import Credentials, Device, clear_prefix, make_settings, wait_for
 
 LOINC = "http://loinc.org"
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -231,8 +231,7 @@ def served(
             yield Served(http, seed, base, str(settings.redis.url))
     finally:
         pipeline.stop()
-        for key in client.scan_iter(f"{settings.redis.prefix}:*"):
-            client.delete(key)
+        clear_prefix(client, settings.redis.prefix)
         client.close()
 
 

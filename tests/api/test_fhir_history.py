@@ -14,7 +14,7 @@ from healthsync.config import Settings
 from healthsync.fhir.observations import observations_for
 from healthsync.stack import Service
 from tests.api.history_data import DAY_S, ask, follow_fhir, reading, to_archive, to_redis
-from tests.conftest import Credentials, make_settings
+from tests.conftest import Credentials, clear_prefix, make_settings
 
 PATIENT = "PF-7"
 
@@ -80,8 +80,7 @@ def test_an_observation_from_the_archive_is_the_one_served_live(
     assert len(live) == 3
     # Redis loses them (a retention of a minute, and the keys gone): the archive answers.
     client = Redis.from_url(str(archived.redis.url))
-    for key in client.scan_iter(f"{archived.redis.prefix}:*"):
-        client.delete(key)
+    clear_prefix(client, archived.redis.prefix)
     client.close()
     later = archived.model_copy(
         update={"redis": archived.redis.model_copy(update={"history_retention_s": 60})}

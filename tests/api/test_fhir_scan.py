@@ -24,7 +24,7 @@ from healthsync.stack import Service
 from healthsync.store.fhir_queries import FhirReader, Page, Search, Window
 from healthsync.store.records import Records
 from tests.api.test_fhir_api import HR, LOINC, Seed, at, seed_resources
-from tests.conftest import make_settings
+from tests.conftest import clear_prefix, make_settings
 
 SCAN_LIMIT = 40
 
@@ -60,8 +60,7 @@ def seeded(broker: Service, redis_server: Service) -> Iterator[Seeded]:
     try:
         yield Seeded(seed, str(settings.redis.url))
     finally:
-        for key in client.scan_iter(f"{settings.redis.prefix}:*"):
-            client.delete(key)
+        clear_prefix(client, settings.redis.prefix)
         client.close()
 
 

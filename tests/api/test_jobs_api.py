@@ -21,7 +21,7 @@ from healthsync.names import JOBS
 from healthsync.stack import Service
 from healthsync.store.runs import RunRecord, RunStore
 from healthsync.supervisor import Pipeline
-from tests.conftest import Credentials, make_settings
+from tests.conftest import Credentials, clear_prefix, make_settings
 from tests.jobs.test_job_run import child_env
 
 
@@ -66,8 +66,7 @@ def served(
             yield JobsApi(settings, http, RunStore(client, settings.redis.keys), credentials, tmp)
     finally:
         pipeline.stop()
-        for key in client.scan_iter(f"{settings.redis.prefix}:*"):
-            client.delete(key)
+        clear_prefix(client, settings.redis.prefix)
         client.close()
 
 

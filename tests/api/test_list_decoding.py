@@ -27,7 +27,7 @@ from healthsync.security.crypto import DecryptError
 from healthsync.stack import Service
 from tests.api.foreign import seal_with_a_foreign_key
 from tests.api.test_auth import seed
-from tests.conftest import Credentials, make_settings
+from tests.conftest import Credentials, clear_prefix, make_settings
 
 # How long a held list waits for /healthz before it gives up (only reached on failure).
 _HOLD_S = 10.0
@@ -44,8 +44,7 @@ def with_a_foreign_value(
     seed(settings, client)
     seal_with_a_foreign_key(settings, client, tmp_path)
     yield settings
-    for key in client.scan_iter(f"{settings.redis.prefix}:*"):
-        client.delete(key)
+    clear_prefix(client, settings.redis.prefix)
     client.close()
 
 

@@ -10,7 +10,7 @@ from redis import Redis
 
 from healthsync.stack import Service
 from healthsync.supervisor import STAGES, Pipeline
-from tests.conftest import Credentials, make_settings, wait_for
+from tests.conftest import Credentials, clear_prefix, make_settings, wait_for
 
 
 def test_the_pipeline_scheduler_starts_what_the_api_queues(
@@ -40,6 +40,5 @@ def test_the_pipeline_scheduler_starts_what_the_api_queues(
         assert (tmp_path / "out/jobs/alarm-report/up-1/report.html").exists()
     finally:
         pipeline.stop()
-        for key in client.scan_iter(f"{settings.redis.prefix}:*"):
-            client.delete(key)
+        clear_prefix(client, settings.redis.prefix)
         client.close()
