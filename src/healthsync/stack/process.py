@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import random
 import signal
 import socket
 import subprocess
@@ -14,6 +15,14 @@ from typing import IO, Final, Literal
 from healthsync.errors import HealthSyncError
 
 _PR_SET_PDEATHSIG = 1
+# free_port picks from LOWEST_PORT up to the ephemeral range, if that leaves this many.
+LOWEST_PORT = 10000
+_MIN_CHOICE = 1000
+_PICK_ATTEMPTS = 200
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+# Its own generator: a test that seeds the global one must not make two processes pick
+# the same ports.
+_pick = random.Random()
 # The one TLS version and suite the embedded services accept (AES-256-GCM in transit).
 TLS_PROTOCOL = "TLSv1.3"
 TLS_CIPHERSUITE = "TLS_AES_256_GCM_SHA384"
@@ -40,10 +49,34 @@ def die_with_parent() -> None:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (for programs that cannot bind port 0)."""
+    """A port that was free a moment ago (for programs that cannot bind port 0).
+
+    Picked below the kernel's ephemeral range, from which outgoing connections take
+    their local ports: a port of that range, free a moment ago, can become some
+    connection's local port before the service binds it, or while it restarts on it
+    (HAProxy once failed to bind a port so taken).
+    """
+    top = _ephemeral_start()
+    if top - LOWEST_PORT >= _MIN_CHOICE:
+        for _ in range(_PICK_ATTEMPTS):
+            port = _pick.randrange(LOWEST_PORT, top)
+            with socket.socket() as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue  # in use
+                return port
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _ephemeral_start() -> int:
+    """The first port of the kernel's ephemeral range (Linux's default when unreadable)."""
+    try:
+        return int(_EPHEMERAL_RANGE.read_text(encoding="ascii").split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Popen[bytes]) -> None:

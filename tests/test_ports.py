@@ -1,0 +1,56 @@
+"""Ports picked for the embedded services stay out of the way of outgoing connections."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from healthsync.stack import free_port
+from healthsync.stack import process as stack_process
+from healthsync.stack.process import LOWEST_PORT
+
+
+def ephemeral_start() -> int:
+    text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="ascii")
+    return int(text.split()[0])
+
+
+class Picks:
+    """The ports the picker draws, in order (instead of random ones)."""
+
+    def __init__(self, *ports: int) -> None:
+        self._ports: Iterator[int] = iter(ports)
+
+    def randrange(self, _low: int, _high: int) -> int:
+        return next(self._ports)
+
+
+def test_free_ports_lie_below_the_range_outgoing_connections_take_theirs_from() -> None:
+    ports = [free_port() for _ in range(50)]
+    assert all(LOWEST_PORT <= port < ephemeral_start() for port in ports), ports
+    assert len(set(ports)) > 40, "the ports are not spread"
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # free: nothing listens there
+
+
+def test_a_port_in_use_is_passed_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        other = free_port()
+        monkeypatch.setattr(stack_process, "_pick", Picks(taken, other))
+        assert free_port() == other
+
+
+def test_without_room_below_the_range_the_kernel_picks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    narrow = tmp_path / "ip_local_port_range"
+    narrow.write_text(f"{LOWEST_PORT + 10}\t60999\n", encoding="ascii")
+    monkeypatch.setattr(stack_process, "_EPHEMERAL_RANGE", narrow)
+    assert free_port() >= ephemeral_start()
