@@ -9,7 +9,7 @@ waited only 10 ms never drained one of 40,000 readings: its fetches came back em
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,11 @@ from healthsync.kafka import ensure_topics, make_producer
 from healthsync.security.codec import VITALS, Codec
 from healthsync.stack import Service
 from healthsync.supervisor import Pipeline
-from tests.conftest import clear_prefix, make_settings, wait_for
+from tests.conftest import clear_prefix, make_settings
 
 BACKLOG = 40_000
+# The processor makes no progress for this long: it is stuck, not slow.
+STALL_S = 60
 PATIENTS = [f"P-{i}" for i in range(40)]
 
 
@@ -76,8 +78,24 @@ def test_a_processor_started_behind_a_backlog_stores_every_reading(
     pipeline = Pipeline(settings, tmp_path)
     pipeline.start(stages=("process",))
     try:
-        wait_for(lambda: stored() == BACKLOG, timeout=120, what=f"all {BACKLOG} readings stored")
+        drained(stored, BACKLOG)
     finally:
         pipeline.stop()
         print(f"stored {stored()} of {BACKLOG}")
         redis.close()
+
+
+def drained(stored: Callable[[], int], total: int) -> None:
+    """Wait until `total` readings are stored; fail once none more were for STALL_S.
+
+    What the test guards is that the backlog does not wait forever (fetches that come
+    back empty), not how fast a shared machine drains it: one CI run took 121 s in all.
+    """
+    best, since = stored(), time.monotonic()
+    while best < total:
+        time.sleep(0.2)
+        now = stored()
+        if now > best:
+            best, since = now, time.monotonic()
+        elif time.monotonic() - since > STALL_S:
+            raise AssertionError(f"{best} of {total} readings stored; none more for {STALL_S} s")
