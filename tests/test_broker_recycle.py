@@ -106,8 +106,33 @@ def processed_total(client: Redis, pipeline: Pipeline) -> int:
     return int(cast("bytes | None", total) or 0)
 
 
+def send(pipeline: Pipeline, line: bytes) -> str:
+    """One line to the pipeline's ingest; its reply."""
+    device = Device(pipeline.settings.ingest.host, pipeline.settings.ingest.port)
+    try:
+        return device.send(line)
+    finally:
+        device.close()
+
+
+def pile_up(kafka: KafkaSettings, count: int) -> None:
+    """`count` messages on the vitals topic that a stopped processor leaves unread."""
+    producer = Producer(client_config(kafka, {"linger.ms": 5}))
+    for i in range(count):
+        producer.produce(kafka.vitals_topic, b"not a reading", f"k{i % 50}")
+    assert producer.flush(30) == 0
+
+
+def past_twice_the_limit(recycler: BrokerRecycler) -> None:
+    """Set the recycler's limit so that the broker as it is now is past twice it."""
+    tansu = recycler.tansu()
+    assert tansu is not None
+    size = resident_mib(tansu.process.pid)
+    assert size is not None
+    recycler.limit_mib = max(1, int(size / OVERLOAD_FACTOR))
+
+
 def test_holding_ingest_refuses_new_readings_until_released(up: Pipeline) -> None:
-    settings = up.settings
     replicas = [c for c in up.children.values() if c.stage == "ingest"]
     assert len(replicas) == 2
     for child in replicas:
@@ -116,9 +141,7 @@ def test_holding_ingest_refuses_new_readings_until_released(up: Pipeline) -> Non
     for child in replicas:
         hold_file = up.hold_file(child.name)
         wait_for(hold_file.exists, timeout=15, what=f"{child.name} to say it is held")
-    device = Device(settings.ingest.host, settings.ingest.port)
-    reply = device.send(b"device_id=dev-h patient_id=P-9 seq=1 hr=70")
-    device.close()
+    reply = send(up, b"device_id=dev-h patient_id=P-9 seq=1 hr=70")
     assert reply.startswith("ERR 503 kafka_unavailable"), reply
     for child in replicas:
         assert child.process is not None
@@ -128,9 +151,7 @@ def test_holding_ingest_refuses_new_readings_until_released(up: Pipeline) -> Non
         timeout=15,
         what="the replicas to be released",
     )
-    device = Device(settings.ingest.host, settings.ingest.port)
-    reply = device.send(b"device_id=dev-h patient_id=P-9 seq=1 hr=70")
-    device.close()
+    reply = send(up, b"device_id=dev-h patient_id=P-9 seq=1 hr=70")
     assert reply.startswith("OK "), reply
 
 
@@ -142,16 +163,11 @@ def test_ingest_is_not_held_while_the_processor_is_far_behind(up: Pipeline) -> N
     wait_for(recycler.settled, timeout=60, what="the consumers to have joined their groups")
     os.kill(processor.pid, signal.SIGSTOP)  # an overloaded processor, as far as Kafka sees
     try:
-        producer = Producer(client_config(kafka, {"linger.ms": 5}))
-        for i in range(MAX_LAG_TO_HOLD + 1000):
-            producer.produce(kafka.vitals_topic, b"not a reading", f"k{i % 50}")
-        assert producer.flush(30) == 0
+        pile_up(kafka, MAX_LAG_TO_HOLD + 1000)
         with pytest.raises(RecycleAborted, match="readings behind; ingest not held"):
             recycler.recycle()
         assert not any(up.hold_file(c.name).exists() for c in up.children.values())
-        device = Device(up.settings.ingest.host, up.settings.ingest.port)
-        reply = device.send(b"device_id=dev-h patient_id=P-9 seq=2 hr=70")
-        device.close()
+        reply = send(up, b"device_id=dev-h patient_id=P-9 seq=2 hr=70")
         assert reply.startswith("OK "), reply
     finally:
         os.kill(processor.pid, signal.SIGCONT)
@@ -172,18 +188,13 @@ def test_a_stop_requested_while_a_recycle_waits_ends_it_and_releases_ingest(up: 
         raise Interrupted("up is stopping")
 
     recycler = BrokerRecycler(up, said.append, stopping)
-    tansu = recycler.tansu()
-    assert tansu is not None
     ids = TopicIds(kafka)
     before = ids(kafka.vitals_topic)
     wait_for(recycler.settled, timeout=60, what="the consumers to have joined their groups")
     processor = up.process("process")
     os.kill(processor.pid, signal.SIGSTOP)  # behind, so that the recycle waits on it
     try:
-        producer = Producer(client_config(kafka, {"linger.ms": 5}))
-        for i in range(1000):
-            producer.produce(kafka.vitals_topic, b"not a reading", f"k{i % 50}")
-        assert producer.flush(30) == 0
+        pile_up(kafka, 1000)
         recycler.limit_mib = 1
         assert recycler.check() is None
     finally:
@@ -193,9 +204,7 @@ def test_a_stop_requested_while_a_recycle_waits_ends_it_and_releases_ingest(up: 
     assert held == [ingest], "ingest was not held, or not left alone, while the recycle waited"
     assert ids(kafka.vitals_topic) == before, "the topics went though the recycle was stopped"
     assert not recycler.parked
-    device = Device(up.settings.ingest.host, up.settings.ingest.port)
-    reply = device.send(b"device_id=dev-s patient_id=P-9 seq=5 hr=70")
-    device.close()
+    reply = send(up, b"device_id=dev-s patient_id=P-9 seq=5 hr=70")
     assert reply.startswith("OK "), reply
     wait_for(
         partial(caught_up, kafka, up.settings.processor.group_id),
@@ -286,8 +295,6 @@ def test_a_broker_past_twice_its_limit_is_recycled_though_the_processor_is_far_b
     processor = up.children["process"].process
     assert processor is not None
     recycler = BrokerRecycler(up, lambda _text: None)
-    tansu = recycler.tansu()
-    assert tansu is not None
     ids = TopicIds(kafka)
     before = ids(kafka.vitals_topic)
     wait_for(recycler.settled, timeout=60, what="the consumers to have joined their groups")
@@ -296,13 +303,8 @@ def test_a_broker_past_twice_its_limit_is_recycled_though_the_processor_is_far_b
     # this far behind is left alone below twice the limit.
     resume = threading.Timer(3.0, os.kill, (processor.pid, signal.SIGCONT))
     try:
-        producer = Producer(client_config(kafka, {"linger.ms": 5}))
-        for i in range(MAX_LAG_TO_HOLD + 1000):
-            producer.produce(kafka.vitals_topic, b"not a reading", f"k{i % 50}")
-        assert producer.flush(30) == 0
-        size = resident_mib(tansu.process.pid)
-        assert size is not None
-        recycler.limit_mib = max(1, int(size / OVERLOAD_FACTOR))
+        pile_up(kafka, MAX_LAG_TO_HOLD + 1000)
+        past_twice_the_limit(recycler)
         resume.start()
         outcome = recycler.recycle()
     finally:
@@ -311,9 +313,7 @@ def test_a_broker_past_twice_its_limit_is_recycled_though_the_processor_is_far_b
             os.kill(processor.pid, signal.SIGCONT)
     assert ids(kafka.vitals_topic) != before, "the vitals topic was not emptied"
     assert outcome.held_s > 3, "ingest was held while the processor caught up"
-    device = Device(up.settings.ingest.host, up.settings.ingest.port)
-    reply = device.send(b"device_id=dev-h patient_id=P-9 seq=3 hr=70")
-    device.close()
+    reply = send(up, b"device_id=dev-h patient_id=P-9 seq=3 hr=70")
     assert reply.startswith("OK "), reply
 
 
@@ -328,8 +328,6 @@ def test_a_processor_killed_while_a_recycle_waits_on_it_is_restarted_and_catches
     kafka = up.settings.kafka
     said: list[str] = []
     recycler = BrokerRecycler(up, said.append, lambda parked: up.restart_dead(said.append, parked))
-    tansu = recycler.tansu()
-    assert tansu is not None
     ids = TopicIds(kafka)
     before = ids(kafka.vitals_topic)
     wait_for(recycler.settled, timeout=60, what="the consumers to have joined their groups")
@@ -337,13 +335,8 @@ def test_a_processor_killed_while_a_recycle_waits_on_it_is_restarted_and_catches
     os.kill(processor.pid, signal.SIGSTOP)  # far behind, then killed 3 s into the recycle
     kill = threading.Timer(3.0, os.kill, (processor.pid, signal.SIGKILL))
     try:
-        producer = Producer(client_config(kafka, {"linger.ms": 5}))
-        for i in range(MAX_LAG_TO_HOLD + 1000):
-            producer.produce(kafka.vitals_topic, b"not a reading", f"k{i % 50}")
-        assert producer.flush(30) == 0
-        size = resident_mib(tansu.process.pid)
-        assert size is not None
-        recycler.limit_mib = max(1, int(size / OVERLOAD_FACTOR))
+        pile_up(kafka, MAX_LAG_TO_HOLD + 1000)
+        past_twice_the_limit(recycler)
         kill.start()
         recycler.recycle()
     finally:
@@ -354,9 +347,7 @@ def test_a_processor_killed_while_a_recycle_waits_on_it_is_restarted_and_catches
     assert up.process("process").pid != processor.pid
     assert ids(kafka.vitals_topic) != before, "the vitals topic was not emptied"
     assert not recycler.parked, "the recycle left children parked"
-    device = Device(up.settings.ingest.host, up.settings.ingest.port)
-    reply = device.send(b"device_id=dev-k patient_id=P-9 seq=4 hr=70")
-    device.close()
+    reply = send(up, b"device_id=dev-k patient_id=P-9 seq=4 hr=70")
     assert reply.startswith("OK "), reply
 
 

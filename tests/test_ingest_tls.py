@@ -330,7 +330,7 @@ def test_plaintext_port_can_be_switched_off(start_ingest: StartIngest) -> None:
         for c in psutil.net_connections(kind="tcp")
         if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == settings.ingest.tls_port
     }
-    assert ingest is not None
+    assert ingest is not None, "the TLS listener's owner is not visible"
     assert settings.ingest.port not in listening_ports(ingest), "the plaintext port is open"
 
 

@@ -308,9 +308,7 @@ class Pipeline:
         a simulator that finished its run is left stopped."""
         now = time.monotonic()
         for child in self.children.values():
-            if child.process is None or child.alive or now < child.next_start:
-                continue
-            if child.name in skip:
+            if child.process is None or child.alive or now < child.next_start or child.name in skip:
                 continue
             code = child.process.returncode
             child.stop()
