@@ -18,6 +18,13 @@ def ephemeral_start() -> int:
     return int(text.split()[0])
 
 
+def kernel_port() -> int:
+    """A free port the kernel picks, left unbound."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class Picks:
     """The ports the picker draws, in order (instead of random ones)."""
 
@@ -42,9 +49,19 @@ def test_a_port_in_use_is_passed_over(monkeypatch: pytest.MonkeyPatch) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         taken = busy.getsockname()[1]
-        other = free_port()
+        other = kernel_port()
         monkeypatch.setattr(stack_process, "_pick", Picks(taken, other))
         assert free_port() == other
+
+
+def test_a_port_handed_out_is_not_handed_out_again_before_its_service_binds_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first, second = kernel_port(), kernel_port()
+    monkeypatch.setattr(stack_process, "_pick", Picks(first, first, second))
+    assert free_port() == first
+    # Nothing bound `first` yet (its service is still starting): it is not picked twice.
+    assert free_port() == second
 
 
 def test_without_room_below_the_range_the_kernel_picks(

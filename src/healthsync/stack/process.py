@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final, Literal
@@ -23,6 +24,11 @@ _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 # Its own generator: a test that seeds the global one must not make two processes pick
 # the same ports.
 _pick = random.Random()
+# The ports this process handed out lately. A port is not bound until its service
+# starts, so a second pick before then could return it again: a bench run once planned
+# the ingest front's public port and a replica's TLS port alike, and HAProxy could not
+# bind it.
+_handed_out: deque[int] = deque(maxlen=2000)
 # The one TLS version and suite the embedded services accept (AES-256-GCM in transit).
 TLS_PROTOCOL = "TLSv1.3"
 TLS_CIPHERSUITE = "TLS_AES_256_GCM_SHA384"
@@ -54,18 +60,22 @@ def free_port(host: str = "127.0.0.1") -> int:
     Picked below the kernel's ephemeral range, from which outgoing connections take
     their local ports: a port of that range, free a moment ago, can become some
     connection's local port before the service binds it, or while it restarts on it
-    (HAProxy once failed to bind a port so taken).
+    (HAProxy once failed to bind a port so taken). Nor is it one this process
+    handed out lately, which its service may not have bound yet.
     """
     top = _ephemeral_start()
     if top - LOWEST_PORT >= _MIN_CHOICE:
         for _ in range(_PICK_ATTEMPTS):
             port = _pick.randrange(LOWEST_PORT, top)
+            if port in _handed_out:
+                continue  # handed out already, perhaps not bound yet
             with socket.socket() as s:
                 try:
                     s.bind((host, port))
                 except OSError:
                     continue  # in use
-                return port
+            _handed_out.append(port)
+            return port
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
