@@ -1,4 +1,4 @@
-"""The soak mode: one long paced phase, and every process's memory over time."""
+"""The soak mode: one long paced phase, and every process's memory and CPU over time."""
 
 from __future__ import annotations
 
@@ -11,15 +11,17 @@ from healthsync.recycle import BrokerRecycler, Outcome
 from pipeline_bench.figures import ms, percentile, rate
 from pipeline_bench.latency import LatencyResult
 from pipeline_bench.report import RunFacts, header
-from pipeline_bench.usage import vm_status
+from pipeline_bench.usage import cpu_seconds, vm_status
 
 
 @dataclass
 class RssSamples:
-    """VmRSS in KiB of each named process, at each sample's seconds since the start."""
+    """VmRSS in KiB and CPU seconds used so far of each named process, at each
+    sample's seconds since the start."""
 
     times: list[float] = field(default_factory=list)
     kib: dict[str, list[int | None]] = field(default_factory=dict)
+    cpu_s: dict[str, list[float | None]] = field(default_factory=dict)
 
 
 class RssSampler:
@@ -32,7 +34,8 @@ class RssSampler:
     def __init__(self, pids: Callable[[], dict[str, int]], interval: float) -> None:
         self.pids = pids
         self.interval = interval
-        self.samples = RssSamples(kib={name: [] for name in pids()})
+        names = pids()
+        self.samples = RssSamples(kib={n: [] for n in names}, cpu_s={n: [] for n in names})
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
         self._started = 0.0
@@ -47,6 +50,7 @@ class RssSampler:
         for name, values in self.samples.kib.items():
             pid = pids.get(name)
             values.append(None if pid is None else vm_status(pid, "VmRSS"))
+            self.samples.cpu_s[name].append(None if pid is None else cpu_seconds(pid))
 
     def _run(self) -> None:
         self._sample()
@@ -99,6 +103,17 @@ def _growth(values: list[int | None], times: list[float]) -> str:
     return f"{(v1 - v0) / 1024 / ((t1 - t0) / 60):+.1f} MiB/min"
 
 
+def _cpu_percent(samples: RssSamples, name: str, i: int) -> str:
+    """CPU of `name` between samples i-1 and i, 100 = one core (-: unknown or restarted)."""
+    if i == 0:
+        return "-"
+    before, after = samples.cpu_s[name][i - 1], samples.cpu_s[name][i]
+    elapsed = samples.times[i] - samples.times[i - 1]
+    if before is None or after is None or after < before or elapsed <= 0:
+        return "-"
+    return f"{100 * (after - before) / elapsed:.0f}"
+
+
 def render_soak(
     facts: RunFacts,
     soak: LatencyResult,
@@ -139,6 +154,12 @@ def render_soak(
         + ", ".join(f"{n} {_growth(samples.kib[n], samples.times)}" for n in names)
         + " (from the second sample to the last)"
     )
+    add("")
+    add("   CPU (% of one core) of every process since the previous sample:")
+    add("     " + f"{'t (s)':>7s} " + " ".join(f"{n[:10]:>10s}" for n in names))
+    for i, at in enumerate(samples.times[1:], start=1):
+        cells = " ".join(f"{_cpu_percent(samples, n, i):>10s}" for n in names)
+        add("     " + f"{at:7.0f} " + cells)
     limit = facts.settings.kafka.embedded_max_mb
     add(f"   broker recycles (kafka.embedded_max_mb {limit}, as `up` does them): {len(recycles)}")
     for at, outcome in recycles:

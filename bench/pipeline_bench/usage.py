@@ -11,6 +11,12 @@ from pathlib import Path
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time the process has used so far (all threads), or None if it is gone."""
+    ticks = _proc_cpu_ticks(pid)
+    return None if ticks is None else ticks / _CLK_TCK
+
+
 def _proc_cpu_ticks(pid: int) -> int | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
