@@ -8,7 +8,7 @@ for each wait in ``--waits``, prints three figures:
   from produce to consume. If the broker answers a waiting fetch as soon as data
   arrives, a longer wait costs nothing here.
 - latency under a steady flow: ``--flow-rate`` messages/s over ``--flow-partitions``
-  partitions, produced as ingest produces (linger 25 ms, lz4, ``acks=all``) and read
+  partitions, produced as ingest produces (its linger, lz4, ``acks=all``) and read
   by a consumer that works ``--flow-work`` ms on each batch it gets, as the processor
   does; p50 and p99 of the delay from produce to consume. This is the processor's
   case at 1,000 readings/s, and where the broker's answer to a waiting fetch shows.
@@ -36,6 +36,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from healthsync.kafka import LINGER_MS
 from healthsync.stack import start_broker
 
 
@@ -110,7 +111,7 @@ def paced(bootstrap: str, topic: str, rate: float, done: threading.Event) -> Non
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
-            "linger.ms": 25,
+            "linger.ms": LINGER_MS,
             "compression.type": "lz4",
             "acks": "all",
             "enable.idempotence": True,
@@ -208,7 +209,7 @@ def main() -> None:
             )
         print(
             f"steady flow, {args.flow_rate:.0f} messages/s over {args.flow_partitions} "
-            f"partitions (linger 25 ms), {args.flow_work:.0f} ms of work per batch read:"
+            f"partitions (linger {LINGER_MS} ms), {args.flow_work:.0f} ms of work per batch read:"
         )
         for wait in args.waits:
             ms = steady_flow(bootstrap, wait, args)

@@ -54,11 +54,16 @@ def client_config(
 
 
 # How long a producer gathers messages into one request. The broker's cost is per request
-# far more than per message: at 1,000 readings/s through `up`'s defaults, 2 ms kept the
-# embedded broker at 51% of a core and its queue pushed OK replies to p99 135 ms; 25 ms
-# took it to 13-16% and OK replies to p99 40-110 ms (bench/pipeline.py). A flush, as
-# the processor's after each batch, sends at once whatever the linger.
-LINGER_MS = 25
+# far more than per message, and the embedded broker's grows with every request it keeps:
+# its memory storage holds each partition's record batch of each request as an object and
+# lists all of a partition's objects to answer each fetch (Tansu 0.6, see docs/OPERATIONS.md).
+# At 1,000 readings/s through `up`'s defaults, 2 ms kept it at 51% of a core at once; 25 ms
+# at 23% at first but 93% after 150 s, as the objects piled up, with send-to-visible p99
+# rising from 254 ms to 2.9 s; 100 ms at 12% at first and 28% after 150 s, with p99 at
+# 174-290 ms throughout (bench/pipeline.py --soak 150 --soak-rate 1000). An OK reply waits
+# for the linger (p50 55 ms at that rate). A flush, as the processor's after each batch,
+# sends at once whatever the linger.
+LINGER_MS = 100
 
 
 def make_producer(

@@ -29,6 +29,9 @@ from healthsync.stream.push import EhrPusher
 from healthsync.stream.rulebook import RuleBook
 from healthsync.stream.topics import KafkaTopicSink
 
+ARCHIVER_FETCH_WAIT_MS = 1000
+ARCHIVER_FETCH_MIN_BYTES = 1 << 20
+
 
 def build_processor(settings: Settings) -> Processor:
     """The stream processor: consumer, producer, Redis, steps and sinks."""
@@ -108,6 +111,11 @@ def build_archiver(settings: Settings) -> Archiver:
         **{
             "session.timeout.ms": cfg.session_timeout_ms,
             "heartbeat.interval.ms": max(cfg.session_timeout_ms // 3, 500),
+            # The archiver rolls objects every minute, so it need not read within
+            # milliseconds: fetching what a second gathers spares the broker a listing of
+            # every record batch it holds per fetch (see kafka.LINGER_MS).
+            "fetch.wait.max.ms": ARCHIVER_FETCH_WAIT_MS,
+            "fetch.min.bytes": ARCHIVER_FETCH_MIN_BYTES,
         },
     )
     stats = StatsRecorder(settings.redis.keys, "archiver")
