@@ -60,9 +60,9 @@ def client_config(
 # At 1,000 readings/s through `up`'s defaults, 2 ms kept it at 51% of a core at once; 25 ms
 # at 23% at first but 93% after 150 s, as the objects piled up, with send-to-visible p99
 # rising from 254 ms to 2.9 s; 100 ms at 12% at first and 28% after 150 s, with p99 at
-# 174-290 ms throughout (bench/pipeline.py --soak 150 --soak-rate 1000). An OK reply waits
-# for the linger (p50 55 ms at that rate). A flush, as the processor's after each batch,
-# sends at once whatever the linger.
+# 174-288 ms in all but one 15 s interval, 460 ms (bench/pipeline.py --soak 150
+# --soak-rate 1000). An OK reply waits for the linger (p50 55 ms at that rate). A flush,
+# as the processor's after each batch, sends at once whatever the linger.
 LINGER_MS = 100
 
 
