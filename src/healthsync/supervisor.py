@@ -155,13 +155,14 @@ class Pipeline:
             for replica in self.front.replicas:  # its readiness port opens once it listens
                 wait_for_port(LOCALHOST, replica.check_port, 30, self.process(replica.name))
         elif "ingest" in stages:
+            # Every port it opens: it binds them one after the other, so one listening
+            # says nothing of the next (a device once found the TLS port closed).
             ingest = settings.ingest
-            host, port = (
-                (ingest.host, ingest.port)
-                if ingest.plain_enabled
-                else (ingest.tls_host, ingest.tls_port)
-            )
-            wait_for_port(host, port, 30, self.process("ingest"))
+            listeners = [(ingest.host, ingest.port)] if ingest.plain_enabled else []
+            if ingest.tls_enabled or not listeners:
+                listeners.append((ingest.tls_host, ingest.tls_port))
+            for host, port in listeners:
+                wait_for_port(host, port, 30, self.process("ingest"))
         if "api" in stages:
             wait_for_port(settings.api.host, settings.api.port, 30, self.process("api"))
 
