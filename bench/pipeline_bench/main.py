@@ -14,7 +14,7 @@ in this order (the report prints them numbered as in bench/README.md):
 4. peak RSS of every process, and CPU per process during phases 2 and 3.
 
 ``--soak SECONDS`` replaces phases 1-3 with one paced phase at ``--soak-rate``
-and reports every process's RSS over time.
+and reports every process's RSS and CPU over time.
 
 Run: ``.venv/bin/python bench/pipeline.py [--plain] [--duration 60] [--latency-rates 1000 5000]``
 or ``.venv/bin/python bench/pipeline.py --soak 600``. Progress goes to stderr,
@@ -46,7 +46,7 @@ from pipeline_bench.figures import say
 from pipeline_bench.latency import latency_phase
 from pipeline_bench.redis_stats import warm_up
 from pipeline_bench.report import RunFacts, render
-from pipeline_bench.soak import Recycling, RssSampler, render_soak
+from pipeline_bench.soak import ProcessSampler, Recycling, render_soak
 from pipeline_bench.throughput import throughput_phase
 from pipeline_bench.usage import busy_others, vm_status
 
@@ -78,10 +78,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="instead of phases 1-3: --soak-rate paced for SECONDS, RSS of every process sampled",
+        help="instead of phases 1-3: --soak-rate paced for SECONDS, RSS and CPU sampled",
     )
     p.add_argument("--soak-rate", type=float, default=2000.0, help="offered readings/s in --soak")
-    p.add_argument("--sample-every", type=float, default=30.0, help="RSS sample interval, seconds")
+    p.add_argument(
+        "--sample-every", type=float, default=30.0, help="RSS and CPU sample interval, seconds"
+    )
     p.add_argument(
         "--processors",
         type=int,
@@ -157,7 +159,7 @@ def run(pipeline: Pipeline, args: argparse.Namespace) -> str:
     settings = pipeline.settings
     redis = Redis.from_url(str(settings.redis.url), **settings.redis.client_options())
     pids = process_ids(pipeline)
-    rss_sampler = RssSampler(lambda: process_ids(pipeline), args.sample_every)
+    sampler = ProcessSampler(lambda: process_ids(pipeline), args.sample_every)
 
     rng = random.Random(1)
     first_seq = time.time_ns() // 1000
@@ -181,14 +183,14 @@ def run(pipeline: Pipeline, args: argparse.Namespace) -> str:
         say("waiting for the processor to join its group and store a first reading")
         warm_s = warm_up(settings, redis, devices[0])
         say(f"soak: {args.soak_rate:.0f} readings/s paced for {args.soak:.0f} s")
-        rss_sampler.start()
+        sampler.start()
         recycling = Recycling(BrokerRecycler(pipeline, say))
         recycling.start()
         soak = asyncio.run(
             latency_phase(settings, devices, args.soak_rate, args.soak, args.latency_warmup)
         )
         recycles = recycling.stop()
-        samples = rss_sampler.stop()
+        samples = sampler.stop()
         redis.close()
         return render_soak(facts(warm_s), soak, samples, recycles)
 

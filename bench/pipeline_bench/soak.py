@@ -15,7 +15,7 @@ from pipeline_bench.usage import cpu_seconds, vm_status
 
 
 @dataclass
-class RssSamples:
+class ProcessSamples:
     """VmRSS in KiB and CPU seconds used so far of each named process, at each
     sample's seconds since the start."""
 
@@ -24,8 +24,9 @@ class RssSamples:
     cpu_s: dict[str, list[float | None]] = field(default_factory=dict)
 
 
-class RssSampler:
-    """Reads every process's resident set every `interval` seconds, on a thread of its own.
+class ProcessSampler:
+    """Reads every process's resident set and CPU time every `interval` seconds, on a thread
+    of its own.
 
     `pids` is asked at each sample: a stage restarted meanwhile (as a broker recycle
     restarts the consumers) is followed under its name.
@@ -35,9 +36,9 @@ class RssSampler:
         self.pids = pids
         self.interval = interval
         names = pids()
-        self.samples = RssSamples(kib={n: [] for n in names}, cpu_s={n: [] for n in names})
+        self.samples = ProcessSamples(kib={n: [] for n in names}, cpu_s={n: [] for n in names})
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="process-sampler", daemon=True)
         self._started = 0.0
 
     def start(self) -> None:
@@ -57,7 +58,7 @@ class RssSampler:
         while not self._stop.wait(self.interval):
             self._sample()
 
-    def stop(self) -> RssSamples:
+    def stop(self) -> ProcessSamples:
         self._stop.set()
         self._thread.join()
         self._sample()
@@ -103,7 +104,7 @@ def _growth(values: list[int | None], times: list[float]) -> str:
     return f"{(v1 - v0) / 1024 / ((t1 - t0) / 60):+.1f} MiB/min"
 
 
-def _cpu_percent(samples: RssSamples, name: str, i: int) -> str:
+def _cpu_percent(samples: ProcessSamples, name: str, i: int) -> str:
     """CPU of `name` between samples i-1 and i, 100 = one core (-: unknown or restarted)."""
     if i == 0:
         return "-"
@@ -117,7 +118,7 @@ def _cpu_percent(samples: RssSamples, name: str, i: int) -> str:
 def render_soak(
     facts: RunFacts,
     soak: LatencyResult,
-    samples: RssSamples,
+    samples: ProcessSamples,
     recycles: list[tuple[float, Outcome]],
 ) -> str:
     out = header(facts)
