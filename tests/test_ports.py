@@ -71,3 +71,15 @@ def test_without_room_below_the_range_the_kernel_picks(
     narrow.write_text(f"{LOWEST_PORT + 10}\t60999\n", encoding="ascii")
     monkeypatch.setattr(stack_process, "_EPHEMERAL_RANGE", narrow)
     assert free_port() >= ephemeral_start()
+
+
+def test_the_kernel_picks_no_port_handed_out_lately_either(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    narrow = tmp_path / "ip_local_port_range"
+    narrow.write_text(f"{LOWEST_PORT + 10}\t60999\n", encoding="ascii")
+    monkeypatch.setattr(stack_process, "_EPHEMERAL_RANGE", narrow)
+    # The kernel's picks are spread over its range, so a thousand of them would
+    # repeat some port many times over; none of these was bound yet.
+    ports = [free_port() for _ in range(1000)]
+    assert len(set(ports)) == len(ports), "a port was handed out twice"

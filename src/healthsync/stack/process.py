@@ -61,7 +61,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     their local ports: a port of that range, free a moment ago, can become some
     connection's local port before the service binds it, or while it restarts on it
     (HAProxy once failed to bind a port so taken). Nor is it one this process
-    handed out lately, which its service may not have bound yet.
+    handed out lately, which its service may not have bound yet. With too little
+    room below the range the kernel picks, from the range, passing over those too.
     """
     top = _ephemeral_start()
     if top - LOWEST_PORT >= _MIN_CHOICE:
@@ -76,6 +77,16 @@ def free_port(host: str = "127.0.0.1") -> int:
                     continue  # in use
             _handed_out.append(port)
             return port
+    for _ in range(_PICK_ATTEMPTS):
+        port = _kernel_port(host)
+        if port not in _handed_out:
+            break
+    _handed_out.append(port)
+    return port
+
+
+def _kernel_port(host: str) -> int:
+    """A port the kernel picks from its ephemeral range, free a moment ago."""
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
