@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -212,3 +214,23 @@ def test_seals_are_counted_per_key(tmp_path: Path) -> None:
     for n in range(5):
         cipher.seal(PHI, f"hs:latest:{n}".encode())
     assert cipher.seals == {"k1": 5}
+
+
+def test_a_cipher_holds_its_subkeys_in_a_few_mebibytes(tmp_path: Path) -> None:
+    """Every process that seals ends up using all 65,536 subkeys of its data key; what
+    it keeps of them must stay small (it was 15 MiB per data key in a cache)."""
+    ring = Keyring.load(saved(tmp_path))
+    tracemalloc.start()
+    try:
+        cipher = Cipher(ring)
+        # 200,000 seals use about 95% of the subkeys.
+        sealed = [cipher.seal(n.to_bytes(4, "big") + PHI, b"hs:x") for n in range(200_000)]
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    held -= sum(sys.getsizeof(s) for s in sealed) + sys.getsizeof(sealed)
+    assert held < 4 * 2**20, f"{held / 2**20:.1f} MiB held for one data key's subkeys"
+    fresh = Cipher(ring)
+    for n in range(0, 200_000, 997):
+        assert cipher.open(sealed[n], b"hs:x") == fresh.open(sealed[n], b"hs:x")
+        assert fresh.open(sealed[n], b"hs:x") == n.to_bytes(4, "big") + PHI

@@ -80,6 +80,8 @@ _VERSIONS = frozenset({VERSION_GCM[0], VERSION[0]})
 _NONCE_BYTES = 12
 _TAG_BYTES = 16
 _KEY_BYTES = 32
+# Format 2 seals under one of this many subkeys of the data key: the nonce's first two bytes.
+_SUBKEYS = 1 << 16
 # 128 bits of the HMAC: collisions are out of reach for any number of patients.
 _PSEUDONYM_HEX = 32
 # A value under an unknown key makes a cipher with seal counting read its keyring
@@ -259,16 +261,24 @@ class _DataKey:
         self._key = key
         self.gcm = AESGCM(key)
         self.nonce_key = _hkdf(key, b"healthsync v2 nonce")
-        # The derived bytes are cached, not the AEAD objects: an AESGCMSIV holds about
+        # The derived bytes are kept, not the AEAD objects: an AESGCMSIV holds about
         # 2.8 KiB, so all 65,536 of them would take about 180 MiB in every process that
-        # seals or opens; the bytes take about 6 MiB, and an AEAD costs 0.7 us to make.
-        self._subkey_bytes = functools.lru_cache(maxsize=1 << 16)(self._derive)
-
-    def _derive(self, index: bytes) -> bytes:
-        return _hkdf(self._key, b"healthsync v2 subkey " + index)
+        # seals or opens, and one takes about 2 us to make. The bytes sit in one table
+        # of 2 MiB, filled in as subkeys are first used: a cache of bytes objects took
+        # 15 MiB per data key once full, and grew for minutes after a process started.
+        self._subkeys = bytearray(_SUBKEYS * _KEY_BYTES)
+        self._derived = bytearray(_SUBKEYS)  # 1 where the table holds the subkey
 
     def subkey(self, index: bytes) -> AESGCMSIV:
-        return AESGCMSIV(self._subkey_bytes(index))
+        """The AEAD of subkey `index` (two bytes: the nonce's first two)."""
+        n = int.from_bytes(index, "big")
+        start = n * _KEY_BYTES
+        if not self._derived[n]:
+            derived = _hkdf(self._key, b"healthsync v2 subkey " + index)
+            self._subkeys[start : start + _KEY_BYTES] = derived
+            self._derived[n] = 1
+            return AESGCMSIV(derived)
+        return AESGCMSIV(bytes(self._subkeys[start : start + _KEY_BYTES]))
 
 
 class SealUsage(Protocol):
