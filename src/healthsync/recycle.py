@@ -57,9 +57,12 @@ from healthsync.supervisor import Pipeline
 # How long each step may take before the recycle is given up (and tried later).
 HOLD_TIMEOUT_S = 15.0
 CATCH_UP_TIMEOUT_S = 15.0
-# Ingest is held only if the processor is at most this many readings behind: one
-# further behind (overloaded) would keep devices waiting, and likely in vain ...
-MAX_LAG_TO_HOLD = 5000
+# Ingest is held only if the processor has read every reading sent more than this many
+# seconds ago: one further behind has stopped keeping pace (overloaded), and holding
+# ingest for it would keep devices waiting, likely in vain ... A processor that keeps
+# pace is a few thousand readings behind at 2,000 readings/s at any moment, so a count
+# (5,000 readings, before) made every try fail at that rate while the broker grew.
+MAX_BEHIND_S = 5.0
 # ... until the broker is past this many times its limit: then the machine's memory
 # comes first, and each consumer may take this long to catch up with ingest held (at
 # 2,000 readings/s offered the processor fell about 100,000 behind, which it drains
@@ -248,9 +251,10 @@ class BrokerRecycler:
             return
         kafka = settings.kafka
         group, topics = settings.processor.group_id, [kafka.vitals_topic]
-        lag = unread(kafka, group, topics, MAX_LAG_TO_HOLD, before=time.time())
-        if lag > MAX_LAG_TO_HOLD:
-            raise RecycleAborted(f"the processor is {lag} readings behind; ingest not held")
+        if unread(kafka, group, topics, 0, before=time.time() - MAX_BEHIND_S):
+            raise RecycleAborted(
+                f"the processor is more than {MAX_BEHIND_S:g} s behind; ingest not held"
+            )
 
     def _caught_up(
         self,
