@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -123,6 +123,27 @@ def pile_up(kafka: KafkaSettings, count: int) -> None:
     assert producer.flush(30) == 0
 
 
+@contextlib.contextmanager
+def stopped(pid: int) -> Iterator[Callable[..., None]]:
+    """`pid` stopped (a processor far behind, as far as Kafka sees); the function it
+    yields sends it a signal (SIGCONT unless told) that many seconds later. The process
+    runs again on leaving, if it still lives (a recycle may have restarted it)."""
+    os.kill(pid, signal.SIGSTOP)
+    timers: list[threading.Timer] = []
+
+    def later(after: float, sig: signal.Signals = signal.SIGCONT) -> None:
+        timers.append(threading.Timer(after, os.kill, (pid, sig)))
+        timers[-1].start()
+
+    try:
+        yield later
+    finally:
+        for timer in timers:
+            timer.cancel()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
 def past_twice_the_limit(recycler: BrokerRecycler) -> None:
     """Set the recycler's limit so that the broker as it is now is past twice it."""
     tansu = recycler.tansu()
@@ -161,8 +182,7 @@ def test_ingest_is_not_held_while_the_processor_is_far_behind(up: Pipeline) -> N
     assert processor is not None
     recycler = BrokerRecycler(up, lambda _text: None)
     wait_for(recycler.settled, timeout=60, what="the consumers to have joined their groups")
-    os.kill(processor.pid, signal.SIGSTOP)  # an overloaded processor, as far as Kafka sees
-    try:
+    with stopped(processor.pid):  # an overloaded processor
         pile_up(kafka, 6000)
         time.sleep(MAX_BEHIND_S + 1)  # still unread: it has stopped keeping pace
         with pytest.raises(RecycleAborted, match="behind; ingest not held"):
@@ -170,8 +190,6 @@ def test_ingest_is_not_held_while_the_processor_is_far_behind(up: Pipeline) -> N
         assert not any(up.hold_file(c.name).exists() for c in up.children.values())
         reply = send(up, b"device_id=dev-h patient_id=P-9 seq=2 hr=70")
         assert reply.startswith("OK "), reply
-    finally:
-        os.kill(processor.pid, signal.SIGCONT)
     # Running again, the processor works through what piled up, and the archiver too: the
     # tests after this one start from consumers that have read everything.
     for group in (up.settings.processor.group_id, up.settings.archive.group_id):
@@ -189,16 +207,10 @@ def test_ingest_is_held_while_a_busy_processor_is_only_seconds_behind(up: Pipeli
     ids = TopicIds(kafka)
     before = ids(kafka.vitals_topic)
     wait_for(recycler.settled, timeout=60, what="the consumers to have joined their groups")
-    os.kill(processor.pid, signal.SIGSTOP)
-    resume = threading.Timer(1.0, os.kill, (processor.pid, signal.SIGCONT))
-    try:
+    with stopped(processor.pid) as later:
         pile_up(kafka, 6000)  # just sent: seconds of work
-        resume.start()
+        later(1.0)
         recycler.recycle()
-    finally:
-        resume.cancel()
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(processor.pid, signal.SIGCONT)
     assert ids(kafka.vitals_topic) != before, "the vitals topic was not emptied"
     reply = send(up, b"device_id=dev-h patient_id=P-9 seq=5 hr=70")
     assert reply.startswith("OK "), reply
@@ -219,13 +231,10 @@ def test_a_stop_requested_while_a_recycle_waits_ends_it_and_releases_ingest(up: 
     before = ids(kafka.vitals_topic)
     wait_for(recycler.settled, timeout=60, what="the consumers to have joined their groups")
     processor = up.process("process")
-    os.kill(processor.pid, signal.SIGSTOP)  # behind, so that the recycle waits on it
-    try:
+    with stopped(processor.pid):  # behind, so that the recycle waits on it
         pile_up(kafka, 1000)
         recycler.limit_mib = 1
         assert recycler.check() is None
-    finally:
-        os.kill(processor.pid, signal.SIGCONT)
     assert said == ["broker recycle interrupted; its topics are kept"]
     ingest = {c.name for c in up.children.values() if c.stage == "ingest"}
     assert held == [ingest], "ingest was not held, or not left alone, while the recycle waited"
@@ -325,19 +334,13 @@ def test_a_broker_past_twice_its_limit_is_recycled_though_the_processor_is_far_b
     ids = TopicIds(kafka)
     before = ids(kafka.vitals_topic)
     wait_for(recycler.settled, timeout=60, what="the consumers to have joined their groups")
-    os.kill(processor.pid, signal.SIGSTOP)
-    # It runs again a few seconds into the recycle, after the point where a pipeline
-    # this far behind is left alone below twice the limit.
-    resume = threading.Timer(3.0, os.kill, (processor.pid, signal.SIGCONT))
-    try:
+    with stopped(processor.pid) as later:
         pile_up(kafka, 6000)
         past_twice_the_limit(recycler)
-        resume.start()
+        # It runs again a few seconds into the recycle, after the point where a pipeline
+        # this far behind is left alone below twice the limit.
+        later(3.0)
         outcome = recycler.recycle()
-    finally:
-        resume.cancel()
-        with contextlib.suppress(ProcessLookupError):  # the recycle restarted it
-            os.kill(processor.pid, signal.SIGCONT)
     assert ids(kafka.vitals_topic) != before, "the vitals topic was not emptied"
     assert outcome.held_s > 3, "ingest was held while the processor caught up"
     reply = send(up, b"device_id=dev-h patient_id=P-9 seq=3 hr=70")
@@ -359,17 +362,11 @@ def test_a_processor_killed_while_a_recycle_waits_on_it_is_restarted_and_catches
     before = ids(kafka.vitals_topic)
     wait_for(recycler.settled, timeout=60, what="the consumers to have joined their groups")
     processor = up.process("process")
-    os.kill(processor.pid, signal.SIGSTOP)  # far behind, then killed 3 s into the recycle
-    kill = threading.Timer(3.0, os.kill, (processor.pid, signal.SIGKILL))
-    try:
+    with stopped(processor.pid) as later:  # far behind, then killed 3 s into the recycle
         pile_up(kafka, 6000)
         past_twice_the_limit(recycler)
-        kill.start()
+        later(3.0, signal.SIGKILL)
         recycler.recycle()
-    finally:
-        kill.cancel()
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(processor.pid, signal.SIGCONT)
     assert any(line.startswith("process exited with code -9; restart ") for line in said), said
     assert up.process("process").pid != processor.pid
     assert ids(kafka.vitals_topic) != before, "the vitals topic was not emptied"

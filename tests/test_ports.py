@@ -64,21 +64,21 @@ def test_a_port_handed_out_is_not_handed_out_again_before_its_service_binds_it(
     assert free_port() == second
 
 
-def test_without_room_below_the_range_the_kernel_picks(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+@pytest.fixture
+def no_room_below_the_range(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An ephemeral range that leaves the picker too few ports below it."""
     narrow = tmp_path / "ip_local_port_range"
     narrow.write_text(f"{LOWEST_PORT + 10}\t60999\n", encoding="ascii")
     monkeypatch.setattr(stack_process, "_EPHEMERAL_RANGE", narrow)
+
+
+@pytest.mark.usefixtures("no_room_below_the_range")
+def test_without_room_below_the_range_the_kernel_picks() -> None:
     assert free_port() >= ephemeral_start()
 
 
-def test_the_kernel_picks_no_port_handed_out_lately_either(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    narrow = tmp_path / "ip_local_port_range"
-    narrow.write_text(f"{LOWEST_PORT + 10}\t60999\n", encoding="ascii")
-    monkeypatch.setattr(stack_process, "_EPHEMERAL_RANGE", narrow)
+@pytest.mark.usefixtures("no_room_below_the_range")
+def test_the_kernel_picks_no_port_handed_out_lately_either() -> None:
     # The kernel's picks are spread over its range, so a thousand of them would
     # repeat some port many times over; none of these was bound yet.
     ports = [free_port() for _ in range(1000)]
