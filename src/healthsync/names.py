@@ -40,7 +40,8 @@ class RedisKeys:
 
     - ``{p}:{g}patients``               sorted set: {patient} -> last reading time
     - ``{p}:{g}patient_ids``            hash: {patient} -> the patient id (sealed)
-    - ``{p}:{g}latest:{patient}``       hash: vital -> JSON {value, ts, reading_id}
+    - ``{p}:{g}latest:{patient}``       hash: vital -> its reading's JSON {reading_id, ts,
+      device_id, values} (the fields one reading gave share one value)
     - ``{p}:{g}history:{patient}``      sorted set: reading JSON scored by measurement time
     - ``{p}:{g}seen:{patient}``         sorted set: reading_id scored by time (idempotency)
     - ``{p}:{g}news2``                  hash: {patient} -> latest NEWS2 JSON

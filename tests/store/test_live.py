@@ -50,8 +50,7 @@ def test_a_replayed_batch_changes_nothing(settings: Settings, redis: Redis, code
     keys = codec.keys
     assert redis.zcard(keys.history("P-1")) == 2
     latest = cast("bytes", redis.hget(keys.latest("P-1"), "heart_rate"))
-    place = codec.field(keys.latest("P-1"), "heart_rate")
-    assert orjson.loads(codec.open(latest, place))["value"] == 75
+    assert Records(codec).decode_latest("P-1", "heart_rate", latest)["value"] == 75
 
 
 def test_the_latest_values_are_the_newest_of_the_batch(
@@ -72,8 +71,9 @@ def test_the_latest_values_are_the_newest_of_the_batch(
     sink.flush()
 
     key = codec.keys.latest("P-1")
+    records = Records(codec)
     latest = {
-        name: orjson.loads(codec.open(cast("bytes", redis.hget(key, name)), codec.field(key, name)))
+        name: records.decode_latest("P-1", name, cast("bytes", redis.hget(key, name)))
         for name in ("heart_rate", "bp_sys", "bp_dia")
     }
     assert {name: field["value"] for name, field in latest.items()} == {

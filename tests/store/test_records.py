@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from healthsync.domain.alerts import Alert
@@ -65,3 +66,42 @@ def test_a_sealed_value_names_no_patient_and_opens_only_in_its_place(records: Re
     other_tag, _ = records.encode_state("MRN-0001", {})
     with pytest.raises(DecryptError):
         records.decode_state(other_tag, sealed)  # copied under another patient: refused
+
+
+def test_a_readings_latest_fields_share_one_seal() -> None:
+    cipher = Cipher(Keyring.generate())
+    records = Records(Codec(cipher))
+    monitor = Reading("r2", "mon-7", PATIENT, 1_700_000_005.0, 1_700_000_006.0, {})
+    fields = {
+        "heart_rate": latest_value(monitor, 88),
+        "spo2": latest_value(monitor, 95.0),
+        "resp_rate": latest_value(monitor, 18),
+        "bp_sys": latest_value(READING, 121),  # from an older reading
+    }
+    before = sum(cipher.seals.values())
+    encoded = records.encode_latest(PATIENT, fields)
+    assert sum(cipher.seals.values()) - before == 2, "one seal per reading, not per field"
+    assert encoded["heart_rate"] == encoded["spo2"] != encoded["bp_sys"]
+    decoded = {name: records.decode_latest(PATIENT, name, raw) for name, raw in encoded.items()}
+    assert decoded == fields
+
+
+def test_a_shared_latest_value_opens_only_under_its_patient_and_its_fields(
+    records: Records,
+) -> None:
+    encoded = records.encode_latest(PATIENT, {"spo2": latest_value(READING, 91.0)})
+    with pytest.raises(DecryptError):
+        records.decode_latest("MRN-0001", "spo2", encoded["spo2"])  # another patient's hash
+    with pytest.raises(DecryptError):
+        records.decode_latest(PATIENT, "heart_rate", encoded["spo2"])  # a field it lacks
+
+
+def test_latest_values_written_field_by_field_still_open(records: Records) -> None:
+    key = records.keys.latest(PATIENT)
+    doc = latest_value(READING, 91.0)
+    sealed = records.codec.seal(orjson.dumps(doc), records.codec.field(key, "spo2"))
+    assert records.decode_latest(PATIENT, "spo2", sealed) == doc
+    with pytest.raises(DecryptError):
+        records.decode_latest(PATIENT, "heart_rate", sealed)  # bound to its own field
+    plain = Records(Codec(None))
+    assert plain.decode_latest(PATIENT, "spo2", orjson.dumps(doc)) == doc

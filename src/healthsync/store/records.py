@@ -22,6 +22,10 @@ from healthsync.domain.news2 import News2
 from healthsync.domain.readings import Reading
 from healthsync.domain.rules import PatientRules
 from healthsync.security.codec import Codec
+from healthsync.security.crypto import DecryptError
+
+# The field name a shared latest value is bound to (see encode_latest): no vital's.
+SHARED_FIELD = "*"
 
 
 class LatestValue(TypedDict):
@@ -62,6 +66,9 @@ class Records:
     def __init__(self, codec: Codec) -> None:
         self.codec = codec
         self.keys = codec.keys
+        # The last shared latest value opened (place, sealed, doc): a hash's fields from
+        # one reading are read one after another, and each would open the same value.
+        self._latest_opened: tuple[str, bytes, dict[str, Any]] = ("", b"", {})
 
     def _seal(self, doc: Any, place: str) -> bytes:
         return self.codec.seal(orjson.dumps(doc), place)
@@ -74,13 +81,47 @@ class Records:
 
     # -- {g}latest:{patient}: hash, vital -> LatestValue ----------------------------------
 
+    # The fields one reading gave share one sealed value (the reading's fields), bound to
+    # the key and this field name, which no vital has: a reading carries up to ten
+    # fields, and a seal per field was most of the live sink's sealing. Values written
+    # field by field, each bound to its own field, still open (written before).
+
     def encode_latest(self, patient: str, values: dict[str, LatestValue]) -> dict[str, bytes]:
-        key = self.keys.latest(patient)
-        return {vital: self._seal(v, self._field(key, vital)) for vital, v in values.items()}
+        place = self._field(self.keys.latest(patient), SHARED_FIELD)
+        by_reading: dict[tuple[str, float, str], dict[str, Any]] = {}
+        for name, v in values.items():
+            by_reading.setdefault((v["reading_id"], v["ts"], v["device_id"]), {})[name] = v["value"]
+        fields: dict[str, bytes] = {}
+        for (reading_id, ts, device_id), given in by_reading.items():
+            doc = {"reading_id": reading_id, "ts": ts, "device_id": device_id, "values": given}
+            sealed = self._seal(doc, place)
+            fields.update(dict.fromkeys(given, sealed))
+        return fields
 
     def decode_latest(self, patient: str, vital: str, raw: bytes) -> LatestValue:
-        value: LatestValue = self._open(raw, self._field(self.keys.latest(patient), vital))
-        return value
+        key = self.keys.latest(patient)
+        place = self._field(key, SHARED_FIELD)
+        opened = self._latest_opened
+        if opened[0] == place and opened[1] == raw:
+            doc = opened[2]  # the hash's next field from the same reading
+        else:
+            try:
+                doc = self._open(raw, place)
+            except DecryptError:
+                value: LatestValue = self._open(raw, self._field(key, vital))  # written before
+                return value
+            if "values" not in doc:
+                return doc  # type: ignore[no-any-return]  # unsealed, written field by field
+            self._latest_opened = (place, raw, doc)
+        values = doc["values"]
+        if vital not in values:
+            raise DecryptError(f"the value under {vital!r} is another field's")
+        return {
+            "value": values[vital],
+            "ts": doc["ts"],
+            "reading_id": doc["reading_id"],
+            "device_id": doc["device_id"],
+        }
 
     # -- {g}history:{patient}: sorted set of HistoryEntry by measurement time -------------
 

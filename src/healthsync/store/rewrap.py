@@ -7,9 +7,11 @@ anything in Redis still names the key.
 
 Every sealed value's associated data is its place (see security/codec.py),
 which the Redis type tells: a string's key; a hash field's key and field; a
-sorted-set member's key; a stream field's stream and field. Each key is
-rewritten in a WATCH/MULTI transaction, so a value a stage writes meanwhile is
-never overwritten with an older one (the key is read again and retried).
+sorted-set member's key; a stream field's stream and field (the latest
+values' fields from one reading share a value, bound to the key and the field
+``*``). Each key is rewritten in a WATCH/MULTI transaction, so a value a stage
+writes meanwhile is never overwritten with an older one (the key is read again
+and retried).
 Stream entries cannot be changed in place: the stream is copied entry by entry
 with the same ids into a new key, which then replaces it.
 """
@@ -27,6 +29,7 @@ from redis.exceptions import WatchError
 from healthsync.errors import HealthSyncError
 from healthsync.security.codec import Codec
 from healthsync.security.crypto import is_current, key_id_of
+from healthsync.store.records import SHARED_FIELD
 
 _RETRIES = 20
 
@@ -100,16 +103,19 @@ def _rewrap_key(client: Redis, codec: Codec, key: str, active: str, report: Rewr
         pipe.watch(key)  # type: ignore[no-untyped-call]
         kind = pipe.type(key)
 
-        def reseal(value: bytes, place: str) -> bytes | None:
+        def reseal(value: bytes, place: str, *others: str) -> bytes | None:
+            """`value` sealed under the active key at the first of its places it opens at."""
             if key_id_of(value) is None or is_current(value, active):
                 return None
-            try:
-                fresh = codec.seal(codec.open(value, place), place)
-            except HealthSyncError:
-                report.unreadable.append(place)
-                return None
-            report.resealed += 1
-            return fresh
+            for where in (place, *others):
+                try:
+                    fresh = codec.seal(codec.open(value, where), where)
+                except HealthSyncError:
+                    continue
+                report.resealed += 1
+                return fresh
+            report.unreadable.append(place)
+            return None
 
         writes = _WRITERS.get(cast("bytes", kind))
         if writes is None:
@@ -125,7 +131,8 @@ def _rewrap_key(client: Redis, codec: Codec, key: str, active: str, report: Rewr
 
 
 Op = Callable[[Any], object]
-Reseal = Callable[[bytes, str], "bytes | None"]
+# A value and the places it may be bound to, most likely first.
+Reseal = Callable[..., "bytes | None"]
 
 
 def _string(pipe: Any, _codec: Codec, key: str, reseal: Reseal) -> list[Op]:
@@ -139,7 +146,9 @@ def _string(pipe: Any, _codec: Codec, key: str, reseal: Reseal) -> list[Op]:
 def _hash(pipe: Any, codec: Codec, key: str, reseal: Reseal) -> list[Op]:
     changed: dict[bytes, bytes] = {}
     for name, value in cast("dict[bytes, bytes]", pipe.hgetall(key)).items():
-        fresh = reseal(value, codec.field(key, name.decode()))
+        # A field's own place, or the one the fields of a reading share (latest values).
+        own, shared = codec.field(key, name.decode()), codec.field(key, SHARED_FIELD)
+        fresh = reseal(value, own, shared)
         if fresh is not None:
             changed[name] = fresh
     return [lambda p: p.hset(key, mapping=changed)] if changed else []
