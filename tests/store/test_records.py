@@ -10,7 +10,7 @@ from healthsync.domain.news2 import news2
 from healthsync.domain.readings import Reading
 from healthsync.domain.rules import BandOverride, PatientRules
 from healthsync.security.codec import Codec
-from healthsync.security.crypto import Cipher, DecryptError, Keyring
+from healthsync.security.crypto import Cipher, DecryptError, Keyring, key_id_of
 from healthsync.store.records import Records, latest_value
 
 PATIENT = "MRN-4711"
@@ -105,3 +105,67 @@ def test_latest_values_written_field_by_field_still_open(records: Records) -> No
         records.decode_latest(PATIENT, "heart_rate", sealed)  # bound to its own field
     plain = Records(Codec(None))
     assert plain.decode_latest(PATIENT, "spo2", orjson.dumps(doc)) == doc
+
+
+def test_a_live_event_is_one_seal_that_names_no_patient() -> None:
+    cipher = Cipher(Keyring.generate())
+    records = Records(Codec(cipher))
+    data = orjson.dumps({"heart_rate": {"value": 88}})
+    before = sum(cipher.seals.values())
+    fields = records.encode_event("vitals", PATIENT, data)
+    assert sum(cipher.seals.values()) - before == 1, "one seal per event, not per field"
+    assert set(fields) == {"type", "event"} and fields["type"] == "vitals"
+    sealed = fields["event"]
+    assert isinstance(sealed, bytes) and PATIENT.encode() not in sealed
+    raw = {b"type": b"vitals", b"event": sealed}
+    assert records.decode_event(raw) == ("vitals", PATIENT, {"heart_rate": {"value": 88}})
+    moved = {b"type": b"vitals", b"data": raw[b"event"], b"patient_id": raw[b"event"]}
+    with pytest.raises(DecryptError):
+        records.decode_event(moved)  # bound to its field
+
+
+def test_live_events_written_field_by_field_still_open(records: Records) -> None:
+    stream, codec = records.keys.events, records.codec
+    old = {
+        b"type": b"vitals",
+        b"patient_id": codec.seal(PATIENT.encode(), codec.field(stream, "patient_id")),
+        b"data": codec.seal(b'{"spo2":{"value":91}}', codec.field(stream, "data")),
+    }
+    assert records.decode_event(old) == ("vitals", PATIENT, {"spo2": {"value": 91}})
+
+
+class _RotateWhenDue:
+    """Seal usage that makes a new active key after the next seal, as rotation does."""
+
+    batch = 1
+
+    def __init__(self, ring: Keyring) -> None:
+        self.ring, self.due = ring, False
+
+    def record(self, _key_id: str, _sealed: int) -> Keyring | None:
+        if not self.due:
+            return None
+        self.due = False
+        self.ring.rotate()
+        return self.ring
+
+    def reload(self) -> Keyring:
+        return self.ring
+
+
+def test_a_patient_id_is_sealed_once_per_active_key() -> None:
+    ring = Keyring.generate()
+    usage = _RotateWhenDue(ring)
+    cipher = Cipher(ring, usage)
+    records = Records(Codec(cipher))
+    tag, first = records.encode_patient_id(PATIENT)
+    before = sum(cipher.seals.values())
+    assert records.encode_patient_id(PATIENT) == (tag, first)
+    assert sum(cipher.seals.values()) == before, "the same id under the same key: kept"
+
+    old_key = key_id_of(first)
+    usage.due = True
+    records.codec.seal(b"anything", "elsewhere")  # its report rotates the key
+    _, after = records.encode_patient_id(PATIENT)
+    assert key_id_of(after) == ring.active != old_key, "sealed again under the new key"
+    assert records.decode_patient_id(tag, after) == PATIENT

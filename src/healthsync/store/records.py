@@ -26,6 +26,8 @@ from healthsync.security.crypto import DecryptError
 
 # The field name a shared latest value is bound to (see encode_latest): no vital's.
 SHARED_FIELD = "*"
+# Sealed patient ids kept (see encode_patient_id): about 10 MiB when full.
+_SEALED_IDS_KEPT = 65_536
 
 
 class LatestValue(TypedDict):
@@ -69,6 +71,7 @@ class Records:
         # The last shared latest value opened (place, sealed, doc): a hash's fields from
         # one reading are read one after another, and each would open the same value.
         self._latest_opened: tuple[str, bytes, dict[str, Any]] = ("", b"", {})
+        self._sealed_ids: dict[str, tuple[str, bytes]] = {}  # patient -> (key id, sealed id)
 
     def _seal(self, doc: Any, place: str) -> bytes:
         return self.codec.seal(orjson.dumps(doc), place)
@@ -143,7 +146,18 @@ class Records:
     def encode_patient_id(self, patient: str) -> tuple[str, bytes]:
         """The field (the patient's pseudonym) and the sealed id."""
         tag = self.keys.patient(patient)
-        return tag, self.codec.seal(patient.encode(), self._field(self._patient_ids(tag), tag))
+        # Sealing is deterministic: under the same active key the same id seals to the
+        # same value, which the processor writes with every batch. Keep it.
+        cipher = self.codec.cipher
+        active = cipher.keyring.active if cipher is not None else ""
+        kept = self._sealed_ids.get(patient)
+        if kept is not None and kept[0] == active:
+            return tag, kept[1]
+        sealed = self.codec.seal(patient.encode(), self._field(self._patient_ids(tag), tag))
+        if len(self._sealed_ids) >= _SEALED_IDS_KEPT:
+            self._sealed_ids.clear()
+        self._sealed_ids[patient] = (active, sealed)
+        return tag, sealed
 
     def decode_patient_id(self, tag: str, raw: bytes) -> str:
         return self.codec.open(raw, self._field(self._patient_ids(tag), tag)).decode()
@@ -232,17 +246,21 @@ class Records:
     # -- events: the live event stream ---------------------------------------------------
 
     def encode_event(self, kind: str, patient: str, data: bytes) -> dict[FieldT, EncodableT]:
-        """A live event; its patient id and data (JSON) are sealed, each bound to its field."""
-        stream = self.keys.events
-        return {
-            "type": kind,
-            "patient_id": self.codec.seal(patient.encode(), self._field(stream, "patient_id")),
-            "data": self.codec.seal(data, self._field(stream, "data")),
-        }
+        """A live event: its type, and its patient id and data (JSON) sealed together.
+
+        One seal per event, not one per field: the processor writes an event per
+        patient and batch.
+        """
+        doc = {"patient_id": patient, "data": orjson.Fragment(data)}
+        return {"type": kind, "event": self._seal(doc, self._field(self.keys.events, "event"))}
 
     def decode_event(self, fields: dict[bytes, bytes]) -> tuple[str, str, Any]:
         """(type, patient id, data) of one live event."""
         stream = self.keys.events
+        if b"event" in fields:
+            doc = self._open(fields[b"event"], self._field(stream, "event"))
+            return fields[b"type"].decode(), str(doc["patient_id"]), doc["data"]
+        # Written before, its patient id and data each sealed in its own field.
         patient = self.codec.open(fields[b"patient_id"], self._field(stream, "patient_id"))
         data = self._open(fields[b"data"], self._field(stream, "data"))
         return fields[b"type"].decode(), patient.decode(), data
