@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from redis.asyncio import Redis as AsyncRedis
 
 from healthsync.config import Settings
 from healthsync.security.codec import Codec
+from healthsync.store.records import Records
 from pipeline_bench.driver import Device, Link, Tally, close_links, drain_replies, merge, open_links
 from pipeline_bench.figures import percentile, rate
 from pipeline_bench.redis_stats import async_counter, async_histogram
@@ -71,7 +71,7 @@ class VisibilityWatcher:
         found: list[tuple[float, float]],
     ) -> None:
         self.redis = redis
-        self.codec = codec
+        self.records = Records(codec)
         self.keys = codec.keys
         self.waiting = waiting
         self.found = found
@@ -98,16 +98,14 @@ class VisibilityWatcher:
 
     async def _named(self) -> dict[str, str | None]:
         """Patient -> newest reading id named by an event (None: ask all awaited ids)."""
-        keys, codec = self.keys, self.codec
-        reply: Any = await self.redis.xread({keys.events: self.last_id}, count=10_000, block=100)
+        stream: Any = {self.keys.events: self.last_id}
+        reply: Any = await self.redis.xread(stream, count=10_000, block=100)
         named: dict[str, str | None] = {}
         for _stream, entries in reply or ():
             for entry_id, fields in entries:
                 self.last_id = entry_id
-                patient = fields.get(b"patient_id")
-                if patient is not None:
-                    place = codec.field(keys.events, "patient_id")
-                    named[codec.open(patient, place).decode()] = _event_reading_id(codec, fields)
+                kind, patient, data = self.records.decode_event(fields)
+                named[patient] = _event_reading_id(kind, data)
         now = time.perf_counter()
         if not reply or now - self.last_full > _FULL_POLL_INTERVAL_S:
             named.update(dict.fromkeys(self.waiting))
@@ -138,15 +136,13 @@ class VisibilityWatcher:
                     self.found.append((sent_at, now - sent_at))
 
 
-def _event_reading_id(codec: Codec, fields: dict[bytes, bytes]) -> str | None:
+def _event_reading_id(kind: str, data: Any) -> str | None:
     """The reading id in a vitals event (`data` maps each vital to its latest entry)."""
-    if fields.get(b"type") != b"vitals":
+    if kind != "vitals":
         return None
     try:
-        place = codec.field(codec.keys.events, "data")
-        data = orjson.loads(codec.open(fields.get(b"data", b"{}"), place))
         return str(next(iter(data.values()))["reading_id"])
-    except (orjson.JSONDecodeError, StopIteration, KeyError, TypeError, AttributeError):
+    except (StopIteration, KeyError, TypeError, AttributeError):
         return None
 
 
