@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import cast
+from typing import Any, cast
 
 import orjson
-from redis import Redis
+from redis import ConnectionPool, Redis
+from redis.connection import Connection
 
 from healthsync.config import Settings
 from healthsync.domain.batch import Batch
@@ -163,6 +164,54 @@ def test_indexes_are_trimmed_to_the_retention_but_open_alerts_stay(
     sink = RedisFhirSink(redis, settings.redis, Records(codec))
     write(sink, batch_of(Reading("later", "mon-1", "P-1", now, now, {"heart_rate": 150})))
     assert alert_id not in [m for m, _ in index(redis, keys.fhir_index("Flag", "P-1"))]
+
+
+class CountingConnection(Connection):
+    """A connection that counts what it sends: one send is one round trip to Redis."""
+
+    sends = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sends += 1
+        super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
+
+
+def test_a_whole_wards_alert_indexes_are_trimmed_in_a_few_round_trips(
+    settings: Settings, redis: Redis, codec: Codec
+) -> None:
+    """A batch that changes a whole ward's alerts (monitors offline together after a
+    network fault) finds every patient's alert indexes due; a read per index held that
+    batch up for most of a second with 1,000 patients."""
+    settings.redis.history_retention_s = 60
+    keys = codec.keys
+    now, patients = time.time(), [f"P-{i}" for i in range(60)]
+    opened = [
+        Reading(f"old-{p}", f"mon-{p}", p, now - 3600, now, {"heart_rate": 150}) for p in patients
+    ]
+    write(RedisFhirSink(redis, settings.redis, Records(codec)), batch_of(*opened))
+    flags = {p: index(redis, keys.fhir_index("Flag", p))[0][0] for p in patients}
+    # Half the alerts' resources have expired meanwhile; the others are still open.
+    over = set(patients[::2])
+    for patient in over:
+        redis.delete(keys.fhir("Flag", flags[patient]))
+
+    assert settings.redis.url
+    pool = ConnectionPool.from_url(settings.redis.url, connection_class=CountingConnection)
+    counted = Redis(connection_pool=pool)
+    sink = RedisFhirSink(counted, settings.redis, Records(codec))
+    counted.ping()  # connected: the handshake is not the batch's
+    later = batch_of(
+        *[Reading(f"new-{p}", f"mon-{p}", p, now, now, {"heart_rate": 150}) for p in patients]
+    )
+    CountingConnection.sends = 0
+    write(sink, later)
+    # The reads of every due index, their resources' checks, the script check and the
+    # transaction: four, whatever the number of patients (before: two per index).
+    assert CountingConnection.sends <= 4
+    for patient in patients:
+        remaining = [m for m, _ in index(redis, keys.fhir_index("Flag", patient))]
+        assert (flags[patient] in remaining) is (patient not in over), patient
+    counted.close()
 
 
 def test_load_returns_the_stored_resources_the_step_asks_for(
