@@ -205,9 +205,9 @@ def test_a_whole_wards_alert_indexes_are_trimmed_in_a_few_round_trips(
     )
     CountingConnection.sends = 0
     write(sink, later)
-    # The reads of every due index, their resources' checks, the script check and the
-    # transaction: four, whatever the number of patients (before: two per index).
-    assert CountingConnection.sends <= 4
+    # The reads of every due index, their resources' checks and the transaction: three,
+    # whatever the number of patients (before: two per index).
+    assert CountingConnection.sends == 3
     for patient in patients:
         remaining = [m for m, _ in index(redis, keys.fhir_index("Flag", patient))]
         assert (flags[patient] in remaining) is (patient not in over), patient
