@@ -187,10 +187,13 @@ class Records:
         tag = self.keys.patient(patient)
         # The field is only a pseudonym: the id travels inside the sealed value.
         doc = {"patient_id": patient, **state}
-        return tag, self._seal(doc, self._field(self._engine(tag), tag))
+        # Rewritten with every reading in live operation, and mostly timestamps: compressed.
+        place = self._field(self._engine(tag), tag)
+        return tag, self.codec.seal_compressing(orjson.dumps(doc), place)
 
     def decode_state(self, tag: str, raw: bytes) -> tuple[str, dict[str, Any]]:
-        doc: dict[str, Any] = self._open(raw, self._field(self._engine(tag), tag))
+        opened = self.codec.open_expanding(raw, self._field(self._engine(tag), tag))
+        doc: dict[str, Any] = orjson.loads(opened)
         return doc.pop("patient_id"), doc
 
     # -- rules: hash, {patient} -> the rules set through the API -------------------------
