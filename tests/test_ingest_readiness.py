@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import logging
 import socket
 import struct
 import threading
@@ -48,7 +49,10 @@ def check_while_blocked(port: int, blocked_s: float, at_s: float) -> tuple[int, 
     return answers[0]
 
 
-def test_a_busy_event_loop_is_ready_and_a_stuck_one_is_not(settings: Settings) -> None:
+def test_a_busy_event_loop_is_ready_and_a_stuck_one_is_not(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="healthsync.ingest.readiness")
     ensure_topics(settings.kafka)
     publisher = Publisher(settings.kafka, 5.0)
     port = free_port()
@@ -79,6 +83,14 @@ def test_a_busy_event_loop_is_ready_and_a_stuck_one_is_not(settings: Settings) -
             readiness.close()
 
     asyncio.run(scenario())
+    # An operator sees why HAProxy took the replica out, and when it came back.
+    changes = [
+        (r.levelno, r.__dict__.get("reason"))
+        for r in caplog.records
+        if r.getMessage() == "readiness changed"
+    ]
+    warnings = [reason for level, reason in changes if level == logging.WARNING]
+    assert (warnings, changes[-1]) == (["event loop stalled"], (logging.INFO, "ready")), changes
 
 
 def cut_short(port: int, request: bytes) -> None:

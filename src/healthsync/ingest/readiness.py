@@ -51,6 +51,8 @@ class Readiness:
         self.kafka_seen = 0.0  # monotonic time of the last metadata answer
         self.loop_seen = time.monotonic()  # the event loop's last heartbeat
         self.draining = False
+        self._said = ""  # the last answer's reason, logged when it changes
+        self._was_ready = False
         self._stop = threading.Event()
         self._server: ThreadingHTTPServer | None = None
 
@@ -82,6 +84,22 @@ class Readiness:
     def answer(self, path: str) -> tuple[int, bytes]:
         if path != "/readyz":
             return 404, b"not found\n"
+        status, body = self._state()
+        reason = body.decode().strip()
+        if reason != self._said:
+            # A load balancer takes a replica that is not ready out of rotation: say why
+            # (a warning once it has been ready: before, it is still starting).
+            lost = status != 200 and self._was_ready and not self.draining
+            log.log(
+                logging.WARNING if lost else logging.INFO,
+                "readiness changed",
+                extra={"status": status, "reason": reason},
+            )
+            self._said = reason
+            self._was_ready = self._was_ready or status == 200
+        return status, body
+
+    def _state(self) -> tuple[int, bytes]:
         if self.ready:
             return 200, b"ready\n"
         if self.draining:
