@@ -29,6 +29,13 @@ log = logging.getLogger(__name__)
 
 UNAVAILABLE = b"ERR 503 kafka_unavailable: reading not stored, send it again later\n"
 BUSY = b"ERR 503 busy: too many connections\n"
+# Lines a connection handles in one turn of the event loop; the rest wait for the next.
+# A turn runs the callbacks of every connection that has data, so with many devices
+# sending pipelined lines at once, one turn used to handle every line they had sent
+# (200 connections of 500 lines: 10-15 s) before Kafka's delivery reports, and with
+# them any reply, or the readiness heartbeat could run; HAProxy then found the replica
+# stalled and cut every session (bench/pipeline.py --devices 200).
+LINES_PER_TURN = 16
 
 
 class Owner(Protocol):
@@ -85,6 +92,8 @@ class DeviceConnection(asyncio.Protocol):
         self.closing = False
         self.last_activity = time.monotonic()
         self.flush_scheduled = False
+        # Complete lines are waiting in the buffer for the next turn (reading is paused).
+        self.backlog = False
 
     # asyncio callbacks
 
@@ -109,8 +118,16 @@ class DeviceConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
         self.buffer += data
-        self._split_lines()
+        if not self.backlog:  # else the next turn takes these lines, after the earlier ones
+            self._turn()
+
+    def _turn(self) -> None:
+        """Handle up to LINES_PER_TURN lines; leave the rest, unread further, to the next turn."""
+        self.backlog = self._split_lines(LINES_PER_TURN)
         self.flush_replies()
+        if self.backlog and self.transport is not None:
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self._next_turn)
         limits = self.server.settings.ingest
         if (
             self.inflight >= limits.max_inflight_per_connection
@@ -118,9 +135,23 @@ class DeviceConnection(asyncio.Protocol):
         ):
             self.pause()
 
+    def _next_turn(self) -> None:
+        if self.transport is None or self.closing:
+            # Gone, or the server is draining: lines not yet handled get no answer, so
+            # the device sends them again (to another replica).
+            self.backlog = False
+            self.buffer.clear()
+            return
+        self._turn()
+        if not self.backlog and not self.paused:
+            self.transport.resume_reading()
+
     def eof_received(self) -> bool:
         # A device may send its last line without a newline and half-close
         # (`nc -q1`, `nc -N`): treat the rest as a line, answer, then close.
+        if self.backlog:
+            self._split_lines(None)
+            self.backlog = False
         if self.buffer and not self.discarding:
             self._handle_line(bytes(self.buffer))
         elif self.discarding:
@@ -138,14 +169,20 @@ class DeviceConnection(asyncio.Protocol):
 
     # line handling
 
-    def _split_lines(self) -> None:
+    def _split_lines(self, most: int | None) -> bool:
+        """Handle the buffer's complete lines, at most `most`; True if more are left."""
         limit = self.server.settings.ingest.max_line_bytes
         buffer = self.buffer
         start = 0
+        handled = 0
         while True:
             end = buffer.find(b"\n", start)
             if end < 0:
                 break
+            if most is not None and handled == most:
+                del buffer[:start]
+                return True
+            handled += 1
             if self.discarding:
                 self.discarding = False
                 self._reject(wire.WireError("too_long", f"line exceeds {limit} bytes"), b"")
@@ -159,6 +196,7 @@ class DeviceConnection(asyncio.Protocol):
                 self.server.stats.inc("bytes_discarded_total", len(buffer))
             self.discarding = True
             buffer.clear()
+        return False
 
     def _handle_line(self, line: bytes) -> None:
         if not line.strip():
@@ -245,8 +283,9 @@ class DeviceConnection(asyncio.Protocol):
         if self.paused and self.transport is not None and not self.closing:
             self.paused = False
             self.server.paused.discard(self)
-            self.transport.resume_reading()
+            if not self.backlog:  # else reading resumes once the backlog is handled
+                self.transport.resume_reading()
 
     @property
     def idle(self) -> bool:
-        return not self.pending and not self.inflight
+        return not self.pending and not self.inflight and not self.backlog
