@@ -61,4 +61,4 @@ def test_a_flood_on_many_connections_is_answered_while_it_is_still_read(
     first, last = first_at - sent_at, last_at - sent_at
     # Before, the first answer came once every line of every device had been handled:
     # only the broker's last acknowledgements were left, so first was close to last.
-    assert first < last / 3, f"first answer after {first:.2f} s, last after {last:.2f} s"
+    assert first < last / 2, f"first answer after {first:.2f} s, last after {last:.2f} s"
