@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from pathlib import Path
 
 import lz4.frame
 import orjson
 import pytest
 
 from healthsync.domain.alerts import Alert
-from healthsync.domain.batch import Batch
 from healthsync.domain.news2 import news2
 from healthsync.domain.readings import Reading
-from healthsync.domain.rules import AnomalySettings, BandOverride, PatientRules
+from healthsync.domain.rules import BandOverride, PatientRules
 from healthsync.security.codec import Codec
 from healthsync.security.crypto import Cipher, DecryptError, Keyring, key_id_of
 from healthsync.store.records import Records, latest_value
-from healthsync.stream.engine import AnomalyEngine
-from healthsync.stream.rulebook import RuleBook
+
+# A patient's engine state as the engine builds it: the bench's, which measures it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from engine_state import engine_state
 
 PATIENT = "MRN-4711"
 READING = Reading("r1", "mon-7", PATIENT, 1_700_000_000.0, 1_700_000_001.0, {"spo2": 91.0})
@@ -177,24 +180,12 @@ def test_a_patient_id_is_sealed_once_per_active_key() -> None:
     assert records.decode_patient_id(tag, after) == PATIENT
 
 
-def _engine_state_after(minutes: int) -> dict[str, Any]:
-    """The anomaly engine's state of a patient whose monitor sent every second for a while."""
-    engine = AnomalyEngine(AnomalySettings(), RuleBook({}))
-    start = 1_700_000_000.0
-    for i in range(minutes * 60):
-        ts = start + i + 0.137 * (i % 7)  # device clocks are not whole seconds
-        vitals = {"heart_rate": 70.0 + i % 5, "spo2": 96.0 + i % 3, "temp": 36.8}
-        vitals |= {"resp_rate": 15.0 + i % 2, "bp_sys": 118.0 + i % 4, "bp_dia": 77.0}
-        engine.process(Batch([Reading(f"r{i}", "mon-7", PATIENT, ts, ts + 0.05, vitals)]))
-    return engine.states[PATIENT].to_dict()
-
-
 def test_the_engine_state_written_with_every_reading_is_stored_compressed(
     records: Records,
 ) -> None:
     # In live operation every reading rewrites its patient's state: 5-6 kB of JSON,
     # mostly timestamps, which sealed bytes no longer let Redis or TLS shrink.
-    state = _engine_state_after(minutes=10)
+    state = engine_state(minutes=10, interval=1.0)
     plain = orjson.dumps({"patient_id": PATIENT, **state})
     assert len(plain) > 4000
     tag, sealed = records.encode_state(PATIENT, state)
@@ -206,7 +197,7 @@ def test_the_engine_state_written_with_every_reading_is_stored_compressed(
 
 
 def test_engine_state_sealed_whole_still_opens_and_a_bomb_is_refused(records: Records) -> None:
-    state = _engine_state_after(minutes=2)
+    state = engine_state(minutes=2, interval=1.0)
     tag, _ = records.encode_state(PATIENT, state)
     place = records.codec.field(records.keys.engine(records.keys.group_of_member(tag)), tag)
     whole = records.codec.seal(orjson.dumps({"patient_id": PATIENT, **state}), place)
@@ -218,6 +209,6 @@ def test_engine_state_sealed_whole_still_opens_and_a_bomb_is_refused(records: Re
 
 def test_with_encryption_off_the_engine_state_stays_plain_json() -> None:
     records = Records(Codec(None))
-    state = _engine_state_after(minutes=2)
+    state = engine_state(minutes=2, interval=1.0)
     _tag, value = records.encode_state(PATIENT, state)
     assert orjson.loads(value)["patient_id"] == PATIENT
