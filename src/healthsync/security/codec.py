@@ -16,7 +16,7 @@ cannot shrink them, and a reading's Bundle of Observations is 7 KiB of
 repetitive JSON that LZ4 makes 1.4 KiB. The anomaly engine's state in Redis,
 rewritten with every reading in live operation, is treated alike
 (:meth:`Codec.seal_compressing`): 5-6 kB of JSON, mostly timestamps, become
-about 2 kB. Opening expands it again, refusing one that would grow past 16
+about 1.7 kB. Opening expands it again, refusing one that would grow past 16
 MiB. Values written before this opened as they always did (JSON never starts
 with the LZ4 frame's magic bytes).
 """
