@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -13,7 +14,10 @@ from pathlib import Path
 
 import httpx
 
+from healthsync.children import Child
+from healthsync.config import Settings
 from healthsync.stack import free_port
+from healthsync.supervisor import Pipeline
 from tests.conftest import wait_for
 from tests.live_stack import alive, descendants
 
@@ -124,3 +128,34 @@ def test_missing_redis_binary_is_one_clear_line(tmp_path: Path) -> None:
         "healthsync: redis-server not found on PATH; install it with: "
         "sudo apt-get install redis-server"
     )
+
+
+# A stand-in for ingest's start-up, which cannot be slowed down from outside: a process
+# that binds the plaintext port at once and the TLS port a while later, as a niced
+# ingest on a busy machine may.
+_BINDS_ONE_THEN_THE_OTHER = """
+import socket, sys, time
+first = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+time.sleep(float(sys.argv[3]))
+second = socket.create_server(("127.0.0.1", int(sys.argv[2])))
+time.sleep(60)
+"""
+
+
+def test_ingest_counts_as_started_only_once_its_tls_port_listens_too(tmp_path: Path) -> None:
+    plain, tls = free_port(), free_port()
+    settings = Settings(
+        ingest={"plain_enabled": True, "port": plain, "tls_enabled": True, "tls_port": tls}
+    )
+    pipeline = Pipeline(settings, tmp_path)
+    ingest = subprocess.Popen(
+        [sys.executable, "-c", _BINDS_ONE_THEN_THE_OTHER, str(plain), str(tls), "1.5"]
+    )
+    pipeline.children["ingest"] = Child("ingest", [], tmp_path / "ingest.log", process=ingest)
+    try:
+        pipeline.wait_listening(("ingest",))
+        # What a device connecting right after start-up finds: the TLS port open.
+        socket.create_connection(("127.0.0.1", tls), timeout=2).close()
+    finally:
+        ingest.kill()
+        ingest.wait()

@@ -102,7 +102,7 @@ class Pipeline:
                 self._start_ingest_replicas()
             else:
                 self.start_child(name)
-        self._wait_listening(stages)
+        self.wait_listening(stages)
         if self.front is not None:
             self.stack.ingest_front = self.front.start(settings.ingest, self.run_dir, self.logs)
 
@@ -149,7 +149,8 @@ class Pipeline:
         if self.stack.broker is not None:
             self.forget_offsets()
 
-    def _wait_listening(self, stages: tuple[str, ...]) -> None:
+    def wait_listening(self, stages: tuple[str, ...]) -> None:
+        """Return once the started `stages` accept connections on every port they open."""
         settings = self.settings
         if "ingest" in stages and self.front is not None:
             for replica in self.front.replicas:  # its readiness port opens once it listens
