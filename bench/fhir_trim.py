@@ -46,7 +46,7 @@ IMMEDIATE = AnomalySettings(persist_s=0, persist_readings=1, resolve_hold_s=0, m
 
 
 class CountingConnection(Connection):
-    """Counts what it sends: one send is one round trip."""
+    """A connection that counts what it sends: one send is one round trip to Redis."""
 
     sends = 0
 
@@ -55,12 +55,13 @@ class CountingConnection(Connection):
         super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
 
 
-def batch_of(readings: list[Reading]) -> Batch:
+def batch_of(readings: list[Reading], fhir: FhirResources | None = None) -> Batch:
+    """The batch the processor's steps make of `readings`, its FHIR resources included."""
     batch = Batch(readings)
     for step in (
         AnomalyEngine(IMMEDIATE),
         News2Scores(lambda _p: {}, 900),
-        FhirResources("urn:mrn"),
+        fhir or FhirResources("urn:mrn"),
     ):
         step.process(batch)
     return batch

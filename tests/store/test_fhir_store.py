@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import replace
-from typing import Any, cast
+from pathlib import Path
+from typing import cast
 
 import orjson
 from redis import ConnectionPool, Redis
-from redis.connection import Connection
 
 from healthsync.config import Settings
 from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading
-from healthsync.domain.rules import AnomalySettings
 from healthsync.fhir.ids import fhir_id
 from healthsync.fhir.step import FhirResources
 from healthsync.security.codec import Codec
@@ -22,21 +22,19 @@ from healthsync.store.records import Records
 from healthsync.stream.engine import AnomalyEngine
 from healthsync.stream.news2 import News2Scores
 
-DEMOGRAPHICS = {"patient_name": "Ada Lovelace", "gender": "female", "mrn": "MRN-0042"}
+# The bench that measures the trim below builds its batches and counts round trips as
+# these tests do.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-# Alerts open and resolve on one sample here: these tests are about the resources, not timing.
-IMMEDIATE = AnomalySettings(persist_s=0, persist_readings=1, resolve_hold_s=0, max_jump={})
+import fhir_trim
+from fhir_trim import IMMEDIATE, CountingConnection, write
+
+DEMOGRAPHICS = {"patient_name": "Ada Lovelace", "gender": "female", "mrn": "MRN-0042"}
 
 
 def batch_of(*readings: Reading, step: FhirResources | None = None) -> Batch:
-    batch = Batch(list(readings))
-    for s in (
-        AnomalyEngine(IMMEDIATE),
-        News2Scores(lambda p: {}, 900),
-        step or FhirResources("urn:mrn"),
-    ):
-        s.process(batch)
-    return batch
+    """Alerts open and resolve on one sample: these tests are about the resources, not timing."""
+    return fhir_trim.batch_of(list(readings), step)
 
 
 def stored(redis: Redis, codec: Codec, key: str) -> dict[str, object] | None:
@@ -47,11 +45,6 @@ def stored(redis: Redis, codec: Codec, key: str) -> dict[str, object] | None:
 def index(redis: Redis, key: str) -> list[tuple[str, float]]:
     rows = cast("list[tuple[bytes, float]]", redis.zrange(key, 0, -1, withscores=True))
     return [(member.decode(), score) for member, score in rows]
-
-
-def write(sink: RedisFhirSink, batch: Batch) -> None:
-    sink.write(batch)
-    sink.flush()
 
 
 def test_resources_are_stored_and_indexed_by_type_patient_and_time(
@@ -164,16 +157,6 @@ def test_indexes_are_trimmed_to_the_retention_but_open_alerts_stay(
     sink = RedisFhirSink(redis, settings.redis, Records(codec))
     write(sink, batch_of(Reading("later", "mon-1", "P-1", now, now, {"heart_rate": 150})))
     assert alert_id not in [m for m, _ in index(redis, keys.fhir_index("Flag", "P-1"))]
-
-
-class CountingConnection(Connection):
-    """A connection that counts what it sends: one send is one round trip to Redis."""
-
-    sends = 0
-
-    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        CountingConnection.sends += 1
-        super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
 
 
 def test_a_whole_wards_alert_indexes_are_trimmed_in_a_few_round_trips(
