@@ -144,6 +144,8 @@ def _served(settings: Settings, codec: Codec, redis: Redis, credentials: Credent
     """Every resource the indexes name, as the FHIR API serves it.
 
     Vital-sign Observations are rebuilt from their reading, the rest are stored.
+    A reading is indexed once for all of its Observations, so the Observations'
+    ids come from the search, which must find each of them once.
     """
     keys = codec.keys
     in_redis: Served = {}
@@ -155,13 +157,32 @@ def _served(settings: Settings, codec: Codec, redis: Redis, credentials: Credent
         "Device": {keys.fhir_member("Device", "mon-1"): "mon-1"},
     }
     for kind in ("Observation", "RiskAssessment", "Patient", "Device", "Communication", "Flag"):
-        members = cast("list[bytes]", redis.zrange(keys.fhir_index(kind), 0, -1))
-        for member in members:
-            rid = clear_ids.get(kind, {}).get(member.decode(), member.decode())
+        if kind == "Observation":
+            ids = _searched(f"{api}/Observation?_count=7", credentials)
+        else:
+            members = cast("list[bytes]", redis.zrange(keys.fhir_index(kind), 0, -1))
+            ids = [clear_ids.get(kind, {}).get(m.decode(), m.decode()) for m in members]
+        for rid in ids:
             response = httpx.get(f"{api}/{kind}/{rid}", headers=credentials.headers())
             assert response.status_code == 200, (kind, rid, response.text)
             in_redis[(kind, rid)] = response.json()
     return in_redis
+
+
+def _searched(url: str, credentials: Credentials) -> list[str]:
+    """The ids a search finds, page after page, checked against its total."""
+    found: list[str] = []
+    total: set[int] = set()
+    while True:
+        bundle = httpx.get(url, headers=credentials.headers()).json()
+        found += [e["resource"]["id"] for e in bundle.get("entry", [])]
+        total.add(bundle["total"])
+        links = {link["relation"]: link["url"] for link in bundle["link"]}
+        if "next" not in links:
+            break
+        url = links["next"]
+    assert total == {len(found)} and len(set(found)) == len(found), (total, found)
+    return found
 
 
 def _check_alert_events(events: list[dict[str, Any]], low: str) -> None:

@@ -65,6 +65,9 @@ class RedisKeys:
                                           rebuilt from (they are not stored one by one)
     - ``{p}:fhir:index:{type}``         sorted set: id (a Patient's or Device's pseudonym) by time
     - ``{p}:fhir:index:{type}:{patient}`` sorted set: the same, for one patient
+    - ``{p}:fhir:index:reading:{n}[:{patient}]`` sorted set: reading_id by time, for the
+                                          readings that make n vital-sign Observations
+                                          (indexed once, not once per Observation)
     - ``{p}:events``                    stream of live events for dashboards
     - ``{p}:audit``                     stream: who read which patient's data (API audit log)
     - ``{p}:stats:{component}``         hash of counters shared by all instances
@@ -206,6 +209,11 @@ class RedisKeys:
 
     def fhir_index(self, resource_type: str, patient_id: str | None = None) -> str:
         base = f"{self.prefix}:fhir:index:{resource_type}"
+        return base if patient_id is None else f"{base}:{self.pseudonym(patient_id)}"
+
+    def fhir_reading_index(self, observations: int, patient_id: str | None = None) -> str:
+        """The index of the readings that each stand for `observations` vital-sign Observations."""
+        base = f"{self.prefix}:fhir:index:reading:{observations}"
         return base if patient_id is None else f"{base}:{self.pseudonym(patient_id)}"
 
     @property

@@ -21,7 +21,8 @@ from redis.asyncio import Redis as AsyncRedis
 from healthsync.domain.readings import Reading
 from healthsync.security.codec import Codec
 from healthsync.stack import Service
-from healthsync.store.fhir_queries import FhirReader, Page, Search, Window
+from healthsync.store.fhir_order import Window
+from healthsync.store.fhir_queries import FhirReader, Page, Search
 from healthsync.store.records import Records
 from tests.api.test_fhir_api import HR, LOINC, Seed, at, seed_resources
 from tests.conftest import clear_prefix, make_settings

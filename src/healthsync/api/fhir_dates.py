@@ -13,7 +13,7 @@ from datetime import date, datetime, timedelta
 from fractions import Fraction
 
 from healthsync.api.fhir import invalid
-from healthsync.store.fhir_queries import Window
+from healthsync.store.fhir_order import Window
 
 _DATE_PREFIXES = ("eq", "ge", "gt", "le", "lt")
 _FHIR_PREFIXES = ("ne", "sa", "eb", "ap")

@@ -20,7 +20,8 @@ import orjson
 
 from healthsync.api.fhir import FHIR_ID, FhirError, invalid
 from healthsync.api.fhir_dates import date_range, narrow
-from healthsync.store.fhir_queries import Position, Predicate, Resource, Search, Window
+from healthsync.store.fhir_order import Position, Window
+from healthsync.store.fhir_queries import Predicate, Resource, Search
 
 _DEFAULT_COUNT = 50
 _MAX_COUNT = 1000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Final
 
@@ -46,6 +47,15 @@ def observation_id(reading_id: str, vital: str) -> str:
 
 
 _DERIVED_SUFFIXES: Final = frozenset(SUFFIXES.values())
+# The most vital-sign Observations one reading makes: one per suffix.
+MAX_OBSERVATIONS: Final = len(_DERIVED_SUFFIXES)
+
+
+def observation_count(vitals: Iterable[str]) -> int:
+    """How many vital-sign Observations a reading of these vitals makes (the BP panel is one)."""
+    return len({SUFFIXES[v] for v in vitals})
+
+
 _HEX: Final = frozenset("0123456789abcdef")
 
 

@@ -28,9 +28,11 @@ from redis.asyncio import Redis
 
 from healthsync.domain.readings import VITALS, Reading
 from healthsync.errors import HealthSyncError
+from healthsync.fhir.ids import MAX_OBSERVATIONS, reading_of_observation
 from healthsync.fhir.observations import observations_for
 from healthsync.store.archive.reader import ArchiveReader
-from healthsync.store.fhir_queries import Page, Position, Resource, Search
+from healthsync.store.fhir_order import Position
+from healthsync.store.fhir_queries import Page, Resource, Search
 from healthsync.store.records import Records
 from healthsync.store.vitals_history import SEAM_MARGIN_S
 
@@ -129,13 +131,22 @@ class ArchivedObservations:
                 raise ArchiveTooCostly(len(found), self.max_scan)
         if not found:
             return []
-        index = self.keys.fhir_index("Observation", query.patient)
-        live = cast(
-            "list[bytes]",
-            await self.client.zrangebyscore(index, found[0][0].time - 1, found[-1][0].time + 1),
-        )
-        in_redis = {member.decode() for member in live}
-        return [e for e in found if e[0].resource_id not in in_redis]
+        # Redis indexes an Observation under its own id, or its reading under the reading's.
+        indexes = [self.keys.fhir_index("Observation", query.patient)] + [
+            self.keys.fhir_reading_index(n, query.patient) for n in range(1, MAX_OBSERVATIONS + 1)
+        ]
+        low, high = found[0][0].time - 1, found[-1][0].time + 1
+        pipe = self.client.pipeline(transaction=False)
+        for index in indexes:
+            pipe.zrangebyscore(index, low, high)
+        live = cast("list[list[bytes]]", await pipe.execute())
+        in_redis = {member.decode() for members in live for member in members}
+        return [
+            e
+            for e in found
+            if e[0].resource_id not in in_redis
+            and reading_of_observation(e[0].resource_id) not in in_redis
+        ]
 
 
 def _position(resource: Resource) -> Position:

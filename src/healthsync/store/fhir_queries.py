@@ -2,11 +2,12 @@
 
 The layout is :class:`healthsync.names.RedisKeys`: each resource's JSON under
 ``fhir:{type}:{id}``, and sorted sets of ids scored by the resource's time,
-one across patients and one per patient. A search walks one index in time
-order within a window, loads the resources and keeps those a predicate
-accepts. A page ends at a (time, id) position and the next page starts just
-after it, so resources that arrive between two pages neither repeat nor shift
-the results. Stored JSON is opened through the records' codec.
+one across patients and one per patient; vital-sign Observations are rebuilt
+from their readings, which are indexed once each (:mod:`.fhir_order`). A
+search walks its indexes in time order within a window, loads the resources
+and keeps those a predicate accepts. A page ends at a (time, id) position and
+the next page starts just after it, so resources that arrive between two pages
+neither repeat nor shift the results. Stored JSON is opened through the records' codec.
 
 Opening is the costly part (AES-GCM-SIV, then JSON), so it runs on a few
 worker threads, not on the event loop, and a filtered search opens at most
@@ -16,7 +17,6 @@ scan at a time, each page ending where its scan ended.
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -26,17 +26,25 @@ import anyio
 from anyio import to_thread
 from redis.asyncio import Redis
 
-from healthsync.fhir.ids import reading_of_observation
+from healthsync.fhir.ids import MAX_OBSERVATIONS, reading_of_observation
 from healthsync.fhir.observations import observations_for
+from healthsync.store.fhir_order import (
+    Cursor,
+    Index,
+    Position,
+    Window,
+    beyond,
+    may_pass,
+    members_for,
+    merge,
+    score_bounds,
+)
 from healthsync.store.multi import aget_many
 from healthsync.store.records import Records
 
 Resource = dict[str, Any]
 Predicate = Callable[[Resource], bool]
 
-# Scores are float seconds; a resource shows its time rounded to the microsecond
-# (e.g. effectiveDateTime), so bounds move by half a microsecond to agree with it.
-_HALF_MICROSECOND = 0.5e-6
 # Ids fetched per round trip while a filtered search scans its window.
 _SCAN_CHUNK = 1000
 # Up to this many values are opened on the event loop (a read by id, a small
@@ -44,29 +52,7 @@ _SCAN_CHUNK = 1000
 _INLINE = 16
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """The resource times (epoch seconds) a search accepts: ``start <= time < end``."""
-
-    start: float = -math.inf
-    end: float = math.inf
-
-    def narrow(self, start: float = -math.inf, end: float = math.inf) -> Window:
-        return Window(max(self.start, start), min(self.end, end))
-
-    @property
-    def empty(self) -> bool:
-        return self.start >= self.end
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Position:
-    """A place in an index: a resource's score and id, in the index's own order."""
-
-    time: float
-    resource_id: str
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +79,9 @@ class Page:
     next: Position | None
 
 
+Entries = list[tuple[Position, Resource]]
+
+
 class FhirReader:
     def __init__(
         self, client: Redis, records: Records, max_scan: int = 5_000, threads: int = 2
@@ -113,28 +102,31 @@ class FhirReader:
     async def search(self, query: Search) -> Page:
         """The page after `query.after` of the matches in the window, in time order.
 
-        Without a predicate only the page is read and the total is the index's
-        count in the window. With one, a window of at most `max_scan` resources
-        is read whole to count the matches; a wider one is scanned from
-        `query.after` for at most `max_scan` resources, the total is None, and
-        a page whose scan ran out before it filled ends (shorter, maybe empty)
-        at the last resource scanned, so following `next` reaches every match.
+        Without a predicate only the page is read and the total is the indexes'
+        count in the window (a reading's entry counting as its Observations).
+        With one, a window of at most `max_scan` resources is read whole to
+        count the matches; a wider one is scanned from `query.after` for at
+        most `max_scan` resources, the total is None, and a page whose scan ran
+        out before it filled ends (shorter, maybe empty) at the last resource
+        scanned, so following `next` reaches every match.
         """
         if query.window.empty:
             return Page(0, [], None)
-        index = self.keys.fhir_index(query.resource_type, query.patient)
-        in_window = int(await self.client.zcount(index, *_score_bounds(query.window)))
+        indexes, counts = await self._counted(query)
+        in_window = sum(i.per_member * n for i, n in zip(indexes, counts, strict=True))
+        indexes = [i for i, n in zip(indexes, counts, strict=True) if n]
         wanted = query.count + 1  # one more than the page tells whether a next page exists
         total: int | None
         if query.match is None:
             total = in_window
-            found = await self._page(index, query, wanted) if query.count > 0 and in_window else []
+            wanted_any = query.count > 0 and in_window > 0
+            found = await self._page(indexes, query, wanted) if wanted_any else []
         elif in_window <= self.max_scan:
-            total, found = await self._matches(index, query, query.match, wanted)
+            total, found = await self._matches(indexes, query, query.match, wanted)
         elif query.count == 0:
             return Page(None, [], None)  # counting would open the whole window
         else:
-            found, scanned_to = await self._scan(index, query, query.match, wanted)
+            found, scanned_to = await self._scan(indexes, query, query.match, wanted)
             if len(found) < wanted and scanned_to is not None:
                 return Page(None, [resource for _, resource in found], scanned_to)
             total = None
@@ -142,12 +134,24 @@ class FhirReader:
         following = page[-1][0] if len(found) > query.count and page else None
         return Page(total, [resource for _, resource in page], following)
 
-    async def _page(
-        self, index: str, query: Search, wanted: int
-    ) -> list[tuple[Position, Resource]]:
+    async def _counted(self, query: Search) -> tuple[list[Index], list[int]]:
+        """The indexes `query` walks, and how many members each has in its window."""
+        indexes = [Index(self.keys.fhir_index(query.resource_type, query.patient))]
+        if query.resource_type == "Observation":
+            indexes += [
+                Index(self.keys.fhir_reading_index(n, query.patient), n, readings=True)
+                for n in range(1, MAX_OBSERVATIONS + 1)
+            ]
+        bounds = score_bounds(query.window)
+        pipe = self.client.pipeline(transaction=False)
+        for index in indexes:
+            pipe.zcount(index.key, *bounds)
+        return indexes, [int(n) for n in await pipe.execute()]
+
+    async def _page(self, indexes: list[Index], query: Search, wanted: int) -> Entries:
         """Up to `wanted` resources after `query.after`: only what the page needs is read."""
-        found: list[tuple[Position, Resource]] = []
-        batches = self._walk(index, query, query.after, chunk=wanted)
+        found: Entries = []
+        batches = self._walk(indexes, query, query.after, chunk=wanted)
         async with aclosing(batches):
             async for batch, _, _ in batches:
                 found.extend(batch[: wanted - len(found)])
@@ -156,34 +160,34 @@ class FhirReader:
         return found
 
     async def _matches(
-        self, index: str, query: Search, match: Predicate, wanted: int
-    ) -> tuple[int, list[tuple[Position, Resource]]]:
+        self, indexes: list[Index], query: Search, match: Predicate, wanted: int
+    ) -> tuple[int, Entries]:
         """How many resources in the window match, and up to `wanted` of them after `after`."""
         total = 0
-        found: list[tuple[Position, Resource]] = []
+        found: Entries = []
         after = query.after
-        async for batch, _, _ in self._walk(index, query, None, chunk=_SCAN_CHUNK):
+        async for batch, _, _ in self._walk(indexes, query, None, chunk=_SCAN_CHUNK):
             for position, resource in batch:
                 if not match(resource):
                     continue
                 total += 1
                 if len(found) < wanted and (
-                    after is None or _beyond(position, after, query.newest_first)
+                    after is None or beyond(position, after, query.newest_first)
                 ):
                     found.append((position, resource))
         return total, found
 
     async def _scan(
-        self, index: str, query: Search, match: Predicate, wanted: int
-    ) -> tuple[list[tuple[Position, Resource]], Position | None]:
+        self, indexes: list[Index], query: Search, match: Predicate, wanted: int
+    ) -> tuple[Entries, Position | None]:
         """Up to `wanted` matches after `query.after`, opening at most `max_scan` resources.
 
         Also the last position scanned when the scan stopped at its limit with
         more of the window possibly left (None when it reached the window's end).
         """
-        found: list[tuple[Position, Resource]] = []
+        found: Entries = []
         budget = self.max_scan
-        batches = self._walk(index, query, query.after, chunk=min(_SCAN_CHUNK, budget))
+        batches = self._walk(indexes, query, query.after, chunk=min(_SCAN_CHUNK, budget))
         async with aclosing(batches):
             async for batch, scanned, more in batches:
                 budget -= len(scanned)
@@ -197,34 +201,99 @@ class FhirReader:
         return found, None
 
     async def _walk(
-        self, index: str, query: Search, after: Position | None, chunk: int
-    ) -> AsyncGenerator[tuple[list[tuple[Position, Resource]], list[Position], bool], None]:
+        self, indexes: list[Index], query: Search, after: Position | None, chunk: int
+    ) -> AsyncGenerator[tuple[Entries, list[Position], bool], None]:
         """The window's resources in the search's order, from just after `after`, in batches.
 
-        Each batch comes with the positions it scanned (some resources may have
-        expired) and whether the window may hold more after them.
+        The indexes are merged by (time, member): a reading's Observation ids
+        are its id and a suffix, and reading ids are all as long, so that is
+        the order of (time, resource id) of what they stand for. Each batch
+        comes with the positions it scanned (some resources may have expired)
+        and whether the window may hold more after them.
         """
-        low, high = _score_bounds(query.window, after, query.newest_first)
-        offset = 0
+        low, high = score_bounds(query.window, after, query.newest_first)
+        cursors = [Cursor(index) for index in indexes]
         while True:
-            if query.newest_first:
-                found = await self.client.zrevrangebyscore(
-                    index, high, low, start=offset, num=chunk, withscores=True
-                )
-            else:
-                found = await self.client.zrangebyscore(
-                    index, low, high, start=offset, num=chunk, withscores=True
-                )
-            rows = cast("list[tuple[bytes, float]]", found)
-            offset += len(rows)
-            positions = [Position(float(score), member.decode()) for member, score in rows]
+            await self._fill(
+                [c for c in cursors if not c.rows and not c.exhausted], low, high, query, chunk
+            )
+            taken = merge(cursors, chunk, query.newest_first)
+            more = any(c.rows or not c.exhausted for c in cursors)
             if after is not None:
                 # The range starts at `after`'s score: drop the ties up to and including it.
-                positions = [p for p in positions if _beyond(p, after, query.newest_first)]
-            more = len(rows) == chunk
-            yield await self._load(query.resource_type, positions), positions, more
+                taken = [t for t in taken if may_pass(t, after, query.newest_first)]
+            found, scanned = await self._entries(query, taken)
+            if after is not None:  # and a reading's Observations up to it
+                found = [e for e in found if beyond(e[0], after, query.newest_first)]
+                scanned = [p for p in scanned if beyond(p, after, query.newest_first)]
+            yield found, scanned, more
             if not more:
                 return
+
+    async def _fill(
+        self, cursors: list[Cursor], low: str, high: str, query: Search, chunk: int
+    ) -> None:
+        """The members of each of these cursors' indexes for the next `chunk` resources,
+        in one round trip."""
+        if not cursors:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        sizes = [members_for(cursor.index, chunk) for cursor in cursors]
+        for cursor, num in zip(cursors, sizes, strict=True):
+            key, offset = cursor.index.key, cursor.offset
+            if query.newest_first:
+                pipe.zrevrangebyscore(key, high, low, start=offset, num=num, withscores=True)
+            else:
+                pipe.zrangebyscore(key, low, high, start=offset, num=num, withscores=True)
+        for cursor, num, found in zip(cursors, sizes, await pipe.execute(), strict=True):
+            rows = cast("list[tuple[bytes, float]]", found)
+            cursor.offset += len(rows)
+            cursor.rows.extend((float(score), member.decode()) for member, score in rows)
+            cursor.exhausted = len(rows) < num
+
+    async def _entries(
+        self, query: Search, taken: list[tuple[float, str, Index]]
+    ) -> tuple[Entries, list[Position]]:
+        """The resources the members taken stand for, and the positions scanned, in order.
+
+        A reading's position is its Observations'; one that has expired (with
+        the retention) is scanned at its own id, which comes before theirs.
+        """
+        stored = [Position(score, member) for score, member, index in taken if not index.readings]
+        readings = {member: score for score, member, index in taken if index.readings}
+        found = await self._load(query.resource_type, stored)
+        scanned = list(stored)
+        if readings:
+            rebuilt, missing = await self._expand(readings)
+            found += rebuilt
+            scanned += [position for position, _ in rebuilt]
+            scanned += [Position(readings[r], r) for r in missing]
+            found.sort(key=lambda e: e[0], reverse=query.newest_first)
+            scanned.sort(reverse=query.newest_first)
+        return found, scanned
+
+    async def _expand(self, readings: dict[str, float]) -> tuple[Entries, list[str]]:
+        """Every vital-sign Observation of these readings (reading id -> its index score),
+        rebuilt at that score; and the readings no longer stored."""
+        ids = list(readings)
+        keys = [self.keys.fhir_reading(r) for r in ids]
+        docs = await aget_many(self.client, keys)
+        missing = [r for r, doc in zip(ids, docs, strict=True) if doc is None]
+        scores = [readings[r] for r in ids]
+        return await self._off_loop(self._rebuild_all, scores, keys, docs), missing
+
+    def _rebuild_all(
+        self, scores: list[float], keys: list[str], docs: list[bytes | None]
+    ) -> Entries:
+        rebuilt: Entries = []
+        id_key = self.records.codec.id_key
+        for score, key, doc in zip(scores, keys, docs, strict=True):
+            if doc is None:
+                continue
+            reading = self.records.decode_fhir_reading(key, doc)
+            for resource in observations_for(reading, id_key):
+                rebuilt.append((Position(score, resource["id"]), resource))
+        return rebuilt
 
     async def _load(
         self, resource_type: str, positions: list[Position]
@@ -272,36 +341,14 @@ class FhirReader:
 
     async def _off_loop(
         self,
-        work: Callable[[T, list[str], list[bytes | None]], dict[str, Resource]],
+        work: Callable[[T, list[str], list[bytes | None]], R],
         ids: T,
         keys: list[str],
         docs: list[bytes | None],
-    ) -> dict[str, Resource]:
+    ) -> R:
         """`work` on one of the reader's threads, or here when there is little to open."""
         if len(keys) <= _INLINE:
             return work(ids, keys, docs)
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self.threads)
         return await to_thread.run_sync(work, ids, keys, docs, limiter=self._limiter)
-
-
-def _score_bounds(
-    window: Window, after: Position | None = None, newest_first: bool = True
-) -> tuple[str, str]:
-    """ZRANGEBYSCORE bounds for ``start <= time < end``, from `after`'s score if given."""
-    start = window.start - _HALF_MICROSECOND
-    end = window.end - _HALF_MICROSECOND
-    low = "-inf" if start == -math.inf else repr(start)
-    high = "+inf" if end == math.inf else f"({end!r}"
-    if after is not None:
-        # Inclusive: resources tied with `after` on time may come after it by id.
-        if newest_first and after.time < end:
-            high = repr(after.time)
-        elif not newest_first and after.time >= start:
-            low = repr(after.time)
-    return low, high
-
-
-def _beyond(position: Position, after: Position, newest_first: bool) -> bool:
-    """Whether `position` comes after `after` in the search's order."""
-    return position < after if newest_first else position > after

@@ -16,6 +16,15 @@ Layout (see names.RedisKeys):
   Communication, period start for a Flag, last update for Patient and Device
   (which have only the first index). ``{patient}`` is the FHIR id in the
   resource's ``subject``.
+- ``{p}:fhir:index:reading:{n}`` and ``{p}:fhir:index:reading:{n}:{patient}``:
+  the readings whose vital-sign Observations are rebuilt, by the number ``n``
+  of Observations each makes, scored by their effective time. A reading is
+  one entry in each, not one per Observation: per-Observation entries took
+  about half of Redis's CPU per reading (docs/SCALE.md). Kept apart by ``n``
+  so that a search still counts Observations exactly, with one ZCOUNT per
+  index; the FHIR reader walks them together with the Observation index,
+  which holds the other Observations (NEWS2), and any vital-sign ones
+  indexed one by one before this layout.
 
 Indexes are trimmed to the retention now and then: by score for
 Observation and RiskAssessment; for Communication and Flag by whether the
@@ -39,7 +48,7 @@ from redis import Redis
 from healthsync.config import RedisSettings
 from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading, isoformat_ms
-from healthsync.fhir.ids import fhir_id, observation_id, reading_of_observation
+from healthsync.fhir.ids import fhir_id, is_reading_id, observation_count, reading_of_observation
 from healthsync.fhir.observations import unbundled
 from healthsync.store.multi import get_many
 from healthsync.store.records import Records
@@ -113,8 +122,7 @@ def _epoch(stamp: str) -> float:
 @lru_cache(maxsize=1 << 14)
 def _score(stamp: str) -> bytes:
     """The index score of a reading's Observations, as the client would send it (the
-    float's repr), formatted once for all of them: the client formats each float it
-    sends, and a reading's ten index members share one score."""
+    float's repr), formatted once for both of the reading's index entries."""
     return repr(_epoch(stamp)).encode()
 
 
@@ -184,21 +192,22 @@ class RedisFhirSink:
         self._index_types[index] = kind
 
     def _add_readings(self, readings: list[Reading], out: tuple[list[str], list[bytes]]) -> None:
-        keys = self.keys
-        everyone = keys.fhir_index("Observation")
+        keys, id_key = self.keys, self.records.codec.id_key
         for reading in readings:
             name, value = self.records.encode_fhir_reading(reading)
             out[0].append(name)
             out[1].append(value)
-            # Index the reading's Observations straight from it (the hot path): the
-            # score is the instant written in their effectiveDateTime.
-            when = _score(isoformat_ms(reading.ts))
-            members: dict[str, float | bytes] = {
-                observation_id(reading.reading_id, v): when for v in reading.vitals
+            count = observation_count(reading.vitals)
+            if not count or not is_reading_id(reading.reading_id):
+                continue  # no Observations, or stored and indexed whole (see write())
+            # The reading stands for its Observations in the index of readings that
+            # make as many, scored by the instant written in their effectiveDateTime.
+            member: dict[str, float | bytes] = {
+                reading.reading_id: _score(isoformat_ms(reading.ts))
             }
-            self._index(everyone, "Observation", members)
-            patient = fhir_id(reading.patient_id, self.records.codec.id_key)
-            self._index(keys.fhir_index("Observation", patient), "Observation", members)
+            self._index(keys.fhir_reading_index(count), "Observation", member)
+            patient = fhir_id(reading.patient_id, id_key)
+            self._index(keys.fhir_reading_index(count, patient), "Observation", member)
 
     def _add_resource(self, resource: dict[str, Any], out: tuple[list[str], list[bytes]]) -> None:
         name, value = self.records.encode_resource(resource)
