@@ -21,7 +21,7 @@ import argparse
 import asyncio
 import random
 import statistics
-import tempfile
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,11 +34,13 @@ from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading
 from healthsync.fhir.step import FhirResources
 from healthsync.security.codec import Codec
-from healthsync.security.crypto import Keyring
-from healthsync.stack import start_redis
 from healthsync.store.fhir_queries import FhirReader, Search
 from healthsync.store.fhir_store import RedisFhirSink
 from healthsync.store.records import Records
+
+# A private redis-server and keyring, as the FHIR store's other bench starts them.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fhir_trim import private_store
 
 VITALS = {"heart_rate": 72, "spo2": 97, "temp": 36.8, "resp_rate": 15, "bp_sys": 120}
 HR = "8867-4"
@@ -110,24 +112,14 @@ def main() -> None:
     parser.add_argument("--searches", type=int, default=200)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="hs-bench-") as tmp:
-        run = Path(tmp)
-        redis = start_redis(log_dir=run)
-        try:
-            keyring = run / "keyring.json"
-            Keyring.generate().save(keyring)
-            url = f"redis://{redis.host}:{redis.port}/0"
-            settings = Settings(redis={"url": url}, crypto={"keyring_file": str(keyring)})
-            codec = Codec.from_settings(settings)
-            client = Redis.from_url(url)
-            memory, cpu = int(client.info("memory")["used_memory"]), redis_cpu_us(client)
-            written = fill(client, settings, codec, args.patients, args.minutes)
-            cpu = redis_cpu_us(client) - cpu
-            memory = int(client.info("memory")["used_memory"]) - memory
-            client.close()
-            timings = asyncio.run(searches(url, codec, args.patients, args.searches))
-        finally:
-            redis.stop()
+    with private_store() as (settings, codec, url):
+        client = Redis.from_url(url)
+        memory, cpu = int(client.info("memory")["used_memory"]), redis_cpu_us(client)
+        written = fill(client, settings, codec, args.patients, args.minutes)
+        cpu = redis_cpu_us(client) - cpu
+        memory = int(client.info("memory")["used_memory"]) - memory
+        client.close()
+        timings = asyncio.run(searches(url, codec, args.patients, args.searches))
 
     print(f"{written:,} readings of {args.patients} patients, {args.minutes} min each")
     print(

@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,46 +86,48 @@ def timed(sink: RedisFhirSink, batch: Batch) -> tuple[float, float, int]:
     )
 
 
+@contextmanager
+def private_store(**redis: object) -> Iterator[tuple[Settings, Codec, str]]:
+    """A private redis-server and a new keyring: the settings, the codec and Redis's URL."""
+    with tempfile.TemporaryDirectory(prefix="hs-bench-") as tmp:
+        run = Path(tmp)
+        server = start_redis(log_dir=run)
+        try:
+            keyring = run / "keyring.json"
+            Keyring.generate().save(keyring)
+            url = f"redis://{server.host}:{server.port}/0"
+            settings = Settings(redis={"url": url, **redis}, crypto={"keyring_file": str(keyring)})
+            yield settings, Codec.from_settings(settings), url
+        finally:
+            server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patients", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="hs-bench-") as tmp:
-        run = Path(tmp)
-        redis = start_redis(log_dir=run)
-        try:
-            keyring = run / "keyring.json"
-            Keyring.generate().save(keyring)
-            url = f"redis://{redis.host}:{redis.port}/0"
-            settings = Settings(
-                redis={"url": url, "history_retention_s": 60},
-                crypto={"keyring_file": str(keyring)},
-            )
-            codec = Codec.from_settings(settings)
-            pool = ConnectionPool.from_url(url, connection_class=CountingConnection)
-            client = Redis(connection_pool=pool)
-            client.ping()
+    with private_store(history_retention_s=60) as (settings, codec, url):
+        pool = ConnectionPool.from_url(url, connection_class=CountingConnection)
+        client = Redis(connection_pool=pool)
+        client.ping()
 
-            now, ids = time.time(), [f"P-{i}" for i in range(args.patients)]
-            opened = [
-                Reading(f"old-{p}", f"mon-{p}", p, now - 3600, now, {"heart_rate": 150})
-                for p in ids
-            ]
-            write(RedisFhirSink(client, settings.redis, Records(codec)), batch_of(opened))
-            later = batch_of(
-                [Reading(f"new-{p}", f"mon-{p}", p, now, now, {"heart_rate": 150}) for p in ids]
-            )
+        now, ids = time.time(), [f"P-{i}" for i in range(args.patients)]
+        opened = [
+            Reading(f"old-{p}", f"mon-{p}", p, now - 3600, now, {"heart_rate": 150}) for p in ids
+        ]
+        write(RedisFhirSink(client, settings.redis, Records(codec)), batch_of(opened))
+        later = batch_of(
+            [Reading(f"new-{p}", f"mon-{p}", p, now, now, {"heart_rate": 150}) for p in ids]
+        )
 
-            due, none_due = [], []
-            for _ in range(args.rounds):
-                sink = RedisFhirSink(client, settings.redis, Records(codec))
-                due.append(timed(sink, later))  # a new sink: every index is due
-                none_due.append(timed(sink, later))  # trimmed a moment ago
-            client.close()
-        finally:
-            redis.stop()
+        due, none_due = [], []
+        for _ in range(args.rounds):
+            sink = RedisFhirSink(client, settings.redis, Records(codec))
+            due.append(timed(sink, later))  # a new sink: every index is due
+            none_due.append(timed(sink, later))  # trimmed a moment ago
+        client.close()
 
     print(
         f"a batch of {args.patients} readings, one per patient, updating each patient's open alert"
