@@ -28,10 +28,10 @@ from redis.asyncio import Redis
 
 from healthsync.domain.readings import VITALS, Reading
 from healthsync.errors import HealthSyncError
-from healthsync.fhir.ids import MAX_OBSERVATIONS, reading_of_observation
+from healthsync.fhir.ids import reading_of_observation
 from healthsync.fhir.observations import observations_for
 from healthsync.store.archive.reader import ArchiveReader
-from healthsync.store.fhir_order import Position
+from healthsync.store.fhir_order import Position, indexes_of
 from healthsync.store.fhir_queries import Page, Resource, Search
 from healthsync.store.records import Records
 from healthsync.store.vitals_history import SEAM_MARGIN_S
@@ -132,13 +132,10 @@ class ArchivedObservations:
         if not found:
             return []
         # Redis indexes an Observation under its own id, or its reading under the reading's.
-        indexes = [self.keys.fhir_index("Observation", query.patient)] + [
-            self.keys.fhir_reading_index(n, query.patient) for n in range(1, MAX_OBSERVATIONS + 1)
-        ]
         low, high = found[0][0].time - 1, found[-1][0].time + 1
         pipe = self.client.pipeline(transaction=False)
-        for index in indexes:
-            pipe.zrangebyscore(index, low, high)
+        for index in indexes_of(self.keys, "Observation", query.patient):
+            pipe.zrangebyscore(index.key, low, high)
         live = cast("list[list[bytes]]", await pipe.execute())
         in_redis = {member.decode() for members in live for member in members}
         return [

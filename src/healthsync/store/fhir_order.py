@@ -15,6 +15,9 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+from healthsync.fhir.ids import MAX_OBSERVATIONS
+from healthsync.names import RedisKeys
+
 # Scores are float seconds; a resource shows its time rounded to the microsecond
 # (e.g. effectiveDateTime), so bounds move by half a microsecond to agree with it.
 _HALF_MICROSECOND = 0.5e-6
@@ -51,6 +54,18 @@ class Index:
     key: str
     per_member: int = 1
     readings: bool = False
+
+
+def indexes_of(keys: RedisKeys, resource_type: str, patient: str | None) -> list[Index]:
+    """Every index that holds `resource_type` (of `patient`, or of everyone): its own,
+    and for Observations the readings' indexes."""
+    indexes = [Index(keys.fhir_index(resource_type, patient))]
+    if resource_type == "Observation":
+        indexes += [
+            Index(keys.fhir_reading_index(n, patient), n, readings=True)
+            for n in range(1, MAX_OBSERVATIONS + 1)
+        ]
+    return indexes
 
 
 @dataclass(slots=True)

@@ -26,7 +26,7 @@ import anyio
 from anyio import to_thread
 from redis.asyncio import Redis
 
-from healthsync.fhir.ids import MAX_OBSERVATIONS, reading_of_observation
+from healthsync.fhir.ids import reading_of_observation
 from healthsync.fhir.observations import observations_for
 from healthsync.store.fhir_order import (
     Cursor,
@@ -34,6 +34,7 @@ from healthsync.store.fhir_order import (
     Position,
     Window,
     beyond,
+    indexes_of,
     may_pass,
     members_for,
     merge,
@@ -136,12 +137,7 @@ class FhirReader:
 
     async def _counted(self, query: Search) -> tuple[list[Index], list[int]]:
         """The indexes `query` walks, and how many members each has in its window."""
-        indexes = [Index(self.keys.fhir_index(query.resource_type, query.patient))]
-        if query.resource_type == "Observation":
-            indexes += [
-                Index(self.keys.fhir_reading_index(n, query.patient), n, readings=True)
-                for n in range(1, MAX_OBSERVATIONS + 1)
-            ]
+        indexes = indexes_of(self.keys, query.resource_type, query.patient)
         bounds = score_bounds(query.window)
         pipe = self.client.pipeline(transaction=False)
         for index in indexes:
