@@ -27,7 +27,9 @@ Layout (see names.RedisKeys):
   indexed one by one before this layout.
 
 Indexes are trimmed to the retention now and then: by score for
-Observation and RiskAssessment; for Communication and Flag by whether the
+Observation and RiskAssessment, whose indexes are also set to expire with it
+(a patient who stops sending is never trimmed again; see
+:mod:`healthsync.store.retention`); for Communication and Flag by whether the
 resource is still stored (an alert open for days keeps its index entry).
 Every write is a SET or a ZADD of the same member and score, so a replayed
 batch changes nothing. Stored JSON is sealed by the codec, bound to its key;
@@ -50,11 +52,10 @@ from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading, isoformat_ms
 from healthsync.fhir.ids import fhir_id, is_reading_id, observation_count, reading_of_observation
 from healthsync.fhir.observations import unbundled
+from healthsync.store import retention
 from healthsync.store.multi import get_many
 from healthsync.store.records import Records
 
-# Trim an index at most this often, not on every batch.
-_TRIM_INTERVAL_S = 60.0
 # Kept for the retention; their indexes are trimmed by score.
 _WINDOWED = frozenset({"Observation", "RiskAssessment"})
 # An alert's resources: kept while the alert is open, for the retention once it is over;
@@ -144,7 +145,7 @@ class RedisFhirSink:
         self._pipe: Any = None
         self._indexes: dict[str, dict[str, float | bytes]] = {}
         self._index_types: dict[str, str] = {}
-        self._trimmed_at: dict[str, float] = {}
+        self._trims = retention.TrimClock()
 
     def load(self, resource_type: str, ids: list[str]) -> dict[str, dict[str, Any]]:
         """The stored resources among `ids` (a ResourceLoader for the FHIR step)."""
@@ -229,15 +230,17 @@ class RedisFhirSink:
     ) -> None:
         now = time.time()
         cutoff = now - self.settings.history_retention_s
+        expires = retention.expiry_s(self.settings.history_retention_s)
         alerts: list[tuple[str, str]] = []
         for index, kind in index_types.items():
             if kind not in _WINDOWED and kind not in _ALERTS:
                 continue
-            if now - self._trimmed_at.get(index, 0.0) <= _TRIM_INTERVAL_S:
+            if not self._trims.due(index, now):
                 continue
-            self._trimmed_at[index] = now
             if kind in _WINDOWED:
                 pipe.zremrangebyscore(index, "-inf", cutoff)
+                # Expiring too, should its patient stop sending (see store.retention).
+                pipe.expire(index, expires)
             else:
                 alerts.append((index, kind))
         if alerts:

@@ -28,6 +28,10 @@ processor then consumes again from the stored reach and reloads its state.
 Redis's AOF replays a prefix of the transactions, so what remains is
 consistent with the offsets it records.
 
+A patient's history and seen set are trimmed to ``redis.history_retention_s``
+now and then, and set to expire with it, so the readings of a patient who
+stops sending leave with the retention too (:mod:`healthsync.store.retention`).
+
 What is stored under each key, and how it is sealed, is in
 :mod:`healthsync.store.records`; patients appear in key names and members only
 as pseudonyms.
@@ -48,11 +52,8 @@ from healthsync.domain.news2 import observed_in
 from healthsync.domain.readings import Reading
 from healthsync.errors import StoreBehindError
 from healthsync.metrics import StatsRecorder
-from healthsync.store import hourly
+from healthsync.store import hourly, retention
 from healthsync.store.records import Records, latest_value
-
-# Trim a patient's history and seen-set at most this often, not on every batch.
-_TRIM_INTERVAL_S = 60.0
 
 
 class RedisLiveSink:
@@ -76,8 +77,7 @@ class RedisLiveSink:
         self._units: list[Any] = []
         self._after: Any = None
         self._held: list[Any] = []
-        self._trimmed_at: dict[str, float] = {}
-        self._alerts_trimmed_at = 0.0
+        self._trims = retention.TrimClock()
         self._written: list[Reading] = []
 
     def write(self, batch: Batch) -> None:
@@ -88,9 +88,8 @@ class RedisLiveSink:
         now = time.time()
         self._write_readings(pipes, shared, batch.readings, now)
         self._write_state(pipes, batch)
-        if now - self._alerts_trimmed_at > _TRIM_INTERVAL_S:
+        if self._trims.due(self.keys.recent_alerts, now):
             # Resolved alerts expire on their own; drop their index entries too.
-            self._alerts_trimmed_at = now
             cutoff = now - self.settings.history_retention_s
             shared.zremrangebyscore(self.keys.recent_alerts, "-inf", cutoff)
         self._write_alerts(shared, batch)
@@ -197,6 +196,7 @@ class RedisLiveSink:
     ) -> None:
         keys, records = self.keys, self.records
         cutoff = now - self.settings.history_retention_s
+        expires = retention.expiry_s(self.settings.history_retention_s)
         newest: dict[str, dict[str, tuple[Reading, Any]]] = {}
         history: dict[str, dict[bytes, bytes]] = {}
         seen: dict[str, dict[str, bytes]] = {}
@@ -223,10 +223,11 @@ class RedisLiveSink:
             pipe.zadd(keys.history(patient), history[patient])
             pipe.zadd(keys.seen(patient), seen[patient])
             self._write_event(shared, "vitals", patient, orjson.dumps(fields))
-            if now - self._trimmed_at.get(patient, 0.0) > _TRIM_INTERVAL_S:
-                self._trimmed_at[patient] = now
-                pipe.zremrangebyscore(keys.history(patient), "-inf", cutoff)
-                pipe.zremrangebyscore(keys.seen(patient), "-inf", cutoff)
+            if self._trims.due(keys.history(patient), now):
+                # Expiring too, should the patient stop sending (see store.retention).
+                for key in (keys.history(patient), keys.seen(patient)):
+                    pipe.zremrangebyscore(key, "-inf", cutoff)
+                    pipe.expire(key, expires)
         for group, grouped in by_group.items():
             pipe = pipes[group]
             members = {p: last_seen[p] for p in dict.fromkeys(r.patient_id for r in grouped)}

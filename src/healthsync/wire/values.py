@@ -33,7 +33,8 @@ _MAX_PATIENT_CHARS = 256
 # seq goes into JSON (orjson) downstream, which is limited to 64-bit integers.
 _MAX_SEQ = 2**63 - 1
 _EPOCH_2000 = 946_684_800.0
-_MAX_FUTURE_S = 300.0
+# How far ahead of its arrival a reading may be dated (device clocks drift).
+MAX_FUTURE_S = 300.0
 
 
 def show(key: str) -> str:
@@ -144,7 +145,7 @@ def timestamp(raw: object, received_at: float) -> float:
         ts = _number("ts", raw)
     if ts < _EPOCH_2000:
         raise WireError("out_of_range", "ts: before the year 2000")
-    if ts > received_at + _MAX_FUTURE_S:
+    if ts > received_at + MAX_FUTURE_S:
         ahead = ts - received_at
         raise WireError("out_of_range", f"ts: {ahead:.0f} s ahead of receive time")
     return ts

@@ -1,0 +1,57 @@
+"""How the live cache keeps readings for ``redis.history_retention_s``, and no longer.
+
+The keys that hold a patient's readings (history, seen set, FHIR indexes) are
+trimmed by score when a batch writes them, at most once per ``TRIM_INTERVAL_S``
+per key. A patient who stops sending (discharged, or the monitor moved to
+another bed) is never written again, so each trim also sets the key to expire
+with the retention: the key outlives its newest entry's retention and goes
+soon after.
+
+The expiry counts from the trim, so it adds to the retention:
+``TRIM_INTERVAL_S``, because the newest entry may have been written that long
+after the key's last trim; and ``DATED_AHEAD_S``, because a reading may be dated
+that far ahead of its arrival (the wire's limit), and its entry stays for the
+retention after that date. No entry leaves before its own retention ends.
+"""
+
+from __future__ import annotations
+
+import math
+
+from healthsync.wire.values import MAX_FUTURE_S
+
+# Trim a key at most this often, not on every batch.
+TRIM_INTERVAL_S = 60.0
+DATED_AHEAD_S = MAX_FUTURE_S
+
+
+def expiry_s(retention_s: float) -> int:
+    """What a key's expiry is set to when it is trimmed, in whole seconds."""
+    return math.ceil(retention_s + TRIM_INTERVAL_S + DATED_AHEAD_S)
+
+
+class TrimClock:
+    """Which keys are due a trim: each at most once per ``TRIM_INTERVAL_S``.
+
+    Remembers only the keys trimmed within the interval (a key trimmed longer
+    ago is due either way), so patients who come and go do not make it grow.
+    """
+
+    def __init__(self) -> None:
+        self._at: dict[str, float] = {}
+        self._swept_at = 0.0
+
+    def __len__(self) -> int:
+        """How many keys it remembers."""
+        return len(self._at)
+
+    def due(self, key: str, now: float) -> bool:
+        """Whether `key` is due a trim at `now`; if so, it counts as trimmed at `now`."""
+        interval = TRIM_INTERVAL_S
+        if now - self._at.get(key, -math.inf) <= interval:
+            return False
+        if now - self._swept_at > interval:
+            self._swept_at = now
+            self._at = {k: at for k, at in self._at.items() if now - at <= interval}
+        self._at[key] = now
+        return True

@@ -1,0 +1,109 @@
+"""A patient who stops sending leaves the live cache with the retention (real redis-server).
+
+A patient's readings are trimmed to the retention by score when the patient's
+keys are written. A patient who stops sending (discharged, or the monitor moved
+to another bed) is never written again, so without an expiry their keys would
+keep their last day of readings, sealed but still patient data, for good.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from healthsync.config import Settings
+from healthsync.domain.batch import Batch
+from healthsync.domain.readings import Reading
+from healthsync.fhir.ids import fhir_id, observation_count
+from healthsync.metrics import StatsRecorder
+from healthsync.security.codec import Codec
+from healthsync.store import retention
+from healthsync.store.fhir_store import RedisFhirSink
+from healthsync.store.live import RedisLiveSink
+from healthsync.store.records import Records
+
+# The FHIR store's tests and bench build the processor's batches this way too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import fhir_trim
+
+VITALS = {"heart_rate": 72.0, "spo2": 97.0, "resp_rate": 15.0, "temp": 36.8, "bp_sys": 121.0}
+
+
+def reading(n: int, patient: str, ts: float) -> Reading:
+    # Reading ids are 24 hex digits, as ingest makes them.
+    return Reading(f"{n:024x}", f"mon-{patient}", patient, ts, ts, dict(VITALS))
+
+
+def reading_keys(codec: Codec, patient: str) -> list[str]:
+    """The keys that hold a patient's readings, one entry per reading."""
+    keys, count = codec.keys, observation_count(VITALS)
+    return [
+        keys.history(patient),
+        keys.seen(patient),
+        keys.fhir_reading_index(count, fhir_id(patient, codec.id_key)),
+    ]
+
+
+class Stores:
+    """The processor's two Redis sinks, written as the processor writes them."""
+
+    def __init__(self, settings: Settings, redis: Redis, codec: Codec) -> None:
+        stats = StatsRecorder(settings.redis.keys, "processor")
+        self.live = RedisLiveSink(redis, settings.redis, stats, Records(codec))
+        self.fhir = RedisFhirSink(redis, settings.redis, Records(codec))
+
+    def write(self, *readings: Reading) -> None:
+        fhir_trim.write(self.fhir, fhir_trim.batch_of(list(readings)))
+        self.live.write(Batch(list(readings)))
+        self.live.flush()
+
+
+def test_a_patients_reading_keys_expire_a_retention_after_they_were_last_trimmed(
+    settings: Settings, redis: Redis, codec: Codec
+) -> None:
+    settings.redis.history_retention_s = 3600
+    Stores(settings, redis, codec).write(reading(1, "P-1", time.time()))
+
+    for key in [*reading_keys(codec, "P-1"), codec.keys.fhir_reading_index(5)]:
+        # The retention, plus the minute between two trims of a key and the five minutes
+        # a reading may be dated ahead of its arrival: no entry goes before its retention.
+        assert 3600 <= redis.ttl(key) <= 3600 + 60 + 300, key
+
+
+def test_a_patient_who_stops_sending_leaves_with_the_retention_and_others_stay(
+    settings: Settings, redis: Redis, codec: Codec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seconds instead of a day, a minute and five minutes, so that Redis expires the keys
+    # while the test watches: a 3 s retention makes a 4 s expiry.
+    settings.redis.history_retention_s = 3
+    monkeypatch.setattr(retention, "TRIM_INTERVAL_S", 0.5)
+    monkeypatch.setattr(retention, "DATED_AHEAD_S", 0.0)
+    stores = Stores(settings, redis, codec)
+    start = time.time()
+    stores.write(reading(1, "P-left", start), reading(2, "P-stays", start))
+    left, stays = reading_keys(codec, "P-left"), reading_keys(codec, "P-stays")
+    time.sleep(2)
+    assert all(redis.exists(key) for key in left), "gone before the retention ended"
+    # P-stays sends on; P-left's monitor went quiet.
+    stores.write(reading(3, "P-stays", time.time()))
+
+    deadline = start + 5.5  # P-stays's keys, trimmed at about 2 s, expire at about 6 s
+    while any(redis.exists(key) for key in left) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(redis.exists(key) for key in left), "a quiet patient's readings stayed"
+    assert all(redis.exists(key) for key in stays), "a patient still sending lost readings"
+
+
+def test_the_trim_clock_forgets_patients_who_left() -> None:
+    clock = retention.TrimClock()
+    now = 1_000_000.0
+    assert all(clock.due(f"history:{n}", now) for n in range(1000))
+    assert not clock.due("history:1", now + 1), "trimmed again within the interval"
+    later = now + retention.TRIM_INTERVAL_S + 1
+    assert clock.due("history:1", later) and clock.due("history:2", later + 1)
+    assert len(clock) == 2, "it remembers only what it trimmed within the interval"
