@@ -55,13 +55,18 @@ def build_processor(settings: Settings) -> Processor:
     state = RedisStateStore(client, records, stats)
     live = RedisLiveSink(client, settings.redis, stats, records)
     fhir_store = RedisFhirSink(client, settings.redis, records)
-    rules = RuleBook(settings.anomaly.patients, state.load_rules)
+    anomaly = settings.anomaly
+    if anomaly.forget_after_s is None:
+        # A patient quiet for the live cache's retention has left (see stream.devices).
+        retention = float(settings.redis.history_retention_s)
+        anomaly = anomaly.model_copy(update={"forget_after_s": retention})
+    rules = RuleBook(anomaly.patients, state.load_rules)
     steps: list[Step] = [
         rules,
         News2Scores(state.load_observed, cfg.news2_freshness_s, scale_for=rules.scale_for),
         # After NEWS2: it alerts on the scores too.
         AnomalyEngine(
-            settings.anomaly,
+            anomaly,
             rules,
             state.load_states,
             state.load_open_alerts,

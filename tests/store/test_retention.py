@@ -18,6 +18,7 @@ from redis import Redis
 from healthsync.config import Settings
 from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading
+from healthsync.domain.rules import AnomalySettings
 from healthsync.fhir.ids import fhir_id, observation_count
 from healthsync.metrics import StatsRecorder
 from healthsync.security.codec import Codec
@@ -25,6 +26,11 @@ from healthsync.store import retention
 from healthsync.store.fhir_store import RedisFhirSink
 from healthsync.store.live import RedisLiveSink
 from healthsync.store.records import Records
+from healthsync.store.state import RedisStateStore
+from healthsync.stream.contracts import Step
+from healthsync.stream.engine import AnomalyEngine
+from healthsync.stream.news2 import News2Scores
+from healthsync.stream.rulebook import RuleBook
 
 # The FHIR store's tests and bench build the processor's batches this way too.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
@@ -37,6 +43,11 @@ VITALS = {"heart_rate": 72.0, "spo2": 97.0, "resp_rate": 15.0, "temp": 36.8, "bp
 def reading(n: int, patient: str, ts: float) -> Reading:
     # Reading ids are 24 hex digits, as ingest makes them.
     return Reading(f"{n:024x}", f"mon-{patient}", patient, ts, ts, dict(VITALS))
+
+
+def received(n: int, patient: str, at: float) -> Reading:
+    """A reading measured and received at `at`, on the receive clock the engine ticks by."""
+    return Reading(f"{n:024x}", f"mon-{patient}", patient, at, at, dict(VITALS))
 
 
 def reading_keys(codec: Codec, patient: str) -> list[str]:
@@ -107,3 +118,70 @@ def test_the_trim_clock_forgets_patients_who_left() -> None:
     later = now + retention.TRIM_INTERVAL_S + 1
     assert clock.due("history:1", later) and clock.due("history:2", later + 1)
     assert len(clock) == 2, "it remembers only what it trimmed within the interval"
+
+
+class Processor:
+    """The processor's steps and live sink over one Redis, fed batch by batch."""
+
+    def __init__(self, settings: Settings, redis: Redis, codec: Codec) -> None:
+        stats = StatsRecorder(settings.redis.keys, "processor")
+        records = Records(codec)
+        state = RedisStateStore(redis, records, stats)
+        rules = RuleBook({}, state.load_rules)
+        # As the processor's wiring sets it: the live cache's retention.
+        forget = AnomalySettings(forget_after_s=settings.redis.history_retention_s)
+        self.engine = AnomalyEngine(forget, rules, state.load_states, state.load_open_alerts)
+        self.steps: list[Step] = [rules, News2Scores(state.load_observed, 900), self.engine]
+        self.live = RedisLiveSink(redis, settings.redis, stats, records)
+
+    def run(self, *readings: Reading, now: float | None = None) -> Batch:
+        batch = Batch(list(readings), now=now)
+        for step in self.steps:
+            step.process(batch)
+        self.live.write(batch)
+        self.live.flush()
+        return batch
+
+
+def test_a_patient_quiet_for_the_retention_leaves_the_live_cache_and_comes_back_afresh(
+    settings: Settings, redis: Redis, codec: Codec
+) -> None:
+    settings.redis.history_retention_s = 3600
+    keys, now = codec.keys, time.time()
+    processor = Processor(settings, redis, codec)
+    # P-left's monitor sent for a while two hours ago; P-stays's sends on.
+    for n, at in enumerate((now - 7210, now - 7205, now - 7200)):
+        processor.run(received(n, "P-left", at))
+    processor.run(received(10, "P-stays", now - 5))
+
+    def live_records(patient: str) -> dict[str, bool]:
+        group, tag = keys.group_of(patient), keys.patient(patient)
+        return {
+            "latest values": bool(redis.exists(keys.latest(patient))),
+            "on the patient list": redis.zscore(keys.patients(group), tag) is not None,
+            "id": bool(redis.hexists(keys.patient_ids(group), tag)),
+            "NEWS2": bool(redis.hexists(keys.news2(group), tag)),
+            "engine state": bool(redis.hexists(keys.engine(group), tag)),
+        }
+
+    assert all(live_records("P-left").values())
+    tick = processor.run(now=now)
+    assert tick.departed == ["P-left"]
+    [offline] = [e.alert for e in tick.alert_events if e.alert.patient_id == "P-left"]
+    assert not any(live_records("P-left").values()), live_records("P-left")
+    assert all(live_records("P-stays").values()), live_records("P-stays")
+    assert redis.hexists(keys.open_alerts, keys.open_slot("P-left", offline.kind)), (
+        "an alert left open is a clinician's to see, patient gone or not"
+    )
+
+    # A restarted processor does not bring the patient back.
+    processor = Processor(settings, redis, codec)
+    assert processor.run(now=now + 61).departed == []
+    assert not any(live_records("P-left").values())
+
+    # The monitor sends again: the patient is back, their offline alert resolves.
+    back = processor.run(received(20, "P-left", now + 62))
+    assert all(live_records("P-left").values())
+    assert [(e.type, e.alert.alert_id) for e in back.alert_events] == [
+        ("resolved", offline.alert_id)
+    ]

@@ -43,6 +43,9 @@ class Batch:
     artefacts: list[Artefact] = field(default_factory=list)
     # The anomaly engine's state of each patient it changed, to be saved with the batch.
     states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Patients the anomaly engine forgot: none of their devices sent for the live cache's
+    # retention. The live sink removes their live records.
+    departed: list[str] = field(default_factory=list)
 
     @property
     def resources(self) -> list[KeyedResource]:

@@ -375,6 +375,10 @@ class AnomalySettings(BaseModel):
     # A device is offline after max(factor x its usual interval, minimum) without data.
     offline_factor: float = Field(3.0, ge=1)
     offline_min_s: float = Field(30.0, gt=0)
+    # A patient none of whose devices has sent for this long has left: the engine forgets
+    # them, and the live sink removes their live records. None: the live cache's history
+    # retention (the processor's wiring fills it in); the engine alone then forgets nobody.
+    forget_after_s: float | None = Field(None, gt=0)
     # Rules per patient id, on top of what the API sets.
     patients: dict[str, PatientRules] = Field(default_factory=dict)
 

@@ -88,6 +88,7 @@ class RedisLiveSink:
         now = time.time()
         self._write_readings(pipes, shared, batch.readings, now)
         self._write_state(pipes, batch)
+        self._write_departures(pipes, batch.departed)
         if self._trims.due(self.keys.recent_alerts, now):
             # Resolved alerts expire on their own; drop their index entries too.
             cutoff = now - self.settings.history_retention_s
@@ -110,6 +111,7 @@ class RedisLiveSink:
         touched = {group_of(r.patient_id) for r in batch.readings}
         touched.update(map(group_of, batch.scores))
         touched.update(map(group_of, batch.states))
+        touched.update(map(group_of, batch.departed))
         return sorted(touched) if touched or self.clustered else [0]
 
     def _open(
@@ -256,6 +258,19 @@ class RedisLiveSink:
             states.setdefault(keys.group_of(patient), {})[field] = value
         for group, mapping in states.items():
             pipes[group].hset(keys.engine(group), mapping=mapping)
+
+    def _write_departures(self, pipes: dict[int, Any], departed: list[str]) -> None:
+        """Remove the live records of patients who left (see :mod:`healthsync.stream.devices`):
+        off the patient list, with their latest values, NEWS2 and engine state. Their
+        readings expire with the retention (:mod:`healthsync.store.retention`)."""
+        keys = self.keys
+        for patient in departed:
+            group, tag = keys.group_of(patient), keys.patient(patient)
+            pipe = pipes[group]
+            pipe.delete(keys.latest(patient))
+            pipe.zrem(keys.patients(group), tag)
+            for key in (keys.patient_ids(group), keys.news2(group), keys.engine(group)):
+                pipe.hdel(key, tag)
 
     def _write_alerts(self, pipe: Any, batch: Batch) -> None:
         keys = self.keys

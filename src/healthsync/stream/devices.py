@@ -4,9 +4,15 @@ A device is offline once it has sent nothing for ``offline_factor`` times its
 usual interval (at least ``offline_min_s``), on the receive clock. It is back
 with its next reading. A device that starts sending for another patient was
 moved: the old patient forgets it, and its offline alert there resolves.
+
+A patient none of whose devices has sent for the live cache's retention has
+left (discharged, or the monitor went to another bed unannounced): the engine
+forgets them and the live sink removes their live records (:func:`departed`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from healthsync.domain.alerts import Alert, AlertEvent
 from healthsync.domain.rules import AnomalySettings
@@ -77,3 +83,28 @@ def gone_quiet(
         life.open[(patient, kind)] = alert
         events.append(AlertEvent("opened", alert.snapshot()))
     return events
+
+
+def forget_departed(
+    states: dict[str, PatientState],
+    device_patient: dict[str, str],
+    owns: Callable[[PatientState], bool],
+    now: float,
+    after_s: float,
+) -> list[str]:
+    """Forget the owned patients not heard from for `after_s` at `now` (receive clock).
+
+    Their open alerts stay, and resolve as ever if they come back; their state
+    then starts afresh.
+    """
+    horizon = now - after_s
+    gone = [
+        patient
+        for patient, state in states.items()
+        if owns(state) and (heard := state.last_heard()) is not None and heard < horizon
+    ]
+    for patient in gone:
+        for device in states.pop(patient).devices:
+            if device_patient.get(device) == patient:
+                del device_patient[device]
+    return gone

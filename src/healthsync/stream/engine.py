@@ -17,6 +17,7 @@ vital can physically make until time decides whether it was an artefact.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Collection
 from typing import Any
@@ -44,7 +45,9 @@ class AnomalyEngine:
     ``batch.alert_events``, ``batch.artefacts`` and, for every patient whose
     state changed, ``batch.states`` (saved by the live sink with the batch). A
     batch with ``now`` set and no readings is a clock tick: devices that have
-    gone quiet raise their offline alert then.
+    gone quiet raise their offline alert then, and (with ``forget_after_s`` set,
+    once a minute) patients quiet that long are forgotten and listed in
+    ``batch.departed``.
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class AnomalyEngine:
         id_key: bytes | None = None,
     ) -> None:
         self.cfg = settings or AnomalySettings()
+        self._departures_at = -math.inf  # when the tick last looked for patients who left
         self.rules = rules or RuleBook(self.cfg.patients)
         self.load_states = load_states
         self.load_open = load_open
@@ -100,10 +104,17 @@ class AnomalyEngine:
             ticked = self.tick(batch.now)
             events.extend(ticked)
             touched.update(e.alert.patient_id for e in ticked)
+            forget_after_s = self.cfg.forget_after_s
+            if forget_after_s is not None and batch.now - self._departures_at >= 60.0:
+                self._departures_at = batch.now  # once a minute is soon enough
+                batch.departed += devices.forget_departed(
+                    self.states, self._device_patient, self._owns, batch.now, forget_after_s
+                )
         touched |= self._touched
         self._touched = set()
         for patient in touched:
-            batch.states[patient] = self.states[patient].to_dict()
+            if patient in self.states:
+                batch.states[patient] = self.states[patient].to_dict()
 
     def _load(self, readings: list[Reading]) -> None:
         if self.stale:

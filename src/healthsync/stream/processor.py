@@ -153,7 +153,9 @@ class Processor:
         for step in self.steps:
             if self._retry(type(step).__name__, functools.partial(self._run, step, batch)) is None:
                 return  # stopping: nothing was written, the batch is replayed on restart
-        if not (batch.readings or batch.alert_events or batch.states or positions):
+        if not (
+            batch.readings or batch.alert_events or batch.states or batch.departed or positions
+        ):
             return  # a tick that changed nothing
         behind = self._retry("write sinks", lambda: self._write(batch))
         if behind is None:

@@ -220,6 +220,13 @@ class PatientState:
         if drop:
             del kept[:drop]
 
+    def last_heard(self) -> float | None:
+        """When the patient was last heard from: their devices' receive clock, or (with
+        no device left, all moved to other patients) the newest sample's time."""
+        if self.devices:
+            return max(clock.last for clock in self.devices.values())
+        return max((sample.ts for sample in self.last.values()), default=None)
+
     def level(self, vital: str) -> float | None:
         """The vital's current level: the median of its recent kept samples."""
         samples = self.recent.get(vital)
