@@ -20,6 +20,7 @@ from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading
 from healthsync.domain.rules import AnomalySettings
 from healthsync.fhir.ids import fhir_id, observation_count
+from healthsync.fhir.step import FhirResources
 from healthsync.metrics import StatsRecorder
 from healthsync.security.codec import Codec
 from healthsync.store import retention
@@ -123,32 +124,38 @@ def test_the_trim_clock_forgets_patients_who_left() -> None:
 class Processor:
     """The processor's steps and live sink over one Redis, fed batch by batch."""
 
-    def __init__(self, settings: Settings, redis: Redis, codec: Codec) -> None:
+    def __init__(
+        self, settings: Settings, redis: Redis, codec: Codec, forget_after_s: float
+    ) -> None:
         stats = StatsRecorder(settings.redis.keys, "processor")
         records = Records(codec)
         state = RedisStateStore(redis, records, stats)
         rules = RuleBook({}, state.load_rules)
-        # As the processor's wiring sets it: the live cache's retention.
-        forget = AnomalySettings(forget_after_s=settings.redis.history_retention_s)
+        forget = AnomalySettings(forget_after_s=forget_after_s)
         self.engine = AnomalyEngine(forget, rules, state.load_states, state.load_open_alerts)
-        self.steps: list[Step] = [rules, News2Scores(state.load_observed, 900), self.engine]
+        self.fhir = RedisFhirSink(redis, settings.redis, records)
+        fhir = FhirResources("urn:mrn", self.fhir.load, id_key=codec.id_key)
+        news2 = News2Scores(state.load_observed, 900)
+        self.steps: list[Step] = [rules, news2, self.engine, fhir]
         self.live = RedisLiveSink(redis, settings.redis, stats, records)
 
     def run(self, *readings: Reading, now: float | None = None) -> Batch:
         batch = Batch(list(readings), now=now)
         for step in self.steps:
             step.process(batch)
-        self.live.write(batch)
-        self.live.flush()
+        for sink in (self.fhir, self.live):
+            sink.write(batch)
+            sink.flush()
         return batch
 
 
-def test_a_patient_quiet_for_the_retention_leaves_the_live_cache_and_comes_back_afresh(
+def test_a_patient_quiet_for_an_hour_leaves_the_live_cache_and_comes_back_afresh(
     settings: Settings, redis: Redis, codec: Codec
 ) -> None:
-    settings.redis.history_retention_s = 3600
+    # A patient quiet for an hour has left; their readings stay for the three hours kept.
+    settings.redis.history_retention_s = 3 * 3600
     keys, now = codec.keys, time.time()
-    processor = Processor(settings, redis, codec)
+    processor = Processor(settings, redis, codec, forget_after_s=3600)
     # P-left's monitor sent for a while two hours ago; P-stays's sends on.
     for n, at in enumerate((now - 7210, now - 7205, now - 7200)):
         processor.run(received(n, "P-left", at))
@@ -165,17 +172,23 @@ def test_a_patient_quiet_for_the_retention_leaves_the_live_cache_and_comes_back_
         }
 
     assert all(live_records("P-left").values())
+    # As a version that set no expiry on them left them.
+    for key in reading_keys(codec, "P-left"):
+        assert redis.persist(key), key
     tick = processor.run(now=now)
     assert tick.departed == ["P-left"]
     [offline] = [e.alert for e in tick.alert_events if e.alert.patient_id == "P-left"]
     assert not any(live_records("P-left").values()), live_records("P-left")
+    for key in reading_keys(codec, "P-left"):
+        assert 0 < redis.ttl(key) <= 3 * 3600 + 60 + 300, f"{key} does not expire"
+    assert redis.zcard(keys.history("P-left")) == 3, "readings within the retention went"
     assert all(live_records("P-stays").values()), live_records("P-stays")
     assert redis.hexists(keys.open_alerts, keys.open_slot("P-left", offline.kind)), (
         "an alert left open is a clinician's to see, patient gone or not"
     )
 
     # A restarted processor does not bring the patient back.
-    processor = Processor(settings, redis, codec)
+    processor = Processor(settings, redis, codec, forget_after_s=3600)
     assert processor.run(now=now + 61).departed == []
     assert not any(live_records("P-left").values())
 

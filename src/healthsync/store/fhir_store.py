@@ -50,7 +50,13 @@ from redis import Redis
 from healthsync.config import RedisSettings
 from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading, isoformat_ms
-from healthsync.fhir.ids import fhir_id, is_reading_id, observation_count, reading_of_observation
+from healthsync.fhir.ids import (
+    MAX_OBSERVATIONS,
+    fhir_id,
+    is_reading_id,
+    observation_count,
+    reading_of_observation,
+)
 from healthsync.fhir.observations import unbundled
 from healthsync.store import retention
 from healthsync.store.multi import get_many
@@ -161,22 +167,22 @@ class RedisFhirSink:
 
     def write(self, batch: Batch) -> None:
         resources = batch.resources
-        if not resources and not batch.readings:
+        if not resources and not batch.readings and not batch.departed:
             self._pipe = None
             return
-        retention = self.settings.history_retention_s
+        retention_s = self.settings.history_retention_s
         pipe = self.client.pipeline(transaction=not self.clustered)
         # What this batch indexes.
         self._indexes, self._index_types = {}, {}
         # ttl (0 = none) -> (keys, values)
-        writes: dict[int, tuple[list[str], list[bytes]]] = {0: ([], []), retention: ([], [])}
-        self._add_readings(batch.readings, writes[retention])
+        writes: dict[int, tuple[list[str], list[bytes]]] = {0: ([], []), retention_s: ([], [])}
+        self._add_readings(batch.readings, writes[retention_s])
         for resource in unbundled(r for _key, r in resources if not _of_a_reading(r)):
             kind, rid = resource["resourceType"], resource["id"]
             if kind == "Observation" and reading_of_observation(rid) is not None:
                 continue  # rebuilt from its reading on read, indexed with it
             expires = kind in _WINDOWED or (kind in _ALERTS and resource.get("status") in _OVER)
-            self._add_resource(resource, writes[retention if expires else 0])
+            self._add_resource(resource, writes[retention_s if expires else 0])
         for ttl, (names, values) in writes.items():
             if names and self.clustered:
                 for name, value in zip(names, values, strict=True):
@@ -186,6 +192,7 @@ class RedisFhirSink:
         for index, members in self._indexes.items():
             pipe.zadd(index, members)
         self._trim(pipe, self._indexes, self._index_types)
+        self._expire_departed(pipe, batch.departed)
         self._pipe = pipe
 
     def _index(self, index: str, kind: str, members: Mapping[str, float | bytes]) -> None:
@@ -245,6 +252,21 @@ class RedisFhirSink:
                 alerts.append((index, kind))
         if alerts:
             self._trim_alerts(pipe, alerts, indexes, cutoff)
+
+    def _expire_departed(self, pipe: Any, departed: list[str]) -> None:
+        """Trim the windowed indexes of patients who left (see
+        :mod:`healthsync.stream.devices`), and let what is left expire with the
+        retention: an index written before indexes expired has no expiry of its own."""
+        keys, id_key = self.keys, self.records.codec.id_key
+        cutoff = time.time() - self.settings.history_retention_s
+        for patient in departed:
+            fid = fhir_id(patient, id_key)
+            for index in (
+                *(keys.fhir_reading_index(n, fid) for n in range(1, MAX_OBSERVATIONS + 1)),
+                *(keys.fhir_index(kind, fid) for kind in sorted(_WINDOWED)),
+            ):
+                pipe.zremrangebyscore(index, "-inf", cutoff)
+                pipe.expire(index, retention.expiry_s(self.settings.history_retention_s))
 
     def _trim_alerts(
         self,

@@ -88,7 +88,7 @@ class RedisLiveSink:
         now = time.time()
         self._write_readings(pipes, shared, batch.readings, now)
         self._write_state(pipes, batch)
-        self._write_departures(pipes, batch.departed)
+        self._write_departures(pipes, batch.departed, now)
         if self._trims.due(self.keys.recent_alerts, now):
             # Resolved alerts expire on their own; drop their index entries too.
             cutoff = now - self.settings.history_retention_s
@@ -259,11 +259,15 @@ class RedisLiveSink:
         for group, mapping in states.items():
             pipes[group].hset(keys.engine(group), mapping=mapping)
 
-    def _write_departures(self, pipes: dict[int, Any], departed: list[str]) -> None:
+    def _write_departures(self, pipes: dict[int, Any], departed: list[str], now: float) -> None:
         """Remove the live records of patients who left (see :mod:`healthsync.stream.devices`):
         off the patient list, with their latest values, NEWS2 and engine state. Their
-        readings expire with the retention (:mod:`healthsync.store.retention`)."""
+        readings are trimmed, and what is left (dated ahead of its arrival, or within
+        the retention when ``anomaly.forget_after_s`` is shorter) expires with it: a
+        key written before keys expired has no expiry of its own (see
+        :mod:`healthsync.store.retention`)."""
         keys = self.keys
+        cutoff = now - self.settings.history_retention_s
         for patient in departed:
             group, tag = keys.group_of(patient), keys.patient(patient)
             pipe = pipes[group]
@@ -271,6 +275,9 @@ class RedisLiveSink:
             pipe.zrem(keys.patients(group), tag)
             for key in (keys.patient_ids(group), keys.news2(group), keys.engine(group)):
                 pipe.hdel(key, tag)
+            for key in (keys.history(patient), keys.seen(patient)):
+                pipe.zremrangebyscore(key, "-inf", cutoff)
+                pipe.expire(key, retention.expiry_s(self.settings.history_retention_s))
 
     def _write_alerts(self, pipe: Any, batch: Batch) -> None:
         keys = self.keys
