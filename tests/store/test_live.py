@@ -4,7 +4,7 @@ and state that survives a restart."""
 from __future__ import annotations
 
 import time
-from typing import cast
+from typing import Literal, cast
 
 import orjson
 from redis import Redis
@@ -163,3 +163,40 @@ def test_an_offline_device_s_id_is_not_in_any_key_or_field(
     assert redis.hlen(codec.keys.open_alerts) == 1, "the alert is stored as open"
     leaked = [b for b in (*names, *fields, *members) if b"mon-bed-12" in b]
     assert leaked == []
+
+
+def test_acknowledgements_go_once_their_alert_has_expired(
+    settings: Settings, redis: Redis, codec: Codec
+) -> None:
+    now, keys, records = time.time(), codec.keys, Records(codec)
+
+    def alert(alert_id: str, status: Literal["open", "resolved"]) -> AlertEvent:
+        return AlertEvent(
+            "opened" if status == "open" else "resolved",
+            Alert(
+                alert_id,
+                "P-1",
+                "threshold:heart_rate",
+                "heart_rate",
+                "warning",
+                status,
+                now,
+                now,
+                150,
+                "50..130",
+                "r1",
+            ),
+        )
+
+    sink = sink_for(settings, redis, codec)
+    sink.write(Batch([], alert_events=[alert("a-open", "open"), alert("a-over", "resolved")]))
+    sink.flush()
+    for alert_id in ("a-open", "a-over"):  # as the API records a clinician's acknowledgement
+        ack = records.encode_ack(alert_id, {"by": "nurse@ward-3", "at": now})
+        redis.hset(keys.acknowledged, alert_id, ack)
+    redis.delete(keys.alert("a-over"))  # resolved a retention ago: expired
+
+    sink = sink_for(settings, redis, codec)  # as after a restart: the alerts are trimmed at once
+    sink.write(Batch([reading("r2", now)]))
+    sink.flush()
+    assert redis.hkeys(keys.acknowledged) == [b"a-open"]

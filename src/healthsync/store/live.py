@@ -40,7 +40,7 @@ as pseudonyms.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from redis import Redis
@@ -54,6 +54,9 @@ from healthsync.errors import StoreBehindError
 from healthsync.metrics import StatsRecorder
 from healthsync.store import hourly, retention
 from healthsync.store.records import Records, latest_value
+
+# Acknowledgements looked at per trim (once a minute) for alerts that have expired.
+_ACKS_PAGE = 1000
 
 
 class RedisLiveSink:
@@ -78,21 +81,28 @@ class RedisLiveSink:
         self._after: Any = None
         self._held: list[Any] = []
         self._trims = retention.TrimClock()
+        self._acks_cursor = 0  # where the next look for expired alerts' acknowledgements starts
         self._written: list[Reading] = []
 
     def write(self, batch: Batch) -> None:
         self._discard()
+        now = time.time()
+        trim_alerts = self._trims.due(self.keys.recent_alerts, now)
+        # Read before the transaction starts watching (the alerts' own keys are not watched).
+        acks_gone = self._acks_of_expired_alerts() if trim_alerts else []
         groups = self._groups_of(batch)
         pipes = self._open(groups, batch.positions)
         shared = pipes[0] if not self.clustered else self.client.pipeline(transaction=False)
-        now = time.time()
         self._write_readings(pipes, shared, batch.readings, now)
         self._write_state(pipes, batch)
         self._write_departures(pipes, batch.departed, now)
-        if self._trims.due(self.keys.recent_alerts, now):
-            # Resolved alerts expire on their own; drop their index entries too.
+        if trim_alerts:
+            # Resolved alerts expire on their own; drop their index entries and
+            # acknowledgements too.
             cutoff = now - self.settings.history_retention_s
             shared.zremrangebyscore(self.keys.recent_alerts, "-inf", cutoff)
+            if acks_gone:
+                shared.hdel(self.keys.acknowledged, *acks_gone)
         self._write_alerts(shared, batch)
         self._write_artefacts(shared, batch)
         after = shared if not self.clustered else self.client.pipeline(transaction=False)
@@ -278,6 +288,24 @@ class RedisLiveSink:
             for key in (keys.history(patient), keys.seen(patient)):
                 pipe.zremrangebyscore(key, "-inf", cutoff)
                 pipe.expire(key, retention.expiry_s(self.settings.history_retention_s))
+
+    def _acks_of_expired_alerts(self) -> list[str]:
+        """The next page of acknowledgements (the API's) whose alert has expired.
+
+        One page a minute, going round the hash, so each trim costs about the
+        same however many alerts were ever acknowledged.
+        """
+        keys = self.keys
+        self._acks_cursor, page = self.client.hscan(
+            keys.acknowledged, self._acks_cursor, count=_ACKS_PAGE
+        )
+        ids = [field.decode() for field in cast("dict[bytes, bytes]", page)]
+        if not ids:
+            return []
+        check = self.client.pipeline(transaction=False)
+        for alert_id in ids:
+            check.exists(keys.alert(alert_id))
+        return [i for i, there in zip(ids, check.execute(), strict=True) if not there]
 
     def _write_alerts(self, pipe: Any, batch: Batch) -> None:
         keys = self.keys
