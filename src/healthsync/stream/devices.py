@@ -7,7 +7,7 @@ moved: the old patient forgets it, and its offline alert there resolves.
 
 A patient none of whose devices has sent for the live cache's retention has
 left (discharged, or the monitor went to another bed unannounced): the engine
-forgets them and the live sink removes their live records (:func:`departed`).
+forgets them and the live sink removes their live records (:func:`forget_departed`).
 """
 
 from __future__ import annotations
