@@ -16,38 +16,23 @@ import pytest
 from redis import Redis
 
 from healthsync.config import Settings
-from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading
-from healthsync.domain.rules import AnomalySettings
 from healthsync.fhir.ids import fhir_id, observation_count
-from healthsync.fhir.step import FhirResources
-from healthsync.metrics import StatsRecorder
 from healthsync.security.codec import Codec
 from healthsync.store import retention
-from healthsync.store.fhir_store import RedisFhirSink
-from healthsync.store.live import RedisLiveSink
-from healthsync.store.records import Records
-from healthsync.store.state import RedisStateStore
-from healthsync.stream.contracts import Step
-from healthsync.stream.engine import AnomalyEngine
-from healthsync.stream.news2 import News2Scores
-from healthsync.stream.rulebook import RuleBook
 
-# The FHIR store's tests and bench build the processor's batches this way too.
+# The steps and sinks as the processor wires them: bench/churn.py runs them too.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-import fhir_trim
+from churn import Stages
 
 VITALS = {"heart_rate": 72.0, "spo2": 97.0, "resp_rate": 15.0, "temp": 36.8, "bp_sys": 121.0}
 
 
-def reading(n: int, patient: str, ts: float) -> Reading:
-    # Reading ids are 24 hex digits, as ingest makes them.
-    return Reading(f"{n:024x}", f"mon-{patient}", patient, ts, ts, dict(VITALS))
+def reading(n: int, patient: str, at: float) -> Reading:
+    """A reading measured and received at `at` (the engine ticks on the receive clock).
 
-
-def received(n: int, patient: str, at: float) -> Reading:
-    """A reading measured and received at `at`, on the receive clock the engine ticks by."""
+    Reading ids are 24 hex digits, as ingest makes them."""
     return Reading(f"{n:024x}", f"mon-{patient}", patient, at, at, dict(VITALS))
 
 
@@ -61,25 +46,11 @@ def reading_keys(codec: Codec, patient: str) -> list[str]:
     ]
 
 
-class Stores:
-    """The processor's two Redis sinks, written as the processor writes them."""
-
-    def __init__(self, settings: Settings, redis: Redis, codec: Codec) -> None:
-        stats = StatsRecorder(settings.redis.keys, "processor")
-        self.live = RedisLiveSink(redis, settings.redis, stats, Records(codec))
-        self.fhir = RedisFhirSink(redis, settings.redis, Records(codec))
-
-    def write(self, *readings: Reading) -> None:
-        fhir_trim.write(self.fhir, fhir_trim.batch_of(list(readings)))
-        self.live.write(Batch(list(readings)))
-        self.live.flush()
-
-
 def test_a_patients_reading_keys_expire_a_retention_after_they_were_last_trimmed(
     settings: Settings, redis: Redis, codec: Codec
 ) -> None:
     settings.redis.history_retention_s = 3600
-    Stores(settings, redis, codec).write(reading(1, "P-1", time.time()))
+    Stages(settings, redis, codec).run([reading(1, "P-1", time.time())])
 
     for key in [*reading_keys(codec, "P-1"), codec.keys.fhir_reading_index(5)]:
         # The retention, plus the minute between two trims of a key and the five minutes
@@ -95,14 +66,14 @@ def test_a_patient_who_stops_sending_leaves_with_the_retention_and_others_stay(
     settings.redis.history_retention_s = 3
     monkeypatch.setattr(retention, "TRIM_INTERVAL_S", 0.5)
     monkeypatch.setattr(retention, "DATED_AHEAD_S", 0.0)
-    stores = Stores(settings, redis, codec)
+    stages = Stages(settings, redis, codec)
     start = time.time()
-    stores.write(reading(1, "P-left", start), reading(2, "P-stays", start))
+    stages.run([reading(1, "P-left", start), reading(2, "P-stays", start)])
     left, stays = reading_keys(codec, "P-left"), reading_keys(codec, "P-stays")
     time.sleep(2)
     assert all(redis.exists(key) for key in left), "gone before the retention ended"
     # P-stays sends on; P-left's monitor went quiet.
-    stores.write(reading(3, "P-stays", time.time()))
+    stages.run([reading(3, "P-stays", time.time())])
 
     deadline = start + 5.5  # P-stays's keys, trimmed at about 2 s, expire at about 6 s
     while any(redis.exists(key) for key in left) and time.time() < deadline:
@@ -121,45 +92,17 @@ def test_the_trim_clock_forgets_patients_who_left() -> None:
     assert len(clock) == 2, "it remembers only what it trimmed within the interval"
 
 
-class Processor:
-    """The processor's steps and live sink over one Redis, fed batch by batch."""
-
-    def __init__(
-        self, settings: Settings, redis: Redis, codec: Codec, forget_after_s: float
-    ) -> None:
-        stats = StatsRecorder(settings.redis.keys, "processor")
-        records = Records(codec)
-        state = RedisStateStore(redis, records, stats)
-        rules = RuleBook({}, state.load_rules)
-        forget = AnomalySettings(forget_after_s=forget_after_s)
-        self.engine = AnomalyEngine(forget, rules, state.load_states, state.load_open_alerts)
-        self.fhir = RedisFhirSink(redis, settings.redis, records)
-        fhir = FhirResources("urn:mrn", self.fhir.load, id_key=codec.id_key)
-        news2 = News2Scores(state.load_observed, 900)
-        self.steps: list[Step] = [rules, news2, self.engine, fhir]
-        self.live = RedisLiveSink(redis, settings.redis, stats, records)
-
-    def run(self, *readings: Reading, now: float | None = None) -> Batch:
-        batch = Batch(list(readings), now=now)
-        for step in self.steps:
-            step.process(batch)
-        for sink in (self.fhir, self.live):
-            sink.write(batch)
-            sink.flush()
-        return batch
-
-
 def test_a_patient_quiet_for_an_hour_leaves_the_live_cache_and_comes_back_afresh(
     settings: Settings, redis: Redis, codec: Codec
 ) -> None:
     # A patient quiet for an hour has left; their readings stay for the three hours kept.
     settings.redis.history_retention_s = 3 * 3600
     keys, now = codec.keys, time.time()
-    processor = Processor(settings, redis, codec, forget_after_s=3600)
+    processor = Stages(settings, redis, codec, forget_after_s=3600)
     # P-left's monitor sent for a while two hours ago; P-stays's sends on.
     for n, at in enumerate((now - 7210, now - 7205, now - 7200)):
-        processor.run(received(n, "P-left", at))
-    processor.run(received(10, "P-stays", now - 5))
+        processor.run([reading(n, "P-left", at)])
+    processor.run([reading(10, "P-stays", now - 5)])
 
     def live_records(patient: str) -> dict[str, bool]:
         group, tag = keys.group_of(patient), keys.patient(patient)
@@ -188,12 +131,12 @@ def test_a_patient_quiet_for_an_hour_leaves_the_live_cache_and_comes_back_afresh
     )
 
     # A restarted processor does not bring the patient back.
-    processor = Processor(settings, redis, codec, forget_after_s=3600)
+    processor = Stages(settings, redis, codec, forget_after_s=3600)
     assert processor.run(now=now + 61).departed == []
     assert not any(live_records("P-left").values())
 
     # The monitor sends again: the patient is back, their offline alert resolves.
-    back = processor.run(received(20, "P-left", now + 62))
+    back = processor.run([reading(20, "P-left", now + 62)])
     assert all(live_records("P-left").values())
     assert [(e.type, e.alert.alert_id) for e in back.alert_events] == [
         ("resolved", offline.alert_id)
