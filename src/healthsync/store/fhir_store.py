@@ -236,8 +236,8 @@ class RedisFhirSink:
         self, pipe: Any, indexes: dict[str, dict[str, float | bytes]], index_types: dict[str, str]
     ) -> None:
         now = time.time()
-        cutoff = now - self.settings.history_retention_s
-        expires = retention.expiry_s(self.settings.history_retention_s)
+        retention_s = self.settings.history_retention_s
+        cutoff = now - retention_s
         alerts: list[tuple[str, str]] = []
         for index, kind in index_types.items():
             if kind not in _WINDOWED and kind not in _ALERTS:
@@ -245,9 +245,8 @@ class RedisFhirSink:
             if not self._trims.due(index, now):
                 continue
             if kind in _WINDOWED:
-                pipe.zremrangebyscore(index, "-inf", cutoff)
                 # Expiring too, should its patient stop sending (see store.retention).
-                pipe.expire(index, expires)
+                retention.trim(pipe, index, now, retention_s)
             else:
                 alerts.append((index, kind))
         if alerts:
@@ -258,15 +257,14 @@ class RedisFhirSink:
         :mod:`healthsync.stream.devices`), and let what is left expire with the
         retention: an index written before indexes expired has no expiry of its own."""
         keys, id_key = self.keys, self.records.codec.id_key
-        cutoff = time.time() - self.settings.history_retention_s
+        now, retention_s = time.time(), self.settings.history_retention_s
         for patient in departed:
             fid = fhir_id(patient, id_key)
             for index in (
                 *(keys.fhir_reading_index(n, fid) for n in range(1, MAX_OBSERVATIONS + 1)),
                 *(keys.fhir_index(kind, fid) for kind in sorted(_WINDOWED)),
             ):
-                pipe.zremrangebyscore(index, "-inf", cutoff)
-                pipe.expire(index, retention.expiry_s(self.settings.history_retention_s))
+                retention.trim(pipe, index, now, retention_s)
 
     def _trim_alerts(
         self,

@@ -207,8 +207,7 @@ class RedisLiveSink:
         self, pipes: dict[int, Any], shared: Any, readings: list[Reading], now: float
     ) -> None:
         keys, records = self.keys, self.records
-        cutoff = now - self.settings.history_retention_s
-        expires = retention.expiry_s(self.settings.history_retention_s)
+        retention_s = self.settings.history_retention_s
         newest: dict[str, dict[str, tuple[Reading, Any]]] = {}
         history: dict[str, dict[bytes, bytes]] = {}
         seen: dict[str, dict[str, bytes]] = {}
@@ -232,14 +231,14 @@ class RedisLiveSink:
             fields = {name: latest_value(reading, value) for name, (reading, value) in won.items()}
             pipe = pipes[keys.group_of(patient)]
             pipe.hset(keys.latest(patient), mapping=records.encode_latest(patient, fields))
-            pipe.zadd(keys.history(patient), history[patient])
-            pipe.zadd(keys.seen(patient), seen[patient])
+            history_key, seen_key = keys.history(patient), keys.seen(patient)
+            pipe.zadd(history_key, history[patient])
+            pipe.zadd(seen_key, seen[patient])
             self._write_event(shared, "vitals", patient, orjson.dumps(fields))
-            if self._trims.due(keys.history(patient), now):
+            if self._trims.due(history_key, now):
                 # Expiring too, should the patient stop sending (see store.retention).
-                for key in (keys.history(patient), keys.seen(patient)):
-                    pipe.zremrangebyscore(key, "-inf", cutoff)
-                    pipe.expire(key, expires)
+                retention.trim(pipe, history_key, now, retention_s)
+                retention.trim(pipe, seen_key, now, retention_s)
         for group, grouped in by_group.items():
             pipe = pipes[group]
             members = {p: last_seen[p] for p in dict.fromkeys(r.patient_id for r in grouped)}
@@ -277,7 +276,6 @@ class RedisLiveSink:
         key written before keys expired has no expiry of its own (see
         :mod:`healthsync.store.retention`)."""
         keys = self.keys
-        cutoff = now - self.settings.history_retention_s
         for patient in departed:
             group, tag = keys.group_of(patient), keys.patient(patient)
             pipe = pipes[group]
@@ -286,8 +284,7 @@ class RedisLiveSink:
             for key in (keys.patient_ids(group), keys.news2(group), keys.engine(group)):
                 pipe.hdel(key, tag)
             for key in (keys.history(patient), keys.seen(patient)):
-                pipe.zremrangebyscore(key, "-inf", cutoff)
-                pipe.expire(key, retention.expiry_s(self.settings.history_retention_s))
+                retention.trim(pipe, key, now, self.settings.history_retention_s)
 
     def _acks_of_expired_alerts(self) -> list[str]:
         """The next page of acknowledgements (the API's) whose alert has expired.

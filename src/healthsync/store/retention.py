@@ -17,6 +17,7 @@ retention after that date. No entry leaves before its own retention ends.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from healthsync.wire.values import MAX_FUTURE_S
 
@@ -28,6 +29,13 @@ DATED_AHEAD_S = MAX_FUTURE_S
 def expiry_s(retention_s: float) -> int:
     """What a key's expiry is set to when it is trimmed, in whole seconds."""
     return math.ceil(retention_s + TRIM_INTERVAL_S + DATED_AHEAD_S)
+
+
+def trim(pipe: Any, key: str, now: float, retention_s: float) -> None:
+    """Queue on `pipe` the trim of sorted set `key` (scored by time) to the retention at
+    `now`, and its expiry."""
+    pipe.zremrangebyscore(key, "-inf", now - retention_s)
+    pipe.expire(key, expiry_s(retention_s))
 
 
 class TrimClock:
