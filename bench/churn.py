@@ -13,9 +13,9 @@ Every ``--every`` seconds it prints:
 
 With patients leaving as they should, the figures level off once the first
 ones' keys have expired: the retention plus 6 minutes of margin after their
-last trim (store/retention.py). Otherwise they grow with every patient. It
-runs on earlier versions of the code too (``PYTHONPATH`` set to another
-checkout's ``src``), for comparison.
+last trim (store/retention.py). Otherwise they grow with every patient. The
+stages are the processor's own (:func:`healthsync.wiring.build_stages`), with
+the engine's ``forget_after_s`` at its default, the retention.
 
     .venv/bin/python bench/churn.py [--minutes 12] [--active 30] [--stay 120]
 """
@@ -33,57 +33,26 @@ from fhir_trim import private_store
 from healthsync.config import Settings
 from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading
-from healthsync.domain.rules import AnomalySettings
-from healthsync.fhir.step import FhirResources
-from healthsync.metrics import StatsRecorder
 from healthsync.security.codec import Codec
-from healthsync.store.fhir_store import RedisFhirSink
-from healthsync.store.live import RedisLiveSink
-from healthsync.store.records import Records
-from healthsync.store.state import RedisStateStore
-from healthsync.stream.contracts import Step
 from healthsync.stream.engine import AnomalyEngine
-from healthsync.stream.news2 import News2Scores
-from healthsync.stream.rulebook import RuleBook
+from healthsync.wiring import build_stages
 
 
 class Stages:
-    """The processor's steps and Redis sinks, as its wiring builds them, without Kafka.
+    """The processor's steps and Redis sinks as its wiring builds them, run without Kafka."""
 
-    The engine forgets a patient quiet for `forget_after_s` (by default the
-    history retention, as the processor's wiring sets it).
-    """
-
-    def __init__(
-        self, settings: Settings, client: Redis, codec: Codec, forget_after_s: float | None = None
-    ) -> None:
-        stats = StatsRecorder(settings.redis.keys, "processor")
-        records = Records(codec)
-        state = RedisStateStore(client, records, stats)
-        rules = RuleBook({}, state.load_rules)
-        forget = forget_after_s or float(settings.redis.history_retention_s)
-        self.engine = AnomalyEngine(
-            AnomalySettings(forget_after_s=forget),
-            rules,
-            state.load_states,
-            state.load_open_alerts,
-            id_key=codec.id_key,
-        )
-        self.fhir = RedisFhirSink(client, settings.redis, records)
-        self.live = RedisLiveSink(client, settings.redis, stats, records)
-        self.steps: list[Step] = [
-            rules,
-            News2Scores(state.load_observed, 900, scale_for=rules.scale_for),
-            self.engine,
-            FhirResources("urn:mrn", self.fhir.load, id_key=codec.id_key),
-        ]
+    def __init__(self, settings: Settings, client: Redis, codec: Codec) -> None:
+        built = build_stages(settings, client, codec)
+        self.steps = built.steps
+        self.sinks = (built.fhir_store, built.live)  # in the processor's order, Kafka's left out
+        [self.engine] = [s for s in built.steps if isinstance(s, AnomalyEngine)]
 
     def run(self, readings: Iterable[Reading] = (), now: float | None = None) -> Batch:
         """One batch through the steps and the sinks; with no readings and `now`, a tick."""
         batch = Batch(list(readings), now=now)
         for step in self.steps:
             step.process(batch)
-        for sink in (self.fhir, self.live):
+        for sink in self.sinks:
             sink.write(batch)
             sink.flush()
         return batch

@@ -7,6 +7,10 @@ processor's steps and sinks (which matters) is visible in one place.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from redis import Redis
+
 from healthsync.config import Settings
 from healthsync.errors import ConfigError
 from healthsync.fhir.ehr_push import EhrPushSink
@@ -33,6 +37,47 @@ ARCHIVER_FETCH_WAIT_MS = 1000
 ARCHIVER_FETCH_MIN_BYTES = 1 << 20
 
 
+@dataclass(frozen=True)
+class Stages:
+    """The processor's steps and Redis stores: all it runs a batch through but Kafka."""
+
+    state: RedisStateStore
+    steps: list[Step]
+    fhir_store: RedisFhirSink
+    live: RedisLiveSink
+
+
+def build_stages(settings: Settings, client: Redis, codec: Codec) -> Stages:
+    """The processor's steps, in order, and its Redis stores over `client`."""
+    stats = StatsRecorder(settings.redis.keys, "processor")
+    records = Records(codec)
+    state = RedisStateStore(client, records, stats)
+    fhir_store = RedisFhirSink(client, settings.redis, records)
+    anomaly = settings.anomaly
+    if anomaly.forget_after_s is None:
+        # A patient quiet for the live cache's retention has left (see stream.devices).
+        retention = float(settings.redis.history_retention_s)
+        anomaly = anomaly.model_copy(update={"forget_after_s": retention})
+    rules = RuleBook(anomaly.patients, state.load_rules)
+    freshness_s = settings.processor.news2_freshness_s
+    steps: list[Step] = [
+        rules,
+        News2Scores(state.load_observed, freshness_s, scale_for=rules.scale_for),
+        # After NEWS2: it alerts on the scores too.
+        AnomalyEngine(
+            anomaly,
+            rules,
+            state.load_states,
+            state.load_open_alerts,
+            id_key=codec.id_key,
+        ),
+        # Last: it turns the readings, scores and alert events into FHIR resources.
+        FhirResources(settings.fhir.mrn_system, fhir_store.load, id_key=codec.id_key),
+    ]
+    live = RedisLiveSink(client, settings.redis, stats, records)
+    return Stages(state, steps, fhir_store, live)
+
+
 def build_processor(settings: Settings) -> Processor:
     """The stream processor: consumer, producer, Redis, steps and sinks."""
     if not settings.redis.url:
@@ -48,33 +93,8 @@ def build_processor(settings: Settings) -> Processor:
         },
     )
     producer = make_producer(settings.kafka)
-    stats = StatsRecorder(settings.redis.keys, "processor")
     codec = Codec.from_settings(settings)
-    records = Records(codec)
-    client = connect(settings.redis)
-    state = RedisStateStore(client, records, stats)
-    live = RedisLiveSink(client, settings.redis, stats, records)
-    fhir_store = RedisFhirSink(client, settings.redis, records)
-    anomaly = settings.anomaly
-    if anomaly.forget_after_s is None:
-        # A patient quiet for the live cache's retention has left (see stream.devices).
-        retention = float(settings.redis.history_retention_s)
-        anomaly = anomaly.model_copy(update={"forget_after_s": retention})
-    rules = RuleBook(anomaly.patients, state.load_rules)
-    steps: list[Step] = [
-        rules,
-        News2Scores(state.load_observed, cfg.news2_freshness_s, scale_for=rules.scale_for),
-        # After NEWS2: it alerts on the scores too.
-        AnomalyEngine(
-            anomaly,
-            rules,
-            state.load_states,
-            state.load_open_alerts,
-            id_key=codec.id_key,
-        ),
-        # Last: it turns the readings, scores and alert events into FHIR resources.
-        FhirResources(settings.fhir.mrn_system, fhir_store.load, id_key=codec.id_key),
-    ]
+    stages = build_stages(settings, connect(settings.redis), codec)
     # The live sink goes last: it records the batch's reading ids as seen, and a replay
     # skips seen readings. Were it flushed before another sink, a crash in between would
     # make the replay skip that sink's writes for good.
@@ -87,8 +107,9 @@ def build_processor(settings: Settings) -> Processor:
         flush_timeout_s=10.0,
         renew=lambda: make_producer(settings.kafka),
     )
-    sinks: list[Sink] = [topics, fhir_store, live]
-    pipeline = Pipeline(state, steps, sinks, stats, live.flush_stats, ticks=True)
+    live = stages.live
+    sinks: list[Sink] = [topics, stages.fhir_store, live]
+    pipeline = Pipeline(stages.state, stages.steps, sinks, live.stats, live.flush_stats, ticks=True)
     return Processor(settings, consumer, producer, pipeline, codec)
 
 

@@ -98,7 +98,8 @@ def test_a_patient_quiet_for_an_hour_leaves_the_live_cache_and_comes_back_afresh
     # A patient quiet for an hour has left; their readings stay for the three hours kept.
     settings.redis.history_retention_s = 3 * 3600
     keys, now = codec.keys, time.time()
-    processor = Stages(settings, redis, codec, forget_after_s=3600)
+    settings.anomaly.forget_after_s = 3600
+    processor = Stages(settings, redis, codec)
     # P-left's monitor sent for a while two hours ago; P-stays's sends on.
     for n, at in enumerate((now - 7210, now - 7205, now - 7200)):
         processor.run([reading(n, "P-left", at)])
@@ -131,7 +132,7 @@ def test_a_patient_quiet_for_an_hour_leaves_the_live_cache_and_comes_back_afresh
     )
 
     # A restarted processor does not bring the patient back.
-    processor = Stages(settings, redis, codec, forget_after_s=3600)
+    processor = Stages(settings, redis, codec)
     assert processor.run(now=now + 61).departed == []
     assert not any(live_records("P-left").values())
 
