@@ -50,15 +50,10 @@ from redis import Redis
 from healthsync.config import RedisSettings
 from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading, isoformat_ms
-from healthsync.fhir.ids import (
-    MAX_OBSERVATIONS,
-    fhir_id,
-    is_reading_id,
-    observation_count,
-    reading_of_observation,
-)
+from healthsync.fhir.ids import fhir_id, is_reading_id, observation_count, reading_of_observation
 from healthsync.fhir.observations import unbundled
 from healthsync.store import retention
+from healthsync.store.fhir_order import indexes_of
 from healthsync.store.multi import get_many
 from healthsync.store.records import Records
 
@@ -260,11 +255,9 @@ class RedisFhirSink:
         now, retention_s = time.time(), self.settings.history_retention_s
         for patient in departed:
             fid = fhir_id(patient, id_key)
-            for index in (
-                *(keys.fhir_reading_index(n, fid) for n in range(1, MAX_OBSERVATIONS + 1)),
-                *(keys.fhir_index(kind, fid) for kind in sorted(_WINDOWED)),
-            ):
-                retention.trim(pipe, index, now, retention_s)
+            for kind in sorted(_WINDOWED):  # Observation's include the readings' indexes
+                for index in indexes_of(keys, kind, fid):
+                    retention.trim(pipe, index.key, now, retention_s)
 
     def _trim_alerts(
         self,
