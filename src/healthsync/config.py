@@ -168,10 +168,13 @@ class IngestSettings(BaseModel):
     check_port: int | None = Field(None, ge=0, le=65535)
     # Labels this instance's gauges (connections_open|instance=...) when several run.
     instance: str | None = None
-    # `healthsync up` sets it: on SIGUSR1 ingest holds the vitals topic (new readings get
-    # ERR 503 and are resent), writes this file once nothing is in flight, and on SIGUSR2
-    # removes it and accepts again (see recycle.py).
+    # `healthsync up` sets it: on SIGUSR1 ingest holds the vitals topic (new readings wait),
+    # writes this file once nothing is in flight, and on SIGUSR2 removes it and answers
+    # what waited (see ingest/hold.py and recycle.py).
     hold_file: Path | None = None
+    # How long a reading sent while ingest is held waits for the release; after it,
+    # ERR 503 (send again later). 0: ERR 503 at once.
+    hold_wait_s: float = Field(15.0, ge=0)
     # `healthsync up` only: ingest processes behind HAProxy on the public ports, and
     # HAProxy's stats page and Prometheus endpoint on loopback (0: a free port).
     replicas: int = Field(2, ge=1, le=16)

@@ -6,9 +6,10 @@ topic frees what the topic held. So when the broker's resident set passes
 ``kafka.embedded_max_mb``, `up` empties the pipeline's topics in a moment
 when nothing is lost by it:
 
-1. every ingest process is held (SIGUSR1, see ingest/hold.py): new readings
-   get ``ERR 503`` and devices send them again later; each says, by writing
-   its hold file, once every reading it took has its answer;
+1. every ingest process is held (SIGUSR1, see ingest/hold.py): devices' new
+   lines wait unread until the release (``ERR 503`` after
+   ``ingest.hold_wait_s``, and devices send them again later); each says, by
+   writing its hold file, once every reading it took has its answer;
 2. the processor catches up with the vitals topic and is stopped (it commits
    after writing Redis and producing its observations and alerts);
 3. the archiver, and the EHR push when configured, catch up with what they
@@ -18,13 +19,14 @@ when nothing is lost by it:
    (their consumer groups' offsets go with them); the store's record of
    Kafka offsets is cleared, as after a broker restart;
 5. the stopped stages start again, and ingest is released with a fresh
-   producer.
+   producer and answers the lines that waited.
 
 A pipeline whose processor cannot keep up is not recycled at first: holding
 ingest then would keep devices waiting on a long catch-up. But its broker
 would grow until the machine runs out of memory, so once it passes twice the
-limit (``OVERLOAD_FACTOR``) ingest is held anyway, shedding load (devices
-are told ``ERR 503`` and send again), and the consumers are given
+limit (``OVERLOAD_FACTOR``) ingest is held anyway, shedding load (past
+``ingest.hold_wait_s`` devices are told ``ERR 503`` and send again), and the
+consumers are given
 ``OVERLOAD_CATCH_UP_S`` to catch up.
 
 While a recycle waits, the supervisor's rounds go on through ``tend`` (once a

@@ -48,6 +48,8 @@ class Owner(Protocol):
     device_patients: DevicePatients
     inflight: int
     paused: set[DeviceConnection]
+    holding: bool
+    waiting: set[DeviceConnection]
 
     def admit(self, connection: DeviceConnection) -> bool: ...
 
@@ -123,6 +125,9 @@ class DeviceConnection(asyncio.Protocol):
 
     def _turn(self) -> None:
         """Handle up to LINES_PER_TURN lines; leave the rest, unread further, to the next turn."""
+        if self.server.holding:
+            self._wait()
+            return
         self.backlog = self._split_lines(LINES_PER_TURN)
         self.flush_replies()
         if self.backlog and self.transport is not None:
@@ -145,6 +150,17 @@ class DeviceConnection(asyncio.Protocol):
         self._turn()
         if not self.backlog and not self.paused:
             self.transport.resume_reading()
+
+    def _wait(self) -> None:
+        """Ingest is held: keep the buffered lines, read no further, until the server says."""
+        self.backlog = True  # not idle: the lines are answered once the hold ends
+        self.server.waiting.add(self)
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def stop_waiting(self) -> None:
+        """The hold ended (or outlasted ``ingest.hold_wait_s``): handle the lines that waited."""
+        self._next_turn()
 
     def eof_received(self) -> bool:
         # A device may send its last line without a newline and half-close

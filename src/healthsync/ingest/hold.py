@@ -1,12 +1,16 @@
 """Holding ingest while `healthsync up` recycles the embedded broker's topics.
 
-On SIGUSR1 the vitals topic is held: each new reading is answered
-``ERR 503 kafka_unavailable`` (devices send it again later, and the same
-``seq`` keeps its reading id) while the readings already in flight get their
-answers. Once none is left, ingest writes ``ingest.hold_file``: from then on
-nothing it acknowledged can be missing from the topic. On SIGUSR2 it removes
-the file, takes a fresh producer and accepts readings again. Rejected lines
-still go to the dead-letter topic, which a recycle keeps.
+On SIGUSR1 the vitals topic is held: devices' new lines are left unread
+(in ingest's buffer, then in the socket's) while the readings already in
+flight get their answers. Once none is left, ingest writes
+``ingest.hold_file``: from then on nothing it acknowledged can be missing
+from the topic. On SIGUSR2 it removes the file, takes a fresh producer and
+handles the lines that waited, so a device that sent during the hold gets its
+``OK`` a few seconds late instead of an error: a bash device that does not
+resend loses nothing. A hold that outlasts ``ingest.hold_wait_s`` (the
+broker slow to come back, or no release) answers the waiting lines, and
+those sent after, ``ERR 503 kafka_unavailable``: devices send them again
+later, and the same ``seq`` keeps its reading id.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class Hold:
         self.publisher = publisher
         self.hold_file = hold_file
         self._task: asyncio.Task[None] | None = None
+        self._limit: asyncio.TimerHandle | None = None
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
         self.hold_file.unlink(missing_ok=True)  # a file left by a crashed run means nothing
@@ -43,8 +48,18 @@ class Hold:
         if self._task is not None:
             return
         self.publisher.held = frozenset({self.server.settings.kafka.vitals_topic})
-        log.info("holding: new readings get ERR 503 until released")
-        self._task = asyncio.get_running_loop().create_task(self._settle(), name="hold")
+        loop = asyncio.get_running_loop()
+        wait_s = self.server.settings.ingest.hold_wait_s
+        if wait_s > 0:
+            self.server.hold_lines()
+            self._limit = loop.call_later(wait_s, self._outlasted)
+        log.info("holding: new readings wait until released", extra={"wait_s": wait_s})
+        self._task = loop.create_task(self._settle(), name="hold")
+
+    def _outlasted(self) -> None:
+        self._limit = None
+        waited = self.server.answer_waiting()  # the topic is still held: ERR 503, resend
+        log.warning("hold outlasted ingest.hold_wait_s: ERR 503", extra={"waited": waited})
 
     async def _settle(self) -> None:
         """Wait until every reading taken before the hold has its answer, then say so."""
@@ -65,4 +80,8 @@ class Hold:
             self.hold_file.with_suffix(".tmp").unlink(missing_ok=True)
         self.publisher.renew()
         self.publisher.held = frozenset()
-        log.info("released: accepting readings again")
+        if self._limit is not None:
+            self._limit.cancel()
+            self._limit = None
+        waited = self.server.answer_waiting()
+        log.info("released: accepting readings again", extra={"waited": waited})

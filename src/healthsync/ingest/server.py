@@ -66,6 +66,9 @@ class IngestServer:
     codec: Codec
     connections: set[DeviceConnection] = field(default_factory=set)
     paused: set[DeviceConnection] = field(default_factory=set)
+    # While held (ingest/hold.py), connections leave their lines unread in `waiting`.
+    holding: bool = False
+    waiting: set[DeviceConnection] = field(default_factory=set)
     inflight: int = 0
     servers: list[asyncio.Server | ProxyListener] = field(default_factory=list)
     revocations: RevocationList | None = None
@@ -133,6 +136,19 @@ class IngestServer:
     def release(self, connection: DeviceConnection) -> None:
         self.connections.discard(connection)
         self.paused.discard(connection)
+        self.waiting.discard(connection)
+
+    def hold_lines(self) -> None:
+        """Leave devices' lines unread from now on (each connection waits at its next line)."""
+        self.holding = True
+
+    def answer_waiting(self) -> int:
+        """Handle lines again, first those that waited; how many connections waited."""
+        self.holding = False
+        waiting, self.waiting = self.waiting, set()
+        for connection in waiting:
+            connection.stop_waiting()
+        return len(waiting)
 
     def reject(self, error: wire.WireError, line: bytes) -> None:
         """Count a rejected line and keep it, with its reason, on the dead-letter topic."""
