@@ -162,11 +162,15 @@ def render_soak(
         cells = " ".join(f"{_cpu_percent(samples, n, i):>10s}" for n in names)
         add("     " + f"{at:7.0f} " + cells)
     limit = facts.settings.kafka.embedded_max_mb
-    add(f"   broker recycles (kafka.embedded_max_mb {limit}, as `up` does them): {len(recycles)}")
+    add(
+        f"   broker recycles (kafka.embedded_max_mb {limit}, as `up` does them): {len(recycles)}"
+        " (lines sent while ingest is held wait for it; past ingest.hold_wait_s they get"
+        " ERR, which this driver does not resend)"
+    )
     for at, outcome in recycles:
         add(
             f"     at {at:5.0f} s: {outcome.before_mib:.0f} -> {outcome.after_mib:.0f} MiB, "
-            f"ingest held {outcome.held_s:.1f} s (its ERR replies are not resent by this driver)"
+            f"ingest held {outcome.held_s:.1f} s"
         )
     add("")
     add(f"total bench time {facts.total_s:.0f} s")
