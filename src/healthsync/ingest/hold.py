@@ -53,7 +53,8 @@ class Hold:
         if wait_s > 0:
             self.server.hold_lines()
             self._limit = loop.call_later(wait_s, self._outlasted)
-        log.info("holding: new readings wait until released", extra={"wait_s": wait_s})
+        waiting = "wait until released" if wait_s > 0 else "get ERR 503 until released"
+        log.info(f"holding: new readings {waiting}", extra={"wait_s": wait_s})
         self._task = loop.create_task(self._settle(), name="hold")
 
     def _outlasted(self) -> None:

@@ -207,7 +207,6 @@ class RedisLiveSink:
         self, pipes: dict[int, Any], shared: Any, readings: list[Reading], now: float
     ) -> None:
         keys, records = self.keys, self.records
-        retention_s = self.settings.history_retention_s
         newest: dict[str, dict[str, tuple[Reading, Any]]] = {}
         history: dict[str, dict[bytes, bytes]] = {}
         seen: dict[str, dict[str, bytes]] = {}
@@ -237,8 +236,7 @@ class RedisLiveSink:
             self._write_event(shared, "vitals", patient, orjson.dumps(fields))
             if self._trims.due(history_key, now):
                 # Expiring too, should the patient stop sending (see store.retention).
-                retention.trim(pipe, history_key, now, retention_s)
-                retention.trim(pipe, seen_key, now, retention_s)
+                self._trim_readings(pipe, patient, now)
         for group, grouped in by_group.items():
             pipe = pipes[group]
             members = {p: last_seen[p] for p in dict.fromkeys(r.patient_id for r in grouped)}
@@ -283,8 +281,12 @@ class RedisLiveSink:
             pipe.zrem(keys.patients(group), tag)
             for key in (keys.patient_ids(group), keys.news2(group), keys.engine(group)):
                 pipe.hdel(key, tag)
-            for key in (keys.history(patient), keys.seen(patient)):
-                retention.trim(pipe, key, now, self.settings.history_retention_s)
+            self._trim_readings(pipe, patient, now)
+
+    def _trim_readings(self, pipe: Any, patient: str, now: float) -> None:
+        """The patient's history and seen set, trimmed to the retention and set to expire."""
+        for key in (self.keys.history(patient), self.keys.seen(patient)):
+            retention.trim(pipe, key, now, self.settings.history_retention_s)
 
     def _acks_of_expired_alerts(self) -> list[str]:
         """The next page of acknowledgements (the API's) whose alert has expired.

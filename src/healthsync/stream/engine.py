@@ -38,6 +38,10 @@ StateLoader = Callable[[list[str] | None], dict[str, dict[str, Any]]]
 OpenAlertsLoader = Callable[[], list[Alert]]
 
 
+# How often a tick looks for patients who left (quiet for anomaly.forget_after_s).
+DEPARTURES_INTERVAL_S = 60.0
+
+
 class AnomalyEngine:
     """A Step: opens, escalates and resolves alerts for the batch's readings and scores.
 
@@ -105,8 +109,9 @@ class AnomalyEngine:
             events.extend(ticked)
             touched.update(e.alert.patient_id for e in ticked)
             forget_after_s = self.cfg.forget_after_s
-            if forget_after_s is not None and batch.now - self._departures_at >= 60.0:
-                self._departures_at = batch.now  # once a minute is soon enough
+            since = batch.now - self._departures_at
+            if forget_after_s is not None and since >= DEPARTURES_INTERVAL_S:
+                self._departures_at = batch.now
                 batch.departed += devices.forget_departed(
                     self.states, self._device_patient, self._owns, batch.now, forget_after_s
                 )
