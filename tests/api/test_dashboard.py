@@ -146,3 +146,28 @@ def test_values_older_than_the_news2_window_are_greyed(
     expect(old.locator('[data-vital="heart_rate"]')).to_have_class(re.compile(r"\bstale\b"))
     expect(old.locator('[data-vital="heart_rate"] .age')).to_contain_text("min ago")
     assert console.errors == []
+
+
+def test_a_reading_that_arrives_late_does_not_replace_newer_values(
+    page: Page, pipeline: Pipeline, credentials: Credentials
+) -> None:
+    console = Console(page)
+    sign_in(page, credentials.api_keys["clinician"])
+    expect(page.locator("#connection")).to_have_text("Updates: live")
+    now = int(time.time())
+    nc(pipeline, f"device_id=mon-l1 patient_id=P-LATE ts={now} heart_rate=88 spo2=97")
+    late = tile(page, "P-LATE")
+    expect(late.locator('[data-vital="heart_rate"] .value')).to_have_text("88", timeout=LIVE_MS)
+    # Measured 30 s before, sent after (a device resending what it was refused); it alone
+    # carries a temperature, which shows once it has been processed.
+    nc(pipeline, f"device_id=mon-l1 patient_id=P-LATE ts={now - 30} heart_rate=61 temp=37.4")
+    expect(late.locator('[data-vital="temp"] .value')).to_have_text("37.4", timeout=LIVE_MS)
+    expect(late.locator('[data-vital="heart_rate"] .value')).to_have_text("88")
+    expect(late.locator('[data-vital="spo2"] .value')).to_have_text("97")
+
+    # Read again from the API, as a newly opened dashboard does.
+    page.reload()
+    late = tile(page, "P-LATE")
+    expect(late.locator('[data-vital="temp"] .value')).to_have_text("37.4", timeout=LIVE_MS)
+    expect(late.locator('[data-vital="heart_rate"] .value')).to_have_text("88")
+    assert console.errors == []

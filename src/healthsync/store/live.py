@@ -53,6 +53,7 @@ from healthsync.domain.readings import Reading
 from healthsync.errors import StoreBehindError
 from healthsync.metrics import StatsRecorder
 from healthsync.store import hourly, retention
+from healthsync.store.latest import Fields, set_newer
 from healthsync.store.records import Records, latest_value
 
 # Acknowledgements looked at per trim (once a minute) for alerts that have expired.
@@ -226,10 +227,15 @@ class RedisLiveSink:
             seen.setdefault(patient, {})[reading.reading_id] = score
             last_seen[patient] = max(last_seen.get(patient, 0.0), reading.ts)
             by_group.setdefault(keys.group_of(patient), []).append(reading)
+        latest: dict[int, dict[str, Fields]] = {}
         for patient, won in newest.items():
             fields = {name: latest_value(reading, value) for name, (reading, value) in won.items()}
-            pipe = pipes[keys.group_of(patient)]
-            pipe.hset(keys.latest(patient), mapping=records.encode_latest(patient, fields))
+            group = keys.group_of(patient)
+            pipe = pipes[group]
+            encoded = records.encode_latest(patient, fields)
+            latest.setdefault(group, {})[keys.latest(patient)] = [
+                (name, won[name][0].ts, value) for name, value in encoded.items()
+            ]
             history_key, seen_key = keys.history(patient), keys.seen(patient)
             pipe.zadd(history_key, history[patient])
             pipe.zadd(seen_key, seen[patient])
@@ -239,6 +245,7 @@ class RedisLiveSink:
                 self._trim_readings(pipe, patient, now)
         for group, grouped in by_group.items():
             pipe = pipes[group]
+            set_newer(pipe, latest.get(group, {}))
             members = {p: last_seen[p] for p in dict.fromkeys(r.patient_id for r in grouped)}
             ids = dict(records.encode_patient_id(patient) for patient in members)
             tags = {keys.patient(p): ts for p, ts in members.items()}

@@ -28,6 +28,7 @@ from healthsync.domain.news2 import Band
 from healthsync.domain.rules import PatientRules
 from healthsync.metrics import COMPONENTS, merge_counters
 from healthsync.security.crypto import DecryptError
+from healthsync.store.latest import value_fields
 from healthsync.store.multi import aget_many
 from healthsync.store.records import Records
 
@@ -174,7 +175,7 @@ class LiveReader:
 
     def _decode_latest(self, patient_id: str, raw: dict[bytes, bytes]) -> dict[str, Any]:
         decode = self.records.decode_latest
-        return {k.decode(): decode(patient_id, k.decode(), v) for k, v in raw.items()}
+        return {name: decode(patient_id, name, v) for name, v in value_fields(raw)}
 
     async def history(
         self, patient_id: str, vital: str | None, since: float, until: float, limit: int

@@ -170,7 +170,11 @@ export class Ward {
   vitals(id, values, news2) {
     const start = performance.now();
     const patient = this.patient(id);
-    Object.assign(patient.vitals, values);
+    for (const [key, entry] of Object.entries(values)) {
+      // A reading that arrived late does not replace a value measured after it.
+      const held = patient.vitals[key];
+      if (!held || held.ts <= entry.ts) patient.vitals[key] = entry;
+    }
     this.renderVitals(patient);
     if (news2) {
       const moved = !patient.news2 || patient.news2.total !== news2.total;
