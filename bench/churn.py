@@ -9,7 +9,7 @@ a patient who left is past it a minute later.
 Every ``--every`` seconds it prints:
 - how many patients have come;
 - Redis's keys and memory;
-- how many patients the engine holds.
+- how many patients the engine, the NEWS2 step and the rule book hold.
 
 With patients leaving as they should, the figures level off once the first
 ones' keys have expired: the retention plus 6 minutes of margin after their
@@ -35,6 +35,8 @@ from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading
 from healthsync.security.codec import Codec
 from healthsync.stream.engine import AnomalyEngine
+from healthsync.stream.news2 import News2Scores
+from healthsync.stream.rulebook import RuleBook
 from healthsync.wiring import build_stages
 
 
@@ -46,6 +48,8 @@ class Stages:
         self.steps = built.steps
         self.sinks = (built.fhir_store, built.live)  # in the processor's order, Kafka's left out
         [self.engine] = [s for s in built.steps if isinstance(s, AnomalyEngine)]
+        [self.news2] = [s for s in built.steps if isinstance(s, News2Scores)]
+        [self.rules] = [s for s in built.steps if isinstance(s, RuleBook)]
 
     def run(self, readings: Iterable[Reading] = (), now: float | None = None) -> Batch:
         """One batch through the steps and the sinks; with no readings and `now`, a tick."""
@@ -108,7 +112,10 @@ def main() -> None:
         start = time.time()
         ward = Ward(args.active, args.stay, start, args.seed)
         print(f"{args.active} beds, {args.stay:g} s stays, retention 60 s, {args.minutes:g} min")
-        print(f"{'min':>5} {'patients':>8} {'keys':>6} {'memory MiB':>10} {'engine':>6}")
+        print(
+            f"{'min':>5} {'patients':>8} {'keys':>6} {'memory MiB':>10} {'engine':>6}"
+            f" {'news2':>6} {'rules':>6}"
+        )
         report_at, tick = start, 0
         while (now := time.time()) < start + args.minutes * 60:
             stages.run(ward.readings(now))
@@ -118,7 +125,8 @@ def main() -> None:
                 memory = int(client.info("memory")["used_memory"]) / 2**20
                 print(
                     f"{(now - start) / 60:5.1f} {ward.came:8d} {client.dbsize():6d}"
-                    f" {memory:10.1f} {len(stages.engine.states):6d}",
+                    f" {memory:10.1f} {len(stages.engine.states):6d}"
+                    f" {stages.news2.held:6d} {stages.rules.held:6d}",
                     flush=True,
                 )
             tick += 1

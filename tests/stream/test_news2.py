@@ -62,3 +62,30 @@ def test_an_older_reading_does_not_overwrite_a_newer_value() -> None:
     batch = Batch([reading(1, 1000.0, spo2=88), reading(2, 990.0, spo2=99)])
     step.process(batch)
     assert batch.scores["P-1"].parts["spo2"] == 3
+
+
+def test_a_patient_with_nothing_fresh_left_is_forgotten_and_read_again_on_return() -> None:
+    loaded: list[list[str]] = []
+
+    def load(patients: list[str]) -> dict[str, Observed]:
+        loaded.append(patients)
+        return {p: {"spo2": (95.0, 1000.0, "r-stored")} for p in patients}
+
+    def of(patient: str, n: int, ts: float, **fields: Any) -> Reading:
+        return Reading(f"r{n}", f"d-{patient}", patient, ts, ts, fields)
+
+    step = News2Scores(load, freshness_s=600)
+    step.process(Batch([of("P-1", 1, 1000.0, heart_rate=70), of("P-2", 2, 1000.0, spo2=97)]))
+    step.process(Batch([of("P-2", 3, 1590.0, spo2=96)]))  # P-1 has gone quiet
+    assert step.held == 2
+
+    step.process(Batch([], now=1650.0))  # a clock tick: P-1's newest value is 650 s old
+    assert step.held == 1, "a patient with nothing fresh left is still held"
+    step.process(Batch([], now=1700.0))
+    assert step.held == 1
+
+    # P-1 sends again: what the live cache holds is read again, and scores if fresh.
+    back = Batch([of("P-1", 4, 1700.0, heart_rate=72)])
+    step.process(back)
+    assert loaded[-1] == ["P-1"] and step.held == 2
+    assert back.scores["P-1"].sources == {"heart_rate": "r4"}, "a stale value counted"

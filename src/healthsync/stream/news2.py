@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection
 
 from healthsync.domain.batch import Batch
 from healthsync.domain.news2 import Observed, news2, observed_in
 
 StateLoader = Callable[[list[str]], dict[str, Observed]]
+
+# How often a clock tick looks for patients with nothing fresh left to forget.
+SWEEP_INTERVAL_S = 60.0
 
 
 class News2Scores:
@@ -17,7 +21,10 @@ class News2Scores:
     consciousness level), so each patient's latest value per parameter is kept
     and a parameter older than `freshness_s` no longer counts. The state is
     loaded from the live cache the first time a patient is seen, so a restart
-    or a moved partition does not forget it.
+    or a moved partition does not forget it. A patient none of whose values is
+    fresh any more (gone quiet, or left) is forgotten by the next minute's clock
+    tick: nothing of theirs would count, and should they send again what the
+    live cache holds is loaded again.
     """
 
     def __init__(
@@ -31,11 +38,19 @@ class News2Scores:
         # The patient's SpO2 scale (2 for hypercapnic respiratory failure), from its rules.
         self.scale_for = scale_for or (lambda _patient: 1)
         self.latest: dict[str, Observed] = {}
+        self._swept_at = -math.inf
+
+    @property
+    def held(self) -> int:
+        """How many patients' values the step holds."""
+        return len(self.latest)
 
     def on_assign(self, partitions: Collection[int]) -> None:
         self.latest.clear()
 
     def process(self, batch: Batch) -> None:
+        if batch.now is not None and batch.now - self._swept_at >= SWEEP_INTERVAL_S:
+            self._forget_stale(batch.now)
         readings = batch.readings
         unknown = list({r.patient_id for r in readings if r.patient_id not in self.latest})
         if unknown:
@@ -55,3 +70,15 @@ class News2Scores:
             sources = {k: state[k][2] for k in fresh}
             scale = self.scale_for(patient)
             batch.scores[patient] = news2(fresh, ts=now, scale=scale, sources=sources)
+
+    def _forget_stale(self, now: float) -> None:
+        """Forget the patients whose newest value is older than the freshness window."""
+        self._swept_at = now
+        cutoff = now - self.freshness_s
+        stale = [
+            patient
+            for patient, state in self.latest.items()
+            if all(ts < cutoff for _value, ts, _id in state.values())
+        ]
+        for patient in stale:
+            del self.latest[patient]

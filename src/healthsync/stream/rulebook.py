@@ -8,6 +8,7 @@ anomaly engine (for the bands) read the same book.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Collection
 
@@ -18,6 +19,12 @@ from healthsync.domain.rules import PatientRules
 RulesLoader = Callable[[list[str]], dict[str, PatientRules]]
 
 _DEFAULT = PatientRules()
+
+# A patient with the configured rules who has not been in a batch for this long is
+# forgotten, on a clock tick at most once a minute (their rules are read again when
+# they next send): otherwise the book would keep every patient ever seen.
+FORGET_AFTER_S = 600.0
+SWEEP_INTERVAL_S = 60.0
 
 
 class RuleBook:
@@ -38,12 +45,34 @@ class RuleBook:
         self._bands: dict[str, dict[str, Threshold]] = {}
         self._loaded_at: dict[str, float] = {}
         self._known: set[str] = set()
+        self._swept_at = -math.inf
+
+    @property
+    def held(self) -> int:
+        """How many patients the book holds."""
+        return len(self._known)
 
     def on_assign(self, partitions: Collection[int]) -> None:
         self._loaded_at.clear()
 
     def process(self, batch: Batch) -> None:
+        if batch.now is not None and self.clock() - self._swept_at >= SWEEP_INTERVAL_S:
+            self._forget_quiet()
         self.refresh([r.patient_id for r in batch.readings])
+
+    def _forget_quiet(self) -> None:
+        """Forget the patients with the configured rules not refreshed for FORGET_AFTER_S.
+        One whose rules were changed stays: the engine may judge them between batches."""
+        now = self._swept_at = self.clock()
+        quiet = [
+            patient
+            for patient in self._known
+            if patient not in self._rules
+            and now - self._loaded_at.get(patient, -math.inf) > FORGET_AFTER_S
+        ]
+        for patient in quiet:
+            self._known.discard(patient)
+            self._loaded_at.pop(patient, None)
 
     def refresh(self, patients: list[str]) -> None:
         if self.load is None:
