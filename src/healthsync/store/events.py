@@ -5,7 +5,10 @@ alert change (``alert.opened``, ``alert.escalated``, ``alert.resolved``) and
 one per held artefact (``artefact``); the API appends ``alert.acknowledged``.
 Entries are decoded with :meth:`healthsync.store.records.Records.decode_event`.
 
-A ``vitals`` entry carries the patient's latest values; the dashboard also
+A ``vitals`` entry carries the newest values of the patient's readings in
+that batch, each with the time it was measured: a reading that arrived late
+brings older values than a client may hold, which it keeps (as the dashboard
+does; ``latest:{patient}`` keeps them too, see :mod:`.latest`). The dashboard also
 needs the NEWS2 score they produced, which the processor keeps in ``{p}:news2``
 rather than in the event, so it is looked up here once per read for all the
 patients of the read, not once per client.
