@@ -267,6 +267,12 @@ def test_a_recycle_under_load_empties_the_topics_and_loses_nothing_acknowledged(
     assert device.send(b"device_id=dev-x patient_id=P-0 hr=banana").startswith("ERR 400")
     device.close()
     recycler = BrokerRecycler(up, lambda _text: None)
+    # What the tests before sent is processed and counted: the count is this test's.
+    wait_for(
+        partial(caught_up, kafka, settings.processor.group_id),
+        timeout=60,
+        what="the processor to have read everything sent before",
+    )
     total_before = processed_total(client, up)
     try:
         with Load(Ingest(settings), PATIENTS) as load:
