@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,15 @@ _STALE_STATE = frozenset(
 _REPLACE_INTERVAL_S = 5.0
 
 DeliveryCallback = Callable[[KafkaError | None], None]
+# How long the metadata request that connects a fresh producer may take.
+_CONNECT_TIMEOUT_S = 10.0
+
+
+def _connect(producer: Producer, topic: str) -> None:
+    """Connect `producer` to the broker by asking for `topic`'s metadata (see
+    Publisher._new_producer); a broker that does not answer changes nothing."""
+    with contextlib.suppress(KafkaException):
+        producer.list_topics(topic, timeout=_CONNECT_TIMEOUT_S)
 
 
 class Publisher:
@@ -62,13 +72,22 @@ class Publisher:
     def _new_producer(self) -> Producer:
         # message.timeout.ms bounds how long a device waits for its answer when
         # the broker is unreachable: the report then fails and the device gets ERR 503.
-        return make_producer(
+        producer = make_producer(
             self._settings,
             required={
                 "message.timeout.ms": int(self._ack_timeout_s * 1000),
                 "error_cb": self._on_error,
             },
         )
+        # A fresh idempotent producer's first delivery waits for its producer id, which
+        # librdkafka asks for only once it is connected: about 0.5 s more unless a
+        # metadata request for a topic has connected it first. Asked in a thread (it
+        # blocks until the broker answers), so the first readings after a start, a
+        # hold's release or a replacement wait out the linger alone.
+        threading.Thread(
+            target=_connect, args=(producer, self._settings.vitals_topic), daemon=True
+        ).start()
+        return producer
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
