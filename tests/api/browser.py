@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from playwright.sync_api import ConsoleMessage, Locator, Page
+from playwright.sync_api import ConsoleMessage, Locator, Page, expect
 
 from healthsync.supervisor import Pipeline
 
@@ -63,6 +63,15 @@ def sign_in(page: Page, token: str) -> None:
     page.goto("/")
     page.get_by_label("Access token").fill(token)
     page.get_by_role("button", name="Sign in").click()
+
+
+def live_ward(page: Page, token: str) -> Console:
+    """Signed in with `token`, once the ward's updates are live; the page's console,
+    listened to from before the sign-in."""
+    console = Console(page)
+    sign_in(page, token)
+    expect(page.locator("#connection")).to_have_text("Updates: live")
+    return console
 
 
 def tile(page: Page, patient: str) -> Locator:

@@ -17,7 +17,7 @@ import httpx
 from playwright.sync_api import Page, expect
 
 from healthsync.supervisor import Pipeline
-from tests.api.browser import ARTIFACTS, LIVE_MS, ROOT, Console, nc, sign_in, tile
+from tests.api.browser import ARTIFACTS, LIVE_MS, ROOT, Console, live_ward, nc, sign_in, tile
 from tests.conftest import Credentials
 
 
@@ -135,9 +135,7 @@ def test_a_viewer_sees_the_summary_and_no_patient_identifiers(
 def test_values_older_than_the_news2_window_are_greyed(
     page: Page, pipeline: Pipeline, credentials: Credentials
 ) -> None:
-    console = Console(page)
-    sign_in(page, credentials.api_keys["clinician"])
-    expect(page.locator("#connection")).to_have_text("Updates: live")
+    console = live_ward(page, credentials.api_keys["clinician"])
     # Measured 20 minutes ago: older than the NEWS2 freshness window (15 min).
     then = int(time.time()) - 1200
     nc(pipeline, f"device_id=mon-o1 patient_id=P-OLD ts={then} heart_rate=76 spo2=97")
@@ -151,9 +149,7 @@ def test_values_older_than_the_news2_window_are_greyed(
 def test_a_reading_that_arrives_late_does_not_replace_newer_values(
     page: Page, pipeline: Pipeline, credentials: Credentials
 ) -> None:
-    console = Console(page)
-    sign_in(page, credentials.api_keys["clinician"])
-    expect(page.locator("#connection")).to_have_text("Updates: live")
+    console = live_ward(page, credentials.api_keys["clinician"])
     now = int(time.time())
     nc(pipeline, f"device_id=mon-l1 patient_id=P-LATE ts={now} heart_rate=88 spo2=97")
     late = tile(page, "P-LATE")

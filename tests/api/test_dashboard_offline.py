@@ -10,7 +10,7 @@ from playwright.sync_api import Page, expect
 from healthsync.config import Settings
 from healthsync.stack import Service
 from healthsync.supervisor import Pipeline
-from tests.api.browser import LIVE_MS, Console, nc, sign_in, tile
+from tests.api.browser import LIVE_MS, live_ward, nc, tile
 from tests.conftest import Credentials, make_settings
 
 
@@ -23,9 +23,7 @@ def settings(broker: Service, redis_server: Service) -> Settings:
 def test_a_silent_device_is_marked_offline_on_its_patients_tile(
     page: Page, pipeline: Pipeline, credentials: Credentials
 ) -> None:
-    console = Console(page)
-    sign_in(page, credentials.api_keys["clinician"])
-    expect(page.locator("#connection")).to_have_text("Updates: live")
+    console = live_ward(page, credentials.api_keys["clinician"])
     nc(pipeline, "device_id=mon-q1 patient_id=P-QUIET heart_rate=75")
     time.sleep(0.5)  # a second reading a little later: the device's usual interval
     nc(pipeline, "device_id=mon-q1 patient_id=P-QUIET heart_rate=76")

@@ -18,7 +18,7 @@ from playwright.sync_api import Page, expect
 from healthsync.config import Settings
 from healthsync.stack import Service
 from healthsync.supervisor import Pipeline
-from tests.api.browser import LIVE_MS, Console, nc, sign_in, tile
+from tests.api.browser import LIVE_MS, live_ward, nc, tile
 from tests.conftest import Credentials, make_settings
 
 
@@ -68,9 +68,7 @@ def test_the_patient_view_charts_seven_days_of_hourly_trends(
         "start": hour, "count": 2, "min": 70, "max": 90, "mean": 80, "median": 80
     }  # fmt: skip
 
-    console = Console(page)
-    sign_in(page, token)
-    expect(page.locator("#connection")).to_have_text("Updates: live")
+    console = live_ward(page, token)
     patient = tile(page, "P-WEEK")
     expect(patient.locator('[data-vital="heart_rate"] .value')).to_have_text("76", timeout=LIVE_MS)
     patient.get_by_role("button", name="P-WEEK").click()
