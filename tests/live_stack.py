@@ -205,31 +205,40 @@ class Connects(Protocol):
 
 
 class Load:
-    """A device sending readings as fast as they are answered, in a thread.
+    """Devices sending readings as fast as they are answered: one per patient, each in a
+    thread of its own, as a ward's monitors send side by side.
 
     Each line is resent on a new connection until it gets OK (as a device
     that lost its connection does), so `acknowledged` is every reading the
-    pipeline promised to keep.
+    pipeline promised to keep. A reply waits for the producer's linger
+    (`kafka.LINGER_MS`), so one device alone gets about ten readings a second
+    through; the patients' devices share each linger.
     """
 
     def __init__(self, stack: Connects, patients: list[str], first_seq: int = 0) -> None:
         self.stack = stack
         self.patients = patients
+        self.first_seq = first_seq
         self.acknowledged: set[str] = set()
         self.last = ""  # the reading id acknowledged last
         self.errors = 0
         self.refusal = ""  # the last answer that was not OK ("" for a connection that failed)
-        self.seq = first_seq
+        self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(len(patients))
+        ]
 
     def __enter__(self) -> Load:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=60)
+        deadline = time.monotonic() + 60
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def sent(self, count: int, timeout: float = 60) -> None:
         """Wait until `count` more readings are acknowledged."""
@@ -240,24 +249,28 @@ class Load:
             last = f"{self.errors} refused, the last: {self.refusal!r}"
             raise AssertionError(f"{exc}; {last}") from None
 
-    def _run(self) -> None:
+    def _run(self, n: int) -> None:
+        """Patient `n`'s device: sequence numbers first_seq + n, then every len(patients)."""
+        patient = self.patients[n]
+        seq = self.first_seq + n
         device: Device | None = None
         while not self._stop.is_set():
-            patient = self.patients[self.seq % len(self.patients)]
-            hr = 60 + self.seq % 40
-            line = f"device_id=dev-{patient} patient_id={patient} seq={self.seq} hr={hr}"
+            hr = 60 + seq % 40
+            line = f"device_id=dev-{patient} patient_id={patient} seq={seq} hr={hr}"
             try:
                 device = device or self.stack.device()
                 reply = device.send(line.encode())
             except OSError:
                 reply = ""
             if reply.startswith("OK "):
-                self.last = reply.split()[1]
-                self.acknowledged.add(self.last)
-                self.seq += 1
+                with self._lock:
+                    self.last = reply.split()[1]
+                    self.acknowledged.add(self.last)
+                seq += len(self.patients)
                 continue
-            self.errors += 1
-            self.refusal = reply
+            with self._lock:
+                self.errors += 1
+                self.refusal = reply
             if device is not None:
                 device.close()
                 device = None

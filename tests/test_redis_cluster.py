@@ -148,7 +148,8 @@ def test_two_processors_store_each_reading_once_through_a_kill(
         first.send(range(0, 100))
         wait_for(lambda: len(stored(client, keys)[0]) == 100, timeout=45, what="the first 100")
 
-        second = Sender(devices[1], PATIENTS)
+        # Ten lines a round trip: about three seconds of sending, which the kill falls in.
+        second = Sender(devices[1], PATIENTS, at_once=10)
         sending = threading.Thread(target=second.send, args=(range(100, 400),))
         sending.start()
         wait_for(lambda: len(stored(client, keys)[0]) >= 150, timeout=30, what="readings flowing")
