@@ -63,9 +63,9 @@ def up(
     broker: Service, redis_server: Service, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Pipeline]:
     """The pipeline as `up` runs it, with an embedded broker of its own; shared by the tests
-    below, as a recycle waits until its consumers have run for 30 s. The tests that restart
-    no consumer come first, so that both recycles after them wait out that time only once
-    each (pytest runs a module's tests in the order they are written)."""
+    below, as a recycle waits until its consumers have joined their groups. The tests that
+    restart no consumer come first (pytest runs a module's tests in the order they are
+    written)."""
     settings = make_settings(broker, redis_server, ingest={"replicas": 2}, archive={"roll_s": 1})
     settings.kafka.bootstrap = None  # its own Tansu, behind the TLS front, as `up` has
     pipeline = Pipeline(settings, tmp_path_factory.mktemp("recycle") / "run")

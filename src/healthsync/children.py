@@ -26,6 +26,9 @@ class Child:
     env: dict[str, str] = field(default_factory=dict)
     # time.monotonic() of its last start.
     started_at: float = 0.0
+    # A consumer stage's `kafka.joined_file`: removed at each start, so that only the
+    # running process's group membership shows in it.
+    joined_file: Path | None = None
 
     @property
     def stage(self) -> str:
@@ -34,6 +37,8 @@ class Child:
 
     def start(self, env: dict[str, str]) -> None:
         self.started_at = time.monotonic()
+        if self.joined_file is not None:
+            self.joined_file.unlink(missing_ok=True)
         self.log_file = self.log_path.open("ab")
         self.process = subprocess.Popen(
             self.argv,

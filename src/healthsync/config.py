@@ -48,6 +48,10 @@ class KafkaSettings(BaseModel):
     # this resident size `up` recycles its topics once every consumer has caught up, and
     # past twice it holds ingest until they have (see recycle.py). 0: never.
     embedded_max_mb: int = Field(1024, ge=0)
+    # Set by `up` for each consumer stage: the consumer writes this file while it holds
+    # an assignment in its group, so the broker recycle knows when it may stop it (see
+    # recycle.py).
+    joined_file: Path | None = None
 
     def recycled_topics(self) -> list[str]:
         """The topics a recycle empties; the dead-letter topic keeps its audit trail."""

@@ -54,7 +54,7 @@ from healthsync.children import Child
 from healthsync.errors import HealthSyncError
 from healthsync.kafka import KafkaUnavailableError, delete_topics, ensure_topics, unread
 from healthsync.stack import Service
-from healthsync.supervisor import Pipeline
+from healthsync.supervisor import CONSUMER_STAGES, Pipeline
 
 # How long each step may take before the recycle is given up (and tried later).
 HOLD_TIMEOUT_S = 15.0
@@ -73,16 +73,17 @@ OVERLOAD_FACTOR = 2.0
 OVERLOAD_CATCH_UP_S = 120.0
 # A stopped consumer no longer moves: its commits only have to become visible.
 STOPPED_TIMEOUT_S = 3.0
-# A consumer is stopped only once it has run this long. One stopped while it is still
-# joining its group leaves the group waiting for it (Tansu holds its LeaveGroup behind
-# the pending JoinGroup), and its successor would wait out the rebalance timeout.
+# A consumer is stopped only once it has joined its group, which it shows by writing
+# its joined file (about 3 s after it starts). One stopped while it is still joining
+# leaves the group waiting for it (Tansu holds its LeaveGroup behind the pending
+# JoinGroup), and its successor would wait out the rebalance timeout. A consumer that
+# wrote no file counts as joined once it has run this long.
 SETTLE_S = 30.0
 # After a recycle, or a try that could not finish, wait this long before the next.
 RETRY_AFTER_S = 60.0
 _POLL_S = 0.2
 _TEND_S = 1.0
 _NUDGE_S = 1.0
-_CONSUMERS = ("process", "archive", "push")
 _CREATE_ATTEMPTS = 5
 
 
@@ -191,11 +192,12 @@ class BrokerRecycler:
         return Outcome(before, resident_mib(broker.process.pid) or 0.0, time.monotonic() - started)
 
     def settled(self) -> bool:
-        """Whether every consumer stage has run long enough to have joined its group."""
+        """Whether every consumer stage has joined its group (or run long enough to)."""
         now = time.monotonic()
         return all(
-            now - child.started_at >= SETTLE_S
-            for stage in _CONSUMERS
+            (child.joined_file is not None and child.joined_file.exists())
+            or now - child.started_at >= SETTLE_S
+            for stage in CONSUMER_STAGES
             for child in self._children(stage)
         )
 

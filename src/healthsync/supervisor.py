@@ -53,7 +53,7 @@ _TOPIC_ATTEMPTS = 5
 # A child that keeps dying waits longer each time before it is started again (2, 4 ... s).
 _MAX_BACKOFF_S = 30.0
 # The stages that consume topics: after the broker restarts empty they start afresh.
-_CONSUMERS = ("process", "archive", "push")
+CONSUMER_STAGES = ("process", "archive", "push")
 STAGES = ("ingest", "process", "archive", "api", "scheduler")
 # Order matters on shutdown: stop producers of data before its consumers.
 _STOP_ORDER = ("simulate", "ingest", "process", "archive", "push", "api")
@@ -200,7 +200,7 @@ class Pipeline:
                 if attempt == _TOPIC_ATTEMPTS - 1:
                     raise HealthSyncError(f"broker restarted but not ready: {exc}") from exc
                 time.sleep(1.0)
-        for name in _CONSUMERS:
+        for name in CONSUMER_STAGES:
             child = self.children.get(name)
             if child is not None and child.alive:
                 child.stop()
@@ -277,6 +277,9 @@ class Pipeline:
             child.env = self._redis_client_env(stage or name) | (env or {})
             if (stage or name) == "ingest":
                 child.env["HEALTHSYNC_INGEST_HOLD_FILE"] = str(self.hold_file(name))
+            if (stage or name) in CONSUMER_STAGES:
+                child.joined_file = self.joined_file(name)
+                child.env["HEALTHSYNC_KAFKA_JOINED_FILE"] = str(child.joined_file)
         child.start(self.env)
         return child
 
@@ -304,6 +307,11 @@ class Pipeline:
     def hold_file(self, name: str) -> Path:
         """Where the ingest process `name` says it is held (see recycle.py)."""
         return self.run_dir / f"{name}.held"
+
+    def joined_file(self, name: str) -> Path:
+        """Where the consumer process `name` says it has joined its group (see
+        stream/membership.py)."""
+        return self.run_dir / f"{name}.joined"
 
     def restart_dead(self, say: Callable[[str], None], skip: Collection[str] = ()) -> None:
         """Start again each child that died (not the ones named in `skip`), with backoff;

@@ -55,6 +55,7 @@ from healthsync.store.archive.objects import ObjectStore
 from healthsync.store.archive.topics import FirstIncarnations
 from healthsync.store.archive.writer import ArchiveWriter, find_span
 from healthsync.stream.gaps import OffsetGaps
+from healthsync.stream.membership import Membership
 from healthsync.stream.retry import retry_until_stopped
 from healthsync.stream.rolls import Roll
 
@@ -104,6 +105,7 @@ class Archiver:
         # Per partition of this assignment: the incarnation of its last roll, the last offset.
         self.streams: dict[tuple[str, int], tuple[str, int]] = {}
         self.gaps = OffsetGaps(self.stats)
+        self.membership = Membership(settings.kafka.joined_file)
         self.stopping = False
         self.write_requested = False
         self._lag_at = 0.0
@@ -123,10 +125,12 @@ class Archiver:
             self.streams.pop((tp.topic, tp.partition), None)
             self.resumed.add((tp.topic, tp.partition))
         log.info("partitions assigned", extra={"partitions": [p.partition for p in partitions]})
+        self.membership.joined()
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Unwritten rolls are dropped: their offsets are not committed, the next owner
         # reads them again.
+        self.membership.left()
         self.gaps.forget((tp.topic, tp.partition) for tp in partitions)
         for tp in partitions:
             self.rolls.pop((tp.topic, tp.partition), None)
@@ -159,6 +163,7 @@ class Archiver:
             self._drain()
         finally:
             self.consumer.close()
+            self.membership.left()
             log.info("archiver stopped")
 
     def _add(self, message: Message) -> None:

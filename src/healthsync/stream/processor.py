@@ -36,6 +36,7 @@ from healthsync.security.codec import Codec
 from healthsync.security.crypto import DecryptError
 from healthsync.stream.contracts import SeenFilter, Sink, Step
 from healthsync.stream.gaps import OffsetGaps
+from healthsync.stream.membership import Membership
 from healthsync.stream.retry import retry_until_stopped
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class Processor:
         self.publish_stats = pipeline.publish_stats
         self.ticks = pipeline.ticks
         self.gaps = OffsetGaps(self.stats)
+        self.membership = Membership(settings.kafka.joined_file)
         self.stopping = False
         self._lag_at = 0.0
         self._tick_at = 0.0
@@ -98,8 +100,10 @@ class Processor:
         for step in self.steps:
             step.on_assign(owned)
         log.info("partitions assigned", extra={"partitions": [p.partition for p in partitions]})
+        self.membership.joined()
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.membership.left()
         self.gaps.forget((p.topic, p.partition) for p in partitions)
         log.info("partitions revoked", extra={"partitions": [p.partition for p in partitions]})
 
@@ -119,6 +123,7 @@ class Processor:
                 self._report_lag(idle=not messages)
         finally:
             self.consumer.close()
+            self.membership.left()
             log.info("processor stopped")
 
     def _next_batch(self, size: int, wait_s: float) -> list[Message]:

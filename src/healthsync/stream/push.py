@@ -24,6 +24,7 @@ from healthsync.security import codec as roles
 from healthsync.security.codec import Codec
 from healthsync.security.crypto import DecryptError
 from healthsync.stream.gaps import OffsetGaps
+from healthsync.stream.membership import Membership
 from healthsync.stream.retry import retry_until_stopped
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class EhrPusher:
         self.sink = sink
         # No counters of its own in Redis: a hole read again or skipped shows in the log.
         self.gaps = OffsetGaps(None)
+        self.membership = Membership(settings.kafka.joined_file)
         self.stopping = False
 
     def stop(self) -> None:
@@ -67,8 +69,8 @@ class EhrPusher:
         kafka = self.settings.kafka
         self.consumer.subscribe(
             [kafka.observations_topic, kafka.alerts_topic],
-            on_assign=self._moved,
-            on_revoke=self._moved,
+            on_assign=self._assigned,
+            on_revoke=self._revoked,
         )
         log.info("ehr push started")
         try:
@@ -81,10 +83,16 @@ class EhrPusher:
                     self.handle(messages)
         finally:
             self.consumer.close()
+            self.membership.left()
             self.sink.close()
             log.info("ehr push stopped")
 
-    def _moved(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _assigned(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.gaps.forget((tp.topic, tp.partition) for tp in partitions)
+        self.membership.joined()
+
+    def _revoked(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.membership.left()
         self.gaps.forget((tp.topic, tp.partition) for tp in partitions)
 
     def handle(self, messages: list[Message]) -> None:
