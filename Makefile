@@ -56,9 +56,10 @@ vendor-uplot:
 run: install
 	$(BIN)/healthsync up --simulate $(DEVICES) --rate $(RATE)
 
-# The tests in two worker processes, each with its own broker, Redis and moto (most of the
-# suite waits on services, so two workers take about half the time even on two cores); a
-# file's tests stay together on one worker, in their order, sharing its module fixtures.
+# The tests in three worker processes, each with its own broker, Redis and moto (most of
+# the suite waits on services, so even on two cores three workers took 431-463 s where two
+# took about 590); a file's tests stay together on one worker, in their order, sharing its
+# module fixtures.
 # The tests marked `alone` (the broker recycle under load, the loopback traffic capture)
 # run after them in one process. Each phase ends with its 15 slowest tests, so a log shows
 # where the suite's time goes.
@@ -68,7 +69,7 @@ run: install
 # artefacts.toml and deterioration.toml; as many false alerts as the bedside-monitor
 # baseline on deterioration.toml, 1 vs 1; see docs/ALARMS.md), so theirs are printed only.
 test: install
-	$(BIN)/pytest -n 2 --dist loadfile -m "not alone" --durations=15
+	$(BIN)/pytest -n 3 --dist loadfile -m "not alone" --durations=15
 	$(BIN)/pytest -m alone --durations=15
 	$(BIN)/healthsync eval --check --scenario scenarios/stable.toml --scenario scenarios/slow_devices.toml
 	$(BIN)/healthsync eval --scenario scenarios/artefacts.toml --scenario scenarios/deterioration.toml
