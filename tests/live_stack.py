@@ -242,7 +242,10 @@ class Load:
 
     def sent(self, count: int, timeout: float = 60) -> None:
         """Wait until `count` more readings are acknowledged."""
-        target = len(self.acknowledged) + count
+        self.acknowledged_up_to(len(self.acknowledged) + count, timeout)
+
+    def acknowledged_up_to(self, target: int, timeout: float) -> None:
+        """Wait until `target` readings in all are acknowledged."""
         try:
             wait_for(lambda: len(self.acknowledged) >= target, timeout, "acknowledgements")
         except AssertionError as exc:
@@ -277,3 +280,13 @@ class Load:
             time.sleep(0.2)
         if device is not None:
             device.close()
+
+
+def sent_each(loads: list[Load], count: int, timeout: float = 60) -> None:
+    """Wait until each of `loads` has `count` more readings acknowledged than now. They send
+    side by side: calling each one's `sent` in turn would ask each for `count` more than it
+    had already sent while the ones before were waited for."""
+    targets = [len(load.acknowledged) + count for load in loads]
+    deadline = time.monotonic() + timeout
+    for load, target in zip(loads, targets, strict=True):
+        load.acknowledged_up_to(target, max(0.1, deadline - time.monotonic()))

@@ -14,7 +14,7 @@ from redis import Redis
 
 from healthsync.names import RedisKeys
 from tests.conftest import Device, wait_for
-from tests.live_stack import LiveStack, Load, live_stack
+from tests.live_stack import LiveStack, Load, live_stack, sent_each
 from tests.test_status import status
 
 PATIENTS = [f"P-F{i}" for i in range(3)]
@@ -82,12 +82,10 @@ def test_a_replica_killed_under_load_loses_nothing_and_is_taken_back(tmp_path: P
             with contextlib.ExitStack() as started:
                 for load in loads:
                     started.enter_context(load)
-                for load in loads:
-                    load.sent(50)
+                sent_each(loads, 50)
                 os.kill(victim, signal.SIGKILL)
                 # Devices carry on through the other replica.
-                for load in loads:
-                    load.sent(50, timeout=30)
+                sent_each(loads, 50, timeout=30)
 
                 def restarted_and_up() -> dict[str, Any] | None:
                     snapshot = status(stack)
@@ -98,8 +96,7 @@ def test_a_replica_killed_under_load_loses_nothing_and_is_taken_back(tmp_path: P
                 after = wait_for(restarted_and_up, 60, "ingest-1 restarted and UP in HAProxy")
                 assert replicas(after)["ingest-1"]["restarts"] == 1
                 assert replicas(after)["ingest-1"]["pid"] in stack.pids(r"-m healthsync ingest")
-                for load in loads:
-                    load.sent(20)
+                sent_each(loads, 20)
             acknowledged = set().union(*(load.acknowledged for load in loads))
             # Every acknowledged reading is stored, and (by reading id) once.
             wait_for(
