@@ -57,8 +57,8 @@ run: install
 	$(BIN)/healthsync up --simulate $(DEVICES) --rate $(RATE)
 
 # The tests in three worker processes, each with its own broker, Redis and moto (most of
-# the suite waits on services, so even on two cores three workers took 431-463 s where two
-# took about 590); a file's tests stay together on one worker, in their order, sharing its
+# the suite waits on services, so even on two cores three workers took 425-463 s where two
+# took 554 s); a file's tests stay together on one worker, in their order, sharing its
 # module fixtures.
 # The tests marked `alone` (the broker recycle under load, the loopback traffic capture)
 # run after them in one process. Each phase ends with its 15 slowest tests, so a log shows
