@@ -89,3 +89,16 @@ def test_a_patient_with_nothing_fresh_left_is_forgotten_and_read_again_on_return
     step.process(back)
     assert loaded[-1] == ["P-1"] and step.held == 2
     assert back.scores["P-1"].sources == {"heart_rate": "r4"}, "a stale value counted"
+
+
+def test_a_late_reading_is_scored_as_of_the_newest_value_the_score_counts() -> None:
+    # A reading measured before the patient's newest values but arriving after them: its
+    # score counts those newer values, so it is dated with them, not before them (the
+    # stored score, and the RiskAssessment made from it, would otherwise go back in time).
+    step = News2Scores(lambda patients: {}, freshness_s=600)
+    step.process(Batch([reading(1, 1000.0, heart_rate=70, spo2=97)]))
+    late = Batch([reading(2, 980.0, resp_rate=16)])
+    step.process(late)
+    score = late.scores["P-1"]
+    assert score.sources == {"heart_rate": "r1", "spo2": "r1", "resp_rate": "r2"}
+    assert score.ts == 1000.0

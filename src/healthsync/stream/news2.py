@@ -63,9 +63,12 @@ class News2Scores:
                 if previous is None or previous[1] <= reading.ts:
                     state[name] = (value, reading.ts, reading.reading_id)
             touched[reading.patient_id] = max(touched.get(reading.patient_id, 0.0), reading.ts)
-        for patient, now in touched.items():
-            cutoff = now - self.freshness_s
+        for patient, measured in touched.items():
             state = self.latest[patient]
+            # As of the newest value held: a batch holding only a late reading is scored
+            # with the newer values, and dated with them.
+            now = max((ts for _value, ts, _id in state.values()), default=measured)
+            cutoff = now - self.freshness_s
             fresh = {k: v for k, (v, ts, _) in state.items() if ts >= cutoff}
             sources = {k: state[k][2] for k in fresh}
             scale = self.scale_for(patient)
