@@ -21,9 +21,7 @@ class Membership:
 
     def joined(self) -> None:
         if self.path is not None:
-            temporary = self.path.with_suffix(".tmp")
-            temporary.write_bytes(b"")
-            temporary.replace(self.path)
+            self.path.touch()
 
     def left(self) -> None:
         if self.path is not None:
