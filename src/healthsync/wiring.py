@@ -28,7 +28,7 @@ from healthsync.stream.archiver import Archiver, Reporting, Source
 from healthsync.stream.contracts import Sink, Step
 from healthsync.stream.engine import AnomalyEngine
 from healthsync.stream.news2 import News2Scores
-from healthsync.stream.processor import Pipeline, Processor
+from healthsync.stream.processor import Pipeline, Processor, commit_failed
 from healthsync.stream.push import EhrPusher
 from healthsync.stream.rulebook import RuleBook
 from healthsync.stream.topics import KafkaTopicSink
@@ -90,6 +90,7 @@ def build_processor(settings: Settings) -> Processor:
             "session.timeout.ms": cfg.session_timeout_ms,
             "fetch.wait.max.ms": cfg.fetch_wait_ms,
             "heartbeat.interval.ms": max(cfg.session_timeout_ms // 3, 500),
+            "on_commit": commit_failed,
         },
     )
     producer = make_producer(settings.kafka)

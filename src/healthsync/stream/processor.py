@@ -24,7 +24,14 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from healthsync.config import Settings
 from healthsync.domain.batch import Batch
@@ -263,9 +270,16 @@ class Processor:
         )
 
     def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Commit without waiting for the broker: the next batch need not wait a round trip.
+
+        Redis, not Kafka, says what is stored, so a commit that fails or is still
+        under way when the process dies only replays batches the seen-check skips.
+        A failure is logged by :func:`commit_failed`, from the next ``consume()``;
+        closing the consumer waits for the commits still under way.
+        """
         partitions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         try:
-            self.consumer.commit(offsets=partitions, asynchronous=False)
+            self.consumer.commit(offsets=partitions, asynchronous=True)
         except KafkaException as exc:
             # e.g. a rebalance took the partition: its next owner replays the batch,
             # and the seen-check makes that safe.
@@ -287,3 +301,13 @@ class Processor:
         if idle:
             # Busy batches carry the stats in their own transaction; idle ones need a push.
             self._retry("publish stats", self.publish_stats)
+
+
+def commit_failed(error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+    """The consumer's ``on_commit``: log an asynchronous commit the broker refused."""
+    if error is not None:
+        # As with a synchronous failure: the next owner, or this process, replays.
+        log.warning(
+            "offset commit failed",
+            extra={"error": error.str(), "partitions": [p.partition for p in partitions]},
+        )
