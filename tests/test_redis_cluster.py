@@ -4,6 +4,7 @@ acknowledged reading once, also when one of them is killed with SIGKILL."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from healthsync.config import Settings
 from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading
 from healthsync.errors import StoreBehindError
+from healthsync.fhir.ids import fhir_id
 from healthsync.metrics import StatsRecorder
 from healthsync.names import RedisKeys
 from healthsync.redis_client import connect
@@ -178,3 +180,39 @@ def test_two_processors_store_each_reading_once_through_a_kill(
             device.close()
         client.close()
         pipeline.stop()
+
+
+def test_patients_who_left_are_removed_on_a_cluster(cluster_settings: Settings) -> None:
+    """A departure writes to each patient's group and to the FHIR store's shared keys."""
+    # The processor's steps and Redis sinks as its wiring builds them, run without Kafka.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from churn import Stages
+
+    settings = cluster_settings
+    settings.anomaly.forget_after_s = 3600
+    codec = Codec.from_settings(settings)
+    client = connect(settings.redis)
+    keys, now = codec.keys, time.time()
+    stages = Stages(settings, client, codec)
+    leaving = PATIENTS
+    assert len(nodes_of(client, keys, leaving)) == 3, "the patients' groups span every node"
+    stages.run(
+        Reading(
+            f"r{i}",
+            f"d{i}",
+            p,
+            now - 7200,
+            now - 7200,
+            {"heart_rate": 70.0},
+            patient={"mrn": f"M{i}"},
+        )
+        for i, p in enumerate(leaving)
+    )
+    patient_keys = [keys.fhir("Patient", fhir_id(p, codec.id_key)) for p in leaving]
+    assert all(client.exists(k) for k in patient_keys)
+
+    assert sorted(stages.run(now=now).departed) == sorted(leaving)
+    assert not any(client.exists(k) for k in patient_keys), "a departed patient's Patient stayed"
+    assert not any(client.exists(keys.latest(p)) for p in leaving)
+    assert client.zcard(keys.fhir_index("Patient")) == 0
+    client.close()

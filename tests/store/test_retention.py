@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from redis import Redis
@@ -20,6 +21,7 @@ from healthsync.domain.readings import Reading
 from healthsync.fhir.ids import fhir_id, observation_count
 from healthsync.security.codec import Codec
 from healthsync.store import retention
+from healthsync.store.records import Records
 
 # The steps and sinks as the processor wires them: bench/churn.py runs them too.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
@@ -142,3 +144,38 @@ def test_a_patient_quiet_for_an_hour_leaves_the_live_cache_and_comes_back_afresh
     assert [(e.type, e.alert.alert_id) for e in back.alert_events] == [
         ("resolved", offline.alert_id)
     ]
+
+
+def test_a_departed_patients_demographics_leave_the_live_cache_with_them(
+    settings: Settings, redis: Redis, codec: Codec
+) -> None:
+    settings.redis.history_retention_s = 3 * 3600
+    settings.anomaly.forget_after_s = 3600
+    keys, now = codec.keys, time.time()
+    stages = Stages(settings, redis, codec)
+    named = reading(1, "P-left", now - 7200)
+    named.patient.update({"patient_name": "Ada Lovelace", "mrn": "MRN-0001"})
+    stages.run([named])
+    stages.run([reading(2, "P-stays", now - 5)])
+
+    def patient_resource(patient: str) -> dict[str, Any] | None:
+        """The FHIR Patient the FHIR API serves, as the live cache holds it."""
+        fid = fhir_id(patient, codec.id_key)
+        in_index = redis.zscore(keys.fhir_index("Patient"), keys.fhir_member("Patient", fid))
+        stored = cast("bytes | None", redis.get(keys.fhir("Patient", fid)))
+        assert (stored is None) == (in_index is None), "the Patient index disagrees"
+        if stored is None:
+            return None
+        return Records(codec).decode_resource(keys.fhir("Patient", fid), stored)
+
+    before = patient_resource("P-left")
+    assert before is not None and before["name"][0]["text"] == "Ada Lovelace"
+    assert stages.run(now=now).departed == ["P-left"]
+
+    assert patient_resource("P-left") is None, "a departed patient's name and MRN stayed"
+    assert not redis.exists(keys.fhir_index("Patient", fhir_id("P-left", codec.id_key)))
+    assert patient_resource("P-stays") is not None, "a patient still sending lost theirs"
+    # Back, the patient is written again, with what their readings now say.
+    stages.run([reading(3, "P-left", now + 62)])
+    back = patient_resource("P-left")
+    assert back is not None and "name" not in back

@@ -38,7 +38,8 @@ class FhirResources:
     ``batch.alert_resources``: per alert event the alert's Communication and
     Flag. Which patients and devices were emitted, with what, is remembered;
     a patient or device not remembered is looked up in the store first (`load`)
-    so a restart does not overwrite a Patient with fewer demographics.
+    so a restart does not overwrite a Patient with fewer demographics. A patient
+    who left (``batch.departed``) is forgotten, as the store forgets their Patient.
     `id_key` (the codec's id key) keys the ``h-`` ids of patient and device
     ids that are no FHIR ids, and NEWS2 ids (see :func:`fhir_id`).
     """
@@ -67,6 +68,10 @@ class FhirResources:
     def process(self, batch: Batch) -> None:
         readings = batch.readings
         self._load_unknown(readings)  # the only part that can fail: before any change
+        for patient in batch.departed:
+            # The store removes their Patient: should they come back, it is written again.
+            self.patients.pop(patient, None)
+            self.news2.pop(patient, None)
         out = batch.observations
         self._patients_and_devices(readings, out)
         build = self.builder.build

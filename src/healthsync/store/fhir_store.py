@@ -9,7 +9,8 @@ Layout (see names.RedisKeys):
 - ``{p}:fhir:{type}:{id}``: the resource's JSON, for every other resource.
   NEWS2 Observations and RiskAssessments expire after the history retention; a Communication or Flag
   expires once its alert is over (completed, inactive), never while it is
-  open, so a long-open alert keeps its banner. Patient and Device never expire.
+  open, so a long-open alert keeps its banner. A Patient is removed when its
+  patient leaves (:mod:`healthsync.stream.devices`); Devices never expire.
 - ``{p}:fhir:index:{type}`` and ``{p}:fhir:index:{type}:{patient}``: sorted
   sets of ids scored by the resource's time (epoch seconds): effective time
   for an Observation, occurrence for a RiskAssessment, sent for a
@@ -250,7 +251,9 @@ class RedisFhirSink:
     def _expire_departed(self, pipe: Any, departed: list[str]) -> None:
         """Trim the windowed indexes of patients who left (see
         :mod:`healthsync.stream.devices`), and let what is left expire with the
-        retention: an index written before indexes expired has no expiry of its own."""
+        retention: an index written before indexes expired has no expiry of its own.
+        Their Patient goes at once: its demographics (name, MRN, address) serve no
+        one once the patient has left, and the archive keeps them."""
         keys, id_key = self.keys, self.records.codec.id_key
         now, retention_s = time.time(), self.settings.history_retention_s
         for patient in departed:
@@ -258,6 +261,9 @@ class RedisFhirSink:
             for kind in sorted(_WINDOWED):  # Observation's include the readings' indexes
                 for index in indexes_of(keys, kind, fid):
                     retention.trim(pipe, index.key, now, retention_s)
+            pipe.delete(keys.fhir("Patient", fid))  # one key a command: a cluster's slots
+            pipe.delete(keys.fhir_index("Patient", fid))
+            pipe.zrem(keys.fhir_index("Patient"), keys.fhir_member("Patient", fid))
 
     def _trim_alerts(
         self,
