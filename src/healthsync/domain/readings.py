@@ -81,7 +81,7 @@ def keyed_digest(basis: bytes, size: int, key: bytes | None) -> str:
 
 
 # The processor formats each reading's time four times (its Observations, their
-# Bundle, the FHIR store's index and record) at about 2 us each: remember a batch's.
+# Bundle, the FHIR store's index and record): remember a batch's.
 @lru_cache(maxsize=1 << 14)
 def isoformat_ms(epoch: float) -> str:
     """UTC ISO 8601 with millisecond precision and a `Z` suffix.
@@ -89,9 +89,15 @@ def isoformat_ms(epoch: float) -> str:
     Rounded to the millisecond, as reading ids and the archive keep it, so an
     Observation rebuilt from an archived reading shows the time it showed live.
     """
-    millis = round(epoch * 1000) / 1000
-    stamp = datetime.fromtimestamp(millis, tz=UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
+    seconds, millis = divmod(round(epoch * 1000), 1000)
+    return f"{_isoformat_s(seconds)}.{millis:03d}Z"
+
+
+# Ingest formats every reading's time once, and readings of the same second share all
+# but the milliseconds: a datetime per second, not per reading (about 4 us each).
+@lru_cache(maxsize=1 << 12)
+def _isoformat_s(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).replace(tzinfo=None).isoformat()
 
 
 @dataclass(frozen=True, slots=True)
