@@ -10,7 +10,7 @@ from redis import Redis
 
 from healthsync.stack import Service
 from healthsync.supervisor import Pipeline
-from tests.api.test_auth import AuthApi
+from tests.api.auth_client import AuthApi
 from tests.conftest import Credentials, Device, make_settings, wait_for
 
 

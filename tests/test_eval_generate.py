@@ -14,7 +14,7 @@ from healthsync.domain.readings import Reading
 from healthsync.evaluation.generate import EPOCH, Dataset, generate, warning_bands
 from healthsync.evaluation.physiology import Patient
 from healthsync.evaluation.scenario import EPISODE_VITAL, load_scenario
-from tests.test_eval import TINY_TOML, VITALS_TOML, write
+from tests.eval_cases import TINY_TOML, VITALS_TOML, write
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ from redis import Redis
 from healthsync.config import CryptoSettings, Settings
 from healthsync.security.codec import Codec
 from healthsync.security.crypto import Keyring
-from tests.api.test_auth import ALERT_ID
+from tests.api.auth_client import ALERT_ID
 
 
 def seal_with_a_foreign_key(settings: Settings, client: Redis, directory: Path) -> None:
     """Overwrite P-AUTH-2's latest vitals and NEWS2 score, and the open alert seeded by
-    :func:`tests.api.test_auth.seed`, with values sealed under another keyring."""
+    :func:`tests.api.auth_client.seed`, with values sealed under another keyring."""
     foreign = directory / "foreign.json"
     Keyring.generate().save(foreign)
     stranger = Codec.from_settings(

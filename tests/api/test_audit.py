@@ -34,8 +34,8 @@ from healthsync.errors import ConfigError
 from healthsync.security.codec import Codec
 from healthsync.stack import Service
 from healthsync.store.records import Records
+from tests.api.auth_client import seed
 from tests.api.foreign import seal_with_a_foreign_key
-from tests.api.test_auth import seed
 from tests.conftest import Credentials, clear_prefix, make_settings
 
 

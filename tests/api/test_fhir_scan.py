@@ -1,7 +1,7 @@
 """What one filtered FHIR search may cost: a bounded scan per page, decrypted off the event loop.
 
 The reader behind /fhir runs here in-process over a real redis-server, seeded
-as in test_fhir_api (161 Observations of two patients), with a small scan limit
+as in tests/api/fhir_seed.py (161 Observations of two patients), with a small scan limit
 so that a search's window is larger than one page may scan.
 """
 
@@ -24,7 +24,7 @@ from healthsync.stack import Service
 from healthsync.store.fhir_order import Window
 from healthsync.store.fhir_queries import FhirReader, Page, Search
 from healthsync.store.records import Records
-from tests.api.test_fhir_api import HR, LOINC, Seed, at, seed_resources
+from tests.api.fhir_seed import HR, LOINC, Seed, at, seed_resources
 from tests.conftest import clear_prefix, make_settings
 
 SCAN_LIMIT = 40

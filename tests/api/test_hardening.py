@@ -30,7 +30,7 @@ from healthsync.stack import Service, free_port
 from healthsync.store.fhir_store import RedisFhirSink
 from healthsync.store.live import RedisLiveSink
 from healthsync.store.records import Records
-from tests.api.test_auth import AuthApi, serving
+from tests.api.auth_client import AuthApi, serving
 from tests.conftest import Credentials, make_settings
 
 BASE_URL = "https://healthsync.ward.example:8443"

@@ -25,8 +25,8 @@ from healthsync.api.services import ApiServices
 from healthsync.config import Settings
 from healthsync.security.crypto import DecryptError
 from healthsync.stack import Service
+from tests.api.auth_client import seed
 from tests.api.foreign import seal_with_a_foreign_key
-from tests.api.test_auth import seed
 from tests.conftest import Credentials, clear_prefix, make_settings
 
 # How long a held list waits for /healthz before it gives up (only reached on failure).

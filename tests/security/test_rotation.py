@@ -12,7 +12,7 @@ from healthsync.security.codec import Codec
 from healthsync.security.crypto import Keyring, key_id_of
 from healthsync.security.rotation import seal_counts
 from healthsync.stack import Service
-from tests.api.test_auth import serving
+from tests.api.auth_client import serving
 from tests.conftest import Credentials, make_settings
 
 LIMIT = 64

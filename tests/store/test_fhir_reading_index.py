@@ -28,7 +28,7 @@ from healthsync.store.fhir_order import Window
 from healthsync.store.fhir_queries import FhirReader, Page, Search
 from healthsync.store.fhir_store import RedisFhirSink
 from healthsync.store.records import Records
-from tests.api.test_fhir_api import Seed
+from tests.api.fhir_seed import Seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 from healthsync.domain.alerts import AlertEvent
 from healthsync.domain.readings import Reading
 from healthsync.domain.rules import AnomalySettings
-from tests.stream.test_engine import NORMAL, T0, Run, kinds, reading, series
+from tests.stream.engine_cases import NORMAL, T0, Run, kinds, reading, series
 
 
 def opened(events: list[AlertEvent]) -> list[tuple[str, float]]:

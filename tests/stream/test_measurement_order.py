@@ -7,8 +7,8 @@ from dataclasses import replace
 
 from healthsync.domain.alerts import AlertEvent
 from healthsync.domain.readings import Reading
+from tests.stream.engine_cases import T0, Run, reading
 from tests.stream.test_alarm_rules import opened, restarted
-from tests.stream.test_engine import T0, Run, reading
 
 
 def spo2(t: float, value: float, arrives: float | None = None) -> Reading:

@@ -14,8 +14,8 @@ from dataclasses import replace
 
 from healthsync.domain.alerts import AlertEvent
 from healthsync.domain.readings import Reading
+from tests.stream.engine_cases import Run, reading
 from tests.stream.test_alarm_rules import opened
-from tests.stream.test_engine import Run, reading
 
 
 def minute_monitor(t: float, spo2: float, resp_rate: float = 15) -> Reading:

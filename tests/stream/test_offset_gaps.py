@@ -35,7 +35,7 @@ from healthsync.stack import Service
 from healthsync.stream.processor import Processor
 from healthsync.wiring import build_archiver, build_processor, build_pusher
 from tests.conftest import make_settings, wait_for
-from tests.fhir.test_ehr_push import FakeEhr
+from tests.fhir.fake_ehr import FakeEhr
 from tests.stream.test_archiver import archive_settings, archived_ids, produce
 from tests.stream.test_archiver import readings as past_readings
 

@@ -2,7 +2,7 @@
 delays only the push, never the live pipeline.
 
 `FakeEhr` stands in for the EHR's FHIR server (a real one cannot run here; see
-tests/stream/test_ehr_push.py).
+tests/fhir/fake_ehr.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from healthsync.stack import Service
 from healthsync.stream.push import resources_in
 from healthsync.supervisor import Pipeline
 from tests.conftest import Credentials, Device, make_settings, wait_for
-from tests.fhir.test_ehr_push import Canned, FakeEhr
+from tests.fhir.fake_ehr import Canned, FakeEhr
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from typing import Any
 
 from healthsync.domain.alerts import AlertEvent
 from healthsync.domain.rules import AnomalySettings
+from tests.stream.engine_cases import T0, Run, reading
 from tests.stream.test_alarm_rules import opened
-from tests.stream.test_engine import T0, Run, reading
 
 CUFF_S = 900  # a cuff cycling every 15 minutes
 

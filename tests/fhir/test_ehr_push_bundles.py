@@ -1,0 +1,170 @@
+"""The EHR push sink against a FHIR endpoint served over real HTTP (`FakeEhr`,
+tests/fhir/fake_ehr.py): the transaction Bundles it sends, how replays,
+updates and references land in the EHR, its headers and its logs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from healthsync.config import FhirSettings
+from healthsync.domain.batch import Batch
+from healthsync.errors import ConfigError
+from healthsync.fhir.ehr_push import EhrPushSink, full_url, transaction_bundle
+from healthsync.fhir.observations import observations_for, reading_bundle
+from healthsync.fhir.terminology import READING_ID_SYSTEM
+from healthsync.stream.contracts import Sink
+from tests.fhir.fake_ehr import FakeEhr, SinkFactory, batch_of, ehr, make_sink, outcome, reading
+
+__all__ = ["ehr", "make_sink"]  # fixtures, used by name
+
+
+def test_sends_transaction_bundles_of_at_most_the_configured_size(
+    ehr: FakeEhr, make_sink: SinkFactory
+) -> None:
+    sink: Sink = make_sink(ehr_batch_size=4)  # what the processor sees
+    batch = batch_of(*(reading(n) for n in range(5)))  # 10 Observations
+    sink.write(batch)
+    assert ehr.received == []  # write only collects
+    sink.flush()
+
+    assert [len(r.bundle["entry"]) for r in ehr.received] == [4, 4, 2]
+    assert {r.bundle["type"] for r in ehr.received} == {"transaction"}
+    entry = ehr.received[0].bundle["entry"][0]
+    assert entry["request"] == {
+        "method": "POST",
+        "url": "Observation",
+        "ifNoneExist": f"identifier={READING_ID_SYSTEM}|r0000/heart_rate",
+    }
+    assert entry["fullUrl"].startswith("urn:uuid:")
+    assert entry["fullUrl"] == full_url(batch.observations[0][1])
+    assert entry["resource"]["valueQuantity"]["value"] == 78
+    assert len(ehr.by_identifier("Observation")) == 10
+
+
+def test_a_readings_bundle_is_pushed_as_its_observations(
+    ehr: FakeEhr, make_sink: SinkFactory
+) -> None:
+    batch = Batch([reading(1)])
+    batch.observations.append(("P-1001", reading_bundle(reading(1), observations_for(reading(1)))))
+    sink = make_sink()
+    sink.write(batch)
+    sink.flush()
+    [request] = ehr.received
+    assert [e["resource"]["resourceType"] for e in request.bundle["entry"]] == ["Observation"] * 2
+    assert len(ehr.by_identifier("Observation")) == 2
+
+
+def test_full_urls_are_deterministic_and_distinct() -> None:
+    resources = [o for n in range(3) for o in observations_for(reading(n))]
+    first = [e["fullUrl"] for e in transaction_bundle(resources)["entry"]]
+    again = [e["fullUrl"] for e in transaction_bundle(resources)["entry"]]
+    assert first == again
+    assert len(set(first)) == len(resources)
+
+
+def test_a_replayed_batch_creates_nothing_twice(ehr: FakeEhr, make_sink: SinkFactory) -> None:
+    batch = batch_of(reading(1), reading(2))
+    sink = make_sink()
+    sink.write(batch)
+    sink.write(batch)  # the processor retried write: still one copy of each
+    sink.flush()
+    assert len(ehr.received[0].bundle["entry"]) == 4
+    # After a crash another processor replays the same batch.
+    replay = make_sink()
+    replay.write(batch)
+    replay.flush()
+
+    assert len(ehr.resources) == 4
+    replayed = ehr.answered[1].body
+    assert replayed is not None
+    assert [e["response"]["status"] for e in replayed["entry"]] == ["200 OK"] * 4
+
+
+def test_resources_without_an_identifier_are_put_by_id_so_changes_reach_the_ehr(
+    ehr: FakeEhr, make_sink: SinkFactory
+) -> None:
+    flag = {
+        "resourceType": "Flag",
+        "id": "a1",
+        "status": "active",
+        "code": {"text": "Heart rate outside high (warning)"},
+        "subject": {"reference": "Patient/P-1001"},
+    }
+    sink = make_sink()
+    sink.add([flag])
+    sink.flush()
+    sink.add([{**flag, "status": "inactive"}])
+    sink.flush()
+    assert ehr.received[0].bundle["entry"][0]["request"] == {"method": "PUT", "url": "Flag/a1"}
+    assert list(ehr.resources) == ["Flag/a1"]
+    assert ehr.resources["Flag/a1"]["status"] == "inactive"
+
+
+def test_references_within_a_bundle_follow_the_ids_the_ehr_assigns(
+    ehr: FakeEhr, make_sink: SinkFactory
+) -> None:
+    ehr.check_references = True
+    patient = {
+        "resourceType": "Patient",
+        "id": "P-1001",
+        "identifier": [{"system": "urn:oid:2.16.840.1.113883.19.5", "value": "MRN-7"}],
+    }
+    device = {"resourceType": "Device", "id": "mon-0001"}
+    sink = make_sink()
+    sink.add([patient, device, *observations_for(reading(1))])
+    sink.flush()
+
+    (stored_patient,) = ehr.by_identifier("Patient").values()
+    assert stored_patient["id"] != "P-1001"  # the EHR chose the id of the created Patient
+    observations = ehr.by_identifier("Observation").values()
+    assert len(observations) == 2
+    for observation in observations:
+        assert observation["subject"] == {"reference": f"Patient/{stored_patient['id']}"}
+        assert observation["device"] == {"reference": "Device/mon-0001"}
+
+
+def test_sends_the_configured_headers(ehr: FakeEhr, make_sink: SinkFactory) -> None:
+    sink = make_sink(ehr_headers={"Authorization": "Bearer s3cret"})
+    sink.write(batch_of(reading(1)))
+    sink.flush()
+    headers = {k.lower(): v for k, v in ehr.received[0].headers.items()}
+    assert headers["authorization"] == "Bearer s3cret"
+    assert headers["content-type"] == "application/fhir+json"
+    assert headers["accept"] == "application/fhir+json"
+
+
+def test_logs_counts_only(
+    ehr: FakeEhr, make_sink: SinkFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    ehr.fail(503, body=outcome("busy", "transient"))
+    sink = make_sink()
+    sink.write(batch_of(reading(1, patient_id="P-SECRET")))
+    with caplog.at_level(logging.INFO, logger="healthsync.fhir.ehr_push"):
+        sink.flush()
+    info = [r for r in caplog.records if r.levelno == logging.INFO]
+    assert len(info) == 1
+    counts = vars(info[0])
+    assert (counts["bundles"], counts["resources_created"], counts["resources_existing"]) == (
+        1,
+        2,
+        0,
+    )
+    for record in caplog.records:
+        text = record.getMessage() + repr(vars(record))
+        assert "P-SECRET" not in text and "r0001" not in text
+
+
+def test_an_empty_flush_sends_nothing(ehr: FakeEhr, make_sink: SinkFactory) -> None:
+    sink = make_sink()
+    sink.write(Batch([]))
+    sink.flush()
+    assert ehr.received == []
+
+
+def test_off_without_a_base_url() -> None:
+    assert FhirSettings().ehr_base_url is None
+    with pytest.raises(ConfigError, match="FHIR base URL"):
+        EhrPushSink(FhirSettings())

@@ -1,0 +1,154 @@
+"""The EHR push sink against a FHIR endpoint served over real HTTP (`FakeEhr`,
+tests/fhir/fake_ehr.py) when the EHR fails: retries, timeouts, Retry-After,
+giving up, rejected Bundles and entries, and diagnostics without patient data.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from healthsync.config import FhirSettings
+from healthsync.fhir.ehr_push import EhrPushError, EhrPushSink
+from healthsync.stack import free_port
+from tests.fhir.fake_ehr import (
+    FAST,
+    Canned,
+    FakeEhr,
+    SinkFactory,
+    batch_of,
+    ehr,
+    make_sink,
+    outcome,
+    reading,
+)
+
+__all__ = ["ehr", "make_sink"]  # fixtures, used by name
+
+
+def test_retries_503_then_succeeds(ehr: FakeEhr, make_sink: SinkFactory) -> None:
+    ehr.fail(503, times=2, body=outcome("database restarting", "transient"))
+    sink = make_sink(ehr_max_attempts=3)
+    sink.write(batch_of(reading(1)))
+    sink.flush()
+    assert len(ehr.received) == 3
+    assert len(ehr.by_identifier("Observation")) == 2
+
+
+def test_a_timeout_is_retried(ehr: FakeEhr, make_sink: SinkFactory) -> None:
+    ehr.delays.append(0.5)
+    sink = make_sink(ehr_timeout_s=0.2, ehr_max_attempts=2)
+    sink.write(batch_of(reading(1)))
+    sink.flush()
+    assert len(ehr.received) == 2
+    # The EHR runs the timed-out request too, late: conditional create keeps one copy.
+    deadline = time.monotonic() + 5
+    while len(ehr.answered) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(ehr.answered) == 2
+    assert len(ehr.by_identifier("Observation")) == 2
+
+
+def test_retry_after_is_honoured(ehr: FakeEhr, make_sink: SinkFactory) -> None:
+    ehr.fail(429, headers={"Retry-After": "1"})
+    sink = make_sink(backoff={"backoff_base_s": 0.001, "backoff_max_s": 2.0})
+    sink.write(batch_of(reading(1)))
+    sink.flush()
+    waited = ehr.received[1].at - ehr.received[0].at
+    assert 0.95 <= waited < 2.0
+
+
+def test_retry_after_is_capped_by_the_maximum_backoff(ehr: FakeEhr, make_sink: SinkFactory) -> None:
+    ehr.fail(503, headers={"Retry-After": "3600"})
+    sink = make_sink(backoff={"backoff_base_s": 0.001, "backoff_max_s": 0.1})
+    sink.write(batch_of(reading(1)))
+    sink.flush()
+    assert ehr.received[1].at - ehr.received[0].at < 1.0
+
+
+def test_gives_up_after_max_attempts(ehr: FakeEhr, make_sink: SinkFactory) -> None:
+    ehr.fail(503, times=10)
+    sink = make_sink(ehr_max_attempts=3)
+    sink.write(batch_of(reading(1)))
+    with pytest.raises(EhrPushError, match=r"gave up after 3 attempts.*503") as caught:
+        sink.flush()
+    assert caught.value.status == 503
+    assert len(ehr.received) == 3
+
+
+def test_an_unreachable_ehr_raises_after_max_attempts() -> None:
+    settings = FhirSettings(ehr_base_url=f"http://127.0.0.1:{free_port()}/fhir", ehr_max_attempts=2)
+    with EhrPushSink(settings, **FAST) as sink:
+        sink.write(batch_of(reading(1)))
+        with pytest.raises(EhrPushError, match=r"gave up after 2 attempts.*ConnectError"):
+            sink.flush()
+
+
+def test_400_raises_at_once_with_the_diagnostics_and_no_patient_data(
+    ehr: FakeEhr, make_sink: SinkFactory
+) -> None:
+    ehr.fail(400, body=outcome("Observation.code: unknown LOINC code", "code-invalid"))
+    sink = make_sink(ehr_max_attempts=5)
+    sink.write(batch_of(reading(1, patient_id="P-SECRET")))
+    with pytest.raises(EhrPushError) as caught:
+        sink.flush()
+    message = str(caught.value)
+    assert "HTTP 400" in message
+    assert "error code-invalid: Observation.code: unknown LOINC code" in message
+    assert "P-SECRET" not in message and "r0001" not in message
+    assert caught.value.status == 400
+    assert len(ehr.received) == 1  # not retried
+
+
+def test_diagnostics_that_echo_what_was_sent_are_scrubbed(
+    ehr: FakeEhr, make_sink: SinkFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An EHR may quote the offending resource back: its identifiers never reach the log."""
+    echo = "Patient P-SECRET-77 (device mon-secret-9, reading r0001): subject not found"
+    ehr.fail(503, body=outcome(echo), times=1)
+    ehr.fail(422, body=outcome(echo), times=1)
+    sink = make_sink(ehr_max_attempts=3)
+    sink.write(batch_of(reading(1, patient_id="P-SECRET-77", device_id="mon-secret-9")))
+    with caplog.at_level(logging.DEBUG), pytest.raises(EhrPushError) as caught:
+        sink.flush()
+    told = str(caught.value) + " ".join(
+        str(getattr(r, "error", "")) + r.getMessage() for r in caplog.records
+    )
+    assert "subject not found" in told, "the diagnostics are still there"
+    for secret in ("P-SECRET-77", "mon-secret-9", "r0001"):
+        assert secret not in told, secret
+
+
+def test_a_failed_entry_in_the_transaction_response_raises(
+    ehr: FakeEhr, make_sink: SinkFactory
+) -> None:
+    failed = {
+        "status": "422 Unprocessable Entity",
+        "outcome": outcome("vs-2: value or dataAbsentReason required"),
+    }
+    ok = {"status": "201 Created"}
+    reply = {"resourceType": "Bundle", "type": "transaction-response"}
+    ehr.fail(200, body={**reply, "entry": [{"response": ok}, {"response": failed}]})
+    sink = make_sink()
+    sink.write(batch_of(reading(1)))
+    with pytest.raises(EhrPushError, match=r"entry 1 .* 422: error invalid: vs-2"):
+        sink.flush()
+
+
+def test_flush_sends_everything_or_raises_and_the_retry_completes(
+    ehr: FakeEhr, make_sink: SinkFactory
+) -> None:
+    sink = make_sink(ehr_batch_size=2, ehr_max_attempts=1)
+    batch = batch_of(reading(1), reading(2), reading(3))  # 6 Observations, 3 Bundles
+    ehr.canned = [None, Canned(500)]  # the first Bundle goes through, the second fails
+    sink.write(batch)
+    with pytest.raises(EhrPushError, match="HTTP 500"):
+        sink.flush()
+    assert len(ehr.by_identifier("Observation")) == 2
+    # The processor retries the whole batch: write again, flush again.
+    sink.write(batch)
+    sink.flush()
+    assert len(ehr.by_identifier("Observation")) == 6
+    assert len(ehr.resources) == 6

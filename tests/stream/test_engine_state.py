@@ -1,0 +1,124 @@
+"""The anomaly engine's device offline alerts, per-patient rules, and state that survives
+a restart; alert ids and replays are deterministic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from healthsync.domain.alerts import AlertEvent
+from healthsync.domain.rules import AnomalySettings, PatientRules
+from healthsync.stream.replay import replay
+from tests.stream.engine_cases import T0, Run, kinds, reading
+
+
+def test_device_offline_and_back() -> None:
+    run = Run()
+    for t in range(0, 30, 5):
+        run.send(reading(t, device="mon-9", heart_rate=70))
+    assert run.send(now=45) == [], "15 s of silence is within the 30 s minimum"
+    [offline] = run.send(now=70)
+    alert = offline.alert
+    assert (alert.kind, alert.category, alert.device_id) == (
+        "device_offline:mon-9",
+        "technical",
+        "mon-9",
+    )
+    assert run.send(now=80) == [], "one offline alert per episode"
+    events = run.send(reading(90, device="mon-9", heart_rate=71))
+    assert [(e.type, e.alert.alert_id) for e in events] == [("resolved", alert.alert_id)]
+
+
+def test_scale_2_patient_on_target_raises_nothing() -> None:
+    settings = AnomalySettings(patients={"P-COPD": PatientRules(spo2_scale=2)})
+    run = Run(settings)
+    events: list[AlertEvent] = []
+    for t in range(0, 60, 10):
+        events += run.send(reading(t, "P-COPD", spo2=89), reading(t, "P-2", spo2=89))
+    assert {e.alert.patient_id for e in events} == {"P-2"}
+
+
+def test_rules_set_through_the_store_take_effect_after_refresh() -> None:
+    stored: dict[str, PatientRules] = {}
+    run = Run(load_rules=lambda patients: {p: stored[p] for p in patients if p in stored})
+    run.book.max_age_s = 0
+    stored["P-1"] = PatientRules.model_validate({"bands": {"heart_rate": {"high": 100}}})
+    run.send(reading(0, heart_rate=110))
+    assert kinds(run.send(reading(20, heart_rate=110))) == [
+        ("opened", "threshold:heart_rate", "warning")
+    ]
+
+
+def test_state_survives_a_restart_mid_persistence() -> None:
+    store: dict[str, dict[str, Any]] = {}
+    first = Run(load_states=lambda ps: {p: store[p] for p in (ps or store) if p in store})
+    assert first.send(reading(0, spo2=88)) == []
+    store.update(first.states)
+
+    second = Run(load_states=lambda ps: {p: store[p] for p in (ps or store) if p in store})
+    [opened] = second.send(reading(15, spo2=88))
+    assert opened.alert.window_s == 15, "the persistence timer started before the restart"
+
+
+def test_open_alerts_reload_after_a_restart_neither_duplicated_nor_forgotten() -> None:
+    store: dict[str, dict[str, Any]] = {}
+    first = Run()
+    first.send(reading(-10, spo2=82), reading(-5, spo2=82))
+    [opened] = first.send(reading(0, spo2=82))
+    store.update(first.states)
+    second = Run(
+        load_states=lambda ps: {p: store[p] for p in (ps or store) if p in store},
+        load_open=lambda: [opened.alert],
+    )
+    assert second.send(reading(5, spo2=82)) == []
+    second.send(reading(10, spo2=97))
+    [resolved] = second.send(reading(45, spo2=97))
+    assert resolved.alert.alert_id == opened.alert.alert_id
+
+
+def test_only_owned_partitions_are_loaded_and_watched() -> None:
+    mine = {"partition": 1, "devices": {"d1": [T0, 5.0, 5]}}
+    theirs = {"partition": 2, "devices": {"d2": [T0, 5.0, 5]}}
+    store = {"P-1": mine, "P-2": theirs}
+    run = Run(load_states=lambda ps: {p: store[p] for p in (ps or store)})
+    run.engine.on_assign([1])
+    events = run.send(now=100)
+    assert [(e.alert.patient_id, e.alert.kind) for e in events] == [("P-1", "device_offline:d1")]
+
+
+def test_alert_ids_are_deterministic_for_replays() -> None:
+    same = [reading(t, spo2=82, patient="P-9") for t in (0, 5, 10)]
+
+    def opened() -> str:
+        return Run().send(*same)[0].alert.alert_id
+
+    assert opened() == opened()
+
+
+def test_replay_runs_the_whole_engine_over_readings() -> None:
+    readings = [reading(t, device="d7", spo2=97) for t in range(0, 60, 5)]
+    readings += [reading(t, device="d7", spo2=84) for t in range(120, 140, 5)]
+    events = replay(readings)
+    assert [(e.type, e.alert.kind) for e in events] == [
+        ("opened", "device_offline:d7"),
+        ("resolved", "device_offline:d7"),
+        ("opened", "threshold:spo2"),
+    ]
+
+
+def test_a_monitor_moved_to_another_patient_leaves_no_offline_alert_behind() -> None:
+    run = Run()
+    for t in range(0, 30, 5):
+        run.send(reading(t, "P-1", device="mon-1", heart_rate=70))
+    [offline] = run.send(now=70)
+    assert (offline.alert.patient_id, offline.alert.kind) == ("P-1", "device_offline:mon-1")
+    events = run.send(reading(90, "P-2", device="mon-1", heart_rate=80))
+    assert [(e.type, e.alert.alert_id) for e in events] == [("resolved", offline.alert.alert_id)]
+    assert "mon-1" not in run.states["P-1"]["devices"], "the old patient's state forgets it"
+    # Moved before it was missed: nothing opens for the old patient later either.
+    for t in range(0, 30, 5):
+        run.send(reading(t, "P-3", device="mon-2", heart_rate=70))
+    events = []
+    for t in range(30, 200, 5):
+        events += run.send(reading(t, "P-4", device="mon-2", heart_rate=70))
+        events += run.send(reading(t, "P-2", device="mon-1", heart_rate=80), now=t)
+    assert events == []

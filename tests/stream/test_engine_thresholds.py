@@ -1,0 +1,96 @@
+"""The anomaly engine's threshold alerts: persistence, hysteresis, escalation, and
+resolving."""
+
+from __future__ import annotations
+
+from healthsync.domain.rules import AnomalySettings
+from tests.stream.engine_cases import T0, Run, kinds, reading, series
+
+
+def test_a_warning_opens_only_once_it_persists() -> None:
+    run = Run(AnomalySettings(persist_s=15))
+    assert run.send(reading(0, spo2=88)) == [], "one low sample is not an alarm yet"
+    assert run.send(reading(10, spo2=88)) == [], "10 s is shorter than the 15 s persistence"
+    [opened] = run.send(reading(15, spo2=87))
+    alert = opened.alert
+    assert (opened.type, alert.kind, alert.severity) == ("opened", "threshold:spo2", "warning")
+    assert (alert.opened_at, alert.window_s, alert.value) == (T0 + 15, 15, 87)
+    assert alert.evidence == [(T0, 88), (T0 + 10, 88), (T0 + 15, 87)]
+    assert "spo2 < 90 %" in alert.rule and "15 s" in alert.rule
+
+
+def test_a_condition_that_clears_while_pending_starts_over() -> None:
+    run = Run()
+    run.send(reading(0, spo2=88))
+    run.send(reading(10, spo2=93))
+    assert run.send(reading(16, spo2=88)) == [], "the earlier sample no longer counts"
+    assert kinds(run.send(reading(31, spo2=88))) == [("opened", "threshold:spo2", "warning")]
+
+
+def test_a_critical_value_opens_once_confirmed_and_a_worse_value_escalates_in_place() -> None:
+    run = Run()
+    run.send(reading(0, heart_rate=125))
+    [warning] = run.send(reading(20, heart_rate=128))
+    assert run.send(reading(25, heart_rate=150)) == [], "one critical sample is not confirmed"
+    assert run.send(reading(30, heart_rate=150)) == []
+    [escalated] = run.send(reading(35, heart_rate=150))
+    assert escalated.type == "escalated"
+    assert escalated.alert.alert_id == warning.alert.alert_id
+    assert escalated.alert.severity == "critical"
+    assert run.send(reading(40, heart_rate=128)) == [], "severity does not drop while open"
+
+    other = Run()
+    assert other.send(reading(0, spo2=82), reading(5, spo2=82)) == []
+    [critical] = other.send(reading(10, spo2=82))
+    assert (critical.type, critical.alert.severity, critical.alert.window_s) == (
+        "opened",
+        "critical",
+        10,
+    )
+
+
+def test_resolving_needs_the_margin_and_the_hold_time() -> None:
+    run = Run()
+    run.send(reading(-10, spo2=84), reading(-5, spo2=84))
+    [opened] = run.send(reading(0, spo2=84))
+    assert run.send(reading(5, spo2=90)) == [], "at the limit is not back inside by the margin"
+    assert run.send(reading(10, spo2=93)) == []
+    assert run.send(reading(25, spo2=94)) == [], "inside for 15 s only"
+    assert run.send(reading(30, spo2=91)) == [], "dipped into the margin: the hold restarts"
+    assert run.send(reading(35, spo2=94)) == []
+    [resolved] = run.send(reading(65, spo2=95))
+    assert (resolved.type, resolved.alert.alert_id) == ("resolved", opened.alert.alert_id)
+    assert resolved.alert.resolved_at == T0 + 65
+    assert opened.alert.status == "open", "events keep a snapshot of the alert as it was"
+
+
+def test_a_critical_alert_resolves_only_once_the_value_is_back_inside() -> None:
+    run = Run(AnomalySettings(persist_s=0, persist_readings=1))
+    events = [e for t in range(0, 120, 5) for e in run.send(reading(t, heart_rate=145))]
+    assert kinds(events) == [
+        ("opened", "threshold:heart_rate", "warning"),
+        ("escalated", "threshold:heart_rate", "critical"),
+    ]
+    events = [e for t in range(120, 200, 5) for e in run.send(reading(t, heart_rate=80))]
+    [resolved] = events
+    assert (resolved.type, resolved.alert.resolved_at) == ("resolved", T0 + 150)
+
+
+def test_a_critical_value_needs_confirmation_but_not_the_monitors_delay() -> None:
+    run = Run()
+    # A fall of 6 points: no more than SpO2 can move in 5 s, so no artefact hold applies.
+    assert series(run, 0, 5, [90, 84, 84]) == [], "critical for 5 s: not yet confirmed"
+    [opened] = series(run, 15, 5, [83])
+    assert (opened.alert.severity, opened.alert.opened_at) == ("critical", T0 + 15)
+    assert opened.alert.window_s == 10
+    assert "confirmed over 10 s" in opened.alert.rule
+
+
+def test_persistence_allows_for_the_timing_jitter_of_a_devices_samples() -> None:
+    run = Run()
+    series(run, -20, 5, [93, 93, 93, 93])  # the device's usual interval: 5 s
+    events = [e for t in (0, 5.1, 9.8) for e in run.send(reading(t, spo2=88))]
+    [opened] = events
+    assert opened.alert.opened_at == T0 + 9.8, "10 s of a 5 s monitor's samples, give or take"
+    slow = Run()
+    assert [e for t in (0, 4, 8) for e in slow.send(reading(t, spo2=88))] == []

@@ -1,0 +1,86 @@
+"""The anomaly engine's trends and baselines: a vital moving fast, or far from the
+patient's own usual value, and the noise and recoveries that are neither."""
+
+from __future__ import annotations
+
+import math
+import random
+
+from healthsync.domain.alerts import AlertEvent
+from healthsync.domain.rules import AnomalySettings
+from tests.stream.engine_cases import T0, Run, kinds, reading, series
+
+
+def test_a_falling_spo2_trend_alerts_before_any_threshold() -> None:
+    run = Run()
+    # Steady at 98 for a minute: a level, not one sample, is what the fall is measured from.
+    events = series(run, -60, 20, [98, 98, 98])
+    for i, value in enumerate([98, 98, 97, 97, 96, 96, 95, 94, 94, 93, 93, 93]):
+        events += run.send(reading(i * 20, spo2=value))
+    assert kinds(events) == [("opened", "trend:spo2_fall", "warning")]
+    alert = events[0].alert
+    assert "fell" in alert.rule and "within 300 s" in alert.rule
+    assert alert.opened_at <= T0 + 200, "found while SpO2 is still above 90"
+
+
+def test_a_rising_heart_rate_trend() -> None:
+    run = Run()
+    events: list[AlertEvent] = []
+    for i in range(40):
+        events += run.send(reading(i * 15, heart_rate=70 + i))
+    assert ("opened", "trend:heart_rate_rise", "warning") in kinds(events)
+    assert not [e for e in events if e.alert.kind.startswith("threshold")]
+
+
+def test_recovering_from_bradycardia_is_not_a_rising_trend() -> None:
+    run = Run()
+    values = [70] * 4 + [42, 40, 38, 38, 38, 40, 44, 50, 56, 62, 66, 70, 70, 70, 70, 70]
+    events = [e for i, v in enumerate(values) for e in run.send(reading(i * 15, heart_rate=v))]
+    assert [e.alert.kind for e in events if e.type == "opened"] == ["threshold:heart_rate"]
+
+
+def test_a_trend_adds_nothing_while_the_threshold_alert_is_open() -> None:
+    run = Run()
+    events = run.send(reading(0, spo2=84))  # critical, opens at once
+    for i, value in enumerate([83, 82, 80, 79, 79, 79]):
+        events += run.send(reading(5 + i * 10, spo2=value))
+    assert [e.alert.kind for e in events if e.type == "opened"] == ["threshold:spo2"]
+
+
+def test_deviation_from_the_patients_own_baseline() -> None:
+    run = Run()
+    events: list[AlertEvent] = []
+    for i in range(40):
+        events += run.send(reading(i * 30, heart_rate=58 + i % 3))
+    assert events == []
+    # 95/min is normal for a population, but 35 above this patient's usual ~59.
+    # The rise is fast enough to be caught by the trend rule too; suppress that here.
+    for i in range(5):
+        events += run.send(reading(1200 + i * 10, heart_rate=95))
+    assert [e.alert.kind for e in events if e.type == "opened"][-1:] in (
+        ["baseline:heart_rate"],
+        ["trend:heart_rate_rise"],
+    )
+    quiet = Run(AnomalySettings(trends=()))
+    for i in range(40):
+        quiet.send(reading(i * 30, heart_rate=58 + i % 3))
+    opened = [e for i in range(5) for e in quiet.send(reading(1200 + i * 10, heart_rate=95))]
+    assert kinds(opened) == [("opened", "baseline:heart_rate", "warning")]
+    assert "baseline" in opened[0].alert.rule
+
+
+def test_stable_noise_at_15_s_samples_is_no_trend() -> None:
+    # Ten stable patients for 3 h: SpO2 wanders slowly (sd 0.7, 10 min time constant)
+    # around 96, each 15 s sample with measurement noise (sd 0.8).
+    rng = random.Random(7)
+    keep = math.exp(-15 / 600)
+    opened = []
+    for patient in range(10):
+        run = Run(AnomalySettings(baselines=(), news2_alerts=False))
+        wander, values = 0.0, []
+        for _ in range(3 * 240):
+            wander = wander * keep + rng.gauss(0, 0.7 * math.sqrt(1 - keep**2))
+            values.append(round(96 + wander + rng.gauss(0, 0.8)))
+        events = series(run, 0, 15, values)
+        opened += [(patient, e.alert.kind) for e in events if e.type == "opened"]
+    assert opened == []

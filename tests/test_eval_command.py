@@ -1,0 +1,83 @@
+"""The `healthsync eval` command: the table it prints, its JSON and --check, and its exit
+status for a bad scenario file."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from healthsync.evaluation.scenario import EPISODE_VITAL
+from tests.eval_cases import TINY_TOML, write
+
+
+def run_eval(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
+    return subprocess.run(
+        [sys.executable, "-m", "healthsync", "eval", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_eval_prints_the_table_for_a_scenario(tmp_path: Path) -> None:
+    result = run_eval("--scenario", str(write(tmp_path, TINY_TOML)))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(
+        "scenario tiny: 6 patients x 1.0 h, 5 s samples, seed 11, 6 episodes"
+    )
+    header = next(i for i, line in enumerate(lines) if line.startswith("detector"))
+    assert lines[header].split() == [
+        "detector",
+        "detected",
+        "sens",
+        "sens>=60s",
+        "median",
+        "p90",
+        "alerts",
+        "false",
+        "false/pt-h",
+        "technical",
+        "reduction",
+    ]
+    # "9 s" is one column: glue the unit on before splitting.
+    engine, monitor, naive = (
+        re.sub(r"(\d) s\b", r"\1s", lines[header + i]).split() for i in (1, 2, 3)
+    )
+    # Every episode here goes far past its limit: every detector catches all of them.
+    assert naive[:4] == ["naive", "6/6", "100%", "100%"]
+    assert monitor[:4] == ["monitor", "6/6", "100%", "100%"]
+    assert engine[:4] == ["engine", "6/6", "100%", "100%"]
+    # ... the engine within 15 s (median), with fewer false alerts than the monitor.
+    assert int(engine[4].rstrip("s")) <= 15
+    assert int(engine[7]) <= int(monitor[7])
+    [by_kind] = [line for line in lines if line.startswith("engine by episode kind")]
+    assert all(f" {kind} " in by_kind for kind in EPISODE_VITAL)
+
+
+def test_eval_check_fails_on_a_missed_target_and_json_says_which(tmp_path: Path) -> None:
+    # Detecting an episode takes an alert, so no engine can also raise 100% fewer
+    # alerts than the naive baseline: this target set always fails.
+    impossible = TINY_TOML + "\n[targets]\nmin_alert_reduction = 1.0\n"
+    path = write(tmp_path, impossible, "impossible.toml")
+    result = run_eval("--scenario", str(path), "--json", "--check", "--seed", "5")
+    assert result.returncode == 1, result.stderr
+    [doc] = json.loads(result.stdout)
+    assert (doc["scenario"], doc["seed"], doc["passed"]) == ("impossible", 5, False)
+    assert doc["naive"]["episodes"] == 6
+    assert doc["naive"]["missed"] == []
+    assert {t["name"] for t in doc["targets"]} >= {"alerts >= 100% fewer than naive"}
+
+
+def test_eval_with_a_bad_file_exits_2_and_names_it(tmp_path: Path) -> None:
+    path = write(tmp_path, TINY_TOML.replace("patients = 6", "patients = -1"))
+    result = run_eval("--scenario", str(path))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"healthsync: {path}: invalid scenario: patients:")
