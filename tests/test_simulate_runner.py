@@ -4,6 +4,7 @@ pacing, stopping, progress reports, argument checks and TLS."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import shlex
 import shutil
 import ssl
@@ -50,11 +51,20 @@ def test_progress_is_reported_about_once_a_second() -> None:
     assert 60 <= rate <= 140, lines
 
 
-def test_a_failing_progress_callback_is_not_swallowed() -> None:
+def test_a_failing_progress_callback_is_not_swallowed_nor_leaves_an_error_behind() -> None:
+    # The callback's error reaches the caller, and the devices are cancelled. A future
+    # of theirs left holding an error no one retrieved is reported by asyncio when it
+    # is collected ("exception was never retrieved"), long after, as if something
+    # else had failed: none may be left, whether collected already or still alive.
+    reported: list[str] = []
+
     def progress(stats: SimulationStats) -> None:
         raise RuntimeError("callback broke")
 
     async def scenario() -> None:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _loop, context: reported.append(context["message"])
+        )
         async with IngestStub() as server:
             await run_simulation(
                 IngestEndpoint("127.0.0.1", server.port),
@@ -64,6 +74,14 @@ def test_a_failing_progress_callback_is_not_swallowed() -> None:
 
     with pytest.raises(RuntimeError, match="callback broke"):
         run(scenario())
+    gc.collect()
+    unretrieved = [
+        o
+        for o in gc.get_objects()
+        if isinstance(o, asyncio.Future) and o.done() and getattr(o, "_log_traceback", False)
+    ]
+    assert unretrieved == []
+    assert not [message for message in reported if "never retrieved" in message]
 
 
 def test_count_sends_exactly_count_per_device_and_all_are_acknowledged() -> None:

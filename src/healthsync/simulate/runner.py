@@ -188,11 +188,19 @@ def _connections(
 async def _until_done(tasks: list[asyncio.Task[None]], reporter: asyncio.Task[None] | None) -> None:
     # gather() fails as soon as one device fails, instead of after all finish.
     devices_done = asyncio.gather(*tasks)
+    # If the reporter fails first, the caller cancels the devices and this future
+    # ends cancelled with no one awaiting it: mark its outcome as seen.
+    devices_done.add_done_callback(_outcome_seen)
     if reporter is not None:
         await asyncio.wait((devices_done, reporter), return_when=asyncio.FIRST_COMPLETED)
         if reporter.done():
             reporter.result()  # the progress callback raised
     await devices_done
+
+
+def _outcome_seen(future: asyncio.Future[list[None]]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def _report_progress(
