@@ -188,8 +188,9 @@ def _connections(
 async def _until_done(tasks: list[asyncio.Task[None]], reporter: asyncio.Task[None] | None) -> None:
     # gather() fails as soon as one device fails, instead of after all finish.
     devices_done = asyncio.gather(*tasks)
-    # If the reporter fails first, the caller cancels the devices and this future
-    # ends cancelled with no one awaiting it: mark its outcome as seen.
+    # If the reporter fails first, the caller cancels the devices: this future then
+    # ends holding their CancelledError, with no one left to await it. Mark its
+    # outcome as seen, or asyncio reports it as never retrieved when it is collected.
     devices_done.add_done_callback(_outcome_seen)
     if reporter is not None:
         await asyncio.wait((devices_done, reporter), return_when=asyncio.FIRST_COMPLETED)
