@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from healthsync.domain.alerts import AlertEvent
 from healthsync.domain.readings import Reading
-from tests.stream.engine_cases import T0, Run, reading
+from tests.stream.engine_cases import T0, Run, kinds, reading
 from tests.stream.test_alarm_rules import opened, restarted
 
 
@@ -63,3 +63,43 @@ def test_a_vital_flapping_at_its_limit_keeps_one_ended_run_in_the_saved_state() 
         send(run, spo2(t, 88), spo2(t + 5, 93))  # each run ends before it could last
         sizes.append(len(str(run.states["P-1"]["trackers"])))
     assert sizes[-1] <= sizes[5], "the state grows with every run that ended"
+
+
+def pulse(t: float, value: float, arrives: float | None = None) -> Reading:
+    """A heart rate of a monitor that sends every 15 s, measured at `t`, delivered at
+    `arrives` (default `t`)."""
+    measured = reading(t, heart_rate=value)
+    return measured if arrives is None else replace(measured, received_at=T0 + arrives)
+
+
+def test_a_late_critical_sample_just_before_the_run_confirms_it() -> None:
+    run = Run()
+    send(run, *(pulse(t, 112) for t in (-75, -60, -45, -30, -15)))
+    # Above 140 at 0 and 15 s; the sample at 0 s is held up on the network and arrives
+    # after the one at 15 s. On the monitor's 15 s schedule nothing was measured between
+    # the two, so in measurement order the critical run has lasted 15 s: the critical
+    # alert opens when the late sample arrives, not a sample (15 s) later.
+    assert send(run, pulse(15, 146)) == []
+    assert kinds(run.send(pulse(0, 145, arrives=20))) == [
+        ("opened", "threshold:heart_rate", "critical")
+    ]
+
+
+def test_a_late_sample_further_back_than_the_schedule_allows_does_not_begin_the_run() -> None:
+    run = Run()
+    send(run, *(pulse(t, 112) for t in (-75, -60, -45, -30, -15)))
+    # The late sample was measured two intervals before the run's first: the monitor
+    # took one in between, not yet arrived, which may have been back inside.
+    assert send(run, pulse(30, 146)) == []
+    assert kinds(run.send(pulse(0, 145, arrives=35))) == []
+
+
+def test_a_late_critical_sample_before_one_that_was_not_critical_confirms_nothing() -> None:
+    run = Run()
+    send(run, *(reading(t, heart_rate=112) for t in (-20, -15, -10, -5)))
+    # A 5 s monitor: 145 at 0 s (late), 130 at 5 s, 145 at 10 s. The run above 120 has
+    # lasted 10 s in measurement order, so a warning opens; the two critical samples are
+    # not consecutive (130 lies between them), so it is not a critical one.
+    send(run, reading(5, heart_rate=130), reading(10, heart_rate=145))
+    late = replace(reading(0, heart_rate=145), received_at=T0 + 11)
+    assert kinds(run.send(late)) == [("opened", "threshold:heart_rate", "warning")]

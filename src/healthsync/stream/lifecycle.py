@@ -5,9 +5,12 @@
   consecutive in measurement order: the network delivers samples out of order,
   and a late one takes its place in the run it was measured in (it may begin
   the run earlier, break it, or complete a run that a later sample ended); a
-  critical value opens a critical alert once two consecutive critical samples
-  span ``critical_confirm_s`` (shorter than the persistence, so the engine is
-  never slower than a monitor's alarm delay on a critical value).
+  critical value opens a critical alert once two critical samples consecutive
+  in measurement order span ``critical_confirm_s`` (shorter than the
+  persistence, so the engine is never slower than a monitor's alarm delay on a
+  critical value). A late sample measured less than one and a half of its
+  device's intervals before a run's first sample is next to it on the device's
+  schedule: nothing was measured between them, so it begins the run earlier.
 - open: a worse severity escalates the same alert in place (after the same
   persistence or confirmation); the alert resolves only once the value has been
   back inside its band by a margin for ``resolve_hold_s`` (hysteresis).
@@ -21,6 +24,10 @@ from healthsync.domain.alerts import RANK, Alert, AlertEvent, Category, Severity
 from healthsync.domain.rules import AnomalySettings
 from healthsync.stream.screening import INTERVALS_APART, lasted
 from healthsync.stream.state import EVIDENCE, PatientState, Sample, Tracker
+
+# Two samples of a device less than this many of its intervals apart were measured one
+# after the other: its schedule leaves no room for a third between them.
+ADJACENT_INTERVALS = 1.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,13 +93,25 @@ class Lifecycle:
             return self.cfg.pending_gap_s
         return max(self.cfg.pending_gap_s, INTERVALS_APART * self.interval)
 
-    def _confirmed(self, since: float | None, count: int, ts: float) -> bool:
-        """Two or more consecutive critical samples spanning the confirmation time."""
+    def _confirmed(self, since: float | None, count: int, last: float | None) -> bool:
+        """Two or more consecutive critical samples, the first measured at `since` and the
+        newest at `last`, spanning the confirmation time."""
         if self.cfg.critical_confirm_s <= 0:
             return since is not None
-        if since is None or count < 2:
+        if since is None or last is None or count < 2:
             return False
-        return lasted(ts - since, self.cfg.critical_confirm_s, self.interval)
+        return lasted(last - since, self.cfg.critical_confirm_s, self.interval)
+
+    def _begins(self, tracker: Tracker, ts: float) -> bool:
+        """Whether a late sample measured at `ts` begins the pending run `tracker` earlier:
+        measured before it and after the newest sample known back inside before it or,
+        with none known, next to its first sample on the device's schedule."""
+        since = tracker.since
+        if since is None or ts >= since:
+            return False
+        if tracker.inside_at < since:
+            return tracker.inside_at < ts
+        return self.interval is not None and since - ts < ADJACENT_INTERVALS * self.interval
 
     def _pending(
         self, state: PatientState, subject: Subject, sample: Sample, finding: Finding
@@ -111,7 +130,7 @@ class Lifecycle:
             return self._join(state, subject, run, sample, finding)
         if tracker is None or tracker.since is None or sample.ts - tracker.last_ts > self._gap():
             tracker = state.trackers[kind] = Tracker(since=sample.ts).after(tracker, self._gap())
-        elif tracker.since is not None and tracker.inside_at < sample.ts < tracker.since:
+        elif self._begins(tracker, sample.ts):
             tracker.since = sample.ts  # late, with nothing back inside before it: began earlier
         return self._join(state, subject, tracker, sample, finding)
 
@@ -164,7 +183,9 @@ class Lifecycle:
         tracker.last_ts = max(tracker.last_ts, sample.ts)
         tracker.note(sample.ts, sample.value)
         tracker.note_critical(sample.ts, finding.severity == "critical")
-        critical = self._confirmed(tracker.critical_since, tracker.critical_count, sample.ts)
+        critical = self._confirmed(
+            tracker.critical_since, tracker.critical_count, tracker.critical_last
+        )
         since = tracker.since if tracker.since is not None else sample.ts
         persist_s = self.cfg.persist_s if finding.persist_s is None else finding.persist_s
         persisted = (

@@ -36,7 +36,10 @@ class Tracker:
     worse_count: int = 0
     clear_since: float | None = None  # back inside by the margin since (resolving)
     evidence: list[tuple[float, float]] = field(default_factory=list)
-    critical_since: float | None = None  # consecutive critical samples since (confirming)
+    # Consecutive critical samples (confirming), in measurement order: the first and the
+    # newest measured, how many, and the newest time a sample measured before them was
+    # not critical (a late critical sample measured after it began them earlier).
+    critical_since: float | None = None
     critical_count: int = 0
     # Pending, in measurement order: the newest time a sample measured before the run was
     # back inside (a late sample measured after it and before `since` began the run
@@ -45,6 +48,8 @@ class Tracker:
     inside_at: float = math.inf
     ended: Tracker | None = None
     ended_at: float | None = None
+    critical_last: float | None = None
+    calm_at: float = -math.inf
 
     def completed_by(self, ts: float) -> bool:
         """Whether a sample measured at `ts` falls within the ended run, before the sample
@@ -89,11 +94,26 @@ class Tracker:
         self.evidence = [*self.evidence, (ts, value)][-EVIDENCE:]
 
     def note_critical(self, ts: float, critical: bool) -> None:
+        """A sample of this run, critical or not, placed where it was measured: a late one
+        measured before the critical samples (and within the run) begins them earlier if
+        critical, and breaks nothing if not."""
+        since, last = self.critical_since, self.critical_last
+        early = since is not None and ts < since
         if not critical:
-            self.critical_since, self.critical_count = None, 0
+            if early:
+                self.calm_at = max(self.calm_at, ts)
+            else:
+                self.critical_since = self.critical_last = None
+                self.critical_count, self.calm_at = 0, ts
             return
-        if self.critical_since is None:
+        if since is None or last is None:
+            self.critical_since = self.critical_last = ts
+        elif early:
+            if ts <= self.calm_at or (self.since is not None and ts < self.since):
+                return  # not next to them in measurement order: a critical run of its own
             self.critical_since = ts
+        else:
+            self.critical_last = max(last, ts)
         self.critical_count += 1
 
     def to_list(self) -> list[Any]:
@@ -110,6 +130,8 @@ class Tracker:
             None if math.isinf(self.inside_at) else self.inside_at,
             None if self.ended is None else self.ended.to_list(),
             self.ended_at,
+            self.critical_last,
+            None if math.isinf(self.calm_at) else self.calm_at,
         ]
 
     @classmethod
@@ -119,6 +141,8 @@ class Tracker:
         critical_since, critical_count = data[7:9] if len(data) >= 9 else (None, 0)
         # Nor before pending runs were judged in measurement order.
         inside_at, ended, ended_at = data[9:12] if len(data) >= 12 else (None, None, None)
+        # Nor before critical samples were: their newest was the last one to arrive.
+        critical_last, calm_at = data[12:14] if len(data) >= 14 else (critical_since, None)
         return cls(
             since,
             int(count),
@@ -132,6 +156,8 @@ class Tracker:
             math.inf if inside_at is None else float(inside_at),
             None if ended is None else cls.from_list(ended),
             ended_at,
+            critical_last,
+            -math.inf if calm_at is None else float(calm_at),
         )
 
 
