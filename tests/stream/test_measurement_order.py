@@ -103,3 +103,23 @@ def test_a_late_critical_sample_before_one_that_was_not_critical_confirms_nothin
     send(run, reading(5, heart_rate=130), reading(10, heart_rate=145))
     late = replace(reading(0, heart_rate=145), received_at=T0 + 11)
     assert kinds(run.send(late)) == [("opened", "threshold:heart_rate", "warning")]
+
+
+def test_a_late_sample_measured_before_one_back_inside_begins_no_run_that_goes_on() -> None:
+    run = Run()
+    send(run, spo2(-10, 93), spo2(-5, 93), spo2(5, 93))
+    # 88 at 0 s arrives after the 93 measured at 5 s: its run ended there. The next low
+    # sample, at 10 s, begins a run of its own, which has lasted 10 s at 20 s, not at
+    # 10 s as if the two low samples had been consecutive.
+    events = send(run, spo2(0, 88, arrives=6), spo2(10, 88), spo2(15, 88))
+    assert opened(events) == []
+    assert opened(run.send(spo2(20, 88))) == [("threshold:spo2", 20)]
+
+
+def test_late_samples_measured_before_one_back_inside_still_make_their_run_last() -> None:
+    run = Run()
+    send(run, spo2(-10, 93), spo2(-5, 93), spo2(12, 93))
+    # Below 90 at 0, 5 and 10 s, all three delivered after the 93 measured at 12 s: in
+    # measurement order the fall lasted 10 s over three samples.
+    assert opened(send(run, spo2(0, 88, arrives=13), spo2(5, 88, arrives=14))) == []
+    assert opened(run.send(spo2(10, 88, arrives=15))) == [("threshold:spo2", 10)]

@@ -219,6 +219,7 @@ class AnomalyEngine:
             rule = f"{vital} {_limit_text(band, severity)} {unit} for >= {self._persist_text()}"
         margin = self.cfg.margins.get(vital, 0.0)
         persist_s = self._persist_for(state, kind, band, sample, margin)
+        ended_at = state.back_inside_after(kind, vital, sample.ts, band) if severity else None
         finding = Finding(
             severity,
             band.inside(sample.value, margin),
@@ -230,6 +231,7 @@ class AnomalyEngine:
             immediate=persist_s is None and self.life.spot_check(),
             # A marginal warning waits a monitor's whole alarm delay, not a jitter less.
             slack=persist_s is None or persist_s == 0.0,
+            ended_at=ended_at,
         )
         return self.life.track(state, Subject(patient, kind, vital), sample, finding)
 

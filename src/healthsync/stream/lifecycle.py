@@ -11,6 +11,8 @@
   critical value). A late sample measured less than one and a half of its
   device's intervals before a run's first sample is next to it on the device's
   schedule: nothing was measured between them, so it begins the run earlier.
+  A late sample measured before a sample already known back inside begins a
+  run that is over: only samples measured within it may still make it last.
 - open: a worse severity escalates the same alert in place (after the same
   persistence or confirmation); the alert resolves only once the value has been
   back inside its band by a margin for ``resolve_hold_s`` (hysteresis).
@@ -46,6 +48,8 @@ class Finding:
     # Whether persistence may fall short of persist_s by the device's timing jitter.
     slack: bool = True
     resolve_s: float | None = None  # this rule's own hold before resolving, if not the default
+    # A late sample's: when a sample measured after it was back inside, if one is known.
+    ended_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +133,14 @@ class Lifecycle:
             assert run is not None
             return self._join(state, subject, run, sample, finding)
         if tracker is None or tracker.since is None or sample.ts - tracker.last_ts > self._gap():
-            tracker = state.trackers[kind] = Tracker(since=sample.ts).after(tracker, self._gap())
+            run = Tracker(since=sample.ts).after(tracker, self._gap())
+            if finding.ended_at is not None:
+                # Late, and back inside since: its run is over, and only a sample
+                # measured within it may still make it last.
+                ended = Tracker(inside_at=finding.ended_at, ended=run, ended_at=finding.ended_at)
+                state.trackers[kind] = ended
+                return self._join(state, subject, run, sample, finding)
+            tracker = state.trackers[kind] = run
         elif self._begins(tracker, sample.ts):
             tracker.since = sample.ts  # late, with nothing back inside before it: began earlier
         return self._join(state, subject, tracker, sample, finding)

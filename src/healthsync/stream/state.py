@@ -9,11 +9,13 @@ processor picks up exactly where the last one stopped.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
+from healthsync.domain.alerts import Threshold
 from healthsync.stream.trends import Baseline, TrendWindow, median
 
 # Samples kept as an alert's evidence.
@@ -245,6 +247,16 @@ class PatientState:
         drop = max(drop, len(kept) - _RECENT_MAX)
         if drop:
             del kept[:drop]
+
+    def back_inside_after(self, kind: str, vital: str, ts: float, band: Threshold) -> float | None:
+        """When the first kept sample of `vital` measured after `ts` was back inside `band`,
+        if it was and no run of `kind` is pending: a late sample's run is then over."""
+        tracker = self.trackers.get(kind)
+        if tracker is not None and tracker.since is not None:
+            return None
+        kept = self.recent.get(vital, [])
+        i = bisect.bisect_right(kept, (ts, math.inf))
+        return kept[i][0] if i < len(kept) and band.severity(kept[i][1]) is None else None
 
     def last_heard(self) -> float | None:
         """When the patient was last heard from: their devices' receive clock, or (with
