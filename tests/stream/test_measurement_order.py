@@ -123,3 +123,36 @@ def test_late_samples_measured_before_one_back_inside_still_make_their_run_last(
     # measurement order the fall lasted 10 s over three samples.
     assert opened(send(run, spo2(0, 88, arrives=13), spo2(5, 88, arrives=14))) == []
     assert opened(run.send(spo2(10, 88, arrives=15))) == [("threshold:spo2", 10)]
+
+
+def test_a_late_critical_sample_escalates_an_open_alert_in_measurement_order() -> None:
+    run = Run()
+    send(run, *(reading(t, heart_rate=112) for t in (-20, -15, -10, -5)))
+    opening = send(run, *(reading(t, heart_rate=130) for t in (0, 5, 10, 15)))
+    assert kinds(opening) == [("opened", "threshold:heart_rate", "warning")]
+    # Above 140 at 20, 25 and 30 s; the sample at 20 s arrives after the other two. In
+    # measurement order the critical values have lasted 10 s: the alert escalates when
+    # the late sample arrives, not a sample later.
+    assert send(run, reading(25, heart_rate=145), reading(30, heart_rate=146)) == []
+    late = replace(reading(20, heart_rate=145), received_at=T0 + 31)
+    assert kinds(run.send(late)) == [("escalated", "threshold:heart_rate", "critical")]
+
+
+def test_an_escalation_under_way_in_state_saved_by_the_earlier_layout_carries_on() -> None:
+    run = Run()
+    send(run, *(reading(t, heart_rate=112) for t in (-20, -15, -10, -5)))
+    [opened] = send(run, *(reading(t, heart_rate=130) for t in (0, 5, 10, 15)))
+    send(run, reading(20, heart_rate=145))
+    # As saved when an escalation kept its own samples: their first and their count in
+    # the fourth and fifth places, the critical samples' places empty, twelve in all.
+    saved = dict(run.states)
+    new = saved["P-1"]["trackers"]["threshold:heart_rate"]
+    assert new[7:9] == [T0 + 20, 1]
+    old = [*new[:3], new[7], new[8], *new[5:7], None, 0, *new[9:12]]
+    saved["P-1"]["trackers"]["threshold:heart_rate"] = old
+    restarted = Run(
+        load_states=lambda patients: {p: saved[p] for p in (patients or saved)},
+        load_open=lambda: [opened.alert],
+    )
+    escalated = restarted.send(reading(30, heart_rate=146))
+    assert kinds(escalated) == [("escalated", "threshold:heart_rate", "critical")]

@@ -231,9 +231,8 @@ class Lifecycle:
         )
         self.open[(subject.patient, kind)] = alert
         state.trackers[kind] = Tracker(last_ts=sample.ts)
-        if not confirmed:
-            state.trackers[kind].worse_since = tracker.critical_since
-            state.trackers[kind].worse_count = tracker.critical_count
+        if not confirmed:  # the critical samples so far go on to escalate it
+            state.trackers[kind].carry_critical(tracker)
         return [AlertEvent("opened", alert.snapshot())]
 
     def _update(
@@ -263,21 +262,25 @@ class Lifecycle:
     def _escalate(
         self, tracker: Tracker, alert: Alert, sample: Sample, finding: Finding
     ) -> list[AlertEvent]:
-        if finding.severity is None or RANK[finding.severity] <= RANK[alert.severity]:
-            tracker.worse_since, tracker.worse_count = None, 0
+        """A worse severity than the open alert's (critical) escalates it once its samples,
+        consecutive in measurement order, confirm it, as they would open it."""
+        severity = finding.severity
+        worse = severity is not None and RANK[severity] > RANK[alert.severity]
+        newest = tracker.critical_last
+        if worse and newest is not None and sample.ts - newest > self._gap():
+            tracker.note_critical(sample.ts, False)  # they stopped for too long: start over
+        tracker.note_critical(sample.ts, worse)
+        if severity is None or not worse:
             return []
-        if tracker.worse_since is None or sample.ts - tracker.last_ts > self._gap():
-            tracker.worse_since, tracker.worse_count = sample.ts, 0
-        tracker.worse_count += 1
-        if not (
-            finding.immediate
-            or self._confirmed(tracker.worse_since, tracker.worse_count, sample.ts)
-        ):
+        confirmed = self._confirmed(
+            tracker.critical_since, tracker.critical_count, tracker.critical_last
+        )
+        if not (finding.immediate or confirmed):
             return []
-        alert.severity = finding.severity
+        alert.severity = severity
         alert.reading_id = sample.reading_id
         alert.rule = finding.rule
         alert.drivers = list(finding.drivers) or alert.drivers
         alert.evidence = [*alert.evidence, (sample.ts, sample.value)][-EVIDENCE:]
-        tracker.worse_since, tracker.worse_count = None, 0
+        tracker.note_critical(sample.ts, False)
         return [AlertEvent("escalated", alert.snapshot())]

@@ -34,13 +34,12 @@ class Tracker:
     since: float | None = None  # when the condition started to hold (pending)
     count: int = 0  # consecutive samples meeting it
     last_ts: float = 0.0
-    worse_since: float | None = None  # a worse severity than the open alert's, pending
-    worse_count: int = 0
     clear_since: float | None = None  # back inside by the margin since (resolving)
     evidence: list[tuple[float, float]] = field(default_factory=list)
-    # Consecutive critical samples (confirming), in measurement order: the first and the
-    # newest measured, how many, and the newest time a sample measured before them was
-    # not critical (a late critical sample measured after it began them earlier).
+    # Consecutive critical samples (confirming a critical alert, or the escalation of an
+    # open one), in measurement order: the first and the newest measured, how many, and
+    # the newest time a sample measured before them was not critical (a late critical
+    # sample measured after it began them earlier).
     critical_since: float | None = None
     critical_count: int = 0
     # Pending, in measurement order: the newest time a sample measured before the run was
@@ -118,13 +117,18 @@ class Tracker:
             self.critical_last = max(last, ts)
         self.critical_count += 1
 
+    def carry_critical(self, run: Tracker) -> None:
+        """Take over the critical samples of `run`, the pending run that opened the alert."""
+        self.critical_since, self.critical_last = run.critical_since, run.critical_last
+        self.critical_count, self.calm_at = run.critical_count, run.calm_at
+
     def to_list(self) -> list[Any]:
         return [
             self.since,
             self.count,
             self.last_ts,
-            self.worse_since,
-            self.worse_count,
+            None,  # where escalations kept their own confirming samples before
+            0,
             self.clear_since,
             self.evidence,
             self.critical_since,
@@ -145,12 +149,14 @@ class Tracker:
         inside_at, ended, ended_at = data[9:12] if len(data) >= 12 else (None, None, None)
         # Nor before critical samples were: their newest was the last one to arrive.
         critical_last, calm_at = data[12:14] if len(data) >= 14 else (critical_since, None)
+        if worse_since is not None and critical_since is None:
+            # An open alert's escalation, kept apart then: its samples ran until the newest.
+            critical_since, critical_count = worse_since, worse_count
+            critical_last = max(float(worse_since), float(last_ts))
         return cls(
             since,
             int(count),
             float(last_ts),
-            worse_since,
-            int(worse_count),
             clear_since,
             [(float(t), float(v)) for t, v in evidence],
             critical_since,
