@@ -156,3 +156,14 @@ def test_an_escalation_under_way_in_state_saved_by_the_earlier_layout_carries_on
     )
     escalated = restarted.send(reading(30, heart_rate=146))
     assert kinds(escalated) == [("escalated", "threshold:heart_rate", "critical")]
+
+
+def test_a_late_sample_from_before_the_run_is_no_evidence_of_it() -> None:
+    run = Run()
+    send(run, spo2(-15, 93), spo2(-10, 93), spo2(-5, 93), spo2(0, 88), spo2(5, 93))
+    # Below 90 from 10 s on. A sample of 88 measured at -7 s arrives meanwhile: 93 at -5
+    # and at 5 s lie between it and the run, so it is not part of it, and the alert's
+    # evidence (what a clinician reads) holds the run's samples alone.
+    send(run, spo2(10, 88), spo2(15, 88), spo2(-7, 88, arrives=16))
+    [event] = run.send(spo2(20, 88))
+    assert [t - T0 for t, _value in event.alert.evidence] == [10, 15, 20]

@@ -143,6 +143,8 @@ class Lifecycle:
             tracker = state.trackers[kind] = run
         elif self._begins(tracker, sample.ts):
             tracker.since = sample.ts  # late, with nothing back inside before it: began earlier
+        elif sample.ts < tracker.since:
+            return []  # late, with a sample back inside (known, or possible) between it and the run
         return self._join(state, subject, tracker, sample, finding)
 
     def _inside(
