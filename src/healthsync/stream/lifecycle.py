@@ -12,7 +12,8 @@
   device's intervals before a run's first sample is next to it on the device's
   schedule: nothing was measured between them, so it begins the run earlier.
   A late sample measured before a sample already known back inside begins a
-  run that is over: only samples measured within it may still make it last.
+  run that is over: only samples measured within it may still make it last;
+  it is no part of a run pending after that sample.
 - open: a worse severity escalates the same alert in place (after the same
   persistence or confirmation); the alert resolves only once the value has been
   back inside its band by a margin for ``resolve_hold_s`` (hysteresis).
