@@ -81,3 +81,27 @@ def test_eval_with_a_bad_file_exits_2_and_names_it(tmp_path: Path) -> None:
     result = run_eval("--scenario", str(path))
     assert result.returncode == 2
     assert result.stderr.startswith(f"healthsync: {path}: invalid scenario: patients:")
+
+
+def test_eval_over_several_seeds_says_in_how_many_draws_each_target_was_met(
+    tmp_path: Path,
+) -> None:
+    impossible = TINY_TOML + "\n[targets]\nmin_alert_reduction = 1.0\n"
+    path = write(tmp_path, impossible, "impossible.toml")
+    result = run_eval("--scenario", str(path), "--seed", "5", "--seed", "6", "--check")
+    assert result.returncode == 1, result.stderr
+    blocks = result.stdout.split("\n\n")
+    assert [b.splitlines()[0].split(",")[2].strip() for b in blocks[:2]] == ["seed 5", "seed 6"]
+    summary = blocks[2].splitlines()
+    assert summary[0] == "impossible over seeds 5, 6:"
+    # Each target as often as the two blocks above met it, with the seeds it was missed on.
+    verdicts: dict[str, list[str]] = {}
+    for block in blocks[:2]:
+        for line in block.splitlines():
+            if line.startswith("target "):
+                verdict, _, rest = line.removeprefix("target ").partition(": ")
+                verdicts.setdefault(rest.rsplit(" (", 1)[0], []).append(verdict)
+    assert "  alerts >= 100% fewer than naive: met in 0/2 draws (missed on seeds 5, 6)" in summary
+    for target, seen in verdicts.items():
+        met = seen.count("PASS")
+        assert any(s.startswith(f"  {target}: met in {met}/2 draws") for s in summary), target

@@ -18,6 +18,7 @@ __all__ = [
     "TargetCheck",
     "evaluate",
     "evaluate_dataset",
+    "render_draws",
     "render_table",
     "to_json",
 ]
@@ -252,6 +253,27 @@ def render_table(results: Sequence[ScenarioResult]) -> str:
             lines.append(f"  ... and {len(missed) - _MISSED_SHOWN} more")
         blocks.append(head + "\n" + "\n".join(line.rstrip() for line in lines))
     return "\n\n".join(blocks)
+
+
+def render_draws(results: Sequence[ScenarioResult]) -> str:
+    """Per scenario file drawn with several seeds: in how many draws each target was met,
+    and the seeds it was missed on (the engine must hold on draws it was not tuned to)."""
+    by_file: dict[str, list[ScenarioResult]] = {}
+    for result in results:
+        by_file.setdefault(result.scenario.name, []).append(result)
+    lines = []
+    for name, draws in by_file.items():
+        lines.append(f"{name} over seeds {', '.join(str(r.scenario.seed) for r in draws)}:")
+        checked: dict[str, list[tuple[int, bool]]] = {}
+        for draw in draws:
+            for check in draw.targets:
+                checked.setdefault(check.name, []).append((draw.scenario.seed, check.passed))
+        for target, verdicts in checked.items():
+            missed = [str(seed) for seed, passed in verdicts if not passed]
+            where = f" (missed on seed{'s' if len(missed) > 1 else ''} {', '.join(missed)})"
+            met = len(verdicts) - len(missed)
+            lines.append(f"  {target}: met in {met}/{len(verdicts)} draws{where if missed else ''}")
+    return "\n".join(lines)
 
 
 def _score_dict(s: Score) -> dict[str, Any]:
