@@ -18,11 +18,10 @@ vital can physically make until time decides whether it was an artefact.
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Callable, Collection
 from typing import Any
 
-from healthsync.domain.alerts import Alert, AlertEvent, Artefact, Severity, Threshold
+from healthsync.domain.alerts import Alert, AlertEvent, Artefact, Threshold
 from healthsync.domain.batch import Batch
 from healthsync.domain.news2 import News2
 from healthsync.domain.readings import VITALS, Reading
@@ -32,6 +31,7 @@ from healthsync.stream.lifecycle import Finding, Lifecycle, Subject
 from healthsync.stream.news2_alerts import news2_events
 from healthsync.stream.rulebook import RuleBook
 from healthsync.stream.state import PatientState, Sample
+from healthsync.stream.threshold_rule import ThresholdRule
 from healthsync.stream.trends import Baseline, TrendWindow, recovery
 
 StateLoader = Callable[[list[str] | None], dict[str, dict[str, Any]]]
@@ -69,6 +69,7 @@ class AnomalyEngine:
         self.load_open = load_open
         self.states: dict[str, PatientState] = {}
         self.life = Lifecycle(self.cfg, id_key)  # id_key keys alert ids (see alert_id_for)
+        self.thresholds = ThresholdRule(self.cfg, self.life)
         self.open: dict[tuple[str, str], Alert] = self.life.open
         self.owned: set[int] | None = None  # partitions this engine is responsible for
         self.stale = load_states is not None or load_open is not None
@@ -203,63 +204,12 @@ class AnomalyEngine:
     ) -> list[AlertEvent]:
         if band is None:
             return []
-        severity = band.severity(sample.value)
         kind = f"threshold:{vital}"
-        if severity is None and self.life.idle(state, patient, kind):
+        if band.severity(sample.value) is None and self.life.idle(state, patient, kind):
             return []  # the common case: nothing holds, nothing pending or open
-        unit = VITALS[vital].ucum
-        if severity is None:
-            rule = f"{vital} within {band.describe()} {unit}"
-        elif severity == "critical":
-            rule = (
-                f"{vital} {_limit_text(band, severity)} {unit} "
-                f"(critical: confirmed over {self.cfg.critical_confirm_s:g} s)"
-            )
-        else:
-            rule = f"{vital} {_limit_text(band, severity)} {unit} for >= {self._persist_text()}"
-        margin = self.cfg.margins.get(vital, 0.0)
-        persist_s = self._persist_for(state, kind, band, sample, margin)
-        ended_at = state.back_inside_after(kind, vital, sample.ts, band) if severity else None
-        finding = Finding(
-            severity,
-            band.inside(sample.value, margin),
-            sample.value,
-            rule,
-            band.describe(),
-            persist_s=persist_s,
-            # A cuff's measurement clearly past the limit stands alone; a marginal one waits.
-            immediate=persist_s is None and self.life.spot_check(),
-            # A marginal warning waits a monitor's whole alarm delay, not a jitter less.
-            slack=persist_s is None or persist_s == 0.0,
-            ended_at=ended_at,
-        )
+        agreed = vital == "spo2" and sample.reading_id == self._agreed
+        finding = self.thresholds.finding(state, vital, sample, band, agreed)
         return self.life.track(state, Subject(patient, kind, vital), sample, finding)
-
-    def _persist_for(
-        self, state: PatientState, kind: str, band: Threshold, sample: Sample, margin: float
-    ) -> float | None:
-        """How long this warning must hold: not at all beyond ``persist_readings`` samples
-        for an SpO2 sample of a reading whose heart and respiratory rates corroborate its
-        fall (:func:`.screening.corroborated_desaturation`)."""
-        if kind == "threshold:spo2" and sample.reading_id == self._agreed:
-            return 0.0
-        return self._marginal_persist(state, kind, band, sample, margin)
-
-    def _marginal_persist(
-        self, state: PatientState, kind: str, band: Threshold, sample: Sample, margin: float
-    ) -> float | None:
-        """``marginal_persist_s`` while the pending condition's samples lie, by their median,
-        less far past the limit than the vital's margin: measurement noise around a patient
-        who sits near a limit, not a patient past it. None: the usual persistence."""
-        tracker = state.trackers.get(kind)
-        values = [v for _, v in tracker.evidence] if tracker is not None else []
-        level = statistics.median([*values, sample.value])
-        if band.severity(level) == "warning" and band.past(level) < margin:
-            return max(self.cfg.persist_s, self.cfg.marginal_persist_s)
-        return None
-
-    def _persist_text(self) -> str:
-        return f"{self.cfg.persist_s:g} s and {self.cfg.persist_readings} readings"
 
     def _quiet(self, patient: str, kind: str, louder: list[str]) -> bool:
         """Whether a new `kind` alert would only repeat an open alert of a `louder` kind."""
@@ -386,17 +336,3 @@ class AnomalyEngine:
                 state.keep(vital, sample.ts, sample.value)
                 events.extend(self._rules(state, patient, vital, sample))
         return events
-
-
-def _limit_text(band: Threshold, severity: Severity | None) -> str:
-    if severity == "critical":
-        if band.critical_low is not None:
-            return (
-                f"< {band.critical_low:g}"
-                if band.critical_high is None
-                else (f"< {band.critical_low:g} or > {band.critical_high:g}")
-            )
-        return f"> {band.critical_high:g}"
-    if band.low is not None and band.high is not None:
-        return f"outside {band.low:g}..{band.high:g}"
-    return f"< {band.low:g}" if band.low is not None else f"> {band.high:g}"

@@ -1,0 +1,94 @@
+"""The threshold rule: what one sample of a vital says against its warning and critical
+limits, as a :class:`.lifecycle.Finding` (the engine tracks it, :mod:`.lifecycle` decides).
+
+A warning holds for the persistence; one whose samples sit, by their median,
+within the vital's hysteresis margin of the limit holds ``marginal_persist_s``
+instead; an SpO2 fall that the heart and respiratory rates corroborate holds
+``persist_readings`` samples only. A cuff's measurement clearly past the limit
+stands alone. A late sample measured before one known back inside carries when
+that was, for the lifecycle to place it in measurement order.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from healthsync.domain.alerts import Severity, Threshold
+from healthsync.domain.readings import VITALS
+from healthsync.domain.rules import AnomalySettings
+from healthsync.stream.lifecycle import Finding, Lifecycle
+from healthsync.stream.state import PatientState, Sample, Tracker
+
+
+class ThresholdRule:
+    """Findings of the threshold rule, under the engine's settings; `life` knows the
+    interval of the device whose sample is judged (a cuff's measurements stand alone)."""
+
+    def __init__(self, cfg: AnomalySettings, life: Lifecycle) -> None:
+        self.cfg = cfg
+        self.life = life
+
+    def finding(
+        self, state: PatientState, vital: str, sample: Sample, band: Threshold, corroborated: bool
+    ) -> Finding:
+        """What `sample` of `vital` says against `band`; `corroborated`: its reading's heart
+        and respiratory rates corroborate an SpO2 fall."""
+        cfg = self.cfg
+        kind = f"threshold:{vital}"
+        severity = band.severity(sample.value)
+        unit = VITALS[vital].ucum
+        if severity is None:
+            rule = f"{vital} within {band.describe()} {unit}"
+        elif severity == "critical":
+            rule = (
+                f"{vital} {limit_text(band, severity)} {unit} "
+                f"(critical: confirmed over {cfg.critical_confirm_s:g} s)"
+            )
+        else:
+            rule = f"{vital} {limit_text(band, severity)} {unit} for >= {persist_text(cfg)}"
+        margin = cfg.margins.get(vital, 0.0)
+        tracker = state.trackers.get(kind)
+        persist_s = 0.0 if corroborated else self._marginal(tracker, band, sample, margin)
+        return Finding(
+            severity,
+            band.inside(sample.value, margin),
+            sample.value,
+            rule,
+            band.describe(),
+            persist_s=persist_s,
+            # A cuff's measurement clearly past the limit stands alone; a marginal one waits.
+            immediate=persist_s is None and self.life.spot_check(),
+            # A marginal warning waits a monitor's whole alarm delay, not a jitter less.
+            slack=persist_s is None or persist_s == 0.0,
+            ended_at=state.back_inside_after(kind, vital, sample.ts, band) if severity else None,
+        )
+
+    def _marginal(
+        self, tracker: Tracker | None, band: Threshold, sample: Sample, margin: float
+    ) -> float | None:
+        """``marginal_persist_s`` while the pending condition's samples lie, by their
+        median, less far past the limit than the vital's margin: measurement noise around
+        a patient who sits near a limit, not a patient past it. None: the usual persistence."""
+        values = [v for _, v in tracker.evidence] if tracker is not None else []
+        level = statistics.median([*values, sample.value])
+        if band.severity(level) == "warning" and band.past(level) < margin:
+            return max(self.cfg.persist_s, self.cfg.marginal_persist_s)
+        return None
+
+
+def persist_text(cfg: AnomalySettings) -> str:
+    return f"{cfg.persist_s:g} s and {cfg.persist_readings} readings"
+
+
+def limit_text(band: Threshold, severity: Severity | None) -> str:
+    if severity == "critical":
+        if band.critical_low is not None:
+            return (
+                f"< {band.critical_low:g}"
+                if band.critical_high is None
+                else (f"< {band.critical_low:g} or > {band.critical_high:g}")
+            )
+        return f"> {band.critical_high:g}"
+    if band.low is not None and band.high is not None:
+        return f"outside {band.low:g}..{band.high:g}"
+    return f"< {band.low:g}" if band.low is not None else f"> {band.high:g}"
