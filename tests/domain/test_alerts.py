@@ -6,7 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from healthsync.domain.alerts import Alert, Threshold, thresholds_for
-from healthsync.domain.rules import AnomalySettings, BandOverride, PatientRules
+from healthsync.domain.bands import BandOverride, PatientRules
+from healthsync.domain.rules import AnomalySettings
 
 
 def test_threshold_bands() -> None:

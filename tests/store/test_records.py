@@ -10,9 +10,9 @@ import orjson
 import pytest
 
 from healthsync.domain.alerts import Alert
+from healthsync.domain.bands import BandOverride, PatientRules
 from healthsync.domain.news2 import news2
 from healthsync.domain.readings import Reading
-from healthsync.domain.rules import BandOverride, PatientRules
 from healthsync.security.codec import Codec
 from healthsync.security.crypto import Cipher, DecryptError, Keyring, key_id_of
 from healthsync.store.records import Records, latest_value

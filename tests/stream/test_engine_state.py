@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from healthsync.domain.alerts import AlertEvent
-from healthsync.domain.rules import AnomalySettings, PatientRules
+from healthsync.domain.bands import PatientRules
+from healthsync.domain.rules import AnomalySettings
 from healthsync.stream.replay import replay
 from tests.stream.engine_cases import T0, Run, kinds, reading
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from healthsync.domain.bands import PatientRules
 from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading
-from healthsync.domain.rules import PatientRules
 from healthsync.stream.rulebook import FORGET_AFTER_S, RuleBook
 
 COPD = PatientRules(spo2_scale=2)

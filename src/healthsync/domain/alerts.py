@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
+from healthsync.domain.bands import DEFAULT_LIMITS, PatientRules, merged_limits
 from healthsync.domain.readings import keyed_digest
-from healthsync.domain.rules import DEFAULT_LIMITS, PatientRules, merged_limits
 
 Severity = Literal["warning", "critical"]
 Category = Literal["clinical", "technical"]

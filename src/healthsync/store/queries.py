@@ -24,8 +24,8 @@ import orjson
 from redis.asyncio import Redis
 
 from healthsync.domain.alerts import Severity
+from healthsync.domain.bands import PatientRules
 from healthsync.domain.news2 import Band
-from healthsync.domain.rules import PatientRules
 from healthsync.metrics import COMPONENTS, merge_counters
 from healthsync.security.crypto import DecryptError
 from healthsync.store.latest import value_fields

@@ -18,9 +18,9 @@ import orjson
 from redis.typing import EncodableT, FieldT
 
 from healthsync.domain.alerts import Alert
+from healthsync.domain.bands import PatientRules
 from healthsync.domain.news2 import News2
 from healthsync.domain.readings import Reading
-from healthsync.domain.rules import PatientRules
 from healthsync.security.codec import Codec
 from healthsync.security.crypto import DecryptError
 

@@ -21,9 +21,9 @@ from typing import Any, TypeVar, cast
 from redis import Redis
 
 from healthsync.domain.alerts import Alert
+from healthsync.domain.bands import PatientRules
 from healthsync.domain.news2 import PARAMETERS, Observed
 from healthsync.domain.readings import Reading
-from healthsync.domain.rules import PatientRules
 from healthsync.metrics import StatsRecorder
 from healthsync.security.crypto import DecryptError
 from healthsync.store.multi import get_many

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Collection
 
 from healthsync.domain.alerts import Threshold, thresholds_for
+from healthsync.domain.bands import PatientRules
 from healthsync.domain.batch import Batch
-from healthsync.domain.rules import PatientRules
 
 RulesLoader = Callable[[list[str]], dict[str, PatientRules]]
 

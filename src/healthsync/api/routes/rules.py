@@ -12,7 +12,7 @@ from healthsync.api.auth import Access
 from healthsync.api.models import PatientId, RulesView
 from healthsync.api.services import Services
 from healthsync.domain.alerts import thresholds_for
-from healthsync.domain.rules import PatientRules
+from healthsync.domain.bands import PatientRules
 
 router = APIRouter(tags=["patients"])
 
