@@ -268,13 +268,13 @@ class Lifecycle:
         """A worse severity than the open alert's (critical) escalates it once its samples,
         consecutive in measurement order, confirm it, as they would open it."""
         severity = finding.severity
-        worse = severity is not None and RANK[severity] > RANK[alert.severity]
-        newest = tracker.critical_last
-        if worse and newest is not None and sample.ts - newest > self._gap():
-            tracker.note_critical(sample.ts, False)  # they stopped for too long: start over
-        tracker.note_critical(sample.ts, worse)
-        if severity is None or not worse:
+        if severity is None or RANK[severity] <= RANK[alert.severity]:
+            tracker.note_critical(sample.ts, False)
             return []
+        newest = tracker.critical_last
+        if newest is not None and sample.ts - newest > self._gap():
+            tracker.note_critical(sample.ts, False)  # they stopped for too long: start over
+        tracker.note_critical(sample.ts, True)
         confirmed = self._confirmed(
             tracker.critical_since, tracker.critical_count, tracker.critical_last
         )

@@ -41,7 +41,9 @@ class Tracker:
     # the newest time a sample measured before them was not critical (a late critical
     # sample measured after it began them earlier).
     critical_since: float | None = None
+    critical_last: float | None = None
     critical_count: int = 0
+    calm_at: float = -math.inf
     # Pending, in measurement order: the newest time a sample measured before the run was
     # back inside (a late sample measured after it and before `since` began the run
     # earlier), and the run a sample back inside ended at `ended_at`, which a late
@@ -49,8 +51,6 @@ class Tracker:
     inside_at: float = math.inf
     ended: Tracker | None = None
     ended_at: float | None = None
-    critical_last: float | None = None
-    calm_at: float = -math.inf
 
     def completed_by(self, ts: float) -> bool:
         """Whether a sample measured at `ts` falls within the ended run, before the sample
@@ -154,18 +154,18 @@ class Tracker:
             critical_since, critical_count = worse_since, worse_count
             critical_last = max(float(worse_since), float(last_ts))
         return cls(
-            since,
-            int(count),
-            float(last_ts),
-            clear_since,
-            [(float(t), float(v)) for t, v in evidence],
-            critical_since,
-            int(critical_count),
-            math.inf if inside_at is None else float(inside_at),
-            None if ended is None else cls.from_list(ended),
-            ended_at,
-            critical_last,
-            -math.inf if calm_at is None else float(calm_at),
+            since=since,
+            count=int(count),
+            last_ts=float(last_ts),
+            clear_since=clear_since,
+            evidence=[(float(t), float(v)) for t, v in evidence],
+            critical_since=critical_since,
+            critical_last=critical_last,
+            critical_count=int(critical_count),
+            calm_at=-math.inf if calm_at is None else float(calm_at),
+            inside_at=math.inf if inside_at is None else float(inside_at),
+            ended=None if ended is None else cls.from_list(ended),
+            ended_at=ended_at,
         )
 
 
