@@ -1,10 +1,20 @@
 """The processor loop: consume a batch, run the steps, write the sinks, then commit.
 
+A batch's sinks flush (Redis executes its transactions, Kafka acknowledges its
+resources) on a thread of their own while the next batch is decoded and run
+through the steps; that batch is written only once the one before it is
+stored. At most one batch is in flight, and nothing else touches Redis's
+stored state meanwhile: a rebalance, a clock tick that writes, and stopping
+all wait for it first. Its reading ids are kept from the next batch as the
+seen-check would keep them once it is stored.
+
 Offsets are committed only after every sink has flushed, so a crash replays
 the uncommitted batches; the Redis sink skips readings it already stored and
 the Kafka resources have deterministic ids, so the replay adds nothing twice.
-A sink that fails is retried with backoff without consuming further: the
-partition waits rather than losing readings. A store that came back from a
+A sink whose write fails is retried with backoff without consuming further: the
+partition waits rather than losing readings. A flush that fails replays its
+batch (and the one that followed it) from Kafka, with the steps' state
+reloaded from Redis, since part of it may be stored. A store that came back from a
 restart holding less than was committed (see :mod:`healthsync.store.live`)
 makes the processor consume again from where the store's data ends, and
 reload its steps' state from it: the gap is replayed, never skipped.
@@ -20,6 +30,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -44,7 +55,7 @@ from healthsync.security.crypto import DecryptError
 from healthsync.stream.contracts import SeenFilter, Sink, Step
 from healthsync.stream.gaps import OffsetGaps
 from healthsync.stream.membership import Membership
-from healthsync.stream.retry import retry_until_stopped
+from healthsync.stream.retry import MAX_BACKOFF_S, retry_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +63,7 @@ _LAG_INTERVAL_S = 1.0
 # How often the anomaly engine's clock ticks (device-offline checks) when caught up.
 _TICK_INTERVAL_S = 1.0
 T = TypeVar("T")
+Positions = dict[tuple[str, int], tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,15 @@ class Pipeline:
     stats: StatsRecorder
     publish_stats: Callable[[], None]
     ticks: bool = False
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    """A batch written to the sinks whose flush is under way."""
+
+    positions: Positions
+    reading_ids: frozenset[str]
+    flushed: Future[None]
 
 
 class Processor:
@@ -96,12 +117,17 @@ class Processor:
         self.stopping = False
         self._lag_at = 0.0
         self._tick_at = 0.0
+        self._flusher = ThreadPoolExecutor(1, thread_name_prefix="sink-flush")
+        self._in_flight: _InFlight | None = None
+        self._failed_flushes = 0  # in a row: the replays back off as retries do
 
     def stop(self) -> None:
         self.stopping = True
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Partitions (and so patients) moved: the steps rebuild their state from Redis.
+        # Partitions (and so patients) moved: the steps rebuild their state from Redis,
+        # which must hold the batch in flight first.
+        self._settle()
         self.gaps.forget((p.topic, p.partition) for p in partitions)
         owned = {p.partition for p in partitions}
         for step in self.steps:
@@ -110,6 +136,8 @@ class Processor:
         self.membership.joined()
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Stored and committed before the partitions' next owner reads them.
+        self._settle()
         self.membership.left()
         self.gaps.forget((p.topic, p.partition) for p in partitions)
         log.info("partitions revoked", extra={"partitions": [p.partition for p in partitions]})
@@ -126,9 +154,12 @@ class Processor:
                 if messages:
                     self.handle(messages)
                 if len(messages) < cfg.batch_size:
-                    self._tick()  # caught up: silence now means a quiet device, not a backlog
+                    self._settle()  # caught up: no next batch to overlap with
+                    self._tick()  # silence now means a quiet device, not a backlog
                 self._report_lag(idle=not messages)
         finally:
+            self._settle()
+            self._flusher.shutdown()
             self.consumer.close()
             self.membership.left()
             log.info("processor stopped")
@@ -153,13 +184,18 @@ class Processor:
         self.handle([], now=now)
 
     def handle(self, messages: list[Message], now: float | None = None) -> None:
-        """Process one batch of messages; with none and `now` set, one clock tick."""
+        """Process one batch of messages; with none and `now` set, one clock tick.
+
+        The batch is written once the batch before it is stored, and left flushing.
+        """
         readings, partitions, positions = self._decode(messages)
         fresh = (
             self._retry("check seen", lambda: self.seen.filter_new(readings)) if readings else []
         )
         if fresh is None:
             return
+        if self._in_flight is not None:
+            fresh = [r for r in fresh if r.reading_id not in self._in_flight.reading_ids]
         self.stats.inc("duplicates_total", len(readings) - len(fresh))
         batch = Batch(fresh, partitions=partitions, now=now, positions=positions)
         for step in self.steps:
@@ -169,20 +205,46 @@ class Processor:
             batch.readings or batch.alert_events or batch.states or batch.departed or positions
         ):
             return  # a tick that changed nothing
+        if not self._settle(following=positions):
+            return  # the batch before is replayed, and this one with it
         behind = self._retry("write sinks", lambda: self._write(batch))
         if behind is None:
             return  # stopping with the batch unwritten: it is replayed on restart
         if behind:
             self._rewind(behind, positions)
-        elif positions:
-            self._commit({tp: after for tp, (_first, after) in positions.items()})
+            return
+        ids = frozenset(r.reading_id for r in batch.readings)
+        self._in_flight = _InFlight(positions, ids, self._flusher.submit(self._flush))
 
-    def _decode(
-        self, messages: list[Message]
-    ) -> tuple[list[Reading], dict[str, int], dict[tuple[str, int], tuple[int, int]]]:
+    def _settle(self, following: Positions | None = None) -> bool:
+        """Wait for the batch in flight; commit it once stored. False if it failed: it is
+        then consumed again, and so is the batch `following` it (at those positions)."""
+        done, self._in_flight = self._in_flight, None
+        if done is None:
+            return True
+        try:
+            done.flushed.result()
+        except Exception as exc:  # noqa: BLE001 - any failure replays the batch
+            self.stats.inc("sink_errors_total")
+            backoff = min(0.1 * 2**self._failed_flushes, MAX_BACKOFF_S)
+            self._failed_flushes += 1
+            log.warning(
+                "flushing the sinks failed; replaying",
+                extra={"error": str(exc), "backoff_s": backoff},
+            )
+            self._consume_again({**(following or {}), **done.positions})
+            if not self.stopping:
+                time.sleep(backoff)
+            return False
+        self._failed_flushes = 0
+        if done.positions:
+            self._commit({tp: after for tp, (_first, after) in done.positions.items()})
+        return True
+
+    def _decode(self, messages: list[Message]) -> tuple[list[Reading], dict[str, int], Positions]:
         readings: list[Reading] = []
         partitions: dict[str, int] = {}
-        positions: dict[tuple[str, int], tuple[int, int]] = {}
+        positions: Positions = {}
         for message in messages:
             error = message.error()
             if error is not None:
@@ -228,29 +290,38 @@ class Processor:
         return True
 
     def _write(self, batch: Batch) -> dict[tuple[str, int], int]:
-        """Write and flush every sink; what to consume again if the store is behind, else {}."""
+        """Write every sink (to flush later); what to consume again if the store is behind."""
         try:
             for sink in self.sinks:
                 sink.write(batch)
         except StoreBehindError as exc:
             return exc.positions
-        for sink in self.sinks:
-            sink.flush()
         return {}
 
-    def _rewind(
-        self, behind: dict[tuple[str, int], int], positions: dict[tuple[str, int], tuple[int, int]]
-    ) -> None:
-        """Consume again from where the store's data ends, with state reloaded from it.
+    def _flush(self) -> None:
+        """On the flush thread: every sink, in order (the live sink, which records the
+        readings as seen, last)."""
+        for sink in self.sinks:
+            sink.flush()
 
-        Every partition of the dropped batch is rewound (the others to the batch's
-        first offset), so none of its messages is skipped.
-        """
+    def _rewind(self, behind: dict[tuple[str, int], int], positions: Positions) -> None:
+        """Consume again from where the store's data ends, with state reloaded from it."""
         self.stats.inc("store_replays_total")
         log.warning("store behind the consumer; replaying", extra={"partitions": len(behind)})
+        self._consume_again(positions, behind)
+
+    def _consume_again(
+        self, positions: Positions, behind: dict[tuple[str, int], int] | None = None
+    ) -> None:
+        """Seek each partition of `positions` back to its first offset there (or to where
+        `behind` says the store ends), and have the steps reload their state.
+
+        Every partition of the dropped batches is sought, so none of their messages
+        is skipped.
+        """
         self.gaps.forget(positions)
         for (topic, partition), (first, _after) in positions.items():
-            target = behind.get((topic, partition), first)
+            target = (behind or {}).get((topic, partition), first)
             try:
                 self.consumer.seek(TopicPartition(topic, partition, target))
             except KafkaException as exc:
