@@ -41,7 +41,7 @@ from healthsync.jobs.base import JobContext, JobParams
 from healthsync.jobs.compact import Compact
 from healthsync.jobs.output import JobOutput
 from healthsync.security.codec import Codec
-from healthsync.security.crypto import Keyring
+from healthsync.security.keyring import Keyring
 from healthsync.store import job_files
 from healthsync.store.archive import layout
 from healthsync.store.archive.columns import HISTORY_COLUMNS

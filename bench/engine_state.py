@@ -23,7 +23,8 @@ from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading
 from healthsync.domain.rules import AnomalySettings
 from healthsync.security.codec import Codec
-from healthsync.security.crypto import Cipher, Keyring
+from healthsync.security.crypto import Cipher
+from healthsync.security.keyring import Keyring
 from healthsync.store.records import Records
 from healthsync.stream.engine import AnomalyEngine
 from healthsync.stream.rulebook import RuleBook

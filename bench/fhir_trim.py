@@ -36,7 +36,7 @@ from healthsync.domain.readings import Reading
 from healthsync.domain.rules import AnomalySettings
 from healthsync.fhir.step import FhirResources
 from healthsync.security.codec import Codec
-from healthsync.security.crypto import Keyring
+from healthsync.security.keyring import Keyring
 from healthsync.stack import start_redis
 from healthsync.store.fhir_store import RedisFhirSink
 from healthsync.store.records import Records

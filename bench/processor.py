@@ -42,7 +42,7 @@ from healthsync.kafka import client_config, ensure_topics
 from healthsync.redis_client import connect
 from healthsync.security import codec as roles
 from healthsync.security.codec import Codec
-from healthsync.security.crypto import Keyring
+from healthsync.security.keyring import Keyring
 from healthsync.stack import start_broker, start_redis
 from healthsync.wiring import build_processor
 

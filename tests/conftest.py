@@ -35,7 +35,7 @@ from healthsync.api.apikeys import ApiKeyStore
 from healthsync.api.permissions import ROLES
 from healthsync.config import Settings
 from healthsync.security.codec import Codec
-from healthsync.security.crypto import Keyring
+from healthsync.security.keyring import Keyring
 from healthsync.stack import Service, free_port, start_broker, start_redis
 from healthsync.supervisor import Pipeline
 

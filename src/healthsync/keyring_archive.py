@@ -7,7 +7,7 @@ keyring key (or the KMS key): see :mod:`healthsync.store.archive.rekey`.
 from __future__ import annotations
 
 from healthsync.config import CryptoSettings, Settings
-from healthsync.security.crypto import KeyringError
+from healthsync.security.keyring import KeyringError
 from healthsync.store.archive.rekey import key_usage, rewrap
 from healthsync.store.archive.setup import Archive
 

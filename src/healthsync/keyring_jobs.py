@@ -12,7 +12,8 @@ from healthsync.config import CryptoSettings, Settings
 from healthsync.errors import ConfigError
 from healthsync.redis_client import connect
 from healthsync.security.codec import Codec, load_keyring
-from healthsync.security.crypto import Cipher, KeyringError
+from healthsync.security.crypto import Cipher
+from healthsync.security.keyring import KeyringError
 from healthsync.store.job_files import ObjectStore, open_store
 from healthsync.store.job_rewrap import JobFilesReport, key_usage, rewrite, stale_files
 from healthsync.store.runs import RunStore

@@ -9,7 +9,7 @@ from healthsync.config import CryptoSettings, Settings
 from healthsync.errors import ConfigError
 from healthsync.redis_client import connect
 from healthsync.security.codec import Codec
-from healthsync.security.crypto import KeyringError
+from healthsync.security.keyring import KeyringError
 from healthsync.store.rewrap import key_usage, rewrap
 
 

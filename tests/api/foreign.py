@@ -8,7 +8,7 @@ from redis import Redis
 
 from healthsync.config import CryptoSettings, Settings
 from healthsync.security.codec import Codec
-from healthsync.security.crypto import Keyring
+from healthsync.security.keyring import Keyring
 from tests.api.auth_client import ALERT_ID
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from healthsync.config import Settings
 from healthsync.domain.readings import Reading
-from healthsync.security.crypto import Keyring
+from healthsync.security.keyring import Keyring
 from healthsync.stack import Service
 from tests.api.history_data import DAY_S, ask, follow, reading, to_archive, to_redis
 from tests.conftest import Credentials, make_settings

@@ -37,7 +37,7 @@ from packaging.utils import canonicalize_name
 from healthsync.aws import object_lambda, package
 from healthsync.cli import main
 from healthsync.domain.readings import Reading
-from healthsync.security.crypto import Keyring
+from healthsync.security.keyring import Keyring
 from healthsync.store.archive.columns import readings_table
 from healthsync.store.archive.deidentify import Deidentifier
 from healthsync.store.archive.encryption import AwsKmsClient, KeyringKmsClient, ParquetCrypto

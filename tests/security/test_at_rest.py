@@ -23,7 +23,7 @@ from healthsync.domain.readings import reading_id_for
 from healthsync.kafka import make_consumer, make_producer
 from healthsync.security import codec as roles
 from healthsync.security.codec import Codec
-from healthsync.security.crypto import Keyring
+from healthsync.security.keyring import Keyring
 from healthsync.stack import Service
 from healthsync.supervisor import Pipeline
 from tests.conftest import Credentials, Device, make_settings, wait_for

@@ -19,7 +19,8 @@ from moto.server import ThreadedMotoServer
 from healthsync.cli import main
 from healthsync.config import Settings
 from healthsync.security.codec import Codec
-from healthsync.security.crypto import Cipher, DecryptError, Keyring, KeyringError, key_id_of
+from healthsync.security.crypto import Cipher, DecryptError, key_id_of
+from healthsync.security.keyring import Keyring, KeyringError
 from healthsync.stack import free_port
 
 PHI = b'{"patient_id": "P-1", "heart_rate": 71}'

@@ -14,7 +14,8 @@ from healthsync.domain.readings import Reading
 from healthsync.fhir.observations import observations_for, reading_bundle
 from healthsync.security import codec as roles
 from healthsync.security.codec import Codec
-from healthsync.security.crypto import DecryptError, Keyring
+from healthsync.security.crypto import DecryptError
+from healthsync.security.keyring import Keyring
 
 
 def _codec(tmp_path: Path, enabled: bool = True) -> Codec:

@@ -14,7 +14,8 @@ import httpx
 from redis import Redis
 
 from healthsync.security.codec import Codec
-from healthsync.security.crypto import Keyring, key_id_of
+from healthsync.security.crypto import key_id_of
+from healthsync.security.keyring import Keyring
 from healthsync.stack import Service
 from healthsync.supervisor import Pipeline
 from tests.conftest import Credentials, Device, make_settings, wait_for

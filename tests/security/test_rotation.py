@@ -9,7 +9,8 @@ from pathlib import Path
 
 from healthsync.config import Settings
 from healthsync.security.codec import Codec
-from healthsync.security.crypto import Keyring, key_id_of
+from healthsync.security.crypto import key_id_of
+from healthsync.security.keyring import Keyring
 from healthsync.security.rotation import seal_counts
 from healthsync.stack import Service
 from tests.api.auth_client import serving

@@ -18,7 +18,8 @@ from redis import Redis
 from healthsync.config import Settings
 from healthsync.jobs.output import JobOutput, open_store
 from healthsync.security.codec import Codec
-from healthsync.security.crypto import Keyring, key_id_of
+from healthsync.security.crypto import key_id_of
+from healthsync.security.keyring import Keyring
 from healthsync.stack import Service
 from healthsync.store.runs import RunStore
 from tests.store.archive.conftest import Moto, moto  # noqa: F401 - the fixture

@@ -14,7 +14,8 @@ from healthsync.domain.bands import BandOverride, PatientRules
 from healthsync.domain.news2 import news2
 from healthsync.domain.readings import Reading
 from healthsync.security.codec import Codec
-from healthsync.security.crypto import Cipher, DecryptError, Keyring, key_id_of
+from healthsync.security.crypto import Cipher, DecryptError, key_id_of
+from healthsync.security.keyring import Keyring
 from healthsync.store.records import Records, latest_value
 
 # A patient's engine state as the engine builds it: the bench's, which measures it.

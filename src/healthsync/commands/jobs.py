@@ -244,7 +244,7 @@ def cmd_aws_research_key(args: argparse.Namespace) -> int:
 
     from healthsync.aws.object_lambda import research_secret
     from healthsync.security.codec import key_service
-    from healthsync.security.crypto import Keyring
+    from healthsync.security.keyring import Keyring
     from healthsync.store.archive.deidentify import Deidentifier
 
     crypto = _settings(args).crypto

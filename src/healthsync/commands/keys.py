@@ -12,7 +12,7 @@ from healthsync.config import CryptoSettings, Settings
 def cmd_keys(args: argparse.Namespace) -> int:
     """Create a keyring, rotate its active key, or retire an old key."""
     from healthsync.security.codec import key_service
-    from healthsync.security.crypto import Keyring, KeyringError
+    from healthsync.security.keyring import Keyring, KeyringError
     from healthsync.security.rotation import keyring_lock
 
     crypto = settings_from(args).crypto

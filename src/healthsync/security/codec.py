@@ -27,7 +27,8 @@ import lz4.frame
 
 from healthsync.config import CryptoSettings, Settings
 from healthsync.names import RedisKeys
-from healthsync.security.crypto import MAGIC, Cipher, DecryptError, Keyring, KeyService
+from healthsync.security.crypto import MAGIC, Cipher, DecryptError
+from healthsync.security.keyring import Keyring, KeyService
 from healthsync.security.rotation import KeyUsage
 
 # Topic roles, bound into the associated data of Kafka values.

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from healthsync.security.crypto import KeyringError
+from healthsync.security.keyring import KeyringError
 
 
 class KmsKeys:
-    """A :class:`healthsync.security.crypto.KeyService` over one KMS endpoint."""
+    """A :class:`healthsync.security.keyring.KeyService` over one KMS endpoint."""
 
     def __init__(self, region: str | None = None, endpoint_url: str | None = None) -> None:
         try:

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from healthsync.security.crypto import Keyring, KeyringError, KeyService
+from healthsync.security.keyring import Keyring, KeyringError, KeyService
 
 # At most this many seals are counted in memory before they are added to the file.
 _MAX_BATCH = 65_536

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from healthsync.security.crypto import CryptoError, Keyring
+from healthsync.security.keyring import CryptoError, Keyring
 
 _NONCE_BYTES = 12
 _TAG_BYTES = 16

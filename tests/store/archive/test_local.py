@@ -12,7 +12,7 @@ import pytest
 
 from healthsync.config import Settings
 from healthsync.domain.readings import reading_id_for
-from healthsync.security.crypto import Keyring
+from healthsync.security.keyring import Keyring
 from healthsync.store.archive.errors import ArchiveReadError
 from healthsync.store.archive.layout import Span
 from healthsync.store.archive.setup import Archive

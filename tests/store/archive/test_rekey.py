@@ -15,7 +15,7 @@ import pytest
 
 from healthsync.config import Settings
 from healthsync.domain.alerts import Alert
-from healthsync.security.crypto import Keyring
+from healthsync.security.keyring import Keyring
 from healthsync.store.archive.compact import Compactor
 from healthsync.store.archive.days import DAY_S, DayCompactor, day_of
 from healthsync.store.archive.errors import ArchiveReadError

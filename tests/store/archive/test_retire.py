@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from healthsync.config import Settings
-from healthsync.security.crypto import Keyring
+from healthsync.security.keyring import Keyring
 from healthsync.stack import Service
 from healthsync.store.archive.layout import Span
 from healthsync.store.archive.rekey import key_usage

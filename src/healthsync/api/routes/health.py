@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from healthsync.api.models import Health, Readiness
 from healthsync.api.services import Services
 from healthsync.kafka import KafkaUnavailableError, check_broker
-from healthsync.security.crypto import KeyringError
+from healthsync.security.keyring import KeyringError
 from healthsync.security.rotation import seal_counts
 
 router = APIRouter(tags=["health"])

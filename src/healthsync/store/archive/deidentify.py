@@ -29,7 +29,7 @@ from datetime import UTC, date, datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from healthsync.security.crypto import Keyring
+from healthsync.security.keyring import Keyring
 from healthsync.store.archive.columns import VITAL_NAMES
 
 _PSEUDONYM_HEX = 32

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from healthsync.config import CryptoSettings
 from healthsync.errors import ConfigError
-from healthsync.security.crypto import Keyring
+from healthsync.security.keyring import Keyring
 from healthsync.store.archive.errors import ArchiveError
 
 _WRAP_INFO = b"healthsync archive key wrapping v1"
