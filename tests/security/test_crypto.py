@@ -13,7 +13,9 @@ from pathlib import Path
 import boto3
 import pytest
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from moto.server import ThreadedMotoServer
 
 from healthsync.cli import main
@@ -188,6 +190,35 @@ def _v1_seal(key: bytes, plaintext: bytes, aad: bytes, key_id: bytes = b"k1") ->
     return header + nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
 
 
+def _v2_seal(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """A format 2 value under the subkey `nonce` picks, as any version may have sealed it
+    (before, nonces were all 96 bits of the keyed hash, so they used every subkey)."""
+    info = b"healthsync v2 subkey " + nonce[:2]
+    subkey = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(key)
+    return b"\xa5\x02\x02k1" + nonce + AESGCMSIV(subkey).encrypt(nonce, plaintext, aad)
+
+
+def test_new_values_use_256_subkeys_and_a_value_under_any_subkey_opens(tmp_path: Path) -> None:
+    """With the key rotated after 2^31 seals, no subkey seals more than about 2^23 values;
+    the subkeys kept built are the ones seals use. Values sealed under the others before
+    stay readable, in a cipher that has sealed and in a fresh one."""
+    ring = Keyring.load(saved(tmp_path))
+    cipher = Cipher(ring)
+    nonces = {cipher.seal(n.to_bytes(4, "big") + PHI, b"hs:x")[5:17] for n in range(5_000)}
+    assert len(nonces) == 5_000, "different values, different nonces"
+    assert {nonce[0] for nonce in nonces} == {0}, "a seal used a subkey outside the first 256"
+    assert len({nonce[1] for nonce in nonces}) == 256, "the 256 subkeys are all used"
+
+    key = ring.keys["k1"]
+    for first_two in (b"\x00\x07", b"\x01\x00", b"\x9c\x41", b"\xff\xff"):
+        nonce = first_two + os.urandom(10)
+        old = _v2_seal(key, nonce, PHI, b"hs:latest:x")
+        assert cipher.open(old, b"hs:latest:x") == PHI
+        assert Cipher(ring).open(old, b"hs:latest:x") == PHI
+        with pytest.raises(DecryptError, match="authentication failed"):
+            cipher.open(old, b"hs:latest:y")
+
+
 def test_values_are_sealed_with_aes_gcm_siv_and_old_ones_stay_readable(tmp_path: Path) -> None:
     ring = Keyring.load(saved(tmp_path))
     cipher = Cipher(ring)
@@ -218,20 +249,21 @@ def test_seals_are_counted_per_key(tmp_path: Path) -> None:
 
 
 def test_a_cipher_holds_its_subkeys_in_a_few_mebibytes(tmp_path: Path) -> None:
-    """Every process that seals ends up using all 65,536 subkeys of its data key; what
-    it keeps of them must stay small (it was 15 MiB per data key in a cache)."""
+    """A process that opens values sealed before meets all 65,536 subkeys of a data key;
+    what it keeps of them must stay small (it was 15 MiB per data key in a cache)."""
     ring = Keyring.load(saved(tmp_path))
+    key = ring.keys["k1"]
+    # 200,000 values under random subkeys: about 95% of them.
+    sealed = [
+        _v2_seal(key, os.urandom(12), n.to_bytes(4, "big") + PHI, b"hs:x") for n in range(200_000)
+    ]
     tracemalloc.start()
     try:
         cipher = Cipher(ring)
-        # 200,000 seals use about 95% of the subkeys.
-        sealed = [cipher.seal(n.to_bytes(4, "big") + PHI, b"hs:x") for n in range(200_000)]
+        opened = [cipher.open(value, b"hs:x") for value in sealed]
         held, _peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    held -= sum(sys.getsizeof(s) for s in sealed) + sys.getsizeof(sealed)
+    held -= sum(sys.getsizeof(o) for o in opened) + sys.getsizeof(opened)
     assert held < 4 * 2**20, f"{held / 2**20:.1f} MiB held for one data key's subkeys"
-    fresh = Cipher(ring)
-    for n in range(0, 200_000, 997):
-        assert cipher.open(sealed[n], b"hs:x") == fresh.open(sealed[n], b"hs:x")
-        assert fresh.open(sealed[n], b"hs:x") == n.to_bytes(4, "big") + PHI
+    assert all(o == n.to_bytes(4, "big") + PHI for n, o in enumerate(opened))

@@ -4,15 +4,22 @@ A sealed value is ``MAGIC | VERSION | len(key_id) | key_id | nonce(12) | ciphert
 
 Format 2 (``VERSION`` 0x02, what :meth:`Cipher.seal` writes) is AES-256-GCM-SIV
 under one of 65,536 subkeys of the data key, derived with HKDF-SHA256; the
-nonce's first two bytes pick the subkey. At about 15 seals per reading, 2,000
-patients at 1 Hz would take one AES-GCM key to NIST's 2^32-messages limit in
-about 40 hours; spread over 2^16 subkeys, and with GCM-SIV's own per-nonce key
-derivation, no subkey comes near it in centuries. Format 1 (0x01, AES-256-GCM
-under the data key itself) is still opened, so data sealed before stays
-readable; `healthsync keys rewrap` moves it to format 2. :attr:`Cipher.seals`
-counts this process's seals per key id; with a :class:`SealUsage`
+nonce's first two bytes pick the subkey. Format 1 (0x01, AES-256-GCM under the
+data key itself) is still opened, so data sealed before stays readable;
+`healthsync keys rewrap` moves it to format 2. :attr:`Cipher.seals` counts this
+process's seals per key id; with a :class:`SealUsage`
 (:mod:`healthsync.security.rotation`) they are also counted across processes
-and the active key rotates before a limit.
+and the active key rotates after 2^31, half of NIST's 2^32-messages limit for
+an AES-GCM key (about 15 seals per reading: 2,000 patients at 1 Hz reach 2^32
+in about 40 hours).
+
+:meth:`Cipher.seal` uses the first 256 subkeys: its nonces start with a zero
+byte. So no subkey seals more than about 2^23 values before the key rotates,
+2^9 times below that limit before GCM-SIV's own per-nonce key derivation is
+counted, and those 256 AEADs stay built (about 0.7 MiB per data key). Building
+an AEAD and its key schedule at each seal cost 4 us of the 8 a seal took. Any
+of the 65,536 subkeys still opens: values sealed before used them all.
+
 The key id travels with every value, so the active key can change at any time:
 new values use the new key, old values stay readable with the key they name
 until that key is retired (its material deleted from the keyring), after which
@@ -22,15 +29,15 @@ The associated data (AAD) names the place a value is stored (its Redis key and
 field, or its topic role and message key): a value copied to another place
 fails authentication, so one patient's record cannot be swapped for another's.
 
-The nonce is synthetic: a 12-byte keyed BLAKE2b (a PRF, about twice as fast
-here as HMAC-SHA256) of the associated data and the plaintext, under a key
-derived from the data key. The same
-value written twice to the same place seals to the same bytes, so the
-pipeline's replays stay idempotent (a re-added sorted-set member is the same
-member; a replayed batch leaves Redis byte-for-byte as it was); different
-values get different nonces with the same collision odds as random ones
-(2^-96 per pair). All it reveals is that a place holds the very same value
-again.
+The nonce is synthetic: after the zero byte, an 11-byte keyed BLAKE2b (a PRF,
+about twice as fast here as HMAC-SHA256) of the associated data and the
+plaintext, under a key derived from the data key. The same value written twice
+to the same place seals to the same bytes, so the pipeline's replays stay
+idempotent (a re-added sorted-set member is the same member; a replayed batch
+leaves Redis byte-for-byte as it was); different values get different nonces
+with the odds of random 88-bit ones (2^-88 per pair), and GCM-SIV resists a
+repeated nonce: it would reveal only whether the two values are the same. All
+the synthetic nonce reveals is that a place holds the very same value again.
 
 Identifiers that must stay searchable (Redis key names, hash fields, set
 members, Kafka message keys) are replaced by a pseudonym: a keyed HMAC-SHA256,
@@ -64,6 +71,8 @@ _NONCE_BYTES = 12
 _TAG_BYTES = 16
 # Format 2 seals under one of this many subkeys of the data key: the nonce's first two bytes.
 _SUBKEYS = 1 << 16
+# The subkeys Cipher.seal uses, and keeps built: those of nonces that start with a zero byte.
+_SEALING_SUBKEYS = 1 << 8
 # 128 bits of the HMAC: collisions are out of reach for any number of patients.
 _PSEUDONYM_HEX = 32
 # A value under an unknown key makes a cipher with seal counting read its keyring
@@ -86,24 +95,32 @@ class _DataKey:
         self._key = key
         self.gcm = AESGCM(key)
         self.nonce_key = _hkdf(key, b"healthsync v2 nonce")
-        # The derived bytes are kept, not the AEAD objects: an AESGCMSIV holds about
-        # 2.8 KiB, so all 65,536 of them would take about 180 MiB in every process that
-        # seals or opens, and one takes about 2 us to make. The bytes sit in one table
-        # of 2 MiB, filled in as subkeys are first used: a cache of bytes objects took
-        # 15 MiB per data key once full, and grew for minutes after a process started.
+        # The subkeys seals use stay built. Of the others (only values sealed before use
+        # them) the derived bytes are kept in one 2 MiB table, filled in as they are first
+        # used: an AESGCMSIV holds about 2.8 KiB once used, so all 65,536 would take
+        # 180 MiB in every process that opens, and bytes objects took 15 MiB.
+        self._sealing: dict[int, AESGCMSIV] = {}
         self._subkeys = bytearray(_SUBKEYS * KEY_BYTES)
         self._derived = bytearray(_SUBKEYS)  # 1 where the table holds the subkey
 
     def subkey(self, index: bytes) -> AESGCMSIV:
         """The AEAD of subkey `index` (two bytes: the nonce's first two)."""
         n = int.from_bytes(index, "big")
+        if n < _SEALING_SUBKEYS:
+            aead = self._sealing.get(n)
+            if aead is None:
+                aead = self._sealing[n] = AESGCMSIV(self._derive(index))
+            return aead
         start = n * KEY_BYTES
         if not self._derived[n]:
-            derived = _hkdf(self._key, b"healthsync v2 subkey " + index)
+            derived = self._derive(index)
             self._subkeys[start : start + KEY_BYTES] = derived
             self._derived[n] = 1
             return AESGCMSIV(derived)
         return AESGCMSIV(bytes(self._subkeys[start : start + KEY_BYTES]))
+
+    def _derive(self, index: bytes) -> bytes:
+        return _hkdf(self._key, b"healthsync v2 subkey " + index)
 
 
 class SealUsage(Protocol):
@@ -155,7 +172,9 @@ class Cipher:
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         message = len(aad).to_bytes(4, "big") + aad + plaintext
         key = self._active_key
-        nonce = hashlib.blake2b(message, key=key.nonce_key, digest_size=_NONCE_BYTES).digest()
+        # A zero byte, then 88 bits of the keyed hash: one of the subkeys kept built.
+        digest = hashlib.blake2b(message, key=key.nonce_key, digest_size=_NONCE_BYTES - 1)
+        nonce = b"\x00" + digest.digest()
         active = self.keyring.active
         self.seals[active] = self.seals.get(active, 0) + 1
         sealed = self._prefix + nonce + key.subkey(nonce[:2]).encrypt(nonce, plaintext, aad)
