@@ -3,6 +3,7 @@ a restart; alert ids and replays are deterministic."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from healthsync.domain.alerts import AlertEvent
@@ -123,3 +124,17 @@ def test_a_monitor_moved_to_another_patient_leaves_no_offline_alert_behind() -> 
         events += run.send(reading(t, "P-4", device="mon-2", heart_rate=70))
         events += run.send(reading(t, "P-2", device="mon-1", heart_rate=80), now=t)
     assert events == []
+
+
+def test_a_batchs_saved_state_is_not_changed_by_the_next_batch() -> None:
+    """The processor writes a batch's states while the next batch is processed, and
+    writes them again if that write fails: they must be the states as they were."""
+    run = Run()
+    # Enough samples for trend buckets, held artefacts, evidence and a pending alert.
+    for t in range(0, 120, 5):
+        run.send(reading(t, spo2=97 if t < 90 else 84, heart_rate=75))
+    saved = run.states["P-1"]
+    as_saved = copy.deepcopy(saved)
+    for t in range(120, 180, 5):
+        run.send(reading(t, spo2=83, heart_rate=76 + t % 3))
+    assert saved == as_saved, "the state saved with a batch moved on with the next"

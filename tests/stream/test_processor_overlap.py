@@ -109,13 +109,13 @@ def test_a_reading_sent_again_while_its_first_copy_is_being_stored_is_stored_onc
     assert stat(redis, settings, "processor", "duplicates_total") == 1
 
 
-def test_a_batch_whose_flush_failed_is_stored_from_a_replay_once(
+def test_a_batch_whose_flush_failed_is_written_again_and_stored_once(
     settings: Settings, redis: Redis
 ) -> None:
     ensure_topics(settings.kafka)
     sent = fresh_readings(10)
     # A batch from each of two partitions. The first batch's flush fails while the
-    # second is processed: both are replayed, the second's partition as well.
+    # second is processed: the first is written and flushed again before the second.
     send(settings, sent[:5], partition=0)
     send(settings, sent[5:], partition=1)
     gate = Gate(fail_first=True)

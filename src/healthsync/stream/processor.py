@@ -11,10 +11,9 @@ seen-check would keep them once it is stored.
 Offsets are committed only after every sink has flushed, so a crash replays
 the uncommitted batches; the Redis sink skips readings it already stored and
 the Kafka resources have deterministic ids, so the replay adds nothing twice.
-A sink whose write fails is retried with backoff without consuming further: the
-partition waits rather than losing readings. A flush that fails replays its
-batch (and the one that followed it) from Kafka, with the steps' state
-reloaded from Redis, since part of it may be stored. A store that came back from a
+A sink that fails is retried with backoff, the batch written and flushed again,
+without writing further (a flush that fails is retried before the next batch is
+written): the partition waits rather than losing readings. A store that came back from a
 restart holding less than was committed (see :mod:`healthsync.store.live`)
 makes the processor consume again from where the store's data ends, and
 reload its steps' state from it: the gap is replayed, never skipped.
@@ -55,7 +54,7 @@ from healthsync.security.crypto import DecryptError
 from healthsync.stream.contracts import SeenFilter, Sink, Step
 from healthsync.stream.gaps import OffsetGaps
 from healthsync.stream.membership import Membership
-from healthsync.stream.retry import MAX_BACKOFF_S, retry_until_stopped
+from healthsync.stream.retry import retry_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ class Pipeline:
 class _InFlight:
     """A batch written to the sinks whose flush is under way."""
 
-    positions: Positions
+    batch: Batch
     reading_ids: frozenset[str]
     flushed: Future[None]
 
@@ -119,7 +118,6 @@ class Processor:
         self._tick_at = 0.0
         self._flusher = ThreadPoolExecutor(1, thread_name_prefix="sink-flush")
         self._in_flight: _InFlight | None = None
-        self._failed_flushes = 0  # in a row: the replays back off as retries do
 
     def stop(self) -> None:
         self.stopping = True
@@ -214,31 +212,30 @@ class Processor:
             self._rewind(behind, positions)
             return
         ids = frozenset(r.reading_id for r in batch.readings)
-        self._in_flight = _InFlight(positions, ids, self._flusher.submit(self._flush))
+        self._in_flight = _InFlight(batch, ids, self._flusher.submit(self._flush))
 
     def _settle(self, following: Positions | None = None) -> bool:
-        """Wait for the batch in flight; commit it once stored. False if it failed: it is
-        then consumed again, and so is the batch `following` it (at those positions)."""
+        """Wait for the batch in flight and commit it once stored; a failed flush is
+        retried (written and flushed again) first. False if it was not stored (stopping,
+        or the store is behind: then it is consumed again, and so is the batch
+        `following` it, at those positions)."""
         done, self._in_flight = self._in_flight, None
         if done is None:
             return True
+        batch = done.batch
         try:
             done.flushed.result()
-        except Exception as exc:  # noqa: BLE001 - any failure replays the batch
+        except Exception as exc:  # noqa: BLE001 - retried as every sink failure is
             self.stats.inc("sink_errors_total")
-            backoff = min(0.1 * 2**self._failed_flushes, MAX_BACKOFF_S)
-            self._failed_flushes += 1
-            log.warning(
-                "flushing the sinks failed; replaying",
-                extra={"error": str(exc), "backoff_s": backoff},
-            )
-            self._consume_again({**(following or {}), **done.positions})
-            if not self.stopping:
-                time.sleep(backoff)
-            return False
-        self._failed_flushes = 0
-        if done.positions:
-            self._commit({tp: after for tp, (_first, after) in done.positions.items()})
+            log.warning("write sinks failed; retrying", extra={"error": str(exc)})
+            behind = self._retry("write sinks", lambda: self._store(batch))
+            if behind is None:
+                return False  # stopping: the batch is replayed on restart
+            if behind:
+                self._rewind(behind, {**(following or {}), **batch.positions})
+                return False
+        if batch.positions:
+            self._commit({tp: after for tp, (_first, after) in batch.positions.items()})
         return True
 
     def _decode(self, messages: list[Message]) -> tuple[list[Reading], dict[str, int], Positions]:
@@ -298,6 +295,13 @@ class Processor:
             return exc.positions
         return {}
 
+    def _store(self, batch: Batch) -> dict[tuple[str, int], int]:
+        """Write and flush every sink; what to consume again if the store is behind."""
+        behind = self._write(batch)
+        if not behind:
+            self._flush()
+        return behind
+
     def _flush(self) -> None:
         """On the flush thread: every sink, in order (the live sink, which records the
         readings as seen, last)."""
@@ -305,23 +309,16 @@ class Processor:
             sink.flush()
 
     def _rewind(self, behind: dict[tuple[str, int], int], positions: Positions) -> None:
-        """Consume again from where the store's data ends, with state reloaded from it."""
+        """Consume again from where the store's data ends, with state reloaded from it.
+
+        Every partition of the dropped batches is rewound (the others to the batches'
+        first offset), so none of their messages is skipped.
+        """
         self.stats.inc("store_replays_total")
         log.warning("store behind the consumer; replaying", extra={"partitions": len(behind)})
-        self._consume_again(positions, behind)
-
-    def _consume_again(
-        self, positions: Positions, behind: dict[tuple[str, int], int] | None = None
-    ) -> None:
-        """Seek each partition of `positions` back to its first offset there (or to where
-        `behind` says the store ends), and have the steps reload their state.
-
-        Every partition of the dropped batches is sought, so none of their messages
-        is skipped.
-        """
         self.gaps.forget(positions)
         for (topic, partition), (first, _after) in positions.items():
-            target = (behind or {}).get((topic, partition), first)
+            target = behind.get((topic, partition), first)
             try:
                 self.consumer.seek(TopicPartition(topic, partition, target))
             except KafkaException as exc:

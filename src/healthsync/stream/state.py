@@ -130,7 +130,7 @@ class Tracker:
             None,  # where escalations kept their own confirming samples before
             0,
             self.clear_since,
-            self.evidence,
+            list(self.evidence),
             self.critical_since,
             self.critical_count,
             None if math.isinf(self.inside_at) else self.inside_at,
@@ -280,6 +280,8 @@ class PatientState:
         return float(median(map(_VALUE, samples)))
 
     def to_dict(self) -> dict[str, Any]:
+        """The state as JSON-ready data sharing nothing mutable with it: a batch keeps
+        its patients' states as they were while the next batch is processed."""
         return {
             "partition": self.partition,
             "trackers": {k: t.to_list() for k, t in self.trackers.items()},
@@ -287,8 +289,8 @@ class PatientState:
             "held": {
                 k: [[s.ts, s.value, s.reading_id] for s in run] for k, run in self.held.items()
             },
-            "held_heard": self.held_heard,
-            "fall_from": self.fall_from,
+            "held_heard": dict(self.held_heard),
+            "fall_from": dict(self.fall_from),
             "aside": {
                 k: [[[s.ts, s.value, s.reading_id] for s in a.run], a.hold, a.until]
                 for k, a in self.aside.items()

@@ -147,7 +147,8 @@ class TrendWindow:
         return min(b[3] for b in self.buckets), max(b[4] for b in self.buckets)
 
     def to_list(self) -> list[Any]:
-        return [self.window_s, self.buckets, self.recent, self.width]
+        """A copy: the buckets change in place as samples arrive."""
+        return [self.window_s, [list(b) for b in self.buckets], list(self.recent), self.width]
 
     @classmethod
     def from_list(cls, data: list[Any]) -> TrendWindow:
