@@ -31,6 +31,7 @@ _RECENT = 5
 # skipped (see TrendWindow.may_reach): far above the rounding of the change and any error
 # of the float sums behind it.
 _BOUND_SLACK = 0.01
+Bucket = tuple[float, float, float, float, float]
 
 
 def median(values: Iterable[float]) -> float:
@@ -52,7 +53,9 @@ class TrendWindow:
     """
 
     window_s: float
-    buckets: list[list[float]] = field(default_factory=list)  # [start, sum, count, low, high]
+    # (start, sum, count, low, high); a bucket is replaced, not changed, as samples arrive,
+    # so a saved copy of the list (to_list) stays as it was.
+    buckets: list[Bucket] = field(default_factory=list)
     recent: list[float] = field(default_factory=list)
     width: float = 0.0  # 0: window_s / _BUCKETS
     # The lowest and highest sample of the buckets (None: to be found again), not stored.
@@ -73,13 +76,11 @@ class TrendWindow:
         width = self.width or self.window_s / _BUCKETS
         start = ts - ts % width
         if self.buckets and self.buckets[-1][0] == start:
-            bucket = self.buckets[-1]
-            bucket[1] += value
-            bucket[2] += 1
-            bucket[3], bucket[4] = min(bucket[3], value), max(bucket[4], value)
+            _, total, count, low, high = self.buckets[-1]
+            self.buckets[-1] = (start, total + value, count + 1, min(low, value), max(high, value))
             self._widen(value)
         elif not self.buckets or start > self.buckets[-1][0]:
-            self.buckets.append([start, value, 1, value, value])
+            self.buckets.append((start, value, 1, value, value))
             self._widen(value)
         # (an out-of-order sample older than the newest bucket only updates `recent`)
         cutoff = ts - self.window_s
@@ -147,8 +148,8 @@ class TrendWindow:
         return min(b[3] for b in self.buckets), max(b[4] for b in self.buckets)
 
     def to_list(self) -> list[Any]:
-        """A copy: the buckets change in place as samples arrive."""
-        return [self.window_s, [list(b) for b in self.buckets], list(self.recent), self.width]
+        """A copy, which the window's later samples leave as it is."""
+        return [self.window_s, list(self.buckets), list(self.recent), self.width]
 
     @classmethod
     def from_list(cls, data: list[Any]) -> TrendWindow:
@@ -157,12 +158,12 @@ class TrendWindow:
         return cls(float(window_s), [_bucket(b) for b in buckets], list(recent), width)
 
 
-def _bucket(data: list[Any]) -> list[float]:
+def _bucket(data: list[Any]) -> Bucket:
     """A stored bucket; one saved without its extremes gets its mean as both."""
     start, total, count = map(float, data[:3])
     if len(data) >= 5:
-        return [start, total, count, float(data[3]), float(data[4])]
-    return [start, total, count, total / count, total / count]
+        return (start, total, count, float(data[3]), float(data[4]))
+    return (start, total, count, total / count, total / count)
 
 
 @dataclass(slots=True)
