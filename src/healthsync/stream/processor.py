@@ -3,10 +3,10 @@
 A batch's sinks flush (Redis executes its transactions, Kafka acknowledges its
 resources) on a thread of their own while the next batch is decoded and run
 through the steps; that batch is written only once the one before it is
-stored. At most one batch is in flight, and nothing else touches Redis's
-stored state meanwhile: a rebalance, a clock tick that writes, and stopping
-all wait for it first. Its reading ids are kept from the next batch as the
-seen-check would keep them once it is stored.
+stored. At most one batch is in flight, and nothing else writes to Redis
+meanwhile: a rebalance (after which the steps reload their state), a clock
+tick that writes, and stopping all wait for it first. Its readings are kept
+from the next batch as the seen-check would keep them once it is stored.
 
 Offsets are committed only after every sink has flushed, so a crash replays
 the uncommitted batches; the Redis sink skips readings it already stored and
@@ -88,7 +88,6 @@ class _InFlight:
     """A batch written to the sinks whose flush is under way."""
 
     batch: Batch
-    reading_ids: frozenset[str]
     flushed: Future[None]
 
 
@@ -193,7 +192,8 @@ class Processor:
         if fresh is None:
             return
         if self._in_flight is not None:
-            fresh = [r for r in fresh if r.reading_id not in self._in_flight.reading_ids]
+            storing = {r.reading_id for r in self._in_flight.batch.readings}
+            fresh = [r for r in fresh if r.reading_id not in storing]
         self.stats.inc("duplicates_total", len(readings) - len(fresh))
         batch = Batch(fresh, partitions=partitions, now=now, positions=positions)
         for step in self.steps:
@@ -211,8 +211,7 @@ class Processor:
         if behind:
             self._rewind(behind, positions)
             return
-        ids = frozenset(r.reading_id for r in batch.readings)
-        self._in_flight = _InFlight(batch, ids, self._flusher.submit(self._flush))
+        self._in_flight = _InFlight(batch, self._flusher.submit(self._flush))
 
     def _settle(self, following: Positions | None = None) -> bool:
         """Wait for the batch in flight and commit it once stored; a failed flush is
@@ -303,8 +302,8 @@ class Processor:
         return behind
 
     def _flush(self) -> None:
-        """On the flush thread: every sink, in order (the live sink, which records the
-        readings as seen, last)."""
+        """Flush every sink, in order (the live sink, which records the readings as seen,
+        last): on the flush thread, or on this one when a failed flush is retried."""
         for sink in self.sinks:
             sink.flush()
 
