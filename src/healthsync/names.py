@@ -46,9 +46,10 @@ class RedisKeys:
     - ``{p}:{g}seen:{patient}``         sorted set: reading_id scored by time (idempotency)
     - ``{p}:{g}news2``                  hash: {patient} -> latest NEWS2 JSON
     - ``{p}:{g}engine``                 hash: {patient} -> the anomaly engine's state JSON
-    - ``{p}:offsets``                   hash: ``topic:partition`` -> the next offset the
-                                          processor's stored batches reach (see store/live.py);
-                                          with several groups ``{p}:{g}offsets:{topic}:{partition}``
+    - ``{p}:{g}offsets:{topic}:{partition}`` hash: ``topic:partition`` -> the next offset
+                                          the processor's stored batches reach (see
+                                          store/live.py); earlier versions kept every
+                                          partition's in one ``{p}:offsets``
     - ``{p}:{g}stats:processor``        hash: ``readings_processed_total`` of the group
                                           (one group: the same hash as the processor's stats)
     - ``{p}:{g}stats:processed_by_hour`` hash: hour (epoch s) -> readings stored that were
@@ -137,13 +138,16 @@ class RedisKeys:
     def offsets(self, group: int, topic: str, partition: int) -> str:
         """The hash recording a partition's reach in a group (field ``topic:partition``).
 
-        One hash for every partition with one group; with several, one per
-        partition too, so processors owning different partitions never
-        WATCH the same key.
+        One per partition (and group), so processors owning different
+        partitions never WATCH the same key.
         """
-        if self.groups == 1:
-            return f"{self.prefix}:offsets"
         return f"{self._in(group)}offsets:{topic}:{partition}"
+
+    @property
+    def shared_offsets(self) -> str:
+        """The one hash in which earlier versions recorded every partition's reach on a
+        standalone Redis: read for a partition that has no record of its own yet."""
+        return f"{self.prefix}:offsets"
 
     def processed(self, group: int) -> str:
         """The hash holding the group's ``readings_processed_total``."""

@@ -179,6 +179,7 @@ class Pipeline:
             for group in keys.all_groups:  # one at a time: a cluster has them on several nodes
                 for partition in range(self.settings.kafka.partitions):
                     client.delete(keys.offsets(group, topic, partition))
+            client.delete(keys.shared_offsets)  # as an earlier version recorded them
         finally:
             client.close()
 

@@ -4,15 +4,18 @@ and state that survives a restart."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Literal, cast
 
 import orjson
+import pytest
 from redis import Redis
 
 from healthsync.config import Settings
 from healthsync.domain.alerts import Alert, AlertEvent
 from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading
+from healthsync.errors import StoreBehindError
 from healthsync.fhir.patients import device_for
 from healthsync.metrics import StatsRecorder
 from healthsync.security.codec import Codec
@@ -21,6 +24,7 @@ from healthsync.store.hourly import ProcessedByHour
 from healthsync.store.live import RedisLiveSink
 from healthsync.store.records import Records
 from healthsync.store.state import RedisStateStore
+from healthsync.supervisor import Pipeline
 
 
 def reading(rid: str, ts: float, hr: float = 70) -> Reading:
@@ -200,3 +204,61 @@ def test_acknowledgements_go_once_their_alert_has_expired(
     sink.write(Batch([reading("r2", now)]))
     sink.flush()
     assert redis.hkeys(keys.acknowledged) == [b"a-open"]
+
+
+def test_processors_storing_different_partitions_do_not_fail_each_others_batches(
+    settings: Settings, redis: Redis, codec: Codec
+) -> None:
+    """Two processors on one Redis server, each with its own partition: a batch stored by
+    one between the other's write and flush leaves the other's transaction standing (each
+    watches its own partition's reach, not one record shared by all)."""
+    topic, now = settings.kafka.vitals_topic, time.time()
+    first = sink_for(settings, redis, codec)
+    second = sink_for(settings, Redis.from_url(str(settings.redis.url)), codec)
+    first.write(Batch([reading("a", now - 2)], positions={(topic, 0): (0, 1)}))
+    other = Reading("b", "d2", "P-2", now - 1, now - 1, {"heart_rate": 80})
+    second.write(Batch([other], positions={(topic, 1): (0, 1)}))
+    second.flush()
+    first.flush()  # raised WatchError while both reaches were one hash
+
+    state = state_for(settings, redis, codec)
+    assert state.filter_new([reading("a", now - 2), other]) == [], "both batches are stored"
+    second.client.close()
+
+
+def test_a_reach_recorded_in_the_one_hash_of_earlier_versions_still_counts(
+    settings: Settings, redis: Redis, codec: Codec
+) -> None:
+    """A store written before each partition had its own record: the processor carries on
+    from the reach recorded there, neither replaying the partition from its start nor
+    missing a gap after it."""
+    topic, now, keys = settings.kafka.vitals_topic, time.time(), codec.keys
+    redis.hset(f"{keys.prefix}:offsets", mapping={f"{topic}:0": 10, f"{topic}:1": 7})
+    sink = sink_for(settings, redis, codec)
+    sink.write(Batch([reading("a", now - 2)], positions={(topic, 0): (10, 11)}))
+    sink.flush()
+    with pytest.raises(StoreBehindError) as behind:
+        sink.write(Batch([reading("b", now - 1)], positions={(topic, 1): (9, 10)}))
+    assert behind.value.positions == {(topic, 1): 7}, "replayed from the recorded reach"
+    sink.write(Batch([reading("b", now - 1)], positions={(topic, 0): (11, 12)}))
+    sink.flush()  # the partition's own record now: 12
+    assert state_for(settings, redis, codec).filter_new([reading("b", now - 1)]) == []
+
+
+def test_a_new_broker_leaves_no_recorded_reach_behind(
+    settings: Settings, redis: Redis, codec: Codec, tmp_path: Path
+) -> None:
+    """After the embedded broker came back empty (offsets from 0 again), no record of the
+    old broker's reach is left, the one hash of earlier versions included: a reach read
+    from it would be taken for this partition's and hide a real gap."""
+    topic, now, keys = settings.kafka.vitals_topic, time.time(), codec.keys
+    redis.hset(keys.shared_offsets, f"{topic}:1", 5000)
+    sink = sink_for(settings, redis, codec)
+    sink.write(Batch([reading("a", now - 2)], positions={(topic, 0): (0, 40)}))
+    sink.flush()
+
+    Pipeline(settings, tmp_path).forget_offsets()
+    with pytest.raises(StoreBehindError) as behind:  # the new broker's offsets 10-11
+        sink.write(Batch([reading("b", now - 1)], positions={(topic, 1): (10, 11)}))
+    assert behind.value.positions == {(topic, 1): 0}, "nothing of the new broker stored yet"
+    assert [k for k in redis.scan_iter(f"{keys.prefix}:offsets*")] == []

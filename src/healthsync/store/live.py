@@ -1,7 +1,9 @@
 """The Redis live cache, written by the processor: latest vitals, history, alerts, events.
 
 A batch is written in one MULTI/EXEC transaction that also records its reading
-ids as seen, and how far each partition's stored batches reach (``{p}:offsets``).
+ids as seen, and how far each partition's stored batches reach (``{p}:offsets:...``,
+one record per partition, so processors owning different partitions never fail
+each other's transactions).
 
 On a Redis Cluster, which refuses a transaction across hash slots, the keys
 are in patient groups (:class:`healthsync.names.RedisKeys`), and a batch is
@@ -21,7 +23,7 @@ changes nothing: it was either written whole or not at all.
 
 Redis may come back from a restart without its last second of writes (AOF with
 ``appendfsync everysec``), while the processor already committed those
-offsets to Kafka. So before writing, the transaction watches ``{p}:offsets``:
+offsets to Kafka. So before writing, the transaction watches those records:
 when a partition's stored reach is below the batch's first offset, the sink
 raises :class:`~healthsync.errors.StoreBehindError` and writes nothing; the
 processor then consumes again from the stored reach and reloads its state.
@@ -188,6 +190,7 @@ class RedisLiveSink:
         stored: dict[tuple[str, str], bytes | None] = {}
         for key, names in fields.items():
             stored.update(zip([(key, n) for n in names], pipe.hmget(key, names), strict=True))
+        self._carry_over(pipe, stored)
         reach: dict[str, dict[str, int]] = {}
         short: set[int] = set()
         for group, key, field, tp, (first, after) in places:
@@ -203,6 +206,19 @@ class RedisLiveSink:
         for key, mapping in reach.items():
             pipe.hset(key, mapping=mapping)
         return set(groups) - short
+
+    def _carry_over(self, pipe: Any, stored: dict[tuple[str, str], bytes | None]) -> None:
+        """A partition without a record of its own takes the reach an earlier version kept
+        for it in the one shared hash, if any, rather than being replayed from its start.
+        Nothing writes that hash any more, so it needs no WATCH: it only ever reads lower
+        than the partition's own record will, and a low reach costs a replay, never a gap."""
+        if self.clustered:
+            return
+        missing = [place for place, raw in stored.items() if raw is None]
+        if missing:
+            names = [name for _key, name in missing]
+            found = pipe.hmget(self.keys.shared_offsets, names)
+            stored.update(zip(missing, found, strict=True))
 
     def _write_readings(
         self, pipes: dict[int, Any], shared: Any, readings: list[Reading], now: float
