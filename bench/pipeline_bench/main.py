@@ -87,12 +87,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--processors",
         type=int,
-        default=1,
-        help="processor processes in the one consumer group (not with --soak)",
+        default=None,
+        help="processor processes in the one consumer group, as `processor.processes` "
+        "(default: its setting, 1 unless set)",
     )
     args = p.parse_args(argv)
-    if args.processors < 1 or (args.soak and args.processors != 1):
-        p.error("--processors must be 1 or more, and 1 with --soak")
+    if args.processors is not None and args.processors < 1:
+        p.error("--processors must be 1 or more")
     return args
 
 
@@ -116,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     settings.ingest.port = free_port()
     settings.ingest.tls_port = free_port()
     settings.api.port = free_port()
+    if args.processors is not None:
+        settings.processor.processes = args.processors
+    args.processors = settings.processor.processes  # what the report names
     pipeline = Pipeline(settings, run_dir)
     failed = True
     try:
@@ -152,9 +156,6 @@ def run(pipeline: Pipeline, args: argparse.Namespace) -> str:
     say(f"starting the pipeline in {pipeline.run_dir}")
     started = time.perf_counter()
     pipeline.start()
-    for n in range(2, args.processors + 1):
-        # More processors share the vitals topic's partitions through the consumer group.
-        pipeline.start_child(f"process-{n}", stage="process")
     startup_s = time.perf_counter() - started
     settings = pipeline.settings
     redis = Redis.from_url(str(settings.redis.url), **settings.redis.client_options())

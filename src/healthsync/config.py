@@ -191,6 +191,12 @@ class ProcessorSettings(BaseModel):
     """The stream processor."""
 
     group_id: str = "healthsync-processor"
+    # `healthsync up` only: processor processes in the one consumer group, each reading
+    # its share of the vitals topic's partitions (so no more than there are partitions).
+    # On 2 cores shared with everything else a second one stores about 30% more while
+    # ingest runs flat out, but ingest, which gives way to it, then answers seconds late
+    # (docs/SCALE.md): one per core the processors can have to themselves.
+    processes: int = Field(1, ge=1, le=64)
     batch_size: int = Field(2000, ge=1)
     # How long a consume waits to gather a batch when no reading is waiting. Readings
     # fetched while the last batch was processed are taken at once (Processor._next_batch):

@@ -83,6 +83,8 @@ class Pipeline:
         settings = self.settings
         if stages is None:
             stages = STAGES + (("push",) if settings.fhir.ehr_base_url else ())
+        if "process" in stages:
+            self._check_processes()
         self._prepare_certificates(stages)
         self._start_redis()
         self._start_broker()
@@ -98,10 +100,7 @@ class Pipeline:
             settings.archive.url = f"file://{(self.run_dir / 'archive').resolve()}"
         self.env = self._stage_env()
         for name in stages:
-            if name == "ingest" and settings.ingest.replicas > 1:
-                self._start_ingest_replicas()
-            else:
-                self.start_child(name)
+            self._start_stage(name)
         self.wait_listening(stages)
         if self.front is not None:
             self.stack.ingest_front = self.front.start(settings.ingest, self.run_dir, self.logs)
@@ -111,6 +110,30 @@ class Pipeline:
         self.front = new_front(self.settings.ingest)
         for replica in self.front.replicas:
             self.start_child(replica.name, stage="ingest", env=replica.env())
+
+    def _start_stage(self, name: str) -> None:
+        """A stage's processes: ingest's replicas and the processors as configured."""
+        if name == "ingest" and self.settings.ingest.replicas > 1:
+            self._start_ingest_replicas()
+        elif name == "process":
+            self._start_processors()
+        else:
+            self.start_child(name)
+
+    def _check_processes(self) -> None:
+        count, partitions = self.settings.processor.processes, self.settings.kafka.partitions
+        if count > partitions:
+            raise ConfigError(
+                f"processor.processes is {count} but kafka.partitions is {partitions}: "
+                "a processor beyond one per partition of the vitals topic would get none"
+            )
+
+    def _start_processors(self) -> None:
+        """`processor.processes` processors in the one consumer group: `process`, then
+        `process-2` and on, sharing the vitals topic's partitions."""
+        self.start_child("process")
+        for n in range(2, self.settings.processor.processes + 1):
+            self.start_child(f"process-{n}", stage="process")
 
     def _start_redis(self) -> None:
         """The embedded Redis, unless a URL names another: its data in the run dir, one ACL
