@@ -210,8 +210,9 @@ class RedisLiveSink:
     def _carry_over(self, pipe: Any, stored: dict[tuple[str, str], bytes | None]) -> None:
         """A partition without a record of its own takes the reach an earlier version kept
         for it in the one shared hash, if any, rather than being replayed from its start.
-        Nothing writes that hash any more, so it needs no WATCH: it only ever reads lower
-        than the partition's own record will, and a low reach costs a replay, never a gap."""
+        That reach was written in the transactions of the batches it counts, so it is never
+        ahead of what Redis holds. Nothing writes the hash any more, so it needs no WATCH;
+        a reach left behind there costs a replay, never a gap."""
         if self.clustered:
             return
         missing = [place for place, raw in stored.items() if raw is None]
