@@ -386,9 +386,12 @@ def test_a_processor_killed_while_a_recycle_waits_on_it_is_restarted_and_catches
 
 
 @pytest.mark.timeout(300)
-def test_up_recycles_a_broker_past_its_limit_and_says_so(tmp_path: Path) -> None:
-    # A limit of 1 MiB: the broker is past it as soon as `up` watches it.
-    with live_stack(tmp_path, env={"HEALTHSYNC_KAFKA_EMBEDDED_MAX_MB": "1"}) as stack:
+@pytest.mark.parametrize("processors", ["1", "2"])
+def test_up_recycles_a_broker_past_its_limit_and_says_so(tmp_path: Path, processors: str) -> None:
+    # A limit of 1 MiB: the broker is past it as soon as `up` watches it. With two
+    # processors, both leave the group and join it again.
+    env = {"HEALTHSYNC_KAFKA_EMBEDDED_MAX_MB": "1", "HEALTHSYNC_PROCESSOR_PROCESSES": processors}
+    with live_stack(tmp_path, env=env) as stack:
         wait_for(
             lambda: any(line.startswith("broker recycled: ") for line in stack.lines),
             timeout=120,

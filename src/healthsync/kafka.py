@@ -150,6 +150,23 @@ def delete_topics(settings: KafkaSettings, topics: list[str], timeout: float = 1
         time.sleep(0.1)
 
 
+def delete_groups(settings: KafkaSettings, groups: list[str], timeout: float = 15.0) -> None:
+    """Delete consumer `groups` (each must have no member left); one that does not exist
+    is already gone. KafkaUnavailableError if the broker refuses or does not answer."""
+    admin = AdminClient(client_config(settings))
+    futures = admin.delete_consumer_groups(groups, request_timeout=timeout)
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
+                raise KafkaUnavailableError(
+                    f"could not delete consumer group {name}: {exc.args[0].str()}"
+                ) from exc
+        except TimeoutError as exc:
+            raise KafkaUnavailableError(f"broker did not answer deleting group {name}") from exc
+
+
 def unread(
     settings: KafkaSettings,
     group: str,

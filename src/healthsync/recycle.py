@@ -52,7 +52,13 @@ from pathlib import Path
 
 from healthsync.children import Child
 from healthsync.errors import HealthSyncError
-from healthsync.kafka import KafkaUnavailableError, delete_topics, ensure_topics, unread
+from healthsync.kafka import (
+    KafkaUnavailableError,
+    delete_groups,
+    delete_topics,
+    ensure_topics,
+    unread,
+)
 from healthsync.stack import Service
 from healthsync.supervisor import CONSUMER_STAGES, Pipeline
 
@@ -183,7 +189,7 @@ class BrokerRecycler:
             stopped = self._drain_consumers(
                 OVERLOAD_CATCH_UP_S if overloaded else CATCH_UP_TIMEOUT_S
             )
-            self._empty_topics()
+            self._empty_topics(stopped)
         finally:
             for child in stopped:
                 child.start(self.pipeline.env)
@@ -298,8 +304,14 @@ class BrokerRecycler:
                 self.tend(self.parked)
             time.sleep(_POLL_S)
 
-    def _empty_topics(self) -> None:
-        kafka = self.pipeline.settings.kafka
+    def _empty_topics(self, stopped: list[Child]) -> None:
+        """The topics deleted and created empty; the processors' group goes with them.
+
+        Its committed offsets named partitions that are gone, and once two processors had
+        left it, the embedded broker gave none that joined again a partition (for 60 s
+        and more, in most recycles); a group of one rejoined."""
+        settings = self.pipeline.settings
+        kafka = settings.kafka
         delete_topics(kafka, kafka.recycled_topics())
         for attempt in range(_CREATE_ATTEMPTS):
             try:
@@ -310,6 +322,8 @@ class BrokerRecycler:
                     raise
                 time.sleep(1.0)
         self.pipeline.forget_offsets()
+        if any(child.stage == "process" for child in stopped):
+            delete_groups(kafka, [settings.processor.group_id])
 
 
 def _signal(child: Child, signum: int) -> None:
