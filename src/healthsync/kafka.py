@@ -133,16 +133,7 @@ def delete_topics(settings: KafkaSettings, topics: list[str], timeout: float = 1
     """Delete `topics` and wait until the broker says they are gone."""
     admin = AdminClient(client_config(settings))
     futures = admin.delete_topics(topics, request_timeout=timeout)
-    for name, future in futures.items():
-        try:
-            future.result(timeout=timeout)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                raise KafkaUnavailableError(
-                    f"could not delete topic {name}: {exc.args[0].str()}"
-                ) from exc
-        except TimeoutError as exc:
-            raise KafkaUnavailableError(f"broker did not answer deleting {name}") from exc
+    _deleted(futures, "topic", KafkaError.UNKNOWN_TOPIC_OR_PART, timeout)
     deadline = time.monotonic() + timeout
     while set(topics) & set(admin.list_topics(timeout=timeout).topics):
         if time.monotonic() > deadline:
@@ -155,16 +146,22 @@ def delete_groups(settings: KafkaSettings, groups: list[str], timeout: float = 1
     is already gone. KafkaUnavailableError if the broker refuses or does not answer."""
     admin = AdminClient(client_config(settings))
     futures = admin.delete_consumer_groups(groups, request_timeout=timeout)
+    _deleted(futures, "consumer group", KafkaError.GROUP_ID_NOT_FOUND, timeout)
+
+
+def _deleted(futures: dict[str, Any], what: str, gone: int, timeout: float) -> None:
+    """Wait for the answers to a delete request; the error `gone` means there was nothing
+    to delete. KafkaUnavailableError for any other error, or no answer."""
     for name, future in futures.items():
         try:
             future.result(timeout=timeout)
         except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
+            if exc.args[0].code() != gone:
                 raise KafkaUnavailableError(
-                    f"could not delete consumer group {name}: {exc.args[0].str()}"
+                    f"could not delete {what} {name}: {exc.args[0].str()}"
                 ) from exc
         except TimeoutError as exc:
-            raise KafkaUnavailableError(f"broker did not answer deleting group {name}") from exc
+            raise KafkaUnavailableError(f"broker did not answer deleting {what} {name}") from exc
 
 
 def unread(
