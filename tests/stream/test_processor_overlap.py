@@ -10,19 +10,16 @@ made as long as a slow Redis or Kafka would make it.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 
 from redis import Redis
 
 from healthsync.config import Settings
 from healthsync.domain.batch import Batch
-from healthsync.domain.readings import Reading
-from healthsync.kafka import ensure_topics, make_producer
-from healthsync.security import codec as roles
-from healthsync.security.codec import Codec
+from healthsync.kafka import ensure_topics
 from healthsync.stream.processor import Processor
 from healthsync.wiring import build_processor
+from tests.conftest import wait_for
+from tests.stream.test_archiver import produce
 from tests.stream.test_offset_gaps import fresh_readings, running, stat, stored_ids
 
 
@@ -58,28 +55,6 @@ def gated(settings: Settings, gate: Gate, batch_size: int) -> Processor:
     return processor
 
 
-def send(settings: Settings, readings: list[Reading], partition: int | None = None) -> None:
-    """Produce as ingest does; to `partition` if given, else by key."""
-    codec = Codec.from_settings(settings)
-    producer = make_producer(settings.kafka)
-    topic = settings.kafka.vitals_topic
-    for reading in readings:
-        key = codec.message_key(reading.patient_id)
-        value = codec.seal_message(roles.VITALS, key, reading.to_json())
-        if partition is None:
-            producer.produce(topic, value, key)
-        else:
-            producer.produce(topic, value, key, partition=partition)
-    assert producer.flush(30) == 0
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_a_reading_sent_again_while_its_first_copy_is_being_stored_is_stored_once(
     settings: Settings, redis: Redis
 ) -> None:
@@ -88,21 +63,21 @@ def test_a_reading_sent_again_while_its_first_copy_is_being_stored_is_stored_onc
     # Ingest acknowledged the reading late and the device sent it again. One reading a
     # batch: the second copy's batch is checked against Redis while the first copy's is
     # still being stored, so Redis does not know the reading yet.
-    send(settings, [reading, reading])
+    produce(settings, [reading, reading])
     gate = Gate()
     processor = gated(settings, gate, batch_size=1)
     with running(processor):
         assert gate.flushing.wait(30), "the first copy's batch was never flushed"
         wait_for(
             lambda: processor.stats.lifetime["duplicates_total"] == 1,
-            "the second copy to be recognised",
+            what="the second copy to be recognised",
         )
         gate.open.set()
         wait_for(
             lambda: stat(redis, settings, "processor", "readings_processed_total") >= 1,
-            "the reading to be stored",
+            what="the reading to be stored",
         )
-        wait_for(lambda: processor._in_flight is None, "the processor to settle")
+        wait_for(lambda: processor._in_flight is None, what="the processor to settle")
 
     assert stored_ids(redis, settings) == {reading.reading_id}
     assert stat(redis, settings, "processor", "readings_processed_total") == 1
@@ -116,17 +91,17 @@ def test_a_batch_whose_flush_failed_is_written_again_and_stored_once(
     sent = fresh_readings(10)
     # A batch from each of two partitions. The first batch's flush fails while the
     # second is processed: the first is written and flushed again before the second.
-    send(settings, sent[:5], partition=0)
-    send(settings, sent[5:], partition=1)
+    produce(settings, sent[:5], partition=0)
+    produce(settings, sent[5:], partition=1)
     gate = Gate(fail_first=True)
     gate.open.set()
     processor = gated(settings, gate, batch_size=5)
     with running(processor):
         wait_for(
             lambda: stat(redis, settings, "processor", "readings_processed_total") >= len(sent),
-            "every reading to be stored",
+            what="every reading to be stored",
         )
-        wait_for(lambda: processor._in_flight is None, "the processor to settle")
+        wait_for(lambda: processor._in_flight is None, what="the processor to settle")
 
     assert gate.flushes >= 2, "the failed batch was not flushed again"
     assert stored_ids(redis, settings) == {r.reading_id for r in sent}
