@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import asdict
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
 from healthsync.domain.news2 import (
+    chart_value,
     news2,
     score_consciousness,
     score_pulse,
@@ -176,6 +179,21 @@ def test_values_between_bands_round_to_the_charts_precision(
     scorer: Callable[[float], int], value: float, points: int
 ) -> None:
     assert scorer(value) == points
+
+
+def test_chart_precision_matches_decimal_rounding_half_up() -> None:
+    """Values already at the chart's precision skip the decimal arithmetic: the answer
+    must be the same as rounding their shortest decimal half up, for every value."""
+    rng = random.Random(11)
+    values = [91.5, 91.49999999999999, 8.5, 35.05, 35.04, 39.05, 36.8, 0.1 + 0.2, 92, 140.0]
+    values += [rng.uniform(0, 250) for _ in range(2_000)]
+    values += [round(rng.uniform(30, 45), 1) for _ in range(2_000)]
+    values += [float(rng.randint(0, 250)) for _ in range(500)]
+    for value in values:
+        for decimals in (0, 1):
+            step = Decimal(1).scaleb(-decimals)
+            expected = float(Decimal(str(value)).quantize(step, rounding=ROUND_HALF_UP))
+            assert chart_value(value, decimals) == expected, (value, decimals)
 
 
 def test_scale2_rounds_too() -> None:

@@ -11,6 +11,7 @@ reported as missing (the score is then marked incomplete), never assumed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_UP, Decimal
@@ -28,6 +29,12 @@ def chart_value(value: float, decimals: int = 0) -> float:
     The chart's bands leave gaps (SpO2 91 | 92): a device's 91.4 belongs to the band
     it rounds to, not to the band above the gap.
     """
+    # Most values are already at the chart's precision (devices send whole numbers, and
+    # temperature in tenths). Python's round is exact, so a value it leaves unchanged
+    # reads, as its shortest decimal, with at most `decimals` places: it is its own
+    # answer, found without the Decimal arithmetic every reading's score would pay.
+    if math.isfinite(value) and round(value, decimals) == value:
+        return float(value)
     step = Decimal(1).scaleb(-decimals)
     return float(Decimal(str(value)).quantize(step, rounding=ROUND_HALF_UP))
 

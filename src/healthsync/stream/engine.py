@@ -96,7 +96,7 @@ class AnomalyEngine:
         touched: set[str] = set()
         partitions = batch.partitions
         for reading in readings:
-            state = self.states.setdefault(reading.patient_id, PatientState())
+            state = self._state(reading.patient_id)
             if reading.patient_id in partitions:
                 state.partition = partitions[reading.patient_id]
             events.extend(self.evaluate(reading, batch.artefacts))
@@ -152,12 +152,20 @@ class AnomalyEngine:
 
     # -- readings -------------------------------------------------------------------------
 
+    def _state(self, patient: str) -> PatientState:
+        """The patient's state, made on their first reading (not with setdefault, which
+        would build a new one for every reading only to throw it away)."""
+        state = self.states.get(patient)
+        if state is None:
+            state = self.states[patient] = PatientState()
+        return state
+
     def evaluate(
         self, reading: Reading, artefacts: list[Artefact] | None = None
     ) -> list[AlertEvent]:
         """Every alert change one reading causes (its state must be loaded)."""
         patient = reading.patient_id
-        state = self.states.setdefault(patient, PatientState())
+        state = self._state(patient)
         self.life.decided_at = reading.ts  # an earlier sample confirmed now is decided now
         events = self._heard(state, reading)
         clock = state.devices.get(reading.device_id)
@@ -291,7 +299,7 @@ class AnomalyEngine:
         return events
 
     def _news2(self, patient: str, score: News2) -> list[AlertEvent]:
-        state = self.states.setdefault(patient, PatientState())
+        state = self._state(patient)
         return news2_events(self.life, state, patient, score, self.rules.bands_for(patient))
 
     # -- devices and the clock ----------------------------------------------------------------
