@@ -47,8 +47,10 @@ def test_every_record_reads_back_what_was_written(records: Records) -> None:
     decoded = records.decode_score(tag, sealed)
     assert (decoded["total"], decoded["band"]) == (score.total, score.band)
 
-    tag, sealed = records.encode_state(PATIENT, {"partition": 3})
+    tag, sealed = records.encode_state(PATIENT, b'{"partition":3}')
     assert records.decode_state(tag, sealed) == (PATIENT, {"partition": 3})
+    with pytest.raises(ValueError, match="JSON object"):
+        records.encode_state(PATIENT, b"[3]")
 
     rules = PatientRules(bands={"heart_rate": BandOverride(high=120)})
     tag, sealed = records.encode_rules(PATIENT, rules)
@@ -71,9 +73,9 @@ def test_every_record_reads_back_what_was_written(records: Records) -> None:
 
 
 def test_a_sealed_value_names_no_patient_and_opens_only_in_its_place(records: Records) -> None:
-    tag, sealed = records.encode_state(PATIENT, {"partition": 3})
+    tag, sealed = records.encode_state(PATIENT, b'{"partition":3}')
     assert PATIENT.encode() not in sealed and PATIENT not in tag
-    other_tag, _ = records.encode_state("MRN-0001", {})
+    other_tag, _ = records.encode_state("MRN-0001", b"{}")
     with pytest.raises(DecryptError):
         records.decode_state(other_tag, sealed)  # copied under another patient: refused
 
@@ -187,12 +189,12 @@ def test_the_engine_state_written_with_every_reading_is_stored_compressed(
     # In live operation every reading rewrites its patient's state: 5-6 kB of JSON,
     # mostly timestamps, which sealed bytes no longer let Redis or TLS shrink.
     state = engine_state(minutes=10, interval=1.0)
-    plain = orjson.dumps({"patient_id": PATIENT, **state})
+    plain = orjson.dumps({"patient_id": PATIENT, **orjson.loads(state)})
     assert len(plain) > 4000
     tag, sealed = records.encode_state(PATIENT, state)
     assert len(sealed) < len(plain) / 2
-    assert records.decode_state(tag, sealed) == (PATIENT, orjson.loads(orjson.dumps(state)))
-    other_tag, _ = records.encode_state("MRN-0001", {})
+    assert records.decode_state(tag, sealed) == (PATIENT, orjson.loads(state))
+    other_tag, _ = records.encode_state("MRN-0001", b"{}")
     with pytest.raises(DecryptError):
         records.decode_state(other_tag, sealed)  # still bound to its patient's field
 
@@ -201,8 +203,8 @@ def test_engine_state_sealed_whole_still_opens_and_a_bomb_is_refused(records: Re
     state = engine_state(minutes=2, interval=1.0)
     tag, _ = records.encode_state(PATIENT, state)
     place = records.codec.field(records.keys.engine(records.keys.group_of_member(tag)), tag)
-    whole = records.codec.seal(orjson.dumps({"patient_id": PATIENT, **state}), place)
-    assert records.decode_state(tag, whole) == (PATIENT, orjson.loads(orjson.dumps(state)))
+    whole = records.codec.seal(orjson.dumps({"patient_id": PATIENT, **orjson.loads(state)}), place)
+    assert records.decode_state(tag, whole) == (PATIENT, orjson.loads(state))
     bomb = lz4.frame.compress(b"0" * (17 << 20), store_size=True)
     with pytest.raises(DecryptError, match="outside 1 to"):
         records.decode_state(tag, records.codec.seal(bomb, place))

@@ -7,6 +7,8 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from healthsync.domain.alerts import AlertEvent
 from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading
@@ -53,7 +55,7 @@ class Run:
         self.book.process(batch)
         self.news2.process(batch)
         self.engine.process(batch)
-        self.states.update(batch.states)
+        self.states.update({p: orjson.loads(state) for p, state in batch.states.items()})
         self.artefacts.extend(batch.artefacts)
         return batch.alert_events
 

@@ -6,10 +6,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import orjson
+
 from healthsync.domain.alerts import AlertEvent
 from healthsync.domain.bands import PatientRules
 from healthsync.domain.rules import AnomalySettings
 from healthsync.stream.replay import replay
+from healthsync.stream.state import DeviceClock, PatientState, Sample, SetAside, Tracker
+from healthsync.stream.trends import Baseline, TrendWindow
 from tests.stream.engine_cases import T0, Run, kinds, reading
 
 
@@ -138,3 +142,40 @@ def test_a_batchs_saved_state_is_not_changed_by_the_next_batch() -> None:
     for t in range(120, 180, 5):
         run.send(reading(t, spo2=83, heart_rate=76 + t % 3))
     assert saved == as_saved, "the state saved with a batch moved on with the next"
+
+
+def test_every_part_of_a_patients_state_reads_back_from_its_json() -> None:
+    """What the live sink saves is what a restarted processor continues from."""
+    sample = Sample(T0, 88.0, "r1")
+    ended = Tracker(since=T0 - 30, count=3, last_ts=T0 - 20, evidence=[(T0 - 30, 87.0)])
+    state = PatientState(
+        partition=2,
+        trackers={
+            "threshold:spo2": Tracker(
+                since=T0,
+                count=2,
+                last_ts=T0 + 5,
+                clear_since=T0 + 5,
+                evidence=[(T0, 88.0), (T0 + 5, 87.5)],
+                critical_since=T0,
+                critical_last=T0 + 5,
+                critical_count=2,
+                calm_at=T0 - 1,
+                inside_at=T0 - 2,
+                ended=ended,
+                ended_at=T0 - 10,
+            )
+        },
+        last={"spo2": sample},
+        held={"heart_rate": [Sample(T0, 160.0, "r1"), Sample(T0 + 5, 161.0, "r2")]},
+        held_heard={"heart_rate": T0 + 5.2},
+        aside={"resp_rate": SetAside([Sample(T0, 40.0, "r1")], 10.0, T0 + 5)},
+        fall_from={"spo2": 96.0},
+        recent={"spo2": [(T0, 88.0), (T0 + 5, 87.5)]},
+        windows={"spo2_fall": TrendWindow(300.0, [(T0, 176.0, 2.0, 87.5, 88.5)], [88.0], 15.0)},
+        baselines={"heart_rate": Baseline(75.0, 4.0, 12, T0)},
+        devices={"mon-1": DeviceClock(T0 + 5.1, 5.0, 12)},
+    )
+    saved = state.to_json()
+    assert PatientState.from_dict(orjson.loads(saved)) == state
+    assert PatientState.from_dict(orjson.loads(saved)).to_json() == saved

@@ -41,8 +41,9 @@ class Batch:
     scores: dict[str, News2] = field(default_factory=dict)
     # Samples the anomaly engine set aside as probable artefacts.
     artefacts: list[Artefact] = field(default_factory=list)
-    # The anomaly engine's state of each patient it changed, to be saved with the batch.
-    states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The anomaly engine's state of each patient it changed (a JSON object), to be saved
+    # with the batch.
+    states: dict[str, bytes] = field(default_factory=dict)
     # Patients the anomaly engine forgot: none of their devices sent for the live cache's
     # retention. The live sink removes their live records.
     departed: list[str] = field(default_factory=list)

@@ -183,13 +183,20 @@ class Records:
 
     # -- {g}engine: hash, {patient} -> the anomaly engine's state of the patient -------------
 
-    def encode_state(self, patient: str, state: dict[str, Any]) -> tuple[str, bytes]:
+    def encode_state(self, patient: str, state: bytes) -> tuple[str, bytes]:
+        """`state` is the engine's JSON object for the patient (``PatientState.to_json``)."""
         tag = self.keys.patient(patient)
-        # The field is only a pseudonym: the id travels inside the sealed value.
-        doc = {"patient_id": patient, **state}
+        # The field is only a pseudonym: the id travels inside the sealed value, as the
+        # object's first member (spliced in: the state is JSON already).
+        if state[:1] != b"{" or state[-1:] != b"}":
+            raise ValueError("an engine state is a JSON object")
+        members = state[1:-1].strip()
+        doc = (
+            b'{"patient_id":' + orjson.dumps(patient) + (b"," + members if members else b"") + b"}"
+        )
         # Rewritten with every reading in live operation, and mostly timestamps: compressed.
         place = self._field(self._engine(tag), tag)
-        return tag, self.codec.seal_compressing(orjson.dumps(doc), place)
+        return tag, self.codec.seal_compressing(doc, place)
 
     def decode_state(self, tag: str, raw: bytes) -> tuple[str, dict[str, Any]]:
         opened = self.codec.open_expanding(raw, self._field(self._engine(tag), tag))

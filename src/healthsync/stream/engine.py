@@ -120,7 +120,7 @@ class AnomalyEngine:
         self._touched = set()
         for patient in touched:
             if patient in self.states:
-                batch.states[patient] = self.states[patient].to_dict()
+                batch.states[patient] = self.states[patient].to_json()
 
     def _load(self, readings: list[Reading]) -> None:
         if self.stale:

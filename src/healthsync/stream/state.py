@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
+import orjson
+
 from healthsync.domain.alerts import Threshold
 from healthsync.stream.trends import Baseline, TrendWindow, median
 
@@ -279,28 +281,12 @@ class PatientState:
             return None if last is None else last.value
         return float(median(map(_VALUE, samples)))
 
-    def to_dict(self) -> dict[str, Any]:
-        """The state as JSON-ready data sharing nothing mutable with it: a batch keeps
-        its patients' states as they were while the next batch is processed."""
-        return {
-            "partition": self.partition,
-            "trackers": {k: t.to_list() for k, t in self.trackers.items()},
-            "last": {k: [s.ts, s.value, s.reading_id] for k, s in self.last.items()},
-            "held": {
-                k: [[s.ts, s.value, s.reading_id] for s in run] for k, run in self.held.items()
-            },
-            "held_heard": dict(self.held_heard),
-            "fall_from": dict(self.fall_from),
-            "aside": {
-                k: [[[s.ts, s.value, s.reading_id] for s in a.run], a.hold, a.until]
-                for k, a in self.aside.items()
-            },
-            # Tuples are JSON arrays as lists are: no list per sample (every batch saves this).
-            "recent": {k: list(r) for k, r in self.recent.items()},
-            "windows": {k: w.to_list() for k, w in self.windows.items()},
-            "baselines": {k: b.to_list() for k, b in self.baselines.items()},
-            "devices": {k: [d.last, d.interval, d.count] for k, d in self.devices.items()},
-        }
+    def to_json(self) -> bytes:
+        """The state as the JSON that :meth:`from_dict` reads back: a snapshot that the next
+        batch, processed while this one is saved, leaves as it is. Encoded in one pass
+        (orjson calls :func:`_as_json` for the engine's own types), without first copying
+        it into lists and dicts: every reading's patient pays this with every batch."""
+        return orjson.dumps(self, default=_as_json, option=orjson.OPT_PASSTHROUGH_DATACLASS)
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> PatientState:
@@ -331,3 +317,32 @@ class PatientState:
                 for k, (last, interval, count) in doc.get("devices", {}).items()
             },
         )
+
+
+def _as_json(value: Any) -> Any:
+    """What a type of the engine's state is in JSON (orjson asks for each object it meets)."""
+    kind = type(value)
+    if kind is Sample:
+        return [value.ts, value.value, value.reading_id]
+    if kind is PatientState:
+        # Tuples are JSON arrays as lists are: no list per sample.
+        return {
+            "partition": value.partition,
+            "trackers": value.trackers,
+            "last": value.last,
+            "held": value.held,
+            "held_heard": value.held_heard,
+            "fall_from": value.fall_from,
+            "aside": value.aside,
+            "recent": value.recent,
+            "windows": value.windows,
+            "baselines": value.baselines,
+            "devices": value.devices,
+        }
+    if kind is Tracker or kind is TrendWindow or kind is Baseline:
+        return value.to_list()
+    if kind is DeviceClock:
+        return [value.last, value.interval, value.count]
+    if kind is SetAside:
+        return [value.run, value.hold, value.until]
+    raise TypeError(f"{kind.__name__} is not part of the engine's state")
