@@ -52,6 +52,8 @@ def news2_events(
     """What a patient's new score opens, escalates or resolves (its state must be loaded)."""
     score = screened(score, state)
     note_red(score, state)
+    if score.band == "low" and life.idle(state, patient, "news2"):
+        return []  # most scores of most patients: nothing to say, nothing to resolve
     finding = news2_finding(score, state, bands, life.cfg)
     if finding.severity is None and life.idle(state, patient, "news2"):
         return []
