@@ -30,10 +30,14 @@ def chart_value(value: float, decimals: int = 0) -> float:
     it rounds to, not to the band above the gap.
     """
     # Most values are already at the chart's precision (devices send whole numbers, and
-    # temperature in tenths). Python's round is exact, so a value it leaves unchanged
-    # reads, as its shortest decimal, with at most `decimals` places: it is its own
-    # answer, found without the Decimal arithmetic every reading's score would pay.
-    if math.isfinite(value) and round(value, decimals) == value:
+    # temperature in tenths): they are their own answer, found without the Decimal
+    # arithmetic every reading's score would pay. A whole number shows itself by its
+    # remainder (never 0 for inf or nan); for tenths, Python's round is exact, so a value
+    # it leaves unchanged reads, as its shortest decimal, with at most one place.
+    if decimals == 0:
+        if value % 1 == 0:
+            return float(value)
+    elif math.isfinite(value) and round(value, decimals) == value:
         return float(value)
     step = Decimal(1).scaleb(-decimals)
     return float(Decimal(str(value)).quantize(step, rounding=ROUND_HALF_UP))
