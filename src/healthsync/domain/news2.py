@@ -231,6 +231,8 @@ def rescore(score: News2, values: Mapping[str, float]) -> News2:
                 parts[name] = score_spo2_scale2(value, on_oxygen)
         elif name in _VITAL_SCORERS:
             parts[name] = _VITAL_SCORERS[name](value)
+    if parts == score.parts:
+        return score  # as most re-scores are: the same points, so the same total and band
     total = sum(parts.values())
     return replace(score, total=total, band=band_for(total, parts), parts=parts)
 
