@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import sys
@@ -217,6 +218,22 @@ def test_new_values_use_256_subkeys_and_a_value_under_any_subkey_opens(tmp_path:
         assert Cipher(ring).open(old, b"hs:latest:x") == PHI
         with pytest.raises(DecryptError, match="authentication failed"):
             cipher.open(old, b"hs:latest:y")
+
+
+def test_a_seal_is_the_same_bytes_in_every_version(tmp_path: Path) -> None:
+    """Deterministic seals keep replays idempotent only if every version seals a value
+    to the same bytes (a batch sealed before an upgrade may be rewritten after it): the
+    nonce is the keyed BLAKE2b of the length-prefixed place and the plaintext
+    (docs/DESIGN.md), computed here from the format, not from the code."""
+    ring = Keyring.load(saved(tmp_path))
+    key = ring.keys["k1"]
+    info = b"healthsync v2 nonce"
+    nonce_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(key)
+    cipher = Cipher(ring)
+    for plaintext, aad in ((PHI, b"hs:latest:x"), (b"", b""), (os.urandom(3000), b"kafka:x")):
+        message = len(aad).to_bytes(4, "big") + aad + plaintext
+        nonce = b"\x00" + hashlib.blake2b(message, key=nonce_key, digest_size=11).digest()
+        assert cipher.seal(plaintext, aad) == _v2_seal(key, nonce, plaintext, aad)
 
 
 def test_values_are_sealed_with_aes_gcm_siv_and_old_ones_stay_readable(tmp_path: Path) -> None:

@@ -96,6 +96,8 @@ class _DataKey:
         self._key = key
         self.gcm = AESGCM(key)
         self.nonce_key = _hkdf(key, b"healthsync v2 nonce")
+        # Keyed once: each seal's nonce hash starts from a copy (keying hashes a block).
+        self.nonce_hash = hashlib.blake2b(key=self.nonce_key, digest_size=_NONCE_BYTES - 1)
         # The subkeys seals use stay built. Of the others (only values sealed before use
         # them) the derived bytes are kept in one 2 MiB table, filled in as they are first
         # used: an AESGCMSIV holds about 2.8 KiB once used, so all 65,536 would take
@@ -171,10 +173,13 @@ class Cipher:
         self._prefix = _HEADER + bytes([len(active)]) + active
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
-        message = len(aad).to_bytes(4, "big") + aad + plaintext
         key = self._active_key
-        # A zero byte, then 88 bits of the keyed hash: one of the subkeys kept built.
-        digest = hashlib.blake2b(message, key=key.nonce_key, digest_size=_NONCE_BYTES - 1)
+        # A zero byte, then 88 bits of the keyed hash of the length-prefixed aad and the
+        # plaintext (hashed in two parts rather than copied into one): one of the subkeys
+        # kept built.
+        digest = key.nonce_hash.copy()
+        digest.update(len(aad).to_bytes(4, "big") + aad)
+        digest.update(plaintext)
         nonce = b"\x00" + digest.digest()
         active = self.keyring.active
         self.seals[active] = self.seals.get(active, 0) + 1
