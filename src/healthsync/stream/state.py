@@ -125,6 +125,7 @@ class Tracker:
         self.critical_count, self.calm_at = run.critical_count, run.calm_at
 
     def to_list(self) -> list[Any]:
+        """What the state's JSON holds of it (encoded at once: nothing here is copied)."""
         return [
             self.since,
             self.count,
@@ -132,7 +133,7 @@ class Tracker:
             None,  # where escalations kept their own confirming samples before
             0,
             self.clear_since,
-            list(self.evidence),
+            self.evidence,
             self.critical_since,
             self.critical_count,
             None if math.isinf(self.inside_at) else self.inside_at,

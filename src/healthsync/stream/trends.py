@@ -53,8 +53,7 @@ class TrendWindow:
     """
 
     window_s: float
-    # (start, sum, count, low, high); a bucket is replaced, not changed, as samples arrive,
-    # so a saved copy of the list (to_list) stays as it was.
+    # (start, sum, count, low, high); a bucket is replaced, not changed, as samples arrive.
     buckets: list[Bucket] = field(default_factory=list)
     recent: list[float] = field(default_factory=list)
     width: float = 0.0  # 0: window_s / _BUCKETS
@@ -148,8 +147,8 @@ class TrendWindow:
         return min(b[3] for b in self.buckets), max(b[4] for b in self.buckets)
 
     def to_list(self) -> list[Any]:
-        """A copy, which the window's later samples leave as it is."""
-        return [self.window_s, list(self.buckets), list(self.recent), self.width]
+        """What the state's JSON holds of it (encoded at once: nothing here is copied)."""
+        return [self.window_s, self.buckets, self.recent, self.width]
 
     @classmethod
     def from_list(cls, data: list[Any]) -> TrendWindow:
