@@ -52,11 +52,10 @@ def news2_events(
     """What a patient's new score opens, escalates or resolves (its state must be loaded)."""
     score = screened(score, state)
     note_red(score, state)
-    if score.band == "low" and life.idle(state, patient, "news2"):
+    severity = news2_severity(score, state, bands)
+    if severity is None and life.idle(state, patient, "news2"):
         return []  # most scores of most patients: nothing to say, nothing to resolve
-    finding = news2_finding(score, state, bands, life.cfg)
-    if finding.severity is None and life.idle(state, patient, "news2"):
-        return []
+    finding = news2_finding(score, severity, state, life.cfg)
     if not new_evidence(finding, score, state):
         return []  # a re-score of samples already counted: no sign that it lasted
     source = next(iter(score.sources.values()), "")
@@ -87,21 +86,27 @@ def note_red(score: News2, state: PatientState) -> None:
         del state.trackers[RED_RUN]  # a late score from before the red part ends nothing
 
 
-def news2_finding(
-    score: News2,
-    state: PatientState,
-    bands: Mapping[str, Threshold],
-    cfg: AnomalySettings,
-) -> Finding:
-    """What the score says; a medium score made only of amber parts (no single red
-    score) needs ``news2_aggregate_persist_s``, any other warning ``news2_persist_s``;
-    an open alert resolves after ``news2_resolve_hold_s`` of low scores."""
-    persist_s = cfg.news2_persist_s
-    severity: Severity | None = (
-        "critical" if score.band == "high" else None if score.band == "low" else "warning"
-    )
+def news2_severity(
+    score: News2, state: PatientState, bands: Mapping[str, Threshold]
+) -> Severity | None:
+    """The alert the score calls for, if any."""
+    if score.band == "high":
+        return "critical"
+    if score.band == "low":
+        return None
     if score.band == "low-medium" and _red_covered(score, state, bands):
-        severity = None  # the vital's own threshold alert says it already
+        return None  # the vital's own threshold alert says it already
+    return "warning"
+
+
+def news2_finding(
+    score: News2, severity: Severity | None, state: PatientState, cfg: AnomalySettings
+) -> Finding:
+    """What the score says, with its `severity` (:func:`news2_severity`); a medium score
+    made only of amber parts (no single red score) needs ``news2_aggregate_persist_s``,
+    any other warning ``news2_persist_s``; an open alert resolves after
+    ``news2_resolve_hold_s`` of low scores."""
+    persist_s = cfg.news2_persist_s
     red = ", a single red score" if score.band == "low-medium" else ""
     rule = f"NEWS2 {score.total} ({score.band}{red}): " + ", ".join(
         f"{k} {v}" for k, v in sorted(score.parts.items()) if v
