@@ -57,6 +57,7 @@ from healthsync.store import retention
 from healthsync.store.fhir_order import indexes_of
 from healthsync.store.multi import get_many
 from healthsync.store.records import Records
+from healthsync.store.transaction import execute_transaction
 
 # Kept for the retention; their indexes are trimmed by score.
 _WINDOWED = frozenset({"Observation", "RiskAssessment"})
@@ -306,5 +307,5 @@ class RedisFhirSink:
     def flush(self) -> None:
         if self._pipe is None:
             return
-        self._pipe.execute()
-        self._pipe = None
+        pipe, self._pipe = self._pipe, None
+        execute_transaction(pipe)

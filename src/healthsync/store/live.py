@@ -57,6 +57,7 @@ from healthsync.metrics import StatsRecorder
 from healthsync.store import hourly, retention
 from healthsync.store.latest import Fields, set_newer
 from healthsync.store.records import Records, latest_value
+from healthsync.store.transaction import execute_transaction
 
 # Acknowledgements looked at per trim (once a minute) for alerts that have expired.
 _ACKS_PAGE = 1000
@@ -370,7 +371,7 @@ class RedisLiveSink:
             if self._before is not None:
                 self._before.execute()
             for pipe in self._units:
-                pipe.execute()
+                execute_transaction(pipe)
             if self._after is not None:
                 self._after.execute()
         finally:
