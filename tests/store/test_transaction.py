@@ -23,6 +23,15 @@ def _in_use(client: Redis) -> int:
     return len(client.connection_pool._in_use_connections)
 
 
+def _assert_pool_in_step(client: Redis, key: str) -> None:
+    """No connection was kept, and the next transaction on the pool works."""
+    assert _in_use(client) == 0
+    after: Any = client.pipeline(transaction=True)
+    after.set(f"{key}:next", "2")
+    execute_transaction(after)
+    assert client.get(f"{key}:next") == b"2"
+
+
 def test_every_write_of_the_transaction_lands_and_the_connection_goes_back(
     redis: Redis, key: str
 ) -> None:
@@ -59,12 +68,7 @@ def test_a_watched_key_that_changed_fails_it_and_nothing_is_written(redis: Redis
         execute_transaction(pipe)
 
     assert redis.exists(f"{key}:a", f"{key}:z") == 0
-    assert _in_use(redis) == 0
-    # The connection went back in step: the next transaction on the pool works.
-    again: Any = redis.pipeline(transaction=True)
-    again.set(f"{key}:a", "2")
-    execute_transaction(again)
-    assert redis.get(f"{key}:a") == b"2"
+    _assert_pool_in_step(redis, key)
 
 
 def test_a_watch_that_held_lets_the_transaction_through(redis: Redis, key: str) -> None:
@@ -127,11 +131,7 @@ def test_a_connection_killed_under_it_is_dropped_not_reused(redis: Redis, key: s
         execute_transaction(pipe)
 
     assert redis.exists(f"{key}:a") == 0
-    assert _in_use(redis) == 0
-    after: Any = redis.pipeline(transaction=True)
-    after.set(f"{key}:a", "2")
-    execute_transaction(after)
-    assert redis.get(f"{key}:a") == b"2"
+    _assert_pool_in_step(redis, key)
 
 
 def test_a_pipeline_that_is_not_a_transaction_is_run_by_redis_py(redis: Redis, key: str) -> None:
