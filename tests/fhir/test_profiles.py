@@ -65,7 +65,8 @@ def emitted() -> list[Resource]:
         FhirResources("urn:oid:2.16.840.1.113883.19.5"),
     ):
         step.process(batch)
-    return [resource for _, resource in batch.resources]
+    bundles = [orjson.loads(bundle.json) for bundle in batch.bundles]
+    return [*(resource for _, resource in batch.resources), *bundles]
 
 
 def test_every_emitted_resource_validates() -> None:

@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import replace
 from typing import Any
 
+import orjson
 import pytest
 
 from healthsync.domain.alerts import Alert, AlertEvent
@@ -277,7 +278,8 @@ def run(step: FhirResources, *readings: Reading) -> Batch:
 
 def types(batch: Batch) -> list[str]:
     """The resource types of a batch, a reading's Bundle standing for its Observations."""
-    return [r["resourceType"] for r in unbundled(r for _, r in batch.resources)]
+    bundles = [orjson.loads(bundle.json) for bundle in batch.bundles]
+    return [r["resourceType"] for r in unbundled([*(r for _, r in batch.resources), *bundles])]
 
 
 def test_patient_carries_the_demographics_and_the_mrn_with_its_system() -> None:
@@ -319,7 +321,8 @@ def test_each_reading_travels_as_one_bundle_of_its_observations() -> None:
     vitals = reading("r1", heart_rate=70, spo2=97, bp_sys=120, bp_dia=80)
     nurse = replace(reading("r2"), vitals={}, consciousness="A")
     batch = run(step, vitals, nurse)
-    [bundle] = [r for _, r in batch.observations if r["resourceType"] == "Bundle"]
+    [bundle] = [orjson.loads(encoded.json) for encoded in batch.bundles]
+    assert not [r for _, r in batch.observations if r["resourceType"] == "Bundle"]
     assert (bundle["id"], bundle["type"]) == ("r1", "collection")
     inside = [entry["resource"]["id"] for entry in bundle["entry"]]
     assert inside == ["r1-heart-rate", "r1-spo2", "r1-bp"]

@@ -17,6 +17,16 @@ from healthsync.domain.readings import Reading
 KeyedResource = tuple[str, dict[str, Any]]
 
 
+@dataclass(frozen=True, slots=True)
+class ReadingBundle:
+    """A reading's Observations as one FHIR collection Bundle, already JSON (see
+    :mod:`healthsync.fhir.bundle_json`); its Kafka key is the patient id."""
+
+    patient_id: str
+    reading_id: str
+    json: bytes
+
+
 @dataclass
 class Batch:
     """The new readings of one consume() call and what the steps derived from them.
@@ -32,8 +42,13 @@ class Batch:
     # Per (topic, partition): the first offset in the batch and the one after its last.
     positions: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
     alert_events: list[AlertEvent] = field(default_factory=list)
-    # FHIR resources for the observations topic: Observation, Patient, Device, RiskAssessment.
+    # FHIR resources for the observations topic: Patient, Device, and NEWS2's Observation
+    # and RiskAssessment.
     observations: list[KeyedResource] = field(default_factory=list)
+    # Each reading's Observations as one collection Bundle, already JSON: for the
+    # observations topic, between the Patients and Devices they refer to and the NEWS2
+    # resources that refer to them.
+    bundles: list[ReadingBundle] = field(default_factory=list)
     # The Communication and Flag of each alert event, in event order; on the alerts
     # topic they travel inside the events.
     alert_resources: list[KeyedResource] = field(default_factory=list)
@@ -50,5 +65,6 @@ class Batch:
 
     @property
     def resources(self) -> list[KeyedResource]:
-        """Every FHIR resource the batch produced, for the sinks that store or forward them."""
+        """The FHIR resources the batch produced as data, for the sinks that store or forward
+        them; the readings' Bundles, already JSON, are in `bundles`."""
         return self.observations + self.alert_resources

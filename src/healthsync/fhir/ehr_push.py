@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from itertools import chain
 from typing import Any
 from urllib.parse import quote
 
@@ -260,7 +261,8 @@ class EhrPushSink:
         self._pending: dict[str, dict[str, Any]] = {}
 
     def write(self, batch: Batch) -> None:
-        self.add(unbundled(resource for _key, resource in batch.resources))
+        bundles = (orjson.loads(bundle.json) for bundle in batch.bundles)
+        self.add(unbundled(chain((r for _key, r in batch.resources), bundles)))
 
     def add(self, resources: Iterable[dict[str, Any]]) -> None:
         """Queue resources for the next flush."""

@@ -134,14 +134,7 @@ class ObservationBuilder:
         """One Observation per vital; systolic and diastolic together as the BP panel."""
         vitals = reading.vitals
         rid = reading.reading_id
-        # What every Observation of this reading shares, built once.
-        common = {
-            "status": "final",
-            "category": VITAL_SIGNS_CATEGORY,
-            "subject": patient_reference(reading.patient_id, self.id_key),
-            "device": {"reference": f"Device/{fhir_id(reading.device_id, self.id_key)}"},
-            "effectiveDateTime": isoformat_ms(reading.ts),
-        }
+        common = self.common(reading)  # shared by the reading's Observations, built once
         resources: list[Resource] = []
         panel = False
         for name, value in vitals.items():
@@ -165,13 +158,34 @@ class ObservationBuilder:
             resources.append(self._panel(rid, vitals, common))
         return resources
 
+    def common(self, reading: Reading) -> dict[str, Any]:
+        """What every Observation of `reading` says alike, after its code-independent head."""
+        return {
+            "status": "final",
+            "category": VITAL_SIGNS_CATEGORY,
+            "subject": patient_reference(reading.patient_id, self.id_key),
+            "device": {"reference": f"Device/{fhir_id(reading.device_id, self.id_key)}"},
+            "effectiveDateTime": isoformat_ms(reading.ts),
+        }
+
     def _panel(self, rid: str, vitals: dict[str, float], common: dict[str, Any]) -> Resource:
+        return {
+            "resourceType": "Observation",
+            "id": f"{rid}-bp",
+            "meta": self.meta["bp"],
+            "identifier": [{"system": READING_ID_SYSTEM, "value": f"{rid}/bp"}],
+            **common,
+            "code": self.bp_code,
+            **self.panel_values(vitals.get("bp_sys"), vitals.get("bp_dia")),
+        }
+
+    def panel_values(self, systolic: float | None, diastolic: float | None) -> dict[str, Any]:
+        """The BP panel's components and, summing them up, its interpretation."""
         components = []
         codes: list[str] = []
-        for part in _BP_PARTS:
+        for part, value in zip(_BP_PARTS, (systolic, diastolic), strict=True):
             vital = self.vitals[part]
             component: dict[str, Any] = {"code": vital.code}
-            value = vitals.get(part)
             if value is None:
                 # The profile needs both components; say why one has no value.
                 component["dataAbsentReason"] = ABSENT
@@ -180,20 +194,12 @@ class ObservationBuilder:
                 if code is not None and code not in codes:
                     codes.append(code)
             components.append(component)
-        resource: Resource = {
-            "resourceType": "Observation",
-            "id": f"{rid}-bp",
-            "meta": self.meta["bp"],
-            "identifier": [{"system": READING_ID_SYSTEM, "value": f"{rid}/bp"}],
-            **common,
-            "code": self.bp_code,
-            "component": components,
-        }
+        values: dict[str, Any] = {"component": components}
         # The panel's own interpretation sums up the components: their abnormal codes, else N.
         abnormal = [c for c in codes if c != "N"] or codes
         if abnormal:
-            resource["interpretation"] = [INTERPRETATIONS[code] for code in abnormal]
-        return resource
+            values["interpretation"] = [INTERPRETATIONS[code] for code in abnormal]
+        return values
 
 
 def reading_bundle(reading: Reading, observations: list[Resource]) -> Resource:

@@ -7,12 +7,13 @@ from itertools import islice
 from typing import Any
 
 from healthsync.domain.alerts import DEFAULT_THRESHOLDS, Threshold
-from healthsync.domain.batch import Batch
+from healthsync.domain.batch import Batch, ReadingBundle
 from healthsync.domain.readings import Reading
 from healthsync.fhir.alerts import alert_resources
+from healthsync.fhir.bundle_json import BundleEncoder
 from healthsync.fhir.ids import fhir_id
 from healthsync.fhir.news2 import news2_resources
-from healthsync.fhir.observations import ObservationBuilder, reading_bundle
+from healthsync.fhir.observations import ObservationBuilder
 from healthsync.fhir.patients import demographics_of, device_for, patient_for
 from healthsync.fhir.terminology import Resource, ResourceLoader
 
@@ -32,9 +33,10 @@ class FhirResources:
     """A Step: adds the batch's FHIR resources to it, keyed by patient id.
 
     To ``batch.observations``, in order: Patient and Device resources that are
-    new or changed, per reading a collection Bundle of its Observations
-    (:func:`reading_bundle`), and per patient a NEWS2
-    Observation and RiskAssessment when the score changed. To
+    new or changed, and per patient a NEWS2 Observation and RiskAssessment when
+    the score changed. To ``batch.bundles``: per reading a collection Bundle of
+    its Observations (:func:`~healthsync.fhir.observations.reading_bundle`),
+    encoded as JSON (:class:`BundleEncoder`). To
     ``batch.alert_resources``: per alert event the alert's Communication and
     Flag. Which patients and devices were emitted, with what, is remembered;
     a patient or device not remembered is looked up in the store first (`load`)
@@ -55,6 +57,7 @@ class FhirResources:
         self.load = load
         self.id_key = id_key
         self.builder = ObservationBuilder(thresholds, id_key)
+        self.encoder = BundleEncoder(self.builder)
         self.patients: dict[str, dict[str, str]] = {}
         self.devices: set[str] = set()
         self.news2: dict[str, tuple[int, str, bool]] = {}
@@ -74,12 +77,11 @@ class FhirResources:
             self.news2.pop(patient, None)
         out = batch.observations
         self._patients_and_devices(readings, out)
-        build = self.builder.build
+        encode, bundles = self.encoder.encode, batch.bundles
         for reading in readings:
-            key = reading.patient_id
-            observations = build(reading)
-            if observations:  # a nurse's ACVPU or oxygen status alone makes no Observation
-                out.append((key, reading_bundle(reading, observations)))
+            bundle = encode(reading)
+            if bundle is not None:  # a nurse's ACVPU or oxygen status alone makes none
+                bundles.append(ReadingBundle(reading.patient_id, reading.reading_id, bundle))
         for patient, score in batch.scores.items():
             signature = (score.total, score.band, score.complete)
             if self.news2.get(patient) != signature:

@@ -44,8 +44,10 @@ import time
 from collections.abc import Mapping
 from datetime import datetime
 from functools import lru_cache
+from itertools import chain
 from typing import Any
 
+import orjson
 from redis import Redis
 
 from healthsync.config import RedisSettings
@@ -174,7 +176,11 @@ class RedisFhirSink:
         # ttl (0 = none) -> (keys, values)
         writes: dict[int, tuple[list[str], list[bytes]]] = {0: ([], []), retention_s: ([], [])}
         self._add_readings(batch.readings, writes[retention_s])
-        for resource in unbundled(r for _key, r in resources if not _of_a_reading(r)):
+        # A reading's Observations are rebuilt from the reading on read, unless its id is
+        # not a reading id: then they are stored whole (see _add_readings).
+        whole = [orjson.loads(b.json) for b in batch.bundles if not is_reading_id(b.reading_id)]
+        kept = chain((r for _key, r in resources if not _of_a_reading(r)), whole)
+        for resource in unbundled(kept):
             kind, rid = resource["resourceType"], resource["id"]
             if kind == "Observation" and reading_of_observation(rid) is not None:
                 continue  # rebuilt from its reading on read, indexed with it

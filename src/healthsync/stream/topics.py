@@ -1,7 +1,8 @@
 """A Sink that publishes the batch's FHIR resources and alert events to Kafka.
 
-The observations topic gets every resource but the alerts' (Observation,
-Patient, Device, RiskAssessment); each alert event on the alerts topic carries
+The observations topic gets every resource but the alerts' (Patient and
+Device, each reading's Bundle of Observations, NEWS2's Observation and
+RiskAssessment), in that order; each alert event on the alerts topic carries
 the alert's Communication and Flag as they were after that event.
 Values are sealed by the codec and keyed by the patient's pseudonym.
 
@@ -25,6 +26,9 @@ from healthsync.errors import HealthSyncError
 from healthsync.fhir.alerts import alert_resources
 from healthsync.security import codec as roles
 from healthsync.security.codec import Codec
+
+# What the readings' Observations refer to: on the topic before them.
+_REFERRED = frozenset({"Patient", "Device"})
 
 
 class PublishError(HealthSyncError):
@@ -63,7 +67,17 @@ class KafkaTopicSink:
 
     def write(self, batch: Batch) -> None:
         topic = self.settings.observations_topic
+        # Patients and Devices before the readings' Bundles that refer to them, and the
+        # Bundles before the NEWS2 resources derived from their Observations.
+        derived = []
         for key, resource in batch.observations:
+            if resource["resourceType"] in _REFERRED:
+                self._produce(topic, roles.OBSERVATIONS, key, orjson.dumps(resource))
+            else:
+                derived.append((key, resource))
+        for bundle in batch.bundles:
+            self._produce(topic, roles.OBSERVATIONS, bundle.patient_id, bundle.json)
+        for key, resource in derived:
             self._produce(topic, roles.OBSERVATIONS, key, orjson.dumps(resource))
         for event in batch.alert_events:
             # Built from the event's own snapshot: an alert that opens and resolves in one
