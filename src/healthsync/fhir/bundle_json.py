@@ -25,12 +25,11 @@ import orjson
 
 from healthsync.domain.readings import Reading, isoformat_ms
 from healthsync.fhir.ids import SUFFIXES
-from healthsync.fhir.observations import ObservationBuilder
+from healthsync.fhir.observations import ObservationBuilder, split_panel
 from healthsync.fhir.terminology import READING_ID_SYSTEM
 
 __all__ = ["BundleEncoder"]
 
-_BP_PARTS: Final = ("bp_sys", "bp_dia")
 # Values recur (a heart rate is a whole number in a narrow range): one encoding each.
 _VALUES_KEPT: Final = 1 << 16
 
@@ -67,50 +66,21 @@ class BundleEncoder:
         rid = orjson.dumps(reading.reading_id)[1:-1]  # escaped, without its quotes
         when = isoformat_ms(reading.ts).encode()
         common = b'"}],' + _members(self.builder.common(reading))
-        entries = []
-        panel = False
-        for name, value in vitals.items():
-            if name in _BP_PARTS:
-                panel = True
-                continue
-            suffix = SUFFIXES[name]
-            entries.append(
-                b"".join(
-                    (
-                        self._observation,
-                        rid,
-                        b"-" + suffix.encode(),
-                        self._meta[suffix],
-                        self._identifier,
-                        rid,
-                        b"/" + name.encode(),
-                        common,
-                        self._code[name],
-                        self._value(name, orjson.dumps(value), value),
-                        b"}}",
-                    )
-                )
+        singles, panel = split_panel(vitals)
+        entries = [
+            self._entry(
+                rid,
+                name,
+                common,
+                self._code[name],
+                self._value(name, orjson.dumps(value), value),
             )
+            for name, value in singles
+        ]
         if panel:
             systolic, diastolic = vitals.get("bp_sys"), vitals.get("bp_dia")
             members = self._panel(_key(systolic), _key(diastolic), systolic, diastolic)
-            entries.append(
-                b"".join(
-                    (
-                        self._observation,
-                        rid,
-                        b"-bp",
-                        self._meta["bp"],
-                        self._identifier,
-                        rid,
-                        b"/bp",
-                        common,
-                        self._bp_code,
-                        members,
-                        b"}}",
-                    )
-                )
-            )
+            entries.append(self._entry(rid, "bp", common, self._bp_code, members))
         return b"".join(
             (
                 self._head,
@@ -122,6 +92,25 @@ class BundleEncoder:
                 b'","entry":[',
                 b",".join(entries),
                 b"]}",
+            )
+        )
+
+    def _entry(self, rid: bytes, name: str, common: bytes, code: bytes, members: bytes) -> bytes:
+        """One entry of the Bundle: the Observation of `name` (a vital, or ``bp``)."""
+        suffix = SUFFIXES.get(name, name)
+        return b"".join(
+            (
+                self._observation,
+                rid,
+                b"-" + suffix.encode(),
+                self._meta[suffix],
+                self._identifier,
+                rid,
+                b"/" + name.encode(),
+                common,
+                code,
+                members,
+                b"}}",
             )
         )
 

@@ -136,11 +136,8 @@ class ObservationBuilder:
         rid = reading.reading_id
         common = self.common(reading)  # shared by the reading's Observations, built once
         resources: list[Resource] = []
-        panel = False
-        for name, value in vitals.items():
-            if name in _BP_PARTS:
-                panel = True
-                continue
+        singles, panel = split_panel(vitals)
+        for name, value in singles:
             suffix = SUFFIXES[name]
             # The id is limited to FHIR's id alphabet; the identifier keeps the canonical
             # vital name, which is what an EHR's conditional create already matches on.
@@ -200,6 +197,12 @@ class ObservationBuilder:
         if abnormal:
             values["interpretation"] = [INTERPRETATIONS[code] for code in abnormal]
         return values
+
+
+def split_panel(vitals: dict[str, float]) -> tuple[list[tuple[str, float]], bool]:
+    """The vitals that make an Observation each, in order, and whether the BP panel follows."""
+    singles = [(name, value) for name, value in vitals.items() if name not in _BP_PARTS]
+    return singles, len(singles) < len(vitals)
 
 
 def reading_bundle(reading: Reading, observations: list[Resource]) -> Resource:
