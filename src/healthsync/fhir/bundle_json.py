@@ -8,7 +8,7 @@ code and reference range, and, for each value, its quantity and
 interpretation. :class:`BundleEncoder` keeps those parts as JSON, encoded by
 orjson from what :class:`~healthsync.fhir.observations.ObservationBuilder`
 builds, and joins them with what each reading has of its own (ids, subject,
-device, time): about 4 us.
+device, time): about 5.6 us.
 
 The bytes are the same, byte for byte, as ``orjson.dumps(reading_bundle(reading,
 builder.build(reading)))`` (the members in the same order): the builder stays the
