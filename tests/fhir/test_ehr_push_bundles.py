@@ -10,10 +10,11 @@ import logging
 import pytest
 
 from healthsync.config import FhirSettings
-from healthsync.domain.batch import Batch
+from healthsync.domain.batch import Batch, ReadingBundle
 from healthsync.errors import ConfigError
+from healthsync.fhir.bundle_json import BundleEncoder
 from healthsync.fhir.ehr_push import EhrPushSink, full_url, transaction_bundle
-from healthsync.fhir.observations import observations_for, reading_bundle
+from healthsync.fhir.observations import ObservationBuilder, observations_for
 from healthsync.fhir.terminology import READING_ID_SYSTEM
 from healthsync.stream.contracts import Sink
 from tests.fhir.fake_ehr import FakeEhr, SinkFactory, batch_of, ehr, make_sink, outcome, reading
@@ -47,8 +48,11 @@ def test_sends_transaction_bundles_of_at_most_the_configured_size(
 def test_a_readings_bundle_is_pushed_as_its_observations(
     ehr: FakeEhr, make_sink: SinkFactory
 ) -> None:
+    # As the FHIR step leaves it: the reading's Bundle already JSON, beside the resources.
     batch = Batch([reading(1)])
-    batch.observations.append(("P-1001", reading_bundle(reading(1), observations_for(reading(1)))))
+    encoded = BundleEncoder(ObservationBuilder()).encode(reading(1))
+    assert encoded is not None
+    batch.bundles.append(ReadingBundle("P-1001", reading(1).reading_id, encoded))
     sink = make_sink()
     sink.write(batch)
     sink.flush()

@@ -111,14 +111,6 @@ return #KEYS
 """
 
 
-def _of_a_reading(resource: dict[str, Any]) -> bool:
-    """A reading's Bundle: its Observations are rebuilt from the reading, not stored."""
-    return (
-        resource["resourceType"] == "Bundle"
-        and reading_of_observation(f"{resource['id']}-spo2") is not None
-    )
-
-
 # Resource times recur (a reading's Observations share one): parse each once.
 @lru_cache(maxsize=1 << 14)
 def _epoch(stamp: str) -> float:
@@ -179,8 +171,7 @@ class RedisFhirSink:
         # A reading's Observations are rebuilt from the reading on read, unless its id is
         # not a reading id: then they are stored whole (see _add_readings).
         whole = [orjson.loads(b.json) for b in batch.bundles if not is_reading_id(b.reading_id)]
-        kept = chain((r for _key, r in resources if not _of_a_reading(r)), whole)
-        for resource in unbundled(kept):
+        for resource in unbundled(chain((r for _key, r in resources), whole)):
             kind, rid = resource["resourceType"], resource["id"]
             if kind == "Observation" and reading_of_observation(rid) is not None:
                 continue  # rebuilt from its reading on read, indexed with it
