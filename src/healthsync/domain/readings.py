@@ -8,13 +8,14 @@ here are the canonical ones (UCUM codes); the wire parser converts into them.
 from __future__ import annotations
 
 import hashlib
-import hmac
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
 import orjson
+
+from healthsync.domain.hmac_sha256 import hmac_sha256
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +78,7 @@ def keyed_digest(basis: bytes, size: int, key: bytes | None) -> str:
     """`size` bytes, in hex, of HMAC-SHA256(key, basis), or of BLAKE2b without a key."""
     if key is None:
         return hashlib.blake2b(basis, digest_size=size).hexdigest()
-    return hmac.digest(key, basis, "sha256")[:size].hex()
+    return hmac_sha256(key, basis)[:size].hex()
 
 
 # The processor formats each reading's time four times (its Observations, their

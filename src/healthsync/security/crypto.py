@@ -61,6 +61,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from healthsync.domain.hmac_sha256 import hmac_sha256
 from healthsync.security.keyring import KEY_BYTES, CryptoError, Keyring, KeyringError
 
 MAGIC = b"\xa5"
@@ -234,7 +235,7 @@ class Cipher:
 
     def _pseudonym(self, value: str) -> str:
         """A keyed, deterministic stand-in for an identifier (see the module docstring)."""
-        return hmac.digest(self._pseudonym_key, value.encode(), "sha256").hex()[:_PSEUDONYM_HEX]
+        return hmac_sha256(self._pseudonym_key, value.encode()).hex()[:_PSEUDONYM_HEX]
 
 
 def key_id_of(sealed: bytes) -> str | None:
