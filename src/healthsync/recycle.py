@@ -14,7 +14,8 @@ when nothing is lost by it:
    after writing Redis and producing its observations and alerts);
 3. the archiver, and the EHR push when configured, catch up with what they
    read and are stopped (the archiver is asked, SIGUSR1, to write and commit
-   what it buffered until it has committed everything, then stopped);
+   what it buffered as soon as ingest holds, and again until it has committed
+   everything, then stopped);
 4. the vitals, observations and alerts topics are deleted and created again
    (their consumer groups' offsets go with them); the store's record of
    Kafka offsets is cleared, as after a broker restart;
@@ -186,6 +187,9 @@ class BrokerRecycler:
         stopped: list[Child] = []
         try:
             self._hold(ingest)
+            # The archiver writes what it buffered while the processor catches up.
+            for child in self._children("archive"):
+                _signal(child, signal.SIGUSR1)
             stopped = self._drain_consumers(
                 OVERLOAD_CATCH_UP_S if overloaded else CATCH_UP_TIMEOUT_S
             )
