@@ -7,6 +7,7 @@ device sent becomes visible in Redis.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -25,6 +26,13 @@ from pipeline_bench.usage import Usage, UsageMeter
 
 VISIBLE_TIMEOUT_S = 15.0
 _FULL_POLL_INTERVAL_S = 0.5
+# Awaited ids asked per patient where no event names one of them (the half-second poll,
+# or an event naming a reading found already): the oldest, since a device's readings are
+# stored in order. Asking every awaited id made the watcher's own work grow with the
+# backlog when the pipeline fell behind (at 10,000/s offered, 60% of the bench process
+# packing ZMSCOREs of tens of thousands of ids, and Redis answering them), which took CPU
+# from the pipeline it measures.
+OLDEST_ASKED = 64
 
 
 @dataclass
@@ -54,10 +62,11 @@ class VisibilityWatcher:
     one MULTI/EXEC, so an event on the live stream means that patient's readings
     of the batch are readable. Each event wakes a ZMSCORE of the patient's
     awaited ids up to the reading the event names (a device's readings are sent,
-    and normally stored, in order); every 0.5 s all awaited ids are asked, so a
-    reading stored out of order or whose event was missed is still found, only
-    later. A reading's visible time is when the ZMSCORE reply arrives: an upper
-    bound, late by about one Redis round trip.
+    and normally stored, in order); every 0.5 s each patient's `OLDEST_ASKED`
+    oldest awaited ids are asked, so a reading whose event was missed is still
+    found, only later (one stored out of order once it is among them). A
+    reading's visible time is when the ZMSCORE reply arrives: an upper bound,
+    late by about one Redis round trip.
 
     `waiting` maps patient -> reading id -> send time; a reading found is moved
     from it to `found` as (send time, latency).
@@ -97,7 +106,7 @@ class VisibilityWatcher:
                 await self._ask(asked)
 
     async def _named(self) -> dict[str, str | None]:
-        """Patient -> newest reading id named by an event (None: ask all awaited ids)."""
+        """Patient -> newest reading id named by an event (None: ask its oldest awaited ids)."""
         stream: Any = {self.keys.events: self.last_id}
         reply: Any = await self.redis.xread(stream, count=10_000, block=100)
         named: dict[str, str | None] = {}
@@ -113,13 +122,21 @@ class VisibilityWatcher:
         return named
 
     def _to_ask(self, named: dict[str, str | None]) -> list[tuple[str, list[str]]]:
+        """Per patient, the awaited ids up to the one an event named, else the oldest few."""
         asked = []
         for patient, rid in named.items():
-            ids = list(self.waiting.get(patient, ()))
-            if rid is not None and rid in self.waiting[patient]:
-                ids = ids[: ids.index(rid) + 1]
-            if ids:
-                asked.append((patient, ids))
+            pending = self.waiting.get(patient)
+            if not pending:
+                continue
+            if rid is not None and rid in pending:
+                ids = []
+                for awaited in pending:
+                    ids.append(awaited)
+                    if awaited == rid:
+                        break
+            else:
+                ids = list(itertools.islice(pending, OLDEST_ASKED))
+            asked.append((patient, ids))
         return asked
 
     async def _ask(self, asked: list[tuple[str, list[str]]]) -> None:
