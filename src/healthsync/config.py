@@ -204,6 +204,8 @@ class ProcessorSettings(BaseModel):
     # 72-76 ms and p99 from 200-212 to 139-158 ms, for about 10% more of a core (bench/
     # README.md, alternating runs, fetch wait 50 ms). Behind, batches fill at once.
     batch_wait_s: float = Field(0.02, gt=0)
+    # Of every consumer stage's group membership. `up` with the embedded broker makes it
+    # 2000 unless set (supervisor.EMBEDDED_SESSION_TIMEOUT_MS: that broker's joins take half of it).
     session_timeout_ms: int = Field(6000, ge=1000)
     # How long the broker may hold a fetch open waiting for data. The embedded broker
     # (Tansu) gives up a fetch that takes longer to assemble: with 10 or 20 ms a processor

@@ -81,10 +81,11 @@ OVERLOAD_CATCH_UP_S = 120.0
 # A stopped consumer no longer moves: its commits only have to become visible.
 STOPPED_TIMEOUT_S = 3.0
 # A consumer is stopped only once it has joined its group, which it shows by writing
-# its joined file (about 3 s after it starts). One stopped while it is still joining
-# leaves the group waiting for it (Tansu holds its LeaveGroup behind the pending
-# JoinGroup), and its successor would wait out the rebalance timeout. A consumer that
-# wrote no file counts as joined once it has run this long.
+# its joined file (1-2 s after it starts under `up`: supervisor.EMBEDDED_SESSION_TIMEOUT_MS).
+# One stopped while it is still joining leaves the group waiting for it (Tansu holds its
+# LeaveGroup behind the pending JoinGroup), and its successor would wait out the
+# rebalance timeout. A consumer that wrote no file counts as joined once it has run
+# this long.
 SETTLE_S = 30.0
 # After a recycle, or a try that could not finish, wait this long before the next.
 RETRY_AFTER_S = 60.0

@@ -52,6 +52,13 @@ from healthsync.stack import (
 _TOPIC_ATTEMPTS = 5
 # A child that keeps dying waits longer each time before it is started again (2, 4 ... s).
 _MAX_BACKOFF_S = 30.0
+# The consumers' session timeout against the embedded broker, unless one is configured.
+# Tansu answers a JoinGroup only once half the member's session timeout has passed (it
+# waits that long for other members), in steps of a second: 3 s with the usual 6 s, at
+# every start and after every recycle, while readings wait. 2 s joins in 1 s and still
+# leaves three heartbeats per session. (A Kafka cluster refuses sessions under its
+# group.min.session.timeout.ms, 6 s by default, so this is the embedded broker's only.)
+EMBEDDED_SESSION_TIMEOUT_MS = 2000
 # The stages that consume topics: after the broker restarts empty they start afresh.
 CONSUMER_STAGES = ("process", "archive", "push")
 STAGES = ("ingest", "process", "archive", "api", "scheduler")
@@ -168,6 +175,8 @@ class Pipeline:
             if tls is not None:
                 ssl = {"security.protocol": "SSL", "ssl.ca.location": str(tls.ca)}
                 settings.kafka.client = ssl | settings.kafka.client
+            if "session_timeout_ms" not in settings.processor.model_fields_set:
+                settings.processor.session_timeout_ms = EMBEDDED_SESSION_TIMEOUT_MS
         ensure_topics(settings.kafka)
         if self.stack.broker is not None:
             self.forget_offsets()
