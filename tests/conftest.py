@@ -173,7 +173,8 @@ def make_settings(broker: Service, redis_server: Service, **sections: dict[str, 
         "redis": {"url": f"redis://{redis_server.host}:{redis_server.port}/0", "prefix": f"t{tag}"},
         # One ingest on the given ports; tests/test_ingest_front.py runs replicas behind HAProxy.
         "ingest": {"port": free_port(), "tls_port": free_port(), "replicas": 1},
-        "processor": {"group_id": f"g{tag}", "batch_wait_s": 0.02},
+        # One processor; tests/test_up_processors.py runs several, test_supervisor.py the default.
+        "processor": {"group_id": f"g{tag}", "batch_wait_s": 0.02, "processes": 1},
         # The archiver's group too: an archiver of an earlier test that stopped while joining
         # the shared default group kept a later one waiting for its partitions past 30 s.
         "archive": {"group_id": f"a{tag}"},

@@ -4,11 +4,13 @@ vitals topic in one consumer group, and every reading is stored once."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from redis import Redis
 
+from healthsync.config import ProcessorSettings, Settings
 from healthsync.errors import ConfigError
 from healthsync.security.codec import Codec
 from healthsync.stack import Service
@@ -72,3 +74,19 @@ def test_more_processors_than_partitions_is_refused_before_anything_starts(
     with pytest.raises(ConfigError, match=r"processor\.processes is 4 but kafka\.partitions is 3"):
         pipeline.start(stages=("ingest", "process"))
     assert pipeline.children == {}, "nothing was started"
+
+
+def test_the_default_is_two_processors_and_no_more_than_the_partitions(
+    broker: Service, redis_server: Service, tmp_path: Path
+) -> None:
+    """Two on a machine of two cores or more (docs/SCALE.md); a topic of one partition,
+    which a second processor could not share, starts one rather than refusing to start."""
+    assert Settings().processor.processes == min(2, os.cpu_count() or 1)
+    settings = make_settings(broker, redis_server, kafka={"partitions": 1})
+    settings.processor = ProcessorSettings(group_id=settings.processor.group_id)  # unset
+    pipeline = Pipeline(settings, tmp_path / "run")
+    pipeline.start(stages=("process",))
+    try:
+        assert [c.name for c in pipeline.children.values() if c.stage == "process"] == ["process"]
+    finally:
+        pipeline.stop()

@@ -192,11 +192,12 @@ class ProcessorSettings(BaseModel):
 
     group_id: str = "healthsync-processor"
     # `healthsync up` only: processor processes in the one consumer group, each reading
-    # its share of the vitals topic's partitions (so no more than there are partitions).
-    # On 2 cores shared with everything else a second one stores about 30% more while
-    # ingest runs flat out, but ingest, which gives way to it, then answers seconds late
-    # (docs/SCALE.md): one per core the processors can have to themselves.
-    processes: int = Field(1, ge=1, le=64)
+    # its share of the vitals topic's partitions (so no more than there are partitions;
+    # left unset, no more than the partitions either). Two where there are two cores or
+    # more: on 2 cores shared with everything else, two stored 9,400-10,100 readings/s
+    # while ingest ran flat out against one's 6,700-7,300, and held 5,000/s with a
+    # send-to-visible p99 of 249-307 ms against 380-474 ms (docs/SCALE.md, 2026-12-05).
+    processes: int = Field(default_factory=lambda: min(2, os.cpu_count() or 1), ge=1, le=64)
     batch_size: int = Field(2000, ge=1)
     # How long a consume waits to gather a batch when no reading is waiting. Readings
     # fetched while the last batch was processed are taken at once (Processor._next_batch):

@@ -128,8 +128,11 @@ class Pipeline:
             self.start_child(name)
 
     def _check_processes(self) -> None:
-        count, partitions = self.settings.processor.processes, self.settings.kafka.partitions
-        if count > partitions:
+        processor = self.settings.processor
+        count, partitions = processor.processes, self.settings.kafka.partitions
+        if "processes" not in processor.model_fields_set:
+            processor.processes = min(count, partitions)  # the default fits the topic
+        elif count > partitions:
             raise ConfigError(
                 f"processor.processes is {count} but kafka.partitions is {partitions}: "
                 "a processor beyond one per partition of the vitals topic would get none"
