@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from healthsync.config import ProcessorSettings
 from tests.live_stack import live_stack
 
 MONITOR = Path(__file__).resolve().parent.parent / "ops" / "monitor"
@@ -67,8 +68,11 @@ def test_conns_and_top_report_what_the_live_stack_is_doing(tmp_path: Path) -> No
 
         table = run("top.sh", "--run-dir", "run", cwd=stack.directory)
         rows = {r[0]: r[1:] for r in (line.split() for line in table.splitlines()[1:])}
-        for stage in ("up", "process", "api", "redis", "broker"):
-            assert rows[stage][0] == "1", (stage, table)
+        # `up`'s processors (two on two cores) add up to one stage.
+        processors = ProcessorSettings().processes
+        expected = {"up": 1, "process": processors, "api": 1, "redis": 1, "broker": 1}
+        for stage, count in expected.items():
+            assert rows[stage][0] == str(count), (stage, table)
             assert float(rows[stage][2]) > 0, (stage, table)
         assert rows["ingest"][0] == "2", table  # up's default: two replicas behind HAProxy
         assert float(rows["ingest"][2]) > 0, table

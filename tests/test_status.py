@@ -42,8 +42,10 @@ def status(stack: LiveStack) -> dict[str, Any]:
 def test_status_lists_every_process_with_its_pid_and_the_open_connections(
     tmp_path: Path,
 ) -> None:
-    # One ingest, found by its command line; tests/test_ingest_front.py covers replicas.
-    with live_stack(tmp_path, env={"HEALTHSYNC_INGEST_REPLICAS": "1"}) as stack:
+    # One ingest and one processor, each found by its command line;
+    # tests/test_ingest_front.py covers replicas, tests/test_up_processors.py processors.
+    one_each = {"HEALTHSYNC_INGEST_REPLICAS": "1", "HEALTHSYNC_PROCESSOR_PROCESSES": "1"}
+    with live_stack(tmp_path, env=one_each) as stack:
         wait_for((stack.run_dir / "state.json").exists, what="state.json")
         devices = [stack.device() for _ in range(3)]
         try:
