@@ -89,7 +89,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=None,
         help="processor processes in the one consumer group, as `processor.processes` "
-        "(default: its setting, 1 unless set)",
+        "(default: its setting, as `up` runs it: 2 on two cores or more unless set)",
     )
     args = p.parse_args(argv)
     if args.processors is not None and args.processors < 1:

@@ -26,7 +26,8 @@ def register(sub: Subparsers) -> None:
         help="run the whole pipeline on this machine",
         description="Start the embedded Kafka broker and Redis (unless "
         "HEALTHSYNC_KAFKA_BOOTSTRAP / HEALTHSYNC_REDIS_URL name external ones), "
-        "then ingest, processor, archiver (to <run dir>/archive unless "
+        "then ingest, the processors (HEALTHSYNC_PROCESSOR_PROCESSES: two on two cores or "
+        "more), archiver (to <run dir>/archive unless "
         "HEALTHSYNC_ARCHIVE_URL), API and the job scheduler, supervised. Kafka, Redis and "
         "the API use "
         "TLS 1.3 with a local CA made in <run dir>/certs (HEALTHSYNC_KAFKA_EMBEDDED_TLS, "
