@@ -60,6 +60,12 @@ def test_killed_broker_and_front_are_restarted_and_readings_flow_again(tmp_path:
             )
             # What Redis held is kept; only what the broker held is at risk.
             assert before <= stored_ids(client, keys)
+            # Every processor started afresh with the new broker: `process-2` too, which
+            # otherwise kept its partitions and a producer the new broker fenced off.
+            logs = sorted((stack.run_dir / "logs").glob("process*.log"))
+            assert logs
+            for log in logs:
+                assert log.read_text().count('"processor started"') >= 2, log.name
         finally:
             client.close()
     output = stack.output

@@ -236,9 +236,9 @@ class Pipeline:
                 if attempt == _TOPIC_ATTEMPTS - 1:
                     raise HealthSyncError(f"broker restarted but not ready: {exc}") from exc
                 time.sleep(1.0)
-        for name in CONSUMER_STAGES:
-            child = self.children.get(name)
-            if child is not None and child.alive:
+        # Every consumer of those stages: `process-2` and on as well as `process`.
+        for child in list(self.children.values()):
+            if child.stage in CONSUMER_STAGES and child.alive:
                 child.stop()
                 child.start(self.env)
 
