@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 
-from healthsync.config import Settings
+from healthsync.config import ProcessorSettings, Settings
 from healthsync.errors import ConfigError
 from healthsync.fhir.ehr_push import EhrPushSink
 from healthsync.fhir.step import FhirResources
@@ -78,6 +78,19 @@ def build_stages(settings: Settings, client: Redis, codec: Codec) -> Stages:
     return Stages(state, steps, fhir_store, live)
 
 
+def group_membership(cfg: ProcessorSettings) -> dict[str, int]:
+    """A consumer stage's group membership: its session, and three heartbeats in it.
+
+    Every consumer stage sets both: librdkafka's default heartbeat (3 s) outlasts a
+    short session, such as the 2 s `up` gives against the embedded broker, and a member
+    that outlasts its session is dropped from its group and rejoins, over and over.
+    """
+    return {
+        "session.timeout.ms": cfg.session_timeout_ms,
+        "heartbeat.interval.ms": max(cfg.session_timeout_ms // 3, 500),
+    }
+
+
 def build_processor(settings: Settings) -> Processor:
     """The stream processor: consumer, producer, Redis, steps and sinks."""
     if not settings.redis.url:
@@ -86,12 +99,8 @@ def build_processor(settings: Settings) -> Processor:
     consumer = make_consumer(
         settings.kafka,
         cfg.group_id,
-        **{
-            "session.timeout.ms": cfg.session_timeout_ms,
-            "fetch.wait.max.ms": cfg.fetch_wait_ms,
-            "heartbeat.interval.ms": max(cfg.session_timeout_ms // 3, 500),
-            "on_commit": commit_failed,
-        },
+        **group_membership(cfg),
+        **{"fetch.wait.max.ms": cfg.fetch_wait_ms, "on_commit": commit_failed},
     )
     producer = make_producer(settings.kafka)
     codec = Codec.from_settings(settings)
@@ -121,7 +130,7 @@ def build_pusher(settings: Settings) -> EhrPusher:
     consumer = make_consumer(
         settings.kafka,
         f"{settings.processor.group_id}-ehr-push",
-        **{"session.timeout.ms": settings.processor.session_timeout_ms},
+        **group_membership(settings.processor),
     )
     return EhrPusher(settings, consumer, EhrPushSink(settings.fhir), Codec.from_settings(settings))
 
@@ -136,8 +145,7 @@ def build_archiver(settings: Settings) -> Archiver:
         settings.kafka,
         settings.archive.group_id,
         **{
-            "session.timeout.ms": cfg.session_timeout_ms,
-            "heartbeat.interval.ms": max(cfg.session_timeout_ms // 3, 500),
+            **group_membership(cfg),
             # The archiver rolls objects every minute, so it need not read within
             # milliseconds: fetching what a second gathers spares the broker a listing of
             # every record batch it holds per fetch (see kafka.LINGER_MS).
