@@ -102,7 +102,6 @@ def build_processor(settings: Settings) -> Processor:
         **group_membership(cfg),
         **{"fetch.wait.max.ms": cfg.fetch_wait_ms, "on_commit": commit_failed},
     )
-    producer = make_producer(settings.kafka)
     codec = Codec.from_settings(settings)
     stages = build_stages(settings, connect(settings.redis), codec)
     # The live sink goes last: it records the batch's reading ids as seen, and a replay
@@ -120,7 +119,7 @@ def build_processor(settings: Settings) -> Processor:
     live = stages.live
     sinks: list[Sink] = [topics, stages.fhir_store, live]
     pipeline = Pipeline(stages.state, stages.steps, sinks, live.stats, live.flush_stats, ticks=True)
-    return Processor(settings, consumer, producer, pipeline, codec)
+    return Processor(settings, consumer, pipeline, codec)
 
 
 def build_pusher(settings: Settings) -> EhrPusher:

@@ -62,6 +62,10 @@ class Batch:
     # Patients the anomaly engine forgot: none of their devices sent for the live cache's
     # retention. The live sink removes their live records.
     departed: list[str] = field(default_factory=list)
+    # Values on the vitals topic that are not readings, for the dead-letter topic: each
+    # message's key and a JSON record of what it was and why it was set aside. They are
+    # stored with the batch, so its offsets are committed only once Kafka has them.
+    dead_letters: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     @property
     def resources(self) -> list[KeyedResource]:

@@ -20,7 +20,9 @@ reload its steps' state from it: the gap is replayed, never skipped.
 
 Readings arrive sealed (see :mod:`healthsync.security.codec`); one that cannot
 be opened (wrong or retired key, tampering) goes to the dead-letter topic with
-the reason, like any other value that is not a reading.
+the reason, like any other value that is not a reading. Dead letters travel
+with their batch to the topic sink, so the batch's offsets are committed only
+once Kafka has them too.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ from confluent_kafka import (
     KafkaError,
     KafkaException,
     Message,
-    Producer,
     TopicPartition,
 )
 
@@ -96,14 +97,12 @@ class Processor:
         self,
         settings: Settings,
         consumer: Consumer,
-        producer: Producer,
         pipeline: Pipeline,
         codec: Codec,
     ) -> None:
         self.settings = settings
         self.codec = codec
         self.consumer = consumer
-        self.producer = producer
         self.seen = pipeline.seen
         self.steps = pipeline.steps
         self.sinks = pipeline.sinks
@@ -185,7 +184,8 @@ class Processor:
 
         The batch is written once the batch before it is stored, and left flushing.
         """
-        readings, partitions, positions = self._decode(messages)
+        batch = self._decode(messages, now)
+        readings, positions = batch.readings, batch.positions
         fresh = (
             self._retry("check seen", lambda: self.seen.filter_new(readings)) if readings else []
         )
@@ -195,7 +195,7 @@ class Processor:
             storing = {r.reading_id for r in self._in_flight.batch.readings}
             fresh = [r for r in fresh if r.reading_id not in storing]
         self.stats.inc("duplicates_total", len(readings) - len(fresh))
-        batch = Batch(fresh, partitions=partitions, now=now, positions=positions)
+        batch.readings = fresh
         for step in self.steps:
             if self._retry(type(step).__name__, functools.partial(self._run, step, batch)) is None:
                 return  # stopping: nothing was written, the batch is replayed on restart
@@ -237,10 +237,11 @@ class Processor:
             self._commit({tp: after for tp, (_first, after) in batch.positions.items()})
         return True
 
-    def _decode(self, messages: list[Message]) -> tuple[list[Reading], dict[str, int], Positions]:
-        readings: list[Reading] = []
-        partitions: dict[str, int] = {}
-        positions: Positions = {}
+    def _decode(self, messages: list[Message], now: float | None) -> Batch:
+        """A batch of every reading in `messages` (before the seen-check), with their
+        partitions and positions, and a dead letter for each value that is not one."""
+        batch = Batch([], now=now)
+        readings, partitions, positions = batch.readings, batch.partitions, batch.positions
         for message in messages:
             error = message.error()
             if error is not None:
@@ -256,17 +257,18 @@ class Processor:
                 value = self.codec.open_message(roles.VITALS, message.key(), message.value() or b"")
                 reading = Reading.from_json(value)
             except DecryptError as exc:
-                self._dead_letter(message, f"cannot decrypt: {exc}")
+                batch.dead_letters.append(self._dead_letter(message, f"cannot decrypt: {exc}"))
                 continue
             except ValueError as exc:
-                self._dead_letter(message, str(exc))
+                batch.dead_letters.append(self._dead_letter(message, str(exc)))
                 continue
             readings.append(reading)
             partitions[reading.patient_id] = partition
-        return readings, partitions, positions
+        return batch
 
-    def _dead_letter(self, message: Message, reason: str) -> None:
-        """A value on the vitals topic that is not a reading: keep it for audit, move on."""
+    def _dead_letter(self, message: Message, reason: str) -> tuple[bytes, bytes]:
+        """A value on the vitals topic that is not a reading, kept for audit: its key, and
+        the record the dead-letter topic gets."""
         self.stats.inc("poison_messages_total")
         record = {
             "reason": "not_a_reading",
@@ -276,9 +278,7 @@ class Processor:
             "offset": message.offset(),
             "value": (message.value() or b"")[:4096].decode("utf-8", "replace"),
         }
-        key = message.key() or b""
-        value = self.codec.seal_message(roles.DLQ, key, orjson.dumps(record))
-        self.producer.produce(self.settings.kafka.dlq_topic, value, key)
+        return message.key() or b"", orjson.dumps(record)
 
     @staticmethod
     def _run(step: Step, batch: Batch) -> bool:

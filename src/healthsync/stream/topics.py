@@ -3,13 +3,17 @@
 The observations topic gets every resource but the alerts' (Patient and
 Device, each reading's Bundle of Observations, NEWS2's Observation and
 RiskAssessment), in that order; each alert event on the alerts topic carries
-the alert's Communication and Flag as they were after that event.
-Values are sealed by the codec and keyed by the patient's pseudonym.
+the alert's Communication and Flag as they were after that event; the
+dead-letter topic gets the batch's values that were not readings.
+Values are sealed by the codec and keyed by the patient's pseudonym (a dead
+letter keeps its message's key).
 
 A batch Kafka did not acknowledge is produced again whole by the processor's
 retry. When a `renew` factory is given, the producer is replaced first: one
 whose broker restarted empty keeps failing on its lost idempotence state
-(UNKNOWN_PRODUCER_ID) and would never recover on its own.
+(UNKNOWN_PRODUCER_ID) and would never recover on its own. So is a producer
+that refuses a message outright: in librdkafka's fatal state it refuses every
+message until it is replaced.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from healthsync.config import KafkaSettings
 from healthsync.domain.batch import Batch
@@ -56,14 +60,20 @@ class KafkaTopicSink:
             self._failures.append(error)
 
     def _produce(self, topic: str, role: str, patient_id: str, value: bytes) -> None:
-        key = self.codec.message_key(patient_id)
+        self._send(topic, role, self.codec.message_key(patient_id), value)
+
+    def _send(self, topic: str, role: str, key: bytes, value: bytes) -> None:
         value = self.codec.seal_message(role, key, value)
         try:
-            self.producer.produce(topic, value, key, on_delivery=self._report)
-        except BufferError:
-            # The local queue is full: serve delivery reports until there is room.
-            self.producer.poll(1.0)
-            self.producer.produce(topic, value, key, on_delivery=self._report)
+            try:
+                self.producer.produce(topic, value, key, on_delivery=self._report)
+            except BufferError:
+                # The local queue is full: serve delivery reports until there is room.
+                self.producer.poll(1.0)
+                self.producer.produce(topic, value, key, on_delivery=self._report)
+        except KafkaException as exc:
+            self._replace()
+            raise PublishError(f"Kafka refused a message of the batch: {exc}") from exc
 
     def write(self, batch: Batch) -> None:
         topic = self.settings.observations_topic
@@ -95,6 +105,8 @@ class KafkaTopicSink:
                 event.alert.patient_id,
                 orjson.dumps(value),
             )
+        for message_key, record in batch.dead_letters:
+            self._send(self.settings.dlq_topic, roles.DLQ, message_key, record)
         self.producer.poll(0)
 
     def flush(self) -> None:
@@ -102,9 +114,15 @@ class KafkaTopicSink:
         failures, self._failures = self._failures, []
         if remaining or failures:
             reason = failures[0].str() if failures else f"{remaining} messages still queued"
-            if self.renew is not None:
-                self.producer.purge()
-                self.producer.poll(0)
-                self._failures = []
-                self.producer = self.renew()
+            self._replace()
             raise PublishError(f"Kafka did not acknowledge the batch: {reason}")
+
+    def _replace(self) -> None:
+        """A new producer for the batch's retry, if there is a `renew` factory; what the old
+        one still holds of the batch is dropped (the retry produces the batch whole)."""
+        if self.renew is None:
+            return
+        self.producer.purge()
+        self.producer.poll(0)
+        self._failures = []
+        self.producer = self.renew()
