@@ -45,6 +45,8 @@ _DICTIONARY = 1
 _DICTIONARIES = frozenset({1})
 # Zstandard's level 3 (its default): with a dictionary faster than level 1 here, and smaller.
 _LEVEL = 3
+# What every value compressed now starts with.
+_HEADER = _ZSTD_PREFIX + bytes([_DICTIONARY])
 
 
 @functools.cache
@@ -81,7 +83,7 @@ def compress_with_dictionary(value: bytes) -> bytes:
         compressor = _local.compressor = zstandard.ZstdCompressor(
             dict_data=_dictionary(_DICTIONARY), write_content_size=True
         )
-    return _ZSTD_PREFIX + bytes([_DICTIONARY]) + compressor.compress(value)
+    return _HEADER + compressor.compress(value)
 
 
 def expand(value: bytes) -> bytes:
