@@ -31,9 +31,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from redis import Redis
 
+from healthsync import compiled
 from healthsync.api.apikeys import ApiKeyStore
 from healthsync.api.permissions import ROLES
 from healthsync.config import Settings
+from healthsync.errors import ConfigError
 from healthsync.security.codec import Codec
 from healthsync.security.keyring import Keyring
 from healthsync.stack import Service, free_port, start_broker, start_redis
@@ -41,6 +43,14 @@ from healthsync.supervisor import Pipeline
 
 _keyring: list[Path] = []
 _CLEAR_BATCH = 1000
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """No test runs a compiled module older than its source (healthsync.compiled)."""
+    try:
+        compiled.check()
+    except ConfigError as exc:
+        pytest.exit(str(exc), returncode=2)
 
 
 @pytest.fixture(scope="session", autouse=True)

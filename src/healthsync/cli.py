@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from healthsync import __version__, status
+from healthsync import __version__, compiled, status
 from healthsync.commands import (
     api,
     apikey,
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        compiled.check()  # never the old code of a module edited since it was compiled
         return int(args.func(args))
     except HealthSyncError as exc:
         print(f"healthsync: {exc}", file=sys.stderr)

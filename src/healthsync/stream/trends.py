@@ -127,11 +127,13 @@ class TrendWindow:
         width = self.width or self.window_s / _BUCKETS
         span = min(len(full), max(1, math.ceil(_LEVEL_S / width - 1e-9)))
         # Each sample of each trend rule pays for this: sums over slices of plain lists
-        # (the same additions in the same order as summing each run's buckets).
+        # (the same additions in the same order as summing each run's buckets). Summed from
+        # 0.0, the same floats: compiled (healthsync.compiled), a sum from the int 0 of
+        # counts held as ints is taken for an int.
         totals = [b[1] for b in full]
         counts = [b[2] for b in full]
         means = [
-            sum(totals[i : i + span]) / sum(counts[i : i + span])
+            sum(totals[i : i + span], 0.0) / sum(counts[i : i + span], 0.0)
             for i in range(len(full) - span + 1)
         ]
         if direction == "fall":

@@ -1,0 +1,95 @@
+"""The hot-path modules run compiled, and never as code older than their sources."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
+
+import pytest
+
+from healthsync import compiled
+from healthsync.errors import ConfigError
+
+
+def test_every_hot_path_module_runs_compiled() -> None:
+    # `make install` builds them; were one left out, the rate would drop unannounced.
+    plain = [
+        module
+        for module in compiled.MODULES
+        if not str(importlib.import_module(module).__file__).endswith(EXTENSION_SUFFIXES[0])
+    ]
+    assert plain == [], f"running as plain Python: {plain} (run `make install`)"
+
+
+def _checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A source tree holding one listed module and its (stand-in) extension."""
+    module = compiled.MODULES[0]
+    src = tmp_path / "src"
+    source = src.joinpath(*module.split(".")).with_suffix(".py")
+    source.parent.mkdir(parents=True)
+    source.write_text("X = 1\n")
+    extension = source.with_name(source.stem + EXTENSION_SUFFIXES[0])
+    extension.write_bytes(b"")
+    monkeypatch.setattr(compiled, "_SRC", src)
+    return source, extension
+
+
+def test_a_source_edited_after_its_build_stops_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, extension = _checkout(tmp_path, monkeypatch)
+    os.utime(source, (1_000_000, 1_000_000))
+    os.utime(extension, (1_000_100, 1_000_100))
+    compiled.check()  # built after the edit: fine
+
+    os.utime(source, (1_000_200, 1_000_200))  # edited since
+    with pytest.raises(ConfigError, match="changed after it was compiled") as caught:
+        compiled.check()
+    assert compiled.MODULES[0] in str(caught.value)
+    assert "make install" in str(caught.value)
+
+
+def test_clean_leaves_plain_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source, extension = _checkout(tmp_path, monkeypatch)
+    shared = source.parents[len(compiled.MODULES[0].split(".")) - 1] / (
+        f"0123abcd__mypyc{EXTENSION_SUFFIXES[0]}"
+    )
+    shared.write_bytes(b"")
+    os.utime(source, (1_000_200, 1_000_200))
+    os.utime(extension, (1_000_000, 1_000_000))
+
+    compiled.clean()
+
+    assert not extension.exists() and not shared.exists() and source.exists()
+    assert compiled.built() == []
+    compiled.check()  # nothing compiled is nothing stale
+
+
+def test_the_command_line_refuses_to_run_a_stale_module(tmp_path: Path) -> None:
+    # A copy of the package with its extensions, one source then edited: the command
+    # says which and how to mend it, and runs nothing.
+    package = Path(compiled.__file__).parent
+    src = tmp_path / "src"
+    shutil.copytree(package, src / "healthsync")
+    for shared in package.parent.glob(f"*__mypyc{EXTENSION_SUFFIXES[0]}"):
+        shutil.copy2(shared, src)
+    later = time.time() + 5
+    os.utime(src / "healthsync" / "stream" / "engine.py", (later, later))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "healthsync", "status"],
+        env={**os.environ, "PYTHONPATH": str(src)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 2
+    assert "healthsync.stream.engine changed after it was compiled" in done.stderr
