@@ -71,6 +71,25 @@ def test_clean_leaves_plain_python(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     compiled.check()  # nothing compiled is nothing stale
 
 
+def test_an_extension_of_a_module_no_longer_compiled_is_refused_and_cleaned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An earlier build compiled a module since taken off the list: its old code would
+    # still be imported instead of its source.
+    _checkout(tmp_path, monkeypatch)
+    stray = tmp_path / "src" / "healthsync" / "store" / f"live{EXTENSION_SUFFIXES[0]}"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"")
+
+    with pytest.raises(ConfigError, match="left from an earlier build") as caught:
+        compiled.check()
+    assert "healthsync/store/live" in str(caught.value)
+
+    compiled.clean()
+    assert not stray.exists()
+    compiled.check()
+
+
 def test_the_command_line_refuses_to_run_a_stale_module(tmp_path: Path) -> None:
     # A copy of the package with its extensions, one source then edited: the command
     # says which and how to mend it, and runs nothing.

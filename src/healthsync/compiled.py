@@ -75,20 +75,35 @@ def stale() -> list[str]:
     return late
 
 
+def strays() -> list[Path]:
+    """Extensions of modules no longer listed (an earlier build's): they would still run."""
+    listed = {_extension(m) for m in MODULES}
+    return sorted(p for p in (_SRC / "healthsync").rglob(f"*{_SUFFIX}") if p not in listed)
+
+
 def check() -> None:
-    """ConfigError if a compiled module would run code older than its source."""
+    """ConfigError if a compiled module would run code older than its source, or
+    an extension of a module that is no longer compiled would run at all."""
+    mend = (
+        "build again with `make install` (or `python -m healthsync.compiled`), or remove "
+        "the compiled modules with `python -m healthsync.compiled --clean`"
+    )
     late = stale()
     if late:
         raise ConfigError(
-            f"{', '.join(late)} changed after it was compiled, and the old code would run; "
-            "build again with `make install` (or `python -m healthsync.compiled`), or remove "
-            "the compiled modules with `python -m healthsync.compiled --clean`"
+            f"{', '.join(late)} changed after it was compiled, and the old code would run; " + mend
         )
+    left = strays()
+    if left:
+        names = ", ".join(str(p.relative_to(_SRC)) for p in left)
+        raise ConfigError(f"{names} left from an earlier build would run; " + mend)
 
 
 def clean() -> None:
     for module in MODULES:
         _extension(module).unlink(missing_ok=True)
+    for stray in strays():
+        stray.unlink()
     for shared in _SRC.glob(f"*__mypyc{_SUFFIX}"):  # the runtime the extensions share
         shared.unlink()
 
@@ -133,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.clean:
             clean()
             print("compiled modules removed; HealthSync runs as plain Python")
-        elif args.force or stale() or len(built()) < len(MODULES):
+        elif args.force or stale() or strays() or len(built()) < len(MODULES):
             build()
             print(f"compiled {len(MODULES)} modules with mypyc")
     except ConfigError as exc:
