@@ -27,6 +27,45 @@ def test_every_hot_path_module_runs_compiled() -> None:
     assert plain == [], f"running as plain Python: {plain} (run `make install`)"
 
 
+_WALK = """
+import asyncio, gc
+from healthsync.domain.batch import Batch
+from healthsync.domain.rules import AnomalySettings
+from healthsync.fhir.bundle_json import BundleEncoder
+from healthsync.fhir.observations import ObservationBuilder
+from healthsync.security.compression import compress_with_dictionary, expand
+from healthsync.stream.engine import AnomalyEngine
+from healthsync.wire.parse import parse_line
+
+engine = AnomalyEngine(AnomalySettings())
+encoder = BundleEncoder(ObservationBuilder())
+for n in range(200):
+    line = f"device_id=m{n % 7} patient_id=p{n % 5} seq={n} hr={70 + n % 9} spo2=97 bp=120/80"
+    reading = parse_line(line.encode(), 1_767_225_600.0 + n, id_key=b"k" * 32)
+    engine.process(Batch([reading]))
+    bundle = encoder.encode(reading) or b""
+    assert expand(compress_with_dictionary(bundle)) == bundle
+walked = 0
+for thing in gc.get_objects():
+    isinstance(thing, asyncio.Future)
+    getattr(thing, "_log_traceback", False)
+    walked += 1
+print("walked", walked)
+"""
+
+
+def test_the_garbage_collectors_objects_can_be_walked_after_the_compiled_code_ran() -> None:
+    # A class mypyc compiled from a threading.local subclass (security.compression's
+    # per-thread compressors) crashed the interpreter here with a segmentation fault: in
+    # a child process, so that a crash fails this test rather than the session.
+    done = subprocess.run(
+        [sys.executable, "-c", _WALK], capture_output=True, text=True, timeout=120, check=False
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("walked ")
+
+
 def _checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     """A source tree holding one listed module and its (stand-in) extension."""
     module = compiled.MODULES[0]
@@ -77,13 +116,13 @@ def test_an_extension_of_a_module_no_longer_compiled_is_refused_and_cleaned(
     # An earlier build compiled a module since taken off the list: its old code would
     # still be imported instead of its source.
     _checkout(tmp_path, monkeypatch)
-    stray = tmp_path / "src" / "healthsync" / "store" / f"live{EXTENSION_SUFFIXES[0]}"
+    stray = tmp_path / "src" / "healthsync" / "retired" / f"module{EXTENSION_SUFFIXES[0]}"
     stray.parent.mkdir(parents=True)
     stray.write_bytes(b"")
 
     with pytest.raises(ConfigError, match="left from an earlier build") as caught:
         compiled.check()
-    assert "healthsync/store/live" in str(caught.value)
+    assert "healthsync/retired/module" in str(caught.value)
 
     compiled.clean()
     assert not stray.exists()

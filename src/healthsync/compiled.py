@@ -1,12 +1,13 @@
 """The hot-path modules compiled to C with mypyc, and the check that they match their sources.
 
-The anomaly engine and the wire parser run for every reading, and on the
-2-core machine every stage shares (ingest, processors, broker, Redis) CPU is
-what limits the rate. mypyc compiles these fully typed modules, unchanged, to
-C extensions: the engine and NEWS2 take 18.6 us of CPU per reading instead of
-31.4 (``bench/engine.py --patients 50 --readings 40000``), a line is parsed
-in 12.5 us instead of 16.8. The alarm tables of ``healthsync eval`` are the
-same, figure for figure, compiled or not.
+The anomaly engine, the wire parser and the processor's per-reading records
+(readings, their Bundles, the Redis records, the seals) run for every
+reading, and on the 2-core machine every stage shares (ingest, processors,
+broker, Redis) CPU is what limits the rate. mypyc compiles these fully typed
+modules, unchanged, to C extensions: the engine and NEWS2 take 18.6 us of CPU
+per reading instead of 31.4 (``bench/engine.py --patients 50 --readings
+40000``), a line is parsed in 12.5 us instead of 16.8. The alarm tables of
+``healthsync eval`` are the same, figure for figure, compiled or not.
 
 ``make install`` builds them into the source tree (``python -m
 healthsync.compiled``): each module's extension sits beside its ``.py`` and is
@@ -31,8 +32,20 @@ from pathlib import Path
 
 from healthsync.errors import ConfigError
 
+# Not security.compression: its per-thread compressors are a threading.local subclass,
+# which mypyc compiles into a class that crashed the interpreter when the garbage
+# collector's objects were walked (tests/test_compiled.py); it is C calls in the main.
 MODULES = (
+    "healthsync.domain.hmac_sha256",
     "healthsync.domain.news2",
+    "healthsync.domain.readings",
+    "healthsync.fhir.bundle_json",
+    "healthsync.fhir.observations",
+    "healthsync.security.codec",
+    "healthsync.security.crypto",
+    "healthsync.store.fhir_store",
+    "healthsync.store.live",
+    "healthsync.store.records",
     "healthsync.stream.devices",
     "healthsync.stream.engine",
     "healthsync.stream.lifecycle",
@@ -41,6 +54,7 @@ MODULES = (
     "healthsync.stream.screening",
     "healthsync.stream.state",
     "healthsync.stream.threshold_rule",
+    "healthsync.stream.topics",
     "healthsync.stream.trends",
     "healthsync.wire.parse",
     "healthsync.wire.tokens",
