@@ -10,7 +10,7 @@ RATE ?= 1
 .PHONY: install system-deps run test lint bench clean vendor-uplot
 
 # The hot-path modules compiled with mypyc beside their sources (healthsync/compiled.py),
-# again whenever a source is newer than its extension; about 50 s.
+# again whenever one of them, or a module they import, is newer than the build; about 50 s.
 install: $(STAMP)
 	@$(BIN)/python -m healthsync.compiled
 

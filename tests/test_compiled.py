@@ -67,15 +67,21 @@ def test_the_garbage_collectors_objects_can_be_walked_after_the_compiled_code_ra
 
 
 def _checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
-    """A source tree holding one listed module and its (stand-in) extension."""
+    """A source tree holding one listed module, importing an unlisted one, and the
+    listed module's (stand-in) extension."""
     module = compiled.MODULES[0]
     src = tmp_path / "src"
     source = src.joinpath(*module.split(".")).with_suffix(".py")
     source.parent.mkdir(parents=True)
-    source.write_text("X = 1\n")
+    source.write_text("from healthsync.limits import LIMIT\n")
+    (src / "healthsync" / "limits.py").write_text("LIMIT: Final = 5\n")
     extension = source.with_name(source.stem + EXTENSION_SUFFIXES[0])
     extension.write_bytes(b"")
+    for path in (source, src / "healthsync" / "limits.py"):
+        os.utime(path, (1_000_000, 1_000_000))
+    os.utime(extension, (1_000_100, 1_000_100))  # built after both
     monkeypatch.setattr(compiled, "_SRC", src)
+    monkeypatch.setattr(compiled, "_MANIFEST", src / ".healthsync-compiled")
     return source, extension
 
 
@@ -88,24 +94,38 @@ def test_a_source_edited_after_its_build_stops_everything(
     compiled.check()  # built after the edit: fine
 
     os.utime(source, (1_000_200, 1_000_200))  # edited since
-    with pytest.raises(ConfigError, match="changed after it was compiled") as caught:
+    with pytest.raises(ConfigError, match="changed after the compiled modules were built") as e:
         compiled.check()
-    assert compiled.MODULES[0] in str(caught.value)
-    assert "make install" in str(caught.value)
+    assert compiled.MODULES[0] in str(e.value)
+    assert "make install" in str(e.value)
+
+
+def test_a_module_the_compiled_code_imports_edited_after_the_build_stops_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # mypyc copies an imported Final literal into the compiled code: a new LIMIT would
+    # not take effect until the next build.
+    _checkout(tmp_path, monkeypatch)
+    limits = tmp_path / "src" / "healthsync" / "limits.py"
+    compiled.check()
+
+    os.utime(limits, (1_000_200, 1_000_200))
+    with pytest.raises(ConfigError, match=r"healthsync\.limits changed after the compiled"):
+        compiled.check()
 
 
 def test_clean_leaves_plain_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source, extension = _checkout(tmp_path, monkeypatch)
-    shared = source.parents[len(compiled.MODULES[0].split(".")) - 1] / (
-        f"0123abcd__mypyc{EXTENSION_SUFFIXES[0]}"
-    )
+    shared = compiled._SRC / f"0123abcd__mypyc{EXTENSION_SUFFIXES[0]}"
     shared.write_bytes(b"")
+    compiled._MANIFEST.write_text("healthsync.limits\n")
     os.utime(source, (1_000_200, 1_000_200))
     os.utime(extension, (1_000_000, 1_000_000))
 
     compiled.clean()
 
     assert not extension.exists() and not shared.exists() and source.exists()
+    assert not compiled._MANIFEST.exists()
     assert compiled.built() == []
     compiled.check()  # nothing compiled is nothing stale
 
@@ -135,7 +155,7 @@ def test_the_command_line_refuses_to_run_a_stale_module(tmp_path: Path) -> None:
     package = Path(compiled.__file__).parent
     src = tmp_path / "src"
     shutil.copytree(package, src / "healthsync")
-    for shared in package.parent.glob(f"*__mypyc{EXTENSION_SUFFIXES[0]}"):
+    for shared in [*package.parent.glob(f"*__mypyc{EXTENSION_SUFFIXES[0]}"), compiled._MANIFEST]:
         shutil.copy2(shared, src)
     later = time.time() + 5
     os.utime(src / "healthsync" / "stream" / "engine.py", (later, later))
@@ -150,4 +170,4 @@ def test_the_command_line_refuses_to_run_a_stale_module(tmp_path: Path) -> None:
     )
 
     assert done.returncode == 2
-    assert "healthsync.stream.engine changed after it was compiled" in done.stderr
+    assert "healthsync.stream.engine changed after the compiled modules were built" in done.stderr

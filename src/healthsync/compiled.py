@@ -13,7 +13,8 @@ per reading instead of 31.4 (``bench/engine.py --patients 50 --readings
 healthsync.compiled``): each module's extension sits beside its ``.py`` and is
 imported instead of it. A source edited after that would silently not run, so
 :func:`check` (called by the command line and the test session) refuses to
-start while an extension is older than its source; ``make install`` (or
+start while a listed module, or a package module it imports, is newer than
+the extensions; ``make install`` (or
 ``python -m healthsync.compiled``) builds again, and ``--clean`` removes the
 extensions, after which everything runs as plain Python, with the same
 results, more slowly. An installed package without extensions is plain Python
@@ -23,6 +24,7 @@ too.
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import shutil
 import subprocess
@@ -64,6 +66,9 @@ MODULES = (
 
 _SRC = Path(__file__).resolve().parents[1]  # the directory that holds the package
 _SUFFIX = EXTENSION_SUFFIXES[0]  # this interpreter's, e.g. .cpython-311-x86_64-linux-gnu.so
+# The modules a build was made from (see _dependencies), one per line: stat, not parsed,
+# each time the command starts.
+_MANIFEST = _SRC / ".healthsync-compiled"
 
 
 def _source(module: str) -> Path:
@@ -80,14 +85,56 @@ def built() -> list[str]:
     return [m for m in MODULES if _extension(m).exists()]
 
 
+def _file(module: str) -> Path | None:
+    """The source of a package module, or of a package (its __init__), if there is one."""
+    for path in (_source(module), _SRC.joinpath(*module.split("."), "__init__.py")):
+        if path.exists():
+            return path
+    return None
+
+
+def _dependencies() -> dict[str, Path]:
+    """The listed modules and every package module they import, directly or not.
+
+    mypyc builds each listed module against what it imports: it copies a Final
+    literal of another module into the compiled code, for one, so an edit there
+    does not run either until the next build.
+    """
+    found: dict[str, Path] = {}
+    todo = list(MODULES)
+    while todo:
+        module = todo.pop()
+        path = _file(module)
+        if module in found or path is None:
+            continue
+        found[module] = path
+        for node in ast.walk(ast.parse(path.read_bytes())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            todo += [n for n in names if n.startswith("healthsync.")]
+    return found
+
+
+def _recorded() -> dict[str, Path]:
+    """What the build recorded of :func:`_dependencies` (found again, more slowly, if lost)."""
+    try:
+        lines = _MANIFEST.read_text(encoding="utf-8").split()
+    except OSError:
+        return _dependencies()
+    return {m: p for m in lines if (p := _file(m)) is not None}
+
+
 def stale() -> list[str]:
-    """The modules whose extension is older than their source (an edit it does not hold)."""
-    late = []
-    for module in built():
-        source = _source(module)
-        if source.exists() and source.stat().st_mtime > _extension(module).stat().st_mtime:
-            late.append(module)
-    return late
+    """The modules edited since the extensions were built: listed ones, or ones they import."""
+    extensions = [_extension(m) for m in built()]
+    if not extensions:
+        return []
+    built_at = min(e.stat().st_mtime for e in extensions)
+    return sorted(m for m, path in _recorded().items() if path.stat().st_mtime > built_at)
 
 
 def strays() -> list[Path]:
@@ -106,7 +153,8 @@ def check() -> None:
     late = stale()
     if late:
         raise ConfigError(
-            f"{', '.join(late)} changed after it was compiled, and the old code would run; " + mend
+            f"{', '.join(late)} changed after the compiled modules were built, and the old "
+            "code would run; " + mend
         )
     left = strays()
     if left:
@@ -121,6 +169,7 @@ def clean() -> None:
         stray.unlink()
     for shared in _SRC.glob(f"*__mypyc{_SUFFIX}"):  # the runtime the extensions share
         shared.unlink()
+    _MANIFEST.unlink(missing_ok=True)
 
 
 def build() -> None:
@@ -148,13 +197,14 @@ def build() -> None:
     # not change keeps its old time: dated now, each is newer than the source it holds.
     for module in MODULES:
         os.utime(_extension(module))
+    _MANIFEST.write_text("".join(f"{m}\n" for m in sorted(_dependencies())), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m healthsync.compiled",
-        description="Compile the hot-path modules with mypyc (when a source is newer than "
-        "its extension, or none is built), or remove the extensions.",
+        description="Compile the hot-path modules with mypyc (when one of them, or a module "
+        "they import, is newer than the build, or none is built), or remove the extensions.",
     )
     parser.add_argument("--clean", action="store_true", help="remove the compiled modules")
     parser.add_argument("--force", action="store_true", help="compile even if up to date")
