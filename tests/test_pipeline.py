@@ -293,6 +293,48 @@ def test_a_value_on_the_topic_that_is_not_a_reading_is_set_aside(
     assert record["value"].endswith("not a reading")
 
 
+def test_a_sealed_reading_ingest_would_refuse_is_set_aside_and_the_partition_flows(
+    pipeline: Pipeline, device: Device, api: httpx.Client
+) -> None:
+    # Sealed with the pipeline's keyring and keyed to the patient, as ingest writes:
+    # only its contents are wrong. The anomaly engine raised on an infinite heart rate, and
+    # formatting a time past any date raised OverflowError, on every retry of the batch,
+    # so the partition's later readings were never stored.
+    settings = pipeline.settings
+    codec = Codec.from_settings(settings)
+    key = codec.message_key("P-7")
+    now = time.time()
+    bad: list[dict[str, Any]] = [
+        {"vitals": {"heart_rate": "inf"}},
+        {"ts_epoch": 1e300},
+        {"vitals": {"colour": 1.0}},
+    ]
+    producer = make_producer(settings.kafka)
+    for n, changes in enumerate(bad):
+        doc = {
+            "reading_id": f"r-bad-{n}",
+            "device_id": "mon-7",
+            "patient_id": "P-7",
+            "ts_epoch": now,
+            "received_at": now,
+            "vitals": {"heart_rate": 80.0},
+            **changes,
+        }
+        value = codec.seal_message(roles.VITALS, key, orjson.dumps(doc))
+        producer.produce(settings.kafka.vitals_topic, value, key)
+    assert producer.flush(10) == 0
+    assert device.send(b"device_id=mon-7 patient_id=P-7 hr=75").startswith("OK ")
+    body = wait_for(lambda: latest(api, "P-7"), what="the reading after the refused ones")
+    assert body["vitals"]["heart_rate"]["value"] == 75
+    dead = read_topic(settings, settings.kafka.dlq_topic, len(bad))
+    assert len(dead) == len(bad)
+    details = sorted(record["detail"] for record in dead)
+    assert all(record["reason"] == "not_a_reading" for record in dead)
+    assert ["colour" in d for d in details].count(True) == 1
+    assert ["heart_rate" in d for d in details].count(True) == 1
+    assert ["ts_epoch" in d for d in details].count(True) == 1
+
+
 def test_redis_outage_holds_the_partition_and_loses_nothing(
     broker: Service, tmp_path: Path
 ) -> None:

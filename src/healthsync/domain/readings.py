@@ -8,10 +8,11 @@ here are the canonical ones (UCUM codes); the wire parser converts into them.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -55,6 +56,13 @@ QUALITY: dict[str, tuple[float, float, tuple[str, ...]]] = {
     "sqi": (0.0, 1.0, ("signal_quality",)),
     "pi": (0.0, 20.0, ("perfusion_index",)),
 }
+
+# When a reading may be dated: from 2000 (earlier is a device whose clock was never set)
+# to `MAX_FUTURE_S` after ingest received it (device clocks drift); a receive time
+# from 2000 to the last second Python's datetime can show (9999-12-31).
+EPOCH_2000 = 946_684_800.0
+MAX_FUTURE_S = 300.0
+_LAST_EPOCH = 253_402_300_799.0
 
 # Demographics a device may send. They are PHI: carried on the vitals topic for
 # the FHIR Patient resource and stripped before anything is archived.
@@ -149,21 +157,87 @@ class Reading:
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Reading:
-        """Inverse of :meth:`to_json`; raises ValueError on a malformed value."""
+        """Inverse of :meth:`to_json`; raises ValueError, naming the field, on a value
+        that is not a reading ingest could have written: the vitals topic is read as
+        untrusted, since anything that can produce to it can put a reading there that
+        ingest would have refused (a vital outside its bounds or not finite, an unknown
+        vital or quality key, a time no later stage can place)."""
         try:
             doc = orjson.loads(data)
+            received_at = _epoch("received_at", doc["received_at"], EPOCH_2000, _LAST_EPOCH)
+            ts = _epoch("ts_epoch", doc["ts_epoch"], EPOCH_2000, received_at + MAX_FUTURE_S)
+            consciousness = doc.get("consciousness")
+            if consciousness is not None and consciousness not in CONSCIOUSNESS_LEVELS:
+                raise ValueError(f"consciousness: not one of {', '.join(CONSCIOUSNESS_LEVELS)}")
+            on_oxygen = doc.get("on_oxygen")
+            if on_oxygen is not None and not isinstance(on_oxygen, bool):
+                raise ValueError("on_oxygen: not true or false")
+            seq = doc.get("seq")
+            if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or seq < 0):
+                raise ValueError("seq: not a non-negative integer")
             return cls(
                 reading_id=str(doc["reading_id"]),
                 device_id=str(doc["device_id"]),
                 patient_id=str(doc["patient_id"]),
-                ts=float(doc["ts_epoch"]),
-                received_at=float(doc["received_at"]),
-                vitals={str(k): float(v) for k, v in doc["vitals"].items()},
-                seq=int(doc["seq"]) if doc.get("seq") is not None else None,
-                on_oxygen=doc.get("on_oxygen"),
-                consciousness=doc.get("consciousness"),
+                ts=ts,
+                received_at=received_at,
+                vitals=_vitals(doc["vitals"]),
+                seq=seq,
+                on_oxygen=on_oxygen,
+                consciousness=consciousness,
                 patient={str(k): str(v) for k, v in doc.get("patient", {}).items()},
-                quality={str(k): float(v) for k, v in doc.get("quality", {}).items()},
+                quality=_quality(doc.get("quality", {})),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a canonical reading: {exc}") from exc
+
+
+def _number(name: str, raw: object) -> float:
+    """A JSON number that is finite; a string, a boolean or null is none."""
+    kind = type(raw)
+    if kind is float:
+        value = cast(float, raw)
+    elif kind is int:  # a boolean's type is bool
+        value = float(cast(int, raw))
+    else:
+        raise ValueError(f"{name}: not a number")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: not a finite number")
+    return value
+
+
+def _epoch(name: str, raw: object, earliest: float, latest: float) -> float:
+    value = _number(name, raw)
+    if not earliest <= value <= latest:
+        raise ValueError(f"{name}: not a time a reading can have")
+    return value
+
+
+def _vitals(raw: object) -> dict[str, float]:
+    if not isinstance(raw, dict):
+        raise ValueError("vitals: not an object")
+    vitals: dict[str, float] = {}
+    for name, value in raw.items():
+        vital = VITALS.get(name)
+        if vital is None:
+            raise ValueError(f"vitals: unknown vital {str(name)[:32]!r}")
+        number = _number(name, value)
+        if not vital.minimum <= number <= vital.maximum:
+            raise ValueError(f"{name}: outside {vital.minimum:g}..{vital.maximum:g} {vital.ucum}")
+        vitals[name] = number
+    return vitals
+
+
+def _quality(raw: object) -> dict[str, float]:
+    if not isinstance(raw, dict):
+        raise ValueError("quality: not an object")
+    quality: dict[str, float] = {}
+    for name, value in raw.items():
+        bounds = QUALITY.get(name)
+        if bounds is None:
+            raise ValueError(f"quality: unknown key {str(name)[:32]!r}")
+        number = _number(name, value)
+        if not bounds[0] <= number <= bounds[1]:
+            raise ValueError(f"{name}: outside {bounds[0]:g}..{bounds[1]:g}")
+        quality[name] = number
+    return quality

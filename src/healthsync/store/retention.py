@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from healthsync.wire.values import MAX_FUTURE_S
+from healthsync.domain.readings import MAX_FUTURE_S
 
 # Trim a key at most this often, not on every batch.
 TRIM_INTERVAL_S = 60.0

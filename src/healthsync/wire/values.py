@@ -7,7 +7,13 @@ import re
 from datetime import UTC, date, datetime, timedelta
 from typing import Final
 
-from healthsync.domain.readings import CONSCIOUSNESS_LEVELS, QUALITY, VITALS
+from healthsync.domain.readings import (
+    CONSCIOUSNESS_LEVELS,
+    EPOCH_2000,
+    MAX_FUTURE_S,
+    QUALITY,
+    VITALS,
+)
 from healthsync.wire.errors import WireError
 
 BP = "bp"
@@ -32,9 +38,6 @@ _GENDERS: Final[dict[str, str]] = {
 _MAX_PATIENT_CHARS = 256
 # seq goes into JSON (orjson) downstream, which is limited to 64-bit integers.
 _MAX_SEQ = 2**63 - 1
-_EPOCH_2000 = 946_684_800.0
-# How far ahead of its arrival a reading may be dated (device clocks drift).
-MAX_FUTURE_S = 300.0
 
 
 def show(key: str) -> str:
@@ -143,7 +146,7 @@ def timestamp(raw: object, received_at: float) -> float:
             raise WireError("out_of_range", "ts: not a representable time") from None
     else:
         ts = _number("ts", raw)
-    if ts < _EPOCH_2000:
+    if ts < EPOCH_2000:
         raise WireError("out_of_range", "ts: before the year 2000")
     if ts > received_at + MAX_FUTURE_S:
         ahead = ts - received_at
