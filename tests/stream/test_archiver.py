@@ -307,6 +307,61 @@ def test_alert_events_are_archived_and_their_research_copy_names_no_device(
     assert b"mon-77" not in repr(rows).encode()
 
 
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        {"updated_at": 1e300},
+        {"opened_at": "yesterday"},
+        {"value": None},
+        {"status": "maybe"},
+        {"evidence": [[1e300, 88.0]]},
+        {"drivers": "spo2"},
+    ],
+    ids=["time-past-any-date", "time-as-text", "value-null", "status", "evidence", "drivers"],
+)
+def test_an_alert_event_the_processor_could_not_have_written_is_skipped(
+    archive_settings: Settings,
+    tmp_path: Path,
+    running: list[tuple[Archiver, threading.Thread]],
+    hostile: dict[str, Any],
+) -> None:
+    # Sealed and keyed as the processor writes them, on the same partition as the valid
+    # event after it: only the alert's contents are wrong. Such a value must be counted
+    # and skipped, not fail the archiver's write (and so hold the partition, and the
+    # broker's recycle that waits for the archiver) for ever.
+    codec = Codec.from_settings(archive_settings)
+    producer = make_producer(archive_settings.kafka)
+    alert = Alert(
+        alert_id="a-2",
+        patient_id=PATIENTS[1],
+        kind="threshold:spo2",
+        vital="spo2",
+        severity="warning",
+        status="open",
+        opened_at=T0,
+        updated_at=T0,
+        value=88.0,
+        band="low",
+        reading_id="r-2",
+        evidence=[(T0, 88.0)],
+        drivers=["spo2"],
+    )
+    key = codec.message_key(alert.patient_id)
+    for snapshot in ({**alert.to_dict(), **hostile}, alert.to_dict()):
+        value = orjson.dumps({"event": "opened", "alert": snapshot})
+        producer.produce(
+            archive_settings.kafka.alerts_topic, codec.seal_message(roles.ALERTS, key, value), key
+        )
+    assert producer.flush(30) == 0
+    start(build_archiver(archive_settings), running)
+    root = tmp_path / "archive"
+    wait_for(lambda: list(root.glob("deidentified/alerts/**/*.parquet")), 60, "the valid event")
+    rows = pq.read_table(next(root.glob("deidentified/alerts/year=2026/*.parquet"))).to_pylist()
+    assert [(r["event"], r["kind"], r["status"]) for r in rows] == [
+        ("opened", "threshold:spo2", "open")
+    ]
+
+
 def test_asked_to_write_now_the_archiver_commits_what_it_buffered_and_goes_on(
     archive_settings: Settings, running: list[tuple[Archiver, threading.Thread]]
 ) -> None:

@@ -8,11 +8,12 @@ engine's business (engine.py); this module holds what they produce.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from healthsync.domain.bands import DEFAULT_LIMITS, PatientRules, merged_limits
-from healthsync.domain.readings import keyed_digest
+from healthsync.domain.readings import EPOCH_2000, LAST_EPOCH, keyed_digest
 
 Severity = Literal["warning", "critical"]
 Category = Literal["clinical", "technical"]
@@ -119,6 +120,79 @@ class Alert:
         values["evidence"] = [(float(t), float(v)) for t, v in values.get("evidence", [])]
         values["drivers"] = [str(d) for d in values.get("drivers", [])]
         return cls(**values)
+
+
+def checked_alert(doc: object) -> Alert:
+    """An alert from JSON that anything may have written (the alerts topic): every field
+    of the type and in the range the processor writes it with; ValueError, naming the
+    field, otherwise. :meth:`Alert.from_dict` trusts what the pipeline stored itself."""
+    if not isinstance(doc, dict):
+        raise ValueError("alert: not an object")
+    _check_texts(doc)
+    _check_choices(doc)
+    _check_numbers(doc)
+    _check_lists(doc)
+    return Alert.from_dict(doc)
+
+
+def _check_texts(doc: dict[str, Any]) -> None:
+    for name in ("alert_id", "patient_id", "kind", "band", "reading_id"):
+        _text(name, doc.get(name))
+    for name in ("vital", "device_id", "rule"):
+        if doc.get(name) is not None:
+            _text(name, doc[name])
+
+
+def _check_choices(doc: dict[str, Any]) -> None:
+    for name, allowed, default in (
+        ("severity", get_args(Severity), None),
+        ("status", ("open", "resolved"), None),
+        ("category", get_args(Category), "clinical"),
+    ):
+        if doc.get(name, default) not in allowed:
+            raise ValueError(f"{name}: not one of {', '.join(allowed)}")
+
+
+def _check_numbers(doc: dict[str, Any]) -> None:
+    for name in ("opened_at", "updated_at"):
+        _time(name, doc.get(name))
+    if doc.get("resolved_at") is not None:
+        _time("resolved_at", doc["resolved_at"])
+    _number("value", doc.get("value"))
+    if _number("window_s", doc.get("window_s", 0.0)) < 0:
+        raise ValueError("window_s: negative")
+
+
+def _check_lists(doc: dict[str, Any]) -> None:
+    evidence = doc.get("evidence", [])
+    if not isinstance(evidence, list) or not all(
+        isinstance(pair, list) and len(pair) == 2 for pair in evidence
+    ):
+        raise ValueError("evidence: not a list of (time, value) pairs")
+    for at, value in evidence:
+        _time("evidence", at)
+        _number("evidence", value)
+    drivers = doc.get("drivers", [])
+    if not isinstance(drivers, list) or not all(isinstance(d, str) for d in drivers):
+        raise ValueError("drivers: not a list of names")
+
+
+def _text(name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"{name}: not a string")
+
+
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}: not a number")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: not a finite number")
+    return float(value)
+
+
+def _time(name: str, value: object) -> None:
+    if not EPOCH_2000 <= _number(name, value) <= LAST_EPOCH:
+        raise ValueError(f"{name}: not a time an alert can have")
 
 
 @dataclass(frozen=True, slots=True)

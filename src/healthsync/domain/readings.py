@@ -62,7 +62,7 @@ QUALITY: dict[str, tuple[float, float, tuple[str, ...]]] = {
 # from 2000 to the last second Python's datetime can show (9999-12-31).
 EPOCH_2000 = 946_684_800.0
 MAX_FUTURE_S = 300.0
-_LAST_EPOCH = 253_402_300_799.0
+LAST_EPOCH = 253_402_300_799.0
 
 # Demographics a device may send. They are PHI: carried on the vitals topic for
 # the FHIR Patient resource and stripped before anything is archived.
@@ -164,7 +164,7 @@ class Reading:
         vital or quality key, a time no later stage can place)."""
         try:
             doc = orjson.loads(data)
-            received_at = _epoch("received_at", doc["received_at"], EPOCH_2000, _LAST_EPOCH)
+            received_at = _epoch("received_at", doc["received_at"], EPOCH_2000, LAST_EPOCH)
             ts = _epoch("ts_epoch", doc["ts_epoch"], EPOCH_2000, received_at + MAX_FUTURE_S)
             consciousness = doc.get("consciousness")
             if consciousness is not None and consciousness not in CONSCIOUSNESS_LEVELS:

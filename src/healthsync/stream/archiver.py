@@ -38,13 +38,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import orjson
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from healthsync.config import Settings
-from healthsync.domain.alerts import Alert
+from healthsync.domain.alerts import Alert, EventType, checked_alert
 from healthsync.domain.readings import Reading
 from healthsync.metrics import StatsRecorder
 from healthsync.security import codec as roles
@@ -373,7 +373,10 @@ def alert_event(value: bytes) -> tuple[tuple[str, Alert], float]:
     """An alerts-topic value as (event type, alert) and the event's time."""
     try:
         doc = orjson.loads(value)
-        alert = Alert.from_dict(doc["alert"])
-        return (str(doc["event"]), alert), float(alert.updated_at)
-    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        event = doc["event"]
+        if event not in get_args(EventType):
+            raise ValueError(f"event: not one of {', '.join(get_args(EventType))}")
+        alert = checked_alert(doc["alert"])
+        return (event, alert), alert.updated_at
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not an alert event: {exc}") from exc
