@@ -12,8 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
+from healthsync.kafka import make_producer
+from healthsync.security import codec as roles
+from healthsync.security.codec import Codec
 from healthsync.stack import Service
 from healthsync.stream.push import resources_in
 from healthsync.supervisor import Pipeline
@@ -81,4 +85,35 @@ def test_pushed_to_the_ehr_and_an_outage_does_not_stop_the_live_pipeline(
     finally:
         device.close()
         api.close()
+        pipeline.stop()
+
+
+def test_a_value_holding_no_resources_it_can_read_is_skipped_and_the_push_goes_on(
+    broker: Service, redis_server: Service, tmp_path: Path, ehr: FakeEhr
+) -> None:
+    # Sealed and keyed as the processor writes them, on the patient's partition: a Bundle
+    # whose entry is not an object, and a value nested deeper than the interpreter's
+    # recursion limit. Each raised out of the pusher's batch, so its process died on
+    # them, again after every restart, and nothing after them reached the EHR.
+    settings = make_settings(broker, redis_server, fhir={"ehr_base_url": ehr.base_url})
+    pipeline = Pipeline(settings, tmp_path)
+    pipeline.start(stages=("ingest", "process", "push"))
+    device = Device(settings.ingest.host, settings.ingest.port)
+    try:
+        codec = Codec.from_settings(settings)
+        key = codec.message_key("P-2")
+        producer = make_producer(settings.kafka)
+        bad_bundle = {"resourceType": "Bundle", "type": "collection", "entry": [1]}
+        for value in (orjson.dumps(bad_bundle), b"[" * 1000 + b"]" * 1000):
+            sealed = codec.seal_message(roles.OBSERVATIONS, key, value)
+            producer.produce(settings.kafka.observations_topic, sealed, key)
+        assert producer.flush(10) == 0
+        assert device.send(b"device_id=mon-2 patient_id=P-2 seq=1 hr=72").startswith("OK")
+        wait_for(
+            lambda: [r for r in ehr.resources.values() if r["resourceType"] == "Observation"],
+            timeout=60,
+            what="the reading's Observation in the EHR",
+        )
+    finally:
+        device.close()
         pipeline.stop()

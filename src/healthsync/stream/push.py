@@ -111,6 +111,14 @@ class EhrPusher:
                 log.warning("skipped a value that cannot be decrypted", extra={"error": str(exc)})
             except orjson.JSONDecodeError:
                 log.warning("skipped a value that is not JSON", extra={"topic": topic})
+            except (TypeError, KeyError, AttributeError, RecursionError) as exc:
+                # Not what the processor writes (a Bundle entry that is no object, nesting
+                # past the interpreter's limit): no resource of it can be pushed, and the
+                # batch would fail on it after every restart.
+                log.warning(
+                    "skipped a value holding no resources that can be read",
+                    extra={"topic": topic, "error": type(exc).__name__},
+                )
         self.sink.add(resources)
         if retry_until_stopped("push to the EHR", self._flush, lambda: self.stopping) is None:
             return  # stopping: uncommitted, so pushed again on restart
