@@ -34,7 +34,7 @@ from healthsync.security.codec import Codec
 from healthsync.stack import Service
 from healthsync.store.archive.layout import Span
 from healthsync.store.archive.setup import Archive
-from healthsync.stream.archiver import Archiver, Source
+from healthsync.stream.archiver import Archiver, Source, alert_event
 from healthsync.stream.rolls import Roll
 from healthsync.wiring import build_archiver
 from tests.conftest import make_settings, wait_for
@@ -307,31 +307,8 @@ def test_alert_events_are_archived_and_their_research_copy_names_no_device(
     assert b"mon-77" not in repr(rows).encode()
 
 
-@pytest.mark.parametrize(
-    "hostile",
-    [
-        {"updated_at": 1e300},
-        {"opened_at": "yesterday"},
-        {"value": None},
-        {"status": "maybe"},
-        {"evidence": [[1e300, 88.0]]},
-        {"drivers": "spo2"},
-    ],
-    ids=["time-past-any-date", "time-as-text", "value-null", "status", "evidence", "drivers"],
-)
-def test_an_alert_event_the_processor_could_not_have_written_is_skipped(
-    archive_settings: Settings,
-    tmp_path: Path,
-    running: list[tuple[Archiver, threading.Thread]],
-    hostile: dict[str, Any],
-) -> None:
-    # Sealed and keyed as the processor writes them, on the same partition as the valid
-    # event after it: only the alert's contents are wrong. Such a value must be counted
-    # and skipped, not fail the archiver's write (and so hold the partition, and the
-    # broker's recycle that waits for the archiver) for ever.
-    codec = Codec.from_settings(archive_settings)
-    producer = make_producer(archive_settings.kafka)
-    alert = Alert(
+def _spo2_alert() -> Alert:
+    return Alert(
         alert_id="a-2",
         patient_id=PATIENTS[1],
         kind="threshold:spo2",
@@ -346,8 +323,44 @@ def test_an_alert_event_the_processor_could_not_have_written_is_skipped(
         evidence=[(T0, 88.0)],
         drivers=["spo2"],
     )
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        {"updated_at": 1e300},
+        {"opened_at": "yesterday"},
+        {"value": None},
+        {"status": "maybe"},
+        {"evidence": [[1e300, 88.0]]},
+        {"drivers": "spo2"},
+    ],
+    ids=["time-past-any-date", "time-as-text", "value-null", "status", "evidence", "drivers"],
+)
+def test_an_alert_event_the_processor_could_not_have_written_is_not_archivable(
+    hostile: dict[str, Any],
+) -> None:
+    # Each of these was archived as it came, or failed the archive writer later.
+    value = orjson.dumps({"event": "opened", "alert": {**_spo2_alert().to_dict(), **hostile}})
+    with pytest.raises(ValueError, match=next(iter(hostile))):
+        alert_event(value)
+    valid = orjson.dumps({"event": "opened", "alert": _spo2_alert().to_dict()})
+    assert alert_event(valid) == (("opened", _spo2_alert()), T0)
+
+
+def test_alert_events_that_would_fail_the_writer_are_skipped_and_the_partition_flows(
+    archive_settings: Settings, tmp_path: Path, running: list[tuple[Archiver, threading.Thread]]
+) -> None:
+    # Sealed and keyed as the processor writes them, on the same partition as the valid
+    # event after them: only the alert's contents are wrong. A time past any date, or a
+    # time in text, failed the archiver's write on every retry, which held the partition
+    # (and the broker's recycle, which waits for the archiver) for ever.
+    codec = Codec.from_settings(archive_settings)
+    producer = make_producer(archive_settings.kafka)
+    alert = _spo2_alert()
     key = codec.message_key(alert.patient_id)
-    for snapshot in ({**alert.to_dict(), **hostile}, alert.to_dict()):
+    hostile: list[dict[str, Any]] = [{"updated_at": 1e300}, {"opened_at": "yesterday"}]
+    for snapshot in [*({**alert.to_dict(), **h} for h in hostile), alert.to_dict()]:
         value = orjson.dumps({"event": "opened", "alert": snapshot})
         producer.produce(
             archive_settings.kafka.alerts_topic, codec.seal_message(roles.ALERTS, key, value), key
