@@ -87,6 +87,20 @@ def produce(settings: Settings, batch: list[Reading], partition: int = -1) -> No
     assert producer.flush(30) == 0 and not failures
 
 
+def produce_alert_events(
+    settings: Settings, events: list[tuple[str, Alert]] | list[tuple[str, dict[str, Any]]]
+) -> None:
+    """As the processor does: each event sealed and keyed by its patient's pseudonym."""
+    codec = Codec.from_settings(settings)
+    producer = make_producer(settings.kafka)
+    for event, alert in events:
+        doc = alert if isinstance(alert, dict) else alert.to_dict()
+        key = codec.message_key(doc["patient_id"])
+        value = codec.seal_message(roles.ALERTS, key, orjson.dumps({"event": event, "alert": doc}))
+        producer.produce(settings.kafka.alerts_topic, value, key)
+    assert producer.flush(30) == 0
+
+
 def archived_ids(settings: Settings) -> list[str]:
     # (archive.url may be file:// or s3://: the reader is the same)
     """Every reading id in the identified archive, as often as it is there."""
@@ -260,12 +274,8 @@ def test_a_batch_written_but_not_committed_is_rewritten_not_duplicated(
     assert research_rows(archive_settings) == 300
 
 
-def test_alert_events_are_archived_and_their_research_copy_names_no_device(
-    archive_settings: Settings, tmp_path: Path, running: list[tuple[Archiver, threading.Thread]]
-) -> None:
-    codec = Codec.from_settings(archive_settings)
-    producer = make_producer(archive_settings.kafka)
-    alert = Alert(
+def _offline_alert() -> Alert:
+    return Alert(
         alert_id="a-1",
         patient_id=PATIENTS[0],
         kind="device_offline:mon-77",
@@ -280,14 +290,14 @@ def test_alert_events_are_archived_and_their_research_copy_names_no_device(
         category="technical",
         device_id="mon-77",
     )
+
+
+def test_alert_events_are_archived_and_their_research_copy_names_no_device(
+    archive_settings: Settings, tmp_path: Path, running: list[tuple[Archiver, threading.Thread]]
+) -> None:
+    alert = _offline_alert()
     resolved = replace(alert, status="resolved", updated_at=T0 + 90, resolved_at=T0 + 90)
-    for event, snapshot in (("opened", alert), ("resolved", resolved)):
-        key = codec.message_key(alert.patient_id)
-        value = orjson.dumps({"event": event, "alert": snapshot.to_dict()})
-        producer.produce(
-            archive_settings.kafka.alerts_topic, codec.seal_message(roles.ALERTS, key, value), key
-        )
-    assert producer.flush(30) == 0
+    produce_alert_events(archive_settings, [("opened", alert), ("resolved", resolved)])
     start(build_archiver(archive_settings), running)
     root = tmp_path / "archive"
     wait_for(lambda: list(root.glob("deidentified/alerts/**/*.parquet")), 60, "the alert history")
@@ -308,21 +318,8 @@ def test_alert_events_are_archived_and_their_research_copy_names_no_device(
 
 
 def _spo2_alert() -> Alert:
-    return Alert(
-        alert_id="a-2",
-        patient_id=PATIENTS[1],
-        kind="threshold:spo2",
-        vital="spo2",
-        severity="warning",
-        status="open",
-        opened_at=T0,
-        updated_at=T0,
-        value=88.0,
-        band="low",
-        reading_id="r-2",
-        evidence=[(T0, 88.0)],
-        drivers=["spo2"],
-    )
+    alert = replace(_offline_alert(), kind="threshold:spo2", vital="spo2", value=88.0)
+    return replace(alert, band="low", category="clinical", device_id=None)
 
 
 @pytest.mark.parametrize(
@@ -355,17 +352,10 @@ def test_alert_events_that_would_fail_the_writer_are_skipped_and_the_partition_f
     # event after them: only the alert's contents are wrong. A time past any date, or a
     # time in text, failed the archiver's write on every retry, which held the partition
     # (and the broker's recycle, which waits for the archiver) for ever.
-    codec = Codec.from_settings(archive_settings)
-    producer = make_producer(archive_settings.kafka)
-    alert = _spo2_alert()
-    key = codec.message_key(alert.patient_id)
+    valid = _spo2_alert().to_dict()
     hostile: list[dict[str, Any]] = [{"updated_at": 1e300}, {"opened_at": "yesterday"}]
-    for snapshot in [*({**alert.to_dict(), **h} for h in hostile), alert.to_dict()]:
-        value = orjson.dumps({"event": "opened", "alert": snapshot})
-        producer.produce(
-            archive_settings.kafka.alerts_topic, codec.seal_message(roles.ALERTS, key, value), key
-        )
-    assert producer.flush(30) == 0
+    snapshots = [*({**valid, **changes} for changes in hostile), valid]
+    produce_alert_events(archive_settings, [("opened", s) for s in snapshots])
     start(build_archiver(archive_settings), running)
     root = tmp_path / "archive"
     wait_for(lambda: list(root.glob("deidentified/alerts/**/*.parquet")), 60, "the valid event")

@@ -181,12 +181,12 @@ class Reading:
                 patient_id=str(doc["patient_id"]),
                 ts=ts,
                 received_at=received_at,
-                vitals=_vitals(doc["vitals"]),
+                vitals=_bounded("vitals", doc["vitals"], _VITAL_BOUNDS),
                 seq=seq,
                 on_oxygen=on_oxygen,
                 consciousness=consciousness,
                 patient={str(k): str(v) for k, v in doc.get("patient", {}).items()},
-                quality=_quality(doc.get("quality", {})),
+                quality=_bounded("quality", doc.get("quality", {}), _QUALITY_BOUNDS),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a canonical reading: {exc}") from exc
@@ -213,31 +213,21 @@ def _epoch(name: str, raw: object, earliest: float, latest: float) -> float:
     return value
 
 
-def _vitals(raw: object) -> dict[str, float]:
+def _bounded(what: str, raw: object, bounds: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """A JSON object of known names, each a finite number within its bounds."""
     if not isinstance(raw, dict):
-        raise ValueError("vitals: not an object")
-    vitals: dict[str, float] = {}
+        raise ValueError(f"{what}: not an object")
+    checked: dict[str, float] = {}
     for name, value in raw.items():
-        vital = VITALS.get(name)
-        if vital is None:
-            raise ValueError(f"vitals: unknown vital {str(name)[:32]!r}")
+        limits = bounds.get(name)
+        if limits is None:
+            raise ValueError(f"{what}: unknown name {str(name)[:32]!r}")
         number = _number(name, value)
-        if not vital.minimum <= number <= vital.maximum:
-            raise ValueError(f"{name}: outside {vital.minimum:g}..{vital.maximum:g} {vital.ucum}")
-        vitals[name] = number
-    return vitals
+        if not limits[0] <= number <= limits[1]:
+            raise ValueError(f"{name}: outside {limits[0]:g}..{limits[1]:g}")
+        checked[name] = number
+    return checked
 
 
-def _quality(raw: object) -> dict[str, float]:
-    if not isinstance(raw, dict):
-        raise ValueError("quality: not an object")
-    quality: dict[str, float] = {}
-    for name, value in raw.items():
-        bounds = QUALITY.get(name)
-        if bounds is None:
-            raise ValueError(f"quality: unknown key {str(name)[:32]!r}")
-        number = _number(name, value)
-        if not bounds[0] <= number <= bounds[1]:
-            raise ValueError(f"{name}: outside {bounds[0]:g}..{bounds[1]:g}")
-        quality[name] = number
-    return quality
+_VITAL_BOUNDS = {name: (vital.minimum, vital.maximum) for name, vital in VITALS.items()}
+_QUALITY_BOUNDS = {name: (low, high) for name, (low, high, _aliases) in QUALITY.items()}
