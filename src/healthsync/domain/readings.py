@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -63,6 +64,9 @@ QUALITY: dict[str, tuple[float, float, tuple[str, ...]]] = {
 EPOCH_2000 = 946_684_800.0
 MAX_FUTURE_S = 300.0
 LAST_EPOCH = 253_402_300_799.0
+
+# What a device, patient or reading id may be: 1-64 characters of A-Z a-z 0-9 . _ : -
+ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 # Demographics a device may send. They are PHI: carried on the vitals topic for
 # the FHIR Patient resource and stripped before anything is archived.
@@ -176,9 +180,9 @@ class Reading:
             if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or seq < 0):
                 raise ValueError("seq: not a non-negative integer")
             return cls(
-                reading_id=str(doc["reading_id"]),
-                device_id=str(doc["device_id"]),
-                patient_id=str(doc["patient_id"]),
+                reading_id=_identifier("reading_id", doc["reading_id"]),
+                device_id=_identifier("device_id", doc["device_id"]),
+                patient_id=_identifier("patient_id", doc["patient_id"]),
                 ts=ts,
                 received_at=received_at,
                 vitals=_bounded("vitals", doc["vitals"], _VITAL_BOUNDS),
@@ -204,6 +208,12 @@ def _number(name: str, raw: object) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{name}: not a finite number")
     return value
+
+
+def _identifier(name: str, raw: object) -> str:
+    if not isinstance(raw, str) or ID_RE.fullmatch(raw) is None:
+        raise ValueError(f"{name}: not 1-64 characters of A-Z a-z 0-9 . _ : -")
+    return raw
 
 
 def _epoch(name: str, raw: object, earliest: float, latest: float) -> float:

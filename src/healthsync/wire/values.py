@@ -10,6 +10,7 @@ from typing import Final
 from healthsync.domain.readings import (
     CONSCIOUSNESS_LEVELS,
     EPOCH_2000,
+    ID_RE,
     MAX_FUTURE_S,
     QUALITY,
     VITALS,
@@ -18,7 +19,6 @@ from healthsync.wire.errors import WireError
 
 BP = "bp"
 
-_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # Stricter than float(): no "inf", "nan", "1_000", surrounding spaces or
 # non-ASCII digits, all of which float() would quietly accept.
 _NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -125,7 +125,7 @@ def identifier(key: str, raw: object) -> str:
     # A JSON integer id is unambiguous: it is what `patient_id=1001` means in text.
     if isinstance(raw, int) and not isinstance(raw, bool):
         raw = str(raw)
-    if not isinstance(raw, str) or _ID_RE.fullmatch(raw) is None:
+    if not isinstance(raw, str) or ID_RE.fullmatch(raw) is None:
         raise _bad(key, "must be 1-64 characters of A-Z a-z 0-9 . _ : -")
     return raw
 
