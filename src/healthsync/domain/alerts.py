@@ -8,12 +8,11 @@ engine's business (engine.py); this module holds what they produce.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal, get_args
 
 from healthsync.domain.bands import DEFAULT_LIMITS, PatientRules, merged_limits
-from healthsync.domain.readings import EPOCH_2000, LAST_EPOCH, keyed_digest
+from healthsync.domain.readings import EPOCH_2000, LAST_EPOCH, epoch, finite_number, keyed_digest
 
 Severity = Literal["warning", "critical"]
 Category = Literal["clinical", "technical"]
@@ -155,11 +154,11 @@ def _check_choices(doc: dict[str, Any]) -> None:
 
 def _check_numbers(doc: dict[str, Any]) -> None:
     for name in ("opened_at", "updated_at"):
-        _time(name, doc.get(name))
+        epoch(name, doc.get(name), EPOCH_2000, LAST_EPOCH)
     if doc.get("resolved_at") is not None:
-        _time("resolved_at", doc["resolved_at"])
-    _number("value", doc.get("value"))
-    if _number("window_s", doc.get("window_s", 0.0)) < 0:
+        epoch("resolved_at", doc["resolved_at"], EPOCH_2000, LAST_EPOCH)
+    finite_number("value", doc.get("value"))
+    if finite_number("window_s", doc.get("window_s", 0.0)) < 0:
         raise ValueError("window_s: negative")
 
 
@@ -170,8 +169,8 @@ def _check_lists(doc: dict[str, Any]) -> None:
     ):
         raise ValueError("evidence: not a list of (time, value) pairs")
     for at, value in evidence:
-        _time("evidence", at)
-        _number("evidence", value)
+        epoch("evidence", at, EPOCH_2000, LAST_EPOCH)
+        finite_number("evidence", value)
     drivers = doc.get("drivers", [])
     if not isinstance(drivers, list) or not all(isinstance(d, str) for d in drivers):
         raise ValueError("drivers: not a list of names")
@@ -180,19 +179,6 @@ def _check_lists(doc: dict[str, Any]) -> None:
 def _text(name: str, value: object) -> None:
     if not isinstance(value, str):
         raise ValueError(f"{name}: not a string")
-
-
-def _number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name}: not a number")
-    if not math.isfinite(value):
-        raise ValueError(f"{name}: not a finite number")
-    return float(value)
-
-
-def _time(name: str, value: object) -> None:
-    if not EPOCH_2000 <= _number(name, value) <= LAST_EPOCH:
-        raise ValueError(f"{name}: not a time an alert can have")
 
 
 @dataclass(frozen=True, slots=True)

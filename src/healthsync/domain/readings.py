@@ -168,8 +168,8 @@ class Reading:
         vital or quality key, a time no later stage can place)."""
         try:
             doc = orjson.loads(data)
-            received_at = _epoch("received_at", doc["received_at"], EPOCH_2000, LAST_EPOCH)
-            ts = _epoch("ts_epoch", doc["ts_epoch"], EPOCH_2000, received_at + MAX_FUTURE_S)
+            received_at = epoch("received_at", doc["received_at"], EPOCH_2000, LAST_EPOCH)
+            ts = epoch("ts_epoch", doc["ts_epoch"], EPOCH_2000, received_at + MAX_FUTURE_S)
             consciousness = doc.get("consciousness")
             if consciousness is not None and consciousness not in CONSCIOUSNESS_LEVELS:
                 raise ValueError(f"consciousness: not one of {', '.join(CONSCIOUSNESS_LEVELS)}")
@@ -196,7 +196,7 @@ class Reading:
             raise ValueError(f"not a canonical reading: {exc}") from exc
 
 
-def _number(name: str, raw: object) -> float:
+def finite_number(name: str, raw: object) -> float:
     """A JSON number that is finite; a string, a boolean or null is none."""
     kind = type(raw)
     if kind is float:
@@ -216,10 +216,11 @@ def _identifier(name: str, raw: object) -> str:
     return raw
 
 
-def _epoch(name: str, raw: object, earliest: float, latest: float) -> float:
-    value = _number(name, raw)
+def epoch(name: str, raw: object, earliest: float, latest: float) -> float:
+    """A finite JSON number from `earliest` to `latest`, as a time."""
+    value = finite_number(name, raw)
     if not earliest <= value <= latest:
-        raise ValueError(f"{name}: not a time a reading can have")
+        raise ValueError(f"{name}: not a time HealthSync can hold")
     return value
 
 
@@ -232,7 +233,7 @@ def _bounded(what: str, raw: object, bounds: dict[str, tuple[float, float]]) -> 
         limits = bounds.get(name)
         if limits is None:
             raise ValueError(f"{what}: unknown name {str(name)[:32]!r}")
-        number = _number(name, value)
+        number = finite_number(name, value)
         if not limits[0] <= number <= limits[1]:
             raise ValueError(f"{name}: outside {limits[0]:g}..{limits[1]:g}")
         checked[name] = number
