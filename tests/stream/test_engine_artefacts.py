@@ -105,3 +105,30 @@ def test_a_sample_the_oximeter_marks_as_poor_signal_is_set_aside() -> None:
     assert [(a.vital, a.value) for a in run.artefacts] == [("spo2", 88), ("spo2", 87)]
     with pytest.raises(WireError, match=r"sqi: 1\.5 outside 0\.\.1"):
         parse_line(b"device_id=ox-1 patient_id=P-1 spo2=97 sqi=1.5", T0)
+
+
+def test_the_first_sample_after_a_dropout_is_no_level_for_the_next_to_jump_from() -> None:
+    # A monitor sending every minute drops out for five minutes, and its first sample
+    # after that is a probe dip. Taken as the new level, it made the 99 after it a jump,
+    # held as a probable artefact, and the next dip confirmed a critical alert across
+    # the 99. A monitor at the bedside, which starts over at the 99, raises nothing.
+    run = Run()
+    events = series(run, 0, 60, [97, 98, 97])
+    events += series(run, 420, 60, [83, 99, 82, 98, 97])
+    assert [e.alert.kind for e in events if e.type == "opened"] == []
+    assert [a.value for a in run.artefacts] == [83, 82]
+
+
+def test_a_jump_after_a_dropout_is_held_as_any_jump_and_raised_with_a_monitor() -> None:
+    run = Run()
+    series(run, 0, 5, [96] * 8)
+    # Two minutes without data, then a fall of 8 points: held as a possible probe dip,
+    # and raised when it has stood 15 s, when a monitor's alarm delay ends.
+    events = series(run, 155, 5, [88, 88, 88])
+    assert [e.alert.kind for e in events if e.type == "opened"] == []
+    [opened] = [e.alert for e in series(run, 170, 5, [88]) if e.type == "opened"]
+    assert (opened.kind, opened.opened_at, opened.evidence[0]) == (
+        "threshold:spo2",
+        T0 + 170,
+        (T0 + 155, 88),
+    )

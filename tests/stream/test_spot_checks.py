@@ -60,3 +60,10 @@ def test_a_cuff_alert_resolves_at_the_first_measurement_back_inside() -> None:
         ("opened", "threshold:bp_sys", CUFF_S + 7),
         ("resolved", "threshold:bp_sys", 2 * CUFF_S + 7),
     ]
+
+
+def test_a_cuff_measurement_far_from_the_last_one_is_no_artefact() -> None:
+    # 135 -> 78 is more than a pressure moves between two samples of a monitor, but
+    # these are 15 minutes apart: the fall is judged as the measurement it is.
+    events = ward(Run(), [140, 135, 78])
+    assert opened(events) == [("threshold:bp_sys", 2 * CUFF_S + 7)]

@@ -21,6 +21,8 @@ three samples:
 A real fast fall moves away from the old level sample after sample, so it is
 released after the hold, never set aside. What counts as consecutive adapts to
 each device: a monitor that sends every minute is screened over its own interval.
+The first sample after a dropout is judged against the level before it; a
+spot-check device's measurements (a cuff every 15 minutes) are not screened.
 A sample whose signal quality the device reports as poor (``sqi`` or the
 perfusion index) is set aside at once.
 """
@@ -71,10 +73,21 @@ def lasted(span: float, needed: float, interval: float | None) -> bool:
 
 
 def jump_window(cfg: AnomalySettings, interval: float | None) -> float:
-    """How far apart two samples may be for a difference between them to be a jump."""
+    """How long a held run waits for a sample to contradict it, and a run set aside for a
+    late sample to complete it: the artefact window, or 2.5 of the device's intervals."""
     if interval is None:
         return cfg.artefact_window_s
     return max(cfg.artefact_window_s, INTERVALS_APART * interval)
+
+
+def sends_a_signal(cfg: AnomalySettings, interval: float | None) -> bool:
+    """Whether the device's samples are screened for jumps: a monitor's are, however long
+    since its last one (the first sample after a dropout is judged against the level
+    before it: taken as the level on its own, a probe dip there made the sample back at
+    the old level a jump, and the next dip continued a run across it). A spot-check
+    device's (a cuff every 15 minutes) are not: its measurements minutes apart may
+    differ by anything, and each is judged on its own."""
+    return interval is None or interval < cfg.spot_check_s
 
 
 def hold_for(cfg: AnomalySettings, vital: str, run: list[Sample], before: Sample) -> float:
@@ -144,7 +157,7 @@ def screen(
     aside = state.aside.get(vital)
     if aside is not None and sample.ts - aside.until > jump_window(cfg, interval):
         del state.aside[vital]  # no late sample of it is still to come
-    if sample.ts - last.ts <= jump_window(cfg, interval) and abs(sample.value - last.value) > jump:
+    if abs(sample.value - last.value) > jump and sends_a_signal(cfg, interval):
         state.held[vital] = [sample]
         hold = hold_for(cfg, vital, [sample], last)
         return (release(state, vital) if hold <= 0 else []), set_aside
