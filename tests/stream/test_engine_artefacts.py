@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from healthsync.domain.alerts import AlertEvent
 from healthsync.domain.readings import Reading
 from healthsync.domain.rules import AnomalySettings
 from healthsync.wire import WireError, parse_line
@@ -32,13 +33,13 @@ def test_a_sudden_fall_that_stays_is_confirmed_once_it_stands_for_15_s() -> None
     assert run.artefacts == []
 
 
-def test_a_jump_nothing_contradicts_stands_once_the_artefact_window_passes() -> None:
+def test_a_jump_followed_by_silence_is_decided_by_the_next_sample() -> None:
     run = Run()
     run.send(reading(0, spo2=97))
     assert run.send(reading(5, spo2=78)) == []
-    assert run.send(now=15) == [], "still inside the 15 s artefact window"
-    assert run.send(now=21) == [], "the jump stands, but one sample confirms no critical value"
-    # It stood: the next sample is no jump from it, and confirms it at once.
+    assert run.send(now=15) == []
+    assert run.send(now=21) == [], "silence confirms nothing"
+    # The next sample stays with the jump: the run has stood 20 s, and is critical.
     [opened] = run.send(reading(25, spo2=79))
     assert (opened.alert.severity, opened.alert.opened_at) == ("critical", T0 + 25)
     assert opened.alert.window_s == 20
@@ -132,3 +133,50 @@ def test_a_jump_after_a_dropout_is_held_as_any_jump_and_raised_with_a_monitor() 
         T0 + 170,
         (T0 + 155, 88),
     )
+
+
+# A pulse oximeter's samples (measured, arrived, SpO2, signal quality), recorded from
+# scenarios/artefacts.toml seed 49: a probe dip (83, 72, then 86 of poor signal) just
+# before the probe came off for two and a half minutes, and more dips as it went back on.
+DIP_BEFORE_A_DROPOUT = [
+    (203.8, 204.1, 96, 0.98),
+    (209.1, 211.4, 98, 0.78),
+    (213.9, 219.1, 99, 0.8),
+    (219.8, 221.3, 83, 0.96),
+    (224.3, 225.0, 72, 0.79),
+    (228.7, 231.0, 86, 0.36),
+    (369.7, 373.2, 79, 0.77),
+    (373.5, 379.1, 85, 0.96),
+    (383.0, 384.5, 97, 0.7),
+    (379.0, 384.8, 75, 0.35),
+    (389.6, 391.7, 97, 0.77),
+    (394.5, 400.0, 98, 0.89),
+    (398.8, 402.7, 98, 0.76),
+    (405.0, 408.7, 97, 0.75),
+]
+
+
+def test_a_dip_before_the_probe_comes_off_is_not_believed_for_the_silence() -> None:
+    # Taken as standing when the clock ticked past it in silence, the dip became SpO2's
+    # level: the samples back at 97-98 were held as a jump from it, and the trend rule
+    # found a 12.5-point fall while the patient read 98.
+    run = Run()
+    events: list[AlertEvent] = []
+    clock = DIP_BEFORE_A_DROPOUT[0][1]
+    for n, (measured, arrived, spo2, sqi) in enumerate(DIP_BEFORE_A_DROPOUT):
+        while clock + 1 <= arrived:
+            clock += 1
+            events += run.send(now=clock)
+        sample = reading(measured, spo2=spo2)
+        sample = Reading(
+            reading_id=f"dip-{n}",
+            device_id=sample.device_id,
+            patient_id=sample.patient_id,
+            ts=sample.ts,
+            received_at=T0 + arrived,
+            vitals=sample.vitals,
+            quality={"sqi": sqi},
+        )
+        events += run.send(sample)
+    assert [e.alert.kind for e in events if e.type == "opened"] == ["device_offline:d1"]
+    assert sorted(a.value for a in run.artefacts) == [72, 75, 79, 83, 85, 86]

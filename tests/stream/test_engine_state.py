@@ -168,7 +168,6 @@ def test_every_part_of_a_patients_state_reads_back_from_its_json() -> None:
         },
         last={"spo2": sample},
         held={"heart_rate": [Sample(T0, 160.0, "r1"), Sample(T0 + 5, 161.0, "r2")]},
-        held_heard={"heart_rate": T0 + 5.2},
         aside={"resp_rate": SetAside([Sample(T0, 40.0, "r1")], 10.0, T0 + 5)},
         fall_from={"spo2": 96.0},
         recent={"spo2": [(T0, 88.0), (T0 + 5, 87.5)]},

@@ -269,10 +269,11 @@ class AnomalySettings(BaseModel):
     baseline_tau_s: float = Field(1800.0, gt=0)
     # A monitor's sample beyond max_jump from the vital's last kept sample (however long
     # ago) is held as a probable artefact: it stands once the new level has held for
-    # artefact_hold_s (it then counts from its own time), or once nothing contradicted
-    # it for artefact_window_s (or 2.5 of the device's intervals, if longer), and is set
-    # aside if a sample comes back nearer the old level than the new. A spot-check
-    # device's measurements are not screened for jumps.
+    # artefact_hold_s (it then counts from its own time), and is set aside if a sample
+    # comes back nearer the old level than the new; silence decides nothing. A run set
+    # aside may still stand on a late sample for artefact_window_s (or 2.5 of the
+    # device's intervals, if longer). A spot-check device's measurements are not
+    # screened for jumps.
     max_jump: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MAX_JUMP))
     # A held run stands only once the samples that show its last hold lie within this
     # much of each other (per vital; a vital not named here: half its max_jump).

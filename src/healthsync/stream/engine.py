@@ -12,7 +12,8 @@ score: :mod:`.news2_alerts`), and the technical ``device_offline:<device>``
 threshold alert is already open: it would say nothing new.
 
 Before any rule sees a sample, :mod:`.screening` holds a jump larger than the
-vital can physically make until time decides whether it was an artefact.
+vital can physically make until the samples after it decide whether it was an
+artefact.
 """
 
 from __future__ import annotations
@@ -183,8 +184,6 @@ class AnomalyEngine:
                 accepted, set_aside = screening.corroborated(state, vital, new), []
             else:
                 accepted, set_aside = screening.screen(state, self.cfg, vital, new, interval)
-                if vital in state.held:
-                    state.held_heard[vital] = reading.received_at
             if artefacts is not None and set_aside:
                 artefacts.extend(screening.artefacts_of(patient, vital, set_aside))
             for sample in accepted:
@@ -320,27 +319,12 @@ class AnomalyEngine:
         return events + devices.back_online(self.open, reading.patient_id, device, at)
 
     def tick(self, now: float) -> list[AlertEvent]:
-        """What time alone decides (`now` on the receive clock): a jump that no later
-        sample contradicted within the artefact window stands; devices that stopped
-        sending raise their offline alert."""
+        """What time alone decides (`now` on the receive clock): devices that stopped
+        sending raise their offline alert. A held jump waits for the vital's next
+        sample however long that takes: silence confirms nothing."""
         events: list[AlertEvent] = []
         for patient, state in self.states.items():
             if not self._owns(state):
                 continue
-            events.extend(self._confirm_stale(patient, state, now))
             events.extend(devices.gone_quiet(self.cfg, self.life, patient, state, now))
-        return events
-
-    def _confirm_stale(self, patient: str, state: PatientState, now: float) -> list[AlertEvent]:
-        stale = screening.stale_runs(state, self.cfg, now)
-        if not stale:
-            return []
-        events: list[AlertEvent] = []
-        self.life.decided_at = now
-        self.life.interval = None
-        self._agreed = None
-        for vital in stale:
-            for sample in screening.release(state, vital):
-                state.keep(vital, sample.ts, sample.value)
-                events.extend(self._rules(state, patient, vital, sample))
         return events

@@ -11,8 +11,9 @@ three samples:
   device's timing jitter), the run is released in order, each sample with its
   own time, so timers count from the jump, provided its recent samples agree as
   a level does (artefacts scatter);
-- a run that nothing contradicts before the device's next expected samples
-  stands (released by the clock tick);
+- a run that the device goes quiet after stays held until the vital's next
+  sample decides: silence confirms nothing (a probe dip just before the probe
+  came off stood at the clock's tick and drove NEWS2 and the trends);
 - a late sample measured between the old level and the jump that reads as the
   new level makes the held run begin earlier, and so stand sooner;
 - a run set aside because the vital came back still stands if a sample measured
@@ -73,8 +74,8 @@ def lasted(span: float, needed: float, interval: float | None) -> bool:
 
 
 def jump_window(cfg: AnomalySettings, interval: float | None) -> float:
-    """How long a held run waits for a sample to contradict it, and a run set aside for a
-    late sample to complete it: the artefact window, or 2.5 of the device's intervals."""
+    """How long a run set aside may still be completed by a late sample: the artefact
+    window, or 2.5 of the device's intervals."""
     if interval is None:
         return cfg.artefact_window_s
     return max(cfg.artefact_window_s, INTERVALS_APART * interval)
@@ -127,8 +128,7 @@ def screen(
     interval: float | None,
 ) -> tuple[list[Sample], list[Sample]]:
     """The samples the rules may see now (none, this one, or a released run, in order),
-    and those now found to be artefacts. A run still held afterwards is noted as heard
-    from by the caller (:attr:`PatientState.held_heard`, on the receive clock)."""
+    and those now found to be artefacts."""
     jump = cfg.max_jump.get(vital)
     last = state.last.get(vital)
     if jump is None or last is None:
@@ -299,22 +299,7 @@ def release(state: PatientState, vital: str) -> list[Sample]:
 
 def _unhold(state: PatientState, vital: str) -> list[Sample]:
     """The vital's held run (empty if none), no longer held."""
-    state.held_heard.pop(vital, None)
     return state.held.pop(vital, [])
-
-
-def stale_runs(state: PatientState, cfg: AnomalySettings, now: float) -> list[str]:
-    """Vitals whose held run nothing contradicted within the jump window: they stand.
-    Measured from when the run last heard from the device, on `now`'s (receive) clock:
-    a device clock behind the server's, or readings delayed on the network, would
-    otherwise make every held run look overdue at the first tick."""
-    intervals = [d.interval for d in state.devices.values() if d.interval is not None]
-    window = jump_window(cfg, max(intervals) if intervals else None)
-    return [
-        vital
-        for vital, run in state.held.items()
-        if now - state.held_heard.get(vital, run[-1].ts) > window
-    ]
 
 
 def artefacts_of(patient: str, vital: str, samples: list[Sample]) -> list[Artefact]:

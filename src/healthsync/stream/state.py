@@ -222,9 +222,6 @@ class PatientState:
     last: dict[str, Sample] = field(default_factory=dict)
     # Per vital, the samples since a jump, held as a probable artefact until time decides.
     held: dict[str, list[Sample]] = field(default_factory=dict)
-    # Per held vital, when (receive clock) its run last heard from the device: how long
-    # nothing has contradicted it is judged on the clock that ticks, never the device's.
-    held_heard: dict[str, float] = field(default_factory=dict)
     # Per vital, the last held run set aside, while a late sample may still complete it.
     aside: dict[str, SetAside] = field(default_factory=dict)
     # While a corroborated desaturation goes on, the levels from before it (see
@@ -302,7 +299,6 @@ class PatientState:
                 **{k: [sample(v)] for k, v in doc.get("suspect", {}).items()},  # older state
                 **{k: [sample(s) for s in run] for k, run in doc.get("held", {}).items()},
             },
-            held_heard={k: float(v) for k, v in doc.get("held_heard", {}).items()},
             fall_from={k: float(v) for k, v in doc.get("fall_from", {}).items()},
             aside={
                 k: SetAside([sample(s) for s in run], float(hold), float(until))
@@ -332,7 +328,6 @@ def _as_json(value: Any) -> Any:
             "trackers": value.trackers,
             "last": value.last,
             "held": value.held,
-            "held_heard": value.held_heard,
             "fall_from": value.fall_from,
             "aside": value.aside,
             "recent": value.recent,
