@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 
 from healthsync.domain.alerts import AlertEvent
 from healthsync.domain.rules import AnomalySettings
@@ -84,3 +85,33 @@ def test_stable_noise_at_15_s_samples_is_no_trend() -> None:
         events = series(run, 0, 15, values)
         opened += [(patient, e.alert.kind) for e in events if e.type == "opened"]
     assert opened == []
+
+
+def _breathing(run: Run, start: float, rates: Sequence[float]) -> tuple[float, list[AlertEvent]]:
+    """One reading every 5 s from `start`, one per respiratory rate; the time after the
+    last, and every event they raised."""
+    events: list[AlertEvent] = []
+    for i, rate in enumerate(rates):
+        events += run.send(reading(start + 5 * i, resp_rate=rate, spo2=97, heart_rate=75))
+    return start + 5 * len(rates), events
+
+
+def test_the_climb_back_to_the_patients_own_rate_is_no_rising_trend() -> None:
+    # Fifteen minutes at 20-21/min (the patient's learnt baseline), two minutes at 6,
+    # five minutes back up. Once no sample below the band is left in the trend's
+    # 10 minutes, the climb from 11-12 read as a rise of 8/min: an alert while the
+    # patient breathed as they always had.
+    run = Run()
+    t, events = _breathing(run, 0, [20, 21] * 90)
+    t, more = _breathing(run, t, [6] * 24 + [round(6 + 15 * i / 60) for i in range(60)])
+    events += more
+    _, more = _breathing(run, t, [20, 21] * 72)
+    events += more
+    assert [(e.type, e.alert.kind) for e in events if e.type == "opened"] == [
+        ("opened", "threshold:resp_rate")
+    ]
+    # A rise of the same size away from the patient's own rate is still a trend.
+    run = Run()
+    t, events = _breathing(run, 0, [13, 14] * 90)
+    _, more = _breathing(run, t, [round(13 + 9 * i / 60) for i in range(60)] + [22, 23] * 48)
+    assert [e.alert.kind for e in events + more if e.type == "opened"] == ["trend:resp_rate_rise"]

@@ -250,6 +250,7 @@ class AnomalyEngine:
                 and not recovery(
                     window, band, trend.direction, reference, self.cfg.margins.get(vital, 0.0)
                 )
+                and not self._homeward(state, vital, trend.direction, reference, change)
                 and not self._quiet(patient, kind, [f"threshold:{vital}"])
             )
             verb = "fell" if trend.direction == "fall" else "rose"
@@ -267,6 +268,23 @@ class AnomalyEngine:
             )
             events.extend(self.life.track(state, Subject(patient, kind, vital), sample, finding))
         return events
+
+    def _homeward(
+        self,
+        state: PatientState,
+        vital: str,
+        direction: str,
+        reference: float,
+        change: float,
+    ) -> bool:
+        """Whether a change brings the vital nearer the patient's own learnt baseline than
+        the level it came from: the way back to their normal (the climb back after a
+        bradypnoea, say), not a deterioration."""
+        baseline = state.baselines.get(vital)
+        if baseline is None or baseline.n < self.cfg.baseline_min_samples:
+            return False
+        level = reference + change if direction == "rise" else reference - change
+        return abs(level - baseline.mean) < abs(reference - baseline.mean)
 
     def _baseline(
         self, state: PatientState, patient: str, vital: str, sample: Sample
