@@ -180,3 +180,29 @@ def test_a_dip_before_the_probe_comes_off_is_not_believed_for_the_silence() -> N
         events += run.send(sample)
     assert [e.alert.kind for e in events if e.type == "opened"] == ["device_offline:d1"]
     assert sorted(a.value for a in run.artefacts) == [72, 75, 79, 83, 85, 86]
+
+
+def test_a_sample_back_at_the_patients_level_is_no_jump_from_a_lone_dip() -> None:
+    # A probe dip (72) in the same reading as a talking spike of the respiratory rate
+    # (22 -> 30) reads as a corroborated desaturation, and is kept. The next sample, 95,
+    # was then held as a jump up from 72, and set aside when the next dip came: the two
+    # dips made a critical run across it. The patient's level was 94-96 throughout.
+    run = Run()
+    events: list[AlertEvent] = []
+    rows = [
+        (0, 96, 76, 22),
+        (5, 94, 77, 21),
+        (10, 95, 79, 21),
+        (15, 94, 76, 21),
+        (20, 93, 74, 22),
+        (25, 96, 76, 23),
+        (30, 72, 79, 30),
+        (35, 95, 75, 22),
+        (40, 76, 75, 20),
+        (45, 94, 72, 20),
+        (50, 94, 76, 23),
+    ]
+    for t, spo2, heart_rate, resp_rate in rows:
+        events += run.send(reading(t, spo2=spo2, heart_rate=heart_rate, resp_rate=resp_rate))
+    assert [e.alert.kind for e in events if e.type == "opened"] == []
+    assert [(a.vital, a.value) for a in run.artefacts] == [("spo2", 76)]

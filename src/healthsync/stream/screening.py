@@ -23,7 +23,9 @@ A real fast fall moves away from the old level sample after sample, so it is
 released after the hold, never set aside. What counts as consecutive adapts to
 each device: a monitor that sends every minute is screened over its own interval.
 The first sample after a dropout is judged against the level before it; a
-spot-check device's measurements (a cuff every 15 minutes) are not screened.
+sample back at the vital's recent level is no jump, whatever the last sample
+was; a spot-check device's measurements (a cuff every 15 minutes) are not
+screened.
 A sample whose signal quality the device reports as poor (``sqi`` or the
 perfusion index) is set aside at once.
 """
@@ -157,12 +159,24 @@ def screen(
     aside = state.aside.get(vital)
     if aside is not None and sample.ts - aside.until > jump_window(cfg, interval):
         del state.aside[vital]  # no late sample of it is still to come
-    if abs(sample.value - last.value) > jump and sends_a_signal(cfg, interval):
+    if (
+        abs(sample.value - last.value) > jump
+        and sends_a_signal(cfg, interval)
+        and not _back_to_level(state, vital, sample, jump)
+    ):
         state.held[vital] = [sample]
         hold = hold_for(cfg, vital, [sample], last)
         return (release(state, vital) if hold <= 0 else []), set_aside
     state.last[vital] = sample
     return [sample], set_aside
+
+
+def _back_to_level(state: PatientState, vital: str, sample: Sample, jump: float) -> bool:
+    """Whether `sample`, though a jump from the last kept sample, is no jump from the
+    vital's level (the median of its recent kept samples): back where the patient was
+    before a single sample that other vitals seemed to corroborate."""
+    level = state.level(vital)
+    return level is not None and abs(sample.value - level) <= jump
 
 
 def _reinstated(
