@@ -43,6 +43,14 @@ def test_a_jump_followed_by_silence_is_decided_by_the_next_sample() -> None:
     [opened] = run.send(reading(25, spo2=79))
     assert (opened.alert.severity, opened.alert.opened_at) == ("critical", T0 + 25)
     assert opened.alert.window_s == 20
+    # And a sample back at the old level, however late it comes, makes the jump an
+    # artefact: the clock's ticks in between did not let it stand.
+    run = Run()
+    run.send(reading(0, spo2=97))
+    run.send(reading(5, spo2=78))
+    assert run.send(now=30) == []
+    assert run.send(reading(33, spo2=97)) == []
+    assert [(a.vital, a.value) for a in run.artefacts] == [("spo2", 78)]
 
 
 def test_a_dip_of_up_to_10_s_is_an_artefact_not_a_critical_alarm() -> None:

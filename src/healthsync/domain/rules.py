@@ -224,7 +224,9 @@ DEFAULT_BASELINES: tuple[BaselineRule, ...] = (
     BaselineRule(vital="bp_sys", min_delta=30),
 )
 
-# How far a vital can really move between two samples `artefact_window_s` apart.
+# How far a vital can really move between two of a monitor's samples seconds apart: a
+# sample this far from the last kept one (however long ago) and from the vital's level is
+# held until the samples after it decide.
 DEFAULT_MAX_JUMP: dict[str, float] = {
     "spo2": 6,
     "heart_rate": 40,

@@ -75,7 +75,7 @@ def lasted(span: float, needed: float, interval: float | None) -> bool:
     return span >= needed - JITTER_SLACK * (interval or 0.0)
 
 
-def jump_window(cfg: AnomalySettings, interval: float | None) -> float:
+def aside_window(cfg: AnomalySettings, interval: float | None) -> float:
     """How long a run set aside may still be completed by a late sample: the artefact
     window, or 2.5 of the device's intervals."""
     if interval is None:
@@ -157,7 +157,7 @@ def screen(
             return (run, set_aside) if run else ([], [*set_aside, sample])
         return [sample], set_aside
     aside = state.aside.get(vital)
-    if aside is not None and sample.ts - aside.until > jump_window(cfg, interval):
+    if aside is not None and sample.ts - aside.until > aside_window(cfg, interval):
         del state.aside[vital]  # no late sample of it is still to come
     if (
         abs(sample.value - last.value) > jump

@@ -220,7 +220,7 @@ class PatientState:
     partition: int | None = None
     trackers: dict[str, Tracker] = field(default_factory=dict)
     last: dict[str, Sample] = field(default_factory=dict)
-    # Per vital, the samples since a jump, held as a probable artefact until time decides.
+    # Per vital, the samples since a jump, held as a probable artefact until later samples decide.
     held: dict[str, list[Sample]] = field(default_factory=dict)
     # Per vital, the last held run set aside, while a late sample may still complete it.
     aside: dict[str, SetAside] = field(default_factory=dict)
