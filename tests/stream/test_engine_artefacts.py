@@ -214,3 +214,52 @@ def test_a_sample_back_at_the_patients_level_is_no_jump_from_a_lone_dip() -> Non
         events += run.send(reading(t, spo2=spo2, heart_rate=heart_rate, resp_rate=resp_rate))
     assert [e.alert.kind for e in events if e.type == "opened"] == []
     assert [(a.vital, a.value) for a in run.artefacts] == [("spo2", 76)]
+
+
+def test_two_lead_spikes_back_to_back_are_held_as_long_as_a_monitor_waits() -> None:
+    # Recorded: two ECG lead spikes next to each other make three samples of 158-175/min
+    # over 10.3 s, then the patient's 65. They stood as a new rhythm at the third sample
+    # and opened a critical tachycardia that a monitor with a 15 s delay never raised.
+    # They agree within the heart rate's steady spread (20/min), but not as a changed
+    # rhythm reads: 17/min apart, more than half of it.
+    run = Run()
+    events: list[AlertEvent] = []
+    for t, heart_rate in [(-20.3, 69), (-15.5, 72), (-9.9, 69), (-5.7, 70), (0, 158)]:
+        events += run.send(reading(t, heart_rate=heart_rate))
+    for t, heart_rate in [(5.5, 165), (10.3, 175), (15.6, 65), (19.7, 70)]:
+        events += run.send(reading(t, heart_rate=heart_rate))
+    assert [e.alert.kind for e in events if e.type == "opened"] == []
+    assert [(a.vital, a.value) for a in run.artefacts] == [
+        ("heart_rate", 158),
+        ("heart_rate", 165),
+        ("heart_rate", 175),
+    ]
+
+
+def test_an_irregular_fast_rhythm_is_raised_when_a_monitor_would_raise_it() -> None:
+    # A rapid irregular rhythm scatters from one averaged sample to the next as those
+    # spikes do. It is held for a monitor's 15 s, give or take the device's jitter: it
+    # opens at 14.2 s, before the sample at 19.8 s that a monitor alarms at.
+    run = Run()
+    for before in (-20, -15, -10, -5):
+        run.send(reading(before, heart_rate=78))
+    events: list[AlertEvent] = []
+    for t, heart_rate in [(0, 152), (5, 168), (10, 155), (14.2, 171), (19.8, 160)]:
+        events += run.send(reading(t, heart_rate=heart_rate))
+    opened = [(e.alert.kind, e.alert.severity, round(e.alert.opened_at - T0, 1)) for e in events]
+    assert opened == [("threshold:heart_rate", "critical", 14.2)]
+    assert run.artefacts == []
+
+
+def test_a_sudden_hypotension_swinging_with_each_breath_stands_after_the_hold() -> None:
+    # Recorded: systolic 135 -> 68, 67, 80 over 9 s. A pressure swings with breathing by
+    # up to about 10 mmHg even when steady, so a real new pressure scatters as widely as
+    # that: it stands after the artefact hold, as a rhythm that reads alike does.
+    run = Run()
+    for before, bp_sys in [(-14.6, 127), (-10.1, 126), (-4.5, 133), (-0.3, 135)]:
+        run.send(reading(before, bp_sys=bp_sys))
+    events: list[AlertEvent] = []
+    for t, bp_sys in [(5.0, 68), (9.0, 67), (14.1, 80)]:
+        events += run.send(reading(t, bp_sys=bp_sys))
+    opened = [(e.alert.kind, round(e.alert.opened_at - T0, 1)) for e in events]
+    assert opened == [("threshold:bp_sys", 14.1)]

@@ -74,6 +74,15 @@ the API). Where a default comes from:
   sample after sample; lead and probe artefacts scatter). Two spikes back to
   back outlasted the hold; false alerts on ``scenarios/artefacts.toml`` (its
   seed and seeds 1-2) 8 -> 4 (seeds 4-5: 2 -> 0), no episode detected later.
+  A held heart or respiratory rate stands after the hold only within
+  ``level_spread`` (10/min, 3/min: a changed rhythm or breathing pattern reads
+  alike on a monitor's averaged samples); wider, though within the steady
+  spread, it stands after ``scattered_hold_s`` (15 s, a monitor's alarm delay,
+  so never later than a monitor). Two lead or talking spikes back to back
+  (158, 165, 175/min over 10 s) stood as a new rhythm and opened critical
+  alerts that a monitor does not raise; a rapid irregular rhythm is raised
+  with the monitor, not 5 s before it. Not for pressures, which swing with
+  each breath (a real hypotension read 68, 67, 80), nor SpO2.
 - A sample more than ``max_jump`` from the last kept sample but within it of
   the vital's level (the median of its last 15 s of kept samples) is back
   where the patient was, and is not held: a probe dip kept because a talking
@@ -249,6 +258,12 @@ DEFAULT_STEADY_SPREAD: dict[str, float] = {
     "bp_dia": 17.5,
 }
 
+# How far apart the samples of a held run may lie and still stand after the artefact hold
+# (half the steady spread): a heart rhythm or breathing pattern that has changed reads alike
+# on a monitor's averaged samples. Not for pressures (systolic swings with each breath) or
+# saturation (an oximeter's +-2 already fills its steady spread).
+DEFAULT_LEVEL_SPREAD: dict[str, float] = {"heart_rate": 10, "resp_rate": 3}
+
 # Hysteresis: how far back inside the band a value must be before an alert may resolve.
 DEFAULT_MARGIN: dict[str, float] = {
     "spo2": 2,
@@ -302,6 +317,12 @@ class AnomalySettings(BaseModel):
     steady_spread: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_STEADY_SPREAD))
     artefact_window_s: float = Field(15.0, gt=0)
     artefact_hold_s: float = Field(10.0, ge=0)
+    # A held run of a vital named here stands after artefact_hold_s only if the samples that
+    # show that hold lie within this much of each other, as a changed rhythm or breathing
+    # pattern reads; wider, though within steady_spread (an irregular rhythm, or two lead or
+    # talking spikes back to back), only after scattered_hold_s, a monitor's alarm delay.
+    level_spread: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_LEVEL_SPREAD))
+    scattered_hold_s: float = Field(15.0, ge=0)
     # A sudden fall in SpO2 is held this long instead: a slipping probe dips for up to
     # three samples. Not held at all when, in the same reading, a vital named here rose
     # by at least its amount above its 15 s median (and by no more than its max_jump):
@@ -335,7 +356,8 @@ class AnomalySettings(BaseModel):
     @model_validator(mode="after")
     def _known_vitals(self) -> AnomalySettings:
         named = {r.vital for r in self.trends} | {r.vital for r in self.baselines}
-        vitals = named | set(self.margins) | set(self.max_jump) | set(self.steady_spread)
+        spreads = set(self.steady_spread) | set(self.level_spread)
+        vitals = named | set(self.margins) | set(self.max_jump) | spreads
         unknown = sorted(vitals - set(VITALS))
         if unknown:
             raise ValueError(f"unknown vital(s) {unknown}; expected some of {sorted(VITALS)}")

@@ -10,7 +10,9 @@ three samples:
 - once the new level has stood for ``artefact_hold_s`` (give or take the
   device's timing jitter), the run is released in order, each sample with its
   own time, so timers count from the jump, provided its recent samples agree as
-  a level does (artefacts scatter);
+  a level does (artefacts scatter); a run that scatters more than a level but
+  less than artefacts do (an irregular rhythm, or two spikes back to back)
+  stands only after ``scattered_hold_s``, a monitor's alarm delay;
 - a run that the device goes quiet after stays held until the vital's next
   sample decides: silence confirms nothing (a probe dip just before the probe
   came off stood at the clock's tick and drove NEWS2 and the trends);
@@ -104,12 +106,24 @@ def hold_for(cfg: AnomalySettings, vital: str, run: list[Sample], before: Sample
 def _stood(
     cfg: AnomalySettings, vital: str, run: list[Sample], hold: float, interval: float | None
 ) -> bool:
-    """Whether a held run (in time order) has lasted `hold`, steadily."""
+    """Whether a held run (in time order) has lasted `hold` as a level does, or as long as a
+    monitor waits (``scattered_hold_s``) within the vital's steady spread."""
     # Jitter slack, but not on a desaturation: a probe's dips come in clusters, and
     # four samples 14 s apart are two of them as often as a real fall.
     slack = None if hold == cfg.desaturation_hold_s else interval
     spread = cfg.steady_spread.get(vital, STEADY_SHARE * cfg.max_jump[vital])
-    return lasted(run[-1].ts - run[0].ts, hold, slack) and steady(run, hold, spread, slack)
+    level = min(cfg.level_spread.get(vital, spread), spread)
+    span = run[-1].ts - run[0].ts
+    if not lasted(span, hold, slack):
+        return False
+    if steady(run, hold, level, slack):
+        return True
+    # Wider than a level, within the steady spread: an irregular rhythm, or two spikes
+    # back to back. It stands once it has lasted as long as a monitor waits.
+    scattered = max(hold, cfg.scattered_hold_s)
+    return (
+        level < spread and lasted(span, scattered, slack) and steady(run, scattered, spread, slack)
+    )
 
 
 def steady(run: list[Sample], hold: float, spread: float, interval: float | None) -> bool:
