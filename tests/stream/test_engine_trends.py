@@ -115,3 +115,21 @@ def test_the_climb_back_to_the_patients_own_rate_is_no_rising_trend() -> None:
     t, events = _breathing(run, 0, [13, 14] * 90)
     _, more = _breathing(run, t, [round(13 + 9 * i / 60) for i in range(60)] + [22, 23] * 48)
     assert [e.alert.kind for e in events + more if e.type == "opened"] == ["trend:resp_rate_rise"]
+
+
+def test_a_slow_bradypnoea_does_not_become_the_patients_own_rate() -> None:
+    # Half an hour at 16-22/min, a creep down to 6 over five minutes, twelve minutes at
+    # 5-7, four minutes back up to 21-22 (as recorded on a held-out draw). The baseline
+    # learnt every sample within four of its deviations of its mean, and those grew as
+    # it learnt the creep: it followed the bradypnoea down to 14/min, and the climb back
+    # read as a rise of 9/min away from the patient's own rate.
+    run = Run()
+    t, events = _breathing(run, 0, [16, 19, 22, 19] * 90)
+    creep = [round(19 - 13 * i / 60) for i in range(60)]
+    t, more = _breathing(run, t, creep + [5, 6, 7, 6] * 36)
+    events += more
+    mean = run.states["P-1"]["baselines"]["resp_rate"][0]
+    assert 17 <= mean <= 20, "the patient's own rate, not the bradypnoea's"
+    _, more = _breathing(run, t, [round(7 + 15 * i / 48) for i in range(48)] + [21, 22] * 96)
+    events += more
+    assert [e.alert.kind for e in events if e.type == "opened"] == ["threshold:resp_rate"]

@@ -198,7 +198,7 @@ class AnomalyEngine:
         return [
             *self._threshold(state, patient, vital, sample, band),
             *self._trend(state, patient, vital, sample, band),
-            *self._baseline(state, patient, vital, sample),
+            *self._baseline(state, patient, vital, sample, band),
         ]
 
     def _threshold(
@@ -287,7 +287,12 @@ class AnomalyEngine:
         return abs(level - baseline.mean) < abs(reference - baseline.mean)
 
     def _baseline(
-        self, state: PatientState, patient: str, vital: str, sample: Sample
+        self,
+        state: PatientState,
+        patient: str,
+        vital: str,
+        sample: Sample,
+        band: Threshold | None,
     ) -> list[AlertEvent]:
         rule_cfg = self._baselines.get(vital)
         if rule_cfg is None:
@@ -297,8 +302,11 @@ class AnomalyEngine:
         limit = baseline.deviation_limit(rule_cfg.sigmas, rule_cfg.min_delta)
         deviation = abs(sample.value - baseline.mean)
         deviating = baseline.n >= self.cfg.baseline_min_samples and deviation >= limit
+        # A value past the patient's band is no part of their normal, however slowly it
+        # came: learnt, a bradypnoea creeping down to 6/min took the baseline with it.
+        normal = not deviating and (band is None or band.severity(sample.value) is None)
         if not deviating and self.life.idle(state, patient, kind):
-            baseline.update(sample.ts, sample.value, self.cfg.baseline_tau_s)
+            self._learn(baseline, sample, normal)
             return []
         louder = [f"threshold:{vital}"] + [
             f"trend:{t.name}" for t in self._trends_by_vital.get(vital, ())
@@ -310,10 +318,15 @@ class AnomalyEngine:
         )
         finding = Finding("warning" if holds else None, deviation < limit / 2, sample.value, rule)
         events = self.life.track(state, Subject(patient, kind, vital), sample, finding)
-        if not deviating and (patient, kind) not in self.open:
-            # Learn only from values that look like this patient's normal.
-            baseline.update(sample.ts, sample.value, self.cfg.baseline_tau_s)
+        # Learn only from values that look like this patient's normal.
+        self._learn(baseline, sample, normal and (patient, kind) not in self.open)
         return events
+
+    def _learn(self, baseline: Baseline, sample: Sample, normal: bool) -> None:
+        if normal:
+            baseline.update(sample.ts, sample.value, self.cfg.baseline_tau_s)
+        else:
+            baseline.skip(sample.ts)
 
     def _news2(self, patient: str, score: News2) -> list[AlertEvent]:
         state = self._state(patient)

@@ -190,6 +190,12 @@ class Baseline:
         self.n += 1
         self.last_ts = max(self.last_ts, ts)
 
+    def skip(self, ts: float) -> None:
+        """A sample not learnt from: the time up to it weighs nothing in the next update
+        (else the first normal sample after an excursion outweighs many before it)."""
+        if self.n:
+            self.last_ts = max(self.last_ts, ts)
+
     def deviation_limit(self, sigmas: float, min_delta: float) -> float:
         return max(sigmas * math.sqrt(self.var), min_delta)
 
