@@ -3,6 +3,8 @@ and a real fall is neither taken for one nor raised late."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from healthsync.domain.alerts import AlertEvent
@@ -171,19 +173,12 @@ def test_a_dip_before_the_probe_comes_off_is_not_believed_for_the_silence() -> N
     run = Run()
     events: list[AlertEvent] = []
     clock = DIP_BEFORE_A_DROPOUT[0][1]
-    for n, (measured, arrived, spo2, sqi) in enumerate(DIP_BEFORE_A_DROPOUT):
+    for measured, arrived, spo2, sqi in DIP_BEFORE_A_DROPOUT:
         while clock + 1 <= arrived:
             clock += 1
             events += run.send(now=clock)
-        sample = reading(measured, spo2=spo2)
-        sample = Reading(
-            reading_id=f"dip-{n}",
-            device_id=sample.device_id,
-            patient_id=sample.patient_id,
-            ts=sample.ts,
-            received_at=T0 + arrived,
-            vitals=sample.vitals,
-            quality={"sqi": sqi},
+        sample = replace(
+            reading(measured, spo2=spo2), received_at=T0 + arrived, quality={"sqi": sqi}
         )
         events += run.send(sample)
     assert [e.alert.kind for e in events if e.type == "opened"] == ["device_offline:d1"]
