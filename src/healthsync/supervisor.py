@@ -236,11 +236,17 @@ class Pipeline:
                 if attempt == _TOPIC_ATTEMPTS - 1:
                     raise HealthSyncError(f"broker restarted but not ready: {exc}") from exc
                 time.sleep(1.0)
-        # Every consumer of those stages: `process-2` and on as well as `process`.
-        for child in list(self.children.values()):
-            if child.stage in CONSUMER_STAGES and child.alive:
-                child.stop()
-                child.start(self.env)
+        # Every consumer of those stages: `process-2` and on as well as `process`. All are
+        # told to stop before any is waited for, and all have stopped before any starts:
+        # one after another, each waited up to its stop timeout against a broker that
+        # was gone, and those started first read the new topics alone meanwhile.
+        consumers = [c for c in self.children.values() if c.stage in CONSUMER_STAGES and c.alive]
+        for child in consumers:
+            child.terminate()
+        for child in consumers:
+            child.stop()
+        for child in consumers:
+            child.start(self.env)
 
     def _stage_env(self) -> dict[str, str]:
         """The environment every stage starts with: the settings, made explicit."""
