@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from healthsync.domain.readings import ID_RE
 from healthsync.errors import HealthSyncError
 
 SERVICES = ("ingest", "api", "redis", "kafka")
@@ -50,8 +50,6 @@ _SERVICE_DAYS = 825
 _CRL_DAYS = _SERVICE_DAYS
 # Clocks of small devices drift: a certificate is valid from a little before it was made.
 _BACKDATE = timedelta(minutes=5)
-# The same rule the wire protocol applies to device ids.
-_DEVICE_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 class CertError(HealthSyncError):
@@ -89,7 +87,7 @@ def device_key_dir(directory: Path) -> Path:
 
 def device_paths(directory: Path, device_id: str) -> tuple[Path, Path]:
     """(certificate, key) of a device."""
-    if _DEVICE_ID_RE.fullmatch(device_id) is None:
+    if ID_RE.fullmatch(device_id) is None:
         raise CertError("a device id is 1-64 of A-Z a-z 0-9 . _ : -")
     return directory / "devices" / f"{device_id}.crt", device_key_dir(
         directory
@@ -241,7 +239,7 @@ def _csr_key(pem: bytes) -> CertificatePublicKeyTypes:
 
 def stage_client_paths(directory: Path, stage: str) -> tuple[Path, Path]:
     """(certificate, key) a stage presents to the services it connects to (Redis)."""
-    if _DEVICE_ID_RE.fullmatch(stage) is None:
+    if ID_RE.fullmatch(stage) is None:
         raise CertError("a stage name is 1-64 of A-Z a-z 0-9 . _ : -")
     return directory / "clients" / f"{stage}.crt", directory / "clients" / f"{stage}.key"
 
