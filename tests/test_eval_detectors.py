@@ -52,6 +52,15 @@ def test_the_monitor_alarms_once_an_excursion_lasts_its_delay_critical_values_in
     assert monitor_alarms(readings, warning_bands(), delay_s=0)[0].opened_at == EPOCH + 5
 
 
+def test_the_monitors_high_and_low_limits_are_separate_alarm_conditions() -> None:
+    # A 60 s monitor: a lead spike (178/min), then a bradycardia. The low alarm's delay
+    # runs from the first low sample, as a monitor's "HR low" does, not from the spike.
+    heart_rate = [70, 178, 38, 36, 37, 72]
+    readings = [reading("P1", 60 * i, heart_rate=v) for i, v in enumerate(heart_rate)]
+    alarms = monitor_alarms(readings, warning_bands(), delay_s=15)
+    assert [(a.kind, a.opened_at - EPOCH) for a in alarms] == [("monitor:heart_rate", 180)]
+
+
 def test_the_engine_runs_with_the_anomaly_settings(tiny: Dataset) -> None:
     default = run_engine(tiny.readings, Settings())
     # With the defaults, trend, baseline or NEWS2 rules add alerts of their own.

@@ -7,8 +7,8 @@ scoring needs.
 - *naive*: every sample beyond a warning limit after one inside it alarms.
 - *monitor*: what bedside monitors do (and what Görges et al., Anesth Analg
   2009, measured): a plain threshold with an alarm delay. A vital alarms once
-  it has been beyond its warning limit for ``delay_s`` (critical values
-  included), judged on the device's own clock, as the monitor at the bedside
+  it has been beyond its high or its low warning limit for ``delay_s``
+  (critical values included), judged on the device's own clock, as the monitor at the bedside
   sees its samples in order. Its alarm reaches the ward's central station over
   the same network as the reading that raised it, so it is timed at that
   reading's arrival, as the engine's alarms are.
@@ -83,9 +83,12 @@ def monitor_alarms(
 
     An excursion starts at the first sample beyond the warning limit; the alarm
     sounds at the first sample of it taken ``delay_s`` or more later (so one
-    excursion alarms once). A sample back inside ends the excursion.
+    excursion alarms once). A sample back inside ends the excursion. The high and
+    the low limit are separate alarm conditions, as a monitor's "HR high" and "HR
+    low" are: a sample beyond the other limit ends the excursion and starts one
+    of its own.
     """
-    since: dict[tuple[str, str], float] = {}
+    since: dict[tuple[str, str], tuple[bool, float]] = {}
     alarmed: set[tuple[str, str]] = set()
     alarms: list[Alarm] = []
     for reading in sorted(readings, key=lambda r: r.ts):
@@ -98,7 +101,11 @@ def monitor_alarms(
                 since.pop(key, None)
                 alarmed.discard(key)
                 continue
-            start = since.setdefault(key, reading.ts)
+            low = band[0] is not None and value < band[0]
+            if key in since and since[key][0] != low:
+                del since[key]
+                alarmed.discard(key)
+            start = since.setdefault(key, (low, reading.ts))[1]
             if key not in alarmed and reading.ts - start >= delay_s:
                 alarmed.add(key)
                 alarms.append(
