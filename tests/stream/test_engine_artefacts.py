@@ -211,6 +211,37 @@ def test_a_sample_back_at_the_patients_level_is_no_jump_from_a_lone_dip() -> Non
     assert [(a.vital, a.value) for a in run.artefacts] == [("spo2", 76)]
 
 
+def test_a_return_to_the_patients_level_ends_a_run_held_after_a_kept_dip() -> None:
+    # Recorded: a probe dip of three samples (74, 85, 83). The first came with the
+    # respiratory rate 4/min up (12 -> 16), read as corroborated, and was kept. The
+    # next two were held as a jump up from 74, and the 95 after them as more of that
+    # run, away from 74: the run stood 20 s later and opened an SpO2 alert for a dip
+    # the patient had left 11 s before, at 95. Back at the level the patient was at,
+    # as back at the level before the jump, the held run is set aside.
+    run = Run()
+    events: list[AlertEvent] = []
+    rows = [
+        (-36.3, 96, 78, 13),
+        (-30.8, 94, 76, 11),
+        (-25.1, 95, 78, 12),
+        (-20.2, 96, 78, 10),
+        (-15.2, 97, 80, 12),
+        (-9.6, 95, 82, 12),
+        (-5.0, 96, 81, 11),
+        (0, 74, 81, 16),
+        (4.5, 85, 75, 12),
+        (9.9, 83, 77, 12),
+        (13.9, 95, 77, 11),
+        (20.2, 94, 81, 13),
+        (25.2, 95, 79, 12),
+        (29.7, 95, 82, 12),
+    ]
+    for t, spo2, heart_rate, resp_rate in rows:
+        events += run.send(reading(t, spo2=spo2, heart_rate=heart_rate, resp_rate=resp_rate))
+    assert [e.alert.kind for e in events if e.type == "opened"] == []
+    assert [(a.vital, a.value) for a in run.artefacts] == [("spo2", 85), ("spo2", 83)]
+
+
 def test_two_lead_spikes_back_to_back_are_held_as_long_as_a_monitor_waits() -> None:
     # Recorded: two ECG lead spikes next to each other make three samples of 158-175/min
     # over 10.3 s, then the patient's 65. They stood as a new rhythm at the third sample

@@ -5,8 +5,9 @@ moved, ECG leads disturbed, a cuff knocked) is held rather than believed. Time
 decides, not the next sample alone, because motion artefacts often last two or
 three samples:
 
-- a later sample nearer the level before the jump than the held run's level
-  sets the whole held run aside as artefacts;
+- a later sample nearer the level before the jump than the held run's level,
+  or nearer the vital's recent level than the run (after a jump from a kept
+  sample away from that level), sets the whole held run aside as artefacts;
 - once the new level has stood for ``artefact_hold_s`` (give or take the
   device's timing jitter), the run is released in order, each sample with its
   own time, so timers count from the jump, provided its recent samples agree as
@@ -153,7 +154,7 @@ def screen(
     set_aside: list[Sample] = []
     held = state.held.get(vital)
     if held is not None:
-        away = _of_the_run(sample, held, last)
+        away = _of_the_run(sample, held, last) and not _back_from(state, vital, sample, held)
         if sample.ts < held[0].ts and not (away and sample.ts > last.ts):
             return _before_the_jump(state, vital, sample, jump)
         if away:
@@ -191,6 +192,16 @@ def _back_to_level(state: PatientState, vital: str, sample: Sample, jump: float)
     before a single sample that other vitals seemed to corroborate."""
     level = state.level(vital)
     return level is not None and abs(sample.value - level) <= jump
+
+
+def _back_from(state: PatientState, vital: str, sample: Sample, run: list[Sample]) -> bool:
+    """Whether `sample` reads nearer the vital's recent level than the held `run` does: the
+    run was held as a jump from a kept sample that was itself away from that level (a dip
+    corroborated by chance), and the vital has come back past the run to where the
+    patient was."""
+    level = state.level(vital)
+    run_level = statistics.median(s.value for s in run)
+    return level is not None and abs(sample.value - level) < abs(sample.value - run_level)
 
 
 def _reinstated(
