@@ -237,9 +237,9 @@ class Pipeline:
                     raise HealthSyncError(f"broker restarted but not ready: {exc}") from exc
                 time.sleep(1.0)
         # Every consumer of those stages: `process-2` and on as well as `process`. All are
-        # told to stop before any is waited for, and all have stopped before any starts:
-        # one after another, each waited up to its stop timeout against a broker that
-        # was gone, and those started first read the new topics alone meanwhile.
+        # told to stop at once, and all have stopped before any starts: stopped one by
+        # one, each could take its whole stop timeout against the broker that is gone,
+        # while those already restarted read the new topics alone.
         consumers = [c for c in self.children.values() if c.stage in CONSUMER_STAGES and c.alive]
         for child in consumers:
             child.terminate()

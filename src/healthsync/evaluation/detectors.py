@@ -8,10 +8,10 @@ scoring needs.
 - *monitor*: what bedside monitors do (and what Görges et al., Anesth Analg
   2009, measured): a plain threshold with an alarm delay. A vital alarms once
   it has been beyond its high or its low warning limit for ``delay_s``
-  (critical values included), judged on the device's own clock, as the monitor at the bedside
-  sees its samples in order. Its alarm reaches the ward's central station over
-  the same network as the reading that raised it, so it is timed at that
-  reading's arrival, as the engine's alarms are.
+  (critical values included), judged on the device's own clock, as the
+  monitor at the bedside sees its samples in order. Its alarm reaches the
+  ward's central station over the same network as the reading that raised it,
+  so it is timed at that reading's arrival, as the engine's alarms are.
 """
 
 from __future__ import annotations
