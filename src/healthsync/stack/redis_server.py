@@ -101,7 +101,10 @@ def _persistence_args(disk: RedisDisk | None) -> list[str]:
     # The values are sealed (see security/codec), but the files hold them all: owner only.
     disk.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     disk.data_dir.chmod(0o700)
-    args = ["--dir", str(disk.data_dir.resolve())]
+    # The sealed values do not compress: LZF over them saved 0.02% of a 364 MB file and
+    # doubled the time the append-only file's rewrite child took (2.8 s against 1.4 s for
+    # 600 MB in memory), a core taken from the pipeline each time the file doubles.
+    args = ["--dir", str(disk.data_dir.resolve()), "--rdbcompression", "no"]
     if disk.appendfsync is None:
         return [*args, "--appendonly", "no"]
     return [*args, "--appendonly", "yes", "--appendfsync", disk.appendfsync]
