@@ -22,6 +22,8 @@ from healthsync.stack.process import (
 )
 
 _REDIS_START_TIMEOUT_S = 10.0
+# How much the append-only file grows past its last rewrite before the next (Redis: 100).
+AOF_REWRITE_PERCENTAGE = 200
 
 
 @dataclass(frozen=True)
@@ -108,4 +110,11 @@ def _persistence_args(disk: RedisDisk | None) -> list[str]:
     args = ["--dir", str(disk.data_dir.resolve()), "--rdbcompression", "no"]
     if disk.appendfsync is None:
         return [*args, "--appendonly", "no"]
-    return [*args, "--appendonly", "yes", "--appendfsync", disk.appendfsync]
+    # A rewrite costs in proportion to the data, and comes each time the file has grown
+    # by this share of it: rewriting at threefold (200%) rather than Redis's twofold
+    # halves the rewriting per byte written, for a file up to three times the data.
+    return [
+        *args,
+        *("--appendonly", "yes", "--appendfsync", disk.appendfsync),
+        *("--auto-aof-rewrite-percentage", str(AOF_REWRITE_PERCENTAGE)),
+    ]
