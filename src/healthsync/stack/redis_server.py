@@ -22,8 +22,11 @@ from healthsync.stack.process import (
 )
 
 _REDIS_START_TIMEOUT_S = 10.0
-# How much the append-only file grows past its last rewrite before the next (Redis: 100).
-AOF_REWRITE_PERCENTAGE = 200
+# How far the append-only file grows past its size after a rewrite before the next, in %:
+# a rewrite costs in proportion to the data, so at 200 (the file tripled) rather than
+# Redis's 100 (doubled) there is half the rewriting per byte written, for a file on disk
+# up to three times its rewritten size (docs/OPERATIONS.md, "Redis durability").
+_AOF_REWRITE_PERCENTAGE = 200
 
 
 @dataclass(frozen=True)
@@ -105,16 +108,13 @@ def _persistence_args(disk: RedisDisk | None) -> list[str]:
     disk.data_dir.chmod(0o700)
     # The sealed values do not compress: LZF over them saved 0.02% of a 364 MB file and
     # doubled the time the append-only file's rewrite child took (2.8 s against 1.4 s for
-    # 600 MB in memory), a core taken from the pipeline each time the file doubles. With
+    # 600 MB in memory), a core taken from the pipeline at each rewrite. With
     # encryption at rest off the values would compress; sealing is the default.
     args = ["--dir", str(disk.data_dir.resolve()), "--rdbcompression", "no"]
     if disk.appendfsync is None:
         return [*args, "--appendonly", "no"]
-    # A rewrite costs in proportion to the data, and comes each time the file has grown
-    # by this share of it: rewriting at threefold (200%) rather than Redis's twofold
-    # halves the rewriting per byte written, for a file up to three times the data.
     return [
         *args,
         *("--appendonly", "yes", "--appendfsync", disk.appendfsync),
-        *("--auto-aof-rewrite-percentage", str(AOF_REWRITE_PERCENTAGE)),
+        *("--auto-aof-rewrite-percentage", str(_AOF_REWRITE_PERCENTAGE)),
     ]
