@@ -32,7 +32,7 @@ from healthsync.stream.lifecycle import Finding, Lifecycle, Subject
 from healthsync.stream.news2_alerts import news2_events
 from healthsync.stream.rulebook import RuleBook
 from healthsync.stream.state import PatientState, Sample
-from healthsync.stream.threshold_rule import ThresholdRule
+from healthsync.stream.threshold_rule import ThresholdRule, scattered_persist
 from healthsync.stream.trends import Baseline, TrendWindow, recovery
 
 StateLoader = Callable[[list[str] | None], dict[str, dict[str, Any]]]
@@ -316,7 +316,15 @@ class AnomalyEngine:
             f"{vital} {sample.value:g} {VITALS[vital].ucum} is {deviation:.3g} from this "
             f"patient's baseline {baseline.mean:.3g} (limit {limit:.3g})"
         )
-        finding = Finding("warning" if holds else None, deviation < limit / 2, sample.value, rule)
+        # Two spikes back to back wait as long as a monitor would, as for the threshold.
+        persist_s = scattered_persist(self.cfg, vital, state.trackers.get(kind), sample)
+        finding = Finding(
+            "warning" if holds else None,
+            deviation < limit / 2,
+            sample.value,
+            rule,
+            persist_s=persist_s,
+        )
         events = self.life.track(state, Subject(patient, kind, vital), sample, finding)
         # Learn only from values that look like this patient's normal.
         self._learn(baseline, sample, normal and (patient, kind) not in self.open)

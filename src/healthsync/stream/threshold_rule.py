@@ -3,20 +3,24 @@ limits, as a :class:`.lifecycle.Finding` (the engine tracks it, :mod:`.lifecycle
 
 A warning holds for the persistence; one whose samples sit, by their median,
 within the vital's hysteresis margin of the limit holds ``marginal_persist_s``
-instead; an SpO2 fall that the heart and respiratory rates corroborate holds
-``persist_readings`` samples only. A cuff's measurement clearly past the limit
+instead; a heart or respiratory rate whose samples scatter wider than the vital's
+steady spread holds ``scattered_hold_s`` (:func:`scattered_persist`); an SpO2 fall
+that the heart and respiratory rates corroborate holds ``persist_readings`` samples
+only. A cuff's measurement clearly past the limit
 stands alone. A late sample measured before one known back inside carries when
 that was, for the lifecycle to place it in measurement order.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 
 from healthsync.domain.alerts import Severity, Threshold
 from healthsync.domain.readings import VITALS
 from healthsync.domain.rules import AnomalySettings
 from healthsync.stream.lifecycle import Finding, Lifecycle
+from healthsync.stream.screening import STEADY_SHARE
 from healthsync.stream.state import PatientState, Sample, Tracker
 
 
@@ -48,7 +52,15 @@ class ThresholdRule:
             rule = f"{vital} {limit_text(band, severity)} {unit} for >= {persist_text(cfg)}"
         margin = cfg.margins.get(vital, 0.0)
         tracker = state.trackers.get(kind)
-        persist_s = 0.0 if corroborated else self._marginal(tracker, band, sample, margin)
+        marginal = None if corroborated else self._marginal(tracker, band, sample, margin)
+        if corroborated:
+            persist_s: float | None = 0.0
+        elif marginal is not None:
+            persist_s = marginal
+        elif not self.life.spot_check():
+            persist_s = scattered_persist(cfg, vital, tracker, sample)
+        else:
+            persist_s = None
         return Finding(
             severity,
             band.inside(sample.value, margin),
@@ -59,7 +71,7 @@ class ThresholdRule:
             # A cuff's measurement clearly past the limit stands alone; a marginal one waits.
             immediate=persist_s is None and self.life.spot_check(),
             # A marginal warning waits a monitor's whole alarm delay, not a jitter less.
-            slack=persist_s is None or persist_s == 0.0,
+            slack=marginal is None,
             ended_at=state.back_inside_after(kind, vital, sample.ts, band) if severity else None,
         )
 
@@ -74,6 +86,22 @@ class ThresholdRule:
         if band.severity(level) == "warning" and band.past(level) < margin:
             return max(self.cfg.persist_s, self.cfg.marginal_persist_s)
         return None
+
+
+def scattered_persist(
+    cfg: AnomalySettings, vital: str, tracker: Tracker | None, sample: Sample
+) -> float | None:
+    """``scattered_hold_s`` while a pending heart or respiratory rate's samples, `sample`
+    among them, spread wider than the vital's steady spread: two lead or talking spikes
+    back to back, not a rhythm or a breathing pattern that has changed, which reads alike
+    sample after sample. None: the usual persistence."""
+    if tracker is None or vital not in cfg.level_spread:
+        return None
+    spread = cfg.steady_spread.get(vital, STEADY_SHARE * cfg.max_jump.get(vital, math.inf))
+    values = [*(v for _, v in tracker.evidence), sample.value]
+    if max(values) - min(values) > spread:
+        return max(cfg.persist_s, cfg.scattered_hold_s)
+    return None
 
 
 def persist_text(cfg: AnomalySettings) -> str:
