@@ -351,7 +351,9 @@ class AnomalySettings(BaseModel):
     # A held run of a vital named here stands after artefact_hold_s only if the samples that
     # show that hold lie within this much of each other, as a changed rhythm or breathing
     # pattern reads; wider, though within steady_spread (an irregular rhythm, or two lead or
-    # talking spikes back to back), only after scattered_hold_s, a monitor's alarm delay.
+    # talking spikes back to back), only after scattered_hold_s, a monitor's alarm delay. A
+    # pending warning on such a vital whose samples spread wider than its steady_spread
+    # (those spikes, none of them a jump) also waits scattered_hold_s.
     level_spread: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_LEVEL_SPREAD))
     scattered_hold_s: float = Field(15.0, ge=0)
     # A sudden fall in SpO2 is held this long instead: a slipping probe dips for up to

@@ -104,6 +104,12 @@ def hold_for(cfg: AnomalySettings, vital: str, run: list[Sample], before: Sample
     return cfg.artefact_hold_s
 
 
+def steady_spread(cfg: AnomalySettings, vital: str) -> float:
+    """How far apart a vital's samples may lie and still read as one level: its
+    ``steady_spread``, or STEADY_SHARE of its ``max_jump`` (no limit without either)."""
+    return cfg.steady_spread.get(vital, STEADY_SHARE * cfg.max_jump.get(vital, math.inf))
+
+
 def _stood(
     cfg: AnomalySettings, vital: str, run: list[Sample], hold: float, interval: float | None
 ) -> bool:
@@ -112,7 +118,7 @@ def _stood(
     # Jitter slack, but not on a desaturation: a probe's dips come in clusters, and
     # four samples 14 s apart are two of them as often as a real fall.
     slack = None if hold == cfg.desaturation_hold_s else interval
-    spread = cfg.steady_spread.get(vital, STEADY_SHARE * cfg.max_jump[vital])
+    spread = steady_spread(cfg, vital)
     level = min(cfg.level_spread.get(vital, spread), spread)
     span = run[-1].ts - run[0].ts
     if not lasted(span, hold, slack):

@@ -6,21 +6,20 @@ within the vital's hysteresis margin of the limit holds ``marginal_persist_s``
 instead; a heart or respiratory rate whose samples scatter wider than the vital's
 steady spread holds ``scattered_hold_s`` (:func:`scattered_persist`); an SpO2 fall
 that the heart and respiratory rates corroborate holds ``persist_readings`` samples
-only. A cuff's measurement clearly past the limit
-stands alone. A late sample measured before one known back inside carries when
-that was, for the lifecycle to place it in measurement order.
+only. A cuff's measurement clearly past the limit stands alone. A late sample
+measured before one known back inside carries when that was, for the lifecycle to
+place it in measurement order.
 """
 
 from __future__ import annotations
 
-import math
 import statistics
 
 from healthsync.domain.alerts import Severity, Threshold
 from healthsync.domain.readings import VITALS
 from healthsync.domain.rules import AnomalySettings
 from healthsync.stream.lifecycle import Finding, Lifecycle
-from healthsync.stream.screening import STEADY_SHARE
+from healthsync.stream.screening import steady_spread
 from healthsync.stream.state import PatientState, Sample, Tracker
 
 
@@ -57,10 +56,10 @@ class ThresholdRule:
             persist_s: float | None = 0.0
         elif marginal is not None:
             persist_s = marginal
-        elif not self.life.spot_check():
-            persist_s = scattered_persist(cfg, vital, tracker, sample)
+        elif self.life.spot_check():
+            persist_s = None  # a cuff's measurements stand alone, however far apart they read
         else:
-            persist_s = None
+            persist_s = scattered_persist(cfg, vital, tracker, sample)
         return Finding(
             severity,
             band.inside(sample.value, margin),
@@ -97,9 +96,8 @@ def scattered_persist(
     sample after sample. None: the usual persistence."""
     if tracker is None or vital not in cfg.level_spread:
         return None
-    spread = cfg.steady_spread.get(vital, STEADY_SHARE * cfg.max_jump.get(vital, math.inf))
     values = [*(v for _, v in tracker.evidence), sample.value]
-    if max(values) - min(values) > spread:
+    if max(values) - min(values) > steady_spread(cfg, vital):
         return max(cfg.persist_s, cfg.scattered_hold_s)
     return None
 
