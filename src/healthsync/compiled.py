@@ -51,6 +51,7 @@ MODULES = (
     "healthsync.store.live",
     "healthsync.stream.devices",
     "healthsync.stream.engine",
+    "healthsync.stream.level_rule",
     "healthsync.stream.lifecycle",
     "healthsync.stream.news2",
     "healthsync.stream.news2_alerts",

@@ -199,6 +199,15 @@ def test_an_open_alert_is_a_communication_in_progress_and_an_active_flag() -> No
     assert warning["priority"] == "urgent"
 
 
+def test_a_flag_names_the_vital_of_a_threshold_or_a_level_alert() -> None:
+    _, flag = alert_resources(alert())
+    assert flag["code"]["text"] == "Oxygen saturation outside the normal band (critical)"
+    level = alert(kind="level:resp_rate", vital="resp_rate", severity="warning", value=9)
+    communication, flag = alert_resources(level)
+    assert flag["code"]["text"] == "Respiratory rate's level outside the normal band (warning)"
+    assert communication["payload"][0]["contentString"].startswith("Level outside")
+
+
 def test_a_resolved_alert_completes_the_communication_and_deactivates_the_flag() -> None:
     communication, flag = alert_resources(
         alert(status="resolved", value=96, resolved_at=TS + 60, updated_at=TS + 60)

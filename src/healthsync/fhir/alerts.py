@@ -39,7 +39,13 @@ def _normal_band(band: str, ucum: str) -> str:
     return f"{low}-{high} {ucum}"
 
 
+# Kinds about one vital's band, and what their Flag says after the vital's name.
+_BAND_KINDS: Final = {
+    "threshold": " outside the normal band",
+    "level": "'s level outside the normal band",
+}
 _KIND_TITLES: Final = {
+    "level": "Level outside the normal band",
     "trend": "Trend",
     "baseline": "Change from this patient's baseline",
     "news2": "NEWS2",
@@ -95,9 +101,9 @@ def communication_for(alert: Alert, key: bytes | None = None) -> Resource:
 
 
 def _flag_text(alert: Alert) -> str:
-    if alert.kind.startswith("threshold:") and alert.vital in VITALS:
-        return f"{VITALS[alert.vital].display} outside the normal band ({alert.severity})"
     family = alert.kind.partition(":")[0]
+    if family in _BAND_KINDS and alert.vital in VITALS:
+        return f"{VITALS[alert.vital].display}{_BAND_KINDS[family]} ({alert.severity})"
     return f"{_KIND_TITLES.get(family, family)} ({alert.severity})"
 
 

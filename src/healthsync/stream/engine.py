@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection
+from dataclasses import replace
 from typing import Any
 
 from healthsync.domain.alerts import Alert, AlertEvent, Artefact, Threshold
@@ -28,12 +29,13 @@ from healthsync.domain.news2 import News2
 from healthsync.domain.readings import VITALS, Reading
 from healthsync.domain.rules import AnomalySettings, TrendRule
 from healthsync.stream import devices, screening
+from healthsync.stream.level_rule import LevelRule
 from healthsync.stream.lifecycle import Finding, Lifecycle, Subject
 from healthsync.stream.news2_alerts import news2_events
 from healthsync.stream.rulebook import RuleBook
 from healthsync.stream.state import PatientState, Sample
 from healthsync.stream.threshold_rule import ThresholdRule, scattered_persist
-from healthsync.stream.trends import Baseline, TrendWindow, recovery
+from healthsync.stream.trends import Baseline, TrendWindow, homeward, recovery
 
 StateLoader = Callable[[list[str] | None], dict[str, dict[str, Any]]]
 OpenAlertsLoader = Callable[[], list[Alert]]
@@ -71,6 +73,7 @@ class AnomalyEngine:
         self.states: dict[str, PatientState] = {}
         self.life = Lifecycle(self.cfg, id_key)  # id_key keys alert ids (see alert_id_for)
         self.thresholds = ThresholdRule(self.cfg, self.life)
+        self.levels = LevelRule(self.cfg)
         self.open: dict[tuple[str, str], Alert] = self.life.open
         self.owned: set[int] | None = None  # partitions this engine is responsible for
         self.stale = load_states is not None or load_open is not None
@@ -198,6 +201,7 @@ class AnomalyEngine:
         return [
             *self._threshold(state, patient, vital, sample, band),
             *self._trend(state, patient, vital, sample, band),
+            *self._level(state, patient, vital, sample, band),
             *self._baseline(state, patient, vital, sample, band),
         ]
 
@@ -216,6 +220,13 @@ class AnomalyEngine:
             return []  # the common case: nothing holds, nothing pending or open
         agreed = vital == "spo2" and sample.reading_id == self._agreed
         finding = self.thresholds.finding(state, vital, sample, band, agreed)
+        if (
+            finding.severity == "warning"
+            and (patient, f"level:{vital}") in self.open
+            and (patient, kind) not in self.open
+        ):
+            # The level alert already says so; a critical value is news, and opens.
+            finding = replace(finding, severity=None)
         return self.life.track(state, Subject(patient, kind, vital), sample, finding)
 
     def _quiet(self, patient: str, kind: str, louder: list[str]) -> bool:
@@ -250,7 +261,13 @@ class AnomalyEngine:
                 and not recovery(
                     window, band, trend.direction, reference, self.cfg.margins.get(vital, 0.0)
                 )
-                and not self._homeward(state, vital, trend.direction, reference, change)
+                and not homeward(
+                    state.baselines.get(vital),
+                    self.cfg.baseline_min_samples,
+                    trend.direction,
+                    reference,
+                    change,
+                )
                 and not self._quiet(patient, kind, [f"threshold:{vital}"])
             )
             verb = "fell" if trend.direction == "fall" else "rose"
@@ -269,22 +286,37 @@ class AnomalyEngine:
             events.extend(self.life.track(state, Subject(patient, kind, vital), sample, finding))
         return events
 
-    def _homeward(
+    def _level(
         self,
         state: PatientState,
+        patient: str,
         vital: str,
-        direction: str,
-        reference: float,
-        change: float,
-    ) -> bool:
-        """Whether a change brings the vital nearer the patient's own learnt baseline than
-        the level it came from: the way back to their normal (the climb back after a
-        bradypnoea, say), not a deterioration."""
-        baseline = state.baselines.get(vital)
-        if baseline is None or baseline.n < self.cfg.baseline_min_samples:
-            return False
-        level = reference + change if direction == "rise" else reference - change
-        return abs(level - baseline.mean) < abs(reference - baseline.mean)
+        sample: Sample,
+        band: Threshold | None,
+    ) -> list[AlertEvent]:
+        """:mod:`.level_rule`, on the trend window `sample` has just joined."""
+        trends = self._trends_by_vital.get(vital)
+        window = state.windows.get(trends[0].name) if trends else None
+        if band is None or self.cfg.level_persist_s is None or window is None:
+            return []
+        kind = f"level:{vital}"
+        past = self.levels.past(window, band, vital, sample)
+        if not past and self.life.idle(state, patient, kind):
+            return []
+        holds = past and not self._said(patient, kind, vital)
+        finding = self.levels.finding(window, band, vital, sample, holds)
+        return self.life.track(state, Subject(patient, kind, vital), sample, finding)
+
+    def _said(self, patient: str, kind: str, vital: str) -> bool:
+        """Whether a new `kind` alert would only repeat an open alert about `vital`: its
+        threshold or trend alert, or a NEWS2 alert it scored in."""
+        louder = [f"threshold:{vital}"] + [
+            f"trend:{t.name}" for t in self._trends_by_vital.get(vital, ())
+        ]
+        if self._quiet(patient, kind, louder):
+            return True
+        news2 = self.open.get((patient, "news2"))
+        return (patient, kind) not in self.open and news2 is not None and vital in news2.drivers
 
     def _baseline(
         self,
@@ -308,7 +340,7 @@ class AnomalyEngine:
         if not deviating and self.life.idle(state, patient, kind):
             self._learn(baseline, sample, normal)
             return []
-        louder = [f"threshold:{vital}"] + [
+        louder = [f"threshold:{vital}", f"level:{vital}"] + [
             f"trend:{t.name}" for t in self._trends_by_vital.get(vital, ())
         ]
         holds = deviating and not self._quiet(patient, kind, louder)

@@ -113,6 +113,18 @@ class TrendWindow:
         bound = highest - current if direction == "fall" else current - lowest
         return bound >= delta - _BOUND_SLACK
 
+    def mean_over(self, span_s: float, at: float, least: int) -> float | None:
+        """The mean of the samples in the buckets that cover the last `span_s` before `at`
+        (whole buckets, so up to a bucket more); None with fewer than `least` samples."""
+        width = self.width or self.window_s / _BUCKETS
+        total = count = 0.0
+        for start, bucket_sum, bucket_count, _low, _high in reversed(self.buckets):
+            if start + width <= at - span_s:
+                break
+            total += bucket_sum
+            count += bucket_count
+        return total / count if count >= least and count > 0 else None
+
     def change(self, direction: Literal["rise", "fall"]) -> tuple[float, float]:
         """How far the current level has risen above the window's lowest bucket mean (or
         fallen below its highest), and that reference. (0, 0) until there are enough samples."""
@@ -230,3 +242,19 @@ def recovery(
     if direction == "rise":
         return band.low is not None and lowest < band.low
     return band.high is not None and highest > band.high
+
+
+def homeward(
+    baseline: Baseline | None,
+    min_samples: int,
+    direction: Literal["rise", "fall"],
+    reference: float,
+    change: float,
+) -> bool:
+    """Whether a change brings the vital nearer the patient's own learnt `baseline` (once
+    it has `min_samples`) than the level it came from: the way back to their normal (the
+    climb back after a bradypnoea, say), not a deterioration."""
+    if baseline is None or baseline.n < min_samples:
+        return False
+    level = reference + change if direction == "rise" else reference - change
+    return abs(level - baseline.mean) < abs(reference - baseline.mean)
