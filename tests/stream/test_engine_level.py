@@ -8,7 +8,7 @@ import itertools
 
 from healthsync.domain.alerts import AlertEvent
 from healthsync.domain.rules import AnomalySettings
-from healthsync.stream.level_rule import LevelRule
+from healthsync.stream.level_rule import LEVEL_SAMPLES, LEVEL_SPAN_S
 from healthsync.stream.state import Sample
 from healthsync.stream.trends import TrendWindow
 from tests.stream.engine_cases import T0, Run, reading
@@ -68,11 +68,15 @@ def test_a_sample_back_inside_by_the_margin_ends_the_level_however_it_lags() -> 
     window = TrendWindow(600.0, width=30.0)
     for i in range(12):
         window.add(T0 + 5 * i, 8.0)
-    band = Run().book.bands_for("P-1")["resp_rate"]
-    rule, at = LevelRule(AnomalySettings()), T0 + 60
-    assert rule.past(window, band, "resp_rate", Sample(at, 10.0, "r"))
+    run, at = Run(), T0 + 60
+    band, rule = run.book.bands_for("P-1")["resp_rate"], run.engine.levels
+    level = window.mean_over(LEVEL_SPAN_S, at, LEVEL_SAMPLES)
+    assert level is not None and level < 9
+    assert rule.past(level, band, "resp_rate", Sample(at, 10.0, "r"))
     window.add(at, 11.0)
-    assert not rule.past(window, band, "resp_rate", Sample(at, 11.0, "r"))
+    level = window.mean_over(LEVEL_SPAN_S, at, LEVEL_SAMPLES)
+    assert level is not None and level < 9, "still below the band by its mean"
+    assert not rule.past(level, band, "resp_rate", Sample(at, 11.0, "r"))
 
 
 def test_a_threshold_warning_is_not_raised_again_but_a_critical_value_is() -> None:

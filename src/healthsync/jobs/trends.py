@@ -24,7 +24,7 @@ from typing import Any
 
 from healthsync.domain.news2 import news2, observed_in
 from healthsync.domain.readings import Reading
-from healthsync.domain.rules import DEFAULT_MARGIN
+from healthsync.domain.rule_defaults import DEFAULT_MARGIN
 from healthsync.domain.stats import Point, buckets
 from healthsync.jobs.base import JobContext
 

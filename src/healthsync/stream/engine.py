@@ -27,9 +27,10 @@ from healthsync.domain.alerts import Alert, AlertEvent, Artefact, Threshold
 from healthsync.domain.batch import Batch
 from healthsync.domain.news2 import News2
 from healthsync.domain.readings import VITALS, Reading
-from healthsync.domain.rules import AnomalySettings, TrendRule
+from healthsync.domain.rule_defaults import TrendRule
+from healthsync.domain.rules import AnomalySettings
 from healthsync.stream import devices, screening
-from healthsync.stream.level_rule import LevelRule
+from healthsync.stream.level_rule import LevelRule, level_kind
 from healthsync.stream.lifecycle import Finding, Lifecycle, Subject
 from healthsync.stream.news2_alerts import news2_events
 from healthsync.stream.rulebook import RuleBook
@@ -73,7 +74,6 @@ class AnomalyEngine:
         self.states: dict[str, PatientState] = {}
         self.life = Lifecycle(self.cfg, id_key)  # id_key keys alert ids (see alert_id_for)
         self.thresholds = ThresholdRule(self.cfg, self.life)
-        self.levels = LevelRule(self.cfg)
         self.open: dict[tuple[str, str], Alert] = self.life.open
         self.owned: set[int] | None = None  # partitions this engine is responsible for
         self.stale = load_states is not None or load_open is not None
@@ -85,6 +85,7 @@ class AnomalyEngine:
         for trend in self.cfg.trends:
             self._trends_by_vital.setdefault(trend.vital, []).append(trend)
         self._baselines = {r.vital: r for r in self.cfg.baselines}
+        self.levels = LevelRule(self.cfg, self.life, self._trends_by_vital)
 
     # -- Step -----------------------------------------------------------------------------
 
@@ -201,7 +202,7 @@ class AnomalyEngine:
         return [
             *self._threshold(state, patient, vital, sample, band),
             *self._trend(state, patient, vital, sample, band),
-            *self._level(state, patient, vital, sample, band),
+            *self.levels.track(state, patient, vital, sample, band),
             *self._baseline(state, patient, vital, sample, band),
         ]
 
@@ -222,16 +223,12 @@ class AnomalyEngine:
         finding = self.thresholds.finding(state, vital, sample, band, agreed)
         if (
             finding.severity == "warning"
-            and (patient, f"level:{vital}") in self.open
+            and (patient, level_kind(vital)) in self.open
             and (patient, kind) not in self.open
         ):
             # The level alert already says so; a critical value is news, and opens.
             finding = replace(finding, severity=None)
         return self.life.track(state, Subject(patient, kind, vital), sample, finding)
-
-    def _quiet(self, patient: str, kind: str, louder: list[str]) -> bool:
-        """Whether a new `kind` alert would only repeat an open alert of a `louder` kind."""
-        return (patient, kind) not in self.open and any((patient, k) in self.open for k in louder)
 
     def _trend(
         self,
@@ -268,7 +265,7 @@ class AnomalyEngine:
                     reference,
                     change,
                 )
-                and not self._quiet(patient, kind, [f"threshold:{vital}"])
+                and not self.life.quiet(patient, kind, [f"threshold:{vital}"])
             )
             verb = "fell" if trend.direction == "fall" else "rose"
             rule = (
@@ -285,38 +282,6 @@ class AnomalyEngine:
             )
             events.extend(self.life.track(state, Subject(patient, kind, vital), sample, finding))
         return events
-
-    def _level(
-        self,
-        state: PatientState,
-        patient: str,
-        vital: str,
-        sample: Sample,
-        band: Threshold | None,
-    ) -> list[AlertEvent]:
-        """:mod:`.level_rule`, on the trend window `sample` has just joined."""
-        trends = self._trends_by_vital.get(vital)
-        window = state.windows.get(trends[0].name) if trends else None
-        if band is None or self.cfg.level_persist_s is None or window is None:
-            return []
-        kind = f"level:{vital}"
-        past = self.levels.past(window, band, vital, sample)
-        if not past and self.life.idle(state, patient, kind):
-            return []
-        holds = past and not self._said(patient, kind, vital)
-        finding = self.levels.finding(window, band, vital, sample, holds)
-        return self.life.track(state, Subject(patient, kind, vital), sample, finding)
-
-    def _said(self, patient: str, kind: str, vital: str) -> bool:
-        """Whether a new `kind` alert would only repeat an open alert about `vital`: its
-        threshold or trend alert, or a NEWS2 alert it scored in."""
-        louder = [f"threshold:{vital}"] + [
-            f"trend:{t.name}" for t in self._trends_by_vital.get(vital, ())
-        ]
-        if self._quiet(patient, kind, louder):
-            return True
-        news2 = self.open.get((patient, "news2"))
-        return (patient, kind) not in self.open and news2 is not None and vital in news2.drivers
 
     def _baseline(
         self,
@@ -340,10 +305,10 @@ class AnomalyEngine:
         if not deviating and self.life.idle(state, patient, kind):
             self._learn(baseline, sample, normal)
             return []
-        louder = [f"threshold:{vital}", f"level:{vital}"] + [
+        louder = [f"threshold:{vital}", level_kind(vital)] + [
             f"trend:{t.name}" for t in self._trends_by_vital.get(vital, ())
         ]
-        holds = deviating and not self._quiet(patient, kind, louder)
+        holds = deviating and not self.life.quiet(patient, kind, louder)
         rule = (
             f"{vital} {sample.value:g} {VITALS[vital].ucum} is {deviation:.3g} from this "
             f"patient's baseline {baseline.mean:.3g} (limit {limit:.3g})"

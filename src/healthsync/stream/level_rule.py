@@ -15,12 +15,14 @@ systolic hovering between 85 and 101 would alarm on a patient who is well.
 
 from __future__ import annotations
 
-from healthsync.domain.alerts import Threshold
+from collections.abc import Mapping, Sequence
+
+from healthsync.domain.alerts import AlertEvent, Threshold
 from healthsync.domain.readings import VITALS
+from healthsync.domain.rule_defaults import TrendRule
 from healthsync.domain.rules import AnomalySettings
-from healthsync.stream.lifecycle import Finding
-from healthsync.stream.state import Sample
-from healthsync.stream.trends import TrendWindow
+from healthsync.stream.lifecycle import Finding, Lifecycle, Subject
+from healthsync.stream.state import PatientState, Sample
 
 # The level is the mean over this long, once it holds this many samples (a 15 s monitor
 # gives 6-9 over the 90-135 s its buckets cover; one sending every minute, too few).
@@ -28,31 +30,69 @@ LEVEL_SPAN_S = 60.0
 LEVEL_SAMPLES = 6
 
 
+def level_kind(vital: str) -> str:
+    return f"level:{vital}"
+
+
 class LevelRule:
-    """Findings of the level rule, under the engine's settings."""
+    """The level rule under the engine's settings, on the windows of `trends` (by vital)."""
 
-    def __init__(self, cfg: AnomalySettings) -> None:
+    def __init__(
+        self, cfg: AnomalySettings, life: Lifecycle, trends: Mapping[str, Sequence[TrendRule]]
+    ) -> None:
         self.cfg = cfg
+        self.life = life
+        # The window each vital's level is read from (its first trend rule's), and the
+        # open alerts a level alert would only repeat.
+        self._window = {vital: rules[0].name for vital, rules in trends.items() if rules}
+        self._louder = {
+            vital: [f"threshold:{vital}", *(f"trend:{r.name}" for r in rules)]
+            for vital, rules in trends.items()
+        }
+        self._kinds = {vital: level_kind(vital) for vital in trends}
 
-    def past(self, window: TrendWindow, band: Threshold, vital: str, sample: Sample) -> bool:
-        """Whether the rule holds now that `sample` (kept) joined `window`: the level past
-        the band, and the sample itself not back inside by the vital's margin (the mean
-        lags a recovery)."""
+    def track(
+        self, state: PatientState, patient: str, vital: str, sample: Sample, band: Threshold | None
+    ) -> list[AlertEvent]:
+        """What `sample` (kept, and already in its trend window) changes."""
+        name = self._window.get(vital)
+        window = state.windows.get(name) if name is not None else None
+        if band is None or self.cfg.level_persist_s is None or window is None:
+            return []
+        kind = self._kinds[vital]
         level = window.mean_over(LEVEL_SPAN_S, sample.ts, LEVEL_SAMPLES)
+        past = self.past(level, band, vital, sample)
+        if not past and self.life.idle(state, patient, kind):
+            return []
+        holds = past and not self._said(patient, kind, vital)
+        finding = self._finding(level, band, vital, sample, holds)
+        return self.life.track(state, Subject(patient, kind, vital), sample, finding)
+
+    def past(self, level: float | None, band: Threshold, vital: str, sample: Sample) -> bool:
+        """Whether the rule holds: the `level` past the band, and `sample` itself not back
+        inside by the vital's margin (the mean lags a recovery)."""
         return (
             level is not None
             and band.severity(level) is not None
             and not band.inside(sample.value, self.cfg.margins.get(vital, 0.0))
         )
 
-    def finding(
-        self, window: TrendWindow, band: Threshold, vital: str, sample: Sample, holds: bool
+    def _said(self, patient: str, kind: str, vital: str) -> bool:
+        """Whether a new level alert would only repeat an open alert about `vital`: its
+        threshold or trend alert, or a NEWS2 alert it scored in."""
+        if self.life.quiet(patient, kind, self._louder[vital]):
+            return True
+        news2 = self.life.open.get((patient, "news2"))
+        return (
+            (patient, kind) not in self.life.open and news2 is not None and vital in news2.drivers
+        )
+
+    def _finding(
+        self, level: float | None, band: Threshold, vital: str, sample: Sample, holds: bool
     ) -> Finding:
-        """The finding for `sample`: a warning if `holds` (:meth:`past`, and no open alert
-        says as much already), cleared once the level is back inside by the vital's margin
-        (a level that hovers at the limit would otherwise resolve and reopen)."""
+        """A warning if `holds`, cleared once the `level` is back inside by the vital's
+        margin (a level that hovers at the limit would otherwise resolve and reopen)."""
         persist_s = self.cfg.level_persist_s or 0.0
-        level = window.mean_over(LEVEL_SPAN_S, sample.ts, LEVEL_SAMPLES)
         unit = VITALS[vital].ucum
         shown = "unknown" if level is None else f"{level:.3g} {unit}"
         return Finding(

@@ -84,6 +84,10 @@ class Lifecycle:
         """Nothing pending or open for this kind: a sample that meets no rule changes nothing."""
         return kind not in state.trackers and (patient, kind) not in self.open
 
+    def quiet(self, patient: str, kind: str, louder: list[str]) -> bool:
+        """Whether a new `kind` alert would only repeat an open alert of a `louder` kind."""
+        return (patient, kind) not in self.open and any((patient, k) in self.open for k in louder)
+
     def track(
         self, state: PatientState, subject: Subject, sample: Sample, finding: Finding
     ) -> list[AlertEvent]:

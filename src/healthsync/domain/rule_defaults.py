@@ -1,0 +1,85 @@
+"""The engine's default rule tables: trend and baseline rules, and per-vital amounts for
+artefact screening and hysteresis. Where each number comes from: :mod:`.rules`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class TrendRule(BaseModel):
+    """A change of `delta` or more within `window_s`, in the given direction."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    name: str
+    vital: str
+    direction: Literal["rise", "fall"]
+    delta: float = Field(gt=0)
+    window_s: float = Field(gt=0)
+
+
+class BaselineRule(BaseModel):
+    """A patient's own baseline: a value `sigmas` standard deviations and at least
+    `min_delta` away from the slowly learnt mean, once `min_samples` were seen."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    vital: str
+    min_delta: float = Field(gt=0)
+    sigmas: float = Field(4.0, gt=0)
+
+
+DEFAULT_TRENDS: tuple[TrendRule, ...] = (
+    TrendRule(name="spo2_fall", vital="spo2", direction="fall", delta=4, window_s=300),
+    TrendRule(name="heart_rate_rise", vital="heart_rate", direction="rise", delta=30, window_s=600),
+    TrendRule(name="resp_rate_rise", vital="resp_rate", direction="rise", delta=8, window_s=600),
+)
+
+DEFAULT_BASELINES: tuple[BaselineRule, ...] = (
+    BaselineRule(vital="heart_rate", min_delta=25),
+    BaselineRule(vital="resp_rate", min_delta=8),
+    BaselineRule(vital="bp_sys", min_delta=30),
+)
+
+# How far a vital can really move between two of a monitor's samples seconds apart: a
+# sample this far from the last kept one (however long ago) and from the vital's level is
+# held until the samples after it decide.
+DEFAULT_MAX_JUMP: dict[str, float] = {
+    "spo2": 6,
+    "heart_rate": 40,
+    "resp_rate": 12,
+    "temp": 1.5,
+    "bp_sys": 50,
+    "bp_dia": 35,
+}
+
+# How far apart the samples of a held run may lie and still read as a new level (a
+# changed rhythm, pressure or saturation reads alike; artefacts scatter): half of what
+# each vital may jump; for SpO2 the 4 points over which a steady saturation reads on an
+# oximeter accurate to about +-2 (half its max_jump, 3, set real desaturations aside).
+DEFAULT_STEADY_SPREAD: dict[str, float] = {
+    "spo2": 4,
+    "heart_rate": 20,
+    "resp_rate": 6,
+    "temp": 0.75,
+    "bp_sys": 25,
+    "bp_dia": 17.5,
+}
+
+# How far apart the samples of a held run may lie and still stand after the artefact hold
+# (half the steady spread): a heart rhythm or breathing pattern that has changed reads alike
+# on a monitor's averaged samples. Not for pressures (systolic swings with each breath) or
+# saturation (an oximeter's +-2 already fills its steady spread).
+DEFAULT_LEVEL_SPREAD: dict[str, float] = {"heart_rate": 10, "resp_rate": 3}
+
+# Hysteresis: how far back inside the band a value must be before an alert may resolve.
+DEFAULT_MARGIN: dict[str, float] = {
+    "spo2": 2,
+    "heart_rate": 5,
+    "resp_rate": 2,
+    "temp": 0.3,
+    "bp_sys": 5,
+    "bp_dia": 5,
+}
