@@ -3,6 +3,10 @@ resolving."""
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
+from healthsync.domain.alerts import AlertEvent
 from healthsync.domain.rules import AnomalySettings
 from tests.stream.engine_cases import T0, Run, kinds, reading, series
 
@@ -94,3 +98,65 @@ def test_persistence_allows_for_the_timing_jitter_of_a_devices_samples() -> None
     assert opened.alert.opened_at == T0 + 9.8, "10 s of a 5 s monitor's samples, give or take"
     slow = Run()
     assert [e for t in (0, 4, 8) for e in slow.send(reading(t, spo2=88))] == []
+
+
+def samples(
+    run: Run, start: float, values: list[float], vital: str = "heart_rate"
+) -> list[AlertEvent]:
+    """One reading of `vital` per value, 5 s apart from `start`: every event they raised."""
+    vitals: dict[str, float] = {}
+    events = []
+    for i, value in enumerate(values):
+        vitals[vital] = value
+        events += run.send(reading(start + 5 * i, "P-1", "d1", **vitals))
+    return events
+
+
+def test_a_heart_rate_that_reads_alike_on_two_samples_opens_at_the_second() -> None:
+    run = Run()
+    samples(run, -20, [100, 100, 100, 100])  # a 5 s monitor
+    # A rise of 28/min is no jump (40/min), so nothing holds it; two beat-averaged
+    # samples 1/min apart are the rhythm: a warning at the second, not the third.
+    assert samples(run, 0, [128]) == []
+    [opened] = samples(run, 5, [129])
+    alert = opened.alert
+    assert kinds([opened]) == [("opened", "threshold:heart_rate", "warning")]
+    assert (alert.opened_at, alert.window_s) == (T0 + 5, 5)
+
+
+def test_a_heart_rate_that_differs_on_two_samples_waits_the_persistence() -> None:
+    run = Run()
+    samples(run, -20, [100, 100, 100, 100])
+    # 123 then 135: 12/min apart, wider than a changed rhythm reads (10/min).
+    assert samples(run, 0, [123, 135]) == []
+    assert kinds(samples(run, 10, [131])) == [("opened", "threshold:heart_rate", "warning")]
+
+
+def test_a_critical_heart_rate_opens_a_warning_at_once_and_escalates_when_confirmed() -> None:
+    run = Run()
+    samples(run, -20, [76, 76, 76, 76])
+    events = samples(run, 0, [38, 38, 37])
+    assert [(e.type, e.alert.severity, e.alert.updated_at - T0) for e in events] == [
+        ("opened", "warning", 5),
+        ("escalated", "critical", 10),
+    ], "the critical value is confirmed over 10 s as ever; the warning needs no more"
+
+
+def test_other_vitals_and_a_cleared_table_keep_the_persistence() -> None:
+    run = Run()
+    samples(run, -20, [16, 16, 16, 16], vital="resp_rate")
+    assert samples(run, 0, [7, 7], vital="resp_rate") == [], "talking moves it alike as often"
+    assert kinds(samples(run, 10, [7], vital="resp_rate")) == [
+        ("opened", "threshold:resp_rate", "warning")
+    ]
+    off = Run(AnomalySettings(steady_persist_s={}))
+    samples(off, -20, [100, 100, 100, 100])
+    assert samples(off, 0, [128, 129]) == []
+    assert kinds(samples(off, 10, [129])) == [("opened", "threshold:heart_rate", "warning")]
+
+
+def test_a_steady_persistence_for_an_unknown_vital_or_below_zero_is_refused() -> None:
+    with pytest.raises(ValidationError, match="unknown vital"):
+        AnomalySettings(steady_persist_s={"pulse": 5})
+    with pytest.raises(ValidationError, match="steady_persist_s must be >= 0"):
+        AnomalySettings(steady_persist_s={"heart_rate": -1})

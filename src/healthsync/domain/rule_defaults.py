@@ -74,6 +74,12 @@ DEFAULT_STEADY_SPREAD: dict[str, float] = {
 # saturation (an oximeter's +-2 already fills its steady spread).
 DEFAULT_LEVEL_SPREAD: dict[str, float] = {"heart_rate": 10, "resp_rate": 3}
 
+# A pending warning whose samples agree within the vital's level spread holds this long
+# instead of the persistence: a heart rate is averaged over beats already, and the lead
+# artefacts that scatter it are jumps, held before any rule sees them. Not the respiratory
+# rate: talking moves it by less than a jump, two samples alike as often as not.
+DEFAULT_STEADY_PERSIST: dict[str, float] = {"heart_rate": 5.0}
+
 # Hysteresis: how far back inside the band a value must be before an alert may resolve.
 DEFAULT_MARGIN: dict[str, float] = {
     "spo2": 2,

@@ -4,11 +4,13 @@ limits, as a :class:`.lifecycle.Finding` (the engine tracks it, :mod:`.lifecycle
 A warning holds for the persistence; one whose samples sit, by their median,
 within the vital's hysteresis margin of the limit holds ``marginal_persist_s``
 instead; a heart or respiratory rate whose samples scatter wider than the vital's
-steady spread holds ``scattered_hold_s`` (:func:`scattered_persist`); an SpO2 fall
-that the heart and respiratory rates corroborate holds ``persist_readings`` samples
-only. A cuff's measurement clearly past the limit stands alone. A late sample
-measured before one known back inside carries when that was, for the lifecycle to
-place it in measurement order.
+steady spread holds ``scattered_hold_s`` (:func:`scattered_persist`); a heart rate
+whose samples agree within its level spread holds ``steady_persist_s``
+(:func:`steady_persist`: two samples of a 5 s monitor); an SpO2 fall that the heart
+and respiratory rates corroborate holds ``persist_readings`` samples only. A cuff's
+measurement clearly past the limit stands alone. A late sample measured before one
+known back inside carries when that was, for the lifecycle to place it in
+measurement order.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class ThresholdRule:
             persist_s = None  # a cuff's measurements stand alone, however far apart they read
         else:
             persist_s = scattered_persist(cfg, vital, tracker, sample)
+            if persist_s is None:
+                persist_s = steady_persist(cfg, vital, tracker, sample)
         return Finding(
             severity,
             band.inside(sample.value, margin),
@@ -99,6 +103,23 @@ def scattered_persist(
     values = [*(v for _, v in tracker.evidence), sample.value]
     if max(values) - min(values) > steady_spread(cfg, vital):
         return max(cfg.persist_s, cfg.scattered_hold_s)
+    return None
+
+
+def steady_persist(
+    cfg: AnomalySettings, vital: str, tracker: Tracker | None, sample: Sample
+) -> float | None:
+    """``steady_persist_s`` of `vital` while its pending samples, `sample` among them, lie
+    within the vital's level spread of each other: a heart rate that reads alike on two
+    samples of a monitor's beat-averaged rate is the rhythm, and the lead artefacts that
+    could mimic it are jumps, held before they reach this rule. None: the usual
+    persistence."""
+    persist = cfg.steady_persist_s.get(vital)
+    if persist is None or persist >= cfg.persist_s:
+        return None
+    values = [*(v for _, v in tracker.evidence), sample.value] if tracker else [sample.value]
+    if max(values) - min(values) <= cfg.level_spread.get(vital, steady_spread(cfg, vital)):
+        return persist
     return None
 
 
