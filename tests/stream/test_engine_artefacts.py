@@ -187,7 +187,8 @@ def test_a_dip_before_the_probe_comes_off_is_not_believed_for_the_silence() -> N
 
 def test_a_sample_back_at_the_patients_level_is_no_jump_from_a_lone_dip() -> None:
     # A probe dip (72) in the same reading as a talking spike of the respiratory rate
-    # (22 -> 30) reads as a corroborated desaturation, and is kept. The next sample, 95,
+    # (22 -> 30) and a heart rate 13/min up reads as a corroborated desaturation, and is
+    # kept (either rise alone no longer corroborates a fall). The next sample, 95,
     # was then held as a jump up from 72, and set aside when the next dip came: the two
     # dips made a critical run across it. The patient's level was 94-96 throughout.
     run = Run()
@@ -199,7 +200,7 @@ def test_a_sample_back_at_the_patients_level_is_no_jump_from_a_lone_dip() -> Non
         (15, 94, 76, 21),
         (20, 93, 74, 22),
         (25, 96, 76, 23),
-        (30, 72, 79, 30),
+        (30, 72, 89, 30),
         (35, 95, 75, 22),
         (40, 76, 75, 20),
         (45, 94, 72, 20),
@@ -213,7 +214,9 @@ def test_a_sample_back_at_the_patients_level_is_no_jump_from_a_lone_dip() -> Non
 
 def test_a_return_to_the_patients_level_ends_a_run_held_after_a_kept_dip() -> None:
     # Recorded: a probe dip of three samples (74, 85, 83). The first came with the
-    # respiratory rate 4/min up (12 -> 16), read as corroborated, and was kept. The
+    # respiratory rate 4/min up (12 -> 16) and, here, the heart rate 11/min up (the
+    # recording's 81 made 92: either rise alone no longer corroborates a fall), read as
+    # corroborated, and was kept. The
     # next two were held as a jump up from 74, and the 95 after them as more of that
     # run, away from 74: the run stood 20 s later and opened an SpO2 alert for a dip
     # the patient had left 11 s before, at 95. Back at the level the patient was at,
@@ -228,7 +231,7 @@ def test_a_return_to_the_patients_level_ends_a_run_held_after_a_kept_dip() -> No
         (-15.2, 97, 80, 12),
         (-9.6, 95, 82, 12),
         (-5.0, 96, 81, 11),
-        (0, 74, 81, 16),
+        (0, 74, 92, 16),
         (4.5, 85, 75, 12),
         (9.9, 83, 77, 12),
         (13.9, 95, 77, 11),

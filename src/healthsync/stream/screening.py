@@ -240,17 +240,22 @@ def corroborated_fall(
     state: PatientState, cfg: AnomalySettings, ts: float, vitals: Mapping[str, float]
 ) -> set[str]:
     """The vitals whose change in this reading the others confirm: SpO2, when it jumps
-    below its level while the heart or respiratory rate rises above its own recent level
-    (hypoxaemia drives both; a slipping probe neither). A rise larger than that vital can
-    make between two samples is a lead or talking artefact itself, and corroborates
-    nothing; nor is a sample back near the level before a held fall a fall."""
+    below its level while every corroborating vital the reading carries (with a level to
+    rise from) rises above its own recent level: the heart AND the respiratory rate from
+    a monitor, the pulse alone from an oximeter that measures nothing else. Hypoxaemia
+    drives both; a slipping probe neither, and one of them alone rises that far by noise
+    or talking now and then. A rise larger than that vital can make between two samples
+    is a lead or talking artefact itself, and corroborates nothing; nor is a sample back
+    near the level before a held fall a fall."""
     spo2, before = vitals.get("spo2"), state.last.get("spo2")
     if spo2 is None or before is None or ts <= before.ts:
         return set()
     if before.value - spo2 <= cfg.max_jump.get("spo2", 0.0):
         return set()
     levels = _levels(state, cfg)
-    return {"spo2"} if _risen(levels, levels, cfg, vitals) else set()
+    speaking = {v for v in cfg.corroborating_rise if v in vitals and v in levels}
+    risen = _risen(levels, levels, cfg, vitals)
+    return {"spo2"} if risen and risen == speaking else set()
 
 
 def corroborated_desaturation(
