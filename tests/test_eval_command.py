@@ -74,6 +74,8 @@ def test_eval_check_fails_on_a_missed_target_and_json_says_which(tmp_path: Path)
     assert doc["naive"]["episodes"] == 6
     assert doc["naive"]["missed"] == []
     assert {t["name"] for t in doc["targets"]} >= {"alerts >= 100% fewer than naive"}
+    [median] = [t for t in doc["targets"] if t["name"].startswith("median delay")]
+    assert median["actual"] == f"{doc['engine']['median_delay_s']:.1f} s", "to the tenth"
 
 
 def test_eval_with_a_bad_file_exits_2_and_names_it(tmp_path: Path) -> None:
