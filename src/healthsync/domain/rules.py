@@ -259,7 +259,7 @@ the API). Where a default comes from:
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, NonNegativeFloat, model_validator
 
 from healthsync.domain.bands import PatientRules
 from healthsync.domain.readings import VITALS
@@ -301,9 +301,9 @@ class AnomalySettings(BaseModel):
     trends: tuple[TrendRule, ...] = DEFAULT_TRENDS
     # A trend must hold this long (and persist_readings samples) before its alert opens.
     trend_persist_s: float = Field(20.0, ge=0)
-    # A vital with a trend rule whose level (the median of its latest five kept samples) has
-    # been past its warning limit this long, though its samples never stayed past it for
-    # the persistence, opens a warning (``level:<vital>``); None turns the rule off.
+    # A vital with a trend rule whose level (the mean of its kept samples over the last
+    # minute) has been past its warning limit this long, though its samples never stayed
+    # past it for the persistence, opens a warning (``level:<vital>``); None turns it off.
     level_persist_s: float | None = Field(30.0, ge=0)
     baselines: tuple[BaselineRule, ...] = DEFAULT_BASELINES
     # Samples before a patient's baseline is trusted, and how fast it follows (time constant).
@@ -330,10 +330,12 @@ class AnomalySettings(BaseModel):
     # (those spikes, none of them a jump) also waits scattered_hold_s.
     level_spread: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_LEVEL_SPREAD))
     scattered_hold_s: float = Field(15.0, ge=0)
-    # A pending warning on a vital named here whose samples lie within its level_spread (its
-    # steady_spread if it has none) of each other holds this long instead of persist_s, if
-    # that is shorter, and persist_readings samples still.
-    steady_persist_s: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_STEADY_PERSIST))
+    # A pending threshold warning on a vital named here whose samples lie within its
+    # level_spread (its steady_spread if it has none) of each other holds this long instead
+    # of persist_s, if that is shorter, and persist_readings samples still.
+    steady_persist_s: dict[str, NonNegativeFloat] = Field(
+        default_factory=lambda: dict(DEFAULT_STEADY_PERSIST)
+    )
     # A sudden fall in SpO2 is held this long instead: a slipping probe dips for up to
     # three samples. Not held at all when, in the same reading, every vital named here that
     # the reading carries rose by at least its amount above its 15 s median (and by no
@@ -373,7 +375,4 @@ class AnomalySettings(BaseModel):
         unknown = sorted(vitals - set(VITALS))
         if unknown:
             raise ValueError(f"unknown vital(s) {unknown}; expected some of {sorted(VITALS)}")
-        negative = sorted(v for v, s in self.steady_persist_s.items() if s < 0)
-        if negative:
-            raise ValueError(f"steady_persist_s must be >= 0; not for {negative}")
         return self

@@ -84,11 +84,17 @@ class ThresholdRule:
         """``marginal_persist_s`` while the pending condition's samples lie, by their
         median, less far past the limit than the vital's margin: measurement noise around
         a patient who sits near a limit, not a patient past it. None: the usual persistence."""
-        values = [v for _, v in tracker.evidence] if tracker is not None else []
-        level = statistics.median([*values, sample.value])
+        level = statistics.median(pending(tracker, sample))
         if band.severity(level) == "warning" and band.past(level) < margin:
             return max(self.cfg.persist_s, self.cfg.marginal_persist_s)
         return None
+
+
+def pending(tracker: Tracker | None, sample: Sample) -> list[float]:
+    """The values of the pending run's samples, and `sample`'s."""
+    return (
+        [*(v for _, v in tracker.evidence), sample.value] if tracker is not None else [sample.value]
+    )
 
 
 def scattered_persist(
@@ -100,7 +106,7 @@ def scattered_persist(
     sample after sample. None: the usual persistence."""
     if tracker is None or vital not in cfg.level_spread:
         return None
-    values = [*(v for _, v in tracker.evidence), sample.value]
+    values = pending(tracker, sample)
     if max(values) - min(values) > steady_spread(cfg, vital):
         return max(cfg.persist_s, cfg.scattered_hold_s)
     return None
@@ -117,7 +123,7 @@ def steady_persist(
     persist = cfg.steady_persist_s.get(vital)
     if persist is None or persist >= cfg.persist_s:
         return None
-    values = [*(v for _, v in tracker.evidence), sample.value] if tracker else [sample.value]
+    values = pending(tracker, sample)
     if max(values) - min(values) <= cfg.level_spread.get(vital, steady_spread(cfg, vital)):
         return persist
     return None
