@@ -160,3 +160,45 @@ def test_a_steady_persistence_for_an_unknown_vital_or_below_zero_is_refused() ->
         AnomalySettings(steady_persist_s={"pulse": 5})
     with pytest.raises(ValidationError, match="greater than or equal to 0"):
         AnomalySettings(steady_persist_s={"heart_rate": -1})
+
+
+def after_settling(
+    settled: float, count: int, values: list[float], vital: str, settings: AnomalySettings
+) -> list[AlertEvent]:
+    """A 5 s monitor: `count` samples of `vital` at `settled` (the baseline trusts 30), then
+    `values`; the events of those."""
+    run = Run(settings)
+    samples(run, -5 * count, [settled] * count, vital=vital)
+    return samples(run, 0, values, vital=vital)
+
+
+def test_a_heart_rate_moved_to_just_past_a_limit_is_no_noise_around_it() -> None:
+    # 43 and 42/min lie within the 5/min margin of the 45 limit; this patient's own
+    # baseline is 75, six margins inside it. They have moved there, and do not sit near
+    # the limit: the heart rate's usual persistence (its second alike sample), not 15 s.
+    [opened] = after_settling(75, 40, [43, 42, 43, 42], "heart_rate", AnomalySettings())
+    assert kinds([opened]) == [("opened", "threshold:heart_rate", "warning")]
+    assert (opened.alert.opened_at, opened.alert.window_s) == (T0 + 5, 5)
+
+
+def test_a_patient_sitting_near_a_limit_or_not_yet_known_waits_the_monitors_delay() -> None:
+    # Baseline 52: within 3 margins (15/min) of the limit; 10 samples: not trusted yet.
+    for settled, count in ((52, 40), (75, 10)):
+        [opened] = after_settling(settled, count, [43, 42, 43, 42], "heart_rate", AnomalySettings())
+        assert opened.alert.opened_at == T0 + 15, (settled, count)
+
+
+def test_the_moved_patient_rule_covers_the_vitals_its_table_names() -> None:
+    # A systolic of 87-86 after 110 (a fall too small for the baseline rule): its margin
+    # is 5 mmHg. Not in the default table (a pressure swings with each breath): the
+    # monitor's delay; named there, the persistence.
+    values = [87, 87, 86, 87]
+    [waited] = after_settling(110, 40, values, "bp_sys", AnomalySettings())
+    assert waited.alert.opened_at == T0 + 15
+    named = AnomalySettings(moved_baseline_margins={"bp_sys": 3})
+    [opened] = after_settling(110, 40, values, "bp_sys", named)
+    assert opened.alert.opened_at == T0 + 10
+    with pytest.raises(ValidationError, match="unknown vital"):
+        AnomalySettings(moved_baseline_margins={"pulse": 3})
+    with pytest.raises(ValidationError):
+        AnomalySettings(moved_baseline_margins={"heart_rate": 0})

@@ -53,7 +53,7 @@ class ThresholdRule:
             rule = f"{vital} {limit_text(band, severity)} {unit} for >= {persist_text(cfg)}"
         margin = cfg.margins.get(vital, 0.0)
         tracker = state.trackers.get(kind)
-        marginal = None if corroborated else self._marginal(tracker, band, sample, margin)
+        marginal = None if corroborated else self._marginal(state, vital, sample, band, margin)
         if corroborated:
             persist_s: float | None = 0.0
         elif marginal is not None:
@@ -79,15 +79,38 @@ class ThresholdRule:
         )
 
     def _marginal(
-        self, tracker: Tracker | None, band: Threshold, sample: Sample, margin: float
+        self, state: PatientState, vital: str, sample: Sample, band: Threshold, margin: float
     ) -> float | None:
         """``marginal_persist_s`` while the pending condition's samples lie, by their
         median, less far past the limit than the vital's margin: measurement noise around
-        a patient who sits near a limit, not a patient past it. None: the usual persistence."""
-        level = statistics.median(pending(tracker, sample))
-        if band.severity(level) == "warning" and band.past(level) < margin:
-            return max(self.cfg.persist_s, self.cfg.marginal_persist_s)
-        return None
+        a patient who sits near a limit, not a patient past it. Not so on a monitor
+        (a cuff's error is the margin) for a patient whose trusted baseline of the vital
+        lies far inside that limit (:meth:`_moved`): they have moved there, and do not sit
+        near it. None: the usual persistence."""
+        cfg = self.cfg
+        level = statistics.median(pending(state.trackers.get(f"threshold:{vital}"), sample))
+        if band.severity(level) != "warning" or band.past(level) >= margin:
+            return None
+        if not self.life.spot_check() and self._moved(state, vital, band, level, margin):
+            return None
+        return max(cfg.persist_s, cfg.marginal_persist_s)
+
+    def _moved(
+        self, state: PatientState, vital: str, band: Threshold, level: float, margin: float
+    ) -> bool:
+        """Whether the patient's trusted baseline of `vital` lies ``moved_baseline_margins``
+        margins or more inside the limit that `level` is past."""
+        margins = self.cfg.moved_baseline_margins.get(vital)
+        baseline = state.baselines.get(vital)
+        if margins is None or baseline is None or baseline.n < self.cfg.baseline_min_samples:
+            return False
+        if band.low is not None and level < band.low:
+            inside = baseline.mean - band.low
+        elif band.high is not None:
+            inside = band.high - baseline.mean
+        else:
+            return False
+        return inside >= margins * margin
 
 
 def pending(tracker: Tracker | None, sample: Sample) -> list[float]:
