@@ -192,7 +192,7 @@ def test_the_moved_patient_rule_covers_the_vitals_its_table_names() -> None:
     # A systolic of 87-86 after 110 (a fall too small for the baseline rule): its margin
     # is 5 mmHg. Not in the default table (a pressure swings with each breath): the
     # monitor's delay; named there, the persistence.
-    values = [87, 87, 86, 87]
+    values: list[float] = [87, 87, 86, 87]
     [waited] = after_settling(110, 40, values, "bp_sys", AnomalySettings())
     assert waited.alert.opened_at == T0 + 15
     named = AnomalySettings(moved_baseline_margins={"bp_sys": 3})
