@@ -104,11 +104,9 @@ def samples(
     run: Run, start: float, values: list[float], vital: str = "heart_rate"
 ) -> list[AlertEvent]:
     """One reading of `vital` per value, 5 s apart from `start`: every event they raised."""
-    vitals: dict[str, float] = {}
     events = []
     for i, value in enumerate(values):
-        vitals[vital] = value
-        events += run.send(reading(start + 5 * i, "P-1", "d1", **vitals))
+        events += run.send(reading(start + 5 * i, "P-1", "d1", **{vital: value}))
     return events
 
 
@@ -200,5 +198,5 @@ def test_the_moved_patient_rule_covers_the_vitals_its_table_names() -> None:
     assert opened.alert.opened_at == T0 + 10
     with pytest.raises(ValidationError, match="unknown vital"):
         AnomalySettings(moved_baseline_margins={"pulse": 3})
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match="greater than 0"):
         AnomalySettings(moved_baseline_margins={"heart_rate": 0})

@@ -35,7 +35,7 @@ from healthsync.stream.lifecycle import Finding, Lifecycle, Subject
 from healthsync.stream.news2_alerts import news2_events
 from healthsync.stream.rulebook import RuleBook
 from healthsync.stream.state import PatientState, Sample
-from healthsync.stream.threshold_rule import ThresholdRule, scattered_persist
+from healthsync.stream.threshold_rule import ThresholdRule, pending, scattered_persist
 from healthsync.stream.trends import Baseline, TrendWindow, homeward, recovery
 
 StateLoader = Callable[[list[str] | None], dict[str, dict[str, Any]]]
@@ -314,7 +314,7 @@ class AnomalyEngine:
             f"patient's baseline {baseline.mean:.3g} (limit {limit:.3g})"
         )
         # Two spikes back to back wait as long as a monitor would, as for the threshold.
-        persist_s = scattered_persist(self.cfg, vital, state.trackers.get(kind), sample)
+        persist_s = scattered_persist(self.cfg, vital, pending(state.trackers.get(kind), sample))
         finding = Finding(
             "warning" if holds else None,
             deviation < limit / 2,

@@ -253,9 +253,9 @@ def corroborated_fall(
     if before.value - spo2 <= cfg.max_jump.get("spo2", 0.0):
         return set()
     levels = _levels(state, cfg)
-    speaking = {v for v in cfg.corroborating_rise if v in vitals and v in levels}
+    carried = {v for v in cfg.corroborating_rise if v in vitals and v in levels}
     risen = _risen(levels, levels, cfg, vitals)
-    return {"spo2"} if risen and risen == speaking else set()
+    return {"spo2"} if risen and risen == carried else set()
 
 
 def corroborated_desaturation(

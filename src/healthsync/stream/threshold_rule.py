@@ -52,8 +52,8 @@ class ThresholdRule:
         else:
             rule = f"{vital} {limit_text(band, severity)} {unit} for >= {persist_text(cfg)}"
         margin = cfg.margins.get(vital, 0.0)
-        tracker = state.trackers.get(kind)
-        marginal = None if corroborated else self._marginal(state, vital, sample, band, margin)
+        values = pending(state.trackers.get(kind), sample)
+        marginal = None if corroborated else self._marginal(state, vital, values, band, margin)
         if corroborated:
             persist_s: float | None = 0.0
         elif marginal is not None:
@@ -61,9 +61,9 @@ class ThresholdRule:
         elif self.life.spot_check():
             persist_s = None  # a cuff's measurements stand alone, however far apart they read
         else:
-            persist_s = scattered_persist(cfg, vital, tracker, sample)
+            persist_s = scattered_persist(cfg, vital, values)
             if persist_s is None:
-                persist_s = steady_persist(cfg, vital, tracker, sample)
+                persist_s = steady_persist(cfg, vital, values)
         return Finding(
             severity,
             band.inside(sample.value, margin),
@@ -79,16 +79,16 @@ class ThresholdRule:
         )
 
     def _marginal(
-        self, state: PatientState, vital: str, sample: Sample, band: Threshold, margin: float
+        self, state: PatientState, vital: str, values: list[float], band: Threshold, margin: float
     ) -> float | None:
-        """``marginal_persist_s`` while the pending condition's samples lie, by their
+        """``marginal_persist_s`` while the pending condition's `values` lie, by their
         median, less far past the limit than the vital's margin: measurement noise around
         a patient who sits near a limit, not a patient past it. Not so on a monitor
         (a cuff's error is the margin) for a patient whose trusted baseline of the vital
         lies far inside that limit (:meth:`_moved`): they have moved there, and do not sit
         near it. None: the usual persistence."""
         cfg = self.cfg
-        level = statistics.median(pending(state.trackers.get(f"threshold:{vital}"), sample))
+        level = statistics.median(values)
         if band.severity(level) != "warning" or band.past(level) >= margin:
             return None
         if not self.life.spot_check() and self._moved(state, vital, band, level, margin):
@@ -120,33 +120,27 @@ def pending(tracker: Tracker | None, sample: Sample) -> list[float]:
     )
 
 
-def scattered_persist(
-    cfg: AnomalySettings, vital: str, tracker: Tracker | None, sample: Sample
-) -> float | None:
-    """``scattered_hold_s`` while a pending heart or respiratory rate's samples, `sample`
-    among them, spread wider than the vital's steady spread: two lead or talking spikes
-    back to back, not a rhythm or a breathing pattern that has changed, which reads alike
-    sample after sample. None: the usual persistence."""
-    if tracker is None or vital not in cfg.level_spread:
+def scattered_persist(cfg: AnomalySettings, vital: str, values: list[float]) -> float | None:
+    """``scattered_hold_s`` while a pending heart or respiratory rate's `values` (the
+    run's samples and the newest, :func:`pending`) spread wider than the vital's steady
+    spread: two lead or talking spikes back to back, not a rhythm or a breathing pattern
+    that has changed, which reads alike sample after sample. None: the usual
+    persistence."""
+    if vital not in cfg.level_spread:
         return None
-    values = pending(tracker, sample)
     if max(values) - min(values) > steady_spread(cfg, vital):
         return max(cfg.persist_s, cfg.scattered_hold_s)
     return None
 
 
-def steady_persist(
-    cfg: AnomalySettings, vital: str, tracker: Tracker | None, sample: Sample
-) -> float | None:
-    """``steady_persist_s`` of `vital` while its pending samples, `sample` among them, lie
-    within the vital's level spread of each other: a heart rate that reads alike on two
-    samples of a monitor's beat-averaged rate is the rhythm, and the lead artefacts that
-    could mimic it are jumps, held before they reach this rule. None: the usual
-    persistence."""
+def steady_persist(cfg: AnomalySettings, vital: str, values: list[float]) -> float | None:
+    """``steady_persist_s`` of `vital` while its pending `values` lie within the vital's
+    level spread of each other: a heart rate that reads alike on two samples of a
+    monitor's beat-averaged rate is the rhythm, and the lead artefacts that could mimic
+    it are jumps, held before they reach this rule. None: the usual persistence."""
     persist = cfg.steady_persist_s.get(vital)
     if persist is None or persist >= cfg.persist_s:
         return None
-    values = pending(tracker, sample)
     if max(values) - min(values) <= cfg.level_spread.get(vital, steady_spread(cfg, vital)):
         return persist
     return None
