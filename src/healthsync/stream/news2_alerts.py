@@ -4,7 +4,17 @@
 - medium (5-6) and any single red score (one parameter scoring 3): an urgent
   response, a warning. A red score that only repeats a vital's own threshold
   alert (SpO2 84 is both) adds nothing; one inside the alert bands (SpO2
-  90-91, systolic 90) or for consciousness does.
+  90-91, systolic 90) or for consciousness does. A red part at its vital's
+  alert limit (inside the band, or past it by less than the vital's margin:
+  SpO2 89-91, systolic 86-90) lies within the measurement's own error (an
+  oximeter's +-2 points, a cuff's +-5 mmHg), as the threshold rule's marginal
+  values do, and like them it must be measured again: it counts as red once
+  its vital has lain near the limit (not inside the band by the margin) on
+  ``persist_readings`` samples in a row, and holds ``news2_persist_s`` from the
+  first of them, or from the second if they lie further apart than that. A 5 s
+  monitor's SpO2 of 91 still alerts at 30 s; a minute-by-minute monitor's
+  needs a third 91 (two, then 93, is noise at the limit); a cuff's systolic of
+  146, 91, 89 counts from its 89. Until then the score takes it as amber.
 - new confusion (ACVPU other than A) is a nurse's observation, not a noisy
   sensor: it needs no persistence. A warning otherwise needs ``news2_persist_s``:
   the chart is for observations, and a monitor's values at a chart boundary
@@ -28,6 +38,7 @@ ago without measuring it again.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from healthsync.domain.alerts import AlertEvent, Severity, Threshold
@@ -40,6 +51,9 @@ RED = 3
 # A tracker of no alert of its own: since when the score has had a red part, so that
 # the red part holds ``news2_persist_s`` itself rather than inherit a run of amber sums.
 RED_RUN = "news2:red"
+# Trackers of no alert of their own, one per vital (``news2:near:spo2``): since when, and
+# on how many samples in a row, the vital's level has lain near its limit or past it.
+NEAR_LIMIT = "news2:near:"
 
 
 def news2_events(
@@ -51,11 +65,12 @@ def news2_events(
 ) -> list[AlertEvent]:
     """What a patient's new score opens, escalates or resolves (its state must be loaded)."""
     score = screened(score, state)
-    note_red(score, state)
+    unconfirmed = unconfirmed_reds(score, state, bands, life.cfg)
+    note_red(score, state, unconfirmed)
     severity = news2_severity(score, state, bands)
     if severity is None and life.idle(state, patient, "news2"):
         return []  # most scores of most patients: nothing to say, nothing to resolve
-    finding = news2_finding(score, severity, state, life.cfg)
+    finding = news2_finding(score, severity, state, life.cfg, unconfirmed)
     if not new_evidence(finding, score, state):
         return []  # a re-score of samples already counted: no sign that it lasted
     source = next(iter(score.sources.values()), "")
@@ -74,13 +89,52 @@ def screened(score: News2, state: PatientState) -> News2:
     return rescore(score, {v: level for v, level in levels.items() if level is not None})
 
 
-def note_red(score: News2, state: PatientState) -> None:
-    """Remember since when the score has had a red part (forget it once it has none)."""
-    red = any(points >= RED for points in score.parts.values())
+def unconfirmed_reds(
+    score: News2, state: PatientState, bands: Mapping[str, Threshold], cfg: AnomalySettings
+) -> frozenset[str]:
+    """The red parts of `score` that do not count as red yet: vitals whose level scores
+    red at their alert limit (inside the band, or past it by less than the vital's
+    margin) and has lain near the limit (not inside the band by the margin) on fewer
+    than ``persist_readings`` samples in a row. Counts those samples per vital: each
+    new kept sample near the limit is one, and one clear of it ends the count. A run
+    whose first two samples lie further apart than ``news2_persist_s`` counts from its
+    second."""
+    unconfirmed = set()
+    for name, points in score.parts.items():
+        band, kept, level = bands.get(name), state.recent.get(name), state.level(name)
+        if band is None or not kept or level is None:
+            continue  # consciousness, oxygen: a nurse's entry, not a noisy sensor
+        margin = cfg.margins.get(name, 0.0)
+        key = NEAR_LIMIT + name
+        near = state.trackers.get(key)
+        if band.inside(level, margin):
+            if near is not None:
+                del state.trackers[key]
+            continue
+        newest = kept[-1][0]
+        if near is None:
+            near = state.trackers[key] = Tracker(since=newest, count=1, last_ts=newest)
+        elif newest > near.last_ts:
+            near.count += 1
+            near.last_ts = newest
+            if near.count == 2 and newest - (near.since or newest) > cfg.news2_persist_s:
+                near.since = newest  # a minute-by-minute monitor's: it lasts from here
+        marginal = band.past(level) < margin
+        if points >= RED and marginal and near.count < cfg.persist_readings:
+            unconfirmed.add(name)
+    return frozenset(unconfirmed)
+
+
+def note_red(score: News2, state: PatientState, unconfirmed: frozenset[str]) -> None:
+    """Remember since when the score has had a red part that counts, a part at its limit
+    since its vital's run of samples near the limit (forget it once it has none)."""
+    reds = _reds(score) - unconfirmed
     run = state.trackers.get(RED_RUN)
-    if red and run is None:
-        state.trackers[RED_RUN] = Tracker(since=score.ts, last_ts=score.ts)
-    elif red and run is not None:
+    if reds and run is None:
+        near = [t.since for name in reds if (t := state.trackers.get(NEAR_LIMIT + name))]
+        since = min([score.ts, *(t for t in near if t is not None)])
+        state.trackers[RED_RUN] = Tracker(since=since, last_ts=score.ts)
+    elif reds and run is not None:
         run.last_ts = max(run.last_ts, score.ts)
     elif run is not None and score.ts > run.last_ts:
         del state.trackers[RED_RUN]  # a late score from before the red part ends nothing
@@ -99,23 +153,32 @@ def news2_severity(
     return "warning"
 
 
+def _reds(score: News2) -> set[str]:
+    return {name for name, points in score.parts.items() if points >= RED}
+
+
 def news2_finding(
-    score: News2, severity: Severity | None, state: PatientState, cfg: AnomalySettings
+    score: News2,
+    severity: Severity | None,
+    state: PatientState,
+    cfg: AnomalySettings,
+    unconfirmed: frozenset[str] = frozenset(),
 ) -> Finding:
     """What the score says, with its `severity` (:func:`news2_severity`); a medium score
-    made only of amber parts (no single red score) needs ``news2_aggregate_persist_s``,
-    any other warning ``news2_persist_s``; an open alert resolves after
-    ``news2_resolve_hold_s`` of low scores."""
+    made only of amber parts (no single red score, or only `unconfirmed` ones) needs
+    ``news2_aggregate_persist_s``, any other warning ``news2_persist_s`` from its red
+    part's start, and lasts not at all while that part is unconfirmed; an open alert
+    resolves after ``news2_resolve_hold_s`` of low scores."""
     persist_s = cfg.news2_persist_s
     red = ", a single red score" if score.band == "low-medium" else ""
     rule = f"NEWS2 {score.total} ({score.band}{red}): " + ", ".join(
         f"{k} {v}" for k, v in sorted(score.parts.items()) if v
     )
-    amber_only = score.band == "medium" and not any(v >= RED for v in score.parts.values())
-    if amber_only:
+    standing = _reds(score) - unconfirmed
+    if score.band == "medium" and not standing:
         persist_s = cfg.news2_aggregate_persist_s
     elif severity == "warning":
-        persist_s = _red_persist(state, cfg)
+        persist_s = _red_persist(state, cfg) if standing else math.inf
     return Finding(
         severity,
         score.band == "low",
