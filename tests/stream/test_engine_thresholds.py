@@ -186,6 +186,18 @@ def test_a_patient_sitting_near_a_limit_or_not_yet_known_waits_the_monitors_dela
         assert opened.alert.opened_at == T0 + 15, (settled, count)
 
 
+def test_a_breathing_rate_fallen_to_just_past_its_limit_is_no_noise_around_it() -> None:
+    # A rate of 16/min falls over half a minute to 7-8/min, within the 2/min margin of
+    # the 9 limit (deterioration.toml seed 28). The patient's baseline is 16, more than
+    # 3 margins inside: the usual 10 s, 7, 8, 8 from 25 s; 15 s needed a later run.
+    falling: list[float] = [12, 11, 10, 9, 9, 7, 8, 8, 9, 10, 8, 7, 6]
+    [opened] = after_settling(16, 40, falling, "resp_rate", AnomalySettings())
+    assert (opened.alert.kind, opened.alert.opened_at) == ("threshold:resp_rate", T0 + 35)
+    # A patient who breathes at 12 sits near the limit: 8/min waits the monitor's 15 s.
+    [waited] = after_settling(12, 40, [8, 8, 8, 8], "resp_rate", AnomalySettings())
+    assert waited.alert.opened_at == T0 + 15
+
+
 def test_the_moved_patient_rule_covers_the_vitals_its_table_names() -> None:
     # A systolic of 87-86 after 110 (a fall too small for the baseline rule): its margin
     # is 5 mmHg. Not in the default table (a pressure swings with each breath): the

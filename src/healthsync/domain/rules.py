@@ -112,10 +112,11 @@ the API). Where a default comes from:
   with a median of at most 15 s 41 -> 49 and 23 -> 37 of 64; one false alert
   more (42; two lead spikes, 153 and 162, on a patient at 116, no jump). Not
   the respiratory rate, which talking moves alike: false alerts 5 -> 38.
-- A marginal heart rate warning (41-44/min) waits ``marginal_persist_s`` only
-  while the patient's trusted baseline lies within ``moved_baseline_margins``
-  (3) of its margins of the limit: a patient at 75 whose rate now reads 42 has
-  moved there, not sat near it, and holds the usual persistence. Over each
+- A marginal heart or respiratory rate warning (41-44/min, 7-8/min) waits
+  ``marginal_persist_s`` only while the patient's trusted baseline lies within
+  ``moved_baseline_margins`` (3) of its margins of the limit: a patient at 75
+  whose rate now reads 42 has moved there, not sat near it, and holds the usual
+  persistence (the respiratory rate since 2026-12-06: docs/ALARMS.md). Over each
   file's seed and seeds 1-8, 20-31, 40-49, 60-69, 80-89, 100-109, 120-129 and
   140-149 of ``artefacts.toml`` and ``deterioration.toml`` (81 draws each):
   draws with a median of at most 15 s 66 -> 72 and 49 -> 60, every target met
