@@ -64,8 +64,9 @@ def news2_events(
     bands: Mapping[str, Threshold],
 ) -> list[AlertEvent]:
     """What a patient's new score opens, escalates or resolves (its state must be loaded)."""
-    score = screened(score, state)
-    unconfirmed = unconfirmed_reds(score, state, bands, life.cfg)
+    levels = kept_levels(score, state)
+    score = rescore(score, levels)
+    unconfirmed = unconfirmed_reds(score, state, bands, life.cfg, levels)
     note_red(score, state, unconfirmed)
     severity = news2_severity(score, state, bands)
     if severity is None and life.idle(state, patient, "news2"):
@@ -83,25 +84,30 @@ def news2_events(
     return life.track(state, Subject(patient, "news2", None), sample, finding)
 
 
-def screened(score: News2, state: PatientState) -> News2:
-    """The score with its vitals taken from the samples the engine kept (their recent median)."""
+def kept_levels(score: News2, state: PatientState) -> dict[str, float]:
+    """The levels of the vitals `score` scored, from the samples the engine kept (their
+    recent median): what the score is re-scored from."""
     levels = {v: state.level(v) for v in score.parts}
-    return rescore(score, {v: level for v, level in levels.items() if level is not None})
+    return {v: level for v, level in levels.items() if level is not None}
 
 
 def unconfirmed_reds(
-    score: News2, state: PatientState, bands: Mapping[str, Threshold], cfg: AnomalySettings
+    score: News2,
+    state: PatientState,
+    bands: Mapping[str, Threshold],
+    cfg: AnomalySettings,
+    levels: Mapping[str, float],
 ) -> frozenset[str]:
-    """The red parts of `score` that do not count as red yet: vitals whose level scores
-    red at their alert limit (inside the band, or past it by less than the vital's
-    margin) and has lain near the limit (not inside the band by the margin) on fewer
-    than ``persist_readings`` samples in a row. Counts those samples per vital: each
-    new kept sample near the limit is one, and one clear of it ends the count. A run
-    whose first two samples lie further apart than ``news2_persist_s`` counts from its
-    second."""
+    """The red parts of `score` that do not count as red yet: vitals whose level (of
+    `levels`, :func:`kept_levels`) scores red at their alert limit (inside the band, or
+    past it by less than the vital's margin) and has lain near the limit (not inside the
+    band by the margin) on fewer than ``persist_readings`` samples in a row. Counts those
+    samples per vital: each new kept sample near the limit is one, and one clear of it
+    ends the count. A run whose first two samples lie further apart than
+    ``news2_persist_s`` counts from its second."""
     unconfirmed = set()
     for name, points in score.parts.items():
-        band, kept, level = bands.get(name), state.recent.get(name), state.level(name)
+        band, kept, level = bands.get(name), state.recent.get(name), levels.get(name)
         if band is None or not kept or level is None:
             continue  # consciousness, oxygen: a nurse's entry, not a noisy sensor
         margin = cfg.margins.get(name, 0.0)
