@@ -66,6 +66,8 @@ def news2_events(
     """What a patient's new score opens, escalates or resolves (its state must be loaded)."""
     levels = kept_levels(score, state)
     score = rescore(score, levels)
+    if not score.total and not state.trackers and life.idle(state, patient, "news2"):
+        return []  # most scores of most patients: no part scores, nothing to count or say
     unconfirmed = unconfirmed_reds(score, state, bands, life.cfg, levels)
     note_red(score, state, unconfirmed)
     severity = news2_severity(score, state, bands)
