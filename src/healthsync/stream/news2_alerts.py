@@ -22,7 +22,9 @@
   a little off, none red) needs ``news2_aggregate_persist_s``: a patient who
   sits there for minutes is what the score is about, one who drifts through it
   for half a minute is not. A red part's ``news2_persist_s`` counts from when
-  the red part began, even within a run that began as such an amber sum.
+  the red part began, even within a run that began as such an amber sum: from
+  its vital's first sample near the limit (the first of the two above), where
+  the vital has an alert band.
 - an open NEWS2 alert resolves once the score has been low for
   ``news2_resolve_hold_s``: a patient hovering at 4-5 keeps one alert, not a
   flapping one.
@@ -68,12 +70,12 @@ def news2_events(
     score = rescore(score, levels)
     if not score.total and not state.trackers and life.idle(state, patient, "news2"):
         return []  # most scores of most patients: no part scores, nothing to count or say
-    unconfirmed = unconfirmed_reds(score, state, bands, life.cfg, levels)
-    note_red(score, state, unconfirmed)
+    standing = _reds(score) - unconfirmed_reds(score, state, bands, life.cfg, levels)
+    note_red(score, state, standing)
     severity = news2_severity(score, state, bands)
     if severity is None and life.idle(state, patient, "news2"):
         return []  # most scores of most patients: nothing to say, nothing to resolve
-    finding = news2_finding(score, severity, state, life.cfg, unconfirmed)
+    finding = news2_finding(score, severity, state, life.cfg, standing)
     if not new_evidence(finding, score, state):
         return []  # a re-score of samples already counted: no sign that it lasted
     source = next(iter(score.sources.values()), "")
@@ -99,7 +101,7 @@ def unconfirmed_reds(
     bands: Mapping[str, Threshold],
     cfg: AnomalySettings,
     levels: Mapping[str, float],
-) -> frozenset[str]:
+) -> set[str]:
     """The red parts of `score` that do not count as red yet: vitals whose level (of
     `levels`, :func:`kept_levels`) scores red at their alert limit (inside the band, or
     past it by less than the vital's margin) and has lain near the limit (not inside the
@@ -107,7 +109,7 @@ def unconfirmed_reds(
     samples per vital: each new kept sample near the limit is one, and one clear of it
     ends the count. A run whose first two samples lie further apart than
     ``news2_persist_s`` counts from its second."""
-    unconfirmed = set()
+    unconfirmed: set[str] = set()
     for name, points in score.parts.items():
         band, kept, level = bands.get(name), state.recent.get(name), levels.get(name)
         if band is None or not kept or level is None:
@@ -130,19 +132,21 @@ def unconfirmed_reds(
         marginal = band.past(level) < margin
         if points >= RED and marginal and near.count < cfg.persist_readings:
             unconfirmed.add(name)
-    return frozenset(unconfirmed)
+    return unconfirmed
 
 
-def note_red(score: News2, state: PatientState, unconfirmed: frozenset[str]) -> None:
-    """Remember since when the score has had a red part that counts, a part at its limit
-    since its vital's run of samples near the limit (forget it once it has none)."""
-    reds = _reds(score) - unconfirmed
+def note_red(score: News2, state: PatientState, standing: set[str]) -> None:
+    """Remember since when the score has had a red part that counts (of `standing`), from
+    its vital's first sample near the limit where it has one (forget it once it has none)."""
     run = state.trackers.get(RED_RUN)
-    if reds and run is None:
-        near = [t.since for name in reds if (t := state.trackers.get(NEAR_LIMIT + name))]
-        since = min([score.ts, *(t for t in near if t is not None)])
-        state.trackers[RED_RUN] = Tracker(since=since, last_ts=score.ts)
-    elif reds and run is not None:
+    if standing and run is None:
+        starts = [score.ts]
+        for name in standing:
+            near = state.trackers.get(NEAR_LIMIT + name)
+            if near is not None and near.since is not None:
+                starts.append(near.since)
+        state.trackers[RED_RUN] = Tracker(since=min(starts), last_ts=score.ts)
+    elif standing and run is not None:
         run.last_ts = max(run.last_ts, score.ts)
     elif run is not None and score.ts > run.last_ts:
         del state.trackers[RED_RUN]  # a late score from before the red part ends nothing
@@ -170,19 +174,19 @@ def news2_finding(
     severity: Severity | None,
     state: PatientState,
     cfg: AnomalySettings,
-    unconfirmed: frozenset[str] = frozenset(),
+    standing: set[str],
 ) -> Finding:
-    """What the score says, with its `severity` (:func:`news2_severity`); a medium score
-    made only of amber parts (no single red score, or only `unconfirmed` ones) needs
-    ``news2_aggregate_persist_s``, any other warning ``news2_persist_s`` from its red
-    part's start, and lasts not at all while that part is unconfirmed; an open alert
-    resolves after ``news2_resolve_hold_s`` of low scores."""
+    """What the score says, with its `severity` (:func:`news2_severity`) and the red parts
+    that count (`standing`: the others are yet to be confirmed, :func:`unconfirmed_reds`);
+    a medium score without one (a sum of amber parts) needs ``news2_aggregate_persist_s``,
+    any other warning ``news2_persist_s`` from its red part's start, and lasts not at all
+    while it has red parts but none that counts; an open alert resolves after
+    ``news2_resolve_hold_s`` of low scores."""
     persist_s = cfg.news2_persist_s
     red = ", a single red score" if score.band == "low-medium" else ""
     rule = f"NEWS2 {score.total} ({score.band}{red}): " + ", ".join(
         f"{k} {v}" for k, v in sorted(score.parts.items()) if v
     )
-    standing = _reds(score) - unconfirmed
     if score.band == "medium" and not standing:
         persist_s = cfg.news2_aggregate_persist_s
     elif severity == "warning":
