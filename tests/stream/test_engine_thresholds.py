@@ -154,10 +154,11 @@ def test_other_vitals_and_a_cleared_table_keep_the_persistence() -> None:
 
 
 def test_a_steady_persistence_for_an_unknown_vital_or_below_zero_is_refused() -> None:
-    with pytest.raises(ValidationError, match="unknown vital"):
-        AnomalySettings(steady_persist_s={"pulse": 5})
-    with pytest.raises(ValidationError, match="greater than or equal to 0"):
-        AnomalySettings(steady_persist_s={"heart_rate": -1})
+    for field in ("steady_persist_s", "steady_fall_persist_s"):
+        with pytest.raises(ValidationError, match="unknown vital"):
+            AnomalySettings.model_validate({field: {"pulse": 5}})
+        with pytest.raises(ValidationError, match="greater than or equal to 0"):
+            AnomalySettings.model_validate({field: {"heart_rate": -1}})
 
 
 def after_settling(
@@ -189,10 +190,11 @@ def test_a_patient_sitting_near_a_limit_or_not_yet_known_waits_the_monitors_dela
 def test_a_breathing_rate_fallen_to_just_past_its_limit_is_no_noise_around_it() -> None:
     # A rate of 16/min falls over half a minute to 7-8/min, within the 2/min margin of
     # the 9 limit (deterioration.toml seed 28). The patient's baseline is 16, more than
-    # 3 margins inside: the usual 10 s, 7, 8, 8 from 25 s; 15 s needed a later run.
+    # 3 margins inside: not the monitor's 15 s, but a steady fall's second sample (7, 8
+    # from 25 s); 15 s needed a later run.
     falling: list[float] = [12, 11, 10, 9, 9, 7, 8, 8, 9, 10, 8, 7, 6]
     [opened] = after_settling(16, 40, falling, "resp_rate", AnomalySettings())
-    assert (opened.alert.kind, opened.alert.opened_at) == ("threshold:resp_rate", T0 + 35)
+    assert (opened.alert.kind, opened.alert.opened_at) == ("threshold:resp_rate", T0 + 30)
     # A patient who breathes at 12 sits near the limit: 8/min waits the monitor's 15 s.
     [waited] = after_settling(12, 40, [8, 8, 8, 8], "resp_rate", AnomalySettings())
     assert waited.alert.opened_at == T0 + 15
@@ -212,3 +214,27 @@ def test_the_moved_patient_rule_covers_the_vitals_its_table_names() -> None:
         AnomalySettings(moved_baseline_margins={"pulse": 3})
     with pytest.raises(ValidationError, match="greater than 0"):
         AnomalySettings(moved_baseline_margins={"heart_rate": 0})
+
+
+def test_a_breathing_rate_fallen_to_a_steady_low_one_alerts_at_its_second_sample() -> None:
+    # A patient who breathes at 16/min (a trusted baseline 3.5 margins inside the 9
+    # limit) now reads 7/min twice: a monitor's rate, averaged over breaths, that reads
+    # alike on two samples has fallen there. Talking, which can make two samples alike,
+    # raises the rate.
+    [opened] = after_settling(16, 40, [7, 7, 8], "resp_rate", AnomalySettings())
+    assert kinds([opened]) == [("opened", "threshold:resp_rate", "warning")]
+    assert (opened.alert.opened_at, opened.alert.window_s) == (T0 + 5, 5)
+
+
+def test_a_breathing_rate_risen_near_its_limit_or_unsteady_keeps_the_persistence() -> None:
+    cases: list[tuple[float, int, list[float]]] = [
+        (16, 40, [27, 27, 27]),  # above the band: talking reads alike too
+        (12, 40, [7, 7, 7]),  # a patient who breathes near the limit crosses it by noise
+        (16, 10, [7, 7, 7]),  # a baseline not trusted yet
+    ]
+    for settled, count, values in cases:
+        [opened] = after_settling(settled, count, values, "resp_rate", AnomalySettings())
+        assert opened.alert.opened_at == T0 + 10, (settled, count, values)
+    cleared = AnomalySettings(steady_fall_persist_s={})
+    [waited] = after_settling(16, 40, [7, 7, 8], "resp_rate", cleared)
+    assert waited.alert.opened_at == T0 + 10

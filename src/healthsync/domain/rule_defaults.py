@@ -80,6 +80,13 @@ DEFAULT_LEVEL_SPREAD: dict[str, float] = {"heart_rate": 10, "resp_rate": 3}
 # rate: talking moves it by less than a jump, two samples alike as often as not.
 DEFAULT_STEADY_PERSIST: dict[str, float] = {"heart_rate": 5.0}
 
+# The same below the band only, and only for a patient whose trusted baseline lies
+# moved_baseline_margins inside the low limit: a breathing rate that has fallen from the
+# patient's own reads alike on a monitor's breath-averaged samples, and talking, the
+# artefact that makes two samples alike, raises the rate. A patient who breathes near the
+# limit crosses it by noise, and waits as before.
+DEFAULT_STEADY_FALL_PERSIST: dict[str, float] = {"resp_rate": 5.0}
+
 # A marginal warning (within the margin of the limit) on a vital named here is noise
 # around a patient sitting near the limit only while the patient's trusted baseline lies
 # within this many margins of it; beyond, the patient has moved and the usual persistence

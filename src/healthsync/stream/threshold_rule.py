@@ -6,7 +6,9 @@ within the vital's hysteresis margin of the limit holds ``marginal_persist_s``
 instead; a heart or respiratory rate whose samples scatter wider than the vital's
 steady spread holds ``scattered_hold_s`` (:func:`scattered_persist`); a heart rate
 whose samples agree within its level spread holds ``steady_persist_s``
-(:func:`steady_persist`: two samples of a 5 s monitor); an SpO2 fall that the heart
+(:func:`steady_persist`: two samples of a 5 s monitor), and so does a respiratory rate
+that fell from the patient's own to a steady one below the band
+(``steady_fall_persist_s``); an SpO2 fall that the heart
 and respiratory rates corroborate holds ``persist_readings`` samples only. A cuff's
 measurement clearly past the limit stands alone. A late sample measured before one
 known back inside carries when that was, for the lifecycle to place it in
@@ -64,6 +66,8 @@ class ThresholdRule:
             persist_s = scattered_persist(cfg, vital, values)
             if persist_s is None:
                 persist_s = steady_persist(cfg, vital, values)
+            if persist_s is None:
+                persist_s = self._steady_fall(state, vital, values, band, margin)
         return Finding(
             severity,
             band.inside(sample.value, margin),
@@ -94,6 +98,27 @@ class ThresholdRule:
         if not self.life.spot_check() and self._moved(state, vital, band, level, margin):
             return None
         return max(cfg.persist_s, cfg.marginal_persist_s)
+
+    def _steady_fall(
+        self, state: PatientState, vital: str, values: list[float], band: Threshold, margin: float
+    ) -> float | None:
+        """``steady_fall_persist_s`` of `vital` while its pending `values` lie, by their
+        median, below the band and within the vital's level spread of each other, on a
+        patient whose trusted baseline lies far inside the low limit (:meth:`_moved`): a
+        breathing rate that fell from the patient's own to a new one reads alike on a
+        monitor's breath-averaged samples, and talking, which can make two samples alike,
+        raises it. A patient who breathes near the limit crosses it by noise. None: the
+        usual persistence."""
+        cfg = self.cfg
+        persist = cfg.steady_fall_persist_s.get(vital)
+        if persist is None or persist >= cfg.persist_s or band.low is None:
+            return None
+        level = statistics.median(values)
+        if level >= band.low or max(values) - min(values) > cfg.level_spread.get(
+            vital, steady_spread(cfg, vital)
+        ):
+            return None
+        return persist if self._moved(state, vital, band, level, margin) else None
 
     def _moved(
         self, state: PatientState, vital: str, band: Threshold, level: float, margin: float
