@@ -202,14 +202,18 @@ def test_a_breathing_rate_fallen_to_just_past_its_limit_is_no_noise_around_it() 
 
 def test_the_moved_patient_rule_covers_the_vitals_its_table_names() -> None:
     # A systolic of 87-86 after 110 (a fall too small for the baseline rule): its margin
-    # is 5 mmHg. Not in the default table (a pressure swings with each breath): the
-    # monitor's delay; named there, the persistence.
+    # is 5 mmHg, and the default table names it from 5 margins (a pressure swings with
+    # each breath and wanders over the day): 110 is 4 inside, the monitor's delay; at
+    # 3 margins, the persistence.
     values: list[float] = [87, 87, 86, 87]
     [waited] = after_settling(110, 40, values, "bp_sys", AnomalySettings())
     assert waited.alert.opened_at == T0 + 15
     named = AnomalySettings(moved_baseline_margins={"bp_sys": 3})
     [opened] = after_settling(110, 40, values, "bp_sys", named)
     assert opened.alert.opened_at == T0 + 10
+    unnamed = AnomalySettings(moved_baseline_margins={"heart_rate": 3})
+    [waited] = after_settling(116, 40, [87, 87, 88, 87], "bp_sys", unnamed)
+    assert waited.alert.opened_at == T0 + 15
     with pytest.raises(ValidationError, match="unknown vital"):
         AnomalySettings(moved_baseline_margins={"pulse": 3})
     with pytest.raises(ValidationError, match="greater than 0"):
@@ -238,3 +242,11 @@ def test_a_breathing_rate_risen_near_its_limit_or_unsteady_keeps_the_persistence
     cleared = AnomalySettings(steady_fall_persist_s={})
     [waited] = after_settling(16, 40, [7, 7, 8], "resp_rate", cleared)
     assert waited.alert.opened_at == T0 + 10
+
+
+def test_a_systolic_settled_just_under_its_limit_far_from_the_patients_own_alerts_sooner() -> None:
+    # A patient learnt at 116 mmHg, 5.2 margins inside the 90 limit (and less than the
+    # baseline rule's 30 mmHg above these samples), now reads 87-88: they have moved
+    # there (the usual 10 s), where one who sits at 110 waits 15 s.
+    [opened] = after_settling(116, 40, [87, 87, 88, 87], "bp_sys", AnomalySettings())
+    assert (opened.alert.kind, opened.alert.opened_at) == ("threshold:bp_sys", T0 + 10)

@@ -90,10 +90,16 @@ DEFAULT_STEADY_FALL_PERSIST: dict[str, float] = {"resp_rate": 5.0}
 # A marginal warning (within the margin of the limit) on a vital named here is noise
 # around a patient sitting near the limit only while the patient's trusted baseline lies
 # within this many margins of it; beyond, the patient has moved and the usual persistence
-# holds. The heart and respiratory rates: a monitor averages them over beats and breaths;
-# a systolic swings with each breath, and a patient's pressure wanders far from a
-# baseline learnt over 30 min.
-DEFAULT_MOVED_BASELINE_MARGINS: dict[str, float] = {"heart_rate": 3.0, "resp_rate": 3.0}
+# holds. The heart and respiratory rates: a monitor averages them over beats and breaths.
+# The systolic only from 5 margins (25 mmHg: a baseline of 115 or more against the 90
+# limit): it swings with each breath, and a patient's pressure wanders far from a
+# baseline learnt over 30 min (at 3 margins, patients learnt above 105 who had drifted to
+# 95 raised false alerts).
+DEFAULT_MOVED_BASELINE_MARGINS: dict[str, float] = {
+    "heart_rate": 3.0,
+    "resp_rate": 3.0,
+    "bp_sys": 5.0,
+}
 
 # Hysteresis: how far back inside the band a value must be before an alert may resolve.
 DEFAULT_MARGIN: dict[str, float] = {
