@@ -330,3 +330,41 @@ def test_a_scattered_tachypnoea_is_raised_when_a_monitor_would_raise_it() -> Non
         "scattered": [("threshold:resp_rate", 14.1)],
         "steady": [("threshold:resp_rate", 10.0)],
     }
+
+
+def test_talking_that_jumps_the_breathing_rate_is_held_as_long_as_a_monitor_waits() -> None:
+    # Recorded (artefacts.toml seed 23): a patient breathing at 11-13/min talks, and the
+    # rate reads 31, 33, 34 over 9.4 s (a jump: 12/min or more), then 29, then 13. The
+    # three samples agree as a changed breathing pattern reads, and stood after the 10 s
+    # hold with its jitter slack: a critical alert that a monitor, needing 15 s, never
+    # raised. A jump up of the breathing rate is held for the monitor's 15 s.
+    run = Run()
+    events: list[AlertEvent] = []
+    for t, resp_rate in [(-20.0, 12), (-15.0, 11), (-10.0, 11), (-5.0, 13)]:
+        events += run.send(reading(t, resp_rate=resp_rate))
+    for t, resp_rate in [(0, 31), (3.4, 33), (9.4, 34), (13.0, 29), (18.9, 13), (24.0, 12)]:
+        events += run.send(reading(t, resp_rate=resp_rate))
+    assert [e.alert.kind for e in events if e.type == "opened"] == []
+    assert [a.value for a in run.artefacts] == [31, 33, 34, 29]
+
+
+def test_a_breathing_rate_that_jumped_and_stays_is_raised_with_a_monitor() -> None:
+    # The same jump lasting: raised at the sample 15 s after the first, as a monitor
+    # raises it (no jitter slack: at 14.6 s it is not yet). A rise of less than a jump
+    # (18 -> 26) is not held at all (test_a_scattered_tachypnoea_is_...: 10 s).
+    lasting = [(0.0, 31.0), (5.0, 33.0), (10.0, 34.0), (14.6, 32.0), (19.8, 33.0)]
+    assert opened_after_12(AnomalySettings(), lasting) == [("threshold:resp_rate", 19.8)]
+    unheld = AnomalySettings(rise_hold_s={})
+    assert opened_after_12(unheld, lasting[:3]) == [("threshold:resp_rate", 10.0)]
+
+
+def opened_after_12(
+    settings: AnomalySettings, rates: list[tuple[float, float]]
+) -> list[tuple[str, float]]:
+    """A patient breathing at 12/min for 20 s, then `rates` (time, rate): what opened,
+    and when."""
+    run = Run(settings)
+    for t in (-20.0, -15.0, -10.0, -5.0):
+        run.send(reading(t, resp_rate=12))
+    events = [e for t, rate in rates for e in run.send(reading(t, resp_rate=rate))]
+    return [(e.alert.kind, round(e.alert.opened_at - T0, 1)) for e in events if e.type == "opened"]

@@ -101,6 +101,11 @@ DEFAULT_MOVED_BASELINE_MARGINS: dict[str, float] = {
     "bp_sys": 5.0,
 }
 
+# A jump up of a vital named here is held this long (a monitor's alarm delay), not the
+# artefact hold: talking raises the breathing rate for a sentence or two, and three
+# samples of it (31, 33, 34/min over 9.4 s) outlasted the 10 s hold with its jitter slack.
+DEFAULT_RISE_HOLD: dict[str, float] = {"resp_rate": 15.0}
+
 # Hysteresis: how far back inside the band a value must be before an alert may resolve.
 DEFAULT_MARGIN: dict[str, float] = {
     "spo2": 2,

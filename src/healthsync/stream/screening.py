@@ -13,7 +13,9 @@ three samples:
   own time, so timers count from the jump, provided its recent samples agree as
   a level does (artefacts scatter); a run that scatters more than a level but
   less than artefacts do (an irregular rhythm, or two spikes back to back)
-  stands only after ``scattered_hold_s``, a monitor's alarm delay;
+  stands only after ``scattered_hold_s``, a monitor's alarm delay; a sudden fall
+  in SpO2 and a jump up of a vital in ``rise_hold_s`` (the breathing rate:
+  talking) hold as long as a monitor waits, without the jitter slack;
 - a run that the device goes quiet after stays held until the vital's next
   sample decides: silence confirms nothing (a probe dip just before the probe
   came off stood at the clock's tick and drove NEWS2 and the trends);
@@ -98,9 +100,14 @@ def sends_a_signal(cfg: AnomalySettings, interval: float | None) -> bool:
 
 def hold_for(cfg: AnomalySettings, vital: str, run: list[Sample], before: Sample) -> float:
     """How long a held run must stand: longer for a sudden fall in SpO2, since a slipping
-    probe gives dips of up to three samples (a fall the other vitals corroborate is not held)."""
+    probe gives dips of up to three samples (a fall the other vitals corroborate is not
+    held), and for a jump up of a vital in ``rise_hold_s``: talking raises the breathing
+    rate for a sentence or two, longer than the hold."""
     if vital == "spo2" and run[0].value < before.value:
         return cfg.desaturation_hold_s
+    rise = cfg.rise_hold_s.get(vital)
+    if rise is not None and run[0].value > before.value:
+        return max(cfg.artefact_hold_s, rise)
     return cfg.artefact_hold_s
 
 
@@ -116,8 +123,10 @@ def _stood(
     """Whether a held run (in time order) has lasted `hold` as a level does, or as long as a
     monitor waits (``scattered_hold_s``) within the vital's steady spread."""
     # Jitter slack, but not on a desaturation: a probe's dips come in clusters, and
-    # four samples 14 s apart are two of them as often as a real fall.
-    slack = None if hold == cfg.desaturation_hold_s else interval
+    # four samples 14 s apart are two of them as often as a real fall; nor on a rise
+    # held as long as a monitor waits, which then counts as the monitor does.
+    unslacked = hold == cfg.desaturation_hold_s or hold in cfg.rise_hold_s.values()
+    slack = None if unslacked else interval
     spread = steady_spread(cfg, vital)
     level = min(cfg.level_spread.get(vital, spread), spread)
     span = run[-1].ts - run[0].ts
