@@ -230,7 +230,7 @@ def test_a_breathing_rate_fallen_to_a_steady_low_one_alerts_at_its_second_sample
     assert (opened.alert.opened_at, opened.alert.window_s) == (T0 + 5, 5)
 
 
-def test_a_breathing_rate_risen_near_its_limit_or_unsteady_keeps_the_persistence() -> None:
+def test_a_rising_rate_or_a_patient_near_the_limit_or_not_yet_known_keeps_the_persistence() -> None:
     cases: list[tuple[float, int, list[float]]] = [
         (16, 40, [27, 27, 27]),  # above the band: talking reads alike too
         (12, 40, [7, 7, 7]),  # a patient who breathes near the limit crosses it by noise
