@@ -114,9 +114,7 @@ class ThresholdRule:
         if persist is None or persist >= cfg.persist_s or band.low is None:
             return None
         level = statistics.median(values)
-        if level >= band.low or max(values) - min(values) > cfg.level_spread.get(
-            vital, steady_spread(cfg, vital)
-        ):
+        if level >= band.low or not alike(cfg, vital, values):
             return None
         return persist if self._moved(state, vital, band, level, margin) else None
 
@@ -166,9 +164,13 @@ def steady_persist(cfg: AnomalySettings, vital: str, values: list[float]) -> flo
     persist = cfg.steady_persist_s.get(vital)
     if persist is None or persist >= cfg.persist_s:
         return None
-    if max(values) - min(values) <= cfg.level_spread.get(vital, steady_spread(cfg, vital)):
-        return persist
-    return None
+    return persist if alike(cfg, vital, values) else None
+
+
+def alike(cfg: AnomalySettings, vital: str, values: list[float]) -> bool:
+    """Whether `values` of `vital` lie within its level spread (its steady spread if it
+    has none) of each other, as a rhythm or breathing rate that has changed reads."""
+    return max(values) - min(values) <= cfg.level_spread.get(vital, steady_spread(cfg, vital))
 
 
 def persist_text(cfg: AnomalySettings) -> str:
