@@ -168,7 +168,7 @@ def test_every_part_of_a_patients_state_reads_back_from_its_json() -> None:
         },
         last={"spo2": sample},
         held={"heart_rate": [Sample(T0, 160.0, "r1"), Sample(T0 + 5, 161.0, "r2")]},
-        aside={"resp_rate": SetAside([Sample(T0, 40.0, "r1")], 10.0, T0 + 5)},
+        aside={"resp_rate": SetAside([Sample(T0, 40.0, "r1")], 15.0, T0 + 5, slack=False)},
         fall_from={"spo2": 96.0},
         recent={"spo2": [(T0, 88.0), (T0 + 5, 87.5)]},
         windows={"spo2_fall": TrendWindow(300.0, [(T0, 176.0, 2.0, 87.5, 88.5)], [88.0], 15.0)},
@@ -178,3 +178,10 @@ def test_every_part_of_a_patients_state_reads_back_from_its_json() -> None:
     saved = state.to_json()
     assert PatientState.from_dict(orjson.loads(saved)) == state
     assert PatientState.from_dict(orjson.loads(saved)).to_json() == saved
+    # Saved before a set-aside run kept its hold's slack: it reads back without one, and
+    # screening judges it by the hold's length, as it did then.
+    older = orjson.loads(saved)
+    older["aside"]["resp_rate"] = older["aside"]["resp_rate"][:3]
+    assert PatientState.from_dict(older).aside == {
+        "resp_rate": SetAside([Sample(T0, 40.0, "r1")], 15.0, T0 + 5, slack=None)
+    }

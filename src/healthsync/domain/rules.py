@@ -353,8 +353,8 @@ class AnomalySettings(BaseModel):
     # more than its max_jump): hypoxaemia drives the heart and the breathing, a probe
     # artefact neither.
     desaturation_hold_s: float = Field(15.0, ge=0)
-    # A jump up of a vital named here is held this long instead of artefact_hold_s, as a
-    # monitor waits (no jitter slack): talking raises the breathing rate for longer.
+    # A jump up of a vital named here is held this long instead of artefact_hold_s (if not
+    # shorter), as a monitor waits (no jitter slack): talking raises the breathing rate.
     rise_hold_s: dict[str, NonNegativeFloat] = Field(
         default_factory=lambda: dict(DEFAULT_RISE_HOLD)
     )

@@ -42,6 +42,7 @@ import math
 import operator
 import statistics
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from healthsync.domain.alerts import Artefact
 from healthsync.domain.rules import AnomalySettings
@@ -98,17 +99,37 @@ def sends_a_signal(cfg: AnomalySettings, interval: float | None) -> bool:
     return interval is None or interval < cfg.spot_check_s
 
 
-def hold_for(cfg: AnomalySettings, vital: str, run: list[Sample], before: Sample) -> float:
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """How long a held run must stand, and whether it may fall short of that by the
+    device's jitter (JITTER_SLACK of its interval)."""
+
+    seconds: float
+    slack: bool
+
+
+def hold_for(cfg: AnomalySettings, vital: str, run: list[Sample], before: Sample) -> Hold:
     """How long a held run must stand: longer for a sudden fall in SpO2, since a slipping
     probe gives dips of up to three samples (a fall the other vitals corroborate is not
-    held), and for a jump up of a vital in ``rise_hold_s``: talking raises the breathing
-    rate for a sentence or two, longer than the hold."""
+    held), and for a jump up of a vital in ``rise_hold_s`` (when longer than the artefact
+    hold): talking raises the breathing rate for a sentence or two, longer than the hold.
+    Those two count as a monitor does, without the jitter slack: a probe's dips come in
+    clusters, and four samples 14 s apart are two of them as often as a real fall."""
     if vital == "spo2" and run[0].value < before.value:
-        return cfg.desaturation_hold_s
+        return Hold(cfg.desaturation_hold_s, slack=False)
     rise = cfg.rise_hold_s.get(vital)
-    if rise is not None and run[0].value > before.value:
-        return max(cfg.artefact_hold_s, rise)
-    return cfg.artefact_hold_s
+    if rise is not None and rise >= cfg.artefact_hold_s and run[0].value > before.value:
+        return Hold(rise, slack=False)
+    return Hold(cfg.artefact_hold_s, slack=True)
+
+
+def _aside_hold(cfg: AnomalySettings, aside: SetAside) -> Hold:
+    """The hold a run set aside had to last. One saved before a hold carried its slack is
+    judged as it was then, by the hold's length."""
+    if aside.slack is not None:
+        return Hold(aside.hold, aside.slack)
+    unslacked = aside.hold == cfg.desaturation_hold_s or aside.hold in cfg.rise_hold_s.values()
+    return Hold(aside.hold, not unslacked)
 
 
 def steady_spread(cfg: AnomalySettings, vital: str) -> float:
@@ -118,15 +139,12 @@ def steady_spread(cfg: AnomalySettings, vital: str) -> float:
 
 
 def _stood(
-    cfg: AnomalySettings, vital: str, run: list[Sample], hold: float, interval: float | None
+    cfg: AnomalySettings, vital: str, run: list[Sample], held: Hold, interval: float | None
 ) -> bool:
-    """Whether a held run (in time order) has lasted `hold` as a level does, or as long as a
-    monitor waits (``scattered_hold_s``) within the vital's steady spread."""
-    # Jitter slack, but not on a desaturation: a probe's dips come in clusters, and
-    # four samples 14 s apart are two of them as often as a real fall; nor on a rise
-    # held as long as a monitor waits, which then counts as the monitor does.
-    unslacked = hold == cfg.desaturation_hold_s or hold in cfg.rise_hold_s.values()
-    slack = None if unslacked else interval
+    """Whether a held run (in time order) has lasted its hold as a level does, or as long as
+    a monitor waits (``scattered_hold_s``) within the vital's steady spread."""
+    hold = held.seconds
+    slack = interval if held.slack else None
     spread = steady_spread(cfg, vital)
     level = min(cfg.level_spread.get(vital, spread), spread)
     span = run[-1].ts - run[0].ts
@@ -179,7 +197,8 @@ def screen(
             stood = _stood(cfg, vital, held, hold_for(cfg, vital, held, last), interval)
             return (release(state, vital) if stood else []), []
         set_aside = _unhold(state, vital)  # back where it was: they were artefacts
-        state.aside[vital] = SetAside(set_aside, hold_for(cfg, vital, set_aside, last), sample.ts)
+        hold = hold_for(cfg, vital, set_aside, last)
+        state.aside[vital] = SetAside(set_aside, hold.seconds, sample.ts, hold.slack)
     if sample.ts < last.ts:
         # Late and out of order: it may inform the rules, never move the level.
         if abs(sample.value - last.value) > jump:
@@ -196,7 +215,7 @@ def screen(
     ):
         state.held[vital] = [sample]
         hold = hold_for(cfg, vital, [sample], last)
-        return (release(state, vital) if hold <= 0 else []), set_aside
+        return (release(state, vital) if hold.seconds <= 0 else []), set_aside
     state.last[vital] = sample
     return [sample], set_aside
 
@@ -232,7 +251,7 @@ def _reinstated(
     if not _of_the_run(sample, aside.run, state.last[vital]):
         return []
     bisect.insort(aside.run, sample, key=_TS)
-    if not _stood(cfg, vital, aside.run, aside.hold, interval):
+    if not _stood(cfg, vital, aside.run, _aside_hold(cfg, aside), interval):
         return []
     del state.aside[vital]
     return aside.run

@@ -208,11 +208,13 @@ class Sample:
 @dataclass(slots=True)
 class SetAside:
     """A held run set aside when its vital came back (at `until`), and the `hold` it had
-    to last: a sample measured before the return that arrives after it may show it did."""
+    to last, with or without the jitter `slack` (None: saved before it was kept): a sample
+    measured before the return that arrives after it may show it did."""
 
     run: list[Sample]
     hold: float
     until: float
+    slack: bool | None = None
 
 
 @dataclass(slots=True)
@@ -300,10 +302,7 @@ class PatientState:
                 **{k: [sample(s) for s in run] for k, run in doc.get("held", {}).items()},
             },
             fall_from={k: float(v) for k, v in doc.get("fall_from", {}).items()},
-            aside={
-                k: SetAside([sample(s) for s in run], float(hold), float(until))
-                for k, (run, hold, until) in doc.get("aside", {}).items()
-            },
+            aside={k: _set_aside(v) for k, v in doc.get("aside", {}).items()},
             recent={
                 k: [(float(t), float(v)) for t, v in r] for k, r in doc.get("recent", {}).items()
             },
@@ -314,6 +313,13 @@ class PatientState:
                 for k, (last, interval, count) in doc.get("devices", {}).items()
             },
         )
+
+
+def _set_aside(data: list[Any]) -> SetAside:
+    """A saved SetAside: [run, hold, until, slack], or without slack if saved before it was."""
+    run = [Sample(float(s[0]), float(s[1]), str(s[2])) for s in data[0]]
+    slack = bool(data[3]) if len(data) > 3 and data[3] is not None else None
+    return SetAside(run, float(data[1]), float(data[2]), slack)
 
 
 def _as_json(value: Any) -> Any:
@@ -340,5 +346,5 @@ def _as_json(value: Any) -> Any:
     if kind is DeviceClock:
         return [value.last, value.interval, value.count]
     if kind is SetAside:
-        return [value.run, value.hold, value.until]
+        return [value.run, value.hold, value.until, value.slack]
     raise TypeError(f"{kind.__name__} is not part of the engine's state")
