@@ -133,3 +133,22 @@ def test_a_slow_bradypnoea_does_not_become_the_patients_own_rate() -> None:
     _, more = _breathing(run, t, [round(7 + 15 * i / 48) for i in range(48)] + [21, 22] * 96)
     events += more
     assert [e.alert.kind for e in events if e.type == "opened"] == ["threshold:resp_rate"]
+
+
+def test_a_recovery_the_threshold_alert_watched_is_not_learnt_as_the_patients_own() -> None:
+    # As recorded on deterioration.toml seed 89: a patient breathing at 15-21/min falls
+    # to 7, and climbs back over 90 s. The baseline paused only for its own alert, so it
+    # learnt the climb (9-12/min) while the threshold alert was still open; its spread
+    # grew, and the patient's second fall, to 9/min, lay within it: no alert, where the
+    # baseline that had not learnt the climb raised the second fall after its 10 s.
+    run = Run()
+    usual = [15, 21, 18, 16, 20, 17, 19, 18, 21, 15]
+    t, events = _breathing(run, 0, usual * 12)
+    climb = [9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15, 16, 16, 17, 17]
+    t, more = _breathing(run, t, [7] * 12 + climb + usual * 2)
+    events += more
+    _, more = _breathing(run, t, [9] * 6)
+    events += more
+    opened = [(e.alert.kind, e.alert.opened_at - T0) for e in events if e.type == "opened"]
+    assert [kind for kind, _at in opened] == ["threshold:resp_rate", "baseline:resp_rate"]
+    assert opened[1][1] == t + 10

@@ -300,8 +300,14 @@ class AnomalyEngine:
         deviation = abs(sample.value - baseline.mean)
         deviating = baseline.n >= self.cfg.baseline_min_samples and deviation >= limit
         # A value past the patient's band is no part of their normal, however slowly it
-        # came: learnt, a bradypnoea creeping down to 6/min took the baseline with it.
-        normal = not deviating and (band is None or band.severity(sample.value) is None)
+        # came: learnt, a bradypnoea creeping down to 6/min took the baseline with it. Nor
+        # is the way back while the vital's threshold or level alert is still open.
+        normal = (
+            not deviating
+            and (band is None or band.severity(sample.value) is None)
+            and (patient, f"threshold:{vital}") not in self.open
+            and (patient, level_kind(vital)) not in self.open
+        )
         if not deviating and self.life.idle(state, patient, kind):
             self._learn(baseline, sample, normal)
             return []
