@@ -58,8 +58,10 @@ the API). Where a default comes from:
   and seeds 1-8 and 20-31 one alert fewer (one that opened within an
   episode's window, so not counted false), nothing else changed; nothing else
   changed on seeds 60-69 either.
-- A baseline learns only from samples inside the patient's band, and time
-  spent outside their normal adds no weight to the next sample it learns. It
+- A baseline learns only from samples inside the patient's band, none while
+  the vital's threshold or level alert is open (it learnt a watched recovery,
+  and missed the next fall), and time spent outside their normal adds no
+  weight to the next sample it learns. It
   learnt every sample within four of its deviations, which grew as it learnt:
   a bradypnoea creeping from 19 to 6/min took it down to 14/min, so the climb
   back to 21-22 read as a rise away from the patient's own rate

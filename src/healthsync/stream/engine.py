@@ -85,6 +85,11 @@ class AnomalyEngine:
         for trend in self.cfg.trends:
             self._trends_by_vital.setdefault(trend.vital, []).append(trend)
         self._baselines = {r.vital: r for r in self.cfg.baselines}
+        # Per baseline vital, the alerts that say it is past its band: while one is open the
+        # baseline learns nothing, and its own alert would only repeat it.
+        self._past_kinds = {
+            r.vital: (f"threshold:{r.vital}", level_kind(r.vital)) for r in self.cfg.baselines
+        }
         self.levels = LevelRule(self.cfg, self.life, self._trends_by_vital)
 
     # -- Step -----------------------------------------------------------------------------
@@ -296,6 +301,7 @@ class AnomalyEngine:
             return []
         baseline = state.baselines.get(vital) or state.baselines.setdefault(vital, Baseline())
         kind = f"baseline:{vital}"
+        threshold_kind, past_level_kind = self._past_kinds[vital]
         limit = baseline.deviation_limit(rule_cfg.sigmas, rule_cfg.min_delta)
         deviation = abs(sample.value - baseline.mean)
         deviating = baseline.n >= self.cfg.baseline_min_samples and deviation >= limit
@@ -305,13 +311,13 @@ class AnomalyEngine:
         normal = (
             not deviating
             and (band is None or band.severity(sample.value) is None)
-            and (patient, f"threshold:{vital}") not in self.open
-            and (patient, level_kind(vital)) not in self.open
+            and (patient, threshold_kind) not in self.open
+            and (patient, past_level_kind) not in self.open
         )
         if not deviating and self.life.idle(state, patient, kind):
             self._learn(baseline, sample, normal)
             return []
-        louder = [f"threshold:{vital}", level_kind(vital)] + [
+        louder = [threshold_kind, past_level_kind] + [
             f"trend:{t.name}" for t in self._trends_by_vital.get(vital, ())
         ]
         holds = deviating and not self.life.quiet(patient, kind, louder)
