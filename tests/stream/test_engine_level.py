@@ -113,3 +113,34 @@ def test_the_minute_mean_covers_whole_buckets_and_needs_enough_samples() -> None
     # At T0 + 195 the whole buckets that cover the last 60 s hold samples from T0 + 130
     # on (T0 is 20 s into a 30 s bucket), all of them 8.0.
     assert window.mean_over(60.0, T0 + 195, 6) == 8.0
+
+
+def test_a_60_s_monitors_hovering_bradypnoea_is_raised_by_its_last_three_samples() -> None:
+    """A minute of a 60 s monitor holds one sample: the level is the mean of its last
+    three. Recorded on a 60 s monitor (a 264 s bradypnoea that neither the threshold
+    rule nor the bedside monitor raised: each 9 ends the run of samples past 9/min)."""
+    run = Run()
+    for i, rate in enumerate([16, 17, 18, 16, 17, 18, 17, 16, 18, 19, 17]):
+        run.send(reading(60 * i, device="m60", resp_rate=rate, spo2=97, heart_rate=75))
+    events: list[AlertEvent] = []
+    for i, rate in enumerate([8, 9, 7, 9]):
+        at = 660 + 60 * i
+        events += run.send(reading(at, device="m60", resp_rate=rate, spo2=97, heart_rate=75))
+    opened = [e.alert for e in events if e.type == "opened"]
+    assert [(a.kind, a.severity) for a in opened] == [("level:resp_rate", "warning")]
+    # Past at the third sample (8, 9, 7: a mean of 8), and still at the fourth (8.3),
+    # which is 60 s on, past the 30 s.
+    assert opened[0].opened_at - T0 == 840
+    assert "mean of the last 3 samples" in opened[0].rule
+
+
+def test_a_slow_devices_last_three_samples_are_no_level_across_a_dropout() -> None:
+    run = Run()
+    run.engine.life.interval = 60.0
+    window = TrendWindow(600.0, width=TrendWindow.width_for(600.0, 60.0))
+    for at in (0, 60, 600):
+        window.add(T0 + at, 8.0)
+    assert run.engine.levels.level(window, T0 + 600) == (None, "mean of the last 3 samples")
+    for at in (660, 720):
+        window.add(T0 + at, 8.0)
+    assert run.engine.levels.level(window, T0 + 720) == (8.0, "mean of the last 3 samples")

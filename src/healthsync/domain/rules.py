@@ -245,16 +245,17 @@ the API). Where a default comes from:
   monitor's 8-point desaturation after two minutes without data is raised at
   15 s, with a monitor, not at 10 s.
 - A vital whose level, the mean of its kept samples over the last minute (at
-  least 6 samples), has been past its warning limit for ``level_persist_s``
-  (30 s), with the newest sample not back inside by the margin, opens a
-  ``level:<vital>`` warning, unless its threshold or trend alert, or a NEWS2
-  alert it scores in, is open; while it is open its threshold rule raises only
-  a critical value. A bradypnoea whose true rate was 8 read 9, 9, 9, 10, 8, 8,
-  9, 11, 8, ... for 172 s, and no run past the limit lasted as long as the
-  engine or a monitor waits (``deterioration.toml`` seed 142: now raised at
-  100.5 s). SpO2, the heart and the respiratory rate only: a systolic hovering
-  between 85 and 101 is a patient who is well. Over 324 draws no false alert
-  more or fewer, episodes of 60 s or more missed 4 -> 3 (docs/ALARMS.md).
+  least 6; on a device too slow for 6 there, its last 3), has been past its
+  warning limit for ``level_persist_s`` (30 s), with the newest sample not
+  back inside by the margin, opens a ``level:<vital>`` warning, unless its
+  threshold or trend alert, or a NEWS2 alert it scores in, is open; while it
+  is open its threshold rule raises only a critical value. A bradypnoea whose
+  true rate was 8 read 9, 9, 9, 10, 8, 8, 9, 11, 8, ... for 172 s, and no run
+  past the limit lasted as long as the engine or a monitor waits
+  (``deterioration.toml`` seed 142: now raised at 100.5 s); on a 60 s monitor,
+  8, 9, 7, 9. SpO2, the heart and the respiratory rate only: a systolic
+  hovering between 85 and 101 is a patient who is well. Over 324 draws
+  episodes of 60 s or more missed 4 -> 1, one false alert more (docs/ALARMS.md).
 """
 
 from __future__ import annotations

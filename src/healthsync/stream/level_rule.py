@@ -8,6 +8,10 @@ vital's kept samples over the last minute (the trend window's buckets that
 cover it, so 60-90 s), stays below 9 all the while. Samples set aside as
 artefacts never reach the window.
 
+A device too slow for that (a 60 s monitor's minute holds one sample, its
+buckets up to four) has as its level the mean of its last three samples, so
+8, 9, 7, 9 on a 60 s monitor is a level of 8.3.
+
 Only for vitals with a trend rule (SpO2, heart and respiratory rates): their
 window is kept anyway. Not for pressures, which swing with each breath: a
 systolic hovering between 85 and 101 would alarm on a patient who is well.
@@ -16,6 +20,7 @@ systolic hovering between 85 and 101 would alarm on a patient who is well.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 from healthsync.domain.alerts import AlertEvent, Threshold
 from healthsync.domain.readings import VITALS
@@ -23,11 +28,26 @@ from healthsync.domain.rule_defaults import TrendRule
 from healthsync.domain.rules import AnomalySettings
 from healthsync.stream.lifecycle import Finding, Lifecycle, Subject
 from healthsync.stream.state import PatientState, Sample
+from healthsync.stream.trends import TrendWindow
 
 # The level is the mean over this long, once it holds this many samples (a 15 s monitor
 # gives 6-9 over the 90-135 s its buckets cover; one sending every minute, too few).
 LEVEL_SPAN_S = 60.0
 LEVEL_SAMPLES = 6
+# A device whose buckets over LEVEL_SPAN_S can never hold LEVEL_SAMPLES has as its level
+# the mean of its last this many samples, once the buckets that cover its last this many
+# intervals hold as many (3-6 intervals: no level across a dropout).
+SLOW_SAMPLES = 3
+
+_OVER_SPAN = f"mean over {LEVEL_SPAN_S:g} s"
+_OVER_SLOW = f"mean of the last {SLOW_SAMPLES} samples"
+
+
+class Level(NamedTuple):
+    """A vital's level (None: too few samples) and what it is the mean of."""
+
+    value: float | None
+    over: str
 
 
 def level_kind(vital: str) -> str:
@@ -60,13 +80,22 @@ class LevelRule:
         if band is None or self.cfg.level_persist_s is None or window is None:
             return []
         kind = self._kinds[vital]
-        level = window.mean_over(LEVEL_SPAN_S, sample.ts, LEVEL_SAMPLES)
-        past = self.past(level, band, vital, sample)
+        level = self.level(window, sample.ts)
+        past = self.past(level.value, band, vital, sample)
         if not past and self.life.idle(state, patient, kind):
             return []
         holds = past and not self._said(patient, kind, vital)
         finding = self._finding(level, band, vital, sample, holds)
         return self.life.track(state, Subject(patient, kind, vital), sample, finding)
+
+    def level(self, window: TrendWindow, at: float) -> Level:
+        """The vital's level at `at`, from its trend `window`."""
+        interval = self.life.interval
+        if not interval or LEVEL_SPAN_S + window.bucket_width() >= LEVEL_SAMPLES * interval:
+            return Level(window.mean_over(LEVEL_SPAN_S, at, LEVEL_SAMPLES), _OVER_SPAN)
+        if window.mean_over(SLOW_SAMPLES * interval, at, SLOW_SAMPLES) is None:
+            return Level(None, _OVER_SLOW)
+        return Level(window.latest_mean(SLOW_SAMPLES), _OVER_SLOW)
 
     def past(self, level: float | None, band: Threshold, vital: str, sample: Sample) -> bool:
         """Whether the rule holds: the `level` past the band, and `sample` itself not back
@@ -88,18 +117,19 @@ class LevelRule:
         )
 
     def _finding(
-        self, level: float | None, band: Threshold, vital: str, sample: Sample, holds: bool
+        self, level: Level, band: Threshold, vital: str, sample: Sample, holds: bool
     ) -> Finding:
         """A warning if `holds`, cleared once the `level` is back inside by the vital's
         margin (a level that hovers at the limit would otherwise resolve and reopen)."""
         persist_s = self.cfg.level_persist_s or 0.0
         unit = VITALS[vital].ucum
-        shown = "unknown" if level is None else f"{level:.3g} {unit}"
+        value = level.value
+        shown = "unknown" if value is None else f"{value:.3g} {unit}"
         return Finding(
             "warning" if holds else None,
-            level is None or band.inside(level, self.cfg.margins.get(vital, 0.0)),
+            value is None or band.inside(value, self.cfg.margins.get(vital, 0.0)),
             sample.value,
-            f"{vital} level (mean over {LEVEL_SPAN_S:g} s) {shown}, outside "
+            f"{vital} level ({level.over}) {shown}, outside "
             f"{band.describe()} {unit} for >= {persist_s:g} s",
             band.describe(),
             persist_s=persist_s,

@@ -125,6 +125,14 @@ class TrendWindow:
             count += bucket_count
         return total / count if count >= least and count > 0 else None
 
+    def bucket_width(self) -> float:
+        return self.width or self.window_s / _BUCKETS
+
+    def latest_mean(self, n: int) -> float | None:
+        """The mean of the `n` samples added last (None with fewer)."""
+        recent = self.recent
+        return sum(recent[-n:]) / n if len(recent) >= n else None
+
     def change(self, direction: Literal["rise", "fall"]) -> tuple[float, float]:
         """How far the current level has risen above the window's lowest bucket mean (or
         fallen below its highest), and that reference. (0, 0) until there are enough samples."""
