@@ -60,3 +60,31 @@ def test_a_jump_set_aside_keeps_its_jitter_slack_for_a_late_sample_across_a_rest
     events += run.send(replace(reading(14.1, bp_sys=78), received_at=T0 + 20.5))
     opened = [(e.alert.kind, round(e.alert.opened_at - T0, 1)) for e in events]
     assert opened == [("threshold:bp_sys", 14.1)]
+
+
+@pytest.mark.parametrize(
+    ("settings", "opened"),
+    [
+        # By its length, the 10 s artefact hold has the slack: the late 78 makes it stand.
+        (AnomalySettings(), [("threshold:bp_sys", 14.1)]),
+        # With a rise hold of 10 s as well, the length alone cannot tell them apart: the run
+        # is judged without the slack, as it was before the kind was saved.
+        (AnomalySettings(rise_hold_s={"resp_rate": 10.0}), []),
+    ],
+    ids=["defaults", "rise-hold-10"],
+)
+def test_a_run_set_aside_in_a_state_saved_without_its_slack_is_judged_by_its_holds_length(
+    settings: AnomalySettings, opened: list[tuple[str, float]]
+) -> None:
+    run = Run(settings)
+    for t, bp_sys in [(-14.6, 127), (-10.1, 126), (-4.5, 133), (-0.3, 135)]:
+        run.send(reading(t, bp_sys=bp_sys))
+    for t, bp_sys in [(5.0, 68), (9.0, 67), (19.2, 130)]:
+        run.send(reading(t, bp_sys=bp_sys))
+    saved = {p: dict(state) for p, state in run.states.items()}
+    [(vital, aside)] = saved["P-1"]["aside"].items()
+    assert (vital, len(aside)) == ("bp_sys", 4)
+    saved["P-1"]["aside"] = {vital: aside[:3]}  # as saved before the slack was kept
+    run = Run(settings, load_states=lambda patients: {p: saved[p] for p in (patients or saved)})
+    events = run.send(replace(reading(14.1, bp_sys=78), received_at=T0 + 20.5))
+    assert [(e.alert.kind, round(e.alert.opened_at - T0, 1)) for e in events] == opened
