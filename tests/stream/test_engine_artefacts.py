@@ -114,8 +114,39 @@ def test_a_sample_the_oximeter_marks_as_poor_signal_is_set_aside() -> None:
     # Small enough a change (97 -> 88 -> 87) to pass the jump screen: only quality tells.
     assert [e for r in readings for e in run.send(r)] == []
     assert [(a.vital, a.value) for a in run.artefacts] == [("spo2", 88), ("spo2", 87)]
+    # An oximeter's pulse comes from the same probe: set aside with its SpO2.
+    line = b"device_id=ox-1 patient_id=P-1 ts=1700000020 spo2=86 pulse=131 sqi=0.1"
+    assert run.send(parse_line(line, T0 + 20)) == []
+    assert [(a.vital, a.value) for a in run.artefacts[2:]] == [("spo2", 86), ("heart_rate", 131)]
     with pytest.raises(WireError, match=r"sqi: 1\.5 outside 0\.\.1"):
         parse_line(b"device_id=ox-1 patient_id=P-1 spo2=97 sqi=1.5", T0)
+
+
+def test_a_monitors_ecg_heart_rate_is_kept_when_its_oximeter_probe_reads_poorly() -> None:
+    # Recorded: a tachycardia (65 -> 150/min) began in the reading where the probe slipped
+    # (SpO2 72, sqi 0.14). The monitor counts the heart rate from its ECG leads (it also
+    # measures the breathing across them): the probe says nothing of it. Set aside with
+    # the SpO2, the 150 was lost, the jump was held from the next sample, and the alert
+    # opened at the fifth sample (24.8 s) instead of the third; the monitor's at 19.1 s.
+    run = Run()
+    for t in (-20.1, -15.1, -11.1, -5.5, -0.1):
+        run.send(reading(t, heart_rate=65, spo2=94, resp_rate=16))
+    events: list[AlertEvent] = []
+    for t, heart_rate, spo2, sqi in [
+        (4.0, 150, 72, 0.14),
+        (10.8, 150, 93, 0.77),
+        (14.7, 148, 94, 0.79),
+        (19.1, 152, 94, 0.8),
+    ]:
+        sample = reading(t, heart_rate=heart_rate, spo2=spo2, resp_rate=16)
+        events += run.send(replace(sample, quality={"sqi": sqi}))
+    changes = [(e.type, e.alert.kind, e.alert.severity) for e in events]
+    assert changes == [
+        ("opened", "threshold:heart_rate", "warning"),
+        ("escalated", "threshold:heart_rate", "critical"),
+    ]
+    assert {round(e.alert.updated_at - T0, 1) for e in events} == {14.7}, "the third sample"
+    assert [(a.vital, a.value) for a in run.artefacts] == [("spo2", 72)]
 
 
 def test_the_first_sample_after_a_dropout_is_no_level_for_the_next_to_jump_from() -> None:

@@ -180,14 +180,14 @@ class AnomalyEngine:
         events = self._heard(state, reading)
         clock = state.devices.get(reading.device_id)
         interval = self.life.interval = clock.interval if clock is not None else None
-        poor = screening.poor_signal(reading.quality)
+        poor = screening.poor_signal(reading.quality, reading.vitals)
         corroborated = screening.corroborated_fall(state, self.cfg, reading.ts, reading.vitals)
         agreed = screening.corroborated_desaturation(state, self.cfg, reading.ts, reading.vitals)
         self._agreed = reading.reading_id if agreed else None
         for vital, value in reading.vitals.items():
             new = Sample(reading.ts, value, reading.reading_id)
             accepted: list[Sample]
-            if poor and vital in screening.OXIMETRY:
+            if vital in poor:
                 accepted, set_aside = [], [new]
             elif vital in corroborated:
                 accepted, set_aside = screening.corroborated(state, vital, new), []

@@ -66,14 +66,20 @@ STEADY_SHARE = 0.5
 POOR_SQI = 0.5
 # A perfusion index (%) below this makes SpO2 unreliable (motion, cold fingers).
 POOR_PI = 0.3
-# The vitals a pulse oximeter's signal quality speaks for.
+# The vitals a pulse oximeter's signal quality speaks for: SpO2, and the pulse it counts
+# from the same probe, unless the reading comes from a monitor whose ECG leads count it
+# (one that also measures the respiratory rate, across those leads).
 OXIMETRY = ("spo2", "heart_rate")
+_PROBE_ONLY = ("spo2",)
 
 
-def poor_signal(quality: Mapping[str, float]) -> bool:
-    """The device says its pulse-oximetry signal is too poor to trust."""
+def poor_signal(quality: Mapping[str, float], vitals: Mapping[str, float]) -> tuple[str, ...]:
+    """The vitals of a reading whose pulse-oximetry signal the device says is too poor
+    to trust (none if it says nothing of the kind)."""
     sqi, pi = quality.get("sqi"), quality.get("pi")
-    return (sqi is not None and sqi < POOR_SQI) or (pi is not None and pi < POOR_PI)
+    if not ((sqi is not None and sqi < POOR_SQI) or (pi is not None and pi < POOR_PI)):
+        return ()
+    return _PROBE_ONLY if "resp_rate" in vitals else OXIMETRY
 
 
 def lasted(span: float, needed: float, interval: float | None) -> bool:
