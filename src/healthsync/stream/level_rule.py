@@ -20,7 +20,6 @@ systolic hovering between 85 and 101 would alarm on a patient who is well.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
 
 from healthsync.domain.alerts import AlertEvent, Threshold
 from healthsync.domain.readings import VITALS
@@ -43,11 +42,9 @@ _OVER_SPAN = f"mean over {LEVEL_SPAN_S:g} s"
 _OVER_SLOW = f"mean of the last {SLOW_SAMPLES} samples"
 
 
-class Level(NamedTuple):
-    """A vital's level (None: too few samples) and what it is the mean of."""
-
-    value: float | None
-    over: str
+# A vital's level (None: too few samples) and what it is the mean of. A plain tuple, not
+# a NamedTuple: compiled, it is passed by value, for every sample of three vitals.
+Level = tuple[float | None, str]
 
 
 def level_kind(vital: str) -> str:
@@ -81,7 +78,7 @@ class LevelRule:
             return []
         kind = self._kinds[vital]
         level = self.level(window, sample.ts)
-        past = self.past(level.value, band, vital, sample)
+        past = self.past(level[0], band, vital, sample)
         if not past and self.life.idle(state, patient, kind):
             return []
         holds = past and not self._said(patient, kind, vital)
@@ -92,10 +89,10 @@ class LevelRule:
         """The vital's level at `at`, from its trend `window`."""
         interval = self.life.interval
         if not interval or LEVEL_SPAN_S + window.bucket_width() >= LEVEL_SAMPLES * interval:
-            return Level(window.mean_over(LEVEL_SPAN_S, at, LEVEL_SAMPLES), _OVER_SPAN)
+            return window.mean_over(LEVEL_SPAN_S, at, LEVEL_SAMPLES), _OVER_SPAN
         if window.mean_over(SLOW_SAMPLES * interval, at, SLOW_SAMPLES) is None:
-            return Level(None, _OVER_SLOW)
-        return Level(window.latest_mean(SLOW_SAMPLES), _OVER_SLOW)
+            return None, _OVER_SLOW
+        return window.latest_mean(SLOW_SAMPLES), _OVER_SLOW
 
     def past(self, level: float | None, band: Threshold, vital: str, sample: Sample) -> bool:
         """Whether the rule holds: the `level` past the band, and `sample` itself not back
@@ -123,13 +120,13 @@ class LevelRule:
         margin (a level that hovers at the limit would otherwise resolve and reopen)."""
         persist_s = self.cfg.level_persist_s or 0.0
         unit = VITALS[vital].ucum
-        value = level.value
+        value, over = level
         shown = "unknown" if value is None else f"{value:.3g} {unit}"
         return Finding(
             "warning" if holds else None,
             value is None or band.inside(value, self.cfg.margins.get(vital, 0.0)),
             sample.value,
-            f"{vital} level ({level.over}) {shown}, outside "
+            f"{vital} level ({over}) {shown}, outside "
             f"{band.describe()} {unit} for >= {persist_s:g} s",
             band.describe(),
             persist_s=persist_s,
