@@ -290,9 +290,7 @@ class PatientState:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> PatientState:
-        def sample(data: list[Any]) -> Sample:
-            return Sample(float(data[0]), float(data[1]), str(data[2]))
-
+        sample = _sample
         return cls(
             partition=doc.get("partition"),
             trackers={k: Tracker.from_list(v) for k, v in doc.get("trackers", {}).items()},
@@ -315,9 +313,13 @@ class PatientState:
         )
 
 
+def _sample(data: list[Any]) -> Sample:
+    return Sample(float(data[0]), float(data[1]), str(data[2]))
+
+
 def _set_aside(data: list[Any]) -> SetAside:
     """A saved SetAside: [run, hold, until, slack], or without slack if saved before it was."""
-    run = [Sample(float(s[0]), float(s[1]), str(s[2])) for s in data[0]]
+    run = [_sample(s) for s in data[0]]
     slack = bool(data[3]) if len(data) > 3 and data[3] is not None else None
     return SetAside(run, float(data[1]), float(data[2]), slack)
 

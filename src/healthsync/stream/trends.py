@@ -65,6 +65,10 @@ class TrendWindow:
         """Bucket width for a device sending every `interval` seconds."""
         return max(window_s / _BUCKETS, _PER_BUCKET * (interval or 0.0))
 
+    def bucket_width(self) -> float:
+        """This window's bucket width (a window saved without one: window_s / _BUCKETS)."""
+        return self.width or self.window_s / _BUCKETS
+
     def suits(self, window_s: float, interval: float | None) -> bool:
         """Still right for this rule and device (within a factor 1.5, so jitter keeps it)."""
         wanted = self.width_for(window_s, interval)
@@ -72,7 +76,7 @@ class TrendWindow:
         return self.window_s == window_s and wanted / 1.5 <= width <= wanted * 1.5
 
     def add(self, ts: float, value: float) -> None:
-        width = self.width or self.window_s / _BUCKETS
+        width = self.bucket_width()
         start = ts - ts % width
         if self.buckets and self.buckets[-1][0] == start:
             _, total, count, low, high = self.buckets[-1]
@@ -116,7 +120,7 @@ class TrendWindow:
     def mean_over(self, span_s: float, at: float, least: int) -> float | None:
         """The mean of the samples in the buckets that cover the last `span_s` before `at`
         (whole buckets, so up to a bucket more); None with fewer than `least` samples."""
-        width = self.width or self.window_s / _BUCKETS
+        width = self.bucket_width()
         total = count = 0.0
         for start, bucket_sum, bucket_count, _low, _high in reversed(self.buckets):
             if start + width <= at - span_s:
@@ -124,9 +128,6 @@ class TrendWindow:
             total += bucket_sum
             count += bucket_count
         return total / count if count >= least and count > 0 else None
-
-    def bucket_width(self) -> float:
-        return self.width or self.window_s / _BUCKETS
 
     def latest_mean(self, n: int) -> float | None:
         """The mean of the `n` samples added last (None with fewer)."""
@@ -144,7 +145,7 @@ class TrendWindow:
         full = [b for b in self.buckets if b[2] >= 2] or self.buckets
         # A reference is a level held for _LEVEL_S: the mean of as many neighbouring
         # buckets as span it. One 15 s bucket's mean at a noise peak is no level.
-        width = self.width or self.window_s / _BUCKETS
+        width = self.bucket_width()
         span = min(len(full), max(1, math.ceil(_LEVEL_S / width - 1e-9)))
         # Each sample of each trend rule pays for this: sums over slices of plain lists
         # (the same additions in the same order as summing each run's buckets). Summed from
