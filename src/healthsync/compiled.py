@@ -56,6 +56,7 @@ MODULES = (
     "healthsync.stream.news2",
     "healthsync.stream.news2_alerts",
     "healthsync.stream.screening",
+    "healthsync.stream.signal_quality",
     "healthsync.stream.state",
     "healthsync.stream.threshold_rule",
     "healthsync.stream.topics",

@@ -34,6 +34,7 @@ from healthsync.stream.level_rule import LevelRule, level_kind
 from healthsync.stream.lifecycle import Finding, Lifecycle, Subject
 from healthsync.stream.news2_alerts import news2_events
 from healthsync.stream.rulebook import RuleBook
+from healthsync.stream.signal_quality import poor_signal
 from healthsync.stream.state import PatientState, Sample
 from healthsync.stream.threshold_rule import ThresholdRule, pending, scattered_persist
 from healthsync.stream.trends import Baseline, TrendWindow, homeward, recovery
@@ -180,7 +181,7 @@ class AnomalyEngine:
         events = self._heard(state, reading)
         clock = state.devices.get(reading.device_id)
         interval = self.life.interval = clock.interval if clock is not None else None
-        poor = screening.poor_signal(reading.quality, reading.vitals)
+        poor = poor_signal(reading.quality, reading.vitals)
         corroborated = screening.corroborated_fall(state, self.cfg, reading.ts, reading.vitals)
         agreed = screening.corroborated_desaturation(state, self.cfg, reading.ts, reading.vitals)
         self._agreed = reading.reading_id if agreed else None

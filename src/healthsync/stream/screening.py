@@ -31,8 +31,8 @@ The first sample after a dropout is judged against the level before it; a
 sample back at the vital's recent level is no jump, whatever the last sample
 was; a spot-check device's measurements (a cuff every 15 minutes) are not
 screened.
-A sample whose signal quality the device reports as poor (``sqi`` or the
-perfusion index) is set aside at once.
+A sample whose signal quality the device reports as poor is set aside at once
+(:mod:`healthsync.stream.signal_quality`).
 """
 
 from __future__ import annotations
@@ -60,26 +60,6 @@ JITTER_SLACK = 0.25
 # A held run of a vital without a steady_spread stands only once its recent samples lie
 # within this share of the vital's max_jump of each other: a level, not a scatter.
 STEADY_SHARE = 0.5
-
-
-# Signal quality below this (``sqi``, 0-1) marks a pulse-oximeter sample as a probable artefact.
-POOR_SQI = 0.5
-# A perfusion index (%) below this makes SpO2 unreliable (motion, cold fingers).
-POOR_PI = 0.3
-# The vitals a pulse oximeter's signal quality speaks for: SpO2, and the pulse it counts
-# from the same probe, unless the reading comes from a monitor whose ECG leads count it
-# (one that also measures the respiratory rate, across those leads).
-OXIMETRY = ("spo2", "heart_rate")
-_PROBE_ONLY = ("spo2",)
-
-
-def poor_signal(quality: Mapping[str, float], vitals: Mapping[str, float]) -> tuple[str, ...]:
-    """The vitals of a reading whose pulse-oximetry signal the device says is too poor
-    to trust (none if it says nothing of the kind)."""
-    sqi, pi = quality.get("sqi"), quality.get("pi")
-    if not ((sqi is not None and sqi < POOR_SQI) or (pi is not None and pi < POOR_PI)):
-        return ()
-    return _PROBE_ONLY if "resp_rate" in vitals else OXIMETRY
 
 
 def lasted(span: float, needed: float, interval: float | None) -> bool:
