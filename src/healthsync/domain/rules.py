@@ -336,7 +336,8 @@ class AnomalySettings(BaseModel):
     # pattern reads; wider, though within steady_spread (an irregular rhythm, or two lead or
     # talking spikes back to back), only after scattered_hold_s, a monitor's alarm delay. A
     # pending warning on such a vital whose samples spread wider than its steady_spread
-    # (those spikes, none of them a jump) also waits scattered_hold_s.
+    # (those spikes, none of them a jump) also waits scattered_hold_s. On a device sending
+    # more often than scattered_hold_s, any held run needs two samples after its jump.
     level_spread: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_LEVEL_SPREAD))
     scattered_hold_s: float = Field(15.0, ge=0)
     # A pending threshold warning on a vital named here whose samples lie within its

@@ -16,6 +16,8 @@ three samples:
   stands only after ``scattered_hold_s``, a monitor's alarm delay; a sudden fall
   in SpO2 and a jump up of a vital in ``rise_hold_s`` (the breathing rate:
   talking) hold as long as a monitor waits, without the jitter slack;
+- on a device sending more often than a monitor waits (a 10 s monitor), a run
+  needs two samples after the jump unless one already lasts that long;
 - a run that the device goes quiet after stays held until the vital's next
   sample decides: silence confirms nothing (a probe dip just before the probe
   came off stood at the clock's tick and drove NEWS2 and the trends);
@@ -128,13 +130,17 @@ def _stood(
     cfg: AnomalySettings, vital: str, run: list[Sample], held: Hold, interval: float | None
 ) -> bool:
     """Whether a held run (in time order) has lasted its hold as a level does, or as long as
-    a monitor waits (``scattered_hold_s``) within the vital's steady spread."""
+    a monitor waits (``scattered_hold_s``) within the vital's steady spread; on a device
+    sending more often than a monitor waits, on two samples after the jump at least (a
+    10 s monitor's two-sample lead spike lasts the hold; a monitor alarms at the third)."""
     hold = held.seconds
     slack = interval if held.slack else None
     spread = steady_spread(cfg, vital)
     level = min(cfg.level_spread.get(vital, spread), spread)
     span = run[-1].ts - run[0].ts
-    if not lasted(span, hold, slack):
+    if not lasted(span, hold, slack) or (
+        len(run) < 3 and not _as_long_as_a_monitor(cfg, span, interval)
+    ):
         return False
     if steady(run, hold, level, slack):
         return True
@@ -143,6 +149,15 @@ def _stood(
     scattered = max(hold, cfg.scattered_hold_s)
     return (
         level < spread and lasted(span, scattered, slack) and steady(run, scattered, spread, slack)
+    )
+
+
+def _as_long_as_a_monitor(cfg: AnomalySettings, span: float, interval: float | None) -> bool:
+    """Whether one sample after a jump lasts as long as a monitor waits to alarm: the
+    device sends that seldom, or the two lie that far apart."""
+    wait = cfg.scattered_hold_s
+    return lasted(span, wait, interval) or (
+        interval is not None and lasted(interval, wait, interval)
     )
 
 
