@@ -80,6 +80,22 @@ def test_a_critical_alert_resolves_only_once_the_value_is_back_inside() -> None:
     assert (resolved.type, resolved.alert.resolved_at) == ("resolved", T0 + 150)
 
 
+def test_a_30_s_monitors_alert_resolves_on_two_samples_back_inside_a_jitter_apart() -> None:
+    # Back inside for 30 s, give or take the device's jitter, as persistence counts: the
+    # samples 29.2 s apart left the alert open through a minute of normal readings, and
+    # the tachycardia that followed was no new alert.
+    run = Run()
+    heart_rates = [(0, 80), (30, 81), (60, 80), (90, 150), (120, 152), (150, 82)]
+    events = [e for t, hr in heart_rates for e in run.send(reading(t, heart_rate=hr))]
+    assert kinds(events) == [("opened", "threshold:heart_rate", "critical")]
+    [resolved] = run.send(reading(179.2, heart_rate=83))
+    assert (resolved.type, resolved.alert.resolved_at) == ("resolved", T0 + 179.2)
+    run.send(reading(210, heart_rate=150))
+    assert kinds(run.send(reading(240, heart_rate=151))) == [
+        ("opened", "threshold:heart_rate", "critical")
+    ]
+
+
 def test_a_critical_value_needs_confirmation_but_not_the_monitors_delay() -> None:
     run = Run()
     # A fall of 6 points: no more than SpO2 can move in 5 s, so no artefact hold applies.

@@ -16,7 +16,8 @@
   it is no part of a run pending after that sample.
 - open: a worse severity escalates the same alert in place (after the same
   persistence or confirmation); the alert resolves only once the value has been
-  back inside its band by a margin for ``resolve_hold_s`` (hysteresis).
+  back inside its band by a margin for ``resolve_hold_s`` (hysteresis), give or
+  take the device's jitter as persistence counts.
 """
 
 from __future__ import annotations
@@ -258,7 +259,7 @@ class Lifecycle:
         hold = self.cfg.resolve_hold_s if finding.resolve_s is None else finding.resolve_s
         # A measurement of its own (a cuff's) resolves alone, as it opened: the next is a
         # cycle away.
-        if finding.immediate or sample.ts - tracker.clear_since >= hold:
+        if finding.immediate or lasted(sample.ts - tracker.clear_since, hold, self.interval):
             alert.status = "resolved"
             alert.resolved_at = sample.ts
             del self.open[(alert.patient_id, alert.kind)]
