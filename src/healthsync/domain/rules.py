@@ -304,8 +304,7 @@ class AnomalySettings(BaseModel):
     # A pending condition whose readings stop for this long (or 2.5 of the device's
     # intervals, if longer) starts over.
     pending_gap_s: float = Field(60.0, gt=0)
-    # An alert resolves once the value is back inside its band by the margin for this long
-    # (less the device's jitter, as persistence counts).
+    # An alert resolves once back inside its band by the margin this long (less the jitter).
     resolve_hold_s: float = Field(30.0, ge=0)
     margins: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MARGIN))
     trends: tuple[TrendRule, ...] = DEFAULT_TRENDS
