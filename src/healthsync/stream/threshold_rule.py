@@ -107,8 +107,9 @@ class ThresholdRule:
         patient whose trusted baseline lies far inside the low limit (:meth:`_moved`): a
         breathing rate that fell from the patient's own to a new one reads alike on a
         monitor's breath-averaged samples, and talking, which can make two samples alike,
-        raises it. A patient who breathes near the limit crosses it by noise. None: the
-        usual persistence."""
+        raises it (a sensor that reads low for two samples is not told apart:
+        docs/ALARMS.md). A patient who breathes near the limit crosses it by noise.
+        None: the usual persistence."""
         cfg = self.cfg
         persist = cfg.steady_fall_persist_s.get(vital)
         if persist is None or persist >= cfg.persist_s or band.low is None:
@@ -159,8 +160,10 @@ def scattered_persist(cfg: AnomalySettings, vital: str, values: list[float]) -> 
 def steady_persist(cfg: AnomalySettings, vital: str, values: list[float]) -> float | None:
     """``steady_persist_s`` of `vital` while its pending `values` lie within the vital's
     level spread of each other: a heart rate that reads alike on two samples of a
-    monitor's beat-averaged rate is the rhythm, and the lead artefacts that could mimic
-    it are jumps, held before they reach this rule. None: the usual persistence."""
+    monitor's beat-averaged rate is the rhythm, and most lead artefacts that could mimic
+    it are jumps, held before they reach this rule (an undersensing lead that halves a
+    slow rate is not, and reads as a sudden bradycardia does: docs/ALARMS.md). None:
+    the usual persistence."""
     persist = cfg.steady_persist_s.get(vital)
     if persist is None or persist >= cfg.persist_s:
         return None
