@@ -1,7 +1,8 @@
 """Devices that go quiet: the technical ``device_offline:<device>`` alert.
 
 A device is offline once it has sent nothing for ``offline_factor`` times its
-usual interval (at least ``offline_min_s``), on the receive clock. It is back
+usual interval (the one it measures at, however its readings arrive; at least
+``offline_min_s``), on the receive clock. It is back
 with its next reading. A device that starts sending for another patient was
 moved: the old patient forgets it, and its offline alert there resolves.
 
@@ -24,12 +25,13 @@ def offline_kind(device_id: str) -> str:
     return f"device_offline:{device_id}"
 
 
-def heard(state: PatientState, device_id: str, at: float) -> None:
+def heard(state: PatientState, device_id: str, at: float, ts: float) -> None:
+    """A reading from the device, received `at` and measured at `ts`."""
     clock = state.devices.get(device_id)
     if clock is None:
-        state.devices[device_id] = DeviceClock(at)
+        state.devices[device_id] = DeviceClock(at, measured=ts)
     else:
-        clock.heard(at)
+        clock.heard(at, ts)
 
 
 def back_online(

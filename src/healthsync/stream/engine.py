@@ -356,7 +356,7 @@ class AnomalyEngine:
         """A reading from a device: it is online; an offline alert for it resolves. A
         device now sending for another patient was moved: the old patient forgets it."""
         device, at = reading.device_id, reading.received_at
-        devices.heard(state, device, at)
+        devices.heard(state, device, at, reading.ts)
         events: list[AlertEvent] = []
         previous = self._device_patient.get(device)
         self._device_patient[device] = reading.patient_id

@@ -172,30 +172,54 @@ class Tracker:
         )
 
 
-# A gap between a device's readings counts towards its usual interval as at most this many
-# of them: longer is a dropout (a loose cable, a patient off the ward), not its interval.
+# A gap between a device's measurements counts towards its usual interval as at most this
+# many of them: longer is a dropout (a loose cable, a patient off the ward), not its interval.
+# A reading measured longer than this before the newest one is part of a backlog, not late.
 DROPOUT_INTERVALS = 3.0
 
 
 @dataclass(slots=True)
 class DeviceClock:
-    """When a device last sent (receive time) and its usual interval between readings."""
+    """When a device last sent (receive time), and its usual interval between measurements.
+
+    The interval is learnt from the times the device measured at, not the times its
+    readings arrived: a device that uploads a backlog at once (a wearable back in range)
+    still measures every minute. It is the moving average of the advances of the newest
+    measurement time over that of the readings sharing them: the network reorders
+    readings, and a late one, arriving after a newer one, split a gap already counted.
+    """
 
     last: float
     interval: float | None = None
     count: int = 1
+    measured: float | None = None  # the newest measurement time (None: saved without it)
+    share: float = 1.0  # readings per advance of `measured` (moving average)
 
-    def heard(self, at: float) -> None:
-        gap = at - self.last
-        if gap <= 0:
-            return  # a replayed or reordered reading says nothing about the interval
-        if self.interval is not None:
-            # A dropout is no interval: a gap counts as at most three usual intervals, so
-            # a device reconfigured to send less often is still learnt within minutes.
-            gap = min(gap, DROPOUT_INTERVALS * self.interval)
-        self.interval = gap if self.interval is None else 0.8 * self.interval + 0.2 * gap
-        self.last = at
+    def heard(self, at: float, ts: float) -> None:
+        """A reading received `at`, measured at `ts`."""
+        self.last = max(self.last, at)
         self.count += 1
+        newest, interval = self.measured, self.interval
+        if newest is None or ts == newest:
+            self.measured = ts  # a first reading, or a repeat: no interval yet
+            return
+        if interval is None:
+            if ts > newest:
+                self.interval, self.measured = ts - newest, ts
+            return
+        if ts < newest:
+            # Late: it shares the advance it was measured in, unless it was measured
+            # long before the newest reading (a backlog sent newest first).
+            if newest - ts < DROPOUT_INTERVALS * interval:
+                span = interval * self.share
+                self.share += 0.2
+                self.interval = span / self.share
+            return
+        # A dropout is no interval: a gap counts as at most three usual intervals, so
+        # a device reconfigured to send less often is still learnt within minutes.
+        span = 0.8 * interval * self.share + 0.2 * min(ts - newest, DROPOUT_INTERVALS * interval)
+        self.share = 0.8 * self.share + 0.2
+        self.interval, self.measured = span / self.share, ts
 
 
 @dataclass(slots=True)
@@ -306,15 +330,22 @@ class PatientState:
             },
             windows={k: TrendWindow.from_list(v) for k, v in doc.get("windows", {}).items()},
             baselines={k: Baseline.from_list(v) for k, v in doc.get("baselines", {}).items()},
-            devices={
-                k: DeviceClock(float(last), interval, int(count))
-                for k, (last, interval, count) in doc.get("devices", {}).items()
-            },
+            devices={k: _device_clock(v) for k, v in doc.get("devices", {}).items()},
         )
 
 
 def _sample(data: list[Any]) -> Sample:
     return Sample(float(data[0]), float(data[1]), str(data[2]))
+
+
+def _device_clock(data: list[Any]) -> DeviceClock:
+    """A saved DeviceClock: [last, interval, count, measured, share], or its first three
+    if saved before the measurement time was kept."""
+    last, interval, count, *measured = data
+    clock = DeviceClock(float(last), interval, int(count))
+    if measured:
+        clock.measured, clock.share = measured[0], float(measured[1])
+    return clock
 
 
 def _set_aside(data: list[Any]) -> SetAside:
@@ -346,7 +377,7 @@ def _as_json(value: Any) -> Any:
     if kind is Tracker or kind is TrendWindow or kind is Baseline:
         return value.to_list()
     if kind is DeviceClock:
-        return [value.last, value.interval, value.count]
+        return [value.last, value.interval, value.count, value.measured, value.share]
     if kind is SetAside:
         return [value.run, value.hold, value.until, value.slack]
     raise TypeError(f"{kind.__name__} is not part of the engine's state")
