@@ -70,3 +70,13 @@ def test_a_device_clock_saved_without_its_measured_time_still_loads() -> None:
     last, interval, count, *_ = run.states["P-1"]["devices"]["d1"]
     assert (last, count) == (T0 + 70, 15)
     assert abs(interval - 5.0) < 1e-6, "the interval learnt before goes on"
+
+
+def test_a_device_whose_clock_stands_still_is_learnt_from_its_arrivals() -> None:
+    # Its readings all carry the same time (told apart by their sequence numbers):
+    # when they arrive is all that says how often it sends, and when it stops.
+    run = Run()
+    for t in range(0, 600, 60):
+        run.send(replace(reading(0, device="wr-2", heart_rate=72), received_at=T0 + t))
+    assert offline_opened(run.send(now=700)) == [], "within 3 minutes of its last reading"
+    assert offline_opened(run.send(now=800)) == [800]

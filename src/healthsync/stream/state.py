@@ -197,29 +197,42 @@ class DeviceClock:
 
     def heard(self, at: float, ts: float) -> None:
         """A reading received `at`, measured at `ts`."""
-        self.last = max(self.last, at)
+        previous, self.last = self.last, max(self.last, at)
         self.count += 1
-        newest, interval = self.measured, self.interval
-        if newest is None or ts == newest:
-            self.measured = ts  # a first reading, or a repeat: no interval yet
-            return
+        newest = self.measured
+        if newest is None:
+            self.measured = ts
+        elif ts > newest:
+            self.measured = ts
+            self._advanced(ts - newest)
+        elif ts < newest:
+            self._late(newest - ts)
+        elif at > previous:
+            # A clock that stands still (readings told apart by their sequence numbers):
+            # only when they arrive says how often the device sends.
+            self._advanced(at - previous)
+
+    def _advanced(self, gap: float) -> None:
+        """The newest measurement time moved on by `gap`. A dropout is no interval: a gap
+        counts as at most three usual intervals, so a device reconfigured to send less
+        often is still learnt within minutes."""
+        interval = self.interval
         if interval is None:
-            if ts > newest:
-                self.interval, self.measured = ts - newest, ts
+            self.interval = gap
             return
-        if ts < newest:
-            # Late: it shares the advance it was measured in, unless it was measured
-            # long before the newest reading (a backlog sent newest first).
-            if newest - ts < DROPOUT_INTERVALS * interval:
-                span = interval * self.share
-                self.share += 0.2
-                self.interval = span / self.share
-            return
-        # A dropout is no interval: a gap counts as at most three usual intervals, so
-        # a device reconfigured to send less often is still learnt within minutes.
-        span = 0.8 * interval * self.share + 0.2 * min(ts - newest, DROPOUT_INTERVALS * interval)
+        span = 0.8 * interval * self.share + 0.2 * min(gap, DROPOUT_INTERVALS * interval)
         self.share = 0.8 * self.share + 0.2
-        self.interval, self.measured = span / self.share, ts
+        self.interval = span / self.share
+
+    def _late(self, before: float) -> None:
+        """A late reading, measured `before` s before the newest: it shares the advance it
+        was measured in, unless measured long before the newest (a backlog sent newest
+        first)."""
+        interval = self.interval
+        if interval is not None and before < DROPOUT_INTERVALS * interval:
+            span = interval * self.share
+            self.share += 0.2
+            self.interval = span / self.share
 
 
 @dataclass(slots=True)
