@@ -24,11 +24,7 @@ def uploaded(
 
 
 def offline_opened(events: list[AlertEvent]) -> list[float]:
-    return [
-        e.alert.opened_at - T0
-        for e in events
-        if e.type == "opened" and e.alert.kind.startswith("device_offline:")
-    ]
+    return [at for kind, at in opened(events) if kind.startswith("device_offline:")]
 
 
 def test_a_wearable_that_uploads_its_backlog_is_not_missed_between_its_next_readings() -> None:

@@ -2,9 +2,9 @@
 
 A device is offline once it has sent nothing for ``offline_factor`` times its
 usual interval (the one it measures at, however its readings arrive; at least
-``offline_min_s``), on the receive clock. It is back
-with its next reading. A device that starts sending for another patient was
-moved: the old patient forgets it, and its offline alert there resolves.
+``offline_min_s``), on the receive clock. It is back with its next reading. A
+device that starts sending for another patient was moved: the old patient
+forgets it, and its offline alert there resolves.
 
 A patient none of whose devices has sent for the live cache's retention has
 left (discharged, or the monitor went to another bed unannounced): the engine

@@ -357,7 +357,8 @@ def _device_clock(data: list[Any]) -> DeviceClock:
     last, interval, count, *measured = data
     clock = DeviceClock(float(last), interval, int(count))
     if measured:
-        clock.measured, clock.share = measured[0], float(measured[1])
+        clock.measured = None if measured[0] is None else float(measured[0])
+        clock.share = float(measured[1])
     return clock
 
 
