@@ -51,8 +51,16 @@ class LatencyResult:
     not_visible: int
     achieved_rate: float
     histogram: dict[str, float]
-    # Growth of the processor's counter over the sending window, per second.
+    # Growth of the processor's counter over the sending window, per second. Readings
+    # still on their way when sending stops are not in it, so it falls short of the
+    # offered rate by about (latency / duration) even when the pipeline keeps up.
     processed_rate: float
+    # Readings that became visible per second from a sixth of the window to the end of
+    # sending, counted by when they became visible: the offered rate while the pipeline
+    # keeps up, and what it drains while a backlog grows.
+    steady_rate: float
+    # How long after sending stopped the last reading became visible.
+    last_visible_after: float
     usage: Usage
 
 
@@ -269,6 +277,8 @@ async def latency_phase(
         await _close(redis)
     tally = merge(tallies)
     measured_from = start + warmup
+    steady_from = start + duration / 6
+    steady = sum(1 for sent_at, latency in found if steady_from <= sent_at + latency <= stop_at)
     thirds: list[list[float]] = [[], [], []]
     span = max(stop_at - measured_from, 1e-9)
     for sent_at, latency in found:
@@ -283,6 +293,8 @@ async def latency_phase(
         trend=[percentile(sorted(part), 0.5) for part in thirds],
         timeline=[(at - measured_from, lat) for at, lat in found if at >= measured_from],
         processed_rate=processed_rate,
+        steady_rate=rate(steady, stop_at - steady_from),
+        last_visible_after=max((s + lat for s, lat in found), default=stop_at) - stop_at,
         usage=usage,
         not_visible=not_visible,
         achieved_rate=rate(tally.sent, sent_s),

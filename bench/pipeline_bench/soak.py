@@ -132,6 +132,11 @@ def render_soak(
         f"{soak.tally.ok} OK, {soak.tally.err} ERR"
         + (f"; {soak.not_visible} never visible" if soak.not_visible else "")
     )
+    add(
+        f"   steady state: {soak.steady_rate:.0f} readings/s became visible from "
+        f"{soak.duration / 6:.0f} s to the end of sending (counted by when they became "
+        f"visible), the last {soak.last_visible_after:.1f} s after sending stopped"
+    )
     add("   device send -> visible in Redis, per interval of the run:")
     step = max(args.sample_every, 1.0)
     buckets: dict[int, list[float]] = {}
