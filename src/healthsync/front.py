@@ -70,9 +70,14 @@ def front_config(ingest: IngestSettings, replicas: list[Replica], stats_port: in
     total = per_replica * len(replicas)
     # Devices stay connected and may be quiet for a while: ingest's idle timeout decides.
     idle_s = int(ingest.idle_timeout_s) + 60
+    # One thread, not HAProxy's default of one per core: it only passes short lines on,
+    # and on a machine shared with every stage a second thread costs wakeups. At 10,000
+    # readings/s paced it took 10-11% of a core against 11-13% with two (bench/pipeline.py
+    # --soak 45 and 60 --soak-rate 10000, four alternated pairs, 2026-12-07).
     sections = [
         f"""global
     maxconn {2 * total + 100}
+    nbthread 1
     hard-stop-after {DRAIN_S}s
 
 defaults
