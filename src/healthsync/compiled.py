@@ -49,6 +49,7 @@ MODULES = (
     "healthsync.security.crypto",
     "healthsync.store.fhir_store",
     "healthsync.store.live",
+    "healthsync.stream.clock",
     "healthsync.stream.devices",
     "healthsync.stream.engine",
     "healthsync.stream.level_rule",

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from healthsync.domain.alerts import AlertEvent
 from tests.stream.engine_cases import T0, Run, reading
 from tests.stream.test_alarm_rules import opened
@@ -78,3 +80,67 @@ def test_a_device_whose_clock_stands_still_is_learnt_from_its_arrivals() -> None
         run.send(replace(reading(0, device="wr-2", heart_rate=72), received_at=T0 + t))
     assert offline_opened(run.send(now=700)) == [], "within 3 minutes of its last reading"
     assert offline_opened(run.send(now=800)) == [800]
+
+
+def late_monitor(delays: list[float]) -> list[tuple[float, float]]:
+    """A 15 s monitor whose i-th reading is delayed `delays[i]` s, then silent, the engine's
+    clock ticking every second until two minutes after the last arrival. For each offline
+    alert: when it opened, as seconds after that last arrival, and the silence it saw."""
+    run = Run()
+    arrivals = sorted((15 * i + d, 15 * i) for i, d in enumerate(delays))
+    alerts: list[tuple[float, float]] = []
+    heard = 0.0
+    arriving = iter(arrivals)
+    upcoming = next(arriving, None)
+    for tick in range(int(arrivals[-1][0]) + 120):
+        while upcoming is not None and upcoming[0] <= tick:
+            at, measured = upcoming
+            late = replace(reading(measured, device="mon-1", heart_rate=72), received_at=T0 + at)
+            run.send(late, now=at)
+            heard, upcoming = at, next(arriving, None)
+        opened_now = offline_opened(run.send(now=tick))
+        alerts += [(tick - arrivals[-1][0], tick - heard) for _ in opened_now]
+    return alerts
+
+
+# Delays of 1-29 s, which reorder the readings, then a reading delayed 0.2 s followed
+# by two delayed 31.5 and 20 s: 46.3 s of silence on the receive clock.
+_DELAYS = [3, 27, 12, 22, 6, 29, 1, 18, 25, 9] * 4 + [3, 0.2, 31.5, 20] + [3, 27, 12, 22] * 3
+
+
+def test_a_monitor_whose_readings_arrive_late_is_not_called_offline_between_them() -> None:
+    alerts = late_monitor(_DELAYS)
+    assert [a for a in alerts if a[0] < 0] == [], "offline while its readings come"
+
+
+def test_a_monitor_on_a_slow_network_that_stops_is_still_called_offline() -> None:
+    # Three intervals (45 s) widened by half its delays' range (up to 31.3 s): 61 s at most.
+    ((after, silence),) = late_monitor(_DELAYS)
+    assert after > 0
+    assert 45 < silence <= 61
+
+
+def test_a_backlog_does_not_widen_the_offline_limit_of_a_wearable() -> None:
+    # Its hour of readings arrives at once, up to an hour late: those delays are left out
+    # (learnt, they would double the limit to 6 minutes). Its last minute's delays count.
+    run = Run()
+    for t in range(0, 660, 60):
+        run.send(reading(t, device="wr-1", heart_rate=72), now=t)
+    uploaded(run, "wr-1", range(660, 4200, 60), at=4200, heart_rate=72)
+    for t in range(4200, 5400, 60):
+        run.send(reading(t, device="wr-1", heart_rate=72), now=t)
+    silent = [t - 5340 for t in range(5340, 5800, 10) if offline_opened(run.send(now=t))]
+    assert len(silent) == 1
+    assert 180 < silent[0] <= 240
+
+
+def test_a_device_clock_saved_without_its_delays_learns_them() -> None:
+    # Saved before the delays were kept: [received, interval, count, measured, share].
+    store: dict[str, Any] = {"P-1": {"devices": {"d1": [T0 + 60, 5.0, 13, T0 + 60, 1.0]}}}
+    run = Run(load_states=lambda ps: {p: store[p] for p in (ps or store) if p in store})
+    for t, delay in ((65, 2.0), (70, 8.0)):
+        run.send(replace(reading(t, heart_rate=72), received_at=T0 + t + delay))
+    *_, measured, _share, low, high = run.states["P-1"]["devices"]["d1"]
+    # The range takes in the longer delay at once and lets go of the shorter slowly.
+    assert (measured, high) == (T0 + 70, 8.0)
+    assert low == pytest.approx(0.95 * 2.0 + 0.05 * 8.0)

@@ -11,8 +11,9 @@ import orjson
 from healthsync.domain.alerts import AlertEvent
 from healthsync.domain.bands import PatientRules
 from healthsync.domain.rules import AnomalySettings
+from healthsync.stream.clock import DeviceClock
 from healthsync.stream.replay import replay
-from healthsync.stream.state import DeviceClock, PatientState, Sample, SetAside, Tracker
+from healthsync.stream.state import PatientState, Sample, SetAside, Tracker
 from healthsync.stream.trends import Baseline, TrendWindow
 from tests.stream.engine_cases import T0, Run, kinds, reading
 
@@ -173,7 +174,7 @@ def test_every_part_of_a_patients_state_reads_back_from_its_json() -> None:
         recent={"spo2": [(T0, 88.0), (T0 + 5, 87.5)]},
         windows={"spo2_fall": TrendWindow(300.0, [(T0, 176.0, 2.0, 87.5, 88.5)], [88.0], 15.0)},
         baselines={"heart_rate": Baseline(75.0, 4.0, 12, T0)},
-        devices={"mon-1": DeviceClock(T0 + 5.1, 5.0, 12)},
+        devices={"mon-1": DeviceClock(T0 + 5.1, 5.0, 12, T0 + 5.0, 1.2, 0.1, 2.5)},
     )
     saved = state.to_json()
     assert PatientState.from_dict(orjson.loads(saved)) == state

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from healthsync.domain.alerts import Threshold
+from healthsync.stream.clock import DeviceClock
 from healthsync.stream.trends import Baseline, TrendWindow, median
 
 # Samples kept as an alert's evidence.
@@ -172,69 +173,6 @@ class Tracker:
         )
 
 
-# A gap between a device's measurements counts towards its usual interval as at most this
-# many of them: longer is a dropout (a loose cable, a patient off the ward), not its interval.
-# A reading measured longer than this before the newest one is part of a backlog, not late.
-DROPOUT_INTERVALS = 3.0
-
-
-@dataclass(slots=True)
-class DeviceClock:
-    """When a device last sent (receive time), and its usual interval between measurements.
-
-    The interval is learnt from the times the device measured at, not the times its
-    readings arrived: a device that uploads a backlog at once (a wearable back in range)
-    still measures every minute. It is the moving average of the advances of the newest
-    measurement time over that of the readings sharing them: the network reorders
-    readings, and a late one, arriving after a newer one, split a gap already counted.
-    """
-
-    last: float
-    interval: float | None = None
-    count: int = 1
-    measured: float | None = None  # the newest measurement time (None: saved without it)
-    share: float = 1.0  # readings per advance of `measured` (moving average)
-
-    def heard(self, at: float, ts: float) -> None:
-        """A reading received `at`, measured at `ts`."""
-        previous, self.last = self.last, max(self.last, at)
-        self.count += 1
-        newest = self.measured
-        if newest is None:
-            self.measured = ts
-        elif ts > newest:
-            self.measured = ts
-            self._advanced(ts - newest)
-        elif ts < newest:
-            self._late(newest - ts)
-        elif at > previous:
-            # A clock that stands still (readings told apart by their sequence numbers):
-            # only when they arrive says how often the device sends.
-            self._advanced(at - previous)
-
-    def _advanced(self, gap: float) -> None:
-        """The newest measurement time moved on by `gap`. A dropout is no interval: a gap
-        counts as at most three usual intervals, so a device reconfigured to send less
-        often is still learnt within minutes."""
-        interval = self.interval
-        if interval is None:
-            self.interval = gap
-            return
-        span = 0.8 * interval * self.share + 0.2 * min(gap, DROPOUT_INTERVALS * interval)
-        self.share = 0.8 * self.share + 0.2
-        self.interval = span / self.share
-
-    def _late(self, before: float) -> None:
-        """A late reading, measured `before` s before the newest: it shares the advance it
-        was measured in, unless measured long before the newest (a backlog sent newest
-        first)."""
-        interval = self.interval
-        if interval is not None and before < DROPOUT_INTERVALS * interval:
-            span = interval * self.share
-            self.share += 0.2
-            self.interval = span / self.share
-
-
 @dataclass(slots=True)
 class Sample:
     ts: float
@@ -343,23 +281,12 @@ class PatientState:
             },
             windows={k: TrendWindow.from_list(v) for k, v in doc.get("windows", {}).items()},
             baselines={k: Baseline.from_list(v) for k, v in doc.get("baselines", {}).items()},
-            devices={k: _device_clock(v) for k, v in doc.get("devices", {}).items()},
+            devices={k: DeviceClock.from_list(v) for k, v in doc.get("devices", {}).items()},
         )
 
 
 def _sample(data: list[Any]) -> Sample:
     return Sample(float(data[0]), float(data[1]), str(data[2]))
-
-
-def _device_clock(data: list[Any]) -> DeviceClock:
-    """A saved DeviceClock: [last, interval, count, measured, share], or its first three
-    if saved before the measurement time was kept."""
-    last, interval, count, *measured = data
-    clock = DeviceClock(float(last), interval, int(count))
-    if measured:
-        clock.measured = None if measured[0] is None else float(measured[0])
-        clock.share = float(measured[1])
-    return clock
 
 
 def _set_aside(data: list[Any]) -> SetAside:
@@ -388,10 +315,8 @@ def _as_json(value: Any) -> Any:
             "baselines": value.baselines,
             "devices": value.devices,
         }
-    if kind is Tracker or kind is TrendWindow or kind is Baseline:
+    if kind is Tracker or kind is TrendWindow or kind is Baseline or kind is DeviceClock:
         return value.to_list()
-    if kind is DeviceClock:
-        return [value.last, value.interval, value.count, value.measured, value.share]
     if kind is SetAside:
         return [value.run, value.hold, value.until, value.slack]
     raise TypeError(f"{kind.__name__} is not part of the engine's state")
