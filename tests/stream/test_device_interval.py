@@ -144,3 +144,17 @@ def test_a_device_clock_saved_without_its_delays_learns_them() -> None:
     # The range takes in the longer delay at once and lets go of the shorter slowly.
     assert (measured, high) == (T0 + 70, 8.0)
     assert low == pytest.approx(0.95 * 2.0 + 0.05 * 8.0)
+
+
+def test_a_wearable_whose_clock_is_set_an_hour_forward_is_still_offline_in_minutes() -> None:
+    # Its readings then look measured an hour after they arrive. The delays start again
+    # from there (kept as a range, an hour wide, they would double the limit to 6 minutes).
+    run = Run()
+    for t in range(0, 1200, 60):
+        run.send(replace(reading(t, device="wr-1", heart_rate=72), received_at=T0 + t + 1))
+    for t in range(1200, 2400, 60):
+        moved = replace(reading(t + 3600, device="wr-1", heart_rate=72), received_at=T0 + t + 1)
+        run.send(moved, now=t + 1)
+    silent = [t - 2341 for t in range(2341, 2800, 10) if offline_opened(run.send(now=t))]
+    assert len(silent) == 1
+    assert 180 < silent[0] <= 200

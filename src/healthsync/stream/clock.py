@@ -96,13 +96,19 @@ class DeviceClock:
 
     def _delayed(self, delay: float) -> None:
         """A reading's delay. One longer than the recent ones by more than a dropout is a
-        backlog uploaded at once (a gateway back online), not the network: it is left out."""
+        backlog uploaded at once (a gateway back online), not the network: it is left out.
+        One shorter than them by as much says the device's clock was set forward: the
+        range starts again from it."""
         low, high, interval = self.delay_low, self.delay_high, self.interval
         if low is None or high is None:
             self.delay_low = self.delay_high = delay
             return
-        if interval is not None and delay > high + DROPOUT_INTERVALS * interval:
-            return
+        if interval is not None:
+            if delay > high + DROPOUT_INTERVALS * interval:
+                return
+            if delay < low - DROPOUT_INTERVALS * interval:
+                self.delay_low = self.delay_high = delay
+                return
         keep = _DELAY_MEMORY
         self.delay_high = max(delay, keep * high + (1 - keep) * delay)
         self.delay_low = min(delay, keep * low + (1 - keep) * delay)
