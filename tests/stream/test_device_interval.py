@@ -25,6 +25,12 @@ def uploaded(
     return events
 
 
+def saved(devices: dict[str, list[Any]]) -> Run:
+    """An engine that loads P-1's state as saved with these device clocks."""
+    store: dict[str, Any] = {"P-1": {"devices": devices}}
+    return Run(load_states=lambda ps: {p: store[p] for p in (ps or store) if p in store})
+
+
 def offline_opened(events: list[AlertEvent]) -> list[float]:
     return [at for kind, at in opened(events) if kind.startswith("device_offline:")]
 
@@ -61,8 +67,7 @@ def test_a_cuff_that_uploads_its_backlog_is_still_a_cuff() -> None:
 
 def test_a_device_clock_saved_without_its_measured_time_still_loads() -> None:
     # Saved before the measured time was kept: [received, interval, count].
-    store: dict[str, Any] = {"P-1": {"devices": {"d1": [T0 + 60, 5.0, 13]}}}
-    run = Run(load_states=lambda ps: {p: store[p] for p in (ps or store) if p in store})
+    run = saved({"d1": [T0 + 60, 5.0, 13]})
     for t in (65, 75):
         run.send(reading(t, heart_rate=72))
     last, interval, count, *_ = run.states["P-1"]["devices"]["d1"]
@@ -136,8 +141,7 @@ def test_a_backlog_does_not_widen_the_offline_limit_of_a_wearable() -> None:
 
 def test_a_device_clock_saved_without_its_delays_learns_them() -> None:
     # Saved before the delays were kept: [received, interval, count, measured, share].
-    store: dict[str, Any] = {"P-1": {"devices": {"d1": [T0 + 60, 5.0, 13, T0 + 60, 1.0]}}}
-    run = Run(load_states=lambda ps: {p: store[p] for p in (ps or store) if p in store})
+    run = saved({"d1": [T0 + 60, 5.0, 13, T0 + 60, 1.0]})
     for t, delay in ((65, 2.0), (70, 8.0)):
         run.send(replace(reading(t, heart_rate=72), received_at=T0 + t + delay))
     *_, measured, _share, low, high = run.states["P-1"]["devices"]["d1"]

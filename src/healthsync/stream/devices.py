@@ -59,9 +59,12 @@ def back_online(
 DELAY_SHARE = 0.5
 
 
-def offline_limit(cfg: AnomalySettings, clock: DeviceClock, interval: float) -> float:
-    """How long the device may be silent, on the receive clock, before it is offline."""
-    usual = cfg.offline_factor * interval
+def offline_limit(cfg: AnomalySettings, clock: DeviceClock) -> float | None:
+    """How long the device may be silent, on the receive clock, before it is offline
+    (None while one reading has said nothing about how often it sends)."""
+    if clock.interval is None:
+        return None
+    usual = cfg.offline_factor * clock.interval
     return max(usual + min(DELAY_SHARE * clock.delay_range, usual), cfg.offline_min_s)
 
 
@@ -74,10 +77,10 @@ def gone_quiet(
 ) -> list[AlertEvent]:
     events: list[AlertEvent] = []
     for device_id, clock in state.devices.items():
-        if clock.interval is None:
-            continue  # one reading says nothing about how often it sends
+        limit = offline_limit(cfg, clock)
+        if limit is None:
+            continue
         kind = offline_kind(device_id)
-        limit = offline_limit(cfg, clock, clock.interval)
         silent = now - clock.last
         if silent <= limit or (patient, kind) in life.open:
             continue
