@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import random
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from healthsync.config import Settings
 from healthsync.stack import free_port
 from healthsync.stack import process as stack_process
 from healthsync.stack.process import LOWEST_PORT
+from healthsync.supervisor import Pipeline
 
 
 def ephemeral_start() -> int:
@@ -62,6 +65,37 @@ def test_a_port_handed_out_is_not_handed_out_again_before_its_service_binds_it(
     assert free_port() == first
     # Nothing bound `first` yet (its service is still starting): it is not picked twice.
     assert free_port() == second
+
+
+class OffersFirst:
+    """A picker that draws these ports first, then random ones."""
+
+    def __init__(self, *ports: int) -> None:
+        self._ports: Iterator[int] = iter(ports)
+        self._rest = random.Random()
+
+    def randrange(self, low: int, high: int) -> int:
+        return next(self._ports, None) or self._rest.randrange(low, high)
+
+
+def test_the_embedded_services_leave_the_ports_configured_for_the_stages_free(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The embedded broker once took the port the API was configured on, and the API
+    # could not start. Here the picker offers the stages' ports before any other.
+    ingest, tls, api = kernel_port(), kernel_port(), kernel_port()
+    settings = Settings(
+        ingest={"port": ingest, "tls_port": tls, "front_stats_port": 0}, api={"port": api}
+    )
+    monkeypatch.setattr(stack_process, "_pick", OffersFirst(ingest, tls, api))
+    pipeline = Pipeline(settings, tmp_path)
+    try:
+        pipeline.start(stages=())  # Redis and the broker only
+        for port in (ingest, tls, api):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port))  # still free for its stage
+    finally:
+        pipeline.stop()
 
 
 @pytest.fixture

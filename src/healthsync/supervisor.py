@@ -44,6 +44,7 @@ from healthsync.stack import (
     RedisUser,
     ServerTls,
     Service,
+    reserve_ports,
     start_broker,
     start_redis,
     wait_for_port,
@@ -92,6 +93,15 @@ class Pipeline:
             stages = STAGES + (("push",) if settings.fhir.ehr_base_url else ())
         if "process" in stages:
             self._check_processes()
+        # The ports a user configured are not free ones for the broker, Redis or HAProxy.
+        ingest = settings.ingest
+        reserve_ports(
+            ingest.port,
+            ingest.tls_port,
+            ingest.check_port,
+            ingest.front_stats_port,
+            settings.api.port,
+        )
         self._prepare_certificates(stages)
         self._start_redis()
         self._start_broker()

@@ -29,6 +29,8 @@ _pick = random.Random()
 # the ingest front's public port and a replica's TLS port alike, and HAProxy could not
 # bind it.
 _handed_out: deque[int] = deque(maxlen=2000)
+# Ports configured for this process's services (reserve_ports), never handed out.
+_reserved: set[int] = set()
 # The one TLS version and suite the embedded services accept (AES-256-GCM in transit).
 TLS_PROTOCOL = "TLSv1.3"
 TLS_CIPHERSUITE = "TLS_AES_256_GCM_SHA384"
@@ -63,13 +65,14 @@ def free_port(host: str = "127.0.0.1") -> int:
     (HAProxy once failed to bind a port so taken). Nor is it one this process
     handed out lately, which its service may not have bound yet. With too little
     room below the range the kernel picks, from the range, passing over those too.
+    Ports reserved for configured services are passed over as well.
     """
     top = _ephemeral_start()
     if top - LOWEST_PORT >= _MIN_CHOICE:
         for _ in range(_PICK_ATTEMPTS):
             port = _pick.randrange(LOWEST_PORT, top)
-            if port in _handed_out:
-                continue  # handed out already, perhaps not bound yet
+            if port in _handed_out or port in _reserved:
+                continue  # handed out already, perhaps not bound yet, or configured
             with socket.socket() as s:
                 try:
                     s.bind((host, port))
@@ -79,10 +82,16 @@ def free_port(host: str = "127.0.0.1") -> int:
             return port
     for _ in range(_PICK_ATTEMPTS):
         port = _kernel_port(host)
-        if port not in _handed_out:
+        if port not in _handed_out and port not in _reserved:
             break
     _handed_out.append(port)
     return port
+
+
+def reserve_ports(*ports: int | None) -> None:
+    """Keep free_port from handing out these ports: ones configured for services that
+    start later (the embedded broker once took the API's configured port)."""
+    _reserved.update(port for port in ports if port)
 
 
 def _kernel_port(host: str) -> int:
