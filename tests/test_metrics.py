@@ -8,7 +8,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from healthsync.config import Settings
 from healthsync.metrics import StatsRecorder
-from healthsync.stack.process import free_port
+from healthsync.stack.ports import free_port
 
 
 def test_counts_of_a_failed_flush_go_with_the_next(settings: Settings, redis: Redis) -> None:

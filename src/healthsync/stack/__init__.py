@@ -26,6 +26,7 @@ from healthsync.stack.broker import (
     start_tls_front,
     tansu_binary,
 )
+from healthsync.stack.ports import free_port, reserve_ports
 from healthsync.stack.process import (
     LOCALHOST,
     TLS_CIPHERSUITE,
@@ -34,8 +35,6 @@ from healthsync.stack.process import (
     ServerTls,
     Service,
     die_with_parent,
-    free_port,
-    reserve_ports,
     spawn,
     stop_process,
     wait_for_port,

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from healthsync.errors import HealthSyncError, MissingBinaryError
+from healthsync.stack.ports import free_port
 from healthsync.stack.process import (
     LOCALHOST,
     TLS_CIPHERSUITE,
     Launch,
     ServerTls,
     Service,
-    free_port,
     spawn,
 )
 

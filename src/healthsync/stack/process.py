@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import ctypes
-import random
 import signal
 import socket
 import subprocess
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final, Literal
@@ -16,21 +14,6 @@ from typing import IO, Final, Literal
 from healthsync.errors import HealthSyncError
 
 _PR_SET_PDEATHSIG = 1
-# free_port picks from LOWEST_PORT up to the ephemeral range, if that leaves this many.
-LOWEST_PORT = 10000
-_MIN_CHOICE = 1000
-_PICK_ATTEMPTS = 200
-_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
-# Its own generator: a test that seeds the global one must not make two processes pick
-# the same ports.
-_pick = random.Random()
-# The ports this process handed out lately. A port is not bound until its service
-# starts, so a second pick before then could return it again: a bench run once planned
-# the ingest front's public port and a replica's TLS port alike, and HAProxy could not
-# bind it.
-_handed_out: deque[int] = deque(maxlen=2000)
-# Ports configured for this process's services (reserve_ports), never handed out.
-_reserved: set[int] = set()
 # The one TLS version and suite the embedded services accept (AES-256-GCM in transit).
 TLS_PROTOCOL = "TLSv1.3"
 TLS_CIPHERSUITE = "TLS_AES_256_GCM_SHA384"
@@ -54,59 +37,6 @@ def die_with_parent() -> None:
     """preexec_fn: have the kernel send SIGTERM to the child when its parent dies."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (for programs that cannot bind port 0).
-
-    Picked below the kernel's ephemeral range, from which outgoing connections take
-    their local ports: a port of that range, free a moment ago, can become some
-    connection's local port before the service binds it, or while it restarts on it
-    (HAProxy once failed to bind a port so taken). Nor is it one this process
-    handed out lately, which its service may not have bound yet. With too little
-    room below the range the kernel picks, from the range, passing over those too.
-    Ports reserved for configured services are passed over as well.
-    """
-    top = _ephemeral_start()
-    if top - LOWEST_PORT >= _MIN_CHOICE:
-        for _ in range(_PICK_ATTEMPTS):
-            port = _pick.randrange(LOWEST_PORT, top)
-            if port in _handed_out or port in _reserved:
-                continue  # handed out already, perhaps not bound yet, or configured
-            with socket.socket() as s:
-                try:
-                    s.bind((host, port))
-                except OSError:
-                    continue  # in use
-            _handed_out.append(port)
-            return port
-    for _ in range(_PICK_ATTEMPTS):
-        port = _kernel_port(host)
-        if port not in _handed_out and port not in _reserved:
-            break
-    _handed_out.append(port)
-    return port
-
-
-def reserve_ports(*ports: int | None) -> None:
-    """Keep free_port from handing out these ports: ones configured for services that
-    start later (the embedded broker once took the API's configured port)."""
-    _reserved.update(port for port in ports if port)
-
-
-def _kernel_port(host: str) -> int:
-    """A port the kernel picks from its ephemeral range, free a moment ago."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def _ephemeral_start() -> int:
-    """The first port of the kernel's ephemeral range (Linux's default when unreadable)."""
-    try:
-        return int(_EPHEMERAL_RANGE.read_text(encoding="ascii").split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
 
 
 def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Popen[bytes]) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from healthsync.errors import HealthSyncError, MissingBinaryError
+from healthsync.stack.ports import free_port
 from healthsync.stack.process import (
     LOCALHOST,
     TLS_CIPHERSUITE,
@@ -17,7 +18,6 @@ from healthsync.stack.process import (
     Launch,
     ServerTls,
     Service,
-    free_port,
     spawn,
 )
 
