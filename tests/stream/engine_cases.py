@@ -67,9 +67,17 @@ def kinds(events: list[AlertEvent]) -> list[tuple[str, str, str]]:
 NORMAL: dict[str, Any] = {"resp_rate": 16, "spo2": 97, "heart_rate": 75, "temp": 37, "bp_sys": 125}
 
 
-def series(run: Run, start: float, step: float, values: Sequence[float], **fixed: Any) -> list[Any]:
-    """Send one reading per value, `step` s apart from `start`; every event they raised."""
+def series(
+    run: Run,
+    start: float,
+    step: float,
+    values: Sequence[float],
+    vital: str = "spo2",
+    **fixed: Any,
+) -> list[Any]:
+    """Send one reading of `vital` per value, `step` s apart from `start`, with the `fixed`
+    vitals; every event they raised."""
     events: list[AlertEvent] = []
     for i, value in enumerate(values):
-        events += run.send(reading(start + i * step, **dict(fixed, spo2=value)))
+        events += run.send(reading(start + i * step, **dict(fixed, **{vital: value})))
     return events

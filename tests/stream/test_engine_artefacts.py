@@ -387,25 +387,19 @@ def opened_after_12(
     return [(e.alert.kind, round(e.alert.opened_at - T0, 1)) for e in events if e.type == "opened"]
 
 
-def _heart_rates(run: Run, start: float, step: float, values: list[float]) -> list[AlertEvent]:
-    return [
-        e for i, v in enumerate(values) for e in run.send(reading(start + i * step, heart_rate=v))
-    ]
-
-
 def test_a_10_s_monitors_two_sample_lead_spike_is_an_artefact_not_an_alarm() -> None:
     # On a 10 s monitor the second sample of a jump is already 10 s on: a lead spike of
     # two samples read 187, 186 and stood as a new rhythm, where a monitor, waiting
     # 15 s, needs a third sample and raises nothing.
     run = Run()
-    assert _heart_rates(run, 0, 10, [78, 74, 76, 187, 186, 73, 74]) == []
+    assert series(run, 0, 10, [78, 74, 76, 187, 186, 73, 74], "heart_rate") == []
     assert [a.value for a in run.artefacts] == [187, 186]
 
 
 def test_a_10_s_monitors_sudden_tachycardia_is_raised_with_its_third_sample() -> None:
     # Two samples after the jump: 20 s on, when a monitor waiting 15 s alarms too.
     run = Run()
-    events = _heart_rates(run, 0, 10, [78, 74, 76, 150, 151])
+    events = series(run, 0, 10, [78, 74, 76, 150, 151], "heart_rate")
     assert events == []
     [opened] = run.send(reading(50, heart_rate=150))
     assert (opened.alert.kind, opened.alert.opened_at) == ("threshold:heart_rate", T0 + 50)
@@ -417,7 +411,7 @@ def test_a_15_s_monitors_jump_still_stands_on_its_second_sample() -> None:
     # A 15 s monitor's one sample after a jump is as long as a monitor waits, even when
     # jitter brings it 11 s on: a third would come after the monitor's alarm.
     run = Run()
-    assert _heart_rates(run, 0, 15, [78, 74, 76, 150]) == []
+    assert series(run, 0, 15, [78, 74, 76, 150], "heart_rate") == []
     [opened] = run.send(reading(56, heart_rate=151))
     assert (opened.type, opened.alert.kind, opened.alert.opened_at) == (
         "opened",
@@ -430,7 +424,7 @@ def test_a_5_s_monitors_jump_seen_on_two_samples_10_s_apart_waits_for_the_one_be
     # The sample between them is on its way, late: it might read the old level, as it
     # would after a two-sample spike. The jump stands once it comes and agrees.
     run = Run()
-    assert _heart_rates(run, 0, 5, [79, 79, 79, 38]) == []
+    assert series(run, 0, 5, [79, 79, 79, 38], "heart_rate") == []
     assert run.send(reading(25, heart_rate=34)) == []
     late = replace(reading(20, heart_rate=37), received_at=T0 + 26.5)
     [opened] = [e for e in run.send(late) if e.type == "opened"]
