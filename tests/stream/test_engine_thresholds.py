@@ -119,11 +119,9 @@ def test_persistence_allows_for_the_timing_jitter_of_a_devices_samples() -> None
 def samples(
     run: Run, start: float, values: list[float], vital: str = "heart_rate"
 ) -> list[AlertEvent]:
-    """One reading of `vital` per value, 5 s apart from `start`: every event they raised."""
-    events = []
-    for i, value in enumerate(values):
-        events += run.send(reading(start + 5 * i, "P-1", "d1", **{vital: value}))
-    return events
+    """One reading of `vital` per value, 5 s apart from `start` (a 5 s monitor): every
+    event they raised."""
+    return series(run, start, 5, values, vital)
 
 
 def test_a_heart_rate_that_reads_alike_on_two_samples_opens_at_the_second() -> None:
