@@ -70,8 +70,7 @@ def news2_events(
     score = rescore(score, levels)
     if not score.total and not state.trackers and life.idle(state, patient, "news2"):
         return []  # most scores of most patients: no part scores, nothing to count or say
-    count_near_limit(score, state, bands, life.cfg, levels)
-    standing = _reds(score) - unconfirmed_reds(score, state, bands, life.cfg, levels)
+    standing = _reds(score) - track_near_limit(score, state, bands, life.cfg, levels)
     note_red(score, state, standing)
     severity = news2_severity(score, state, bands)
     if severity is None and life.idle(state, patient, "news2"):
@@ -96,56 +95,45 @@ def kept_levels(score: News2, state: PatientState) -> dict[str, float]:
     return {v: level for v, level in levels.items() if level is not None}
 
 
-def count_near_limit(
-    score: News2,
-    state: PatientState,
-    bands: Mapping[str, Threshold],
-    cfg: AnomalySettings,
-    levels: Mapping[str, float],
-) -> None:
-    """Count, per vital `score` scored, the kept samples in a row whose level (of
-    `levels`, :func:`kept_levels`) has lain near its alert limit (not inside the band by
-    the vital's margin) or past it: each new kept sample so is one, and one clear of it
-    ends the count. A run whose first two samples lie further apart than
-    ``news2_persist_s`` counts from its second."""
-    for name in score.parts:
-        band, kept, level = bands.get(name), state.recent.get(name), levels.get(name)
-        if band is None or not kept or level is None:
-            continue  # consciousness, oxygen: a nurse's entry, not a noisy sensor
-        key = NEAR_LIMIT + name
-        near = state.trackers.get(key)
-        if band.inside(level, cfg.margins.get(name, 0.0)):
-            if near is not None:
-                del state.trackers[key]
-            continue
-        newest = kept[-1][0]
-        if near is None:
-            state.trackers[key] = Tracker(since=newest, count=1, last_ts=newest)
-        elif newest > near.last_ts:
-            near.count += 1
-            near.last_ts = newest
-            if near.count == 2 and newest - (near.since or newest) > cfg.news2_persist_s:
-                near.since = newest  # a minute-by-minute monitor's: it lasts from here
-
-
-def unconfirmed_reds(
+def track_near_limit(
     score: News2,
     state: PatientState,
     bands: Mapping[str, Threshold],
     cfg: AnomalySettings,
     levels: Mapping[str, float],
 ) -> set[str]:
-    """The red parts of `score` that do not count as red yet: vitals whose level scores
-    red at their alert limit (inside the band, or past it by less than the vital's
-    margin) and has lain near the limit on fewer than ``persist_readings`` samples in a
-    row (:func:`count_near_limit`, called first)."""
+    """Count, per vital `score` scored, the kept samples in a row whose level (of
+    `levels`, :func:`kept_levels`) has lain near its alert limit (not inside the band by
+    the vital's margin) or past it: each new kept sample so is one, and one clear of it
+    ends the count (a tracker in the state). A run whose first two samples lie further
+    apart than ``news2_persist_s`` counts from its second.
+
+    Returns the red parts of `score` that do not count as red yet: vitals whose level
+    scores red at their alert limit (inside the band, or past it by less than the
+    vital's margin) on fewer than ``persist_readings`` such samples. One pass does both,
+    as every score of every patient comes here."""
     unconfirmed: set[str] = set()
     for name, points in score.parts.items():
-        near = state.trackers.get(NEAR_LIMIT + name)
         band, kept, level = bands.get(name), state.recent.get(name), levels.get(name)
-        if points < RED or near is None or band is None or not kept or level is None:
-            continue  # not red, or clear of the limit (or no sensor's): nothing to confirm
-        if band.past(level) < cfg.margins.get(name, 0.0) and near.count < cfg.persist_readings:
+        if band is None or not kept or level is None:
+            continue  # consciousness, oxygen: a nurse's entry, not a noisy sensor
+        margin = cfg.margins.get(name, 0.0)
+        key = NEAR_LIMIT + name
+        near = state.trackers.get(key)
+        if band.inside(level, margin):
+            if near is not None:
+                del state.trackers[key]
+            continue
+        newest = kept[-1][0]
+        if near is None:
+            near = state.trackers[key] = Tracker(since=newest, count=1, last_ts=newest)
+        elif newest > near.last_ts:
+            near.count += 1
+            near.last_ts = newest
+            if near.count == 2 and newest - (near.since or newest) > cfg.news2_persist_s:
+                near.since = newest  # a minute-by-minute monitor's: it lasts from here
+        marginal = band.past(level) < margin
+        if points >= RED and marginal and near.count < cfg.persist_readings:
             unconfirmed.add(name)
     return unconfirmed
 
@@ -192,7 +180,7 @@ def news2_finding(
     standing: set[str],
 ) -> Finding:
     """What the score says, with its `severity` (:func:`news2_severity`) and the red parts
-    that count (`standing`: the others are yet to be confirmed, :func:`unconfirmed_reds`);
+    that count (`standing`: the others are yet to be confirmed, :func:`track_near_limit`);
     a medium score without one (a sum of amber parts) needs ``news2_aggregate_persist_s``,
     any other warning ``news2_persist_s`` from its red part's start, and lasts not at all
     while it has red parts but none that counts; an open alert resolves after
