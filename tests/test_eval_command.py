@@ -60,6 +60,15 @@ def test_eval_prints_the_table_for_a_scenario(tmp_path: Path) -> None:
     assert int(engine[7]) <= int(monitor[7])
     [by_kind] = [line for line in lines if line.startswith("engine by episode kind")]
     assert all(f" {kind} " in by_kind for kind in EPISODE_VITAL)
+    # Its dropouts (60-120 s of a 5 s monitor) are each called offline, and no device
+    # is while its readings arrive.
+    [offline] = [line for line in lines if line.startswith("engine device offline")]
+    found = re.search(r"dropouts detected (\d+)/(\d+) \(>= 60 s: (\d+)/(\d+)\)", offline)
+    assert found is not None, offline
+    detected, dropouts, long_detected, long_dropouts = map(int, found.groups())
+    assert dropouts > 0
+    assert (detected, long_detected) == (dropouts, long_dropouts)
+    assert offline.endswith("raised while the devices were sending: 0")
 
 
 def test_eval_check_fails_on_a_missed_target_and_json_says_which(tmp_path: Path) -> None:
@@ -73,6 +82,7 @@ def test_eval_check_fails_on_a_missed_target_and_json_says_which(tmp_path: Path)
     assert (doc["scenario"], doc["seed"], doc["passed"]) == ("impossible", 5, False)
     assert doc["naive"]["episodes"] == 6
     assert doc["naive"]["missed"] == []
+    assert doc["dropouts"]["detected"] == doc["dropouts"]["dropouts"] > 0
     assert {t["name"] for t in doc["targets"]} >= {"alerts >= 100% fewer than naive"}
     [median] = [t for t in doc["targets"] if t["name"].startswith("median delay")]
     assert median["actual"] == f"{doc['engine']['median_delay_s']:.1f} s", "to the tenth"

@@ -9,7 +9,8 @@ from healthsync.commands.base import Subparsers, settings_from
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Score the anomaly engine against a naive threshold on labelled scenarios."""
+    """Score the anomaly engine against a bedside monitor and a naive threshold on labelled
+    scenarios."""
     import json
 
     from healthsync.evaluation.report import evaluate, render_draws, render_table, to_json
@@ -36,8 +37,9 @@ def register(sub: Subparsers) -> None:
         description="Generate labelled scenarios (stable patients, deteriorations of known "
         "start and duration, artefacts), run the engine, a bedside monitor and a naive "
         "per-sample threshold over them, and print detected episodes, detection delay, "
-        "false alerts per patient-hour and the reduction in alerts. Scenario files default "
-        "to the repository's scenarios/*.toml.",
+        "false alerts per patient-hour and the reduction in alerts, and how the engine's "
+        "device offline alerts match the dropouts. Scenario files default to the "
+        "repository's scenarios/*.toml.",
     )
     evaluate.add_argument(
         "--scenario",

@@ -42,6 +42,7 @@ class Alarm:
     kind: str
     category: Category = "clinical"
     vitals: frozenset[str] = frozenset()  # the parameters behind it
+    device_id: str | None = None  # the device a technical alarm is about
 
 
 def _outside(band: Band, value: float) -> bool:
@@ -135,7 +136,9 @@ def _opened(events: Iterable[tuple[float, AlertEvent]]) -> list[Alarm]:
             continue
         alert = event.alert
         drivers = frozenset(alert.drivers) | ({alert.vital} if alert.vital else set())
-        alarms.append(Alarm(alert.patient_id, at, alert.kind, alert.category, drivers))
+        alarms.append(
+            Alarm(alert.patient_id, at, alert.kind, alert.category, drivers, alert.device_id)
+        )
     return alarms
 
 

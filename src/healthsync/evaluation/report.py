@@ -9,6 +9,7 @@ from typing import Any
 
 from healthsync.config import Settings
 from healthsync.evaluation.detectors import monitor_alarms, naive_alarms, run_engine
+from healthsync.evaluation.dropouts import DropoutScore, score_dropouts
 from healthsync.evaluation.generate import EPOCH, Dataset, generate, warning_bands
 from healthsync.evaluation.scenario import Scenario, load_scenario
 from healthsync.evaluation.scoring import KindScore, Score, alert_reduction, score
@@ -42,6 +43,8 @@ class ScenarioResult:
     naive: Score
     reduction: float | None
     targets: list[TargetCheck]
+    # The engine's technical alarms against the labelled dropouts (no target).
+    dropouts: DropoutScore
 
     @property
     def passed(self) -> bool:
@@ -149,6 +152,13 @@ def evaluate_dataset(dataset: Dataset, settings: Settings, source: Path | None) 
         naive=naive,
         reduction=reduction,
         targets=_check_targets(scenario, engine, monitor, reduction),
+        dropouts=score_dropouts(
+            dataset.artefacts,
+            run.alarms,
+            dataset.readings,
+            until=EPOCH + scenario.duration_s,
+            long_dropout_s=scenario.targets.long_episode_s,
+        ),
     )
 
 
@@ -241,6 +251,8 @@ def render_table(results: Sequence[ScenarioResult]) -> str:
             if s.false_by_kind:
                 kinds = ", ".join(f"{k} {n}" for k, n in s.false_by_kind.items())
                 lines.append(f"{name} false alerts by kind: {kinds}")
+        if result.dropouts.dropouts or result.dropouts.false_alerts:
+            lines.append(_dropout_line(result.dropouts, sc.targets.long_episode_s))
         for check in result.targets:
             verdict = "PASS" if check.passed else "FAIL"
             lines.append(f"target {verdict}: {check.name} ({check.actual})")
@@ -254,6 +266,15 @@ def render_table(results: Sequence[ScenarioResult]) -> str:
             lines.append(f"  ... and {len(missed) - _MISSED_SHOWN} more")
         blocks.append(head + "\n" + "\n".join(line.rstrip() for line in lines))
     return "\n\n".join(blocks)
+
+
+def _dropout_line(d: DropoutScore, long_s: float) -> str:
+    return (
+        f"engine device offline: dropouts detected {d.detected}/{d.dropouts}"
+        f" (>= {long_s:g} s: {d.long_detected}/{d.long_dropouts}),"
+        f" median/p90 delay {_seconds(d.median_delay)}/{_seconds(d.p90_delay)};"
+        f" raised while the devices were sending: {d.false_alerts}"
+    )
 
 
 def render_draws(results: Sequence[ScenarioResult]) -> str:
@@ -331,6 +352,15 @@ def to_json(results: Sequence[ScenarioResult]) -> list[dict[str, Any]]:
             "monitor": _score_dict(r.monitor),
             "naive": _score_dict(r.naive),
             "alert_reduction": r.reduction,
+            "dropouts": {
+                "dropouts": r.dropouts.dropouts,
+                "detected": r.dropouts.detected,
+                "long_dropouts": r.dropouts.long_dropouts,
+                "long_detected": r.dropouts.long_detected,
+                "median_delay_s": r.dropouts.median_delay,
+                "p90_delay_s": r.dropouts.p90_delay,
+                "false_alerts": r.dropouts.false_alerts,
+            },
             "targets": [
                 {"name": t.name, "passed": t.passed, "actual": t.actual} for t in r.targets
             ],
