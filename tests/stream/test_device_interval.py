@@ -125,6 +125,17 @@ def test_a_monitor_on_a_slow_network_that_stops_is_still_called_offline() -> Non
     assert 45 < silence <= 61
 
 
+def test_a_new_monitor_on_a_slow_network_is_not_called_offline_between_its_readings() -> None:
+    # Its first two readings came at once, and the third spent 31.5 s on the network: 46 s
+    # of silence, past three intervals (45 s), before anything about its delays was known.
+    alerts = late_monitor([0.5, 0.5, 31.5, 20, *_DELAYS])
+    assert [a for a in alerts if a[0] < 0] == [], "offline while its first readings come"
+    # Once they are known, it is called offline within the limit they set when it stops.
+    ((after, silence),) = alerts
+    assert after > 0
+    assert 45 < silence <= 61
+
+
 def test_a_backlog_does_not_widen_the_offline_limit_of_a_wearable() -> None:
     # Its hour of readings arrives at once, up to an hour late: those delays are left out
     # (learnt, they would double the limit to 6 minutes). Its last minute's delays count.
