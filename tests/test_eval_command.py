@@ -117,3 +117,16 @@ def test_eval_over_several_seeds_says_in_how_many_draws_each_target_was_met(
     for target, seen in verdicts.items():
         met = seen.count("PASS")
         assert any(s.startswith(f"  {target}: met in {met}/2 draws") for s in summary), target
+    # The dropouts of both draws, summed from the lines of the two blocks.
+    counts = [
+        [int(n) for n in found.groups()]
+        for block in blocks[:2]
+        if (found := re.search(r"detected (\d+)/(\d+) \(>= 60 s: (\d+)/(\d+)\)", block))
+    ]
+    assert len(counts) == 2
+    detected, dropouts, long_detected, long_dropouts = (sum(c) for c in zip(*counts, strict=True))
+    assert summary[-1] == (
+        "  engine device offline over the draws: dropouts detected"
+        f" {detected}/{dropouts} (>= 60 s: {long_detected}/{long_dropouts}),"
+        " raised while the devices were sending: 0"
+    )

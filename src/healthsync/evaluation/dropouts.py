@@ -52,7 +52,7 @@ class DropoutScore:
     long_detected: int
     median_delay: float | None
     p90_delay: float | None
-    false_alerts: int  # technical alarms outside every dropout of their patient
+    false_alerts: int  # technical alarms outside every dropout window of their device
 
 
 Window = tuple[float, float]

@@ -295,6 +295,16 @@ def render_draws(results: Sequence[ScenarioResult]) -> str:
             where = f" (missed on seed{'s' if len(missed) > 1 else ''} {', '.join(missed)})"
             met = len(verdicts) - len(missed)
             lines.append(f"  {target}: met in {met}/{len(verdicts)} draws{where if missed else ''}")
+        dropouts = [draw.dropouts for draw in draws]
+        if any(d.dropouts or d.false_alerts for d in dropouts):
+            long_s = draws[0].scenario.targets.long_episode_s
+            lines.append(
+                f"  engine device offline over the draws: dropouts detected"
+                f" {sum(d.detected for d in dropouts)}/{sum(d.dropouts for d in dropouts)}"
+                f" (>= {long_s:g} s: {sum(d.long_detected for d in dropouts)}"
+                f"/{sum(d.long_dropouts for d in dropouts)}),"
+                f" raised while the devices were sending: {sum(d.false_alerts for d in dropouts)}"
+            )
     return "\n".join(lines)
 
 
