@@ -42,7 +42,7 @@ class Alarm:
     kind: str
     category: Category = "clinical"
     vitals: frozenset[str] = frozenset()  # the parameters behind it
-    device_id: str | None = None  # the device a technical alarm is about
+    device_id: str | None = None  # the device the alert names (a technical one is about it)
 
 
 def _outside(band: Band, value: float) -> bool:

@@ -56,18 +56,25 @@ class DropoutScore:
 
 
 Window = tuple[float, float]
+# Patient -> device -> the readings it sent.
+Sent = dict[str, dict[str, list[Reading]]]
 
 
-def _merged(dropouts: Iterable[Artefact], readings: Iterable[Reading]) -> list[Artefact]:
-    """The dropouts, those of a patient with no reading measured between them made one."""
-    measured: dict[str, list[float]] = defaultdict(list)
+def _sent(readings: Iterable[Reading]) -> Sent:
+    sent: Sent = defaultdict(lambda: defaultdict(list))
     for reading in readings:
-        measured[reading.patient_id].append(reading.ts)
+        sent[reading.patient_id][reading.device_id].append(reading)
+    return sent
+
+
+def _merged(dropouts: Iterable[Artefact], sent: Sent) -> list[Artefact]:
+    """The dropouts, those of a patient with no reading measured between them made one."""
     merged: list[Artefact] = []
     for dropout in sorted(dropouts, key=lambda d: (d.patient_id, d.start)):
         last = merged[-1] if merged else None
         if last is not None and last.patient_id == dropout.patient_id:
-            between = any(last.end <= t < dropout.start for t in measured[dropout.patient_id])
+            devices = sent[dropout.patient_id].values()
+            between = any(last.end <= r.ts < dropout.start for rs in devices for r in rs)
             if not between:
                 merged[-1] = replace(last, end=max(last.end, dropout.end))
                 continue
@@ -75,30 +82,29 @@ def _merged(dropouts: Iterable[Artefact], readings: Iterable[Reading]) -> list[A
     return merged
 
 
-def _windows(
-    dropouts: Sequence[Artefact], readings: Iterable[Reading], until: float
-) -> list[dict[str, Window]]:
+def _windows(dropouts: Sequence[Artefact], sent: Sent, until: float) -> list[dict[str, Window]]:
     """Each dropout's window for each of its patient's devices: from its start until
     that device's first reading measured after it arrived (for good if none did)."""
-    by_device: dict[str, dict[str, list[Reading]]] = defaultdict(lambda: defaultdict(list))
-    for reading in readings:
-        by_device[reading.patient_id][reading.device_id].append(reading)
     windows = []
     for dropout in dropouts:
         end = min(dropout.end, until)
         found = {}
-        for device, sent in by_device[dropout.patient_id].items():
-            back = min((r.received_at for r in sent if r.ts >= end), default=math.inf)
+        for device, readings in sent[dropout.patient_id].items():
+            back = min((r.received_at for r in readings if r.ts >= end), default=math.inf)
             found[device] = (dropout.start, max(end, back))
         windows.append(found)
     return windows
 
 
 def _inside(alarm: Alarm, windows: dict[str, Window]) -> bool:
-    """Whether `alarm` opened while the device it is about was silent."""
-    candidates = (
-        windows.values() if alarm.device_id is None else [windows.get(alarm.device_id, (0, -1))]
-    )
+    """Whether `alarm` opened while the device it is about was silent (any of the
+    patient's devices, for an alarm that names none)."""
+    if alarm.device_id is None:
+        candidates = list(windows.values())
+    elif alarm.device_id in windows:
+        candidates = [windows[alarm.device_id]]
+    else:
+        return False  # a device that sent nothing was never seen, so never silent
     return any(low <= alarm.opened_at <= high for low, high in candidates)
 
 
@@ -112,8 +118,9 @@ def score_dropouts(
 ) -> DropoutScore:
     """Dropouts detected by a technical alarm, how soon, and technical alarms raised
     while their device's readings were arriving. `until` is when the scenario ends."""
-    dropouts = _merged((a for a in artefacts if a.kind == "dropout"), readings)
-    windows = _windows(dropouts, readings, until)
+    sent = _sent(readings)
+    dropouts = _merged((a for a in artefacts if a.kind == "dropout"), sent)
+    windows = _windows(dropouts, sent, until)
     technical: dict[str, list[Alarm]] = defaultdict(list)
     for alarm in sorted(alarms, key=lambda a: a.opened_at):
         if alarm.category == "technical":
