@@ -125,6 +125,10 @@ class Link:
         self.writer.write(data)
         return now
 
+    def buffered(self) -> int:
+        """Bytes written and not yet handed to the kernel."""
+        return self.writer.transport.get_write_buffer_size()
+
     @property
     def unanswered(self) -> int:
         return self.sent - self.answered

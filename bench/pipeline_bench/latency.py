@@ -10,7 +10,6 @@ import asyncio
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +19,9 @@ from redis.exceptions import RedisError
 from healthsync.config import Settings
 from healthsync.security.codec import Codec
 from healthsync.store.records import Records
-from pipeline_bench.driver import Device, Link, Tally, close_links, drain_replies, merge, open_links
+from pipeline_bench.driver import Device, Tally, close_links, drain_replies, merge, open_links
 from pipeline_bench.figures import percentile, rate, say
+from pipeline_bench.pacing import Awaited, send_paced
 from pipeline_bench.redis_stats import async_counter, async_histogram
 from pipeline_bench.usage import Usage, UsageMeter
 
@@ -172,42 +172,6 @@ def _event_reading_id(kind: str, data: Any) -> str | None:
         return None
 
 
-def _awaiter(
-    device: Device, waiting: dict[str, float], id_key: bytes | None
-) -> Callable[[Iterable[int], float], None]:
-    """Records each sent reading's id (as the pipeline will name it) with its send time."""
-
-    def note_sent(seqs: Iterable[int], sent_at: float) -> None:
-        for seq in seqs:
-            waiting[device.reading_id(seq, id_key)] = sent_at
-
-    return note_sent
-
-
-async def paced_sender(
-    link: Link,
-    per_device_rate: float,
-    t0: float,
-    stop_at: float,
-    note_sent: Callable[[Iterable[int], float], None],
-) -> None:
-    device = link.device
-    sent = 0
-    while True:
-        now = time.perf_counter()
-        if now >= stop_at:
-            return
-        due = math.floor((now - t0) * per_device_rate) + 1 - sent
-        if due <= 0:
-            await asyncio.sleep(max(0.0, t0 + sent / per_device_rate - now))
-            continue
-        data, seqs = device.lines(due)
-        sent_at = link.write(data, due)
-        note_sent(seqs, sent_at)
-        sent += due
-        await link.writer.drain()
-
-
 async def _close(redis: AsyncRedis) -> None:
     """Close the watcher's client. The figures are in by then: a connection that does not
     say goodbye in time (once, after a 10-minute soak with three broker recycles, one
@@ -230,13 +194,13 @@ async def latency_phase(
         tallies = [Tally(record_ack=False) for _ in links]
         for link, tally in zip(links, tallies, strict=True):
             link.use(tally)
-        waiting: dict[str, dict[str, float]] = {d.patient_id: {} for d in devices}
         found: list[tuple[float, float]] = []
         sending_done = asyncio.Event()
         codec = Codec.from_settings(settings)
-        visibility = VisibilityWatcher(redis, codec, waiting, found)
+        # Ids for every reading each device can send in time, and a few more.
+        awaited = Awaited(devices, math.ceil(offered / len(links) * duration) + 2, codec.id_key)
+        visibility = VisibilityWatcher(redis, codec, awaited.waiting, found)
         watcher = asyncio.create_task(visibility.run(sending_done))
-        per_device = offered / len(links)
         start = time.perf_counter() + 0.05
         stop_at = start + duration
 
@@ -247,25 +211,14 @@ async def latency_phase(
         asyncio.get_running_loop().call_later(start + warmup - time.perf_counter(), count_acks)
         processed_before = await async_counter(redis, keys)
         meter = UsageMeter()
-        senders = [
-            # Spread the devices' sends evenly over each send interval.
-            paced_sender(
-                link,
-                per_device,
-                start + i / offered,
-                stop_at,
-                _awaiter(link.device, waiting[link.device.patient_id], codec.id_key),
-            )
-            for i, link in enumerate(links)
-        ]
-        await asyncio.gather(*senders)
+        await send_paced(links, offered, start, stop_at, awaited.note_sent)
         sent_s = time.perf_counter() - start
         usage = meter.stop()
         processed_rate = rate(await async_counter(redis, keys) - processed_before, sent_s)
         await drain_replies(links)
         sending_done.set()
         await watcher
-        not_visible = sum(len(w) for w in waiting.values())
+        not_visible = awaited.left
         # The processor publishes its stats with the next batch or within ~1 s when idle.
         await asyncio.sleep(2.0)
         hist_after = await async_histogram(redis, keys)
