@@ -117,6 +117,28 @@ def test_backpressure_bounds_in_flight_readings_without_losing_any(
         device.close()
 
 
+def test_readings_without_seq_or_ts_sent_together_get_ids_of_their_own(
+    start_ingest: StartIngest,
+) -> None:
+    """Such a reading is named by its device and the millisecond it was received in.
+    Lines sent in one write are parsed within microseconds of each other: each needs an
+    id of its own, or the processor keeps the first and drops the rest as resends of it,
+    after they were answered OK."""
+    device = connect(start_ingest())
+    lines = [
+        b"device_id=mon-nts patient_id=P-1 hr=70",
+        b"device_id=mon-nts patient_id=P-1 spo2=95",
+        b"device_id=mon-nts patient_id=P-1 temp=36.9",
+    ]
+    replies = device.send_many(lines)
+    assert all(r.startswith("OK ") for r in replies), replies
+    assert len(set(replies)) == 3, replies
+    # A line that names its time is still named by it: sent twice, it is one reading.
+    stamped = b"device_id=mon-nts patient_id=P-1 ts=1767225600 hr=71"
+    assert device.send_many([stamped, stamped])[0] == device.send(stamped)
+    device.close()
+
+
 def test_reading_ids_are_keyed(start_ingest: StartIngest) -> None:
     """A reading id names no device: without the keyring, guessing device and seq finds no id."""
     settings = start_ingest()

@@ -8,6 +8,7 @@ that span connections (admission, the TLS peer, rejects).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
 import time
@@ -18,6 +19,7 @@ from confluent_kafka import KafkaError
 
 from healthsync import wire
 from healthsync.config import Settings
+from healthsync.domain.readings import Reading, reading_id_for
 from healthsync.ingest.assignments import DevicePatients
 from healthsync.ingest.proxy import Address
 from healthsync.ingest.publisher import Publisher
@@ -36,6 +38,9 @@ BUSY = b"ERR 503 busy: too many connections\n"
 # them any reply, or the readiness heartbeat could run; HAProxy then found the replica
 # stalled and cut every session (bench/pipeline.py --devices 200).
 LINES_PER_TURN = 16
+# Devices per connection whose last unstamped reading's millisecond is remembered (one,
+# as a rule); past it the memory starts over, so a connection cycling ids costs no more.
+_UNSTAMPED_DEVICES = 64
 
 
 class Owner(Protocol):
@@ -93,6 +98,8 @@ class DeviceConnection(asyncio.Protocol):
         self.paused = False
         self.closing = False
         self.last_activity = time.monotonic()
+        # Device -> the millisecond that named its last reading with neither seq nor ts.
+        self.unstamped: dict[str, int] = {}
         self.flush_scheduled = False
         # Complete lines are waiting in the buffer for the next turn (reading is paused).
         self.backlog = False
@@ -229,6 +236,8 @@ class DeviceConnection(asyncio.Protocol):
         except wire.WireError as error:
             self._reject(error, line)
             return
+        if reading.seq is None and reading.ts == reading.received_at:
+            reading = self._own_millisecond(reading)
         if self.identity is not None and reading.device_id != self.identity:
             detail = f"device_id does not match the client certificate ({self.identity})"
             self._reject(wire.WireError("device_mismatch", detail, code=403), line)
@@ -268,6 +277,27 @@ class DeviceConnection(asyncio.Protocol):
             )
         except BufferError:
             on_done(KafkaError(KafkaError._QUEUE_FULL))
+
+    def _own_millisecond(self, reading: Reading) -> Reading:
+        """A reading with neither seq nor ts is named by its device and the millisecond it
+        was received in (the receive time stands for its ts). Lines sent in one write are
+        parsed within the same millisecond, and would share an id: the processor keeps
+        the first and drops the others as resends of it, though each was answered OK. So
+        each takes the next millisecond its device has not used on this connection."""
+        device = reading.device_id
+        ms = round(reading.ts * 1000)
+        last = self.unstamped.get(device)
+        if last is not None and ms <= last:
+            ms = last + 1
+            reading = dataclasses.replace(
+                reading,
+                ts=ms / 1000,
+                reading_id=reading_id_for(device, None, ms, key=self.server.codec.id_key),
+            )
+        if device not in self.unstamped and len(self.unstamped) >= _UNSTAMPED_DEVICES:
+            self.unstamped.clear()
+        self.unstamped[device] = ms
+        return reading
 
     def _reject(self, error: wire.WireError, line: bytes) -> None:
         self.pending.append(_Slot(error.reply()))
