@@ -16,11 +16,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from healthsync.config import Settings
+from healthsync.store.archive.alerts import alerts_table
 from healthsync.store.archive.columns import readings_table
 from healthsync.store.archive.deidentify import Deidentifier
 from healthsync.store.archive.layout import Span
 from healthsync.store.archive.setup import Archive
 from tests.store.archive.conftest import DEMOGRAPHICS, PATIENT, T0, batch, reading
+from tests.stream.engine_cases import Run
+from tests.stream.engine_cases import reading as engine_reading
 
 DAY = 86_400.0
 
@@ -128,3 +131,18 @@ def test_ages_up_to_89_keep_the_birth_year() -> None:
     rows = ages.table(readings_table([young, older])).to_pylist()
     assert sorted((r["age"], r["birth_year"]) for r in rows) == [("88", 1937), ("90+", None)]
     assert datetime.fromtimestamp(T0, UTC).date().isoformat() == "2026-11-28"
+
+
+def test_a_device_offline_alert_names_no_device_in_the_research_set(archive: Archive) -> None:
+    """The engine's offline alert says which device went quiet, in its kind and its rule."""
+    run = Run()
+    for t in range(0, 60, 5):
+        run.send(engine_reading(t, patient=PATIENT, device="mon-bed-12", heart_rate=70))
+    (event,) = run.send(now=655)
+    assert "mon-bed-12" in event.alert.rule  # what the bedside sees, from the live store
+    research = archive.deidentifier.table(alerts_table([(event.type, event.alert)]))
+
+    (row,) = research.to_pylist()
+    assert row["kind"] == "device_offline"
+    assert row["rule"].startswith("no data from the device for 600 s")
+    assert b"mon-bed-12" not in repr(row).encode()
