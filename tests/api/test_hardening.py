@@ -144,6 +144,38 @@ def test_non_finite_times_are_refused_with_422(served: AuthApi) -> None:
         assert response.status_code == 422, (query, response.text)
 
 
+PERIOD_ROUTES = (
+    "/v1/patients/P-AUTH-1/vitals",
+    "/v1/patients/P-AUTH-1/trends?vital=spo2&",
+    "/v1/patients/P-AUTH-1/alerts",
+)
+
+
+@pytest.mark.parametrize("route", PERIOD_ROUTES)
+def test_a_period_out_of_reach_is_refused_at_once(served: AuthApi, route: str) -> None:
+    """The history routes walk a period day by day (the archive lists each day): one that
+    ended after the year 9999, or began in year 1, tied a worker up for minutes."""
+    token = served.credentials.token()
+    sep = "" if route.endswith("&") else "?"
+    for query, why in (
+        ("until=1e300", "outside"),
+        ("since=-1e11", "outside"),
+        ("since=1e15&until=1e15", "outside"),
+        ("since=0001-01-01T00:00:00Z", "outside"),
+        ("since=9999-12-31T00:00:00Z&until=9999-12-31T01:00:00Z", "outside"),
+        ("since=0", "366 days"),
+    ):
+        response = served.get(f"{route}{sep}{query}", token, timeout=10)
+        assert response.status_code == 400, (query, response.text)
+        assert why in response.json()["error"]["message"], (query, response.text)
+    # A year, ending now, is within reach.
+    year_ago = time.time() - 365 * 86_400
+    assert served.get(f"{route}{sep}since={year_ago:.0f}", token, timeout=30).status_code in (
+        200,
+        404,
+    )
+
+
 def test_forged_forwarding_headers_change_neither_the_audit_nor_the_links(
     served: AuthApi,
 ) -> None:

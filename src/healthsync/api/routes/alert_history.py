@@ -13,13 +13,13 @@ import time
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, Query
 
 from healthsync.api import auth
 from healthsync.api.auth import Access
 from healthsync.api.cursors import Cursors
 from healthsync.api.models import AlertList, PatientId
-from healthsync.api.routes.history import TIME_HELP, parse_time
+from healthsync.api.routes.history import TIME_HELP, parse_period
 from healthsync.security.tokens import MAX_TOKEN_CHARS
 from healthsync.store.alert_history import AlertHistory
 
@@ -61,10 +61,7 @@ def alert_history_router(history: AlertHistory, cursors: Cursors) -> APIRouter:
         since: Annotated[str | None, Query(description=TIME_HELP + "; default 24 h ago")] = None,
         until: Annotated[str | None, Query(description=TIME_HELP + "; default now")] = None,
     ) -> dict[str, Any]:
-        now = time.time()
-        start, end = parse_time(since, now - _DAY_S), parse_time(until, now)
-        if start > end:
-            raise HTTPException(400, "since must not be after until")
+        start, end = parse_period(since, until, _DAY_S, time.time())
         rows = await history.alerts(patient_id, start, end)
         limit = paging.limit
         if paging.cursor is not None:

@@ -30,6 +30,11 @@ from healthsync.store.queries import LiveReader
 from healthsync.store.runs import RunStore
 
 TIME_HELP = "ISO 8601 (2026-11-28T10:00:00Z) or epoch seconds"
+# A period must lie between 1970 and a day from now, and span at most this long: the
+# history is read a window (and the archive a day) at a time, so a period ending in
+# the year 9999 tied a worker up for minutes, or for good.
+MAX_SPAN_DAYS = 366
+_FUTURE_SLACK_S = 86_400.0
 
 
 def parse_time(text: str | None, default: float) -> float:
@@ -51,6 +56,24 @@ def parse_time(text: str | None, default: float) -> float:
     if stamp.tzinfo is None:
         raise HTTPException(400, f"{text!r} has no time zone; add Z or an offset")
     return stamp.timestamp()
+
+
+def parse_period(
+    since: str | None, until: str | None, default_span_s: float, now: float
+) -> tuple[float, float]:
+    """The period a history request asks for (by default the `default_span_s` up to
+    `now`); 400 for one out of reach (see MAX_SPAN_DAYS), or ending before it starts."""
+    start, end = parse_time(since, now - default_span_s), parse_time(until, now)
+    for name, value, text in (("since", start, since), ("until", end, until)):
+        if not 0.0 <= value <= now + _FUTURE_SLACK_S:
+            raise HTTPException(400, f"{name} {text!r} is outside 1970-01-01 to a day from now")
+    if start > end:
+        raise HTTPException(400, "since must not be after until")
+    if end - start > MAX_SPAN_DAYS * 86_400:
+        raise HTTPException(
+            400, f"a period may span at most {MAX_SPAN_DAYS} days; ask for a longer one in parts"
+        )
+    return start, end
 
 
 class TrendQuery(BaseModel):
@@ -90,10 +113,7 @@ def history_router(history: History) -> APIRouter:
             raise HTTPException(
                 400, f"unknown vital {vital!r}; expected one of {', '.join(VITALS)}"
             )
-        now = time.time()
-        start, end = parse_time(query.since, now - 86_400), parse_time(query.until, now)
-        if start > end:
-            raise HTTPException(400, "since must not be after until")
+        start, end = parse_period(query.since, query.until, 86_400, time.time())
         buckets, precomputed = await history.trends_from(
             patient_id, vital, (start, end), BUCKETS_S[query.bucket]
         )

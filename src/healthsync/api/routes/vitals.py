@@ -19,7 +19,7 @@ from healthsync.api import auth
 from healthsync.api.auth import Access
 from healthsync.api.cursors import Cursors
 from healthsync.api.models import History, PatientId
-from healthsync.api.routes.history import TIME_HELP, parse_time
+from healthsync.api.routes.history import TIME_HELP, parse_period
 from healthsync.domain.readings import VITALS
 from healthsync.security.tokens import MAX_TOKEN_CHARS
 from healthsync.store.vitals_history import Position, Request, VitalsHistory
@@ -76,10 +76,7 @@ def vitals_router(history: VitalsHistory, cursors: Cursors) -> APIRouter:
             raise HTTPException(
                 400, f"unknown vital {vital!r}; expected one of {', '.join(VITALS)}"
             )
-        now = time.time()
-        start, end = parse_time(query.since, now - 3600), parse_time(query.until, now)
-        if start > end:
-            raise HTTPException(400, "since must not be after until")
+        start, end = parse_period(query.since, query.until, 3600, time.time())
         cursor = query.page.cursor
         after = None
         if cursor is not None:
