@@ -139,3 +139,32 @@ def test_a_corrupt_archived_object_is_an_operation_outcome_naming_it(
     outcome = answer.json()
     assert outcome["resourceType"] == "OperationOutcome"
     assert broken in str(outcome) and "cannot read archived object" in str(outcome)
+
+
+def test_a_search_out_of_reach_is_a_400_operation_outcome_at_once(
+    archived: Settings, credentials: Credentials
+) -> None:
+    """The archive is read a day at a time: a window opening in the year 1000 read for
+    most of a minute; a date in the year 9999 or a 5,000-digit _count was a plain 500."""
+    now = time.time()
+    to_archive(archived, [reading(archived, PATIENT, 1, now - 2 * DAY_S, heart_rate=70)])
+    search = f"/fhir/Observation?patient={PATIENT}"
+    answers = ask(
+        archived,
+        credentials.api_keys["clinician"],
+        f"{search}&date=ge1000-01-01&_count=1",
+        f"{search}&date=ge{_iso(now - 400 * DAY_S)}",
+        f"{search}&date=9999-12-31",
+        f"{search}&_count={'9' * 5000}",
+        f"{search}&date=ge{_iso(now - 300 * DAY_S)}",
+    )
+    *refused, within = answers
+    for answer, why in zip(
+        refused, ("366 days", "366 days", "not a valid date", "maximum"), strict=True
+    ):
+        assert answer.status_code == 400, answer.text
+        outcome = answer.json()
+        assert outcome["resourceType"] == "OperationOutcome"
+        assert why in str(outcome), outcome
+    assert within.status_code == 200, within.text
+    assert within.json()["total"] == 1

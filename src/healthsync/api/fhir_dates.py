@@ -46,7 +46,7 @@ def date_range(text: str) -> tuple[str, float, float]:
         raise invalid(f"date prefix {prefix!r} {hint}; use one of {', '.join(_DATE_PREFIXES)}")
     try:
         start, end = _bounds(int(match["year"]), part)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # OverflowError: the day after 9999-12-31
         raise invalid(f"date {text!r} is not a valid date: {exc}") from None
     return prefix, start, end
 

@@ -286,9 +286,11 @@ def _unknown(resource_type: str, name: str) -> FhirError:
 def _count(value: str) -> int:
     if not value.isdecimal() or not value.isascii():
         raise invalid(f"_count: {value!r} is not a whole number")
-    count = int(value)
+    # Python will not read an integer of thousands of digits; none of them is allowed anyway.
+    count = int(value) if len(value) <= len(str(_MAX_COUNT)) else _MAX_COUNT + 1
     if count > _MAX_COUNT:
-        raise invalid(f"_count: {count} is more than the maximum of {_MAX_COUNT}")
+        shown = value if len(value) <= 20 else f"{value[:20]}... ({len(value)} digits)"
+        raise invalid(f"_count: {shown} is more than the maximum of {_MAX_COUNT}")
     return count
 
 

@@ -39,15 +39,27 @@ from healthsync.store.vitals_history import SEAM_MARGIN_S
 Entry = tuple[Position, Resource]
 # What one request may rebuild from the archive: the archived part is read whole.
 MAX_SCAN = 100_000
+# How far a search may reach into the archive, which is read (listed) a day at a time:
+# a window opening in the year 1000 read for most of a minute, as the API's history
+# routes allow (api.routes.history.MAX_SPAN_DAYS).
+MAX_SPAN_DAYS = 366
 
 
 class ArchiveTooCostly(HealthSyncError):
-    """A search would rebuild more archived Observations than one request may."""
+    """A search would read more of the archive than one request may."""
 
-    def __init__(self, found: int, limit: int) -> None:
-        super().__init__(
+    @classmethod
+    def scan(cls, found: int, limit: int) -> ArchiveTooCostly:
+        return cls(
             f"more than {limit} archived Observations in the searched window ({found} so far); "
             "narrow the date"
+        )
+
+    @classmethod
+    def span(cls, days: float) -> ArchiveTooCostly:
+        return cls(
+            f"the date reaches {days:.0f} days into the archive, which a search may read "
+            f"{MAX_SPAN_DAYS} days of; narrow the date"
         )
 
 
@@ -106,9 +118,12 @@ class ArchivedObservations:
 
     async def _archived(self, query: Search, patient_id: str) -> list[Entry]:
         """The window's Observations older than the seam that Redis does not index."""
-        start, end = query.window.start, min(query.window.end, self._seam())
+        # Nothing was archived before 1970.
+        start, end = max(query.window.start, 0.0), min(query.window.end, self._seam())
         if start >= end or query.patient is None:
             return []
+        if end - start > MAX_SPAN_DAYS * 86_400:
+            raise ArchiveTooCostly.span((end - start) / 86_400)
         points = await asyncio.to_thread(self.archive.readings, patient_id, start, end)
         found: list[Entry] = []
         for point in points:
@@ -128,7 +143,7 @@ class ArchivedObservations:
                 if query.match is None or query.match(resource):
                     found.append((position, resource))
             if len(found) > self.max_scan:
-                raise ArchiveTooCostly(len(found), self.max_scan)
+                raise ArchiveTooCostly.scan(len(found), self.max_scan)
         if not found:
             return []
         # Redis indexes an Observation under its own id, or its reading under the reading's.
