@@ -124,3 +124,15 @@ def test_a_dictionary_value_that_is_unsound_is_refused(tmp_path: Path) -> None:
     damaged = bytearray(good)
     damaged[-40:] = bytes(40)
     refused(bytes(damaged), "damaged compressed value")
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_dictionary_value_cut_short_is_refused_not_a_crash(tmp_path: Path, enabled: bool) -> None:
+    """Three bytes of the dictionary header and nothing more: an IndexError took the
+    archiver down, and its restart read the same message again."""
+    codec = _codec(tmp_path, enabled)
+    key = codec.message_key("P-1")
+    place = f"kafka:{roles.VITALS}\0{key.decode()}"
+    value = codec.seal(b"HSZ", place) if enabled else b"HSZ"
+    with pytest.raises(DecryptError, match="damaged compressed value"):
+        codec.open_message(roles.VITALS, key, value)

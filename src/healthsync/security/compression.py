@@ -92,6 +92,8 @@ def expand(value: bytes) -> bytes:
     if value[:4] == _LZ4_MAGIC:
         return _expand_lz4(value)
     if value[:3] == _ZSTD_PREFIX:
+        if len(value) < len(_HEADER):
+            raise DecryptError("damaged compressed value: it ends before its dictionary's number")
         return _expand_zstd(value[3], value[4:])
     return value
 
