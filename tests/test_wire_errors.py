@@ -36,6 +36,10 @@ ERROR_CASES: list[tuple[str, bytes]] = [
     ("duplicate_key", IDS.encode() + b"bp_dia=80 bp=120/80"),
     ("duplicate_key", IDS.encode() + b"device=mon-2 hr=70"),
     ("duplicate_key", b'{"device_id": "d", "patient_id": "p", "hr": 1, "Pulse": 1}'),
+    # The same key twice: a JSON decoder keeps the last, so the reading would go out
+    # with a value, or under a patient, the device did not send first.
+    ("duplicate_key", b'{"device_id": "d", "patient_id": "p", "hr": 70, "hr": 200}'),
+    ("duplicate_key", b'{"device_id": "d", "patient_id": "P-1", "patient_id": "P-2", "hr": 7}'),
     ("missing_field", b"patient_id=p hr=70"),
     ("missing_field", b"device_id=d hr=70"),
     ("missing_field", b"{}"),

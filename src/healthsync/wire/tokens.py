@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 
@@ -67,8 +68,28 @@ def _json_pairs(text: str) -> list[tuple[str, object]]:
         raise WireError("malformed", "not valid JSON") from None
     if not isinstance(doc, dict):
         raise WireError("malformed", "JSON line must be an object")
+    _no_repeated_keys(text)
     # null means "not sent": JSON producers emit it for unset optional fields.
     return [(key, value) for key, value in doc.items() if value is not None]
+
+
+def _no_repeated_keys(text: str) -> None:
+    """WireError if an object of the (valid) JSON text names a key twice: orjson keeps the
+    last, so `"hr": 70, "hr": 200` would go out as 200 and a second `patient_id` would
+    file the reading under it. The standard decoder hands the pairs over; it runs only
+    on JSON lines, which orjson has already found sound."""
+
+    def check(pairs: list[tuple[str, object]]) -> None:
+        seen: set[str] = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise WireError("duplicate_key", f"{key} given more than once")
+            seen.add(key)
+
+    try:
+        json.loads(text, object_pairs_hook=check)
+    except ValueError:  # sound for orjson; the standard decoder has tighter limits
+        raise WireError("malformed", "not valid JSON") from None
 
 
 # --- parse ----------------------------------------------------------------
