@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from redis import Redis
 
 from healthsync.config import Settings
 from healthsync.domain.readings import reading_id_for
@@ -137,6 +138,43 @@ def test_readings_without_seq_or_ts_sent_together_get_ids_of_their_own(
     stamped = b"device_id=mon-nts patient_id=P-1 ts=1767225600 hr=71"
     assert device.send_many([stamped, stamped])[0] == device.send(stamped)
     device.close()
+
+
+def test_a_device_that_reads_no_answers_is_read_no_further(start_ingest: StartIngest) -> None:
+    """Each line gets an answer, and an answer to a rejected line is 20 times longer than
+    `x`: a device that writes and never reads (a bash script's `echo ... >&3`) made
+    ingest keep every answer in memory, at 20 times the rate it sent, for as long as it
+    went on. Its lines are read no further while its answers wait, and none is lost."""
+    settings = start_ingest()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(30)
+    sock.connect((settings.ingest.host, settings.ingest.port))
+    lines = 400_000
+    sock.sendall(b"x\n" * lines)  # the kernel's buffers take all of it
+    url = settings.redis.url
+    assert url
+
+    def handled() -> int:
+        with Redis.from_url(url) as redis:
+            return int(redis.hget(settings.redis.keys.stats("ingest"), "lines_total") or 0)
+
+    def settled() -> int | None:
+        before = handled()
+        time.sleep(1.5)  # ingest publishes its counts every second
+        after = handled()
+        return after if after == before and after > 0 else None
+
+    # It stops once the answers fill the kernel's buffers (a few MB on loopback) and
+    # its own high-water mark; before, it read on until every line was handled.
+    stopped_at = wait_for(settled, timeout=60, what="ingest to stop reading")
+    assert stopped_at < lines // 2, stopped_at
+    # Read now, the device gets every answer, in order.
+    reader = sock.makefile("rb")
+    answers = [reader.readline() for _ in range(lines)]
+    assert all(a.startswith(b"ERR 400 malformed") for a in answers), {a[:40] for a in answers}
+    reader.close()
+    sock.close()
 
 
 def test_reading_ids_are_keyed(start_ingest: StartIngest) -> None:

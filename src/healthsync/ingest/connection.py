@@ -96,6 +96,8 @@ class DeviceConnection(asyncio.Protocol):
         self.pending: deque[_Slot] = deque()
         self.inflight = 0
         self.paused = False
+        # The device reads its answers more slowly than it sends (see pause_writing).
+        self.answers_waiting = False
         self.closing = False
         self.last_activity = time.monotonic()
         # Device -> the millisecond that named its last reading with neither seq nor ts.
@@ -155,7 +157,7 @@ class DeviceConnection(asyncio.Protocol):
             self.buffer.clear()
             return
         self._turn()
-        if not self.backlog and not self.paused:
+        if not self.backlog and not self.paused and not self.answers_waiting:
             self.transport.resume_reading()
 
     def _wait(self) -> None:
@@ -329,8 +331,22 @@ class DeviceConnection(asyncio.Protocol):
         if self.paused and self.transport is not None and not self.closing:
             self.paused = False
             self.server.paused.discard(self)
-            if not self.backlog:  # else reading resumes once the backlog is handled
+            # With a backlog, reading resumes once it is handled.
+            if not self.backlog and not self.answers_waiting:
                 self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        """The answers waiting to go out passed the transport's high-water mark: the device
+        reads them more slowly than it sends (or not at all). Its lines are read no
+        further until they drain, or its answers would pile up here without bound."""
+        self.answers_waiting = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.answers_waiting = False
+        if self.transport is not None and not self.closing and not self.paused and not self.backlog:
+            self.transport.resume_reading()
 
     @property
     def idle(self) -> bool:
