@@ -211,9 +211,10 @@ class LiveReader:
     ) -> tuple[list[dict[str, Any]], int | None]:
         """Alerts newest first, and the cursor of the next page (None: no more).
 
-        Open alerts are few (one per patient and kind) and come in one page. Resolved
-        and all alerts are read from the recent ones a page at a time: at most
-        `limit` matches, and at most ``_SCAN_PAGES * limit`` alerts read per call.
+        Open alerts (one per patient and kind) are read whole and paged, `cursor` being
+        how many come before the page. Resolved and all alerts are read from the recent
+        ones a page at a time: at most `limit` matches, and at most
+        ``_SCAN_PAGES * limit`` alerts read per call.
         """
         if status == "open":
             raw_ids = cast("list[bytes]", await self.client.hvals(self.keys.open_alerts))
@@ -224,8 +225,9 @@ class LiveReader:
                 for a in await self._with_acks([i.decode() for i in raw_ids])
                 if a["status"] == "open" and (patient_id is None or a["patient_id"] == patient_id)
             ]
-            alerts.sort(key=lambda a: a["opened_at"], reverse=True)
-            return alerts[:limit], None
+            alerts.sort(key=lambda a: (a["opened_at"], a["alert_id"]), reverse=True)
+            following = cursor + limit
+            return alerts[cursor:following], following if following < len(alerts) else None
         found: list[dict[str, Any]] = []
         offset = cursor
         budget = _SCAN_PAGES * limit

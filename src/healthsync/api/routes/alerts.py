@@ -14,6 +14,9 @@ from healthsync.api.models import ID_PATTERN, AlertList
 from healthsync.api.services import Reader
 
 router = APIRouter(tags=["alerts"])
+# A cursor counts alerts before the page: far past any listing (Redis refuses offsets
+# past 2**63, a 500), and far below it.
+_MAX_CURSOR = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,9 @@ class PageRequest:
 
 def _page_request(
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
-    cursor: Annotated[int, Query(ge=0, description="next_cursor of the previous page")] = 0,
+    cursor: Annotated[
+        int, Query(ge=0, le=_MAX_CURSOR, description="next_cursor of the previous page")
+    ] = 0,
 ) -> PageRequest:
     return PageRequest(limit, cursor)
 
