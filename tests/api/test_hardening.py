@@ -176,6 +176,16 @@ def test_a_period_out_of_reach_is_refused_at_once(served: AuthApi, route: str) -
     )
 
 
+def test_a_patient_id_no_device_could_send_is_refused_on_every_patient_route(
+    served: AuthApi,
+) -> None:
+    token = served.credentials.token()
+    for patient in ("P%20X", "P" * 3000):
+        for route in ("vitals", "trends?vital=spo2", "alerts", "vitals/latest"):
+            response = served.get(f"/v1/patients/{patient}/{route}", token)
+            assert response.status_code == 422, (route, response.text)
+
+
 def test_forged_forwarding_headers_change_neither_the_audit_nor_the_links(
     served: AuthApi,
 ) -> None:

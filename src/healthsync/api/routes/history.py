@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from healthsync.api import auth
 from healthsync.api.auth import Access
+from healthsync.api.models import PatientId
 from healthsync.config import Settings
 from healthsync.domain.readings import VITALS
 from healthsync.redis_client import connect
@@ -105,7 +106,7 @@ def history_router(history: History) -> APIRouter:
     @router.get("/v1/patients/{patient_id}/trends")
     async def trends(
         access: Annotated[Access, Depends(auth.reads("Observation"))],
-        patient_id: str,
+        patient_id: PatientId,
         query: Annotated[TrendQuery, Query()],
     ) -> dict[str, Any]:
         vital = query.vital
