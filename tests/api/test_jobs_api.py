@@ -125,6 +125,16 @@ def test_bad_requests_are_refused_with_the_reason(served: JobsApi) -> None:
         "since must be before until",
     )
     assert served.http.get("/v1/jobs/none-such", headers=admin).status_code == 404
+    # A time no run can cover: NaN passed the check above, and so did the year -10**300.
+    for body in (
+        b'{"since": NaN}',
+        b'{"until": Infinity}',
+        b'{"since": -1e308}',
+        b'{"since": 1.7e9, "until": 1e300}',
+    ):
+        as_json = admin | {"content-type": "application/json"}
+        answer = served.http.post("/v1/jobs/trends/run", content=body, headers=as_json)
+        assert answer.status_code == 422, (body, answer.text)
 
 
 def test_a_busy_job_is_409_and_a_request_that_finds_it_busy_fails_with_the_reason(

@@ -29,6 +29,8 @@ from healthsync.redis_client import connect
 from healthsync.store.runs import RUN_ID_PATTERN, RunRecord, RunStore, new_run_id
 
 _OPTION_KEY = r"^[a-z][a-z0-9_]{0,39}$"
+# How far past now a run's period may end (a clock a little ahead, an hour being written).
+_FUTURE_SLACK_S = 86_400.0
 
 
 class RunRequest(BaseModel):
@@ -36,8 +38,8 @@ class RunRequest(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    since: float | None = Field(None, description="epoch seconds")
-    until: float | None = Field(None, description="epoch seconds; default now")
+    since: float | None = Field(None, description="epoch seconds", allow_inf_nan=False)
+    until: float | None = Field(None, description="epoch seconds; default now", allow_inf_nan=False)
     run_id: str | None = Field(None, pattern=RUN_ID_PATTERN)
     options: dict[str, str] = Field(default_factory=dict, description="job options, KEY: VALUE")
 
@@ -136,6 +138,8 @@ def _plan(name: str, wanted: RunRequest, period_s: float, now: float) -> tuple[s
     since = wanted.since if wanted.since is not None else until - period_s
     if since >= until:
         raise HTTPException(422, "since must be before until")
+    if since < 0 or until > now + _FUTURE_SLACK_S:
+        raise HTTPException(422, "a run's period must lie between 1970-01-01 and a day from now")
     params: dict[str, Any] = {"since": since, "until": until}
     if wanted.options:
         params["options"] = dict(wanted.options)
