@@ -198,6 +198,29 @@ def test_a_retired_key_leaves_its_files_unreadable_with_a_clear_error(
         Archive.from_settings(settings).reader().readings(PATIENT, T0, T0 + HOUR)
 
 
+def test_a_running_reader_opens_files_written_under_a_key_made_after_it_started(
+    archive_settings: Settings, tmp_path: Path
+) -> None:
+    """The API builds its reader once. After a rotation (automatic, after enough seals,
+    or `healthsync keys rotate`) a new process (the hourly compact job, a restarted
+    archiver) wraps its files' data keys under the new key: history reads that reached
+    them were 500s until the API was restarted."""
+    ring_file = tmp_path / "ring.json"
+    ring = Keyring.generate()
+    ring.save(ring_file)
+    settings = archive_settings.model_copy(
+        update={"crypto": archive_settings.crypto.model_copy(update={"keyring_file": ring_file})}
+    )
+    reader = Archive.from_settings(settings).reader()
+    Archive.from_settings(settings).writer().write_readings(Span(0, 0, 119), batch(T0, 60))
+    assert len(reader.readings(PATIENT, T0, T0 + HOUR)) == 60
+    ring.rotate()
+    ring.save(ring_file)
+    later = batch(T0 + 120, 60)
+    Archive.from_settings(settings).writer().write_readings(Span(0, 120, 239), later)
+    assert len(reader.readings(PATIENT, T0, T0 + 2 * HOUR)) == 120
+
+
 def test_files_are_lz4_with_row_group_statistics(
     archive: Archive, archive_settings: Settings
 ) -> None:

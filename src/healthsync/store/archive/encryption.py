@@ -23,6 +23,9 @@ from __future__ import annotations
 import base64
 import hmac
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -37,13 +40,27 @@ from healthsync.store.archive.errors import ArchiveError
 
 _WRAP_INFO = b"healthsync archive key wrapping v1"
 _NONCE_BYTES = 12
+# How often a key id that is not in the keyring may make it be read again.
+_RELOAD_S = 1.0
 
 
 class KeyringKmsClient(pe.KmsClient):  # type: ignore[misc]
-    """Wraps Parquet data keys with keys derived from the keyring's keys (by key id)."""
+    """Wraps Parquet data keys with keys derived from the keyring's keys (by key id).
 
-    def __init__(self, keyring: Keyring) -> None:
+    With `reload`, a key id it does not know (nor as retired) makes it read the keyring
+    again, at most once a second, as :class:`healthsync.security.crypto.Cipher` does:
+    a long-running reader (the API's) meets files that a process started after a
+    rotation wrapped under the new key.
+    """
+
+    def __init__(self, keyring: Keyring, reload: Callable[[], Keyring] | None = None) -> None:
         super().__init__()
+        self._reload = reload
+        self._reloaded_at = -float("inf")
+        self._lock = threading.Lock()  # pyarrow unwraps from its own threads
+        self._use(keyring)
+
+    def _use(self, keyring: Keyring) -> None:
         self._aead = {
             key_id: AESGCM(hmac.digest(key, _WRAP_INFO, "sha256"))
             for key_id, key in keyring.keys.items()
@@ -75,6 +92,13 @@ class KeyringKmsClient(pe.KmsClient):  # type: ignore[misc]
 
     def _key(self, key_id: str) -> AESGCM:
         aead = self._aead.get(key_id)
+        if aead is None and self._reload is not None and key_id not in self._retired:
+            with self._lock:
+                now = time.monotonic()
+                if key_id not in self._aead and now - self._reloaded_at >= _RELOAD_S:
+                    self._reloaded_at = now
+                    self._use(self._reload())
+            aead = self._aead.get(key_id)
         if aead is None:
             state = "was retired" if key_id in self._retired else "is not in the keyring"
             raise ArchiveError(f"keyring key {key_id!r} {state}; its archive files are unreadable")
@@ -131,10 +155,16 @@ class ParquetCrypto:
         self._decryption = pe.DecryptionConfiguration(cache_lifetime=timedelta(minutes=10))
 
     @classmethod
-    def from_keyring(cls, keyring: Keyring, settings: CryptoSettings) -> ParquetCrypto:
-        """KMS wrapping when the settings name a KMS key, the keyring's otherwise."""
+    def from_keyring(
+        cls,
+        keyring: Keyring,
+        settings: CryptoSettings,
+        reload: Callable[[], Keyring] | None = None,
+    ) -> ParquetCrypto:
+        """KMS wrapping when the settings name a KMS key, the keyring's otherwise; `reload`
+        reads the keyring again (see :class:`KeyringKmsClient`)."""
         if settings.kms_key_id is None:
-            return cls(KeyringKmsClient(keyring), keyring.active)
+            return cls(KeyringKmsClient(keyring, reload), keyring.active)
         try:
             import boto3
         except ImportError:
@@ -142,7 +172,7 @@ class ParquetCrypto:
         client = boto3.client(
             "kms", region_name=settings.aws_region, endpoint_url=settings.kms_endpoint_url
         )
-        return cls(AwsKmsClient(client, KeyringKmsClient(keyring)), settings.kms_key_id)
+        return cls(AwsKmsClient(client, KeyringKmsClient(keyring, reload)), settings.kms_key_id)
 
     def encryption_properties(self) -> Any:
         """For one file: each call draws a fresh data key."""

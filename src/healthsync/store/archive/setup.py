@@ -28,7 +28,9 @@ class Archive:
         keyring = load_keyring(settings.crypto)
         return cls(
             open_store(settings.archive),
-            ParquetCrypto.from_keyring(keyring, settings.crypto),
+            ParquetCrypto.from_keyring(
+                keyring, settings.crypto, reload=lambda: load_keyring(settings.crypto)
+            ),
             Deidentifier.from_keyring(keyring),
             settings.archive.row_group_rows,
         )
