@@ -177,6 +177,23 @@ def test_a_device_that_reads_no_answers_is_read_no_further(start_ingest: StartIn
     sock.close()
 
 
+def test_a_line_at_the_limit_is_accepted_however_its_line_end_arrives(
+    start_ingest: StartIngest,
+) -> None:
+    """The line end is not counted (a line of the limit and CRLF is accepted), also when
+    the CR and LF arrive in separate segments: the CR alone used to count towards it."""
+    device = connect(start_ingest())
+    body = b"device_id=mon-cr patient_id=P-1 hr=70"
+    line = body + b" " * (4096 - len(body))
+    assert device.send(line + b"\r\n").startswith("OK ")
+    device.sock.sendall(line + b"\r")
+    time.sleep(0.3)  # read by the server on its own
+    device.sock.sendall(b"\n")
+    assert device.read().startswith("OK ")
+    assert device.send(line + b"  \r\n").startswith("ERR 413 too_long")
+    device.close()
+
+
 def test_reading_ids_are_keyed(start_ingest: StartIngest) -> None:
     """A reading id names no device: without the keyring, guessing device and seq finds no id."""
     settings = start_ingest()

@@ -215,7 +215,8 @@ class DeviceConnection(asyncio.Protocol):
                 self._handle_line(bytes(buffer[start:end]))
             start = end + 1
         del buffer[:start]
-        if len(buffer) > limit:
+        # A CR that ends the buffer may be the line end's first half: it is not counted.
+        if len(buffer) - buffer.endswith(b"\r") > limit:
             # Keep nothing of an over-long line: a hostile 1 GB line costs at most `limit` bytes.
             if not self.discarding:
                 self.server.stats.inc("bytes_discarded_total", len(buffer))
