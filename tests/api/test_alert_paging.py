@@ -1,9 +1,10 @@
-"""/v1/alerts in pages: every open alert reachable, and a cursor out of range refused."""
+"""/v1/alerts in pages: every alert reachable, newest first, and a cursor out of range refused."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Literal
 
 import pytest
 from redis import Redis
@@ -19,71 +20,88 @@ from healthsync.store.records import Records
 from tests.api.history_data import ask
 from tests.conftest import Credentials, clear_prefix, make_settings
 
-OPEN = 5
+
+def _alert(n: int, status: Literal["open", "resolved"], opened_at: float) -> Alert:
+    return Alert(
+        alert_id=f"{n + 1:04x}",
+        patient_id=f"P-PAGE-{n}",  # one open alert per patient and kind
+        kind="threshold:heart_rate",
+        vital="heart_rate",
+        severity="warning",
+        status=status,
+        opened_at=opened_at,
+        updated_at=opened_at,
+        value=130,
+        band="..120",
+        reading_id=f"r{n}",
+    )
 
 
 @pytest.fixture
-def open_alerts(broker: Service, redis_server: Service) -> Iterator[Settings]:
-    """Five open alerts, one a second apart (a00 the oldest), as the processor stores them."""
+def settings(broker: Service, redis_server: Service) -> Iterator[Settings]:
     settings = make_settings(broker, redis_server)
-    client = Redis.from_url(str(settings.redis.url))
-    now = time.time()
-    events = [
-        AlertEvent(
-            "opened",
-            Alert(
-                alert_id=f"a{n:02d}",
-                patient_id=f"P-{n}",
-                kind="threshold:spo2",
-                vital="spo2",
-                severity="warning",
-                status="open",
-                opened_at=now - 60 + n,
-                updated_at=now - 60 + n,
-                value=89,
-                band="92..-",
-                reading_id=f"r-{n}",
-            ),
-        )
-        for n in range(OPEN)
-    ]
-    sink = RedisLiveSink(
-        client,
-        settings.redis,
-        StatsRecorder(settings.redis.keys, "processor"),
-        Records(Codec.from_settings(settings)),
-    )
-    sink.write(Batch([], alert_events=events))
-    sink.flush()
     yield settings
-    clear_prefix(client, settings.redis.prefix)
-    client.close()
+    with Redis.from_url(str(settings.redis.url)) as client:
+        clear_prefix(client, settings.redis.prefix)
+
+
+def assert_paged(settings: Settings, token: str, status: str, alerts: int, limit: int) -> None:
+    """The listing, followed by next_cursor, holds each of the `alerts` once, newest first,
+    in as many pages as `limit` makes of them."""
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while pages <= alerts:
+        query = f"/v1/alerts?status={status}&limit={limit}" + (
+            f"&cursor={cursor}" if cursor else ""
+        )
+        [page] = ask(settings, token, query)
+        assert page.status_code == 200, page.text
+        body = page.json()
+        assert body["count"] == len(body["alerts"]) <= limit
+        seen += [a["alert_id"] for a in body["alerts"]]
+        pages += 1
+        cursor = body.get("next_cursor")
+        if cursor is None:
+            break
+    assert seen == [f"{n + 1:04x}" for n in reversed(range(alerts))], "newest first, each once"
+    assert pages == -(-alerts // limit)
+
+
+def test_resolved_alerts_come_in_pages(settings: Settings, credentials: Credentials) -> None:
+    """Resolved alerts are read from the recent ones a page at a time, with a cursor."""
+    codec = Codec.from_settings(settings)
+    records = Records(codec)
+    now = time.time()
+    with Redis.from_url(str(settings.redis.url)) as client:
+        for n in range(25):
+            alert = _alert(n, "resolved", now - 1000 + n)
+            client.set(codec.keys.alert(alert.alert_id), records.encode_alert(alert))
+            client.zadd(codec.keys.recent_alerts, {alert.alert_id: alert.opened_at})
+    assert_paged(settings, credentials.api_keys["clinician"], "resolved", 25, limit=10)
 
 
 def test_open_alerts_come_in_pages_and_every_one_is_reached(
-    open_alerts: Settings, credentials: Credentials
+    settings: Settings, credentials: Credentials
 ) -> None:
     """Open alerts came in one page cut at `limit`, with no next_cursor: past the limit (a
     ward of more than 1,000 open alerts, the most a page holds) the rest never showed."""
-    token = credentials.api_keys["clinician"]
-    seen: list[str] = []
-    path = "/v1/alerts?status=open&limit=2"
-    for _ in range(OPEN):
-        [answer] = ask(open_alerts, token, path)
-        assert answer.status_code == 200, answer.text
-        page = answer.json()
-        assert page["count"] == len(page["alerts"]) <= 2
-        seen += [a["alert_id"] for a in page["alerts"]]
-        if "next_cursor" not in page:
-            break
-        path = f"/v1/alerts?status=open&limit=2&cursor={page['next_cursor']}"
-    assert seen == [f"a{n:02d}" for n in reversed(range(OPEN))]  # newest first, each once
+    now = time.time()
+    events = [AlertEvent("opened", _alert(n, "open", now - 60 + n)) for n in range(5)]
+    with Redis.from_url(str(settings.redis.url)) as client:
+        records = Records(Codec.from_settings(settings))
+        sink = RedisLiveSink(
+            client, settings.redis, StatsRecorder(settings.redis.keys, "processor"), records
+        )
+        sink.write(Batch([], alert_events=events))
+        sink.flush()
+    assert_paged(settings, credentials.api_keys["clinician"], "open", 5, limit=2)
 
 
 def test_a_cursor_past_any_listing_is_refused_not_a_500(
-    open_alerts: Settings, credentials: Credentials
+    settings: Settings, credentials: Credentials
 ) -> None:
     token = credentials.api_keys["clinician"]
     for status in ("open", "resolved", "all"):
-        [answer] = ask(open_alerts, token, f"/v1/alerts?status={status}&cursor={2**63 - 1}")
+        [answer] = ask(settings, token, f"/v1/alerts?status={status}&cursor={2**63 - 1}")
         assert answer.status_code == 422, answer.text

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -29,11 +28,8 @@ from redis import Redis
 
 from healthsync.api.app import create_app
 from healthsync.config import Settings
-from healthsync.domain.alerts import Alert
 from healthsync.errors import ConfigError
-from healthsync.security.codec import Codec
 from healthsync.stack import Service
-from healthsync.store.records import Records
 from tests.api.auth_client import seed
 from tests.api.foreign import seal_with_a_foreign_key
 from tests.conftest import Credentials, clear_prefix, make_settings
@@ -350,47 +346,6 @@ def test_an_unreadable_entry_is_skipped_and_counted_not_a_500(
     assert summary.json()["open_alerts"]["total"] == 0
     assert alerts.status_code == 200 and alerts.json()["alerts"] == []
     assert "healthsync_api_unreadable_total 4.0" in metrics.text, metrics.text
-
-
-def test_all_alerts_come_in_pages(seeded: tuple[Settings, Redis], credentials: Credentials) -> None:
-    """`status=all` reads one page of the recent alerts at a time, with a cursor to the next."""
-    settings, client = seeded
-    codec = Codec.from_settings(settings)
-    records = Records(codec)
-    now = time.time()
-    for n in range(25):
-        alert = Alert(
-            alert_id=f"{n + 1:04x}",
-            patient_id=f"P-PAGE-{n % 3}",
-            kind="threshold:heart_rate",
-            vital="heart_rate",
-            severity="warning",
-            status="resolved",
-            opened_at=now - 1000 + n,
-            updated_at=now - 1000 + n,
-            value=130,
-            band="..120",
-            reading_id=f"r{n}",
-        )
-        client.set(codec.keys.alert(alert.alert_id), records.encode_alert(alert))
-        client.zadd(codec.keys.recent_alerts, {alert.alert_id: alert.opened_at})
-
-    seen: list[str] = []
-    cursor: str | None = None
-    pages = 0
-    while True:
-        query = "/v1/alerts?status=resolved&limit=10" + (f"&cursor={cursor}" if cursor else "")
-        [page] = call(settings, credentials.api_keys["clinician"], query)
-        assert page.status_code == 200, page.text
-        body = page.json()
-        assert len(body["alerts"]) <= 10
-        seen += [a["alert_id"] for a in body["alerts"]]
-        pages += 1
-        cursor = body.get("next_cursor")
-        if cursor is None:
-            break
-    assert pages == 3
-    assert seen == [f"{n + 1:04x}" for n in reversed(range(25))], "newest first, each once"
 
 
 def test_no_alerts_is_an_empty_list(
