@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 
 from healthsync.domain.alerts import AlertEvent
 from healthsync.domain.rules import AnomalySettings
@@ -152,3 +153,25 @@ def test_a_recovery_the_threshold_alert_watched_is_not_learnt_as_the_patients_ow
     opened = [(e.alert.kind, e.alert.opened_at - T0) for e in events if e.type == "opened"]
     assert [kind for kind, _at in opened] == ["threshold:resp_rate", "baseline:resp_rate"]
     assert opened[1][1] == t + 10
+
+
+def test_a_rise_does_not_open_on_a_sample_back_where_it_came_from() -> None:
+    """A minute-by-minute monitor on a slow network (`slow_devices.toml` seed 123): a heart
+    rate of 75-82, then 107-111 for four samples (a hypoxaemia with it), then 82 again.
+    The median of the last five samples lags them by minutes: a rise of 31.7 opened on
+    the 82 itself, after the episode had ended. The rise must show in the sample too."""
+    # (measured, arrived, heart rate), seconds from T0: the draw's times less 4,300 s, so
+    # that the trend window's buckets fall where they fell there
+    samples = [
+        (9.2, 21.4, 82), (66.4, 85.4, 78), (128.6, 151.3, 80), (189.5, 214.3, 80),
+        (248.4, 256.9, 75), (306.9, 323.2, 77), (368.9, 389.4, 77), (426.2, 451.6, 107),
+        (486.0, 496.7, 109), (549.6, 572.8, 109), (607.8, 631.0, 111), (669.5, 693.4, 82),
+        (728.5, 741.7, 81), (789.0, 800.0, 80),
+    ]  # fmt: skip
+    run = Run()
+    opened = []
+    for measured, arrived, value in samples:
+        sample = replace(reading(measured, heart_rate=value), received_at=T0 + arrived)
+        opened += [(measured, e.alert.kind) for e in run.send(sample) if e.type == "opened"]
+    # Nothing opens once the heart rate is back (the 82 measured at 669.5 s, and after).
+    assert [(at, kind) for at, kind in opened if at >= 669] == [], opened

@@ -259,8 +259,15 @@ class AnomalyEngine:
             change, reference = window.change(trend.direction)
             if change < trend.delta and idle:
                 continue
+            # The sample at hand must show the change too: the median of the latest
+            # samples lags them, and on a slow device it still read a rise minutes after
+            # the vital came back (a 60 s monitor's 82/min after a correlated hypoxaemia).
+            newest = (
+                sample.value - reference if trend.direction == "rise" else reference - sample.value
+            )
             holds = (
                 change >= trend.delta
+                and newest >= trend.delta / 2
                 and not recovery(
                     window, band, trend.direction, reference, self.cfg.margins.get(vital, 0.0)
                 )
