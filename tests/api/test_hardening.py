@@ -249,3 +249,38 @@ def test_the_api_description_page_loads_nothing_from_elsewhere(served: AuthApi) 
     for source in sources:
         assert served.get(source).status_code == 200, source
     assert "swagger" in served.get("/docs/oauth2-redirect").text.lower()
+
+
+def test_an_unexpected_failure_is_answered_in_the_apis_own_shape(
+    broker: Service,
+    redis_server: Service,
+    credentials: Credentials,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A failure no handler expects (here, stored records that open but are not what they
+    should be) was a plain-text 500, where every error under /fhir is an OperationOutcome
+    and every error under /v1 is JSON. The answer names no cause: the API's log has it."""
+    settings = make_settings(broker, redis_server)
+    with serving(settings, credentials, tmp_path_factory.mktemp("broken"), timeout=30) as api:
+        codec = Codec.from_settings(settings)
+        keys = codec.keys
+        patient = keys.fhir("Patient", "P-AUTH-1")
+        api.redis.set(patient, codec.seal(b"not json", patient))
+        tag = keys.patient("P-AUTH-1")
+        api.redis.hset(keys.rules, tag, codec.seal(b"not json", codec.field(keys.rules, tag)))
+        token = credentials.token()
+
+        fhir = api.get("/fhir/Patient/P-AUTH-1", token)
+        assert fhir.status_code == 500, fhir.text
+        outcome = fhir.json()
+        assert outcome["resourceType"] == "OperationOutcome"
+        assert [i["code"] for i in outcome["issue"]] == ["exception"]
+        rest = api.get("/v1/patients/P-AUTH-1/rules", token)
+        assert rest.status_code == 500, rest.text
+        assert rest.json()["error"]["message"] == "internal error"
+        for answer in (fhir, rest):
+            assert "JSON" not in answer.text and "json" not in answer.text
+            assert answer.headers["x-content-type-options"] == "nosniff"
+        # The API answers on, and its log has the cause.
+        assert api.get("/healthz").status_code == 200
+        assert "JSONDecodeError" in (api.logs / "api.log").read_text()

@@ -109,8 +109,10 @@ def create_app(settings: Settings) -> FastAPI:
         outbound=authenticator.outbound,
     )
     app.state.services = services
-    middleware.install(app, settings.api)
+    # First: its catch-all (api.errors) then sits inside the middleware, whose security
+    # headers its answers get too.
     install_error_handlers(app)
+    middleware.install(app, settings.api)
     unavailable.install(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from healthsync.security.crypto import DecryptError
 from healthsync.store.archive.errors import ArchiveReadError, ObjectStoreError
@@ -81,12 +82,44 @@ async def _validation_error(
     return style.answer(style.validation_status, message, None)
 
 
+class _Unexpected:
+    """ASGI middleware: an exception that no handler answered becomes a 500 in the app's
+    own format, naming no cause (it may hold patient data, or show how the store is
+    built); the log has it. Left to Starlette and uvicorn it was a plain-text 500 and,
+    once a handler had answered it, a connection closed under the client."""
+
+    def __init__(self, app: ASGIApp, answer: ErrorAnswer) -> None:
+        self.app = app
+        self.answer = answer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:
+            # Not the path: it may name a patient.
+            log.exception("unexpected error answering a request")
+            if started:
+                raise
+            await self.answer(500, "internal error", None)(scope, receive, send)
+
+
 def install_error_handlers(
     app: FastAPI, answer: ErrorAnswer = json_error, validation_status: int = 422
 ) -> None:
-    """Answer HTTP errors, undecryptable data, unreadable archive objects and invalid
-    requests with `answer`."""
+    """Answer HTTP errors, undecryptable data, unreadable archive objects, invalid
+    requests and anything unexpected with `answer`."""
     style = ErrorStyle(answer, validation_status)
+    app.add_middleware(_Unexpected, answer=answer)
     app.add_exception_handler(StarletteHTTPException, partial(_http_error, style))
     app.add_exception_handler(DecryptError, partial(_undecryptable, style))
     app.add_exception_handler(ArchiveReadError, partial(_unreadable_archive, style))
