@@ -34,15 +34,11 @@ from healthsync.store.archive.reader import ArchiveReader
 from healthsync.store.fhir_order import Position, indexes_of
 from healthsync.store.fhir_queries import Page, Resource, Search
 from healthsync.store.records import Records
-from healthsync.store.vitals_history import SEAM_MARGIN_S
+from healthsync.store.vitals_history import MAX_SPAN_DAYS, SEAM_MARGIN_S
 
 Entry = tuple[Position, Resource]
 # What one request may rebuild from the archive: the archived part is read whole.
 MAX_SCAN = 100_000
-# How far a search may reach into the archive, which is read (listed) a day at a time:
-# a window opening in the year 1000 read for most of a minute, as the API's history
-# routes allow (api.routes.history.MAX_SPAN_DAYS).
-MAX_SPAN_DAYS = 366
 
 
 class ArchiveTooCostly(HealthSyncError):
@@ -122,7 +118,7 @@ class ArchivedObservations:
         start, end = max(query.window.start, 0.0), min(query.window.end, self._seam())
         if start >= end or query.patient is None:
             return []
-        if end - start > MAX_SPAN_DAYS * 86_400:
+        if end - start > MAX_SPAN_DAYS * 86_400:  # a window opening in year 1000 read for ~1 min
             raise ArchiveTooCostly.span((end - start) / 86_400)
         points = await asyncio.to_thread(self.archive.readings, patient_id, start, end)
         found: list[Entry] = []

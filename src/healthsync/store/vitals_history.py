@@ -29,6 +29,10 @@ from healthsync.store.queries import LiveReader
 # Redis is trimmed at most once a minute and the API's clock may differ from the
 # processor's: the archive is also read for this much of the period past the retention.
 SEAM_MARGIN_S = 900
+# The longest period one request may read: the history is read a window, and the
+# archive a day, at a time, so a period ending in the year 9999 tied a worker up for
+# minutes, or for good. The history routes and FHIR search both hold to it.
+MAX_SPAN_DAYS = 366
 _FIRST_WINDOW_MS = 3_600_000
 _LARGEST_WINDOW_MS = 7 * 24 * 3_600_000
 # A Redis window holds at most the retention's readings of one patient.

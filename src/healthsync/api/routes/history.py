@@ -29,13 +29,12 @@ from healthsync.store.job_files import open_store
 from healthsync.store.precomputed import TrendRuns
 from healthsync.store.queries import LiveReader
 from healthsync.store.runs import RunStore
+from healthsync.store.vitals_history import MAX_SPAN_DAYS
 
 TIME_HELP = "ISO 8601 (2026-11-28T10:00:00Z) or epoch seconds"
-# A period must lie between 1970 and a day from now, and span at most this long: the
-# history is read a window (and the archive a day) at a time, so a period ending in
-# the year 9999 tied a worker up for minutes, or for good.
-MAX_SPAN_DAYS = 366
-_FUTURE_SLACK_S = 86_400.0
+# How far past now a period may end (a clock a little ahead); it must start after 1970,
+# and span at most store.vitals_history.MAX_SPAN_DAYS.
+FUTURE_SLACK_S = 86_400.0
 
 
 def parse_time(text: str | None, default: float) -> float:
@@ -66,7 +65,7 @@ def parse_period(
     `now`); 400 for one out of reach (see MAX_SPAN_DAYS), or ending before it starts."""
     start, end = parse_time(since, now - default_span_s), parse_time(until, now)
     for name, value, text in (("since", start, since), ("until", end, until)):
-        if not 0.0 <= value <= now + _FUTURE_SLACK_S:
+        if not 0.0 <= value <= now + FUTURE_SLACK_S:
             raise HTTPException(400, f"{name} {text!r} is outside 1970-01-01 to a day from now")
     if start > end:
         raise HTTPException(400, "since must not be after until")

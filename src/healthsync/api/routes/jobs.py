@@ -23,14 +23,13 @@ from pydantic import BaseModel, Field
 
 from healthsync.api import auth
 from healthsync.api.auth import Access, Credentials, Guard
+from healthsync.api.routes.history import FUTURE_SLACK_S
 from healthsync.config import Settings
 from healthsync.names import JOBS
 from healthsync.redis_client import connect
 from healthsync.store.runs import RUN_ID_PATTERN, RunRecord, RunStore, new_run_id
 
 _OPTION_KEY = r"^[a-z][a-z0-9_]{0,39}$"
-# How far past now a run's period may end (a clock a little ahead, an hour being written).
-_FUTURE_SLACK_S = 86_400.0
 
 
 class RunRequest(BaseModel):
@@ -138,7 +137,7 @@ def _plan(name: str, wanted: RunRequest, period_s: float, now: float) -> tuple[s
     since = wanted.since if wanted.since is not None else until - period_s
     if since >= until:
         raise HTTPException(422, "since must be before until")
-    if since < 0 or until > now + _FUTURE_SLACK_S:
+    if since < 0 or until > now + FUTURE_SLACK_S:
         raise HTTPException(422, "a run's period must lie between 1970-01-01 and a day from now")
     params: dict[str, Any] = {"since": since, "until": until}
     if wanted.options:
