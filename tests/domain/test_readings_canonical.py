@@ -44,7 +44,7 @@ def test_a_reading_ingest_writes_comes_back_equal() -> None:
         seq=7,
         on_oxygen=True,
         consciousness="V",
-        patient={"name": "Jane"},
+        patient={"patient_name": "Jane Doe", "gender": "female", "birth_date": "1950-02-03"},
         quality={"sqi": 0.4},
     )
     assert Reading.from_json(reading.to_json()) == reading
@@ -84,6 +84,19 @@ def test_a_nurses_observation_without_vitals_is_a_reading() -> None:
         ({"ts_epoch": 900_000_000.0}, "ts_epoch"),
         ({"received_at": None}, "received_at"),
         ({"received_at": 1e300, "ts_epoch": 1e300}, "received_at"),
+        # Demographics: the research set keeps `gender` and derives an age from
+        # `birth_date`, so free text there would carry a name or a note into it.
+        ({"patient": {"gender": "Jane Doe, bed 4"}}, "gender"),
+        ({"patient": {"gender": "M"}}, "gender"),
+        ({"patient": {"birth_date": "3 Feb 1950"}}, "birth_date"),
+        ({"patient": {"birth_date": "1950-02-30"}}, "birth_date"),
+        ({"patient": {"birth_date": "2023-11-17"}}, "birth_date"),
+        ({"patient": {"ssn": "078-05-1120"}}, "ssn"),
+        ({"patient": {"patient_name": 12}}, "patient_name"),
+        ({"patient": {"patient_name": ""}}, "patient_name"),
+        ({"patient": {"patient_name": "J" * 257}}, "patient_name"),
+        ({"patient": {"mrn": "A\n1"}}, "mrn"),
+        ({"patient": ["Jane"]}, "patient"),
     ],
     ids=lambda value: str(value) if isinstance(value, str) else None,
 )

@@ -11,7 +11,7 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Any, cast
 
@@ -71,6 +71,11 @@ ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # Demographics a device may send. They are PHI: carried on the vitals topic for
 # the FHIR Patient resource and stripped before anything is archived.
 PATIENT_FIELDS = ("patient_name", "birth_date", "gender", "mrn", "address", "phone")
+# FHIR's administrative genders, the only values `gender` is written as.
+GENDERS = ("male", "female", "other", "unknown")
+MAX_PATIENT_CHARS = 256
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def reading_id_for(device_id: str, seq: int | None, ts_ms: int, *, key: bytes | None = None) -> str:
@@ -189,7 +194,7 @@ class Reading:
                 seq=seq,
                 on_oxygen=on_oxygen,
                 consciousness=consciousness,
-                patient={str(k): str(v) for k, v in doc.get("patient", {}).items()},
+                patient=_demographics(doc.get("patient", {}), received_at),
                 quality=_bounded("quality", doc.get("quality", {}), _QUALITY_BOUNDS),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -222,6 +227,39 @@ def epoch(name: str, raw: object, earliest: float, latest: float) -> float:
     if not earliest <= value <= latest:
         raise ValueError(f"{name}: not a time HealthSync can hold")
     return value
+
+
+def _demographics(raw: object, received_at: float) -> dict[str, str]:
+    """Patient fields as ingest writes them. The research set keeps `gender` and
+    derives an age from `birth_date`, so neither may carry free text."""
+    if not isinstance(raw, dict):
+        raise ValueError("patient: not an object")
+    checked: dict[str, str] = {}
+    for key, value in raw.items():
+        if key not in PATIENT_FIELDS:
+            raise ValueError(f"patient: unknown field {str(key)[:32]!r}")
+        if not isinstance(value, str) or not 1 <= len(value) <= MAX_PATIENT_CHARS:
+            raise ValueError(f"{key}: not a string of 1-{MAX_PATIENT_CHARS} characters")
+        if CONTROL_RE.search(value) is not None:
+            raise ValueError(f"{key}: contains control characters")
+        if key == "gender" and value not in GENDERS:
+            raise ValueError(f"gender: not one of {', '.join(GENDERS)}")
+        if key == "birth_date" and not _is_birth_date(value, received_at):
+            raise ValueError("birth_date: not a past calendar date YYYY-MM-DD")
+        checked[key] = value
+    return checked
+
+
+def _is_birth_date(raw: str, received_at: float) -> bool:
+    """A calendar date no later than the day after the reading was received (a
+    device's local date may be ahead of UTC)."""
+    if DATE_RE.fullmatch(raw) is None:
+        return False
+    try:
+        born = date.fromisoformat(raw)
+    except ValueError:
+        return False
+    return born <= datetime.fromtimestamp(received_at, tz=UTC).date() + timedelta(days=1)
 
 
 def _bounded(what: str, raw: object, bounds: dict[str, tuple[float, float]]) -> dict[str, float]:

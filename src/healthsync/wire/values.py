@@ -9,9 +9,12 @@ from typing import Final
 
 from healthsync.domain.readings import (
     CONSCIOUSNESS_LEVELS,
+    CONTROL_RE,
+    DATE_RE,
     EPOCH_2000,
     ID_RE,
     MAX_FUTURE_S,
+    MAX_PATIENT_CHARS,
     QUALITY,
     VITALS,
 )
@@ -22,8 +25,6 @@ BP = "bp"
 # Stricter than float(): no "inf", "nan", "1_000", surrounding spaces or
 # non-ASCII digits, all of which float() would quietly accept.
 _NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 _TRUE: Final = frozenset({"true", "yes", "1", "y"})
 _FALSE: Final = frozenset({"false", "no", "0", "n"})
@@ -35,7 +36,6 @@ _GENDERS: Final[dict[str, str]] = {
     "m": "male",
     "f": "female",
 }
-_MAX_PATIENT_CHARS = 256
 # seq goes into JSON (orjson) downstream, which is limited to 64-bit integers.
 _MAX_SEQ = 2**63 - 1
 
@@ -193,9 +193,9 @@ def consciousness(raw: object) -> str:
 def patient_field(key: str, raw: object, received_at: float) -> str:
     if not isinstance(raw, str):
         raise _bad(key, "must be a string")
-    if not 1 <= len(raw) <= _MAX_PATIENT_CHARS:
-        raise _bad(key, f"must be 1-{_MAX_PATIENT_CHARS} characters")
-    if _CONTROL_RE.search(raw) is not None:
+    if not 1 <= len(raw) <= MAX_PATIENT_CHARS:
+        raise _bad(key, f"must be 1-{MAX_PATIENT_CHARS} characters")
+    if CONTROL_RE.search(raw) is not None:
         raise _bad(key, "contains control characters")
     if key == "gender":
         gender = _GENDERS.get(raw.lower())
@@ -203,7 +203,7 @@ def patient_field(key: str, raw: object, received_at: float) -> str:
             raise _bad(key, "expected male, female, other or unknown")
         return gender
     if key == "birth_date":
-        if _DATE_RE.fullmatch(raw) is None:
+        if DATE_RE.fullmatch(raw) is None:
             raise _bad(key, "expected YYYY-MM-DD")
         try:
             born = date.fromisoformat(raw)
