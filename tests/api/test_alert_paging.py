@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Literal
 
 import pytest
@@ -98,10 +99,85 @@ def test_open_alerts_come_in_pages_and_every_one_is_reached(
     assert_paged(settings, credentials.api_keys["clinician"], "open", 5, limit=2)
 
 
-def test_a_cursor_past_any_listing_is_refused_not_a_500(
+def _write(settings: Settings, events: list[AlertEvent]) -> None:
+    with Redis.from_url(str(settings.redis.url)) as client:
+        records = Records(Codec.from_settings(settings))
+        sink = RedisLiveSink(
+            client, settings.redis, StatsRecorder(settings.redis.keys, "processor"), records
+        )
+        sink.write(Batch([], alert_events=events))
+        sink.flush()
+
+
+def _raise(settings: Settings, alerts: list[Alert], status: str) -> None:
+    _write(settings, [AlertEvent("opened", a) for a in alerts])
+    if status == "resolved":
+        _write(settings, [AlertEvent("resolved", replace(a, status="resolved")) for a in alerts])
+
+
+def _page(settings: Settings, token: str, query: str) -> tuple[list[str], str | None]:
+    [answer] = ask(settings, token, query)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    return [a["alert_id"] for a in body["alerts"]], body.get("next_cursor")
+
+
+def test_an_alert_resolving_between_pages_does_not_hide_another(
+    settings: Settings, credentials: Credentials
+) -> None:
+    """The cursor counted the alerts before the page: when one of them resolved before
+    the next page was asked for, the listing shifted and an open alert was never shown."""
+    token = credentials.api_keys["clinician"]
+    now = time.time()
+    opened = [_alert(n, "open", now - 60 + n) for n in range(5)]
+    _write(settings, [AlertEvent("opened", alert) for alert in opened])
+    first, cursor = _page(settings, token, "/v1/alerts?status=open&limit=2")
+    assert first == ["0005", "0004"]
+    newest = opened[4]
+    resolved = replace(newest, status="resolved", updated_at=now)
+    _write(settings, [AlertEvent("resolved", resolved)])
+    rest: list[str] = []
+    while cursor is not None:
+        page, cursor = _page(settings, token, f"/v1/alerts?status=open&limit=2&cursor={cursor}")
+        rest += page
+    assert rest == ["0003", "0002", "0001"]
+
+
+def test_alerts_raised_between_pages_are_not_shown_again(
+    settings: Settings, credentials: Credentials
+) -> None:
+    """New alerts go to the head of the listing: with a cursor that counted positions,
+    the next page began with alerts the last one had already shown."""
+    token = credentials.api_keys["clinician"]
+    now = time.time()
+    for status in ("open", "resolved"):
+        older = [_alert(n, "open", now - 600 + n) for n in range(25)]
+        _raise(settings, older, status)
+        seen, cursor = _page(settings, token, f"/v1/alerts?status={status}&limit=10")
+        _raise(settings, [_alert(100 + n, "open", now - 60 + n) for n in range(3)], status)
+        while cursor is not None:
+            page, cursor = _page(
+                settings, token, f"/v1/alerts?status={status}&limit=10&cursor={cursor}"
+            )
+            seen += page
+        assert seen == [a.alert_id for a in reversed(older)], status
+        with Redis.from_url(str(settings.redis.url)) as client:
+            clear_prefix(client, settings.redis.prefix)
+
+
+def test_a_cursor_the_listing_did_not_make_is_refused_not_a_500(
     settings: Settings, credentials: Credentials
 ) -> None:
     token = credentials.api_keys["clinician"]
+    now = time.time()
+    _write(settings, [AlertEvent("opened", _alert(n, "open", now - 60 + n)) for n in range(3)])
+    _, cursor = _page(settings, token, "/v1/alerts?status=open&limit=1")
+    assert cursor is not None
     for status in ("open", "resolved", "all"):
-        [answer] = ask(settings, token, f"/v1/alerts?status={status}&cursor={2**63 - 1}")
-        assert answer.status_code == 422, answer.text
+        for forged in (str(2**63 - 1), "0", cursor[:-2] + "AA"):
+            [answer] = ask(settings, token, f"/v1/alerts?status={status}&cursor={forged}")
+            assert answer.status_code == 400, answer.text
+    # Made for the open listing, it pages neither another status nor another patient.
+    for query in ("status=resolved", "status=all", "status=open&patient_id=P-PAGE-1"):
+        [answer] = ask(settings, token, f"/v1/alerts?{query}&cursor={cursor}")
+        assert answer.status_code == 400, answer.text

@@ -26,6 +26,7 @@ from healthsync.api.cursors import Cursors
 from healthsync.api.errors import install_error_handlers
 from healthsync.api.routes import alerts, health, history, patients, rules, summary
 from healthsync.api.routes.alert_history import alert_history_router
+from healthsync.api.routes.alerts import alert_list_router
 from healthsync.api.routes.dashboard import dashboard_router
 from healthsync.api.routes.jobs import jobs_router
 from healthsync.api.routes.stream import stream_router
@@ -122,6 +123,7 @@ def create_app(settings: Settings) -> FastAPI:
         TokenSealer.from_keyring(load_keyring(settings.crypto), "cursor v1"), registry
     )
     app.include_router(vitals_router(VitalsHistory(reader, services.archive, retention), cursors))
+    app.include_router(alert_list_router(cursors))
     alert_history = AlertHistory(reader, services.archive, retention)
     app.include_router(alert_history_router(alert_history, cursors))
     app.include_router(stream_router(redis, records, settings))

@@ -44,6 +44,14 @@ def _ignore(_error: DecryptError) -> None:
     pass
 
 
+# Where a listing of alerts stands: an alert's (opened_at, alert_id).
+Position = tuple[float, str]
+
+
+def _position(alert: dict[str, Any]) -> Position:
+    return alert["opened_at"], alert["alert_id"]
+
+
 def _matches(alert: dict[str, Any], status: str, patient_id: str | None) -> bool:
     return (status == "all" or alert["status"] == status) and (
         patient_id is None or alert["patient_id"] == patient_id
@@ -207,14 +215,16 @@ class LiveReader:
         return points
 
     async def alerts(
-        self, status: str, patient_id: str | None, limit: int, cursor: int = 0
-    ) -> tuple[list[dict[str, Any]], int | None]:
-        """Alerts newest first, and the cursor of the next page (None: no more).
+        self, status: str, patient_id: str | None, limit: int, after: Position | None = None
+    ) -> tuple[list[dict[str, Any]], Position | None]:
+        """Alerts newest first, from just past `after`, and the position to ask the
+        next page from (None: no more).
 
-        Open alerts (one per patient and kind) are read whole and paged, `cursor` being
-        how many come before the page. Resolved and all alerts are read from the recent
-        ones a page at a time: at most `limit` matches, and at most
-        ``_SCAN_PAGES * limit`` alerts read per call.
+        A position is an alert's (opened_at, alert_id), the order Redis keeps the
+        recent alerts in, so alerts raised or resolved between pages shift nothing.
+        Open alerts (one per patient and kind) are read whole and paged. Resolved and
+        all alerts are read from the recent ones a page at a time: at most `limit`
+        matches, and at most ``_SCAN_PAGES * limit`` alerts read per call.
         """
         if status == "open":
             raw_ids = cast("list[bytes]", await self.client.hvals(self.keys.open_alerts))
@@ -225,30 +235,40 @@ class LiveReader:
                 for a in await self._with_acks([i.decode() for i in raw_ids])
                 if a["status"] == "open" and (patient_id is None or a["patient_id"] == patient_id)
             ]
-            alerts.sort(key=lambda a: (a["opened_at"], a["alert_id"]), reverse=True)
-            following = cursor + limit
-            return alerts[cursor:following], following if following < len(alerts) else None
+            alerts.sort(key=_position, reverse=True)
+            if after is not None:
+                alerts = [a for a in alerts if _position(a) < after]
+            page = alerts[:limit]
+            return page, _position(page[-1]) if len(alerts) > limit else None
         found: list[dict[str, Any]] = []
-        offset = cursor
+        top = "+inf" if after is None else repr(after[0])
+        consumed = 0  # of the recent alerts from `top` down
+        last = after
         budget = _SCAN_PAGES * limit
-        while len(found) < limit and offset - cursor < budget:
+        while len(found) < limit and budget > 0:
             raw = cast(
-                "list[bytes]",
-                await self.client.zrevrange(self.keys.recent_alerts, offset, offset + limit - 1),
+                "list[tuple[bytes, float]]",
+                await self.client.zrevrangebyscore(
+                    self.keys.recent_alerts, top, "-inf", consumed, limit, withscores=True
+                ),
             )
             if not raw:
                 return found, None
-            ids = [i.decode() for i in raw]
-            by_id = {a["alert_id"]: a for a in await self._with_acks(ids)}
-            for alert_id in ids:
-                offset += 1
-                alert = by_id.get(alert_id)
+            listed = [(score, member.decode()) for member, score in raw]
+            by_id = {a["alert_id"]: a for a in await self._with_acks([i for _, i in listed])}
+            for position in listed:
+                consumed += 1
+                if after is not None and position >= after:
+                    continue  # of after's time and not below it: the last page's
+                budget -= 1
+                last = position
+                alert = by_id.get(position[1])
                 if alert is not None and _matches(alert, status, patient_id):
                     found.append(alert)
                     if len(found) == limit:
                         break
-        more = offset < int(await self.client.zcard(self.keys.recent_alerts))
-        return found, offset if more else None
+        more = consumed < int(await self.client.zcount(self.keys.recent_alerts, "-inf", top))
+        return found, last if more else None
 
     async def alerts_opened(
         self, patient_id: str, since: float, until: float

@@ -27,19 +27,21 @@ _DAY_S = 86_400
 
 
 @dataclass(frozen=True, slots=True)
-class _Page:
+class AlertPage:
+    """Which page of an alert listing the caller asked for."""
+
     limit: int
     cursor: str | None
 
 
-async def _page(
+async def alert_page(
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
     cursor: Annotated[
         str | None,
         Query(max_length=MAX_TOKEN_CHARS, description="next_cursor of the previous page"),
     ] = None,
-) -> _Page:
-    return _Page(limit, cursor)
+) -> AlertPage:
+    return AlertPage(limit, cursor)
 
 
 def _position(alert: dict[str, Any]) -> tuple[int, str]:
@@ -57,7 +59,7 @@ def alert_history_router(history: AlertHistory, cursors: Cursors) -> APIRouter:
     async def patient_alerts(
         access: Annotated[Access, Depends(auth.reads("Communication", "Flag"))],
         patient_id: PatientId,
-        paging: Annotated[_Page, Depends(_page)],
+        paging: Annotated[AlertPage, Depends(alert_page)],
         since: Annotated[str | None, Query(description=TIME_HELP + "; default 24 h ago")] = None,
         until: Annotated[str | None, Query(description=TIME_HELP + "; default now")] = None,
     ) -> dict[str, Any]:

@@ -3,56 +3,45 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 
 from healthsync.api import auth
 from healthsync.api.auth import Access
+from healthsync.api.cursors import Cursors
 from healthsync.api.models import ID_PATTERN, AlertList
+from healthsync.api.routes.alert_history import AlertPage, alert_page
 from healthsync.api.services import Reader
 
 router = APIRouter(tags=["alerts"])
-# A cursor counts alerts before the page: far past any listing (Redis refuses offsets
-# past 2**63, a 500), and far below it.
-_MAX_CURSOR = 1_000_000_000
 
 
-@dataclass(frozen=True)
-class PageRequest:
-    """Which page of a listing the caller asked for."""
+def alert_list_router(cursors: Cursors) -> APIRouter:
+    """``GET /v1/alerts``: the live listing, newest first, in pages whose sealed
+    ``next_cursor`` is the last alert's place in it, bound to the status and patient
+    asked for (:mod:`healthsync.api.cursors`)."""
+    listing = APIRouter(tags=["alerts"])
 
-    limit: int
-    cursor: int
+    @listing.get("/v1/alerts", response_model=AlertList, response_model_exclude_none=True)
+    async def alerts(
+        reader: Reader,
+        access: Annotated[Access, Depends(auth.reads("Communication", "Flag"))],
+        paging: Annotated[AlertPage, Depends(alert_page)],
+        status: Annotated[str, Query(pattern="^(open|resolved|all)$")] = "open",
+        patient_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+    ) -> dict[str, Any]:
+        after = None
+        if paging.cursor is not None:
+            after = cursors.decode_exact(paging.cursor, "alert-list", status, patient_id)
+        rows, following = await reader.alerts(status, patient_id, paging.limit, after)
+        await access.record("search", [row["patient_id"] for row in rows])
+        page: dict[str, Any] = {"alerts": rows, "count": len(rows)}
+        if following is not None:
+            page["next_cursor"] = cursors.encode(following, "alert-list", status, patient_id)
+        return page
 
-
-def _page_request(
-    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
-    cursor: Annotated[
-        int, Query(ge=0, le=_MAX_CURSOR, description="next_cursor of the previous page")
-    ] = 0,
-) -> PageRequest:
-    return PageRequest(limit, cursor)
-
-
-Paging = Annotated[PageRequest, Depends(_page_request)]
-
-
-@router.get("/v1/alerts", response_model=AlertList, response_model_exclude_none=True)
-async def alerts(
-    reader: Reader,
-    access: Annotated[Access, Depends(auth.reads("Communication", "Flag"))],
-    paging: Paging,
-    status: Annotated[str, Query(pattern="^(open|resolved|all)$")] = "open",
-    patient_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
-) -> dict[str, Any]:
-    rows, following = await reader.alerts(status, patient_id, paging.limit, paging.cursor)
-    await access.record("search", [row["patient_id"] for row in rows])
-    page: dict[str, Any] = {"alerts": rows, "count": len(rows)}
-    if following is not None:
-        page["next_cursor"] = str(following)
-    return page
+    return listing
 
 
 @router.post("/v1/alerts/{alert_id}/ack")
