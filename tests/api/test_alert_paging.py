@@ -46,6 +46,29 @@ def settings(broker: Service, redis_server: Service) -> Iterator[Settings]:
         clear_prefix(client, settings.redis.prefix)
 
 
+def _write(settings: Settings, events: list[AlertEvent]) -> None:
+    with Redis.from_url(str(settings.redis.url)) as client:
+        records = Records(Codec.from_settings(settings))
+        sink = RedisLiveSink(
+            client, settings.redis, StatsRecorder(settings.redis.keys, "processor"), records
+        )
+        sink.write(Batch([], alert_events=events))
+        sink.flush()
+
+
+def _raise(settings: Settings, alerts: list[Alert], status: str) -> None:
+    _write(settings, [AlertEvent("opened", a) for a in alerts])
+    if status == "resolved":
+        _write(settings, [AlertEvent("resolved", replace(a, status="resolved")) for a in alerts])
+
+
+def _page(settings: Settings, token: str, query: str) -> tuple[list[str], str | None]:
+    [answer] = ask(settings, token, query)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    return [a["alert_id"] for a in body["alerts"]], body.get("next_cursor")
+
+
 def assert_paged(settings: Settings, token: str, status: str, alerts: int, limit: int) -> None:
     """The listing, followed by next_cursor, holds each of the `alerts` once, newest first,
     in as many pages as `limit` makes of them."""
@@ -88,38 +111,8 @@ def test_open_alerts_come_in_pages_and_every_one_is_reached(
     """Open alerts came in one page cut at `limit`, with no next_cursor: past the limit (a
     ward of more than 1,000 open alerts, the most a page holds) the rest never showed."""
     now = time.time()
-    events = [AlertEvent("opened", _alert(n, "open", now - 60 + n)) for n in range(5)]
-    with Redis.from_url(str(settings.redis.url)) as client:
-        records = Records(Codec.from_settings(settings))
-        sink = RedisLiveSink(
-            client, settings.redis, StatsRecorder(settings.redis.keys, "processor"), records
-        )
-        sink.write(Batch([], alert_events=events))
-        sink.flush()
+    _write(settings, [AlertEvent("opened", _alert(n, "open", now - 60 + n)) for n in range(5)])
     assert_paged(settings, credentials.api_keys["clinician"], "open", 5, limit=2)
-
-
-def _write(settings: Settings, events: list[AlertEvent]) -> None:
-    with Redis.from_url(str(settings.redis.url)) as client:
-        records = Records(Codec.from_settings(settings))
-        sink = RedisLiveSink(
-            client, settings.redis, StatsRecorder(settings.redis.keys, "processor"), records
-        )
-        sink.write(Batch([], alert_events=events))
-        sink.flush()
-
-
-def _raise(settings: Settings, alerts: list[Alert], status: str) -> None:
-    _write(settings, [AlertEvent("opened", a) for a in alerts])
-    if status == "resolved":
-        _write(settings, [AlertEvent("resolved", replace(a, status="resolved")) for a in alerts])
-
-
-def _page(settings: Settings, token: str, query: str) -> tuple[list[str], str | None]:
-    [answer] = ask(settings, token, query)
-    assert answer.status_code == 200, answer.text
-    body = answer.json()
-    return [a["alert_id"] for a in body["alerts"]], body.get("next_cursor")
 
 
 def test_an_alert_resolving_between_pages_does_not_hide_another(
