@@ -82,3 +82,27 @@ def test_alerts_across_the_seam_come_back_once_newest_first_in_pages(
     for refused in (tampered, other):
         assert refused.status_code == 400
         assert "cursor is not valid" in refused.json()["error"]["message"]
+
+
+def test_alerts_opened_within_one_millisecond_each_come_once(
+    archived: Settings, credentials: Credentials
+) -> None:
+    """The cursor holds the opening time to the millisecond: pages ordered by the exact
+    time put a monitor's alert and a cuff's opened 0.3 ms apart in one order and the
+    cursor in the other, and the second of them never came."""
+    now = round(time.time() - 600)
+    earlier, later = _alert("a0009", now + 0.0001), _alert("a0001", now + 0.0004)
+    to_redis(archived, [], [AlertEvent("opened", earlier), AlertEvent("opened", later)])
+    token = credentials.api_keys["clinician"]
+    path = f"/v1/patients/{PATIENT}/alerts?limit=1"
+    seen: list[str] = []
+    cursor = ""
+    for _ in range(3):
+        [page] = ask(archived, token, path + cursor)
+        assert page.status_code == 200, page.text
+        seen += [a["alert_id"] for a in page.json()["alerts"]]
+        if "next_cursor" not in page.json():
+            break
+        cursor = f"&cursor={page.json()['next_cursor']}"
+    assert sorted(seen) == ["a0001", "a0009"]
+    assert len(seen) == 2

@@ -35,7 +35,7 @@ class AlertHistory:
         self.clock = clock
 
     async def alerts(self, patient_id: str, since: float, until: float) -> list[dict[str, Any]]:
-        """The patient's alerts opened in [since, until], newest first (then by id)."""
+        """The patient's alerts opened in [since, until], newest first by :func:`position`."""
         recent = await self.live.alerts_opened(patient_id, since, until)
         merged: dict[str, dict[str, Any]] = {}
         seam = self.clock() - self.retention_s + SEAM_MARGIN_S
@@ -48,4 +48,10 @@ class AlertHistory:
                 if since <= alert.opened_at <= until
             }
         merged.update((alert["alert_id"], alert) for alert in recent)
-        return sorted(merged.values(), key=lambda a: (a["opened_at"], a["alert_id"]), reverse=True)
+        return sorted(merged.values(), key=position, reverse=True)
+
+
+def position(alert: dict[str, Any]) -> tuple[int, str]:
+    """Where an alert stands in a patient's history: its opening time to the millisecond
+    (as the archive keeps it, and a page cursor holds it), then its id."""
+    return round(alert["opened_at"] * 1000), str(alert["alert_id"])

@@ -21,7 +21,7 @@ from healthsync.api.cursors import Cursors
 from healthsync.api.models import AlertList, PatientId
 from healthsync.api.routes.history import TIME_HELP, parse_period
 from healthsync.security.tokens import MAX_TOKEN_CHARS
-from healthsync.store.alert_history import AlertHistory
+from healthsync.store.alert_history import AlertHistory, position
 
 _DAY_S = 86_400
 
@@ -44,10 +44,6 @@ async def alert_page(
     return AlertPage(limit, cursor)
 
 
-def _position(alert: dict[str, Any]) -> tuple[int, str]:
-    return round(alert["opened_at"] * 1000), str(alert["alert_id"])
-
-
 def alert_history_router(history: AlertHistory, cursors: Cursors) -> APIRouter:
     router = APIRouter(tags=["alerts"])
 
@@ -68,12 +64,12 @@ def alert_history_router(history: AlertHistory, cursors: Cursors) -> APIRouter:
         limit = paging.limit
         if paging.cursor is not None:
             after = cursors.decode(paging.cursor, "alerts", patient_id)
-            rows = [row for row in rows if _position(row) < after]
+            rows = [row for row in rows if position(row) < after]
         page = rows[:limit]
         await access.record("search", [patient_id])
         answer: dict[str, Any] = {"alerts": page, "count": len(page)}
         if len(rows) > limit:
-            answer["next_cursor"] = cursors.encode(_position(page[-1]), "alerts", patient_id)
+            answer["next_cursor"] = cursors.encode(position(page[-1]), "alerts", patient_id)
         return answer
 
     return router
