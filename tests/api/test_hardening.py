@@ -85,6 +85,7 @@ def raw_request(served: AuthApi, head: str, body_chunks: list[bytes]) -> str:
 
 
 RULES = "/v1/patients/P-AUTH-1/rules"
+JSON = {"Content-Type": "application/json"}
 
 
 def test_an_oversized_body_is_413_before_anything_reads_it(served: AuthApi) -> None:
@@ -106,6 +107,25 @@ def test_an_oversized_body_is_413_before_anything_reads_it(served: AuthApi) -> N
     ok = served.call("PUT", RULES, token, json={"spo2_scale": 2})
     assert ok.status_code == 200, ok.text
     assert served.call("DELETE", RULES, token).status_code == 200
+
+
+def test_a_limit_that_is_no_number_is_refused_not_replaced_by_the_default(
+    served: AuthApi,
+) -> None:
+    """1e400 is valid JSON that reads as infinity, and NaN is accepted by Python's parser:
+    both passed every ordering check (NaN compares false), were stored as null, which
+    means the default, and the PUT answered 200 with a band the clinician did not set."""
+    token = served.credentials.token()
+    before = served.call("GET", RULES, token).json()
+    for body in (
+        b'{"bands": {"heart_rate": {"critical_high": 1e400}}}',
+        b'{"bands": {"heart_rate": {"low": NaN}}}',
+        b'{"bands": {"heart_rate": {"critical_low": -Infinity}}}',
+    ):
+        response = served.call("PUT", RULES, token, content=body, headers=JSON)
+        assert response.status_code == 422, response.text
+        assert "finite" in response.text
+    assert served.call("GET", RULES, token).json() == before
 
 
 def test_a_body_without_credentials_is_401_not_422(served: AuthApi) -> None:

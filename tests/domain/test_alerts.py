@@ -51,6 +51,9 @@ def test_scale_2_uses_the_prescribed_spo2_target() -> None:
         {"bands": {"heart_rate": {"low": 100, "high": 90}}},
         {"bands": {"heart_rate": {"low": 40, "critical_low": 45}}},
         {"spo2_target": [95, 90]},
+        {"bands": {"heart_rate": {"low": float("nan")}}},
+        {"bands": {"heart_rate": {"critical_high": float("inf")}}},
+        {"bands": {"spo2": {"critical_low": float("-inf")}}},
         {"colour": "red"},
     ],
 )

@@ -8,11 +8,15 @@ never be critical and "back inside" at once.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
 from healthsync.domain.readings import VITALS
+
+# A limit is a finite number: NaN passes every ordering check (it compares false), and
+# either would be stored as null, which means the default.
+Limit = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class BandOverride(BaseModel):
@@ -20,10 +24,10 @@ class BandOverride(BaseModel):
 
     model_config = {"extra": "forbid", "frozen": True}
 
-    low: float | None = None
-    high: float | None = None
-    critical_low: float | None = None
-    critical_high: float | None = None
+    low: Limit | None = None
+    high: Limit | None = None
+    critical_low: Limit | None = None
+    critical_high: Limit | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> BandOverride:
