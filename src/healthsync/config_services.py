@@ -119,13 +119,17 @@ class JobsSettings(BaseModel):
     @field_validator("schedule")
     @classmethod
     def _valid_schedule(cls, schedule: dict[str, str]) -> dict[str, str]:
-        from croniter import croniter
+        from croniter import CroniterError, croniter
 
         for name, expression in schedule.items():
             if not re.fullmatch(JOB_NAME_PATTERN, name):
                 raise ValueError(f"job name {name!r} must match {JOB_NAME_PATTERN}")
             if not croniter.is_valid(expression):
                 raise ValueError(f"job {name}: {expression!r} is not a cron expression")
+            try:  # 31 February is valid, and never comes
+                croniter(expression).get_next(float)
+            except CroniterError:
+                raise ValueError(f"job {name}: {expression!r} never names a date") from None
         return schedule
 
     @property

@@ -13,9 +13,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from redis import Redis
 
 from healthsync.config import Settings
+from healthsync.config_services import JobsSettings
 from healthsync.jobs.runners import LocalRunner
 from healthsync.jobs.scheduler import Scheduler
 from healthsync.store.runs import RunStore
@@ -155,3 +157,19 @@ def test_slots_missed_while_down_are_caught_up_once(
     assert len(calls(tmp_path)) == 1
     clock.set("2026-11-30T16:00:00")
     assert [x.run_id for x in restarted.tick()] == ["alarm-report-20261130T160000Z"]
+
+
+def test_a_cron_expression_that_names_no_date_stops_no_other_job(
+    runner: LocalRunner, runs: RunStore, tmp_path: Path
+) -> None:
+    """31 February is a valid cron expression that never comes: the settings accepted
+    it, and then every tick raised before any other job or queued request started."""
+    for never in ("0 0 31 2 *", "0 0 30 2 *"):
+        with pytest.raises(ValidationError, match="never"):
+            JobsSettings(schedule={"alarm-report": never})
+    clock = Clock("2026-11-30T16:59:30")
+    sched = scheduler({"alarm-report": "0 0 31 2 *", "trends": "0 * * * *"}, runner, runs, clock)
+    sched.tick()
+    clock.set("2026-11-30T17:00:00")
+    assert [launch.run_id for launch in sched.tick()] == ["trends-20261130T170000Z"]
+    wait_for(lambda: calls(tmp_path), what="the job to start")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from healthsync.store.runs import JobBusyError, RunRecord, RunStore, new_run_id
 
@@ -81,7 +81,11 @@ class Scheduler:
         now = self.clock()
         started: list[Launch] = []
         for job, expression in self.schedule.items():
-            launch = self._due(job, expression, now)
+            try:
+                launch = self._due(job, expression, now)
+            except CroniterError as exc:  # one job's schedule stops no other job
+                log.error("job's schedule names no time", extra={"job": job, "error": str(exc)})
+                continue
             if launch is not None and self._start(launch):
                 started.append(launch)
         while (record := self.runs.next_request()) is not None:
