@@ -162,6 +162,27 @@ def test_a_busy_job_is_409_and_a_request_that_finds_it_busy_fails_with_the_reaso
         served.runs.release("trends", "tr-other")
 
 
+def test_a_run_id_in_use_is_409_and_its_run_starts_once(served: JobsApi) -> None:
+    """A client that retried its request got 202 twice for one run id, and the scheduler
+    started two processes of it at once; another job's run id replaced that run's record."""
+    admin = served.as_role("admin")
+    body = {"since": 1.7e9, "until": 1.7e9 + 3600, "run_id": "nightly-1"}
+    first = served.http.post("/v1/jobs/alarm-report/run", json=body, headers=admin)
+    assert first.status_code == 202, first.text
+    for job in ("alarm-report", "trends"):
+        again = served.http.post(f"/v1/jobs/{job}/run", json=body, headers=admin)
+        assert (again.status_code, again.json()["error"]["message"]) == (
+            409,
+            "job run nightly-1 exists already; ask with another run_id",
+        )
+    scheduler, runner = served.scheduler()
+    assert [launch.run_id for launch in scheduler.tick()] == ["nightly-1"]
+    runner.join(timeout=60)
+    run = served.runs.get("nightly-1")
+    assert run is not None
+    assert (run.job, run.status) == ("alarm-report", "succeeded")
+
+
 def test_the_openapi_document_shows_the_run_shape(served: JobsApi) -> None:
     document = served.http.get("/openapi.json").json()
     schemas = document["components"]["schemas"]

@@ -139,6 +139,25 @@ def test_two_schedulers_on_one_redis_start_a_slot_once(
     assert len(calls(tmp_path)) == 1
 
 
+def test_two_schedulers_reading_a_slot_at_once_start_it_once(
+    runner: LocalRunner, runs: RunStore, tmp_path: Path
+) -> None:
+    """Both read the last slot before either recorded the new one: they named the same
+    run, and the lock, which lets a run take itself over, let the second start it too."""
+    clock = Clock("2026-11-30T16:59:30")
+    first = scheduler({"alarm-report": "0 * * * *"}, runner, runs, clock)
+    second = scheduler({"alarm-report": "0 * * * *"}, runner, runs, clock)
+    first.tick()
+    before = runs.last_slot("alarm-report")
+    assert before is not None
+    clock.set("2026-11-30T17:00:01")
+    assert len(first.tick()) == 1
+    runs.set_last_slot("alarm-report", before)  # what the second read, a moment earlier
+    assert second.tick() == []
+    wait_for(lambda: calls(tmp_path), what="the run to start")
+    assert len(calls(tmp_path)) == 1
+
+
 def test_slots_missed_while_down_are_caught_up_once(
     runner: LocalRunner, runs: RunStore, tmp_path: Path
 ) -> None:

@@ -135,7 +135,7 @@ def launch(
     job, run_id, since, until = _request(event)
     if runs is None:
         runs = RunStore(Redis.from_url(state_url, socket_timeout=10), RedisKeys(prefix))
-    runs.acquire(job, run_id, ttl)  # JobBusyError: refused, nothing launched
+    runs.claim(job, run_id, ttl)  # JobBusyError: refused, nothing launched
     record = RunRecord(
         run_id, job, "queued", "aws", str(event.get("trigger", "lambda")), time.time()
     )

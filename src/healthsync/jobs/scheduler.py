@@ -120,7 +120,7 @@ class Scheduler:
 
     def _start(self, launch: Launch, requested: RunRecord | None = None) -> bool:
         try:
-            self.runs.acquire(launch.job, launch.run_id, self.lock_ttl_s)
+            self.runs.claim(launch.job, launch.run_id, self.lock_ttl_s)
         except JobBusyError as exc:
             if requested is not None:
                 self._fail(requested, str(exc))

@@ -12,7 +12,9 @@ The lock (``{p}:jobs:lock:{job}``) holds the run id that owns the job and
 expires after a TTL, so a crashed run never blocks its job for good. Whoever
 starts a run (the scheduler, the Lambda launcher, `healthsync job run`) takes
 it for that run id; the run itself takes it again with the same id, which
-succeeds, so the lock passes from launcher to worker without a gap.
+succeeds, so the lock passes from launcher to worker without a gap. A
+launcher claims it only while it is free: two schedulers that named the
+same slot's run at once, or a retried launch, start it once.
 """
 
 from __future__ import annotations
@@ -96,6 +98,14 @@ class JobBusyError(Exception):
         self.holder = holder
 
 
+class RunExistsError(Exception):
+    """A run with this id was recorded already."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"job run {run_id} exists already; ask with another run_id")
+        self.run_id = run_id
+
+
 class RunStore:
     """Run records and locks under one key prefix (a synchronous Redis client)."""
 
@@ -143,6 +153,14 @@ class RunStore:
             holder = cast("bytes | None", self.client.get(key))
             raise JobBusyError(job, holder.decode() if holder else "unknown")
 
+    def claim(self, job: str, run_id: str, ttl_s: float) -> None:
+        """Take the job's lock for `run_id` only if nobody holds it, or raise JobBusyError:
+        how a launcher starts a run, where :meth:`acquire` lets a run take itself over."""
+        key = self.keys.job_lock(job)
+        if not self.client.set(key, run_id, px=max(1, int(ttl_s * 1000)), nx=True):
+            holder = cast("bytes | None", self.client.get(key))
+            raise JobBusyError(job, holder.decode() if holder else "unknown")
+
     def holder(self, job: str) -> str | None:
         raw = cast("bytes | None", self.client.get(self.keys.job_lock(job)))
         return None if raw is None else raw.decode()
@@ -151,9 +169,11 @@ class RunStore:
         self.client.eval(_RELEASE, 1, self.keys.job_lock(job), run_id)
 
     def request(self, record: RunRecord) -> None:
-        """Queue a run for the scheduler to start (the API's way to start one)."""
+        """Queue a run for the scheduler to start (the API's way to start one), or raise
+        RunExistsError if its run id is taken: a retried request starts nothing twice."""
+        if not self.client.hsetnx(self.keys.job_runs, record.run_id, record.to_json()):
+            raise RunExistsError(record.run_id)
         pipe = self.client.pipeline()
-        pipe.hset(self.keys.job_runs, record.run_id, record.to_json())
         pipe.zadd(self.keys.job_recent, {record.run_id: record.created_at}, nx=True)
         pipe.rpush(self.keys.job_requests, record.run_id)
         pipe.execute()

@@ -27,7 +27,13 @@ from healthsync.api.routes.history import FUTURE_SLACK_S
 from healthsync.config import Settings
 from healthsync.names import JOBS
 from healthsync.redis_client import connect
-from healthsync.store.runs import RUN_ID_PATTERN, RunRecord, RunStore, new_run_id
+from healthsync.store.runs import (
+    RUN_ID_PATTERN,
+    RunExistsError,
+    RunRecord,
+    RunStore,
+    new_run_id,
+)
 
 _OPTION_KEY = r"^[a-z][a-z0-9_]{0,39}$"
 
@@ -120,7 +126,10 @@ def jobs_router(settings: Settings) -> APIRouter:
         await access.record("run-job", [], resource=f"job:{name}:{run_id}")
         record = RunRecord(run_id, name, "queued", "scheduler", "api", now, params=params)
         record = record.update(message=f"requested by {access.principal.subject}")
-        await asyncio.to_thread(runs.request, record)
+        try:
+            await asyncio.to_thread(runs.request, record)
+        except RunExistsError as exc:
+            raise HTTPException(409, str(exc)) from None
         return _view(record)
 
     return router
