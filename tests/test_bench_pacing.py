@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 from pipeline_bench.driver import Device, close_links, open_links
-from pipeline_bench.pacing import BUFFER_LIMIT, Awaited, send_paced
+from pipeline_bench.pacing import BUFFER_LIMIT, Awaited, readings_due, send_paced
 
 _KEY = b"k" * 32
 
@@ -113,3 +113,13 @@ def test_a_reading_past_the_ids_computed_up_front_is_named_as_it_is_sent() -> No
     assert awaited.waiting[fleet[0].patient_id] == {
         fleet[0].reading_id(seq, _KEY): 1.5 for seq in (7, 8, 9)
     }
+
+
+def test_a_reading_due_now_is_sent_whatever_the_rounding_of_its_time() -> None:
+    """Counted back from its own due time, the reading was often not due (0 readings): it
+    went back on the heap at the same time, and the loop spun there without end (a device
+    at 100,000/s from this start hung the test above until its timeout)."""
+    start, per_device = 1773.443782626, 100_000.0
+    for sent in range(1, 20_000):
+        assert readings_due(start + sent / per_device, start, per_device, sent) == 1
+    assert readings_due(start + 0.5, start, per_device, 100) == 49_901

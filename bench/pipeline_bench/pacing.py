@@ -57,13 +57,19 @@ async def send_paced(
             if link.buffered() >= BUFFER_LIMIT:
                 heapq.heappush(due, (now + _FULL_RETRY_S, i))
                 continue
-            n = math.floor((now - firsts[i]) * per_device) + 1 - sent[i]
-            if n > 0:
-                data, seqs = link.device.lines(n)
-                on_sent(i, seqs, link.write(data, n))
-                sent[i] += n
+            n = readings_due(now, firsts[i], per_device, sent[i])
+            data, seqs = link.device.lines(n)
+            on_sent(i, seqs, link.write(data, n))
+            sent[i] += n
             heapq.heappush(due, (firsts[i] + sent[i] / per_device, i))
         await asyncio.sleep(max(0.0, min(due[0][0], stop_at) - time.perf_counter()))
+
+
+def readings_due(now: float, first: float, per_device: float, sent: int) -> int:
+    """How many of a device's readings fell due by `now`, once reading number `sent` (due
+    at first + sent / per_device) has: at least that one, which the rounding of its due
+    time can put a hair past `now` when counted back from it."""
+    return max(1, math.floor((now - first) * per_device) + 1 - sent)
 
 
 class Awaited:
