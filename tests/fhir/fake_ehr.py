@@ -4,10 +4,11 @@ batches and sinks the push tests send it.
 A real FHIR server (HAPI FHIR, a Java application) cannot run on this machine,
 so `FakeEhr` stands in for the EHR: an http.server on 127.0.0.1 port 0 that
 answers transaction Bundles the way a FHIR R4 server does. It runs each entry
-as a conditional create (201 the first time, 200 when a resource with that
-identifier exists) or a PUT by id, resolves `urn:uuid` references to the ids
-it assigns, optionally rejects references to resources it does not have, and
-can be told to answer the next requests with a failure or after a delay.
+as a conditional update on an identifier (201 and an id of its own the first
+time, 200 replacing the resource that has it after) or a PUT by id, resolves
+`urn:uuid` references to the ids it assigns, optionally rejects references to
+resources it does not have, and can be told to answer the next requests with a
+failure or after a delay.
 """
 
 from __future__ import annotations
@@ -181,24 +182,29 @@ class FakeEhr:
         self, request: dict[str, Any], rtype: str, staged: dict[str, dict[str, Any]]
     ) -> tuple[str, str, bool] | None:
         """Where an entry goes, its status, and whether it writes; None if not supported."""
-        if request["method"] == "POST" and "ifNoneExist" in request:
-            query = parse_qs(request["ifNoneExist"])["identifier"][0]
-            system, value = query.split("|", 1)
-            value = value.replace("\\|", "|").replace("\\,", ",").replace("\\$", "$")
-            match = [
-                key
-                for key, r in {**self.resources, **staged}.items()
-                if key.startswith(rtype + "/")
-                and {"system": system, "value": value} in r.get("identifier", [])
-            ]
+        if request["method"] == "PUT" and request["url"].startswith(rtype + "?"):
+            match = self._match(rtype, request["url"].split("?", 1)[1], staged)
             if match:
-                return match[0], "200 OK", False
-            self._next_id += 1
-            return f"{rtype}/{self._next_id}", "201 Created", True
+                return match, "200 OK", True
+            return self._new_id(rtype), "201 Created", True
         if request["method"] == "PUT" and request["url"].startswith(rtype + "/"):
             key = request["url"]
             return key, "200 OK" if key in self.resources else "201 Created", True
         return None
+
+    def _match(self, rtype: str, query: str, staged: dict[str, dict[str, Any]]) -> str | None:
+        """The resource of `rtype` that an `identifier=system|value` search finds."""
+        system, value = parse_qs(query)["identifier"][0].split("|", 1)
+        value = value.replace("\\|", "|").replace("\\,", ",").replace("\\$", "$")
+        wanted = {"system": system, "value": value}
+        for key, r in {**self.resources, **staged}.items():
+            if key.startswith(rtype + "/") and wanted in r.get("identifier", []):
+                return key
+        return None
+
+    def _new_id(self, rtype: str) -> str:
+        self._next_id += 1
+        return f"{rtype}/{self._next_id}"
 
     def _unknown_reference(self, staged: dict[str, dict[str, Any]]) -> str | None:
         for resource in staged.values():

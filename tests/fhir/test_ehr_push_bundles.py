@@ -6,12 +6,15 @@ updates and references land in the EHR, its headers and its logs.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import pytest
 
 from healthsync.config import FhirSettings
+from healthsync.domain.alerts import Alert
 from healthsync.domain.batch import Batch, ReadingBundle
 from healthsync.errors import ConfigError
+from healthsync.fhir.alerts import alert_resources
 from healthsync.fhir.bundle_json import BundleEncoder
 from healthsync.fhir.ehr_push import EhrPushSink, full_url, transaction_bundle
 from healthsync.fhir.observations import ObservationBuilder, observations_for
@@ -35,9 +38,8 @@ def test_sends_transaction_bundles_of_at_most_the_configured_size(
     assert {r.bundle["type"] for r in ehr.received} == {"transaction"}
     entry = ehr.received[0].bundle["entry"][0]
     assert entry["request"] == {
-        "method": "POST",
-        "url": "Observation",
-        "ifNoneExist": f"identifier={READING_ID_SYSTEM}|r0000/heart_rate",
+        "method": "PUT",
+        "url": f"Observation?identifier={READING_ID_SYSTEM}|r0000/heart_rate",
     }
     assert entry["fullUrl"].startswith("urn:uuid:")
     assert entry["fullUrl"] == full_url(batch.observations[0][1])
@@ -105,6 +107,40 @@ def test_resources_without_an_identifier_are_put_by_id_so_changes_reach_the_ehr(
     assert ehr.received[0].bundle["entry"][0]["request"] == {"method": "PUT", "url": "Flag/a1"}
     assert list(ehr.resources) == ["Flag/a1"]
     assert ehr.resources["Flag/a1"]["status"] == "inactive"
+
+
+def test_an_alert_resolved_after_it_was_pushed_is_resolved_in_the_ehr(
+    ehr: FakeEhr, make_sink: SinkFactory
+) -> None:
+    """An alert's Communication and Flag carry its id as an identifier. Pushed as
+    conditional creates, their resolved versions found the open ones there and were
+    ignored: the EHR's banner stayed active for good, at the priority it opened with."""
+    opened = Alert(
+        alert_id="al-1",
+        patient_id="P-1001",
+        kind="threshold:heart_rate",
+        vital="heart_rate",
+        severity="warning",
+        status="open",
+        opened_at=1_795_787_117.0,
+        updated_at=1_795_787_117.0,
+        value=131,
+        band="..120",
+        reading_id="r0001",
+    )
+    escalated = replace(opened, severity="critical", value=150, updated_at=opened.opened_at + 20)
+    resolved = replace(escalated, status="resolved", resolved_at=opened.opened_at + 600)
+    sink = make_sink()
+    for alert in (opened, escalated, resolved):
+        sink.add(alert_resources(alert))
+        sink.flush()
+    [communication] = ehr.by_identifier("Communication").values()
+    [flag] = ehr.by_identifier("Flag").values()
+    assert flag["status"] == "inactive"
+    assert flag["code"]["text"] == "Heart rate outside the normal band (critical)"
+    assert flag["period"]["end"] == "2026-11-27T13:55:17.000Z"  # resolved_at
+    assert (communication["status"], communication["priority"]) == ("completed", "stat")
+    assert len(ehr.resources) == 2
 
 
 def test_references_within_a_bundle_follow_the_ids_the_ehr_assigns(

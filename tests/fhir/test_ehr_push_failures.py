@@ -43,7 +43,7 @@ def test_a_timeout_is_retried(ehr: FakeEhr, make_sink: SinkFactory) -> None:
     sink.write(batch_of(reading(1)))
     sink.flush()
     assert len(ehr.received) == 2
-    # The EHR runs the timed-out request too, late: conditional create keeps one copy.
+    # The EHR runs the timed-out request too, late: the conditional update keeps one copy.
     deadline = time.monotonic() + 5
     while len(ehr.answered) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)

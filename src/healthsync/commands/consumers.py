@@ -64,7 +64,7 @@ def register(sub: Subparsers) -> None:
         "push",
         help="push FHIR resources to an EHR (HEALTHSYNC_FHIR_EHR_BASE_URL)",
         description="Consume the observations and alerts topics and send their FHIR resources "
-        "to the EHR's FHIR server as transaction Bundles with conditional creates. Its own "
+        "to the EHR's FHIR server as transaction Bundles of conditional updates. Its own "
         "consumer group: a slow or absent EHR delays only the push.",
     )
     push.set_defaults(func=cmd_push)

@@ -1,10 +1,12 @@
 """A Sink that pushes the batch's FHIR resources to an EHR's FHIR server (optional, off by default).
 
 `flush` sends FHIR `transaction` Bundles to the configured base URL. A resource
-that carries an identifier is a conditional create on it (`ifNoneExist`), so a
-retried or replayed batch finds the resource already there (200) instead of
-creating it twice; a resource without one is a PUT of its own id, idempotent
-too. References between entries of one Bundle are rewritten to the entries'
+that carries an identifier is a conditional update on it (`PUT
+Type?identifier=system|value`): the EHR creates it the first time, with an id
+of its own, and replaces it after, so a retried or replayed batch creates
+nothing twice and a resource that changed (an alert escalated or resolved, a
+patient's details) reaches the EHR; a resource without one is a PUT of its own
+id, idempotent too. References between entries of one Bundle are rewritten to the entries'
 `urn:uuid` fullUrls, so they follow whatever id the EHR assigns.
 
 The processor commits its offsets only after every sink flushed, so `flush`
@@ -120,7 +122,8 @@ def _with_references(value: Any, full_urls: dict[str, str]) -> Any:
 
 
 def transaction_bundle(resources: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """A FHIR transaction Bundle that stores `resources` without duplicating any on a resend."""
+    """A FHIR transaction Bundle that stores `resources` as they are now, without duplicating
+    any on a resend."""
     full_urls = {f"{r['resourceType']}/{r['id']}": full_url(r) for r in resources if r.get("id")}
     entries = []
     for resource in resources:
@@ -130,11 +133,7 @@ def transaction_bundle(resources: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if identifier is not None:
             # The EHR assigns the id of a created resource; ours is only the fullUrl's seed.
             body.pop("id", None)
-            request = {
-                "method": "POST",
-                "url": rtype,
-                "ifNoneExist": f"identifier={_token(*identifier)}",
-            }
+            request = {"method": "PUT", "url": f"{rtype}?identifier={_token(*identifier)}"}
         else:
             request = {"method": "PUT", "url": f"{rtype}/{resource['id']}"}
         entries.append({"fullUrl": full_url(resource), "resource": body, "request": request})

@@ -140,7 +140,7 @@ class ObservationBuilder:
         for name, value in singles:
             suffix = SUFFIXES[name]
             # The id is limited to FHIR's id alphabet; the identifier keeps the canonical
-            # vital name, which is what an EHR's conditional create already matches on.
+            # vital name, which is what an EHR's conditional update already matches on.
             resource: Resource = {
                 "resourceType": "Observation",
                 "id": f"{rid}-{suffix}",

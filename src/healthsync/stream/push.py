@@ -3,7 +3,7 @@
 A consumer group of its own on the observations and alerts topics, so an EHR
 that is slow or down delays only the push, never the live pipeline (alerts,
 Redis, the API). Offsets are committed after the EHR accepted a batch; the
-sink's conditional creates make a replay harmless. Values are opened through
+sink's conditional updates make a replay harmless. Values are opened through
 the codec; one that cannot be opened is logged (its reason, no content) and skipped.
 Offsets a fetch skipped are read again (:mod:`healthsync.stream.gaps`).
 """
