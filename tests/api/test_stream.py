@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
+from healthsync.api.apikeys import ApiKeyStore
+from healthsync.api.app import create_app
 from healthsync.api.feed import Subscription
 from healthsync.api.sse import Outgoing
 from healthsync.config import Settings
@@ -140,3 +142,42 @@ def test_a_client_that_falls_behind_is_cut_off_not_buffered() -> None:
     assert len(kept) == 8
     assert overflowed
     assert pending == 0
+
+
+async def _read_stream(settings: Settings, token: str, then: Callable[[], object]) -> list[Frame]:
+    """The frames of one stream until it ends (or 20 s, a stream that never ended)."""
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://hs") as client,
+    ):
+        headers = {"Authorization": f"Bearer {token}"}
+        asyncio.get_running_loop().call_later(0.5, then)
+        answer = await asyncio.wait_for(client.get("/v1/stream", headers=headers), 20)
+    assert answer.status_code == 200, answer.text
+    return list(frames(answer))
+
+
+def test_a_stream_ends_once_its_credential_expires_or_is_revoked(
+    broker: Service, redis_server: Service, credentials: Credentials
+) -> None:
+    """Credentials were checked when the stream opened, and the heartbeat kept it open:
+    PHI went on flowing to a token past its expiry and to a revoked API key."""
+    settings = make_settings(
+        broker, redis_server, api={"stream_heartbeat_s": 0.2}, auth={"jwt_leeway_s": 0}
+    )
+    expiring = credentials.token(exp=int(time.time()) + 2)
+    ended = asyncio.run(_read_stream(settings, expiring, lambda: None))
+    assert ended[0].event == "hello"
+    assert ended[-1].event == "error"
+    assert "credentials" in ended[-1].data["message"]
+
+    keys = ApiKeyStore(credentials.keys_file)
+    key = keys.create("stream-revoked", "clinician")
+    try:
+        ended = asyncio.run(_read_stream(settings, key, lambda: keys.revoke("stream-revoked")))
+    finally:
+        keys.revoke("stream-revoked")
+    assert ended[-1].event == "error"
+    assert "credentials" in ended[-1].data["message"]

@@ -255,6 +255,20 @@ class Access:
     audit_log: AuditLog
     failures: Counter
     trusted_proxies: frozenset[str] = frozenset()
+    # The credential presented, and who checked it: a response that lasts checks it again.
+    credential: str | None = None
+    authenticator: Authenticator | None = None
+
+    async def still_valid(self) -> bool:
+        """Whether the credential is still accepted with the same rights: a JWT not yet
+        expired, an API key not revoked (a stream re-checks it as it goes)."""
+        if self.credential is None or self.authenticator is None:
+            return True
+        try:
+            now = await self.authenticator.authenticate(self.credential)
+        except AuthError:
+            return False
+        return now.grants == self.principal.grants
 
     async def record(
         self, action: str, patients: Iterable[str], resource: str | None = None
@@ -326,7 +340,15 @@ class Guard:
             self._refuse(request, exc)
         if not allowed(principal.grants):
             self._refuse(request, AuthError(403, "forbidden", f"this needs {need}"))
-        return Access(principal, request, self.audit_log, self.failures, self.trusted_proxies)
+        return Access(
+            principal,
+            request,
+            self.audit_log,
+            self.failures,
+            self.trusted_proxies,
+            credentials.credentials,
+            self.authenticator,
+        )
 
     def _refuse(self, request: Request, error: AuthError) -> NoReturn:
         self.failures.labels(reason=error.reason).inc()

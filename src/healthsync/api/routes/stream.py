@@ -15,6 +15,10 @@ ends: reconnecting with its last id catches up from Redis.
 
 Audit: every patient whose data goes out is named in a ``stream`` record
 written before that data is sent, once per connection and audit window.
+
+The credential is checked again at most every ``RECHECK_S`` while the stream
+runs: once a JWT expires (with the configured leeway), an API key is revoked or
+the caller's rights change, an ``error`` frame says so and the stream ends.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ STREAM_TYPES = ("Observation", "RiskAssessment", "Communication", "Flag")
 # A patient streamed to a connection is named again in the audit log after this long.
 AUDIT_WINDOW_S = 300.0
 _CATCH_UP_COUNT = 500
+# How often a stream checks that its credential is still accepted.
+RECHECK_S = 1.0
+_REFUSED = frame("error", {"message": "the credentials expired or were revoked; sign in again"})
 
 
 class AuditWindow:
@@ -69,6 +76,14 @@ class Stream:
         self.hello = hello
         self.heartbeat_s = hello["heartbeat_s"]
         self.sent = (0, 0)
+        self.access = access
+        self.checked = time.monotonic()
+
+    async def still_valid(self) -> bool:
+        if time.monotonic() - self.checked < RECHECK_S:
+            return True
+        self.checked = time.monotonic()
+        return await self.access.still_valid()
 
     async def frames(self, start: str, reset: bool) -> AsyncIterator[bytes]:
         subscription = self.feed.subscribe()
@@ -80,6 +95,9 @@ class Stream:
             # of the two is dropped by id.
             cursor = start
             while True:
+                if not await self.still_valid():
+                    yield _REFUSED
+                    return
                 events, after = await self.feed.events.after(cursor, _CATCH_UP_COUNT)
                 if after == cursor:
                     break
@@ -99,6 +117,9 @@ class Stream:
             events = await subscription.take(self.heartbeat_s)
             if subscription.overflowed:
                 yield frame("overflow", {"reason": "too far behind; reconnect with Last-Event-ID"})
+                return
+            if not await self.still_valid():
+                yield _REFUSED
                 return
             fresh = [e for e in events if event_key(e.event.id) > self.sent]
             yield await self._send(fresh) if fresh else HEARTBEAT
