@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,7 +24,7 @@ from healthsync.stack import Service
 from healthsync.store.events import LiveEvent
 from healthsync.supervisor import Pipeline
 from tests.api.sse import Frame, frames, until
-from tests.conftest import Credentials, Device, make_settings
+from tests.conftest import Credentials, Device, make_settings, wait_for
 
 
 @pytest.fixture
@@ -181,3 +185,49 @@ def test_a_stream_ends_once_its_credential_expires_or_is_revoked(
         keys.revoke("stream-revoked")
     assert ended[-1].event == "error"
     assert "credentials" in ended[-1].data["message"]
+
+
+def test_the_api_stops_on_sigterm_while_a_stream_is_open(
+    broker: Service, redis_server: Service, credentials: Credentials
+) -> None:
+    """uvicorn waits for open connections to finish before it stops, and a stream never
+    finishes: `healthsync api` ignored SIGTERM while a dashboard was open, until the
+    supervisor killed it (and its shutdown never ran)."""
+    settings = make_settings(broker, redis_server, api={"stream_heartbeat_s": 0.2})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
+    api = subprocess.Popen(
+        [sys.executable, "-m", "healthsync", "api"],
+        env=env | settings.to_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://{settings.api.host}:{settings.api.port}"
+    try:
+        wait_for(lambda: _answers(f"{base}/healthz"), what="the API to start")
+        with (
+            httpx.Client(base_url=base, headers=credentials.headers()) as client,
+            stream(client) as response,
+        ):
+            events = frames(response)
+            until(events, "hello")
+            api.send_signal(signal.SIGTERM)
+            assert "stopping" in until(events, "error").data["message"]
+            # Shut down, then ended by the signal it was sent (uvicorn raises it again).
+            assert api.wait(timeout=15) == -signal.SIGTERM
+        assert api.stderr is not None
+        log = api.stderr.read().decode()
+        assert "Traceback" not in log, log
+        assert "Application shutdown complete" in log
+        assert "graceful shutdown exceeded" not in log  # the stream ended, not cancelled
+    finally:
+        api.kill()
+        api.wait()
+        if api.stderr is not None:
+            api.stderr.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code < 500
+    except httpx.HTTPError:
+        return False

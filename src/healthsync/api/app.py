@@ -24,6 +24,7 @@ from healthsync.api.audit import AuditLog
 from healthsync.api.auth import Authenticator, Guard
 from healthsync.api.cursors import Cursors
 from healthsync.api.errors import install_error_handlers
+from healthsync.api.feed import EventFeed
 from healthsync.api.routes import alerts, health, history, patients, rules, summary
 from healthsync.api.routes.alert_history import alert_history_router
 from healthsync.api.routes.alerts import alert_list_router
@@ -42,6 +43,7 @@ from healthsync.security.tokens import TokenSealer
 from healthsync.store.alert_history import AlertHistory
 from healthsync.store.archive.setup import Archive
 from healthsync.store.assignments import Assignments
+from healthsync.store.events import EventLog
 from healthsync.store.fhir_archive import ArchivedObservations
 from healthsync.store.fhir_queries import FhirReader
 from healthsync.store.queries import LiveReader
@@ -126,7 +128,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(alert_list_router(cursors))
     alert_history = AlertHistory(reader, services.archive, retention)
     app.include_router(alert_history_router(alert_history, cursors))
-    app.include_router(stream_router(redis, records, settings))
+    # Kept on the app: the server closes every stream when it is told to stop.
+    app.state.feed = EventFeed(EventLog(redis, records), settings.api.stream_client_buffer)
+    app.include_router(stream_router(app.state.feed, settings))
     app.include_router(dashboard_router())
     app.include_router(assignments_router(Assignments(redis, codec)))
     # Its own app with its own error handlers (OperationOutcomes), on the same services.

@@ -33,7 +33,12 @@ class Subscription:
         self.limit = limit
         self.pending: deque[Outgoing] = deque()
         self.overflowed = False
+        self.closed = False  # the API is stopping
         self._ready = asyncio.Event()
+
+    def close(self) -> None:
+        self.closed = True
+        self._ready.set()
 
     def offer(self, events: list[Outgoing]) -> None:
         if self.overflowed:
@@ -47,7 +52,7 @@ class Subscription:
 
     async def take(self, timeout: float) -> list[Outgoing]:
         """Everything pending, waiting up to `timeout` seconds for something."""
-        if not self.pending and not self.overflowed:
+        if not self.pending and not self.overflowed and not self.closed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), timeout)
         self._ready.clear()
@@ -75,6 +80,11 @@ class EventFeed:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="event-feed")
         return subscription
+
+    def close(self) -> None:
+        """End every client's stream: the API is stopping (each gets a last frame)."""
+        for subscription in list(self._subscriptions):
+            subscription.close()
 
     def unsubscribe(self, subscription: Subscription) -> None:
         self._subscriptions.discard(subscription)

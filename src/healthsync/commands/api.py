@@ -7,11 +7,15 @@ import ssl
 
 from healthsync.commands.base import Subparsers, settings_from
 
+# How long requests in flight may finish after SIGTERM.
+SHUTDOWN_GRACE_S = 5
+
 
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from healthsync.api.app import create_app
+    from healthsync.api.server import StoppableServer
     from healthsync.logs import setup_logging
 
     settings = settings_from(args)
@@ -32,7 +36,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         def ssl_context_factory(*_: object) -> ssl.SSLContext:
             return context
 
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.api.host,
         port=settings.api.port,
@@ -41,7 +45,10 @@ def cmd_api(args: argparse.Namespace) -> int:
         # Forwarding headers are read by the audit, and only from api.trusted_proxies.
         proxy_headers=False,
         ssl_context_factory=ssl_context_factory,
+        # Past this after SIGTERM, requests still running are cancelled and shutdown runs.
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
     )
+    StoppableServer(config, app.state.feed.close).run()
     return 0
 
 

@@ -11,7 +11,9 @@ event (``vitals``, ``alert.opened``, ``alert.escalated``, ``alert.resolved``,
 ``Last-Event-ID`` header resumes after that entry; ``reset`` says the entries
 after it are gone and the client must reload its picture. A client that falls
 ``api.stream_client_buffer`` events behind gets ``overflow`` and the stream
-ends: reconnecting with its last id catches up from Redis.
+ends: reconnecting with its last id catches up from Redis. When the API is
+stopping, every stream ends with an ``error`` frame saying so (see
+:func:`healthsync.commands.api.cmd_api`).
 
 Audit: every patient whose data goes out is named in a ``stream`` record
 written before that data is sent, once per connection and audit window.
@@ -29,15 +31,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException
 from fastapi.responses import StreamingResponse
-from redis.asyncio import Redis
 
 from healthsync.api import auth
 from healthsync.api.auth import Access
 from healthsync.api.feed import EventFeed, Subscription
 from healthsync.api.sse import HEARTBEAT, Outgoing, frame
 from healthsync.config import Settings
-from healthsync.store.events import EVENT_ID, EventLog, event_key
-from healthsync.store.records import Records
+from healthsync.store.events import EVENT_ID, event_key
 
 # The stream carries vitals (Observations), NEWS2 (RiskAssessment) and alerts (Communication, Flag).
 STREAM_TYPES = ("Observation", "RiskAssessment", "Communication", "Flag")
@@ -121,6 +121,9 @@ class Stream:
             if not await self.still_valid():
                 yield _REFUSED
                 return
+            if subscription.closed:
+                yield frame("error", {"message": "the API is stopping; reconnect shortly"})
+                return
             fresh = [e for e in events if event_key(e.event.id) > self.sent]
             yield await self._send(fresh) if fresh else HEARTBEAT
 
@@ -130,8 +133,7 @@ class Stream:
         return b"".join(e.frame for e in events)
 
 
-def stream_router(redis: Redis, records: Records, settings: Settings) -> APIRouter:
-    feed = EventFeed(EventLog(redis, records), settings.api.stream_client_buffer)
+def stream_router(feed: EventFeed, settings: Settings) -> APIRouter:
     # What the page needs to show values as the scoring sees them: stale after this long.
     hello = {
         "heartbeat_s": settings.api.stream_heartbeat_s,
