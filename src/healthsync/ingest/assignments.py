@@ -2,7 +2,9 @@
 
 The settings' ``ingest.device_patients`` and the API's assignments (in Redis,
 re-read every second; an API assignment overrides the settings for that
-device). A device with neither is not restricted.
+device). A device with neither is not restricted. Until the API's assignments
+have been read once, no reading is accepted (`known` is False): any device may
+be restricted there, and a Redis away when ingest starts must not lift that.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ log = logging.getLogger(__name__)
 
 
 class DevicePatients:
-    def __init__(self, configured: dict[str, list[str]]) -> None:
+    def __init__(self, configured: dict[str, list[str]], from_api: bool = False) -> None:
         self.configured = {device: frozenset(p) for device, p in configured.items()}
         self.assigned: dict[str, frozenset[str]] = {}
+        # Whether the API's assignments are known: read once, or none to read (no Redis).
+        self.known = not from_api
 
     def allows(self, device_id: str, patient_id: str) -> bool:
         patients = self.assigned.get(device_id, self.configured.get(device_id))
@@ -32,5 +36,6 @@ class DevicePatients:
             return
         try:
             self.assigned = await store.all()
+            self.known = True
         except (RedisError, DecryptError, ValueError) as exc:
             log.warning("keeping the previous device assignments", extra={"error": str(exc)})

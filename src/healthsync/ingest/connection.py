@@ -224,6 +224,20 @@ class DeviceConnection(asyncio.Protocol):
             buffer.clear()
         return False
 
+    def _refusal(self, reading: Reading) -> wire.WireError | None:
+        """Why this connection may not send this reading, or None."""
+        if self.identity is not None and reading.device_id != self.identity:
+            detail = f"device_id does not match the client certificate ({self.identity})"
+            return wire.WireError("device_mismatch", detail, code=403)
+        patients = self.server.device_patients
+        if not patients.known:
+            detail = "the device assignments could not be read yet; send it again later"
+            return wire.WireError("assignments_unavailable", detail, code=503)
+        if not patients.allows(reading.device_id, reading.patient_id):
+            detail = "this device is not assigned to that patient"
+            return wire.WireError("patient_not_assigned", detail, code=403)
+        return None
+
     def _handle_line(self, line: bytes) -> None:
         if not line.strip():
             return  # blank lines (keep-alives, trailing \r\n) are not readings
@@ -241,13 +255,9 @@ class DeviceConnection(asyncio.Protocol):
             return
         if reading.seq is None and reading.ts == reading.received_at:
             reading = self._own_millisecond(reading)
-        if self.identity is not None and reading.device_id != self.identity:
-            detail = f"device_id does not match the client certificate ({self.identity})"
-            self._reject(wire.WireError("device_mismatch", detail, code=403), line)
-            return
-        if not server.device_patients.allows(reading.device_id, reading.patient_id):
-            detail = "this device is not assigned to that patient"
-            self._reject(wire.WireError("patient_not_assigned", detail, code=403), line)
+        refused = self._refusal(reading)
+        if refused is not None:
+            self._reject(refused, line)
             return
         slot = _Slot()
         self.pending.append(slot)

@@ -58,7 +58,9 @@ async def serve(settings: Settings) -> None:
     publisher = Publisher(settings.kafka, settings.ingest.ack_timeout_s)
     codec = Codec.from_settings(settings)
     server = IngestServer(settings, publisher, stats, codec)
-    server.device_patients = DevicePatients(settings.ingest.device_patients)
+    server.device_patients = DevicePatients(
+        settings.ingest.device_patients, from_api=settings.redis.url is not None
+    )
     redis = None
     assigned = None
     if settings.redis.url:
