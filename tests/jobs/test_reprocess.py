@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
+from healthsync.commands.jobs import jobs_for
 from healthsync.config import Settings
+from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading
 from healthsync.domain.rules import AnomalySettings
 from healthsync.jobs.base import JobParams
@@ -27,7 +29,9 @@ from healthsync.jobs.reprocess import Reprocess
 from healthsync.security.codec import Codec
 from healthsync.store.period import ArchivedAlert, MemoryArchive
 from healthsync.store.runs import RunStore
+from healthsync.stream.engine import AnomalyEngine
 from healthsync.stream.replay import replay
+from healthsync.stream.rulebook import RuleBook
 from tests.jobs.dataset import t
 from tests.jobs.test_job_run import child_env
 
@@ -135,3 +139,28 @@ def test_the_command_knows_reprocess(settings: Settings, tmp_path: Path) -> None
     )
     assert result.returncode == 1
     assert f"cannot read the rules file {missing}: No such file or directory" in result.stderr
+
+
+def test_alerts_the_processor_raised_are_found_again_with_the_same_rules(
+    settings: Settings, redis: Redis, codec: Codec, tmp_path: Path
+) -> None:
+    """With encryption at rest on (the default), the processor's alert ids are keyed
+    HMACs; the job's replay made unkeyed ones, so the same rules "added" every alert
+    and "removed" every one raised."""
+    engine = AnomalyEngine(AnomalySettings(), RuleBook({}), id_key=codec.id_key)
+    raised = []
+    for reading in READINGS:
+        batch = Batch([reading])
+        engine.process(batch)
+        raised += [ArchivedAlert(e.alert) for e in batch.alert_events if e.type == "opened"]
+    assert [a.alert.kind for a in raised] == ["threshold:spo2"]
+    runs = RunStore(redis, settings.redis.keys)
+    executor = Executor(
+        runs, LocalStore(tmp_path / "archive"), MemoryArchive(READINGS, raised), 60, codec
+    )
+    rules = tmp_path / "same.toml"
+    rules.write_text("[anomaly]\n")
+    job = jobs_for(settings)["reprocess"]
+    params = JobParams("rp-same", START, START + 3600, options={"rules": str(rules)})
+    record = executor.run(job, params)
+    assert (record.summary["added"], record.summary["removed"]) == (0, 0)

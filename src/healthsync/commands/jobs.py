@@ -104,9 +104,11 @@ def register(sub: Any) -> None:
     research.set_defaults(func=cmd_aws_research_key)
 
 
-def _catalog(settings: Settings) -> dict[str, Job]:
+def jobs_for(settings: Settings) -> dict[str, Job]:
     """Every job; reprocess gets the stream stage's engine replay from here, the root,
     verify a reader of the vitals topic, and compact the archive."""
+    from functools import partial
+
     from healthsync.jobs.catalog import catalog
     from healthsync.jobs.compact import Compact
     from healthsync.jobs.reprocess import Reprocess
@@ -115,7 +117,8 @@ def _catalog(settings: Settings) -> dict[str, Job]:
     from healthsync.store.archive.setup import Archive
     from healthsync.stream.replay import replay
 
-    counter = TopicCounter(settings.kafka, Codec.from_settings(settings))
+    codec = Codec.from_settings(settings)
+    counter = TopicCounter(settings.kafka, codec)
     processed = None
     if settings.redis.url:
         from healthsync.store.hourly import ProcessedByHour
@@ -123,7 +126,8 @@ def _catalog(settings: Settings) -> dict[str, Job]:
         processed = ProcessedByHour(_runs(settings).client, settings.redis.keys)
     return catalog(
         {
-            "reprocess": Reprocess(replay),
+            # The processor's alert ids are keyed: so are the replay's, to match them.
+            "reprocess": Reprocess(partial(replay, id_key=codec.id_key)),
             "verify": Verify(counter, processed),
             "compact": Compact(
                 lambda: Archive.from_settings(settings),
@@ -190,7 +194,7 @@ def cmd_job_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     setup_logging("jobs", settings.log_level)
-    jobs = _catalog(settings)
+    jobs = jobs_for(settings)
     job = jobs.get(args.name)
     if job is None:
         print(f"healthsync job: no job {args.name!r}; known: {', '.join(jobs)}", file=sys.stderr)

@@ -5,8 +5,9 @@ settings (the table itself, or a file whose ``[anomaly]`` table it is). The
 job replays the period's readings through the anomaly engine with those rules
 (the engine's ``replay``, as the processor runs it) and compares the alerts it
 would have opened with the alerts that were raised. Alert ids are derived from
-the patient, the kind and the reading that opened the alert, so the same alert
-has the same id in both.
+the patient, the kind and the reading that opened the alert (keyed with the
+keyring's id key, as the processor keys them, when encryption at rest is on),
+so the same alert has the same id in both.
 
 It prints one line per alert added (``+``) or removed (``-``): time, kind,
 severity and alert id, never a patient. ``diff.json`` holds the counts by

@@ -1,4 +1,5 @@
-"""The anomaly engine over recorded readings, in virtual time (``healthsync eval``)."""
+"""The anomaly engine over recorded readings, in virtual time (``healthsync eval``, the
+reprocess job)."""
 
 from __future__ import annotations
 
@@ -17,23 +18,27 @@ def replay(
     readings: Iterable[Reading],
     settings: AnomalySettings | None = None,
     tick_s: float = 1.0,
+    id_key: bytes | None = None,
 ) -> list[AlertEvent]:
     """Run the engine (with NEWS2 scoring) over readings in arrival order, as the processor
     would, and return every alert event. The clock ticks every `tick_s` of the readings'
-    receive times in between, so devices that go quiet raise their offline alerts."""
-    return [event for _, event in replay_timed(readings, settings, tick_s)]
+    receive times in between, so devices that go quiet raise their offline alerts. With
+    the processor's `id_key` (the keyring's, when encryption at rest is on) the alerts
+    have the ids the processor gives them."""
+    return [event for _, event in replay_timed(readings, settings, tick_s, id_key)]
 
 
 def replay_timed(
     readings: Iterable[Reading],
     settings: AnomalySettings | None = None,
     tick_s: float = 1.0,
+    id_key: bytes | None = None,
 ) -> list[tuple[float, AlertEvent]]:
     """:func:`replay`, each event with the receive-clock time it was raised at: a reading
     that arrives late raises its alert when it arrives, not when it was measured."""
     cfg = settings or AnomalySettings()
     book = RuleBook(cfg.patients)
-    engine = AnomalyEngine(cfg, book)
+    engine = AnomalyEngine(cfg, book, id_key=id_key)
     scores = News2Scores(lambda _patients: {}, freshness_s=900.0, scale_for=book.scale_for)
     events: list[tuple[float, AlertEvent]] = []
     next_tick: float | None = None
