@@ -14,13 +14,13 @@ from healthsync.redis_client import connect
 from healthsync.security.codec import Codec, load_keyring
 from healthsync.security.crypto import Cipher
 from healthsync.security.keyring import KeyringError
-from healthsync.store.job_files import ObjectStore, open_store
+from healthsync.store.job_files import ObjectStore, jobs_store
 from healthsync.store.job_rewrap import JobFilesReport, key_usage, rewrite, stale_files
 from healthsync.store.runs import RunStore
 
 
 def _store(settings: Settings) -> ObjectStore:
-    return open_store(settings.jobs.output_url, settings.jobs.aws_region)
+    return jobs_store(settings)
 
 
 def _codec(settings: Settings, crypto: CryptoSettings) -> tuple[Codec, Cipher]:

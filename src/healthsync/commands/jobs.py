@@ -186,9 +186,9 @@ def _params(args: argparse.Namespace, settings: Settings) -> JobParams:
 
 def cmd_job_run(args: argparse.Namespace) -> int:
     from healthsync.jobs.execute import Executor, JobFailedError
-    from healthsync.jobs.output import open_store
     from healthsync.logs import setup_logging
     from healthsync.security.codec import Codec
+    from healthsync.store.job_files import jobs_store
     from healthsync.store.period import LiveWindow
     from healthsync.store.records import Records
 
@@ -204,7 +204,7 @@ def cmd_job_run(args: argparse.Namespace) -> int:
     codec = Codec.from_settings(settings)
     reader = LiveWindow(runs.client, Records(codec))
     try:
-        store = open_store(settings.jobs.output_url, settings.jobs.aws_region)
+        store = jobs_store(settings)
         executor = Executor(runs, store, reader, settings.jobs.lock_ttl_s, codec)
         record = executor.run(job, params, runner=args.runner, trigger=args.trigger)
     except JobBusyError as exc:

@@ -16,8 +16,10 @@ from urllib.parse import urlparse
 
 import orjson
 
+from healthsync.config import Settings
 from healthsync.errors import ConfigError
 from healthsync.security.codec import Codec
+from healthsync.store.archive.objects import sse
 
 
 def run_prefix(job: str, run_id: str) -> str:
@@ -106,23 +108,23 @@ class LocalStore:
 
 
 class S3Store:
-    """An S3 prefix; server-side encryption with S3's keys unless a KMS key is given."""
+    """An S3 prefix, written with the server-side encryption `sse` names (the PutObject
+    parameters; S3's own keys, AES256, by default)."""
 
-    def __init__(self, bucket: str, prefix: str, client: Any, kms_key_id: str | None = None):
+    def __init__(
+        self, bucket: str, prefix: str, client: Any, sse: dict[str, str] | None = None
+    ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.client = client
-        self.kms_key_id = kms_key_id
+        self.sse = sse or {"ServerSideEncryption": "AES256"}
         self.url = f"s3://{bucket}/{self.prefix}"
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def put(self, key: str, data: bytes) -> None:
-        extra: dict[str, str] = {"ServerSideEncryption": "AES256"}
-        if self.kms_key_id:
-            extra = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **self.sse)
 
     def get(self, key: str) -> bytes:
         body: bytes = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
@@ -152,7 +154,15 @@ class S3Store:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
 
-def open_store(url: str, region: str | None = None) -> ObjectStore:
+def jobs_store(settings: Settings) -> ObjectStore:
+    """Where the jobs' files go (`jobs.output_url`), encrypted as the archive is
+    (`archive.sse`): on AWS they share its bucket, whose policy may refuse anything else."""
+    return open_store(settings.jobs.output_url, settings.jobs.aws_region, sse(settings.archive))
+
+
+def open_store(
+    url: str, region: str | None = None, sse: dict[str, str] | None = None
+) -> ObjectStore:
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
         return LocalStore(Path(parsed.netloc + parsed.path if parsed.scheme else url))
@@ -161,5 +171,5 @@ def open_store(url: str, region: str | None = None) -> ObjectStore:
             import boto3
         except ImportError:
             raise ConfigError("an s3:// store needs boto3: pip install 'healthsync[aws]'") from None
-        return S3Store(parsed.netloc, parsed.path, boto3.client("s3", region_name=region))
+        return S3Store(parsed.netloc, parsed.path, boto3.client("s3", region_name=region), sse)
     raise ConfigError(f"unsupported store URL {url!r}: use file://PATH or s3://BUCKET/PREFIX")

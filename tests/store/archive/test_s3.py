@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 
 from healthsync.config import Settings
+from healthsync.jobs.output import JobOutput
 from healthsync.store.archive.errors import ArchiveReadError, ObjectStoreError
 from healthsync.store.archive.layout import Span
 from healthsync.store.archive.setup import Archive
+from healthsync.store.job_files import jobs_store
 from tests.store.archive.conftest import PATIENT, T0, Moto, batch
 from tests.store.archive.test_privacy import EVERYTHING, IDENTIFIERS, admitted, found, values_text
 
@@ -141,3 +143,27 @@ def test_compaction_on_s3_merges_an_hour_and_deletes_its_inputs(
     ]
     assert s3.head_object(Bucket="hs-compact", Key=listed[-1])["ServerSideEncryption"] == "AES256"
     assert archive.reader().readings(PATIENT, T0, T0 + HOUR) == before
+
+
+def test_job_files_are_encrypted_as_the_archive_asks(
+    moto: Moto, session_keyring: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The jobs write their files to the archive's bucket, whose policy (deploy/aws)
+    refuses a PutObject that is not aws:kms; with `archive.sse = "aws:kms"` the job
+    files still went as AES256, so every job failed at its first write on AWS."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto.endpoint)
+    s3: Any = moto.client("s3")
+    kms: Any = moto.client("kms")
+    s3.create_bucket(
+        Bucket="hs-jobs", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+    )
+    key_id = kms.create_key(Description="archive")["KeyMetadata"]["KeyId"]
+    settings = Settings(
+        crypto={"keyring_file": str(session_keyring)},
+        archive={"url": "s3://hs-jobs/", "sse": "aws:kms", "sse_kms_key_id": key_id},
+        jobs={"output_url": "s3://hs-jobs/hs", "aws_region": "eu-west-1"},
+    )
+    JobOutput(jobs_store(settings), "trends", "r1").write_json("summary.json", {"patients": 0})
+    head = s3.head_object(Bucket="hs-jobs", Key="hs/jobs/trends/r1/summary.json")
+    assert head["ServerSideEncryption"] == "aws:kms"
+    assert key_id in head["SSEKMSKeyId"]

@@ -25,7 +25,7 @@ from healthsync.redis_client import connect
 from healthsync.store.archive.setup import Archive
 from healthsync.store.archive.trends import BUCKETS_S
 from healthsync.store.history import History
-from healthsync.store.job_files import open_store
+from healthsync.store.job_files import jobs_store
 from healthsync.store.precomputed import TrendRuns
 from healthsync.store.queries import LiveReader
 from healthsync.store.runs import RunStore
@@ -88,12 +88,11 @@ class TrendQuery(BaseModel):
 def router(settings: Settings, live: LiveReader) -> APIRouter:
     """The history routes over the live store, the archive the settings name, and the
     `trends` job's output."""
-    jobs = settings.jobs
     # The run records are read from a worker thread: a blocking client of their own.
     client = connect(settings.redis)
     precomputed = TrendRuns(
         RunStore(client, settings.redis.keys),
-        open_store(jobs.output_url, jobs.aws_region),
+        jobs_store(settings),
         live.records.codec,
     )
     return history_router(History(live, Archive.from_settings(settings).reader(), precomputed))

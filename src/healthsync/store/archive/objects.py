@@ -245,13 +245,14 @@ def open_store(settings: ArchiveSettings) -> ObjectStore:
     if url.scheme == "file":
         return LocalStore(Path(url.netloc + url.path) if url.netloc else Path(url.path))
     if url.scheme == "s3" and url.netloc:
-        return S3Store(url.netloc, url.path, _s3_client(settings), _sse(settings))
+        return S3Store(url.netloc, url.path, _s3_client(settings), sse(settings))
     raise ConfigError(
         f"archive URL {settings.url!r} is neither file://<directory> nor s3://<bucket>/<prefix>"
     )
 
 
-def _sse(settings: ArchiveSettings) -> dict[str, str]:
+def sse(settings: ArchiveSettings) -> dict[str, str]:
+    """The PutObject parameters of the server-side encryption `archive.sse` names."""
     if settings.sse == "aws:kms":
         key = {"SSEKMSKeyId": settings.sse_kms_key_id} if settings.sse_kms_key_id else {}
         return {"ServerSideEncryption": "aws:kms", **key}
