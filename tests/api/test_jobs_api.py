@@ -125,6 +125,13 @@ def test_bad_requests_are_refused_with_the_reason(served: JobsApi) -> None:
         "since must be before until",
     )
     assert served.http.get("/v1/jobs/none-such", headers=admin).status_code == 404
+    # compact's test hook stops a run for good at a step: never a thing to ask over HTTP.
+    hook = {"options": {"pause_after": "written"}}
+    answer = served.http.post("/v1/jobs/compact/run", json=hook, headers=admin)
+    assert (answer.status_code, answer.json()["error"]["message"]) == (
+        422,
+        "pause_after is a test hook of `healthsync job run`, not available over HTTP",
+    )
     # A time no run can cover: NaN passed the check above, and so did the year -10**300.
     for body in (
         b'{"since": NaN}',

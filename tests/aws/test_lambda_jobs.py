@@ -116,6 +116,32 @@ def test_the_instance_runs_the_job_and_powers_off(
     assert RunStore(redis, lambda_env.redis.keys).holder("alarm-report") is None
 
 
+def test_a_worker_that_outlives_the_job_timeout_is_stopped_and_powers_off(
+    lambda_env: Settings, ec2: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """jobs.timeout_s bounded local runs only: on EC2 a job that hung kept its instance
+    running for good, and once its lock expired the next slot started a second worker."""
+    monkeypatch.setenv("HEALTHSYNC_JOBS_TIMEOUT_S", "2")
+    answer = lambda_jobs.handler({"job": "alarm-report", "run_id": "aws-hung"})
+    encoded = ec2.describe_instance_attribute(
+        InstanceId=answer["instance_id"], Attribute="userData"
+    )["UserData"]["Value"]
+    script = tmp_path / "user-data.sh"
+    script.write_bytes(base64.b64decode(encoded))
+    hung = tmp_path / "hung-job"
+    hung.write_text("#!/bin/sh\nsleep 60\n")
+    hung.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
+    env["HEALTHSYNC_BIN"] = str(hung)  # the stand-in for a job that never ends
+    env["HEALTHSYNC_POWEROFF"] = f"touch {tmp_path / 'powered-off'}"
+    done = subprocess.run(
+        ["bash", str(script)], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 124, done.stderr
+    assert "healthsync job alarm-report run aws-hung exited with status 124" in done.stdout
+    assert (tmp_path / "powered-off").exists()
+
+
 def test_a_second_concurrent_run_is_refused(lambda_env: Settings, ec2: Any) -> None:
     first = lambda_jobs.handler({"job": "alarm-report", "run_id": "aws-3"})
     second = lambda_jobs.handler({"job": "alarm-report", "run_id": "aws-4"})

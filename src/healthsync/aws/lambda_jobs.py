@@ -28,12 +28,13 @@ because a raised error makes Lambda retry an asynchronous invocation.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import shlex
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis import Redis
 
@@ -56,7 +57,10 @@ if [ -f /etc/healthsync/jobs.env ]; then set -a; . /etc/healthsync/jobs.env; set
 if [ -z "${{HEALTHSYNC_CONFIG:-}}" ] && [ -f /etc/healthsync/healthsync.toml ]; then
   export HEALTHSYNC_CONFIG=/etc/healthsync/healthsync.toml
 fi
-${{HEALTHSYNC_BIN:-/opt/healthsync/.venv/bin/healthsync}} job run {args}
+# Past jobs.timeout_s the job is stopped (status 124), as a local runner stops it: a hung
+# job must not keep its instance, nor outlive its lock and overlap the next run.
+timeout --kill-after=30 {timeout_s} ${{HEALTHSYNC_BIN:-/opt/healthsync/.venv/bin/healthsync}} \
+  job run {args}
 status=$?
 echo "healthsync job {job} run {run_id} exited with status $status"
 ${{HEALTHSYNC_POWEROFF:-/sbin/shutdown -h now}}
@@ -71,11 +75,13 @@ class LaunchRefusedError(Exception):
 def worker_script(
     job: str,
     run_id: str,
-    since: float | None,
-    until: float | None,
+    period: tuple[float | None, float | None],
     options: Mapping[str, str] | None = None,
+    timeout_s: float = 3600.0,
 ) -> str:
-    """The user-data that runs the job on the instance and then powers it off."""
+    """The user-data that runs the job for `period` (since, until) on the instance, for at
+    most `timeout_s`, and then powers it off."""
+    since, until = period
     args = [job, "--run-id", run_id, "--runner", "aws", "--trigger", "lambda"]
     if since is not None:
         args += ["--since", repr(float(since))]
@@ -83,7 +89,9 @@ def worker_script(
         args += ["--until", repr(float(until))]
     for key, value in sorted((options or {}).items()):
         args += ["--option", f"{key}={value}"]
-    return WORKER_SCRIPT.format(args=shlex.join(args), job=job, run_id=run_id)
+    return WORKER_SCRIPT.format(
+        args=shlex.join(args), job=job, run_id=run_id, timeout_s=max(1, math.ceil(timeout_s))
+    )
 
 
 def _options(event: Mapping[str, Any]) -> dict[str, str]:
@@ -111,7 +119,17 @@ def _request(event: Mapping[str, Any]) -> tuple[str, str, float | None, float | 
     return job, run_id, times[0], times[1]
 
 
-def _settings(env: Mapping[str, str]) -> tuple[str, str, str, float]:
+class _Launcher(NamedTuple):
+    """What the launcher's environment says."""
+
+    template: str
+    state_url: str
+    prefix: str
+    timeout_s: float  # jobs.timeout_s: how long a worker may run
+    lock_ttl_s: float  # and its lock's margin on top
+
+
+def _settings(env: Mapping[str, str]) -> _Launcher:
     template = env.get("HEALTHSYNC_JOBS_LAUNCH_TEMPLATE")
     if not template:
         raise LaunchRefusedError("HEALTHSYNC_JOBS_LAUNCH_TEMPLATE is not set")
@@ -119,19 +137,21 @@ def _settings(env: Mapping[str, str]) -> tuple[str, str, str, float]:
     if not state_url:
         raise LaunchRefusedError("HEALTHSYNC_JOBS_STATE_URL is not set (the run records' Redis)")
     try:
-        ttl = float(env.get("HEALTHSYNC_JOBS_TIMEOUT_S", "3600")) + float(
-            env.get("HEALTHSYNC_JOBS_LOCK_MARGIN_S", "60")
-        )
+        timeout_s = float(env.get("HEALTHSYNC_JOBS_TIMEOUT_S", "3600"))
+        margin_s = float(env.get("HEALTHSYNC_JOBS_LOCK_MARGIN_S", "60"))
     except ValueError:
         raise LaunchRefusedError("HEALTHSYNC_JOBS_TIMEOUT_S must be a number") from None
-    return template, state_url, env.get("HEALTHSYNC_REDIS_PREFIX", "hs"), ttl
+    if not (math.isfinite(timeout_s) and timeout_s > 0 and math.isfinite(margin_s)):
+        raise LaunchRefusedError("HEALTHSYNC_JOBS_TIMEOUT_S must be a positive number")
+    prefix = env.get("HEALTHSYNC_REDIS_PREFIX", "hs")
+    return _Launcher(template, state_url, prefix, timeout_s, timeout_s + margin_s)
 
 
 def launch(
     event: Mapping[str, Any], env: Mapping[str, str], ec2: Any, runs: RunStore | None = None
 ) -> dict[str, Any]:
     """What the handler does, with its clients given (tests, and other entry points)."""
-    template, state_url, prefix, ttl = _settings(env)
+    template, state_url, prefix, timeout_s, ttl = _settings(env)
     job, run_id, since, until = _request(event)
     if runs is None:
         runs = RunStore(Redis.from_url(state_url, socket_timeout=10), RedisKeys(prefix))
@@ -151,7 +171,7 @@ def launch(
             LaunchTemplate={"LaunchTemplateName": template, "Version": "$Latest"},
             MinCount=1,
             MaxCount=1,
-            UserData=worker_script(job, run_id, since, until, _options(event)),
+            UserData=worker_script(job, run_id, (since, until), _options(event), timeout_s),
             InstanceInitiatedShutdownBehavior="terminate",
             TagSpecifications=[
                 {

@@ -142,6 +142,11 @@ def _plan(name: str, wanted: RunRequest, period_s: float, now: float) -> tuple[s
     bad = [k for k in wanted.options if not _valid_key(k)]
     if bad:
         raise HTTPException(422, f"invalid option name(s): {', '.join(sorted(bad))}")
+    hooks = ", ".join(sorted(_TEST_HOOKS & wanted.options.keys()))
+    if hooks:
+        raise HTTPException(
+            422, f"{hooks} is a test hook of `healthsync job run`, not available over HTTP"
+        )
     until = wanted.until if wanted.until is not None else now
     since = wanted.since if wanted.since is not None else until - period_s
     if since >= until:
@@ -152,6 +157,10 @@ def _plan(name: str, wanted: RunRequest, period_s: float, now: float) -> tuple[s
     if wanted.options:
         params["options"] = dict(wanted.options)
     return wanted.run_id or new_run_id(name, now), params
+
+
+# Options that stop a run for good at a step, so a test can kill it there (compact's).
+_TEST_HOOKS = frozenset({"pause_after"})
 
 
 def _valid_key(key: str) -> bool:
