@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
+from healthsync.commands.jobs import jobs_for
 from healthsync.config import Settings
 from healthsync.domain.readings import Reading
 from healthsync.jobs.base import JobParams
@@ -119,3 +120,17 @@ def test_a_patient_without_readings_in_the_period_gets_no_file(
     record = executor.run(Trends(), JobParams("t2", t("11:30"), UNTIL))
     assert record.summary["patients"] == 0
     assert not (local.root / "jobs/trends/t2/patients").exists()
+
+
+def test_the_job_holds_a_direction_to_the_configured_margins(
+    store: tuple[Executor, LocalStore], settings: Settings, codec: Codec
+) -> None:
+    """The job the command runs used the default margins whatever `anomaly.margins`
+    said: a heart rate 20/min up called rising where the ward counts 30 as steady."""
+    settings.anomaly.margins["heart_rate"] = 30.0
+    executor, local = store
+    executor.run(jobs_for(settings)["trends"], JobParams("t3", SINCE, UNTIL))
+    one = JobOutput(local, "trends", "t3").read_sealed(
+        f"patients/{codec.pseudonym('P-1')}.json", codec
+    )
+    assert one["vitals"]["heart_rate"]["last_24h"]["direction"] == "steady"

@@ -134,7 +134,8 @@ def jobs_for(settings: Settings) -> dict[str, Job]:
                 settings.archive.day_settle_s,
                 settings.archive.day_row_group_rows,
             ),
-        }
+        },
+        settings.anomaly.margins,
     )
 
 

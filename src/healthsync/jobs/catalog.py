@@ -9,9 +9,12 @@ from healthsync.jobs.base import Job
 from healthsync.jobs.trends import Trends
 
 
-def catalog(extra: Mapping[str, Job] | None = None) -> dict[str, Job]:
-    """Every job; `extra` adds jobs whose parts live in other stages (the composition root's)."""
-    jobs: list[Job] = [AlarmReport(), Trends()]
+def catalog(
+    extra: Mapping[str, Job] | None = None, margins: dict[str, float] | None = None
+) -> dict[str, Job]:
+    """Every job; `extra` adds jobs whose parts live in other stages (the composition root's),
+    and `margins` (the settings' `anomaly.margins`) are what trends call steady."""
+    jobs: list[Job] = [AlarmReport(), Trends(margins)]
     found = {job.name: job for job in jobs}
     found.update(extra or {})
     return found
