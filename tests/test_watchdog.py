@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import signal
 import socket
+import sys
 from pathlib import Path
 
 from redis import Redis
 
+from healthsync.children import Child
+from healthsync.config import Settings
 from healthsync.errors import HealthSyncError
 from healthsync.stack import EmbeddedStack, Service, start_redis
-from healthsync.watchdog import ServiceWatchdog
+from healthsync.supervisor import Pipeline
+from healthsync.watchdog import MAX_BACKOFF_S, Backoff, ServiceWatchdog
 from tests.conftest import wait_for
 
 
@@ -66,3 +70,27 @@ def test_what_must_follow_a_restart_is_retried_until_it_succeeds(tmp_path: Path)
         assert watchdog.restarts("redis") == 1, "the process itself was restarted once"
     finally:
         redis.stop()
+
+
+def test_a_process_that_has_died_a_thousand_times_still_waits_the_longest_backoff(
+    tmp_path: Path,
+) -> None:
+    """The backoff was 2 ** restarts, capped after the power: at 1,024 restarts (8.5 hours
+    of a stage dying every 30 s, say a scheduler given an unknown job) the power overflowed,
+    and `up` stopped every stage with a traceback."""
+    backoff = Backoff(failures=1024, started_at=0.0)
+    backoff.record_restart(1.0)
+    assert backoff.next_start == 1.0 + MAX_BACKOFF_S
+    pipeline = Pipeline(Settings(), tmp_path)
+    child = Child("push", [sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "push.log")
+    pipeline.children["push"] = child
+    child.start({})
+    assert child.process is not None
+    child.process.wait()
+    child.restarts = 1023
+    said: list[str] = []
+    try:
+        pipeline.restart_dead(said.append)
+    finally:
+        child.stop()
+    assert said == ["push exited with code 3; restart 1024"]

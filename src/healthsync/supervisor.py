@@ -49,6 +49,7 @@ from healthsync.stack import (
     start_redis,
     wait_for_port,
 )
+from healthsync.watchdog import restart_delay
 
 _TOPIC_ATTEMPTS = 5
 # A child that keeps dying waits longer each time before it is started again (2, 4 ... s).
@@ -377,7 +378,7 @@ class Pipeline:
             if child.name == "simulate" and code == 0:
                 continue  # the simulator finished its run
             child.restarts += 1
-            child.next_start = now + min(2.0**child.restarts, _MAX_BACKOFF_S)
+            child.next_start = now + restart_delay(child.restarts + 1, _MAX_BACKOFF_S)
             say(f"{child.name} exited with code {code}; restart {child.restarts}")
             child.start(self.env)
 

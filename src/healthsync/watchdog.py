@@ -23,6 +23,12 @@ MAX_BACKOFF_S = 30.0
 _STABLE_S = 60.0
 
 
+def restart_delay(attempt: int, longest: float = MAX_BACKOFF_S) -> float:
+    """1, 2, 4 ... seconds for the 1st, 2nd, 3rd ... restart in a row, at most `longest`
+    (the power is capped first: a process may die thousands of times)."""
+    return min(2.0 ** min(max(attempt - 1, 0), 30), longest)
+
+
 @dataclass
 class Backoff:
     """When a process that died may be started again."""
@@ -40,7 +46,7 @@ class Backoff:
             self.failures = 0
         self.restarts += 1
         self.failures += 1
-        self.next_start = now + min(2.0 ** (self.failures - 1), MAX_BACKOFF_S)
+        self.next_start = now + restart_delay(self.failures)
         self.started_at = now
 
 
