@@ -131,6 +131,29 @@ def test_missing_redis_binary_is_one_clear_line(tmp_path: Path) -> None:
     )
 
 
+def test_the_plaintext_port_is_refused_beyond_this_machine_behind_haproxy_too(
+    tmp_path: Path,
+) -> None:
+    """Ingest refuses a plaintext listener off loopback unless plain_allow_remote says so;
+    behind HAProxy (two replicas, the default) the replicas listen on loopback and HAProxy
+    bound the public plaintext port wherever ingest.host said, unchecked."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
+    env |= {"HEALTHSYNC_INGEST_HOST": "0.0.0.0", "HEALTHSYNC_INGEST_REPLICAS": "2"}
+    result = subprocess.run(
+        [sys.executable, "-m", "healthsync", "up"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr.decode()[-2000:]
+    assert result.stderr.decode().strip().splitlines()[-1] == (
+        "healthsync: the plaintext ingest port would listen on 0.0.0.0, beyond this machine; "
+        "use the TLS port, or set HEALTHSYNC_INGEST_PLAIN_ALLOW_REMOTE=true"
+    )
+
+
 # A stand-in for ingest's start-up, which cannot be slowed down from outside: a process
 # that binds the plaintext port at once and the TLS port a while later, as a niced
 # ingest on a busy machine may.

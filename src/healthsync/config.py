@@ -8,6 +8,7 @@ TOML file (``--config`` or ``HEALTHSYNC_CONFIG``), then the defaults below.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -186,6 +187,16 @@ class IngestSettings(BaseModel):
     # How far ingest gives way to the processor when the CPU is short (see priority.py).
     nice: int = Field(5, ge=0, le=19)
 
+    def plain_refusal(self) -> str | None:
+        """Why the plaintext port may not listen on `host` (beyond this machine without
+        `plain_allow_remote`), or None. Ingest and `up`'s HAProxy front both ask."""
+        if self.plain_allow_remote or _is_loopback(self.host):
+            return None
+        return (
+            f"the plaintext ingest port would listen on {self.host}, beyond this machine; "
+            "use the TLS port, or set HEALTHSYNC_INGEST_PLAIN_ALLOW_REMOTE=true"
+        )
+
 
 class ProcessorSettings(BaseModel):
     """The stream processor."""
@@ -358,3 +369,12 @@ class Settings(BaseSettings):
 def _env_path(name: str) -> Path | None:
     value = os.environ.get(name)
     return Path(value) if value else None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from healthsync.config import IngestSettings
-from healthsync.errors import HealthSyncError, MissingBinaryError
+from healthsync.errors import ConfigError, HealthSyncError, MissingBinaryError
 from healthsync.stack import LOCALHOST, Launch, Service, free_port, spawn
 
 NAME = "ingest-front"
@@ -93,6 +93,9 @@ defaults
     ]
     listeners = []
     if ingest.plain_enabled:
+        refusal = ingest.plain_refusal()
+        if refusal is not None:
+            raise ConfigError(refusal)
         listeners.append(("plain", ingest.host, ingest.port))
     if ingest.tls_enabled:
         listeners.append(("tls", ingest.tls_host, ingest.tls_port))

@@ -94,6 +94,10 @@ class Pipeline:
             stages = STAGES + (("push",) if settings.fhir.ehr_base_url else ())
         if "process" in stages:
             self._check_processes()
+        # Behind HAProxy the replicas listen on loopback: the front's public port is checked.
+        refusal = settings.ingest.plain_refusal()
+        if "ingest" in stages and settings.ingest.plain_enabled is not False and refusal:
+            raise ConfigError(refusal)
         # The ports a user configured are not free ones for the broker, Redis or HAProxy.
         ingest = settings.ingest
         reserve_ports(

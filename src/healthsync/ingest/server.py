@@ -19,7 +19,6 @@ pseudonym (so partitioning stays per patient) and bound to their topic role.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -188,11 +187,9 @@ class IngestServer:
         plain = cfg.plain_enabled is True
         if not plain and not cfg.tls_enabled:
             raise ConfigError("ingest has no listener: enable ingest.tls_enabled or plain_enabled")
-        if plain and not cfg.plain_allow_remote and not _is_loopback(cfg.host):
-            raise ConfigError(
-                f"the plaintext ingest port would listen on {cfg.host}, beyond this machine; "
-                "use the TLS port, or set HEALTHSYNC_INGEST_PLAIN_ALLOW_REMOTE=true"
-            )
+        refusal = cfg.plain_refusal() if plain else None
+        if refusal is not None:
+            raise ConfigError(refusal)
         tls_context = None
         if cfg.tls_enabled:
             client_certs: ClientCerts = "required" if cfg.require_client_cert else "optional"
@@ -281,12 +278,3 @@ class IngestServer:
             if connection.transport is not None:
                 connection.transport.close()
         await self.publisher.close(timeout=2.0)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
