@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from healthsync.domain.readings import Reading
+from healthsync.domain.readings import LAST_EPOCH, Reading
 
 RECEIVED = 1_700_000_000.0
 
@@ -97,9 +97,21 @@ def test_a_nurses_observation_without_vitals_is_a_reading() -> None:
         ({"patient": {"patient_name": "J" * 257}}, "patient_name"),
         ({"patient": {"mrn": "A\n1"}}, "mrn"),
         ({"patient": ["Jane"]}, "patient"),
+        # The last second a time can be shown: a time past it, or a birth date checked
+        # against the day after it, raised past the processor and the archiver.
+        ({"received_at": LAST_EPOCH, "ts_epoch": LAST_EPOCH + 200}, "ts_epoch"),
+        (
+            {"received_at": LAST_EPOCH, "ts_epoch": LAST_EPOCH, "patient": {"birth_date": "x"}},
+            "birth_date",
+        ),
     ],
     ids=lambda value: str(value) if isinstance(value, str) else None,
 )
 def test_a_value_ingest_would_refuse_is_not_a_reading(changes: dict[str, Any], named: str) -> None:
     with pytest.raises(ValueError, match=named):
         Reading.from_json(orjson.dumps(_doc(**changes)))
+
+
+def test_a_birth_date_on_the_last_day_a_time_can_show_is_a_reading() -> None:
+    doc = _doc(received_at=LAST_EPOCH, ts_epoch=LAST_EPOCH, patient={"birth_date": "1950-02-03"})
+    assert Reading.from_json(orjson.dumps(doc)).patient == {"birth_date": "1950-02-03"}

@@ -174,7 +174,8 @@ class Reading:
         try:
             doc = orjson.loads(data)
             received_at = epoch("received_at", doc["received_at"], EPOCH_2000, LAST_EPOCH)
-            ts = epoch("ts_epoch", doc["ts_epoch"], EPOCH_2000, received_at + MAX_FUTURE_S)
+            latest = min(received_at + MAX_FUTURE_S, LAST_EPOCH)
+            ts = epoch("ts_epoch", doc["ts_epoch"], EPOCH_2000, latest)
             consciousness = doc.get("consciousness")
             if consciousness is not None and consciousness not in CONSCIOUSNESS_LEVELS:
                 raise ValueError(f"consciousness: not one of {', '.join(CONSCIOUSNESS_LEVELS)}")
@@ -197,7 +198,14 @@ class Reading:
                 patient=_demographics(doc.get("patient", {}), received_at),
                 quality=_bounded("quality", doc.get("quality", {}), _QUALITY_BOUNDS),
             )
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (
+            orjson.JSONDecodeError,
+            KeyError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            ArithmeticError,
+        ) as exc:
             raise ValueError(f"not a canonical reading: {exc}") from exc
 
 
@@ -259,7 +267,8 @@ def _is_birth_date(raw: str, received_at: float) -> bool:
         born = date.fromisoformat(raw)
     except ValueError:
         return False
-    return born <= datetime.fromtimestamp(received_at, tz=UTC).date() + timedelta(days=1)
+    # Subtracted, not added: the day after 9999-12-31 is no date.
+    return born - datetime.fromtimestamp(received_at, tz=UTC).date() <= timedelta(days=1)
 
 
 def _bounded(what: str, raw: object, bounds: dict[str, tuple[float, float]]) -> dict[str, float]:
