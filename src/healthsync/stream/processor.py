@@ -116,6 +116,7 @@ class Processor:
         self._tick_at = 0.0
         self._flusher = ThreadPoolExecutor(1, thread_name_prefix="sink-flush")
         self._in_flight: _InFlight | None = None
+        self._owned: set[int] = set()  # the vitals topic's partitions this processor holds
 
     def stop(self) -> None:
         self.stopping = True
@@ -125,9 +126,11 @@ class Processor:
         # which must hold the batch in flight first.
         self._settle()
         self.gaps.forget((p.topic, p.partition) for p in partitions)
-        owned = {p.partition for p in partitions}
+        # Rebalances are cooperative: `partitions` are those added (often none), and the
+        # steps are told everything the processor owns.
+        self._owned |= {p.partition for p in partitions}
         for step in self.steps:
-            step.on_assign(owned)
+            step.on_assign(frozenset(self._owned))
         log.info("partitions assigned", extra={"partitions": [p.partition for p in partitions]})
         self.membership.joined()
 
@@ -136,6 +139,9 @@ class Processor:
         self._settle()
         self.membership.left()
         self.gaps.forget((p.topic, p.partition) for p in partitions)
+        self._owned -= {p.partition for p in partitions}
+        for step in self.steps:
+            step.on_assign(frozenset(self._owned))
         log.info("partitions revoked", extra={"partitions": [p.partition for p in partitions]})
 
     def run(self) -> None:
@@ -323,9 +329,8 @@ class Processor:
             except KafkaException as exc:
                 # Revoked meanwhile: its next owner finds the same gap and replays it.
                 log.warning("rewind failed", extra={"error": str(exc)})
-        owned = {tp.partition for tp in self.consumer.assignment()}
         for step in self.steps:
-            step.on_assign(owned)
+            step.on_assign(frozenset(self._owned))
 
     def _retry(self, what: str, action: Callable[[], T]) -> T | None:
         """Run `action` until it succeeds; None if asked to stop first."""
