@@ -101,10 +101,11 @@ check_net() {
             die 64 "$2: bad prefix length in '$1'"
     else
         local octet
-        [[ $addr =~ ^([0-9]+)\.([0-9]+)\.([0-9]+)\.([0-9]+)$ ]] ||
+        # No leading zeros: iptables reads 010 as octal (8), bash fails on 08.
+        [[ $addr =~ ^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$ ]] ||
             die 64 "$2: '$1' is not an IPv4 address or network"
         for octet in "${BASH_REMATCH[@]:1}"; do
-            ((octet <= 255)) || die 64 "$2: '$1' is not an IPv4 address or network"
+            ((10#$octet <= 255)) || die 64 "$2: '$1' is not an IPv4 address or network"
         done
         [[ -z $prefix || ($prefix =~ ^[0-9]+$ && prefix -le 32) ]] ||
             die 64 "$2: bad prefix length in '$1'"

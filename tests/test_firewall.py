@@ -293,6 +293,14 @@ def test_bad_configuration_is_refused_before_any_rule_changes(lab: Lab) -> None:
     result = lab.firewall("apply", env={"REDIS_PORTS": "6379 70000"}, check=False)
     assert result.returncode == 64
     assert "REDIS_PORTS: '70000' is not a port" in result.stderr
+    # iptables reads an octet with a leading zero as octal: 10.010.0.0/16 became 10.8.0.0/16,
+    # opening the devices' ports to another network (and 08 was a bash error).
+    for padded in ("10.010.0.0/16", "10.08.0.0/16"):
+        result = lab.firewall("apply", env={"DEVICE_NETS": padded}, check=False)
+        assert result.returncode == 64, padded
+        assert result.stderr.strip() == (
+            f"firewall.sh: DEVICE_NETS: '{padded}' is not an IPv4 address or network"
+        )
     assert lab.server_rules() == before
 
 
