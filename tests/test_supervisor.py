@@ -13,9 +13,11 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from healthsync.children import Child
 from healthsync.config import Settings
+from healthsync.errors import ConfigError
 from healthsync.stack import free_port
 from healthsync.supervisor import Pipeline
 from tests.conftest import wait_for
@@ -152,6 +154,22 @@ def test_the_plaintext_port_is_refused_beyond_this_machine_behind_haproxy_too(
         "healthsync: the plaintext ingest port would listen on 0.0.0.0, beyond this machine; "
         "use the TLS port, or set HEALTHSYNC_INGEST_PLAIN_ALLOW_REMOTE=true"
     )
+
+
+def test_a_second_up_on_the_same_run_directory_is_refused(tmp_path: Path) -> None:
+    """Nothing stopped it: a second `up` on the run directory started its own Redis on the
+    first one's data directory, rewrote the Redis password and HAProxy's files, and the
+    first run's restarted services then read the second's."""
+    first = Pipeline(Settings(), tmp_path / "run")
+    first.start(stages=())
+    try:
+        with pytest.raises(ConfigError, match="in use by another `healthsync up`"):
+            Pipeline(Settings(), tmp_path / "run").start(stages=())
+    finally:
+        first.stop()
+    again = Pipeline(Settings(), tmp_path / "run")  # free once the first stopped
+    again.start(stages=())
+    again.stop()
 
 
 # A stand-in for ingest's start-up, which cannot be slowed down from outside: a process

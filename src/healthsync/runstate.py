@@ -1,16 +1,20 @@
 """What a running `healthsync up` tells other commands: its processes and where Redis is.
 
 The supervisor rewrites `<run dir>/state.json` every second; `healthsync status`
-reads it. It holds process ids, names and addresses, nothing about patients.
+reads it. It holds process ids, names and addresses, nothing about patients. And
+`<run dir>/up.lock` says the directory is in use (:func:`hold_run_dir`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
+
+from healthsync.errors import ConfigError
 
 FILE_NAME = "state.json"
 
@@ -53,3 +57,19 @@ class RunState:
         raw: dict[str, Any] = json.loads((run_dir / FILE_NAME).read_text(encoding="utf-8"))
         processes = [ProcessEntry(**entry) for entry in raw.pop("processes", [])]
         return cls(**raw, processes=processes)
+
+
+def hold_run_dir(run_dir: Path) -> IO[str]:
+    """Lock the run directory for one pipeline until the returned file is closed, or raise
+    ConfigError: a second `up` there would start its own Redis on the first's data
+    directory and rewrite its Redis password and HAProxy files."""
+    handle = (run_dir / "up.lock").open("a", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError(
+            f"{run_dir} is in use by another `healthsync up`: stop that one, or give this "
+            "one another --run-dir"
+        ) from None
+    return handle

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import IO
 
 from redis.exceptions import RedisError
 
@@ -28,6 +29,7 @@ from healthsync.errors import ConfigError, HealthSyncError
 from healthsync.front import IngestFront, new_front
 from healthsync.kafka import KafkaUnavailableError, ensure_topics
 from healthsync.redis_client import connect
+from healthsync.runstate import hold_run_dir
 from healthsync.security.certs import (
     ca_cert_path,
     init_pki,
@@ -81,6 +83,8 @@ class Pipeline:
     local_key_file: Path | None = None
     # HAProxy and the ingest replicas behind it, when `ingest.replicas` > 1.
     front: IngestFront | None = None
+    # The run directory's lock, held from start to stop (runstate.hold_run_dir).
+    _lock: IO[str] | None = None
 
     @property
     def logs(self) -> Path:
@@ -89,15 +93,12 @@ class Pipeline:
     def start(self, stages: tuple[str, ...] | None = None) -> None:
         """Start the services, then the stages (by default all, and the EHR push if configured)."""
         self.logs.mkdir(parents=True, exist_ok=True)
+        if self._lock is None:
+            self._lock = hold_run_dir(self.run_dir)
         settings = self.settings
         if stages is None:
             stages = STAGES + (("push",) if settings.fhir.ehr_base_url else ())
-        if "process" in stages:
-            self._check_processes()
-        # Behind HAProxy the replicas listen on loopback: the front's public port is checked.
-        refusal = settings.ingest.plain_refusal()
-        if "ingest" in stages and settings.ingest.plain_enabled is not False and refusal:
-            raise ConfigError(refusal)
+        self._check(stages)
         # The ports a user configured are not free ones for the broker, Redis or HAProxy.
         ingest = settings.ingest
         reserve_ports(
@@ -126,6 +127,16 @@ class Pipeline:
         self.wait_listening(stages)
         if self.front is not None:
             self.stack.ingest_front = self.front.start(settings.ingest, self.run_dir, self.logs)
+
+    def _check(self, stages: tuple[str, ...]) -> None:
+        """ConfigError, before anything starts, for settings these stages cannot run with."""
+        if "process" in stages:
+            self._check_processes()
+        # Behind HAProxy the replicas listen on loopback: the front's public port is checked.
+        ingest = self.settings.ingest
+        refusal = ingest.plain_refusal()
+        if "ingest" in stages and ingest.plain_enabled is not False and refusal:
+            raise ConfigError(refusal)
 
     def _start_ingest_replicas(self) -> None:
         """`ingest.replicas` ingest processes on private loopback ports (see front.py)."""
@@ -403,3 +414,6 @@ class Pipeline:
         if self.front is not None:
             self.front.wait_stopped()
         self.stack.stop()
+        if self._lock is not None:
+            self._lock.close()  # and with it the lock
+            self._lock = None
