@@ -131,3 +131,17 @@ def test_traffic_counts_connections_and_names_plaintext_on_the_tls_port(tmp_path
     named = section(text, "plaintext on TLS ports")
     assert len(named) == 1, text
     assert " ".join(named[0]).endswith('"plaintext-probe hello."'), text
+
+
+def test_top_reads_a_process_tree_of_more_than_twenty(tmp_path: Path) -> None:
+    """`top -p` takes at most 20 pids, and `up` with more replicas or processors runs more:
+    top.sh failed with "pid limit (20) exceeded" on a tree of 26."""
+    tree = subprocess.Popen(["bash", "-c", "for i in $(seq 25); do sleep 60 & done; wait"])
+    try:
+        time.sleep(0.5)
+        table = run("top.sh", "--pid", str(tree.pid), "--delay", "0.2", cwd=tmp_path)
+    finally:
+        subprocess.run(["pkill", "-P", str(tree.pid)], check=False)
+        tree.wait(timeout=10)
+    rows = {row[0]: row for row in (line.split() for line in table.splitlines()[1:])}
+    assert rows["other"][1] == "26"

@@ -102,16 +102,18 @@ main() {
     kill -0 "$pid" 2>/dev/null || die 66 "no process $pid"
     local pids
     pids=$(process_tree "$pid")
-    # top -p takes at most 20 pids; a pipeline has fewer.
+    # Every process, kept to the tree below: `top -p` takes at most 20 pids, and `up` with
+    # more ingest replicas or processors runs more.
     local sample
-    sample=$(COLUMNS=512 timeout "$TOP_TIMEOUT" top -b -n 2 -d "$delay" -p "$pids")
+    sample=$(COLUMNS=512 timeout "$TOP_TIMEOUT" top -b -n 2 -d "$delay")
     # The second iteration only: its CPU is measured over the delay.
     local rows="" line p stage
     while read -r line; do
         p=${line%% *}
         stage=$(stage_of "$p")
         rows+="$stage $line"$'\n'
-    done < <(awk '/^ *PID /{ iteration++; next } iteration == 2 && $1 ~ /^[0-9]+$/ { print $1, $6, $9 }' <<<"$sample")
+    done < <(awk -v want=",$pids," '/^ *PID /{ iteration++; next }
+        iteration == 2 && $1 ~ /^[0-9]+$/ && index(want, "," $1 ",") { print $1, $6, $9 }' <<<"$sample")
     printf "%-12s %5s %6s %9s\n" stage procs "cpu%" rss_mib
     awk 'NF == 4 {
             rss = $3
