@@ -117,6 +117,7 @@ class Processor:
         self._flusher = ThreadPoolExecutor(1, thread_name_prefix="sink-flush")
         self._in_flight: _InFlight | None = None
         self._owned: set[int] = set()  # the vitals topic's partitions this processor holds
+        self._at_end = False  # whether they were read to their end since assigned
 
     def stop(self) -> None:
         self.stopping = True
@@ -129,6 +130,7 @@ class Processor:
         # Rebalances are cooperative: `partitions` are those added (often none), and the
         # steps are told everything the processor owns.
         self._owned |= {p.partition for p in partitions}
+        self._at_end = False
         for step in self.steps:
             step.on_assign(frozenset(self._owned))
         log.info("partitions assigned", extra={"partitions": [p.partition for p in partitions]})
@@ -157,7 +159,8 @@ class Processor:
                     self.handle(messages)
                 if len(messages) < cfg.batch_size:
                     self._settle()  # caught up: no next batch to overlap with
-                    self._tick()  # silence now means a quiet device, not a backlog
+                    if self._read_to_the_end():
+                        self._tick()  # silence now means a quiet device, not a backlog
                 self._report_lag(idle=not messages)
         finally:
             self._settle()
@@ -177,6 +180,38 @@ class Processor:
         """
         messages = self.consumer.consume(size, 0) or self.consumer.consume(size, wait_s)
         return self.gaps.check(self.consumer, messages)
+
+    def _read_to_the_end(self) -> bool:
+        """Whether partitions are held and each was read to its end since it was assigned.
+
+        A short batch right after an assignment may only mean the first fetch has not
+        come back, with the readings of the time the processor was away behind it: a
+        tick then would call every device silent since (and before the first assignment
+        the engine would tick every patient it finds in Redis). Asked of the broker until
+        true once after each assignment, then taken as true until the next.
+        """
+        if self._at_end:
+            return True
+        if not self._owned:
+            return False  # before the first assignment, nothing to tick for
+        try:
+            assignment = self.consumer.assignment()
+            committed: dict[int, int] | None = None
+            for tp in self.consumer.position(assignment):
+                low, high = self.consumer.get_watermark_offsets(tp, timeout=2.0)
+                at = tp.offset
+                if at < 0:  # nothing read from it yet: where the group left it
+                    if committed is None:
+                        done = self.consumer.committed(assignment, timeout=2.0)
+                        committed = {c.partition: c.offset for c in done}
+                    at = committed.get(tp.partition, -1)
+                if max(at, low) < high:
+                    return False
+        except KafkaException as exc:
+            log.debug("end of partitions unknown", extra={"error": str(exc)})
+            return False
+        self._at_end = True
+        return True
 
     def _tick(self) -> None:
         now = time.time()
