@@ -118,6 +118,20 @@ def test_history_older_than_the_retention_is_trimmed(
     assert redis.zrange(keys.seen("P-1"), 0, -1) == [b"new"]
 
 
+def test_a_reading_measured_before_the_retention_is_still_seen_once_stored(
+    settings: Settings, redis: Redis, codec: Codec
+) -> None:
+    """The seen set was scored, and trimmed, by measurement time: a wearable's backlog
+    measured a day ago was forgotten as it was stored, and its replay or a resend went
+    through the engine and the counts again."""
+    sink, state = sink_for(settings, redis, codec), state_for(settings, redis, codec)
+    now = time.time()
+    late = Reading("late", "d1", "P-1", now - 25 * 3600, now - 1, {"heart_rate": 70})
+    sink.write(Batch(state.filter_new([late])))
+    sink.flush()
+    assert state.filter_new([late]) == []
+
+
 def test_news2_inputs_survive_a_restart(settings: Settings, redis: Redis, codec: Codec) -> None:
     sink = sink_for(settings, redis, codec)
     now = time.time()

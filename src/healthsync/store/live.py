@@ -239,10 +239,12 @@ class RedisLiveSink:
                 held = winners.get(name)
                 if held is None or reading.ts >= held[0].ts:
                     winners[name] = (reading, value)
-            # Both scores as the client would send them (the float's repr), formatted once.
+            # Scores as the client would send them (the float's repr), formatted once. The
+            # seen set goes by when the reading arrived, so that it is trimmed a retention
+            # after that: a backlog measured a day ago is still known when replayed or resent.
             score = repr(reading.ts).encode()
             history.setdefault(patient, {})[records.encode_history(patient, reading)] = score
-            seen.setdefault(patient, {})[reading.reading_id] = score
+            seen.setdefault(patient, {})[reading.reading_id] = repr(reading.received_at).encode()
             last_seen[patient] = max(last_seen.get(patient, 0.0), reading.ts)
             by_group.setdefault(keys.group_of(patient), []).append(reading)
         latest: dict[int, dict[str, Fields]] = {}

@@ -2,10 +2,11 @@
 
 The keys that hold a patient's readings (history, seen set, FHIR indexes) are
 trimmed by score when a batch writes them, at most once per ``TRIM_INTERVAL_S``
-per key. A patient who stops sending (discharged, or the monitor moved to
-another bed) is never written again, so each trim also sets the key to expire
-with the retention: the key outlives its newest entry's retention and goes
-soon after.
+per key. Scores are measurement times, but the seen set's are receive times, so
+a reading is known as stored for a retention after it arrived, however old it
+is. A patient who stops sending (discharged, or the monitor moved to another
+bed) is never written again, so each trim also sets the key to expire with the
+retention: the key outlives its newest entry's retention and goes soon after.
 
 The expiry counts from the trim, so it adds to the retention:
 ``TRIM_INTERVAL_S``, because the newest entry may have been written that long
