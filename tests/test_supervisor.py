@@ -115,17 +115,22 @@ def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path: Path) -> None:
     assert not [p for p in processes if alive(p)], "a child outlived healthsync up"
 
 
-def test_missing_redis_binary_is_one_clear_line(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
-    env["PATH"] = str(tmp_path)  # nothing to find: redis-server is "not installed"
-    result = subprocess.run(
+def up_refused(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[bytes]:
+    """`healthsync up` in `tmp_path` with these variables, expected to refuse to start."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
+    return subprocess.run(
         [sys.executable, "-m", "healthsync", "up"],
         cwd=tmp_path,
-        env=env,
+        env=clean | env,
         capture_output=True,
         timeout=60,
         check=False,
     )
+
+
+def test_missing_redis_binary_is_one_clear_line(tmp_path: Path) -> None:
+    # Nothing to find on PATH: redis-server is "not installed".
+    result = up_refused(tmp_path, PATH=str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.decode().strip() == (
         "healthsync: redis-server not found on PATH; install it with: "
@@ -139,16 +144,7 @@ def test_the_plaintext_port_is_refused_beyond_this_machine_behind_haproxy_too(
     """Ingest refuses a plaintext listener off loopback unless plain_allow_remote says so;
     behind HAProxy (two replicas, the default) the replicas listen on loopback and HAProxy
     bound the public plaintext port wherever ingest.host said, unchecked."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
-    env |= {"HEALTHSYNC_INGEST_HOST": "0.0.0.0", "HEALTHSYNC_INGEST_REPLICAS": "2"}
-    result = subprocess.run(
-        [sys.executable, "-m", "healthsync", "up"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
+    result = up_refused(tmp_path, HEALTHSYNC_INGEST_HOST="0.0.0.0", HEALTHSYNC_INGEST_REPLICAS="2")
     assert result.returncode == 2, result.stderr.decode()[-2000:]
     assert result.stderr.decode().strip().splitlines()[-1] == (
         "healthsync: the plaintext ingest port would listen on 0.0.0.0, beyond this machine; "

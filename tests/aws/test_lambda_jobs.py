@@ -61,6 +61,27 @@ def instances(ec2: Any, run_id: str) -> list[dict[str, Any]]:
     return [i for r in found["Reservations"] for i in r["Instances"]]
 
 
+def run_worker(
+    ec2: Any, answer: dict[str, Any], tmp_path: Path, env: dict[str, str], healthsync: str
+) -> subprocess.CompletedProcess[str]:
+    """The launched instance's user-data, run here as the instance would (the stand-in for
+    the EC2 instance, see the module docstring), with `healthsync` as its command; it
+    powers off by touching `powered-off`."""
+    encoded = ec2.describe_instance_attribute(
+        InstanceId=answer["instance_id"], Attribute="userData"
+    )["UserData"]["Value"]
+    script = tmp_path / "user-data.sh"
+    script.write_bytes(base64.b64decode(encoded))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
+    clean |= env | {
+        "HEALTHSYNC_BIN": healthsync,
+        "HEALTHSYNC_POWEROFF": f"touch {tmp_path / 'powered-off'}",
+    }
+    return subprocess.run(
+        ["bash", str(script)], env=clean, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
 def test_the_handler_launches_from_the_template_with_tags_and_terminate_on_shutdown(
     lambda_env: Settings, ec2: Any, template: str, redis: Redis
 ) -> None:
@@ -86,19 +107,7 @@ def test_the_instance_runs_the_job_and_powers_off(
     lambda_env: Settings, ec2: Any, redis: Redis, tmp_path: Path
 ) -> None:
     answer = lambda_jobs.handler({"job": "alarm-report", "run_id": "aws-2", "until": 1.8e9})
-    encoded = ec2.describe_instance_attribute(
-        InstanceId=answer["instance_id"], Attribute="userData"
-    )["UserData"]["Value"]
-    script = tmp_path / "user-data.sh"
-    script.write_bytes(base64.b64decode(encoded))
-    # The stand-in for the EC2 instance (see the module docstring).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
-    env |= lambda_env.to_env()
-    env["HEALTHSYNC_BIN"] = f"{sys.executable} -m healthsync"
-    env["HEALTHSYNC_POWEROFF"] = f"touch {tmp_path / 'powered-off'}"
-    done = subprocess.run(
-        ["bash", str(script)], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
+    done = run_worker(ec2, answer, tmp_path, lambda_env.to_env(), f"{sys.executable} -m healthsync")
     assert done.returncode == 0, done.stderr
     assert "healthsync job alarm-report run aws-2 exited with status 0" in done.stdout
     assert (tmp_path / "powered-off").exists()
@@ -123,20 +132,10 @@ def test_a_worker_that_outlives_the_job_timeout_is_stopped_and_powers_off(
     running for good, and once its lock expired the next slot started a second worker."""
     monkeypatch.setenv("HEALTHSYNC_JOBS_TIMEOUT_S", "2")
     answer = lambda_jobs.handler({"job": "alarm-report", "run_id": "aws-hung"})
-    encoded = ec2.describe_instance_attribute(
-        InstanceId=answer["instance_id"], Attribute="userData"
-    )["UserData"]["Value"]
-    script = tmp_path / "user-data.sh"
-    script.write_bytes(base64.b64decode(encoded))
-    hung = tmp_path / "hung-job"
+    hung = tmp_path / "hung-job"  # the stand-in for a job that never ends
     hung.write_text("#!/bin/sh\nsleep 60\n")
     hung.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHSYNC_")}
-    env["HEALTHSYNC_BIN"] = str(hung)  # the stand-in for a job that never ends
-    env["HEALTHSYNC_POWEROFF"] = f"touch {tmp_path / 'powered-off'}"
-    done = subprocess.run(
-        ["bash", str(script)], env=env, capture_output=True, text=True, timeout=30, check=False
-    )
+    done = run_worker(ec2, answer, tmp_path, {}, str(hung))
     assert done.returncode == 124, done.stderr
     assert "healthsync job alarm-report run aws-hung exited with status 124" in done.stdout
     assert (tmp_path / "powered-off").exists()

@@ -11,8 +11,8 @@ from dataclasses import replace
 import pytest
 
 from healthsync.config import FhirSettings
-from healthsync.domain.alerts import Alert
 from healthsync.domain.batch import Batch, ReadingBundle
+from healthsync.domain.readings import isoformat_ms
 from healthsync.errors import ConfigError
 from healthsync.fhir.alerts import alert_resources
 from healthsync.fhir.bundle_json import BundleEncoder
@@ -21,6 +21,7 @@ from healthsync.fhir.observations import ObservationBuilder, observations_for
 from healthsync.fhir.terminology import READING_ID_SYSTEM
 from healthsync.stream.contracts import Sink
 from tests.fhir.fake_ehr import FakeEhr, SinkFactory, batch_of, ehr, make_sink, outcome, reading
+from tests.fhir.test_resources import alert
 
 __all__ = ["ehr", "make_sink"]  # fixtures, used by name
 
@@ -115,30 +116,19 @@ def test_an_alert_resolved_after_it_was_pushed_is_resolved_in_the_ehr(
     """An alert's Communication and Flag carry its id as an identifier. Pushed as
     conditional creates, their resolved versions found the open ones there and were
     ignored: the EHR's banner stayed active for good, at the priority it opened with."""
-    opened = Alert(
-        alert_id="al-1",
-        patient_id="P-1001",
-        kind="threshold:heart_rate",
-        vital="heart_rate",
-        severity="warning",
-        status="open",
-        opened_at=1_795_787_117.0,
-        updated_at=1_795_787_117.0,
-        value=131,
-        band="..120",
-        reading_id="r0001",
-    )
+    opened = alert(alert_id="al-1", patient_id="P-1001", kind="threshold:heart_rate")
+    opened = replace(opened, vital="heart_rate", severity="warning", value=131, band="..120")
     escalated = replace(opened, severity="critical", value=150, updated_at=opened.opened_at + 20)
     resolved = replace(escalated, status="resolved", resolved_at=opened.opened_at + 600)
     sink = make_sink()
-    for alert in (opened, escalated, resolved):
-        sink.add(alert_resources(alert))
+    for version in (opened, escalated, resolved):
+        sink.add(alert_resources(version))
         sink.flush()
     [communication] = ehr.by_identifier("Communication").values()
     [flag] = ehr.by_identifier("Flag").values()
     assert flag["status"] == "inactive"
     assert flag["code"]["text"] == "Heart rate outside the normal band (critical)"
-    assert flag["period"]["end"] == "2026-11-27T13:55:17.000Z"  # resolved_at
+    assert flag["period"]["end"] == isoformat_ms(opened.opened_at + 600)  # resolved_at
     assert (communication["status"], communication["priority"]) == ("completed", "stat")
     assert len(ehr.resources) == 2
 
