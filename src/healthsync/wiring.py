@@ -28,7 +28,8 @@ from healthsync.stream.archiver import Archiver, Reporting, Source
 from healthsync.stream.contracts import Sink, Step
 from healthsync.stream.engine import AnomalyEngine
 from healthsync.stream.news2 import News2Scores
-from healthsync.stream.processor import Pipeline, Processor, commit_failed
+from healthsync.stream.positions import commit_failed
+from healthsync.stream.processor import Pipeline, Processor
 from healthsync.stream.push import EhrPusher
 from healthsync.stream.rulebook import RuleBook
 from healthsync.stream.topics import KafkaTopicSink

@@ -38,7 +38,6 @@ from typing import TypeVar
 import orjson
 from confluent_kafka import (
     Consumer,
-    KafkaError,
     KafkaException,
     Message,
     TopicPartition,
@@ -55,6 +54,7 @@ from healthsync.security.crypto import DecryptError
 from healthsync.stream.contracts import SeenFilter, Sink, Step
 from healthsync.stream.gaps import OffsetGaps
 from healthsync.stream.membership import Membership
+from healthsync.stream.positions import lags, read_to_the_end
 from healthsync.stream.retry import retry_until_stopped
 
 log = logging.getLogger(__name__)
@@ -194,21 +194,7 @@ class Processor:
             return True
         if not self._owned:
             return False  # before the first assignment, nothing to tick for
-        try:
-            assignment = self.consumer.assignment()
-            committed: dict[int, int] | None = None
-            for tp in self.consumer.position(assignment):
-                low, high = self.consumer.get_watermark_offsets(tp, timeout=2.0)
-                at = tp.offset
-                if at < 0:  # nothing read from it yet: where the group left it
-                    if committed is None:
-                        done = self.consumer.committed(assignment, timeout=2.0)
-                        committed = {c.partition: c.offset for c in done}
-                    at = committed.get(tp.partition, -1)
-                if max(at, low) < high:
-                    return False
-        except KafkaException as exc:
-            log.debug("end of partitions unknown", extra={"error": str(exc)})
+        if not read_to_the_end(self.consumer):
             return False
         self._at_end = True
         return True
@@ -381,7 +367,7 @@ class Processor:
 
         Redis, not Kafka, says what is stored, so a commit that fails or is still
         under way when the process dies only replays batches the seen-check skips.
-        A failure is logged by :func:`commit_failed`, from the next ``consume()``;
+        A failure is logged by :func:`.positions.commit_failed`, from the next ``consume()``;
         closing the consumer waits for the commits still under way.
         """
         partitions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
@@ -397,24 +383,8 @@ class Processor:
         if now - self._lag_at < _LAG_INTERVAL_S:
             return
         self._lag_at = now
-        try:
-            assignment = self.consumer.assignment()
-            for tp in self.consumer.position(assignment):
-                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
-                if high >= 0 and tp.offset >= 0:
-                    self.stats.gauge("consumer_lag", high - tp.offset, partition=str(tp.partition))
-        except KafkaException as exc:
-            log.debug("lag unavailable", extra={"error": str(exc)})
+        for partition, lag in lags(self.consumer).items():
+            self.stats.gauge("consumer_lag", lag, partition=str(partition))
         if idle:
             # Busy batches carry the stats in their own transaction; idle ones need a push.
             self._retry("publish stats", self.publish_stats)
-
-
-def commit_failed(error: KafkaError | None, partitions: list[TopicPartition]) -> None:
-    """The consumer's ``on_commit``: log an asynchronous commit the broker refused."""
-    if error is not None:
-        # As with a synchronous failure: the next owner, or this process, replays.
-        log.warning(
-            "offset commit failed",
-            extra={"error": error.str(), "partitions": [p.partition for p in partitions]},
-        )
