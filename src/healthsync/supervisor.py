@@ -51,6 +51,7 @@ from healthsync.stack import (
     start_redis,
     wait_for_port,
 )
+from healthsync.startup import check_before_start
 from healthsync.watchdog import restart_delay
 
 _TOPIC_ATTEMPTS = 5
@@ -92,13 +93,13 @@ class Pipeline:
 
     def start(self, stages: tuple[str, ...] | None = None) -> None:
         """Start the services, then the stages (by default all, and the EHR push if configured)."""
-        self.logs.mkdir(parents=True, exist_ok=True)
-        if self._lock is None:
-            self._lock = hold_run_dir(self.run_dir)
         settings = self.settings
         if stages is None:
             stages = STAGES + (("push",) if settings.fhir.ehr_base_url else ())
-        self._check(stages)
+        check_before_start(settings, stages)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        if self._lock is None:
+            self._lock = hold_run_dir(self.run_dir)
         # The ports a user configured are not free ones for the broker, Redis or HAProxy.
         ingest = settings.ingest
         reserve_ports(
@@ -128,16 +129,6 @@ class Pipeline:
         if self.front is not None:
             self.stack.ingest_front = self.front.start(settings.ingest, self.run_dir, self.logs)
 
-    def _check(self, stages: tuple[str, ...]) -> None:
-        """ConfigError, before anything starts, for settings these stages cannot run with."""
-        if "process" in stages:
-            self._check_processes()
-        # Behind HAProxy the replicas listen on loopback: the front's public port is checked.
-        ingest = self.settings.ingest
-        refusal = ingest.plain_refusal()
-        if "ingest" in stages and ingest.plain_enabled is not False and refusal:
-            raise ConfigError(refusal)
-
     def _start_ingest_replicas(self) -> None:
         """`ingest.replicas` ingest processes on private loopback ports (see front.py)."""
         self.front = new_front(self.settings.ingest)
@@ -152,17 +143,6 @@ class Pipeline:
             self._start_processors()
         else:
             self.start_child(name)
-
-    def _check_processes(self) -> None:
-        processor = self.settings.processor
-        count, partitions = processor.processes, self.settings.kafka.partitions
-        if "processes" not in processor.model_fields_set:
-            processor.processes = min(count, partitions)  # the default fits the topic
-        elif count > partitions:
-            raise ConfigError(
-                f"processor.processes is {count} but kafka.partitions is {partitions}: "
-                "a processor beyond one per partition of the vitals topic would get none"
-            )
 
     def _start_processors(self) -> None:
         """`processor.processes` processors in the one consumer group: `process`, then
