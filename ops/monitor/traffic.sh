@@ -47,13 +47,20 @@ die() {
 }
 
 # From `tcpdump -nn -tt -x -r`: one line per packet with
-# "src_port dst_port ip_length flags payload_hex_prefix".
+# "src_port dst_port ip_length flags payload_hex_prefix", IPv4 or IPv6.
 packets() {
     tcpdump -nn -tt -x -r "$1" 2>/dev/null | gawk '
         function flush() {
             if (hex == "") return
-            ihl = strtonum("0x" substr(hex, 2, 1)) * 4
-            total = strtonum("0x" substr(hex, 5, 4))
+            if (substr(hex, 1, 1) == "6") {
+                # IPv6: a 40-byte header, TCP next (an extension header is not read).
+                if (substr(hex, 13, 2) != "06") { hex = ""; return }
+                ihl = 40
+                total = 40 + strtonum("0x" substr(hex, 9, 4))
+            } else {
+                ihl = strtonum("0x" substr(hex, 2, 1)) * 4
+                total = strtonum("0x" substr(hex, 5, 4))
+            }
             tcp = ihl * 2
             sport = strtonum("0x" substr(hex, tcp + 1, 4))
             dport = strtonum("0x" substr(hex, tcp + 5, 4))
