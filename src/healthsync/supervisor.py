@@ -55,8 +55,6 @@ from healthsync.startup import check_before_start
 from healthsync.watchdog import restart_delay
 
 _TOPIC_ATTEMPTS = 5
-# A child that keeps dying waits longer each time before it is started again (2, 4 ... s).
-_MAX_BACKOFF_S = 30.0
 # The consumers' session timeout against the embedded broker, unless one is configured.
 # Tansu answers a JoinGroup only once half the member's session timeout has passed (it
 # waits that long for other members), in steps of a second: 3 s with the usual 6 s, at
@@ -373,7 +371,8 @@ class Pipeline:
             if child.name == "simulate" and code == 0:
                 continue  # the simulator finished its run
             child.restarts += 1
-            child.next_start = now + restart_delay(child.restarts + 1, _MAX_BACKOFF_S)
+            # A child that keeps dying waits longer each time: 2, 4 ... up to 30 s.
+            child.next_start = now + restart_delay(child.restarts + 1)
             say(f"{child.name} exited with code {code}; restart {child.restarts}")
             child.start(self.env)
 

@@ -23,10 +23,10 @@ MAX_BACKOFF_S = 30.0
 _STABLE_S = 60.0
 
 
-def restart_delay(attempt: int, longest: float = MAX_BACKOFF_S) -> float:
-    """1, 2, 4 ... seconds for the 1st, 2nd, 3rd ... restart in a row, at most `longest`
-    (the power is capped first: a process may die thousands of times)."""
-    return min(2.0 ** min(max(attempt - 1, 0), 30), longest)
+def restart_delay(attempt: int) -> float:
+    """1, 2, 4 ... seconds for the 1st, 2nd, 3rd ... restart in a row, at most
+    MAX_BACKOFF_S (the power is capped first: a process may die thousands of times)."""
+    return min(2.0 ** min(max(attempt - 1, 0), 30), MAX_BACKOFF_S)
 
 
 @dataclass

@@ -51,6 +51,10 @@ return 0
 """
 
 
+def _ttl_ms(ttl_s: float) -> int:
+    return max(1, int(ttl_s * 1000))
+
+
 def valid_run_id(run_id: str) -> bool:
     return re.fullmatch(RUN_ID_PATTERN, run_id) is not None
 
@@ -148,18 +152,15 @@ class RunStore:
     def acquire(self, job: str, run_id: str, ttl_s: float) -> None:
         """Hold the job's lock for `run_id`, or raise JobBusyError naming the holder."""
         key = self.keys.job_lock(job)
-        taken = self.client.eval(_ACQUIRE, 1, key, run_id, max(1, int(ttl_s * 1000)))
-        if not taken:
-            holder = cast("bytes | None", self.client.get(key))
-            raise JobBusyError(job, holder.decode() if holder else "unknown")
+        if not self.client.eval(_ACQUIRE, 1, key, run_id, _ttl_ms(ttl_s)):
+            raise JobBusyError(job, self.holder(job) or "unknown")
 
     def claim(self, job: str, run_id: str, ttl_s: float) -> None:
         """Take the job's lock for `run_id` only if nobody holds it, or raise JobBusyError:
         how a launcher starts a run, where :meth:`acquire` lets a run take itself over."""
         key = self.keys.job_lock(job)
-        if not self.client.set(key, run_id, px=max(1, int(ttl_s * 1000)), nx=True):
-            holder = cast("bytes | None", self.client.get(key))
-            raise JobBusyError(job, holder.decode() if holder else "unknown")
+        if not self.client.set(key, run_id, px=_ttl_ms(ttl_s), nx=True):
+            raise JobBusyError(job, self.holder(job) or "unknown")
 
     def holder(self, job: str) -> str | None:
         raw = cast("bytes | None", self.client.get(self.keys.job_lock(job)))
