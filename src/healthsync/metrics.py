@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from healthsync.names import RedisKeys
 
 LATENCY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-COMPONENTS = ("ingest", "processor", "archiver")
+COMPONENTS = ("ingest", "processor", "archiver", "push")
 _PREFIX = "healthsync_"
 
 
@@ -137,6 +137,14 @@ class StatsRecorder:
         self._gauges = {**taken.gauges, **self._gauges}
         self._latency.update(taken.latency)
         self._latency_sum += taken.latency_sum
+
+
+@dataclass(frozen=True)
+class Reporting:
+    """A stage's counters, and how they reach the API's /metrics (Redis)."""
+
+    stats: StatsRecorder
+    publish: Callable[[], None]
 
 
 class PipelineCollector:

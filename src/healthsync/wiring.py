@@ -16,7 +16,7 @@ from healthsync.errors import ConfigError
 from healthsync.fhir.ehr_push import EhrPushSink
 from healthsync.fhir.step import FhirResources
 from healthsync.kafka import TopicIds, make_consumer, make_producer
-from healthsync.metrics import StatsRecorder
+from healthsync.metrics import Reporting, StatsRecorder
 from healthsync.redis_client import connect
 from healthsync.security.codec import Codec
 from healthsync.store.archive.setup import Archive
@@ -24,13 +24,13 @@ from healthsync.store.fhir_store import RedisFhirSink
 from healthsync.store.live import RedisLiveSink
 from healthsync.store.records import Records
 from healthsync.store.state import RedisStateStore
-from healthsync.stream.archiver import Archiver, Reporting, Source
+from healthsync.stream.archiver import Archiver, Source
 from healthsync.stream.contracts import Sink, Step
 from healthsync.stream.engine import AnomalyEngine
 from healthsync.stream.news2 import News2Scores
 from healthsync.stream.positions import commit_failed
 from healthsync.stream.processor import Pipeline, Processor
-from healthsync.stream.push import EhrPusher
+from healthsync.stream.push import EhrPusher, Outlets
 from healthsync.stream.rulebook import RuleBook
 from healthsync.stream.topics import KafkaTopicSink
 
@@ -132,7 +132,9 @@ def build_pusher(settings: Settings) -> EhrPusher:
         f"{settings.processor.group_id}-ehr-push",
         **group_membership(settings.processor),
     )
-    return EhrPusher(settings, consumer, EhrPushSink(settings.fhir), Codec.from_settings(settings))
+    outlets = Outlets(EhrPushSink(settings.fhir), make_producer(settings.kafka))
+    codec = Codec.from_settings(settings)
+    return EhrPusher(settings, consumer, outlets, codec, _reporting(settings, "push"))
 
 
 def build_archiver(settings: Settings) -> Archiver:
@@ -153,7 +155,15 @@ def build_archiver(settings: Settings) -> Archiver:
             "fetch.min.bytes": ARCHIVER_FETCH_MIN_BYTES,
         },
     )
-    stats = StatsRecorder(settings.redis.keys, "archiver")
+    writer = Archive.from_settings(settings).writer()
+    codec = Codec.from_settings(settings)
+    source = Source(consumer, TopicIds(settings.kafka))
+    return Archiver(settings, source, writer, codec, _reporting(settings, "archiver"))
+
+
+def _reporting(settings: Settings, component: str) -> Reporting:
+    """A stage's counters, sent to Redis for the API's /metrics when Redis is configured."""
+    stats = StatsRecorder(settings.redis.keys, component)
     publish = _no_stats
     if settings.redis.url:
         client = connect(settings.redis)
@@ -161,11 +171,8 @@ def build_archiver(settings: Settings) -> Archiver:
         def publish() -> None:
             stats.flush(client)
 
-    writer = Archive.from_settings(settings).writer()
-    codec = Codec.from_settings(settings)
-    source = Source(consumer, TopicIds(settings.kafka))
-    return Archiver(settings, source, writer, codec, Reporting(stats, publish))
+    return Reporting(stats, publish)
 
 
 def _no_stats() -> None:
-    """Without Redis the archiver's counters stay in its own log."""
+    """Without Redis a stage's counters stay in its own log."""

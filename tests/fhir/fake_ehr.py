@@ -76,6 +76,9 @@ class FakeEhr:
         self.canned: list[Canned | None] = []
         self.delays: list[float] = []  # seconds to stall the next requests
         self.check_references = False
+        # Refuses a transaction holding a resource this returns a reason for (422), as an
+        # EHR holding resources to a profile of its own does.
+        self.refuse: Callable[[dict[str, Any]], str | None] | None = None
         self._next_id = 0
         self._lock = threading.Lock()
         self.server = _Server(("127.0.0.1", 0), self._handler())
@@ -156,6 +159,9 @@ class FakeEhr:
             if target is None:
                 return Canned(400, outcome(f"unsupported request {request['method']}"))
             key, status, write = target
+            reason = self.refuse(resource) if self.refuse is not None else None
+            if reason is not None:
+                return Canned(422, outcome(reason, "processing"))
             if write:
                 staged[key] = resource
             targets.append((key, status))

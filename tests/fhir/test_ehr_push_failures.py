@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import pytest
 
@@ -86,20 +87,46 @@ def test_an_unreachable_ehr_raises_after_max_attempts() -> None:
             sink.flush()
 
 
-def test_400_raises_at_once_with_the_diagnostics_and_no_patient_data(
+def test_a_refused_bundle_is_split_and_only_what_the_ehr_refuses_is_set_aside(
     ehr: FakeEhr, make_sink: SinkFactory
 ) -> None:
-    ehr.fail(400, body=outcome("Observation.code: unknown LOINC code", "code-invalid"))
+    # A 400 or 422 refuses the whole transaction over one resource. Raised, it had the
+    # push send the same Bundle for good, and nothing after it reached the EHR.
+    def refuse(resource: dict[str, Any]) -> str | None:
+        spo2 = resource["identifier"][0]["value"].endswith("/spo2")
+        return "Observation.code: unknown code" if spo2 else None
+
+    ehr.refuse = refuse
     sink = make_sink(ehr_max_attempts=5)
-    sink.write(batch_of(reading(1, patient_id="P-SECRET")))
-    with pytest.raises(EhrPushError) as caught:
+    sink.write(batch_of(reading(1, patient_id="P-SECRET"), reading(2)))
+    sink.flush()
+    stored = ehr.by_identifier("Observation")
+    assert sorted(stored) == ["r0001/heart_rate", "r0002/heart_rate"]
+    refused = sink.take_refused()
+    assert sorted(r.resource["identifier"][0]["value"] for r in refused) == [
+        "r0001/spo2",
+        "r0002/spo2",
+    ]
+    for item in refused:
+        assert item.status == 422
+        assert "HTTP 422" in item.reason
+        assert "error processing: Observation.code: unknown code" in item.reason
+        assert "P-SECRET" not in item.reason and "r0001" not in item.reason
+    assert sink.take_refused() == []
+
+
+def test_a_refusal_of_the_push_itself_raises_at_once_and_sets_nothing_aside(
+    ehr: FakeEhr, make_sink: SinkFactory
+) -> None:
+    """401: every resource would be refused alike; the push waits for its credentials."""
+    ehr.fail(401, body=outcome("token expired", "login"))
+    sink = make_sink(ehr_max_attempts=5)
+    sink.write(batch_of(reading(1)))
+    with pytest.raises(EhrPushError, match="HTTP 401") as caught:
         sink.flush()
-    message = str(caught.value)
-    assert "HTTP 400" in message
-    assert "error code-invalid: Observation.code: unknown LOINC code" in message
-    assert "P-SECRET" not in message and "r0001" not in message
-    assert caught.value.status == 400
-    assert len(ehr.received) == 1  # not retried
+    assert caught.value.status == 401
+    assert len(ehr.received) == 1  # neither retried nor split
+    assert sink.take_refused() == []
 
 
 def test_diagnostics_that_echo_what_was_sent_are_scrubbed(
@@ -108,12 +135,14 @@ def test_diagnostics_that_echo_what_was_sent_are_scrubbed(
     """An EHR may quote the offending resource back: its identifiers never reach the log."""
     echo = "Patient P-SECRET-77 (device mon-secret-9, reading r0001): subject not found"
     ehr.fail(503, body=outcome(echo), times=1)
-    ehr.fail(422, body=outcome(echo), times=1)
+    ehr.refuse = lambda _resource: echo
     sink = make_sink(ehr_max_attempts=3)
     sink.write(batch_of(reading(1, patient_id="P-SECRET-77", device_id="mon-secret-9")))
-    with caplog.at_level(logging.DEBUG), pytest.raises(EhrPushError) as caught:
+    with caplog.at_level(logging.DEBUG):
         sink.flush()
-    told = str(caught.value) + " ".join(
+    refused = sink.take_refused()
+    assert len(refused) == 2
+    told = " ".join(r.reason for r in refused) + " ".join(
         str(getattr(r, "error", "")) + r.getMessage() for r in caplog.records
     )
     assert "subject not found" in told, "the diagnostics are still there"
@@ -121,7 +150,7 @@ def test_diagnostics_that_echo_what_was_sent_are_scrubbed(
         assert secret not in told, secret
 
 
-def test_a_failed_entry_in_the_transaction_response_raises(
+def test_a_failed_entry_in_the_transaction_response_is_found_and_set_aside(
     ehr: FakeEhr, make_sink: SinkFactory
 ) -> None:
     failed = {
@@ -130,11 +159,16 @@ def test_a_failed_entry_in_the_transaction_response_raises(
     }
     ok = {"status": "201 Created"}
     reply = {"resourceType": "Bundle", "type": "transaction-response"}
-    ehr.fail(200, body={**reply, "entry": [{"response": ok}, {"response": failed}]})
+    # The Bundle of both, then the first alone (run), then the second alone, refused.
+    ehr.canned = [Canned(200, {**reply, "entry": [{"response": ok}, {"response": failed}]})]
+    ehr.canned += [None, Canned(200, {**reply, "entry": [{"response": failed}]})]
     sink = make_sink()
     sink.write(batch_of(reading(1)))
-    with pytest.raises(EhrPushError, match=r"entry 1 .* 422: error invalid: vs-2"):
-        sink.flush()
+    sink.flush()
+    [refused] = sink.take_refused()
+    assert refused.status == 422
+    assert "entry 0 of a transaction with status 422: error invalid: vs-2" in refused.reason
+    assert list(ehr.by_identifier("Observation")) == ["r0001/heart_rate"]
 
 
 def test_flush_sends_everything_or_raises_and_the_retry_completes(

@@ -23,6 +23,7 @@ from healthsync.stream.push import resources_in
 from healthsync.supervisor import Pipeline
 from tests.conftest import Credentials, Device, make_settings, wait_for
 from tests.fhir.fake_ehr import Canned, FakeEhr
+from tests.test_pipeline import read_topic
 
 
 @pytest.fixture
@@ -116,4 +117,71 @@ def test_a_value_holding_no_resources_it_can_read_is_skipped_and_the_push_goes_o
         )
     finally:
         device.close()
+        pipeline.stop()
+
+
+def test_a_resource_the_ehr_refuses_is_set_aside_and_counted_and_the_push_goes_on(
+    broker: Service, redis_server: Service, tmp_path: Path, ehr: FakeEhr, credentials: Credentials
+) -> None:
+    # An EHR that holds resources to a profile of its own refuses a whole transaction over
+    # one of them (422). The push sent that same Bundle again for good: nothing after it
+    # ever reached the EHR, and nothing counted why.
+    ehr.refuse = lambda r: "not allowed" if b"P-REFUSED" in orjson.dumps(r) else None
+    settings = make_settings(broker, redis_server, fhir={"ehr_base_url": ehr.base_url})
+    pipeline = Pipeline(settings, tmp_path)
+    pipeline.start(stages=("ingest", "process", "api", "push"))
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{settings.api.port}", timeout=10, headers=credentials.headers()
+    )
+    device = Device(settings.ingest.host, settings.ingest.port)
+    try:
+        for line in (
+            b"device_id=mon-1 patient_id=P-REFUSED seq=1 hr=72 spo2=97",
+            b"device_id=mon-2 patient_id=P-2 seq=1 hr=72 spo2=97",
+        ):
+            assert device.send(line).startswith("OK")
+
+        def observations_of_p2() -> list[dict[str, Any]]:
+            # The EHR's id of the Patient, where the Patient came in the same Bundle.
+            patients = {"Patient/P-2"} | {
+                f"Patient/{r['id']}"
+                for r in ehr.resources.values()
+                if r["resourceType"] == "Patient" and r["identifier"][0]["value"] == "P-2"
+            }
+            found = [
+                r
+                for r in ehr.resources.values()
+                if r["resourceType"] == "Observation" and r["subject"]["reference"] in patients
+            ]
+            codes = {o["code"]["coding"][0]["code"] for o in found}
+            return found if codes >= {"8867-4", "2708-6"} else []
+
+        wait_for(observations_of_p2, timeout=60, what="P-2's Observations")
+        assert not [r for r in ehr.resources.values() if b"P-REFUSED" in orjson.dumps(r)]
+
+        def refused_count() -> int | None:
+            for line in api.get("/metrics").text.splitlines():
+                if line.startswith("healthsync_ehr_refused_total "):
+                    return int(float(line.rsplit(" ", 1)[1])) or None
+            return None
+
+        refused = wait_for(refused_count, what="the refusals in /metrics")
+
+        # What the EHR refused is kept, sealed, on the dead-letter topic, with the reason.
+        dead = read_topic(settings, settings.kafka.dlq_topic, refused)
+        assert len(dead) == refused
+        assert {d["reason"] for d in dead} == {"ehr_refused"}
+        assert all(d["status"] == 422 and "not allowed" in d["detail"] for d in dead)
+        assert all(b"P-REFUSED" in orjson.dumps(d["resource"]) for d in dead)
+        kinds = {
+            (
+                d["resource"]["resourceType"],
+                d["resource"].get("code", {}).get("coding", [{}])[0].get("code"),
+            )
+            for d in dead
+        }
+        assert {("Patient", None), ("Observation", "8867-4"), ("Observation", "2708-6")} <= kinds
+    finally:
+        device.close()
+        api.close()
         pipeline.stop()

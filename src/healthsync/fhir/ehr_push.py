@@ -9,9 +9,17 @@ patient's details) reaches the EHR; a resource without one is a PUT of its own
 id, idempotent too. References between entries of one Bundle are rewritten to the entries'
 `urn:uuid` fullUrls, so they follow whatever id the EHR assigns.
 
-The processor commits its offsets only after every sink flushed, so `flush`
-either delivers everything it holds or raises `EhrPushError`; resources that
-were delivered before the error are simply found again on the retry.
+An EHR that refuses what a transaction holds (400, 409, 412, 413 or 422: a
+resource its profiles do not accept, say) refuses the whole Bundle over one
+resource. The Bundle is then split in halves until each refused resource is on
+its own, and those are set aside (`refused`) with the EHR's reason; everything
+else is delivered. Other refusals (401, 403, 404, 405, 415: the push's
+credentials, base URL or format) would refuse every resource alike, so they
+raise, and the push waits for someone to fix it.
+
+The push commits its offsets only after `flush`, which either delivers everything
+it holds but what was set aside, or raises `EhrPushError`; resources that were
+delivered before the error are simply found again on the retry.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from itertools import chain
@@ -33,6 +42,7 @@ import orjson
 from healthsync.config import FhirSettings
 from healthsync.domain.batch import Batch
 from healthsync.errors import ConfigError, HealthSyncError
+from healthsync.fhir.ehr_outcome import describe, outcome_text, scrubber
 from healthsync.fhir.observations import unbundled
 from healthsync.fhir.terminology import READING_ID_SYSTEM
 
@@ -44,7 +54,8 @@ FHIR_JSON = "application/fhir+json"
 _FULL_URL_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:healthsync:fhir")
 # 408 and 429 mean "not now"; any 5xx may be a restart or an overloaded server.
 _RETRY_STATUSES = frozenset({408, 429})
-_DIAGNOSTICS_MAX = 500
+# What the EHR refuses of a Bundle's content (413: too much of it), not of the request.
+_CONTENT_REFUSALS = frozenset({400, 409, 412, 413, 422})
 
 
 class EhrPushError(HealthSyncError):
@@ -58,6 +69,15 @@ class EhrPushError(HealthSyncError):
         super().__init__(message)
         self.status = status
         self.attempts = attempts
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A resource the EHR refused on its own, and why (diagnostics without patient data)."""
+
+    resource: dict[str, Any]
+    status: int | None
+    reason: str
 
 
 class _Retryable(Exception):
@@ -156,77 +176,6 @@ def _retry_after(header: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-def _outcome_text(outcome: Any) -> str:
-    """The diagnostics of an OperationOutcome, or '' if `outcome` is not one."""
-    if not isinstance(outcome, dict) or outcome.get("resourceType") != "OperationOutcome":
-        return ""
-    parts = []
-    for issue in outcome.get("issue") or []:
-        if not isinstance(issue, dict):
-            continue
-        text = issue.get("diagnostics") or (issue.get("details") or {}).get("text") or ""
-        parts.append(f"{issue.get('severity', '?')} {issue.get('code', '?')}: {text}".strip())
-    return "; ".join(parts)[:_DIAGNOSTICS_MAX]
-
-
-def _response_outcome(response: httpx.Response) -> str:
-    try:
-        return _outcome_text(response.json())
-    except ValueError:
-        return ""
-
-
-def _describe(response: httpx.Response, scrub: Callable[[str], str]) -> str:
-    text = f"HTTP {response.status_code} {response.reason_phrase}".strip()
-    outcome = scrub(_response_outcome(response))
-    return f"{text}: {outcome}" if outcome else text
-
-
-# Elements whose values identify a patient, a device or a reading.
-_IDENTIFYING = frozenset(
-    {"id", "value", "reference", "fullUrl", "text", "family", "given", "birthDate", "line"}
-    | {"city", "postalCode"}
-)
-_REDACTED = "[redacted]"
-
-
-def _collect_identifying(node: Any, key: str, found: set[str]) -> None:
-    if isinstance(node, dict):
-        for k, v in node.items():
-            _collect_identifying(v, k, found)
-    elif isinstance(node, list):
-        for item in node:
-            _collect_identifying(item, key, found)
-    elif isinstance(node, str) and key in _IDENTIFYING and len(node) >= 3:
-        found.add(node)
-        if key in ("reference", "fullUrl"):
-            found.add(node.rsplit("/", 1)[-1].removeprefix("urn:uuid:"))
-        # A vital-sign Observation's id and identifier start with its reading id.
-        head = node.replace("/", "-").partition("-")[0]
-        if key in ("id", "value") and len(head) >= 5:
-            found.add(head)
-
-
-def _scrubber(bundle: dict[str, Any]) -> Callable[[str], str]:
-    """Removes from an EHR's diagnostics every identifier the bundle sent.
-
-    An EHR may quote the offending resource back ("Patient P-1 not found");
-    diagnostics go to the log and to errors, which must not carry PHI.
-    """
-    found: set[str] = set()
-    _collect_identifying(bundle.get("entry", []), "", found)
-    # Longest first, so that an id is not left half-replaced by a shorter one inside it.
-    secrets = sorted(found, key=len, reverse=True)
-
-    def scrub(text: str) -> str:
-        for secret in secrets:
-            if secret in text:
-                text = text.replace(secret, _REDACTED)
-        return text
-
-    return scrub
-
-
 class EhrPushSink:
     """Sends the batch's FHIR resources to an EHR as transaction Bundles.
 
@@ -236,7 +185,9 @@ class EhrPushSink:
     times on transport errors, timeouts, 408, 429 and 5xx, waiting an
     exponential backoff with jitter (`backoff_base_s` doubling up to
     `backoff_max_s`) or what Retry-After asks (capped at `backoff_max_s`).
-    Any other 4xx raises at once: sending the same Bundle again cannot help.
+    A Bundle whose content the EHR refuses is split until the resources it refuses
+    are found; those are set aside in `refused`, which the caller takes. Any other
+    4xx raises at once: sending the same Bundle again cannot help.
     """
 
     def __init__(
@@ -258,6 +209,7 @@ class EhrPushSink:
         )
         # Keyed by type/id, in arrival order: a rewritten batch replaces its resources.
         self._pending: dict[str, dict[str, Any]] = {}
+        self.refused: list[Refused] = []
 
     def write(self, batch: Batch) -> None:
         bundles = (orjson.loads(bundle.json) for bundle in batch.bundles)
@@ -275,18 +227,45 @@ class EhrPushSink:
         created = existing = bundles = 0
         while self._pending:
             keys = list(self._pending)[:size]
-            c, e = self._send(transaction_bundle([self._pending[k] for k in keys]))
+            c, e, b = self._deliver([self._pending[k] for k in keys])
             for key in keys:
                 del self._pending[key]
-            created, existing, bundles = created + c, existing + e, bundles + 1
+            created, existing, bundles = created + c, existing + e, bundles + b
         log.info(
             "pushed resources to the EHR",
             extra={
                 "bundles": bundles,
                 "resources_created": created,
                 "resources_existing": existing,
+                "resources_refused": len(self.refused),
             },
         )
+
+    def take_refused(self) -> list[Refused]:
+        """The resources set aside since the last call."""
+        refused, self.refused = self.refused, []
+        return refused
+
+    def _deliver(self, resources: list[dict[str, Any]]) -> tuple[int, int, int]:
+        """Send `resources`, split while the EHR refuses their content; the (created,
+        existing) counts and the Bundles sent."""
+        try:
+            return (*self._send(transaction_bundle(resources)), 1)
+        except EhrPushError as exc:
+            if exc.status not in _CONTENT_REFUSALS:
+                raise
+            if len(resources) == 1:
+                [resource] = resources
+                self.refused.append(Refused(resource, exc.status, str(exc)))
+                log.warning(
+                    "the EHR refused a resource; set aside",
+                    extra={"resource_type": resource.get("resourceType"), "error": str(exc)},
+                )
+                return 0, 0, 1
+        half = len(resources) // 2
+        c1, e1, b1 = self._deliver(resources[:half])
+        c2, e2, b2 = self._deliver(resources[half:])
+        return c1 + c2, e1 + e2, b1 + b2
 
     def close(self) -> None:
         self._client.close()
@@ -334,11 +313,11 @@ class EhrPushSink:
         status = response.status_code
         if status in _RETRY_STATUSES or status >= 500:
             delay = _retry_after(response.headers.get("Retry-After"), time.time())
-            raise _Retryable(_describe(response, _scrubber(bundle)), status, delay)
+            raise _Retryable(describe(response, scrubber(bundle)), status, delay)
         if not 200 <= status < 300:
-            described = _describe(response, _scrubber(bundle))
+            described = describe(response, scrubber(bundle))
             raise EhrPushError(f"the EHR rejected a transaction: {described}", status)
-        return _count_entries(response, len(bundle["entry"]), lambda: _scrubber(bundle))
+        return _count_entries(response, len(bundle["entry"]), lambda: scrubber(bundle))
 
 
 def _count_entries(
@@ -363,7 +342,7 @@ def _count_entries(
         elif code.startswith("2"):
             existing += 1
         else:
-            outcome = scrubber()(_outcome_text(result.get("outcome")))
+            outcome = scrubber()(outcome_text(result.get("outcome")))
             raise EhrPushError(
                 f"the EHR failed entry {index} of a transaction with status {code or '?'}"
                 + (f": {outcome}" if outcome else ""),

@@ -46,7 +46,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from healthsync.config import Settings
 from healthsync.domain.alerts import Alert, EventType, checked_alert
 from healthsync.domain.readings import Reading
-from healthsync.metrics import StatsRecorder
+from healthsync.metrics import Reporting
 from healthsync.security import codec as roles
 from healthsync.security.codec import Codec
 from healthsync.security.crypto import DecryptError
@@ -70,14 +70,6 @@ class Source:
 
     consumer: Consumer
     topic_id: Callable[[str], str]
-
-
-@dataclass(frozen=True)
-class Reporting:
-    """The archiver's counters, and how they reach the API's /metrics (Redis)."""
-
-    stats: StatsRecorder
-    publish: Callable[[], None]
 
 
 class Archiver:
