@@ -17,6 +17,13 @@ it is skipped, logged and counted, so that a partition never stalls on it.
 The next batch of that partition claims the hole (`start_of`), so that the
 live store's record of how far the partition reaches takes it as passed, not
 as readings missing from Redis (see :mod:`healthsync.store.live`).
+
+The same holds where the store lacks readings that retention already deleted
+from Kafka (Redis came back empty, or from an old backup, on a broker that
+keeps a week): read again from where the store ends, the broker answers from
+the partition's log start, beyond it. The partition is read from its log start
+instead (`readable_from`), the offsets lost are logged and counted, and the
+next batch claims them, rather than seeking back to them for good.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ from healthsync.metrics import StatsRecorder
 log = logging.getLogger(__name__)
 
 Place = tuple[str, int]
+
+# How long the broker may take to say where a partition starts.
+_ASK_S = 2.0
 
 
 class OffsetGaps:
@@ -57,6 +67,29 @@ class OffsetGaps:
         """Where a batch whose first message of `place` is at `offset` starts: at the
         hole skipped just before it, if any, so the batch covers the hole too."""
         return min(offset, self._skipped.pop(place, offset))
+
+    def readable_from(self, consumer: Consumer, place: Place, offset: int) -> int:
+        """Where to read `place` again from `offset`: there, or at the partition's log
+        start when retention deleted the records before it (the next batch then claims
+        the offsets between). `offset` when the broker cannot say."""
+        topic, partition = place
+        try:
+            low, _high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=_ASK_S
+            )
+        except KafkaException as exc:
+            log.warning("log start unknown", extra={**_where(place, offset), "error": str(exc)})
+            return offset
+        if low <= offset:
+            return offset
+        self._skipped[place] = min(offset, self._skipped.get(place, offset))
+        if self.stats is not None:
+            self.stats.inc("offsets_expired_total", low - offset)
+        log.warning(
+            "readings the store lacks are no longer in Kafka; reading on from the log start",
+            extra={**_where(place, offset), "log_start": low, "lost": low - offset},
+        )
+        return low
 
     def check(self, consumer: Consumer, messages: list[Message]) -> list[Message]:
         """`messages` up to the first hole of each partition; those partitions are sought

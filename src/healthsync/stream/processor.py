@@ -343,8 +343,9 @@ class Processor:
         self.stats.inc("store_replays_total")
         log.warning("store behind the consumer; replaying", extra={"partitions": len(behind)})
         self.gaps.forget(positions)
-        for (topic, partition), (first, _after) in positions.items():
-            target = behind.get((topic, partition), first)
+        for place, (first, _after) in positions.items():
+            topic, partition = place
+            target = self.gaps.readable_from(self.consumer, place, behind.get(place, first))
             try:
                 self.consumer.seek(TopicPartition(topic, partition, target))
             except KafkaException as exc:
