@@ -15,7 +15,7 @@ import orjson
 from redis import Redis
 
 from healthsync.config import Settings
-from healthsync.fhir.ids import fhir_id
+from healthsync.fhir.ids import fhir_id, observation_reference
 from healthsync.fhir.profiles import validate
 from healthsync.security.codec import Codec
 from healthsync.supervisor import Pipeline
@@ -194,7 +194,7 @@ def _check_alert_events(events: list[dict[str, Any]], low: str) -> None:
     opened = next(e for e in events if e["event"] == "opened")
     assert opened["communication"]["status"] == "in-progress"
     assert opened["communication"]["priority"] == "stat"
-    assert opened["communication"]["about"] == [{"reference": f"Observation/{low}-spo2"}]
+    assert opened["communication"]["about"] == [observation_reference(low, "spo2")]
     assert opened["flag"]["status"] == "active"
 
 

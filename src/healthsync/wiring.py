@@ -132,8 +132,12 @@ def build_pusher(settings: Settings) -> EhrPusher:
         f"{settings.processor.group_id}-ehr-push",
         **group_membership(settings.processor),
     )
-    outlets = Outlets(EhrPushSink(settings.fhir), make_producer(settings.kafka))
     codec = Codec.from_settings(settings)
+    # The Patients and Devices that references need the identifiers of, as stored.
+    load = None
+    if settings.redis.url:
+        load = RedisFhirSink(connect(settings.redis), settings.redis, Records(codec)).load
+    outlets = Outlets(EhrPushSink(settings.fhir, load=load), make_producer(settings.kafka))
     return EhrPusher(settings, consumer, outlets, codec, _reporting(settings, "push"))
 
 

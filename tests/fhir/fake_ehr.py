@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import parse_qs
 
 import orjson
@@ -30,9 +30,17 @@ from healthsync.domain.batch import Batch
 from healthsync.domain.readings import Reading
 from healthsync.fhir.ehr_push import EhrPushSink
 from healthsync.fhir.observations import observations_for
+from healthsync.fhir.terminology import ResourceLoader
 
 # Fast retries: the tests wait milliseconds where the defaults wait seconds.
-FAST = {"backoff_base_s": 0.001, "backoff_max_s": 0.05}
+
+
+class Backoff(TypedDict):
+    backoff_base_s: float
+    backoff_max_s: float
+
+
+FAST: Backoff = {"backoff_base_s": 0.001, "backoff_max_s": 0.05}
 
 
 @dataclass
@@ -75,6 +83,8 @@ class FakeEhr:
         # Answers for the next requests instead of running them; None runs that one.
         self.canned: list[Canned | None] = []
         self.delays: list[float] = []  # seconds to stall the next requests
+        # Refuse references to what the EHR does not hold (HAPI FHIR's default); else
+        # store them as they are, conditional ones that found nothing too.
         self.check_references = False
         # Refuses a transaction holding a resource this returns a reason for (422), as an
         # EHR holding resources to a profile of its own does.
@@ -170,6 +180,11 @@ class FakeEhr:
         }
         for key, resource in staged.items():
             stored = _resolve(resource, resolved)
+            unmatched = self._resolve_conditional(stored, staged)
+            if unmatched is not None and self.check_references:
+                # As HAPI FHIR answers a conditional reference that finds nothing.
+                text = f"Invalid match URL {unmatched} - No resources match this search"
+                return Canned(404, outcome(text, "not-found"))
             stored["id"] = key.split("/", 1)[1]
             staged[key] = stored
         unknown = self._unknown_reference(staged) if self.check_references else None
@@ -207,6 +222,30 @@ class FakeEhr:
             if key.startswith(rtype + "/") and wanted in r.get("identifier", []):
                 return key
         return None
+
+    def _resolve_conditional(self, value: Any, staged: dict[str, dict[str, Any]]) -> str | None:
+        """Point conditional references (`Type?identifier=...`) in `value` at what they
+        find, in place; the first that finds nothing, if any (left as it is)."""
+        unmatched: list[str] = []
+
+        def walk(node: Any) -> None:
+            if isinstance(node, list):
+                for item in node:
+                    walk(item)
+            elif isinstance(node, dict):
+                ref = node.get("reference")
+                if isinstance(ref, str) and "?" in ref:
+                    rtype, query = ref.split("?", 1)
+                    found = self._match(rtype, query, staged)
+                    if found is None:
+                        unmatched.append(ref)
+                    else:
+                        node["reference"] = found
+                for item in node.values():
+                    walk(item)
+
+        walk(value)
+        return unmatched[0] if unmatched else None
 
     def _new_id(self, rtype: str) -> str:
         self._next_id += 1
@@ -275,9 +314,11 @@ SinkFactory = Callable[..., EhrPushSink]
 def make_sink(ehr: FakeEhr) -> Iterator[SinkFactory]:
     sinks: list[EhrPushSink] = []
 
-    def make(backoff: dict[str, float] | None = None, **fhir: Any) -> EhrPushSink:
+    def make(
+        backoff: Backoff | None = None, load: ResourceLoader | None = None, **fhir: Any
+    ) -> EhrPushSink:
         settings = FhirSettings(ehr_base_url=ehr.base_url, **fhir)
-        sink = EhrPushSink(settings, **(FAST if backoff is None else backoff))
+        sink = EhrPushSink(settings, load=load, **(FAST if backoff is None else backoff))
         sinks.append(sink)
         return sink
 

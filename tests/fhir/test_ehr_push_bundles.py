@@ -9,19 +9,25 @@ import logging
 from dataclasses import replace
 
 import pytest
+from redis import Redis
 
-from healthsync.config import FhirSettings
+from healthsync.config import FhirSettings, Settings
 from healthsync.domain.batch import Batch, ReadingBundle
 from healthsync.domain.readings import isoformat_ms
 from healthsync.errors import ConfigError
 from healthsync.fhir.alerts import alert_resources
 from healthsync.fhir.bundle_json import BundleEncoder
-from healthsync.fhir.ehr_push import EhrPushSink, full_url, transaction_bundle
+from healthsync.fhir.ehr_bundle import full_url, transaction_bundle
+from healthsync.fhir.ehr_push import EhrPushSink
 from healthsync.fhir.observations import ObservationBuilder, observations_for
+from healthsync.fhir.patients import device_for, patient_for
 from healthsync.fhir.terminology import READING_ID_SYSTEM
+from healthsync.security.codec import Codec
+from healthsync.store.fhir_store import RedisFhirSink
+from healthsync.store.records import Records
 from healthsync.stream.contracts import Sink
 from tests.fhir.fake_ehr import FakeEhr, SinkFactory, batch_of, ehr, make_sink, outcome, reading
-from tests.fhir.test_resources import alert
+from tests.fhir.test_resources import TS, alert
 
 __all__ = ["ehr", "make_sink"]  # fixtures, used by name
 
@@ -152,8 +158,87 @@ def test_references_within_a_bundle_follow_the_ids_the_ehr_assigns(
     observations = ehr.by_identifier("Observation").values()
     assert len(observations) == 2
     for observation in observations:
-        assert observation["subject"] == {"reference": f"Patient/{stored_patient['id']}"}
-        assert observation["device"] == {"reference": "Device/mon-0001"}
+        assert observation["subject"]["reference"] == f"Patient/{stored_patient['id']}"
+        assert observation["device"]["reference"] == "Device/mon-0001"
+
+
+def test_references_to_what_an_earlier_bundle_created_find_it(
+    ehr: FakeEhr, make_sink: SinkFactory
+) -> None:
+    # The Patient and the Device go to the EHR once, with the first reading, and the EHR
+    # assigns their ids. Later readings' Observations referred to them by HealthSync's
+    # ids, which the EHR does not know: one that checks references refused every one.
+    ehr.check_references = True
+    sink = make_sink()
+    patient = patient_for("P-1001", {"mrn": "MRN-7"}, "urn:oid:2.16.840.1.113883.19.5", TS)
+    sink.add([patient, device_for("mon-0001", TS), *observations_for(reading(1))])
+    sink.flush()
+    sink.add(observations_for(reading(2)))
+    sink.flush()
+
+    assert sink.take_refused() == []
+    [patient_id] = {r["id"] for r in ehr.by_identifier("Patient").values()}
+    [device_id] = {r["id"] for r in ehr.by_identifier("Device").values()}
+    assert (patient_id, device_id) != ("P-1001", "mon-0001")  # the EHR's own ids
+    observations = ehr.by_identifier("Observation")
+    assert sorted(observations) == [
+        f"r000{n}/{vital}" for n in (1, 2) for vital in ("heart_rate", "spo2")
+    ]
+    for observation in observations.values():
+        assert observation["subject"]["reference"] == f"Patient/{patient_id}"
+        assert observation["device"]["reference"] == f"Device/{device_id}"
+
+
+def test_a_restarted_push_finds_what_an_earlier_one_created_through_the_fhir_store(
+    ehr: FakeEhr, make_sink: SinkFactory, settings: Settings, redis: Redis
+) -> None:
+    # A push that restarted never saw the Patient and Device it pushed before: it reads
+    # their identifiers from the FHIR store, where the processor stored them.
+    ehr.check_references = True
+    patient = patient_for("P-1001", {}, "urn:oid:2.16.840.1.113883.19.5", TS)
+    device = device_for("mon-0001", TS)
+    store = RedisFhirSink(redis, settings.redis, Records(Codec.from_settings(settings)))
+    stored = Batch([])
+    stored.observations += [("P-1001", patient), ("P-1001", device)]
+    store.write(stored)
+    store.flush()
+    first = make_sink()
+    first.add([patient, device])
+    first.flush()
+
+    restarted = make_sink(load=store.load)
+    restarted.add(observations_for(reading(1)))
+    restarted.flush()
+
+    assert restarted.take_refused() == []
+    [patient_id] = {r["id"] for r in ehr.by_identifier("Patient").values()}
+    [device_id] = {r["id"] for r in ehr.by_identifier("Device").values()}
+    for observation in ehr.by_identifier("Observation").values():
+        assert observation["subject"]["reference"] == f"Patient/{patient_id}"
+        assert observation["device"]["reference"] == f"Device/{device_id}"
+
+
+def test_an_alerts_observation_in_another_bundle_is_referred_to_by_its_identifier(
+    ehr: FakeEhr, make_sink: SinkFactory
+) -> None:
+    # The alert comes on another topic than its Observation, maybe first: its reference
+    # keeps the Observation's identifier alone (a logical reference), which cannot dangle.
+    ehr.check_references = True
+    sink = make_sink()
+    sink.add([patient_for("P-1", {}, "urn:oid:2.16.840.1.113883.19.5", TS)])
+    sink.flush()
+    sink.add(alert_resources(alert()))
+    sink.flush()
+
+    assert sink.take_refused() == []
+    [patient_id] = {r["id"] for r in ehr.by_identifier("Patient").values()}
+    [communication] = ehr.by_identifier("Communication").values()
+    assert communication["about"] == [
+        {"identifier": {"system": READING_ID_SYSTEM, "value": "abc/spo2"}}
+    ]
+    assert communication["subject"]["reference"] == f"Patient/{patient_id}"
+    [flag] = ehr.by_identifier("Flag").values()
+    assert flag["subject"]["reference"] == f"Patient/{patient_id}"
 
 
 def test_sends_the_configured_headers(ehr: FakeEhr, make_sink: SinkFactory) -> None:

@@ -12,7 +12,10 @@ from typing import Any
 import pytest
 
 from healthsync.config import FhirSettings
-from healthsync.fhir.ehr_push import EhrPushError, EhrPushSink
+from healthsync.fhir.ehr_bundle import EhrPushError
+from healthsync.fhir.ehr_push import EhrPushSink
+from healthsync.fhir.observations import observations_for
+from healthsync.fhir.patients import device_for, patient_for
 from healthsync.stack import free_port
 from tests.fhir.fake_ehr import (
     FAST,
@@ -25,6 +28,7 @@ from tests.fhir.fake_ehr import (
     outcome,
     reading,
 )
+from tests.fhir.test_resources import TS
 
 __all__ = ["ehr", "make_sink"]  # fixtures, used by name
 
@@ -186,3 +190,40 @@ def test_flush_sends_everything_or_raises_and_the_retry_completes(
     sink.flush()
     assert len(ehr.by_identifier("Observation")) == 6
     assert len(ehr.resources) == 6
+
+
+def test_a_404_once_the_ehr_accepted_a_transaction_sets_the_resource_aside(
+    ehr: FakeEhr, make_sink: SinkFactory
+) -> None:
+    """The base URL is right: the 404 is a conditional reference that found nothing (here,
+    to a Patient the EHR refused)."""
+    ehr.check_references = True
+    ehr.refuse = lambda r: "birthDate required" if r["resourceType"] == "Patient" else None
+    sink = make_sink()
+    sink.add([device_for("mon-0001", TS)])
+    sink.flush()
+    patient = patient_for("P-1001", {}, "urn:oid:2.16.840.1.113883.19.5", TS)
+    sink.add([patient, *observations_for(reading(1))])
+    sink.flush()
+    refused = sink.take_refused()
+    assert sorted((r.resource["resourceType"], r.status) for r in refused) == [
+        ("Observation", 404),
+        ("Observation", 404),
+        ("Patient", 422),
+    ]
+    found_nothing = [r.reason for r in refused if r.status == 404]
+    assert all("No resources match this search" in reason for reason in found_nothing)
+    assert all("P-1001" not in r.reason for r in refused)
+    assert list(ehr.by_identifier("Device")) == ["mon-0001"]
+
+
+def test_a_404_before_the_ehr_accepted_anything_holds_the_push(
+    ehr: FakeEhr, make_sink: SinkFactory
+) -> None:
+    """A wrong base URL would refuse every resource alike: nothing is set aside."""
+    ehr.fail(404, body=outcome("Unknown resource type", "not-found"))
+    sink = make_sink()
+    sink.write(batch_of(reading(1)))
+    with pytest.raises(EhrPushError, match="HTTP 404"):
+        sink.flush()
+    assert sink.take_refused() == []

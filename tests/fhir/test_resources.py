@@ -15,11 +15,11 @@ from healthsync.domain.news2 import news2
 from healthsync.domain.readings import Reading
 from healthsync.domain.rules import AnomalySettings
 from healthsync.fhir.alerts import alert_resources
-from healthsync.fhir.ids import fhir_id, observation_id
+from healthsync.fhir.ids import fhir_id, observation_id, observation_reference
 from healthsync.fhir.news2 import news2_resources
 from healthsync.fhir.observations import observations_for, unbundled
 from healthsync.fhir.step import FhirResources
-from healthsync.fhir.terminology import Resource
+from healthsync.fhir.terminology import READING_ID_SYSTEM, Resource
 from healthsync.stream.engine import AnomalyEngine
 from healthsync.stream.news2 import News2Scores
 
@@ -188,7 +188,12 @@ def test_an_open_alert_is_a_communication_in_progress_and_an_active_flag() -> No
     communication, flag = alert_resources(alert())
     assert communication["resourceType"] == "Communication"
     assert (communication["status"], communication["priority"]) == ("in-progress", "stat")
-    assert communication["about"] == [{"reference": "Observation/abc-spo2"}]
+    assert communication["about"] == [
+        {
+            "reference": "Observation/abc-spo2",
+            "identifier": {"system": READING_ID_SYSTEM, "value": "abc/spo2"},
+        }
+    ]
     assert communication["subject"] == {"reference": "Patient/P-1"}
     assert communication["sent"] == "2026-11-27T13:45:17.825Z"
     assert "84 %" in communication["payload"][0]["contentString"]
@@ -397,4 +402,4 @@ def test_alert_events_bring_their_communication_and_flag() -> None:
 def test_an_escalated_alert_is_about_the_observation_that_escalated_it() -> None:
     event = AlertEvent("escalated", alert(severity="critical", reading_id="later"))
     communication, _ = alert_resources(event.alert)
-    assert communication["about"] == [{"reference": "Observation/later-spo2"}]
+    assert communication["about"] == [observation_reference("later", "spo2")]

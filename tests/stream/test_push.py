@@ -48,6 +48,9 @@ def test_resources_in_finds_resources_at_any_depth() -> None:
 def test_pushed_to_the_ehr_and_an_outage_does_not_stop_the_live_pipeline(
     broker: Service, redis_server: Service, tmp_path: Path, ehr: FakeEhr, credentials: Credentials
 ) -> None:
+    # An EHR that refuses references to what it does not hold: the second reading's
+    # Observations refer to the Patient and Device that an earlier Bundle created.
+    ehr.check_references = True
     settings = make_settings(broker, redis_server, fhir={"ehr_base_url": ehr.base_url})
     pipeline = Pipeline(settings, tmp_path)
     pipeline.start(stages=("ingest", "process", "api", "push"))

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from healthsync.domain.alerts import Alert
 from healthsync.domain.readings import VITALS, isoformat_ms
-from healthsync.fhir.ids import fhir_id, news2_id, observation_id, patient_reference
+from healthsync.fhir.ids import (
+    device_reference,
+    news2_id,
+    news2_reference,
+    observation_reference,
+    patient_reference,
+)
 from healthsync.fhir.terminology import ALERT_ID_SYSTEM, Resource, coding
 
 _ALERT_CATEGORY: Final = [
@@ -67,14 +73,14 @@ def _alert_text(alert: Alert) -> str:
     return f"Resolved: {text}" if alert.status == "resolved" else text
 
 
-def _about(alert: Alert, key: bytes | None) -> list[dict[str, str]]:
+def _about(alert: Alert, key: bytes | None) -> list[dict[str, Any]]:
     """What the alert is about: the Observation (or device) that fired it."""
     if alert.kind == "news2":
-        return [{"reference": f"Observation/{news2_id(alert.patient_id, alert.opened_at, key)}"}]
+        return [news2_reference(news2_id(alert.patient_id, alert.opened_at, key))]
     if alert.device_id is not None and alert.vital is None:
-        return [{"reference": f"Device/{fhir_id(alert.device_id, key)}"}]
+        return [device_reference(alert.device_id, key)]
     if alert.vital in VITALS and alert.reading_id:
-        return [{"reference": f"Observation/{observation_id(alert.reading_id, alert.vital)}"}]
+        return [observation_reference(alert.reading_id, alert.vital)]
     return []
 
 

@@ -1,21 +1,17 @@
 """A Sink that pushes the batch's FHIR resources to an EHR's FHIR server (optional, off by default).
 
-`flush` sends FHIR `transaction` Bundles to the configured base URL. A resource
-that carries an identifier is a conditional update on it (`PUT
-Type?identifier=system|value`): the EHR creates it the first time, with an id
-of its own, and replaces it after, so a retried or replayed batch creates
-nothing twice and a resource that changed (an alert escalated or resolved, a
-patient's details) reaches the EHR; a resource without one is a PUT of its own
-id, idempotent too. References between entries of one Bundle are rewritten to the entries'
-`urn:uuid` fullUrls, so they follow whatever id the EHR assigns.
+`flush` sends FHIR `transaction` Bundles (:mod:`healthsync.fhir.ehr_bundle`: conditional
+updates, and references that follow the ids the EHR assigns) to the configured base URL.
 
 An EHR that refuses what a transaction holds (400, 409, 412, 413 or 422: a
 resource its profiles do not accept, say) refuses the whole Bundle over one
 resource. The Bundle is then split in halves until each refused resource is on
 its own, and those are set aside (`refused`) with the EHR's reason; everything
-else is delivered. Other refusals (401, 403, 404, 405, 415: the push's
-credentials, base URL or format) would refuse every resource alike, so they
-raise, and the push waits for someone to fix it.
+else is delivered. So is a 404 once the EHR has accepted a transaction of this
+sink (a conditional reference that found nothing, the base URL being right).
+Other refusals (401, 403, 405, 415, and 404 before: the push's credentials,
+base URL or format) would refuse every resource alike, so they raise, and the
+push waits for someone to fix it.
 
 The push commits its offsets only after `flush`, which either delivers everything
 it holds but what was set aside, or raises `EhrPushError`; resources that were
@@ -27,48 +23,42 @@ from __future__ import annotations
 import logging
 import random
 import time
-import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from itertools import chain
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import orjson
 
 from healthsync.config import FhirSettings
 from healthsync.domain.batch import Batch
-from healthsync.errors import ConfigError, HealthSyncError
+from healthsync.errors import ConfigError
+from healthsync.fhir.ehr_bundle import (
+    WRITTEN_FIRST,
+    EhrPushError,
+    identifier_of,
+    references,
+    resource_key,
+    transaction_bundle,
+)
 from healthsync.fhir.ehr_outcome import describe, outcome_text, scrubber
 from healthsync.fhir.observations import unbundled
-from healthsync.fhir.terminology import READING_ID_SYSTEM
+from healthsync.fhir.terminology import ResourceLoader
 
 log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
-# fullUrls are uuid5 of "<type>/<id>" in this namespace: the same resource gets
-# the same fullUrl in every Bundle, whichever batch or process sends it.
-_FULL_URL_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:healthsync:fhir")
 # 408 and 429 mean "not now"; any 5xx may be a restart or an overloaded server.
 _RETRY_STATUSES = frozenset({408, 429})
-# What the EHR refuses of a Bundle's content (413: too much of it), not of the request.
+# What the EHR refuses of a Bundle's content (413: too much of it), not of the request;
+# and 404 too once the EHR accepted a transaction (the base URL is right): a conditional
+# reference that found nothing.
 _CONTENT_REFUSALS = frozenset({400, 409, 412, 413, 422})
-
-
-class EhrPushError(HealthSyncError):
-    """The EHR's FHIR server did not accept a transaction Bundle.
-
-    The message carries the HTTP status and the server's OperationOutcome
-    diagnostics, never the resources sent.
-    """
-
-    def __init__(self, message: str, status: int | None = None, attempts: int = 1) -> None:
-        super().__init__(message)
-        self.status = status
-        self.attempts = attempts
+# How many of those a sink keeps before it starts afresh (then it asks the store again).
+_IDENTIFIERS_KEPT = 100_000
 
 
 @dataclass(frozen=True)
@@ -88,76 +78,6 @@ class _Retryable(Exception):
         self.reason = reason
         self.status = status
         self.delay_s = delay_s
-
-
-def full_url(resource: dict[str, Any]) -> str:
-    """The Bundle fullUrl of a resource: `urn:uuid:` derived from its type and id."""
-    return f"urn:uuid:{uuid.uuid5(_FULL_URL_NAMESPACE, _key(resource))}"
-
-
-def _key(resource: dict[str, Any]) -> str:
-    rtype = resource.get("resourceType")
-    if not rtype:
-        raise EhrPushError("a resource without resourceType cannot be pushed")
-    rid = resource.get("id")
-    if rid:
-        return f"{rtype}/{rid}"
-    identifier = _identifier(resource)
-    if identifier is None:
-        raise EhrPushError(f"a {rtype} with neither id nor identifier cannot be pushed")
-    return f"{rtype}?identifier={identifier[0]}|{identifier[1]}"
-
-
-def _identifier(resource: dict[str, Any]) -> tuple[str, str] | None:
-    """The identifier to match on: the reading id if the resource has one, else the first."""
-    candidates = [
-        (i["system"], i["value"])
-        for i in resource.get("identifier") or []
-        if i.get("system") and i.get("value")
-    ]
-    for system, value in candidates:
-        if system == READING_ID_SYSTEM:
-            return system, value
-    return candidates[0] if candidates else None
-
-
-def _token(system: str, value: str) -> str:
-    """A FHIR token search value, escaped for the search syntax and then for a URL query."""
-    for char in "\\|,$":
-        value = value.replace(char, "\\" + char)
-    return quote(f"{system}|{value}", safe=":/|")
-
-
-def _with_references(value: Any, full_urls: dict[str, str]) -> Any:
-    """A copy of `value` whose references to resources of the same Bundle use their fullUrls."""
-    if isinstance(value, dict):
-        ref = value.get("reference")
-        copy = {k: _with_references(v, full_urls) for k, v in value.items()}
-        if isinstance(ref, str) and ref in full_urls:
-            copy["reference"] = full_urls[ref]
-        return copy
-    if isinstance(value, list):
-        return [_with_references(v, full_urls) for v in value]
-    return value
-
-
-def transaction_bundle(resources: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """A FHIR transaction Bundle that stores `resources` as they are now, without duplicating
-    any on a resend."""
-    full_urls = {f"{r['resourceType']}/{r['id']}": full_url(r) for r in resources if r.get("id")}
-    entries = []
-    for resource in resources:
-        rtype = resource["resourceType"]
-        body = _with_references(resource, full_urls)
-        identifier = _identifier(resource)
-        if identifier is not None:
-            # The EHR assigns the id of a created resource; ours is only the fullUrl's seed.
-            body.pop("id", None)
-            request = {"method": "PUT", "url": f"{rtype}?identifier={_token(*identifier)}"}
-        else:
-            request = {"method": "PUT", "url": f"{rtype}/{resource['id']}"}
-        entries.append({"fullUrl": full_url(resource), "resource": body, "request": request})
-    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
 def _retry_after(header: str | None, now: float) -> float | None:
@@ -194,6 +114,7 @@ class EhrPushSink:
         self,
         settings: FhirSettings,
         *,
+        load: ResourceLoader | None = None,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
     ) -> None:
@@ -210,6 +131,10 @@ class EhrPushSink:
         # Keyed by type/id, in arrival order: a rewritten batch replaces its resources.
         self._pending: dict[str, dict[str, Any]] = {}
         self.refused: list[Refused] = []
+        self._accepted = False  # whether the EHR accepted a transaction of this sink yet
+        # Reads the stored Patients and Devices whose identifiers references need.
+        self.load = load
+        self._identifiers: dict[str, tuple[str, str]] = {}
 
     def write(self, batch: Batch) -> None:
         bundles = (orjson.loads(bundle.json) for bundle in batch.bundles)
@@ -218,13 +143,17 @@ class EhrPushSink:
     def add(self, resources: Iterable[dict[str, Any]]) -> None:
         """Queue resources for the next flush."""
         for resource in resources:
-            self._pending[_key(resource)] = resource
+            self._pending[resource_key(resource)] = resource
 
     def flush(self) -> None:
         if not self._pending:
             return
         size = self.settings.ehr_batch_size
         created = existing = bundles = 0
+        # Patients and Devices first: what else this flush holds may refer to them.
+        order = sorted(self._pending, key=lambda k: k.partition("/")[0] not in WRITTEN_FIRST)
+        self._pending = {k: self._pending[k] for k in order}
+        self._learn_targets(self._pending.values())
         while self._pending:
             keys = list(self._pending)[:size]
             c, e, b = self._deliver([self._pending[k] for k in keys])
@@ -241,6 +170,32 @@ class EhrPushSink:
             },
         )
 
+    def _learn_targets(self, resources: Iterable[dict[str, Any]]) -> None:
+        """The identifiers of the Patients and Devices `resources` refer to: from those
+        among them, else as stored (`load`), for their conditional references."""
+        known = self._identifiers
+        if len(known) > _IDENTIFIERS_KEPT:
+            known.clear()
+        resources = list(resources)
+        for resource in resources:
+            rtype, rid = resource.get("resourceType"), resource.get("id")
+            if rtype in WRITTEN_FIRST and rid and (found := identifier_of(resource)):
+                known[f"{rtype}/{rid}"] = found
+        wanted: dict[str, set[str]] = {}
+        for ref in (ref for resource in resources for ref in references(resource)):
+            rtype, _, rid = ref.partition("/")
+            if rtype in WRITTEN_FIRST and rid and ref not in known:
+                wanted.setdefault(rtype, set()).add(rid)
+        if self.load is None:
+            return
+        for rtype, ids in wanted.items():
+            for rid, stored in self.load(rtype, sorted(ids)).items():
+                if found := identifier_of(stored):
+                    known[f"{rtype}/{rid}"] = found
+
+    def _refuses_content(self, status: int | None) -> bool:
+        return status in _CONTENT_REFUSALS or (status == 404 and self._accepted)
+
     def take_refused(self) -> list[Refused]:
         """The resources set aside since the last call."""
         refused, self.refused = self.refused, []
@@ -250,9 +205,9 @@ class EhrPushSink:
         """Send `resources`, split while the EHR refuses their content; the (created,
         existing) counts and the Bundles sent."""
         try:
-            return (*self._send(transaction_bundle(resources)), 1)
+            return (*self._send(transaction_bundle(resources, self._identifiers)), 1)
         except EhrPushError as exc:
-            if exc.status not in _CONTENT_REFUSALS:
+            if not self._refuses_content(exc.status):
                 raise
             if len(resources) == 1:
                 [resource] = resources
@@ -317,7 +272,9 @@ class EhrPushSink:
         if not 200 <= status < 300:
             described = describe(response, scrubber(bundle))
             raise EhrPushError(f"the EHR rejected a transaction: {described}", status)
-        return _count_entries(response, len(bundle["entry"]), lambda: scrubber(bundle))
+        counts = _count_entries(response, len(bundle["entry"]), lambda: scrubber(bundle))
+        self._accepted = True
+        return counts
 
 
 def _count_entries(

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import Final
+from typing import Any, Final
 
 from healthsync.domain.readings import VITALS, keyed_digest
+from healthsync.fhir.terminology import NEWS2_ID_SYSTEM, READING_ID_SYSTEM
 
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
@@ -29,10 +30,6 @@ def fhir_id(raw: str, key: bytes | None = None) -> str:
     return "h-" + keyed_digest(basis, 12, key)
 
 
-def patient_reference(patient_id: str, key: bytes | None = None) -> dict[str, str]:
-    return {"reference": f"Patient/{fhir_id(patient_id, key)}"}
-
-
 # Which Observation of a reading carries a vital (systolic and diastolic share the panel),
 # spelt in FHIR's id alphabet, which has no `_`.
 SUFFIXES: Final = {name: name.replace("_", "-") for name in VITALS} | {
@@ -44,6 +41,37 @@ SUFFIXES: Final = {name: name.replace("_", "-") for name in VITALS} | {
 def observation_id(reading_id: str, vital: str) -> str:
     """The id of the Observation that carries `vital` of a reading."""
     return f"{reading_id}-{SUFFIXES[vital]}"
+
+
+def patient_reference(patient_id: str, key: bytes | None = None) -> dict[str, str]:
+    return {"reference": f"Patient/{fhir_id(patient_id, key)}"}
+
+
+def device_reference(device_id: str, key: bytes | None = None) -> dict[str, str]:
+    return {"reference": f"Device/{fhir_id(device_id, key)}"}
+
+
+# A reference to an Observation carries its identifier too (a FHIR logical reference
+# beside the literal one): an EHR that assigns ids of its own is sent the identifier
+# alone when the Observation is not in the same Bundle (fhir/ehr_push.py). Patients and
+# Devices are found there by the identifiers their own resources carry.
+
+
+def observation_reference(reading_id: str, vital: str) -> dict[str, Any]:
+    """The vital-sign Observation of a reading that carries `vital`."""
+    name = "bp" if SUFFIXES[vital] == "bp" else vital
+    return {
+        "reference": f"Observation/{observation_id(reading_id, vital)}",
+        "identifier": {"system": READING_ID_SYSTEM, "value": f"{reading_id}/{name}"},
+    }
+
+
+def news2_reference(news2: str) -> dict[str, Any]:
+    """The Observation of a NEWS2 score, by :func:`news2_id`."""
+    return {
+        "reference": f"Observation/{news2}",
+        "identifier": {"system": NEWS2_ID_SYSTEM, "value": news2},
+    }
 
 
 _DERIVED_SUFFIXES: Final = frozenset(SUFFIXES.values())

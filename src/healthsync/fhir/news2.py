@@ -6,7 +6,14 @@ from typing import Any, Final
 
 from healthsync.domain.news2 import News2
 from healthsync.domain.readings import isoformat_ms
-from healthsync.fhir.ids import SUFFIXES, news2_id, observation_id, patient_reference
+from healthsync.fhir.ids import (
+    SUFFIXES,
+    news2_id,
+    news2_reference,
+    observation_id,
+    observation_reference,
+    patient_reference,
+)
 from healthsync.fhir.terminology import (
     NEWS2_BAND_SYSTEM,
     NEWS2_ID_SYSTEM,
@@ -52,7 +59,7 @@ def _news2_basis(score: News2) -> tuple[list[dict[str, Any]], list[dict[str, Any
             oid = observation_id(reading_id, parameter)
             if oid not in seen:
                 seen.add(oid)
-                observations.append({"reference": f"Observation/{oid}"})
+                observations.append(observation_reference(reading_id, parameter))
         else:
             # Oxygen and consciousness are no vital-signs Observation: point at the reading.
             others.append(
@@ -99,7 +106,7 @@ def news2_resources(
         "method": _NEWS2_CODE,
         "subject": subject,
         "occurrenceDateTime": when,
-        "basis": [{"reference": f"Observation/{rid}"}, *basis],
+        "basis": [news2_reference(rid), *basis],
         "prediction": [
             {
                 "outcome": {"text": "Clinical deterioration"},

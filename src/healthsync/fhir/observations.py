@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from healthsync.domain.alerts import DEFAULT_THRESHOLDS, Threshold
 from healthsync.domain.readings import VITALS, Reading, isoformat_ms
-from healthsync.fhir.ids import SUFFIXES, fhir_id, patient_reference
+from healthsync.fhir.ids import SUFFIXES, device_reference, patient_reference
 from healthsync.fhir.terminology import (
     ABSENT,
     INTERPRETATION_LISTS,
@@ -161,7 +161,7 @@ class ObservationBuilder:
             "status": "final",
             "category": VITAL_SIGNS_CATEGORY,
             "subject": patient_reference(reading.patient_id, self.id_key),
-            "device": {"reference": f"Device/{fhir_id(reading.device_id, self.id_key)}"},
+            "device": device_reference(reading.device_id, self.id_key),
             "effectiveDateTime": isoformat_ms(reading.ts),
         }
 
