@@ -42,7 +42,8 @@ as pseudonyms.
 from __future__ import annotations
 
 import time
-from typing import Any, cast
+from collections import Counter
+from typing import Any
 
 import orjson
 from redis import Redis
@@ -53,14 +54,11 @@ from healthsync.domain.batch import Batch
 from healthsync.domain.news2 import observed_in
 from healthsync.domain.readings import Reading
 from healthsync.errors import StoreBehindError
-from healthsync.metrics import StatsRecorder
+from healthsync.metrics import Pending, StatsRecorder, field_name
 from healthsync.store import hourly, retention
 from healthsync.store.latest import Fields, set_newer
 from healthsync.store.records import Records, latest_value
 from healthsync.store.transaction import execute_transaction
-
-# Acknowledgements looked at per trim (once a minute) for alerts that have expired.
-_ACKS_PAGE = 1000
 
 
 class RedisLiveSink:
@@ -82,6 +80,10 @@ class RedisLiveSink:
         # Executed in this order by flush(): shared writes (cluster), the groups', counters.
         self._before: Any = None
         self._units: list[Any] = []
+        # The counts a written batch took from `stats`, given back unless its flush
+        # succeeds, and the ones it counted itself (counted again by a retry).
+        self._taken: Pending | None = None
+        self._own: Counter[str] = Counter()
         self._after: Any = None
         self._held: list[Any] = []
         self._trims = retention.TrimClock()
@@ -90,6 +92,7 @@ class RedisLiveSink:
 
     def write(self, batch: Batch) -> None:
         self._discard()
+        self._give_back_counts()
         now = time.time()
         trim_alerts = self._trims.due(self.keys.recent_alerts, now)
         # Read before the transaction starts watching (the alerts' own keys are not watched).
@@ -107,10 +110,14 @@ class RedisLiveSink:
             shared.zremrangebyscore(self.keys.recent_alerts, "-inf", cutoff)
             if acks_gone:
                 shared.hdel(self.keys.acknowledged, *acks_gone)
-        self._write_alerts(shared, batch)
-        self._write_artefacts(shared, batch)
+        own: Counter[str] = Counter()
+        self._write_alerts(shared, batch, own)
+        self._write_artefacts(shared, batch, own)
         after = shared if not self.clustered else self.client.pipeline(transaction=False)
-        self.stats.add_to(after)
+        self._taken = self.stats.add_to(after)
+        for field, n in own.items():
+            after.hincrby(self.stats.key, field, n)
+        self._own = own
         if self.clustered:
             self._before, self._after = shared, after
         held = {id(p) for p in self._held}
@@ -316,24 +323,12 @@ class RedisLiveSink:
             retention.trim(pipe, key, now, self.settings.history_retention_s)
 
     def _acks_of_expired_alerts(self) -> list[str]:
-        """The next page of acknowledgements (the API's) whose alert has expired.
-
-        One page a minute, going round the hash, so each trim costs about the
-        same however many alerts were ever acknowledged.
-        """
-        keys = self.keys
-        self._acks_cursor, page = self.client.hscan(
-            keys.acknowledged, self._acks_cursor, count=_ACKS_PAGE
+        self._acks_cursor, gone = retention.acks_of_expired_alerts(
+            self.client, self.keys, self._acks_cursor
         )
-        ids = [field.decode() for field in cast("dict[bytes, bytes]", page)]
-        if not ids:
-            return []
-        check = self.client.pipeline(transaction=False)
-        for alert_id in ids:
-            check.exists(keys.alert(alert_id))
-        return [i for i, there in zip(ids, check.execute(), strict=True) if not there]
+        return gone
 
-    def _write_alerts(self, pipe: Any, batch: Batch) -> None:
+    def _write_alerts(self, pipe: Any, batch: Batch, own: Counter[str]) -> None:
         keys = self.keys
         for event in batch.alert_events:
             alert = event.alert
@@ -349,9 +344,9 @@ class RedisLiveSink:
                 pipe.set(key, sealed, ex=self.settings.history_retention_s)
                 pipe.hdel(keys.open_alerts, slot)
             self._write_event(pipe, f"alert.{event.type}", alert.patient_id, doc)
-            self.stats.inc("alerts_total", event=event.type)
+            own[field_name("alerts_total", {"event": event.type})] += 1
 
-    def _write_artefacts(self, pipe: Any, batch: Batch) -> None:
+    def _write_artefacts(self, pipe: Any, batch: Batch, own: Counter[str]) -> None:
         for artefact in batch.artefacts:
             doc = {
                 "vital": artefact.vital,
@@ -360,7 +355,7 @@ class RedisLiveSink:
                 "reading_id": artefact.reading_id,
             }
             self._write_event(pipe, "artefact", artefact.patient_id, orjson.dumps(doc))
-            self.stats.inc("artefacts_total", vital=artefact.vital)
+            own[field_name("artefacts_total", {"vital": artefact.vital})] += 1
 
     def _write_event(self, pipe: Any, kind: str, patient: str, data: bytes) -> None:
         fields: dict[FieldT, EncodableT] = self.records.encode_event(kind, patient, data)
@@ -376,6 +371,8 @@ class RedisLiveSink:
                 execute_transaction(pipe)
             if self._after is not None:
                 self._after.execute()
+            self._taken = None  # stored with the batch
+            self.stats.lifetime.update(self._own)
         finally:
             self._discard()
         done = time.time()
@@ -386,6 +383,13 @@ class RedisLiveSink:
         for pipe in self._units:
             pipe.reset()  # a unit written but not flushed may still WATCH its offsets
         self._before, self._units, self._after, self._held = None, [], None, []
+
+    def _give_back_counts(self) -> None:
+        """The counts the last batch written took, back to `stats` unless they were stored
+        with it. On the thread that counts (write's), not on the flush's."""
+        if self._taken is not None:
+            self.stats.restore(self._taken)
+        self._taken, self._own = None, Counter()
 
     def flush_stats(self) -> None:
         self.stats.flush(self.client)

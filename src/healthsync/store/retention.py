@@ -18,13 +18,18 @@ retention after that date. No entry leaves before its own retention ends.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
+
+from redis import Redis
 
 from healthsync.domain.readings import MAX_FUTURE_S
+from healthsync.names import RedisKeys
 
 # Trim a key at most this often, not on every batch.
 TRIM_INTERVAL_S = 60.0
 DATED_AHEAD_S = MAX_FUTURE_S
+# Acknowledgements looked at per trim (once a minute) for alerts that have expired.
+ACKS_PAGE = 1000
 
 
 def expiry_s(retention_s: float) -> int:
@@ -64,3 +69,20 @@ class TrimClock:
             self._at = {k: at for k, at in self._at.items() if now - at <= interval}
         self._at[key] = now
         return True
+
+
+def acks_of_expired_alerts(client: Redis, keys: RedisKeys, cursor: int) -> tuple[int, list[str]]:
+    """The next page of acknowledgements (the API's) whose alert has expired, and the
+    cursor of the page after.
+
+    One page a minute, going round the hash, so each trim costs about the same however
+    many alerts were ever acknowledged.
+    """
+    cursor, page = client.hscan(keys.acknowledged, cursor, count=ACKS_PAGE)
+    ids = [field.decode() for field in cast("dict[bytes, bytes]", page)]
+    if not ids:
+        return cursor, []
+    check = client.pipeline(transaction=False)
+    for alert_id in ids:
+        check.exists(keys.alert(alert_id))
+    return cursor, [i for i, there in zip(ids, check.execute(), strict=True) if not there]
