@@ -24,6 +24,8 @@ from healthsync.names import RedisKeys
 
 LATENCY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 COMPONENTS = ("ingest", "processor", "archiver", "push")
+# Counted by more than one stage: the processor's and the archiver's offset-gap checks.
+_SHARED = ("fetch_gaps_total", "offsets_skipped_total")
 _PREFIX = "healthsync_"
 
 
@@ -161,20 +163,32 @@ class PipelineCollector:
         self.seals: dict[str, int] = {}
 
     def collect(self) -> Iterator[Any]:
+        samples = [
+            (component, *parse_field(field), float(raw))
+            for component in COMPONENTS
+            for field, raw in self.snapshot.get(component, {}).items()
+        ]
+        # A name more than one stage keeps is labelled with the stage: else /metrics
+        # would give one series twice. The consumers' offset-gap counts always are, so
+        # that their series stay the same from the first count on.
+        keepers: dict[str, set[str]] = {}
+        for component, name, _labels, _value in samples:
+            keepers.setdefault(name, set()).add(component)
         families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
-        for component in COMPONENTS:
-            for field, raw in self.snapshot.get(component, {}).items():
-                name, labels = parse_field(field)
-                metric = _PREFIX + name.removesuffix("_total")
-                family = families.get(metric)
-                if family is None:
-                    names = sorted(labels)
-                    if name.endswith("_total"):
-                        family = CounterMetricFamily(metric, f"{component}: {name}", labels=names)
-                    else:
-                        family = GaugeMetricFamily(metric, f"{component}: {name}", labels=names)
-                    families[metric] = family
-                family.add_metric([labels[k] for k in sorted(labels)], float(raw))
+        for component, name, labels, value in samples:
+            if name in _SHARED or len(keepers[name]) > 1:
+                labels = {**labels, "component": component}
+            metric = _PREFIX + name.removesuffix("_total")
+            family = families.get(metric)
+            if family is None:
+                names = sorted(labels)
+                helped = ", ".join(sorted(keepers[name]))
+                if name.endswith("_total"):
+                    family = CounterMetricFamily(metric, f"{helped}: {name}", labels=names)
+                else:
+                    family = GaugeMetricFamily(metric, f"{helped}: {name}", labels=names)
+                families[metric] = family
+            family.add_metric([labels[k] for k in sorted(labels)], value)
         yield from families.values()
         yield self._latency_family()
         if self.seals:
