@@ -146,3 +146,21 @@ def test_a_device_offline_alert_names_no_device_in_the_research_set(archive: Arc
     assert row["kind"] == "device_offline"
     assert row["rule"].startswith("no data from the device for 600 s")
     assert b"mon-bed-12" not in repr(row).encode()
+
+
+def test_a_monitor_moved_to_another_patient_does_not_link_their_shifted_times() -> None:
+    # Each patient's times move by a secret shift of their own. A device pseudonym the
+    # same for both patients showed where the monitor went from one to the other: its
+    # handover at two shifted times gave away the difference of the two shifts, and
+    # whoever knew one patient's real dates could then unshift the other's.
+    research = Deidentifier(b"p" * 32, b"s" * 32)
+    first = [reading(PATIENT, "mon-7", n, T0 + n * 60, heart_rate=80) for n in range(3)]
+    later = [reading("PX-2", "mon-7", n, T0 + 600 + n * 60, heart_rate=80) for n in range(3, 6)]
+    rows = research.table(readings_table([*first, *later])).to_pylist()
+    devices: dict[str, set[str]] = {}
+    for row in rows:
+        devices.setdefault(row["patient"], set()).add(row["device"])
+    assert len(devices) == 2
+    mine, theirs = devices.values()
+    assert len(mine) == len(theirs) == 1, "one pseudonym per device within a patient"
+    assert mine.isdisjoint(theirs), "the device links the two patients"

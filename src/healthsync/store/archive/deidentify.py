@@ -7,7 +7,10 @@ so a column added later never leaks by default. Of the rest:
 
 - ``patient_id`` and ``device_id`` become keyed pseudonyms (HMAC-SHA256) under
   a research key distinct from the live store's pseudonym key, so the research
-  set cannot be joined to Redis, Kafka keys or the identified archive;
+  set cannot be joined to Redis, Kafka keys or the identified archive. A device's
+  pseudonym is of the device and the patient together: a monitor moved from one
+  patient to another would otherwise show its handover at two shifted times,
+  giving away the difference of the two patients' shifts;
 - every timestamp moves back by a secret whole number of days (1 to 365) per
   patient: consistent within a patient, so intervals, trends and the time of
   day survive, while no real date is shown;
@@ -91,7 +94,11 @@ class Deidentifier:
         patients = table["patient_id"] if "patient_id" in table.column_names else None
         for name, kind in PSEUDONYMS.items():
             if name in table.column_names:
-                columns[kind] = self._pseudonyms(kind, table[name])
+                column = table[name]
+                if kind == "device" and patients is not None:
+                    # Of the device under this patient (see the module doc).
+                    column = pc.binary_join_element_wise(patients, column, "\0")
+                columns[kind] = self._pseudonyms(kind, column)
         shift_ms = self._shifts(patients) if patients is not None else None
         for name in table.column_names:
             column = table[name]
