@@ -8,6 +8,7 @@ tests/fhir/fake_ehr.py).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import httpx
 import orjson
 import pytest
 
+from healthsync.config import Settings
 from healthsync.kafka import make_producer
 from healthsync.security import codec as roles
 from healthsync.security.codec import Codec
@@ -31,6 +33,27 @@ def ehr() -> Iterator[FakeEhr]:
     server = FakeEhr().start()
     yield server
     server.stop()
+
+
+@contextmanager
+def pushing(
+    broker: Service, redis_server: Service, tmp_path: Path, ehr: FakeEhr, credentials: Credentials
+) -> Iterator[tuple[Settings, httpx.Client, Device]]:
+    """The pipeline with its push to `ehr`, the API's client and a device, until the block
+    ends."""
+    settings = make_settings(broker, redis_server, fhir={"ehr_base_url": ehr.base_url})
+    pipeline = Pipeline(settings, tmp_path)
+    pipeline.start(stages=("ingest", "process", "api", "push"))
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{settings.api.port}", timeout=10, headers=credentials.headers()
+    )
+    device = Device(settings.ingest.host, settings.ingest.port)
+    try:
+        yield settings, api, device
+    finally:
+        device.close()
+        api.close()
+        pipeline.stop()
 
 
 def test_resources_in_finds_resources_at_any_depth() -> None:
@@ -51,14 +74,7 @@ def test_pushed_to_the_ehr_and_an_outage_does_not_stop_the_live_pipeline(
     # An EHR that refuses references to what it does not hold: the second reading's
     # Observations refer to the Patient and Device that an earlier Bundle created.
     ehr.check_references = True
-    settings = make_settings(broker, redis_server, fhir={"ehr_base_url": ehr.base_url})
-    pipeline = Pipeline(settings, tmp_path)
-    pipeline.start(stages=("ingest", "process", "api", "push"))
-    api = httpx.Client(
-        base_url=f"http://127.0.0.1:{settings.api.port}", timeout=10, headers=credentials.headers()
-    )
-    device = Device(settings.ingest.host, settings.ingest.port)
-    try:
+    with pushing(broker, redis_server, tmp_path, ehr, credentials) as (_, api, device):
         assert device.send(b"device_id=mon-1 patient_id=P-1 seq=1 hr=72 spo2=97").startswith("OK")
 
         def pushed_observations() -> list[dict[str, Any]]:
@@ -86,10 +102,6 @@ def test_pushed_to_the_ehr_and_an_outage_does_not_stop_the_live_pipeline(
         )
         identifiers = [o["identifier"][0]["value"] for o in pushed_observations()]
         assert len(identifiers) == len(set(identifiers)), "a resource was created twice"
-    finally:
-        device.close()
-        api.close()
-        pipeline.stop()
 
 
 def test_a_value_holding_no_resources_it_can_read_is_skipped_and_the_push_goes_on(
@@ -130,14 +142,7 @@ def test_a_resource_the_ehr_refuses_is_set_aside_and_counted_and_the_push_goes_o
     # one of them (422). The push sent that same Bundle again for good: nothing after it
     # ever reached the EHR, and nothing counted why.
     ehr.refuse = lambda r: "not allowed" if b"P-REFUSED" in orjson.dumps(r) else None
-    settings = make_settings(broker, redis_server, fhir={"ehr_base_url": ehr.base_url})
-    pipeline = Pipeline(settings, tmp_path)
-    pipeline.start(stages=("ingest", "process", "api", "push"))
-    api = httpx.Client(
-        base_url=f"http://127.0.0.1:{settings.api.port}", timeout=10, headers=credentials.headers()
-    )
-    device = Device(settings.ingest.host, settings.ingest.port)
-    try:
+    with pushing(broker, redis_server, tmp_path, ehr, credentials) as (settings, api, device):
         for line in (
             b"device_id=mon-1 patient_id=P-REFUSED seq=1 hr=72 spo2=97",
             b"device_id=mon-2 patient_id=P-2 seq=1 hr=72 spo2=97",
@@ -184,7 +189,3 @@ def test_a_resource_the_ehr_refuses_is_set_aside_and_counted_and_the_push_goes_o
             for d in dead
         }
         assert {("Patient", None), ("Observation", "8867-4"), ("Observation", "2708-6")} <= kinds
-    finally:
-        device.close()
-        api.close()
-        pipeline.stop()
