@@ -65,6 +65,8 @@ def register(sub: Subparsers) -> None:
         help="push FHIR resources to an EHR (HEALTHSYNC_FHIR_EHR_BASE_URL)",
         description="Consume the observations and alerts topics and send their FHIR resources "
         "to the EHR's FHIR server as transaction Bundles of conditional updates. Its own "
-        "consumer group: a slow or absent EHR delays only the push.",
+        "consumer group: a slow or absent EHR delays only the push. A resource the EHR "
+        "refuses goes to the dead-letter topic with its reason "
+        "(healthsync_ehr_refused_total), and the push goes on.",
     )
     push.set_defaults(func=cmd_push)
