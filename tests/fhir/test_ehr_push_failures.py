@@ -227,3 +227,21 @@ def test_a_404_before_the_ehr_accepted_anything_holds_the_push(
     with pytest.raises(EhrPushError, match="HTTP 404"):
         sink.flush()
     assert sink.take_refused() == []
+
+
+def test_diagnostics_that_echo_a_conditional_references_identifier_are_scrubbed(
+    ehr: FakeEhr, make_sink: SinkFactory
+) -> None:
+    """A reference to a Patient of an earlier Bundle names the patient only inside its
+    search URL: an EHR that quotes the patient id back must not carry it to the log."""
+    sink = make_sink()
+    sink.add([patient_for("P-SECRET-9", {}, "urn:oid:2.16.840.1.113883.19.5", TS)])
+    sink.flush()
+    ehr.refuse = lambda r: (
+        "no Patient P-SECRET-9 here" if r["resourceType"] == "Observation" else None
+    )
+    sink.add(observations_for(reading(1, patient_id="P-SECRET-9")))
+    sink.flush()
+    refused = sink.take_refused()
+    assert len(refused) == 2
+    assert all("no Patient [redacted] here" in r.reason for r in refused), refused[0].reason

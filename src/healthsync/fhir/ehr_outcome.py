@@ -7,8 +7,10 @@ none of which may carry PHI, so every identifier the Bundle sent is redacted.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 
@@ -47,6 +49,8 @@ _IDENTIFYING = frozenset(
     | {"city", "postalCode"}
 )
 _REDACTED = "[redacted]"
+# A FHIR search value's escapes (\\ \| \, \$).
+_UNESCAPE = re.compile(r"\\(.)")
 
 
 def _collect_identifying(node: Any, key: str, found: set[str]) -> None:
@@ -58,7 +62,13 @@ def _collect_identifying(node: Any, key: str, found: set[str]) -> None:
             _collect_identifying(item, key, found)
     elif isinstance(node, str) and key in _IDENTIFYING and len(node) >= 3:
         found.add(node)
-        if key in ("reference", "fullUrl"):
+        if key == "reference" and "?" in node:
+            # A conditional reference names its target only in its search URL
+            # (`Patient?identifier=system|value`, escaped as fhir/ehr_bundle.py does).
+            searched = unquote(node)
+            found.add(searched)
+            found.add(_UNESCAPE.sub(r"\1", searched.partition("|")[2]))
+        elif key in ("reference", "fullUrl"):
             found.add(node.rsplit("/", 1)[-1].removeprefix("urn:uuid:"))
         # A vital-sign Observation's id and identifier start with its reading id.
         head = node.replace("/", "-").partition("-")[0]
