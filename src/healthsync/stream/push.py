@@ -88,8 +88,7 @@ class EhrPusher:
         }
         self.consumer = consumer
         self.sink = outlets.ehr
-        # A hole read again or skipped shows in the log (the counters of that name are
-        # the processor's).
+        # A hole read again or skipped shows in the push's log only.
         self.gaps = OffsetGaps(None)
         self.membership = Membership(settings.kafka.joined_file)
         self.stopping = False
