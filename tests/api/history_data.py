@@ -112,12 +112,17 @@ def follow(settings: Settings, token: str, path: str) -> list[dict[str, Any]]:
     return pages
 
 
-def follow_fhir(settings: Settings, token: str, path: str) -> list[dict[str, Any]]:
-    """Every searchset Bundle of a FHIR search, following its `next` links."""
+def follow_fhir(
+    settings: Settings, token: str, path: str, scan_limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Every searchset Bundle of a FHIR search, following its `next` links (with the live
+    reader scanning at most `scan_limit` resources a page, if given)."""
     bundles: list[dict[str, Any]] = []
 
     async def run() -> None:
         app = create_app(settings)
+        if scan_limit is not None:
+            app.state.services.fhir.max_scan = scan_limit
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
         headers = {"Authorization": f"Bearer {token}"}
         async with (

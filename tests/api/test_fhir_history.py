@@ -168,3 +168,26 @@ def test_a_search_out_of_reach_is_a_400_operation_outcome_at_once(
         assert why in str(outcome), outcome
     assert within.status_code == 200, within.text
     assert within.json()["total"] == 1
+
+
+def test_a_live_page_that_scanned_without_a_match_keeps_its_place_before_the_archive(
+    archived: Settings, credentials: Credentials
+) -> None:
+    """A filtered live page whose scan ran out may hold nothing and still link `next`.
+    Archived Observations filled that page, and its `next` pointed two days back, past
+    every live match the scan had not reached: they were never returned."""
+    now = time.time()
+    old = reading(archived, PATIENT, 1, now - 2 * DAY_S, heart_rate=70)
+    to_archive(archived, [old])
+    hourly = reading(archived, PATIENT, 2, now - 3600, heart_rate=71)
+    # Newer readings without a heart rate: more than one live page scans.
+    others = [reading(archived, PATIENT, 3 + i, now - 1800 + i, spo2=97) for i in range(30)]
+    to_redis(archived, [hourly, *others])
+    search = f"/fhir/Observation?patient={PATIENT}&date=ge{_iso(now - 3 * DAY_S)}&code=8867-4"
+
+    bundles = follow_fhir(archived, credentials.api_keys["clinician"], search, scan_limit=10)
+
+    assert [o["id"] for o in _entries(bundles)] == [
+        f"{hourly.reading_id}-heart-rate",
+        f"{old.reading_id}-heart-rate",
+    ]

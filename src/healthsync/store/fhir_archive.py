@@ -98,17 +98,14 @@ class ArchivedObservations:
         after = query.after
         newer = query.newest_first
         candidates = [e for e in archived if after is None or _beyond(e[0], after, newer)]
-        if live.resources:
-            live_entries = [(_position(r), r) for r in live.resources]
-            if live.next is not None:
-                # The live store has more after its page: nothing beyond its end yet.
-                end = live_entries[-1][0]
-                candidates = [e for e in candidates if not _beyond(e[0], end, newer)]
-            candidates += live_entries
+        if live.next is not None:
+            # The live store has more after its page, which may hold nothing (its scan
+            # ran out): nothing beyond where it stopped yet.
+            candidates = [e for e in candidates if not _beyond(e[0], live.next, newer)]
+        candidates += [(_position(r), r) for r in live.resources]
         candidates.sort(key=lambda e: e[0], reverse=newer)
         page = candidates[: query.count]
-        more = len(candidates) > query.count or live.next is not None
-        following = page[-1][0] if more and page else None
+        following = page[-1][0] if len(candidates) > query.count else live.next
         total = None if live.total is None else live.total + len(archived)
         return Page(total, [r for _, r in page], following)
 
