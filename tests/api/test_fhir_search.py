@@ -145,6 +145,12 @@ def test_the_news2_score_is_the_survey_observation(served: Served) -> None:
         (["lt2026-11-27T22:05:00.250Z"], lambda t: t < at("2026-11-27T22:05:00.250Z")),
         (["le2026-11-27T22:05:00.250Z"], lambda t: t <= at("2026-11-27T22:05:00.250Z")),
         (["gt2026-11-27T22:05:00Z"], lambda t: t >= at("2026-11-27T22:05:01Z")),
+        # Up to nine digits, as FHIR allows: finer than a float of epoch seconds holds.
+        (["eq2026-11-27T22:05:00.250000000Z"], lambda t: t == at("2026-11-27T22:05:00.250Z")),
+        (["le2026-11-27T22:05:00.250000000Z"], lambda t: t <= at("2026-11-27T22:05:00.250Z")),
+        (["gt2026-11-27T22:05:00.250000000Z"], lambda t: t > at("2026-11-27T22:05:00.250Z")),
+        (["lt2026-11-27T22:05:00.2500004Z"], lambda t: t <= at("2026-11-27T22:05:00.250Z")),
+        (["ge2026-11-27T22:05:00.2500004Z"], lambda t: t > at("2026-11-27T22:05:00.250Z")),
         (["lt2026-11-28T00:00:00Z"], lambda t: t < at("2026-11-28T00:00Z")),
         (["ge2026-11-28T00:00:00.000Z"], lambda t: t >= at("2026-11-28T00:00Z")),
         # A time zone moves the instant; no zone means UTC.

@@ -7,6 +7,7 @@ minute on; :func:`narrow` applies the prefix to a search's time window.
 from __future__ import annotations
 
 import calendar
+import math
 import re
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
@@ -75,8 +76,15 @@ def _bounds(year: int, part: Mapping[str, str | None]) -> tuple[float, float]:
         digits = part["fraction"]
         step = Fraction(1, 10 ** len(digits))
         seconds += int(digits) * step
-    # Exact arithmetic, one rounding: `...17.825` is the same float a writer stores.
-    return float(seconds), float(seconds + step)
+    # A resource shows its time to the microsecond, so a finer value (FHIR allows nine
+    # digits) selects what shows at or after each bound's microsecond; a float of epoch
+    # seconds could not hold the nanosecond anyway. Exact arithmetic, one rounding:
+    # `...17.825` is the same float a writer stores.
+    return float(_microsecond_up(seconds)), float(_microsecond_up(seconds + step))
+
+
+def _microsecond_up(seconds: Fraction) -> Fraction:
+    return Fraction(math.ceil(seconds * 1_000_000), 1_000_000)
 
 
 def _epoch(day: date) -> float:
