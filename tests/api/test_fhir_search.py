@@ -224,6 +224,20 @@ def test_a_zone_offset_whose_plus_was_not_url_encoded_still_counts(served: Serve
     )
 
 
+def test_json_formats_are_served_typed_or_encoded_and_others_are_406(served: Served) -> None:
+    for typed in ("json", "application/json", "application/fhir+json", "application/fhir%2Bjson"):
+        answer = served.http.get(f"/fhir/Observation?_format={typed}&_count=0")
+        assert answer.status_code == 200, (typed, answer.text)
+        assert answer.json()["total"] == 161
+    for other in ("xml", "application/fhir+xml", "turtle"):
+        assert_outcome(
+            served.http.get(f"/fhir/Observation?_format={other}"),
+            406,
+            "not-supported",
+            "only JSON is served",
+        )
+
+
 def test_parameters_without_a_value_are_ignored(served: Served) -> None:
     assert served.bundle("/fhir/Observation", code="", _count=0)["total"] == 161
 

@@ -270,7 +270,8 @@ def _newest_first(sort: str) -> bool:
 
 
 def _check_format(value: str) -> None:
-    if value not in _JSON_FORMATS:
+    # A space is a `+` that was not URL-encoded, as in a hand-typed URL.
+    if value.replace(" ", "+") not in _JSON_FORMATS:
         raise FhirError(406, "not-supported", f"_format {value!r}: only JSON is served")
 
 
