@@ -87,6 +87,9 @@ class Stream:
 
     async def frames(self, start: str, reset: bool) -> AsyncIterator[bytes]:
         subscription = self.feed.subscribe()
+        # The shared reader may hand over entries it read before this client came: only
+        # those after the start are this stream's.
+        self.sent = event_key(start)
         try:
             yield frame("hello", self.hello, start)
             if reset:
