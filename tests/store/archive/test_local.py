@@ -38,7 +38,8 @@ def test_a_batch_becomes_one_object_per_hour_and_one_research_object(
         files(root)
         == sorted(keys)
         == [
-            "deidentified/readings/year=2026/p2-1000-1179.parquet",
+            f"deidentified/readings/year={archive.writer().deidentifier.research_year(T0)}"
+            "/p2-1000-1179.parquet",
             "identified/readings/date=2026-11-28/hour=10/p2-1000-1179.parquet",
             "identified/readings/date=2026-11-28/hour=11/p2-1000-1179.parquet",
         ]

@@ -164,3 +164,19 @@ def test_a_monitor_moved_to_another_patient_does_not_link_their_shifted_times() 
     mine, theirs = devices.values()
     assert len(mine) == len(theirs) == 1, "one pseudonym per device within a patient"
     assert mine.isdisjoint(theirs), "the device links the two patients"
+
+
+def test_the_research_set_files_no_object_by_the_real_new_year(archive: Archive) -> None:
+    """A research object went under the real year of its batch while its rows show
+    shifted times: the first objects under a new year marked the real 1 January at a
+    shifted time of each patient in them, giving away their shifts."""
+    writer = archive.writer()
+    new_year = datetime(2027, 1, 1, tzinfo=UTC).timestamp()
+    written = [
+        writer.write_readings(
+            Span(0, i, i), [reading(PATIENT, "mon-41", i, new_year + (i - 5) * 60, heart_rate=70)]
+        )
+        for i in range(10)
+    ]
+    years = {key.split("/")[2] for keys in written for key in keys if key.startswith("deid")}
+    assert len(years) == 1, sorted(years)

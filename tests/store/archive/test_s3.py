@@ -40,7 +40,8 @@ def test_objects_on_s3_have_the_layout_and_server_side_encryption(
         sorted(listed)
         == sorted(f"ward-7/{k}" for k in keys)
         == [
-            "ward-7/deidentified/readings/year=2026/p3-40-219.parquet",
+            f"ward-7/deidentified/readings/year={archive.writer().deidentifier.research_year(T0)}"
+            "/p3-40-219.parquet",
             "ward-7/identified/readings/date=2026-11-28/hour=10/p3-40-219.parquet",
             "ward-7/identified/readings/date=2026-11-28/hour=11/p3-40-219.parquet",
         ]

@@ -13,7 +13,8 @@ so a column added later never leaks by default. Of the rest:
   giving away the difference of the two patients' shifts;
 - every timestamp moves back by a secret whole number of days (1 to 365) per
   patient: consistent within a patient, so intervals, trends and the time of
-  day survive, while no real date is shown;
+  day survive, while no real date is shown; the year an object is filed under
+  moves back by a secret number of days of its own (:meth:`Deidentifier.research_year`);
 - ``birth_date`` becomes ``birth_year`` and ``age`` (at the reading's real
   time); from 90 on, the age is "90+" and the birth year is removed;
 - names, MRN, phone, address, reading ids and device sequence numbers go.
@@ -87,6 +88,18 @@ class Deidentifier:
         """How many days this patient's times move back in the research set."""
         digest = hmac.digest(self.shift_key, patient_id.encode(), "sha256")
         return 1 + int.from_bytes(digest[:8], "big") % _MAX_SHIFT_DAYS
+
+    def research_year(self, real_ts: float) -> int:
+        """The year a research object of a batch from `real_ts` is filed under.
+
+        Its rows show shifted times. Filed under the real year, the first objects
+        under a new year would mark the real 1 January at a shifted time of each
+        patient in them, giving away their shifts. The year is of the real time moved
+        back by a secret 1 to 365 days of its own, the same for every batch.
+        """
+        digest = hmac.digest(self.shift_key, b"\0research year", "sha256")
+        days = 1 + int.from_bytes(digest[:8], "big") % _MAX_SHIFT_DAYS
+        return datetime.fromtimestamp(real_ts - days * 86_400, tz=UTC).year
 
     def table(self, table: pa.Table) -> pa.Table:
         """The research version of an archive table, sorted by patient, then time."""

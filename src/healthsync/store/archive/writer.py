@@ -17,7 +17,6 @@ commit the offsets.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 import orjson
 import pyarrow as pa
@@ -86,7 +85,7 @@ class ArchiveWriter:
             self.store.put(key, self.encode(part, "patient_id", encrypted=True))
             written.append(key)
         research = self.deidentifier.table(table)
-        year = datetime.fromtimestamp(first_hour * layout.HOUR_S, tz=UTC).year
+        year = self.deidentifier.research_year(first_hour * layout.HOUR_S)
         key = layout.deidentified_key(dataset, year, span)
         self.store.put(key, self.encode(research, "patient", encrypted=False))
         written.append(key)
