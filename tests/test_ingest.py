@@ -103,6 +103,17 @@ def test_pipelined_lines_are_answered_in_order(device: Device) -> None:
     assert len({r.split()[1] for r in replies if r.startswith("OK")}) == 180
 
 
+def test_a_deeply_nested_json_line_is_refused_and_the_connection_goes_on(device: Device) -> None:
+    """About 1,000 levels of nesting (2 kB) raised RecursionError in the parser: the
+    connection closed with no reply, and the OK of the line before it was lost."""
+    deep = b'{"device_id": "d3", "patient_id": "P-3", "x": ' + b"[" * 990 + b"]" * 990 + b"}"
+    device.sock.sendall(b"device_id=d3 patient_id=P-3 hr=70\n" + deep + b"\n")
+    device.sock.sendall(b"device_id=d3 patient_id=P-3 hr=71\n")
+    replies = [device.read() for _ in range(3)]
+    assert replies[0].startswith("OK ") and replies[2].startswith("OK "), replies
+    assert replies[1].startswith("ERR 400") and "malformed" in replies[1], replies
+
+
 def test_backpressure_bounds_in_flight_readings_without_losing_any(
     start_ingest: StartIngest,
 ) -> None:

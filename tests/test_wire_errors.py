@@ -20,6 +20,8 @@ ERROR_CASES: list[tuple[str, bytes]] = [
     ("malformed", b"{not json"),
     ("malformed", b'{"hr": 70} trailing'),
     ("malformed", b"[1, 2]"),
+    # Nested deeper than the standard decoder's recursion: RecursionError, not a reply.
+    ("malformed", b'{"device_id": "d", "patient_id": "p", "x": ' + b"[" * 990 + b"]" * 990 + b"}"),
     ("malformed", b'"hr"=70'),
     ("malformed", IDS.encode() + b"hr"),
     ("malformed", IDS.encode() + b"hr = 70"),

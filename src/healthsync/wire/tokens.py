@@ -88,6 +88,8 @@ def _no_repeated_keys(text: str) -> None:
 
     try:
         json.loads(text, object_pairs_hook=check)
+    except RecursionError:  # orjson takes 1,024 levels, the standard decoder fewer
+        raise WireError("malformed", "JSON nested too deeply") from None
     except ValueError:  # sound for orjson; the standard decoder has tighter limits
         raise WireError("malformed", "not valid JSON") from None
 
