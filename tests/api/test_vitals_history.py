@@ -98,6 +98,26 @@ def test_iso_8601_periods_and_epoch_seconds_give_the_same_readings(
     assert infinite.status_code == 422
 
 
+def test_until_alone_asks_for_the_default_span_before_it(
+    archived: Settings, credentials: Credentials
+) -> None:
+    """The default `since` was an hour before now, whatever `until` said: `until` two
+    hours ago alone was a 400, "since must not be after until", for a since never sent."""
+    now = time.time()
+    in_archive, in_redis = _seam_readings(archived, now)
+    to_archive(archived, in_archive)
+    to_redis(archived, in_redis)
+    until = now - 7200 + 1  # just after the reading two hours old; the next is 10 min old
+    [answer] = ask(
+        archived,
+        credentials.api_keys["clinician"],
+        f"/v1/patients/{PATIENT}/vitals?until={until}",
+    )
+    assert answer.status_code == 200, answer.text
+    assert [p["reading_id"] for p in answer.json()["readings"]] == [in_redis[5].reading_id]
+    assert answer.json()["since"] == pytest.approx(until - 3600)
+
+
 def test_a_cursor_is_opaque_and_one_tampered_or_moved_is_refused(
     archived: Settings, credentials: Credentials
 ) -> None:

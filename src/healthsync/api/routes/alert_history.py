@@ -56,7 +56,9 @@ def alert_history_router(history: AlertHistory, cursors: Cursors) -> APIRouter:
         access: Annotated[Access, Depends(auth.reads("Communication", "Flag"))],
         patient_id: PatientId,
         paging: Annotated[AlertPage, Depends(alert_page)],
-        since: Annotated[str | None, Query(description=TIME_HELP + "; default 24 h ago")] = None,
+        since: Annotated[
+            str | None, Query(description=TIME_HELP + "; default 24 h before until")
+        ] = None,
         until: Annotated[str | None, Query(description=TIME_HELP + "; default now")] = None,
     ) -> dict[str, Any]:
         start, end = parse_period(since, until, _DAY_S, time.time())

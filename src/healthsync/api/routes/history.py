@@ -62,8 +62,10 @@ def parse_period(
     since: str | None, until: str | None, default_span_s: float, now: float
 ) -> tuple[float, float]:
     """The period a history request asks for (by default the `default_span_s` up to
-    `now`); 400 for one out of reach (see MAX_SPAN_DAYS), or ending before it starts."""
-    start, end = parse_time(since, now - default_span_s), parse_time(until, now)
+    `until`, itself by default `now`); 400 for one out of reach (see MAX_SPAN_DAYS), or
+    ending before it starts."""
+    end = parse_time(until, now)
+    start = parse_time(since, end - default_span_s)
     for name, value, text in (("since", start, since), ("until", end, until)):
         if not 0.0 <= value <= now + FUTURE_SLACK_S:
             raise HTTPException(400, f"{name} {text!r} is outside 1970-01-01 to a day from now")
@@ -80,7 +82,7 @@ class TrendQuery(BaseModel):
     """The query of a trends request."""
 
     vital: str = Field(description="one of " + ", ".join(VITALS))
-    since: str | None = Field(None, description=TIME_HELP + "; default 24 h ago")
+    since: str | None = Field(None, description=TIME_HELP + "; default 24 h before until")
     until: str | None = Field(None, description=TIME_HELP + "; default now")
     bucket: Literal["5m", "1h", "1d"] = "1h"
 

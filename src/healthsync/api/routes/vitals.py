@@ -56,7 +56,9 @@ async def _history_query(
     patient_id: PatientId,
     page: Annotated[PageRequest, Depends(_page_request)],
     vital: Annotated[str | None, Query(description="one of " + ", ".join(VITALS))] = None,
-    since: Annotated[str | None, Query(description=TIME_HELP + "; default 1 h ago")] = None,
+    since: Annotated[
+        str | None, Query(description=TIME_HELP + "; default 1 h before until")
+    ] = None,
     until: Annotated[str | None, Query(description=TIME_HELP + "; default now")] = None,
 ) -> HistoryQuery:
     """The history request's parameters, checked by FastAPI in the order the route declared them."""
