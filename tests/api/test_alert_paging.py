@@ -174,3 +174,26 @@ def test_a_cursor_the_listing_did_not_make_is_refused_not_a_500(
     for query in ("status=resolved", "status=all", "status=open&patient_id=P-PAGE-1"):
         [answer] = ask(settings, token, f"/v1/alerts?{query}&cursor={cursor}")
         assert answer.status_code == 400, answer.text
+
+
+def test_alerts_opened_before_the_retention_stay_listed_while_redis_holds_them(
+    settings: Settings, credentials: Credentials
+) -> None:
+    """The recent alerts were trimmed by when they opened: an alert open for two days, or
+    one opened 30 h ago and resolved just now, left `status=all` and `status=resolved`
+    while Redis still held it (an open alert for good, a resolved one for a day)."""
+    now = time.time()
+    still_open = _alert(0, "open", now - 2 * 86_400)
+    just_resolved = _alert(1, "open", now - 30 * 3600)
+    expired = _alert(2, "open", now - 30 * 3600 - 60)
+    _raise(settings, [still_open], "open")
+    _raise(settings, [just_resolved, expired], "resolved")
+    with Redis.from_url(str(settings.redis.url)) as client:
+        # As its time to live would: resolved over a retention ago, the alert is gone.
+        client.delete(settings.redis.keys.alert(expired.alert_id))
+    _raise(settings, [_alert(3, "open", now)], "open")  # a later batch, which trims
+
+    token = credentials.api_keys["clinician"]
+    assert _page(settings, token, "/v1/alerts?status=all") == (["0004", "0002", "0001"], None)
+    assert _page(settings, token, "/v1/alerts?status=resolved") == (["0002"], None)
+    assert _page(settings, token, "/v1/alerts?status=open") == (["0004", "0001"], None)

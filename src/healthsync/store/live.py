@@ -97,19 +97,22 @@ class RedisLiveSink:
         trim_alerts = self._trims.due(self.keys.recent_alerts, now)
         # Read before the transaction starts watching (the alerts' own keys are not watched).
         acks_gone = self._acks_of_expired_alerts() if trim_alerts else []
+        cutoff = now - self.settings.history_retention_s
+        alerts_gone = (
+            retention.expired_recent_alerts(self.client, self.keys, cutoff) if trim_alerts else []
+        )
         groups = self._groups_of(batch)
         pipes = self._open(groups, batch.positions)
         shared = pipes[0] if not self.clustered else self.client.pipeline(transaction=False)
         self._write_readings(pipes, shared, batch.readings, now)
         self._write_state(pipes, batch)
         self._write_departures(pipes, batch.departed, now)
-        if trim_alerts:
-            # Resolved alerts expire on their own; drop their index entries and
-            # acknowledgements too.
-            cutoff = now - self.settings.history_retention_s
-            shared.zremrangebyscore(self.keys.recent_alerts, "-inf", cutoff)
-            if acks_gone:
-                shared.hdel(self.keys.acknowledged, *acks_gone)
+        # Resolved alerts expire on their own; drop their index entries and
+        # acknowledgements too (an alert expires once: what is gone stays gone).
+        if alerts_gone:
+            shared.zrem(self.keys.recent_alerts, *alerts_gone)
+        if acks_gone:
+            shared.hdel(self.keys.acknowledged, *acks_gone)
         own: Counter[str] = Counter()
         self._write_alerts(shared, batch, own)
         self._write_artefacts(shared, batch, own)

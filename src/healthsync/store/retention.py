@@ -71,6 +71,26 @@ class TrimClock:
         return True
 
 
+def expired_recent_alerts(client: Redis, keys: RedisKeys, cutoff: float) -> list[str]:
+    """The recent alerts opened before `cutoff` whose alert has expired.
+
+    An alert opened before the retention may still be held: open (open alerts do
+    not expire) or resolved less than a retention ago. Its index entry stays, so
+    the listings reach it while Redis holds it. Past the first trim, what is read
+    here is a trim interval's alerts and those still held.
+    """
+    ids = [
+        member.decode()
+        for member in cast("list[bytes]", client.zrangebyscore(keys.recent_alerts, "-inf", cutoff))
+    ]
+    if not ids:
+        return []
+    check = client.pipeline(transaction=False)
+    for alert_id in ids:
+        check.exists(keys.alert(alert_id))
+    return [i for i, there in zip(ids, check.execute(), strict=True) if not there]
+
+
 def acks_of_expired_alerts(client: Redis, keys: RedisKeys, cursor: int) -> tuple[int, list[str]]:
     """The next page of acknowledgements (the API's) whose alert has expired, and the
     cursor of the page after.
