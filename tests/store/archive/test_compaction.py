@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from healthsync.store.archive.columns import readings_table
 from healthsync.store.archive.compact import Compactor
 from healthsync.store.archive.days import DAY_S, DayCompactor, day_of
+from healthsync.store.archive.errors import ArchiveReadError
 from healthsync.store.archive.layout import Span
 from healthsync.store.archive.setup import Archive
 from healthsync.store.archive.writer import ArchiveWriter
@@ -115,3 +118,24 @@ def test_day_compaction_on_s3_crashed_after_the_write_then_rerun(
     ]
     assert s3.head_object(Bucket="hs-days", Key=merged)["ServerSideEncryption"] == "AES256"
     assert [archive.reader().readings(p, *period) for p in (PATIENT, OTHER)] == before
+
+
+def test_a_plain_parquet_file_among_the_identified_objects_is_refused_not_taken_in(
+    archive: Archive,
+) -> None:
+    """Every identified object is encrypted. A plain Parquet file put there (by hand, or
+    by whoever could write to the bucket) was read as history, and the hour's compaction
+    merged it into an encrypted object, which then looked like one written here."""
+    writer = archive.writer()
+    writer.write_readings(Span(0, 0, 19), batch(T0, 10))
+    sink = pa.BufferOutputStream()
+    pq.write_table(readings_table(batch(T0 + 600, 1)), sink)
+    planted = "identified/readings/date=2026-11-28/hour=10/p0-20-20.parquet"
+    archive.store.put(planted, bytes(sink.getvalue()))
+
+    with pytest.raises(ArchiveReadError, match=r"p0-20-20\.parquet.*not an encrypted"):
+        archive.reader().readings(PATIENT, T0, T0 + HOUR)
+    done = Compactor(archive.store, archive.crypto, writer).hour("readings", int(T0 // HOUR))
+    assert done.merges == []
+    assert len(done.refused) == 1 and "p0-20-20.parquet" in done.refused[0]
+    assert planted in archive.store.list("identified/")

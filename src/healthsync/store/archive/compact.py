@@ -44,9 +44,10 @@ import pyarrow.parquet as pq
 from healthsync.store.archive import layout
 from healthsync.store.archive.coverage import Piece, compacted_name, overlaps, parse, split
 from healthsync.store.archive.encryption import ParquetCrypto
-from healthsync.store.archive.errors import ArchiveError
+from healthsync.store.archive.errors import ArchiveError, ArchiveReadError
 from healthsync.store.archive.layout import Span
 from healthsync.store.archive.objects import ObjectStore
+from healthsync.store.archive.wrapping import open_encrypted
 from healthsync.store.archive.writer import ArchiveWriter
 
 # Called after each step that changes the archive: ("written" | "deleted", key).
@@ -229,11 +230,14 @@ class Compactor:
 
     def _read(self, key: str, encrypted: bool) -> pa.Table:
         try:
+            source = open_encrypted(self.store, key) if encrypted else self.store.open(key)
             file = pq.ParquetFile(
-                self.store.open(key),
+                source,
                 decryption_properties=self.crypto.decryption_properties() if encrypted else None,
             )
             return file.read(use_threads=False)
+        except ArchiveReadError as exc:
+            raise CompactionError(f"{exc}; left as it is") from exc
         except ArchiveError:
             raise
         except Exception as exc:

@@ -39,6 +39,7 @@ from healthsync.store.archive.columns import HISTORY_COLUMNS, SCHEMA, TS, to_poi
 from healthsync.store.archive.encryption import ParquetCrypto
 from healthsync.store.archive.errors import ArchiveReadError
 from healthsync.store.archive.objects import ObjectStore
+from healthsync.store.archive.wrapping import open_encrypted
 from healthsync.store.archive.writer import GROUP_PATIENTS
 
 _HOUR_DIR = re.compile(r"/hour=(\d\d)/")
@@ -224,7 +225,7 @@ class ArchiveReader:
         """The row groups of one object that may hold the patient in the period."""
         try:
             file = pq.ParquetFile(
-                self.store.open(key),
+                open_encrypted(self.store, key),
                 metadata=footer.metadata if footer else None,
                 decryption_properties=self.crypto.decryption_properties(),
                 # The file is in memory or mapped: pre-buffering would only add a

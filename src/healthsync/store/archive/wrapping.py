@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+import pyarrow as pa
+
 from healthsync.store.archive.errors import ArchiveReadError
 from healthsync.store.archive.objects import ObjectStore
 
@@ -28,6 +30,17 @@ ENCRYPTED_MAGIC = b"PARE"
 PLAIN_MAGIC = b"PAR1"
 # Enough for the footer of an object of a few thousand row groups.
 TAIL_BYTES = 64 * 1024
+
+
+def open_encrypted(store: ObjectStore, key: str) -> pa.NativeFile:
+    """The object opened for reading, refused unless its footer is encrypted: every
+    identified object is, so a plain Parquet file among them was not written here, and
+    would otherwise be read as history (the decryption settings open plain files too)."""
+    source = store.open(key)
+    size = source.size()
+    if size < 8 or source.read_at(4, size - 4) != ENCRYPTED_MAGIC:
+        raise ArchiveReadError(store.location(key), "not an encrypted archive object")
+    return source
 
 
 def wrapping_key(store: ObjectStore, key: str) -> str | None:
