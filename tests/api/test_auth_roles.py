@@ -144,7 +144,17 @@ def test_a_clinician_token_with_write_scopes_acknowledges(
     token = credentials.token(sub="dr-scoped", scope="user/Communication.read user/Flag.write")
     # Reading alerts needs Communication and Flag; Flag.write is not a read of Flag.
     assert served.get("/v1/alerts", token).status_code == 403
-    assert served.call("POST", f"/v1/alerts/{ALERT_ID}/ack", token).status_code == 200
+    acked = served.call("POST", f"/v1/alerts/{ALERT_ID}/ack", token)
+    assert acked.status_code == 200
+    # It acknowledges without reading: the answer holds the acknowledgement, not the
+    # alert (its patient, value and evidence), which the token may not read.
+    assert acked.json() == {
+        "alert_id": ALERT_ID,
+        "acknowledged": True,
+        "acknowledgement": {"by": "dr-scoped", "at": acked.json()["acknowledgement"]["at"]},
+    }
+    reader = credentials.token(sub="dr-reads", scope="user/*.read user/Flag.write")
+    assert served.call("POST", f"/v1/alerts/{ALERT_ID}/ack", reader).json()["patient_id"]
     # OpenID scopes are no SMART resource scopes: with only those, the role alone counts.
     openid = credentials.token(sub="dr-openid", scope="openid profile")
     assert served.get("/v1/patients", openid).status_code == 200
