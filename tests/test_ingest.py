@@ -114,6 +114,12 @@ def test_a_deeply_nested_json_line_is_refused_and_the_connection_goes_on(device:
     assert replies[1].startswith("ERR 400") and "malformed" in replies[1], replies
 
 
+def test_blank_lines_are_keep_alives_that_get_no_answer(device: Device) -> None:
+    device.sock.sendall(b"\n \r\n\t\n" + b"device_id=d4 patient_id=P-4 hr=70\n")
+    assert device.read().startswith("OK ")  # the first answer is the reading's
+    assert device.send(b"device_id=d4 patient_id=P-4 hr=71").startswith("OK ")
+
+
 def test_backpressure_bounds_in_flight_readings_without_losing_any(
     start_ingest: StartIngest,
 ) -> None:
