@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 from redis import Redis
@@ -14,9 +15,11 @@ from healthsync.config import Settings
 from healthsync.domain.alerts import Alert, AlertEvent
 from healthsync.domain.batch import Batch
 from healthsync.metrics import StatsRecorder
+from healthsync.redis_client import connect_async
 from healthsync.security.codec import Codec
 from healthsync.stack import Service
 from healthsync.store.live import RedisLiveSink
+from healthsync.store.queries import LiveReader
 from healthsync.store.records import Records
 from tests.api.history_data import ask
 from tests.conftest import Credentials, clear_prefix, make_settings
@@ -197,3 +200,38 @@ def test_alerts_opened_before_the_retention_stay_listed_while_redis_holds_them(
     assert _page(settings, token, "/v1/alerts?status=all") == (["0004", "0002", "0001"], None)
     assert _page(settings, token, "/v1/alerts?status=resolved") == (["0002"], None)
     assert _page(settings, token, "/v1/alerts?status=open") == (["0004", "0001"], None)
+
+
+def test_an_alert_opened_while_a_filtered_page_is_read_repeats_none(settings: Settings) -> None:
+    """A filtered page reads the recent alerts in several steps. They counted an offset
+    from the top, so an alert opened between two steps moved every offset by one and
+    the next step read its predecessor's last alert again. The reader runs in-process
+    over the real redis-server; its client opens that alert right after the first step,
+    as another ward's processor would."""
+    now = time.time()
+    # Every other alert is the patient's: a page of two takes two reads of two.
+    alerts = [replace(_alert(n, "open", now - 100 * n), patient_id=f"P-{n % 2}") for n in range(4)]
+    _raise(settings, alerts, "open")
+
+    async def run() -> list[str]:
+        client = connect_async(settings.redis)
+        reader = LiveReader(client, Records(Codec.from_settings(settings)))
+        read = client.zrevrangebyscore
+        steps = 0
+
+        async def read_then_open(*args: Any, **kwargs: Any) -> Any:
+            nonlocal steps
+            found = await read(*args, **kwargs)
+            steps += 1
+            if steps == 1:
+                await asyncio.to_thread(_raise, settings, [_alert(9, "open", time.time())], "open")
+            return found
+
+        client.zrevrangebyscore = read_then_open  # type: ignore[method-assign]
+        try:
+            rows, _ = await reader.alerts("all", "P-1", 2)
+        finally:
+            await client.aclose()
+        return [row["alert_id"] for row in rows]
+
+    assert asyncio.run(run()) == ["0002", "0004"]

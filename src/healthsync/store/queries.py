@@ -221,10 +221,10 @@ class LiveReader:
         next page from (None: no more).
 
         A position is an alert's (opened_at, alert_id), the order Redis keeps the
-        recent alerts in, so alerts raised or resolved between pages shift nothing.
-        Open alerts (one per patient and kind) are read whole and paged. Resolved and
-        all alerts are read from the recent ones a page at a time: at most `limit`
-        matches, and at most ``_SCAN_PAGES * limit`` alerts read per call.
+        recent alerts in, so alerts raised or resolved between pages (or between the
+        reads of one) shift nothing. Open alerts (one per patient and kind) are read
+        whole and paged; resolved and all alerts from the recent ones, a page at a
+        time: at most `limit` matches, ``_SCAN_PAGES * limit`` alerts read per call.
         """
         if status == "open":
             raw_ids = cast("list[bytes]", await self.client.hvals(self.keys.open_alerts))
@@ -241,25 +241,14 @@ class LiveReader:
             page = alerts[:limit]
             return page, _position(page[-1]) if len(alerts) > limit else None
         found: list[dict[str, Any]] = []
-        top = "+inf" if after is None else repr(after[0])
-        consumed = 0  # of the recent alerts from `top` down
         last = after
         budget = _SCAN_PAGES * limit
         while len(found) < limit and budget > 0:
-            raw = cast(
-                "list[tuple[bytes, float]]",
-                await self.client.zrevrangebyscore(
-                    self.keys.recent_alerts, top, "-inf", consumed, limit, withscores=True
-                ),
-            )
-            if not raw:
+            listed = await self._recent_below(last, limit)
+            if not listed:
                 return found, None
-            listed = [(score, member.decode()) for member, score in raw]
             by_id = {a["alert_id"]: a for a in await self._with_acks([i for _, i in listed])}
             for position in listed:
-                consumed += 1
-                if after is not None and position >= after:
-                    continue  # of after's time and not below it: the last page's
                 budget -= 1
                 last = position
                 alert = by_id.get(position[1])
@@ -267,8 +256,25 @@ class LiveReader:
                     found.append(alert)
                     if len(found) == limit:
                         break
-        more = consumed < int(await self.client.zcount(self.keys.recent_alerts, "-inf", top))
+        more = bool(await self._recent_below(last, 1))
         return found, last if more else None
+
+    async def _recent_below(self, below: Position | None, count: int) -> list[Position]:
+        """Up to `count` recent alerts' positions past `below` (from the newest when None)."""
+        top = "+inf" if below is None else repr(below[0])
+        asked = count
+        while True:
+            raw = cast(
+                "list[tuple[bytes, float]]",
+                await self.client.zrevrangebyscore(
+                    self.keys.recent_alerts, top, "-inf", 0, asked, withscores=True
+                ),
+            )
+            listed = [(score, member.decode()) for member, score in raw]
+            past = [p for p in listed if below is None or p < below]
+            if len(past) >= count or len(raw) < asked:
+                return past[:count]
+            asked *= 2  # alerts of `below`'s own time, already passed, filled the read
 
     async def alerts_opened(
         self, patient_id: str, since: float, until: float
