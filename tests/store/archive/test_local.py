@@ -52,6 +52,23 @@ def test_a_batch_becomes_one_object_per_hour_and_one_research_object(
     assert find_span(archive.store, Span(2, 1000, 1000, "0a" * 16), T0) is None
 
 
+def test_a_reading_in_the_last_half_millisecond_of_an_hour_goes_to_the_next_one_alone(
+    archive: Archive,
+) -> None:
+    """Rows are stored to the millisecond, rounded, so 10:59:59.9996 is 11:00:00.000. The
+    batch's first hour was taken unrounded: an empty object went to hour 10, written
+    first (where a restart looks), and the row to hour 11."""
+    ts = T0 + 3600 - 0.0004
+    keys = archive.writer().write_readings(
+        Span(0, 0, 0), [reading(PATIENT, "mon-1", 0, ts, heart_rate=70)]
+    )
+    identified = [k for k in keys if k.startswith("identified/")]
+    assert identified == ["identified/readings/date=2026-11-28/hour=11/p0-0-0.parquet"]
+    assert find_span(archive.store, Span(0, 0, 0), ts) == Span(0, 0, 0)
+    [point] = archive.reader().readings(PATIENT, T0, T0 + 7200)
+    assert point["ts"] == T0 + 3600
+
+
 def test_one_patients_readings_come_back_ordered_and_exact(archive: Archive) -> None:
     writer = archive.writer()
     first, second = batch(T0, 60), batch(T0 + 60 * 60, 60)

@@ -180,4 +180,6 @@ def find_span(
 
 
 def _hour(ts: float) -> int:
-    return int(ts // layout.HOUR_S)
+    """The hour of a time as its row stores it: to the millisecond, rounded as
+    :func:`.columns.hour_of` finds it (10:59:59.9996 is 11:00)."""
+    return round(ts * 1000) // 3_600_000
