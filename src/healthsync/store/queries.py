@@ -28,12 +28,11 @@ from healthsync.domain.bands import PatientRules
 from healthsync.domain.news2 import Band
 from healthsync.metrics import COMPONENTS, merge_counters
 from healthsync.security.crypto import DecryptError
+from healthsync.store.alert_listing import AlertListing, Position
 from healthsync.store.latest import value_fields
 from healthsync.store.multi import aget_many
 from healthsync.store.records import Records
 
-# A page of resolved or all alerts reads at most this many pages' worth of recent alerts.
-_SCAN_PAGES = 10
 # Entries a list decodes per hop to a worker thread: few hops, each short.
 DECODE_BATCH = 500
 P = ParamSpec("P")
@@ -42,20 +41,6 @@ T = TypeVar("T")
 
 def _ignore(_error: DecryptError) -> None:
     pass
-
-
-# Where a listing of alerts stands: an alert's (opened_at, alert_id).
-Position = tuple[float, str]
-
-
-def _position(alert: dict[str, Any]) -> Position:
-    return alert["opened_at"], alert["alert_id"]
-
-
-def _matches(alert: dict[str, Any], status: str, patient_id: str | None) -> bool:
-    return (status == "all" or alert["status"] == status) and (
-        patient_id is None or alert["patient_id"] == patient_id
-    )
 
 
 class LiveReader:
@@ -69,6 +54,7 @@ class LiveReader:
         self.records = records
         self.keys = records.keys
         self.on_unreadable = on_unreadable
+        self.listing = AlertListing(client, self.keys, self._with_acks)
 
     def _readable(self, decode: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T | None:
         """`decode(*args)`, or None (reported) when the value cannot be opened."""
@@ -217,64 +203,8 @@ class LiveReader:
     async def alerts(
         self, status: str, patient_id: str | None, limit: int, after: Position | None = None
     ) -> tuple[list[dict[str, Any]], Position | None]:
-        """Alerts newest first, from just past `after`, and the position to ask the
-        next page from (None: no more).
-
-        A position is an alert's (opened_at, alert_id), the order Redis keeps the
-        recent alerts in, so alerts raised or resolved between pages (or between the
-        reads of one) shift nothing. Open alerts (one per patient and kind) are read
-        whole and paged; resolved and all alerts from the recent ones, a page at a
-        time: at most `limit` matches, ``_SCAN_PAGES * limit`` alerts read per call.
-        """
-        if status == "open":
-            raw_ids = cast("list[bytes]", await self.client.hvals(self.keys.open_alerts))
-            if not raw_ids:
-                return [], None
-            alerts = [
-                a
-                for a in await self._with_acks([i.decode() for i in raw_ids])
-                if a["status"] == "open" and (patient_id is None or a["patient_id"] == patient_id)
-            ]
-            alerts.sort(key=_position, reverse=True)
-            if after is not None:
-                alerts = [a for a in alerts if _position(a) < after]
-            page = alerts[:limit]
-            return page, _position(page[-1]) if len(alerts) > limit else None
-        found: list[dict[str, Any]] = []
-        last = after
-        budget = _SCAN_PAGES * limit
-        while len(found) < limit and budget > 0:
-            listed = await self._recent_below(last, limit)
-            if not listed:
-                return found, None
-            by_id = {a["alert_id"]: a for a in await self._with_acks([i for _, i in listed])}
-            for position in listed:
-                budget -= 1
-                last = position
-                alert = by_id.get(position[1])
-                if alert is not None and _matches(alert, status, patient_id):
-                    found.append(alert)
-                    if len(found) == limit:
-                        break
-        more = bool(await self._recent_below(last, 1))
-        return found, last if more else None
-
-    async def _recent_below(self, below: Position | None, count: int) -> list[Position]:
-        """Up to `count` recent alerts' positions past `below` (from the newest when None)."""
-        top = "+inf" if below is None else repr(below[0])
-        asked = count
-        while True:
-            raw = cast(
-                "list[tuple[bytes, float]]",
-                await self.client.zrevrangebyscore(
-                    self.keys.recent_alerts, top, "-inf", 0, asked, withscores=True
-                ),
-            )
-            listed = [(score, member.decode()) for member, score in raw]
-            past = [p for p in listed if below is None or p < below]
-            if len(past) >= count or len(raw) < asked:
-                return past[:count]
-            asked *= 2  # alerts of `below`'s own time, already passed, filled the read
+        """A page of the alerts listing (:mod:`healthsync.store.alert_listing`)."""
+        return await self.listing.page(status, patient_id, limit, after)
 
     async def alerts_opened(
         self, patient_id: str, since: float, until: float
