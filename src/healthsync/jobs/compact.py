@@ -78,7 +78,7 @@ class Compact:
         whole = DayCompactor(compactor, day_of(self.clock()), self.day_row_group_rows)
         # The research set's years (and the real ones, under which it was filed before
         # 2026-12-08).
-        research_year = archive.writer().deidentifier.research_year
+        research_year = archive.deidentifier.research_year
         years = sorted({y for h in hours for y in (_year(h), research_year(h * layout.HOUR_S))})
         merges: list[tuple[str, str, Merge]] = []
         refused: list[str] = []

@@ -31,7 +31,7 @@ from healthsync.errors import HealthSyncError
 from healthsync.fhir.ids import reading_of_observation
 from healthsync.fhir.observations import observations_for
 from healthsync.store.archive.reader import ArchiveReader
-from healthsync.store.fhir_order import Position, indexes_of
+from healthsync.store.fhir_order import Position, beyond, indexes_of
 from healthsync.store.fhir_queries import Page, Resource, Search
 from healthsync.store.records import Records
 from healthsync.store.vitals_history import MAX_SPAN_DAYS, SEAM_MARGIN_S
@@ -97,11 +97,11 @@ class ArchivedObservations:
         archived = await self._archived(query, patient_id)
         after = query.after
         newer = query.newest_first
-        candidates = [e for e in archived if after is None or _beyond(e[0], after, newer)]
+        candidates = [e for e in archived if after is None or beyond(e[0], after, newer)]
         if live.next is not None:
             # The live store has more after its page, which may hold nothing (its scan
             # ran out): nothing beyond where it stopped yet.
-            candidates = [e for e in candidates if not _beyond(e[0], live.next, newer)]
+            candidates = [e for e in candidates if not beyond(e[0], live.next, newer)]
         candidates += [(_position(r), r) for r in live.resources]
         candidates.sort(key=lambda e: e[0], reverse=newer)
         page = candidates[: query.count]
@@ -158,7 +158,3 @@ def _position(resource: Resource) -> Position:
     # The live index scores an Observation by the instant its effectiveDateTime names.
     when = datetime.fromisoformat(str(resource["effectiveDateTime"])).timestamp()
     return Position(when, str(resource["id"]))
-
-
-def _beyond(position: Position, after: Position, newest_first: bool) -> bool:
-    return position < after if newest_first else position > after

@@ -83,12 +83,7 @@ def expired_recent_alerts(client: Redis, keys: RedisKeys, cutoff: float) -> list
         member.decode()
         for member in cast("list[bytes]", client.zrangebyscore(keys.recent_alerts, "-inf", cutoff))
     ]
-    if not ids:
-        return []
-    check = client.pipeline(transaction=False)
-    for alert_id in ids:
-        check.exists(keys.alert(alert_id))
-    return [i for i, there in zip(ids, check.execute(), strict=True) if not there]
+    return _expired(client, keys, ids)
 
 
 def acks_of_expired_alerts(client: Redis, keys: RedisKeys, cursor: int) -> tuple[int, list[str]]:
@@ -100,9 +95,14 @@ def acks_of_expired_alerts(client: Redis, keys: RedisKeys, cursor: int) -> tuple
     """
     cursor, page = client.hscan(keys.acknowledged, cursor, count=ACKS_PAGE)
     ids = [field.decode() for field in cast("dict[bytes, bytes]", page)]
+    return cursor, _expired(client, keys, ids)
+
+
+def _expired(client: Redis, keys: RedisKeys, ids: list[str]) -> list[str]:
+    """Those of the alert ids whose alert Redis no longer holds."""
     if not ids:
-        return cursor, []
+        return []
     check = client.pipeline(transaction=False)
     for alert_id in ids:
         check.exists(keys.alert(alert_id))
-    return cursor, [i for i, there in zip(ids, check.execute(), strict=True) if not there]
+    return [i for i, there in zip(ids, check.execute(), strict=True) if not there]

@@ -97,8 +97,8 @@ class Deidentifier:
         patient in them, giving away their shifts. The year is of the real time moved
         back by a secret 1 to 365 days of its own, the same for every batch.
         """
-        digest = hmac.digest(self.shift_key, b"\0research year", "sha256")
-        days = 1 + int.from_bytes(digest[:8], "big") % _MAX_SHIFT_DAYS
+        # Drawn as a patient's shift is, under a name no patient id can have.
+        days = self.shift_days("\0research year")
         return datetime.fromtimestamp(real_ts - days * 86_400, tz=UTC).year
 
     def table(self, table: pa.Table) -> pa.Table:
