@@ -80,6 +80,9 @@ def test_a_stream_opened_while_the_shared_reader_is_behind_sends_nothing_older(
             later = _open(streams, feed, access, start)
             await anext(later)
             sent = await asyncio.wait_for(anext(later), 5)
+            # The shared reader did read it after the first stream began: that one got it.
+            first_sent = await asyncio.wait_for(anext(earlier), 5)
+            assert f"id: {start}\n".encode() in first_sent, first_sent
             return start, sent
         finally:
             for opened in streams:
